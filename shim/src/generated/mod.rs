@@ -1,0 +1,4 @@
+//! Code generated from the vendor headers; regenerate, never edit by hand.
+
+#[rustfmt::skip]
+pub(crate) mod procaddr;
