@@ -1,0 +1,51 @@
+//! The first exchange on a connection: the client's [`Hello`], the server's [`Welcome`].
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever a message changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// QUIC application protocol name.
+pub const ALPN: &[u8] = b"xpupool/1";
+
+/// The client's first message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the client.
+    pub protocol_version: u32,
+    /// The tenant token.
+    pub token: String,
+    /// Client process id, for the server's logs.
+    pub pid: u32,
+    /// Client program name, for the server's logs.
+    pub program: String,
+}
+
+/// One device as the server presents it to this tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Marketing name (`cuDeviceGetName`).
+    pub name: String,
+    /// `cuDeviceGetUuid`.
+    pub uuid: [u8; 16],
+    /// Memory this tenant may use, in bytes (`cuDeviceTotalMem`).
+    pub total_memory: u64,
+    /// Every `CUdevice_attribute` the device answers, as `(attribute, value)`.
+    pub attributes: Vec<(u32, i32)>,
+}
+
+/// The server's answer to a [`Hello`] it accepts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Welcome {
+    /// [`PROTOCOL_VERSION`] of the server.
+    pub protocol_version: u32,
+    /// Which backend serves this session (`mock`, `cuda`, …).
+    pub backend: String,
+    /// The driver version to report (`cuDriverGetVersion`).
+    pub driver_version: i32,
+    /// The devices, in ordinal order.
+    pub devices: Vec<DeviceInfo>,
+    /// `[start, end)` of the device address range the server hands out, so the
+    /// client can reserve it and host and device pointers never alias.
+    pub device_address_range: (u64, u64),
+}
