@@ -2,3 +2,6 @@
 
 #[rustfmt::skip]
 pub(crate) mod procaddr;
+
+#[rustfmt::skip]
+pub(crate) mod errors;

@@ -1,0 +1,294 @@
+//! `xpupool`: run a program on pooled accelerators (`run`), or serve them (`server`).
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use xpupool_server::embedded::EmbeddedServer;
+use xpupool_server::{tls, MockBackend, Server, ServerConfig, TokenEntry};
+
+#[derive(Parser)]
+#[command(name = "xpupool", version, about = "Pool GPUs across machines: run unmodified CUDA programs where there is no GPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run PROGRAM with xpupool's libcuda.so.1 in place of NVIDIA's driver. With no
+    /// --server, an embedded pool server runs for as long as the program does.
+    Run(RunArgs),
+    /// Serve this host's accelerators (or the CPU mock) to xpupool clients.
+    Server(ServerArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// A pool server to use instead of the embedded one (host:port).
+    #[arg(long, env = "XPUPOOL_SERVER")]
+    server: Option<String>,
+    /// The server's certificate (PEM), with --server.
+    #[arg(long, env = "XPUPOOL_SERVER_CERT")]
+    cert: Option<PathBuf>,
+    /// The server certificate's pinned fingerprint (sha256:HEX), instead of --cert.
+    #[arg(long, env = "XPUPOOL_SERVER_FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// The tenant token, with --server.
+    #[arg(long, env = "XPUPOOL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Device memory of the embedded mock device, in MiB.
+    #[arg(long, default_value_t = 16384)]
+    mock_memory_mib: u64,
+    /// The program and its arguments.
+    #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
+    program: Vec<OsString>,
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Backend: `mock` (CPU interpreter; works everywhere). `cuda` is not built yet.
+    #[arg(long, default_value = "mock")]
+    backend: String,
+    /// Address to listen on (UDP, QUIC).
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    listen: SocketAddr,
+    /// Where the certificate, key and generated token are kept.
+    #[arg(long, env = "XPUPOOL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Certificate (PEM) to use instead of the self-signed one; needs --key.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Accepted tenant token, as TENANT=TOKEN or just TOKEN (tenant `default`); repeatable.
+    /// Without any, a token is generated once and kept in the state directory.
+    #[arg(long = "token", env = "XPUPOOL_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    tokens: Vec<String>,
+    /// Device memory of the mock device, in MiB.
+    #[arg(long, default_value_t = 16384)]
+    mock_memory_mib: u64,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XPUPOOL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Whether NVIDIA's driver is installed on this machine.
+fn nvidia_driver_present() -> bool {
+    // SAFETY: dlopen/dlclose of a library by name, with no symbols used.
+    unsafe {
+        let handle = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL | libc::RTLD_NOLOAD);
+        let handle = if handle.is_null() { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) } else { handle };
+        if handle.is_null() {
+            return false;
+        }
+        libc::dlclose(handle);
+        true
+    }
+}
+
+/// The backend for `name`, saying on stderr what it is.
+fn backend(name: &str, mock_memory_mib: u64) -> Result<Arc<MockBackend>> {
+    match name {
+        "mock" => Ok(Arc::new(MockBackend::new(mock_memory_mib << 20))),
+        "cuda" => bail!("the cuda backend is not built yet; use --backend mock"),
+        other => bail!("unknown backend {other:?} (available: mock)"),
+    }
+}
+
+/// Finds xpupool's `libcuda.so` beside this executable (or `XPUPOOL_SHIM`).
+fn shim_library() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("XPUPOOL_SHIM") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating the xpupool executable")?;
+    let dir = exe.parent().context("executable has no folder")?;
+    for name in ["libcuda.so.1", "libcuda.so", "../lib/xpupool/libcuda.so.1"] {
+        let candidate = dir.join(name);
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("xpupool's libcuda.so was not found beside {} (build it with `cargo build --release`, or set XPUPOOL_SHIM)", exe.display())
+}
+
+/// A folder holding `libcuda.so.1` → the shim, for LD_LIBRARY_PATH.
+fn shim_dir(shim: &Path) -> Result<tempdir::Dir> {
+    let dir = tempdir::Dir::new("xpupool-lib")?;
+    std::os::unix::fs::symlink(shim.canonicalize()?, dir.path().join("libcuda.so.1")).context("linking libcuda.so.1")?;
+    Ok(dir)
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A temporary folder removed on drop.
+    pub(crate) struct Dir(PathBuf);
+
+    impl Dir {
+        pub(crate) fn new(prefix: &str) -> std::io::Result<Self> {
+            let path = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), &xpupool_server::random_token()[..8]));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn prepend_path(var: &str, first: &Path) -> OsString {
+    let mut value = OsString::from(first);
+    if let Some(rest) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        value.push(if var == "LD_PRELOAD" { " " } else { ":" });
+        value.push(rest);
+    }
+    value
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    init_logging("warn");
+    let shim = shim_library()?;
+    let lib_dir = shim_dir(&shim)?;
+    let preload = lib_dir.path().join("libcuda.so.1");
+    let mut command = std::process::Command::new(&args.program[0]);
+    command.args(&args.program[1..]);
+    command.env("LD_PRELOAD", prepend_path("LD_PRELOAD", &preload));
+    command.env("LD_LIBRARY_PATH", prepend_path("LD_LIBRARY_PATH", lib_dir.path()));
+
+    let _embedded = match &args.server {
+        Some(server) => {
+            let token = args.token.as_deref().context("--server needs --token (or XPUPOOL_TOKEN)")?;
+            if args.cert.is_none() && args.fingerprint.is_none() {
+                bail!("--server needs --cert or --fingerprint to verify the server");
+            }
+            command.env("XPUPOOL_SERVER", server).env("XPUPOOL_TOKEN", token);
+            if let Some(cert) = &args.cert {
+                command.env("XPUPOOL_SERVER_CERT", cert.canonicalize().with_context(|| format!("{}", cert.display()))?);
+            }
+            if let Some(fp) = &args.fingerprint {
+                command.env("XPUPOOL_SERVER_FINGERPRINT", fp);
+            }
+            None
+        }
+        None => {
+            if nvidia_driver_present() {
+                eprintln!("xpupool: an NVIDIA driver is installed, but the cuda backend is not built yet; using the mock backend");
+            } else {
+                eprintln!("xpupool: no NVIDIA driver on this machine; the embedded server uses the mock backend (kernels run on the CPU PTX interpreter)");
+            }
+            let server = EmbeddedServer::start(backend("mock", args.mock_memory_mib)?)?;
+            command
+                .env("XPUPOOL_SERVER", server.addr().to_string())
+                .env("XPUPOOL_SERVER_CERT", server.cert_path())
+                .env("XPUPOOL_TOKEN", server.token())
+                .env_remove("XPUPOOL_SERVER_FINGERPRINT");
+            Some(server)
+        }
+    };
+    // The child gets the terminal's signals; this process only waits for it.
+    // SAFETY: ignoring SIGINT/SIGQUIT in this process; the child resets them on exec.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let status = command.status().with_context(|| format!("starting {}", args.program[0].to_string_lossy()))?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+fn state_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir);
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(state).join("xpupool"));
+    }
+    let home = std::env::var_os("HOME").context("neither --state-dir, XDG_STATE_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/state/xpupool"))
+}
+
+fn tokens(args: &ServerArgs, dir: &Path) -> Result<(Vec<TokenEntry>, Option<PathBuf>)> {
+    if !args.tokens.is_empty() {
+        let entries = args
+            .tokens
+            .iter()
+            .map(|t| match t.split_once('=') {
+                Some((tenant, token)) => TokenEntry { tenant: tenant.to_owned(), token: token.to_owned() },
+                None => TokenEntry { tenant: "default".to_owned(), token: t.clone() },
+            })
+            .collect();
+        return Ok((entries, None));
+    }
+    let path = dir.join("token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => {
+            std::fs::create_dir_all(dir)?;
+            let token = xpupool_server::random_token();
+            tls::write_private(&path, token.as_bytes())?;
+            token
+        }
+    };
+    Ok((vec![TokenEntry { tenant: "default".to_owned(), token }], Some(path)))
+}
+
+fn serve(args: ServerArgs) -> Result<ExitCode> {
+    init_logging("info");
+    let dir = state_dir(args.state_dir.clone())?;
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => tls::load(cert, key)?,
+        _ => tls::load_or_create(&dir)?,
+    };
+    let (tokens, token_file) = tokens(&args, &dir)?;
+    let backend = backend(&args.backend, args.mock_memory_mib)?;
+    if args.backend == "mock" {
+        eprintln!("xpupool: serving the mock backend (CPU PTX interpreter, {} MiB of device memory)", args.mock_memory_mib);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let cert_path = identity.cert_path.clone();
+        let fingerprint = identity.fingerprint();
+        let server = Server::bind(ServerConfig { listen: args.listen, identity, tokens, backend })?;
+        println!("listening: {}", server.local_addr()?);
+        println!("certificate: {}", cert_path.display());
+        println!("fingerprint: {fingerprint}");
+        match token_file {
+            Some(path) => println!("token file: {}", path.display()),
+            None => println!("tokens: from --token"),
+        }
+        tokio::select! {
+            _ = server.serve() => {}
+            _ = tokio::signal::ctrl_c() => eprintln!("xpupool: shutting down"),
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Server(args) => serve(args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("xpupool: {e:#}");
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,288 @@
+//! Device memory of the mock backend: real bytes on the host, at device addresses
+//! handed out from one server-wide range so no two sessions' pointers coincide.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use xpupool_protocol::{code, CuError};
+
+/// Start of the device address range the mock hands out.
+pub(crate) const DEVICE_VA_START: u64 = 0x2000_0000_0000;
+/// End (exclusive) of that range: 4 TiB of address space, never reused.
+pub(crate) const DEVICE_VA_END: u64 = 0x2400_0000_0000;
+/// Unmapped bytes left after each allocation so an overrun faults.
+const GUARD: u64 = 64 << 10;
+/// Alignment of every allocation (what `cuMemAlloc` guarantees is 256).
+const ALIGN: u64 = 512;
+
+/// One allocation's host storage.
+pub(crate) struct Block {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the block owns its heap storage; concurrent access to the bytes is the
+// kernel's business (as on a device), and atomics go through atomic types.
+unsafe impl Send for Block {}
+unsafe impl Sync for Block {}
+
+impl Block {
+    fn new(len: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(len.max(1), ALIGN as usize).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        (!ptr.is_null()).then_some(Self { ptr, len })
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len.max(1), ALIGN as usize).expect("layout was valid at allocation");
+        // SAFETY: allocated in `Block::new` with this layout.
+        unsafe { dealloc(self.ptr, layout) }
+    }
+}
+
+/// The device-wide memory ledger shared by every session of one mock device.
+pub(crate) struct DeviceMemory {
+    next_address: Mutex<u64>,
+    used: AtomicU64,
+    capacity: u64,
+}
+
+impl DeviceMemory {
+    pub(crate) fn new(capacity: u64) -> Arc<Self> {
+        Arc::new(Self { next_address: Mutex::new(DEVICE_VA_START), used: AtomicU64::new(0), capacity })
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn charge(&self, bytes: u64) -> Result<(), CuError> {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let after = used.checked_add(bytes).filter(|&after| after <= self.capacity).ok_or_else(|| {
+                CuError::new(code::OUT_OF_MEMORY, format!("{bytes} bytes requested, {} of {} in use", used, self.capacity))
+            })?;
+            match self.used.compare_exchange_weak(used, after, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn refund(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn reserve_address(&self, bytes: u64) -> Result<u64, CuError> {
+        let mut next = self.next_address.lock().unwrap_or_else(|e| e.into_inner());
+        let base = *next;
+        let end = base
+            .checked_add(bytes.div_ceil(ALIGN) * ALIGN + GUARD)
+            .filter(|&end| end <= DEVICE_VA_END)
+            .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "mock device address space exhausted"))?;
+        *next = end;
+        Ok(base)
+    }
+}
+
+/// One session's allocations: the table every pointer it names is checked against.
+pub(crate) struct SessionMemory {
+    device: Arc<DeviceMemory>,
+    blocks: RwLock<BTreeMap<u64, Block>>,
+}
+
+impl SessionMemory {
+    pub(crate) fn new(device: Arc<DeviceMemory>) -> Self {
+        Self { device, blocks: RwLock::new(BTreeMap::new()) }
+    }
+
+    pub(crate) fn device(&self) -> &DeviceMemory {
+        &self.device
+    }
+
+    /// Allocates `bytes` zeroed bytes and returns their device address.
+    pub(crate) fn alloc(&self, bytes: u64) -> Result<u64, CuError> {
+        if bytes == 0 {
+            return Err(CuError::new(code::INVALID_VALUE, "zero-byte allocation"));
+        }
+        let len = usize::try_from(bytes).map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+        self.device.charge(bytes)?;
+        let Some(block) = Block::new(len) else {
+            self.device.refund(bytes);
+            return Err(CuError::new(code::OUT_OF_MEMORY, format!("host could not back {bytes} bytes")));
+        };
+        let address = match self.device.reserve_address(bytes) {
+            Ok(address) => address,
+            Err(e) => {
+                self.device.refund(bytes);
+                return Err(e);
+            }
+        };
+        self.blocks.write().unwrap_or_else(|e| e.into_inner()).insert(address, block);
+        Ok(address)
+    }
+
+    /// Frees the allocation that starts at `address`.
+    pub(crate) fn free(&self, address: u64) -> Result<(), CuError> {
+        let block = self
+            .blocks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&address)
+            .ok_or_else(|| CuError::new(code::INVALID_VALUE, format!("{address:#x} is not an allocation of this session")))?;
+        self.device.refund(block.len as u64);
+        Ok(())
+    }
+
+    /// Runs `f` with a view on every allocation, for a kernel launch or a copy.
+    pub(crate) fn with_view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
+        let blocks = self.blocks.read().unwrap_or_else(|e| e.into_inner());
+        f(&View { blocks: &blocks })
+    }
+
+    /// Copies bytes out of device memory.
+    pub(crate) fn read(&self, address: u64, len: u64) -> Result<Vec<u8>, CuError> {
+        self.with_view(|view| {
+            let ptr = view.checked(address, len)?;
+            // SAFETY: `checked` proved [ptr, ptr+len) lies inside one live block.
+            Ok(unsafe { std::slice::from_raw_parts(ptr, len as usize) }.to_vec())
+        })
+    }
+
+    /// Copies bytes into device memory.
+    pub(crate) fn write(&self, address: u64, data: &[u8]) -> Result<(), CuError> {
+        self.with_view(|view| {
+            let ptr = view.checked(address, data.len() as u64)?;
+            // SAFETY: as in `read`; requests of one session are handled one at a time.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr, data.len()) };
+            Ok(())
+        })
+    }
+
+    /// Copies between two device ranges (which may overlap).
+    pub(crate) fn copy(&self, dst: u64, src: u64, len: u64) -> Result<(), CuError> {
+        self.with_view(|view| {
+            let from = view.checked(src, len)?;
+            let to = view.checked(dst, len)?;
+            // SAFETY: both ranges are inside live blocks; `copy` allows overlap.
+            unsafe { std::ptr::copy(from, to, len as usize) };
+            Ok(())
+        })
+    }
+
+    /// Fills `count` elements of `elem_size` bytes at `address` with `value`.
+    pub(crate) fn fill(&self, address: u64, value: u32, elem_size: u8, count: u64) -> Result<(), CuError> {
+        if !matches!(elem_size, 1 | 2 | 4) || address % elem_size as u64 != 0 {
+            return Err(CuError::new(code::INVALID_VALUE, "memset element size or alignment"));
+        }
+        let pattern = &value.to_le_bytes()[..elem_size as usize];
+        let len = count.checked_mul(elem_size as u64).ok_or_else(|| CuError::new(code::INVALID_VALUE, "memset too large"))?;
+        self.with_view(|view| {
+            let ptr = view.checked(address, len)?;
+            // SAFETY: inside one live block.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) };
+            for chunk in bytes.chunks_exact_mut(pattern.len()) {
+                chunk.copy_from_slice(pattern);
+            }
+            Ok(())
+        })
+    }
+
+    /// Bytes held by this session.
+    pub(crate) fn held(&self) -> u64 {
+        self.blocks.read().unwrap_or_else(|e| e.into_inner()).values().map(|b| b.len as u64).sum()
+    }
+}
+
+impl Drop for SessionMemory {
+    fn drop(&mut self) {
+        let held = self.held();
+        self.device.refund(held);
+    }
+}
+
+/// A locked view on one session's allocations.
+pub(crate) struct View<'a> {
+    blocks: &'a BTreeMap<u64, Block>,
+}
+
+impl View<'_> {
+    /// Host pointer for `[address, address+len)` if it lies inside one allocation.
+    pub(crate) fn translate(&self, address: u64, len: u64) -> Option<*mut u8> {
+        let (&base, block) = self.blocks.range(..=address).next_back()?;
+        let offset = address - base;
+        let end = offset.checked_add(len)?;
+        (end <= block.len as u64).then(|| {
+            // SAFETY: offset is within the block.
+            unsafe { block.ptr.add(offset as usize) }
+        })
+    }
+
+    fn checked(&self, address: u64, len: u64) -> Result<*mut u8, CuError> {
+        self.translate(address, len).ok_or_else(|| {
+            CuError::new(code::INVALID_VALUE, format!("[{address:#x}, +{len}) is not inside an allocation of this session"))
+        })
+    }
+}
+
+impl xpupool_ptx::Memory for View<'_> {
+    fn translate(&self, addr: u64, len: usize) -> Option<*mut u8> {
+        View::translate(self, addr, len as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocations_are_charged_bounded_and_refunded() {
+        let device = DeviceMemory::new(1 << 20);
+        let session = SessionMemory::new(device.clone());
+        let a = session.alloc(600 << 10).unwrap();
+        assert_eq!(a % ALIGN, 0);
+        let err = session.alloc(600 << 10).unwrap_err();
+        assert_eq!(err.code, code::OUT_OF_MEMORY);
+        session.free(a).unwrap();
+        assert_eq!(device.used(), 0);
+        let b = session.alloc(600 << 10).unwrap();
+        assert_ne!(a, b, "addresses are never reused");
+        drop(session);
+        assert_eq!(device.used(), 0, "a closed session gives its memory back");
+    }
+
+    #[test]
+    fn pointers_are_checked_against_the_session() {
+        let device = DeviceMemory::new(1 << 20);
+        let mine = SessionMemory::new(device.clone());
+        let theirs = SessionMemory::new(device);
+        let a = theirs.alloc(4096).unwrap();
+        assert_eq!(mine.write(a, &[1, 2, 3]).unwrap_err().code, code::INVALID_VALUE);
+        assert_eq!(mine.free(a).unwrap_err().code, code::INVALID_VALUE);
+        theirs.write(a + 4094, &[7, 8]).unwrap();
+        assert!(theirs.write(a + 4095, &[7, 8]).is_err(), "overrun by one byte");
+        assert_eq!(theirs.read(a + 4094, 2).unwrap(), vec![7, 8]);
+    }
+
+    #[test]
+    fn fill_and_copy() {
+        let session = SessionMemory::new(DeviceMemory::new(1 << 20));
+        let a = session.alloc(64).unwrap();
+        session.fill(a + 8, 0xBEEF, 2, 4).unwrap();
+        session.copy(a + 32, a + 8, 8).unwrap();
+        let bytes = session.read(a, 48).unwrap();
+        assert_eq!(&bytes[8..16], &[0xEF, 0xBE, 0xEF, 0xBE, 0xEF, 0xBE, 0xEF, 0xBE]);
+        assert_eq!(&bytes[32..40], &bytes[8..16]);
+        assert_eq!(bytes[16], 0);
+        assert!(session.fill(a + 1, 1, 4, 1).is_err(), "misaligned 32-bit memset");
+    }
+}

@@ -1,0 +1,438 @@
+//! The mock backend: a CPU stand-in for a GPU, good enough for CI.
+//!
+//! Device memory is real bytes ([`memory`]); streams run their work in order as it
+//! is submitted (so every stream is always complete when asked); events carry the
+//! time they were recorded; kernels run on the PTX interpreter (`xpupool-ptx`). What
+//! it cannot run it refuses with the driver's error code and a reason in the log —
+//! it never reports success for work it did not do.
+
+mod device;
+pub(crate) mod memory;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_bytes::ByteBuf;
+use xpupool_fatbin::{EntryKind, Image};
+use xpupool_protocol::api::{FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo};
+use xpupool_protocol::{code, Api, CuError, DeviceInfo};
+use xpupool_ptx::{ExecError, Launch};
+
+use crate::backend::{Backend, Tenant};
+use memory::{DeviceMemory, SessionMemory};
+
+/// `CU_EVENT_DISABLE_TIMING`
+const EVENT_DISABLE_TIMING: u32 = 0x2;
+
+/// The mock device, shared by every session of one server.
+pub struct MockBackend {
+    memory: Arc<DeviceMemory>,
+    workers: usize,
+}
+
+impl MockBackend {
+    /// A mock device with `capacity` bytes of device memory.
+    pub fn new(capacity: u64) -> Self {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { memory: DeviceMemory::new(capacity), workers }
+    }
+
+    /// Bytes currently allocated by all sessions.
+    pub fn used_memory(&self) -> u64 {
+        self.memory.used()
+    }
+}
+
+impl Backend for MockBackend {
+    fn name(&self) -> &'static str {
+        "mock"
+    }
+
+    fn driver_version(&self) -> i32 {
+        13020
+    }
+
+    fn devices(&self, _tenant: &Tenant) -> Vec<DeviceInfo> {
+        vec![device::device_info(self.memory.capacity())]
+    }
+
+    fn device_address_range(&self) -> (u64, u64) {
+        (memory::DEVICE_VA_START, memory::DEVICE_VA_END)
+    }
+
+    fn open_session(&self, _tenant: &Tenant) -> Box<dyn Api + Send> {
+        Box::new(MockSession {
+            memory: SessionMemory::new(self.memory.clone()),
+            workers: self.workers,
+            next_handle: 1,
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+            sticky: None,
+        })
+    }
+}
+
+struct LoadedModule {
+    ptx: Option<Arc<xpupool_ptx::Module>>,
+    globals: HashMap<String, u64>,
+    functions: Vec<u64>,
+}
+
+struct Function {
+    module: u64,
+    name: String,
+}
+
+struct Event {
+    flags: u32,
+    recorded: Option<Instant>,
+}
+
+/// One client's view of the mock device.
+struct MockSession {
+    memory: SessionMemory,
+    workers: usize,
+    next_handle: u64,
+    modules: HashMap<u64, LoadedModule>,
+    functions: HashMap<u64, Function>,
+    streams: HashMap<u64, u32>,
+    events: HashMap<u64, Event>,
+    /// A kernel fault poisons the context, as on a device: every later call fails.
+    sticky: Option<CuError>,
+}
+
+fn invalid_handle(what: &str, handle: u64) -> CuError {
+    CuError::new(code::INVALID_HANDLE, format!("{what} {handle:#x} does not belong to this session"))
+}
+
+impl MockSession {
+    fn handle(&mut self, tag: u64) -> u64 {
+        self.next_handle += 1;
+        (tag << 48) | self.next_handle
+    }
+
+    fn healthy(&self) -> Result<(), CuError> {
+        self.sticky.clone().map_or(Ok(()), Err)
+    }
+
+    /// Checks a stream argument; the default streams (0, legacy, per-thread) always exist.
+    fn stream(&self, stream: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        if stream <= 2 || self.streams.contains_key(&stream) {
+            Ok(())
+        } else {
+            Err(invalid_handle("stream", stream))
+        }
+    }
+
+    fn event(&mut self, event: u64) -> Result<&mut Event, CuError> {
+        self.events.get_mut(&event).ok_or_else(|| invalid_handle("event", event))
+    }
+
+    fn load_ptx(&mut self, image: &Image) -> Result<(Option<xpupool_ptx::Module>, Option<String>), CuError> {
+        let ptx_text = match image {
+            Image::Ptx(text) => Some(text.clone()),
+            _ => {
+                let entries = image
+                    .entries()
+                    .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
+                let ptx = xpupool_fatbin::best_ptx(&entries, device::SM);
+                match ptx {
+                    Some(entry) => Some(String::from_utf8_lossy(&entry.data).into_owned()),
+                    None => {
+                        let archs: Vec<String> = entries
+                            .iter()
+                            .map(|e| format!("{}{}", if e.kind == EntryKind::Ptx { "compute_" } else { "sm_" }, e.arch))
+                            .collect();
+                        let reason = format!(
+                            "the image has no PTX for sm_{} or older (it holds: {}); the mock backend runs PTX only",
+                            device::SM,
+                            archs.join(", ")
+                        );
+                        return Ok((None, Some(reason)));
+                    }
+                }
+            }
+        };
+        let text = ptx_text.unwrap_or_default();
+        let module = xpupool_ptx::parse_module(&text)
+            .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("PTX does not parse: {e}")))?;
+        Ok((Some(module), None))
+    }
+
+    fn free_module(&mut self, module: LoadedModule) {
+        for f in module.functions {
+            self.functions.remove(&f);
+        }
+        for address in module.globals.values() {
+            // The module allocated these itself; failure would mean a bookkeeping bug.
+            if let Err(e) = self.memory.free(*address) {
+                tracing::error!(error = %e, "freeing a module global");
+            }
+        }
+    }
+}
+
+fn function_attributes(kernel: &xpupool_ptx::KernelInfo, module: &xpupool_ptx::Module) -> Vec<(u32, i32)> {
+    let const_bytes: usize = module
+        .globals()
+        .iter()
+        .filter(|g| matches!(g.space, xpupool_ptx::Space::Const))
+        .map(|g| g.size)
+        .sum();
+    let max_threads = kernel.max_threads_per_block.unwrap_or(1024).min(1024) as i32;
+    let max_dynamic = device::attribute(8) - kernel.static_shared_bytes as i32;
+    vec![
+        (0, max_threads),
+        (1, kernel.static_shared_bytes as i32),
+        (2, const_bytes as i32),
+        (3, kernel.local_bytes as i32),
+        (4, 32), // NUM_REGS: the interpreter has no register limit; report a typical figure
+        (5, device::SM as i32),
+        (6, device::SM as i32),
+        (7, 0),
+        (8, max_dynamic.max(0)),
+        (9, -1),
+    ]
+}
+
+fn exec_error(kernel: &str, e: ExecError) -> CuError {
+    match e {
+        ExecError::InvalidLaunch(reason) => CuError::new(code::INVALID_VALUE, format!("{kernel}: {reason}")),
+        ExecError::IllegalAddress { .. } => CuError::new(code::ILLEGAL_ADDRESS, format!("{kernel}: {e}")),
+        ExecError::Unsupported(reason) => {
+            CuError::new(code::LAUNCH_FAILED, format!("{kernel}: the mock cannot run this kernel: {reason}"))
+        }
+        other => CuError::new(code::LAUNCH_FAILED, format!("{kernel}: {other}")),
+    }
+}
+
+impl Api for MockSession {
+    fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
+        self.healthy()?;
+        if device != 0 {
+            return Err(CuError::new(code::INVALID_DEVICE, format!("device {device}")));
+        }
+        self.memory.alloc(bytes)
+    }
+
+    fn mem_free(&mut self, ptr: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        if self.modules.values().any(|m| m.globals.values().any(|&g| g == ptr)) {
+            return Err(CuError::new(code::INVALID_VALUE, "cannot free a module variable"));
+        }
+        self.memory.free(ptr)
+    }
+
+    fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
+        if device != 0 {
+            return Err(CuError::new(code::INVALID_DEVICE, format!("device {device}")));
+        }
+        let total = self.memory.device().capacity();
+        Ok((total.saturating_sub(self.memory.device().used()), total))
+    }
+
+    fn memcpy_htod(&mut self, dst: u64, data: ByteBuf, stream: u64) -> Result<(), CuError> {
+        self.stream(stream)?;
+        self.memory.write(dst, &data)
+    }
+
+    fn memcpy_dtoh(&mut self, src: u64, len: u64, stream: u64) -> Result<ByteBuf, CuError> {
+        self.stream(stream)?;
+        if len > xpupool_protocol::MAX_COPY_CHUNK as u64 {
+            return Err(CuError::new(code::INVALID_VALUE, "copy chunk over the protocol limit"));
+        }
+        self.memory.read(src, len).map(ByteBuf::from)
+    }
+
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64) -> Result<(), CuError> {
+        self.stream(stream)?;
+        self.memory.copy(dst, src, len)
+    }
+
+    fn memset(&mut self, dst: u64, value: u32, elem_size: u8, count: u64, stream: u64) -> Result<(), CuError> {
+        self.stream(stream)?;
+        self.memory.fill(dst, value, elem_size, count)
+    }
+
+    fn memset_2d(
+        &mut self,
+        dst: u64,
+        pitch: u64,
+        value: u32,
+        elem_size: u8,
+        width: u64,
+        height: u64,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        self.stream(stream)?;
+        if width.saturating_mul(elem_size as u64) > pitch && height > 1 {
+            return Err(CuError::new(code::INVALID_VALUE, "memset2D width exceeds pitch"));
+        }
+        for row in 0..height {
+            self.memory.fill(dst + row * pitch, value, elem_size, width)?;
+        }
+        Ok(())
+    }
+
+    fn module_load(&mut self, image: ByteBuf) -> Result<ModuleInfo, CuError> {
+        self.healthy()?;
+        let image = Image::from_wire(&image).map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
+        let (ptx, no_code) = self.load_ptx(&image)?;
+        let handle = self.handle(0x4d4f);
+        let mut loaded = LoadedModule { ptx: None, globals: HashMap::new(), functions: Vec::new() };
+        let mut info = ModuleInfo { handle, functions: Vec::new(), globals: Vec::new(), no_code };
+        if let Some(module) = ptx {
+            for global in module.globals() {
+                let address = match self.memory.alloc(global.size.max(1) as u64) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        self.free_module(loaded);
+                        return Err(e);
+                    }
+                };
+                self.memory.write(address, &global.init)?;
+                loaded.globals.insert(global.name.clone(), address);
+                info.globals.push(GlobalInfo { name: global.name.clone(), address, size: global.size as u64 });
+            }
+            for kernel in module.kernels() {
+                let f = self.handle(0x4655);
+                self.functions.insert(f, Function { module: handle, name: kernel.name.clone() });
+                loaded.functions.push(f);
+                info.functions.push(FunctionInfo {
+                    name: kernel.name.clone(),
+                    handle: f,
+                    params: kernel.params.iter().map(|p| (p.offset as u32, p.size as u32)).collect(),
+                    param_bytes: kernel.param_bytes as u32,
+                    unusable: kernel.unsupported.clone(),
+                    attributes: function_attributes(kernel, &module),
+                });
+            }
+            loaded.ptx = Some(Arc::new(module));
+        }
+        tracing::debug!(module = handle, functions = info.functions.len(), globals = info.globals.len(), "module loaded");
+        self.modules.insert(handle, loaded);
+        Ok(info)
+    }
+
+    fn module_unload(&mut self, module: u64) -> Result<(), CuError> {
+        let loaded = self.modules.remove(&module).ok_or_else(|| invalid_handle("module", module))?;
+        self.free_module(loaded);
+        Ok(())
+    }
+
+    fn launch_kernel(&mut self, function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> Result<(), CuError> {
+        self.stream(stream)?;
+        let f = self.functions.get(&function).ok_or_else(|| invalid_handle("function", function))?;
+        let module = &self.modules[&f.module];
+        let ptx = module.ptx.clone().ok_or_else(|| CuError::new(code::NO_BINARY_FOR_GPU, "module has no PTX"))?;
+        let kernel = ptx
+            .kernel(&f.name)
+            .ok_or_else(|| CuError::new(code::NOT_FOUND, format!("kernel {} vanished from its module", f.name)))?;
+        if let Some(reason) = &kernel.unsupported {
+            return Err(CuError::new(code::NO_BINARY_FOR_GPU, format!("{}: {reason}", f.name)));
+        }
+        let name = f.name.clone();
+        let globals = &module.globals;
+        let symbols = |symbol: &str| globals.get(symbol).copied();
+        let launch = Launch {
+            grid: dims.grid,
+            block: dims.block,
+            dynamic_shared_bytes: dims.shared_bytes,
+            params: &params,
+            symbols: &symbols,
+            workers: self.workers,
+        };
+        let started = Instant::now();
+        let result = self.memory.with_view(|view| xpupool_ptx::launch(&ptx, &name, &launch, view));
+        tracing::debug!(kernel = %name, grid = ?dims.grid, block = ?dims.block, elapsed = ?started.elapsed(), "kernel ran");
+        result.map_err(|e| {
+            let error = exec_error(&name, e);
+            tracing::warn!(error = %error, "kernel failed");
+            if error.code == code::ILLEGAL_ADDRESS || error.code == code::LAUNCH_FAILED {
+                self.sticky = Some(error.clone());
+            }
+            error
+        })
+    }
+
+    fn stream_create(&mut self, flags: u32, _priority: i32) -> Result<u64, CuError> {
+        self.healthy()?;
+        let handle = self.handle(0x5354);
+        self.streams.insert(handle, flags);
+        Ok(handle)
+    }
+
+    fn stream_destroy(&mut self, stream: u64) -> Result<(), CuError> {
+        self.streams.remove(&stream).map(|_| ()).ok_or_else(|| invalid_handle("stream", stream))
+    }
+
+    fn stream_synchronize(&mut self, stream: u64) -> Result<(), CuError> {
+        // Work runs as it is submitted, so a known stream is always complete.
+        self.stream(stream)
+    }
+
+    fn stream_query(&mut self, stream: u64) -> Result<(), CuError> {
+        self.stream(stream)
+    }
+
+    fn stream_wait_event(&mut self, stream: u64, event: u64, _flags: u32) -> Result<(), CuError> {
+        self.stream(stream)?;
+        // The event's work has already run: submission order is execution order.
+        self.event(event).map(|_| ())
+    }
+
+    fn event_create(&mut self, flags: u32) -> Result<u64, CuError> {
+        self.healthy()?;
+        let handle = self.handle(0x4556);
+        self.events.insert(handle, Event { flags, recorded: None });
+        Ok(handle)
+    }
+
+    fn event_destroy(&mut self, event: u64) -> Result<(), CuError> {
+        self.events.remove(&event).map(|_| ()).ok_or_else(|| invalid_handle("event", event))
+    }
+
+    fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
+        self.stream(stream)?;
+        self.event(event)?.recorded = Some(Instant::now());
+        Ok(())
+    }
+
+    fn event_synchronize(&mut self, event: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        self.event(event).map(|_| ())
+    }
+
+    fn event_query(&mut self, event: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        self.event(event).map(|_| ())
+    }
+
+    fn event_elapsed_time(&mut self, start: u64, end: u64) -> Result<f32, CuError> {
+        self.healthy()?;
+        let times = [start, end].map(|e| self.events.get(&e).map(|ev| (ev.flags, ev.recorded)));
+        match times {
+            [Some((f1, Some(t1))), Some((f2, Some(t2)))] => {
+                if (f1 | f2) & EVENT_DISABLE_TIMING != 0 {
+                    return Err(CuError::new(code::INVALID_HANDLE, "event created with CU_EVENT_DISABLE_TIMING"));
+                }
+                let ms = if t2 >= t1 {
+                    t2.duration_since(t1).as_secs_f32() * 1000.0
+                } else {
+                    -(t1.duration_since(t2).as_secs_f32() * 1000.0)
+                };
+                Ok(ms)
+            }
+            [Some(_), Some(_)] => Err(CuError::new(code::INVALID_HANDLE, "event was never recorded")),
+            _ => Err(CuError::new(code::INVALID_HANDLE, "unknown event")),
+        }
+    }
+
+    fn synchronize(&mut self) -> Result<(), CuError> {
+        self.healthy()
+    }
+}

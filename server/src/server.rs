@@ -1,0 +1,170 @@
+//! The QUIC listener: one session per client connection, requests handled in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use quinn::{RecvStream, SendStream};
+use xpupool_protocol::{code, frame, CuError, Hello, Request, Welcome, ALPN, PROTOCOL_VERSION};
+
+use crate::backend::{Backend, Tenant};
+use crate::tls::Identity;
+
+/// A tenant's token and name.
+#[derive(Clone)]
+pub struct TokenEntry {
+    /// The secret the client presents.
+    pub token: String,
+    /// Who it is.
+    pub tenant: String,
+}
+
+/// Everything a server needs to start.
+pub struct ServerConfig {
+    /// Address to listen on (UDP).
+    pub listen: SocketAddr,
+    /// TLS certificate and key.
+    pub identity: Identity,
+    /// Accepted tokens.
+    pub tokens: Vec<TokenEntry>,
+    /// Where sessions run.
+    pub backend: Arc<dyn Backend>,
+}
+
+/// A bound server; [`Server::serve`] runs it.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    tokens: Arc<Vec<TokenEntry>>,
+    backend: Arc<dyn Backend>,
+}
+
+impl Server {
+    /// Binds the QUIC endpoint. Must be called inside a tokio runtime.
+    pub fn bind(config: ServerConfig) -> Result<Self> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(config.identity.chain, config.identity.key)
+            .context("server certificate")?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(std::time::Duration::from_secs(60).try_into()?));
+        transport.keep_alive_interval(None);
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("listening on {}", config.listen))?;
+        Ok(Self { endpoint, tokens: Arc::new(config.tokens), backend: config.backend })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Accepts connections until the endpoint is closed.
+    pub async fn serve(self) {
+        while let Some(incoming) = self.endpoint.accept().await {
+            let tokens = self.tokens.clone();
+            let backend = self.backend.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(connection) => {
+                        if let Err(e) = serve_connection(connection, tokens, backend).await {
+                            tracing::info!(%remote, error = %e, "connection ended");
+                        }
+                    }
+                    Err(e) => tracing::info!(%remote, error = %e, "handshake failed"),
+                }
+            });
+        }
+    }
+}
+
+/// Compares in time independent of where the strings differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Result<Option<Vec<u8>>> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = frame::body_len(prefix)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+async fn write_message<T: serde::Serialize>(send: &mut SendStream, message: &T) -> Result<()> {
+    let bytes = frame::encode(message)?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+async fn serve_connection(connection: quinn::Connection, tokens: Arc<Vec<TokenEntry>>, backend: Arc<dyn Backend>) -> Result<()> {
+    let remote = connection.remote_address();
+    let (mut send, mut recv) = connection.accept_bi().await?;
+    let hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
+    let tenant = tokens.iter().find(|t| same_secret(&t.token, &hello.token)).map(|t| Tenant { name: t.tenant.clone() });
+    let refusal = if hello.protocol_version != PROTOCOL_VERSION {
+        Some(format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version))
+    } else if tenant.is_none() {
+        Some("unknown tenant token".to_owned())
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(%remote, pid = hello.pid, program = %hello.program, %reason, "refused client");
+        write_message(&mut send, &Err::<Welcome, _>(CuError::new(code::NOT_PERMITTED, reason))).await?;
+        send.finish()?;
+        connection.closed().await;
+        return Ok(());
+    }
+    let tenant = tenant.expect("checked above");
+    let welcome = Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        backend: backend.name().to_owned(),
+        driver_version: backend.driver_version(),
+        devices: backend.devices(&tenant),
+        device_address_range: backend.device_address_range(),
+    };
+    write_message(&mut send, &Ok::<_, CuError>(welcome)).await?;
+    let mut session = Some(backend.open_session(&tenant));
+    tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
+    let mut requests = 0u64;
+    let result = async {
+        while let Some(body) = read_frame(&mut recv).await? {
+            requests += 1;
+            let reply = match frame::decode::<Request>(&body) {
+                Ok(request) => {
+                    let mut s = session.take().expect("session is returned after each request");
+                    let (s, reply) = tokio::task::spawn_blocking(move || {
+                        let name = request.name();
+                        let reply = xpupool_protocol::api::dispatch(s.as_mut(), request);
+                        if let Err(e) = &reply {
+                            tracing::debug!(op = name, code = e.code, error = %e.message, "request failed");
+                        }
+                        (s, reply)
+                    })
+                    .await?;
+                    session = Some(s);
+                    reply
+                }
+                Err(e) => Err(CuError::new(code::INVALID_VALUE, format!("malformed request: {e}"))),
+            };
+            write_message(&mut send, &reply).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    // Dropping the session frees every allocation, module, stream and event it held.
+    drop(session);
+    tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, requests, "session closed");
+    result
+}

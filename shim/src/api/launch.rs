@@ -1,0 +1,177 @@
+//! Kernel launches. `cuLaunchKernel` gets `void**` with no count: the parameter
+//! layout comes from the server (reported at module load), and each argument is
+//! copied into one packed buffer. The `extra` form's buffer is forwarded as is.
+
+use std::ffi::{c_uint, c_void};
+
+use serde_bytes::ByteBuf;
+use xpupool_cuda_types::*;
+use xpupool_protocol::api::LaunchDims;
+use xpupool_protocol::Calls;
+
+use crate::boundary::{export, Res};
+use crate::state::{driver, fail, stream_arg, Function};
+
+const LAUNCH_PARAM_END: usize = 0;
+const LAUNCH_PARAM_BUFFER_POINTER: usize = 1;
+const LAUNCH_PARAM_BUFFER_SIZE: usize = 2;
+
+/// Builds the packed parameter buffer from `kernelParams` or `extra`.
+fn pack(f: &Function, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<Vec<u8>> {
+    let size = f.info.param_bytes as usize;
+    if !params.is_null() {
+        let mut buffer = vec![0u8; size];
+        for (i, &(offset, len)) in f.info.params.iter().enumerate() {
+            // SAFETY: the API contract: one pointer per kernel parameter.
+            let arg = unsafe { *params.add(i) };
+            if arg.is_null() {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            // SAFETY: `arg` points at a value of the parameter's size.
+            let bytes = unsafe { std::slice::from_raw_parts(arg.cast::<u8>(), len as usize) };
+            buffer[offset as usize..(offset + len) as usize].copy_from_slice(bytes);
+        }
+        return Ok(buffer);
+    }
+    if !extra.is_null() {
+        let (mut pointer, mut length) = (std::ptr::null::<u8>(), None);
+        for i in (0..).step_by(2) {
+            // SAFETY: the API contract: a key/value list ended by CU_LAUNCH_PARAM_END.
+            let key = unsafe { *extra.add(i) } as usize;
+            if key == LAUNCH_PARAM_END {
+                break;
+            }
+            // SAFETY: every key but END is followed by its value.
+            let value = unsafe { *extra.add(i + 1) };
+            match key {
+                LAUNCH_PARAM_BUFFER_POINTER => pointer = value.cast(),
+                // SAFETY: the value of BUFFER_SIZE points at a size_t.
+                LAUNCH_PARAM_BUFFER_SIZE if !value.is_null() => length = Some(unsafe { *value.cast::<usize>() }),
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            }
+        }
+        let length = length.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if pointer.is_null() || length < size {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: the caller's packed buffer of `length` bytes.
+        return Ok(unsafe { std::slice::from_raw_parts(pointer, length) }[..size].to_vec());
+    }
+    if f.info.params.is_empty() {
+        Ok(Vec::new())
+    } else {
+        Err(CUDA_ERROR_INVALID_VALUE)
+    }
+}
+
+/// Checks a launch's shape against the device's limits, as the driver does.
+fn check_dims(f: &Function, dims: &LaunchDims) -> Res {
+    let d = driver()?;
+    let attr = |a| d.attribute(0, a).map(|v| v as u32);
+    let [bx, by, bz] = dims.block;
+    let [gx, gy, gz] = dims.grid;
+    let threads = bx as u64 * by as u64 * bz as u64;
+    let max_threads = f.attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK).unwrap_or(1024) as u64;
+    let within = bx >= 1 && by >= 1 && bz >= 1 && gx >= 1 && gy >= 1 && gz >= 1
+        && bx <= attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X)?
+        && by <= attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y)?
+        && bz <= attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z)?
+        && gx <= attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X)?
+        && gy <= attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)?
+        && gz <= attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)?
+        && threads <= max_threads;
+    if !within {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let max_dynamic = f.attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).unwrap_or(0).max(0) as u32;
+    if dims.shared_bytes > max_dynamic {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(())
+}
+
+pub(crate) fn launch(function: CUfunction, dims: LaunchDims, stream: u64, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res {
+    let d = driver()?;
+    let f = d.functions.get(function as usize)?;
+    if let Some(reason) = &f.info.unusable {
+        tracing::warn!("kernel {} cannot run on this server: {reason}", f.info.name);
+        return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+    }
+    check_dims(&f, &dims)?;
+    let buffer = pack(&f, params, extra)?;
+    d.conn.launch_kernel(f.info.handle, dims, stream, ByteBuf::from(buffer)).map_err(fail)
+}
+
+fn launch_ex(config: *const CUlaunchConfig, function: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void, per_thread: bool) -> Res {
+    if config.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-null configuration from the caller.
+    let c = unsafe { &*config };
+    for i in 0..c.numAttrs as usize {
+        // SAFETY: `attrs` holds `numAttrs` entries.
+        let attr = unsafe { &*c.attrs.add(i) };
+        // SAFETY: the union member read is the one `id` names.
+        let unsupported = match attr.id {
+            CU_LAUNCH_ATTRIBUTE_COOPERATIVE => (unsafe { attr.value.cooperative }) != 0,
+            CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION => {
+                let cd = unsafe { attr.value.clusterDim };
+                (cd.x, cd.y, cd.z) != (1, 1, 1) && (cd.x, cd.y, cd.z) != (0, 0, 0)
+            }
+            // Hints about scheduling, priority and memory order do not change results.
+            _ => false,
+        };
+        if unsupported {
+            tracing::warn!(attribute = attr.id, "launch attribute not supported by xpupool");
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+    }
+    let dims = LaunchDims {
+        grid: [c.gridDimX, c.gridDimY, c.gridDimZ],
+        block: [c.blockDimX, c.blockDimY, c.blockDimZ],
+        shared_bytes: c.sharedMemBytes,
+    };
+    launch(function, dims, stream_arg(c.hStream, per_thread), params, extra)
+}
+
+export! {
+    fn cuLaunchKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, s: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) {
+        launch(f, LaunchDims { grid: [gx, gy, gz], block: [bx, by, bz], shared_bytes: shared }, stream_arg(s, false), params, extra)
+    }
+
+    fn cuLaunchKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, s: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) {
+        launch(f, LaunchDims { grid: [gx, gy, gz], block: [bx, by, bz], shared_bytes: shared }, stream_arg(s, true), params, extra)
+    }
+
+    fn cuLaunchKernelEx(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) {
+        launch_ex(config, f, params, extra, false)
+    }
+
+    fn cuLaunchKernelEx_ptsz(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) {
+        launch_ex(config, f, params, extra, true)
+    }
+
+    fn cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks: *mut i32, f: CUfunction, block_size: i32, dynamic_shared: usize) {
+        crate::boundary::put(blocks, occupancy(f, block_size, dynamic_shared)?)
+    }
+
+    fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks: *mut i32, f: CUfunction, block_size: i32, dynamic_shared: usize, _flags: c_uint) {
+        crate::boundary::put(blocks, occupancy(f, block_size, dynamic_shared)?)
+    }
+}
+
+/// Blocks of `block_size` threads that fit one multiprocessor, by threads, blocks and
+/// shared memory (the mock has no register file to run out of).
+fn occupancy(function: CUfunction, block_size: i32, dynamic_shared: usize) -> Res<i32> {
+    let d = driver()?;
+    let f = d.functions.get(function as usize)?;
+    if block_size <= 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let threads = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?;
+    let blocks = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR)?;
+    let shared = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
+    let per_block = f.attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).unwrap_or(0) as usize + dynamic_shared;
+    let by_shared = if per_block == 0 { i32::MAX } else { (shared / per_block) as i32 };
+    Ok((threads / block_size).min(blocks).min(by_shared))
+}

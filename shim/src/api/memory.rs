@@ -1,0 +1,356 @@
+//! Device memory (on the server), pinned host memory (allocated here), copies,
+//! memsets, and pointer queries answered from the client's own tables.
+
+use std::ffi::{c_uint, c_void};
+
+use serde_bytes::ByteBuf;
+use xpupool_cuda_types::*;
+use xpupool_protocol::{Calls, MAX_COPY_CHUNK};
+
+use crate::boundary::{export, put, Res};
+use crate::state::{driver, fail, lock, stream_arg, HostBlock};
+
+/// Where one side of a copy lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Host,
+    Device,
+}
+
+fn side(address: u64) -> Res<Side> {
+    Ok(if driver()?.is_device_address(address) { Side::Device } else { Side::Host })
+}
+
+fn alloc(out: *mut CUdeviceptr, bytes: usize) -> Res {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = driver()?;
+    let device = d.current_context()?.device;
+    let address = d.conn.mem_alloc(device as u32, bytes as u64).map_err(fail)?;
+    lock(&d.device_ranges).insert(address, bytes as u64);
+    put(out, address)
+}
+
+fn free(address: CUdeviceptr) -> Res {
+    if address == 0 {
+        return Ok(());
+    }
+    let d = driver()?;
+    d.conn.mem_free(address).map_err(fail)?;
+    lock(&d.device_ranges).remove(&address);
+    Ok(())
+}
+
+/// Copies `len` bytes between any two places, splitting transfers into chunks the
+/// protocol accepts. `stream` orders it on the server.
+pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
+    if len == 0 {
+        return Ok(());
+    }
+    if dst == 0 || src == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let conn = &driver()?.conn;
+    match (side(dst)?, side(src)?) {
+        (Side::Device, Side::Device) => conn.memcpy_dtod(dst, src, len as u64, stream).map_err(fail),
+        (Side::Device, Side::Host) => {
+            // SAFETY: the API contract: `src` is `len` readable host bytes.
+            let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
+            for (i, chunk) in bytes.chunks(MAX_COPY_CHUNK).enumerate() {
+                let at = dst + (i * MAX_COPY_CHUNK) as u64;
+                conn.memcpy_htod(at, ByteBuf::from(chunk.to_vec()), stream).map_err(fail)?;
+            }
+            Ok(())
+        }
+        (Side::Host, Side::Device) => {
+            let mut done = 0usize;
+            while done < len {
+                let n = (len - done).min(MAX_COPY_CHUNK);
+                let bytes = conn.memcpy_dtoh(src + done as u64, n as u64, stream).map_err(fail)?;
+                if bytes.len() != n {
+                    return Err(CUDA_ERROR_UNKNOWN);
+                }
+                // SAFETY: the API contract: `dst` is `len` writable host bytes.
+                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (dst as *mut u8).add(done), n) };
+                done += n;
+            }
+            Ok(())
+        }
+        (Side::Host, Side::Host) => {
+            conn.stream_synchronize(stream).map_err(fail)?;
+            // SAFETY: both are host ranges of `len` bytes per the API contract.
+            unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+            Ok(())
+        }
+    }
+}
+
+fn memset(dst: CUdeviceptr, value: u32, elem_size: u8, count: usize, stream: u64) -> Res {
+    if count == 0 {
+        return Ok(());
+    }
+    driver()?.conn.memset(dst, value, elem_size, count as u64, stream).map_err(fail)
+}
+
+fn memset_2d(dst: CUdeviceptr, pitch: usize, value: u32, elem_size: u8, width: usize, height: usize, stream: u64) -> Res {
+    if width == 0 || height == 0 {
+        return Ok(());
+    }
+    driver()?
+        .conn
+        .memset_2d(dst, pitch as u64, value, elem_size, width as u64, height as u64, stream)
+        .map_err(fail)
+}
+
+fn host_alloc(out: *mut *mut c_void, bytes: usize, flags: c_uint) -> Res {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = driver()?;
+    let mut ptr = std::ptr::null_mut();
+    // SAFETY: posix_memalign writes a fresh allocation into `ptr` on success.
+    if unsafe { libc::posix_memalign(&mut ptr, 4096, bytes.max(1)) } != 0 {
+        return Err(CUDA_ERROR_OUT_OF_MEMORY);
+    }
+    lock(&d.host_blocks).insert(ptr as usize, HostBlock { len: bytes.max(1), flags, owned: true });
+    put(out, ptr)
+}
+
+/// A 2-D copy, one row at a time (`cuMemcpy2D`).
+fn copy_2d(p: *const CUDA_MEMCPY2D, stream: u64) -> Res {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: non-null descriptor provided by the caller.
+    let p = unsafe { &*p };
+    let base = |memory_type: CUmemorytype, host: *const c_void, device: CUdeviceptr| -> Res<u64> {
+        match memory_type {
+            CU_MEMORYTYPE_HOST => Ok(host as u64),
+            CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => Ok(device),
+            _ => Err(CUDA_ERROR_NOT_SUPPORTED),
+        }
+    };
+    let src = base(p.srcMemoryType, p.srcHost, p.srcDevice)? + (p.srcY * p.srcPitch + p.srcXInBytes) as u64;
+    let dst = base(p.dstMemoryType, p.dstHost, p.dstDevice)? + (p.dstY * p.dstPitch + p.dstXInBytes) as u64;
+    if p.Height > 1 && (p.WidthInBytes > p.srcPitch || p.WidthInBytes > p.dstPitch) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    for row in 0..p.Height {
+        copy(dst + (row * p.dstPitch) as u64, src + (row * p.srcPitch) as u64, p.WidthInBytes, stream)?;
+    }
+    Ok(())
+}
+
+/// Answers one `CUpointer_attribute` for `ptr` into `data`.
+fn pointer_attribute(data: *mut c_void, attribute: CUpointer_attribute, ptr: CUdeviceptr, lenient: bool) -> Res {
+    let d = driver()?;
+    let device = d.device_range(ptr);
+    let host = d.host_block(ptr as usize);
+    if device.is_none() && host.is_none() {
+        if !lenient {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // cuPointerGetAttributes: unknown pointers get NULL-like answers.
+        return match attribute {
+            CU_POINTER_ATTRIBUTE_MEMORY_TYPE | CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => put(data.cast::<u32>(), 0),
+            CU_POINTER_ATTRIBUTE_IS_MANAGED | CU_POINTER_ATTRIBUTE_MAPPED | CU_POINTER_ATTRIBUTE_SYNC_MEMOPS => put(data.cast::<u32>(), 0),
+            CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL_NONE => put(data.cast::<i32>(), -2),
+            _ => put(data.cast::<u64>(), 0),
+        };
+    }
+    let ctx = d.primary.first().map_or(0, |c| std::sync::Arc::as_ptr(c) as usize);
+    let (base, size, memory_type) = match (device, host) {
+        (Some((base, size)), _) => (base, size, CU_MEMORYTYPE_DEVICE),
+        (None, Some((base, size, _))) => (base as u64, size as u64, CU_MEMORYTYPE_HOST),
+        (None, None) => unreachable!("handled above"),
+    };
+    match attribute {
+        CU_POINTER_ATTRIBUTE_CONTEXT => put(data.cast::<CUcontext>(), ctx as CUcontext),
+        CU_POINTER_ATTRIBUTE_MEMORY_TYPE => put(data.cast::<u32>(), memory_type),
+        CU_POINTER_ATTRIBUTE_DEVICE_POINTER if memory_type == CU_MEMORYTYPE_DEVICE => put(data.cast::<u64>(), ptr),
+        CU_POINTER_ATTRIBUTE_DEVICE_POINTER => Err(CUDA_ERROR_INVALID_VALUE),
+        CU_POINTER_ATTRIBUTE_HOST_POINTER if memory_type == CU_MEMORYTYPE_HOST => put(data.cast::<u64>(), ptr),
+        CU_POINTER_ATTRIBUTE_HOST_POINTER => Err(CUDA_ERROR_INVALID_VALUE),
+        CU_POINTER_ATTRIBUTE_SYNC_MEMOPS => put(data.cast::<u32>(), 1),
+        CU_POINTER_ATTRIBUTE_BUFFER_ID | CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID => put(data.cast::<u64>(), base),
+        CU_POINTER_ATTRIBUTE_IS_MANAGED => put(data.cast::<u32>(), 0),
+        CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => put(data.cast::<i32>(), 0),
+        CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE => put(data.cast::<u32>(), 0),
+        CU_POINTER_ATTRIBUTE_RANGE_START_ADDR | CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR => put(data.cast::<u64>(), base),
+        CU_POINTER_ATTRIBUTE_RANGE_SIZE | CU_POINTER_ATTRIBUTE_MAPPING_SIZE => put(data.cast::<u64>(), size),
+        CU_POINTER_ATTRIBUTE_MAPPED => put(data.cast::<u32>(), 1),
+        CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES => put(data.cast::<u64>(), 0),
+        CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE => put(data.cast::<u32>(), 0),
+        CU_POINTER_ATTRIBUTE_ACCESS_FLAGS => put(data.cast::<u32>(), CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE),
+        CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE => put(data.cast::<u64>(), 0),
+        CU_POINTER_ATTRIBUTE_IS_HW_DECOMPRESS_CAPABLE => put(data.cast::<u32>(), 0),
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
+}
+
+/// Not a real attribute: `cuPointerGetAttributes` answers -2 for the device ordinal of
+/// an unknown pointer (CU_DEVICE_INVALID).
+const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL_NONE: CUpointer_attribute = u32::MAX;
+
+export! {
+    fn cuMemAlloc_v2(out: *mut CUdeviceptr, bytes: usize) { alloc(out, bytes) }
+
+    fn cuMemAllocPitch_v2(out: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, elem_size: c_uint) {
+        if !matches!(elem_size, 4 | 8 | 16) || pitch.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let aligned = width.div_ceil(512) * 512;
+        alloc(out, aligned * height)?;
+        put(pitch, aligned)
+    }
+
+    fn cuMemFree_v2(address: CUdeviceptr) { free(address) }
+
+    fn cuMemGetInfo_v2(free_bytes: *mut usize, total_bytes: *mut usize) {
+        let d = driver()?;
+        let device = d.current_context()?.device;
+        let (free_now, total) = d.conn.mem_get_info(device as u32).map_err(fail)?;
+        put(free_bytes, free_now as usize)?;
+        put(total_bytes, total as usize)
+    }
+
+    fn cuMemGetAddressRange_v2(base: *mut CUdeviceptr, size: *mut usize, address: CUdeviceptr) {
+        let (b, s) = driver()?.device_range(address).ok_or(CUDA_ERROR_NOT_FOUND)?;
+        if !base.is_null() { put(base, b)?; }
+        if !size.is_null() { put(size, s as usize)?; }
+        Ok(())
+    }
+
+    fn cuMemAllocHost_v2(out: *mut *mut c_void, bytes: usize) { host_alloc(out, bytes, 0) }
+    fn cuMemHostAlloc(out: *mut *mut c_void, bytes: usize, flags: c_uint) {
+        if flags & CU_MEMHOSTALLOC_DEVICEMAP != 0 {
+            // Mapping host memory into a remote device's address space cannot work.
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        host_alloc(out, bytes, flags)
+    }
+
+    fn cuMemFreeHost(ptr: *mut c_void) {
+        let d = driver()?;
+        let mut blocks = lock(&d.host_blocks);
+        match blocks.get(&(ptr as usize)) {
+            Some(block) if block.owned => {
+                blocks.remove(&(ptr as usize));
+                // SAFETY: allocated by posix_memalign in host_alloc.
+                unsafe { libc::free(ptr) };
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+
+    fn cuMemHostGetFlags(flags: *mut c_uint, ptr: *mut c_void) {
+        let (_, _, f) = driver()?.host_block(ptr as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        put(flags, f)
+    }
+
+    fn cuMemHostRegister_v2(ptr: *mut c_void, bytes: usize, flags: c_uint) {
+        let d = driver()?;
+        if ptr.is_null() || bytes == 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if flags & CU_MEMHOSTREGISTER_DEVICEMAP != 0 {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        if d.host_block(ptr as usize).is_some() {
+            return Err(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
+        }
+        // Copies always go through the client, so registered memory needs no pinning;
+        // the range is recorded so pointer queries and unregister behave as documented.
+        lock(&d.host_blocks).insert(ptr as usize, HostBlock { len: bytes, flags, owned: false });
+        Ok(())
+    }
+
+    fn cuMemHostUnregister(ptr: *mut c_void) {
+        let d = driver()?;
+        let mut blocks = lock(&d.host_blocks);
+        match blocks.get(&(ptr as usize)) {
+            Some(block) if !block.owned => {
+                blocks.remove(&(ptr as usize));
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED),
+        }
+    }
+
+    fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, 0) }
+    fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, 2) }
+    fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, false)) }
+    fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, true)) }
+    fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) { copy(dst, src as u64, n, 0) }
+    fn cuMemcpyHtoD_v2_ptds(dst: CUdeviceptr, src: *const c_void, n: usize) { copy(dst, src as u64, n, 2) }
+    fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) { copy(dst as u64, src, n, 0) }
+    fn cuMemcpyDtoH_v2_ptds(dst: *mut c_void, src: CUdeviceptr, n: usize) { copy(dst as u64, src, n, 2) }
+    fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, 0) }
+    fn cuMemcpyDtoD_v2_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, 2) }
+    fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, n: usize, s: CUstream) { copy(dst, src as u64, n, stream_arg(s, false)) }
+    fn cuMemcpyHtoDAsync_v2_ptsz(dst: CUdeviceptr, src: *const c_void, n: usize, s: CUstream) { copy(dst, src as u64, n, stream_arg(s, true)) }
+    fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst as u64, src, n, stream_arg(s, false)) }
+    fn cuMemcpyDtoHAsync_v2_ptsz(dst: *mut c_void, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst as u64, src, n, stream_arg(s, true)) }
+    fn cuMemcpyDtoDAsync_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, false)) }
+    fn cuMemcpyDtoDAsync_v2_ptsz(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, true)) }
+    fn cuMemcpy2D_v2(p: *const CUDA_MEMCPY2D) { copy_2d(p, 0) }
+    fn cuMemcpy2D_v2_ptds(p: *const CUDA_MEMCPY2D) { copy_2d(p, 2) }
+    fn cuMemcpy2DUnaligned_v2(p: *const CUDA_MEMCPY2D) { copy_2d(p, 0) }
+    fn cuMemcpy2DUnaligned_v2_ptds(p: *const CUDA_MEMCPY2D) { copy_2d(p, 2) }
+    fn cuMemcpy2DAsync_v2(p: *const CUDA_MEMCPY2D, s: CUstream) { copy_2d(p, stream_arg(s, false)) }
+    fn cuMemcpy2DAsync_v2_ptsz(p: *const CUDA_MEMCPY2D, s: CUstream) { copy_2d(p, stream_arg(s, true)) }
+
+    fn cuMemsetD8_v2(dst: CUdeviceptr, v: u8, n: usize) { memset(dst, v as u32, 1, n, 0) }
+    fn cuMemsetD8_v2_ptds(dst: CUdeviceptr, v: u8, n: usize) { memset(dst, v as u32, 1, n, 2) }
+    fn cuMemsetD16_v2(dst: CUdeviceptr, v: u16, n: usize) { memset(dst, v as u32, 2, n, 0) }
+    fn cuMemsetD16_v2_ptds(dst: CUdeviceptr, v: u16, n: usize) { memset(dst, v as u32, 2, n, 2) }
+    fn cuMemsetD32_v2(dst: CUdeviceptr, v: c_uint, n: usize) { memset(dst, v, 4, n, 0) }
+    fn cuMemsetD32_v2_ptds(dst: CUdeviceptr, v: c_uint, n: usize) { memset(dst, v, 4, n, 2) }
+    fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, s: CUstream) { memset(dst, v as u32, 1, n, stream_arg(s, false)) }
+    fn cuMemsetD8Async_ptsz(dst: CUdeviceptr, v: u8, n: usize, s: CUstream) { memset(dst, v as u32, 1, n, stream_arg(s, true)) }
+    fn cuMemsetD16Async(dst: CUdeviceptr, v: u16, n: usize, s: CUstream) { memset(dst, v as u32, 2, n, stream_arg(s, false)) }
+    fn cuMemsetD16Async_ptsz(dst: CUdeviceptr, v: u16, n: usize, s: CUstream) { memset(dst, v as u32, 2, n, stream_arg(s, true)) }
+    fn cuMemsetD32Async(dst: CUdeviceptr, v: c_uint, n: usize, s: CUstream) { memset(dst, v, 4, n, stream_arg(s, false)) }
+    fn cuMemsetD32Async_ptsz(dst: CUdeviceptr, v: c_uint, n: usize, s: CUstream) { memset(dst, v, 4, n, stream_arg(s, true)) }
+    fn cuMemsetD2D8_v2(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 1, w, h, 0) }
+    fn cuMemsetD2D8_v2_ptds(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 1, w, h, 2) }
+    fn cuMemsetD2D16_v2(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 2, w, h, 0) }
+    fn cuMemsetD2D16_v2_ptds(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 2, w, h, 2) }
+    fn cuMemsetD2D32_v2(dst: CUdeviceptr, pitch: usize, v: c_uint, w: usize, h: usize) { memset_2d(dst, pitch, v, 4, w, h, 0) }
+    fn cuMemsetD2D32_v2_ptds(dst: CUdeviceptr, pitch: usize, v: c_uint, w: usize, h: usize) { memset_2d(dst, pitch, v, 4, w, h, 2) }
+    fn cuMemsetD2D8Async(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v as u32, 1, w, h, stream_arg(s, false)) }
+    fn cuMemsetD2D8Async_ptsz(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v as u32, 1, w, h, stream_arg(s, true)) }
+    fn cuMemsetD2D16Async(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v as u32, 2, w, h, stream_arg(s, false)) }
+    fn cuMemsetD2D16Async_ptsz(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v as u32, 2, w, h, stream_arg(s, true)) }
+    fn cuMemsetD2D32Async(dst: CUdeviceptr, pitch: usize, v: c_uint, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v, 4, w, h, stream_arg(s, false)) }
+    fn cuMemsetD2D32Async_ptsz(dst: CUdeviceptr, pitch: usize, v: c_uint, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v, 4, w, h, stream_arg(s, true)) }
+
+    fn cuPointerGetAttribute(data: *mut c_void, attribute: CUpointer_attribute, ptr: CUdeviceptr) {
+        if data.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        pointer_attribute(data, attribute, ptr, false)
+    }
+
+    fn cuPointerGetAttributes(count: c_uint, attributes: *mut CUpointer_attribute, data: *mut *mut c_void, ptr: CUdeviceptr) {
+        if attributes.is_null() || data.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        for i in 0..count as usize {
+            // SAFETY: the caller passes `count` attributes and `count` out-pointers.
+            let (attribute, out) = unsafe { (*attributes.add(i), *data.add(i)) };
+            if out.is_null() {
+                continue;
+            }
+            let attribute = if attribute == CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL && driver()?.device_range(ptr).is_none() && driver()?.host_block(ptr as usize).is_none() {
+                CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL_NONE
+            } else {
+                attribute
+            };
+            pointer_attribute(out, attribute, ptr, true)?;
+        }
+        Ok(())
+    }
+}

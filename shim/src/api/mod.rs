@@ -1,0 +1,10 @@
+//! The exported driver entry points, grouped as `cuda.h` groups them. Every
+//! driver function defined here is exported; `build.rs` makes a NOT_SUPPORTED entry
+//! point for every other driver symbol.
+
+pub(crate) mod context;
+pub(crate) mod device;
+pub(crate) mod launch;
+pub(crate) mod memory;
+pub(crate) mod module;
+pub(crate) mod stream;

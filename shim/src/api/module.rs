@@ -1,0 +1,326 @@
+//! Modules and libraries (one object here: a library *is* its module), functions
+//! and kernels (one object: `cuKernelGetFunction` returns the same handle). The
+//! image is copied to the server at load; the server answers with every function's
+//! parameter layout and attributes and every global's address, so look-ups after
+//! the load are local.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_bytes::ByteBuf;
+use xpupool_cuda_types::*;
+use xpupool_fatbin::Image;
+use xpupool_protocol::Calls;
+
+use crate::boundary::{c_str, export, put, Res};
+use crate::state::{driver, fail, lock, Function, Module};
+
+fn register(image: Image) -> Res<usize> {
+    let d = driver()?;
+    let info = d.conn.module_load(ByteBuf::from(image.to_wire())).map_err(fail)?;
+    let module = Arc::new(Module { server: info.handle, functions: OnceLock::new(), globals: info.globals, no_code: info.no_code });
+    let handle = d.modules.insert(module.clone());
+    let mut functions = Vec::with_capacity(info.functions.len());
+    for f in info.functions {
+        let c_name = CString::new(f.name.clone()).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
+        functions.push(d.functions.insert(Arc::new(Function { info: f, c_name, module: handle, overrides: Mutex::new(Vec::new()) })));
+    }
+    let _ = module.functions.set(functions);
+    let mut ranges = lock(&d.device_ranges);
+    for g in &module.globals {
+        ranges.insert(g.address, g.size.max(1));
+    }
+    Ok(handle)
+}
+
+/// Loads the image at `image` (wrapper, fatbin, cubin or PTX) and writes the handle.
+pub(crate) fn load_module_into(out: *mut CUmodule, image: *const c_void) -> Res {
+    if out.is_null() || image.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: the driver API contract: a valid image in one of the accepted formats.
+    let image = unsafe { xpupool_fatbin::image_from_ptr(image.cast()) }.map_err(|e| {
+        tracing::warn!("module image not understood: {e}");
+        CUDA_ERROR_INVALID_IMAGE
+    })?;
+    put(out, register(image)? as CUmodule)
+}
+
+fn load_file(out: *mut CUmodule, path: *const c_char) -> Res {
+    let path = c_str(path)?;
+    let bytes = std::fs::read(path).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND)?;
+    let image = xpupool_fatbin::image_from_bytes(&bytes).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
+    put(out, register(image)? as CUmodule)
+}
+
+fn unload(module: usize) -> Res {
+    let d = driver()?;
+    let m = d.modules.get(module)?;
+    d.conn.module_unload(m.server).map_err(fail)?;
+    d.modules.remove(module)?;
+    for &f in m.functions() {
+        let _ = d.functions.remove(f);
+    }
+    let mut ranges = lock(&d.device_ranges);
+    for g in &m.globals {
+        ranges.remove(&g.address);
+    }
+    Ok(())
+}
+
+/// Finds a kernel by name, refusing one the server cannot run.
+fn function(module: usize, name: *const c_char) -> Res<usize> {
+    let d = driver()?;
+    let m = d.modules.get(module)?;
+    let name = c_str(name)?;
+    if let Some(reason) = &m.no_code {
+        tracing::warn!("kernel {name}: no usable code: {reason}");
+        return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+    }
+    for &handle in m.functions() {
+        let f = d.functions.get(handle)?;
+        if f.info.name == name {
+            if let Some(reason) = &f.info.unusable {
+                tracing::warn!("kernel {name} cannot run on this server: {reason}");
+                return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+            }
+            return Ok(handle);
+        }
+    }
+    Err(CUDA_ERROR_NOT_FOUND)
+}
+
+fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const c_char) -> Res {
+    let m = driver()?.modules.get(module)?;
+    let name = c_str(name)?;
+    let g = m.globals.iter().find(|g| g.name == name).ok_or(CUDA_ERROR_NOT_FOUND)?;
+    if !out.is_null() {
+        put(out, g.address)?;
+    }
+    if !bytes.is_null() {
+        put(bytes, g.size as usize)?;
+    }
+    Ok(())
+}
+
+fn get_attribute(out: *mut c_int, attribute: CUfunction_attribute, function: usize) -> Res {
+    let f = driver()?.functions.get(function)?;
+    put(out, f.attribute(attribute).ok_or(CUDA_ERROR_INVALID_VALUE)?)
+}
+
+fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int) -> Res {
+    let d = driver()?;
+    let f = d.functions.get(function)?;
+    match attribute {
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => {
+            let optin = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+            let static_bytes = f.attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).unwrap_or(0);
+            if value < 0 || value + static_bytes > optin {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+        }
+        CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT => {
+            if !(-1..=100).contains(&value) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+        }
+        CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH
+        | CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_HEIGHT
+        | CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_DEPTH
+        | CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED
+        | CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE => {}
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    }
+    let mut overrides = lock(&f.overrides);
+    overrides.retain(|&(a, _)| a != attribute);
+    overrides.push((attribute, value));
+    Ok(())
+}
+
+fn param_info(function: usize, index: usize, offset: *mut usize, size: *mut usize) -> Res {
+    let f = driver()?.functions.get(function)?;
+    let &(o, s) = f.info.params.get(index).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if !offset.is_null() {
+        put(offset, o as usize)?;
+    }
+    if !size.is_null() {
+        put(size, s as usize)?;
+    }
+    Ok(())
+}
+
+fn name_of(out: *mut *const c_char, function: usize) -> Res {
+    let f = driver()?.functions.get(function)?;
+    put(out, f.c_name.as_ptr())
+}
+
+fn count(out: *mut c_uint, module: usize) -> Res {
+    put(out, driver()?.modules.get(module)?.functions().len() as c_uint)
+}
+
+fn enumerate(out: *mut usize, capacity: c_uint, module: usize) -> Res {
+    let m = driver()?.modules.get(module)?;
+    if out.is_null() || (capacity as usize) < m.functions().len() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    for (i, &f) in m.functions().iter().enumerate() {
+        // SAFETY: the caller provides `capacity` slots.
+        unsafe { *out.add(i) = f };
+    }
+    Ok(())
+}
+
+fn library_load(out: *mut CUlibrary, image: Res<Image>) -> Res {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    put(out, register(image?)? as CUlibrary)
+}
+
+export! {
+    fn cuModuleLoadData(out: *mut CUmodule, image: *const c_void) { load_module_into(out, image) }
+
+    fn cuModuleLoadDataEx(out: *mut CUmodule, image: *const c_void, _count: c_uint, _options: *mut CUjit_option, _values: *mut *mut c_void) {
+        // JIT options tune or report on compilation, which happens on the server.
+        load_module_into(out, image)
+    }
+
+    fn cuModuleLoadFatBinary(out: *mut CUmodule, image: *const c_void) { load_module_into(out, image) }
+    fn cuModuleLoad(out: *mut CUmodule, path: *const c_char) { load_file(out, path) }
+    fn cuModuleUnload(module: CUmodule) { unload(module as usize) }
+
+    fn cuModuleGetFunction(out: *mut CUfunction, module: CUmodule, name: *const c_char) {
+        if out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        put(out, function(module as usize, name)? as CUfunction)
+    }
+
+    fn cuModuleGetGlobal_v2(out: *mut CUdeviceptr, bytes: *mut usize, module: CUmodule, name: *const c_char) {
+        global(out, bytes, module as usize, name)
+    }
+
+    fn cuModuleGetLoadingMode(mode: *mut CUmoduleLoadingMode) {
+        // The whole image is sent to the server at load: eager.
+        put(mode, CU_MODULE_EAGER_LOADING)
+    }
+
+    fn cuModuleGetFunctionCount(out: *mut c_uint, module: CUmodule) { count(out, module as usize) }
+    fn cuModuleEnumerateFunctions(out: *mut CUfunction, capacity: c_uint, module: CUmodule) { enumerate(out.cast(), capacity, module as usize) }
+
+    fn cuLibraryLoadData(
+        out: *mut CUlibrary, code: *const c_void,
+        _jit_options: *mut CUjit_option, _jit_values: *mut *mut c_void, _jit_count: c_uint,
+        _lib_options: *mut CUlibraryOption, _lib_values: *mut *mut c_void, _lib_count: c_uint
+    ) {
+        if code.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: the API contract: a valid image. It is copied now, so the
+        // BINARY_IS_PRESERVED hint needs no handling.
+        let image = unsafe { xpupool_fatbin::image_from_ptr(code.cast()) }.map_err(|e| {
+            tracing::warn!("library image not understood: {e}");
+            CUDA_ERROR_INVALID_IMAGE
+        });
+        library_load(out, image)
+    }
+
+    fn cuLibraryLoadFromFile(
+        out: *mut CUlibrary, path: *const c_char,
+        _jit_options: *mut CUjit_option, _jit_values: *mut *mut c_void, _jit_count: c_uint,
+        _lib_options: *mut CUlibraryOption, _lib_values: *mut *mut c_void, _lib_count: c_uint
+    ) {
+        let bytes = std::fs::read(c_str(path)?).map_err(|_| CUDA_ERROR_FILE_NOT_FOUND);
+        library_load(out, bytes.and_then(|b| xpupool_fatbin::image_from_bytes(&b).map_err(|_| CUDA_ERROR_INVALID_IMAGE)))
+    }
+
+    fn cuLibraryUnload(library: CUlibrary) { unload(library as usize) }
+
+    fn cuLibraryGetModule(out: *mut CUmodule, library: CUlibrary) {
+        driver()?.modules.get(library as usize)?;
+        put(out, library as CUmodule)
+    }
+
+    fn cuLibraryGetKernel(out: *mut CUkernel, library: CUlibrary, name: *const c_char) {
+        if out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        put(out, function(library as usize, name)? as CUkernel)
+    }
+
+    fn cuLibraryGetGlobal(out: *mut CUdeviceptr, bytes: *mut usize, library: CUlibrary, name: *const c_char) {
+        global(out, bytes, library as usize, name)
+    }
+
+    fn cuLibraryGetKernelCount(out: *mut c_uint, library: CUlibrary) { count(out, library as usize) }
+    fn cuLibraryEnumerateKernels(out: *mut CUkernel, capacity: c_uint, library: CUlibrary) { enumerate(out.cast(), capacity, library as usize) }
+
+    fn cuKernelGetFunction(out: *mut CUfunction, kernel: CUkernel) {
+        driver()?.functions.get(kernel as usize)?;
+        put(out, kernel as CUfunction)
+    }
+
+    fn cuKernelGetLibrary(out: *mut CUlibrary, kernel: CUkernel) {
+        put(out, driver()?.functions.get(kernel as usize)?.module as CUlibrary)
+    }
+
+    fn cuFuncGetModule(out: *mut CUmodule, function: CUfunction) {
+        put(out, driver()?.functions.get(function as usize)?.module as CUmodule)
+    }
+
+    fn cuKernelGetName(out: *mut *const c_char, kernel: CUkernel) { name_of(out, kernel as usize) }
+    fn cuFuncGetName(out: *mut *const c_char, function: CUfunction) { name_of(out, function as usize) }
+
+    fn cuFuncGetAttribute(out: *mut c_int, attribute: CUfunction_attribute, function: CUfunction) {
+        get_attribute(out, attribute, function as usize)
+    }
+
+    fn cuKernelGetAttribute(out: *mut c_int, attribute: CUfunction_attribute, kernel: CUkernel, device: CUdevice) {
+        driver()?.device(device)?;
+        get_attribute(out, attribute, kernel as usize)
+    }
+
+    fn cuFuncSetAttribute(function: CUfunction, attribute: CUfunction_attribute, value: c_int) {
+        set_attribute(function as usize, attribute, value)
+    }
+
+    fn cuKernelSetAttribute(attribute: CUfunction_attribute, value: c_int, kernel: CUkernel, device: CUdevice) {
+        driver()?.device(device)?;
+        set_attribute(kernel as usize, attribute, value)
+    }
+
+    fn cuFuncSetCacheConfig(function: CUfunction, _config: CUfunc_cache) {
+        // A preference the driver may ignore; the interpreter has no L1/shared split.
+        driver()?.functions.get(function as usize).map(|_| ())
+    }
+
+    fn cuKernelSetCacheConfig(kernel: CUkernel, _config: CUfunc_cache, device: CUdevice) {
+        driver()?.device(device)?;
+        driver()?.functions.get(kernel as usize).map(|_| ())
+    }
+
+    fn cuFuncGetParamInfo(function: CUfunction, index: usize, offset: *mut usize, size: *mut usize) {
+        param_info(function as usize, index, offset, size)
+    }
+
+    fn cuKernelGetParamInfo(kernel: CUkernel, index: usize, offset: *mut usize, size: *mut usize) {
+        param_info(kernel as usize, index, offset, size)
+    }
+
+    fn cuFuncGetParamCount(function: CUfunction, out: *mut usize) {
+        put(out, driver()?.functions.get(function as usize)?.info.params.len())
+    }
+
+    fn cuKernelGetParamCount(kernel: CUkernel, out: *mut usize) {
+        put(out, driver()?.functions.get(kernel as usize)?.info.params.len())
+    }
+
+    fn cuFuncIsLoaded(state: *mut CUfunctionLoadingState, function: CUfunction) {
+        driver()?.functions.get(function as usize)?;
+        put(state, CU_FUNCTION_LOADING_STATE_LOADED)
+    }
+
+    fn cuFuncLoad(function: CUfunction) {
+        driver()?.functions.get(function as usize).map(|_| ())
+    }
+}

@@ -1,0 +1,151 @@
+//! Streams, events and host callbacks. Stream and event handles are the server's;
+//! the NULL stream and the two special handles (legacy, per-thread) pass through.
+
+use std::ffi::{c_int, c_uint, c_void};
+
+use xpupool_cuda_types::*;
+use xpupool_protocol::Calls;
+
+use crate::boundary::{export, put, Res};
+use crate::state::{driver, fail, lock, stream_arg, StreamInfo};
+
+fn create(out: *mut CUstream, flags: c_uint, priority: c_int) -> Res {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = driver()?;
+    let context = d.current_context()?;
+    let handle = d.conn.stream_create(flags, priority).map_err(fail)?;
+    let info = StreamInfo { flags, priority: priority.clamp(-5, 0), context: std::sync::Arc::as_ptr(&context) as usize, id: d.fresh_id() };
+    lock(&d.streams).insert(handle, info);
+    put(out, handle as CUstream)
+}
+
+/// What we know of a stream; the default streams belong to the current context.
+fn info(stream: u64) -> Res<StreamInfo> {
+    let d = driver()?;
+    if stream <= 2 {
+        let context = d.current_context()?;
+        return Ok(StreamInfo { flags: 0, priority: 0, context: std::sync::Arc::as_ptr(&context) as usize, id: stream });
+    }
+    lock(&d.streams).get(&stream).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)
+}
+
+fn synchronize(stream: u64) -> Res {
+    driver()?.conn.stream_synchronize(stream).map_err(fail)
+}
+
+fn query(stream: u64) -> Res {
+    driver()?.conn.stream_query(stream).map_err(fail)
+}
+
+fn wait_event(stream: u64, event: CUevent, flags: c_uint) -> Res {
+    driver()?.conn.stream_wait_event(stream, event as u64, flags).map_err(fail)
+}
+
+fn record(event: CUevent, stream: u64) -> Res {
+    driver()?.conn.event_record(event as u64, stream).map_err(fail)
+}
+
+/// Runs a host function in stream order: once the work before it in the stream is
+/// done, on the calling thread, before anything later in the stream is submitted.
+fn host_func(stream: u64, f: CUhostFn, data: *mut c_void) -> Res {
+    let f = f.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    synchronize(stream)?;
+    // SAFETY: the application's callback with its own argument.
+    unsafe { f(data) };
+    Ok(())
+}
+
+fn add_callback(stream: CUstream, callback: CUstreamCallback, data: *mut c_void, flags: c_uint, per_thread: bool) -> Res {
+    let callback = callback.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if flags != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let status = synchronize(stream_arg(stream, per_thread)).err().unwrap_or(CUDA_SUCCESS);
+    // SAFETY: the application's callback, called as the driver would.
+    unsafe { callback(stream, status, data) };
+    Ok(())
+}
+
+fn elapsed(out: *mut f32, start: CUevent, end: CUevent) -> Res {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    put(out, driver()?.conn.event_elapsed_time(start as u64, end as u64).map_err(fail)?)
+}
+
+fn capture_status(stream: u64, out: *mut CUstreamCaptureStatus) -> Res {
+    info(stream)?;
+    // Stream capture is not supported, so no stream is ever capturing.
+    put(out, CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
+export! {
+    fn cuStreamCreate(out: *mut CUstream, flags: c_uint) { create(out, flags, 0) }
+    fn cuStreamCreateWithPriority(out: *mut CUstream, flags: c_uint, priority: c_int) { create(out, flags, priority) }
+
+    fn cuStreamDestroy_v2(stream: CUstream) {
+        let d = driver()?;
+        d.conn.stream_destroy(stream as u64).map_err(fail)?;
+        lock(&d.streams).remove(&(stream as u64));
+        Ok(())
+    }
+
+    fn cuStreamSynchronize(s: CUstream) { synchronize(stream_arg(s, false)) }
+    fn cuStreamSynchronize_ptsz(s: CUstream) { synchronize(stream_arg(s, true)) }
+    fn cuStreamQuery(s: CUstream) { query(stream_arg(s, false)) }
+    fn cuStreamQuery_ptsz(s: CUstream) { query(stream_arg(s, true)) }
+    fn cuStreamWaitEvent(s: CUstream, e: CUevent, flags: c_uint) { wait_event(stream_arg(s, false), e, flags) }
+    fn cuStreamWaitEvent_ptsz(s: CUstream, e: CUevent, flags: c_uint) { wait_event(stream_arg(s, true), e, flags) }
+    fn cuStreamGetFlags(s: CUstream, out: *mut c_uint) { put(out, info(stream_arg(s, false))?.flags) }
+    fn cuStreamGetFlags_ptsz(s: CUstream, out: *mut c_uint) { put(out, info(stream_arg(s, true))?.flags) }
+    fn cuStreamGetPriority(s: CUstream, out: *mut c_int) { put(out, info(stream_arg(s, false))?.priority) }
+    fn cuStreamGetPriority_ptsz(s: CUstream, out: *mut c_int) { put(out, info(stream_arg(s, true))?.priority) }
+    fn cuStreamGetId(s: CUstream, out: *mut u64) { put(out, info(stream_arg(s, false))?.id) }
+    fn cuStreamGetId_ptsz(s: CUstream, out: *mut u64) { put(out, info(stream_arg(s, true))?.id) }
+    fn cuStreamGetCtx(s: CUstream, out: *mut CUcontext) { put(out, info(stream_arg(s, false))?.context as CUcontext) }
+    fn cuStreamGetCtx_ptsz(s: CUstream, out: *mut CUcontext) { put(out, info(stream_arg(s, true))?.context as CUcontext) }
+    fn cuStreamGetCtx_v2(s: CUstream, out: *mut CUcontext, green: *mut CUgreenCtx) {
+        if !green.is_null() { put(green, std::ptr::null_mut())?; }
+        put(out, info(stream_arg(s, false))?.context as CUcontext)
+    }
+    fn cuStreamGetCtx_v2_ptsz(s: CUstream, out: *mut CUcontext, green: *mut CUgreenCtx) {
+        if !green.is_null() { put(green, std::ptr::null_mut())?; }
+        put(out, info(stream_arg(s, true))?.context as CUcontext)
+    }
+    fn cuStreamGetDevice(s: CUstream, out: *mut CUdevice) {
+        let ctx = info(stream_arg(s, false))?.context;
+        put(out, driver()?.contexts.get(ctx)?.device)
+    }
+    fn cuStreamGetDevice_ptsz(s: CUstream, out: *mut CUdevice) {
+        let ctx = info(stream_arg(s, true))?.context;
+        put(out, driver()?.contexts.get(ctx)?.device)
+    }
+    fn cuStreamIsCapturing(s: CUstream, out: *mut CUstreamCaptureStatus) { capture_status(stream_arg(s, false), out) }
+    fn cuStreamIsCapturing_ptsz(s: CUstream, out: *mut CUstreamCaptureStatus) { capture_status(stream_arg(s, true), out) }
+
+    fn cuStreamAddCallback(s: CUstream, cb: CUstreamCallback, data: *mut c_void, flags: c_uint) { add_callback(s, cb, data, flags, false) }
+    fn cuStreamAddCallback_ptsz(s: CUstream, cb: CUstreamCallback, data: *mut c_void, flags: c_uint) { add_callback(s, cb, data, flags, true) }
+    fn cuLaunchHostFunc(s: CUstream, f: CUhostFn, data: *mut c_void) { host_func(stream_arg(s, false), f, data) }
+    fn cuLaunchHostFunc_ptsz(s: CUstream, f: CUhostFn, data: *mut c_void) { host_func(stream_arg(s, true), f, data) }
+    fn cuLaunchHostFunc_v2(s: CUstream, f: CUhostFn, data: *mut c_void, _sync_mode: c_uint) { host_func(stream_arg(s, false), f, data) }
+    fn cuLaunchHostFunc_v2_ptsz(s: CUstream, f: CUhostFn, data: *mut c_void, _sync_mode: c_uint) { host_func(stream_arg(s, true), f, data) }
+
+    fn cuEventCreate(out: *mut CUevent, flags: c_uint) {
+        if out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        put(out, driver()?.conn.event_create(flags).map_err(fail)? as CUevent)
+    }
+
+    fn cuEventDestroy_v2(e: CUevent) { driver()?.conn.event_destroy(e as u64).map_err(fail) }
+    fn cuEventRecord(e: CUevent, s: CUstream) { record(e, stream_arg(s, false)) }
+    fn cuEventRecord_ptsz(e: CUevent, s: CUstream) { record(e, stream_arg(s, true)) }
+    fn cuEventRecordWithFlags(e: CUevent, s: CUstream, _flags: c_uint) { record(e, stream_arg(s, false)) }
+    fn cuEventRecordWithFlags_ptsz(e: CUevent, s: CUstream, _flags: c_uint) { record(e, stream_arg(s, true)) }
+    fn cuEventSynchronize(e: CUevent) { driver()?.conn.event_synchronize(e as u64).map_err(fail) }
+    fn cuEventQuery(e: CUevent) { driver()?.conn.event_query(e as u64).map_err(fail) }
+    fn cuEventElapsedTime(out: *mut f32, start: CUevent, end: CUevent) { elapsed(out, start, end) }
+    fn cuEventElapsedTime_v2(out: *mut f32, start: CUevent, end: CUevent) { elapsed(out, start, end) }
+}

@@ -1,0 +1,322 @@
+//! The driver's process-wide state: the connection, the devices the server
+//! presented, contexts (and each thread's context stack), loaded modules, and the
+//! tables that let pointer and handle arguments be checked before use.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use xpupool_cuda_types::*;
+use xpupool_protocol::api::{FunctionInfo, GlobalInfo};
+use xpupool_protocol::{CuError, DeviceInfo};
+
+use crate::boundary::Res;
+use crate::client::{Connection, Settings};
+
+/// Converts a server error into the code to return, logging the server's reason.
+pub(crate) fn fail(e: CuError) -> CUresult {
+    tracing::debug!(code = e.code, reason = %e.message, "server refused a call");
+    if e.code == CUDA_ERROR_NO_BINARY_FOR_GPU || e.code == CUDA_ERROR_ILLEGAL_ADDRESS || e.code == CUDA_ERROR_LAUNCH_FAILED {
+        tracing::warn!("{}", e.message);
+    }
+    e.code
+}
+
+/// Locks, ignoring poisoning (a panic elsewhere must not wedge the driver).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Live objects of one kind, by the address handed to the application as a handle.
+pub(crate) struct Registry<T> {
+    map: Mutex<HashMap<usize, Arc<T>>>,
+}
+
+impl<T> Registry<T> {
+    fn new() -> Self {
+        Self { map: Mutex::new(HashMap::new()) }
+    }
+
+    pub(crate) fn insert(&self, value: Arc<T>) -> usize {
+        let handle = Arc::as_ptr(&value) as usize;
+        lock(&self.map).insert(handle, value);
+        handle
+    }
+
+    pub(crate) fn get(&self, handle: usize) -> Res<Arc<T>> {
+        lock(&self.map).get(&handle).cloned().ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    pub(crate) fn remove(&self, handle: usize) -> Res<Arc<T>> {
+        lock(&self.map).remove(&handle).ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+}
+
+/// A context. Every context of a device shares the one server session.
+pub(crate) struct Context {
+    pub(crate) device: CUdevice,
+    pub(crate) primary: bool,
+    pub(crate) flags: AtomicU32,
+    /// Retain count (primary contexts only).
+    pub(crate) retained: AtomicU32,
+    pub(crate) id: u64,
+}
+
+/// A loaded module or library (the two are the same object here).
+pub(crate) struct Module {
+    pub(crate) server: u64,
+    /// Function handles, set once right after the module's own handle exists.
+    pub(crate) functions: OnceLock<Vec<usize>>,
+    pub(crate) globals: Vec<GlobalInfo>,
+    pub(crate) no_code: Option<String>,
+}
+
+/// A kernel; `CUfunction` and `CUkernel` handles are the same object.
+pub(crate) struct Function {
+    pub(crate) info: FunctionInfo,
+    pub(crate) c_name: CString,
+    pub(crate) module: usize,
+    /// Attributes the application set (`cuFuncSetAttribute`).
+    pub(crate) overrides: Mutex<Vec<(u32, i32)>>,
+}
+
+impl Module {
+    pub(crate) fn functions(&self) -> &[usize] {
+        self.functions.get().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Function {
+    pub(crate) fn attribute(&self, attr: u32) -> Option<i32> {
+        let overrides = lock(&self.overrides);
+        overrides
+            .iter()
+            .chain(self.info.attributes.iter())
+            .find(|&&(a, _)| a == attr)
+            .map(|&(_, v)| v)
+    }
+}
+
+/// What the application told us about a stream it created.
+#[derive(Clone, Copy)]
+pub(crate) struct StreamInfo {
+    pub(crate) flags: u32,
+    pub(crate) priority: i32,
+    pub(crate) context: usize,
+    pub(crate) id: u64,
+}
+
+/// Locally allocated pinned host memory.
+pub(crate) struct HostBlock {
+    pub(crate) len: usize,
+    pub(crate) flags: u32,
+    /// Allocated by us (freed with `cuMemFreeHost`), or registered by the application.
+    pub(crate) owned: bool,
+}
+
+/// Context-local storage entries of the runtime (dark API).
+pub(crate) type ClsDtor = Option<unsafe extern "C" fn(CUcontext, *mut std::ffi::c_void, *mut std::ffi::c_void)>;
+
+pub(crate) struct Driver {
+    pub(crate) conn: Connection,
+    pub(crate) primary: Vec<Arc<Context>>,
+    pub(crate) contexts: Registry<Context>,
+    pub(crate) modules: Registry<Module>,
+    pub(crate) functions: Registry<Function>,
+    /// Device allocations and module variables: base → size.
+    pub(crate) device_ranges: Mutex<BTreeMap<u64, u64>>,
+    pub(crate) host_blocks: Mutex<BTreeMap<usize, HostBlock>>,
+    pub(crate) streams: Mutex<HashMap<u64, StreamInfo>>,
+    pub(crate) cls: Mutex<HashMap<(usize, usize), (usize, ClsDtor)>>,
+    pub(crate) limits: Mutex<HashMap<u32, usize>>,
+    next_id: AtomicU64,
+}
+
+static DRIVER: OnceLock<Result<Driver, CUresult>> = OnceLock::new();
+
+/// The initialised driver, or the code explaining why there is none.
+pub(crate) fn driver() -> Res<&'static Driver> {
+    match DRIVER.get() {
+        None => Err(CUDA_ERROR_NOT_INITIALIZED),
+        Some(Ok(driver)) => Ok(driver),
+        Some(Err(code)) => Err(*code),
+    }
+}
+
+/// `cuInit`: connects once; later calls return the first outcome.
+pub(crate) fn initialise() -> Res<&'static Driver> {
+    let outcome = DRIVER.get_or_init(|| {
+        crate::log::init();
+        let connection = Settings::from_env().and_then(|settings| {
+            Connection::open(&settings).map_err(|e| e.context(format!("connecting to the xpupool server at {}", settings.server)))
+        });
+        match connection {
+            Ok(conn) => {
+                let driver = Driver::new(conn);
+                tracing::info!(
+                    backend = %driver.conn.welcome.backend,
+                    devices = driver.conn.welcome.devices.len(),
+                    "connected to the xpupool server"
+                );
+                // SAFETY: registering a plain extern "C" function with no captured state.
+                unsafe { libc::atexit(at_exit) };
+                Ok(driver)
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                Err(CUDA_ERROR_NO_DEVICE)
+            }
+        }
+    });
+    match outcome {
+        Ok(driver) => Ok(driver),
+        Err(code) => Err(*code),
+    }
+}
+
+extern "C" fn at_exit() {
+    crate::boundary::begin_shutdown();
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(Ok(driver)) = DRIVER.get() {
+            driver.conn.close();
+        }
+    });
+}
+
+impl Driver {
+    fn new(conn: Connection) -> Self {
+        reserve_device_range(conn.welcome.device_address_range);
+        let primary = (0..conn.welcome.devices.len())
+            .map(|ordinal| {
+                Arc::new(Context {
+                    device: ordinal as CUdevice,
+                    primary: true,
+                    flags: AtomicU32::new(0),
+                    retained: AtomicU32::new(0),
+                    id: ordinal as u64 + 1,
+                })
+            })
+            .collect::<Vec<_>>();
+        let contexts = Registry::new();
+        for ctx in &primary {
+            contexts.insert(ctx.clone());
+        }
+        Self {
+            primary,
+            contexts,
+            modules: Registry::new(),
+            functions: Registry::new(),
+            device_ranges: Mutex::new(BTreeMap::new()),
+            host_blocks: Mutex::new(BTreeMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            cls: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(100),
+            conn,
+        }
+    }
+
+    pub(crate) fn fresh_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn device(&self, ordinal: CUdevice) -> Res<&DeviceInfo> {
+        usize::try_from(ordinal).ok().and_then(|i| self.conn.welcome.devices.get(i)).ok_or(CUDA_ERROR_INVALID_DEVICE)
+    }
+
+    pub(crate) fn attribute(&self, ordinal: CUdevice, attr: u32) -> Res<i32> {
+        Ok(self.device(ordinal)?.attributes.iter().find(|&&(a, _)| a == attr).map_or(0, |&(_, v)| v))
+    }
+
+    /// Whether an address lies in the server's device range (so it is no host address).
+    pub(crate) fn is_device_address(&self, address: u64) -> bool {
+        let (start, end) = self.conn.welcome.device_address_range;
+        (start..end).contains(&address)
+    }
+
+    /// The device allocation containing `address`: (base, size).
+    pub(crate) fn device_range(&self, address: u64) -> Option<(u64, u64)> {
+        let ranges = lock(&self.device_ranges);
+        let (&base, &size) = ranges.range(..=address).next_back()?;
+        (address < base + size).then_some((base, size))
+    }
+
+    /// The pinned host block containing `address`: (base, len, flags).
+    pub(crate) fn host_block(&self, address: usize) -> Option<(usize, usize, u32)> {
+        let blocks = lock(&self.host_blocks);
+        let (&base, block) = blocks.range(..=address).next_back()?;
+        (address < base + block.len).then_some((base, block.len, block.flags))
+    }
+
+    /// The context a call without one acts on: the thread's current one.
+    pub(crate) fn current_context(&self) -> Res<Arc<Context>> {
+        let handle = current().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
+        self.contexts.get(handle).map_err(|_| CUDA_ERROR_INVALID_CONTEXT)
+    }
+}
+
+/// Reserves the server's device address range in this process, so no host
+/// allocation can ever have an address that is also a device address.
+fn reserve_device_range((start, end): (u64, u64)) {
+    if end <= start {
+        return;
+    }
+    // SAFETY: an anonymous PROT_NONE mapping that must not replace anything
+    // (MAP_FIXED_NOREPLACE); on failure nothing is mapped.
+    let mapped = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            (end - start) as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if mapped == libc::MAP_FAILED || mapped as u64 != start {
+        tracing::warn!("could not reserve the device address range {start:#x}..{end:#x}; host and device pointers may alias");
+        if mapped != libc::MAP_FAILED {
+            // SAFETY: undoing the mapping just made at another address.
+            unsafe { libc::munmap(mapped, (end - start) as usize) };
+        }
+    }
+}
+
+thread_local! {
+    static STACK: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The calling thread's current context handle.
+pub(crate) fn current() -> Option<usize> {
+    STACK.try_with(|s| s.borrow().last().copied()).ok().flatten()
+}
+
+/// Replaces the top of the calling thread's stack (`cuCtxSetCurrent`).
+pub(crate) fn set_current(ctx: Option<usize>) {
+    let _ = STACK.try_with(|s| {
+        let mut stack = s.borrow_mut();
+        stack.pop();
+        if let Some(ctx) = ctx {
+            stack.push(ctx);
+        }
+    });
+}
+
+pub(crate) fn push_current(ctx: usize) {
+    let _ = STACK.try_with(|s| s.borrow_mut().push(ctx));
+}
+
+pub(crate) fn pop_current() -> Option<usize> {
+    STACK.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+}
+
+/// Maps a stream argument to the server's name for it. On the per-thread entry
+/// points (`_ptsz`, `_ptds`) the NULL stream means this thread's default stream.
+pub(crate) fn stream_arg(stream: CUstream, per_thread: bool) -> u64 {
+    match stream as u64 {
+        0 if per_thread => 2,
+        other => other,
+    }
+}
