@@ -64,6 +64,14 @@ fn pack(f: &Function, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<
     }
 }
 
+/// What a launch whose shape the device cannot run fails with. cuda.h names no
+/// such CUresult, but NVIDIA's runtime passes driver codes through unchanged (seen
+/// here for 1, 3, 7, 400, 701, 915, 999) and programs built with it report
+/// `cudaErrorInvalidConfiguration` (9) for these launches; answering
+/// `CUDA_ERROR_INVALID_VALUE` would surface as `cudaErrorInvalidValue` instead.
+/// To be confirmed against a real driver by scripts/gpu-check.sh.
+const INVALID_CONFIGURATION: CUresult = 9;
+
 /// Checks a launch's shape against the device's limits, as the driver does.
 fn check_dims(f: &Function, dims: &LaunchDims) -> Res {
     let d = driver()?;
@@ -81,11 +89,11 @@ fn check_dims(f: &Function, dims: &LaunchDims) -> Res {
         && gz <= attr(CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)?
         && threads <= max_threads;
     if !within {
-        return Err(CUDA_ERROR_INVALID_VALUE);
+        return Err(INVALID_CONFIGURATION);
     }
     let max_dynamic = f.attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).unwrap_or(0).max(0) as u32;
     if dims.shared_bytes > max_dynamic {
-        return Err(CUDA_ERROR_INVALID_VALUE);
+        return Err(INVALID_CONFIGURATION);
     }
     Ok(())
 }
@@ -153,6 +161,18 @@ export! {
 
     fn cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks: *mut i32, f: CUfunction, block_size: i32, dynamic_shared: usize) {
         crate::boundary::put(blocks, occupancy(f, block_size, dynamic_shared)?)
+    }
+
+    fn cuOccupancyAvailableDynamicSMemPerBlock(out: *mut usize, f: CUfunction, blocks: i32, block_size: i32) {
+        let d = driver()?;
+        let function = d.functions.get(f as usize)?;
+        if blocks <= 0 || block_size <= 0 || occupancy(f, block_size, 0)? < blocks {
+            return crate::boundary::put(out, 0);
+        }
+        let static_bytes = function.attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).unwrap_or(0).max(0) as usize;
+        let per_sm = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize / blocks as usize;
+        let per_block = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
+        crate::boundary::put(out, per_sm.min(per_block).saturating_sub(static_bytes))
     }
 
     fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks: *mut i32, f: CUfunction, block_size: i32, dynamic_shared: usize, _flags: c_uint) {

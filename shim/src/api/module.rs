@@ -105,7 +105,11 @@ fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const 
 
 fn get_attribute(out: *mut c_int, attribute: CUfunction_attribute, function: usize) -> Res {
     let f = driver()?.functions.get(function)?;
-    put(out, f.attribute(attribute).ok_or(CUDA_ERROR_INVALID_VALUE)?)
+    if attribute >= CU_FUNC_ATTRIBUTE_MAX {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // Attributes the server did not report (cluster shape and policy) are 0: unset.
+    put(out, f.attribute(attribute).unwrap_or(0))
 }
 
 fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int) -> Res {
