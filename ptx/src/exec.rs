@@ -1,0 +1,943 @@
+//! Launch validation, block distribution over OS threads, per-block thread
+//! scheduling and the instruction loop.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::builtins::{self, ArgSource, Builtin};
+use crate::ir::*;
+use crate::mem::{self, Win, LOCAL_WINDOW, PARAM_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
+use crate::ops;
+use crate::{ExecError, KernelInfo, Launch, Memory};
+
+/// Maximum shared memory per block (static + dynamic), as on sm_90.
+pub(crate) const MAX_SHARED: usize = 227 * 1024;
+
+/// Launch-wide read-only state.
+pub(crate) struct Env<'a> {
+    pub(crate) prog: &'a Prog,
+    pub(crate) mem: &'a dyn Memory,
+    pub(crate) params: &'a [u8],
+    pub(crate) gsyms: Vec<u64>,
+    pub(crate) grid: [u32; 3],
+    pub(crate) block: [u32; 3],
+    pub(crate) dyn_smem: u32,
+    pub(crate) shared_size: usize,
+    pub(crate) start: Instant,
+    pub(crate) workers: usize,
+}
+
+impl Env<'_> {
+    pub(crate) fn illegal(
+        &self,
+        addr: u64,
+        len: usize,
+        space: &'static str,
+        line: u32,
+    ) -> ExecError {
+        ExecError::IllegalAddress {
+            addr,
+            len,
+            space,
+            kernel: self.prog.name.clone(),
+            line,
+        }
+    }
+
+    pub(crate) fn sreg(&self, s: Sreg, ctaid: [u32; 3], t: usize) -> u64 {
+        let [bx, by, _] = self.block;
+        let (bx, by) = (bx as usize, by as usize);
+        let lane = (t % 32) as u32;
+        let le = ((1u64 << (lane + 1)) - 1) & 0xFFFF_FFFF;
+        let lt = (1u64 << lane) - 1;
+        match s {
+            Sreg::Tid(0) => (t % bx) as u64,
+            Sreg::Tid(1) => ((t / bx) % by) as u64,
+            Sreg::Tid(_) => (t / (bx * by)) as u64,
+            Sreg::Ntid(d) => self.block[d as usize] as u64,
+            Sreg::Ctaid(d) => ctaid[d as usize] as u64,
+            Sreg::Nctaid(d) => self.grid[d as usize] as u64,
+            Sreg::LaneId => lane as u64,
+            Sreg::WarpId => (t / 32) as u64,
+            Sreg::NWarpId => (bx * by * self.block[2] as usize).div_ceil(32) as u64,
+            Sreg::LaneMaskEq => 1 << lane,
+            Sreg::LaneMaskLt => lt,
+            Sreg::LaneMaskLe => le,
+            Sreg::LaneMaskGt => !le & 0xFFFF_FFFF,
+            Sreg::LaneMaskGe => !lt & 0xFFFF_FFFF,
+            Sreg::Clock => self.start.elapsed().as_nanos() as u64 & 0xFFFF_FFFF,
+            Sreg::Clock64 | Sreg::GlobalTimer => self.start.elapsed().as_nanos() as u64,
+            Sreg::SmId | Sreg::GridId => 0,
+            Sreg::NSmId => self.workers as u64,
+            Sreg::DynSmem => self.dyn_smem as u64,
+            Sreg::TotalSmem => self.shared_size as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum St {
+    Run,
+    Bar,
+    Warp,
+    Exit,
+}
+
+pub(crate) struct Thread {
+    pub(crate) pc: u32,
+    pub(crate) st: St,
+    stack: Vec<u32>,
+}
+
+/// One block's state; reused for every block a worker runs.
+pub(crate) struct Block<'a> {
+    pub(crate) env: &'a Env<'a>,
+    pub(crate) ctaid: [u32; 3],
+    pub(crate) nt: usize,
+    pub(crate) regs: Vec<u64>,
+    local: Vec<u8>,
+    pscratch: Vec<u8>,
+    shared: Vec<u8>,
+    pub(crate) th: Vec<Thread>,
+}
+
+fn validate(info: &KernelInfo, prog: &Prog, l: &Launch<'_>) -> Result<usize, ExecError> {
+    let bad = |m: String| Err(ExecError::InvalidLaunch(m));
+    let [bx, by, bz] = l.block;
+    let [gx, gy, gz] = l.grid;
+    if l.block.contains(&0) || l.grid.contains(&0) {
+        return bad(format!(
+            "zero dimension: grid {:?}, block {:?}",
+            l.grid, l.block
+        ));
+    }
+    if bx > 1024 || by > 1024 || bz > 64 {
+        return bad(format!(
+            "block dimensions {:?} exceed (1024, 1024, 64)",
+            l.block
+        ));
+    }
+    let nt = bx as u64 * by as u64 * bz as u64;
+    if nt > 1024 {
+        return bad(format!("{nt} threads per block exceed 1024"));
+    }
+    if let Some(m) = info.max_threads_per_block {
+        if nt > m as u64 {
+            return bad(format!(
+                "{nt} threads per block exceed the kernel's .maxntid/.reqntid {m}"
+            ));
+        }
+    }
+    if gx >= 1 << 31 || gy > 65535 || gz > 65535 {
+        return bad(format!("grid dimensions {:?} too large", l.grid));
+    }
+    let shared = prog.static_shared + l.dynamic_shared_bytes as usize;
+    if shared > MAX_SHARED {
+        return bad(format!(
+            "{shared} bytes of shared memory exceed {MAX_SHARED}"
+        ));
+    }
+    if l.params.len() < info.param_bytes {
+        return bad(format!(
+            "parameter buffer has {} bytes, kernel needs {}",
+            l.params.len(),
+            info.param_bytes
+        ));
+    }
+    Ok(nt as usize)
+}
+
+/// Validates and runs a launch.
+pub(crate) fn run(
+    info: &KernelInfo,
+    prog: &Prog,
+    l: &Launch<'_>,
+    mem: &dyn Memory,
+) -> Result<(), ExecError> {
+    if let Some(why) = &info.unsupported {
+        return Err(ExecError::Unsupported(format!(
+            "kernel `{}`: {why}",
+            info.name
+        )));
+    }
+    let nt = validate(info, prog, l)?;
+    let mut gsyms = Vec::with_capacity(prog.gsyms.len());
+    for name in &prog.gsyms {
+        match (l.symbols)(name) {
+            Some(a) => gsyms.push(a),
+            None => {
+                return Err(ExecError::InvalidLaunch(format!(
+                    "device address of module variable `{name}` is unknown"
+                )))
+            }
+        }
+    }
+    let shared_size = if l.dynamic_shared_bytes > 0 {
+        prog.dyn_shared_base + l.dynamic_shared_bytes as usize
+    } else {
+        prog.static_shared
+    };
+    let nblocks = l.grid.iter().map(|&g| g as u64).product::<u64>();
+    let workers = (l.workers.max(1) as u64).min(nblocks) as usize;
+    let env = Env {
+        prog,
+        mem,
+        params: l.params,
+        gsyms,
+        grid: l.grid,
+        block: l.block,
+        dyn_smem: l.dynamic_shared_bytes,
+        shared_size,
+        start: Instant::now(),
+        workers,
+    };
+    let next = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    let first_err: Mutex<Option<(u64, ExecError)>> = Mutex::new(None);
+    let work = || {
+        let mut b = Block::new(&env, nt);
+        loop {
+            if abort.load(Ordering::Relaxed) {
+                break;
+            }
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= nblocks {
+                break;
+            }
+            let gx = l.grid[0] as u64;
+            let gy = l.grid[1] as u64;
+            let ctaid = [
+                (i % gx) as u32,
+                ((i / gx) % gy) as u32,
+                (i / (gx * gy)) as u32,
+            ];
+            if let Err(e) = b.run(ctaid) {
+                abort.store(true, Ordering::Relaxed);
+                let mut g = first_err.lock().unwrap_or_else(|p| p.into_inner());
+                if g.as_ref().is_none_or(|(j, _)| i < *j) {
+                    *g = Some((i, e));
+                }
+                break;
+            }
+        }
+    };
+    if workers <= 1 {
+        work();
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(work);
+            }
+        });
+    }
+    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Where an access lands.
+enum Target {
+    Device(u64),
+    Shared(u64),
+    Local(u64),
+    KParam(u64),
+    FParam(u64),
+}
+
+fn space_name(t: &Target) -> &'static str {
+    match t {
+        Target::Device(_) => "global",
+        Target::Shared(_) => "shared",
+        Target::Local(_) => "local",
+        Target::KParam(_) | Target::FParam(_) => "param",
+    }
+}
+
+/// Execution context of one thread.
+struct Cx<'b> {
+    env: &'b Env<'b>,
+    regs: &'b mut [u64],
+    local: &'b mut [u8],
+    ps: &'b mut [u8],
+    shared: &'b mut [u8],
+    ctaid: [u32; 3],
+    t: usize,
+}
+
+impl Cx<'_> {
+    #[inline(always)]
+    fn v(&self, o: Op) -> u64 {
+        match o {
+            Op::R(r) => self.regs[r as usize],
+            Op::I(i) => i,
+            Op::S(s) => self.env.sreg(s, self.ctaid, self.t),
+            Op::G(g) => self.env.gsyms[g as usize],
+        }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, d: u32, v: u64) {
+        self.regs[d as usize] = v;
+    }
+
+    #[inline]
+    fn target(&self, sp: MSp, addr: u64) -> Target {
+        match sp {
+            MSp::Global => Target::Device(addr),
+            MSp::Shared => Target::Shared(addr & 0xFFFF_FFFF),
+            MSp::Local => Target::Local(addr & 0xFFFF_FFFF),
+            MSp::KParam => Target::KParam(addr & 0xFFFF_FFFF),
+            MSp::FParam => Target::FParam(addr & 0xFFFF_FFFF),
+            MSp::Generic => match mem::window(addr) {
+                Win::Shared(o) => Target::Shared(o),
+                Win::Local(o) => Target::Local(o),
+                Win::Param(o) => Target::KParam(o),
+                Win::Device => Target::Device(addr),
+            },
+        }
+    }
+
+    fn buf(&mut self, t: &Target) -> (&mut [u8], u64) {
+        match *t {
+            Target::Shared(o) => (&mut *self.shared, o),
+            Target::Local(o) => (&mut *self.local, o),
+            Target::FParam(o) => (&mut *self.ps, o),
+            // Kernel params are read-only; stores to them are rejected by the caller.
+            Target::KParam(_) | Target::Device(_) => (&mut [], 0),
+        }
+    }
+
+    fn load(
+        &mut self,
+        sp: MSp,
+        t: Ty,
+        n: u8,
+        d: &[u32; 4],
+        addr: u64,
+        line: u32,
+    ) -> Result<(), ExecError> {
+        let size = t.bytes();
+        let len = size * n as usize;
+        let tg = self.target(sp, addr);
+        match tg {
+            Target::Device(a) => {
+                let p = self
+                    .env
+                    .mem
+                    .translate(a, len)
+                    .ok_or_else(|| self.env.illegal(a, len, "global", line))?;
+                for (k, &dk) in d.iter().take(n as usize).enumerate() {
+                    // SAFETY: translate() vouched for [a, a+len); k*size+size <= len.
+                    let v = unsafe { mem::read_raw(p.add(k * size), size) };
+                    self.set(dk, mem::extend(t, v));
+                }
+            }
+            Target::KParam(o) => {
+                for (k, &dk) in d.iter().take(n as usize).enumerate() {
+                    let v = mem::read_buf(self.env.params, o + (k * size) as u64, size)
+                        .ok_or_else(|| self.env.illegal(o, len, "param", line))?;
+                    self.set(dk, mem::extend(t, v));
+                }
+            }
+            _ => {
+                let name = space_name(&tg);
+                let env = self.env;
+                let (buf, o) = self.buf(&tg);
+                let mut vals = [0u64; 4];
+                for (k, v) in vals.iter_mut().take(n as usize).enumerate() {
+                    *v = mem::read_buf(buf, o + (k * size) as u64, size)
+                        .ok_or_else(|| env.illegal(o, len, name, line))?;
+                }
+                for (k, &dk) in d.iter().take(n as usize).enumerate() {
+                    self.set(dk, mem::extend(t, vals[k]));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn store(
+        &mut self,
+        sp: MSp,
+        t: Ty,
+        n: u8,
+        s: &[Op; 4],
+        addr: u64,
+        line: u32,
+    ) -> Result<(), ExecError> {
+        let size = t.bytes();
+        let len = size * n as usize;
+        let mut vals = [0u64; 4];
+        for (k, v) in vals.iter_mut().take(n as usize).enumerate() {
+            *v = self.v(s[k]);
+        }
+        let tg = self.target(sp, addr);
+        match tg {
+            Target::Device(a) => {
+                let p = self
+                    .env
+                    .mem
+                    .translate(a, len)
+                    .ok_or_else(|| self.env.illegal(a, len, "global", line))?;
+                for (k, &v) in vals.iter().take(n as usize).enumerate() {
+                    // SAFETY: translate() vouched for [a, a+len); k*size+size <= len.
+                    unsafe { mem::write_raw(p.add(k * size), size, v) };
+                }
+            }
+            Target::KParam(o) => return Err(self.env.illegal(o, len, "param", line)),
+            _ => {
+                let name = space_name(&tg);
+                let env = self.env;
+                let (buf, o) = self.buf(&tg);
+                for (k, &v) in vals.iter().take(n as usize).enumerate() {
+                    mem::write_buf(buf, o + (k * size) as u64, size, v)
+                        .ok_or_else(|| env.illegal(o, len, name, line))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn atom(
+        &mut self,
+        sp: MSp,
+        op: AtomOp,
+        t: Ty,
+        addr: u64,
+        b: u64,
+        c: u64,
+        line: u32,
+    ) -> Result<u64, ExecError> {
+        let size = t.bytes();
+        let tg = self.target(sp, addr);
+        match tg {
+            Target::Device(a) => {
+                // 16-bit atomics work on the containing aligned 32-bit word.
+                let (lo, span) = if size == 2 { (a & !3, 4) } else { (a, size) };
+                let p = self
+                    .env
+                    .mem
+                    .translate(lo, span)
+                    .ok_or_else(|| self.env.illegal(a, size, "global", line))?
+                    .wrapping_add((a - lo) as usize);
+                // SAFETY: translate() vouched for [lo, lo+span), which contains
+                // [a, a+size) and, for 16-bit operands, the whole aligned word.
+                unsafe { mem::atomic_device(p, op, t, b, c) }.ok_or_else(|| {
+                    ExecError::MisalignedAddress {
+                        addr: a,
+                        len: size,
+                        kernel: self.env.prog.name.clone(),
+                        line,
+                    }
+                })
+            }
+            Target::KParam(o) => Err(self.env.illegal(o, size, "param", line)),
+            _ => {
+                // Shared/local memory belongs to this block, which runs on one OS thread.
+                let name = space_name(&tg);
+                let env = self.env;
+                let (buf, o) = self.buf(&tg);
+                let old =
+                    mem::read_buf(buf, o, size).ok_or_else(|| env.illegal(o, size, name, line))?;
+                mem::write_buf(buf, o, size, mem::rmw(op, t, old, b, c));
+                Ok(old)
+            }
+        }
+    }
+
+    fn param_moves(&mut self, moves: &[ParamMove]) {
+        for mv in moves {
+            match *mv {
+                ParamMove::Copy { src, dst, size } => {
+                    let (s, d, n) = (src as usize, dst as usize, size as usize);
+                    self.ps.copy_within(s..s + n, d);
+                }
+                ParamMove::FromOp { op, dst, size } => {
+                    let v = self.v(op);
+                    let n = (size as usize).min(8);
+                    mem::write_buf(self.ps, dst as u64, n, v);
+                }
+                ParamMove::RegMove { op, reg } => {
+                    let v = self.v(op);
+                    self.set(reg, v);
+                }
+                ParamMove::ToReg { src, reg, size } => {
+                    let v = mem::read_buf(self.ps, src as u64, (size as usize).min(8)).unwrap_or(0);
+                    self.set(reg, v);
+                }
+            }
+        }
+    }
+}
+
+/// printf argument reader over a thread's view of memory.
+struct CxArgs<'c, 'b> {
+    cx: &'c mut Cx<'b>,
+    base: u64,
+}
+
+impl ArgSource for CxArgs<'_, '_> {
+    type Err = ExecError;
+    fn arg(&mut self, off: u64, size: usize) -> Result<u64, ExecError> {
+        self.cx.read_val(self.base.wrapping_add(off), size)
+    }
+    fn string(&mut self, addr: u64) -> Result<Vec<u8>, ExecError> {
+        self.cx.read_cstr(addr)
+    }
+}
+
+impl Cx<'_> {
+    /// Reads `size` bytes at a generic address.
+    fn read_val(&mut self, addr: u64, size: usize) -> Result<u64, ExecError> {
+        let tg = self.target(MSp::Generic, addr);
+        let env = self.env;
+        let name = space_name(&tg);
+        match tg {
+            Target::Device(a) => {
+                let p = env
+                    .mem
+                    .translate(a, size)
+                    .ok_or_else(|| env.illegal(a, size, name, 0))?;
+                // SAFETY: translate() vouched for [a, a+size).
+                Ok(unsafe { mem::read_raw(p, size) })
+            }
+            Target::KParam(o) => {
+                mem::read_buf(env.params, o, size).ok_or_else(|| env.illegal(addr, size, name, 0))
+            }
+            _ => {
+                let (buf, o) = self.buf(&tg);
+                mem::read_buf(buf, o, size).ok_or_else(|| env.illegal(addr, size, name, 0))
+            }
+        }
+    }
+
+    fn read_cstr(&mut self, addr: u64) -> Result<Vec<u8>, ExecError> {
+        let mut out = Vec::new();
+        for k in 0..65536u64 {
+            let b = self.read_val(addr.wrapping_add(k), 1)? as u8;
+            if b == 0 {
+                break;
+            }
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    fn builtin(
+        &mut self,
+        which: Builtin,
+        params: &[(u32, u32)],
+        ret: Option<(u32, u32)>,
+    ) -> Result<(), ExecError> {
+        let arg = |cx: &Self, i: usize| -> u64 {
+            params
+                .get(i)
+                .and_then(|&(o, s)| mem::read_buf(cx.ps, o as u64, (s as usize).min(8)))
+                .unwrap_or(0)
+        };
+        match which {
+            Builtin::Printf => {
+                let (fmt, args) = (arg(self, 0), arg(self, 1));
+                let fmt = self.read_cstr(fmt)?;
+                let s = builtins::format(
+                    &fmt,
+                    &mut CxArgs {
+                        cx: self,
+                        base: args,
+                    },
+                )?;
+                {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(s.as_bytes());
+                    let _ = out.flush();
+                }
+                if let Some((o, size)) = ret {
+                    mem::write_buf(self.ps, o as u64, (size as usize).min(8), s.len() as u64);
+                }
+                Ok(())
+            }
+            Builtin::AssertFail => {
+                let msg = self.read_cstr(arg(self, 0))?;
+                let file = self.read_cstr(arg(self, 1))?;
+                let line = arg(self, 2) as u32;
+                let func = self.read_cstr(arg(self, 3))?;
+                let tid = [0u8, 1, 2].map(|d| self.env.sreg(Sreg::Tid(d), self.ctaid, self.t));
+                let text = format!(
+                    "{}:{line}: {}: block [{},{},{}], thread [{},{},{}] Assertion `{}` failed.",
+                    String::from_utf8_lossy(&file),
+                    String::from_utf8_lossy(&func),
+                    self.ctaid[0],
+                    self.ctaid[1],
+                    self.ctaid[2],
+                    tid[0],
+                    tid[1],
+                    tid[2],
+                    String::from_utf8_lossy(&msg)
+                );
+                tracing::error!("{text}");
+                Err(ExecError::AssertFailed(text))
+            }
+        }
+    }
+}
+
+fn boolop(op: BoolOp, a: bool, b: bool) -> bool {
+    match op {
+        BoolOp::And => a && b,
+        BoolOp::Or => a || b,
+        BoolOp::Xor => a ^ b,
+    }
+}
+
+/// Runs one thread until it exits or blocks on a barrier / warp operation.
+fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
+    let code = &cx.env.prog.code[..];
+    let mut pc = th.pc as usize;
+    loop {
+        let ins = &code[pc];
+        if let Some((p, neg)) = ins.guard {
+            if (cx.regs[p as usize] & 1 != 0) == neg {
+                pc += 1;
+                continue;
+            }
+        }
+        match &ins.inst {
+            &Inst::Mov { d, a } => {
+                let v = cx.v(a);
+                cx.set(d, v);
+            }
+            &Inst::Bin { op, t, d, a, b } => {
+                let (x, y) = (cx.v(a), cx.v(b));
+                let r = ops::bin(op, t, x, y, &mut cx.regs[CC_REG as usize]);
+                cx.set(d, r);
+            }
+            &Inst::Un { op, t, d, a } => {
+                let r = ops::un(op, t, cx.v(a));
+                cx.set(d, r);
+            }
+            &Inst::Tern { op, t, d, a, b, c } => {
+                let (x, y, z) = (cx.v(a), cx.v(b), cx.v(c));
+                let r = ops::tern(op, t, x, y, z, &mut cx.regs[CC_REG as usize]);
+                cx.set(d, r);
+            }
+            &Inst::Bfi { t, d, a, b, c, e } => {
+                let r = ops::bfi(t, cx.v(a), cx.v(b), cx.v(c), cx.v(e));
+                cx.set(d, r);
+            }
+            &Inst::Setp {
+                cmp,
+                t,
+                d,
+                d2,
+                a,
+                b,
+                comb,
+            } => {
+                let mut r = ops::compare(cmp, t, cx.v(a), cx.v(b));
+                let mut r2 = !r;
+                if let Some((op, p, neg)) = comb {
+                    let q = (cx.v(p) & 1 != 0) != neg;
+                    r = boolop(op, r, q);
+                    r2 = boolop(op, r2, q);
+                }
+                cx.set(d, r as u64);
+                cx.set(d2, r2 as u64);
+            }
+            &Inst::Set {
+                cmp,
+                dt,
+                t,
+                d,
+                a,
+                b,
+                comb,
+            } => {
+                let mut r = ops::compare(cmp, t, cx.v(a), cx.v(b));
+                if let Some((op, p, neg)) = comb {
+                    r = boolop(op, r, (cx.v(p) & 1 != 0) != neg);
+                }
+                let v = match (dt, r) {
+                    (Ty::F32, true) => 1.0f32.to_bits() as u64,
+                    (_, true) => ops::mask(dt.bits()),
+                    (_, false) => 0,
+                };
+                cx.set(d, v);
+            }
+            &Inst::PredBin { op, d, a, b } => {
+                let r = boolop(op, cx.v(a) & 1 != 0, cx.v(b) & 1 != 0);
+                cx.set(d, r as u64);
+            }
+            &Inst::TestP { op, t, d, a } => {
+                let r = ops::testp(op, t, cx.v(a));
+                cx.set(d, r as u64);
+            }
+            &Inst::Cvt {
+                dt,
+                st,
+                rnd,
+                sat,
+                d,
+                a,
+            } => {
+                let r = ops::cvt(dt, st, rnd, sat, cx.v(a));
+                cx.set(d, r);
+            }
+            &Inst::Cvta { to, sp, d, a } => {
+                let v = cx.v(a);
+                let win = match sp {
+                    MSp::Shared => SHARED_WINDOW,
+                    MSp::Local => LOCAL_WINDOW,
+                    MSp::KParam | MSp::FParam => PARAM_WINDOW,
+                    MSp::Global | MSp::Generic => 0,
+                };
+                let r = match (to, win) {
+                    (_, 0) => v,
+                    (true, w) => v.wrapping_sub(w),
+                    (false, w) => w + (v & (WINDOW_SIZE - 1)),
+                };
+                cx.set(d, r);
+            }
+            &Inst::IsSpace { sp, d, a } => {
+                let w = mem::window(cx.v(a));
+                let r = matches!(
+                    (sp, w),
+                    (MSp::Global, Win::Device)
+                        | (MSp::Shared, Win::Shared(_))
+                        | (MSp::Local, Win::Local(_))
+                        | (MSp::KParam, Win::Param(_))
+                );
+                cx.set(d, r as u64);
+            }
+            Inst::Ld { sp, t, n, d, addr } => {
+                let a = cx.v(addr.base).wrapping_add(addr.off as u64);
+                cx.load(*sp, *t, *n, d, a, ins.line)?;
+            }
+            Inst::St { sp, t, n, s, addr } => {
+                let a = cx.v(addr.base).wrapping_add(addr.off as u64);
+                cx.store(*sp, *t, *n, s, a, ins.line)?;
+            }
+            &Inst::Atom {
+                sp,
+                op,
+                t,
+                d,
+                addr,
+                b,
+                c,
+            } => {
+                let a = cx.v(addr.base).wrapping_add(addr.off as u64);
+                let (b, c) = (cx.v(b), cx.v(c));
+                let old = cx.atom(sp, op, t, a, b, c, ins.line)?;
+                cx.set(d, mem::extend(t, old));
+            }
+            Inst::Pack { ebits, d, s } => {
+                let m = ops::mask(*ebits);
+                let mut r = 0u64;
+                for (k, &o) in s.iter().enumerate() {
+                    r |= (cx.v(o) & m) << (k as u32 * ebits);
+                }
+                cx.set(*d, r);
+            }
+            Inst::Unpack { ebits, d, a } => {
+                let v = cx.v(*a);
+                let m = ops::mask(*ebits);
+                for (k, &dk) in d.iter().enumerate() {
+                    cx.set(dk, (v >> (k as u32 * ebits)) & m);
+                }
+            }
+            &Inst::Bra { tgt } => {
+                pc = tgt as usize;
+                continue;
+            }
+            Inst::Call { tgt, args, .. } => {
+                cx.param_moves(args);
+                th.stack.push(pc as u32);
+                pc = *tgt as usize;
+                continue;
+            }
+            Inst::Ret => match th.stack.pop() {
+                Some(cpc) => {
+                    if let Inst::Call { rets, .. } = &code[cpc as usize].inst {
+                        cx.param_moves(rets);
+                    }
+                    pc = cpc as usize + 1;
+                    continue;
+                }
+                None => {
+                    th.st = St::Exit;
+                    return Ok(());
+                }
+            },
+            Inst::Exit => {
+                th.st = St::Exit;
+                return Ok(());
+            }
+            Inst::Trap => return Err(ExecError::Trap),
+            Inst::Nop => {}
+            Inst::Bar { arrive: true, .. } => {}
+            Inst::Bar { .. } | Inst::BarRed { .. } => {
+                th.pc = pc as u32;
+                th.st = St::Bar;
+                return Ok(());
+            }
+            Inst::Shfl { .. }
+            | Inst::Vote { .. }
+            | Inst::Activemask { .. }
+            | Inst::WarpSync { .. }
+            | Inst::Redux { .. }
+            | Inst::MatchAny { .. }
+            | Inst::MatchAll { .. } => {
+                th.pc = pc as u32;
+                th.st = St::Warp;
+                return Ok(());
+            }
+            Inst::Builtin { which, params, ret } => cx.builtin(*which, params, *ret)?,
+            Inst::Unsupported => {
+                return Err(ExecError::Unsupported(format!(
+                    "instruction at PTX line {} of `{}`",
+                    ins.line, cx.env.prog.name
+                )))
+            }
+        }
+        pc += 1;
+    }
+}
+
+impl<'a> Block<'a> {
+    fn new(env: &'a Env<'a>, nt: usize) -> Self {
+        let p = env.prog;
+        Block {
+            env,
+            ctaid: [0; 3],
+            nt,
+            regs: vec![0; nt * p.nregs],
+            local: vec![0; nt * p.local_bytes],
+            pscratch: vec![0; nt * p.pscratch_bytes],
+            shared: vec![0; env.shared_size],
+            th: (0..nt)
+                .map(|_| Thread {
+                    pc: 0,
+                    st: St::Run,
+                    stack: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Value of operand `o` for thread `t` (outside the instruction loop).
+    pub(crate) fn opv(&self, t: usize, o: Op) -> u64 {
+        match o {
+            Op::R(r) => self.regs[t * self.env.prog.nregs + r as usize],
+            Op::I(i) => i,
+            Op::S(s) => self.env.sreg(s, self.ctaid, t),
+            Op::G(g) => self.env.gsyms[g as usize],
+        }
+    }
+
+    pub(crate) fn set_reg(&mut self, t: usize, r: u32, v: u64) {
+        let n = self.env.prog.nregs;
+        self.regs[t * n + r as usize] = v;
+    }
+
+    fn run_thread(&mut self, t: usize) -> Result<(), ExecError> {
+        let p = self.env.prog;
+        let (nr, lb, pb) = (p.nregs, p.local_bytes, p.pscratch_bytes);
+        let mut cx = Cx {
+            env: self.env,
+            regs: &mut self.regs[t * nr..(t + 1) * nr],
+            local: &mut self.local[t * lb..(t + 1) * lb],
+            ps: &mut self.pscratch[t * pb..(t + 1) * pb],
+            shared: &mut self.shared,
+            ctaid: self.ctaid,
+            t,
+        };
+        exec(&mut cx, &mut self.th[t])
+    }
+
+    fn run(&mut self, ctaid: [u32; 3]) -> Result<(), ExecError> {
+        self.ctaid = ctaid;
+        self.regs.fill(0);
+        self.local.fill(0);
+        self.pscratch.fill(0);
+        self.shared.fill(0);
+        for th in &mut self.th {
+            th.pc = 0;
+            th.st = St::Run;
+            th.stack.clear();
+        }
+        loop {
+            for t in 0..self.nt {
+                if self.th[t].st == St::Run {
+                    self.run_thread(t)?;
+                }
+            }
+            if self.th.iter().all(|t| t.st == St::Exit) {
+                return Ok(());
+            }
+            if self.resolve_warps(false)? || self.resolve_barriers() || self.resolve_warps(true)? {
+                continue;
+            }
+            return Err(ExecError::Deadlock(format!(
+                "block {:?} of `{}`: threads wait at barriers that can never be released",
+                self.ctaid, self.env.prog.name
+            )));
+        }
+    }
+
+    /// Releases barriers whose arrival condition holds.
+    fn resolve_barriers(&mut self) -> bool {
+        let code = &self.env.prog.code;
+        let live = self.th.iter().filter(|t| t.st != St::Exit).count();
+        let mut ids: Vec<(u64, Vec<usize>, Option<u64>)> = Vec::new();
+        for t in 0..self.nt {
+            if self.th[t].st != St::Bar {
+                continue;
+            }
+            let (id, count) = match &code[self.th[t].pc as usize].inst {
+                Inst::Bar { id, count, .. } => (self.opv(t, *id), count.map(|c| self.opv(t, c))),
+                Inst::BarRed { id, .. } => (self.opv(t, *id), None),
+                _ => (0, None),
+            };
+            match ids.iter_mut().find(|e| e.0 == id) {
+                Some(e) => e.1.push(t),
+                None => ids.push((id, vec![t], count)),
+            }
+        }
+        let mut released = false;
+        for (_, waiting, count) in ids {
+            let needed = count.map_or(live, |c| c as usize).min(live);
+            if waiting.len() < needed {
+                continue;
+            }
+            released = true;
+            // bar.red: reduce the predicates of all participants.
+            let red = match &code[self.th[waiting[0]].pc as usize].inst {
+                Inst::BarRed { op, p, neg, .. } => {
+                    let vals: Vec<bool> = waiting
+                        .iter()
+                        .map(|&t| (self.opv(t, *p) & 1 != 0) != *neg)
+                        .collect();
+                    Some(match op {
+                        ReduxOp::Add => vals.iter().filter(|&&v| v).count() as u64,
+                        ReduxOp::And => vals.iter().all(|&v| v) as u64,
+                        _ => vals.iter().any(|&v| v) as u64,
+                    })
+                }
+                _ => None,
+            };
+            for &t in &waiting {
+                if let (Some(r), Inst::BarRed { d, .. }) = (red, &code[self.th[t].pc as usize].inst)
+                {
+                    self.set_reg(t, *d, r);
+                }
+                self.th[t].pc += 1;
+                self.th[t].st = St::Run;
+            }
+        }
+        released
+    }
+}

@@ -1,0 +1,714 @@
+//! Opcode decoding: turns one parsed instruction statement into [`Inst`]s.
+
+use crate::decode::{DResult, FnDecoder};
+use crate::ir::*;
+use crate::parser::{Operand, PInst};
+
+fn cmp_op(s: &str) -> Option<Cmp> {
+    Some(match s {
+        "eq" => Cmp::Eq,
+        "ne" => Cmp::Ne,
+        "lt" | "lo" => Cmp::Lt,
+        "le" | "ls" => Cmp::Le,
+        "gt" | "hi" => Cmp::Gt,
+        "ge" | "hs" => Cmp::Ge,
+        "equ" => Cmp::Equ,
+        "neu" => Cmp::Neu,
+        "ltu" => Cmp::Ltu,
+        "leu" => Cmp::Leu,
+        "gtu" => Cmp::Gtu,
+        "geu" => Cmp::Geu,
+        "num" => Cmp::Num,
+        "nan" => Cmp::Nan,
+        _ => return None,
+    })
+}
+
+fn rnd_of(mods: &[&str]) -> Rnd {
+    for m in mods {
+        let r = match *m {
+            "rn" => Rnd::Rn,
+            "rz" => Rnd::Rz,
+            "rm" => Rnd::Rm,
+            "rp" => Rnd::Rp,
+            "rni" => Rnd::Rni,
+            "rzi" => Rnd::Rzi,
+            "rmi" => Rnd::Rmi,
+            "rpi" => Rnd::Rpi,
+            _ => continue,
+        };
+        return r;
+    }
+    Rnd::None
+}
+
+fn space_of(mods: &[&str]) -> MSp {
+    for m in mods {
+        let base = m.split("::").next().unwrap_or(m);
+        match base {
+            "global" | "const" => return MSp::Global,
+            "shared" => return MSp::Shared,
+            "local" => return MSp::Local,
+            "param" => return MSp::KParam,
+            _ => {}
+        }
+    }
+    MSp::Generic
+}
+
+/// Types that the interpreter cannot compute with.
+fn bad_type(m: &str) -> bool {
+    matches!(
+        m,
+        "f16x2"
+            | "bf16"
+            | "bf16x2"
+            | "tf32"
+            | "e4m3"
+            | "e5m2"
+            | "e4m3x2"
+            | "e5m2x2"
+            | "b128"
+            | "f64x2"
+            | "u16x2"
+            | "s16x2"
+    )
+}
+
+impl<'a> FnDecoder<'_, '_, 'a> {
+    fn ops_n(i: &PInst<'a>, n: usize) -> DResult<()> {
+        if i.ops.len() < n {
+            Err(format!("expected {n} operands"))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn inst(&mut self, i: &PInst<'a>) -> DResult<()> {
+        if let Some(e) = &i.bad {
+            return Err(format!("cannot parse operands ({e})"));
+        }
+        let mut parts = i.opcode.split('.');
+        let base = parts.next().unwrap_or("");
+        let mods: Vec<&str> = parts.collect();
+        if let Some(m) = mods.iter().find(|m| bad_type(m)) {
+            return Err(format!("type .{m} not supported"));
+        }
+        let types: Vec<Ty> = mods.iter().filter_map(|m| Ty::parse(m)).collect();
+        let has = |s: &str| mods.contains(&s);
+        let t = types.last().copied();
+        let ty = || t.ok_or_else(|| "missing type".to_string());
+        if t == Some(Ty::F16) && matches!(base, "atom" | "red" | "shfl" | "redux") {
+            return Err("f16 atomics/warp operations not supported".into());
+        }
+        let ops = &i.ops;
+        match base {
+            "mov" => {
+                let t = ty()?;
+                Self::ops_n(i, 2)?;
+                match (&ops[0], &ops[1]) {
+                    (Operand::Vec(ds), a) => {
+                        let d = ds
+                            .iter()
+                            .map(|o| self.dst(o))
+                            .collect::<DResult<Vec<_>>>()?;
+                        let a = self.src(a, t)?;
+                        let ebits = t.bits() / d.len() as u32;
+                        self.emit(i, Inst::Unpack { ebits, d, a })
+                    }
+                    (d, Operand::Vec(ss)) => {
+                        let ebits = t.bits() / ss.len() as u32;
+                        let et = match ebits {
+                            8 => Ty::B8,
+                            16 => Ty::B16,
+                            32 => Ty::B32,
+                            _ => Ty::B64,
+                        };
+                        let s = ss
+                            .iter()
+                            .map(|o| self.src(o, et))
+                            .collect::<DResult<Vec<_>>>()?;
+                        let d = self.dst(d)?;
+                        self.emit(i, Inst::Pack { ebits, d, s })
+                    }
+                    (d, a) => {
+                        let d = self.dst(d)?;
+                        let a = self.src(a, t)?;
+                        self.emit(i, Inst::Mov { d, a })
+                    }
+                }
+            }
+            "add" | "sub" | "mul" | "div" | "rem" | "min" | "max" | "and" | "or" | "xor"
+            | "shl" | "shr" | "copysign" | "addc" | "subc" | "mul24" => {
+                let t = ty()?;
+                Self::ops_n(i, 3)?;
+                if t == Ty::Pred {
+                    let op = match base {
+                        "and" => BoolOp::And,
+                        "or" => BoolOp::Or,
+                        "xor" => BoolOp::Xor,
+                        _ => return Err("bad predicate operation".into()),
+                    };
+                    let d = self.dst(&ops[0])?;
+                    let a = self.src(&ops[1], t)?;
+                    let b = self.src(&ops[2], t)?;
+                    return self.emit(i, Inst::PredBin { op, d, a, b });
+                }
+                let (cin, cout) = (base.ends_with('c'), has("cc"));
+                let op = match base {
+                    "add" | "addc" if cin || cout => BinOp::AddX { cin, cout },
+                    "sub" | "subc" if cin || cout => BinOp::SubX { cin, cout },
+                    "add" => BinOp::Add,
+                    "sub" => BinOp::Sub,
+                    "mul" if t.is_float() => BinOp::MulLo,
+                    "mul" if has("hi") => BinOp::MulHi,
+                    "mul" if has("wide") => BinOp::MulWide,
+                    "mul" => BinOp::MulLo,
+                    "mul24" if has("lo") => BinOp::Mul24Lo,
+                    "div" => BinOp::Div,
+                    "rem" => BinOp::Rem,
+                    "min" => BinOp::Min,
+                    "max" => BinOp::Max,
+                    "and" => BinOp::And,
+                    "or" => BinOp::Or,
+                    "xor" => BinOp::Xor,
+                    "shl" => BinOp::Shl,
+                    "shr" => BinOp::Shr,
+                    "copysign" => BinOp::CopySign,
+                    _ => return Err("unsupported variant".into()),
+                };
+                if has("sat") && !t.is_float() {
+                    return Err("integer .sat not supported".into());
+                }
+                if ops.len() > 3 {
+                    return Err("three-input min/max not supported".into());
+                }
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], t)?;
+                let bt = if matches!(op, BinOp::Shl | BinOp::Shr) {
+                    Ty::U32
+                } else {
+                    t
+                };
+                let b = self.src(&ops[2], bt)?;
+                self.emit(i, Inst::Bin { op, t, d, a, b })?;
+                self.sat(i, t, d, has("sat"))
+            }
+            "mad" | "fma" | "mad24" | "madc" | "sad" => {
+                let t = ty()?;
+                Self::ops_n(i, 4)?;
+                let op = match base {
+                    _ if t.is_float() => TernOp::Fma,
+                    "sad" => TernOp::Sad,
+                    "mad24" if has("lo") => TernOp::Mad24Lo,
+                    "mad" | "madc" if base == "madc" || has("cc") => {
+                        if !has("lo") && !has("hi") {
+                            return Err("carry variant needs .lo or .hi".into());
+                        }
+                        TernOp::MadX {
+                            hi: has("hi"),
+                            cin: base == "madc",
+                            cout: has("cc"),
+                        }
+                    }
+                    "mad" if has("hi") => TernOp::MadHi,
+                    "mad" if has("wide") => TernOp::MadWide,
+                    "mad" if has("lo") => TernOp::MadLo,
+                    _ => return Err("unsupported variant".into()),
+                };
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], t)?;
+                let b = self.src(&ops[2], t)?;
+                let ct = match (op, t) {
+                    (TernOp::MadWide, Ty::S32) => Ty::S64,
+                    (TernOp::MadWide, _) => Ty::U64,
+                    _ => t,
+                };
+                let c = self.src(&ops[3], ct)?;
+                self.emit(i, Inst::Tern { op, t, d, a, b, c })?;
+                self.sat(i, t, d, has("sat"))
+            }
+            "abs" | "neg" | "not" | "cnot" | "popc" | "clz" | "brev" | "bfind" | "sqrt"
+            | "rsqrt" | "rcp" | "ex2" | "lg2" | "sin" | "cos" | "tanh" => {
+                let t = ty()?;
+                Self::ops_n(i, 2)?;
+                let op = match base {
+                    "abs" => UnOp::Abs,
+                    "neg" => UnOp::Neg,
+                    "not" => UnOp::Not,
+                    "cnot" => UnOp::CNot,
+                    "popc" => UnOp::Popc,
+                    "clz" => UnOp::Clz,
+                    "brev" => UnOp::Brev,
+                    "bfind" if has("shiftamt") => UnOp::BfindShift,
+                    "bfind" => UnOp::Bfind,
+                    "sqrt" => UnOp::Sqrt,
+                    "rsqrt" => UnOp::Rsqrt,
+                    "rcp" => UnOp::Rcp,
+                    "ex2" => UnOp::Ex2,
+                    "lg2" => UnOp::Lg2,
+                    "sin" => UnOp::Sin,
+                    "cos" => UnOp::Cos,
+                    _ => UnOp::Tanh,
+                };
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], t)?;
+                self.emit(i, Inst::Un { op, t, d, a })?;
+                self.sat(i, t, d, has("sat"))
+            }
+            "bfe" | "prmt" | "shf" | "selp" => {
+                let t = ty()?;
+                Self::ops_n(i, 4)?;
+                let op = match base {
+                    "bfe" => TernOp::Bfe,
+                    "selp" => TernOp::Selp,
+                    "shf" => match (has("l"), has("clamp")) {
+                        (true, false) => TernOp::ShfL,
+                        (true, true) => TernOp::ShfLClamp,
+                        (false, false) => TernOp::ShfR,
+                        (false, true) => TernOp::ShfRClamp,
+                    },
+                    _ => {
+                        let mode = ["f4e", "b4e", "rc8", "ecl", "ecr", "rc16"]
+                            .iter()
+                            .position(|m| has(m))
+                            .map_or(0, |p| p as u8 + 1);
+                        TernOp::Prmt(mode)
+                    }
+                };
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], t)?;
+                let b = self.src(&ops[2], if op == TernOp::Bfe { Ty::U32 } else { t })?;
+                let c = if op == TernOp::Selp {
+                    match self.pred(&ops[3])? {
+                        (p, false) => p,
+                        (_, true) => return Err("negated selp predicate".into()),
+                    }
+                } else {
+                    self.src(&ops[3], Ty::U32)?
+                };
+                self.emit(i, Inst::Tern { op, t, d, a, b, c })
+            }
+            "bfi" => {
+                let t = ty()?;
+                Self::ops_n(i, 5)?;
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], t)?;
+                let b = self.src(&ops[2], t)?;
+                let c = self.src(&ops[3], Ty::U32)?;
+                let e = self.src(&ops[4], Ty::U32)?;
+                self.emit(i, Inst::Bfi { t, d, a, b, c, e })
+            }
+            "setp" | "set" => {
+                let t = ty()?;
+                Self::ops_n(i, 3)?;
+                let cmp = mods
+                    .first()
+                    .and_then(|m| cmp_op(m))
+                    .ok_or("missing comparison")?;
+                let comb_op = mods.iter().find_map(|m| match *m {
+                    "and" => Some(BoolOp::And),
+                    "or" => Some(BoolOp::Or),
+                    "xor" => Some(BoolOp::Xor),
+                    _ => None,
+                });
+                let comb = match comb_op {
+                    Some(op) => {
+                        Self::ops_n(i, 4)?;
+                        let (p, neg) = self.pred(&ops[3])?;
+                        Some((op, p, neg))
+                    }
+                    None => None,
+                };
+                let a = self.src(&ops[1], t)?;
+                let b = self.src(&ops[2], t)?;
+                if base == "setp" {
+                    let (d, d2) = match &ops[0] {
+                        Operand::Pair(x, y) => (self.reg(x)?, self.reg(y)?),
+                        o => (self.dst(o)?, SINK_REG),
+                    };
+                    self.emit(
+                        i,
+                        Inst::Setp {
+                            cmp,
+                            t,
+                            d,
+                            d2,
+                            a,
+                            b,
+                            comb,
+                        },
+                    )
+                } else {
+                    let dt = *types.first().ok_or("missing type")?;
+                    let t = *types.get(1).ok_or("missing source type")?;
+                    let d = self.dst(&ops[0])?;
+                    self.emit(
+                        i,
+                        Inst::Set {
+                            cmp,
+                            dt,
+                            t,
+                            d,
+                            a,
+                            b,
+                            comb,
+                        },
+                    )
+                }
+            }
+            "testp" => {
+                let t = ty()?;
+                Self::ops_n(i, 2)?;
+                let op = match mods.first().copied() {
+                    Some("finite") => TestP::Finite,
+                    Some("infinite") => TestP::Infinite,
+                    Some("number") => TestP::Number,
+                    Some("notanumber") => TestP::NotANumber,
+                    Some("normal") => TestP::Normal,
+                    Some("subnormal") => TestP::Subnormal,
+                    _ => return Err("unknown testp mode".into()),
+                };
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], t)?;
+                self.emit(i, Inst::TestP { op, t, d, a })
+            }
+            "cvt" => {
+                Self::ops_n(i, 2)?;
+                if types.len() != 2 {
+                    return Err("cvt needs two types".into());
+                }
+                let (dt, st) = (types[0], types[1]);
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], st)?;
+                let rnd = rnd_of(&mods);
+                self.emit(
+                    i,
+                    Inst::Cvt {
+                        dt,
+                        st,
+                        rnd,
+                        sat: has("sat"),
+                        d,
+                        a,
+                    },
+                )
+            }
+            "cvta" | "isspacep" => {
+                Self::ops_n(i, 2)?;
+                let sp = space_of(&mods);
+                if sp == MSp::Generic {
+                    return Err("missing state space".into());
+                }
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], Ty::U64)?;
+                if base == "isspacep" {
+                    self.emit(i, Inst::IsSpace { sp, d, a })
+                } else {
+                    self.emit(
+                        i,
+                        Inst::Cvta {
+                            to: has("to"),
+                            sp,
+                            d,
+                            a,
+                        },
+                    )
+                }
+            }
+            "ld" | "ldu" | "st" => {
+                let t = ty()?;
+                Self::ops_n(i, 2)?;
+                let n = if has("v2") {
+                    2
+                } else if has("v4") {
+                    4
+                } else if has("v8") {
+                    return Err(".v8 not supported".into());
+                } else {
+                    1
+                };
+                let sp = space_of(&mods);
+                let (vals, ao) = if base == "st" {
+                    (&ops[1], &ops[0])
+                } else {
+                    (&ops[0], &ops[1])
+                };
+                let (sp, addr) = self.addr(ao, sp)?;
+                let list: Vec<&Operand<'a>> = match vals {
+                    Operand::Vec(v) => v.iter().collect(),
+                    o => vec![o],
+                };
+                if list.len() != n as usize {
+                    return Err("vector size mismatch".into());
+                }
+                if base == "st" {
+                    let mut s = [Op::I(0); 4];
+                    for (k, o) in list.iter().enumerate() {
+                        s[k] = self.src(o, t)?;
+                    }
+                    self.emit(i, Inst::St { sp, t, n, s, addr })
+                } else {
+                    let mut d = [SINK_REG; 4];
+                    for (k, o) in list.iter().enumerate() {
+                        d[k] = self.dst(o)?;
+                    }
+                    self.emit(i, Inst::Ld { sp, t, n, d, addr })
+                }
+            }
+            "atom" | "red" => {
+                let t = ty()?;
+                if has("v2") || has("v4") {
+                    return Err("vector atomics not supported".into());
+                }
+                let op = mods
+                    .iter()
+                    .find_map(|m| {
+                        Some(match *m {
+                            "add" => AtomOp::Add,
+                            "min" => AtomOp::Min,
+                            "max" => AtomOp::Max,
+                            "exch" => AtomOp::Exch,
+                            "cas" => AtomOp::Cas,
+                            "and" => AtomOp::And,
+                            "or" => AtomOp::Or,
+                            "xor" => AtomOp::Xor,
+                            "inc" => AtomOp::Inc,
+                            "dec" => AtomOp::Dec,
+                            _ => return None,
+                        })
+                    })
+                    .ok_or("unknown atomic operation")?;
+                let sp = space_of(&mods);
+                let first = if base == "atom" { 1 } else { 0 };
+                Self::ops_n(i, first + 2 + usize::from(op == AtomOp::Cas))?;
+                let d = if base == "atom" {
+                    self.dst(&ops[0])?
+                } else {
+                    SINK_REG
+                };
+                let (sp, addr) = self.addr(&ops[first], sp)?;
+                if matches!(sp, MSp::KParam | MSp::FParam) {
+                    return Err("atomic on param space".into());
+                }
+                let b = self.src(&ops[first + 1], t)?;
+                let c = if op == AtomOp::Cas {
+                    self.src(&ops[first + 2], t)?
+                } else {
+                    Op::I(0)
+                };
+                self.emit(
+                    i,
+                    Inst::Atom {
+                        sp,
+                        op,
+                        t,
+                        d,
+                        addr,
+                        b,
+                        c,
+                    },
+                )
+            }
+            "bra" | "brx" => {
+                if base == "brx" {
+                    return Err("indirect branch".into());
+                }
+                match ops.first() {
+                    Some(Operand::Name(l)) => self.branch(i, l),
+                    _ => Err("bad branch target".into()),
+                }
+            }
+            "call" => self.call(i),
+            "ret" => self.emit(i, Inst::Ret),
+            "exit" => self.emit(i, Inst::Exit),
+            "trap" => self.emit(i, Inst::Trap),
+            "membar" | "fence" | "prefetch" | "prefetchu" | "nanosleep" | "pmevent" | "brkpt"
+            | "griddepcontrol" | "discard" | "applypriority" => self.emit(i, Inst::Nop),
+            "bar" | "barrier" => {
+                if has("warp") {
+                    let mask = match ops.first() {
+                        Some(o) => self.src(o, Ty::U32)?,
+                        None => Op::I(0xFFFF_FFFF),
+                    };
+                    return self.emit(i, Inst::WarpSync { mask });
+                }
+                if has("red") {
+                    let op = if has("popc") {
+                        ReduxOp::Add
+                    } else if has("and") {
+                        ReduxOp::And
+                    } else if has("or") {
+                        ReduxOp::Or
+                    } else {
+                        return Err("unknown bar.red operation".into());
+                    };
+                    Self::ops_n(i, 3)?;
+                    let d = self.dst(&ops[0])?;
+                    let id = self.src(&ops[1], Ty::U32)?;
+                    let (p, neg) = self.pred(ops.last().unwrap())?;
+                    if ops.len() > 3 {
+                        return Err("bar.red with thread count not supported".into());
+                    }
+                    return self.emit(
+                        i,
+                        Inst::BarRed {
+                            op,
+                            popc: has("popc"),
+                            id,
+                            d,
+                            p,
+                            neg,
+                        },
+                    );
+                }
+                let arrive = has("arrive");
+                if !arrive && !has("sync") && !mods.is_empty() && !has("cta") && !has("aligned") {
+                    return Err("unknown barrier variant".into());
+                }
+                let id = match ops.first() {
+                    Some(o) => self.src(o, Ty::U32)?,
+                    None => Op::I(0),
+                };
+                let count = match ops.get(1) {
+                    Some(o) => Some(self.src(o, Ty::U32)?),
+                    None => None,
+                };
+                self.emit(i, Inst::Bar { id, count, arrive })
+            }
+            "shfl" => {
+                Self::ops_n(i, 4)?;
+                let mode = if has("up") {
+                    ShflMode::Up
+                } else if has("down") {
+                    ShflMode::Down
+                } else if has("bfly") {
+                    ShflMode::Bfly
+                } else if has("idx") {
+                    ShflMode::Idx
+                } else {
+                    return Err("unknown shfl mode".into());
+                };
+                let (d, p) = match &ops[0] {
+                    Operand::Pair(x, y) => (self.reg(x)?, self.reg(y)?),
+                    o => (self.dst(o)?, SINK_REG),
+                };
+                let a = self.src(&ops[1], Ty::B32)?;
+                let b = self.src(&ops[2], Ty::U32)?;
+                let c = self.src(&ops[3], Ty::U32)?;
+                let mask = match ops.get(4) {
+                    Some(o) => self.src(o, Ty::U32)?,
+                    None => Op::I(0xFFFF_FFFF),
+                };
+                self.emit(
+                    i,
+                    Inst::Shfl {
+                        mode,
+                        d,
+                        p,
+                        a,
+                        b,
+                        c,
+                        mask,
+                    },
+                )
+            }
+            "vote" => {
+                Self::ops_n(i, 2)?;
+                let mode = if has("all") {
+                    VoteMode::All
+                } else if has("any") {
+                    VoteMode::Any
+                } else if has("uni") {
+                    VoteMode::Uni
+                } else if has("ballot") {
+                    VoteMode::Ballot
+                } else {
+                    return Err("unknown vote mode".into());
+                };
+                let d = self.dst(&ops[0])?;
+                let (a, neg) = self.pred(&ops[1])?;
+                let mask = match ops.get(2) {
+                    Some(o) => self.src(o, Ty::U32)?,
+                    None => Op::I(0xFFFF_FFFF),
+                };
+                self.emit(
+                    i,
+                    Inst::Vote {
+                        mode,
+                        d,
+                        a,
+                        neg,
+                        mask,
+                    },
+                )
+            }
+            "activemask" => {
+                Self::ops_n(i, 1)?;
+                let d = self.dst(&ops[0])?;
+                self.emit(i, Inst::Activemask { d })
+            }
+            "redux" => {
+                let t = ty()?;
+                Self::ops_n(i, 3)?;
+                let op = if has("add") {
+                    ReduxOp::Add
+                } else if has("min") {
+                    ReduxOp::Min
+                } else if has("max") {
+                    ReduxOp::Max
+                } else if has("and") {
+                    ReduxOp::And
+                } else if has("or") {
+                    ReduxOp::Or
+                } else if has("xor") {
+                    ReduxOp::Xor
+                } else {
+                    return Err("unknown redux operation".into());
+                };
+                if t.is_float() {
+                    return Err("float redux not supported".into());
+                }
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], t)?;
+                let mask = self.src(&ops[2], Ty::U32)?;
+                self.emit(i, Inst::Redux { op, t, d, a, mask })
+            }
+            "match" => {
+                let t = ty()?;
+                Self::ops_n(i, 3)?;
+                let a = self.src(&ops[1], t)?;
+                let mask = self.src(&ops[2], Ty::U32)?;
+                if has("any") {
+                    let d = self.dst(&ops[0])?;
+                    self.emit(i, Inst::MatchAny { t, d, a, mask })
+                } else {
+                    let (d, p) = match &ops[0] {
+                        Operand::Pair(x, y) => (self.reg(x)?, self.reg(y)?),
+                        o => (self.dst(o)?, SINK_REG),
+                    };
+                    self.emit(i, Inst::MatchAll { t, d, p, a, mask })
+                }
+            }
+            _ => Err("not supported by the interpreter".into()),
+        }
+    }
+
+    /// Appends the float `.sat` clamp to [0, 1] after an arithmetic result.
+    fn sat(&mut self, i: &PInst<'a>, t: Ty, d: u32, sat: bool) -> DResult<()> {
+        if sat && t.is_float() {
+            self.emit(
+                i,
+                Inst::Cvt {
+                    dt: t,
+                    st: t,
+                    rnd: Rnd::None,
+                    sat: true,
+                    d,
+                    a: Op::R(d),
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
