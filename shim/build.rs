@@ -22,12 +22,16 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let src = manifest.join("src");
     println!("cargo:rerun-if-changed=src");
 
-    let table = fs::read_to_string(src.join("generated/procaddr.rs")).expect("src/generated/procaddr.rs");
-    let all_start = table.find("ALL_SYMBOLS").expect("ALL_SYMBOLS in procaddr.rs");
+    let table =
+        fs::read_to_string(src.join("generated/procaddr.rs")).expect("src/generated/procaddr.rs");
+    let all_start = table
+        .find("ALL_SYMBOLS")
+        .expect("ALL_SYMBOLS in procaddr.rs");
     let all: BTreeSet<String> = table[all_start..]
         .split('"')
         .skip(1)
@@ -39,11 +43,20 @@ fn main() {
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let mut implemented = BTreeSet::new();
-    for file in files.iter().filter(|f| !f.starts_with(src.join("generated"))) {
+    for file in files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("generated")))
+    {
         let text = fs::read_to_string(file).expect("reading a source file");
         for piece in text.split("fn ").skip(1) {
-            let name: String = piece.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            if name.starts_with("cu") && name[2..].starts_with(|c: char| c.is_ascii_uppercase()) && piece[name.len()..].trim_start().starts_with('(') {
+            let name: String = piece
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.starts_with("cu")
+                && name[2..].starts_with(|c: char| c.is_ascii_uppercase())
+                && piece[name.len()..].trim_start().starts_with('(')
+            {
                 implemented.insert(name);
             }
         }
@@ -68,7 +81,10 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::write(out.join("unsupported.rs"), stubs).expect("writing unsupported.rs");
     fs::write(out.join("symtab.rs"), symtab).expect("writing symtab.rs");
-    println!("cargo:rustc-env=XPUPOOL_IMPLEMENTED_COUNT={}", implemented.intersection(&all).count());
+    println!(
+        "cargo:rustc-env=XPUPOOL_IMPLEMENTED_COUNT={}",
+        implemented.intersection(&all).count()
+    );
     // The shared object answers to the name cudart dlopens.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libcuda.so.1");
 }

@@ -21,7 +21,11 @@ pub struct EmbeddedServer {
 impl EmbeddedServer {
     /// Starts `backend` on a loopback port with a throw-away certificate and token.
     pub fn start(backend: Arc<dyn Backend>) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("xpupool-{}-{}", std::process::id(), &crate::random_token()[..8]));
+        let dir = std::env::temp_dir().join(format!(
+            "xpupool-{}-{}",
+            std::process::id(),
+            &crate::random_token()[..8]
+        ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let identity = tls::create_ephemeral(&dir)?;
         let cert_path = identity.cert_path.clone();
@@ -34,13 +38,22 @@ impl EmbeddedServer {
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("literal address"),
             identity,
-            tokens: vec![TokenEntry { token: token.clone(), tenant: "local".to_owned() }],
+            tokens: vec![TokenEntry {
+                token: token.clone(),
+                tenant: "local".to_owned(),
+            }],
             backend,
         };
         let server = runtime.block_on(async { Server::bind(config) })?;
         let addr = server.local_addr()?;
         runtime.spawn(server.serve());
-        Ok(Self { addr, token, cert_path, dir, runtime: Some(runtime) })
+        Ok(Self {
+            addr,
+            token,
+            cert_path,
+            dir,
+            runtime: Some(runtime),
+        })
     }
 
     /// Where it listens.

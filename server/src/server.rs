@@ -41,11 +41,13 @@ pub struct Server {
 impl Server {
     /// Binds the QUIC endpoint. Must be called inside a tokio runtime.
     pub fn bind(config: ServerConfig) -> Result<Self> {
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_no_client_auth()
-            .with_single_cert(config.identity.chain, config.identity.key)
-            .context("server certificate")?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(config.identity.chain, config.identity.key)
+        .context("server certificate")?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -55,7 +57,11 @@ impl Server {
         server_config.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
-        Ok(Self { endpoint, tokens: Arc::new(config.tokens), backend: config.backend })
+        Ok(Self {
+            endpoint,
+            tokens: Arc::new(config.tokens),
+            backend: config.backend,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -85,7 +91,11 @@ impl Server {
 
 /// Compares in time independent of where the strings differ.
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 async fn read_frame(recv: &mut RecvStream) -> Result<Option<Vec<u8>>> {
@@ -107,13 +117,25 @@ async fn write_message<T: serde::Serialize>(send: &mut SendStream, message: &T) 
     Ok(())
 }
 
-async fn serve_connection(connection: quinn::Connection, tokens: Arc<Vec<TokenEntry>>, backend: Arc<dyn Backend>) -> Result<()> {
+async fn serve_connection(
+    connection: quinn::Connection,
+    tokens: Arc<Vec<TokenEntry>>,
+    backend: Arc<dyn Backend>,
+) -> Result<()> {
     let remote = connection.remote_address();
     let (mut send, mut recv) = connection.accept_bi().await?;
     let hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
-    let tenant = tokens.iter().find(|t| same_secret(&t.token, &hello.token)).map(|t| Tenant { name: t.tenant.clone() });
+    let tenant = tokens
+        .iter()
+        .find(|t| same_secret(&t.token, &hello.token))
+        .map(|t| Tenant {
+            name: t.tenant.clone(),
+        });
     let refusal = if hello.protocol_version != PROTOCOL_VERSION {
-        Some(format!("protocol version {} is not {PROTOCOL_VERSION}", hello.protocol_version))
+        Some(format!(
+            "protocol version {} is not {PROTOCOL_VERSION}",
+            hello.protocol_version
+        ))
     } else if tenant.is_none() {
         Some("unknown tenant token".to_owned())
     } else {
@@ -121,7 +143,11 @@ async fn serve_connection(connection: quinn::Connection, tokens: Arc<Vec<TokenEn
     };
     if let Some(reason) = refusal {
         tracing::warn!(%remote, pid = hello.pid, program = %hello.program, %reason, "refused client");
-        write_message(&mut send, &Err::<Welcome, _>(CuError::new(code::NOT_PERMITTED, reason))).await?;
+        write_message(
+            &mut send,
+            &Err::<Welcome, _>(CuError::new(code::NOT_PERMITTED, reason)),
+        )
+        .await?;
         send.finish()?;
         connection.closed().await;
         return Ok(());

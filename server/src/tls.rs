@@ -37,14 +37,26 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 
 /// Loads `cert`/`key` PEM files.
 pub fn load(cert: &Path, key: &Path) -> Result<Identity> {
-    let chain = rustls_pemfile::certs(&mut fs::read(cert).with_context(|| format!("reading {}", cert.display()))?.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert.display()))?;
+    let chain = rustls_pemfile::certs(
+        &mut fs::read(cert)
+            .with_context(|| format!("reading {}", cert.display()))?
+            .as_slice(),
+    )
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("parsing {}", cert.display()))?;
     anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
-    let key = rustls_pemfile::private_key(&mut fs::read(key).with_context(|| format!("reading {}", key.display()))?.as_slice())
-        .with_context(|| format!("parsing {}", key.display()))?
-        .with_context(|| format!("{} holds no private key", key.display()))?;
-    Ok(Identity { chain, key, cert_path: cert.to_owned() })
+    let key = rustls_pemfile::private_key(
+        &mut fs::read(key)
+            .with_context(|| format!("reading {}", key.display()))?
+            .as_slice(),
+    )
+    .with_context(|| format!("parsing {}", key.display()))?
+    .with_context(|| format!("{} holds no private key", key.display()))?;
+    Ok(Identity {
+        chain,
+        key,
+        cert_path: cert.to_owned(),
+    })
 }
 
 /// Loads the self-signed identity from `dir`, making it on first use.
@@ -55,7 +67,8 @@ pub fn load_or_create(dir: &Path) -> Result<Identity> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
         write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())?;
-        fs::write(&cert_path, certified.cert.pem()).with_context(|| format!("writing {}", cert_path.display()))?;
+        fs::write(&cert_path, certified.cert.pem())
+            .with_context(|| format!("writing {}", cert_path.display()))?;
         tracing::info!(path = %cert_path.display(), "made a self-signed server certificate");
     }
     load(&cert_path, &key_path)

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 pub(crate) use xpupool_cuda_types::CUresult;
-use xpupool_cuda_types::{CUDA_ERROR_DEINITIALIZED, CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_NOT_SUPPORTED, CUDA_ERROR_UNKNOWN, CUDA_SUCCESS};
+use xpupool_cuda_types::{
+    CUDA_ERROR_DEINITIALIZED, CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_NOT_SUPPORTED,
+    CUDA_ERROR_UNKNOWN, CUDA_SUCCESS,
+};
 
 /// Set by the exit handler: from then on every call answers DEINITIALIZED.
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
@@ -54,9 +57,14 @@ pub(crate) fn unsupported(name: &'static str) -> CUresult {
         return CUDA_ERROR_DEINITIALIZED;
     }
     crate::log::init();
-    let first = SEEN.lock().map(|mut seen| seen.get_or_insert_with(HashSet::new).insert(name)).unwrap_or(false);
+    let first = SEEN
+        .lock()
+        .map(|mut seen| seen.get_or_insert_with(HashSet::new).insert(name))
+        .unwrap_or(false);
     if first {
-        tracing::warn!("{name} is not supported by xpupool yet; returning CUDA_ERROR_NOT_SUPPORTED");
+        tracing::warn!(
+            "{name} is not supported by xpupool yet; returning CUDA_ERROR_NOT_SUPPORTED"
+        );
     }
     CUDA_ERROR_NOT_SUPPORTED
 }
@@ -77,7 +85,9 @@ pub(crate) fn c_str<'a>(ptr: *const std::os::raw::c_char) -> Res<&'a str> {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     // SAFETY: the API contract makes it a NUL-terminated string that outlives the call.
-    unsafe { std::ffi::CStr::from_ptr(ptr) }.to_str().map_err(|_| CUDA_ERROR_INVALID_VALUE)
+    unsafe { std::ffi::CStr::from_ptr(ptr) }
+        .to_str()
+        .map_err(|_| CUDA_ERROR_INVALID_VALUE)
 }
 
 /// Defines exported driver entry points. Each body returns [`Res`].

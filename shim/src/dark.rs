@@ -29,16 +29,33 @@ macro_rules! slot {
 
 const NULL: *const c_void = std::ptr::null();
 
-const INTEGRITY_CHECK_ID: [u8; 16] = [0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2];
-const TOOLS_TLS_ID: [u8; 16] = [0x42, 0xd8, 0x5a, 0x81, 0x23, 0xf6, 0xcb, 0x47, 0x82, 0x98, 0xf6, 0xe7, 0x8a, 0x3a, 0xec, 0xdc];
-const CALLBACK_HOOKS_ID: [u8; 16] = [0xa0, 0x94, 0x79, 0x8c, 0x2e, 0x74, 0x2e, 0x74, 0x93, 0xf2, 0x08, 0x00, 0x20, 0x0c, 0x0a, 0x66];
-const CUDART_INTERFACE_ID: [u8; 16] = [0x6b, 0xd5, 0xfb, 0x6c, 0x5b, 0xf4, 0xe7, 0x4a, 0x89, 0x87, 0xd9, 0x39, 0x12, 0xfd, 0x9d, 0xf9];
-const CONTEXT_CHECKS_ID: [u8; 16] = [0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e];
-const CLS_V0301_ID: [u8; 16] = [0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11, 0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93];
+const INTEGRITY_CHECK_ID: [u8; 16] = [
+    0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2,
+];
+const TOOLS_TLS_ID: [u8; 16] = [
+    0x42, 0xd8, 0x5a, 0x81, 0x23, 0xf6, 0xcb, 0x47, 0x82, 0x98, 0xf6, 0xe7, 0x8a, 0x3a, 0xec, 0xdc,
+];
+const CALLBACK_HOOKS_ID: [u8; 16] = [
+    0xa0, 0x94, 0x79, 0x8c, 0x2e, 0x74, 0x2e, 0x74, 0x93, 0xf2, 0x08, 0x00, 0x20, 0x0c, 0x0a, 0x66,
+];
+const CUDART_INTERFACE_ID: [u8; 16] = [
+    0x6b, 0xd5, 0xfb, 0x6c, 0x5b, 0xf4, 0xe7, 0x4a, 0x89, 0x87, 0xd9, 0x39, 0x12, 0xfd, 0x9d, 0xf9,
+];
+const CONTEXT_CHECKS_ID: [u8; 16] = [
+    0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e,
+];
+const CLS_V0301_ID: [u8; 16] = [
+    0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11, 0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93,
+];
 
 static INTEGRITY_CHECK: Table<3> = Table([size(3), slot!(integrity_check_slot), NULL]);
 
-static TOOLS_TLS: Table<4> = Table([size(4), slot!(noop), slot!(tools_tls_current_context), slot!(noop)]);
+static TOOLS_TLS: Table<4> = Table([
+    size(4),
+    slot!(noop),
+    slot!(tools_tls_current_context),
+    slot!(noop),
+]);
 
 static CALLBACK_HOOKS: Table<7> = Table([
     size(7),
@@ -66,7 +83,12 @@ static CUDART_INTERFACE: Table<13> = Table([
     slot!(load_compilers),
 ]);
 
-static CONTEXT_CHECKS: Table<4> = Table([size(4), slot!(noop), slot!(context_check), slot!(context_check_fn3)]);
+static CONTEXT_CHECKS: Table<4> = Table([
+    size(4),
+    slot!(noop),
+    slot!(context_check),
+    slot!(context_check_fn3),
+]);
 
 static CLS_V0301: Table<4> = Table([slot!(cls_put), slot!(cls_delete), slot!(cls_get), NULL]);
 
@@ -90,7 +112,11 @@ unsafe extern "C" fn noop() -> CUresult {
 
 unsafe extern "C" fn noop_void(_: usize) {}
 
-unsafe extern "C" fn integrity_check_slot(version: u32, unix_seconds: u64, out: *mut [u64; 2]) -> CUresult {
+unsafe extern "C" fn integrity_check_slot(
+    version: u32,
+    unix_seconds: u64,
+    out: *mut [u64; 2],
+) -> CUresult {
     enter("integrity_check", || {
         let devices: Vec<DeviceIdentity> = match driver() {
             Ok(d) => d
@@ -101,9 +127,15 @@ unsafe extern "C" fn integrity_check_slot(version: u32, unix_seconds: u64, out: 
                 .enumerate()
                 .map(|(i, info)| DeviceIdentity {
                     uuid: info.uuid,
-                    pci_domain: d.attribute(i as CUdevice, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID).unwrap_or(0),
-                    pci_bus: d.attribute(i as CUdevice, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID).unwrap_or(0),
-                    pci_device: d.attribute(i as CUdevice, CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID).unwrap_or(0),
+                    pci_domain: d
+                        .attribute(i as CUdevice, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID)
+                        .unwrap_or(0),
+                    pci_bus: d
+                        .attribute(i as CUdevice, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)
+                        .unwrap_or(0),
+                    pci_device: d
+                        .attribute(i as CUdevice, CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID)
+                        .unwrap_or(0),
                 })
                 .collect(),
             Err(_) => Vec::new(),
@@ -149,7 +181,9 @@ unsafe extern "C" fn hooks_buffer2(ptr: *mut *mut c_void, size: *mut usize) -> C
 }
 
 unsafe extern "C" fn module_from_cubin(module: *mut CUmodule, image: *const c_void) -> CUresult {
-    enter("cudart module_from_cubin", || crate::api::module::load_module_into(module, image))
+    enter("cudart module_from_cubin", || {
+        crate::api::module::load_module_into(module, image)
+    })
 }
 
 unsafe extern "C" fn module_from_cubin_ext1(
@@ -187,7 +221,10 @@ unsafe extern "C" fn primary_context(out: *mut CUcontext, device: CUdevice) -> C
     enter("cudart primary_context", || {
         let d = driver()?;
         d.device(device)?;
-        put(out, std::sync::Arc::as_ptr(&d.primary[device as usize]) as CUcontext)
+        put(
+            out,
+            std::sync::Arc::as_ptr(&d.primary[device as usize]) as CUcontext,
+        )
     })
 }
 
@@ -195,7 +232,11 @@ unsafe extern "C" fn load_compilers() -> CUresult {
     CUDA_SUCCESS
 }
 
-unsafe extern "C" fn context_check(_ctx: CUcontext, out1: *mut u32, out2: *mut *const c_void) -> CUresult {
+unsafe extern "C" fn context_check(
+    _ctx: CUcontext,
+    out1: *mut u32,
+    out2: *mut *const c_void,
+) -> CUresult {
     let _ = put(out1, 0);
     if !out2.is_null() {
         // SAFETY: a place for a pointer, per the table's contract.
@@ -217,7 +258,12 @@ fn cls_context(ctx: CUcontext) -> Res<usize> {
     }
 }
 
-unsafe extern "C" fn cls_put(ctx: CUcontext, key: *mut c_void, value: *mut c_void, dtor: state::ClsDtor) -> CUresult {
+unsafe extern "C" fn cls_put(
+    ctx: CUcontext,
+    key: *mut c_void,
+    value: *mut c_void,
+    dtor: state::ClsDtor,
+) -> CUresult {
     enter("cls_put", || {
         let d = driver()?;
         let ctx = cls_context(ctx)?;
@@ -230,15 +276,25 @@ unsafe extern "C" fn cls_delete(ctx: CUcontext, key: *mut c_void) -> CUresult {
     enter("cls_delete", || {
         let d = driver()?;
         let ctx = cls_context(ctx)?;
-        lock(&d.cls).remove(&(ctx, key as usize)).map(|_| ()).ok_or(CUDA_ERROR_INVALID_HANDLE)
+        lock(&d.cls)
+            .remove(&(ctx, key as usize))
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
     })
 }
 
-unsafe extern "C" fn cls_get(value: *mut *mut c_void, ctx: CUcontext, key: *mut c_void) -> CUresult {
+unsafe extern "C" fn cls_get(
+    value: *mut *mut c_void,
+    ctx: CUcontext,
+    key: *mut c_void,
+) -> CUresult {
     enter("cls_get", || {
         let d = driver()?;
         let ctx = cls_context(ctx)?;
-        let found = lock(&d.cls).get(&(ctx, key as usize)).map(|&(v, _)| v).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let found = lock(&d.cls)
+            .get(&(ctx, key as usize))
+            .map(|&(v, _)| v)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         put(value, found as *mut c_void)
     })
 }
@@ -249,7 +305,9 @@ pub(crate) fn cls_destroy(ctx: usize) {
     let entries: Vec<((usize, usize), (usize, state::ClsDtor))> = {
         let mut cls = lock(&d.cls);
         let keys: Vec<_> = cls.keys().filter(|(c, _)| *c == ctx).copied().collect();
-        keys.into_iter().filter_map(|k| cls.remove(&k).map(|v| (k, v))).collect()
+        keys.into_iter()
+            .filter_map(|k| cls.remove(&k).map(|v| (k, v)))
+            .collect()
     };
     for ((ctx, key), (value, dtor)) in entries {
         if let Some(dtor) = dtor {

@@ -13,7 +13,6 @@
 
 mod api;
 mod boundary;
-mod client;
 mod dark;
 mod generated;
 mod integrity;
@@ -36,8 +35,14 @@ pub const IMPLEMENTED_FUNCTIONS: &str = env!("XPUPOOL_IMPLEMENTED_COUNT");
 mod tests {
     #[test]
     fn every_header_symbol_is_exported_and_resolvable() {
-        let symtab: Vec<&str> = crate::symtab::SYMTAB.iter().map(|(name, _)| *name).collect();
-        assert!(symtab.windows(2).all(|w| w[0] < w[1]), "SYMTAB is sorted for binary search");
+        let symtab: Vec<&str> = crate::symtab::SYMTAB
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        assert!(
+            symtab.windows(2).all(|w| w[0] < w[1]),
+            "SYMTAB is sorted for binary search"
+        );
         for name in crate::generated::procaddr::ALL_SYMBOLS {
             assert!(symtab.binary_search(name).is_ok(), "{name} is not exported");
         }

@@ -13,12 +13,15 @@ use xpupool_protocol::api::{FunctionInfo, GlobalInfo};
 use xpupool_protocol::{CuError, DeviceInfo};
 
 use crate::boundary::Res;
-use crate::client::{Connection, Settings};
+use xpupool_client::{Connection, Settings};
 
 /// Converts a server error into the code to return, logging the server's reason.
 pub(crate) fn fail(e: CuError) -> CUresult {
     tracing::debug!(code = e.code, reason = %e.message, "server refused a call");
-    if e.code == CUDA_ERROR_NO_BINARY_FOR_GPU || e.code == CUDA_ERROR_ILLEGAL_ADDRESS || e.code == CUDA_ERROR_LAUNCH_FAILED {
+    if e.code == CUDA_ERROR_NO_BINARY_FOR_GPU
+        || e.code == CUDA_ERROR_ILLEGAL_ADDRESS
+        || e.code == CUDA_ERROR_LAUNCH_FAILED
+    {
         tracing::warn!("{}", e.message);
     }
     e.code
@@ -36,7 +39,9 @@ pub(crate) struct Registry<T> {
 
 impl<T> Registry<T> {
     fn new() -> Self {
-        Self { map: Mutex::new(HashMap::new()) }
+        Self {
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     pub(crate) fn insert(&self, value: Arc<T>) -> usize {
@@ -46,11 +51,16 @@ impl<T> Registry<T> {
     }
 
     pub(crate) fn get(&self, handle: usize) -> Res<Arc<T>> {
-        lock(&self.map).get(&handle).cloned().ok_or(CUDA_ERROR_INVALID_HANDLE)
+        lock(&self.map)
+            .get(&handle)
+            .cloned()
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 
     pub(crate) fn remove(&self, handle: usize) -> Res<Arc<T>> {
-        lock(&self.map).remove(&handle).ok_or(CUDA_ERROR_INVALID_HANDLE)
+        lock(&self.map)
+            .remove(&handle)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
     }
 }
 
@@ -117,7 +127,8 @@ pub(crate) struct HostBlock {
 }
 
 /// Context-local storage entries of the runtime (dark API).
-pub(crate) type ClsDtor = Option<unsafe extern "C" fn(CUcontext, *mut std::ffi::c_void, *mut std::ffi::c_void)>;
+pub(crate) type ClsDtor =
+    Option<unsafe extern "C" fn(CUcontext, *mut std::ffi::c_void, *mut std::ffi::c_void)>;
 
 pub(crate) struct Driver {
     pub(crate) conn: Connection,
@@ -150,7 +161,12 @@ pub(crate) fn initialise() -> Res<&'static Driver> {
     let outcome = DRIVER.get_or_init(|| {
         crate::log::init();
         let connection = Settings::from_env().and_then(|settings| {
-            Connection::open(&settings).map_err(|e| e.context(format!("connecting to the xpupool server at {}", settings.server)))
+            Connection::open(&settings).map_err(|e| {
+                e.context(format!(
+                    "connecting to the xpupool server at {}",
+                    settings.server
+                ))
+            })
         });
         match connection {
             Ok(conn) => {
@@ -223,11 +239,19 @@ impl Driver {
     }
 
     pub(crate) fn device(&self, ordinal: CUdevice) -> Res<&DeviceInfo> {
-        usize::try_from(ordinal).ok().and_then(|i| self.conn.welcome.devices.get(i)).ok_or(CUDA_ERROR_INVALID_DEVICE)
+        usize::try_from(ordinal)
+            .ok()
+            .and_then(|i| self.conn.welcome.devices.get(i))
+            .ok_or(CUDA_ERROR_INVALID_DEVICE)
     }
 
     pub(crate) fn attribute(&self, ordinal: CUdevice, attr: u32) -> Res<i32> {
-        Ok(self.device(ordinal)?.attributes.iter().find(|&&(a, _)| a == attr).map_or(0, |&(_, v)| v))
+        Ok(self
+            .device(ordinal)?
+            .attributes
+            .iter()
+            .find(|&&(a, _)| a == attr)
+            .map_or(0, |&(_, v)| v))
     }
 
     /// Whether an address lies in the server's device range (so it is no host address).
@@ -253,7 +277,9 @@ impl Driver {
     /// The context a call without one acts on: the thread's current one.
     pub(crate) fn current_context(&self) -> Res<Arc<Context>> {
         let handle = current().ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
-        self.contexts.get(handle).map_err(|_| CUDA_ERROR_INVALID_CONTEXT)
+        self.contexts
+            .get(handle)
+            .map_err(|_| CUDA_ERROR_INVALID_CONTEXT)
     }
 }
 
@@ -270,7 +296,10 @@ fn reserve_device_range((start, end): (u64, u64)) {
             start as *mut libc::c_void,
             (end - start) as usize,
             libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
             -1,
             0,
         )
@@ -290,7 +319,10 @@ thread_local! {
 
 /// The calling thread's current context handle.
 pub(crate) fn current() -> Option<usize> {
-    STACK.try_with(|s| s.borrow().last().copied()).ok().flatten()
+    STACK
+        .try_with(|s| s.borrow().last().copied())
+        .ok()
+        .flatten()
 }
 
 /// Replaces the top of the calling thread's stack (`cuCtxSetCurrent`).

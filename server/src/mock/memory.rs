@@ -39,7 +39,8 @@ impl Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len.max(1), ALIGN as usize).expect("layout was valid at allocation");
+        let layout = Layout::from_size_align(self.len.max(1), ALIGN as usize)
+            .expect("layout was valid at allocation");
         // SAFETY: allocated in `Block::new` with this layout.
         unsafe { dealloc(self.ptr, layout) }
     }
@@ -54,7 +55,11 @@ pub(crate) struct DeviceMemory {
 
 impl DeviceMemory {
     pub(crate) fn new(capacity: u64) -> Arc<Self> {
-        Arc::new(Self { next_address: Mutex::new(DEVICE_VA_START), used: AtomicU64::new(0), capacity })
+        Arc::new(Self {
+            next_address: Mutex::new(DEVICE_VA_START),
+            used: AtomicU64::new(0),
+            capacity,
+        })
     }
 
     pub(crate) fn capacity(&self) -> u64 {
@@ -68,10 +73,22 @@ impl DeviceMemory {
     fn charge(&self, bytes: u64) -> Result<(), CuError> {
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
-            let after = used.checked_add(bytes).filter(|&after| after <= self.capacity).ok_or_else(|| {
-                CuError::new(code::OUT_OF_MEMORY, format!("{bytes} bytes requested, {} of {} in use", used, self.capacity))
-            })?;
-            match self.used.compare_exchange_weak(used, after, Ordering::Relaxed, Ordering::Relaxed) {
+            let after = used
+                .checked_add(bytes)
+                .filter(|&after| after <= self.capacity)
+                .ok_or_else(|| {
+                    CuError::new(
+                        code::OUT_OF_MEMORY,
+                        format!(
+                            "{bytes} bytes requested, {} of {} in use",
+                            used, self.capacity
+                        ),
+                    )
+                })?;
+            match self
+                .used
+                .compare_exchange_weak(used, after, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return Ok(()),
                 Err(now) => used = now,
             }
@@ -88,7 +105,9 @@ impl DeviceMemory {
         let end = base
             .checked_add(bytes.div_ceil(ALIGN) * ALIGN + GUARD)
             .filter(|&end| end <= DEVICE_VA_END)
-            .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "mock device address space exhausted"))?;
+            .ok_or_else(|| {
+                CuError::new(code::OUT_OF_MEMORY, "mock device address space exhausted")
+            })?;
         *next = end;
         Ok(base)
     }
@@ -102,7 +121,10 @@ pub(crate) struct SessionMemory {
 
 impl SessionMemory {
     pub(crate) fn new(device: Arc<DeviceMemory>) -> Self {
-        Self { device, blocks: RwLock::new(BTreeMap::new()) }
+        Self {
+            device,
+            blocks: RwLock::new(BTreeMap::new()),
+        }
     }
 
     pub(crate) fn device(&self) -> &DeviceMemory {
@@ -114,11 +136,15 @@ impl SessionMemory {
         if bytes == 0 {
             return Err(CuError::new(code::INVALID_VALUE, "zero-byte allocation"));
         }
-        let len = usize::try_from(bytes).map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+        let len = usize::try_from(bytes)
+            .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
         self.device.charge(bytes)?;
         let Some(block) = Block::new(len) else {
             self.device.refund(bytes);
-            return Err(CuError::new(code::OUT_OF_MEMORY, format!("host could not back {bytes} bytes")));
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("host could not back {bytes} bytes"),
+            ));
         };
         let address = match self.device.reserve_address(bytes) {
             Ok(address) => address,
@@ -127,7 +153,10 @@ impl SessionMemory {
                 return Err(e);
             }
         };
-        self.blocks.write().unwrap_or_else(|e| e.into_inner()).insert(address, block);
+        self.blocks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(address, block);
         Ok(address)
     }
 
@@ -138,7 +167,12 @@ impl SessionMemory {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&address)
-            .ok_or_else(|| CuError::new(code::INVALID_VALUE, format!("{address:#x} is not an allocation of this session")))?;
+            .ok_or_else(|| {
+                CuError::new(
+                    code::INVALID_VALUE,
+                    format!("{address:#x} is not an allocation of this session"),
+                )
+            })?;
         self.device.refund(block.len as u64);
         Ok(())
     }
@@ -180,12 +214,23 @@ impl SessionMemory {
     }
 
     /// Fills `count` elements of `elem_size` bytes at `address` with `value`.
-    pub(crate) fn fill(&self, address: u64, value: u32, elem_size: u8, count: u64) -> Result<(), CuError> {
+    pub(crate) fn fill(
+        &self,
+        address: u64,
+        value: u32,
+        elem_size: u8,
+        count: u64,
+    ) -> Result<(), CuError> {
         if !matches!(elem_size, 1 | 2 | 4) || address % elem_size as u64 != 0 {
-            return Err(CuError::new(code::INVALID_VALUE, "memset element size or alignment"));
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                "memset element size or alignment",
+            ));
         }
         let pattern = &value.to_le_bytes()[..elem_size as usize];
-        let len = count.checked_mul(elem_size as u64).ok_or_else(|| CuError::new(code::INVALID_VALUE, "memset too large"))?;
+        let len = count
+            .checked_mul(elem_size as u64)
+            .ok_or_else(|| CuError::new(code::INVALID_VALUE, "memset too large"))?;
         self.with_view(|view| {
             let ptr = view.checked(address, len)?;
             // SAFETY: inside one live block.
@@ -199,7 +244,12 @@ impl SessionMemory {
 
     /// Bytes held by this session.
     pub(crate) fn held(&self) -> u64 {
-        self.blocks.read().unwrap_or_else(|e| e.into_inner()).values().map(|b| b.len as u64).sum()
+        self.blocks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|b| b.len as u64)
+            .sum()
     }
 }
 
@@ -229,7 +279,10 @@ impl View<'_> {
 
     fn checked(&self, address: u64, len: u64) -> Result<*mut u8, CuError> {
         self.translate(address, len).ok_or_else(|| {
-            CuError::new(code::INVALID_VALUE, format!("[{address:#x}, +{len}) is not inside an allocation of this session"))
+            CuError::new(
+                code::INVALID_VALUE,
+                format!("[{address:#x}, +{len}) is not inside an allocation of this session"),
+            )
         })
     }
 }
@@ -266,10 +319,16 @@ mod tests {
         let mine = SessionMemory::new(device.clone());
         let theirs = SessionMemory::new(device);
         let a = theirs.alloc(4096).unwrap();
-        assert_eq!(mine.write(a, &[1, 2, 3]).unwrap_err().code, code::INVALID_VALUE);
+        assert_eq!(
+            mine.write(a, &[1, 2, 3]).unwrap_err().code,
+            code::INVALID_VALUE
+        );
         assert_eq!(mine.free(a).unwrap_err().code, code::INVALID_VALUE);
         theirs.write(a + 4094, &[7, 8]).unwrap();
-        assert!(theirs.write(a + 4095, &[7, 8]).is_err(), "overrun by one byte");
+        assert!(
+            theirs.write(a + 4095, &[7, 8]).is_err(),
+            "overrun by one byte"
+        );
         assert_eq!(theirs.read(a + 4094, 2).unwrap(), vec![7, 8]);
     }
 
@@ -280,9 +339,15 @@ mod tests {
         session.fill(a + 8, 0xBEEF, 2, 4).unwrap();
         session.copy(a + 32, a + 8, 8).unwrap();
         let bytes = session.read(a, 48).unwrap();
-        assert_eq!(&bytes[8..16], &[0xEF, 0xBE, 0xEF, 0xBE, 0xEF, 0xBE, 0xEF, 0xBE]);
+        assert_eq!(
+            &bytes[8..16],
+            &[0xEF, 0xBE, 0xEF, 0xBE, 0xEF, 0xBE, 0xEF, 0xBE]
+        );
         assert_eq!(&bytes[32..40], &bytes[8..16]);
         assert_eq!(bytes[16], 0);
-        assert!(session.fill(a + 1, 1, 4, 1).is_err(), "misaligned 32-bit memset");
+        assert!(
+            session.fill(a + 1, 1, 4, 1).is_err(),
+            "misaligned 32-bit memset"
+        );
     }
 }

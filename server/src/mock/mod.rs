@@ -35,7 +35,10 @@ impl MockBackend {
     /// A mock device with `capacity` bytes of device memory.
     pub fn new(capacity: u64) -> Self {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self { memory: DeviceMemory::new(capacity), workers }
+        Self {
+            memory: DeviceMemory::new(capacity),
+            workers,
+        }
     }
 
     /// Bytes currently allocated by all sessions.
@@ -105,7 +108,10 @@ struct MockSession {
 }
 
 fn invalid_handle(what: &str, handle: u64) -> CuError {
-    CuError::new(code::INVALID_HANDLE, format!("{what} {handle:#x} does not belong to this session"))
+    CuError::new(
+        code::INVALID_HANDLE,
+        format!("{what} {handle:#x} does not belong to this session"),
+    )
 }
 
 impl MockSession {
@@ -129,10 +135,15 @@ impl MockSession {
     }
 
     fn event(&mut self, event: u64) -> Result<&mut Event, CuError> {
-        self.events.get_mut(&event).ok_or_else(|| invalid_handle("event", event))
+        self.events
+            .get_mut(&event)
+            .ok_or_else(|| invalid_handle("event", event))
     }
 
-    fn load_ptx(&mut self, image: &Image) -> Result<(Option<xpupool_ptx::Module>, Option<String>), CuError> {
+    fn load_ptx(
+        &mut self,
+        image: &Image,
+    ) -> Result<(Option<xpupool_ptx::Module>, Option<String>), CuError> {
         let ptx_text = match image {
             Image::Ptx(text) => Some(text.clone()),
             _ => {
@@ -145,7 +156,17 @@ impl MockSession {
                     None => {
                         let archs: Vec<String> = entries
                             .iter()
-                            .map(|e| format!("{}{}", if e.kind == EntryKind::Ptx { "compute_" } else { "sm_" }, e.arch))
+                            .map(|e| {
+                                format!(
+                                    "{}{}",
+                                    if e.kind == EntryKind::Ptx {
+                                        "compute_"
+                                    } else {
+                                        "sm_"
+                                    },
+                                    e.arch
+                                )
+                            })
                             .collect();
                         let reason = format!(
                             "the image has no PTX for sm_{} or older (it holds: {}); the mock backend runs PTX only",
@@ -176,7 +197,10 @@ impl MockSession {
     }
 }
 
-fn function_attributes(kernel: &xpupool_ptx::KernelInfo, module: &xpupool_ptx::Module) -> Vec<(u32, i32)> {
+fn function_attributes(
+    kernel: &xpupool_ptx::KernelInfo,
+    module: &xpupool_ptx::Module,
+) -> Vec<(u32, i32)> {
     let const_bytes: usize = module
         .globals()
         .iter()
@@ -201,11 +225,16 @@ fn function_attributes(kernel: &xpupool_ptx::KernelInfo, module: &xpupool_ptx::M
 
 fn exec_error(kernel: &str, e: ExecError) -> CuError {
     match e {
-        ExecError::InvalidLaunch(reason) => CuError::new(code::INVALID_VALUE, format!("{kernel}: {reason}")),
-        ExecError::IllegalAddress { .. } => CuError::new(code::ILLEGAL_ADDRESS, format!("{kernel}: {e}")),
-        ExecError::Unsupported(reason) => {
-            CuError::new(code::LAUNCH_FAILED, format!("{kernel}: the mock cannot run this kernel: {reason}"))
+        ExecError::InvalidLaunch(reason) => {
+            CuError::new(code::INVALID_VALUE, format!("{kernel}: {reason}"))
         }
+        ExecError::IllegalAddress { .. } => {
+            CuError::new(code::ILLEGAL_ADDRESS, format!("{kernel}: {e}"))
+        }
+        ExecError::Unsupported(reason) => CuError::new(
+            code::LAUNCH_FAILED,
+            format!("{kernel}: the mock cannot run this kernel: {reason}"),
+        ),
         other => CuError::new(code::LAUNCH_FAILED, format!("{kernel}: {other}")),
     }
 }
@@ -214,22 +243,35 @@ impl Api for MockSession {
     fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
         self.healthy()?;
         if device != 0 {
-            return Err(CuError::new(code::INVALID_DEVICE, format!("device {device}")));
+            return Err(CuError::new(
+                code::INVALID_DEVICE,
+                format!("device {device}"),
+            ));
         }
         self.memory.alloc(bytes)
     }
 
     fn mem_free(&mut self, ptr: u64) -> Result<(), CuError> {
         self.healthy()?;
-        if self.modules.values().any(|m| m.globals.values().any(|&g| g == ptr)) {
-            return Err(CuError::new(code::INVALID_VALUE, "cannot free a module variable"));
+        if self
+            .modules
+            .values()
+            .any(|m| m.globals.values().any(|&g| g == ptr))
+        {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                "cannot free a module variable",
+            ));
         }
         self.memory.free(ptr)
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
         if device != 0 {
-            return Err(CuError::new(code::INVALID_DEVICE, format!("device {device}")));
+            return Err(CuError::new(
+                code::INVALID_DEVICE,
+                format!("device {device}"),
+            ));
         }
         let total = self.memory.device().capacity();
         Ok((total.saturating_sub(self.memory.device().used()), total))
@@ -243,7 +285,10 @@ impl Api for MockSession {
     fn memcpy_dtoh(&mut self, src: u64, len: u64, stream: u64) -> Result<ByteBuf, CuError> {
         self.stream(stream)?;
         if len > xpupool_protocol::MAX_COPY_CHUNK as u64 {
-            return Err(CuError::new(code::INVALID_VALUE, "copy chunk over the protocol limit"));
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                "copy chunk over the protocol limit",
+            ));
         }
         self.memory.read(src, len).map(ByteBuf::from)
     }
@@ -253,7 +298,14 @@ impl Api for MockSession {
         self.memory.copy(dst, src, len)
     }
 
-    fn memset(&mut self, dst: u64, value: u32, elem_size: u8, count: u64, stream: u64) -> Result<(), CuError> {
+    fn memset(
+        &mut self,
+        dst: u64,
+        value: u32,
+        elem_size: u8,
+        count: u64,
+        stream: u64,
+    ) -> Result<(), CuError> {
         self.stream(stream)?;
         self.memory.fill(dst, value, elem_size, count)
     }
@@ -270,21 +322,35 @@ impl Api for MockSession {
     ) -> Result<(), CuError> {
         self.stream(stream)?;
         if width.saturating_mul(elem_size as u64) > pitch && height > 1 {
-            return Err(CuError::new(code::INVALID_VALUE, "memset2D width exceeds pitch"));
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                "memset2D width exceeds pitch",
+            ));
         }
         for row in 0..height {
-            self.memory.fill(dst + row * pitch, value, elem_size, width)?;
+            self.memory
+                .fill(dst + row * pitch, value, elem_size, width)?;
         }
         Ok(())
     }
 
     fn module_load(&mut self, image: ByteBuf) -> Result<ModuleInfo, CuError> {
         self.healthy()?;
-        let image = Image::from_wire(&image).map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
+        let image = Image::from_wire(&image)
+            .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
         let (ptx, no_code) = self.load_ptx(&image)?;
         let handle = self.handle(0x4d4f);
-        let mut loaded = LoadedModule { ptx: None, globals: HashMap::new(), functions: Vec::new() };
-        let mut info = ModuleInfo { handle, functions: Vec::new(), globals: Vec::new(), no_code };
+        let mut loaded = LoadedModule {
+            ptx: None,
+            globals: HashMap::new(),
+            functions: Vec::new(),
+        };
+        let mut info = ModuleInfo {
+            handle,
+            functions: Vec::new(),
+            globals: Vec::new(),
+            no_code,
+        };
         if let Some(module) = ptx {
             for global in module.globals() {
                 let address = match self.memory.alloc(global.size.max(1) as u64) {
@@ -296,16 +362,30 @@ impl Api for MockSession {
                 };
                 self.memory.write(address, &global.init)?;
                 loaded.globals.insert(global.name.clone(), address);
-                info.globals.push(GlobalInfo { name: global.name.clone(), address, size: global.size as u64 });
+                info.globals.push(GlobalInfo {
+                    name: global.name.clone(),
+                    address,
+                    size: global.size as u64,
+                });
             }
             for kernel in module.kernels() {
                 let f = self.handle(0x4655);
-                self.functions.insert(f, Function { module: handle, name: kernel.name.clone() });
+                self.functions.insert(
+                    f,
+                    Function {
+                        module: handle,
+                        name: kernel.name.clone(),
+                    },
+                );
                 loaded.functions.push(f);
                 info.functions.push(FunctionInfo {
                     name: kernel.name.clone(),
                     handle: f,
-                    params: kernel.params.iter().map(|p| (p.offset as u32, p.size as u32)).collect(),
+                    params: kernel
+                        .params
+                        .iter()
+                        .map(|p| (p.offset as u32, p.size as u32))
+                        .collect(),
                     param_bytes: kernel.param_bytes as u32,
                     unusable: kernel.unsupported.clone(),
                     attributes: function_attributes(kernel, &module),
@@ -313,27 +393,53 @@ impl Api for MockSession {
             }
             loaded.ptx = Some(Arc::new(module));
         }
-        tracing::debug!(module = handle, functions = info.functions.len(), globals = info.globals.len(), "module loaded");
+        tracing::debug!(
+            module = handle,
+            functions = info.functions.len(),
+            globals = info.globals.len(),
+            "module loaded"
+        );
         self.modules.insert(handle, loaded);
         Ok(info)
     }
 
     fn module_unload(&mut self, module: u64) -> Result<(), CuError> {
-        let loaded = self.modules.remove(&module).ok_or_else(|| invalid_handle("module", module))?;
+        let loaded = self
+            .modules
+            .remove(&module)
+            .ok_or_else(|| invalid_handle("module", module))?;
         self.free_module(loaded);
         Ok(())
     }
 
-    fn launch_kernel(&mut self, function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> Result<(), CuError> {
+    fn launch_kernel(
+        &mut self,
+        function: u64,
+        dims: LaunchDims,
+        stream: u64,
+        params: ByteBuf,
+    ) -> Result<(), CuError> {
         self.stream(stream)?;
-        let f = self.functions.get(&function).ok_or_else(|| invalid_handle("function", function))?;
+        let f = self
+            .functions
+            .get(&function)
+            .ok_or_else(|| invalid_handle("function", function))?;
         let module = &self.modules[&f.module];
-        let ptx = module.ptx.clone().ok_or_else(|| CuError::new(code::NO_BINARY_FOR_GPU, "module has no PTX"))?;
-        let kernel = ptx
-            .kernel(&f.name)
-            .ok_or_else(|| CuError::new(code::NOT_FOUND, format!("kernel {} vanished from its module", f.name)))?;
+        let ptx = module
+            .ptx
+            .clone()
+            .ok_or_else(|| CuError::new(code::NO_BINARY_FOR_GPU, "module has no PTX"))?;
+        let kernel = ptx.kernel(&f.name).ok_or_else(|| {
+            CuError::new(
+                code::NOT_FOUND,
+                format!("kernel {} vanished from its module", f.name),
+            )
+        })?;
         if let Some(reason) = &kernel.unsupported {
-            return Err(CuError::new(code::NO_BINARY_FOR_GPU, format!("{}: {reason}", f.name)));
+            return Err(CuError::new(
+                code::NO_BINARY_FOR_GPU,
+                format!("{}: {reason}", f.name),
+            ));
         }
         let name = f.name.clone();
         let globals = &module.globals;
@@ -347,7 +453,9 @@ impl Api for MockSession {
             workers: self.workers,
         };
         let started = Instant::now();
-        let result = self.memory.with_view(|view| xpupool_ptx::launch(&ptx, &name, &launch, view));
+        let result = self
+            .memory
+            .with_view(|view| xpupool_ptx::launch(&ptx, &name, &launch, view));
         tracing::debug!(kernel = %name, grid = ?dims.grid, block = ?dims.block, elapsed = ?started.elapsed(), "kernel ran");
         result.map_err(|e| {
             let error = exec_error(&name, e);
@@ -367,7 +475,10 @@ impl Api for MockSession {
     }
 
     fn stream_destroy(&mut self, stream: u64) -> Result<(), CuError> {
-        self.streams.remove(&stream).map(|_| ()).ok_or_else(|| invalid_handle("stream", stream))
+        self.streams
+            .remove(&stream)
+            .map(|_| ())
+            .ok_or_else(|| invalid_handle("stream", stream))
     }
 
     fn stream_synchronize(&mut self, stream: u64) -> Result<(), CuError> {
@@ -388,12 +499,21 @@ impl Api for MockSession {
     fn event_create(&mut self, flags: u32) -> Result<u64, CuError> {
         self.healthy()?;
         let handle = self.handle(0x4556);
-        self.events.insert(handle, Event { flags, recorded: None });
+        self.events.insert(
+            handle,
+            Event {
+                flags,
+                recorded: None,
+            },
+        );
         Ok(handle)
     }
 
     fn event_destroy(&mut self, event: u64) -> Result<(), CuError> {
-        self.events.remove(&event).map(|_| ()).ok_or_else(|| invalid_handle("event", event))
+        self.events
+            .remove(&event)
+            .map(|_| ())
+            .ok_or_else(|| invalid_handle("event", event))
     }
 
     fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
@@ -418,7 +538,10 @@ impl Api for MockSession {
         match times {
             [Some((f1, Some(t1))), Some((f2, Some(t2)))] => {
                 if (f1 | f2) & EVENT_DISABLE_TIMING != 0 {
-                    return Err(CuError::new(code::INVALID_HANDLE, "event created with CU_EVENT_DISABLE_TIMING"));
+                    return Err(CuError::new(
+                        code::INVALID_HANDLE,
+                        "event created with CU_EVENT_DISABLE_TIMING",
+                    ));
                 }
                 let ms = if t2 >= t1 {
                     t2.duration_since(t1).as_secs_f32() * 1000.0
@@ -427,7 +550,10 @@ impl Api for MockSession {
                 };
                 Ok(ms)
             }
-            [Some(_), Some(_)] => Err(CuError::new(code::INVALID_HANDLE, "event was never recorded")),
+            [Some(_), Some(_)] => Err(CuError::new(
+                code::INVALID_HANDLE,
+                "event was never recorded",
+            )),
             _ => Err(CuError::new(code::INVALID_HANDLE, "unknown event")),
         }
     }

@@ -17,7 +17,9 @@ fn context_arg(ctx: CUcontext) -> Res<Arc<Context>> {
     if ctx.is_null() {
         d.current_context()
     } else {
-        d.contexts.get(ctx as usize).map_err(|_| CUDA_ERROR_INVALID_CONTEXT)
+        d.contexts
+            .get(ctx as usize)
+            .map_err(|_| CUDA_ERROR_INVALID_CONTEXT)
     }
 }
 
@@ -64,7 +66,9 @@ fn primary_reset(device: CUdevice) -> Res {
 fn primary_set_flags(device: CUdevice, flags: c_uint) -> Res {
     let d = driver()?;
     d.device(device)?;
-    d.primary[device as usize].flags.store(flags, Ordering::Release);
+    d.primary[device as usize]
+        .flags
+        .store(flags, Ordering::Release);
     Ok(())
 }
 

@@ -38,10 +38,19 @@ fn copy_c_string(text: &str, out: *mut c_char, len: c_int) -> Res {
 }
 
 fn error_entry(code: CUresult) -> Res<&'static (u32, &'static str, &'static str)> {
-    ERRORS.iter().find(|e| e.0 == code).ok_or(CUDA_ERROR_INVALID_VALUE)
+    ERRORS
+        .iter()
+        .find(|e| e.0 == code)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
 }
 
-fn proc_address(symbol: *const c_char, pfn: *mut *mut c_void, version: c_int, flags: u64, status: *mut CUdriverProcAddressQueryResult) -> Res {
+fn proc_address(
+    symbol: *const c_char,
+    pfn: *mut *mut c_void,
+    version: c_int,
+    flags: u64,
+    status: *mut CUdriverProcAddressQueryResult,
+) -> Res {
     let set_status = |s: CUdriverProcAddressQueryResult| {
         if !status.is_null() {
             // SAFETY: the caller passes a place for the status when non-null.

@@ -46,7 +46,9 @@ fn pack(f: &Function, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<
             match key {
                 LAUNCH_PARAM_BUFFER_POINTER => pointer = value.cast(),
                 // SAFETY: the value of BUFFER_SIZE points at a size_t.
-                LAUNCH_PARAM_BUFFER_SIZE if !value.is_null() => length = Some(unsafe { *value.cast::<usize>() }),
+                LAUNCH_PARAM_BUFFER_SIZE if !value.is_null() => {
+                    length = Some(unsafe { *value.cast::<usize>() })
+                }
                 _ => return Err(CUDA_ERROR_INVALID_VALUE),
             }
         }
@@ -79,8 +81,15 @@ fn check_dims(f: &Function, dims: &LaunchDims) -> Res {
     let [bx, by, bz] = dims.block;
     let [gx, gy, gz] = dims.grid;
     let threads = bx as u64 * by as u64 * bz as u64;
-    let max_threads = f.attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK).unwrap_or(1024) as u64;
-    let within = bx >= 1 && by >= 1 && bz >= 1 && gx >= 1 && gy >= 1 && gz >= 1
+    let max_threads = f
+        .attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+        .unwrap_or(1024) as u64;
+    let within = bx >= 1
+        && by >= 1
+        && bz >= 1
+        && gx >= 1
+        && gy >= 1
+        && gz >= 1
         && bx <= attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X)?
         && by <= attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y)?
         && bz <= attr(CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z)?
@@ -91,14 +100,23 @@ fn check_dims(f: &Function, dims: &LaunchDims) -> Res {
     if !within {
         return Err(INVALID_CONFIGURATION);
     }
-    let max_dynamic = f.attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES).unwrap_or(0).max(0) as u32;
+    let max_dynamic = f
+        .attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+        .unwrap_or(0)
+        .max(0) as u32;
     if dims.shared_bytes > max_dynamic {
         return Err(INVALID_CONFIGURATION);
     }
     Ok(())
 }
 
-pub(crate) fn launch(function: CUfunction, dims: LaunchDims, stream: u64, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res {
+pub(crate) fn launch(
+    function: CUfunction,
+    dims: LaunchDims,
+    stream: u64,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Res {
     let d = driver()?;
     let f = d.functions.get(function as usize)?;
     if let Some(reason) = &f.info.unusable {
@@ -107,10 +125,18 @@ pub(crate) fn launch(function: CUfunction, dims: LaunchDims, stream: u64, params
     }
     check_dims(&f, &dims)?;
     let buffer = pack(&f, params, extra)?;
-    d.conn.launch_kernel(f.info.handle, dims, stream, ByteBuf::from(buffer)).map_err(fail)
+    d.conn
+        .launch_kernel(f.info.handle, dims, stream, ByteBuf::from(buffer))
+        .map_err(fail)
 }
 
-fn launch_ex(config: *const CUlaunchConfig, function: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void, per_thread: bool) -> Res {
+fn launch_ex(
+    config: *const CUlaunchConfig,
+    function: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    per_thread: bool,
+) -> Res {
     if config.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -130,7 +156,10 @@ fn launch_ex(config: *const CUlaunchConfig, function: CUfunction, params: *mut *
             _ => false,
         };
         if unsupported {
-            tracing::warn!(attribute = attr.id, "launch attribute not supported by xpupool");
+            tracing::warn!(
+                attribute = attr.id,
+                "launch attribute not supported by xpupool"
+            );
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
     }
@@ -139,7 +168,13 @@ fn launch_ex(config: *const CUlaunchConfig, function: CUfunction, params: *mut *
         block: [c.blockDimX, c.blockDimY, c.blockDimZ],
         shared_bytes: c.sharedMemBytes,
     };
-    launch(function, dims, stream_arg(c.hStream, per_thread), params, extra)
+    launch(
+        function,
+        dims,
+        stream_arg(c.hStream, per_thread),
+        params,
+        extra,
+    )
 }
 
 export! {
@@ -191,7 +226,14 @@ fn occupancy(function: CUfunction, block_size: i32, dynamic_shared: usize) -> Re
     let threads = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR)?;
     let blocks = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR)?;
     let shared = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
-    let per_block = f.attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).unwrap_or(0) as usize + dynamic_shared;
-    let by_shared = if per_block == 0 { i32::MAX } else { (shared / per_block) as i32 };
+    let per_block = f
+        .attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        .unwrap_or(0) as usize
+        + dynamic_shared;
+    let by_shared = if per_block == 0 {
+        i32::MAX
+    } else {
+        (shared / per_block) as i32
+    };
     Ok((threads / block_size).min(blocks).min(by_shared))
 }

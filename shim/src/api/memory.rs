@@ -18,7 +18,11 @@ enum Side {
 }
 
 fn side(address: u64) -> Res<Side> {
-    Ok(if driver()?.is_device_address(address) { Side::Device } else { Side::Host })
+    Ok(if driver()?.is_device_address(address) {
+        Side::Device
+    } else {
+        Side::Host
+    })
 }
 
 fn alloc(out: *mut CUdeviceptr, bytes: usize) -> Res {
@@ -27,7 +31,10 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize) -> Res {
     }
     let d = driver()?;
     let device = d.current_context()?.device;
-    let address = d.conn.mem_alloc(device as u32, bytes as u64).map_err(fail)?;
+    let address = d
+        .conn
+        .mem_alloc(device as u32, bytes as u64)
+        .map_err(fail)?;
     lock(&d.device_ranges).insert(address, bytes as u64);
     put(out, address)
 }
@@ -53,13 +60,16 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
     }
     let conn = &driver()?.conn;
     match (side(dst)?, side(src)?) {
-        (Side::Device, Side::Device) => conn.memcpy_dtod(dst, src, len as u64, stream).map_err(fail),
+        (Side::Device, Side::Device) => {
+            conn.memcpy_dtod(dst, src, len as u64, stream).map_err(fail)
+        }
         (Side::Device, Side::Host) => {
             // SAFETY: the API contract: `src` is `len` readable host bytes.
             let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
             for (i, chunk) in bytes.chunks(MAX_COPY_CHUNK).enumerate() {
                 let at = dst + (i * MAX_COPY_CHUNK) as u64;
-                conn.memcpy_htod(at, ByteBuf::from(chunk.to_vec()), stream).map_err(fail)?;
+                conn.memcpy_htod(at, ByteBuf::from(chunk.to_vec()), stream)
+                    .map_err(fail)?;
             }
             Ok(())
         }
@@ -67,12 +77,16 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
             let mut done = 0usize;
             while done < len {
                 let n = (len - done).min(MAX_COPY_CHUNK);
-                let bytes = conn.memcpy_dtoh(src + done as u64, n as u64, stream).map_err(fail)?;
+                let bytes = conn
+                    .memcpy_dtoh(src + done as u64, n as u64, stream)
+                    .map_err(fail)?;
                 if bytes.len() != n {
                     return Err(CUDA_ERROR_UNKNOWN);
                 }
                 // SAFETY: the API contract: `dst` is `len` writable host bytes.
-                unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (dst as *mut u8).add(done), n) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), (dst as *mut u8).add(done), n)
+                };
                 done += n;
             }
             Ok(())
@@ -90,16 +104,35 @@ fn memset(dst: CUdeviceptr, value: u32, elem_size: u8, count: usize, stream: u64
     if count == 0 {
         return Ok(());
     }
-    driver()?.conn.memset(dst, value, elem_size, count as u64, stream).map_err(fail)
+    driver()?
+        .conn
+        .memset(dst, value, elem_size, count as u64, stream)
+        .map_err(fail)
 }
 
-fn memset_2d(dst: CUdeviceptr, pitch: usize, value: u32, elem_size: u8, width: usize, height: usize, stream: u64) -> Res {
+fn memset_2d(
+    dst: CUdeviceptr,
+    pitch: usize,
+    value: u32,
+    elem_size: u8,
+    width: usize,
+    height: usize,
+    stream: u64,
+) -> Res {
     if width == 0 || height == 0 {
         return Ok(());
     }
     driver()?
         .conn
-        .memset_2d(dst, pitch as u64, value, elem_size, width as u64, height as u64, stream)
+        .memset_2d(
+            dst,
+            pitch as u64,
+            value,
+            elem_size,
+            width as u64,
+            height as u64,
+            stream,
+        )
         .map_err(fail)
 }
 
@@ -113,7 +146,14 @@ fn host_alloc(out: *mut *mut c_void, bytes: usize, flags: c_uint) -> Res {
     if unsafe { libc::posix_memalign(&mut ptr, 4096, bytes.max(1)) } != 0 {
         return Err(CUDA_ERROR_OUT_OF_MEMORY);
     }
-    lock(&d.host_blocks).insert(ptr as usize, HostBlock { len: bytes.max(1), flags, owned: true });
+    lock(&d.host_blocks).insert(
+        ptr as usize,
+        HostBlock {
+            len: bytes.max(1),
+            flags,
+            owned: true,
+        },
+    );
     put(out, ptr)
 }
 
@@ -131,19 +171,31 @@ fn copy_2d(p: *const CUDA_MEMCPY2D, stream: u64) -> Res {
             _ => Err(CUDA_ERROR_NOT_SUPPORTED),
         }
     };
-    let src = base(p.srcMemoryType, p.srcHost, p.srcDevice)? + (p.srcY * p.srcPitch + p.srcXInBytes) as u64;
-    let dst = base(p.dstMemoryType, p.dstHost, p.dstDevice)? + (p.dstY * p.dstPitch + p.dstXInBytes) as u64;
+    let src = base(p.srcMemoryType, p.srcHost, p.srcDevice)?
+        + (p.srcY * p.srcPitch + p.srcXInBytes) as u64;
+    let dst = base(p.dstMemoryType, p.dstHost, p.dstDevice)?
+        + (p.dstY * p.dstPitch + p.dstXInBytes) as u64;
     if p.Height > 1 && (p.WidthInBytes > p.srcPitch || p.WidthInBytes > p.dstPitch) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     for row in 0..p.Height {
-        copy(dst + (row * p.dstPitch) as u64, src + (row * p.srcPitch) as u64, p.WidthInBytes, stream)?;
+        copy(
+            dst + (row * p.dstPitch) as u64,
+            src + (row * p.srcPitch) as u64,
+            p.WidthInBytes,
+            stream,
+        )?;
     }
     Ok(())
 }
 
 /// Answers one `CUpointer_attribute` for `ptr` into `data`.
-fn pointer_attribute(data: *mut c_void, attribute: CUpointer_attribute, ptr: CUdeviceptr, lenient: bool) -> Res {
+fn pointer_attribute(
+    data: *mut c_void,
+    attribute: CUpointer_attribute,
+    ptr: CUdeviceptr,
+    lenient: bool,
+) -> Res {
     let d = driver()?;
     let device = d.device_range(ptr);
     let host = d.host_block(ptr as usize);
@@ -153,13 +205,20 @@ fn pointer_attribute(data: *mut c_void, attribute: CUpointer_attribute, ptr: CUd
         }
         // cuPointerGetAttributes: unknown pointers get NULL-like answers.
         return match attribute {
-            CU_POINTER_ATTRIBUTE_MEMORY_TYPE | CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => put(data.cast::<u32>(), 0),
-            CU_POINTER_ATTRIBUTE_IS_MANAGED | CU_POINTER_ATTRIBUTE_MAPPED | CU_POINTER_ATTRIBUTE_SYNC_MEMOPS => put(data.cast::<u32>(), 0),
+            CU_POINTER_ATTRIBUTE_MEMORY_TYPE | CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => {
+                put(data.cast::<u32>(), 0)
+            }
+            CU_POINTER_ATTRIBUTE_IS_MANAGED
+            | CU_POINTER_ATTRIBUTE_MAPPED
+            | CU_POINTER_ATTRIBUTE_SYNC_MEMOPS => put(data.cast::<u32>(), 0),
             CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL_NONE => put(data.cast::<i32>(), -2),
             _ => put(data.cast::<u64>(), 0),
         };
     }
-    let ctx = d.primary.first().map_or(0, |c| std::sync::Arc::as_ptr(c) as usize);
+    let ctx = d
+        .primary
+        .first()
+        .map_or(0, |c| std::sync::Arc::as_ptr(c) as usize);
     let (base, size, memory_type) = match (device, host) {
         (Some((base, size)), _) => (base, size, CU_MEMORYTYPE_DEVICE),
         (None, Some((base, size, _))) => (base as u64, size as u64, CU_MEMORYTYPE_HOST),
@@ -168,23 +227,36 @@ fn pointer_attribute(data: *mut c_void, attribute: CUpointer_attribute, ptr: CUd
     match attribute {
         CU_POINTER_ATTRIBUTE_CONTEXT => put(data.cast::<CUcontext>(), ctx as CUcontext),
         CU_POINTER_ATTRIBUTE_MEMORY_TYPE => put(data.cast::<u32>(), memory_type),
-        CU_POINTER_ATTRIBUTE_DEVICE_POINTER if memory_type == CU_MEMORYTYPE_DEVICE => put(data.cast::<u64>(), ptr),
+        CU_POINTER_ATTRIBUTE_DEVICE_POINTER if memory_type == CU_MEMORYTYPE_DEVICE => {
+            put(data.cast::<u64>(), ptr)
+        }
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER if lenient => put(data.cast::<u64>(), 0),
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER => Err(CUDA_ERROR_INVALID_VALUE),
-        CU_POINTER_ATTRIBUTE_HOST_POINTER if memory_type == CU_MEMORYTYPE_HOST => put(data.cast::<u64>(), ptr),
+        CU_POINTER_ATTRIBUTE_HOST_POINTER if memory_type == CU_MEMORYTYPE_HOST => {
+            put(data.cast::<u64>(), ptr)
+        }
         CU_POINTER_ATTRIBUTE_HOST_POINTER if lenient => put(data.cast::<u64>(), 0),
         CU_POINTER_ATTRIBUTE_HOST_POINTER => Err(CUDA_ERROR_INVALID_VALUE),
         CU_POINTER_ATTRIBUTE_SYNC_MEMOPS => put(data.cast::<u32>(), 1),
-        CU_POINTER_ATTRIBUTE_BUFFER_ID | CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID => put(data.cast::<u64>(), base),
+        CU_POINTER_ATTRIBUTE_BUFFER_ID | CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID => {
+            put(data.cast::<u64>(), base)
+        }
         CU_POINTER_ATTRIBUTE_IS_MANAGED => put(data.cast::<u32>(), 0),
         CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => put(data.cast::<i32>(), 0),
         CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE => put(data.cast::<u32>(), 0),
-        CU_POINTER_ATTRIBUTE_RANGE_START_ADDR | CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR => put(data.cast::<u64>(), base),
-        CU_POINTER_ATTRIBUTE_RANGE_SIZE | CU_POINTER_ATTRIBUTE_MAPPING_SIZE => put(data.cast::<u64>(), size),
+        CU_POINTER_ATTRIBUTE_RANGE_START_ADDR | CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR => {
+            put(data.cast::<u64>(), base)
+        }
+        CU_POINTER_ATTRIBUTE_RANGE_SIZE | CU_POINTER_ATTRIBUTE_MAPPING_SIZE => {
+            put(data.cast::<u64>(), size)
+        }
         CU_POINTER_ATTRIBUTE_MAPPED => put(data.cast::<u32>(), 1),
         CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES => put(data.cast::<u64>(), 0),
         CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE => put(data.cast::<u32>(), 0),
-        CU_POINTER_ATTRIBUTE_ACCESS_FLAGS => put(data.cast::<u32>(), CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE),
+        CU_POINTER_ATTRIBUTE_ACCESS_FLAGS => put(
+            data.cast::<u32>(),
+            CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE,
+        ),
         CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE => put(data.cast::<u64>(), 0),
         CU_POINTER_ATTRIBUTE_IS_HW_DECOMPRESS_CAPABLE => put(data.cast::<u32>(), 0),
         _ => Err(CUDA_ERROR_INVALID_VALUE),

@@ -17,13 +17,26 @@ use crate::state::{driver, fail, lock, Function, Module};
 
 fn register(image: Image) -> Res<usize> {
     let d = driver()?;
-    let info = d.conn.module_load(ByteBuf::from(image.to_wire())).map_err(fail)?;
-    let module = Arc::new(Module { server: info.handle, functions: OnceLock::new(), globals: info.globals, no_code: info.no_code });
+    let info = d
+        .conn
+        .module_load(ByteBuf::from(image.to_wire()))
+        .map_err(fail)?;
+    let module = Arc::new(Module {
+        server: info.handle,
+        functions: OnceLock::new(),
+        globals: info.globals,
+        no_code: info.no_code,
+    });
     let handle = d.modules.insert(module.clone());
     let mut functions = Vec::with_capacity(info.functions.len());
     for f in info.functions {
         let c_name = CString::new(f.name.clone()).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
-        functions.push(d.functions.insert(Arc::new(Function { info: f, c_name, module: handle, overrides: Mutex::new(Vec::new()) })));
+        functions.push(d.functions.insert(Arc::new(Function {
+            info: f,
+            c_name,
+            module: handle,
+            overrides: Mutex::new(Vec::new()),
+        })));
     }
     let _ = module.functions.set(functions);
     let mut ranges = lock(&d.device_ranges);
@@ -93,7 +106,11 @@ fn function(module: usize, name: *const c_char) -> Res<usize> {
 fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const c_char) -> Res {
     let m = driver()?.modules.get(module)?;
     let name = c_str(name)?;
-    let g = m.globals.iter().find(|g| g.name == name).ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let g = m
+        .globals
+        .iter()
+        .find(|g| g.name == name)
+        .ok_or(CUDA_ERROR_NOT_FOUND)?;
     if !out.is_null() {
         put(out, g.address)?;
     }
@@ -118,7 +135,9 @@ fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int)
     match attribute {
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => {
             let optin = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
-            let static_bytes = f.attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).unwrap_or(0);
+            let static_bytes = f
+                .attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                .unwrap_or(0);
             if value < 0 || value + static_bytes > optin {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
@@ -159,7 +178,10 @@ fn name_of(out: *mut *const c_char, function: usize) -> Res {
 }
 
 fn count(out: *mut c_uint, module: usize) -> Res {
-    put(out, driver()?.modules.get(module)?.functions().len() as c_uint)
+    put(
+        out,
+        driver()?.modules.get(module)?.functions().len() as c_uint,
+    )
 }
 
 fn enumerate(out: *mut usize, capacity: c_uint, module: usize) -> Res {

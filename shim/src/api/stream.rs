@@ -16,7 +16,12 @@ fn create(out: *mut CUstream, flags: c_uint, priority: c_int) -> Res {
     let d = driver()?;
     let context = d.current_context()?;
     let handle = d.conn.stream_create(flags, priority).map_err(fail)?;
-    let info = StreamInfo { flags, priority: priority.clamp(-5, 0), context: std::sync::Arc::as_ptr(&context) as usize, id: d.fresh_id() };
+    let info = StreamInfo {
+        flags,
+        priority: priority.clamp(-5, 0),
+        context: std::sync::Arc::as_ptr(&context) as usize,
+        id: d.fresh_id(),
+    };
     lock(&d.streams).insert(handle, info);
     put(out, handle as CUstream)
 }
@@ -26,9 +31,17 @@ fn info(stream: u64) -> Res<StreamInfo> {
     let d = driver()?;
     if stream <= 2 {
         let context = d.current_context()?;
-        return Ok(StreamInfo { flags: 0, priority: 0, context: std::sync::Arc::as_ptr(&context) as usize, id: stream });
+        return Ok(StreamInfo {
+            flags: 0,
+            priority: 0,
+            context: std::sync::Arc::as_ptr(&context) as usize,
+            id: stream,
+        });
     }
-    lock(&d.streams).get(&stream).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)
+    lock(&d.streams)
+        .get(&stream)
+        .copied()
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
 fn synchronize(stream: u64) -> Res {
@@ -40,11 +53,17 @@ fn query(stream: u64) -> Res {
 }
 
 fn wait_event(stream: u64, event: CUevent, flags: c_uint) -> Res {
-    driver()?.conn.stream_wait_event(stream, event as u64, flags).map_err(fail)
+    driver()?
+        .conn
+        .stream_wait_event(stream, event as u64, flags)
+        .map_err(fail)
 }
 
 fn record(event: CUevent, stream: u64) -> Res {
-    driver()?.conn.event_record(event as u64, stream).map_err(fail)
+    driver()?
+        .conn
+        .event_record(event as u64, stream)
+        .map_err(fail)
 }
 
 /// Runs a host function in stream order: once the work before it in the stream is
@@ -57,12 +76,20 @@ fn host_func(stream: u64, f: CUhostFn, data: *mut c_void) -> Res {
     Ok(())
 }
 
-fn add_callback(stream: CUstream, callback: CUstreamCallback, data: *mut c_void, flags: c_uint, per_thread: bool) -> Res {
+fn add_callback(
+    stream: CUstream,
+    callback: CUstreamCallback,
+    data: *mut c_void,
+    flags: c_uint,
+    per_thread: bool,
+) -> Res {
     let callback = callback.ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if flags != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let status = synchronize(stream_arg(stream, per_thread)).err().unwrap_or(CUDA_SUCCESS);
+    let status = synchronize(stream_arg(stream, per_thread))
+        .err()
+        .unwrap_or(CUDA_SUCCESS);
     // SAFETY: the application's callback, called as the driver would.
     unsafe { callback(stream, status, data) };
     Ok(())
@@ -72,7 +99,13 @@ fn elapsed(out: *mut f32, start: CUevent, end: CUevent) -> Res {
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    put(out, driver()?.conn.event_elapsed_time(start as u64, end as u64).map_err(fail)?)
+    put(
+        out,
+        driver()?
+            .conn
+            .event_elapsed_time(start as u64, end as u64)
+            .map_err(fail)?,
+    )
 }
 
 fn capture_status(stream: u64, out: *mut CUstreamCaptureStatus) -> Res {

@@ -1,6 +1,9 @@
-//! The connection to the pool server: QUIC with TLS 1.3, one ordered stream of
-//! requests and replies. The server is verified by its certificate
-//! (`XPUPOOL_SERVER_CERT`) or a pinned fingerprint (`XPUPOOL_SERVER_FINGERPRINT`).
+//! The client end of an xpupool connection: QUIC with TLS 1.3, one ordered stream
+//! of requests and replies. The server is verified by its certificate
+//! (`XPUPOOL_SERVER_CERT`) or a pinned fingerprint (`XPUPOOL_SERVER_FINGERPRINT`),
+//! and the client presents its tenant token. Every shim (CUDA now; NVML, HIP and
+//! ACL later) talks to the server through [`Connection`], whose [`Calls`] methods are
+//! one round trip each.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,31 +16,49 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
-use xpupool_protocol::{code, frame, Calls, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION};
+use xpupool_protocol::{
+    code, frame, Calls, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
+};
 
 /// The name in every xpupool server certificate.
 const SERVER_NAME: &str = "xpupool-server";
 
-/// Where and how to connect, from the environment.
-pub(crate) struct Settings {
-    pub(crate) server: String,
-    pub(crate) cert: Option<String>,
-    pub(crate) fingerprint: Option<String>,
-    pub(crate) token: String,
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `host:port` of the server.
+    pub server: String,
+    /// PEM file of the server's certificate.
+    pub cert: Option<String>,
+    /// `sha256:<hex>` of the server's certificate, instead of `cert`.
+    pub fingerprint: Option<String>,
+    /// The tenant token.
+    pub token: String,
 }
 
 impl Settings {
-    pub(crate) fn from_env() -> Result<Self> {
+    /// Reads `XPUPOOL_SERVER`, `XPUPOOL_SERVER_CERT` / `XPUPOOL_SERVER_FINGERPRINT` and `XPUPOOL_TOKEN`.
+    pub fn from_env() -> Result<Self> {
         let server = std::env::var("XPUPOOL_SERVER").map_err(|_| {
             anyhow!("XPUPOOL_SERVER is not set (run the program with `xpupool run -- PROGRAM`, or set XPUPOOL_SERVER, XPUPOOL_SERVER_CERT and XPUPOOL_TOKEN)")
         })?;
-        let cert = std::env::var("XPUPOOL_SERVER_CERT").ok().filter(|s| !s.is_empty());
-        let fingerprint = std::env::var("XPUPOOL_SERVER_FINGERPRINT").ok().filter(|s| !s.is_empty());
+        let cert = std::env::var("XPUPOOL_SERVER_CERT")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let fingerprint = std::env::var("XPUPOOL_SERVER_FINGERPRINT")
+            .ok()
+            .filter(|s| !s.is_empty());
         if cert.is_none() && fingerprint.is_none() {
             bail!("set XPUPOOL_SERVER_CERT (the server's certificate file) or XPUPOOL_SERVER_FINGERPRINT (sha256:...) to verify {server}");
         }
-        let token = std::env::var("XPUPOOL_TOKEN").map_err(|_| anyhow!("XPUPOOL_TOKEN is not set"))?;
-        Ok(Self { server, cert, fingerprint, token })
+        let token =
+            std::env::var("XPUPOOL_TOKEN").map_err(|_| anyhow!("XPUPOOL_TOKEN is not set"))?;
+        Ok(Self {
+            server,
+            cert,
+            fingerprint,
+            token,
+        })
     }
 }
 
@@ -60,7 +81,9 @@ impl ServerCertVerifier for Pinned {
         if Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256.as_slice() {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("server certificate does not match XPUPOOL_SERVER_FINGERPRINT".into()))
+            Err(rustls::Error::General(
+                "server certificate does not match XPUPOOL_SERVER_FINGERPRINT".into(),
+            ))
         }
     }
 
@@ -70,7 +93,12 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -79,24 +107,40 @@ impl ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut config = if let Some(pin) = &settings.fingerprint {
         let hex_part = pin.strip_prefix("sha256:").unwrap_or(pin);
-        let sha256 = hex::decode(hex_part).context("XPUPOOL_SERVER_FINGERPRINT is not sha256:<hex>")?;
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(Pinned { sha256, provider })).with_no_client_auth()
+        let sha256 =
+            hex::decode(hex_part).context("XPUPOOL_SERVER_FINGERPRINT is not sha256:<hex>")?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { sha256, provider }))
+            .with_no_client_auth()
     } else {
-        let path = settings.cert.as_deref().expect("checked in Settings::from_env");
-        let pem = std::fs::read(path).with_context(|| format!("reading XPUPOOL_SERVER_CERT {path}"))?;
+        let path = settings
+            .cert
+            .as_deref()
+            .expect("checked in Settings::from_env");
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading XPUPOOL_SERVER_CERT {path}"))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             roots.add(cert.with_context(|| format!("parsing {path}"))?)?;
@@ -109,12 +153,13 @@ fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig> {
 }
 
 /// A live connection; [`Calls`] on it are one round trip each.
-pub(crate) struct Connection {
+pub struct Connection {
     runtime: tokio::runtime::Runtime,
     connection: quinn::Connection,
     streams: Mutex<(SendStream, RecvStream)>,
     lost: AtomicBool,
-    pub(crate) welcome: Welcome,
+    /// What the server said about itself and its devices.
+    pub welcome: Welcome,
 }
 
 async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>> {
@@ -127,7 +172,7 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>> {
 
 impl Connection {
     /// Connects, presents the token, and returns once the server has welcomed us.
-    pub(crate) fn open(settings: &Settings) -> Result<Self> {
+    pub fn open(settings: &Settings) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("xpupool-client")
@@ -146,12 +191,19 @@ impl Connection {
         client_config.transport_config(Arc::new(transport));
         let token = settings.token.clone();
         let (connection, send, recv, welcome) = runtime.block_on(async move {
-            let bind: SocketAddr = if addr.is_ipv6() { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+            let bind: SocketAddr = if addr.is_ipv6() {
+                "[::]:0".parse()?
+            } else {
+                "0.0.0.0:0".parse()?
+            };
             let mut endpoint = quinn::Endpoint::client(bind)?;
             endpoint.set_default_client_config(client_config);
-            let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(addr, SERVER_NAME)?)
-                .await
-                .map_err(|_| anyhow!("no answer from {addr} within 10 s"))??;
+            let connection = tokio::time::timeout(
+                Duration::from_secs(10),
+                endpoint.connect(addr, SERVER_NAME)?,
+            )
+            .await
+            .map_err(|_| anyhow!("no answer from {addr} within 10 s"))??;
             let (mut send, mut recv) = connection.open_bi().await?;
             let hello = Hello {
                 protocol_version: PROTOCOL_VERSION,
@@ -161,17 +213,26 @@ impl Connection {
             };
             send.write_all(&frame::encode(&hello)?).await?;
             let welcome: Result<Welcome, CuError> = frame::decode(&read_frame(&mut recv).await?)?;
-            let welcome = welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))?;
+            let welcome =
+                welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))?;
             anyhow::Ok((connection, send, recv, welcome))
         })?;
-        Ok(Self { runtime, connection, streams: Mutex::new((send, recv)), lost: AtomicBool::new(false), welcome })
+        Ok(Self {
+            runtime,
+            connection,
+            streams: Mutex::new((send, recv)),
+            lost: AtomicBool::new(false),
+            welcome,
+        })
     }
 
     /// Closes the connection politely so the server frees the session at once.
     /// Runs at process exit, when this thread's tokio context may already be gone,
     /// so the work is handed to the runtime's own thread.
-    pub(crate) fn close(&self) {
-        let Ok(mut streams) = self.streams.try_lock() else { return };
+    pub fn close(&self) {
+        let Ok(mut streams) = self.streams.try_lock() else {
+            return;
+        };
         let _ = streams.0.finish();
         let connection = self.connection.clone();
         let (done, wait) = std::sync::mpsc::channel();
@@ -187,7 +248,10 @@ impl Connection {
         if !self.lost.swap(true, Ordering::AcqRel) {
             tracing::error!("lost the connection to the xpupool server: {why}");
         }
-        CuError::new(DEVICE_UNAVAILABLE, format!("connection to the server lost: {why}"))
+        CuError::new(
+            DEVICE_UNAVAILABLE,
+            format!("connection to the server lost: {why}"),
+        )
     }
 }
 
@@ -197,9 +261,13 @@ const DEVICE_UNAVAILABLE: u32 = 46;
 impl Calls for Connection {
     fn call(&self, request: Request) -> Result<Reply, CuError> {
         if self.lost.load(Ordering::Acquire) {
-            return Err(CuError::new(DEVICE_UNAVAILABLE, "connection to the server lost"));
+            return Err(CuError::new(
+                DEVICE_UNAVAILABLE,
+                "connection to the server lost",
+            ));
         }
-        let bytes = frame::encode(&request).map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
+        let bytes = frame::encode(&request)
+            .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
         let mut guard = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         let (send, recv) = &mut *guard;
         let answer = self.runtime.block_on(async {

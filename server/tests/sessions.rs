@@ -1,0 +1,247 @@
+//! End-to-end tests of the server over real QUIC on loopback: authentication,
+//! per-session checking of pointers and handles, kernels on the mock, and that a
+//! departed client's resources are freed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+use xpupool_client::{Connection, Settings};
+use xpupool_protocol::api::LaunchDims;
+use xpupool_protocol::{code, Calls};
+use xpupool_server::embedded::EmbeddedServer;
+use xpupool_server::MockBackend;
+
+/// `out[i] = i * k` for i < n; hand-written PTX, so the test needs no nvcc.
+const SCALE_PTX: &str = r#"
+.version 8.0
+.target sm_90
+.address_size 64
+
+.visible .entry scale(.param .u64 out, .param .u32 n, .param .u32 k)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<8>;
+    .reg .b64 %rd<5>;
+    ld.param.u64 %rd1, [out];
+    ld.param.u32 %r1, [n];
+    ld.param.u32 %r2, [k];
+    mov.u32 %r3, %ctaid.x;
+    mov.u32 %r4, %ntid.x;
+    mov.u32 %r5, %tid.x;
+    mad.lo.s32 %r6, %r3, %r4, %r5;
+    setp.ge.u32 %p1, %r6, %r1;
+    @%p1 bra DONE;
+    mul.lo.s32 %r7, %r6, %r2;
+    cvta.to.global.u64 %rd2, %rd1;
+    mul.wide.u32 %rd3, %r6, 4;
+    add.s64 %rd4, %rd2, %rd3;
+    st.global.u32 [%rd4], %r7;
+DONE:
+    ret;
+}
+"#;
+
+struct Fixture {
+    backend: Arc<MockBackend>,
+    server: EmbeddedServer,
+}
+
+fn fixture(memory: u64) -> Fixture {
+    let backend = Arc::new(MockBackend::new(memory));
+    let server = EmbeddedServer::start(backend.clone()).expect("server starts");
+    Fixture { backend, server }
+}
+
+impl Fixture {
+    fn settings(&self, token: &str) -> Settings {
+        Settings {
+            server: self.server.addr().to_string(),
+            cert: Some(self.server.cert_path().to_string_lossy().into_owned()),
+            fingerprint: None,
+            token: token.to_owned(),
+        }
+    }
+
+    fn connect(&self) -> Connection {
+        Connection::open(&self.settings(self.server.token())).expect("client connects")
+    }
+}
+
+fn params(out: u64, n: u32, k: u32) -> ByteBuf {
+    let mut bytes = out.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&n.to_le_bytes());
+    bytes.extend_from_slice(&k.to_le_bytes());
+    ByteBuf::from(bytes)
+}
+
+#[test]
+fn wrong_token_is_refused() {
+    let f = fixture(1 << 20);
+    let err = Connection::open(&f.settings("not-the-token"))
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{err:#}").contains("unknown tenant token"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn wrong_certificate_is_refused() {
+    let f = fixture(1 << 20);
+    let other = fixture(1 << 20);
+    let mut settings = f.settings(f.server.token());
+    settings.cert = Some(other.server.cert_path().to_string_lossy().into_owned());
+    assert!(
+        Connection::open(&settings).is_err(),
+        "a server with another certificate must not be trusted"
+    );
+    settings.cert = None;
+    settings.fingerprint = Some("sha256:00".to_owned());
+    assert!(
+        Connection::open(&settings).is_err(),
+        "a wrong pinned fingerprint must fail"
+    );
+}
+
+#[test]
+fn kernel_runs_and_results_come_back() {
+    let f = fixture(64 << 20);
+    let c = f.connect();
+    assert_eq!(c.welcome.backend, "mock");
+    let n = 1000u32;
+    let out = c.mem_alloc(0, n as u64 * 4).unwrap();
+    let module = c
+        .module_load(ByteBuf::from(
+            xpupool_fatbin::Image::Ptx(SCALE_PTX.to_owned()).to_wire(),
+        ))
+        .unwrap();
+    assert!(module.no_code.is_none());
+    let function = module
+        .functions
+        .iter()
+        .find(|f| f.name == "scale")
+        .expect("kernel listed");
+    assert_eq!(function.params, vec![(0, 8), (8, 4), (12, 4)]);
+    let dims = LaunchDims {
+        grid: [4, 1, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    };
+    c.launch_kernel(function.handle, dims, 0, params(out, n, 3))
+        .unwrap();
+    let bytes = c.memcpy_dtoh(out, n as u64 * 4, 0).unwrap();
+    for (i, word) in bytes.chunks_exact(4).enumerate() {
+        assert_eq!(u32::from_le_bytes(word.try_into().unwrap()), i as u32 * 3);
+    }
+}
+
+#[test]
+fn sessions_cannot_touch_each_other() {
+    let f = fixture(64 << 20);
+    let a = f.connect();
+    let b = f.connect();
+    let mine = a.mem_alloc(0, 4096).unwrap();
+    assert_eq!(
+        b.memcpy_htod(mine, ByteBuf::from(vec![1; 16]), 0)
+            .unwrap_err()
+            .code,
+        code::INVALID_VALUE
+    );
+    assert_eq!(
+        b.memcpy_dtoh(mine, 16, 0).unwrap_err().code,
+        code::INVALID_VALUE
+    );
+    assert_eq!(b.mem_free(mine).unwrap_err().code, code::INVALID_VALUE);
+    let stream = a.stream_create(0, 0).unwrap();
+    assert_eq!(
+        b.stream_synchronize(stream).unwrap_err().code,
+        code::INVALID_HANDLE
+    );
+    assert_eq!(
+        a.memcpy_dtoh(mine + 4000, 200, 0).unwrap_err().code,
+        code::INVALID_VALUE,
+        "read past the end"
+    );
+    a.mem_free(mine).unwrap();
+    assert_eq!(
+        a.mem_free(mine).unwrap_err().code,
+        code::INVALID_VALUE,
+        "double free"
+    );
+}
+
+#[test]
+fn out_of_bounds_kernel_faults_and_poisons_the_session() {
+    let f = fixture(64 << 20);
+    let c = f.connect();
+    let out = c.mem_alloc(0, 64).unwrap();
+    let module = c
+        .module_load(ByteBuf::from(
+            xpupool_fatbin::Image::Ptx(SCALE_PTX.to_owned()).to_wire(),
+        ))
+        .unwrap();
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [64, 1, 1],
+        shared_bytes: 0,
+    };
+    let err = c
+        .launch_kernel(module.functions[0].handle, dims, 0, params(out, 64, 1))
+        .unwrap_err();
+    assert_eq!(err.code, code::ILLEGAL_ADDRESS, "{}", err.message);
+    assert_eq!(
+        c.synchronize().unwrap_err().code,
+        code::ILLEGAL_ADDRESS,
+        "the fault is sticky"
+    );
+    // Another session is unaffected.
+    let other = f.connect();
+    other.synchronize().unwrap();
+}
+
+#[test]
+fn memory_is_bounded_and_freed_when_the_client_goes() {
+    let f = fixture(8 << 20);
+    let c = f.connect();
+    c.mem_alloc(0, 6 << 20).unwrap();
+    assert_eq!(
+        c.mem_alloc(0, 4 << 20).unwrap_err().code,
+        code::OUT_OF_MEMORY
+    );
+    let (free, total) = c.mem_get_info(0).unwrap();
+    assert_eq!(total, 8 << 20);
+    assert_eq!(free, 2 << 20);
+    assert_eq!(f.backend.used_memory(), 6 << 20);
+    c.close();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.backend.used_memory() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        f.backend.used_memory(),
+        0,
+        "a departed client's memory is freed"
+    );
+}
+
+#[test]
+fn image_without_ptx_reports_no_usable_code() {
+    let f = fixture(1 << 20);
+    let c = f.connect();
+    // A bare cubin: ELF for sm_90 with nothing the mock can interpret.
+    let cubin = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fatbin/tests/fixtures/kernel.cubin"
+    ))
+    .expect("fixture");
+    let info = c
+        .module_load(ByteBuf::from(
+            xpupool_fatbin::image_from_bytes(&cubin).unwrap().to_wire(),
+        ))
+        .unwrap();
+    let reason = info.no_code.expect("no PTX means no usable code");
+    assert!(reason.contains("no PTX"), "{reason}");
+}
