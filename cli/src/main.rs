@@ -12,7 +12,11 @@ use xpupool_server::embedded::EmbeddedServer;
 use xpupool_server::{tls, MockBackend, Server, ServerConfig, TokenEntry};
 
 #[derive(Parser)]
-#[command(name = "xpupool", version, about = "Pool GPUs across machines: run unmodified CUDA programs where there is no GPU")]
+#[command(
+    name = "xpupool",
+    version,
+    about = "Pool GPUs across machines: run unmodified CUDA programs where there is no GPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,7 +72,12 @@ struct ServerArgs {
     key: Option<PathBuf>,
     /// Accepted tenant token, as TENANT=TOKEN or just TOKEN (tenant `default`); repeatable.
     /// Without any, a token is generated once and kept in the state directory.
-    #[arg(long = "token", env = "XPUPOOL_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "token",
+        env = "XPUPOOL_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     tokens: Vec<String>,
     /// Device memory of the mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
@@ -76,16 +85,27 @@ struct ServerArgs {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("XPUPOOL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XPUPOOL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Whether NVIDIA's driver is installed on this machine.
 fn nvidia_driver_present() -> bool {
     // SAFETY: dlopen/dlclose of a library by name, with no symbols used.
     unsafe {
-        let handle = libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL | libc::RTLD_NOLOAD);
-        let handle = if handle.is_null() { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) } else { handle };
+        let handle = libc::dlopen(
+            c"libcuda.so.1".as_ptr(),
+            libc::RTLD_LAZY | libc::RTLD_LOCAL | libc::RTLD_NOLOAD,
+        );
+        let handle = if handle.is_null() {
+            libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL)
+        } else {
+            handle
+        };
         if handle.is_null() {
             return false;
         }
@@ -122,7 +142,8 @@ fn shim_library() -> Result<PathBuf> {
 /// A folder holding `libcuda.so.1` → the shim, for LD_LIBRARY_PATH.
 fn shim_dir(shim: &Path) -> Result<tempdir::Dir> {
     let dir = tempdir::Dir::new("xpupool-lib")?;
-    std::os::unix::fs::symlink(shim.canonicalize()?, dir.path().join("libcuda.so.1")).context("linking libcuda.so.1")?;
+    std::os::unix::fs::symlink(shim.canonicalize()?, dir.path().join("libcuda.so.1"))
+        .context("linking libcuda.so.1")?;
     Ok(dir)
 }
 
@@ -134,7 +155,11 @@ mod tempdir {
 
     impl Dir {
         pub(crate) fn new(prefix: &str) -> std::io::Result<Self> {
-            let path = std::env::temp_dir().join(format!("{prefix}-{}-{}", std::process::id(), &xpupool_server::random_token()[..8]));
+            let path = std::env::temp_dir().join(format!(
+                "{prefix}-{}-{}",
+                std::process::id(),
+                &xpupool_server::random_token()[..8]
+            ));
             std::fs::create_dir_all(&path)?;
             Ok(Self(path))
         }
@@ -168,17 +193,29 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let mut command = std::process::Command::new(&args.program[0]);
     command.args(&args.program[1..]);
     command.env("LD_PRELOAD", prepend_path("LD_PRELOAD", &preload));
-    command.env("LD_LIBRARY_PATH", prepend_path("LD_LIBRARY_PATH", lib_dir.path()));
+    command.env(
+        "LD_LIBRARY_PATH",
+        prepend_path("LD_LIBRARY_PATH", lib_dir.path()),
+    );
 
     let _embedded = match &args.server {
         Some(server) => {
-            let token = args.token.as_deref().context("--server needs --token (or XPUPOOL_TOKEN)")?;
+            let token = args
+                .token
+                .as_deref()
+                .context("--server needs --token (or XPUPOOL_TOKEN)")?;
             if args.cert.is_none() && args.fingerprint.is_none() {
                 bail!("--server needs --cert or --fingerprint to verify the server");
             }
-            command.env("XPUPOOL_SERVER", server).env("XPUPOOL_TOKEN", token);
+            command
+                .env("XPUPOOL_SERVER", server)
+                .env("XPUPOOL_TOKEN", token);
             if let Some(cert) = &args.cert {
-                command.env("XPUPOOL_SERVER_CERT", cert.canonicalize().with_context(|| format!("{}", cert.display()))?);
+                command.env(
+                    "XPUPOOL_SERVER_CERT",
+                    cert.canonicalize()
+                        .with_context(|| format!("{}", cert.display()))?,
+                );
             }
             if let Some(fp) = &args.fingerprint {
                 command.env("XPUPOOL_SERVER_FINGERPRINT", fp);
@@ -206,9 +243,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let status = command.status().with_context(|| format!("starting {}", args.program[0].to_string_lossy()))?;
+    let status = command
+        .status()
+        .with_context(|| format!("starting {}", args.program[0].to_string_lossy()))?;
     use std::os::unix::process::ExitStatusExt;
-    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
@@ -219,7 +260,8 @@ fn state_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(state).join("xpupool"));
     }
-    let home = std::env::var_os("HOME").context("neither --state-dir, XDG_STATE_HOME nor HOME is set")?;
+    let home =
+        std::env::var_os("HOME").context("neither --state-dir, XDG_STATE_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".local/state/xpupool"))
 }
 
@@ -229,8 +271,14 @@ fn tokens(args: &ServerArgs, dir: &Path) -> Result<(Vec<TokenEntry>, Option<Path
             .tokens
             .iter()
             .map(|t| match t.split_once('=') {
-                Some((tenant, token)) => TokenEntry { tenant: tenant.to_owned(), token: token.to_owned() },
-                None => TokenEntry { tenant: "default".to_owned(), token: t.clone() },
+                Some((tenant, token)) => TokenEntry {
+                    tenant: tenant.to_owned(),
+                    token: token.to_owned(),
+                },
+                None => TokenEntry {
+                    tenant: "default".to_owned(),
+                    token: t.clone(),
+                },
             })
             .collect();
         return Ok((entries, None));
@@ -245,7 +293,13 @@ fn tokens(args: &ServerArgs, dir: &Path) -> Result<(Vec<TokenEntry>, Option<Path
             token
         }
     };
-    Ok((vec![TokenEntry { tenant: "default".to_owned(), token }], Some(path)))
+    Ok((
+        vec![TokenEntry {
+            tenant: "default".to_owned(),
+            token,
+        }],
+        Some(path),
+    ))
 }
 
 fn serve(args: ServerArgs) -> Result<ExitCode> {
@@ -258,13 +312,23 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
     let (tokens, token_file) = tokens(&args, &dir)?;
     let backend = backend(&args.backend, args.mock_memory_mib)?;
     if args.backend == "mock" {
-        eprintln!("xpupool: serving the mock backend (CPU PTX interpreter, {} MiB of device memory)", args.mock_memory_mib);
+        eprintln!(
+            "xpupool: serving the mock backend (CPU PTX interpreter, {} MiB of device memory)",
+            args.mock_memory_mib
+        );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let cert_path = identity.cert_path.clone();
         let fingerprint = identity.fingerprint();
-        let server = Server::bind(ServerConfig { listen: args.listen, identity, tokens, backend })?;
+        let server = Server::bind(ServerConfig {
+            listen: args.listen,
+            identity,
+            tokens,
+            backend,
+        })?;
         println!("listening: {}", server.local_addr()?);
         println!("certificate: {}", cert_path.display());
         println!("fingerprint: {fingerprint}");

@@ -70,7 +70,10 @@ macro_rules! declare_api {
 }
 
 fn mismatched(method: &str, reply: &Reply) -> CuError {
-    CuError::new(crate::code::UNKNOWN, format!("protocol error: {method} answered by {reply:?}"))
+    CuError::new(
+        crate::code::UNKNOWN,
+        format!("protocol error: {method} answered by {reply:?}"),
+    )
 }
 
 /// Launch geometry and resources of one kernel launch.

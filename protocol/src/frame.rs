@@ -70,7 +70,11 @@ mod tests {
     fn request_round_trips() {
         let request = Request::LaunchKernel {
             function: 7,
-            dims: LaunchDims { grid: [4, 2, 1], block: [128, 1, 1], shared_bytes: 64 },
+            dims: LaunchDims {
+                grid: [4, 2, 1],
+                block: [128, 1, 1],
+                shared_bytes: 64,
+            },
             stream: 2,
             params: serde_bytes::ByteBuf::from(vec![1, 2, 3, 4, 5, 6, 7, 8]),
         };
@@ -83,12 +87,18 @@ mod tests {
 
     #[test]
     fn oversized_prefix_is_refused() {
-        assert!(matches!(body_len(u32::MAX.to_le_bytes()), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            body_len(u32::MAX.to_le_bytes()),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 
     #[test]
     fn truncated_and_garbage_bodies_are_errors_not_panics() {
-        let frame = encode(&Result::<Reply, CuError>::Ok(Reply::MemAlloc(0x2000_0000_0000))).unwrap();
+        let frame = encode(&Result::<Reply, CuError>::Ok(Reply::MemAlloc(
+            0x2000_0000_0000,
+        )))
+        .unwrap();
         for cut in 4..frame.len() {
             assert!(decode::<Result<Reply, CuError>>(&frame[4..cut]).is_err());
         }

@@ -39,7 +39,10 @@ pub struct CuError {
 impl CuError {
     /// A new error with code and reason.
     pub fn new(code: u32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
