@@ -520,6 +520,37 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                 }
             }
             "call" => self.call(i),
+            "cp" if mods.first() == Some(&"async") => {
+                if has("commit_group") || has("wait_group") || has("wait_all") {
+                    return self.emit(i, Inst::Nop);
+                }
+                if has("bulk") || has("mbarrier") {
+                    return Err("bulk/mbarrier cp.async not supported".into());
+                }
+                Self::ops_n(i, 3)?;
+                let (dsp, dst) = self.addr(&ops[0], MSp::Shared)?;
+                let (ssp, src) = self.addr(&ops[1], MSp::Global)?;
+                if dsp != MSp::Shared || ssp != MSp::Global {
+                    return Err("unexpected state spaces".into());
+                }
+                let size = match self.src(&ops[2], Ty::U32)? {
+                    Op::I(v @ (4 | 8 | 16)) => v as u32,
+                    _ => return Err("cp-size must be 4, 8 or 16".into()),
+                };
+                let src_size = match ops.get(3) {
+                    Some(o @ (Operand::Name(_) | Operand::Imm(_))) => Some(self.src(o, Ty::U32)?),
+                    _ => None,
+                };
+                self.emit(
+                    i,
+                    Inst::CpAsync {
+                        dst,
+                        src,
+                        size,
+                        src_size,
+                    },
+                )
+            }
             "ret" => self.emit(i, Inst::Ret),
             "exit" => self.emit(i, Inst::Exit),
             "trap" => self.emit(i, Inst::Trap),

@@ -501,6 +501,13 @@ pub(crate) enum Inst {
         params: Vec<(u32, u32)>,
         ret: Option<(u32, u32)>,
     },
+    /// `cp.async` (executed synchronously): shared `dst` <- global `src`.
+    CpAsync {
+        dst: Addr,
+        src: Addr,
+        size: u32,
+        src_size: Option<Op>,
+    },
     /// Placeholder for an instruction the interpreter cannot run.
     Unsupported,
 }

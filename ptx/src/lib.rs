@@ -25,12 +25,14 @@
 //! * A kernel that uses an instruction the interpreter cannot run still parses;
 //!   its [`KernelInfo::unsupported`] says why and [`launch`] refuses it.
 
+mod access;
 mod builtins;
 mod decode;
 mod exec;
 mod insts;
 mod ir;
 mod lexer;
+mod link;
 mod mem;
 mod ops;
 mod parser;
@@ -202,7 +204,7 @@ pub struct Launch<'a> {
 /// [`KernelInfo::unsupported`] set); only malformed text is an error.
 pub fn parse_module(src: &str) -> Result<Module, ParseError> {
     let pm = parser::parse(src)?;
-    decode::build_module(&pm)
+    link::build_module(&pm)
 }
 
 /// Runs `kernel` to completion on the CPU.

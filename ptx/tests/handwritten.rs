@@ -449,3 +449,88 @@ fn vadd_one_million_elements() {
     let got: Vec<f32> = mem.download(dc, n);
     assert!(got.iter().enumerate().all(|(i, &v)| v == a[i] + b[i]));
 }
+
+#[test]
+fn spin_wait_on_flag_set_by_another_warp() {
+    let m = module(
+        r#"
+.visible .entry k(.param .u64 k_out)
+{
+    .shared .align 4 .u32 flag;
+    .reg .pred %p<3>;
+    .reg .b32 %r<4>;
+    .reg .b64 %rd<2>;
+    ld.param.u64 %rd1, [k_out];
+    mov.u32 %r1, %tid.x;
+    setp.eq.u32 %p1, %r1, 0;
+    @!%p1 bra $NOT0;
+$WAIT:
+    ld.volatile.shared.u32 %r2, [flag];
+    setp.eq.u32 %p2, %r2, 0;
+    @%p2 bra $WAIT;
+    st.global.u32 [%rd1], %r2;
+    ret;
+$NOT0:
+    setp.ne.u32 %p1, %r1, 32;
+    @%p1 bra $DONE;
+    st.volatile.shared.u32 [flag], 99;
+$DONE:
+    ret;
+}
+"#,
+    );
+    let mem = DevMem::new();
+    let out = mem.alloc(4);
+    run(&m, "k", &cfg(1, 64), &[Arg::Ptr(out)], &mem).unwrap();
+    assert_eq!(mem.download::<u32>(out, 1), [99]);
+}
+
+#[test]
+fn cp_async_copies_synchronously() {
+    let m = module(
+        r#"
+.visible .entry k(.param .u64 k_in, .param .u64 k_out)
+{
+    .shared .align 16 .b8 buf[512];
+    .reg .b32 %r<12>;
+    .reg .b64 %rd<8>;
+    ld.param.u64 %rd1, [k_in];
+    ld.param.u64 %rd2, [k_out];
+    mov.u32 %r1, %tid.x;
+    shl.b32 %r2, %r1, 4;
+    mov.u32 %r3, buf;
+    add.u32 %r4, %r3, %r2;
+    cvt.u64.u32 %rd3, %r2;
+    add.s64 %rd4, %rd1, %rd3;
+    mov.u32 %r5, 5;
+    cp.async.cg.shared.global [%r4], [%rd4], 16;
+    cp.async.ca.shared.global [%r4+256], [%rd4], 16, %r5;
+    cp.async.commit_group;
+    cp.async.wait_group 0;
+    bar.sync 0;
+    xor.b32 %r6, %r1, 1;
+    shl.b32 %r6, %r6, 4;
+    add.u32 %r7, %r3, %r6;
+    ld.shared.v4.u32 {%r8, %r9, %r10, %r11}, [%r7];
+    mul.wide.u32 %rd5, %r1, 32;
+    add.s64 %rd6, %rd2, %rd5;
+    st.global.v4.u32 [%rd6], {%r8, %r9, %r10, %r11};
+    ld.shared.v4.u32 {%r8, %r9, %r10, %r11}, [%r4+256];
+    st.global.v4.u32 [%rd6+16], {%r8, %r9, %r10, %r11};
+    ret;
+}
+"#,
+    );
+    let mem = DevMem::new();
+    let input: Vec<u8> = (0..=255).collect();
+    let (din, dout) = (mem.upload(&input), mem.alloc(512));
+    run(&m, "k", &cfg(1, 16), &[Arg::Ptr(din), Arg::Ptr(dout)], &mem).unwrap();
+    let g: Vec<u8> = mem.download(dout, 512);
+    for t in 0..16usize {
+        let other = t ^ 1;
+        assert_eq!(&g[32 * t..32 * t + 16], &input[16 * other..16 * other + 16]);
+        let mut want = [0u8; 16];
+        want[..5].copy_from_slice(&input[16 * t..16 * t + 5]);
+        assert_eq!(&g[32 * t + 16..32 * t + 32], &want);
+    }
+}

@@ -124,7 +124,12 @@ fn unsupported_instruction_marks_only_that_kernel() {
         why.contains("suq.width.b32") && why.contains("helper"),
         "{why}"
     );
-    let why = m.kernel("calls_extern").unwrap().unsupported.clone().unwrap();
+    let why = m
+        .kernel("calls_extern")
+        .unwrap()
+        .unsupported
+        .clone()
+        .unwrap();
     assert!(why.contains("mystery"), "{why}");
 }
 
