@@ -4,11 +4,13 @@
 # against a separately started `xpupool server` to cover that path, including a
 # wrong token being refused. Prints one line per program and a closing
 # "N passed, N failed" line; exits non-zero if anything failed.
-#   XPUPOOL_BIN   the xpupool binary (default: target/release/xpupool)
+#   XPUPOOL_BIN   the xpupool binary (default: $CARGO_TARGET_DIR or target/, then release/xpupool);
+#                 its libcuda.so is the one beside it
 #   TEST_TIMEOUT  seconds per program (default 300)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${XPUPOOL_BIN:-$root/target/release/xpupool}
+bin=${XPUPOOL_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/xpupool}
+shim=$(dirname "$bin")/libcuda.so
 build=$root/tests/cuda/build
 timeout_s=${TEST_TIMEOUT:-300}
 [ -x "$bin" ] || { echo "missing $bin (cargo build --release)" >&2; exit 2; }
@@ -52,12 +54,12 @@ if [ -z "$cert" ] || [ -z "$token" ]; then
     failed=$((failed + 1)); failures+=("server-start"); echo "FAIL  server-start"; cat "$logs/server.err"
 else
     # LD_PRELOAD by hand, as the README shows, verifying by certificate.
-    check server-preload-vector_add env LD_PRELOAD="$root/target/release/libcuda.so" \
+    check server-preload-vector_add env LD_PRELOAD="$shim" \
         XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" XPUPOOL_TOKEN="$token" "$build/vector_add"
     # xpupool run --server, verifying by pinned fingerprint.
     check server-run-driver_api "$bin" run --server "127.0.0.1:$port" --fingerprint "$fingerprint" --token "$token" -- "$build/driver_api"
     # A wrong token must be refused: cudart then reports no usable device.
-    if XPUPOOL_LOG=error timeout 60 env LD_PRELOAD="$root/target/release/libcuda.so" XPUPOOL_SERVER="127.0.0.1:$port" \
+    if XPUPOOL_LOG=error timeout 60 env LD_PRELOAD="$shim" XPUPOOL_SERVER="127.0.0.1:$port" \
         XPUPOOL_SERVER_CERT="$cert" XPUPOOL_TOKEN="wrong" "$build/vector_add" >"$logs/badtoken.log" 2>&1; then
         failed=$((failed + 1)); failures+=("wrong-token-refused"); echo "FAIL  wrong-token-refused (program succeeded)"
     elif grep -q "unknown tenant token" "$logs/badtoken.log"; then

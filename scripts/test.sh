@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (README: "run the tests"). Installs what it
+# needs (NVIDIA's CUDA 13.2 compiler and runtime from PyPI into .cuda/), then:
+#   1. the Rust tests of every crate (unit and integration, release profile so the
+#      binaries built for step 3 are shared);
+#   2. compiles the CUDA test programs with nvcc -cudart shared (SASS + PTX);
+#   3. runs each through xpupool against the mock backend; they check their own
+#      results against CPU references.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TERM_COLOR=never
+
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 2; }
+command -v python3 >/dev/null || { echo "python3 with pip is required" >&2; exit 2; }
+for tool in gcc objcopy; do
+    command -v "$tool" >/dev/null || { echo "$tool is required (Debian: apt-get install gcc binutils)" >&2; exit 2; }
+done
+
+echo "== toolchain"
+scripts/install-cuda-toolchain.sh
+
+echo "== cargo build --release"
+cargo build --release --workspace --all-targets
+
+echo "== cargo test --release"
+cargo test --release --workspace
+
+echo "== CUDA test programs"
+scripts/build-cuda-tests.sh
+XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-cuda-tests.sh
