@@ -18,7 +18,7 @@ timeout_s=${TEST_TIMEOUT:-300}
 
 passed=0 failed=0 failures=()
 logs=$(mktemp -d)
-trap 'rm -rf "$logs"; [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null' EXIT
+trap 'rm -rf "$logs"; [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null; true' EXIT
 
 check() { # name, command...
     local name=$1; shift
@@ -66,6 +66,21 @@ else
         passed=$((passed + 1)); echo "ok    wrong-token-refused"
     else
         failed=$((failed + 1)); failures+=("wrong-token-refused"); echo "FAIL  wrong-token-refused"; cat "$logs/badtoken.log"
+    fi
+    # Last, since it kills the server: a program whose server disappears gets error
+    # codes from every call, and neither crashes nor hangs.
+    flag=$logs/server-alive
+    touch "$flag"
+    env LD_PRELOAD="$shim" XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" XPUPOOL_TOKEN="$token" \
+        timeout 120 "$build/resilience" lost "$flag" >"$logs/lost.log" 2>&1 &
+    client=$!
+    for _ in $(seq 200); do grep -q READY "$logs/lost.log" && break; sleep 0.05; done
+    kill "$server_pid"; wait "$server_pid" 2>/dev/null; server_pid=
+    rm -f "$flag"
+    if wait "$client" && grep -q "^PASS" "$logs/lost.log"; then
+        passed=$((passed + 1)); echo "ok    server-lost"
+    else
+        failed=$((failed + 1)); failures+=("server-lost"); echo "FAIL  server-lost"; sed 's/^/      | /' "$logs/lost.log"
     fi
 fi
 
