@@ -461,6 +461,36 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                 th.st = St::Warp;
                 return Ok(());
             }
+            &Inst::Packed { op, t, d, a, b, c } => {
+                let (x, y, z) = (cx.v(a), cx.v(b), cx.v(c));
+                let r = ops::packed(op, t, x, y, z, &mut cx.regs[CC_REG as usize]);
+                cx.set(d, r);
+            }
+            &Inst::CvtX2 {
+                dt,
+                st,
+                rnd,
+                d,
+                a,
+                b,
+            } => {
+                let hi = ops::cvt(dt, st, rnd, false, cx.v(a)) & 0xFFFF;
+                let lo = ops::cvt(dt, st, rnd, false, cx.v(b)) & 0xFFFF;
+                cx.set(d, hi << 16 | lo);
+            }
+            &Inst::Dp {
+                two,
+                hi,
+                sa,
+                sb,
+                d,
+                a,
+                b,
+                c,
+            } => {
+                let r = ops::dot(two, hi, sa, sb, cx.v(a), cx.v(b), cx.v(c));
+                cx.set(d, r);
+            }
             Inst::Builtin { which, params, ret } => cx.builtin(*which, params, *ret)?,
             Inst::CpAsync {
                 dst,

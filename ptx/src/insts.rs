@@ -60,22 +60,107 @@ fn space_of(mods: &[&str]) -> MSp {
 fn bad_type(m: &str) -> bool {
     matches!(
         m,
-        "f16x2"
-            | "bf16"
-            | "bf16x2"
-            | "tf32"
-            | "e4m3"
-            | "e5m2"
-            | "e4m3x2"
-            | "e5m2x2"
-            | "b128"
-            | "f64x2"
-            | "u16x2"
-            | "s16x2"
+        "tf32" | "e4m3" | "e5m2" | "e4m3x2" | "e5m2x2" | "e2m1x2" | "b128" | "f64x2" | "f32x2"
     )
 }
 
+/// Lane type of a packed two-lane type name.
+fn x2_lane(m: &str) -> Option<Ty> {
+    match m {
+        "f16x2" => Some(Ty::F16),
+        "bf16x2" => Some(Ty::BF16),
+        "u16x2" => Some(Ty::U16),
+        "s16x2" => Some(Ty::S16),
+        _ => None,
+    }
+}
+
 impl<'a> FnDecoder<'_, '_, 'a> {
+    /// Packed two-lane arithmetic and conversions; `None` if `base` treats
+    /// the packed type as plain 32 bits.
+    fn packed(
+        &mut self,
+        i: &PInst<'a>,
+        base: &str,
+        mods: &[&str],
+        lane: Ty,
+    ) -> Option<DResult<()>> {
+        let ops = &i.ops;
+        let op = match base {
+            "add" => PackedOp::Bin(BinOp::Add),
+            "sub" => PackedOp::Bin(BinOp::Sub),
+            "mul" => PackedOp::Bin(BinOp::MulLo),
+            "min" => PackedOp::Bin(BinOp::Min),
+            "max" => PackedOp::Bin(BinOp::Max),
+            "neg" => PackedOp::Un(UnOp::Neg),
+            "abs" => PackedOp::Un(UnOp::Abs),
+            "fma" => PackedOp::Fma,
+            "cvt" => {
+                let r = (|| {
+                    Self::ops_n(i, 3)?;
+                    let st = mods
+                        .iter()
+                        .rev()
+                        .find_map(|m| Ty::parse(m))
+                        .ok_or("missing source type")?;
+                    let d = self.dst(&ops[0])?;
+                    let a = self.src(&ops[1], st)?;
+                    let b = self.src(&ops[2], st)?;
+                    self.emit(
+                        i,
+                        Inst::CvtX2 {
+                            dt: lane,
+                            st,
+                            rnd: rnd_of(mods),
+                            d,
+                            a,
+                            b,
+                        },
+                    )
+                })();
+                return Some(r);
+            }
+            "mov" | "ld" | "ldu" | "st" | "selp" | "and" | "or" | "xor" | "not" | "shfl"
+            | "prmt" => return None,
+            _ => return Some(Err("packed operation not supported".into())),
+        };
+        let r = (|| {
+            let n = match op {
+                PackedOp::Un(_) => 2,
+                PackedOp::Bin(_) => 3,
+                PackedOp::Fma => 4,
+            };
+            Self::ops_n(i, n)?;
+            if mods.contains(&"sat") || mods.contains(&"relu") {
+                return Err(".sat/.relu on packed types not supported".to_string());
+            }
+            let d = self.dst(&ops[0])?;
+            let a = self.src(&ops[1], Ty::B32)?;
+            let b = if n > 2 {
+                self.src(&ops[2], Ty::B32)?
+            } else {
+                Op::I(0)
+            };
+            let c = if n > 3 {
+                self.src(&ops[3], Ty::B32)?
+            } else {
+                Op::I(0)
+            };
+            self.emit(
+                i,
+                Inst::Packed {
+                    op,
+                    t: lane,
+                    d,
+                    a,
+                    b,
+                    c,
+                },
+            )
+        })();
+        Some(r)
+    }
+
     fn ops_n(i: &PInst<'a>, n: usize) -> DResult<()> {
         if i.ops.len() < n {
             Err(format!("expected {n} operands"))
@@ -94,11 +179,23 @@ impl<'a> FnDecoder<'_, '_, 'a> {
         if let Some(m) = mods.iter().find(|m| bad_type(m)) {
             return Err(format!("type .{m} not supported"));
         }
-        let types: Vec<Ty> = mods.iter().filter_map(|m| Ty::parse(m)).collect();
+        let x2 = mods.iter().find_map(|m| x2_lane(m));
+        if let Some(lane) = x2 {
+            if let Some(r) = self.packed(i, base, &mods, lane) {
+                return r;
+            }
+        }
+        // Elsewhere (mov, ld, st, selp, ...) a packed pair is just 32 bits.
+        let types: Vec<Ty> = mods
+            .iter()
+            .filter_map(|m| Ty::parse(m).or(x2_lane(m).map(|_| Ty::B32)))
+            .collect();
         let has = |s: &str| mods.contains(&s);
         let t = types.last().copied();
         let ty = || t.ok_or_else(|| "missing type".to_string());
-        if t == Some(Ty::F16) && matches!(base, "atom" | "red" | "shfl" | "redux") {
+        if matches!(t, Some(Ty::F16 | Ty::BF16))
+            && matches!(base, "atom" | "red" | "shfl" | "redux")
+        {
             return Err("f16 atomics/warp operations not supported".into());
         }
         let ops = &i.ops;
@@ -520,6 +617,31 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                 }
             }
             "call" => self.call(i),
+            "dp4a" | "dp2a" => {
+                Self::ops_n(i, 4)?;
+                if types.len() != 2 {
+                    return Err("dp4a/dp2a need two types".into());
+                }
+                let two = base == "dp2a";
+                let d = self.dst(&ops[0])?;
+                let a = self.src(&ops[1], Ty::B32)?;
+                let b = self.src(&ops[2], Ty::B32)?;
+                let c = self.src(&ops[3], Ty::B32)?;
+                let (sa, sb) = (types[0].is_signed(), types[1].is_signed());
+                self.emit(
+                    i,
+                    Inst::Dp {
+                        two,
+                        hi: has("hi"),
+                        sa,
+                        sb,
+                        d,
+                        a,
+                        b,
+                        c,
+                    },
+                )
+            }
             "cp" if mods.first() == Some(&"async") => {
                 if has("commit_group") || has("wait_group") || has("wait_all") {
                     return self.emit(i, Inst::Nop);

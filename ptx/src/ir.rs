@@ -16,6 +16,7 @@ pub(crate) enum Ty {
     S32,
     S64,
     F16,
+    BF16,
     F32,
     F64,
     Pred,
@@ -37,6 +38,7 @@ impl Ty {
             "s32" => Ty::S32,
             "s64" => Ty::S64,
             "f16" => Ty::F16,
+            "bf16" => Ty::BF16,
             "f32" => Ty::F32,
             "f64" => Ty::F64,
             "pred" => Ty::Pred,
@@ -47,7 +49,7 @@ impl Ty {
     pub(crate) fn bits(self) -> u32 {
         match self {
             Ty::B8 | Ty::U8 | Ty::S8 => 8,
-            Ty::B16 | Ty::U16 | Ty::S16 | Ty::F16 => 16,
+            Ty::B16 | Ty::U16 | Ty::S16 | Ty::F16 | Ty::BF16 => 16,
             Ty::B32 | Ty::U32 | Ty::S32 | Ty::F32 => 32,
             Ty::B64 | Ty::U64 | Ty::S64 | Ty::F64 => 64,
             Ty::Pred => 1,
@@ -64,7 +66,7 @@ impl Ty {
     }
 
     pub(crate) fn is_float(self) -> bool {
-        matches!(self, Ty::F16 | Ty::F32 | Ty::F64)
+        matches!(self, Ty::F16 | Ty::BF16 | Ty::F32 | Ty::F64)
     }
 }
 
@@ -198,6 +200,13 @@ pub(crate) enum TernOp {
         cin: bool,
         cout: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PackedOp {
+    Bin(BinOp),
+    Un(UnOp),
+    Fma,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,6 +516,35 @@ pub(crate) enum Inst {
         src: Addr,
         size: u32,
         src_size: Option<Op>,
+    },
+    /// Two-lane packed arithmetic (`add.f16x2`, `max.s16x2`, ...) on 16-bit lanes of type `t`.
+    Packed {
+        op: PackedOp,
+        t: Ty,
+        d: u32,
+        a: Op,
+        b: Op,
+        c: Op,
+    },
+    /// `cvt.rn.f16x2.f32 d, a, b`: d = {hi: cvt(a), lo: cvt(b)}.
+    CvtX2 {
+        dt: Ty,
+        st: Ty,
+        rnd: Rnd,
+        d: u32,
+        a: Op,
+        b: Op,
+    },
+    /// `dp4a` / `dp2a.lo|hi` dot products; `sa`/`sb`: operands signed.
+    Dp {
+        two: bool,
+        hi: bool,
+        sa: bool,
+        sb: bool,
+        d: u32,
+        a: Op,
+        b: Op,
+        c: Op,
     },
     /// Placeholder for an instruction the interpreter cannot run.
     Unsupported,

@@ -41,6 +41,7 @@ pub(crate) fn fget(t: Ty, v: u64) -> f64 {
     match t {
         Ty::F32 => f32v(v) as f64,
         Ty::F16 => f16_to_f32(v as u16) as f64,
+        Ty::BF16 => bf16_to_f32(v as u16) as f64,
         _ => f64v(v),
     }
 }
@@ -65,6 +66,7 @@ fn float_bin(op: BinOp, t: Ty, a: u64, b: u64) -> u64 {
     match t {
         Ty::F32 => go!(f32v(a), f32v(b), b32),
         Ty::F16 => go!(h2f(a), h2f(b), f2h),
+        Ty::BF16 => go!(bf16_to_f32(a as u16), bf16_to_f32(b as u16), f2bf),
         _ => go!(f64v(a), f64v(b), f64::to_bits),
     }
 }
@@ -77,6 +79,25 @@ fn h2f(v: u64) -> f32 {
 #[inline]
 fn f2h(v: f32) -> u64 {
     f32_to_f16(v) as u64
+}
+
+#[inline]
+fn f2bf(v: f32) -> u64 {
+    f32_to_bf16(v) as u64
+}
+
+pub(crate) fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// f32 -> bf16, round to nearest even.
+pub(crate) fn f32_to_bf16(f: f32) -> u16 {
+    let x = f.to_bits();
+    if f.is_nan() {
+        return ((x >> 16) | 0x40) as u16;
+    }
+    let round = 0x7FFF + ((x >> 16) & 1);
+    (x.wrapping_add(round) >> 16) as u16
 }
 
 /// Two-operand arithmetic. `cc` is the carry flag of the thread.
@@ -212,6 +233,7 @@ fn float_un(op: UnOp, t: Ty, a: u64) -> u64 {
     match t {
         Ty::F32 => go!(f32v(a), b32),
         Ty::F16 => go!(h2f(a), f2h),
+        Ty::BF16 => go!(bf16_to_f32(a as u16), f2bf),
         _ => go!(f64v(a), f64::to_bits),
     }
 }
@@ -313,6 +335,7 @@ pub(crate) fn tern(op: TernOp, t: Ty, a: u64, b: u64, c: u64, cc: &mut u64) -> u
             Ty::F32 => b32(f32v(a).mul_add(f32v(b), f32v(c))),
             // The f16 product is exact in f64; one rounding of the sum to f32, then f16.
             Ty::F16 => f2h((h2f(a) as f64 * h2f(b) as f64 + h2f(c) as f64) as f32),
+            Ty::BF16 => f2bf((fget(t, a) * fget(t, b) + fget(t, c)) as f32),
             _ => f64v(a).mul_add(f64v(b), f64v(c)).to_bits(),
         },
         TernOp::MadLo => bin(BinOp::MulLo, t, a, b, cc).wrapping_add(c) & m,
@@ -437,6 +460,7 @@ pub(crate) fn testp(op: TestP, t: Ty, a: u64) -> bool {
     let sub = match t {
         Ty::F32 => f32v(a).is_subnormal(),
         Ty::F16 => a & 0x7C00 == 0 && a & 0x3FF != 0,
+        Ty::BF16 => a & 0x7F80 == 0 && a & 0x7F != 0,
         _ => x.is_subnormal(),
     };
     match op {
@@ -540,6 +564,7 @@ fn store_float(dt: Ty, v: f64) -> u64 {
     match dt {
         Ty::F32 => b32(v as f32),
         Ty::F16 => f32_to_f16(v as f32) as u64,
+        Ty::BF16 => f32_to_bf16(v as f32) as u64,
         _ => v.to_bits(),
     }
 }
@@ -622,6 +647,45 @@ pub(crate) fn cvt(dt: Ty, st: Ty, rnd: Rnd, sat: bool, a: u64) -> u64 {
     } else {
         r
     }
+}
+
+/// Two 16-bit lanes of `t` at once.
+pub(crate) fn packed(op: PackedOp, t: Ty, a: u64, b: u64, c: u64, cc: &mut u64) -> u64 {
+    let mut r = 0u64;
+    for s in [0, 16] {
+        let (x, y, z) = ((a >> s) & 0xFFFF, (b >> s) & 0xFFFF, (c >> s) & 0xFFFF);
+        let v = match op {
+            PackedOp::Bin(o) => bin(o, t, x, y, cc),
+            PackedOp::Un(o) => un(o, t, x),
+            PackedOp::Fma => tern(TernOp::Fma, t, x, y, z, cc),
+        };
+        r |= (v & 0xFFFF) << s;
+    }
+    r
+}
+
+/// `dp4a` (four byte products) / `dp2a` (two 16x8-bit products) plus `c`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dot(two: bool, hi: bool, sa: bool, sb: bool, a: u64, b: u64, c: u64) -> u64 {
+    let ext = |v: u64, bits: u32, signed: bool| {
+        if signed {
+            sext(v, bits)
+        } else {
+            (v & mask(bits)) as i64
+        }
+    };
+    let mut acc = c as u32 as i64;
+    if two {
+        let boff = if hi { 16 } else { 0 };
+        for k in 0..2 {
+            acc += ext(a >> (16 * k), 16, sa) * ext(b >> (boff + 8 * k), 8, sb);
+        }
+    } else {
+        for k in 0..4 {
+            acc += ext(a >> (8 * k), 8, sa) * ext(b >> (8 * k), 8, sb);
+        }
+    }
+    acc as u64 & 0xFFFF_FFFF
 }
 
 #[cfg(test)]
@@ -759,6 +823,28 @@ mod tests {
             (-16777217i32) as u32 as u64,
         );
         assert_eq!(f32::from_bits(x as u32), -16777218.0);
+        assert_eq!(f32_to_bf16(1.0), 0x3F80);
+        assert_eq!(f32_to_bf16(1.00390625), 0x3F80); // tie to even
+        assert_eq!(f32_to_bf16(1.01171875), 0x3F82); // tie to even (up)
+        assert_eq!(bf16_to_f32(0xC040), -3.0);
+        let mut cc = 0;
+        let p = packed(
+            PackedOp::Bin(BinOp::Max),
+            Ty::S16,
+            0x8000_0005,
+            0x0001_0003,
+            0,
+            &mut cc,
+        );
+        assert_eq!(p, 0x0001_0005);
+        assert_eq!(
+            dot(false, false, true, true, 0xFF02_0304, 0x0101_0101, 7),
+            7 + 4 + 3 + 2 - 1
+        );
+        assert_eq!(
+            dot(true, true, false, false, 0x0002_0003, 0x0504_0000, 1),
+            1 + 3 * 4 + 2 * 5
+        );
         for v in [0.0f32, 1.0, -2.5, 65504.0, 1e-5, 6e-8, 0.1] {
             let h = f32_to_f16(v);
             let back = f16_to_f32(h);

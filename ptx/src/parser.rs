@@ -36,6 +36,8 @@ pub(crate) struct PVar<'a> {
     pub(crate) count: Option<usize>,
     pub(crate) init: Option<Vec<InitVal>>,
     pub(crate) is_extern: bool,
+    /// `.texref` / `.samplerref` / `.surfref`: no storage we model.
+    pub(crate) opaque: bool,
     pub(crate) line: u32,
 }
 
@@ -307,7 +309,9 @@ fn parse_toplevel<'a>(p: &mut P<'a>, m: &mut PModule<'a>) -> R<()> {
             let mut v = parse_var(p)?;
             v.is_extern = is_extern;
             p.expect(';')?;
-            m.vars.push(v);
+            if !v.opaque {
+                m.vars.push(v);
+            }
             Ok(())
         }
         Some(w) if w.starts_with('.') => {
@@ -346,10 +350,15 @@ fn parse_var<'a>(p: &mut P<'a>) -> R<PVar<'a>> {
     let mut ty = None;
     let mut vec = 1usize;
     let mut in_ptr = false;
+    let mut opaque = false;
     let name;
     loop {
         let w = p.word()?;
         match w {
+            ".texref" | ".samplerref" | ".surfref" => {
+                opaque = true;
+                ty = Some(Ty::B64);
+            }
             ".align" => {
                 let a = p.number()? as usize;
                 // `.ptr .align N` describes the pointee, not the parameter.
@@ -392,7 +401,10 @@ fn parse_var<'a>(p: &mut P<'a>) -> R<PVar<'a>> {
         }
     }
     let mut init = None;
-    if p.eat('=') {
+    if p.eat('=') && opaque {
+        // Sampler initializers (`= { addr_mode_0 = wrap, ... }`) are not modelled.
+        p.skip_braces();
+    } else if p.t[p.i - 1].tok == Tok::Punct('=') {
         let mut vals = Vec::new();
         parse_init(p, &mut vals)?;
         if dims_open {
@@ -409,6 +421,7 @@ fn parse_var<'a>(p: &mut P<'a>) -> R<PVar<'a>> {
         count,
         init,
         is_extern: false,
+        opaque,
         line,
     })
 }
@@ -485,6 +498,7 @@ fn parse_var_after_space<'a>(p: &mut P<'a>, space: VSpace) -> R<PVar<'a>> {
         count: Some(1),
         init: None,
         is_extern: false,
+        opaque: false,
         line,
     })
 }

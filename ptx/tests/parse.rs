@@ -65,7 +65,9 @@ fn globals_with_initializers() {
          .global .align 4 .u32 zero[4];\n\
          .shared .align 4 .b8 sh[16];\n\
          .extern .global .align 4 .u32 ext;\n\
-         .global .align 8 .u64 ptr = generic(a);\n");
+         .global .align 8 .u64 ptr = generic(a);\n\
+         .global .texref tex0;\n\
+         .global .samplerref smp = { addr_mode_0 = clamp_to_edge, filter_mode = linear };\n");
     let m = parse_module(&src).unwrap();
     let g = m.globals();
     let names: Vec<&str> = g.iter().map(|v| v.name.as_str()).collect();
