@@ -824,8 +824,8 @@ mod tests {
         );
         assert_eq!(f32::from_bits(x as u32), -16777218.0);
         assert_eq!(f32_to_bf16(1.0), 0x3F80);
-        assert_eq!(f32_to_bf16(1.00390625), 0x3F80); // tie to even
-        assert_eq!(f32_to_bf16(1.01171875), 0x3F82); // tie to even (up)
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F80_8000)), 0x3F80); // 1 + 2^-8: tie to even
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3F81_8000)), 0x3F82); // tie to even (up)
         assert_eq!(bf16_to_f32(0xC040), -3.0);
         let mut cc = 0;
         let p = packed(

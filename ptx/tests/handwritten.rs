@@ -93,6 +93,8 @@ fn bit_manipulation_and_predicates() {
     st.global.v4.u32 [%rd1+112], {%r29, %r30, %r31, %r32};
     add.s64 %rd4, %rd1, 132;
     st.global.u32 [%rd4+-4], %r33;
+    red.global.add.u32 [%rd4], 5;
+    red.global.add.u32 [%rd4], 2;
     ret;
 }
 "#,
@@ -120,6 +122,7 @@ fn bit_manipulation_and_predicates() {
     assert_eq!(&w[24..28], &[1, 0x8000_0000, 12, (-21i32) as u32]);
     assert_eq!(&w[28..32], &[107, (-1i32) as u32, 0xFFFF_FFFF, 0x2345]);
     assert_eq!(w[32], 0); // p1 ^ p3 = true ^ true
+    assert_eq!(w[33], 7); // red.global.add
 }
 
 #[test]

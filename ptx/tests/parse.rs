@@ -189,3 +189,11 @@ fn fixture_static_shared_sizes() {
     );
     assert_eq!(m.kernel("vadd_i32").unwrap().static_shared_bytes, 0);
 }
+
+#[test]
+fn module_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<xpupool_ptx::Module>();
+    assert_send_sync::<xpupool_ptx::KernelInfo>();
+    assert_send_sync::<xpupool_ptx::ExecError>();
+}
