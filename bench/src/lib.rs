@@ -1,1 +1,1 @@
-//! Benchmark helpers.
+//! Benchmarks of xpupool live in `benches/`; run them with `cargo bench -p xpupool-bench`.

@@ -223,20 +223,28 @@ fn function_attributes(
     ]
 }
 
+/// The driver's code for each way a kernel can fail on the mock.
 fn exec_error(kernel: &str, e: ExecError) -> CuError {
-    match e {
-        ExecError::InvalidLaunch(reason) => {
-            CuError::new(code::INVALID_VALUE, format!("{kernel}: {reason}"))
-        }
-        ExecError::IllegalAddress { .. } => {
-            CuError::new(code::ILLEGAL_ADDRESS, format!("{kernel}: {e}"))
-        }
-        ExecError::Unsupported(reason) => CuError::new(
-            code::LAUNCH_FAILED,
-            format!("{kernel}: the mock cannot run this kernel: {reason}"),
-        ),
-        other => CuError::new(code::LAUNCH_FAILED, format!("{kernel}: {other}")),
-    }
+    let code = match &e {
+        // The shim checks launch shapes first; what reaches here is e.g. a short
+        // parameter buffer.
+        ExecError::InvalidLaunch(_) => code::INVALID_VALUE,
+        ExecError::IllegalAddress { .. } => code::ILLEGAL_ADDRESS,
+        ExecError::MisalignedAddress { .. } => code::MISALIGNED_ADDRESS,
+        ExecError::AssertFailed(_) => code::ASSERT,
+        ExecError::Trap => code::ILLEGAL_INSTRUCTION,
+        ExecError::KernelNotFound(_) => code::NOT_FOUND,
+        ExecError::Unsupported(_) | ExecError::Deadlock(_) => code::LAUNCH_FAILED,
+    };
+    CuError::new(code, format!("{kernel}: {e}"))
+}
+
+/// Whether a failure poisons the context, as a device fault does.
+fn is_sticky(code: u32) -> bool {
+    matches!(
+        code,
+        code::ILLEGAL_ADDRESS | code::MISALIGNED_ADDRESS | code::ASSERT | code::ILLEGAL_INSTRUCTION | code::LAUNCH_FAILED
+    )
 }
 
 impl Api for MockSession {
@@ -460,7 +468,7 @@ impl Api for MockSession {
         result.map_err(|e| {
             let error = exec_error(&name, e);
             tracing::warn!(error = %error, "kernel failed");
-            if error.code == code::ILLEGAL_ADDRESS || error.code == code::LAUNCH_FAILED {
+            if is_sticky(error.code) {
                 self.sticky = Some(error.clone());
             }
             error
