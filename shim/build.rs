@@ -4,6 +4,7 @@
 //!   that no hand-written function of that name in src/ implements;
 //! - `symtab.rs`: `SYMTAB`, every exported symbol's name and address, sorted by name,
 //!   for `cuGetProcAddress`.
+//!
 //! So implementing a function is writing it; nobody keeps a list of what is done.
 
 use std::collections::BTreeSet;

@@ -13,7 +13,11 @@ use xpupool_protocol::{frame, Calls, Request};
 fn launch_request() -> Request {
     Request::LaunchKernel {
         function: 0x4655_0000_0000_0007,
-        dims: LaunchDims { grid: [256, 1, 1], block: [256, 1, 1], shared_bytes: 0 },
+        dims: LaunchDims {
+            grid: [256, 1, 1],
+            block: [256, 1, 1],
+            shared_bytes: 0,
+        },
         stream: 2,
         params: ByteBuf::from(vec![7u8; 64]),
     }
@@ -22,16 +26,26 @@ fn launch_request() -> Request {
 fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("codec");
     let launch = launch_request();
-    group.bench_function("encode launch (64 B params)", |b| b.iter(|| frame::encode(black_box(&launch)).unwrap()));
+    group.bench_function("encode launch (64 B params)", |b| {
+        b.iter(|| frame::encode(black_box(&launch)).unwrap())
+    });
     let bytes = frame::encode(&launch).unwrap();
     group.bench_function("decode launch (64 B params)", |b| {
         b.iter(|| frame::decode::<Request>(black_box(&bytes[4..])).unwrap())
     });
-    let copy = Request::MemcpyHtoD { dst: 0x2000_0000_0000, data: ByteBuf::from(vec![1u8; 1 << 20]), stream: 0 };
+    let copy = Request::MemcpyHtoD {
+        dst: 0x2000_0000_0000,
+        data: ByteBuf::from(vec![1u8; 1 << 20]),
+        stream: 0,
+    };
     group.throughput(Throughput::Bytes(1 << 20));
-    group.bench_function("encode 1 MiB copy", |b| b.iter(|| frame::encode(black_box(&copy)).unwrap()));
+    group.bench_function("encode 1 MiB copy", |b| {
+        b.iter(|| frame::encode(black_box(&copy)).unwrap())
+    });
     let bytes = frame::encode(&copy).unwrap();
-    group.bench_function("decode 1 MiB copy", |b| b.iter(|| frame::decode::<Request>(black_box(&bytes[4..])).unwrap()));
+    group.bench_function("decode 1 MiB copy", |b| {
+        b.iter(|| frame::decode::<Request>(black_box(&bytes[4..])).unwrap())
+    });
     group.finish();
 }
 
@@ -50,7 +64,10 @@ fn round_trip(c: &mut Criterion) {
     let dst = conn.mem_alloc(0, 1 << 20).unwrap();
     group.throughput(Throughput::Bytes(1 << 20));
     group.bench_function("1 MiB host-to-device copy", |b| {
-        b.iter(|| conn.memcpy_htod(dst, ByteBuf::from(vec![3u8; 1 << 20]), 0).unwrap())
+        b.iter(|| {
+            conn.memcpy_htod(dst, ByteBuf::from(vec![3u8; 1 << 20]), 0)
+                .unwrap()
+        })
     });
     group.finish();
     conn.close();

@@ -38,6 +38,7 @@ macro_rules! declare_api {
         }
 
         /// What a server backend implements: one method per operation.
+        #[allow(clippy::too_many_arguments)]
         pub trait Api {
             $( $(#[$doc])* fn $method(&mut self, $($arg: $ty),*) -> Result<$ret, CuError>; )*
         }
@@ -52,6 +53,7 @@ macro_rules! declare_api {
 
         /// The client side: implement [`Calls::call`] (one round trip) and get a typed
         /// method per operation.
+        #[allow(clippy::too_many_arguments)]
         pub trait Calls {
             /// Sends one request and waits for its reply.
             fn call(&self, request: Request) -> Result<Reply, CuError>;

@@ -221,7 +221,7 @@ impl SessionMemory {
         elem_size: u8,
         count: u64,
     ) -> Result<(), CuError> {
-        if !matches!(elem_size, 1 | 2 | 4) || address % elem_size as u64 != 0 {
+        if !matches!(elem_size, 1 | 2 | 4) || !address.is_multiple_of(elem_size as u64) {
             return Err(CuError::new(
                 code::INVALID_VALUE,
                 "memset element size or alignment",

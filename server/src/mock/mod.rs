@@ -243,7 +243,11 @@ fn exec_error(kernel: &str, e: ExecError) -> CuError {
 fn is_sticky(code: u32) -> bool {
     matches!(
         code,
-        code::ILLEGAL_ADDRESS | code::MISALIGNED_ADDRESS | code::ASSERT | code::ILLEGAL_INSTRUCTION | code::LAUNCH_FAILED
+        code::ILLEGAL_ADDRESS
+            | code::MISALIGNED_ADDRESS
+            | code::ASSERT
+            | code::ILLEGAL_INSTRUCTION
+            | code::LAUNCH_FAILED
     )
 }
 

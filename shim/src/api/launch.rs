@@ -230,10 +230,6 @@ fn occupancy(function: CUfunction, block_size: i32, dynamic_shared: usize) -> Re
         .attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
         .unwrap_or(0) as usize
         + dynamic_shared;
-    let by_shared = if per_block == 0 {
-        i32::MAX
-    } else {
-        (shared / per_block) as i32
-    };
+    let by_shared = shared.checked_div(per_block).map_or(i32::MAX, |n| n as i32);
     Ok((threads / block_size).min(blocks).min(by_shared))
 }
