@@ -186,6 +186,21 @@ unsafe extern "C" fn module_from_cubin(module: *mut CUmodule, image: *const c_vo
     })
 }
 
+/// The extended loaders take extra arguments tied to host-variable registration;
+/// only their empty form is understood.
+fn load_ext(
+    module: *mut CUmodule,
+    image: *const c_void,
+    arg3: *mut c_void,
+    arg4: *mut c_void,
+    arg5: u32,
+) -> Res {
+    if !arg3.is_null() || !arg4.is_null() || arg5 != 0 {
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    crate::api::module::load_module_into(module, image)
+}
+
 unsafe extern "C" fn module_from_cubin_ext1(
     module: *mut CUmodule,
     image: *const c_void,
@@ -194,13 +209,11 @@ unsafe extern "C" fn module_from_cubin_ext1(
     arg5: u32,
 ) -> CUresult {
     enter("cudart module_from_cubin_ext1", || {
-        if !arg3.is_null() || !arg4.is_null() || arg5 != 0 {
-            return Err(CUDA_ERROR_NOT_SUPPORTED);
-        }
-        crate::api::module::load_module_into(module, image)
+        load_ext(module, image, arg3, arg4, arg5)
     })
 }
 
+/// Same as ext1 with the first two arguments swapped, taking a bare fatbin header.
 unsafe extern "C" fn module_from_cubin_ext2(
     image: *const c_void,
     module: *mut CUmodule,
@@ -209,10 +222,7 @@ unsafe extern "C" fn module_from_cubin_ext2(
     arg5: u32,
 ) -> CUresult {
     enter("cudart module_from_cubin_ext2", || {
-        if !arg3.is_null() || !arg4.is_null() || arg5 != 0 {
-            return Err(CUDA_ERROR_NOT_SUPPORTED);
-        }
-        crate::api::module::load_module_into(module, image)
+        load_ext(module, image, arg3, arg4, arg5)
     })
 }
 
