@@ -40,6 +40,13 @@ for p in "${programs[@]}"; do
     check "$(basename "$p")" "$bin" run -- "$p"
 done
 
+# --memory-limit: the device reports the limit as its memory.
+if "$bin" run --memory-limit 256MiB -- "$build/device_query" >"$logs/limit.log" 2>&1 && grep -q " 256 MiB" "$logs/limit.log"; then
+    passed=$((passed + 1)); echo "ok    memory-limit-reported"
+else
+    failed=$((failed + 1)); failures+=("memory-limit-reported"); echo "FAIL  memory-limit-reported"; sed 's/^/      | /' "$logs/limit.log"
+fi
+
 echo "== against a separate xpupool server"
 state=$logs/server-state
 port=$((20000 + RANDOM % 20000))

@@ -48,6 +48,10 @@ struct RunArgs {
     /// Device memory of the embedded mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
     mock_memory_mib: u64,
+    /// Device memory the program may use (e.g. 1GiB), with the embedded server; the
+    /// device reports this as its total memory.
+    #[arg(long, value_parser = xpupool_server::parse_size)]
+    memory_limit: Option<u64>,
     /// The program and its arguments.
     #[arg(trailing_var_arg = true, required = true, num_args = 1..)]
     program: Vec<OsString>,
@@ -82,6 +86,10 @@ struct ServerArgs {
     /// Device memory of the mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
     mock_memory_mib: u64,
+    /// Device memory each tenant may use at once (e.g. 8GiB); the device reports this
+    /// as its total memory to that tenant.
+    #[arg(long, value_parser = xpupool_server::parse_size)]
+    memory_limit: Option<u64>,
 }
 
 fn init_logging(default: &str) {
@@ -228,7 +236,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             } else {
                 eprintln!("xpupool: no NVIDIA driver on this machine; the embedded server uses the mock backend (kernels run on the CPU PTX interpreter)");
             }
-            let server = EmbeddedServer::start(backend("mock", args.mock_memory_mib)?)?;
+            let server = EmbeddedServer::start_with_limit(
+                backend("mock", args.mock_memory_mib)?,
+                args.memory_limit,
+            )?;
             command
                 .env("XPUPOOL_SERVER", server.addr().to_string())
                 .env("XPUPOOL_SERVER_CERT", server.cert_path())
@@ -274,10 +285,12 @@ fn tokens(args: &ServerArgs, dir: &Path) -> Result<(Vec<TokenEntry>, Option<Path
                 Some((tenant, token)) => TokenEntry {
                     tenant: tenant.to_owned(),
                     token: token.to_owned(),
+                    memory_limit: args.memory_limit,
                 },
                 None => TokenEntry {
                     tenant: "default".to_owned(),
                     token: t.clone(),
+                    memory_limit: args.memory_limit,
                 },
             })
             .collect();
@@ -297,6 +310,7 @@ fn tokens(args: &ServerArgs, dir: &Path) -> Result<(Vec<TokenEntry>, Option<Path
         vec![TokenEntry {
             tenant: "default".to_owned(),
             token,
+            memory_limit: args.memory_limit,
         }],
         Some(path),
     ))

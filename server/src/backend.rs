@@ -7,6 +7,8 @@ use xpupool_protocol::{Api, DeviceInfo};
 pub struct Tenant {
     /// The tenant's name, from the server's token table.
     pub name: String,
+    /// Device memory this tenant may hold at once, if limited.
+    pub memory_limit: Option<u64>,
 }
 
 /// A source of devices and of per-client sessions on them.

@@ -21,6 +21,11 @@ pub struct EmbeddedServer {
 impl EmbeddedServer {
     /// Starts `backend` on a loopback port with a throw-away certificate and token.
     pub fn start(backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::start_with_limit(backend, None)
+    }
+
+    /// Like [`EmbeddedServer::start`], with a device-memory limit for its one tenant.
+    pub fn start_with_limit(backend: Arc<dyn Backend>, memory_limit: Option<u64>) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "xpupool-{}-{}",
             std::process::id(),
@@ -41,6 +46,7 @@ impl EmbeddedServer {
             tokens: vec![TokenEntry {
                 token: token.clone(),
                 tenant: "local".to_owned(),
+                memory_limit,
             }],
             backend,
         };

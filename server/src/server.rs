@@ -10,13 +10,15 @@ use xpupool_protocol::{code, frame, CuError, Hello, Request, Welcome, ALPN, PROT
 use crate::backend::{Backend, Tenant};
 use crate::tls::Identity;
 
-/// A tenant's token and name.
+/// A tenant's token, name and limits.
 #[derive(Clone)]
 pub struct TokenEntry {
     /// The secret the client presents.
     pub token: String,
     /// Who it is.
     pub tenant: String,
+    /// Device memory the tenant's session may hold (`--memory-limit`), if limited.
+    pub memory_limit: Option<u64>,
 }
 
 /// Everything a server needs to start.
@@ -130,6 +132,7 @@ async fn serve_connection(
         .find(|t| same_secret(&t.token, &hello.token))
         .map(|t| Tenant {
             name: t.tenant.clone(),
+            memory_limit: t.memory_limit,
         });
     let refusal = if hello.protocol_version != PROTOCOL_VERSION {
         Some(format!(

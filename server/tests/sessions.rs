@@ -48,8 +48,12 @@ struct Fixture {
 }
 
 fn fixture(memory: u64) -> Fixture {
+    limited_fixture(memory, None)
+}
+
+fn limited_fixture(memory: u64, limit: Option<u64>) -> Fixture {
     let backend = Arc::new(MockBackend::new(memory));
-    let server = EmbeddedServer::start(backend.clone()).expect("server starts");
+    let server = EmbeddedServer::start_with_limit(backend.clone(), limit).expect("server starts");
     Fixture { backend, server }
 }
 
@@ -244,4 +248,31 @@ fn image_without_ptx_reports_no_usable_code() {
         .unwrap();
     let reason = info.no_code.expect("no PTX means no usable code");
     assert!(reason.contains("no PTX"), "{reason}");
+}
+
+#[test]
+fn a_memory_limit_is_what_the_tenant_sees_and_gets() {
+    let backend = Arc::new(MockBackend::new(64 << 20));
+    let server = EmbeddedServer::start_with_limit(backend, Some(8 << 20)).expect("server starts");
+    let f = Fixture {
+        backend: Arc::new(MockBackend::new(1)),
+        server,
+    };
+    let c = f.connect();
+    assert_eq!(
+        c.welcome.devices[0].total_memory,
+        8 << 20,
+        "the device reports the limit"
+    );
+    assert_eq!(c.mem_get_info(0).unwrap(), (8 << 20, 8 << 20));
+    let a = c.mem_alloc(0, 6 << 20).unwrap();
+    assert_eq!(
+        c.mem_alloc(0, 4 << 20).unwrap_err().code,
+        code::OUT_OF_MEMORY,
+        "past the limit, though the device has room"
+    );
+    assert_eq!(c.mem_get_info(0).unwrap(), (2 << 20, 8 << 20));
+    c.mem_free(a).unwrap();
+    c.mem_alloc(0, 8 << 20).unwrap();
+    assert_eq!(f.backend.used_memory(), 8 << 20);
 }

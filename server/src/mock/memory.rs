@@ -113,22 +113,36 @@ impl DeviceMemory {
     }
 }
 
-/// One session's allocations: the table every pointer it names is checked against.
+/// One session's allocations: the table every pointer it names is checked against,
+/// and the tenant's memory limit they are charged to.
 pub(crate) struct SessionMemory {
     device: Arc<DeviceMemory>,
     blocks: RwLock<BTreeMap<u64, Block>>,
+    limit: Option<u64>,
+    held: AtomicU64,
 }
 
 impl SessionMemory {
-    pub(crate) fn new(device: Arc<DeviceMemory>) -> Self {
+    pub(crate) fn new(device: Arc<DeviceMemory>, limit: Option<u64>) -> Self {
         Self {
             device,
             blocks: RwLock::new(BTreeMap::new()),
+            limit,
+            held: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn device(&self) -> &DeviceMemory {
-        &self.device
+    /// Memory this session may hold at most: the device, or the tenant's limit.
+    pub(crate) fn total(&self) -> u64 {
+        self.limit
+            .map_or(self.device.capacity, |l| l.min(self.device.capacity))
+    }
+
+    /// Memory this session could still allocate.
+    pub(crate) fn available(&self) -> u64 {
+        let device_free = self.device.capacity.saturating_sub(self.device.used());
+        let quota_free = self.total().saturating_sub(self.held());
+        device_free.min(quota_free)
     }
 
     /// Allocates `bytes` zeroed bytes and returns their device address.
@@ -138,8 +152,20 @@ impl SessionMemory {
         }
         let len = usize::try_from(bytes)
             .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
-        self.device.charge(bytes)?;
+        let held = self.held.fetch_add(bytes, Ordering::AcqRel);
+        if let Some(limit) = self.limit.filter(|&l| held.saturating_add(bytes) > l) {
+            self.held.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("{bytes} bytes requested, {held} of the tenant's limit of {limit} in use"),
+            ));
+        }
+        if let Err(e) = self.device.charge(bytes) {
+            self.held.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(e);
+        }
         let Some(block) = Block::new(len) else {
+            self.held.fetch_sub(bytes, Ordering::AcqRel);
             self.device.refund(bytes);
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
@@ -149,6 +175,7 @@ impl SessionMemory {
         let address = match self.device.reserve_address(bytes) {
             Ok(address) => address,
             Err(e) => {
+                self.held.fetch_sub(bytes, Ordering::AcqRel);
                 self.device.refund(bytes);
                 return Err(e);
             }
@@ -174,6 +201,7 @@ impl SessionMemory {
                 )
             })?;
         self.device.refund(block.len as u64);
+        self.held.fetch_sub(block.len as u64, Ordering::AcqRel);
         Ok(())
     }
 
@@ -244,12 +272,7 @@ impl SessionMemory {
 
     /// Bytes held by this session.
     pub(crate) fn held(&self) -> u64 {
-        self.blocks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|b| b.len as u64)
-            .sum()
+        self.held.load(Ordering::Acquire)
     }
 }
 
@@ -300,7 +323,7 @@ mod tests {
     #[test]
     fn allocations_are_charged_bounded_and_refunded() {
         let device = DeviceMemory::new(1 << 20);
-        let session = SessionMemory::new(device.clone());
+        let session = SessionMemory::new(device.clone(), None);
         let a = session.alloc(600 << 10).unwrap();
         assert_eq!(a % ALIGN, 0);
         let err = session.alloc(600 << 10).unwrap_err();
@@ -314,10 +337,34 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_limit_bounds_one_session_not_the_device() {
+        let device = DeviceMemory::new(1 << 20);
+        let limited = SessionMemory::new(device.clone(), Some(256 << 10));
+        assert_eq!(limited.total(), 256 << 10);
+        let a = limited.alloc(200 << 10).unwrap();
+        assert_eq!(limited.available(), 56 << 10);
+        assert_eq!(
+            limited.alloc(100 << 10).unwrap_err().code,
+            code::OUT_OF_MEMORY
+        );
+        let other = SessionMemory::new(device.clone(), None);
+        other.alloc(600 << 10).unwrap();
+        limited.free(a).unwrap();
+        assert_eq!(limited.held(), 0);
+        assert_eq!(limited.available(), 256 << 10, "its own limit binds");
+        other.alloc(300 << 10).unwrap();
+        assert_eq!(
+            limited.available(),
+            124 << 10,
+            "then what the device has left binds"
+        );
+    }
+
+    #[test]
     fn pointers_are_checked_against_the_session() {
         let device = DeviceMemory::new(1 << 20);
-        let mine = SessionMemory::new(device.clone());
-        let theirs = SessionMemory::new(device);
+        let mine = SessionMemory::new(device.clone(), None);
+        let theirs = SessionMemory::new(device, None);
         let a = theirs.alloc(4096).unwrap();
         assert_eq!(
             mine.write(a, &[1, 2, 3]).unwrap_err().code,
@@ -334,7 +381,7 @@ mod tests {
 
     #[test]
     fn fill_and_copy() {
-        let session = SessionMemory::new(DeviceMemory::new(1 << 20));
+        let session = SessionMemory::new(DeviceMemory::new(1 << 20), None);
         let a = session.alloc(64).unwrap();
         session.fill(a + 8, 0xBEEF, 2, 4).unwrap();
         session.copy(a + 32, a + 8, 8).unwrap();

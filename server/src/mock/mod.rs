@@ -56,17 +56,20 @@ impl Backend for MockBackend {
         13020
     }
 
-    fn devices(&self, _tenant: &Tenant) -> Vec<DeviceInfo> {
-        vec![device::device_info(self.memory.capacity())]
+    fn devices(&self, tenant: &Tenant) -> Vec<DeviceInfo> {
+        let total = tenant
+            .memory_limit
+            .map_or(self.memory.capacity(), |l| l.min(self.memory.capacity()));
+        vec![device::device_info(total)]
     }
 
     fn device_address_range(&self) -> (u64, u64) {
         (memory::DEVICE_VA_START, memory::DEVICE_VA_END)
     }
 
-    fn open_session(&self, _tenant: &Tenant) -> Box<dyn Api + Send> {
+    fn open_session(&self, tenant: &Tenant) -> Box<dyn Api + Send> {
         Box::new(MockSession {
-            memory: SessionMemory::new(self.memory.clone()),
+            memory: SessionMemory::new(self.memory.clone(), tenant.memory_limit),
             workers: self.workers,
             next_handle: 1,
             modules: HashMap::new(),
@@ -285,8 +288,7 @@ impl Api for MockSession {
                 format!("device {device}"),
             ));
         }
-        let total = self.memory.device().capacity();
-        Ok((total.saturating_sub(self.memory.device().used()), total))
+        Ok((self.memory.available(), self.memory.total()))
     }
 
     fn memcpy_htod(&mut self, dst: u64, data: ByteBuf, stream: u64) -> Result<(), CuError> {
