@@ -252,12 +252,7 @@ fn image_without_ptx_reports_no_usable_code() {
 
 #[test]
 fn a_memory_limit_is_what_the_tenant_sees_and_gets() {
-    let backend = Arc::new(MockBackend::new(64 << 20));
-    let server = EmbeddedServer::start_with_limit(backend, Some(8 << 20)).expect("server starts");
-    let f = Fixture {
-        backend: Arc::new(MockBackend::new(1)),
-        server,
-    };
+    let f = limited_fixture(64 << 20, Some(8 << 20));
     let c = f.connect();
     assert_eq!(
         c.welcome.devices[0].total_memory,
