@@ -97,8 +97,6 @@ pub struct ModuleInfo {
     pub handle: u64,
     /// Every kernel in the module.
     pub functions: Vec<FunctionInfo>,
-    /// Every module-scope variable with a device address.
-    pub globals: Vec<GlobalInfo>,
     /// Set when the server has no code it can run for this image (e.g. SASS for
     /// another device and no PTX): every function look-up then fails with
     /// `NO_BINARY_FOR_GPU`, naming the function and this reason.
@@ -152,6 +150,8 @@ declare_api! {
     fn memset_2d(dst: u64, pitch: u64, value: u32, elem_size: u8, width: u64, height: u64, stream: u64) -> () = Memset2D;
     /// Load a module image (as `xpupool_fatbin::Image::to_wire` encodes it).
     fn module_load(image: ByteBuf) -> ModuleInfo = ModuleLoad;
+    /// Address and size of a module-scope variable (`cuModuleGetGlobal`).
+    fn module_get_global(module: u64, name: String) -> GlobalInfo = ModuleGetGlobal;
     /// Unload a module and everything in it.
     fn module_unload(module: u64) -> () = ModuleUnload;
     /// Launch a kernel with its packed parameter buffer, in stream order.

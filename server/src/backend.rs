@@ -1,14 +1,18 @@
 //! The trait every backend (`mock` now; `cuda`, `hip`, `acl` later) implements.
 
+use std::sync::Arc;
+
 use xpupool_protocol::{Api, DeviceInfo};
+
+use crate::quota::MemoryLedger;
 
 /// An authenticated tenant.
 #[derive(Debug, Clone)]
 pub struct Tenant {
     /// The tenant's name, from the server's token table.
     pub name: String,
-    /// Device memory this tenant may hold at once, if limited.
-    pub memory_limit: Option<u64>,
+    /// The tenant's memory ledger, shared by all its sessions.
+    pub memory: Arc<MemoryLedger>,
 }
 
 /// A source of devices and of per-client sessions on them.

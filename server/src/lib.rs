@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod embedded;
 pub mod mock;
+pub mod quota;
 pub mod server;
 pub mod tls;
 

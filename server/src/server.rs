@@ -1,5 +1,6 @@
 //! The QUIC listener: one session per client connection, requests handled in order.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use quinn::{RecvStream, SendStream};
 use xpupool_protocol::{code, frame, CuError, Hello, Request, Welcome, ALPN, PROTOCOL_VERSION};
 
 use crate::backend::{Backend, Tenant};
+use crate::quota::MemoryLedger;
 use crate::tls::Identity;
 
 /// A tenant's token, name and limits.
@@ -36,8 +38,29 @@ pub struct ServerConfig {
 /// A bound server; [`Server::serve`] runs it.
 pub struct Server {
     endpoint: quinn::Endpoint,
-    tokens: Arc<Vec<TokenEntry>>,
+    tenants: Arc<Vec<(String, Tenant)>>,
     backend: Arc<dyn Backend>,
+}
+
+/// Pairs each token with its tenant; tokens naming the same tenant share its ledger.
+fn tenants(tokens: Vec<TokenEntry>) -> Vec<(String, Tenant)> {
+    let mut ledgers: HashMap<String, Arc<MemoryLedger>> = HashMap::new();
+    tokens
+        .into_iter()
+        .map(|t| {
+            let memory = ledgers
+                .entry(t.tenant.clone())
+                .or_insert_with(|| Arc::new(MemoryLedger::new(t.memory_limit)))
+                .clone();
+            (
+                t.token,
+                Tenant {
+                    name: t.tenant,
+                    memory,
+                },
+            )
+        })
+        .collect()
 }
 
 impl Server {
@@ -61,7 +84,7 @@ impl Server {
             .with_context(|| format!("listening on {}", config.listen))?;
         Ok(Self {
             endpoint,
-            tokens: Arc::new(config.tokens),
+            tenants: Arc::new(tenants(config.tokens)),
             backend: config.backend,
         })
     }
@@ -74,13 +97,13 @@ impl Server {
     /// Accepts connections until the endpoint is closed.
     pub async fn serve(self) {
         while let Some(incoming) = self.endpoint.accept().await {
-            let tokens = self.tokens.clone();
+            let tenants = self.tenants.clone();
             let backend = self.backend.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(connection) => {
-                        if let Err(e) = serve_connection(connection, tokens, backend).await {
+                        if let Err(e) = serve_connection(connection, tenants, backend).await {
                             tracing::info!(%remote, error = %e, "connection ended");
                         }
                     }
@@ -121,19 +144,16 @@ async fn write_message<T: serde::Serialize>(send: &mut SendStream, message: &T) 
 
 async fn serve_connection(
     connection: quinn::Connection,
-    tokens: Arc<Vec<TokenEntry>>,
+    tenants: Arc<Vec<(String, Tenant)>>,
     backend: Arc<dyn Backend>,
 ) -> Result<()> {
     let remote = connection.remote_address();
     let (mut send, mut recv) = connection.accept_bi().await?;
     let hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
-    let tenant = tokens
+    let tenant = tenants
         .iter()
-        .find(|t| same_secret(&t.token, &hello.token))
-        .map(|t| Tenant {
-            name: t.tenant.clone(),
-            memory_limit: t.memory_limit,
-        });
+        .find(|(token, _)| same_secret(token, &hello.token))
+        .map(|(_, tenant)| tenant.clone());
     let refusal = if hello.protocol_version != PROTOCOL_VERSION {
         Some(format!(
             "protocol version {} is not {PROTOCOL_VERSION}",

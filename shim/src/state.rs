@@ -79,7 +79,8 @@ pub(crate) struct Module {
     pub(crate) server: u64,
     /// Function handles, set once right after the module's own handle exists.
     pub(crate) functions: OnceLock<Vec<usize>>,
-    pub(crate) globals: Vec<GlobalInfo>,
+    /// Globals looked up so far (their addresses never change while loaded).
+    pub(crate) globals: Mutex<HashMap<String, GlobalInfo>>,
     pub(crate) no_code: Option<String>,
 }
 

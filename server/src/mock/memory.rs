@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use xpupool_protocol::{code, CuError};
 
+use crate::quota::MemoryLedger;
+
 /// Start of the device address range the mock hands out.
 pub(crate) const DEVICE_VA_START: u64 = 0x2000_0000_0000;
 /// End (exclusive) of that range: 4 TiB of address space, never reused.
@@ -118,31 +120,31 @@ impl DeviceMemory {
 pub(crate) struct SessionMemory {
     device: Arc<DeviceMemory>,
     blocks: RwLock<BTreeMap<u64, Block>>,
-    limit: Option<u64>,
+    tenant: Arc<MemoryLedger>,
     held: AtomicU64,
 }
 
 impl SessionMemory {
-    pub(crate) fn new(device: Arc<DeviceMemory>, limit: Option<u64>) -> Self {
+    pub(crate) fn new(device: Arc<DeviceMemory>, tenant: Arc<MemoryLedger>) -> Self {
         Self {
             device,
             blocks: RwLock::new(BTreeMap::new()),
-            limit,
+            tenant,
             held: AtomicU64::new(0),
         }
     }
 
-    /// Memory this session may hold at most: the device, or the tenant's limit.
+    /// Memory the tenant may hold at most: the device, or the tenant's limit.
     pub(crate) fn total(&self) -> u64 {
-        self.limit
+        self.tenant
+            .limit()
             .map_or(self.device.capacity, |l| l.min(self.device.capacity))
     }
 
-    /// Memory this session could still allocate.
+    /// Memory the tenant could still allocate.
     pub(crate) fn available(&self) -> u64 {
         let device_free = self.device.capacity.saturating_sub(self.device.used());
-        let quota_free = self.total().saturating_sub(self.held());
-        device_free.min(quota_free)
+        device_free.min(self.tenant.remaining())
     }
 
     /// Allocates `bytes` zeroed bytes and returns their device address.
@@ -152,20 +154,13 @@ impl SessionMemory {
         }
         let len = usize::try_from(bytes)
             .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
-        let held = self.held.fetch_add(bytes, Ordering::AcqRel);
-        if let Some(limit) = self.limit.filter(|&l| held.saturating_add(bytes) > l) {
-            self.held.fetch_sub(bytes, Ordering::AcqRel);
-            return Err(CuError::new(
-                code::OUT_OF_MEMORY,
-                format!("{bytes} bytes requested, {held} of the tenant's limit of {limit} in use"),
-            ));
-        }
+        self.tenant.charge(bytes)?;
         if let Err(e) = self.device.charge(bytes) {
-            self.held.fetch_sub(bytes, Ordering::AcqRel);
+            self.tenant.refund(bytes);
             return Err(e);
         }
         let Some(block) = Block::new(len) else {
-            self.held.fetch_sub(bytes, Ordering::AcqRel);
+            self.tenant.refund(bytes);
             self.device.refund(bytes);
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
@@ -175,7 +170,7 @@ impl SessionMemory {
         let address = match self.device.reserve_address(bytes) {
             Ok(address) => address,
             Err(e) => {
-                self.held.fetch_sub(bytes, Ordering::AcqRel);
+                self.tenant.refund(bytes);
                 self.device.refund(bytes);
                 return Err(e);
             }
@@ -184,6 +179,7 @@ impl SessionMemory {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(address, block);
+        self.held.fetch_add(bytes, Ordering::AcqRel);
         Ok(address)
     }
 
@@ -201,6 +197,7 @@ impl SessionMemory {
                 )
             })?;
         self.device.refund(block.len as u64);
+        self.tenant.refund(block.len as u64);
         self.held.fetch_sub(block.len as u64, Ordering::AcqRel);
         Ok(())
     }
@@ -280,6 +277,7 @@ impl Drop for SessionMemory {
     fn drop(&mut self) {
         let held = self.held();
         self.device.refund(held);
+        self.tenant.refund(held);
     }
 }
 
@@ -320,10 +318,14 @@ impl xpupool_ptx::Memory for View<'_> {
 mod tests {
     use super::*;
 
+    fn unlimited() -> Arc<MemoryLedger> {
+        Arc::new(MemoryLedger::new(None))
+    }
+
     #[test]
     fn allocations_are_charged_bounded_and_refunded() {
         let device = DeviceMemory::new(1 << 20);
-        let session = SessionMemory::new(device.clone(), None);
+        let session = SessionMemory::new(device.clone(), unlimited());
         let a = session.alloc(600 << 10).unwrap();
         assert_eq!(a % ALIGN, 0);
         let err = session.alloc(600 << 10).unwrap_err();
@@ -337,9 +339,10 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_limit_bounds_one_session_not_the_device() {
+    fn a_tenant_limit_bounds_its_sessions_not_the_device() {
         let device = DeviceMemory::new(1 << 20);
-        let limited = SessionMemory::new(device.clone(), Some(256 << 10));
+        let tenant = Arc::new(MemoryLedger::new(Some(256 << 10)));
+        let limited = SessionMemory::new(device.clone(), tenant.clone());
         assert_eq!(limited.total(), 256 << 10);
         let a = limited.alloc(200 << 10).unwrap();
         assert_eq!(limited.available(), 56 << 10);
@@ -347,7 +350,7 @@ mod tests {
             limited.alloc(100 << 10).unwrap_err().code,
             code::OUT_OF_MEMORY
         );
-        let other = SessionMemory::new(device.clone(), None);
+        let other = SessionMemory::new(device.clone(), unlimited());
         other.alloc(600 << 10).unwrap();
         limited.free(a).unwrap();
         assert_eq!(limited.held(), 0);
@@ -358,13 +361,19 @@ mod tests {
             124 << 10,
             "then what the device has left binds"
         );
+        // A second session of the same tenant shares the limit.
+        let sibling = SessionMemory::new(device.clone(), tenant.clone());
+        sibling.alloc(100 << 10).unwrap();
+        assert_eq!(limited.available(), 24 << 10);
+        drop(sibling);
+        assert_eq!(tenant.used(), 0, "a closed session refunds its tenant");
     }
 
     #[test]
     fn pointers_are_checked_against_the_session() {
         let device = DeviceMemory::new(1 << 20);
-        let mine = SessionMemory::new(device.clone(), None);
-        let theirs = SessionMemory::new(device, None);
+        let mine = SessionMemory::new(device.clone(), unlimited());
+        let theirs = SessionMemory::new(device, unlimited());
         let a = theirs.alloc(4096).unwrap();
         assert_eq!(
             mine.write(a, &[1, 2, 3]).unwrap_err().code,
@@ -381,7 +390,7 @@ mod tests {
 
     #[test]
     fn fill_and_copy() {
-        let session = SessionMemory::new(DeviceMemory::new(1 << 20), None);
+        let session = SessionMemory::new(DeviceMemory::new(1 << 20), unlimited());
         let a = session.alloc(64).unwrap();
         session.fill(a + 8, 0xBEEF, 2, 4).unwrap();
         session.copy(a + 32, a + 8, 8).unwrap();

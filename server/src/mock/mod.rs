@@ -58,7 +58,8 @@ impl Backend for MockBackend {
 
     fn devices(&self, tenant: &Tenant) -> Vec<DeviceInfo> {
         let total = tenant
-            .memory_limit
+            .memory
+            .limit()
             .map_or(self.memory.capacity(), |l| l.min(self.memory.capacity()));
         vec![device::device_info(total)]
     }
@@ -69,7 +70,7 @@ impl Backend for MockBackend {
 
     fn open_session(&self, tenant: &Tenant) -> Box<dyn Api + Send> {
         Box::new(MockSession {
-            memory: SessionMemory::new(self.memory.clone(), tenant.memory_limit),
+            memory: SessionMemory::new(self.memory.clone(), tenant.memory.clone()),
             workers: self.workers,
             next_handle: 1,
             modules: HashMap::new(),
@@ -83,7 +84,8 @@ impl Backend for MockBackend {
 
 struct LoadedModule {
     ptx: Option<Arc<xpupool_ptx::Module>>,
-    globals: HashMap<String, u64>,
+    /// Module-scope variables: name → (device address, size).
+    globals: HashMap<String, (u64, u64)>,
     functions: Vec<u64>,
 }
 
@@ -191,7 +193,7 @@ impl MockSession {
         for f in module.functions {
             self.functions.remove(&f);
         }
-        for address in module.globals.values() {
+        for (address, _) in module.globals.values() {
             // The module allocated these itself; failure would mean a bookkeeping bug.
             if let Err(e) = self.memory.free(*address) {
                 tracing::error!(error = %e, "freeing a module global");
@@ -271,7 +273,7 @@ impl Api for MockSession {
         if self
             .modules
             .values()
-            .any(|m| m.globals.values().any(|&g| g == ptr))
+            .any(|m| m.globals.values().any(|&(g, _)| g == ptr))
         {
             return Err(CuError::new(
                 code::INVALID_VALUE,
@@ -362,7 +364,6 @@ impl Api for MockSession {
         let mut info = ModuleInfo {
             handle,
             functions: Vec::new(),
-            globals: Vec::new(),
             no_code,
         };
         if let Some(module) = ptx {
@@ -375,12 +376,9 @@ impl Api for MockSession {
                     }
                 };
                 self.memory.write(address, &global.init)?;
-                loaded.globals.insert(global.name.clone(), address);
-                info.globals.push(GlobalInfo {
-                    name: global.name.clone(),
-                    address,
-                    size: global.size as u64,
-                });
+                loaded
+                    .globals
+                    .insert(global.name.clone(), (address, global.size as u64));
             }
             for kernel in module.kernels() {
                 let f = self.handle(0x4655);
@@ -410,11 +408,26 @@ impl Api for MockSession {
         tracing::debug!(
             module = handle,
             functions = info.functions.len(),
-            globals = info.globals.len(),
+            globals = loaded.globals.len(),
             "module loaded"
         );
         self.modules.insert(handle, loaded);
         Ok(info)
+    }
+
+    fn module_get_global(&mut self, module: u64, name: String) -> Result<GlobalInfo, CuError> {
+        let loaded = self
+            .modules
+            .get(&module)
+            .ok_or_else(|| invalid_handle("module", module))?;
+        let &(address, size) = loaded.globals.get(&name).ok_or_else(|| {
+            CuError::new(code::NOT_FOUND, format!("no global {name:?} in the module"))
+        })?;
+        Ok(GlobalInfo {
+            name,
+            address,
+            size,
+        })
     }
 
     fn module_unload(&mut self, module: u64) -> Result<(), CuError> {
@@ -457,7 +470,7 @@ impl Api for MockSession {
         }
         let name = f.name.clone();
         let globals = &module.globals;
-        let symbols = |symbol: &str| globals.get(symbol).copied();
+        let symbols = |symbol: &str| globals.get(symbol).map(|&(address, _)| address);
         let launch = Launch {
             grid: dims.grid,
             block: dims.block,

@@ -4,6 +4,7 @@
 //! parameter layout and attributes and every global's address, so look-ups after
 //! the load are local.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -24,7 +25,7 @@ fn register(image: Image) -> Res<usize> {
     let module = Arc::new(Module {
         server: info.handle,
         functions: OnceLock::new(),
-        globals: info.globals,
+        globals: Mutex::new(HashMap::new()),
         no_code: info.no_code,
     });
     let handle = d.modules.insert(module.clone());
@@ -39,10 +40,6 @@ fn register(image: Image) -> Res<usize> {
         })));
     }
     let _ = module.functions.set(functions);
-    let mut ranges = lock(&d.device_ranges);
-    for g in &module.globals {
-        ranges.insert(g.address, g.size.max(1));
-    }
     Ok(handle)
 }
 
@@ -75,7 +72,7 @@ fn unload(module: usize) -> Res {
         let _ = d.functions.remove(f);
     }
     let mut ranges = lock(&d.device_ranges);
-    for g in &m.globals {
+    for g in lock(&m.globals).values() {
         ranges.remove(&g.address);
     }
     Ok(())
@@ -104,13 +101,22 @@ fn function(module: usize, name: *const c_char) -> Res<usize> {
 }
 
 fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const c_char) -> Res {
-    let m = driver()?.modules.get(module)?;
+    let d = driver()?;
+    let m = d.modules.get(module)?;
     let name = c_str(name)?;
-    let g = m
-        .globals
-        .iter()
-        .find(|g| g.name == name)
-        .ok_or(CUDA_ERROR_NOT_FOUND)?;
+    let cached = lock(&m.globals).get(name).cloned();
+    let g = match cached {
+        Some(g) => g,
+        None => {
+            let g = d
+                .conn
+                .module_get_global(m.server, name.to_owned())
+                .map_err(fail)?;
+            lock(&d.device_ranges).insert(g.address, g.size.max(1));
+            lock(&m.globals).insert(name.to_owned(), g.clone());
+            g
+        }
+    };
     if !out.is_null() {
         put(out, g.address)?;
     }

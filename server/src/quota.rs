@@ -1,0 +1,86 @@
+//! Per-tenant accounting shared by all of a tenant's sessions: the memory ledger
+//! every allocation is charged to before a backend makes it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use xpupool_protocol::{code, CuError};
+
+/// Device memory one tenant holds, against its limit.
+#[derive(Debug, Default)]
+pub struct MemoryLedger {
+    limit: Option<u64>,
+    used: AtomicU64,
+}
+
+impl MemoryLedger {
+    /// A ledger with an optional limit in bytes.
+    pub fn new(limit: Option<u64>) -> Self {
+        Self {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// The limit, if any.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
+    /// Bytes the tenant holds now, across its sessions.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Bytes the tenant may still allocate (`u64::MAX` without a limit).
+    pub fn remaining(&self) -> u64 {
+        self.limit
+            .map_or(u64::MAX, |l| l.saturating_sub(self.used()))
+    }
+
+    /// Charges `bytes`, or fails with `CUDA_ERROR_OUT_OF_MEMORY` past the limit.
+    pub fn charge(&self, bytes: u64) -> Result<(), CuError> {
+        let mut used = self.used();
+        loop {
+            let after = used.saturating_add(bytes);
+            if let Some(limit) = self.limit.filter(|&l| after > l) {
+                return Err(CuError::new(
+                    code::OUT_OF_MEMORY,
+                    format!(
+                        "{bytes} bytes requested, {used} of the tenant's limit of {limit} in use"
+                    ),
+                ));
+            }
+            match self
+                .used
+                .compare_exchange_weak(used, after, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Gives back `bytes` charged earlier.
+    pub fn refund(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charges_stop_at_the_limit_and_refunds_free_room() {
+        let ledger = MemoryLedger::new(Some(100));
+        ledger.charge(60).unwrap();
+        assert_eq!(ledger.charge(41).unwrap_err().code, code::OUT_OF_MEMORY);
+        ledger.charge(40).unwrap();
+        assert_eq!(ledger.remaining(), 0);
+        ledger.refund(60);
+        assert_eq!(ledger.used(), 40);
+        let unlimited = MemoryLedger::new(None);
+        unlimited.charge(u64::MAX / 2).unwrap();
+        assert_eq!(unlimited.remaining(), u64::MAX);
+    }
+}
