@@ -14,6 +14,8 @@ use xpupool_protocol::{CuError, DeviceInfo};
 
 use crate::boundary::Res;
 use xpupool_client::{Connection, Settings};
+use xpupool_fatbin::Image;
+use xpupool_protocol::Calls;
 
 /// Converts a server error into the code to return, logging the server's reason.
 pub(crate) fn fail(e: CuError) -> CUresult {
@@ -74,39 +76,106 @@ pub(crate) struct Context {
     pub(crate) id: u64,
 }
 
-/// A loaded module or library (the two are the same object here).
+/// A module or library (the two are the same object here). Its image stays in the
+/// client until something in it is first used, then goes to the server once: lazy
+/// loading, as the real driver does by default, so a program that registers hundreds
+/// of fatbins (PyTorch) ships only those it uses.
 pub(crate) struct Module {
-    pub(crate) server: u64,
-    /// Function handles, set once right after the module's own handle exists.
-    pub(crate) functions: OnceLock<Vec<usize>>,
+    pending: Mutex<Option<Image>>,
+    loaded: OnceLock<Result<LoadedModule, CUresult>>,
+    /// Kernels handed out so far, by name.
+    pub(crate) kernels: Mutex<HashMap<String, usize>>,
     /// Globals looked up so far (their addresses never change while loaded).
     pub(crate) globals: Mutex<HashMap<String, GlobalInfo>>,
+}
+
+/// What the server made of a module's image.
+pub(crate) struct LoadedModule {
+    pub(crate) server: u64,
+    pub(crate) functions: Vec<FunctionInfo>,
     pub(crate) no_code: Option<String>,
 }
 
-/// A kernel; `CUfunction` and `CUkernel` handles are the same object.
+impl Module {
+    pub(crate) fn new(image: Image) -> Self {
+        Self {
+            pending: Mutex::new(Some(image)),
+            loaded: OnceLock::new(),
+            kernels: Mutex::new(HashMap::new()),
+            globals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The server's view of the module, uploading the image on first use.
+    pub(crate) fn loaded(&self, conn: &Connection) -> Res<&LoadedModule> {
+        let outcome = self.loaded.get_or_init(|| {
+            let image = lock(&self.pending).take().ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            let info = conn
+                .module_load(serde_bytes::ByteBuf::from(image.to_wire()))
+                .map_err(fail)?;
+            if let Some(reason) = &info.no_code {
+                tracing::debug!(kernels = info.functions.len(), "module has no usable code: {reason}");
+            }
+            Ok(LoadedModule { server: info.handle, functions: info.functions, no_code: info.no_code })
+        });
+        outcome.as_ref().map_err(|&code| code)
+    }
+
+    /// The server's view if the image was uploaded.
+    pub(crate) fn if_loaded(&self) -> Option<&LoadedModule> {
+        self.loaded.get().and_then(|r| r.as_ref().ok())
+    }
+}
+
+/// A kernel; `CUfunction` and `CUkernel` handles are the same object. It is bound
+/// to the server's function on first use.
 pub(crate) struct Function {
-    pub(crate) info: FunctionInfo,
+    pub(crate) name: String,
     pub(crate) c_name: CString,
     pub(crate) module: usize,
     /// Attributes the application set (`cuFuncSetAttribute`).
     pub(crate) overrides: Mutex<Vec<(u32, i32)>>,
-}
-
-impl Module {
-    pub(crate) fn functions(&self) -> &[usize] {
-        self.functions.get().map_or(&[], Vec::as_slice)
-    }
+    resolved: OnceLock<Result<FunctionInfo, CUresult>>,
 }
 
 impl Function {
-    pub(crate) fn attribute(&self, attr: u32) -> Option<i32> {
-        let overrides = lock(&self.overrides);
-        overrides
-            .iter()
-            .chain(self.info.attributes.iter())
-            .find(|&&(a, _)| a == attr)
-            .map(|&(_, v)| v)
+    pub(crate) fn new(name: String, module: usize) -> Res<Self> {
+        Ok(Self {
+            c_name: CString::new(name.clone()).map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
+            name,
+            module,
+            overrides: Mutex::new(Vec::new()),
+            resolved: OnceLock::new(),
+        })
+    }
+
+    /// What the server reports for this kernel; uploads its module if needed. A
+    /// kernel the server cannot run fails with `NO_BINARY_FOR_GPU`, logged once with
+    /// its name and the reason.
+    pub(crate) fn info(&self, d: &Driver) -> Res<&FunctionInfo> {
+        let outcome = self.resolved.get_or_init(|| {
+            let module = d.modules.get(self.module)?;
+            let loaded = module.loaded(&d.conn)?;
+            if let Some(reason) = &loaded.no_code {
+                tracing::warn!("kernel {} cannot run on this server: {reason}", self.name);
+                return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+            }
+            let info = loaded.functions.iter().find(|f| f.name == self.name).ok_or(CUDA_ERROR_NOT_FOUND)?;
+            if let Some(reason) = &info.unusable {
+                tracing::warn!("kernel {} cannot run on this server: {reason}", self.name);
+                return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+            }
+            Ok(info.clone())
+        });
+        outcome.as_ref().map_err(|&code| code)
+    }
+
+    /// An attribute: what the application set, else what the server reported.
+    pub(crate) fn attribute(&self, d: &Driver, attr: u32) -> Res<Option<i32>> {
+        if let Some(&(_, v)) = lock(&self.overrides).iter().find(|&&(a, _)| a == attr) {
+            return Ok(Some(v));
+        }
+        Ok(self.info(d)?.attributes.iter().find(|&&(a, _)| a == attr).map(|&(_, v)| v))
     }
 }
 

@@ -6,22 +6,22 @@ use std::ffi::{c_uint, c_void};
 
 use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
-use xpupool_protocol::api::LaunchDims;
+use xpupool_protocol::api::{FunctionInfo, LaunchDims};
 use xpupool_protocol::Calls;
 
 use crate::boundary::{export, Res};
-use crate::state::{driver, fail, stream_arg, Function};
+use crate::state::{driver, fail, stream_arg, Driver, Function};
 
 const LAUNCH_PARAM_END: usize = 0;
 const LAUNCH_PARAM_BUFFER_POINTER: usize = 1;
 const LAUNCH_PARAM_BUFFER_SIZE: usize = 2;
 
 /// Builds the packed parameter buffer from `kernelParams` or `extra`.
-fn pack(f: &Function, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<Vec<u8>> {
-    let size = f.info.param_bytes as usize;
+fn pack(f: &FunctionInfo, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<Vec<u8>> {
+    let size = f.param_bytes as usize;
     if !params.is_null() {
         let mut buffer = vec![0u8; size];
-        for (i, &(offset, len)) in f.info.params.iter().enumerate() {
+        for (i, &(offset, len)) in f.params.iter().enumerate() {
             // SAFETY: the API contract: one pointer per kernel parameter.
             let arg = unsafe { *params.add(i) };
             if arg.is_null() {
@@ -59,7 +59,7 @@ fn pack(f: &Function, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<
         // SAFETY: the caller's packed buffer of `length` bytes.
         return Ok(unsafe { std::slice::from_raw_parts(pointer, length) }[..size].to_vec());
     }
-    if f.info.params.is_empty() {
+    if f.params.is_empty() {
         Ok(Vec::new())
     } else {
         Err(CUDA_ERROR_INVALID_VALUE)
@@ -75,14 +75,13 @@ fn pack(f: &Function, params: *mut *mut c_void, extra: *mut *mut c_void) -> Res<
 const INVALID_CONFIGURATION: CUresult = 9;
 
 /// Checks a launch's shape against the device's limits, as the driver does.
-fn check_dims(f: &Function, dims: &LaunchDims) -> Res {
-    let d = driver()?;
+fn check_dims(d: &Driver, f: &Function, dims: &LaunchDims) -> Res {
     let attr = |a| d.attribute(0, a).map(|v| v as u32);
     let [bx, by, bz] = dims.block;
     let [gx, gy, gz] = dims.grid;
     let threads = bx as u64 * by as u64 * bz as u64;
     let max_threads = f
-        .attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+        .attribute(d, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?
         .unwrap_or(1024) as u64;
     let within = bx >= 1
         && by >= 1
@@ -101,7 +100,7 @@ fn check_dims(f: &Function, dims: &LaunchDims) -> Res {
         return Err(INVALID_CONFIGURATION);
     }
     let max_dynamic = f
-        .attribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+        .attribute(d, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)?
         .unwrap_or(0)
         .max(0) as u32;
     if dims.shared_bytes > max_dynamic {
@@ -119,14 +118,11 @@ pub(crate) fn launch(
 ) -> Res {
     let d = driver()?;
     let f = d.functions.get(function as usize)?;
-    if let Some(reason) = &f.info.unusable {
-        tracing::warn!("kernel {} cannot run on this server: {reason}", f.info.name);
-        return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
-    }
-    check_dims(&f, &dims)?;
-    let buffer = pack(&f, params, extra)?;
+    let info = f.info(d)?;
+    check_dims(d, &f, &dims)?;
+    let buffer = pack(info, params, extra)?;
     d.conn
-        .launch_kernel(f.info.handle, dims, stream, ByteBuf::from(buffer))
+        .launch_kernel(info.handle, dims, stream, ByteBuf::from(buffer))
         .map_err(fail)
 }
 
@@ -204,7 +200,7 @@ export! {
         if blocks <= 0 || block_size <= 0 || occupancy(f, block_size, 0)? < blocks {
             return crate::boundary::put(out, 0);
         }
-        let static_bytes = function.attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).unwrap_or(0).max(0) as usize;
+        let static_bytes = function.attribute(d, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?.unwrap_or(0).max(0) as usize;
         let per_sm = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize / blocks as usize;
         let per_block = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
         crate::boundary::put(out, per_sm.min(per_block).saturating_sub(static_bytes))
@@ -227,7 +223,7 @@ fn occupancy(function: CUfunction, block_size: i32, dynamic_shared: usize) -> Re
     let blocks = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_BLOCKS_PER_MULTIPROCESSOR)?;
     let shared = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize;
     let per_block = f
-        .attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        .attribute(d, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?
         .unwrap_or(0) as usize
         + dynamic_shared;
     let by_shared = shared.checked_div(per_block).map_or(i32::MAX, |n| n as i32);

@@ -4,11 +4,9 @@
 //! parameter layout and attributes and every global's address, so look-ups after
 //! the load are local.
 
-use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_uint, c_void, CString};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::sync::{Arc, OnceLock};
 
-use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
 use xpupool_fatbin::Image;
 use xpupool_protocol::Calls;
@@ -16,31 +14,19 @@ use xpupool_protocol::Calls;
 use crate::boundary::{c_str, export, put, Res};
 use crate::state::{driver, fail, lock, Function, Module};
 
+/// Whether the application asked for eager loading (`CUDA_MODULE_LOADING=EAGER`).
+fn eager() -> bool {
+    static EAGER: OnceLock<bool> = OnceLock::new();
+    *EAGER.get_or_init(|| std::env::var("CUDA_MODULE_LOADING").is_ok_and(|v| v.eq_ignore_ascii_case("EAGER")))
+}
+
 fn register(image: Image) -> Res<usize> {
     let d = driver()?;
-    let info = d
-        .conn
-        .module_load(ByteBuf::from(image.to_wire()))
-        .map_err(fail)?;
-    let module = Arc::new(Module {
-        server: info.handle,
-        functions: OnceLock::new(),
-        globals: Mutex::new(HashMap::new()),
-        no_code: info.no_code,
-    });
-    let handle = d.modules.insert(module.clone());
-    let mut functions = Vec::with_capacity(info.functions.len());
-    for f in info.functions {
-        let c_name = CString::new(f.name.clone()).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
-        functions.push(d.functions.insert(Arc::new(Function {
-            info: f,
-            c_name,
-            module: handle,
-            overrides: Mutex::new(Vec::new()),
-        })));
+    let module = Arc::new(Module::new(image));
+    if eager() {
+        module.loaded(&d.conn)?;
     }
-    let _ = module.functions.set(functions);
-    Ok(handle)
+    Ok(d.modules.insert(module))
 }
 
 /// Loads the image at `image` (wrapper, fatbin, cubin or PTX) and writes the handle.
@@ -66,9 +52,11 @@ fn load_file(out: *mut CUmodule, path: *const c_char) -> Res {
 fn unload(module: usize) -> Res {
     let d = driver()?;
     let m = d.modules.get(module)?;
-    d.conn.module_unload(m.server).map_err(fail)?;
+    if let Some(loaded) = m.if_loaded() {
+        d.conn.module_unload(loaded.server).map_err(fail)?;
+    }
     d.modules.remove(module)?;
-    for &f in m.functions() {
+    for &f in lock(&m.kernels).values() {
         let _ = d.functions.remove(f);
     }
     let mut ranges = lock(&d.device_ranges);
@@ -78,26 +66,27 @@ fn unload(module: usize) -> Res {
     Ok(())
 }
 
-/// Finds a kernel by name, refusing one the server cannot run.
-fn function(module: usize, name: *const c_char) -> Res<usize> {
+/// The handle for kernel `name` of `module`, made on first request. Nothing is sent
+/// to the server: the module is uploaded, and the kernel checked, on first use.
+fn kernel_handle(module: usize, name: &str) -> Res<usize> {
     let d = driver()?;
     let m = d.modules.get(module)?;
-    let name = c_str(name)?;
-    if let Some(reason) = &m.no_code {
-        tracing::warn!("kernel {name}: no usable code: {reason}");
-        return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+    let mut kernels = lock(&m.kernels);
+    if let Some(&handle) = kernels.get(name) {
+        return Ok(handle);
     }
-    for &handle in m.functions() {
-        let f = d.functions.get(handle)?;
-        if f.info.name == name {
-            if let Some(reason) = &f.info.unusable {
-                tracing::warn!("kernel {name} cannot run on this server: {reason}");
-                return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
-            }
-            return Ok(handle);
-        }
-    }
-    Err(CUDA_ERROR_NOT_FOUND)
+    let handle = d.functions.insert(Arc::new(Function::new(name.to_owned(), module)?));
+    kernels.insert(name.to_owned(), handle);
+    Ok(handle)
+}
+
+/// `cuModuleGetFunction`: the driver API's explicit look-up, checked at once, so a
+/// kernel the server cannot run fails here with `NO_BINARY_FOR_GPU`.
+fn function(module: usize, name: *const c_char) -> Res<usize> {
+    let handle = kernel_handle(module, c_str(name)?)?;
+    let d = driver()?;
+    d.functions.get(handle)?.info(d)?;
+    Ok(handle)
 }
 
 fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const c_char) -> Res {
@@ -108,10 +97,8 @@ fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const 
     let g = match cached {
         Some(g) => g,
         None => {
-            let g = d
-                .conn
-                .module_get_global(m.server, name.to_owned())
-                .map_err(fail)?;
+            let server = m.loaded(&d.conn)?.server;
+            let g = d.conn.module_get_global(server, name.to_owned()).map_err(fail)?;
             lock(&d.device_ranges).insert(g.address, g.size.max(1));
             lock(&m.globals).insert(name.to_owned(), g.clone());
             g
@@ -127,12 +114,13 @@ fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const 
 }
 
 fn get_attribute(out: *mut c_int, attribute: CUfunction_attribute, function: usize) -> Res {
-    let f = driver()?.functions.get(function)?;
+    let d = driver()?;
+    let f = d.functions.get(function)?;
     if attribute >= CU_FUNC_ATTRIBUTE_MAX {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     // Attributes the server did not report (cluster shape and policy) are 0: unset.
-    put(out, f.attribute(attribute).unwrap_or(0))
+    put(out, f.attribute(d, attribute)?.unwrap_or(0))
 }
 
 fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int) -> Res {
@@ -141,9 +129,7 @@ fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int)
     match attribute {
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => {
             let optin = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
-            let static_bytes = f
-                .attribute(CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
-                .unwrap_or(0);
+            let static_bytes = f.attribute(d, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?.unwrap_or(0);
             if value < 0 || value + static_bytes > optin {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
@@ -167,8 +153,9 @@ fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int)
 }
 
 fn param_info(function: usize, index: usize, offset: *mut usize, size: *mut usize) -> Res {
-    let f = driver()?.functions.get(function)?;
-    let &(o, s) = f.info.params.get(index).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let d = driver()?;
+    let f = d.functions.get(function)?;
+    let &(o, s) = f.info(d)?.params.get(index).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if !offset.is_null() {
         put(offset, o as usize)?;
     }
@@ -178,24 +165,33 @@ fn param_info(function: usize, index: usize, offset: *mut usize, size: *mut usiz
     Ok(())
 }
 
+fn param_count(function: usize, out: *mut usize) -> Res {
+    let d = driver()?;
+    put(out, d.functions.get(function)?.info(d)?.params.len())
+}
+
 fn name_of(out: *mut *const c_char, function: usize) -> Res {
     let f = driver()?.functions.get(function)?;
     put(out, f.c_name.as_ptr())
 }
 
+/// Every kernel of a module (uploading it), as handles.
+fn all_kernels(module: usize) -> Res<Vec<usize>> {
+    let d = driver()?;
+    let names: Vec<String> = d.modules.get(module)?.loaded(&d.conn)?.functions.iter().map(|f| f.name.clone()).collect();
+    names.iter().map(|name| kernel_handle(module, name)).collect()
+}
+
 fn count(out: *mut c_uint, module: usize) -> Res {
-    put(
-        out,
-        driver()?.modules.get(module)?.functions().len() as c_uint,
-    )
+    put(out, all_kernels(module)?.len() as c_uint)
 }
 
 fn enumerate(out: *mut usize, capacity: c_uint, module: usize) -> Res {
-    let m = driver()?.modules.get(module)?;
-    if out.is_null() || (capacity as usize) < m.functions().len() {
+    let kernels = all_kernels(module)?;
+    if out.is_null() || (capacity as usize) < kernels.len() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    for (i, &f) in m.functions().iter().enumerate() {
+    for (i, &f) in kernels.iter().enumerate() {
         // SAFETY: the caller provides `capacity` slots.
         unsafe { *out.add(i) = f };
     }
@@ -233,8 +229,7 @@ export! {
     }
 
     fn cuModuleGetLoadingMode(mode: *mut CUmoduleLoadingMode) {
-        // The whole image is sent to the server at load: eager.
-        put(mode, CU_MODULE_EAGER_LOADING)
+        put(mode, if eager() { CU_MODULE_EAGER_LOADING } else { CU_MODULE_LAZY_LOADING })
     }
 
     fn cuModuleGetFunctionCount(out: *mut c_uint, module: CUmodule) { count(out, module as usize) }
@@ -277,7 +272,9 @@ export! {
         if out.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        put(out, function(library as usize, name)? as CUkernel)
+        // The runtime asks for every registered kernel up front; like the driver's
+        // lazy loading, the kernel is only checked when it is first used.
+        put(out, kernel_handle(library as usize, c_str(name)?)? as CUkernel)
     }
 
     fn cuLibraryGetGlobal(out: *mut CUdeviceptr, bytes: *mut usize, library: CUlibrary, name: *const c_char) {
@@ -340,11 +337,11 @@ export! {
     }
 
     fn cuFuncGetParamCount(function: CUfunction, out: *mut usize) {
-        put(out, driver()?.functions.get(function as usize)?.info.params.len())
+        param_count(function as usize, out)
     }
 
     fn cuKernelGetParamCount(kernel: CUkernel, out: *mut usize) {
-        put(out, driver()?.functions.get(kernel as usize)?.info.params.len())
+        param_count(kernel as usize, out)
     }
 
     fn cuFuncIsLoaded(state: *mut CUfunctionLoadingState, function: CUfunction) {
