@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use xpupool_cuda_types::*;
@@ -135,7 +135,26 @@ pub(crate) struct Function {
     pub(crate) module: usize,
     /// Attributes the application set (`cuFuncSetAttribute`).
     pub(crate) overrides: Mutex<Vec<(u32, i32)>>,
-    resolved: OnceLock<Result<FunctionInfo, CUresult>>,
+    binding: OnceLock<Result<Binding, CUresult>>,
+    warned: AtomicBool,
+}
+
+/// What the server knows of a kernel.
+pub(crate) enum Binding {
+    /// Listed by the server (runnable unless `unusable` says why not).
+    Known(FunctionInfo),
+    /// Its module has no code the server can run, so the server cannot list it.
+    NoCode(String),
+}
+
+/// Attributes of a kernel the server cannot list: the device's limits, no resources.
+fn default_attribute(attr: u32) -> Option<i32> {
+    match attr {
+        CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK => Some(1024),
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => Some(48 << 10),
+        CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT => Some(-1),
+        _ => None,
+    }
 }
 
 impl Function {
@@ -145,29 +164,39 @@ impl Function {
             name,
             module,
             overrides: Mutex::new(Vec::new()),
-            resolved: OnceLock::new(),
+            binding: OnceLock::new(),
+            warned: AtomicBool::new(false),
         })
     }
 
-    /// What the server reports for this kernel; uploads its module if needed. A
-    /// kernel the server cannot run fails with `NO_BINARY_FOR_GPU`, logged once with
-    /// its name and the reason.
-    pub(crate) fn info(&self, d: &Driver) -> Res<&FunctionInfo> {
-        let outcome = self.resolved.get_or_init(|| {
+    /// The server's view of this kernel; uploads its module if needed. A name the
+    /// module does not have is `NOT_FOUND`.
+    pub(crate) fn binding(&self, d: &Driver) -> Res<&Binding> {
+        let outcome = self.binding.get_or_init(|| {
             let module = d.modules.get(self.module)?;
             let loaded = module.loaded(&d.conn)?;
             if let Some(reason) = &loaded.no_code {
-                tracing::warn!("kernel {} cannot run on this server: {reason}", self.name);
-                return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+                return Ok(Binding::NoCode(reason.clone()));
             }
             let info = loaded.functions.iter().find(|f| f.name == self.name).ok_or(CUDA_ERROR_NOT_FOUND)?;
-            if let Some(reason) = &info.unusable {
-                tracing::warn!("kernel {} cannot run on this server: {reason}", self.name);
-                return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
-            }
-            Ok(info.clone())
+            Ok(Binding::Known(info.clone()))
         });
         outcome.as_ref().map_err(|&code| code)
+    }
+
+    /// The kernel, if the server can run it; else `NO_BINARY_FOR_GPU`, logged once
+    /// with its name and the reason. Look-ups succeed either way (so libraries that
+    /// look up kernels they never launch initialise); running is what fails.
+    pub(crate) fn runnable(&self, d: &Driver) -> Res<&FunctionInfo> {
+        let reason = match self.binding(d)? {
+            Binding::Known(info) if info.unusable.is_none() => return Ok(info),
+            Binding::Known(info) => info.unusable.as_deref().unwrap_or_default(),
+            Binding::NoCode(reason) => reason,
+        };
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!("kernel {} cannot run on this server: {reason}", self.name);
+        }
+        Err(CUDA_ERROR_NO_BINARY_FOR_GPU)
     }
 
     /// An attribute: what the application set, else what the server reported.
@@ -175,7 +204,10 @@ impl Function {
         if let Some(&(_, v)) = lock(&self.overrides).iter().find(|&&(a, _)| a == attr) {
             return Ok(Some(v));
         }
-        Ok(self.info(d)?.attributes.iter().find(|&&(a, _)| a == attr).map(|&(_, v)| v))
+        Ok(match self.binding(d)? {
+            Binding::Known(info) => info.attributes.iter().find(|&&(a, _)| a == attr).map(|&(_, v)| v),
+            Binding::NoCode(_) => default_attribute(attr),
+        })
     }
 }
 

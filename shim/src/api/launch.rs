@@ -118,7 +118,7 @@ pub(crate) fn launch(
 ) -> Res {
     let d = driver()?;
     let f = d.functions.get(function as usize)?;
-    let info = f.info(d)?;
+    let info = f.runnable(d)?;
     check_dims(d, &f, &dims)?;
     let buffer = pack(info, params, extra)?;
     d.conn
@@ -204,6 +204,27 @@ export! {
         let per_sm = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize / blocks as usize;
         let per_block = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
         crate::boundary::put(out, per_sm.min(per_block).saturating_sub(static_bytes))
+    }
+
+    fn cuOccupancyMaxActiveClusters(clusters: *mut i32, f: CUfunction, config: *const CUlaunchConfig) {
+        if config.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: non-null configuration from the caller.
+        let c = unsafe { &*config };
+        let mut cluster = 1u32;
+        for i in 0..c.numAttrs as usize {
+            // SAFETY: `attrs` holds `numAttrs` entries; the union member read is the one `id` names.
+            let attr = unsafe { &*c.attrs.add(i) };
+            if attr.id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION {
+                let cd = unsafe { attr.value.clusterDim };
+                cluster = cd.x.max(1) * cd.y.max(1) * cd.z.max(1);
+            }
+        }
+        let block = (c.blockDimX * c.blockDimY * c.blockDimZ) as i32;
+        let per_sm = occupancy(f, block, c.sharedMemBytes as usize)?;
+        let sms = driver()?.attribute(0, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        crate::boundary::put(clusters, per_sm * sms / cluster as i32)
     }
 
     fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks: *mut i32, f: CUfunction, block_size: i32, dynamic_shared: usize, _flags: c_uint) {

@@ -80,12 +80,18 @@ fn kernel_handle(module: usize, name: &str) -> Res<usize> {
     Ok(handle)
 }
 
-/// `cuModuleGetFunction`: the driver API's explicit look-up, checked at once, so a
-/// kernel the server cannot run fails here with `NO_BINARY_FOR_GPU`.
+/// `cuModuleGetFunction`: the driver API's explicit look-up; an unknown name fails
+/// here with `NOT_FOUND`. A kernel the server cannot run is found, and fails when
+/// launched (`NO_BINARY_FOR_GPU`, logged with its name).
 fn function(module: usize, name: *const c_char) -> Res<usize> {
     let handle = kernel_handle(module, c_str(name)?)?;
     let d = driver()?;
-    d.functions.get(handle)?.info(d)?;
+    if let Err(code) = d.functions.get(handle)?.binding(d) {
+        let m = d.modules.get(module)?;
+        lock(&m.kernels).remove(c_str(name)?);
+        d.functions.remove(handle)?;
+        return Err(code);
+    }
     Ok(handle)
 }
 
@@ -155,7 +161,7 @@ fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int)
 fn param_info(function: usize, index: usize, offset: *mut usize, size: *mut usize) -> Res {
     let d = driver()?;
     let f = d.functions.get(function)?;
-    let &(o, s) = f.info(d)?.params.get(index).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let &(o, s) = f.runnable(d)?.params.get(index).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if !offset.is_null() {
         put(offset, o as usize)?;
     }
@@ -167,7 +173,7 @@ fn param_info(function: usize, index: usize, offset: *mut usize, size: *mut usiz
 
 fn param_count(function: usize, out: *mut usize) -> Res {
     let d = driver()?;
-    put(out, d.functions.get(function)?.info(d)?.params.len())
+    put(out, d.functions.get(function)?.runnable(d)?.params.len())
 }
 
 fn name_of(out: *mut *const c_char, function: usize) -> Res {
