@@ -5,7 +5,9 @@
 #      binaries built for step 3 are shared);
 #   2. compiles the CUDA test programs with nvcc -cudart shared (SASS + PTX);
 #   3. runs each through xpupool against the mock backend; they check their own
-#      results against CPU references.
+#      results against CPU references;
+#   4. runs the unmodified PyTorch wheel (and pynvml) through xpupool: tests/python,
+#      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -29,3 +31,6 @@ cargo test --release --workspace
 echo "== CUDA test programs"
 scripts/build-cuda-tests.sh
 XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-cuda-tests.sh
+
+echo "== PyTorch and NVML through xpupool (tests/python)"
+scripts/run-python-tests.sh

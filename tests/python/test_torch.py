@@ -1,0 +1,129 @@
+"""The unmodified PyPI PyTorch wheel (CUDA build) through xpupool on the mock backend.
+
+Run under `xpupool run --memory-limit 1GiB` with XPUPOOL_EXPECT_MEMORY_LIMIT set to the
+limit in bytes (scripts/run-python-tests.sh does both). PyTorch's own kernels are
+SASS-only, which the mock cannot run, so these tests exercise everything but kernels:
+initialisation, device properties, the caching allocator, copies in every direction,
+streams, events, pinned memory, cuBLAS start-up, out-of-memory and the error for a
+kernel the server cannot run.
+"""
+
+import os
+
+import pytest
+import torch
+
+from conftest import LIMIT
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("XPUPOOL_SERVER"),
+    reason="run under `xpupool run` (XPUPOOL_SERVER is not set)",
+)
+
+CUDA = torch.device("cuda")
+MIB = 1 << 20
+
+
+def test_device_is_visible():
+    assert torch.cuda.is_available()
+    assert torch.cuda.device_count() == 1
+    assert "xpupool" in torch.cuda.get_device_name(0)
+
+
+def test_properties_report_the_memory_limit():
+    props = torch.cuda.get_device_properties(0)
+    assert (props.major, props.minor) == (9, 0)
+    assert props.multi_processor_count > 0
+    if LIMIT:
+        assert props.total_memory == LIMIT
+
+
+def test_mem_get_info_follows_allocations():
+    free_before, total = torch.cuda.mem_get_info()
+    if LIMIT:
+        assert total == LIMIT
+    block = torch.empty(64 * MIB, dtype=torch.uint8, device=CUDA)
+    free_after, _ = torch.cuda.mem_get_info()
+    assert free_after <= free_before - 64 * MIB
+    del block
+    torch.cuda.empty_cache()
+    assert torch.cuda.mem_get_info()[0] >= free_after + 64 * MIB
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.int64, torch.bool, torch.complex64]
+)
+@pytest.mark.parametrize("count", [1, 1000, 1 << 20])
+def test_round_trip(dtype, count):
+    generator = torch.Generator().manual_seed(count)
+    host = (torch.rand(count, generator=generator) * 100).to(dtype)
+    assert torch.equal(host.to(CUDA).cpu(), host)
+
+
+def test_round_trip_64_mib():
+    host = torch.randn(16 * MIB, generator=torch.Generator().manual_seed(1))
+    device = host.to(CUDA)
+    assert device.nbytes == 64 * MIB
+    assert torch.equal(device.cpu(), host)
+
+
+def test_device_to_device_and_offset_views():
+    host = torch.arange(10_000, dtype=torch.float32)
+    device = host.to(CUDA)
+    assert torch.equal(device.clone().cpu(), host)
+    target = torch.empty(5_000, device=CUDA)
+    target.copy_(device[5_000:])
+    assert torch.equal(target.cpu(), host[5_000:])
+    assert torch.equal(device[123:456].cpu(), host[123:456])
+    device[:100] = host[100:200].to(CUDA)
+    assert torch.equal(device[:100].cpu(), host[100:200])
+    rows = torch.arange(64 * 32, dtype=torch.int32).reshape(64, 32)
+    assert torch.equal(rows.to(CUDA)[10:20].cpu(), rows[10:20])
+
+
+def test_non_blocking_pinned_copies_on_a_side_stream():
+    host = torch.arange(1 << 18, dtype=torch.float32).pin_memory()
+    back = torch.empty_like(host).pin_memory()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        device = host.to(CUDA, non_blocking=True)
+        back.copy_(device, non_blocking=True)
+    stream.synchronize()
+    assert torch.equal(back, host)
+    # Ordering across streams through an event.
+    done = torch.cuda.Event()
+    with torch.cuda.stream(stream):
+        other = torch.full((4,), 7.0).to(CUDA, non_blocking=True)
+        done.record(stream)
+    torch.cuda.current_stream().wait_event(done)
+    assert other.cpu().tolist() == [7.0] * 4
+
+
+def test_events_time_work():
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.randn(4 * MIB).to(CUDA)
+    end.record()
+    end.synchronize()
+    assert end.query()
+    assert start.elapsed_time(end) >= 0.0
+
+
+def test_cublas_initialises():
+    assert torch.cuda.current_blas_handle() != 0
+
+
+def test_out_of_memory_is_pytorchs_error_and_recoverable():
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        torch.empty(LIMIT * 2 if LIMIT else 1 << 45, dtype=torch.uint8, device=CUDA)
+    small = torch.ones(10).to(CUDA)
+    assert small.cpu().sum().item() == 10
+
+
+def test_a_kernel_the_mock_cannot_run_fails_cleanly_and_copies_still_work():
+    values = torch.arange(100, dtype=torch.float32).to(CUDA)
+    with pytest.raises(RuntimeError, match="no kernel image is available"):
+        (values + 1).cpu()
+    assert torch.equal(values.cpu(), torch.arange(100, dtype=torch.float32))
+    assert torch.equal((torch.ones(3) * 2).to(CUDA).cpu(), torch.full((3,), 2.0))
