@@ -147,11 +147,42 @@ fn shim_library() -> Result<PathBuf> {
     bail!("xpupool's libcuda.so was not found beside {} (build it with `cargo build --release`, or set XPUPOOL_SHIM)", exe.display())
 }
 
-/// A folder holding `libcuda.so.1` → the shim, for LD_LIBRARY_PATH.
+/// Finds xpupool's NVML stand-in beside this executable (or `XPUPOOL_NVML`).
+/// Cargo names the built file `libnvidia_ml.so`; its SONAME is `libnvidia-ml.so.1`.
+fn nvml_library() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("XPUPOOL_NVML") {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [
+        "libnvidia_ml.so",
+        "libnvidia-ml.so",
+        "libnvidia-ml.so.1",
+        "../lib/xpupool/libnvidia-ml.so.1",
+    ]
+    .iter()
+    .map(|name| dir.join(name))
+    .find(|candidate| candidate.exists())
+}
+
+/// A folder holding `libcuda.so.1` → the shim and, when it is built,
+/// `libnvidia-ml.so.1` → the NVML stand-in, for LD_LIBRARY_PATH.
 fn shim_dir(shim: &Path) -> Result<tempdir::Dir> {
     let dir = tempdir::Dir::new("xpupool-lib")?;
     std::os::unix::fs::symlink(shim.canonicalize()?, dir.path().join("libcuda.so.1"))
         .context("linking libcuda.so.1")?;
+    match nvml_library() {
+        Some(nvml) => {
+            let linked = nvml.canonicalize().and_then(|target| {
+                std::os::unix::fs::symlink(target, dir.path().join("libnvidia-ml.so.1"))
+            });
+            if let Err(e) = linked {
+                tracing::warn!("not providing NVML: linking {}: {e}", nvml.display());
+            }
+        }
+        None => tracing::warn!("xpupool's libnvidia_ml.so was not found beside the executable (build it with `cargo build --release`, or set XPUPOOL_NVML); NVML queries will not see the pooled device"),
+    }
     Ok(dir)
 }
 
@@ -197,10 +228,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     init_logging("warn");
     let shim = shim_library()?;
     let lib_dir = shim_dir(&shim)?;
-    let preload = lib_dir.path().join("libcuda.so.1");
+    let mut preload = OsString::from(lib_dir.path().join("libcuda.so.1"));
+    let nvml = lib_dir.path().join("libnvidia-ml.so.1");
+    if nvml.exists() {
+        preload.push(" ");
+        preload.push(&nvml);
+    }
     let mut command = std::process::Command::new(&args.program[0]);
     command.args(&args.program[1..]);
-    command.env("LD_PRELOAD", prepend_path("LD_PRELOAD", &preload));
+    command.env(
+        "LD_PRELOAD",
+        prepend_path("LD_PRELOAD", Path::new(&preload)),
+    );
     command.env(
         "LD_LIBRARY_PATH",
         prepend_path("LD_LIBRARY_PATH", lib_dir.path()),
