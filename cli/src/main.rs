@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use xpupool_server::cuda::CudaBackend;
 use xpupool_server::embedded::EmbeddedServer;
-use xpupool_server::{tls, MockBackend, Server, ServerConfig, TokenEntry};
+use xpupool_server::{tls, Backend, MockBackend, Server, ServerConfig, TokenEntry};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,10 @@ struct RunArgs {
     /// The tenant token, with --server.
     #[arg(long, env = "XPUPOOL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Backend of the embedded server: `auto` (cuda when an NVIDIA driver is
+    /// installed and works, else mock), `cuda` or `mock`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "mock"])]
+    backend: String,
     /// Device memory of the embedded mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
     mock_memory_mib: u64,
@@ -122,12 +127,14 @@ fn nvidia_driver_present() -> bool {
     }
 }
 
-/// The backend for `name`, saying on stderr what it is.
-fn backend(name: &str, mock_memory_mib: u64) -> Result<Arc<MockBackend>> {
+/// The backend for `name`.
+fn backend(name: &str, mock_memory_mib: u64) -> Result<Arc<dyn Backend>> {
     match name {
         "mock" => Ok(Arc::new(MockBackend::new(mock_memory_mib << 20))),
-        "cuda" => bail!("the cuda backend is not built yet; use --backend mock"),
-        other => bail!("unknown backend {other:?} (available: mock)"),
+        "cuda" => Ok(Arc::new(CudaBackend::open().context(
+            "the cuda backend needs NVIDIA's driver (libcuda.so.1) and a GPU; use --backend mock without one",
+        )?)),
+        other => bail!("unknown backend {other:?} (available: cuda, mock)"),
     }
 }
 
@@ -270,15 +277,29 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             None
         }
         None => {
-            if nvidia_driver_present() {
-                eprintln!("xpupool: an NVIDIA driver is installed, but the cuda backend is not built yet; using the mock backend");
-            } else {
-                eprintln!("xpupool: no NVIDIA driver on this machine; the embedded server uses the mock backend (kernels run on the CPU PTX interpreter)");
+            const MOCK: &str = "the embedded server uses the mock backend (kernels run on the CPU PTX interpreter)";
+            let chosen = match args.backend.as_str() {
+                "auto" if nvidia_driver_present() => {
+                    match backend("cuda", args.mock_memory_mib) {
+                        Ok(cuda) => cuda,
+                        Err(e) => {
+                            eprintln!("xpupool: an NVIDIA driver is installed but unusable ({e:#}); {MOCK}");
+                            backend("mock", args.mock_memory_mib)?
+                        }
+                    }
+                }
+                "auto" => {
+                    eprintln!("xpupool: no NVIDIA driver on this machine; {MOCK}");
+                    backend("mock", args.mock_memory_mib)?
+                }
+                name => backend(name, args.mock_memory_mib)?,
+            };
+            if chosen.name() == "cuda" {
+                eprintln!("xpupool: the embedded server uses the cuda backend (NVIDIA's driver)");
+            } else if args.backend == "mock" {
+                eprintln!("xpupool: {MOCK}");
             }
-            let server = EmbeddedServer::start_with_limit(
-                backend("mock", args.mock_memory_mib)?,
-                args.memory_limit,
-            )?;
+            let server = EmbeddedServer::start_with_limit(chosen, args.memory_limit)?;
             command
                 .env("XPUPOOL_SERVER", server.addr().to_string())
                 .env("XPUPOOL_SERVER_CERT", server.cert_path())

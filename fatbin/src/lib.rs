@@ -15,9 +15,11 @@
 mod elf;
 mod fatbin;
 mod image;
+pub mod nvinfo;
 
 pub use fatbin::{fatbin_total_len, parse_fatbin};
 pub use image::{image_from_bytes, image_from_ptr, Image};
+pub use nvinfo::cubin_param_layouts;
 
 /// Magic of `__fatBinC_Wrapper_t` (`FATBINC_MAGIC`).
 pub const FATBINC_MAGIC: u32 = 0x4662_43B1;

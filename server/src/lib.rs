@@ -7,6 +7,7 @@
 //! stand-in that interprets PTX) now; `cuda`, `hip` and `acl` later.
 
 pub mod backend;
+pub mod cuda;
 pub mod embedded;
 pub mod mock;
 pub mod quota;

@@ -1,0 +1,165 @@
+//! The host's CUDA driver, loaded once with `libloading`: every entry point the
+//! backend calls, resolved at start by its concrete ABI name (`cuMemAlloc_v2`, not
+//! `cuMemAlloc`, whose ABI is the 32-bit one) into one table of typed pointers.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, OsStr};
+
+use anyhow::{bail, Context as _, Result};
+use xpupool_cuda_types::{
+    CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
+    CUfunction_attribute, CUmodule, CUresult, CUstream, CUuuid, CUDA_SUCCESS,
+};
+use xpupool_protocol::CuError;
+
+/// Declares the entry-point table: required symbols are plain function pointers,
+/// optional ones (newer than the oldest driver we accept) are `Option`s.
+macro_rules! entry_points {
+    (
+        required { $($name:ident: fn($($arg:ty),* $(,)?);)* }
+        optional { $($opt:ident: fn($($oarg:ty),* $(,)?);)* }
+    ) => {
+        /// The driver's entry points (names as the library exports them).
+        #[allow(non_snake_case)]
+        pub(crate) struct Driver {
+            $( pub(crate) $name: unsafe extern "C" fn($($arg),*) -> CUresult, )*
+            $( pub(crate) $opt: Option<unsafe extern "C" fn($($oarg),*) -> CUresult>, )*
+        }
+
+        impl Driver {
+            fn resolve(lib: &'static libloading::Library) -> Result<Self> {
+                Ok(Self {
+                    $( $name: symbol(lib, stringify!($name))?
+                        .with_context(|| format!("the driver has no {}", stringify!($name)))?, )*
+                    $( $opt: symbol(lib, stringify!($opt))?, )*
+                })
+            }
+        }
+    };
+}
+
+entry_points! {
+    required {
+        cuInit: fn(c_uint);
+        cuDriverGetVersion: fn(*mut c_int);
+        cuDeviceGetCount: fn(*mut c_int);
+        cuDeviceGet: fn(*mut CUdevice, c_int);
+        cuDeviceGetName: fn(*mut c_char, c_int, CUdevice);
+        cuDeviceGetUuid_v2: fn(*mut CUuuid, CUdevice);
+        cuDeviceTotalMem_v2: fn(*mut usize, CUdevice);
+        cuDeviceGetAttribute: fn(*mut c_int, CUdevice_attribute, CUdevice);
+        cuDevicePrimaryCtxRetain: fn(*mut CUcontext, CUdevice);
+        cuDevicePrimaryCtxRelease_v2: fn(CUdevice);
+        cuCtxSetCurrent: fn(CUcontext);
+        cuMemAlloc_v2: fn(*mut CUdeviceptr, usize);
+        cuMemFree_v2: fn(CUdeviceptr);
+        cuMemGetInfo_v2: fn(*mut usize, *mut usize);
+        cuMemcpyHtoDAsync_v2: fn(CUdeviceptr, *const c_void, usize, CUstream);
+        cuMemcpyDtoHAsync_v2: fn(*mut c_void, CUdeviceptr, usize, CUstream);
+        cuMemcpyDtoDAsync_v2: fn(CUdeviceptr, CUdeviceptr, usize, CUstream);
+        cuMemsetD8Async: fn(CUdeviceptr, u8, usize, CUstream);
+        cuMemsetD16Async: fn(CUdeviceptr, u16, usize, CUstream);
+        cuMemsetD32Async: fn(CUdeviceptr, c_uint, usize, CUstream);
+        cuMemsetD2D8Async: fn(CUdeviceptr, usize, u8, usize, usize, CUstream);
+        cuMemsetD2D16Async: fn(CUdeviceptr, usize, u16, usize, usize, CUstream);
+        cuMemsetD2D32Async: fn(CUdeviceptr, usize, c_uint, usize, usize, CUstream);
+        cuModuleLoadData: fn(*mut CUmodule, *const c_void);
+        cuModuleUnload: fn(CUmodule);
+        cuModuleGetFunction: fn(*mut CUfunction, CUmodule, *const c_char);
+        cuModuleGetGlobal_v2: fn(*mut CUdeviceptr, *mut usize, CUmodule, *const c_char);
+        cuFuncGetAttribute: fn(*mut c_int, CUfunction_attribute, CUfunction);
+        cuLaunchKernel: fn(
+            CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint,
+            CUstream, *mut *mut c_void, *mut *mut c_void,
+        );
+        cuStreamCreateWithPriority: fn(*mut CUstream, c_uint, c_int);
+        cuStreamDestroy_v2: fn(CUstream);
+        cuStreamSynchronize: fn(CUstream);
+        cuStreamQuery: fn(CUstream);
+        cuStreamWaitEvent: fn(CUstream, CUevent, c_uint);
+        cuEventCreate: fn(*mut CUevent, c_uint);
+        cuEventDestroy_v2: fn(CUevent);
+        cuEventRecord: fn(CUevent, CUstream);
+        cuEventSynchronize: fn(CUevent);
+        cuEventQuery: fn(CUevent);
+        cuGetErrorName: fn(CUresult, *mut *const c_char);
+    }
+    optional {
+        // CUDA 12.4: function enumeration and parameter layouts.
+        cuModuleGetFunctionCount: fn(*mut c_uint, CUmodule);
+        cuModuleEnumerateFunctions: fn(*mut CUfunction, c_uint, CUmodule);
+        cuFuncGetName: fn(*mut *const c_char, CUfunction);
+        cuFuncGetParamInfo: fn(CUfunction, usize, *mut usize, *mut usize);
+        // `_v2` (CUDA 12.8) and the original have the same signature; one must exist.
+        cuEventElapsedTime_v2: fn(*mut f32, CUevent, CUevent);
+        cuEventElapsedTime: fn(*mut f32, CUevent, CUevent);
+    }
+}
+
+/// Looks up one symbol as a function pointer of type `T`.
+fn symbol<T: Copy>(lib: &'static libloading::Library, name: &str) -> Result<Option<T>> {
+    let mut c_name = name.as_bytes().to_vec();
+    c_name.push(0);
+    // SAFETY: `T` is the C signature `cuda.h` declares for `name`; the library stays
+    // loaded for the life of the process (it is leaked in `Driver::load`).
+    match unsafe { lib.get::<T>(&c_name) } {
+        Ok(sym) => Ok(Some(*sym)),
+        Err(libloading::Error::DlSym { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up {name}")),
+    }
+}
+
+impl Driver {
+    /// Loads the driver library at `path` and resolves every entry point.
+    pub(crate) fn load(path: &OsStr) -> Result<Self> {
+        // SAFETY: loading the CUDA driver runs its initialisers, which is what
+        // loading it is for. The handle is leaked: libcuda (and xpupool's stand-in)
+        // start threads and register exit handlers, so it must never be unloaded.
+        let lib = unsafe { libloading::Library::new(path) }.with_context(|| {
+            format!(
+                "could not load the CUDA driver {} (is the NVIDIA driver installed? \
+                 XPUPOOL_CUDA_DRIVER may name its libcuda.so.1)",
+                path.to_string_lossy()
+            )
+        })?;
+        let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+        let driver = Self::resolve(lib)
+            .with_context(|| format!("{} is not a usable CUDA driver", path.to_string_lossy()))?;
+        if driver.cuEventElapsedTime_v2.is_none() && driver.cuEventElapsedTime.is_none() {
+            bail!("the driver has neither cuEventElapsedTime_v2 nor cuEventElapsedTime");
+        }
+        Ok(driver)
+    }
+
+    /// The driver's name for `code` (`CUDA_ERROR_OUT_OF_MEMORY`), or the number.
+    pub(crate) fn error_name(&self, code: CUresult) -> String {
+        let mut name: *const c_char = std::ptr::null();
+        // SAFETY: cuGetErrorName writes a pointer to a static string or fails.
+        let r = unsafe { (self.cuGetErrorName)(code, &mut name) };
+        if r == CUDA_SUCCESS && !name.is_null() {
+            // SAFETY: a NUL-terminated static string owned by the driver.
+            unsafe { CStr::from_ptr(name) }
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            format!("CUresult {code}")
+        }
+    }
+
+    /// `Ok` for `CUDA_SUCCESS`, else the driver's code with its name and `what`.
+    pub(crate) fn check(&self, code: CUresult, what: &str) -> Result<(), CuError> {
+        if code == CUDA_SUCCESS {
+            Ok(())
+        } else {
+            Err(CuError::new(
+                code,
+                format!("{what}: {}", self.error_name(code)),
+            ))
+        }
+    }
+
+    /// Like [`Driver::check`], for start-up code that reports with `anyhow`.
+    pub(crate) fn require(&self, code: CUresult, what: &str) -> Result<()> {
+        self.check(code, what)
+            .map_err(|e| anyhow::anyhow!(e.message))
+    }
+}

@@ -1,0 +1,247 @@
+//! The `cuda` backend: sessions on the host's NVIDIA driver (`libcuda.so.1`, loaded
+//! with `libloading`; `XPUPOOL_CUDA_DRIVER` may name another path).
+//!
+//! All sessions share device 0's primary context, each with its own tables of
+//! allocations, modules, functions, streams and events: every pointer and handle a
+//! request names is checked against them before the driver sees it, and everything
+//! is freed when the session ends. Handles given to clients are the driver's own
+//! values (modules excepted: a session-local number, since a module the driver could
+//! not load still needs one); they are opaque to clients and never trusted.
+//!
+//! **Isolation (DESIGN §3.7) is not done yet.** Sessions run in this process, in one
+//! shared context: a kernel fault poisons the context for every tenant, and a kernel
+//! given a forged pointer argument (which cannot be checked) can read or write another
+//! tenant's memory. Next: run each session in a worker process of its own (spawned by
+//! the server, speaking the same `Api` over a pipe or shared-memory ring), with the
+//! parent keeping admission, the memory ledger and metrics; then a fault ends one
+//! worker, and the driver frees its memory when the process exits.
+//!
+//! Also not done: one device per server (the protocol's module, stream and launch
+//! calls name no device), and module images are not charged to the memory ledger.
+
+mod driver;
+mod module;
+mod session;
+
+use std::collections::HashMap;
+use std::ffi::{c_char, OsString};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context as _, Result};
+use xpupool_cuda_types::{
+    CUcontext, CUdevice, CUuuid, CUDA_SUCCESS, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+    CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, CU_DEVICE_ATTRIBUTE_MAX,
+};
+use xpupool_protocol::{Api, CuError, DeviceInfo};
+
+use crate::backend::{Backend, Tenant};
+use driver::Driver;
+use module::Kernel;
+
+/// Images remembered at most (their kernel lists are small; the bytes are not kept).
+const MAX_CACHED_IMAGES: usize = 4096;
+
+/// The host's CUDA driver, serving device 0.
+pub struct CudaBackend {
+    shared: Arc<Shared>,
+}
+
+/// What every session of the backend shares.
+pub(crate) struct Shared {
+    driver: Driver,
+    device: CUdevice,
+    /// The device's primary context, retained for the backend's lifetime.
+    context: usize,
+    /// The device as the driver reports it (memory not yet clamped to a tenant).
+    info: DeviceInfo,
+    /// Compute capability as an SM number (90 for 9.0).
+    sm: u32,
+    version: i32,
+    /// Kernels of images loaded before, by SHA-256 of their wire bytes, so a second
+    /// load of the same image (by any session) skips introspection.
+    images: Mutex<HashMap<[u8; 32], Arc<Vec<Kernel>>>>,
+}
+
+impl Shared {
+    /// Makes the device's primary context current on the calling thread (each
+    /// request runs on whatever blocking thread the server picks).
+    pub(crate) fn enter(&self) -> Result<(), CuError> {
+        // SAFETY: a context retained by this backend.
+        let r = unsafe { (self.driver.cuCtxSetCurrent)(self.context as CUcontext) };
+        self.driver.check(r, "cuCtxSetCurrent")
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<Arc<Vec<Kernel>>> {
+        self.images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn remember(&self, key: [u8; 32], kernels: Arc<Vec<Kernel>>) {
+        let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        if images.len() >= MAX_CACHED_IMAGES {
+            images.clear();
+        }
+        images.insert(key, kernels);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: releases the retain taken in `open_library`.
+        unsafe { (self.driver.cuDevicePrimaryCtxRelease_v2)(self.device) };
+    }
+}
+
+impl CudaBackend {
+    /// Loads the driver (`XPUPOOL_CUDA_DRIVER`, else `libcuda.so.1`), initialises it
+    /// and retains device 0's primary context. Fails with the reason if there is no
+    /// driver, `cuInit` fails or there is no device.
+    pub fn open() -> Result<Self> {
+        let path = std::env::var_os("XPUPOOL_CUDA_DRIVER")
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| OsString::from("libcuda.so.1"));
+        Self::open_library(&path)
+    }
+
+    /// Like [`CudaBackend::open`], with the driver library at `path`.
+    pub fn open_library(path: &std::ffi::OsStr) -> Result<Self> {
+        let driver = Driver::load(path)?;
+        let shown = path.to_string_lossy();
+        // SAFETY: every call below passes valid out-pointers and values the driver
+        // handed out.
+        unsafe {
+            driver
+                .require((driver.cuInit)(0), "cuInit")
+                .with_context(|| format!("the CUDA driver {shown} did not initialise"))?;
+            let mut version = 0;
+            driver.require(
+                (driver.cuDriverGetVersion)(&mut version),
+                "cuDriverGetVersion",
+            )?;
+            let mut count = 0;
+            driver.require((driver.cuDeviceGetCount)(&mut count), "cuDeviceGetCount")?;
+            if count < 1 {
+                bail!("the CUDA driver {shown} reports no devices");
+            }
+            let mut device: CUdevice = 0;
+            driver.require((driver.cuDeviceGet)(&mut device, 0), "cuDeviceGet")?;
+            let mut name = [0 as c_char; 256];
+            driver.require(
+                (driver.cuDeviceGetName)(name.as_mut_ptr(), name.len() as i32, device),
+                "cuDeviceGetName",
+            )?;
+            let name = std::ffi::CStr::from_ptr(name.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            let mut uuid = CUuuid::default();
+            driver.require(
+                (driver.cuDeviceGetUuid_v2)(&mut uuid, device),
+                "cuDeviceGetUuid_v2",
+            )?;
+            let mut total = 0usize;
+            driver.require(
+                (driver.cuDeviceTotalMem_v2)(&mut total, device),
+                "cuDeviceTotalMem_v2",
+            )?;
+            // Every attribute the device answers; deprecated or unknown ones fail
+            // and are left out (the client reads those as 0).
+            let attributes: Vec<(u32, i32)> = (1..CU_DEVICE_ATTRIBUTE_MAX)
+                .filter_map(|attribute| {
+                    let mut value = 0;
+                    let r = (driver.cuDeviceGetAttribute)(&mut value, attribute, device);
+                    (r == CUDA_SUCCESS).then_some((attribute, value))
+                })
+                .collect();
+            let attr = |a| {
+                attributes
+                    .iter()
+                    .find(|&&(x, _)| x == a)
+                    .map_or(0, |&(_, v)| v as u32)
+            };
+            let sm = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) * 10
+                + attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+            let mut context: CUcontext = std::ptr::null_mut();
+            driver.require(
+                (driver.cuDevicePrimaryCtxRetain)(&mut context, device),
+                "cuDevicePrimaryCtxRetain",
+            )?;
+            tracing::info!(device = %name, sm, driver_version = version, memory = total, "cuda backend ready");
+            Ok(Self {
+                shared: Arc::new(Shared {
+                    info: DeviceInfo {
+                        name,
+                        uuid: uuid.bytes.map(|b| b as u8),
+                        total_memory: total as u64,
+                        attributes,
+                    },
+                    driver,
+                    device,
+                    context: context as usize,
+                    sm,
+                    version,
+                    images: Mutex::new(HashMap::new()),
+                }),
+            })
+        }
+    }
+
+    /// Acts as a driver older than CUDA 12.4 would: no function enumeration and no
+    /// `cuFuncGetParamInfo`, so kernel names and parameter layouts come from the
+    /// image (PTX `.entry` signatures, cubin `.nv.info`). For tests of that path;
+    /// call before any session opens.
+    #[doc(hidden)]
+    pub fn without_driver_introspection(mut self) -> Self {
+        let shared = Arc::get_mut(&mut self.shared).expect("no session is open yet");
+        shared.driver.cuModuleGetFunctionCount = None;
+        shared.driver.cuModuleEnumerateFunctions = None;
+        shared.driver.cuFuncGetName = None;
+        shared.driver.cuFuncGetParamInfo = None;
+        self
+    }
+
+    /// Distinct module images whose kernel lists are cached.
+    pub fn cached_images(&self) -> usize {
+        self.shared
+            .images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn driver_version(&self) -> i32 {
+        self.shared.version
+    }
+
+    fn devices(&self, tenant: &Tenant) -> Vec<DeviceInfo> {
+        let mut info = self.shared.info.clone();
+        if let Some(limit) = tenant.memory.limit() {
+            info.total_memory = info.total_memory.min(limit);
+        }
+        vec![info]
+    }
+
+    /// The driver's addresses lie in no fixed range, so there is none to report and
+    /// the client cannot reserve one: its protection against host and device
+    /// addresses aliasing is off with this backend. Follow-up (DESIGN §3.5):
+    /// allocate through the VMM API (`cuMemAddressReserve` + `cuMemCreate` +
+    /// `cuMemMap`) inside one range reserved at start, and report that range.
+    fn device_address_range(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
+    fn open_session(&self, tenant: &Tenant) -> Box<dyn Api + Send> {
+        Box::new(session::CudaSession::new(
+            self.shared.clone(),
+            tenant.memory.clone(),
+        ))
+    }
+}

@@ -1,0 +1,710 @@
+//! One client's session on the real driver: its own tables, checked before every call.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+use xpupool_cuda_types::{
+    CUevent, CUfunction, CUmodule, CUstream, CUDA_ERROR_NO_BINARY_FOR_GPU, CUDA_SUCCESS,
+    CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT, CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT,
+    CU_LAUNCH_PARAM_END_AS_INT,
+};
+use xpupool_fatbin::Image;
+use xpupool_protocol::api::{FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo};
+use xpupool_protocol::{code, Api, CuError};
+
+use super::module::{self, Kernel};
+use super::Shared;
+use crate::quota::MemoryLedger;
+
+/// `CU_STREAM_LEGACY`.
+const STREAM_LEGACY: u64 = 1;
+/// `CU_STREAM_PER_THREAD`.
+const STREAM_PER_THREAD: u64 = 2;
+
+struct Module {
+    /// The driver's module; `None` when it had no code for the device.
+    raw: Option<u64>,
+    functions: Vec<u64>,
+    /// Module variables looked up so far: address → size (valid copy targets).
+    globals: BTreeMap<u64, u64>,
+}
+
+struct Function {
+    param_bytes: u32,
+}
+
+pub(crate) struct CudaSession {
+    shared: Arc<Shared>,
+    tenant: Arc<MemoryLedger>,
+    /// Allocations: base → size.
+    allocations: BTreeMap<u64, u64>,
+    modules: HashMap<u64, Module>,
+    next_module: u64,
+    functions: HashMap<u64, Function>,
+    streams: HashSet<u64>,
+    events: HashSet<u64>,
+}
+
+fn invalid_handle(what: &str, handle: u64) -> CuError {
+    CuError::new(
+        code::INVALID_HANDLE,
+        format!("{what} {handle:#x} does not belong to this session"),
+    )
+}
+
+fn invalid_value(message: impl Into<String>) -> CuError {
+    CuError::new(code::INVALID_VALUE, message)
+}
+
+/// `base + offset`, or an error instead of wrapping.
+fn end_of(base: u64, len: u64) -> Result<u64, CuError> {
+    base.checked_add(len)
+        .ok_or_else(|| invalid_value(format!("[{base:#x}, +{len}) wraps around")))
+}
+
+impl CudaSession {
+    pub(crate) fn new(shared: Arc<Shared>, tenant: Arc<MemoryLedger>) -> Self {
+        Self {
+            shared,
+            tenant,
+            allocations: BTreeMap::new(),
+            modules: HashMap::new(),
+            next_module: 0,
+            functions: HashMap::new(),
+            streams: HashSet::new(),
+            events: HashSet::new(),
+        }
+    }
+
+    fn check(&self, r: u32, what: &str) -> Result<(), CuError> {
+        self.shared.driver.check(r, what)
+    }
+
+    /// The driver's stream for a client stream handle: one of the session's, or a
+    /// default stream. The per-thread default stream maps to the legacy one: server
+    /// threads are not the client's threads, so "this thread's stream" would name a
+    /// different stream on each request (FACTS §7.2); a per-client-thread stream is
+    /// the follow-up.
+    fn stream(&self, stream: u64) -> Result<CUstream, CuError> {
+        match stream {
+            0 | STREAM_LEGACY => Ok(stream as CUstream),
+            STREAM_PER_THREAD => Ok(STREAM_LEGACY as CUstream),
+            s if self.streams.contains(&s) => Ok(s as CUstream),
+            s => Err(invalid_handle("stream", s)),
+        }
+    }
+
+    fn event(&self, event: u64) -> Result<CUevent, CuError> {
+        if self.events.contains(&event) {
+            Ok(event as CUevent)
+        } else {
+            Err(invalid_handle("event", event))
+        }
+    }
+
+    /// Checks that `[address, address+len)` lies inside one allocation (or module
+    /// variable) of this session.
+    fn range(&self, address: u64, len: u64) -> Result<(), CuError> {
+        let end = end_of(address, len)?;
+        let inside = |ranges: &BTreeMap<u64, u64>| {
+            ranges
+                .range(..=address)
+                .next_back()
+                .is_some_and(|(&base, &size)| end <= base.saturating_add(size))
+        };
+        if inside(&self.allocations) || self.modules.values().any(|m| inside(&m.globals)) {
+            Ok(())
+        } else {
+            Err(invalid_value(format!(
+                "[{address:#x}, +{len}) is not inside an allocation of this session"
+            )))
+        }
+    }
+
+    fn synchronize_stream(&self, stream: CUstream) -> Result<(), CuError> {
+        // SAFETY: a stream checked against this session's table.
+        let r = unsafe { (self.shared.driver.cuStreamSynchronize)(stream) };
+        self.check(r, "cuStreamSynchronize")
+    }
+
+    fn unload(&mut self, module: Module) -> Result<(), CuError> {
+        for f in &module.functions {
+            self.functions.remove(f);
+        }
+        match module.raw {
+            // SAFETY: a module this session loaded; its functions are gone from the table.
+            Some(raw) => {
+                let r = unsafe { (self.shared.driver.cuModuleUnload)(raw as CUmodule) };
+                self.check(r, "cuModuleUnload")
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records a module the driver has no code for: it can be unloaded, and the
+    /// client answers every function look-up with `NO_BINARY_FOR_GPU` and the reason.
+    fn no_code_module(&mut self, handle: u64, image: &Image) -> ModuleInfo {
+        let reason = module::no_code_reason(image, self.shared.sm);
+        tracing::info!(%reason, "module has no code for this device");
+        self.modules.insert(
+            handle,
+            Module {
+                raw: None,
+                functions: Vec::new(),
+                globals: BTreeMap::new(),
+            },
+        );
+        ModuleInfo {
+            handle,
+            functions: Vec::new(),
+            no_code: Some(reason),
+        }
+    }
+
+    /// The kernels of a freshly loaded module: from the cache if this image was seen
+    /// before, else asked of the driver (and the image) and remembered.
+    fn kernels(
+        &self,
+        raw: CUmodule,
+        image: &Image,
+        key: [u8; 32],
+    ) -> Result<Vec<(CUfunction, Kernel)>, CuError> {
+        let driver = &self.shared.driver;
+        if let Some(kernels) = self.shared.cached(&key) {
+            let mut found = Vec::with_capacity(kernels.len());
+            for kernel in kernels.iter() {
+                let f = module::get_function(driver, raw, &kernel.name)?.ok_or_else(|| {
+                    CuError::new(
+                        code::NOT_FOUND,
+                        format!("kernel {} vanished from its image", kernel.name),
+                    )
+                })?;
+                found.push((f, kernel.clone()));
+            }
+            return Ok(found);
+        }
+        let found = module::introspect(driver, raw, image)?;
+        self.shared.remember(
+            key,
+            Arc::new(found.iter().map(|(_, k)| k.clone()).collect()),
+        );
+        Ok(found)
+    }
+}
+
+impl Api for CudaSession {
+    fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
+        if device != 0 {
+            return Err(CuError::new(
+                code::INVALID_DEVICE,
+                format!("device {device}"),
+            ));
+        }
+        if bytes == 0 {
+            return Err(invalid_value("zero-byte allocation"));
+        }
+        let len = usize::try_from(bytes)
+            .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+        self.shared.enter()?;
+        self.tenant.charge(bytes)?;
+        let mut address = 0;
+        // SAFETY: an out-pointer; the primary context is current.
+        let r = unsafe { (self.shared.driver.cuMemAlloc_v2)(&mut address, len) };
+        if let Err(e) = self.check(r, "cuMemAlloc_v2") {
+            self.tenant.refund(bytes);
+            return Err(e);
+        }
+        self.allocations.insert(address, bytes);
+        Ok(address)
+    }
+
+    fn mem_free(&mut self, ptr: u64) -> Result<(), CuError> {
+        let &bytes = self.allocations.get(&ptr).ok_or_else(|| {
+            invalid_value(format!("{ptr:#x} is not an allocation of this session"))
+        })?;
+        self.shared.enter()?;
+        // SAFETY: an allocation of this session, freed once (removed below).
+        let r = unsafe { (self.shared.driver.cuMemFree_v2)(ptr) };
+        self.check(r, "cuMemFree_v2")?;
+        self.allocations.remove(&ptr);
+        self.tenant.refund(bytes);
+        Ok(())
+    }
+
+    fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
+        if device != 0 {
+            return Err(CuError::new(
+                code::INVALID_DEVICE,
+                format!("device {device}"),
+            ));
+        }
+        self.shared.enter()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: two out-pointers; the primary context is current.
+        let r = unsafe { (self.shared.driver.cuMemGetInfo_v2)(&mut free, &mut total) };
+        self.check(r, "cuMemGetInfo_v2")?;
+        let total = self
+            .tenant
+            .limit()
+            .map_or(self.shared.info.total_memory, |l| {
+                l.min(self.shared.info.total_memory)
+            });
+        Ok(((free as u64).min(self.tenant.remaining()), total))
+    }
+
+    fn memcpy_htod(&mut self, dst: u64, data: ByteBuf, stream: u64) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.range(dst, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.shared.enter()?;
+        // SAFETY: `dst` is inside this session's memory for `data.len()` bytes; `data`
+        // lives until the stream is synchronized below.
+        let r = unsafe {
+            (self.shared.driver.cuMemcpyHtoDAsync_v2)(dst, data.as_ptr().cast(), data.len(), s)
+        };
+        self.check(r, "cuMemcpyHtoDAsync_v2")?;
+        self.synchronize_stream(s)
+    }
+
+    fn memcpy_dtoh(&mut self, src: u64, len: u64, stream: u64) -> Result<ByteBuf, CuError> {
+        let s = self.stream(stream)?;
+        if len > xpupool_protocol::MAX_COPY_CHUNK as u64 {
+            return Err(invalid_value("copy chunk over the protocol limit"));
+        }
+        self.range(src, len)?;
+        let mut out = vec![0u8; len as usize];
+        if len == 0 {
+            return Ok(ByteBuf::from(out));
+        }
+        self.shared.enter()?;
+        // SAFETY: `src` is inside this session's memory for `len` bytes; `out` has
+        // `len` bytes and outlives the synchronize below.
+        let r = unsafe {
+            (self.shared.driver.cuMemcpyDtoHAsync_v2)(out.as_mut_ptr().cast(), src, out.len(), s)
+        };
+        self.check(r, "cuMemcpyDtoHAsync_v2")?;
+        self.synchronize_stream(s)?;
+        Ok(ByteBuf::from(out))
+    }
+
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.range(src, len)?;
+        self.range(dst, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.shared.enter()?;
+        // SAFETY: both ranges are inside this session's memory.
+        let r = unsafe { (self.shared.driver.cuMemcpyDtoDAsync_v2)(dst, src, len as usize, s) };
+        self.check(r, "cuMemcpyDtoDAsync_v2")
+    }
+
+    fn memset(
+        &mut self,
+        dst: u64,
+        value: u32,
+        elem_size: u8,
+        count: u64,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(u64::from(elem_size)) {
+            return Err(invalid_value("memset element size or alignment"));
+        }
+        let len = count
+            .checked_mul(u64::from(elem_size))
+            .ok_or_else(|| invalid_value("memset too large"))?;
+        self.range(dst, len)?;
+        if count == 0 {
+            return Ok(());
+        }
+        self.shared.enter()?;
+        let d = &self.shared.driver;
+        let n = count as usize;
+        // SAFETY: `count` elements at `dst` are inside this session's memory.
+        let r = unsafe {
+            match elem_size {
+                1 => (d.cuMemsetD8Async)(dst, value as u8, n, s),
+                2 => (d.cuMemsetD16Async)(dst, value as u16, n, s),
+                _ => (d.cuMemsetD32Async)(dst, value, n, s),
+            }
+        };
+        self.check(r, "cuMemsetD*Async")
+    }
+
+    fn memset_2d(
+        &mut self,
+        dst: u64,
+        pitch: u64,
+        value: u32,
+        elem_size: u8,
+        width: u64,
+        height: u64,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(u64::from(elem_size)) {
+            return Err(invalid_value("memset element size or alignment"));
+        }
+        let row = width
+            .checked_mul(u64::from(elem_size))
+            .ok_or_else(|| invalid_value("memset2D too large"))?;
+        if row > pitch && height > 1 {
+            return Err(invalid_value("memset2D width exceeds pitch"));
+        }
+        if width == 0 || height == 0 {
+            return Ok(());
+        }
+        // The region spans from the first row's start to the last row's end.
+        let span = (height - 1)
+            .checked_mul(pitch)
+            .and_then(|v| v.checked_add(row))
+            .ok_or_else(|| invalid_value("memset2D too large"))?;
+        self.range(dst, span)?;
+        self.shared.enter()?;
+        let d = &self.shared.driver;
+        let (p, w, h) = (pitch as usize, width as usize, height as usize);
+        // SAFETY: every row lies inside one allocation of this session (checked above).
+        let r = unsafe {
+            match elem_size {
+                1 => (d.cuMemsetD2D8Async)(dst, p, value as u8, w, h, s),
+                2 => (d.cuMemsetD2D16Async)(dst, p, value as u16, w, h, s),
+                _ => (d.cuMemsetD2D32Async)(dst, p, value, w, h, s),
+            }
+        };
+        self.check(r, "cuMemsetD2D*Async")
+    }
+
+    fn module_load(&mut self, image: ByteBuf) -> Result<ModuleInfo, CuError> {
+        let key: [u8; 32] = Sha256::digest(&image).into();
+        let image = Image::from_wire(&image)
+            .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
+        let words = module::driver_image(&image)?;
+        self.shared.enter()?;
+        let mut raw: CUmodule = std::ptr::null_mut();
+        // SAFETY: a complete image in one of the formats the driver accepts,
+        // NUL-terminated and 8-byte aligned; the driver copies what it keeps.
+        let r =
+            unsafe { (self.shared.driver.cuModuleLoadData)(&mut raw, module::image_ptr(&words)) };
+        self.next_module += 1;
+        let handle = (0x4d4f << 48) | self.next_module;
+        if r == CUDA_ERROR_NO_BINARY_FOR_GPU {
+            return Ok(self.no_code_module(handle, &image));
+        }
+        self.check(r, "cuModuleLoadData")?;
+        let kernels = match self.kernels(raw, &image, key) {
+            Ok(kernels) => kernels,
+            Err(e) => {
+                // SAFETY: the module just loaded, not yet known to anyone.
+                unsafe { (self.shared.driver.cuModuleUnload)(raw) };
+                return Err(e);
+            }
+        };
+        if kernels.is_empty() && !module::image_layouts(&image).is_empty() {
+            // The image has kernels but the driver offers none: it accepted an image
+            // it has no code for, to fail only when a kernel is used (xpupool's own
+            // libcuda does this). Say so now, as the driver does at load.
+            // SAFETY: the module just loaded, not yet known to anyone.
+            unsafe { (self.shared.driver.cuModuleUnload)(raw) };
+            return Ok(self.no_code_module(handle, &image));
+        }
+        let mut loaded = Module {
+            raw: Some(raw as u64),
+            functions: Vec::with_capacity(kernels.len()),
+            globals: BTreeMap::new(),
+        };
+        let mut functions = Vec::with_capacity(kernels.len());
+        for (f, kernel) in kernels {
+            let param_bytes = kernel.param_bytes();
+            self.functions.insert(f as u64, Function { param_bytes });
+            loaded.functions.push(f as u64);
+            functions.push(FunctionInfo {
+                handle: f as u64,
+                param_bytes,
+                unusable: kernel.params.as_ref().err().cloned(),
+                params: kernel.params.unwrap_or_default(),
+                attributes: kernel.attributes,
+                name: kernel.name,
+            });
+        }
+        tracing::debug!(
+            module = handle,
+            functions = functions.len(),
+            "module loaded"
+        );
+        self.modules.insert(handle, loaded);
+        Ok(ModuleInfo {
+            handle,
+            functions,
+            no_code: None,
+        })
+    }
+
+    fn module_get_global(&mut self, module: u64, name: String) -> Result<GlobalInfo, CuError> {
+        let loaded = self
+            .modules
+            .get(&module)
+            .ok_or_else(|| invalid_handle("module", module))?;
+        let not_found =
+            || CuError::new(code::NOT_FOUND, format!("no global {name:?} in the module"));
+        let raw = loaded.raw.ok_or_else(not_found)?;
+        let c_name = CString::new(name.clone()).map_err(|_| not_found())?;
+        self.shared.enter()?;
+        let (mut address, mut size) = (0u64, 0usize);
+        // SAFETY: a module of this session, a C string and two out-pointers.
+        let r = unsafe {
+            (self.shared.driver.cuModuleGetGlobal_v2)(
+                &mut address,
+                &mut size,
+                raw as CUmodule,
+                c_name.as_ptr(),
+            )
+        };
+        self.check(r, &format!("cuModuleGetGlobal_v2({name})"))?;
+        if let Some(m) = self.modules.get_mut(&module) {
+            m.globals.insert(address, size as u64);
+        }
+        Ok(GlobalInfo {
+            name,
+            address,
+            size: size as u64,
+        })
+    }
+
+    fn module_unload(&mut self, module: u64) -> Result<(), CuError> {
+        let loaded = self
+            .modules
+            .remove(&module)
+            .ok_or_else(|| invalid_handle("module", module))?;
+        self.shared.enter()?;
+        self.unload(loaded)
+    }
+
+    fn launch_kernel(
+        &mut self,
+        function: u64,
+        dims: LaunchDims,
+        stream: u64,
+        params: ByteBuf,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        let f = self
+            .functions
+            .get(&function)
+            .ok_or_else(|| invalid_handle("function", function))?;
+        if params.len() < f.param_bytes as usize {
+            return Err(invalid_value(format!(
+                "{} parameter bytes for a kernel that takes {}",
+                params.len(),
+                f.param_bytes
+            )));
+        }
+        self.shared.enter()?;
+        let mut buffer = params.into_vec();
+        let mut size = buffer.len();
+        let mut extra = [
+            CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT as usize as *mut c_void,
+            buffer.as_mut_ptr().cast(),
+            CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT as usize as *mut c_void,
+            (&mut size as *mut usize).cast(),
+            CU_LAUNCH_PARAM_END_AS_INT as usize as *mut c_void,
+        ];
+        let extra = if buffer.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            extra.as_mut_ptr()
+        };
+        let [gx, gy, gz] = dims.grid;
+        let [bx, by, bz] = dims.block;
+        // SAFETY: a function of this session and a packed parameter buffer at least
+        // as long as its parameters; the driver copies the parameters at launch. What
+        // the kernel does with pointer arguments cannot be checked (see mod.rs).
+        let r = unsafe {
+            (self.shared.driver.cuLaunchKernel)(
+                function as CUfunction,
+                gx,
+                gy,
+                gz,
+                bx,
+                by,
+                bz,
+                dims.shared_bytes,
+                s,
+                std::ptr::null_mut(),
+                extra,
+            )
+        };
+        self.check(r, "cuLaunchKernel")
+    }
+
+    fn stream_create(&mut self, flags: u32, priority: i32) -> Result<u64, CuError> {
+        self.shared.enter()?;
+        let mut stream: CUstream = std::ptr::null_mut();
+        // SAFETY: an out-pointer; the primary context is current.
+        let r = unsafe {
+            (self.shared.driver.cuStreamCreateWithPriority)(&mut stream, flags, priority)
+        };
+        self.check(r, "cuStreamCreateWithPriority")?;
+        self.streams.insert(stream as u64);
+        Ok(stream as u64)
+    }
+
+    fn stream_destroy(&mut self, stream: u64) -> Result<(), CuError> {
+        if !self.streams.contains(&stream) {
+            return Err(invalid_handle("stream", stream));
+        }
+        self.shared.enter()?;
+        // SAFETY: a stream of this session, destroyed once (removed below).
+        let r = unsafe { (self.shared.driver.cuStreamDestroy_v2)(stream as CUstream) };
+        self.check(r, "cuStreamDestroy_v2")?;
+        self.streams.remove(&stream);
+        Ok(())
+    }
+
+    fn stream_synchronize(&mut self, stream: u64) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.shared.enter()?;
+        self.synchronize_stream(s)
+    }
+
+    fn stream_query(&mut self, stream: u64) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.shared.enter()?;
+        // SAFETY: a checked stream.
+        let r = unsafe { (self.shared.driver.cuStreamQuery)(s) };
+        self.check(r, "cuStreamQuery")
+    }
+
+    fn stream_wait_event(&mut self, stream: u64, event: u64, flags: u32) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        let e = self.event(event)?;
+        self.shared.enter()?;
+        // SAFETY: a checked stream and event.
+        let r = unsafe { (self.shared.driver.cuStreamWaitEvent)(s, e, flags) };
+        self.check(r, "cuStreamWaitEvent")
+    }
+
+    fn event_create(&mut self, flags: u32) -> Result<u64, CuError> {
+        self.shared.enter()?;
+        let mut event: CUevent = std::ptr::null_mut();
+        // SAFETY: an out-pointer; the primary context is current.
+        let r = unsafe { (self.shared.driver.cuEventCreate)(&mut event, flags) };
+        self.check(r, "cuEventCreate")?;
+        self.events.insert(event as u64);
+        Ok(event as u64)
+    }
+
+    fn event_destroy(&mut self, event: u64) -> Result<(), CuError> {
+        let e = self.event(event)?;
+        self.shared.enter()?;
+        // SAFETY: an event of this session, destroyed once (removed below).
+        let r = unsafe { (self.shared.driver.cuEventDestroy_v2)(e) };
+        self.check(r, "cuEventDestroy_v2")?;
+        self.events.remove(&event);
+        Ok(())
+    }
+
+    fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
+        let e = self.event(event)?;
+        let s = self.stream(stream)?;
+        self.shared.enter()?;
+        // SAFETY: a checked event and stream.
+        let r = unsafe { (self.shared.driver.cuEventRecord)(e, s) };
+        self.check(r, "cuEventRecord")
+    }
+
+    fn event_synchronize(&mut self, event: u64) -> Result<(), CuError> {
+        let e = self.event(event)?;
+        self.shared.enter()?;
+        // SAFETY: a checked event.
+        let r = unsafe { (self.shared.driver.cuEventSynchronize)(e) };
+        self.check(r, "cuEventSynchronize")
+    }
+
+    fn event_query(&mut self, event: u64) -> Result<(), CuError> {
+        let e = self.event(event)?;
+        self.shared.enter()?;
+        // SAFETY: a checked event.
+        let r = unsafe { (self.shared.driver.cuEventQuery)(e) };
+        self.check(r, "cuEventQuery")
+    }
+
+    fn event_elapsed_time(&mut self, start: u64, end: u64) -> Result<f32, CuError> {
+        let (a, b) = (self.event(start)?, self.event(end)?);
+        self.shared.enter()?;
+        let d = &self.shared.driver;
+        let elapsed = d
+            .cuEventElapsedTime_v2
+            .or(d.cuEventElapsedTime)
+            .expect("checked when the driver was loaded");
+        let mut ms = 0f32;
+        // SAFETY: checked events and an out-pointer.
+        let r = unsafe { elapsed(&mut ms, a, b) };
+        self.check(r, "cuEventElapsedTime")?;
+        Ok(ms)
+    }
+
+    /// Waits for the session's own work: the legacy stream (which also orders the
+    /// per-thread one as mapped here) and each stream it created. Not
+    /// `cuCtxSynchronize`, which would also wait for every other session's work.
+    fn synchronize(&mut self) -> Result<(), CuError> {
+        self.shared.enter()?;
+        self.synchronize_stream(STREAM_LEGACY as CUstream)?;
+        for &s in &self.streams {
+            self.synchronize_stream(s as CUstream)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CudaSession {
+    fn drop(&mut self) {
+        if let Err(e) = self.shared.enter() {
+            tracing::error!(error = %e.message, "cuda session teardown: no context");
+        }
+        // Let in-flight work end before its memory goes; a poisoned context fails
+        // these and everything after, which is logged and otherwise ignored.
+        if let Err(e) = self.synchronize() {
+            tracing::warn!(error = %e.message, "cuda session teardown: synchronize");
+        }
+        let d = &self.shared.driver;
+        let mut failures = Vec::new();
+        for event in std::mem::take(&mut self.events) {
+            // SAFETY: an event of this session, destroyed once.
+            failures.push(unsafe { (d.cuEventDestroy_v2)(event as CUevent) });
+        }
+        for stream in std::mem::take(&mut self.streams) {
+            // SAFETY: a stream of this session, destroyed once.
+            failures.push(unsafe { (d.cuStreamDestroy_v2)(stream as CUstream) });
+        }
+        for (_, module) in std::mem::take(&mut self.modules) {
+            if let Some(raw) = module.raw {
+                // SAFETY: a module of this session, unloaded once.
+                failures.push(unsafe { (d.cuModuleUnload)(raw as CUmodule) });
+            }
+        }
+        self.functions.clear();
+        let mut held = 0;
+        for (address, bytes) in std::mem::take(&mut self.allocations) {
+            // SAFETY: an allocation of this session, freed once.
+            failures.push(unsafe { (d.cuMemFree_v2)(address) });
+            held += bytes;
+        }
+        // The ledger is refunded even if the driver refused: the session is gone.
+        self.tenant.refund(held);
+        failures.retain(|&r| r != CUDA_SUCCESS);
+        if let Some(&first) = failures.first() {
+            tracing::warn!(
+                failures = failures.len(),
+                first = %d.error_name(first),
+                "cuda session teardown: some frees failed"
+            );
+        }
+    }
+}
