@@ -154,6 +154,8 @@ declare_api! {
     fn module_get_global(module: u64, name: String) -> GlobalInfo = ModuleGetGlobal;
     /// Unload a module and everything in it.
     fn module_unload(module: u64) -> () = ModuleUnload;
+    /// Set a kernel attribute (`cuFuncSetAttribute`), e.g. its dynamic shared memory opt-in.
+    fn function_set_attribute(function: u64, attribute: u32, value: i32) -> () = FunctionSetAttribute;
     /// Launch a kernel with its packed parameter buffer, in stream order.
     fn launch_kernel(function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> () = LaunchKernel;
     /// Create a stream (`cuStreamCreate` flags).

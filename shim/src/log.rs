@@ -59,10 +59,21 @@ impl<S: Subscriber> Layer<S> for Callbacks {
         let mut text = format!("xpupool: {}\0", message.0).into_bytes();
         for (function, data) in callbacks {
             // SAFETY: registered by the application with this signature.
-            let function: unsafe extern "C" fn(*mut c_void, CUlogLevel, *mut std::ffi::c_char, usize) =
-                unsafe { std::mem::transmute(function) };
+            let function: unsafe extern "C" fn(
+                *mut c_void,
+                CUlogLevel,
+                *mut std::ffi::c_char,
+                usize,
+            ) = unsafe { std::mem::transmute(function) };
             // SAFETY: the message is NUL-terminated and lives across the call.
-            unsafe { function(data as *mut c_void, level, text.as_mut_ptr().cast(), text.len() - 1) };
+            unsafe {
+                function(
+                    data as *mut c_void,
+                    level,
+                    text.as_mut_ptr().cast(),
+                    text.len() - 1,
+                )
+            };
         }
     }
 }

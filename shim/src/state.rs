@@ -109,14 +109,23 @@ impl Module {
     /// The server's view of the module, uploading the image on first use.
     pub(crate) fn loaded(&self, conn: &Connection) -> Res<&LoadedModule> {
         let outcome = self.loaded.get_or_init(|| {
-            let image = lock(&self.pending).take().ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            let image = lock(&self.pending)
+                .take()
+                .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
             let info = conn
                 .module_load(serde_bytes::ByteBuf::from(image.to_wire()))
                 .map_err(fail)?;
             if let Some(reason) = &info.no_code {
-                tracing::debug!(kernels = info.functions.len(), "module has no usable code: {reason}");
+                tracing::debug!(
+                    kernels = info.functions.len(),
+                    "module has no usable code: {reason}"
+                );
             }
-            Ok(LoadedModule { server: info.handle, functions: info.functions, no_code: info.no_code })
+            Ok(LoadedModule {
+                server: info.handle,
+                functions: info.functions,
+                no_code: info.no_code,
+            })
         });
         outcome.as_ref().map_err(|&code| code)
     }
@@ -178,7 +187,11 @@ impl Function {
             if let Some(reason) = &loaded.no_code {
                 return Ok(Binding::NoCode(reason.clone()));
             }
-            let info = loaded.functions.iter().find(|f| f.name == self.name).ok_or(CUDA_ERROR_NOT_FOUND)?;
+            let info = loaded
+                .functions
+                .iter()
+                .find(|f| f.name == self.name)
+                .ok_or(CUDA_ERROR_NOT_FOUND)?;
             Ok(Binding::Known(info.clone()))
         });
         outcome.as_ref().map_err(|&code| code)
@@ -205,7 +218,11 @@ impl Function {
             return Ok(Some(v));
         }
         Ok(match self.binding(d)? {
-            Binding::Known(info) => info.attributes.iter().find(|&&(a, _)| a == attr).map(|&(_, v)| v),
+            Binding::Known(info) => info
+                .attributes
+                .iter()
+                .find(|&&(a, _)| a == attr)
+                .map(|&(_, v)| v),
             Binding::NoCode(_) => default_attribute(attr),
         })
     }
@@ -356,10 +373,16 @@ impl Driver {
             .map_or(0, |&(_, v)| v))
     }
 
-    /// Whether an address lies in the server's device range (so it is no host address).
+    /// Whether an address is a device address: inside the server's device range, or,
+    /// when the server has no fixed range (the cuda backend), inside a known device
+    /// allocation or module variable.
     pub(crate) fn is_device_address(&self, address: u64) -> bool {
         let (start, end) = self.conn.welcome.device_address_range;
-        (start..end).contains(&address)
+        if start < end {
+            (start..end).contains(&address)
+        } else {
+            self.device_range(address).is_some()
+        }
     }
 
     /// The device allocation containing `address`: (base, size).

@@ -67,6 +67,7 @@ entry_points! {
         cuModuleGetFunction: fn(*mut CUfunction, CUmodule, *const c_char);
         cuModuleGetGlobal_v2: fn(*mut CUdeviceptr, *mut usize, CUmodule, *const c_char);
         cuFuncGetAttribute: fn(*mut c_int, CUfunction_attribute, CUfunction);
+        cuFuncSetAttribute: fn(CUfunction, CUfunction_attribute, c_int);
         cuLaunchKernel: fn(
             CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint,
             CUstream, *mut *mut c_void, *mut *mut c_void,

@@ -486,6 +486,23 @@ impl Api for CudaSession {
         self.unload(loaded)
     }
 
+    fn function_set_attribute(
+        &mut self,
+        function: u64,
+        attribute: u32,
+        value: i32,
+    ) -> Result<(), CuError> {
+        if !self.functions.contains_key(&function) {
+            return Err(invalid_handle("function", function));
+        }
+        self.shared.enter()?;
+        // SAFETY: a function of this session; the driver validates attribute and value.
+        let r = unsafe {
+            (self.shared.driver.cuFuncSetAttribute)(function as CUfunction, attribute, value)
+        };
+        self.check(r, "cuFuncSetAttribute")
+    }
+
     fn launch_kernel(
         &mut self,
         function: u64,

@@ -92,7 +92,14 @@ struct LoadedModule {
 struct Function {
     module: u64,
     name: String,
+    /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES` as set by the client.
+    max_dynamic_shared: Option<u32>,
 }
+
+/// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`
+const ATTRIBUTE_MAX_DYNAMIC_SHARED: u32 = 8;
+/// `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`
+const ATTRIBUTE_CARVEOUT: u32 = 9;
 
 struct Event {
     flags: u32,
@@ -387,6 +394,7 @@ impl Api for MockSession {
                     Function {
                         module: handle,
                         name: kernel.name.clone(),
+                        max_dynamic_shared: None,
                     },
                 );
                 loaded.functions.push(f);
@@ -468,6 +476,19 @@ impl Api for MockSession {
                 format!("{}: {reason}", f.name),
             ));
         }
+        // Like a device: more than 48 KiB of dynamic shared memory needs the opt-in.
+        let allowed = f.max_dynamic_shared.unwrap_or_else(|| {
+            (device::attribute(8) - kernel.static_shared_bytes as i32).max(0) as u32
+        });
+        if dims.shared_bytes > allowed {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!(
+                    "{}: {} bytes of dynamic shared memory, {allowed} allowed",
+                    f.name, dims.shared_bytes
+                ),
+            ));
+        }
         let name = f.name.clone();
         let globals = &module.globals;
         let symbols = |symbol: &str| globals.get(symbol).map(|&(address, _)| address);
@@ -492,6 +513,31 @@ impl Api for MockSession {
             }
             error
         })
+    }
+
+    fn function_set_attribute(
+        &mut self,
+        function: u64,
+        attribute: u32,
+        value: i32,
+    ) -> Result<(), CuError> {
+        self.healthy()?;
+        let f = self
+            .functions
+            .get_mut(&function)
+            .ok_or_else(|| invalid_handle("function", function))?;
+        match attribute {
+            ATTRIBUTE_MAX_DYNAMIC_SHARED if (0..=device::attribute(97)).contains(&value) => {
+                f.max_dynamic_shared = Some(value as u32);
+                Ok(())
+            }
+            // The interpreter has no L1/shared split to prefer.
+            ATTRIBUTE_CARVEOUT if (-1..=100).contains(&value) => Ok(()),
+            _ => Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("function attribute {attribute} = {value}"),
+            )),
+        }
     }
 
     fn stream_create(&mut self, flags: u32, _priority: i32) -> Result<u64, CuError> {

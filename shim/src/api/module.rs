@@ -17,7 +17,9 @@ use crate::state::{driver, fail, lock, Function, Module};
 /// Whether the application asked for eager loading (`CUDA_MODULE_LOADING=EAGER`).
 fn eager() -> bool {
     static EAGER: OnceLock<bool> = OnceLock::new();
-    *EAGER.get_or_init(|| std::env::var("CUDA_MODULE_LOADING").is_ok_and(|v| v.eq_ignore_ascii_case("EAGER")))
+    *EAGER.get_or_init(|| {
+        std::env::var("CUDA_MODULE_LOADING").is_ok_and(|v| v.eq_ignore_ascii_case("EAGER"))
+    })
 }
 
 fn register(image: Image) -> Res<usize> {
@@ -75,7 +77,9 @@ fn kernel_handle(module: usize, name: &str) -> Res<usize> {
     if let Some(&handle) = kernels.get(name) {
         return Ok(handle);
     }
-    let handle = d.functions.insert(Arc::new(Function::new(name.to_owned(), module)?));
+    let handle = d
+        .functions
+        .insert(Arc::new(Function::new(name.to_owned(), module)?));
     kernels.insert(name.to_owned(), handle);
     Ok(handle)
 }
@@ -104,7 +108,10 @@ fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const 
         Some(g) => g,
         None => {
             let server = m.loaded(&d.conn)?.server;
-            let g = d.conn.module_get_global(server, name.to_owned()).map_err(fail)?;
+            let g = d
+                .conn
+                .module_get_global(server, name.to_owned())
+                .map_err(fail)?;
             lock(&d.device_ranges).insert(g.address, g.size.max(1));
             lock(&m.globals).insert(name.to_owned(), g.clone());
             g
@@ -135,7 +142,9 @@ fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int)
     match attribute {
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES => {
             let optin = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
-            let static_bytes = f.attribute(d, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?.unwrap_or(0);
+            let static_bytes = f
+                .attribute(d, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?
+                .unwrap_or(0);
             if value < 0 || value + static_bytes > optin {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
@@ -152,6 +161,13 @@ fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int)
         | CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE => {}
         _ => return Err(CUDA_ERROR_INVALID_VALUE),
     }
+    // The server's function needs it too (a device enforces the shared-memory
+    // opt-in); a kernel the server cannot run keeps it locally only.
+    if let Ok(info) = f.runnable(d) {
+        d.conn
+            .function_set_attribute(info.handle, attribute, value)
+            .map_err(fail)?;
+    }
     let mut overrides = lock(&f.overrides);
     overrides.retain(|&(a, _)| a != attribute);
     overrides.push((attribute, value));
@@ -161,7 +177,11 @@ fn set_attribute(function: usize, attribute: CUfunction_attribute, value: c_int)
 fn param_info(function: usize, index: usize, offset: *mut usize, size: *mut usize) -> Res {
     let d = driver()?;
     let f = d.functions.get(function)?;
-    let &(o, s) = f.runnable(d)?.params.get(index).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let &(o, s) = f
+        .runnable(d)?
+        .params
+        .get(index)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if !offset.is_null() {
         put(offset, o as usize)?;
     }
@@ -184,8 +204,18 @@ fn name_of(out: *mut *const c_char, function: usize) -> Res {
 /// Every kernel of a module (uploading it), as handles.
 fn all_kernels(module: usize) -> Res<Vec<usize>> {
     let d = driver()?;
-    let names: Vec<String> = d.modules.get(module)?.loaded(&d.conn)?.functions.iter().map(|f| f.name.clone()).collect();
-    names.iter().map(|name| kernel_handle(module, name)).collect()
+    let names: Vec<String> = d
+        .modules
+        .get(module)?
+        .loaded(&d.conn)?
+        .functions
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    names
+        .iter()
+        .map(|name| kernel_handle(module, name))
+        .collect()
 }
 
 fn count(out: *mut c_uint, module: usize) -> Res {
