@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use xpupool_server::cuda::CudaBackend;
 use xpupool_server::embedded::EmbeddedServer;
+use xpupool_server::worker::IsolatedBackend;
 use xpupool_server::{tls, Backend, MockBackend, Server, ServerConfig, TokenEntry};
 
 #[derive(Parser)]
@@ -30,6 +31,17 @@ enum Command {
     Run(RunArgs),
     /// Serve this host's accelerators (or the CPU mock) to xpupool clients.
     Server(ServerArgs),
+    /// One session's worker process (started by the server, not by hand).
+    #[command(hide = true)]
+    ServerWorker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[arg(long)]
+    backend: String,
+    #[arg(long, default_value_t = 16384)]
+    mock_memory_mib: u64,
 }
 
 #[derive(Args)]
@@ -64,9 +76,14 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// Backend: `mock` (CPU interpreter; works everywhere). `cuda` is not built yet.
+    /// Backend: `cuda` (this host's NVIDIA GPUs) or `mock` (CPU interpreter; works everywhere).
     #[arg(long, default_value = "mock")]
     backend: String,
+    /// Where sessions run: `process` (each in its own worker process, so one tenant's
+    /// fault cannot reach another), `none` (in the server), or `auto` (process for
+    /// cuda, none for mock).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "process", "none"])]
+    isolation: String,
     /// Address to listen on (UDP, QUIC).
     #[arg(long, default_value = "127.0.0.1:7800")]
     listen: SocketAddr,
@@ -136,6 +153,31 @@ fn backend(name: &str, mock_memory_mib: u64) -> Result<Arc<dyn Backend>> {
         )?)),
         other => bail!("unknown backend {other:?} (available: cuda, mock)"),
     }
+}
+
+/// The backend a server serves: in-process, or with each session in a worker
+/// process (`xpupool server-worker`), as `isolation` (`auto`, `process`, `none`) says.
+fn serving_backend(name: &str, mock_memory_mib: u64, isolation: &str) -> Result<Arc<dyn Backend>> {
+    let isolate = match isolation {
+        "auto" => name == "cuda",
+        "process" => true,
+        _ => false,
+    };
+    if !isolate {
+        return backend(name, mock_memory_mib);
+    }
+    let exe = std::env::current_exe().context("locating the xpupool executable")?;
+    let command = vec![
+        exe.into_os_string(),
+        "server-worker".into(),
+        "--backend".into(),
+        name.into(),
+        "--mock-memory-mib".into(),
+        mock_memory_mib.to_string().into(),
+    ];
+    Ok(Arc::new(
+        IsolatedBackend::new(command).with_context(|| format!("the {name} backend"))?,
+    ))
 }
 
 /// Finds xpupool's `libcuda.so` beside this executable (or `XPUPOOL_SHIM`).
@@ -280,7 +322,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             const MOCK: &str = "the embedded server uses the mock backend (kernels run on the CPU PTX interpreter)";
             let chosen = match args.backend.as_str() {
                 "auto" if nvidia_driver_present() => {
-                    match backend("cuda", args.mock_memory_mib) {
+                    match serving_backend("cuda", args.mock_memory_mib, "auto") {
                         Ok(cuda) => cuda,
                         Err(e) => {
                             eprintln!("xpupool: an NVIDIA driver is installed but unusable ({e:#}); {MOCK}");
@@ -292,7 +334,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                     eprintln!("xpupool: no NVIDIA driver on this machine; {MOCK}");
                     backend("mock", args.mock_memory_mib)?
                 }
-                name => backend(name, args.mock_memory_mib)?,
+                name => serving_backend(name, args.mock_memory_mib, "auto")?,
             };
             if chosen.name() == "cuda" {
                 eprintln!("xpupool: the embedded server uses the cuda backend (NVIDIA's driver)");
@@ -384,7 +426,7 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
         _ => tls::load_or_create(&dir)?,
     };
     let (tokens, token_file) = tokens(&args, &dir)?;
-    let backend = backend(&args.backend, args.mock_memory_mib)?;
+    let backend = serving_backend(&args.backend, args.mock_memory_mib, &args.isolation)?;
     if args.backend == "mock" {
         eprintln!(
             "xpupool: serving the mock backend (CPU PTX interpreter, {} MiB of device memory)",
@@ -424,6 +466,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args),
+        Command::ServerWorker(args) => {
+            init_logging("warn");
+            xpupool_server::worker::serve_worker(backend(&args.backend, args.mock_memory_mib))
+                .map(|()| ExitCode::SUCCESS)
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("xpupool: {e:#}");

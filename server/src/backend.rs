@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use xpupool_protocol::{Api, DeviceInfo};
+use xpupool_protocol::{Api, CuError, DeviceInfo, Reply, Request};
 
 use crate::quota::MemoryLedger;
 
@@ -26,5 +26,18 @@ pub trait Backend: Send + Sync + 'static {
     /// `[start, end)` of the device addresses this backend hands out.
     fn device_address_range(&self) -> (u64, u64);
     /// A new session; dropping it frees everything it holds.
-    fn open_session(&self, tenant: &Tenant) -> Box<dyn Api + Send>;
+    fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError>;
+}
+
+/// One client's session: handles its requests in order.
+pub trait Session: Send {
+    /// Runs one request.
+    fn handle(&mut self, request: Request) -> Result<Reply, CuError>;
+}
+
+/// A backend's [`Api`] implementation is a session: each request is dispatched to it.
+impl<T: Api + Send> Session for T {
+    fn handle(&mut self, request: Request) -> Result<Reply, CuError> {
+        xpupool_protocol::api::dispatch(self, request)
+    }
 }

@@ -13,6 +13,7 @@ pub mod mock;
 pub mod quota;
 pub mod server;
 pub mod tls;
+pub mod worker;
 
 pub use backend::{Backend, Tenant};
 pub use mock::MockBackend;

@@ -150,32 +150,41 @@ async fn serve_connection(
     let remote = connection.remote_address();
     let (mut send, mut recv) = connection.accept_bi().await?;
     let hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
-    let tenant = tenants
-        .iter()
-        .find(|(token, _)| same_secret(token, &hello.token))
-        .map(|(_, tenant)| tenant.clone());
-    let refusal = if hello.protocol_version != PROTOCOL_VERSION {
-        Some(format!(
-            "protocol version {} is not {PROTOCOL_VERSION}",
-            hello.protocol_version
+    let tenant = if hello.protocol_version != PROTOCOL_VERSION {
+        Err(CuError::new(
+            code::NOT_PERMITTED,
+            format!(
+                "protocol version {} is not {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
         ))
-    } else if tenant.is_none() {
-        Some("unknown tenant token".to_owned())
     } else {
-        None
+        tenants
+            .iter()
+            .find(|(token, _)| same_secret(token, &hello.token))
+            .map(|(_, tenant)| tenant.clone())
+            .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token"))
     };
-    if let Some(reason) = refusal {
-        tracing::warn!(%remote, pid = hello.pid, program = %hello.program, %reason, "refused client");
-        write_message(
-            &mut send,
-            &Err::<Welcome, _>(CuError::new(code::NOT_PERMITTED, reason)),
-        )
-        .await?;
-        send.finish()?;
-        connection.closed().await;
-        return Ok(());
-    }
-    let tenant = tenant.expect("checked above");
+    let opened = match tenant {
+        Ok(tenant) => {
+            let backend = backend.clone();
+            let t = tenant.clone();
+            tokio::task::spawn_blocking(move || backend.open_session(&t))
+                .await?
+                .map(|session| (tenant, session))
+        }
+        Err(e) => Err(e),
+    };
+    let (tenant, session) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::warn!(%remote, pid = hello.pid, program = %hello.program, reason = %e.message, "refused client");
+            write_message(&mut send, &Err::<Welcome, _>(e)).await?;
+            send.finish()?;
+            connection.closed().await;
+            return Ok(());
+        }
+    };
     let welcome = Welcome {
         protocol_version: PROTOCOL_VERSION,
         backend: backend.name().to_owned(),
@@ -184,7 +193,7 @@ async fn serve_connection(
         device_address_range: backend.device_address_range(),
     };
     write_message(&mut send, &Ok::<_, CuError>(welcome)).await?;
-    let mut session = Some(backend.open_session(&tenant));
+    let mut session = Some(session);
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
     let mut requests = 0u64;
     let result = async {
@@ -195,7 +204,7 @@ async fn serve_connection(
                     let mut s = session.take().expect("session is returned after each request");
                     let (s, reply) = tokio::task::spawn_blocking(move || {
                         let name = request.name();
-                        let reply = xpupool_protocol::api::dispatch(s.as_mut(), request);
+                        let reply = s.handle(request);
                         if let Err(e) = &reply {
                             tracing::debug!(op = name, code = e.code, error = %e.message, "request failed");
                         }
@@ -212,8 +221,9 @@ async fn serve_connection(
         anyhow::Ok(())
     }
     .await;
-    // Dropping the session frees every allocation, module, stream and event it held.
-    drop(session);
+    // Dropping the session frees every allocation, module, stream and event it held;
+    // that can wait on the device, so it happens off the async workers.
+    let _ = tokio::task::spawn_blocking(move || drop(session)).await;
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, requests, "session closed");
     result
 }

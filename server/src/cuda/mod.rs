@@ -32,9 +32,9 @@ use xpupool_cuda_types::{
     CUcontext, CUdevice, CUuuid, CUDA_SUCCESS, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
     CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, CU_DEVICE_ATTRIBUTE_MAX,
 };
-use xpupool_protocol::{Api, CuError, DeviceInfo};
+use xpupool_protocol::{CuError, DeviceInfo};
 
-use crate::backend::{Backend, Tenant};
+use crate::backend::{Backend, Session, Tenant};
 use driver::Driver;
 use module::Kernel;
 
@@ -238,10 +238,10 @@ impl Backend for CudaBackend {
         (0, 0)
     }
 
-    fn open_session(&self, tenant: &Tenant) -> Box<dyn Api + Send> {
-        Box::new(session::CudaSession::new(
+    fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {
+        Ok(Box::new(session::CudaSession::new(
             self.shared.clone(),
             tenant.memory.clone(),
-        ))
+        )))
     }
 }

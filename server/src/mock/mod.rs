@@ -19,7 +19,7 @@ use xpupool_protocol::api::{FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo};
 use xpupool_protocol::{code, Api, CuError, DeviceInfo};
 use xpupool_ptx::{ExecError, Launch};
 
-use crate::backend::{Backend, Tenant};
+use crate::backend::{Backend, Session, Tenant};
 use memory::{DeviceMemory, SessionMemory};
 
 /// `CU_EVENT_DISABLE_TIMING`
@@ -68,8 +68,8 @@ impl Backend for MockBackend {
         (memory::DEVICE_VA_START, memory::DEVICE_VA_END)
     }
 
-    fn open_session(&self, tenant: &Tenant) -> Box<dyn Api + Send> {
-        Box::new(MockSession {
+    fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {
+        Ok(Box::new(MockSession {
             memory: SessionMemory::new(self.memory.clone(), tenant.memory.clone()),
             workers: self.workers,
             next_handle: 1,
@@ -78,7 +78,7 @@ impl Backend for MockBackend {
             streams: HashMap::new(),
             events: HashMap::new(),
             sticky: None,
-        })
+        }))
     }
 }
 
