@@ -74,6 +74,26 @@ else
     else
         failed=$((failed + 1)); failures+=("wrong-token-refused"); echo "FAIL  wrong-token-refused"; cat "$logs/badtoken.log"
     fi
+    # The cuda backend, with xpupool's own libcuda.so.1 standing in for NVIDIA's
+    # driver and this mock server behind it: every program through the chain
+    # client -> server (cuda backend) -> driver ABI -> server (mock).
+    cuda_port=$((port + 1))
+    XPUPOOL_CUDA_DRIVER="$shim" XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" XPUPOOL_TOKEN="$token" \
+        "$bin" server --backend cuda --listen "127.0.0.1:$cuda_port" --state-dir "$logs/cuda-state" \
+        >"$logs/cuda-server.out" 2>"$logs/cuda-server.err" &
+    cuda_pid=$!
+    for _ in $(seq 100); do grep -q '^token file:' "$logs/cuda-server.out" 2>/dev/null && break; sleep 0.1; done
+    cuda_cert=$(sed -n 's/^certificate: //p' "$logs/cuda-server.out")
+    cuda_token=$(cat "$logs/cuda-state/token" 2>/dev/null)
+    if [ -z "$cuda_cert" ] || [ -z "$cuda_token" ]; then
+        failed=$((failed + 1)); failures+=("cuda-backend-start"); echo "FAIL  cuda-backend-start"; cat "$logs/cuda-server.err"
+    else
+        for p in "${programs[@]}"; do
+            check "cuda-backend-$(basename "$p")" "$bin" run --server "127.0.0.1:$cuda_port" --cert "$cuda_cert" --token "$cuda_token" -- "$p"
+        done
+    fi
+    kill "$cuda_pid" 2>/dev/null; wait "$cuda_pid" 2>/dev/null
+
     # Last, since it kills the server: a program whose server disappears gets error
     # codes from every call, and neither crashes nor hangs.
     flag=$logs/server-alive

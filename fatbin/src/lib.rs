@@ -14,10 +14,12 @@
 
 mod elf;
 mod fatbin;
+mod globals;
 mod image;
 pub mod nvinfo;
 
 pub use fatbin::{fatbin_total_len, parse_fatbin};
+pub use globals::{cubin_globals, CubinGlobal};
 pub use image::{image_from_bytes, image_from_ptr, Image};
 pub use nvinfo::cubin_param_layouts;
 

@@ -23,13 +23,13 @@ const NV_INFO_PREFIX: &str = ".nv.info.";
 const MAX_PARAMS: usize = 1 << 14;
 
 /// One section of a 64-bit ELF: name and file contents.
-struct Section<'a> {
-    name: &'a [u8],
-    data: &'a [u8],
+pub(crate) struct Section<'a> {
+    pub(crate) name: &'a [u8],
+    pub(crate) data: &'a [u8],
 }
 
 /// Every section of a 64-bit little-endian ELF with its name (from `.shstrtab`).
-fn sections(elf: &[u8]) -> Result<Vec<Section<'_>>, FatbinError> {
+pub(crate) fn sections(elf: &[u8]) -> Result<Vec<Section<'_>>, FatbinError> {
     let b = Bytes { data: elf };
     let ident = b.slice("ELF header", 0, 16)?;
     if ident[..4] != ELF_MAGIC[..] {

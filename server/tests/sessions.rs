@@ -232,22 +232,34 @@ fn memory_is_bounded_and_freed_when_the_client_goes() {
 }
 
 #[test]
-fn image_without_ptx_reports_no_usable_code() {
+fn image_without_ptx_reports_no_usable_code_but_has_its_variables() {
     let f = fixture(1 << 20);
     let c = f.connect();
-    // A bare cubin: ELF for sm_90 with nothing the mock can interpret.
+    // A bare cubin: ELF for sm_90 with no PTX the mock could interpret.
     let cubin = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../fatbin/tests/fixtures/kernel.cubin"
+        "/../fatbin/tests/fixtures/globals.cubin"
     ))
     .expect("fixture");
-    let info = c
-        .module_load(ByteBuf::from(
-            xpupool_fatbin::image_from_bytes(&cubin).unwrap().to_wire(),
-        ))
-        .unwrap();
+    let image = xpupool_fatbin::image_from_bytes(&cubin).unwrap();
+    let info = c.module_load(ByteBuf::from(image.to_wire())).unwrap();
     let reason = info.no_code.expect("no PTX means no usable code");
     assert!(reason.contains("no PTX"), "{reason}");
+    // Its variables exist anyway, initialised from the cubin (cuBLAS needs this).
+    let coef = c.module_get_global(info.handle, "coef".to_owned()).unwrap();
+    assert_eq!(coef.size, 16);
+    let bytes = c.memcpy_dtoh(coef.address, 16, 0).unwrap();
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(values, [1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(
+        c.module_get_global(info.handle, "nothing".to_owned())
+            .unwrap_err()
+            .code,
+        code::NOT_FOUND
+    );
 }
 
 #[test]

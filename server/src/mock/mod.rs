@@ -82,6 +82,31 @@ impl Backend for MockBackend {
     }
 }
 
+/// The usable parts of a module image.
+struct Code {
+    ptx: Option<xpupool_ptx::Module>,
+    no_code: Option<String>,
+    /// Module-scope variables: name and initial bytes.
+    variables: Vec<(String, Vec<u8>)>,
+}
+
+impl Code {
+    fn from_ptx(text: &str) -> Result<Self, CuError> {
+        let module = xpupool_ptx::parse_module(text)
+            .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("PTX does not parse: {e}")))?;
+        let variables = module
+            .globals()
+            .iter()
+            .map(|g| (g.name.clone(), g.init.clone()))
+            .collect();
+        Ok(Self {
+            ptx: Some(module),
+            no_code: None,
+            variables,
+        })
+    }
+}
+
 struct LoadedModule {
     ptx: Option<Arc<xpupool_ptx::Module>>,
     /// Module-scope variables: name → (device address, size).
@@ -152,48 +177,50 @@ impl MockSession {
             .ok_or_else(|| invalid_handle("event", event))
     }
 
-    fn load_ptx(
-        &mut self,
-        image: &Image,
-    ) -> Result<(Option<xpupool_ptx::Module>, Option<String>), CuError> {
-        let ptx_text = match image {
-            Image::Ptx(text) => Some(text.clone()),
-            _ => {
-                let entries = image
-                    .entries()
-                    .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
-                let ptx = xpupool_fatbin::best_ptx(&entries, device::SM);
-                match ptx {
-                    Some(entry) => Some(String::from_utf8_lossy(&entry.data).into_owned()),
-                    None => {
-                        let archs: Vec<String> = entries
-                            .iter()
-                            .map(|e| {
-                                format!(
-                                    "{}{}",
-                                    if e.kind == EntryKind::Ptx {
-                                        "compute_"
-                                    } else {
-                                        "sm_"
-                                    },
-                                    e.arch
-                                )
-                            })
-                            .collect();
-                        let reason = format!(
-                            "the image has no PTX for sm_{} or older (it holds: {}); the mock backend runs PTX only",
-                            device::SM,
-                            archs.join(", ")
-                        );
-                        return Ok((None, Some(reason)));
-                    }
-                }
-            }
+    /// What of an image the mock can use: its PTX (parsed), or why there is none,
+    /// and its module-scope variables either way (from the PTX, else from a cubin's
+    /// symbol table, so libraries that only look up and copy to their globals work).
+    fn load_code(&mut self, image: &Image) -> Result<Code, CuError> {
+        let entries = match image {
+            Image::Ptx(text) => return Code::from_ptx(text),
+            _ => image
+                .entries()
+                .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?,
         };
-        let text = ptx_text.unwrap_or_default();
-        let module = xpupool_ptx::parse_module(&text)
-            .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("PTX does not parse: {e}")))?;
-        Ok((Some(module), None))
+        if let Some(entry) = xpupool_fatbin::best_ptx(&entries, device::SM) {
+            return Code::from_ptx(&String::from_utf8_lossy(&entry.data));
+        }
+        let archs: Vec<String> = entries
+            .iter()
+            .map(|e| match e.kind {
+                EntryKind::Ptx => format!("compute_{}", e.arch),
+                EntryKind::Elf => format!("sm_{}", e.arch),
+            })
+            .collect();
+        let reason = format!(
+            "the image has no PTX for sm_{} or older (it holds: {}); the mock backend runs PTX only",
+            device::SM,
+            archs.join(", ")
+        );
+        let cubin = xpupool_fatbin::cubin_for(&entries, device::SM).or_else(|| {
+            entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::Elf)
+                .max_by_key(|e| e.arch)
+        });
+        let variables = match cubin.map(|e| xpupool_fatbin::cubin_globals(&e.data)) {
+            Some(Ok(globals)) => globals.into_iter().map(|g| (g.name, g.init)).collect(),
+            Some(Err(e)) => {
+                tracing::warn!("reading the variables of a cubin: {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        Ok(Code {
+            ptx: None,
+            no_code: Some(reason),
+            variables,
+        })
     }
 
     fn free_module(&mut self, module: LoadedModule) {
@@ -361,7 +388,11 @@ impl Api for MockSession {
         self.healthy()?;
         let image = Image::from_wire(&image)
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
-        let (ptx, no_code) = self.load_ptx(&image)?;
+        let Code {
+            ptx,
+            no_code,
+            variables,
+        } = self.load_code(&image)?;
         let handle = self.handle(0x4d4f);
         let mut loaded = LoadedModule {
             ptx: None,
@@ -373,20 +404,18 @@ impl Api for MockSession {
             functions: Vec::new(),
             no_code,
         };
+        for (name, init) in variables {
+            let address = match self.memory.alloc(init.len().max(1) as u64) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.free_module(loaded);
+                    return Err(e);
+                }
+            };
+            self.memory.write(address, &init)?;
+            loaded.globals.insert(name, (address, init.len() as u64));
+        }
         if let Some(module) = ptx {
-            for global in module.globals() {
-                let address = match self.memory.alloc(global.size.max(1) as u64) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        self.free_module(loaded);
-                        return Err(e);
-                    }
-                };
-                self.memory.write(address, &global.init)?;
-                loaded
-                    .globals
-                    .insert(global.name.clone(), (address, global.size as u64));
-            }
             for kernel in module.kernels() {
                 let f = self.handle(0x4655);
                 self.functions.insert(
