@@ -1,4 +1,4 @@
-//! The trait every backend (`mock` now; `cuda`, `hip`, `acl` later) implements.
+//! The trait every backend (`mock`, `cuda`; `hip` and `acl` later) implements.
 
 use std::sync::Arc;
 

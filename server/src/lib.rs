@@ -4,7 +4,8 @@
 //! gives it a session on a [`Backend`]. Every handle and device pointer a request
 //! names is checked against that session's own tables, and everything a session
 //! holds is freed when its client disconnects or dies. Backends: [`mock`] (a CPU
-//! stand-in that interprets PTX) now; `cuda`, `hip` and `acl` later.
+//! stand-in that interprets PTX) and [`cuda`] (NVIDIA's driver, each session in its
+//! own [`worker`] process); `hip` and `acl` later.
 
 pub mod backend;
 pub mod cuda;
