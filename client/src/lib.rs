@@ -156,7 +156,7 @@ fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig> {
 pub struct Connection {
     runtime: tokio::runtime::Runtime,
     connection: quinn::Connection,
-    streams: Mutex<(SendStream, RecvStream)>,
+    pipe: Mutex<Option<Pipe>>,
     lost: AtomicBool,
     /// What the server said about itself and its devices.
     pub welcome: Welcome,
@@ -220,28 +220,99 @@ impl Connection {
         Ok(Self {
             runtime,
             connection,
-            streams: Mutex::new((send, recv)),
+            pipe: Mutex::new(Some(Pipe {
+                send,
+                recv,
+                out: Vec::new(),
+                pending: 0,
+                deferred: None,
+            })),
             lost: AtomicBool::new(false),
             welcome,
         })
     }
 
-    /// Closes the connection politely so the server frees the session at once.
-    /// Runs at process exit, when this thread's tokio context may already be gone,
-    /// so the work is handed to the runtime's own thread.
+    /// Closes the connection politely so the server frees the session at once,
+    /// after sending what is still batched. Runs at process exit, when this thread's
+    /// tokio context may already be gone, so the work is handed to the runtime.
     pub fn close(&self) {
-        let Ok(mut streams) = self.streams.try_lock() else {
+        let Ok(mut guard) = self.pipe.try_lock() else {
             return;
         };
-        let _ = streams.0.finish();
+        let Some(mut pipe) = guard.take() else { return };
         let connection = self.connection.clone();
         let (done, wait) = std::sync::mpsc::channel();
         self.runtime.handle().spawn(async move {
+            let _ = pipe.send.write_all(&pipe.out).await;
+            let _ = pipe.send.finish();
             connection.close(0u32.into(), b"client exit");
             let _ = tokio::time::timeout(Duration::from_millis(500), connection.closed()).await;
             let _ = done.send(());
         });
         let _ = wait.recv_timeout(Duration::from_millis(600));
+    }
+
+    /// Sends an operation whose errors the driver reports later
+    /// ([`Request::completes_later`]) without waiting for its reply. Operations are
+    /// batched into large writes; an error among them is reported by the next
+    /// synchronising call ([`Request::synchronizes`]), as the driver does. Any other
+    /// request is simply [`Calls::call`]ed.
+    pub fn post(&self, request: Request) -> Result<(), CuError> {
+        if !request.completes_later() {
+            return self.call(request).map(|_| ());
+        }
+        self.check_alive()?;
+        let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        let pipe = guard.as_mut().ok_or_else(closed)?;
+        frame::encode_into(&request, &mut pipe.out)
+            .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
+        pipe.pending += 1;
+        if pipe.pending >= MAX_PENDING {
+            // Keep the server's replies from filling the stream: collect them.
+            self.flush(pipe)?;
+            self.collect(pipe)?;
+        } else if pipe.out.len() >= FLUSH_BYTES {
+            self.flush(pipe)?;
+        }
+        Ok(())
+    }
+
+    fn check_alive(&self) -> Result<(), CuError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(CuError::new(
+                DEVICE_UNAVAILABLE,
+                "connection to the server lost",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes what is batched.
+    fn flush(&self, pipe: &mut Pipe) -> Result<(), CuError> {
+        if pipe.out.is_empty() {
+            return Ok(());
+        }
+        let written = self.runtime.block_on(pipe.send.write_all(&pipe.out));
+        pipe.out.clear();
+        written.map_err(|e| self.lost(e))
+    }
+
+    /// Reads the replies of every posted operation, keeping the first error.
+    fn collect(&self, pipe: &mut Pipe) -> Result<(), CuError> {
+        while pipe.pending > 0 {
+            let body = self
+                .runtime
+                .block_on(read_frame(&mut pipe.recv))
+                .map_err(|e| self.lost(e))?;
+            pipe.pending -= 1;
+            if let Err(e) =
+                frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))?
+            {
+                tracing::debug!(code = e.code, reason = %e.message, "an operation sent without waiting failed");
+                pipe.deferred.get_or_insert(e);
+            }
+        }
+        Ok(())
     }
 
     fn lost(&self, why: impl std::fmt::Display) -> CuError {
@@ -258,24 +329,50 @@ impl Connection {
 /// `CUDA_ERROR_DEVICE_UNAVAILABLE`: what every call answers once the server is gone.
 const DEVICE_UNAVAILABLE: u32 = 46;
 
+/// Batched operations are written once this many bytes are waiting.
+const FLUSH_BYTES: usize = 64 << 10;
+/// At most this many operations wait for their replies.
+const MAX_PENDING: usize = 4096;
+
+/// The request stream and what travels on it.
+struct Pipe {
+    send: SendStream,
+    recv: RecvStream,
+    /// Encoded operations not written yet.
+    out: Vec<u8>,
+    /// Operations written whose replies have not been read.
+    pending: usize,
+    /// The first error of an operation sent without waiting, not yet reported.
+    deferred: Option<CuError>,
+}
+
+fn closed() -> CuError {
+    CuError::new(code::DEINITIALIZED, "the connection is closed")
+}
+
 impl Calls for Connection {
     fn call(&self, request: Request) -> Result<Reply, CuError> {
-        if self.lost.load(Ordering::Acquire) {
-            return Err(CuError::new(
-                DEVICE_UNAVAILABLE,
-                "connection to the server lost",
-            ));
-        }
-        let bytes = frame::encode(&request)
+        self.check_alive()?;
+        let synchronizes = request.synchronizes();
+        let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        let pipe = guard.as_mut().ok_or_else(closed)?;
+        frame::encode_into(&request, &mut pipe.out)
             .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
-        let mut guard = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        let (send, recv) = &mut *guard;
-        let answer = self.runtime.block_on(async {
-            send.write_all(&bytes).await?;
-            read_frame(recv).await
-        });
-        drop(guard);
-        let body = answer.map_err(|e| self.lost(e))?;
-        frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))?
+        self.flush(pipe)?;
+        self.collect(pipe)?;
+        let body = self
+            .runtime
+            .block_on(read_frame(&mut pipe.recv))
+            .map_err(|e| self.lost(e))?;
+        let reply = frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))??;
+        match pipe.deferred.take() {
+            // An earlier operation's error surfaces at a synchronising call; other
+            // calls keep their own result and leave it for the next one.
+            Some(e) if synchronizes => Err(e),
+            other => {
+                pipe.deferred = other;
+                Ok(reply)
+            }
+        }
     }
 }

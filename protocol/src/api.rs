@@ -71,6 +71,36 @@ macro_rules! declare_api {
     };
 }
 
+impl Request {
+    /// Whether the driver itself reports this operation's errors later, at a
+    /// synchronising call (DESIGN §3.3): a client may send it without waiting for
+    /// its reply, batched with others.
+    pub fn completes_later(&self) -> bool {
+        matches!(
+            self,
+            Request::LaunchKernel { .. }
+                | Request::MemcpyHtoD { .. }
+                | Request::MemcpyDtoD { .. }
+                | Request::Memset { .. }
+                | Request::Memset2D { .. }
+        )
+    }
+
+    /// Whether this operation waits for earlier work, so that an error of an earlier
+    /// operation sent without waiting is reported by it.
+    pub fn synchronizes(&self) -> bool {
+        matches!(
+            self,
+            Request::Synchronize { .. }
+                | Request::StreamSynchronize { .. }
+                | Request::StreamQuery { .. }
+                | Request::EventSynchronize { .. }
+                | Request::EventQuery { .. }
+                | Request::MemcpyDtoH { .. }
+        )
+    }
+}
+
 fn mismatched(method: &str, reply: &Reply) -> CuError {
     CuError::new(
         crate::code::UNKNOWN,

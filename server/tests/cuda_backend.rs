@@ -62,18 +62,29 @@ struct World {
     cuda: Arc<CudaBackend>,
 }
 
-/// xpupool's `libcuda.so`, built beforehand.
+/// xpupool's `libcuda.so`, built beforehand: beside this test's profile folder
+/// (wherever CARGO_TARGET_DIR puts it), else in the workspace's target/.
 fn shim_path() -> PathBuf {
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    ["release", "debug"]
+    let exe = std::env::current_exe().expect("test executable path");
+    // .../<target>/<profile>/deps/cuda_backend-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from);
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let candidates: Vec<PathBuf> = profile_dir
+        .into_iter()
+        .chain(["release", "debug"].iter().map(|p| workspace.join(p)))
+        .map(|dir| dir.join("libcuda.so"))
+        .collect();
+    candidates
         .iter()
-        .map(|profile| target.join(profile).join("libcuda.so"))
         .find(|p| p.exists())
+        .cloned()
         .unwrap_or_else(|| {
             panic!(
-                "xpupool's libcuda.so is not built (looked in {}/{{release,debug}}): \
-                 build the shim first with `cargo build --release -p xpupool-shim`",
-                target.display()
+                "xpupool's libcuda.so is not built (looked for {candidates:?}): \
+             build the shim first with `cargo build --release -p xpupool-shim`"
             )
         })
 }

@@ -283,3 +283,69 @@ fn a_memory_limit_is_what_the_tenant_sees_and_gets() {
     c.mem_alloc(0, 8 << 20).unwrap();
     assert_eq!(f.backend.used_memory(), 8 << 20);
 }
+
+#[test]
+fn operations_sent_without_waiting_report_errors_at_the_next_synchronisation() {
+    let f = fixture(64 << 20);
+    let c = f.connect();
+    let out = c.mem_alloc(0, 4096).unwrap();
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        shared_bytes: 0,
+    };
+    // A launch of a function that does not exist: accepted now, reported later.
+    c.post(xpupool_protocol::Request::LaunchKernel {
+        function: 0xdead,
+        dims,
+        stream: 0,
+        params: params(out, 32, 1),
+    })
+    .unwrap();
+    let other = c
+        .mem_alloc(0, 4096)
+        .expect("a non-synchronising call keeps its own result");
+    assert_ne!(other, out);
+    assert_eq!(
+        c.synchronize().unwrap_err().code,
+        code::INVALID_HANDLE,
+        "reported at the sync"
+    );
+    c.synchronize().expect("reported once");
+}
+
+#[test]
+fn many_operations_sent_without_waiting_arrive_in_order() {
+    let f = fixture(64 << 20);
+    let c = f.connect();
+    let n = 10_000u64;
+    let out = c.mem_alloc(0, n * 4).unwrap();
+    for i in 0..n {
+        let request = xpupool_protocol::Request::Memset {
+            dst: out + i * 4,
+            value: i as u32,
+            elem_size: 4,
+            count: 1,
+            stream: 0,
+        };
+        c.post(request).unwrap();
+    }
+    // One more pass overwrites the first half, which must land after the first.
+    c.post(xpupool_protocol::Request::Memset {
+        dst: out,
+        value: 7,
+        elem_size: 4,
+        count: n / 2,
+        stream: 0,
+    })
+    .unwrap();
+    let bytes = c.memcpy_dtoh(out, n * 4, 0).unwrap();
+    for (i, word) in bytes.chunks_exact(4).enumerate() {
+        let want = if (i as u64) < n / 2 { 7 } else { i as u32 };
+        assert_eq!(
+            u32::from_le_bytes(word.try_into().unwrap()),
+            want,
+            "element {i}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::ffi::{c_uint, c_void};
 use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
 use xpupool_protocol::api::{FunctionInfo, LaunchDims};
-use xpupool_protocol::Calls;
+use xpupool_protocol::Request;
 
 use crate::boundary::{export, Res};
 use crate::state::{driver, fail, stream_arg, Driver, Function};
@@ -121,9 +121,15 @@ pub(crate) fn launch(
     let info = f.runnable(d)?;
     check_dims(d, &f, &dims)?;
     let buffer = pack(info, params, extra)?;
-    d.conn
-        .launch_kernel(info.handle, dims, stream, ByteBuf::from(buffer))
-        .map_err(fail)
+    // Sent without waiting: what the kernel does wrong is reported at the next
+    // synchronising call, as on a device.
+    let request = Request::LaunchKernel {
+        function: info.handle,
+        dims,
+        stream,
+        params: ByteBuf::from(buffer),
+    };
+    d.conn.post(request).map_err(fail)
 }
 
 fn launch_ex(

@@ -5,7 +5,7 @@ use std::ffi::{c_uint, c_void};
 
 use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
-use xpupool_protocol::{Calls, MAX_COPY_CHUNK};
+use xpupool_protocol::{Calls, Request, MAX_COPY_CHUNK};
 
 use crate::boundary::{export, put, Res};
 use crate::state::{driver, fail, lock, stream_arg, HostBlock};
@@ -49,8 +49,24 @@ fn free(address: CUdeviceptr) -> Res {
     Ok(())
 }
 
+/// Checks that `[address, address+len)` lies inside one device allocation, as the
+/// driver would before accepting the operation. Operations sent without waiting
+/// (copies from host memory, memsets, launches) must fail here, at the call, when
+/// their arguments are wrong.
+fn device_span(address: u64, len: u64) -> Res {
+    let (base, size) = driver()?
+        .device_range(address)
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    match address.checked_add(len) {
+        Some(end) if end <= base + size => Ok(()),
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
+}
+
 /// Copies `len` bytes between any two places, splitting transfers into chunks the
-/// protocol accepts. `stream` orders it on the server.
+/// protocol accepts. `stream` orders it on the server. Copies into device memory
+/// are sent without waiting: the host bytes are captured at the call, so the host
+/// buffer is free again at once, as the driver promises for synchronous copies.
 pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
     if len == 0 {
         return Ok(());
@@ -61,15 +77,30 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
     let conn = &driver()?.conn;
     match (side(dst)?, side(src)?) {
         (Side::Device, Side::Device) => {
-            conn.memcpy_dtod(dst, src, len as u64, stream).map_err(fail)
+            device_span(dst, len as u64)?;
+            device_span(src, len as u64)?;
+            let len = len as u64;
+            conn.post(Request::MemcpyDtoD {
+                dst,
+                src,
+                len,
+                stream,
+            })
+            .map_err(fail)
         }
         (Side::Device, Side::Host) => {
+            device_span(dst, len as u64)?;
             // SAFETY: the API contract: `src` is `len` readable host bytes.
             let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
             for (i, chunk) in bytes.chunks(MAX_COPY_CHUNK).enumerate() {
                 let at = dst + (i * MAX_COPY_CHUNK) as u64;
-                conn.memcpy_htod(at, ByteBuf::from(chunk.to_vec()), stream)
-                    .map_err(fail)?;
+                let data = ByteBuf::from(chunk.to_vec());
+                conn.post(Request::MemcpyHtoD {
+                    dst: at,
+                    data,
+                    stream,
+                })
+                .map_err(fail)?;
             }
             Ok(())
         }
@@ -104,10 +135,21 @@ fn memset(dst: CUdeviceptr, value: u32, elem_size: u8, count: usize, stream: u64
     if count == 0 {
         return Ok(());
     }
-    driver()?
-        .conn
-        .memset(dst, value, elem_size, count as u64, stream)
-        .map_err(fail)
+    let count = count as u64;
+    device_span(
+        dst,
+        count
+            .checked_mul(elem_size as u64)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?,
+    )?;
+    let request = Request::Memset {
+        dst,
+        value,
+        elem_size,
+        count,
+        stream,
+    };
+    driver()?.conn.post(request).map_err(fail)
 }
 
 fn memset_2d(
@@ -122,18 +164,22 @@ fn memset_2d(
     if width == 0 || height == 0 {
         return Ok(());
     }
-    driver()?
-        .conn
-        .memset_2d(
-            dst,
-            pitch as u64,
-            value,
-            elem_size,
-            width as u64,
-            height as u64,
-            stream,
-        )
-        .map_err(fail)
+    let (pitch, width, height) = (pitch as u64, width as u64, height as u64);
+    let span = (height - 1)
+        .checked_mul(pitch)
+        .and_then(|rows| rows.checked_add(width.checked_mul(elem_size as u64)?))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    device_span(dst, span)?;
+    let request = Request::Memset2D {
+        dst,
+        pitch,
+        value,
+        elem_size,
+        width,
+        height,
+        stream,
+    };
+    driver()?.conn.post(request).map_err(fail)
 }
 
 fn host_alloc(out: *mut *mut c_void, bytes: usize, flags: c_uint) -> Res {
