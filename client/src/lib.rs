@@ -232,6 +232,13 @@ impl Connection {
         })
     }
 
+    /// Connects as the environment says ([`Settings::from_env`]); errors name the server.
+    pub fn open_from_env() -> Result<Self> {
+        let settings = Settings::from_env()?;
+        Self::open(&settings)
+            .with_context(|| format!("connecting to the xpupool server at {}", settings.server))
+    }
+
     /// Closes the connection politely so the server frees the session at once,
     /// after sending what is still batched. Runs at process exit, when this thread's
     /// tokio context may already be gone, so the work is handed to the runtime.

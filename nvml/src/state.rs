@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use xpupool_client::{Connection, Settings};
+use xpupool_client::Connection;
 use xpupool_protocol::{Calls, CuError, DeviceInfo};
 
 use crate::boundary::{
@@ -131,14 +131,7 @@ pub(crate) fn nvml() -> Res<&'static Nvml> {
 
 fn connect() -> Result<Nvml, ()> {
     crate::log::init();
-    let connection = Settings::from_env().and_then(|settings| {
-        Connection::open(&settings).map_err(|e| {
-            e.context(format!(
-                "connecting to the xpupool server at {}",
-                settings.server
-            ))
-        })
-    });
+    let connection = Connection::open_from_env();
     match connection {
         Ok(conn) => {
             let welcome = &conn.welcome;

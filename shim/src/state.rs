@@ -13,7 +13,7 @@ use xpupool_protocol::api::{FunctionInfo, GlobalInfo};
 use xpupool_protocol::{CuError, DeviceInfo};
 
 use crate::boundary::Res;
-use xpupool_client::{Connection, Settings};
+use xpupool_client::Connection;
 use xpupool_fatbin::Image;
 use xpupool_protocol::Calls;
 
@@ -279,14 +279,7 @@ pub(crate) fn driver() -> Res<&'static Driver> {
 pub(crate) fn initialise() -> Res<&'static Driver> {
     let outcome = DRIVER.get_or_init(|| {
         crate::log::init();
-        let connection = Settings::from_env().and_then(|settings| {
-            Connection::open(&settings).map_err(|e| {
-                e.context(format!(
-                    "connecting to the xpupool server at {}",
-                    settings.server
-                ))
-            })
-        });
+        let connection = Connection::open_from_env();
         match connection {
             Ok(conn) => {
                 let driver = Driver::new(conn);
