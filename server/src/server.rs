@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use quinn::{RecvStream, SendStream};
-use xpupool_protocol::{code, frame, CuError, Hello, Request, Welcome, ALPN, PROTOCOL_VERSION};
+use xpupool_protocol::{
+    code, frame, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
+};
 
 use crate::backend::{Backend, Tenant};
 use crate::quota::MemoryLedger;
@@ -193,37 +195,80 @@ async fn serve_connection(
         device_address_range: backend.device_address_range(),
     };
     write_message(&mut send, &Ok::<_, CuError>(welcome)).await?;
-    let mut session = Some(session);
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
+    // Three stages run at once: this task reads requests, the session's own thread
+    // runs them in order, and a writer sends replies, as many per write as are ready.
+    // Requests the client did not wait for thus cost no thread hand-over each.
+    let (requests_in, requests_out) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (replies_in, mut replies_out) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let worker = std::thread::Builder::new()
+        .name("xpupool-session".to_owned())
+        .spawn(move || run_session(session, requests_out, replies_in))
+        .context("starting a session thread")?;
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while let Some(reply) = replies_out.recv().await {
+            batch.extend_from_slice(&reply);
+            while batch.len() < (1 << 20) {
+                match replies_out.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            send.write_all(&batch).await?;
+            batch.clear();
+        }
+        anyhow::Ok(())
+    });
     let mut requests = 0u64;
     let result = async {
         while let Some(body) = read_frame(&mut recv).await? {
             requests += 1;
-            let reply = match frame::decode::<Request>(&body) {
-                Ok(request) => {
-                    let mut s = session.take().expect("session is returned after each request");
-                    let (s, reply) = tokio::task::spawn_blocking(move || {
-                        let name = request.name();
-                        let reply = s.handle(request);
-                        if let Err(e) = &reply {
-                            tracing::debug!(op = name, code = e.code, error = %e.message, "request failed");
-                        }
-                        (s, reply)
-                    })
-                    .await?;
-                    session = Some(s);
-                    reply
-                }
-                Err(e) => Err(CuError::new(code::INVALID_VALUE, format!("malformed request: {e}"))),
-            };
-            write_message(&mut send, &reply).await?;
+            if requests_in.send(body).is_err() {
+                break;
+            }
         }
         anyhow::Ok(())
     }
     .await;
-    // Dropping the session frees every allocation, module, stream and event it held;
-    // that can wait on the device, so it happens off the async workers.
-    let _ = tokio::task::spawn_blocking(move || drop(session)).await;
+    // Closing the request channel ends the session thread, which drops the session:
+    // that frees every allocation, module, stream and event it held.
+    drop(requests_in);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    let written = writer.await.map_err(anyhow::Error::from).and_then(|r| r);
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, requests, "session closed");
-    result
+    result.and(written)
+}
+
+/// The session's thread: runs each request in order and hands its encoded reply to
+/// the writer, until the connection's request stream ends.
+fn run_session(
+    mut session: Box<dyn crate::backend::Session>,
+    requests: std::sync::mpsc::Receiver<Vec<u8>>,
+    replies: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+) {
+    for body in requests {
+        let reply = match frame::decode::<Request>(&body) {
+            Ok(request) => {
+                let name = request.name();
+                let reply = session.handle(request);
+                if let Err(e) = &reply {
+                    tracing::debug!(op = name, code = e.code, error = %e.message, "request failed");
+                }
+                reply
+            }
+            Err(e) => Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("malformed request: {e}"),
+            )),
+        };
+        let encoded = frame::encode(&reply).unwrap_or_else(|e| {
+            let error =
+                Err::<Reply, _>(CuError::new(code::UNKNOWN, format!("reply too large: {e}")));
+            frame::encode(&error).expect("a short error encodes")
+        });
+        if replies.send(encoded).is_err() {
+            break;
+        }
+    }
 }
