@@ -1,10 +1,7 @@
 //! The C boundary: every exported function runs through [`enter`], which turns a
 //! `Result` into an `nvmlReturn_t` and catches panics (never unwinding into C).
 
-use std::collections::HashSet;
 use std::ffi::{c_char, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
 
 /// `nvmlReturn_t`.
 pub(crate) type NvmlReturn = u32;
@@ -65,39 +62,23 @@ pub(crate) fn error_string(code: NvmlReturn) -> &'static CStr {
     }
 }
 
+const CODES: xpupool_cabi::Codes<NvmlReturn> = xpupool_cabi::Codes {
+    success: NVML_SUCCESS,
+    internal: NVML_ERROR_UNKNOWN,
+};
+
 /// Runs one exported call.
 pub(crate) fn enter(name: &'static str, body: impl FnOnce() -> Res) -> NvmlReturn {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => NVML_SUCCESS,
-        Ok(Err(code)) => {
-            tracing::debug!(call = name, code, "call failed");
-            code
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_owned());
-            crate::log::init();
-            tracing::error!("{name} panicked: {what}; returning NVML_ERROR_UNKNOWN");
-            NVML_ERROR_UNKNOWN
-        }
-    }
+    crate::log::init();
+    xpupool_cabi::enter(name, CODES, body)
 }
 
 /// What every NVML entry point without an implementation answers: UNINITIALIZED
 /// before `nvmlInit`, NOT_SUPPORTED after it (logging its name once, at warn).
 pub(crate) fn unsupported(name: &'static str) -> NvmlReturn {
-    static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     enter(name, || {
         crate::state::nvml()?;
-        crate::log::init();
-        let first = SEEN
-            .lock()
-            .map(|mut seen| seen.get_or_insert_with(HashSet::new).insert(name))
-            .unwrap_or(false);
-        if first {
+        if xpupool_cabi::first_time(name) {
             tracing::warn!(
                 "{name} is not supported by xpupool's NVML yet; returning NVML_ERROR_NOT_SUPPORTED"
             );
@@ -108,12 +89,7 @@ pub(crate) fn unsupported(name: &'static str) -> NvmlReturn {
 
 /// Writes through an out-pointer, or INVALID_ARGUMENT when it is NULL.
 pub(crate) fn put<T>(out: *mut T, value: T) -> Res {
-    if out.is_null() {
-        return Err(NVML_ERROR_INVALID_ARGUMENT);
-    }
-    // SAFETY: non-null; the caller of the NVML API promises it points to a T.
-    unsafe { out.write_unaligned(value) };
-    Ok(())
+    xpupool_cabi::put(out, value, NVML_ERROR_INVALID_ARGUMENT)
 }
 
 /// Copies `text` and a NUL into the caller's buffer of `length` bytes:
@@ -136,13 +112,7 @@ pub(crate) fn put_str(buf: *mut c_char, length: u32, text: &str) -> Res {
 
 /// Reads a NUL-terminated C string argument.
 pub(crate) fn c_str<'a>(ptr: *const c_char) -> Res<&'a str> {
-    if ptr.is_null() {
-        return Err(NVML_ERROR_INVALID_ARGUMENT);
-    }
-    // SAFETY: the API contract makes it a NUL-terminated string that outlives the call.
-    unsafe { CStr::from_ptr(ptr) }
-        .to_str()
-        .map_err(|_| NVML_ERROR_INVALID_ARGUMENT)
+    xpupool_cabi::c_str(ptr, NVML_ERROR_INVALID_ARGUMENT)
 }
 
 /// Defines exported NVML entry points. Each body returns [`Res`].

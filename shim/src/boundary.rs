@@ -2,10 +2,7 @@
 //! `Result` into a `CUresult`, catches panics (never unwinding into C), and answers
 //! `CUDA_ERROR_DEINITIALIZED` once the process is tearing down.
 
-use std::collections::HashSet;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 pub(crate) use xpupool_cuda_types::CUresult;
 use xpupool_cuda_types::{
@@ -27,41 +24,26 @@ pub(crate) fn begin_shutdown() {
     SHUTTING_DOWN.store(true, Ordering::Release);
 }
 
+const CODES: xpupool_cabi::Codes<CUresult> = xpupool_cabi::Codes {
+    success: CUDA_SUCCESS,
+    internal: CUDA_ERROR_UNKNOWN,
+};
+
 /// Runs one exported call.
 pub(crate) fn enter(name: &'static str, body: impl FnOnce() -> Res) -> CUresult {
     if shutting_down() {
         return CUDA_ERROR_DEINITIALIZED;
     }
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => CUDA_SUCCESS,
-        Ok(Err(code)) => {
-            tracing::debug!(call = name, code, "call failed");
-            code
-        }
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(call = name, panic = %what, "internal error in xpupool's libcuda");
-            CUDA_ERROR_UNKNOWN
-        }
-    }
+    xpupool_cabi::enter(name, CODES, body)
 }
 
 /// What every driver entry point without an implementation answers; logs its name once.
 pub(crate) fn unsupported(name: &'static str) -> CUresult {
-    static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     if shutting_down() {
         return CUDA_ERROR_DEINITIALIZED;
     }
     crate::log::init();
-    let first = SEEN
-        .lock()
-        .map(|mut seen| seen.get_or_insert_with(HashSet::new).insert(name))
-        .unwrap_or(false);
-    if first {
+    if xpupool_cabi::first_time(name) {
         tracing::warn!(
             "{name} is not supported by xpupool yet; returning CUDA_ERROR_NOT_SUPPORTED"
         );
@@ -71,23 +53,12 @@ pub(crate) fn unsupported(name: &'static str) -> CUresult {
 
 /// Writes through an out-pointer, or INVALID_VALUE when it is NULL.
 pub(crate) fn put<T>(out: *mut T, value: T) -> Res {
-    if out.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    // SAFETY: non-null; the caller of the driver API promises it points to a T.
-    unsafe { out.write(value) };
-    Ok(())
+    xpupool_cabi::put(out, value, CUDA_ERROR_INVALID_VALUE)
 }
 
 /// Reads a NUL-terminated C string argument.
 pub(crate) fn c_str<'a>(ptr: *const std::os::raw::c_char) -> Res<&'a str> {
-    if ptr.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    // SAFETY: the API contract makes it a NUL-terminated string that outlives the call.
-    unsafe { std::ffi::CStr::from_ptr(ptr) }
-        .to_str()
-        .map_err(|_| CUDA_ERROR_INVALID_VALUE)
+    xpupool_cabi::c_str(ptr, CUDA_ERROR_INVALID_VALUE)
 }
 
 /// Defines exported driver entry points. Each body returns [`Res`].
