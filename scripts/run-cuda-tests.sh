@@ -47,6 +47,15 @@ else
     failed=$((failed + 1)); failures+=("memory-limit-reported"); echo "FAIL  memory-limit-reported"; sed 's/^/      | /' "$logs/limit.log"
 fi
 
+# Module images are cached by content hash: a second run of a program uploads none.
+uploads() { XDG_CACHE_HOME="$logs/cache" XPUPOOL_LOG=debug "$bin" run -- "$build/vector_add" 2>&1 | grep -c "uploading a module image"; }
+first=$(uploads); second=$(uploads)
+if [ "$first" -ge 1 ] && [ "$second" = 0 ]; then
+    passed=$((passed + 1)); echo "ok    module-cache (uploads: first run $first, second run $second)"
+else
+    failed=$((failed + 1)); failures+=("module-cache"); echo "FAIL  module-cache (uploads: first run $first, second run $second)"
+fi
+
 echo "== against a separate xpupool server"
 state=$logs/server-state
 port=$((20000 + RANDOM % 20000))

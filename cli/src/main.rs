@@ -341,7 +341,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             } else if args.backend == "mock" {
                 eprintln!("xpupool: {MOCK}");
             }
-            let server = EmbeddedServer::start_with_limit(chosen, args.memory_limit)?;
+            let server = EmbeddedServer::start_for_run(chosen, args.memory_limit)?;
             command
                 .env("XPUPOOL_SERVER", server.addr().to_string())
                 .env("XPUPOOL_SERVER_CERT", server.cert_path())

@@ -178,6 +178,9 @@ declare_api! {
     fn memset(dst: u64, value: u32, elem_size: u8, count: u64, stream: u64) -> () = Memset;
     /// Fill a 2-D region: `height` rows of `width` elements, rows `pitch` bytes apart.
     fn memset_2d(dst: u64, pitch: u64, value: u32, elem_size: u8, width: u64, height: u64, stream: u64) -> () = Memset2D;
+    /// Load the module image with this SHA-256 (of its wire bytes) if the server has
+    /// it; `None` asks the client to upload it with `module_load`.
+    fn module_load_cached(hash: [u8; 32]) -> Option<ModuleInfo> = ModuleLoadCached;
     /// Load a module image (as `xpupool_fatbin::Image::to_wire` encodes it).
     fn module_load(image: ByteBuf) -> ModuleInfo = ModuleLoad;
     /// Address and size of a module-scope variable (`cuModuleGetGlobal`).

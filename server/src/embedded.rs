@@ -19,13 +19,28 @@ pub struct EmbeddedServer {
 }
 
 impl EmbeddedServer {
-    /// Starts `backend` on a loopback port with a throw-away certificate and token.
+    /// Starts `backend` on a loopback port with a throw-away certificate and token,
+    /// keeping module images in memory only.
     pub fn start(backend: Arc<dyn Backend>) -> Result<Self> {
-        Self::start_with_limit(backend, None)
+        Self::start_with(backend, None, None)
     }
 
     /// Like [`EmbeddedServer::start`], with a device-memory limit for its one tenant.
     pub fn start_with_limit(backend: Arc<dyn Backend>, memory_limit: Option<u64>) -> Result<Self> {
+        Self::start_with(backend, memory_limit, None)
+    }
+
+    /// What `xpupool run` starts: module images are also kept on disk
+    /// ([`default_module_cache`]), so the next run uploads none it has sent before.
+    pub fn start_for_run(backend: Arc<dyn Backend>, memory_limit: Option<u64>) -> Result<Self> {
+        Self::start_with(backend, memory_limit, default_module_cache())
+    }
+
+    fn start_with(
+        backend: Arc<dyn Backend>,
+        memory_limit: Option<u64>,
+        module_cache_dir: Option<PathBuf>,
+    ) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "xpupool-{}-{}",
             std::process::id(),
@@ -49,6 +64,7 @@ impl EmbeddedServer {
                 memory_limit,
             }],
             backend,
+            module_cache_dir,
         };
         let server = runtime.block_on(async { Server::bind(config) })?;
         let addr = server.local_addr()?;
@@ -76,6 +92,16 @@ impl EmbeddedServer {
     pub fn cert_path(&self) -> &Path {
         &self.cert_path
     }
+}
+
+/// Where an embedded server keeps module images between runs:
+/// `$XDG_CACHE_HOME/xpupool/modules` or `~/.cache/xpupool/modules`.
+pub fn default_module_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("xpupool").join("modules"))
 }
 
 impl Drop for EmbeddedServer {

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod cuda;
 pub mod embedded;
 pub mod mock;
+pub mod module_cache;
 pub mod quota;
 pub mod server;
 pub mod tls;

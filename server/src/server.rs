@@ -11,6 +11,7 @@ use xpupool_protocol::{
 };
 
 use crate::backend::{Backend, Tenant};
+use crate::module_cache::{CachingSession, ModuleCache};
 use crate::quota::MemoryLedger;
 use crate::tls::Identity;
 
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub tokens: Vec<TokenEntry>,
     /// Where sessions run.
     pub backend: Arc<dyn Backend>,
+    /// Where module images are kept across processes (memory only if `None`).
+    pub module_cache_dir: Option<std::path::PathBuf>,
 }
 
 /// A bound server; [`Server::serve`] runs it.
@@ -42,6 +45,7 @@ pub struct Server {
     endpoint: quinn::Endpoint,
     tenants: Arc<Vec<(String, Tenant)>>,
     backend: Arc<dyn Backend>,
+    modules: Arc<ModuleCache>,
 }
 
 /// Pairs each token with its tenant; tokens naming the same tenant share its ledger.
@@ -88,6 +92,7 @@ impl Server {
             endpoint,
             tenants: Arc::new(tenants(config.tokens)),
             backend: config.backend,
+            modules: Arc::new(ModuleCache::new(config.module_cache_dir)),
         })
     }
 
@@ -101,11 +106,14 @@ impl Server {
         while let Some(incoming) = self.endpoint.accept().await {
             let tenants = self.tenants.clone();
             let backend = self.backend.clone();
+            let modules = self.modules.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(connection) => {
-                        if let Err(e) = serve_connection(connection, tenants, backend).await {
+                        if let Err(e) =
+                            serve_connection(connection, tenants, backend, modules).await
+                        {
                             tracing::info!(%remote, error = %e, "connection ended");
                         }
                     }
@@ -148,6 +156,7 @@ async fn serve_connection(
     connection: quinn::Connection,
     tenants: Arc<Vec<(String, Tenant)>>,
     backend: Arc<dyn Backend>,
+    modules: Arc<ModuleCache>,
 ) -> Result<()> {
     let remote = connection.remote_address();
     let (mut send, mut recv) = connection.accept_bi().await?;
@@ -203,7 +212,13 @@ async fn serve_connection(
     let (replies_in, mut replies_out) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let worker = std::thread::Builder::new()
         .name("xpupool-session".to_owned())
-        .spawn(move || run_session(session, requests_out, replies_in))
+        .spawn(move || {
+            let session = Box::new(CachingSession {
+                inner: session,
+                cache: modules,
+            });
+            run_session(session, requests_out, replies_in)
+        })
         .context("starting a session thread")?;
     let writer = tokio::spawn(async move {
         let mut batch = Vec::new();

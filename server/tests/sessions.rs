@@ -310,3 +310,35 @@ fn many_operations_sent_without_waiting_arrive_in_order() {
         );
     }
 }
+
+#[test]
+fn an_image_is_uploaded_once_and_then_loaded_by_its_hash() {
+    use sha2::Digest;
+    let f = fixture(64 << 20);
+    let image = common::ptx_image(SCALE_PTX);
+    let hash: [u8; 32] = sha2::Sha256::digest(&image).into();
+    let first = f.connect();
+    assert!(
+        first.module_load_cached(hash).unwrap().is_none(),
+        "not seen yet"
+    );
+    first.module_load(image).unwrap();
+    // Another client (another process, say) gets it by hash alone, and it runs.
+    let second = f.connect();
+    let module = second
+        .module_load_cached(hash)
+        .unwrap()
+        .expect("cached by the first upload");
+    let out = second.mem_alloc(0, 64 * 4).unwrap();
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [64, 1, 1],
+        shared_bytes: 0,
+    };
+    second
+        .launch_kernel(module.functions[0].handle, dims, 0, params(out, 64, 5))
+        .unwrap();
+    let bytes = second.memcpy_dtoh(out, 64 * 4, 0).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[40..44].try_into().unwrap()), 50);
+    assert!(second.module_load_cached([7; 32]).unwrap().is_none());
+}

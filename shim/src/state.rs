@@ -13,6 +13,7 @@ use xpupool_protocol::api::{FunctionInfo, GlobalInfo};
 use xpupool_protocol::{CuError, DeviceInfo};
 
 use crate::boundary::Res;
+use sha2::{Digest, Sha256};
 use xpupool_client::Connection;
 use xpupool_fatbin::Image;
 use xpupool_protocol::Calls;
@@ -112,9 +113,17 @@ impl Module {
             let image = lock(&self.pending)
                 .take()
                 .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-            let info = conn
-                .module_load(serde_bytes::ByteBuf::from(image.to_wire()))
-                .map_err(fail)?;
+            let wire = image.to_wire();
+            // Ask by content hash first: an image the server has seen is not sent again.
+            let hash: [u8; 32] = Sha256::digest(&wire).into();
+            let info = match conn.module_load_cached(hash).map_err(fail)? {
+                Some(info) => info,
+                None => {
+                    tracing::debug!(bytes = wire.len(), "uploading a module image");
+                    conn.module_load(serde_bytes::ByteBuf::from(wire))
+                        .map_err(fail)?
+                }
+            };
             if let Some(reason) = &info.no_code {
                 tracing::debug!(
                     kernels = info.functions.len(),

@@ -381,6 +381,12 @@ impl Api for CudaSession {
         self.check(r, "cuMemsetD2D*Async")
     }
 
+    fn module_load_cached(&mut self, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
+        // Images are cached by the server around every session (module_cache.rs);
+        // the backend itself keeps none.
+        Ok(None)
+    }
+
     fn module_load(&mut self, image: ByteBuf) -> Result<ModuleInfo, CuError> {
         let key: [u8; 32] = Sha256::digest(&image).into();
         let image = Image::from_wire(&image)

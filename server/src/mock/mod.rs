@@ -384,6 +384,12 @@ impl Api for MockSession {
         Ok(())
     }
 
+    fn module_load_cached(&mut self, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
+        // Images are cached by the server around every session (module_cache.rs);
+        // the backend itself keeps none.
+        Ok(None)
+    }
+
     fn module_load(&mut self, image: ByteBuf) -> Result<ModuleInfo, CuError> {
         self.healthy()?;
         let image = Image::from_wire(&image)
