@@ -1,1 +1,859 @@
-//! Benchmarks of xpupool live in `benches/`; run them with `cargo bench -p xpupool-bench`.
+//! The `xpupool bench` harness: xpupool's figures (idle synchronisation round trip,
+//! sustained kernel launches, host↔device copies) measured against an embedded mock
+//! server over QUIC on loopback, and in the same run the floor they are compared
+//! with: the raw transport (plain quinn with the same TLS 1.3 setup, no xpupool code)
+//! and this machine's memcpy. [`run`] measures and returns a [`Report`], which prints
+//! as an aligned table ([`std::fmt::Display`]) or serialises to JSON
+//! ([`Report::to_json`]).
+//!
+//! Every transport figure has a `quic` and a `local` value; `local` (the same-host
+//! Unix socket + shared-memory transport) is `None` until that transport exists.
+//! Criterion micro-benchmarks of the wire layer are in `benches/`.
+
+use std::fmt;
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use serde::Serialize;
+
+mod pin;
+mod pool;
+mod raw;
+
+/// What to measure, and how much.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Idle round trips timed, for each of xpupool and the raw transport.
+    pub rtt_samples: usize,
+    /// Empty-kernel launches posted.
+    pub launches: u64,
+    /// Smallest copy of the sweep, in bytes (the sweep goes up in powers of 4).
+    pub sweep_min: u64,
+    /// Largest copy of the sweep, in bytes; also the size of the headline copy
+    /// figures, the raw bulk transfer and the memcpy.
+    pub large: u64,
+    /// Bytes each sweep size moves per direction, as a number of repetitions
+    /// bounded by `min_reps` and `max_reps`.
+    pub sweep_bytes: u64,
+    /// Fewest repetitions of one copy size.
+    pub min_reps: usize,
+    /// Most repetitions of one copy size.
+    pub max_reps: usize,
+    /// Whether progress is shown on stderr.
+    pub progress: bool,
+    /// Whether this is the shorter run (a label in the report).
+    pub quick: bool,
+}
+
+impl Options {
+    /// The full run: 2000 round trips, 1,000,000 launches, 4 KiB … 256 MiB.
+    pub fn full() -> Self {
+        Self {
+            rtt_samples: 2000,
+            launches: 1_000_000,
+            sweep_min: 4 << 10,
+            large: 256 << 20,
+            sweep_bytes: 128 << 20,
+            min_reps: 5,
+            max_reps: 200,
+            progress: true,
+            quick: false,
+        }
+    }
+
+    /// A shorter run: 500 round trips, 100,000 launches, fewer repetitions.
+    pub fn quick() -> Self {
+        Self {
+            rtt_samples: 500,
+            launches: 100_000,
+            sweep_bytes: 32 << 20,
+            min_reps: 1,
+            max_reps: 50,
+            quick: true,
+            ..Self::full()
+        }
+    }
+
+    /// The copy sizes of the sweep.
+    fn sizes(&self) -> Vec<u64> {
+        let mut sizes = Vec::new();
+        let mut size = self.sweep_min.max(1);
+        while size < self.large {
+            sizes.push(size);
+            size *= 4;
+        }
+        sizes.push(self.large);
+        sizes
+    }
+
+    fn reps(&self, size: u64) -> usize {
+        ((self.sweep_bytes / size.max(1)) as usize).clamp(self.min_reps.max(1), self.max_reps)
+    }
+}
+
+/// One figure per transport. `local` is `None` until the same-host transport exists.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PerTransport {
+    /// Over QUIC on loopback.
+    pub quic: f64,
+    /// Over the same-host transport (not built yet).
+    pub local: Option<f64>,
+}
+
+impl PerTransport {
+    fn quic(value: f64) -> Self {
+        Self {
+            quic: value,
+            local: None,
+        }
+    }
+}
+
+/// The machine the figures were measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPU model (`model name` in /proc/cpuinfo).
+    pub cpu: String,
+    /// CPUs this process may use.
+    pub cores: usize,
+    /// Whether the CPU reports running under a hypervisor.
+    pub virtualised: bool,
+    /// Kernel release.
+    pub kernel: String,
+    /// Total memory in GiB.
+    pub memory_gib: f64,
+}
+
+impl Machine {
+    /// Describes this machine from /proc.
+    pub fn describe() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            cpuinfo.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == name).then(|| value.trim().to_owned())
+            })
+        };
+        let cpu = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+        let virtualised = field("flags").is_some_and(|f| f.split(' ').any(|f| f == "hypervisor"));
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                line.split_whitespace().nth(1)?.parse::<f64>().ok()
+            })
+            .map_or(0.0, |kib| kib / (1 << 20) as f64);
+        Self {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            virtualised,
+            kernel,
+            memory_gib,
+        }
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, {} core{}{}, {:.0} GiB, Linux {}",
+            self.cpu,
+            self.cores,
+            if self.cores == 1 { "" } else { "s" },
+            if self.virtualised {
+                " (virtual machine)"
+            } else {
+                ""
+            },
+            self.memory_gib,
+            self.kernel
+        )
+    }
+}
+
+/// Round-trip times around the median, to show whether they are of one kind.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    /// 10th percentile, µs.
+    pub p10_us: f64,
+    /// 90th percentile, µs.
+    pub p90_us: f64,
+}
+
+/// Median round trips with the client and the servers pinned to CPUs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PinnedRtt {
+    /// CPU of the servers' threads.
+    pub server_cpu: usize,
+    /// CPU of the client's threads.
+    pub client_cpu: usize,
+    /// Median idle `synchronize()` round trip, µs.
+    pub sync_us: f64,
+    /// Median raw 64-byte round trip, µs.
+    pub raw_us: f64,
+}
+
+/// Round trips measured with both ends pinned, since on these machines whether the
+/// two ends share a CPU changes a round trip several times over and an unpinned
+/// median flips between the two. `None` where pinning is not possible.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Pinned {
+    /// Client and servers on one CPU.
+    pub same_cpu: Option<PinnedRtt>,
+    /// Servers on one CPU, the client on another.
+    pub other_cpu: Option<PinnedRtt>,
+}
+
+/// One size of the copy sweep.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CopyRow {
+    /// Bytes per copy.
+    pub bytes: u64,
+    /// Copies timed in each direction.
+    pub reps: usize,
+    /// Host to device, GB/s (10⁹ bytes), median copy.
+    pub h2d_gbps: f64,
+    /// Device to host, GB/s, median copy.
+    pub d2h_gbps: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// When it ran (UTC).
+    pub date: String,
+    /// Where it ran.
+    pub machine: Machine,
+    /// The server's backend.
+    pub backend: String,
+    /// Whether this was a `--quick` run.
+    pub quick: bool,
+    /// Median idle `synchronize()` round trip, µs.
+    pub sync_rtt_us: PerTransport,
+    /// Median 64-byte request/reply round trip on one raw stream, µs.
+    pub raw_rtt_us: PerTransport,
+    /// Spread of the idle `synchronize()` round trips (QUIC).
+    pub sync_rtt_spread: Spread,
+    /// Spread of the raw round trips (QUIC).
+    pub raw_rtt_spread: Spread,
+    /// The same round trips with both ends pinned (QUIC).
+    pub rtt_pinned: Pinned,
+    /// Empty-kernel launches per second, posted without waiting, final sync included.
+    pub launches_per_s: PerTransport,
+    /// Launches posted.
+    pub launches: u64,
+    /// Host-to-device copy of the largest size (256 MiB in a full run), GB/s.
+    pub h2d_256mib_gbps: PerTransport,
+    /// Device-to-host copy of the largest size, GB/s.
+    pub d2h_256mib_gbps: PerTransport,
+    /// One raw stream carrying the largest size in 1 MiB writes to a sink, GB/s.
+    pub raw_bulk_gbps: PerTransport,
+    /// Single-thread memcpy of the largest size on this machine, GB/s.
+    pub memcpy_gbps: f64,
+    /// Bytes of the largest copy.
+    pub large_bytes: u64,
+    /// Copy throughput by size.
+    pub copy_sweep: Vec<CopyRow>,
+    /// Synchronous round trips per training step of a replayed trace (not available yet).
+    pub trace_sync_round_trips_per_step: Option<f64>,
+    /// Real synchronisation points per step of that trace (not available yet).
+    pub trace_sync_points_per_step: Option<f64>,
+}
+
+impl Report {
+    /// The report as pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serialises")
+    }
+}
+
+/// Progress on stderr: the stage, then dots or percentages.
+pub(crate) struct Progress {
+    enabled: bool,
+    shown: u32,
+    started: bool,
+}
+
+impl Progress {
+    fn stage(&mut self, name: &str) {
+        if self.enabled {
+            if self.started {
+                eprintln!();
+            }
+            eprint!("xpupool bench: {name} ");
+            self.started = true;
+            self.shown = 0;
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn dot(&mut self) {
+        if self.enabled {
+            eprint!(".");
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    /// Shows `done` (0…1) in steps of 10%.
+    pub(crate) fn percent(&mut self, done: f64) {
+        let tenth = (done * 10.0).floor() as u32;
+        if self.enabled && tenth > self.shown {
+            self.shown = tenth;
+            eprint!("{}% ", tenth * 10);
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn finish(&mut self) {
+        if self.enabled && self.started {
+            eprintln!();
+        }
+    }
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    percentile(samples, 0.5)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64().max(1e-9) / 1e9
+}
+
+/// A buffer of `len` bytes whose pages are all touched.
+fn touched(len: u64, value: u8) -> Vec<u8> {
+    vec![value; len as usize]
+}
+
+/// Runs every measurement of `options` and returns the figures.
+pub fn run(options: &Options) -> Result<Report> {
+    let mut progress = Progress {
+        enabled: options.progress,
+        shown: 0,
+        started: false,
+    };
+    let result = measure(options, &mut progress);
+    progress.finish();
+    result
+}
+
+fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
+    let large = options.large.max(1);
+    progress.stage("starting the embedded mock server and the raw quinn server");
+    let pool = pool::Pool::start(large + (64 << 20))?;
+    let raw_server = raw::RawServer::start()?;
+    let mut raw_client = raw::RawClient::connect(&raw_server)?;
+
+    // 1. Idle round trips.
+    progress.stage("idle round trips, synchronize() and raw quinn, unpinned");
+    let (mut sync, mut raw) = round_trips(&pool, &mut raw_client, options.rtt_samples, progress)?;
+    let sync_rtt = micros(median(&mut sync));
+    let raw_rtt = micros(median(&mut raw));
+    let spread = |samples: &mut [Duration]| Spread {
+        p10_us: micros(percentile(samples, 0.1)),
+        p90_us: micros(percentile(samples, 0.9)),
+    };
+    let sync_rtt_spread = spread(&mut sync);
+    let raw_rtt_spread = spread(&mut raw);
+    let cpus = pin::allowed();
+    let mut pinned = |server_cpu: usize, client_cpu: usize| {
+        let what = if server_cpu == client_cpu {
+            format!("both ends on CPU {client_cpu}")
+        } else {
+            format!("server on CPU {server_cpu}, client on CPU {client_cpu}")
+        };
+        progress.stage(&format!("idle round trips, {what}"));
+        let samples = (options.rtt_samples / 2).max(1);
+        pinned_round_trips(server_cpu, client_cpu, samples, progress)
+    };
+    let rtt_pinned = Pinned {
+        same_cpu: match cpus.first() {
+            Some(&cpu) => Some(pinned(cpu, cpu)?),
+            None => None,
+        },
+        other_cpu: match cpus.as_slice() {
+            [client, server, ..] => Some(pinned(*server, *client)?),
+            _ => None,
+        },
+    };
+
+    // 2. Sustained launches.
+    progress.stage(&format!(
+        "{} empty-kernel launches",
+        thousands(options.launches)
+    ));
+    let launches = options.launches.max(1);
+    let launch_time = pool.launches(launches, progress)?;
+    let launches_per_s = launches as f64 / launch_time.as_secs_f64().max(1e-9);
+
+    // 3. Copies, 4 KiB … large; every copy timed to completion.
+    progress.stage(&format!("copy sweep up to {}", size_name(large)));
+    let device = pool.alloc(large)?;
+    let source = touched(large, 0x3c);
+    let mut sink = touched(large, 0);
+    // Touch the device memory once, untimed.
+    pool.h2d(device, &source)?;
+    let mut copy_sweep = Vec::new();
+    for size in options.sizes() {
+        let reps = options.reps(size);
+        let len = size as usize;
+        let mut h2d = Vec::with_capacity(reps);
+        let mut d2h = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            h2d.push(pool.h2d(device, &source[..len])?);
+        }
+        for _ in 0..reps {
+            d2h.push(pool.d2h(device, &mut sink[..len])?);
+        }
+        copy_sweep.push(CopyRow {
+            bytes: size,
+            reps,
+            h2d_gbps: gbps(size, median(&mut h2d)),
+            d2h_gbps: gbps(size, median(&mut d2h)),
+        });
+        progress.dot();
+    }
+    anyhow::ensure!(
+        sink == source,
+        "the bytes copied back differ from those sent"
+    );
+    drop(sink);
+    let last = *copy_sweep.last().expect("the sweep has the large size");
+
+    // The raw floor of bulk transfer: one stream, 1 MiB writes, ack at the end.
+    progress.stage(&format!("raw quinn bulk, {}", size_name(large)));
+    raw_client.bulk(large.min(16 << 20))?;
+    let bulk_reps = options.min_reps.max(1);
+    let mut bulk = Vec::with_capacity(bulk_reps);
+    for _ in 0..bulk_reps {
+        bulk.push(raw_client.bulk(large)?);
+        progress.dot();
+    }
+    let raw_bulk = gbps(large, median(&mut bulk));
+    drop(raw_client);
+    drop(raw_server);
+    drop(pool);
+
+    // And of this machine's memory: one thread's memcpy.
+    progress.stage(&format!("memcpy {}", size_name(large)));
+    let mut target = touched(large, 0);
+    let mut copies = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        target.copy_from_slice(std::hint::black_box(&source));
+        std::hint::black_box(&mut target);
+        copies.push(start.elapsed());
+        progress.dot();
+    }
+    let memcpy_gbps = gbps(large, median(&mut copies));
+
+    Ok(Report {
+        date: utc_now(),
+        machine: Machine::describe(),
+        backend: "mock".to_owned(),
+        quick: options.quick,
+        sync_rtt_us: PerTransport::quic(sync_rtt),
+        raw_rtt_us: PerTransport::quic(raw_rtt),
+        sync_rtt_spread,
+        raw_rtt_spread,
+        rtt_pinned,
+        launches_per_s: PerTransport::quic(launches_per_s),
+        launches,
+        h2d_256mib_gbps: PerTransport::quic(last.h2d_gbps),
+        d2h_256mib_gbps: PerTransport::quic(last.d2h_gbps),
+        raw_bulk_gbps: PerTransport::quic(raw_bulk),
+        memcpy_gbps,
+        large_bytes: large,
+        copy_sweep,
+        trace_sync_round_trips_per_step: None,
+        trace_sync_points_per_step: None,
+    })
+}
+
+/// Idle round trips of xpupool and of the raw transport, interleaved in blocks so
+/// that both see the same state of this noisy machine, after a warm-up.
+fn round_trips(
+    pool: &pool::Pool,
+    raw_client: &mut raw::RawClient,
+    samples: usize,
+    progress: &mut Progress,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    for _ in 0..samples.min(100) {
+        pool.sync_round_trip()?;
+        raw_client.round_trip()?;
+    }
+    let samples = samples.max(1);
+    let block = (samples / 10).max(1);
+    let mut sync = Vec::with_capacity(samples);
+    let mut raw = Vec::with_capacity(samples);
+    while sync.len() < samples {
+        let n = block.min(samples - sync.len());
+        for _ in 0..n {
+            sync.push(pool.sync_round_trip()?);
+        }
+        for _ in 0..n {
+            raw.push(raw_client.round_trip()?);
+        }
+        progress.percent(sync.len() as f64 / samples as f64);
+    }
+    Ok((sync, raw))
+}
+
+/// [`round_trips`] with fresh servers whose threads are all on `server_cpu` and
+/// fresh clients whose threads are all on `client_cpu`.
+fn pinned_round_trips(
+    server_cpu: usize,
+    client_cpu: usize,
+    samples: usize,
+    progress: &mut Progress,
+) -> Result<PinnedRtt> {
+    let original = pin::allowed();
+    let result = (|| {
+        anyhow::ensure!(pin::set(&[server_cpu]), "cannot pin to CPU {server_cpu}");
+        let server = pool::Pool::server(16 << 20)?;
+        let raw_server = raw::RawServer::start()?;
+        anyhow::ensure!(pin::set(&[client_cpu]), "cannot pin to CPU {client_cpu}");
+        let pool = pool::Pool::connect(server)?;
+        let mut raw_client = raw::RawClient::connect(&raw_server)?;
+        let (mut sync, mut raw) = round_trips(&pool, &mut raw_client, samples, progress)?;
+        Ok(PinnedRtt {
+            server_cpu,
+            client_cpu,
+            sync_us: micros(median(&mut sync)),
+            raw_us: micros(median(&mut raw)),
+        })
+    })();
+    pin::set(&original);
+    result
+}
+
+/// `2026-11-28 14:03 UTC`.
+fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let days = (secs / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let of_day = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        of_day / 3600,
+        of_day / 60 % 60
+    )
+}
+
+fn size_name(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let groups: Vec<&str> = digits
+        .as_bytes()
+        .rchunks(3)
+        .rev()
+        .map(|group| std::str::from_utf8(group).expect("ASCII digits"))
+        .collect();
+    groups.join(",")
+}
+
+/// Writes `rows` as columns: the first `left` left-aligned, the rest right-aligned.
+fn table(f: &mut fmt::Formatter<'_>, rows: &[Vec<String>], left: usize) -> fmt::Result {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::from(" ");
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str("  ");
+            if c < left {
+                line.push_str(&format!("{cell:<w$}", w = widths[c]));
+            } else {
+                line.push_str(&format!("{cell:>w$}", w = widths[c]));
+            }
+        }
+        writeln!(f, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn cells(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn local(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let large = size_name(self.large_bytes);
+        writeln!(
+            f,
+            "xpupool bench{}: {} backend, {}",
+            if self.quick { " (quick)" } else { "" },
+            self.backend,
+            self.date
+        )?;
+        writeln!(f, "machine: {}", self.machine)?;
+        writeln!(
+            f,
+            "transports: QUIC on loopback (quinn, TLS 1.3); local (Unix socket + shared memory) not built yet"
+        )?;
+        writeln!(f)?;
+        let row = |what: String, key: &str, v: PerTransport, unit: &str, digits: usize| {
+            vec![
+                what,
+                key.to_owned(),
+                format!("{:.digits$}", v.quic),
+                local(v.local, digits),
+                unit.to_owned(),
+            ]
+        };
+        let rows = vec![
+            cells(&["figure", "key", "QUIC", "local", ""]),
+            row(
+                "idle synchronize() round trip, median".into(),
+                "sync_rtt_us",
+                self.sync_rtt_us,
+                "µs",
+                1,
+            ),
+            row(
+                "raw quinn 64 B round trip, median".into(),
+                "raw_rtt_us",
+                self.raw_rtt_us,
+                "µs",
+                1,
+            ),
+            vec![
+                format!("empty-kernel launches ({})", thousands(self.launches)),
+                "launches_per_s".into(),
+                thousands(self.launches_per_s.quic.round() as u64),
+                local(self.launches_per_s.local, 0),
+                "/s".into(),
+            ],
+            row(
+                format!("host to device, {large}"),
+                "h2d_256mib_gbps",
+                self.h2d_256mib_gbps,
+                "GB/s",
+                3,
+            ),
+            row(
+                format!("device to host, {large}"),
+                "d2h_256mib_gbps",
+                self.d2h_256mib_gbps,
+                "GB/s",
+                3,
+            ),
+            row(
+                format!("raw quinn bulk, one stream, {large}"),
+                "raw_bulk_gbps",
+                self.raw_bulk_gbps,
+                "GB/s",
+                3,
+            ),
+            vec![
+                format!("memcpy {large}, one thread"),
+                "memcpy_gbps".into(),
+                format!("{:.2}", self.memcpy_gbps),
+                String::new(),
+                "GB/s".into(),
+            ],
+        ];
+        table(f, &rows, 2)?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "unpinned round trips, p10 … p90: synchronize {:.1} … {:.1} µs, raw {:.1} … {:.1} µs",
+            self.sync_rtt_spread.p10_us,
+            self.sync_rtt_spread.p90_us,
+            self.raw_rtt_spread.p10_us,
+            self.raw_rtt_spread.p90_us
+        )?;
+        let pinned = [
+            ("both ends on one CPU", self.rtt_pinned.same_cpu),
+            (
+                "server and client on different CPUs",
+                self.rtt_pinned.other_cpu,
+            ),
+        ];
+        for (what, rtt) in pinned {
+            if let Some(r) = rtt {
+                writeln!(
+                    f,
+                    "pinned, {what}: synchronize {:.1} µs, raw {:.1} µs ({:.2}×)",
+                    r.sync_us,
+                    r.raw_us,
+                    r.sync_us / r.raw_us
+                )?;
+            }
+        }
+        writeln!(f)?;
+        writeln!(f, "ratios (QUIC)")?;
+        let ratios = vec![
+            vec![
+                "synchronize RTT / raw RTT".to_owned(),
+                format!("{:.2}×", self.sync_rtt_us.quic / self.raw_rtt_us.quic),
+            ],
+            vec![
+                "H2D / raw bulk".to_owned(),
+                format!(
+                    "{:.2}×",
+                    self.h2d_256mib_gbps.quic / self.raw_bulk_gbps.quic
+                ),
+            ],
+            vec![
+                "D2H / raw bulk".to_owned(),
+                format!(
+                    "{:.2}×",
+                    self.d2h_256mib_gbps.quic / self.raw_bulk_gbps.quic
+                ),
+            ],
+            vec![
+                "H2D / memcpy".to_owned(),
+                format!("{:.3}×", self.h2d_256mib_gbps.quic / self.memcpy_gbps),
+            ],
+        ];
+        table(f, &ratios, 1)?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "copy sweep over QUIC (each copy timed until done: H2D posted then synchronize(), D2H one call per 64 MiB; median)"
+        )?;
+        let mut sweep = vec![cells(&["size", "copies", "H2D GB/s", "D2H GB/s"])];
+        for r in &self.copy_sweep {
+            sweep.push(vec![
+                size_name(r.bytes),
+                r.reps.to_string(),
+                format!("{:.3}", r.h2d_gbps),
+                format!("{:.3}", r.d2h_gbps),
+            ]);
+        }
+        table(f, &sweep, 0)?;
+        writeln!(f)?;
+        write!(
+            f,
+            "trace replay: not available yet (trace_sync_round_trips_per_step and trace_sync_points_per_step are null)"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every number must be finite and positive; nulls are allowed only where a
+    /// figure does not exist yet (serde_json writes NaN and infinities as null too).
+    fn check(value: &serde_json::Value, path: &str) {
+        match value {
+            serde_json::Value::Null => assert!(
+                path.ends_with(".local")
+                    || path.starts_with(".trace_")
+                    || path.starts_with(".rtt_pinned."),
+                "{path} is null"
+            ),
+            serde_json::Value::Number(n) => {
+                let v = n.as_f64().expect("a number");
+                // CPU numbers start at 0; every figure and count must be positive.
+                let least = if path.ends_with("_cpu") {
+                    0.0
+                } else {
+                    f64::MIN_POSITIVE
+                };
+                assert!(v.is_finite() && v >= least, "{path} = {v}");
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    check(item, &format!("{path}[{i}]"));
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (key, item) in map {
+                    check(item, &format!("{path}.{key}"));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn a_tiny_run_gives_finite_positive_figures() {
+        let options = Options {
+            rtt_samples: 20,
+            launches: 300,
+            sweep_min: 4 << 10,
+            large: 64 << 10,
+            sweep_bytes: 64 << 10,
+            min_reps: 2,
+            max_reps: 3,
+            progress: false,
+            quick: true,
+        };
+        let report = run(&options).expect("the harness runs");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        check(&json, "");
+        for key in [
+            "sync_rtt_us",
+            "raw_rtt_us",
+            "launches_per_s",
+            "h2d_256mib_gbps",
+            "raw_bulk_gbps",
+        ] {
+            assert!(json[key]["quic"].is_number(), "{key}: {}", json[key]);
+            assert!(json[key]["local"].is_null(), "{key}: {}", json[key]);
+        }
+        assert!(json["memcpy_gbps"].is_number());
+        assert!(json["trace_sync_round_trips_per_step"].is_null());
+        assert!(json["trace_sync_points_per_step"].is_null());
+        let sizes: Vec<u64> = report.copy_sweep.iter().map(|r| r.bytes).collect();
+        assert_eq!(sizes, [4 << 10, 16 << 10, 64 << 10]);
+        let table = report.to_string();
+        assert!(table.contains("sync_rtt_us") && table.contains("not available yet"));
+    }
+
+    #[test]
+    fn dates_and_names() {
+        assert_eq!(size_name(4 << 10), "4 KiB");
+        assert_eq!(size_name(256 << 20), "256 MiB");
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1234), "1,234");
+        let date = utc_now();
+        assert!(date.ends_with(" UTC") && date.len() == 20, "{date}");
+    }
+}

@@ -1,4 +1,5 @@
-//! `xpupool`: run a program on pooled accelerators (`run`), or serve them (`server`).
+//! `xpupool`: run a program on pooled accelerators (`run`), serve them (`server`), or
+//! measure the path between them (`bench`).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -31,9 +32,22 @@ enum Command {
     Run(RunArgs),
     /// Serve this host's accelerators (or the CPU mock) to xpupool clients.
     Server(ServerArgs),
+    /// Measure xpupool against an embedded mock server over QUIC on loopback, beside
+    /// the raw transport and this machine's memcpy measured in the same run.
+    Bench(BenchArgs),
     /// One session's worker process (started by the server, not by hand).
     #[command(hide = true)]
     ServerWorker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Print the figures as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// A shorter run: 100,000 launches, fewer round trips and copies.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Args)]
@@ -444,6 +458,7 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
             identity,
             tokens,
             backend,
+            module_cache_dir: Some(dir.join("modules")),
         })?;
         println!("listening: {}", server.local_addr()?);
         println!("certificate: {}", cert_path.display());
@@ -461,11 +476,28 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench(args: BenchArgs) -> Result<ExitCode> {
+    init_logging("warn");
+    let options = if args.quick {
+        xpupool_bench::Options::quick()
+    } else {
+        xpupool_bench::Options::full()
+    };
+    let report = xpupool_bench::run(&options)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args),
+        Command::Bench(args) => bench(args),
         Command::ServerWorker(args) => {
             init_logging("warn");
             xpupool_server::worker::serve_worker(backend(&args.backend, args.mock_memory_mib))

@@ -1,0 +1,155 @@
+//! xpupool's own figures: a client of an embedded mock server, over QUIC on loopback,
+//! making the calls the shim makes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use serde_bytes::ByteBuf;
+use xpupool_client::{Connection, Settings};
+use xpupool_protocol::api::LaunchDims;
+use xpupool_protocol::{Calls, CuError, Request, MAX_COPY_CHUNK};
+use xpupool_server::embedded::EmbeddedServer;
+use xpupool_server::MockBackend;
+
+use crate::Progress;
+
+/// A kernel that does nothing; hand-written PTX.
+const EMPTY_PTX: &str = r#"
+.version 8.0
+.target sm_90
+.address_size 64
+
+.visible .entry empty()
+{
+    ret;
+}
+"#;
+
+/// An embedded mock server and one client session of it.
+pub(crate) struct Pool {
+    // Field order: the connection goes before the server it talks to.
+    pub(crate) conn: Connection,
+    _server: EmbeddedServer,
+}
+
+fn cu(e: CuError) -> anyhow::Error {
+    anyhow!("CUDA error {}: {}", e.code, e.message)
+}
+
+impl Pool {
+    /// Starts a mock server with `memory` bytes of device memory and connects to it.
+    pub(crate) fn start(memory: u64) -> Result<Self> {
+        Self::connect(Self::server(memory)?)
+    }
+
+    /// Starts a mock server with `memory` bytes of device memory.
+    pub(crate) fn server(memory: u64) -> Result<EmbeddedServer> {
+        EmbeddedServer::start(Arc::new(MockBackend::new(memory)))
+            .context("starting the embedded mock server")
+    }
+
+    /// Connects to `server`, which the pool then owns.
+    pub(crate) fn connect(server: EmbeddedServer) -> Result<Self> {
+        let settings = Settings {
+            server: server.addr().to_string(),
+            cert: Some(server.cert_path().to_string_lossy().into_owned()),
+            fingerprint: None,
+            token: server.token().to_owned(),
+        };
+        let conn = Connection::open(&settings).context("connecting to the embedded server")?;
+        Ok(Self {
+            conn,
+            _server: server,
+        })
+    }
+
+    /// One idle `synchronize()` round trip.
+    pub(crate) fn sync_round_trip(&self) -> Result<Duration> {
+        let start = Instant::now();
+        self.conn.synchronize().map_err(cu)?;
+        Ok(start.elapsed())
+    }
+
+    /// Loads the empty kernel and returns its function handle.
+    fn empty_kernel(&self) -> Result<u64> {
+        let image = ByteBuf::from(xpupool_fatbin::Image::Ptx(EMPTY_PTX.to_owned()).to_wire());
+        let module = self.conn.module_load(image).map_err(cu)?;
+        module
+            .functions
+            .iter()
+            .find(|f| f.name == "empty")
+            .map(|f| f.handle)
+            .context("the empty kernel is not in its module")
+    }
+
+    /// Posts `count` launches of a one-thread empty kernel, then synchronises;
+    /// returns the time from the first post to the end of the synchronisation.
+    pub(crate) fn launches(&self, count: u64, progress: &mut Progress) -> Result<Duration> {
+        let function = self.empty_kernel()?;
+        let dims = LaunchDims {
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            shared_bytes: 0,
+        };
+        // Warm up (and check that the kernel really launches).
+        self.conn
+            .launch_kernel(function, dims, 0, ByteBuf::new())
+            .map_err(cu)?;
+        let step = (count / 20).max(1);
+        let start = Instant::now();
+        for i in 0..count {
+            self.conn
+                .post(Request::LaunchKernel {
+                    function,
+                    dims,
+                    stream: 0,
+                    params: ByteBuf::new(),
+                })
+                .map_err(cu)?;
+            if (i + 1) % step == 0 {
+                progress.percent((i + 1) as f64 / count as f64);
+            }
+        }
+        self.conn.synchronize().map_err(cu)?;
+        Ok(start.elapsed())
+    }
+
+    /// Allocates `bytes` of device memory.
+    pub(crate) fn alloc(&self, bytes: u64) -> Result<u64> {
+        self.conn.mem_alloc(0, bytes).map_err(cu)
+    }
+
+    /// Copies `src` to device memory at `dst` as the shim does (posted chunks of at
+    /// most [`MAX_COPY_CHUNK`], each copied out of host memory first), then
+    /// synchronises; returns the time until the copy is known to be done.
+    pub(crate) fn h2d(&self, dst: u64, src: &[u8]) -> Result<Duration> {
+        let start = Instant::now();
+        for (i, chunk) in src.chunks(MAX_COPY_CHUNK).enumerate() {
+            self.conn
+                .post(Request::MemcpyHtoD {
+                    dst: dst + (i * MAX_COPY_CHUNK) as u64,
+                    data: ByteBuf::from(chunk.to_vec()),
+                    stream: 0,
+                })
+                .map_err(cu)?;
+        }
+        self.conn.synchronize().map_err(cu)?;
+        Ok(start.elapsed())
+    }
+
+    /// Copies device memory at `src` into `dst` as the shim does (one call per
+    /// [`MAX_COPY_CHUNK`], each copied into host memory); returns the time taken.
+    pub(crate) fn d2h(&self, src: u64, dst: &mut [u8]) -> Result<Duration> {
+        let start = Instant::now();
+        for (i, chunk) in dst.chunks_mut(MAX_COPY_CHUNK).enumerate() {
+            let bytes = self
+                .conn
+                .memcpy_dtoh(src + (i * MAX_COPY_CHUNK) as u64, chunk.len() as u64, 0)
+                .map_err(cu)?;
+            ensure!(bytes.len() == chunk.len(), "short device-to-host copy");
+            chunk.copy_from_slice(&bytes);
+        }
+        Ok(start.elapsed())
+    }
+}
