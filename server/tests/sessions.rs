@@ -105,36 +105,7 @@ fn kernel_runs_and_results_come_back() {
 #[test]
 fn sessions_cannot_touch_each_other() {
     let f = fixture(64 << 20);
-    let a = f.connect();
-    let b = f.connect();
-    let mine = a.mem_alloc(0, 4096).unwrap();
-    assert_eq!(
-        b.memcpy_htod(mine, ByteBuf::from(vec![1; 16]), 0)
-            .unwrap_err()
-            .code,
-        code::INVALID_VALUE
-    );
-    assert_eq!(
-        b.memcpy_dtoh(mine, 16, 0).unwrap_err().code,
-        code::INVALID_VALUE
-    );
-    assert_eq!(b.mem_free(mine).unwrap_err().code, code::INVALID_VALUE);
-    let stream = a.stream_create(0, 0).unwrap();
-    assert_eq!(
-        b.stream_synchronize(stream).unwrap_err().code,
-        code::INVALID_HANDLE
-    );
-    assert_eq!(
-        a.memcpy_dtoh(mine + 4000, 200, 0).unwrap_err().code,
-        code::INVALID_VALUE,
-        "read past the end"
-    );
-    a.mem_free(mine).unwrap();
-    assert_eq!(
-        a.mem_free(mine).unwrap_err().code,
-        code::INVALID_VALUE,
-        "double free"
-    );
+    common::assert_sessions_isolated(&f.connect(), &f.connect());
 }
 
 #[test]

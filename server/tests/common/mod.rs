@@ -3,6 +3,8 @@
 
 use serde_bytes::ByteBuf;
 use xpupool_client::{Connection, Settings};
+use xpupool_protocol::api::LaunchDims;
+use xpupool_protocol::{code, Calls};
 use xpupool_server::embedded::EmbeddedServer;
 
 /// `out[i] = i * k` for i < n, and a module variable; hand-written PTX.
@@ -63,4 +65,79 @@ pub(crate) fn params(out: u64, n: u32, k: u32) -> ByteBuf {
     bytes.extend_from_slice(&n.to_le_bytes());
     bytes.extend_from_slice(&k.to_le_bytes());
     ByteBuf::from(bytes)
+}
+
+/// Session `b` can name none of `a`'s memory, streams, events, modules or kernels,
+/// and `a`'s own ranges are checked: the same on every backend.
+pub(crate) fn assert_sessions_isolated(a: &Connection, b: &Connection) {
+    let mine = a.mem_alloc(0, 4096).unwrap();
+    assert_eq!(
+        b.memcpy_htod(mine, ByteBuf::from(vec![1; 16]), 0)
+            .unwrap_err()
+            .code,
+        code::INVALID_VALUE
+    );
+    assert_eq!(
+        b.memcpy_dtoh(mine, 16, 0).unwrap_err().code,
+        code::INVALID_VALUE
+    );
+    let theirs = b.mem_alloc(0, 64).unwrap();
+    assert_eq!(
+        b.memcpy_dtod(theirs, mine, 16, 0).unwrap_err().code,
+        code::INVALID_VALUE
+    );
+    assert_eq!(
+        b.memset(mine, 0, 1, 16, 0).unwrap_err().code,
+        code::INVALID_VALUE
+    );
+    assert_eq!(b.mem_free(mine).unwrap_err().code, code::INVALID_VALUE);
+    let stream = a.stream_create(0, 0).unwrap();
+    let event = a.event_create(0).unwrap();
+    assert_eq!(
+        b.stream_synchronize(stream).unwrap_err().code,
+        code::INVALID_HANDLE
+    );
+    assert_eq!(
+        b.event_record(event, 0).unwrap_err().code,
+        code::INVALID_HANDLE
+    );
+    assert_eq!(
+        b.memcpy_dtoh(theirs, 16, stream).unwrap_err().code,
+        code::INVALID_HANDLE,
+        "another session's stream"
+    );
+    let module = a.module_load(ptx_image(SCALE_PTX)).unwrap();
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [1, 1, 1],
+        shared_bytes: 0,
+    };
+    assert_eq!(
+        b.launch_kernel(module.functions[0].handle, dims, 0, params(theirs, 1, 1))
+            .unwrap_err()
+            .code,
+        code::INVALID_HANDLE
+    );
+    assert_eq!(
+        b.module_get_global(module.handle, "counter".into())
+            .unwrap_err()
+            .code,
+        code::INVALID_HANDLE
+    );
+    assert_eq!(
+        a.memcpy_dtoh(mine + 4000, 200, 0).unwrap_err().code,
+        code::INVALID_VALUE,
+        "read past the end"
+    );
+    assert_eq!(
+        a.memcpy_dtoh(u64::MAX - 4, 16, 0).unwrap_err().code,
+        code::INVALID_VALUE,
+        "a range that wraps"
+    );
+    a.mem_free(mine).unwrap();
+    assert_eq!(
+        a.mem_free(mine).unwrap_err().code,
+        code::INVALID_VALUE,
+        "double free"
+    );
 }
