@@ -753,7 +753,7 @@ impl fmt::Display for Report {
         writeln!(f)?;
         writeln!(
             f,
-            "copy sweep over QUIC (each copy timed until done: H2D posted then synchronize(), D2H one call per 64 MiB; median)"
+            "copy sweep over QUIC (each copy timed until done: H2D posted then synchronize(), D2H one call per {} KiB chunk; median)", xpupool_protocol::MAX_COPY_CHUNK >> 10
         )?;
         let mut sweep = vec![cells(&["size", "copies", "H2D GB/s", "D2H GB/s"])];
         for r in &self.copy_sweep {

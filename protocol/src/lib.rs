@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub const MAX_FRAME: usize = 80 << 20;
 
 /// The largest payload of one copy message; the client splits larger copies.
-pub const MAX_COPY_CHUNK: usize = 64 << 20;
+pub const MAX_COPY_CHUNK: usize = 1 << 20;
 
 /// A failed operation: the CUDA driver error code (`CUresult`) the client returns,
 /// with a human-readable reason for logs.
