@@ -93,6 +93,10 @@ struct ServerArgs {
     /// Backend: `cuda` (this host's NVIDIA GPUs) or `mock` (CPU interpreter; works everywhere).
     #[arg(long, default_value = "mock")]
     backend: String,
+    /// Also listen on this Unix socket, the fast path for clients on this host
+    /// (`XPUPOOL_SERVER=unix:PATH`); made accessible to its owner only.
+    #[arg(long)]
+    unix_socket: Option<PathBuf>,
     /// Where sessions run: `process` (each in its own worker process, so one tenant's
     /// fault cannot reach another), `none` (in the server), or `auto` (process for
     /// cuda, none for mock).
@@ -314,7 +318,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 .token
                 .as_deref()
                 .context("--server needs --token (or XPUPOOL_TOKEN)")?;
-            if args.cert.is_none() && args.fingerprint.is_none() {
+            if args.cert.is_none()
+                && args.fingerprint.is_none()
+                && !server.starts_with(xpupool_client::UNIX_PREFIX)
+            {
                 bail!("--server needs --cert or --fingerprint to verify the server");
             }
             command
@@ -357,7 +364,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             }
             let server = EmbeddedServer::start_for_run(chosen, args.memory_limit)?;
             command
-                .env("XPUPOOL_SERVER", server.addr().to_string())
+                .env(
+                    "XPUPOOL_SERVER",
+                    format!(
+                        "{}{}",
+                        xpupool_client::UNIX_PREFIX,
+                        server.unix_socket().display()
+                    ),
+                )
                 .env("XPUPOOL_SERVER_CERT", server.cert_path())
                 .env("XPUPOOL_TOKEN", server.token())
                 .env_remove("XPUPOOL_SERVER_FINGERPRINT");
@@ -459,6 +473,7 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
             tokens,
             backend,
             module_cache_dir: Some(dir.join("modules")),
+            unix_socket: args.unix_socket.clone(),
         })?;
         println!("listening: {}", server.local_addr()?);
         println!("certificate: {}", cert_path.display());

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use quinn::{RecvStream, SendStream};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xpupool_protocol::{
     code, frame, Calls, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
 };
@@ -48,7 +48,8 @@ impl Settings {
         let fingerprint = std::env::var("XPUPOOL_SERVER_FINGERPRINT")
             .ok()
             .filter(|s| !s.is_empty());
-        if cert.is_none() && fingerprint.is_none() {
+        // A Unix socket on this host needs no TLS: the socket's permissions guard it.
+        if cert.is_none() && fingerprint.is_none() && !server.starts_with(UNIX_PREFIX) {
             bail!("set XPUPOOL_SERVER_CERT (the server's certificate file) or XPUPOOL_SERVER_FINGERPRINT (sha256:...) to verify {server}");
         }
         let token =
@@ -152,22 +153,63 @@ fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig> {
     Ok(config)
 }
 
+/// `XPUPOOL_SERVER=unix:PATH` names a server's Unix socket on this host: the fast
+/// path for a client beside its server (no TLS, no UDP; the token is still checked).
+pub const UNIX_PREFIX: &str = "unix:";
+
+/// The two halves of whatever carries the session (a QUIC stream, a Unix socket).
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// A live connection; [`Calls`] on it are one round trip each.
 pub struct Connection {
     runtime: tokio::runtime::Runtime,
-    connection: quinn::Connection,
+    /// The QUIC connection, to close politely; `None` on a Unix socket.
+    connection: Option<quinn::Connection>,
     pipe: Mutex<Option<Pipe>>,
     lost: AtomicBool,
     /// What the server said about itself and its devices.
     pub welcome: Welcome,
 }
 
-async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>> {
+async fn read_frame(recv: &mut Reader) -> Result<Vec<u8>> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix).await?;
     let mut body = vec![0u8; frame::body_len(prefix)?];
     recv.read_exact(&mut body).await?;
     Ok(body)
+}
+
+/// Opens a QUIC connection and its one bi-directional stream.
+async fn connect_quic(
+    settings: &Settings,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+    let addr: SocketAddr = settings
+        .server
+        .to_socket_addrs()
+        .with_context(|| format!("resolving XPUPOOL_SERVER {}", settings.server))?
+        .next()
+        .with_context(|| format!("{} resolves to no address", settings.server))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(settings)?)?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    client_config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let mut endpoint = quinn::Endpoint::client(bind)?;
+    endpoint.set_default_client_config(client_config);
+    let connection = tokio::time::timeout(
+        Duration::from_secs(10),
+        endpoint.connect(addr, SERVER_NAME)?,
+    )
+    .await
+    .map_err(|_| anyhow!("no answer from {addr} within 10 s"))??;
+    let (send, recv) = connection.open_bi().await?;
+    Ok((connection, send, recv))
 }
 
 impl Connection {
@@ -178,33 +220,27 @@ impl Connection {
             .thread_name("xpupool-client")
             .enable_all()
             .build()?;
-        let addr: SocketAddr = settings
-            .server
-            .to_socket_addrs()
-            .with_context(|| format!("resolving XPUPOOL_SERVER {}", settings.server))?
-            .next()
-            .with_context(|| format!("{} resolves to no address", settings.server))?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(settings)?)?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(10)));
-        client_config.transport_config(Arc::new(transport));
-        let token = settings.token.clone();
-        let (connection, send, recv, welcome) = runtime.block_on(async move {
-            let bind: SocketAddr = if addr.is_ipv6() {
-                "[::]:0".parse()?
-            } else {
-                "0.0.0.0:0".parse()?
+        let (connection, mut send, mut recv): (_, Writer, Reader) =
+            match settings.server.strip_prefix(UNIX_PREFIX) {
+                Some(path) => {
+                    let stream = runtime
+                        .block_on(tokio::net::UnixStream::connect(path))
+                        .with_context(|| format!("connecting to the Unix socket {path}"))?;
+                    let (recv, send) = stream.into_split();
+                    // Replies are small and many: read them out of a buffer.
+                    (
+                        None,
+                        Box::new(send),
+                        Box::new(tokio::io::BufReader::with_capacity(1 << 16, recv)),
+                    )
+                }
+                None => {
+                    let (connection, send, recv) = runtime.block_on(connect_quic(settings))?;
+                    (Some(connection), Box::new(send), Box::new(recv))
+                }
             };
-            let mut endpoint = quinn::Endpoint::client(bind)?;
-            endpoint.set_default_client_config(client_config);
-            let connection = tokio::time::timeout(
-                Duration::from_secs(10),
-                endpoint.connect(addr, SERVER_NAME)?,
-            )
-            .await
-            .map_err(|_| anyhow!("no answer from {addr} within 10 s"))??;
-            let (mut send, mut recv) = connection.open_bi().await?;
+        let token = settings.token.clone();
+        let welcome = runtime.block_on(async {
             let hello = Hello {
                 protocol_version: PROTOCOL_VERSION,
                 token,
@@ -212,10 +248,9 @@ impl Connection {
                 program: std::env::args().next().unwrap_or_default(),
             };
             send.write_all(&frame::encode(&hello)?).await?;
+            send.flush().await?;
             let welcome: Result<Welcome, CuError> = frame::decode(&read_frame(&mut recv).await?)?;
-            let welcome =
-                welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))?;
-            anyhow::Ok((connection, send, recv, welcome))
+            welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))
         })?;
         Ok(Self {
             runtime,
@@ -251,9 +286,11 @@ impl Connection {
         let (done, wait) = std::sync::mpsc::channel();
         self.runtime.handle().spawn(async move {
             let _ = pipe.send.write_all(&pipe.out).await;
-            let _ = pipe.send.finish();
-            connection.close(0u32.into(), b"client exit");
-            let _ = tokio::time::timeout(Duration::from_millis(500), connection.closed()).await;
+            let _ = pipe.send.shutdown().await;
+            if let Some(connection) = connection {
+                connection.close(0u32.into(), b"client exit");
+                let _ = tokio::time::timeout(Duration::from_millis(500), connection.closed()).await;
+            }
             let _ = done.send(());
         });
         let _ = wait.recv_timeout(Duration::from_millis(600));
@@ -299,7 +336,10 @@ impl Connection {
         if pipe.out.is_empty() {
             return Ok(());
         }
-        let written = self.runtime.block_on(pipe.send.write_all(&pipe.out));
+        let written = self.runtime.block_on(async {
+            pipe.send.write_all(&pipe.out).await?;
+            pipe.send.flush().await
+        });
         pipe.out.clear();
         written.map_err(|e| self.lost(e))
     }
@@ -343,8 +383,8 @@ const MAX_PENDING: usize = 4096;
 
 /// The request stream and what travels on it.
 struct Pipe {
-    send: SendStream,
-    recv: RecvStream,
+    send: Writer,
+    recv: Reader,
     /// Encoded operations not written yet.
     out: Vec<u8>,
     /// Operations written whose replies have not been read.

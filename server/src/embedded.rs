@@ -12,6 +12,7 @@ use crate::{tls, Backend, Server, ServerConfig, TokenEntry};
 /// A running embedded server; dropping it stops the server and removes its files.
 pub struct EmbeddedServer {
     addr: SocketAddr,
+    unix_socket: PathBuf,
     token: String,
     cert_path: PathBuf,
     dir: PathBuf,
@@ -47,6 +48,12 @@ impl EmbeddedServer {
             &crate::random_token()[..8]
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The folder holds the Unix socket: only this user may reach it.
+        std::fs::set_permissions(
+            &dir,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+        )?;
+        let unix_socket = dir.join("server.sock");
         let identity = tls::create_ephemeral(&dir)?;
         let cert_path = identity.cert_path.clone();
         let token = crate::random_token();
@@ -65,12 +72,14 @@ impl EmbeddedServer {
             }],
             backend,
             module_cache_dir,
+            unix_socket: Some(unix_socket.clone()),
         };
         let server = runtime.block_on(async { Server::bind(config) })?;
         let addr = server.local_addr()?;
         runtime.spawn(server.serve());
         Ok(Self {
             addr,
+            unix_socket,
             token,
             cert_path,
             dir,
@@ -81,6 +90,11 @@ impl EmbeddedServer {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its Unix socket, for clients on this host (`XPUPOOL_SERVER=unix:PATH`).
+    pub fn unix_socket(&self) -> &Path {
+        &self.unix_socket
     }
 
     /// The token its one tenant uses.

@@ -1,11 +1,13 @@
-//! The QUIC listener: one session per client connection, requests handled in order.
+//! The listeners: QUIC (TLS 1.3) for clients on other hosts and, optionally, a Unix
+//! socket for clients on this one. Either way a connection is one ordered pair of
+//! byte streams and one session; the session layer does not know which it has.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use quinn::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xpupool_protocol::{
     code, frame, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
 };
@@ -38,11 +40,15 @@ pub struct ServerConfig {
     pub backend: Arc<dyn Backend>,
     /// Where module images are kept across processes (memory only if `None`).
     pub module_cache_dir: Option<std::path::PathBuf>,
+    /// A Unix socket to listen on as well, for clients on this host (`unix:PATH`).
+    /// Made readable and writable by its owner only; its folder should be private.
+    pub unix_socket: Option<std::path::PathBuf>,
 }
 
 /// A bound server; [`Server::serve`] runs it.
 pub struct Server {
     endpoint: quinn::Endpoint,
+    unix: Option<tokio::net::UnixListener>,
     tenants: Arc<Vec<(String, Tenant)>>,
     backend: Arc<dyn Backend>,
     modules: Arc<ModuleCache>,
@@ -88,8 +94,13 @@ impl Server {
         server_config.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
+        let unix = match &config.unix_socket {
+            Some(path) => Some(bind_unix(path)?),
+            None => None,
+        };
         Ok(Self {
             endpoint,
+            unix,
             tenants: Arc::new(tenants(config.tokens)),
             backend: config.backend,
             modules: Arc::new(ModuleCache::new(config.module_cache_dir)),
@@ -101,19 +112,47 @@ impl Server {
         Ok(self.endpoint.local_addr()?)
     }
 
-    /// Accepts connections until the endpoint is closed.
+    /// Accepts connections (QUIC, and the Unix socket if any) until the endpoint is closed.
     pub async fn serve(self) {
+        let shared = Shared {
+            tenants: self.tenants,
+            backend: self.backend,
+            modules: self.modules,
+        };
+        if let Some(unix) = self.unix {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    match unix.accept().await {
+                        Ok((stream, _)) => {
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                let (recv, send) = stream.into_split();
+                                // Frames are small and many: read them out of a buffer,
+                                // not one system call each.
+                                let recv = tokio::io::BufReader::with_capacity(1 << 16, recv);
+                                if let Err(e) =
+                                    serve_stream(recv, send, "unix".to_owned(), shared).await
+                                {
+                                    tracing::info!(remote = "unix", error = %e, "connection ended");
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::error!("accepting on the Unix socket: {e}");
+                            break;
+                        }
+                    }
+                }
+            });
+        }
         while let Some(incoming) = self.endpoint.accept().await {
-            let tenants = self.tenants.clone();
-            let backend = self.backend.clone();
-            let modules = self.modules.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
                 let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(connection) => {
-                        if let Err(e) =
-                            serve_connection(connection, tenants, backend, modules).await
-                        {
+                        if let Err(e) = serve_connection(connection, shared).await {
                             tracing::info!(%remote, error = %e, "connection ended");
                         }
                     }
@@ -122,6 +161,27 @@ impl Server {
             });
         }
     }
+}
+
+/// Binds a Unix socket only its owner can use, replacing a stale one.
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("listening on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// What every connection handler needs.
+#[derive(Clone)]
+struct Shared {
+    tenants: Arc<Vec<(String, Tenant)>>,
+    backend: Arc<dyn Backend>,
+    modules: Arc<ModuleCache>,
 }
 
 /// Compares in time independent of where the strings differ.
@@ -133,11 +193,11 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-async fn read_frame(recv: &mut RecvStream) -> Result<Option<Vec<u8>>> {
+async fn read_frame(recv: &mut (impl AsyncRead + Unpin)) -> Result<Option<Vec<u8>>> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
     let len = frame::body_len(prefix)?;
@@ -146,20 +206,38 @@ async fn read_frame(recv: &mut RecvStream) -> Result<Option<Vec<u8>>> {
     Ok(Some(body))
 }
 
-async fn write_message<T: serde::Serialize>(send: &mut SendStream, message: &T) -> Result<()> {
+async fn write_message<T: serde::Serialize>(
+    send: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+) -> Result<()> {
     let bytes = frame::encode(message)?;
     send.write_all(&bytes).await?;
+    send.flush().await?;
     Ok(())
 }
 
-async fn serve_connection(
-    connection: quinn::Connection,
-    tenants: Arc<Vec<(String, Tenant)>>,
-    backend: Arc<dyn Backend>,
-    modules: Arc<ModuleCache>,
+/// A QUIC connection: its first bi-directional stream carries the session.
+async fn serve_connection(connection: quinn::Connection, shared: Shared) -> Result<()> {
+    let remote = connection.remote_address().to_string();
+    let (send, recv) = connection.accept_bi().await?;
+    let result = serve_stream(recv, send, remote, shared).await;
+    // Let the client read the last reply (or a refusal) before the connection goes.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.closed()).await;
+    result
+}
+
+/// One session over an ordered pair of byte streams, whatever carries them.
+async fn serve_stream(
+    mut recv: impl AsyncRead + Unpin + Send + 'static,
+    mut send: impl AsyncWrite + Unpin + Send + 'static,
+    remote: String,
+    shared: Shared,
 ) -> Result<()> {
-    let remote = connection.remote_address();
-    let (mut send, mut recv) = connection.accept_bi().await?;
+    let Shared {
+        tenants,
+        backend,
+        modules,
+    } = shared;
     let hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
     let tenant = if hello.protocol_version != PROTOCOL_VERSION {
         Err(CuError::new(
@@ -191,8 +269,7 @@ async fn serve_connection(
         Err(e) => {
             tracing::warn!(%remote, pid = hello.pid, program = %hello.program, reason = %e.message, "refused client");
             write_message(&mut send, &Err::<Welcome, _>(e)).await?;
-            send.finish()?;
-            connection.closed().await;
+            send.shutdown().await?;
             return Ok(());
         }
     };
@@ -231,6 +308,7 @@ async fn serve_connection(
                 }
             }
             send.write_all(&batch).await?;
+            send.flush().await?;
             batch.clear();
         }
         anyhow::Ok(())

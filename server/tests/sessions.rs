@@ -313,3 +313,48 @@ fn an_image_is_uploaded_once_and_then_loaded_by_its_hash() {
     assert_eq!(u32::from_le_bytes(bytes[40..44].try_into().unwrap()), 50);
     assert!(second.module_load_cached([7; 32]).unwrap().is_none());
 }
+
+#[test]
+fn clients_on_this_host_use_the_unix_socket_with_the_same_checks() {
+    let f = fixture(64 << 20);
+    let mut settings = f.settings(f.server.token());
+    settings.server = format!(
+        "{}{}",
+        xpupool_client::UNIX_PREFIX,
+        f.server.unix_socket().display()
+    );
+    settings.cert = None;
+    let c = Connection::open(&settings).expect("connects over the Unix socket");
+    let n = 256u32;
+    let out = c.mem_alloc(0, n as u64 * 4).unwrap();
+    let module = c.module_load(common::ptx_image(SCALE_PTX)).unwrap();
+    let dims = LaunchDims {
+        grid: [2, 1, 1],
+        block: [128, 1, 1],
+        shared_bytes: 0,
+    };
+    c.post(xpupool_protocol::Request::LaunchKernel {
+        function: module.functions[0].handle,
+        dims,
+        stream: 0,
+        params: params(out, n, 2),
+    })
+    .unwrap();
+    let bytes = c.memcpy_dtoh(out, n as u64 * 4, 0).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[400..404].try_into().unwrap()), 200);
+    // The token is checked here too, and other sessions stay out of reach.
+    settings.token = "wrong".to_owned();
+    let refused = Connection::open(&settings).err().expect("refused");
+    assert!(
+        format!("{refused:#}").contains("unknown tenant token"),
+        "{refused:#}"
+    );
+    common::assert_sessions_isolated(&c, &f.connect());
+    // The socket is its owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(f.server.unix_socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "socket mode {mode:o}");
+}
