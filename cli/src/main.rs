@@ -364,14 +364,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             }
             let server = EmbeddedServer::start_for_run(chosen, args.memory_limit)?;
             command
-                .env(
-                    "XPUPOOL_SERVER",
-                    format!(
-                        "{}{}",
-                        xpupool_client::UNIX_PREFIX,
-                        server.unix_socket().display()
-                    ),
-                )
+                .env("XPUPOOL_SERVER", server.client_address())
                 .env("XPUPOOL_SERVER_CERT", server.cert_path())
                 .env("XPUPOOL_TOKEN", server.token())
                 .env_remove("XPUPOOL_SERVER_FINGERPRINT");

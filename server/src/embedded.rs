@@ -12,7 +12,7 @@ use crate::{tls, Backend, Server, ServerConfig, TokenEntry};
 /// A running embedded server; dropping it stops the server and removes its files.
 pub struct EmbeddedServer {
     addr: SocketAddr,
-    unix_socket: PathBuf,
+    unix_socket: Option<PathBuf>,
     token: String,
     cert_path: PathBuf,
     dir: PathBuf,
@@ -76,6 +76,7 @@ impl EmbeddedServer {
         };
         let server = runtime.block_on(async { Server::bind(config) })?;
         let addr = server.local_addr()?;
+        let unix_socket = server.has_unix_socket().then_some(unix_socket);
         runtime.spawn(server.serve());
         Ok(Self {
             addr,
@@ -92,9 +93,19 @@ impl EmbeddedServer {
         self.addr
     }
 
-    /// Its Unix socket, for clients on this host (`XPUPOOL_SERVER=unix:PATH`).
-    pub fn unix_socket(&self) -> &Path {
-        &self.unix_socket
+    /// Its Unix socket, for clients on this host (`XPUPOOL_SERVER=unix:PATH`), unless
+    /// it could not be made (then clients use [`EmbeddedServer::addr`]).
+    pub fn unix_socket(&self) -> Option<&Path> {
+        self.unix_socket.as_deref()
+    }
+
+    /// What a client on this host sets `XPUPOOL_SERVER` to: the Unix socket if there
+    /// is one, else the QUIC address.
+    pub fn client_address(&self) -> String {
+        match &self.unix_socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => self.addr.to_string(),
+        }
     }
 
     /// The token its one tenant uses.

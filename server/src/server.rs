@@ -94,10 +94,16 @@ impl Server {
         server_config.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
-        let unix = match &config.unix_socket {
-            Some(path) => Some(bind_unix(path)?),
-            None => None,
-        };
+        let unix = config
+            .unix_socket
+            .as_deref()
+            .and_then(|path| match bind_unix(path) {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    tracing::warn!("no Unix socket, clients on this host use QUIC: {e:#}");
+                    None
+                }
+            });
         Ok(Self {
             endpoint,
             unix,
@@ -105,6 +111,11 @@ impl Server {
             backend: config.backend,
             modules: Arc::new(ModuleCache::new(config.module_cache_dir)),
         })
+    }
+
+    /// Whether the Unix socket asked for is listening.
+    pub fn has_unix_socket(&self) -> bool {
+        self.unix.is_some()
     }
 
     /// The address actually bound (useful with port 0).

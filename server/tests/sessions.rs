@@ -318,11 +318,8 @@ fn an_image_is_uploaded_once_and_then_loaded_by_its_hash() {
 fn clients_on_this_host_use_the_unix_socket_with_the_same_checks() {
     let f = fixture(64 << 20);
     let mut settings = f.settings(f.server.token());
-    settings.server = format!(
-        "{}{}",
-        xpupool_client::UNIX_PREFIX,
-        f.server.unix_socket().display()
-    );
+    settings.server = f.server.client_address();
+    assert!(settings.server.starts_with(xpupool_client::UNIX_PREFIX));
     settings.cert = None;
     let c = Connection::open(&settings).expect("connects over the Unix socket");
     let n = 256u32;
@@ -352,7 +349,7 @@ fn clients_on_this_host_use_the_unix_socket_with_the_same_checks() {
     common::assert_sessions_isolated(&c, &f.connect());
     // The socket is its owner's alone.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(f.server.unix_socket())
+    let mode = std::fs::metadata(f.server.unix_socket().expect("a socket"))
         .unwrap()
         .permissions()
         .mode();
