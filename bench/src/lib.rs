@@ -1,13 +1,13 @@
 //! The `xpupool bench` harness: xpupool's figures (idle synchronisation round trip,
-//! sustained kernel launches, host↔device copies) measured against an embedded mock
-//! server over QUIC on loopback, and in the same run the floor they are compared
-//! with: the raw transport (plain quinn with the same TLS 1.3 setup, no xpupool code)
-//! and this machine's memcpy. [`run`] measures and returns a [`Report`], which prints
-//! as an aligned table ([`std::fmt::Display`]) or serialises to JSON
-//! ([`Report::to_json`]).
+//! sustained kernel launches, host↔device copies) measured against embedded mock
+//! servers over each transport (QUIC on loopback, and the same-host Unix socket), and
+//! in the same run the floor they are compared with: the raw transports (plain quinn
+//! with the same TLS 1.3 setup, a plain tokio Unix socket; no xpupool code) and this
+//! machine's memcpy. [`run`] measures and returns a [`Report`], which prints as an
+//! aligned table ([`std::fmt::Display`]) or serialises to JSON ([`Report::to_json`]).
 //!
-//! Every transport figure has a `quic` and a `local` value; `local` (the same-host
-//! Unix socket + shared-memory transport) is `None` until that transport exists.
+//! Every transport figure has a `quic` and a `local` value; `local` is the Unix socket
+//! (the shared-memory ring of the same-host transport is not built yet).
 //! Criterion micro-benchmarks of the wire layer are in `benches/`.
 
 use std::fmt;
@@ -92,21 +92,68 @@ impl Options {
     }
 }
 
-/// One figure per transport. `local` is `None` until the same-host transport exists.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct PerTransport {
-    /// Over QUIC on loopback.
-    pub quic: f64,
-    /// Over the same-host transport (not built yet).
-    pub local: Option<f64>,
+/// The transports measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// QUIC on loopback.
+    Quic,
+    /// The same-host transport: a Unix socket.
+    Local,
 }
 
-impl PerTransport {
-    fn quic(value: f64) -> Self {
-        Self {
-            quic: value,
-            local: None,
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "QUIC",
+            Transport::Local => "local (Unix socket)",
         }
+    }
+}
+
+/// One figure (a number unless said otherwise) per transport.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PerTransport<T = f64> {
+    /// Over QUIC on loopback.
+    pub quic: T,
+    /// Over the same-host transport (a Unix socket; no shared-memory ring yet).
+    pub local: T,
+}
+
+impl<T> PerTransport<T> {
+    /// `f` of each transport, QUIC first.
+    fn try_each(mut f: impl FnMut(Transport) -> Result<T>) -> Result<Self> {
+        Ok(Self {
+            quic: f(Transport::Quic)?,
+            local: f(Transport::Local)?,
+        })
+    }
+
+    fn try_map<U>(self, mut f: impl FnMut(Transport, T) -> Result<U>) -> Result<PerTransport<U>> {
+        Ok(PerTransport {
+            quic: f(Transport::Quic, self.quic)?,
+            local: f(Transport::Local, self.local)?,
+        })
+    }
+
+    fn try_map_ref<U>(
+        &self,
+        mut f: impl FnMut(Transport, &T) -> Result<U>,
+    ) -> Result<PerTransport<U>> {
+        Ok(PerTransport {
+            quic: f(Transport::Quic, &self.quic)?,
+            local: f(Transport::Local, &self.local)?,
+        })
+    }
+
+    fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> PerTransport<U> {
+        PerTransport {
+            quic: f(&self.quic),
+            local: f(&self.local),
+        }
+    }
+
+    fn each_mut(&mut self) -> [&mut T; 2] {
+        [&mut self.quic, &mut self.local]
     }
 }
 
@@ -185,17 +232,17 @@ pub struct Spread {
     pub p90_us: f64,
 }
 
-/// Median round trips with the client and the servers pinned to CPUs.
+/// Median round trips with the clients and the servers pinned to CPUs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct PinnedRtt {
     /// CPU of the servers' threads.
     pub server_cpu: usize,
-    /// CPU of the client's threads.
+    /// CPU of the clients' threads.
     pub client_cpu: usize,
     /// Median idle `synchronize()` round trip, µs.
-    pub sync_us: f64,
+    pub sync_us: PerTransport,
     /// Median raw 64-byte round trip, µs.
-    pub raw_us: f64,
+    pub raw_us: PerTransport,
 }
 
 /// Round trips measured with both ends pinned, since on these machines whether the
@@ -217,9 +264,9 @@ pub struct CopyRow {
     /// Copies timed in each direction.
     pub reps: usize,
     /// Host to device, GB/s (10⁹ bytes), median copy.
-    pub h2d_gbps: f64,
+    pub h2d_gbps: PerTransport,
     /// Device to host, GB/s, median copy.
-    pub d2h_gbps: f64,
+    pub d2h_gbps: PerTransport,
 }
 
 /// Everything one run measured.
@@ -237,11 +284,11 @@ pub struct Report {
     pub sync_rtt_us: PerTransport,
     /// Median 64-byte request/reply round trip on one raw stream, µs.
     pub raw_rtt_us: PerTransport,
-    /// Spread of the idle `synchronize()` round trips (QUIC).
-    pub sync_rtt_spread: Spread,
-    /// Spread of the raw round trips (QUIC).
-    pub raw_rtt_spread: Spread,
-    /// The same round trips with both ends pinned (QUIC).
+    /// Spread of the idle `synchronize()` round trips.
+    pub sync_rtt_spread: PerTransport<Spread>,
+    /// Spread of the raw round trips.
+    pub raw_rtt_spread: PerTransport<Spread>,
+    /// The same round trips with both ends pinned.
     pub rtt_pinned: Pinned,
     /// Empty-kernel launches per second, posted without waiting, final sync included.
     pub launches_per_s: PerTransport,
@@ -251,7 +298,8 @@ pub struct Report {
     pub h2d_256mib_gbps: PerTransport,
     /// Device-to-host copy of the largest size, GB/s.
     pub d2h_256mib_gbps: PerTransport,
-    /// One raw stream carrying the largest size in 1 MiB writes to a sink, GB/s.
+    /// One raw stream (a QUIC stream, a Unix socket connection) carrying the largest
+    /// size in 1 MiB writes to a sink, GB/s.
     pub raw_bulk_gbps: PerTransport,
     /// Single-thread memcpy of the largest size on this machine, GB/s.
     pub memcpy_gbps: f64,
@@ -350,30 +398,75 @@ pub fn run(options: &Options) -> Result<Report> {
     result
 }
 
+/// One transport's ends: an xpupool session of an embedded mock server, and a raw
+/// client of a raw server.
+struct Ends {
+    pool: pool::Pool,
+    raw: raw::RawClient,
+    _raw_server: raw::RawServer,
+}
+
+/// The servers behind [`Ends`], started before the clients (so that they can be
+/// started on other CPUs).
+struct Servers {
+    embedded: xpupool_server::embedded::EmbeddedServer,
+    raw: raw::RawServer,
+}
+
+impl Servers {
+    fn start(memory: u64, transport: Transport) -> Result<Self> {
+        Ok(Self {
+            embedded: pool::Pool::server(memory)?,
+            raw: raw::RawServer::start(transport)?,
+        })
+    }
+
+    fn connect(self, transport: Transport) -> Result<Ends> {
+        Ok(Ends {
+            pool: pool::Pool::connect(self.embedded, transport)?,
+            raw: raw::RawClient::connect(&self.raw)?,
+            _raw_server: self.raw,
+        })
+    }
+}
+
+/// Idle round trips of one transport: xpupool's and the raw transport's.
+struct RoundTrips {
+    sync: Vec<Duration>,
+    raw: Vec<Duration>,
+}
+
 fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
     let large = options.large.max(1);
-    progress.stage("starting the embedded mock server and the raw quinn server");
-    let pool = pool::Pool::start(large + (64 << 20))?;
-    let raw_server = raw::RawServer::start()?;
-    let mut raw_client = raw::RawClient::connect(&raw_server)?;
+    progress.stage(
+        "starting embedded mock servers (QUIC, Unix socket) and raw quinn and Unix socket servers",
+    );
+    let mut ends = PerTransport::try_each(|t| Servers::start(large + (64 << 20), t)?.connect(t))?;
 
     // 1. Idle round trips.
-    progress.stage("idle round trips, synchronize() and raw quinn, unpinned");
-    let (mut sync, mut raw) = round_trips(&pool, &mut raw_client, options.rtt_samples, progress)?;
-    let sync_rtt = micros(median(&mut sync));
-    let raw_rtt = micros(median(&mut raw));
+    progress.stage("idle round trips, synchronize() and raw, both transports, unpinned");
+    let mut rtts = round_trips(&mut ends, options.rtt_samples, progress)?;
+    let sync_rtt_us = rtts.map(|r| micros(median(&mut r.sync.clone())));
+    let raw_rtt_us = rtts.map(|r| micros(median(&mut r.raw.clone())));
     let spread = |samples: &mut [Duration]| Spread {
         p10_us: micros(percentile(samples, 0.1)),
         p90_us: micros(percentile(samples, 0.9)),
     };
-    let sync_rtt_spread = spread(&mut sync);
-    let raw_rtt_spread = spread(&mut raw);
+    let [quic, local] = rtts.each_mut();
+    let sync_rtt_spread = PerTransport {
+        quic: spread(&mut quic.sync),
+        local: spread(&mut local.sync),
+    };
+    let raw_rtt_spread = PerTransport {
+        quic: spread(&mut quic.raw),
+        local: spread(&mut local.raw),
+    };
     let cpus = pin::allowed();
     let mut pinned = |server_cpu: usize, client_cpu: usize| {
         let what = if server_cpu == client_cpu {
             format!("both ends on CPU {client_cpu}")
         } else {
-            format!("server on CPU {server_cpu}, client on CPU {client_cpu}")
+            format!("servers on CPU {server_cpu}, clients on CPU {client_cpu}")
         };
         progress.stage(&format!("idle round trips, {what}"));
         let samples = (options.rtt_samples / 2).max(1);
@@ -391,61 +484,79 @@ fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
     };
 
     // 2. Sustained launches.
-    progress.stage(&format!(
-        "{} empty-kernel launches",
-        thousands(options.launches)
-    ));
     let launches = options.launches.max(1);
-    let launch_time = pool.launches(launches, progress)?;
-    let launches_per_s = launches as f64 / launch_time.as_secs_f64().max(1e-9);
+    let launches_per_s = ends.try_map_ref(|t, e| {
+        progress.stage(&format!(
+            "{} empty-kernel launches, {}",
+            thousands(launches),
+            t.name()
+        ));
+        let time = e.pool.launches(launches, progress)?;
+        Ok(launches as f64 / time.as_secs_f64().max(1e-9))
+    })?;
 
     // 3. Copies, 4 KiB … large; every copy timed to completion.
-    progress.stage(&format!("copy sweep up to {}", size_name(large)));
-    let device = pool.alloc(large)?;
     let source = touched(large, 0x3c);
     let mut sink = touched(large, 0);
-    // Touch the device memory once, untimed.
-    pool.h2d(device, &source)?;
-    let mut copy_sweep = Vec::new();
-    for size in options.sizes() {
-        let reps = options.reps(size);
-        let len = size as usize;
-        let mut h2d = Vec::with_capacity(reps);
-        let mut d2h = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            h2d.push(pool.h2d(device, &source[..len])?);
+    let sizes = options.sizes();
+    let sweeps = ends.try_map_ref(|t, e| {
+        progress.stage(&format!(
+            "copy sweep up to {}, {}",
+            size_name(large),
+            t.name()
+        ));
+        let device = e.pool.alloc(large)?;
+        // Touch the device memory once, untimed.
+        e.pool.h2d(device, &source)?;
+        sink.fill(0);
+        let mut rows = Vec::with_capacity(sizes.len());
+        for &size in &sizes {
+            let reps = options.reps(size);
+            let len = size as usize;
+            let mut h2d = Vec::with_capacity(reps);
+            let mut d2h = Vec::with_capacity(reps);
+            for _ in 0..reps {
+                h2d.push(e.pool.h2d(device, &source[..len])?);
+            }
+            for _ in 0..reps {
+                d2h.push(e.pool.d2h(device, &mut sink[..len])?);
+            }
+            rows.push((gbps(size, median(&mut h2d)), gbps(size, median(&mut d2h))));
+            progress.dot();
         }
-        for _ in 0..reps {
-            d2h.push(pool.d2h(device, &mut sink[..len])?);
-        }
-        copy_sweep.push(CopyRow {
-            bytes: size,
-            reps,
-            h2d_gbps: gbps(size, median(&mut h2d)),
-            d2h_gbps: gbps(size, median(&mut d2h)),
-        });
-        progress.dot();
-    }
-    anyhow::ensure!(
-        sink == source,
-        "the bytes copied back differ from those sent"
-    );
+        anyhow::ensure!(
+            sink == source,
+            "the bytes copied back over {} differ from those sent",
+            t.name()
+        );
+        Ok(rows)
+    })?;
     drop(sink);
+    let copy_sweep: Vec<CopyRow> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &bytes)| CopyRow {
+            bytes,
+            reps: options.reps(bytes),
+            h2d_gbps: sweeps.map(|rows| rows[i].0),
+            d2h_gbps: sweeps.map(|rows| rows[i].1),
+        })
+        .collect();
     let last = *copy_sweep.last().expect("the sweep has the large size");
 
     // The raw floor of bulk transfer: one stream, 1 MiB writes, ack at the end.
-    progress.stage(&format!("raw quinn bulk, {}", size_name(large)));
-    raw_client.bulk(large.min(16 << 20))?;
     let bulk_reps = options.min_reps.max(1);
-    let mut bulk = Vec::with_capacity(bulk_reps);
-    for _ in 0..bulk_reps {
-        bulk.push(raw_client.bulk(large)?);
-        progress.dot();
-    }
-    let raw_bulk = gbps(large, median(&mut bulk));
-    drop(raw_client);
-    drop(raw_server);
-    drop(pool);
+    let raw_bulk_gbps = ends.try_map_ref(|t, e| {
+        progress.stage(&format!("raw bulk, {}, {}", size_name(large), t.name()));
+        e.raw.bulk(large.min(16 << 20))?;
+        let mut bulk = Vec::with_capacity(bulk_reps);
+        for _ in 0..bulk_reps {
+            bulk.push(e.raw.bulk(large)?);
+            progress.dot();
+        }
+        Ok(gbps(large, median(&mut bulk)))
+    })?;
+    drop(ends);
 
     // And of this machine's memory: one thread's memcpy.
     progress.stage(&format!("memcpy {}", size_name(large)));
@@ -465,16 +576,16 @@ fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
         machine: Machine::describe(),
         backend: "mock".to_owned(),
         quick: options.quick,
-        sync_rtt_us: PerTransport::quic(sync_rtt),
-        raw_rtt_us: PerTransport::quic(raw_rtt),
+        sync_rtt_us,
+        raw_rtt_us,
         sync_rtt_spread,
         raw_rtt_spread,
         rtt_pinned,
-        launches_per_s: PerTransport::quic(launches_per_s),
+        launches_per_s,
         launches,
-        h2d_256mib_gbps: PerTransport::quic(last.h2d_gbps),
-        d2h_256mib_gbps: PerTransport::quic(last.d2h_gbps),
-        raw_bulk_gbps: PerTransport::quic(raw_bulk),
+        h2d_256mib_gbps: last.h2d_gbps,
+        d2h_256mib_gbps: last.d2h_gbps,
+        raw_bulk_gbps,
         memcpy_gbps,
         large_bytes: large,
         copy_sweep,
@@ -483,33 +594,43 @@ fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
     })
 }
 
-/// Idle round trips of xpupool and of the raw transport, interleaved in blocks so
-/// that both see the same state of this noisy machine, after a warm-up.
+/// Idle round trips of xpupool and of the raw transport over each transport,
+/// interleaved in blocks so that all see the same state of this noisy machine, after
+/// a warm-up.
 fn round_trips(
-    pool: &pool::Pool,
-    raw_client: &mut raw::RawClient,
+    ends: &mut PerTransport<Ends>,
     samples: usize,
     progress: &mut Progress,
-) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    for _ in 0..samples.min(100) {
-        pool.sync_round_trip()?;
-        raw_client.round_trip()?;
+) -> Result<PerTransport<RoundTrips>> {
+    for e in ends.each_mut() {
+        for _ in 0..samples.min(100) {
+            e.pool.sync_round_trip()?;
+            e.raw.round_trip()?;
+        }
     }
     let samples = samples.max(1);
     let block = (samples / 10).max(1);
-    let mut sync = Vec::with_capacity(samples);
-    let mut raw = Vec::with_capacity(samples);
-    while sync.len() < samples {
-        let n = block.min(samples - sync.len());
-        for _ in 0..n {
-            sync.push(pool.sync_round_trip()?);
+    let mut rtts = PerTransport::try_each(|_| {
+        Ok(RoundTrips {
+            sync: Vec::with_capacity(samples),
+            raw: Vec::with_capacity(samples),
+        })
+    })?;
+    let mut done = 0;
+    while done < samples {
+        let n = block.min(samples - done);
+        for (e, r) in ends.each_mut().into_iter().zip(rtts.each_mut()) {
+            for _ in 0..n {
+                r.sync.push(e.pool.sync_round_trip()?);
+            }
+            for _ in 0..n {
+                r.raw.push(e.raw.round_trip()?);
+            }
         }
-        for _ in 0..n {
-            raw.push(raw_client.round_trip()?);
-        }
-        progress.percent(sync.len() as f64 / samples as f64);
+        done += n;
+        progress.percent(done as f64 / samples as f64);
     }
-    Ok((sync, raw))
+    Ok(rtts)
 }
 
 /// [`round_trips`] with fresh servers whose threads are all on `server_cpu` and
@@ -523,17 +644,15 @@ fn pinned_round_trips(
     let original = pin::allowed();
     let result = (|| {
         anyhow::ensure!(pin::set(&[server_cpu]), "cannot pin to CPU {server_cpu}");
-        let server = pool::Pool::server(16 << 20)?;
-        let raw_server = raw::RawServer::start()?;
+        let servers = PerTransport::try_each(|t| Servers::start(16 << 20, t))?;
         anyhow::ensure!(pin::set(&[client_cpu]), "cannot pin to CPU {client_cpu}");
-        let pool = pool::Pool::connect(server)?;
-        let mut raw_client = raw::RawClient::connect(&raw_server)?;
-        let (mut sync, mut raw) = round_trips(&pool, &mut raw_client, samples, progress)?;
+        let mut ends = servers.try_map(|t, s| s.connect(t))?;
+        let rtts = round_trips(&mut ends, samples, progress)?;
         Ok(PinnedRtt {
             server_cpu,
             client_cpu,
-            sync_us: micros(median(&mut sync)),
-            raw_us: micros(median(&mut raw)),
+            sync_us: rtts.map(|r| micros(median(&mut r.sync.clone()))),
+            raw_us: rtts.map(|r| micros(median(&mut r.raw.clone()))),
         })
     })();
     pin::set(&original);
@@ -614,10 +733,6 @@ fn cells(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
 
-fn local(value: Option<f64>, digits: usize) -> String {
-    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
-}
-
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let large = size_name(self.large_bytes);
@@ -631,7 +746,7 @@ impl fmt::Display for Report {
         writeln!(f, "machine: {}", self.machine)?;
         writeln!(
             f,
-            "transports: QUIC on loopback (quinn, TLS 1.3); local (Unix socket + shared memory) not built yet"
+            "transports: QUIC on loopback (quinn, TLS 1.3); local: Unix socket (shared-memory ring not built yet)"
         )?;
         writeln!(f)?;
         let row = |what: String, key: &str, v: PerTransport, unit: &str, digits: usize| {
@@ -639,7 +754,7 @@ impl fmt::Display for Report {
                 what,
                 key.to_owned(),
                 format!("{:.digits$}", v.quic),
-                local(v.local, digits),
+                format!("{:.digits$}", v.local),
                 unit.to_owned(),
             ]
         };
@@ -653,7 +768,7 @@ impl fmt::Display for Report {
                 1,
             ),
             row(
-                "raw quinn 64 B round trip, median".into(),
+                "raw 64 B round trip, median".into(),
                 "raw_rtt_us",
                 self.raw_rtt_us,
                 "µs",
@@ -663,7 +778,7 @@ impl fmt::Display for Report {
                 format!("empty-kernel launches ({})", thousands(self.launches)),
                 "launches_per_s".into(),
                 thousands(self.launches_per_s.quic.round() as u64),
-                local(self.launches_per_s.local, 0),
+                thousands(self.launches_per_s.local.round() as u64),
                 "/s".into(),
             ],
             row(
@@ -681,7 +796,7 @@ impl fmt::Display for Report {
                 3,
             ),
             row(
-                format!("raw quinn bulk, one stream, {large}"),
+                format!("raw bulk, one stream, {large}"),
                 "raw_bulk_gbps",
                 self.raw_bulk_gbps,
                 "GB/s",
@@ -696,72 +811,110 @@ impl fmt::Display for Report {
             ],
         ];
         table(f, &rows, 2)?;
-        writeln!(f)?;
         writeln!(
             f,
-            "unpinned round trips, p10 … p90: synchronize {:.1} … {:.1} µs, raw {:.1} … {:.1} µs",
-            self.sync_rtt_spread.p10_us,
-            self.sync_rtt_spread.p90_us,
-            self.raw_rtt_spread.p10_us,
-            self.raw_rtt_spread.p90_us
+            "  (raw: plain quinn with the same TLS setup / a plain tokio Unix socket)"
         )?;
+        writeln!(f)?;
+        writeln!(f, "unpinned round trips, p10 … p90:")?;
+        let mut spreads = Vec::new();
+        for (name, sync, raw) in [
+            ("QUIC", self.sync_rtt_spread.quic, self.raw_rtt_spread.quic),
+            (
+                "local",
+                self.sync_rtt_spread.local,
+                self.raw_rtt_spread.local,
+            ),
+        ] {
+            spreads.push(vec![
+                format!("{name}:"),
+                format!(
+                    "synchronize {:.1} … {:.1} µs, raw {:.1} … {:.1} µs",
+                    sync.p10_us, sync.p90_us, raw.p10_us, raw.p90_us
+                ),
+            ]);
+        }
+        table(f, &spreads, 2)?;
         let pinned = [
             ("both ends on one CPU", self.rtt_pinned.same_cpu),
             (
-                "server and client on different CPUs",
+                "servers and clients on different CPUs",
                 self.rtt_pinned.other_cpu,
             ),
         ];
         for (what, rtt) in pinned {
             if let Some(r) = rtt {
+                let each = |sync: f64, raw: f64| {
+                    format!(
+                        "synchronize {sync:.1} µs, raw {raw:.1} µs ({:.2}×)",
+                        sync / raw
+                    )
+                };
                 writeln!(
                     f,
-                    "pinned, {what}: synchronize {:.1} µs, raw {:.1} µs ({:.2}×)",
-                    r.sync_us,
-                    r.raw_us,
-                    r.sync_us / r.raw_us
+                    "pinned, {what}: QUIC {}; local {}",
+                    each(r.sync_us.quic, r.raw_us.quic),
+                    each(r.sync_us.local, r.raw_us.local)
                 )?;
             }
         }
         writeln!(f)?;
-        writeln!(f, "ratios (QUIC)")?;
+        let ratio = |what: &str, value: PerTransport<f64>, digits: usize| {
+            vec![
+                what.to_owned(),
+                format!("{:.digits$}×", value.quic),
+                format!("{:.digits$}×", value.local),
+            ]
+        };
+        let over = |a: PerTransport, b: PerTransport| PerTransport {
+            quic: a.quic / b.quic,
+            local: a.local / b.local,
+        };
+        let memcpy = PerTransport {
+            quic: self.memcpy_gbps,
+            local: self.memcpy_gbps,
+        };
         let ratios = vec![
-            vec![
-                "synchronize RTT / raw RTT".to_owned(),
-                format!("{:.2}×", self.sync_rtt_us.quic / self.raw_rtt_us.quic),
-            ],
-            vec![
-                "H2D / raw bulk".to_owned(),
-                format!(
-                    "{:.2}×",
-                    self.h2d_256mib_gbps.quic / self.raw_bulk_gbps.quic
-                ),
-            ],
-            vec![
-                "D2H / raw bulk".to_owned(),
-                format!(
-                    "{:.2}×",
-                    self.d2h_256mib_gbps.quic / self.raw_bulk_gbps.quic
-                ),
-            ],
-            vec![
-                "H2D / memcpy".to_owned(),
-                format!("{:.3}×", self.h2d_256mib_gbps.quic / self.memcpy_gbps),
-            ],
+            cells(&["ratio", "QUIC", "local"]),
+            ratio(
+                "synchronize RTT / raw RTT",
+                over(self.sync_rtt_us, self.raw_rtt_us),
+                2,
+            ),
+            ratio(
+                "H2D / raw bulk",
+                over(self.h2d_256mib_gbps, self.raw_bulk_gbps),
+                2,
+            ),
+            ratio(
+                "D2H / raw bulk",
+                over(self.d2h_256mib_gbps, self.raw_bulk_gbps),
+                2,
+            ),
+            ratio("H2D / memcpy", over(self.h2d_256mib_gbps, memcpy), 3),
         ];
         table(f, &ratios, 1)?;
         writeln!(f)?;
         writeln!(
             f,
-            "copy sweep over QUIC (each copy timed until done: H2D posted then synchronize(), D2H one call per {} KiB chunk; median)", xpupool_protocol::MAX_COPY_CHUNK >> 10
+            "copy sweep (each copy timed until done: H2D posted then synchronize(), D2H one call per {} KiB chunk; median GB/s)", xpupool_protocol::MAX_COPY_CHUNK >> 10
         )?;
-        let mut sweep = vec![cells(&["size", "copies", "H2D GB/s", "D2H GB/s"])];
+        let mut sweep = vec![cells(&[
+            "size",
+            "copies",
+            "QUIC H2D",
+            "QUIC D2H",
+            "local H2D",
+            "local D2H",
+        ])];
         for r in &self.copy_sweep {
             sweep.push(vec![
                 size_name(r.bytes),
                 r.reps.to_string(),
-                format!("{:.3}", r.h2d_gbps),
-                format!("{:.3}", r.d2h_gbps),
+                format!("{:.3}", r.h2d_gbps.quic),
+                format!("{:.3}", r.d2h_gbps.quic),
+                format!("{:.3}", r.h2d_gbps.local),
+                format!("{:.3}", r.d2h_gbps.local),
             ]);
         }
         table(f, &sweep, 0)?;
@@ -782,9 +935,7 @@ mod tests {
     fn check(value: &serde_json::Value, path: &str) {
         match value {
             serde_json::Value::Null => assert!(
-                path.ends_with(".local")
-                    || path.starts_with(".trace_")
-                    || path.starts_with(".rtt_pinned."),
+                path.starts_with(".trace_") || path.starts_with(".rtt_pinned."),
                 "{path} is null"
             ),
             serde_json::Value::Number(n) => {
@@ -832,10 +983,21 @@ mod tests {
             "raw_rtt_us",
             "launches_per_s",
             "h2d_256mib_gbps",
+            "d2h_256mib_gbps",
             "raw_bulk_gbps",
         ] {
             assert!(json[key]["quic"].is_number(), "{key}: {}", json[key]);
-            assert!(json[key]["local"].is_null(), "{key}: {}", json[key]);
+            assert!(json[key]["local"].is_number(), "{key}: {}", json[key]);
+        }
+        for key in ["sync_rtt_spread", "raw_rtt_spread"] {
+            for transport in ["quic", "local"] {
+                assert!(json[key][transport]["p10_us"].is_number(), "{key}");
+            }
+        }
+        for row in json["copy_sweep"].as_array().expect("a sweep") {
+            for key in ["h2d_gbps", "d2h_gbps"] {
+                assert!(row[key]["quic"].is_number() && row[key]["local"].is_number());
+            }
         }
         assert!(json["memcpy_gbps"].is_number());
         assert!(json["trace_sync_round_trips_per_step"].is_null());
@@ -844,6 +1006,7 @@ mod tests {
         assert_eq!(sizes, [4 << 10, 16 << 10, 64 << 10]);
         let table = report.to_string();
         assert!(table.contains("sync_rtt_us") && table.contains("not available yet"));
+        assert!(!table.contains("n/a") && !table.contains("NaN"), "{table}");
     }
 
     #[test]

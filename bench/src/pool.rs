@@ -1,18 +1,18 @@
-//! xpupool's own figures: a client of an embedded mock server, over QUIC on loopback,
-//! making the calls the shim makes.
+//! xpupool's own figures: a client of an embedded mock server, over QUIC on loopback
+//! or over the server's Unix socket, making the calls the shim makes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use serde_bytes::ByteBuf;
-use xpupool_client::{Connection, Settings};
+use xpupool_client::{Connection, Settings, UNIX_PREFIX};
 use xpupool_protocol::api::LaunchDims;
 use xpupool_protocol::{Calls, CuError, Request, MAX_COPY_CHUNK};
 use xpupool_server::embedded::EmbeddedServer;
 use xpupool_server::MockBackend;
 
-use crate::Progress;
+use crate::{Progress, Transport};
 
 /// A kernel that does nothing; hand-written PTX.
 const EMPTY_PTX: &str = r#"
@@ -38,24 +38,33 @@ fn cu(e: CuError) -> anyhow::Error {
 }
 
 impl Pool {
-    /// Starts a mock server with `memory` bytes of device memory and connects to it.
-    pub(crate) fn start(memory: u64) -> Result<Self> {
-        Self::connect(Self::server(memory)?)
-    }
-
     /// Starts a mock server with `memory` bytes of device memory.
     pub(crate) fn server(memory: u64) -> Result<EmbeddedServer> {
         EmbeddedServer::start(Arc::new(MockBackend::new(memory)))
             .context("starting the embedded mock server")
     }
 
-    /// Connects to `server`, which the pool then owns.
-    pub(crate) fn connect(server: EmbeddedServer) -> Result<Self> {
-        let settings = Settings {
-            server: server.addr().to_string(),
-            cert: Some(server.cert_path().to_string_lossy().into_owned()),
-            fingerprint: None,
-            token: server.token().to_owned(),
+    /// Connects to `server` over `transport`; the pool then owns the server.
+    pub(crate) fn connect(server: EmbeddedServer, transport: Transport) -> Result<Self> {
+        let token = server.token().to_owned();
+        let settings = match transport {
+            Transport::Quic => Settings {
+                server: server.addr().to_string(),
+                cert: Some(server.cert_path().to_string_lossy().into_owned()),
+                fingerprint: None,
+                token,
+            },
+            Transport::Local => {
+                let socket = server
+                    .unix_socket()
+                    .context("the embedded server could not make its Unix socket")?;
+                Settings {
+                    server: format!("{UNIX_PREFIX}{}", socket.display()),
+                    cert: None,
+                    fingerprint: None,
+                    token,
+                }
+            }
         };
         let conn = Connection::open(&settings).context("connecting to the embedded server")?;
         Ok(Self {

@@ -1,19 +1,26 @@
-//! The raw transport: a plain quinn server and client with the same TLS 1.3 setup as
-//! xpupool (ring provider, TLS 1.3 only, a self-signed certificate made with rcgen,
-//! the same transport settings) and nothing of xpupool in the path. Its figures are
-//! the floor xpupool's own are compared with.
+//! The raw transports, with nothing of xpupool in the path: their figures are the
+//! floor xpupool's own are compared with.
 //!
-//! The server takes bi-streams whose first byte says what they are for:
-//! [`ECHO`] (every 64-byte message is sent back) or [`SINK`] (a `u64` length, then
-//! that many bytes, answered with one byte once all have arrived).
+//! - QUIC: a plain quinn server and client with the same TLS 1.3 setup as xpupool
+//!   (ring provider, TLS 1.3 only, a self-signed certificate made with rcgen, the same
+//!   transport settings).
+//! - Local: a tokio Unix socket, as xpupool's same-host transport.
+//!
+//! The server takes streams (QUIC bi-streams, Unix socket connections) whose first
+//! byte says what they are for: [`ECHO`] (every 64-byte message is sent back) or
+//! [`SINK`] (a `u64` length, then that many bytes, answered with one byte once all
+//! have arrived).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use quinn::{RecvStream, SendStream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::Transport;
 
 /// Size of an echo message.
 pub(crate) const MESSAGE: usize = 64;
@@ -25,60 +32,94 @@ const SINK: u8 = b'S';
 const SERVER_NAME: &str = "xpupool-bench";
 const ALPN: &[u8] = b"xpupool-bench";
 
-/// A raw echo/sink server on loopback, running on its own runtime like the embedded
+/// Where a [`RawServer`] listens.
+enum Listening {
+    Quic {
+        addr: SocketAddr,
+        cert: CertificateDer<'static>,
+    },
+    /// A socket in a folder of its own, removed with the server.
+    Unix { dir: PathBuf, socket: PathBuf },
+}
+
+/// A raw echo/sink server on this host, running on its own runtime like the embedded
 /// xpupool server (two worker threads).
 pub(crate) struct RawServer {
-    addr: SocketAddr,
-    cert: CertificateDer<'static>,
+    listening: Listening,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl RawServer {
-    pub(crate) fn start() -> Result<Self> {
-        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
-        let cert = certified.cert.der().clone();
-        let key =
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
-        transport.keep_alive_interval(None);
-        config.transport_config(Arc::new(transport));
+    pub(crate) fn start(transport: Transport) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("raw-server")
             .enable_all()
             .build()?;
-        let endpoint = runtime.block_on(async {
-            quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("literal address"))
-        })?;
-        let addr = endpoint.local_addr()?;
-        runtime.spawn(async move {
-            while let Some(incoming) = endpoint.accept().await {
-                tokio::spawn(async move {
-                    let Ok(connection) = incoming.await else {
-                        return;
-                    };
-                    while let Ok((send, recv)) = connection.accept_bi().await {
-                        tokio::spawn(serve_stream(send, recv));
-                    }
-                });
-            }
-        });
+        let listening = match transport {
+            Transport::Quic => start_quic(&runtime)?,
+            Transport::Local => start_unix(&runtime)?,
+        };
         Ok(Self {
-            addr,
-            cert,
+            listening,
             runtime: Some(runtime),
         })
     }
+}
+
+fn start_quic(runtime: &tokio::runtime::Runtime) -> Result<Listening> {
+    let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
+    let cert = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone()], key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
+    transport.keep_alive_interval(None);
+    config.transport_config(Arc::new(transport));
+    let endpoint = runtime.block_on(async {
+        quinn::Endpoint::server(config, "127.0.0.1:0".parse().expect("literal address"))
+    })?;
+    let addr = endpoint.local_addr()?;
+    runtime.spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                while let Ok((send, recv)) = connection.accept_bi().await {
+                    tokio::spawn(serve_stream(send, recv));
+                }
+            });
+        }
+    });
+    Ok(Listening::Quic { addr, cert })
+}
+
+fn start_unix(runtime: &tokio::runtime::Runtime) -> Result<Listening> {
+    static SERVERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SERVERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("xpupool-bench-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let socket = dir.join("raw.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = runtime
+        .block_on(async { tokio::net::UnixListener::bind(&socket) })
+        .with_context(|| format!("binding {}", socket.display()))?;
+    runtime.spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (recv, send) = stream.into_split();
+            tokio::spawn(serve_stream(send, recv));
+        }
+    });
+    Ok(Listening::Unix { dir, socket })
 }
 
 impl Drop for RawServer {
@@ -86,10 +127,46 @@ impl Drop for RawServer {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
+        if let Listening::Unix { dir, .. } = &self.listening {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream) -> Result<()> {
+/// The receiving end of a bulk transfer, drained the cheapest way it allows.
+trait Drain: AsyncRead + Unpin {
+    /// Reads and discards `len` bytes.
+    async fn drain(&mut self, len: u64) -> Result<()>;
+}
+
+impl Drain for quinn::RecvStream {
+    /// Takes the received chunks as they are, without copying them out.
+    async fn drain(&mut self, mut len: u64) -> Result<()> {
+        while len > 0 {
+            let chunk = self
+                .read_chunk(usize::MAX, true)
+                .await?
+                .context("bulk stream ended early")?;
+            len -= chunk.bytes.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Drain for tokio::net::unix::OwnedReadHalf {
+    /// Reads into one [`BULK_WRITE`]-sized buffer, over and over.
+    async fn drain(&mut self, mut len: u64) -> Result<()> {
+        let mut buffer = vec![0u8; BULK_WRITE];
+        while len > 0 {
+            let n = self.read(&mut buffer).await?;
+            anyhow::ensure!(n > 0, "bulk stream ended early");
+            len -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+async fn serve_stream(mut send: impl AsyncWrite + Unpin, mut recv: impl Drain) -> Result<()> {
     let mut kind = [0u8; 1];
     recv.read_exact(&mut kind).await?;
     match kind[0] {
@@ -102,20 +179,40 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream) -> Result<()> 
         SINK => {
             let mut len = [0u8; 8];
             recv.read_exact(&mut len).await?;
-            let mut left = u64::from_le_bytes(len);
-            while left > 0 {
-                let chunk = recv
-                    .read_chunk(usize::MAX, true)
-                    .await?
-                    .context("bulk stream ended early")?;
-                left -= chunk.bytes.len() as u64;
-            }
+            recv.drain(u64::from_le_bytes(len)).await?;
             send.write_all(&[1]).await?;
         }
         _ => {}
     }
-    let _ = send.finish();
+    let _ = send.shutdown().await;
     Ok(())
+}
+
+type Writer = Box<dyn AsyncWrite + Unpin>;
+type Reader = Box<dyn AsyncRead + Unpin>;
+
+/// How a [`RawClient`] reaches its server.
+enum Link {
+    Quic(quinn::Connection),
+    Unix(PathBuf),
+}
+
+impl Link {
+    /// Opens a stream (a QUIC bi-stream, a Unix socket connection) of `kind`.
+    async fn open(&self, kind: u8) -> Result<(Writer, Reader)> {
+        let (mut send, recv): (Writer, Reader) = match self {
+            Link::Quic(connection) => {
+                let (send, recv) = connection.open_bi().await?;
+                (Box::new(send), Box::new(recv))
+            }
+            Link::Unix(socket) => {
+                let (recv, send) = tokio::net::UnixStream::connect(socket).await?.into_split();
+                (Box::new(send), Box::new(recv))
+            }
+        };
+        send.write_all(&[kind]).await?;
+        Ok((send, recv))
+    }
 }
 
 /// A client of [`RawServer`] on a current-thread runtime driven by `block_on` from the
@@ -124,8 +221,8 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream) -> Result<()> 
 /// crosses threads; that cost is xpupool's, and shows in the ratios.)
 pub(crate) struct RawClient {
     runtime: tokio::runtime::Runtime,
-    connection: quinn::Connection,
-    echo: Option<(SendStream, RecvStream)>,
+    link: Link,
+    echo: Option<(Writer, Reader)>,
 }
 
 impl RawClient {
@@ -133,29 +230,15 @@ impl RawClient {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(server.cert.clone())?;
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(10)));
-        config.transport_config(Arc::new(transport));
-        let addr = server.addr;
-        let connection = runtime.block_on(async move {
-            let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
-            endpoint.set_default_client_config(config);
-            anyhow::Ok(endpoint.connect(addr, SERVER_NAME)?.await?)
-        })?;
+        let link = match &server.listening {
+            Listening::Quic { addr, cert } => {
+                Link::Quic(runtime.block_on(connect_quic(*addr, cert.clone()))?)
+            }
+            Listening::Unix { socket, .. } => Link::Unix(socket.clone()),
+        };
         Ok(Self {
             runtime,
-            connection,
+            link,
             echo: None,
         })
     }
@@ -163,13 +246,7 @@ impl RawClient {
     /// One 64-byte request and its echo; returns the round trip's duration.
     pub(crate) fn round_trip(&mut self) -> Result<Duration> {
         if self.echo.is_none() {
-            let connection = self.connection.clone();
-            let stream = self.runtime.block_on(async move {
-                let (mut send, recv) = connection.open_bi().await?;
-                send.write_all(&[ECHO]).await?;
-                anyhow::Ok((send, recv))
-            })?;
-            self.echo = Some(stream);
+            self.echo = Some(self.runtime.block_on(self.link.open(ECHO))?);
         }
         let (send, recv) = self.echo.as_mut().expect("opened above");
         let message = [0x5au8; MESSAGE];
@@ -184,16 +261,13 @@ impl RawClient {
     }
 
     /// Sends `total` bytes on a new stream in [`BULK_WRITE`] writes and waits for the
-    /// sink's acknowledgement; returns the time from the first write to the ack.
+    /// sink's acknowledgement; returns the time from the length's write to the ack.
     pub(crate) fn bulk(&self, total: u64) -> Result<Duration> {
-        let connection = self.connection.clone();
         let block = vec![0xa5u8; BULK_WRITE];
-        self.runtime.block_on(async move {
-            let (mut send, mut recv) = connection.open_bi().await?;
+        self.runtime.block_on(async {
+            let (mut send, mut recv) = self.link.open(SINK).await?;
             let start = Instant::now();
-            let mut header = vec![SINK];
-            header.extend_from_slice(&total.to_le_bytes());
-            send.write_all(&header).await?;
+            send.write_all(&total.to_le_bytes()).await?;
             let mut left = total;
             while left > 0 {
                 let n = left.min(BULK_WRITE as u64) as usize;
@@ -203,14 +277,39 @@ impl RawClient {
             let mut ack = [0u8; 1];
             recv.read_exact(&mut ack).await?;
             let elapsed = start.elapsed();
-            let _ = send.finish();
+            let _ = send.shutdown().await;
             anyhow::Ok(elapsed)
         })
     }
 }
 
+async fn connect_quic(
+    addr: SocketAddr,
+    cert: CertificateDer<'static>,
+) -> Result<quinn::Connection> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint.connect(addr, SERVER_NAME)?.await?)
+}
+
 impl Drop for RawClient {
     fn drop(&mut self) {
-        self.connection.close(0u32.into(), b"done");
+        if let Link::Quic(connection) = &self.link {
+            connection.close(0u32.into(), b"done");
+        }
     }
 }
