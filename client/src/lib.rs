@@ -15,7 +15,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use xpupool_protocol::{
     code, frame, Calls, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
 };
@@ -157,27 +158,56 @@ fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig> {
 /// path for a client beside its server (no TLS, no UDP; the token is still checked).
 pub const UNIX_PREFIX: &str = "unix:";
 
-/// The two halves of whatever carries the session (a QUIC stream, a Unix socket).
-type Reader = Box<dyn AsyncRead + Unpin + Send>;
-type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+/// What carries the session. The session layer above does not care which.
+enum Link {
+    /// QUIC: the stream's halves, driven by this connection's runtime.
+    Quic {
+        runtime: tokio::runtime::Runtime,
+        connection: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
+    /// A Unix socket on this host: plain blocking I/O on the calling thread, so a
+    /// round trip crosses no thread; replies are read out of a 64 KiB buffer.
+    Unix {
+        send: UnixStream,
+        recv: std::io::BufReader<UnixStream>,
+    },
+}
+
+impl Link {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Link::Quic { runtime, send, .. } => Ok(runtime.block_on(send.write_all(bytes))?),
+            Link::Unix { send, .. } => Ok(send.write_all(bytes)?),
+        }
+    }
+
+    fn read_frame(&mut self) -> Result<Vec<u8>> {
+        let mut prefix = [0u8; 4];
+        match self {
+            Link::Quic { runtime, recv, .. } => runtime.block_on(async {
+                recv.read_exact(&mut prefix).await?;
+                let mut body = vec![0u8; frame::body_len(prefix)?];
+                recv.read_exact(&mut body).await?;
+                Ok(body)
+            }),
+            Link::Unix { recv, .. } => {
+                recv.read_exact(&mut prefix)?;
+                let mut body = vec![0u8; frame::body_len(prefix)?];
+                recv.read_exact(&mut body)?;
+                Ok(body)
+            }
+        }
+    }
+}
 
 /// A live connection; [`Calls`] on it are one round trip each.
 pub struct Connection {
-    runtime: tokio::runtime::Runtime,
-    /// The QUIC connection, to close politely; `None` on a Unix socket.
-    connection: Option<quinn::Connection>,
     pipe: Mutex<Option<Pipe>>,
     lost: AtomicBool,
     /// What the server said about itself and its devices.
     pub welcome: Welcome,
-}
-
-async fn read_frame(recv: &mut Reader) -> Result<Vec<u8>> {
-    let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await?;
-    let mut body = vec![0u8; frame::body_len(prefix)?];
-    recv.read_exact(&mut body).await?;
-    Ok(body)
 }
 
 /// Opens a QUIC connection and its one bi-directional stream.
@@ -212,52 +242,45 @@ async fn connect_quic(
     Ok((connection, send, recv))
 }
 
+fn connect(settings: &Settings) -> Result<Link> {
+    if let Some(path) = settings.server.strip_prefix(UNIX_PREFIX) {
+        let send = UnixStream::connect(path)
+            .with_context(|| format!("connecting to the Unix socket {path}"))?;
+        let recv = std::io::BufReader::with_capacity(1 << 16, send.try_clone()?);
+        return Ok(Link::Unix { send, recv });
+    }
+    // The runtime's worker keeps the QUIC connection alive between calls.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("xpupool-client")
+        .enable_all()
+        .build()?;
+    let (connection, send, recv) = runtime.block_on(connect_quic(settings))?;
+    Ok(Link::Quic {
+        runtime,
+        connection,
+        send,
+        recv,
+    })
+}
+
 impl Connection {
     /// Connects, presents the token, and returns once the server has welcomed us.
     pub fn open(settings: &Settings) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("xpupool-client")
-            .enable_all()
-            .build()?;
-        let (connection, mut send, mut recv): (_, Writer, Reader) =
-            match settings.server.strip_prefix(UNIX_PREFIX) {
-                Some(path) => {
-                    let stream = runtime
-                        .block_on(tokio::net::UnixStream::connect(path))
-                        .with_context(|| format!("connecting to the Unix socket {path}"))?;
-                    let (recv, send) = stream.into_split();
-                    // Replies are small and many: read them out of a buffer.
-                    (
-                        None,
-                        Box::new(send),
-                        Box::new(tokio::io::BufReader::with_capacity(1 << 16, recv)),
-                    )
-                }
-                None => {
-                    let (connection, send, recv) = runtime.block_on(connect_quic(settings))?;
-                    (Some(connection), Box::new(send), Box::new(recv))
-                }
-            };
-        let token = settings.token.clone();
-        let welcome = runtime.block_on(async {
-            let hello = Hello {
-                protocol_version: PROTOCOL_VERSION,
-                token,
-                pid: std::process::id(),
-                program: std::env::args().next().unwrap_or_default(),
-            };
-            send.write_all(&frame::encode(&hello)?).await?;
-            send.flush().await?;
-            let welcome: Result<Welcome, CuError> = frame::decode(&read_frame(&mut recv).await?)?;
-            welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))
-        })?;
+        let mut link = connect(settings)?;
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            token: settings.token.clone(),
+            pid: std::process::id(),
+            program: std::env::args().next().unwrap_or_default(),
+        };
+        link.write(&frame::encode(&hello)?)?;
+        let welcome: Result<Welcome, CuError> = frame::decode(&link.read_frame()?)?;
+        let welcome =
+            welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))?;
         Ok(Self {
-            runtime,
-            connection,
             pipe: Mutex::new(Some(Pipe {
-                send,
-                recv,
+                link,
                 out: Vec::new(),
                 pending: 0,
                 deferred: None,
@@ -276,24 +299,38 @@ impl Connection {
 
     /// Closes the connection politely so the server frees the session at once,
     /// after sending what is still batched. Runs at process exit, when this thread's
-    /// tokio context may already be gone, so the work is handed to the runtime.
+    /// tokio context may already be gone, so QUIC's part is handed to its runtime.
     pub fn close(&self) {
         let Ok(mut guard) = self.pipe.try_lock() else {
             return;
         };
-        let Some(mut pipe) = guard.take() else { return };
-        let connection = self.connection.clone();
-        let (done, wait) = std::sync::mpsc::channel();
-        self.runtime.handle().spawn(async move {
-            let _ = pipe.send.write_all(&pipe.out).await;
-            let _ = pipe.send.shutdown().await;
-            if let Some(connection) = connection {
-                connection.close(0u32.into(), b"client exit");
-                let _ = tokio::time::timeout(Duration::from_millis(500), connection.closed()).await;
+        let Some(pipe) = guard.take() else { return };
+        match pipe.link {
+            Link::Unix { mut send, .. } => {
+                let _ = send.write_all(&pipe.out);
+                let _ = send.shutdown(std::net::Shutdown::Write);
             }
-            let _ = done.send(());
-        });
-        let _ = wait.recv_timeout(Duration::from_millis(600));
+            Link::Quic {
+                runtime,
+                connection,
+                mut send,
+                ..
+            } => {
+                let out = pipe.out;
+                let (done, wait) = std::sync::mpsc::channel();
+                runtime.handle().spawn(async move {
+                    let _ = send.write_all(&out).await;
+                    let _ = send.finish();
+                    connection.close(0u32.into(), b"client exit");
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), connection.closed()).await;
+                    let _ = done.send(());
+                });
+                let _ = wait.recv_timeout(Duration::from_millis(600));
+                // The runtime is not dropped here: its threads may be mid-exit.
+                std::mem::forget(runtime);
+            }
+        }
     }
 
     /// Sends an operation whose errors the driver reports later
@@ -336,10 +373,7 @@ impl Connection {
         if pipe.out.is_empty() {
             return Ok(());
         }
-        let written = self.runtime.block_on(async {
-            pipe.send.write_all(&pipe.out).await?;
-            pipe.send.flush().await
-        });
+        let written = pipe.link.write(&pipe.out);
         pipe.out.clear();
         written.map_err(|e| self.lost(e))
     }
@@ -347,10 +381,7 @@ impl Connection {
     /// Reads the replies of every posted operation, keeping the first error.
     fn collect(&self, pipe: &mut Pipe) -> Result<(), CuError> {
         while pipe.pending > 0 {
-            let body = self
-                .runtime
-                .block_on(read_frame(&mut pipe.recv))
-                .map_err(|e| self.lost(e))?;
+            let body = pipe.link.read_frame().map_err(|e| self.lost(e))?;
             pipe.pending -= 1;
             if let Err(e) =
                 frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))?
@@ -378,13 +409,13 @@ const DEVICE_UNAVAILABLE: u32 = 46;
 
 /// Batched operations are written once this many bytes are waiting.
 const FLUSH_BYTES: usize = 64 << 10;
-/// At most this many operations wait for their replies.
-const MAX_PENDING: usize = 4096;
+/// At most this many operations wait for their replies (whose bytes the server
+/// must be able to buffer while the client is still writing).
+const MAX_PENDING: usize = 1024;
 
 /// The request stream and what travels on it.
 struct Pipe {
-    send: Writer,
-    recv: Reader,
+    link: Link,
     /// Encoded operations not written yet.
     out: Vec<u8>,
     /// Operations written whose replies have not been read.
@@ -407,10 +438,7 @@ impl Calls for Connection {
             .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
         self.flush(pipe)?;
         self.collect(pipe)?;
-        let body = self
-            .runtime
-            .block_on(read_frame(&mut pipe.recv))
-            .map_err(|e| self.lost(e))?;
+        let body = pipe.link.read_frame().map_err(|e| self.lost(e))?;
         let reply = frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))??;
         match pipe.deferred.take() {
             // An earlier operation's error surfaces at a synchronising call; other

@@ -12,7 +12,7 @@ use xpupool_protocol::{
     code, frame, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
 };
 
-use crate::backend::{Backend, Tenant};
+use crate::backend::{Backend, Session, Tenant};
 use crate::module_cache::{CachingSession, ModuleCache};
 use crate::quota::MemoryLedger;
 use crate::tls::Identity;
@@ -137,17 +137,17 @@ impl Server {
                     match unix.accept().await {
                         Ok((stream, _)) => {
                             let shared = shared.clone();
-                            tokio::spawn(async move {
-                                let (recv, send) = stream.into_split();
-                                // Frames are small and many: read them out of a buffer,
-                                // not one system call each.
-                                let recv = tokio::io::BufReader::with_capacity(1 << 16, recv);
-                                if let Err(e) =
-                                    serve_stream(recv, send, "unix".to_owned(), shared).await
-                                {
-                                    tracing::info!(remote = "unix", error = %e, "connection ended");
-                                }
+                            let spawned = stream.into_std().and_then(|stream| {
+                                stream.set_nonblocking(false)?;
+                                std::thread::Builder::new().name("xpupool-unix-session".to_owned()).spawn(move || {
+                                    if let Err(e) = serve_unix(stream, shared) {
+                                        tracing::info!(remote = "unix", error = %e, "connection ended");
+                                    }
+                                })
                             });
+                            if let Err(e) = spawned {
+                                tracing::error!("serving a Unix-socket client: {e}");
+                            }
                         }
                         Err(e) => {
                             tracing::error!("accepting on the Unix socket: {e}");
@@ -250,32 +250,15 @@ async fn serve_stream(
         modules,
     } = shared;
     let hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
-    let tenant = if hello.protocol_version != PROTOCOL_VERSION {
-        Err(CuError::new(
-            code::NOT_PERMITTED,
-            format!(
-                "protocol version {} is not {PROTOCOL_VERSION}",
-                hello.protocol_version
-            ),
-        ))
-    } else {
-        tenants
-            .iter()
-            .find(|(token, _)| same_secret(token, &hello.token))
-            .map(|(_, tenant)| tenant.clone())
-            .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token"))
+    let admitting = Shared {
+        tenants: tenants.clone(),
+        backend: backend.clone(),
+        modules: modules.clone(),
     };
-    let opened = match tenant {
-        Ok(tenant) => {
-            let backend = backend.clone();
-            let t = tenant.clone();
-            tokio::task::spawn_blocking(move || backend.open_session(&t))
-                .await?
-                .map(|session| (tenant, session))
-        }
-        Err(e) => Err(e),
-    };
-    let (tenant, session) = match opened {
+    let greeting = hello.clone();
+    let (tenant, session) = match tokio::task::spawn_blocking(move || admitting.admit(&greeting))
+        .await?
+    {
         Ok(opened) => opened,
         Err(e) => {
             tracing::warn!(%remote, pid = hello.pid, program = %hello.program, reason = %e.message, "refused client");
@@ -284,14 +267,7 @@ async fn serve_stream(
             return Ok(());
         }
     };
-    let welcome = Welcome {
-        protocol_version: PROTOCOL_VERSION,
-        backend: backend.name().to_owned(),
-        driver_version: backend.driver_version(),
-        devices: backend.devices(&tenant),
-        device_address_range: backend.device_address_range(),
-    };
-    write_message(&mut send, &Ok::<_, CuError>(welcome)).await?;
+    write_message(&mut send, &Ok::<_, CuError>(welcome(&backend, &tenant))).await?;
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
     // Three stages run at once: this task reads requests, the session's own thread
     // runs them in order, and a writer sends replies, as many per write as are ready.
@@ -300,13 +276,7 @@ async fn serve_stream(
     let (replies_in, mut replies_out) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let worker = std::thread::Builder::new()
         .name("xpupool-session".to_owned())
-        .spawn(move || {
-            let session = Box::new(CachingSession {
-                inner: session,
-                cache: modules,
-            });
-            run_session(session, requests_out, replies_in)
-        })
+        .spawn(move || run_session(session, requests_out, replies_in))
         .context("starting a session thread")?;
     let writer = tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -347,32 +317,151 @@ async fn serve_stream(
 /// The session's thread: runs each request in order and hands its encoded reply to
 /// the writer, until the connection's request stream ends.
 fn run_session(
-    mut session: Box<dyn crate::backend::Session>,
+    mut session: Box<dyn Session>,
     requests: std::sync::mpsc::Receiver<Vec<u8>>,
     replies: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
 ) {
     for body in requests {
-        let reply = match frame::decode::<Request>(&body) {
-            Ok(request) => {
-                let name = request.name();
-                let reply = session.handle(request);
-                if let Err(e) = &reply {
-                    tracing::debug!(op = name, code = e.code, error = %e.message, "request failed");
-                }
-                reply
-            }
-            Err(e) => Err(CuError::new(
-                code::INVALID_VALUE,
-                format!("malformed request: {e}"),
-            )),
-        };
-        let encoded = frame::encode(&reply).unwrap_or_else(|e| {
-            let error =
-                Err::<Reply, _>(CuError::new(code::UNKNOWN, format!("reply too large: {e}")));
-            frame::encode(&error).expect("a short error encodes")
-        });
+        let encoded = handle_frame(session.as_mut(), &body);
         if replies.send(encoded).is_err() {
             break;
         }
     }
+}
+
+/// Runs one encoded request and encodes its reply.
+fn handle_frame(session: &mut dyn Session, body: &[u8]) -> Vec<u8> {
+    let reply = match frame::decode::<Request>(body) {
+        Ok(request) => {
+            let name = request.name();
+            let reply = session.handle(request);
+            if let Err(e) = &reply {
+                tracing::debug!(op = name, code = e.code, error = %e.message, "request failed");
+            }
+            reply
+        }
+        Err(e) => Err(CuError::new(
+            code::INVALID_VALUE,
+            format!("malformed request: {e}"),
+        )),
+    };
+    frame::encode(&reply).unwrap_or_else(|e| {
+        let error = Err::<Reply, _>(CuError::new(code::UNKNOWN, format!("reply too large: {e}")));
+        frame::encode(&error).expect("a short error encodes")
+    })
+}
+
+/// What the server tells an admitted client.
+fn welcome(backend: &Arc<dyn Backend>, tenant: &Tenant) -> Welcome {
+    Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        backend: backend.name().to_owned(),
+        driver_version: backend.driver_version(),
+        devices: backend.devices(tenant),
+        device_address_range: backend.device_address_range(),
+    }
+}
+
+impl Shared {
+    /// Decides on a client's hello: its tenant and a new session, or why not. May
+    /// block (opening a session can start a worker process).
+    fn admit(&self, hello: &Hello) -> Result<(Tenant, Box<dyn Session>), CuError> {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(CuError::new(
+                code::NOT_PERMITTED,
+                format!(
+                    "protocol version {} is not {PROTOCOL_VERSION}",
+                    hello.protocol_version
+                ),
+            ));
+        }
+        let tenant = self
+            .tenants
+            .iter()
+            .find(|(token, _)| same_secret(token, &hello.token))
+            .map(|(_, tenant)| tenant.clone())
+            .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token"))?;
+        let session = self.backend.open_session(&tenant)?;
+        let session: Box<dyn Session> = Box::new(CachingSession {
+            inner: session,
+            cache: self.modules.clone(),
+        });
+        Ok((tenant, session))
+    }
+}
+
+fn read_frame_blocking(recv: &mut impl std::io::Read) -> Result<Option<Vec<u8>>> {
+    let mut prefix = [0u8; 4];
+    match recv.read_exact(&mut prefix) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut body = vec![0u8; frame::body_len(prefix)?];
+    recv.read_exact(&mut body)?;
+    Ok(Some(body))
+}
+
+/// One session on a Unix socket, all on one thread with blocking I/O: read a
+/// request, run it, and send the replies that have piled up whenever no further
+/// request is already waiting (the client is then waiting for them). No hand-over
+/// between threads on the way.
+fn serve_unix(stream: std::os::unix::net::UnixStream, shared: Shared) -> Result<()> {
+    use std::io::Write;
+    // Replies to requests the client sent without waiting pile up unread until it
+    // collects them (at most 1024 of them): give them room, so this thread never
+    // blocks writing while the client blocks writing.
+    let room: libc::c_int = 4 << 20;
+    // SAFETY: setting an integer socket option on a socket this thread owns.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&room as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let mut send = stream.try_clone()?;
+    let mut recv = std::io::BufReader::with_capacity(1 << 16, stream);
+    let hello: Hello = frame::decode(&read_frame_blocking(&mut recv)?.context("no hello")?)?;
+    let (tenant, mut session) = match shared.admit(&hello) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            tracing::warn!(remote = "unix", pid = hello.pid, program = %hello.program, reason = %e.message, "refused client");
+            send.write_all(&frame::encode(&Err::<Welcome, _>(e))?)?;
+            let _ = send.shutdown(std::net::Shutdown::Write);
+            return Ok(());
+        }
+    };
+    send.write_all(&frame::encode(&Ok::<_, CuError>(welcome(
+        &shared.backend,
+        &tenant,
+    )))?)?;
+    tracing::info!(remote = "unix", tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
+    let mut out = Vec::new();
+    let mut requests = 0u64;
+    let result = loop {
+        if !out.is_empty() && (recv.buffer().is_empty() || out.len() >= 1 << 20) {
+            if let Err(e) = send.write_all(&out) {
+                break Err(e.into());
+            }
+            out.clear();
+        }
+        match read_frame_blocking(&mut recv) {
+            Ok(Some(body)) => {
+                requests += 1;
+                out.extend_from_slice(&handle_frame(session.as_mut(), &body));
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    if !out.is_empty() {
+        let _ = send.write_all(&out);
+    }
+    // Dropping the session frees every allocation, module, stream and event it held.
+    drop(session);
+    tracing::info!(remote = "unix", tenant = %tenant.name, pid = hello.pid, requests, "session closed");
+    result
 }

@@ -355,3 +355,29 @@ fn clients_on_this_host_use_the_unix_socket_with_the_same_checks() {
         .mode();
     assert_eq!(mode & 0o077, 0, "socket mode {mode:o}");
 }
+
+#[test]
+fn thousands_of_failing_operations_on_the_unix_socket_do_not_wedge_it() {
+    let f = fixture(64 << 20);
+    let mut settings = f.settings(f.server.token());
+    settings.server = f.server.client_address();
+    let c = Connection::open(&settings).expect("connects over the Unix socket");
+    let out = c.mem_alloc(0, 4096).unwrap();
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [1, 1, 1],
+        shared_bytes: 0,
+    };
+    // Every one fails with a long message; their replies pile up unread meanwhile.
+    for _ in 0..20_000 {
+        let request = xpupool_protocol::Request::LaunchKernel {
+            function: 0xbad,
+            dims,
+            stream: 0,
+            params: params(out, 1, 1),
+        };
+        c.post(request).unwrap();
+    }
+    assert_eq!(c.synchronize().unwrap_err().code, code::INVALID_HANDLE);
+    c.synchronize().expect("only the first error is reported");
+}
