@@ -377,3 +377,55 @@ mod tests {
         }
     }
 }
+
+/// The fatbin reduced to what a device of compute capability `sm` (e.g. 90) can
+/// use: its ELF entries for exactly that architecture and the newest PTX entry not
+/// newer than it, byte for byte (still compressed). `None` when every entry is
+/// needed, or when nothing would remain (the server then says so itself).
+pub fn retain_for_device(bytes: &[u8], sm: u32) -> Result<Option<Vec<u8>>, FatbinError> {
+    const WHAT: &str = "fatbin entry header";
+    let total = fatbin_total_len(bytes)?;
+    let (header_size, _) = header(bytes)?;
+    let fat = Bytes {
+        data: Bytes { data: bytes }.slice("fatbin", 0, total)?,
+    };
+    // (offset, length, kind, arch) of every entry, without decompressing any.
+    let mut entries = Vec::new();
+    let mut off = header_size;
+    while off < total && !fat.data[off..].iter().all(|&b| b == 0) {
+        fat.slice(WHAT, off, ENTRY_FIXED_LEN)?;
+        let kind = fat.u16(WHAT, off)?;
+        let entry_header = to_len("entry header_size", u64::from(fat.u32(WHAT, off + 4)?))?;
+        let payload = to_len("entry payload", fat.u64(WHAT, off + 8)?)?;
+        let arch = fat.u32(WHAT, off + 28)?;
+        let len = entry_header
+            .checked_add(payload)
+            .filter(|&len| len >= ENTRY_FIXED_LEN && off + len <= total)
+            .ok_or(FatbinError::Invalid {
+                what: "fatbin entry size",
+                value: payload as u64,
+            })?;
+        entries.push((off, len, kind, arch));
+        off += len;
+    }
+    let best_ptx = entries
+        .iter()
+        .filter(|e| e.2 == KIND_PTX && e.3 <= sm)
+        .map(|e| e.3)
+        .max();
+    let keep: Vec<&(usize, usize, u16, u32)> = entries
+        .iter()
+        .filter(|e| (e.2 == KIND_ELF && e.3 == sm) || (e.2 == KIND_PTX && Some(e.3) == best_ptx))
+        .collect();
+    if keep.is_empty() || keep.len() == entries.len() {
+        return Ok(None);
+    }
+    let body: usize = keep.iter().map(|e| e.1).sum();
+    let mut out = Vec::with_capacity(header_size + body);
+    out.extend_from_slice(&bytes[..header_size]);
+    out[8..16].copy_from_slice(&(body as u64).to_le_bytes());
+    for &&(off, len, _, _) in &keep {
+        out.extend_from_slice(&bytes[off..off + len]);
+    }
+    Ok(Some(out))
+}

@@ -18,7 +18,7 @@ mod globals;
 mod image;
 pub mod nvinfo;
 
-pub use fatbin::{fatbin_total_len, parse_fatbin};
+pub use fatbin::{fatbin_total_len, parse_fatbin, retain_for_device};
 pub use globals::{cubin_globals, CubinGlobal};
 pub use image::{image_from_bytes, image_from_ptr, Image};
 pub use nvinfo::cubin_param_layouts;

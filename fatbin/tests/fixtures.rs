@@ -430,3 +430,37 @@ fn malformed_inputs_never_panic() {
         poke(&v);
     }
 }
+
+#[test]
+fn a_fatbin_keeps_only_what_the_device_can_use() {
+    use xpupool_fatbin::retain_for_device;
+    let multi = fixture("multi.fatbin"); // sm_75 ELF+PTX, sm_80 ELF, sm_90 ELF+PTX
+    let kept = retain_for_device(&multi, 90).unwrap().expect("smaller");
+    assert!(kept.len() < multi.len());
+    let entries = parse_fatbin(&kept).unwrap();
+    let mut kinds: Vec<(EntryKind, u32)> = entries.iter().map(|e| (e.kind, e.arch)).collect();
+    kinds.sort_by_key(|&(k, a)| (a, k == EntryKind::Ptx));
+    assert_eq!(kinds, vec![(EntryKind::Elf, 90), (EntryKind::Ptx, 90)]);
+    // The kept entries are the same bytes, decompressing to the same code.
+    let all = parse_fatbin(&multi).unwrap();
+    for e in &entries {
+        assert!(all
+            .iter()
+            .any(|a| a.kind == e.kind && a.arch == e.arch && a.data == e.data));
+    }
+    // An sm_86 device: no matching ELF, the newest PTX not newer than it.
+    let kept = retain_for_device(&multi, 86).unwrap().expect("smaller");
+    let entries = parse_fatbin(&kept).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].kind, entries[0].arch), (EntryKind::Ptx, 75));
+    // Nothing usable (sm_70): left to the server to say so.
+    assert!(retain_for_device(&multi, 70).unwrap().is_none());
+    // Everything already needed: unchanged.
+    assert!(retain_for_device(&fixture("plain.fatbin"), 90)
+        .unwrap()
+        .is_none());
+    // Truncated input is an error, not a panic.
+    for cut in [20, 100, multi.len() - 1] {
+        let _ = retain_for_device(&multi[..cut], 90);
+    }
+}

@@ -113,6 +113,7 @@ impl Module {
             let image = lock(&self.pending)
                 .take()
                 .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            let image = for_server(image, &conn.welcome);
             let wire = image.to_wire();
             // Ask by content hash first: an image the server has seen is not sent again.
             let hash: [u8; 32] = Sha256::digest(&wire).into();
@@ -142,6 +143,29 @@ impl Module {
     /// The server's view if the image was uploaded.
     pub(crate) fn if_loaded(&self) -> Option<&LoadedModule> {
         self.loaded.get().and_then(|r| r.as_ref().ok())
+    }
+}
+
+/// An image reduced to the fatbin entries the server's device can use (its SASS and
+/// the newest PTX it can compile), so that only those travel.
+fn for_server(image: Image, welcome: &xpupool_protocol::Welcome) -> Image {
+    let attribute = |attr: u32| {
+        welcome
+            .devices
+            .first()
+            .and_then(|d| d.attributes.iter().find(|&&(a, _)| a == attr))
+            .map_or(0, |&(_, v)| v as u32)
+    };
+    let sm = 10 * attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) + attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+    match image {
+        Image::Fatbin(bytes) => match xpupool_fatbin::retain_for_device(&bytes, sm) {
+            Ok(Some(smaller)) => {
+                tracing::debug!(before = bytes.len(), after = smaller.len(), sm, "sending only the entries the device can use");
+                Image::Fatbin(smaller)
+            }
+            _ => Image::Fatbin(bytes),
+        },
+        other => other,
     }
 }
 
