@@ -390,7 +390,8 @@ impl Shared {
     }
 }
 
-fn read_frame_blocking(recv: &mut impl std::io::Read) -> Result<Option<Vec<u8>>> {
+/// Reads one frame's body with blocking I/O; `None` at a clean end of stream.
+pub(crate) fn read_frame_blocking(recv: &mut impl std::io::Read) -> Result<Option<Vec<u8>>> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix) {
         Ok(()) => {}

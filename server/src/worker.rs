@@ -31,15 +31,9 @@ struct Ready {
 }
 
 fn read_message<T: serde::de::DeserializeOwned>(input: &mut impl Read) -> Result<Option<T>> {
-    let mut prefix = [0u8; 4];
-    match input.read_exact(&mut prefix) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let mut body = vec![0u8; frame::body_len(prefix)?];
-    input.read_exact(&mut body)?;
-    Ok(Some(frame::decode(&body)?))
+    crate::server::read_frame_blocking(input)?
+        .map(|body| Ok(frame::decode(&body)?))
+        .transpose()
 }
 
 fn write_message<T: Serialize>(output: &mut impl Write, message: &T) -> Result<()> {

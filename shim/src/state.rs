@@ -156,11 +156,17 @@ fn for_server(image: Image, welcome: &xpupool_protocol::Welcome) -> Image {
             .and_then(|d| d.attributes.iter().find(|&&(a, _)| a == attr))
             .map_or(0, |&(_, v)| v as u32)
     };
-    let sm = 10 * attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) + attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+    let sm = 10 * attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+        + attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
     match image {
         Image::Fatbin(bytes) => match xpupool_fatbin::retain_for_device(&bytes, sm) {
             Ok(Some(smaller)) => {
-                tracing::debug!(before = bytes.len(), after = smaller.len(), sm, "sending only the entries the device can use");
+                tracing::debug!(
+                    before = bytes.len(),
+                    after = smaller.len(),
+                    sm,
+                    "sending only the entries the device can use"
+                );
                 Image::Fatbin(smaller)
             }
             _ => Image::Fatbin(bytes),
