@@ -154,9 +154,7 @@ fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig> {
     Ok(config)
 }
 
-/// `XPUPOOL_SERVER=unix:PATH` names a server's Unix socket on this host: the fast
-/// path for a client beside its server (no TLS, no UDP; the token is still checked).
-pub const UNIX_PREFIX: &str = "unix:";
+pub use xpupool_protocol::UNIX_PREFIX;
 
 /// What carries the session. The session layer above does not care which.
 enum Link {

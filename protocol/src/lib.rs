@@ -19,6 +19,10 @@ pub use handshake::{DeviceInfo, Hello, Welcome, ALPN, PROTOCOL_VERSION};
 
 use serde::{Deserialize, Serialize};
 
+/// `XPUPOOL_SERVER=unix:PATH` names a server's Unix socket on this host: the fast
+/// path for a client beside its server (no TLS, no UDP; the token is still checked).
+pub const UNIX_PREFIX: &str = "unix:";
+
 /// The largest frame either side accepts (bulk copies are split below this).
 pub const MAX_FRAME: usize = 80 << 20;
 

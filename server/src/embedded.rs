@@ -103,7 +103,7 @@ impl EmbeddedServer {
     /// is one, else the QUIC address.
     pub fn client_address(&self) -> String {
         match &self.unix_socket {
-            Some(path) => format!("unix:{}", path.display()),
+            Some(path) => format!("{}{}", xpupool_protocol::UNIX_PREFIX, path.display()),
             None => self.addr.to_string(),
         }
     }

@@ -244,17 +244,8 @@ async fn serve_stream(
     remote: String,
     shared: Shared,
 ) -> Result<()> {
-    let Shared {
-        tenants,
-        backend,
-        modules,
-    } = shared;
     let hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
-    let admitting = Shared {
-        tenants: tenants.clone(),
-        backend: backend.clone(),
-        modules: modules.clone(),
-    };
+    let admitting = shared.clone();
     let greeting = hello.clone();
     let (tenant, session) = match tokio::task::spawn_blocking(move || admitting.admit(&greeting))
         .await?
@@ -267,7 +258,11 @@ async fn serve_stream(
             return Ok(());
         }
     };
-    write_message(&mut send, &Ok::<_, CuError>(welcome(&backend, &tenant))).await?;
+    write_message(
+        &mut send,
+        &Ok::<_, CuError>(welcome(&shared.backend, &tenant)),
+    )
+    .await?;
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
     // Three stages run at once: this task reads requests, the session's own thread
     // runs them in order, and a writer sends replies, as many per write as are ready.

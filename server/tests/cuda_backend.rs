@@ -427,20 +427,7 @@ fn sessions_cannot_touch_each_other() {
 fn a_memory_limit_is_what_the_tenant_sees_and_gets() {
     let _serial = serial();
     let front = Front::start(Some(8 << 20));
-    let c = front.connect();
-    assert_eq!(c.welcome.devices[0].total_memory, 8 << 20);
-    assert_eq!(c.mem_get_info(0).unwrap(), (8 << 20, 8 << 20));
-    let a = c.mem_alloc(0, 6 << 20).unwrap();
-    assert_eq!(
-        c.mem_alloc(0, 4 << 20).unwrap_err().code,
-        code::OUT_OF_MEMORY,
-        "past the limit, though the device has room"
-    );
-    assert_eq!(c.mem_get_info(0).unwrap(), (2 << 20, 8 << 20));
-    mock_memory_settles_at(6 << 20, "a refused allocation never reaches the device");
-    c.mem_free(a).unwrap();
-    c.mem_alloc(0, 8 << 20).unwrap();
-    mock_memory_settles_at(8 << 20, "the whole limit can be used");
+    common::assert_memory_limit_of_8_mib(&front.connect(), &mock_memory_settles_at);
 }
 
 #[test]

@@ -197,23 +197,9 @@ fn image_without_ptx_reports_no_usable_code_but_has_its_variables() {
 #[test]
 fn a_memory_limit_is_what_the_tenant_sees_and_gets() {
     let f = limited_fixture(64 << 20, Some(8 << 20));
-    let c = f.connect();
-    assert_eq!(
-        c.welcome.devices[0].total_memory,
-        8 << 20,
-        "the device reports the limit"
-    );
-    assert_eq!(c.mem_get_info(0).unwrap(), (8 << 20, 8 << 20));
-    let a = c.mem_alloc(0, 6 << 20).unwrap();
-    assert_eq!(
-        c.mem_alloc(0, 4 << 20).unwrap_err().code,
-        code::OUT_OF_MEMORY,
-        "past the limit, though the device has room"
-    );
-    assert_eq!(c.mem_get_info(0).unwrap(), (2 << 20, 8 << 20));
-    c.mem_free(a).unwrap();
-    c.mem_alloc(0, 8 << 20).unwrap();
-    assert_eq!(f.backend.used_memory(), 8 << 20);
+    common::assert_memory_limit_of_8_mib(&f.connect(), &|bytes, why| {
+        assert_eq!(f.backend.used_memory(), bytes, "{why}")
+    });
 }
 
 #[test]

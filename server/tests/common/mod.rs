@@ -141,3 +141,26 @@ pub(crate) fn assert_sessions_isolated(a: &Connection, b: &Connection) {
         "double free"
     );
 }
+
+/// A client whose tenant may hold 8 MiB sees that as the device's memory, gets
+/// OUT_OF_MEMORY past it however much the device has, and can use all of it.
+/// `device_holds(bytes, why)` checks what the backend's device holds.
+pub(crate) fn assert_memory_limit_of_8_mib(c: &Connection, device_holds: &dyn Fn(u64, &str)) {
+    assert_eq!(
+        c.welcome.devices[0].total_memory,
+        8 << 20,
+        "the device reports the limit"
+    );
+    assert_eq!(c.mem_get_info(0).unwrap(), (8 << 20, 8 << 20));
+    let a = c.mem_alloc(0, 6 << 20).unwrap();
+    assert_eq!(
+        c.mem_alloc(0, 4 << 20).unwrap_err().code,
+        code::OUT_OF_MEMORY,
+        "past the limit, though the device has room"
+    );
+    assert_eq!(c.mem_get_info(0).unwrap(), (2 << 20, 8 << 20));
+    device_holds(6 << 20, "a refused allocation never reaches the device");
+    c.mem_free(a).unwrap();
+    c.mem_alloc(0, 8 << 20).unwrap();
+    device_holds(8 << 20, "the whole limit can be used");
+}
