@@ -173,6 +173,18 @@ pub(crate) fn run(
             }
         }
     }
+    // A kernel whose first instruction ends every thread unconditionally does
+    // nothing observable: no thread needs to run.
+    if matches!(
+        prog.code.first(),
+        Some(Instr {
+            guard: None,
+            inst: Inst::Ret | Inst::Exit,
+            ..
+        })
+    ) {
+        return Ok(());
+    }
     let shared_size = if l.dynamic_shared_bytes > 0 {
         prog.dyn_shared_base + l.dynamic_shared_bytes as usize
     } else {

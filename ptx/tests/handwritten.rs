@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use xpupool_ptx::parse_module;
+use xpupool_ptx::{parse_module, ExecError};
 
 const HEADER: &str = ".version 9.2\n.target sm_90\n.address_size 64\n";
 
@@ -536,4 +536,39 @@ fn cp_async_copies_synchronously() {
         want[..5].copy_from_slice(&input[16 * t..16 * t + 5]);
         assert_eq!(&g[32 * t + 16..32 * t + 32], &want);
     }
+}
+
+#[test]
+fn a_kernel_that_only_returns_is_still_checked() {
+    // Such a kernel ends at once without running threads (trace replays launch
+    // thousands over large grids), but the launch itself is validated first.
+    let m = module(
+        ".visible .entry nothing(.param .align 8 .b8 nothing_p[24])\n{\n\tret;\n}\n\
+         .visible .entry guarded(.param .u64 out)\n{\n.reg .pred %p<2>;\n.reg .b64 %rd<3>;\n\
+         \tsetp.eq.u32 %p1, 1, 1;\n\t@%p1 ret;\n\tld.param.u64 %rd1, [out];\n\
+         \tst.global.u64 [%rd1], 7;\n\tret;\n}\n",
+    );
+    let mem = DevMem::new();
+    assert_eq!(m.kernel("nothing").unwrap().param_bytes, 24);
+    run(
+        &m,
+        "nothing",
+        &cfg(100_000, 1024),
+        &[Arg::Bytes(vec![0; 24])],
+        &mem,
+    )
+    .unwrap();
+    let e = run(
+        &m,
+        "nothing",
+        &cfg(1, 4096),
+        &[Arg::Bytes(vec![0; 24])],
+        &mem,
+    )
+    .unwrap_err();
+    assert!(matches!(e, ExecError::InvalidLaunch(_)), "{e}");
+    // A guarded return is not the same: this one runs (and returns on every thread).
+    let out = mem.alloc(8);
+    run(&m, "guarded", &cfg(1, 32), &[Arg::Ptr(out)], &mem).unwrap();
+    assert_eq!(mem.download::<u64>(out, 1)[0], 0);
 }
