@@ -5,10 +5,12 @@
 //! ACL later) talks to the server through [`Connection`], whose [`Calls`] methods are
 //! one round trip each.
 
+pub mod trace;
+
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -204,6 +206,9 @@ impl Link {
 pub struct Connection {
     pipe: Mutex<Option<Pipe>>,
     lost: AtomicBool,
+    round_trips: AtomicU64,
+    posted: AtomicU64,
+    bytes_sent: AtomicU64,
     /// What the server said about itself and its devices.
     pub welcome: Welcome,
 }
@@ -284,6 +289,9 @@ impl Connection {
                 deferred: None,
             })),
             lost: AtomicBool::new(false),
+            round_trips: AtomicU64::new(0),
+            posted: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
             welcome,
         })
     }
@@ -345,6 +353,10 @@ impl Connection {
         let pipe = guard.as_mut().ok_or_else(closed)?;
         frame::encode_into(&request, &mut pipe.out)
             .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
+        if let Some(t) = trace::tracer() {
+            trace::request(t, &request, Instant::now(), None);
+        }
+        self.posted.fetch_add(1, Ordering::Relaxed);
         pipe.pending += 1;
         if pipe.pending >= MAX_PENDING {
             // Keep the server's replies from filling the stream: collect them.
@@ -354,6 +366,15 @@ impl Connection {
             self.flush(pipe)?;
         }
         Ok(())
+    }
+
+    /// What this connection has sent so far.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+            posted: self.posted.load(Ordering::Relaxed),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+        }
     }
 
     fn check_alive(&self) -> Result<(), CuError> {
@@ -372,6 +393,8 @@ impl Connection {
             return Ok(());
         }
         let written = pipe.link.write(&pipe.out);
+        self.bytes_sent
+            .fetch_add(pipe.out.len() as u64, Ordering::Relaxed);
         pipe.out.clear();
         written.map_err(|e| self.lost(e))
     }
@@ -402,6 +425,17 @@ impl Connection {
     }
 }
 
+/// Counters of one connection ([`Connection::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests that waited for their reply.
+    pub round_trips: u64,
+    /// Requests sent without waiting.
+    pub posted: u64,
+    /// Bytes written to the server after the handshake.
+    pub bytes_sent: u64,
+}
+
 /// `CUDA_ERROR_DEVICE_UNAVAILABLE`: what every call answers once the server is gone.
 const DEVICE_UNAVAILABLE: u32 = 46;
 
@@ -430,14 +464,20 @@ impl Calls for Connection {
     fn call(&self, request: Request) -> Result<Reply, CuError> {
         self.check_alive()?;
         let synchronizes = request.synchronizes();
+        let started = Instant::now();
         let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
         let pipe = guard.as_mut().ok_or_else(closed)?;
         frame::encode_into(&request, &mut pipe.out)
             .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
         self.flush(pipe)?;
         self.collect(pipe)?;
         let body = pipe.link.read_frame().map_err(|e| self.lost(e))?;
-        let reply = frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))??;
+        let reply = frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))?;
+        if let Some(t) = trace::tracer() {
+            trace::request(t, &request, started, Some(&reply));
+        }
+        let reply = reply?;
         match pipe.deferred.take() {
             // An earlier operation's error surfaces at a synchronising call; other
             // calls keep their own result and leave it for the next one.

@@ -1,8 +1,11 @@
 //! The C boundary: every exported function runs through [`enter`], which turns a
 //! `Result` into a `CUresult`, catches panics (never unwinding into C), and answers
-//! `CUDA_ERROR_DEINITIALIZED` once the process is tearing down.
+//! `CUDA_ERROR_DEINITIALIZED` once the process is tearing down. With `XPUPOOL_TRACE`
+//! set it records each call ([`xpupool_client::trace`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use xpupool_client::trace;
 
 pub(crate) use xpupool_cuda_types::CUresult;
 use xpupool_cuda_types::{
@@ -34,7 +37,12 @@ pub(crate) fn enter(name: &'static str, body: impl FnOnce() -> Res) -> CUresult 
     if shutting_down() {
         return CUDA_ERROR_DEINITIALIZED;
     }
-    xpupool_cabi::enter(name, CODES, body)
+    let traced = trace::begin(name);
+    let result = xpupool_cabi::enter(name, CODES, body);
+    if let Some(call) = traced {
+        call.end(result);
+    }
+    result
 }
 
 /// What every driver entry point without an implementation answers; logs its name once.
@@ -47,6 +55,9 @@ pub(crate) fn unsupported(name: &'static str) -> CUresult {
         tracing::warn!(
             "{name} is not supported by xpupool yet; returning CUDA_ERROR_NOT_SUPPORTED"
         );
+    }
+    if let Some(call) = trace::begin(name) {
+        call.end(CUDA_ERROR_NOT_SUPPORTED);
     }
     CUDA_ERROR_NOT_SUPPORTED
 }

@@ -349,6 +349,9 @@ extern "C" fn at_exit() {
         if let Some(Ok(driver)) = DRIVER.get() {
             driver.conn.close();
         }
+        if let Some(tracer) = xpupool_client::trace::tracer() {
+            tracer.flush();
+        }
     });
 }
 

@@ -24,6 +24,7 @@ fn context_arg(ctx: CUcontext) -> Res<Arc<Context>> {
 }
 
 fn synchronize() -> Res {
+    xpupool_client::trace::sync_point();
     driver()?.conn.synchronize().map_err(fail)
 }
 
@@ -200,6 +201,18 @@ export! {
         synchronize()
     }
 
+    // There is no profiler behind xpupool; a trace (`XPUPOOL_TRACE`) records these
+    // calls, and `xpupool bench replay` takes each span between them as one step.
+    fn cuProfilerStart() {
+        driver()?;
+        Ok(())
+    }
+
+    fn cuProfilerStop() {
+        driver()?;
+        Ok(())
+    }
+
     fn cuCtxGetStreamPriorityRange(least: *mut c_int, greatest: *mut c_int) {
         driver()?;
         if !least.is_null() { put(least, 0)?; }
@@ -217,6 +230,10 @@ export! {
             CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT => 2048,
             CU_LIMIT_MAX_L2_FETCH_GRANULARITY => 64,
             CU_LIMIT_PERSISTING_L2_CACHE_SIZE => 0,
+            // Contexts are never CIG (graphics-interop) contexts: kernels get the
+            // device's whole shared memory, and no fallback path exists to enable.
+            CU_LIMIT_SHMEM_SIZE => d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize,
+            CU_LIMIT_CIG_ENABLED | CU_LIMIT_CIG_SHMEM_FALLBACK_ENABLED => 0,
             _ => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
         };
         put(value, lock(&d.limits).get(&limit).copied().unwrap_or(default))

@@ -105,6 +105,7 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
             Ok(())
         }
         (Side::Host, Side::Device) => {
+            xpupool_client::trace::sync_point();
             let mut done = 0usize;
             while done < len {
                 let n = (len - done).min(MAX_COPY_CHUNK);

@@ -3,6 +3,7 @@
 
 use std::ffi::{c_int, c_uint, c_void};
 
+use xpupool_client::trace::sync_point;
 use xpupool_cuda_types::*;
 use xpupool_protocol::Calls;
 
@@ -45,10 +46,12 @@ fn info(stream: u64) -> Res<StreamInfo> {
 }
 
 fn synchronize(stream: u64) -> Res {
+    sync_point();
     driver()?.conn.stream_synchronize(stream).map_err(fail)
 }
 
 fn query(stream: u64) -> Res {
+    sync_point();
     driver()?.conn.stream_query(stream).map_err(fail)
 }
 
@@ -96,6 +99,7 @@ fn add_callback(
 }
 
 fn elapsed(out: *mut f32, start: CUevent, end: CUevent) -> Res {
+    sync_point();
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -112,6 +116,36 @@ fn capture_status(stream: u64, out: *mut CUstreamCaptureStatus) -> Res {
     info(stream)?;
     // Stream capture is not supported, so no stream is ever capturing.
     put(out, CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
+/// `cuStreamGetCaptureInfo`: no stream is ever capturing; the optional outputs
+/// describe an empty capture.
+fn capture_info(
+    stream: u64,
+    status: *mut CUstreamCaptureStatus,
+    id: *mut cuuint64_t,
+    graph: *mut CUgraph,
+    deps: *mut *const CUgraphNode,
+    edges: *mut *const CUgraphEdgeData,
+    count: *mut usize,
+) -> Res {
+    capture_status(stream, status)?;
+    if !id.is_null() {
+        put(id, 0)?;
+    }
+    if !graph.is_null() {
+        put(graph, std::ptr::null_mut())?;
+    }
+    if !deps.is_null() {
+        put(deps, std::ptr::null())?;
+    }
+    if !edges.is_null() {
+        put(edges, std::ptr::null())?;
+    }
+    if !count.is_null() {
+        put(count, 0)?;
+    }
+    Ok(())
 }
 
 export! {
@@ -158,6 +192,19 @@ export! {
     fn cuStreamIsCapturing(s: CUstream, out: *mut CUstreamCaptureStatus) { capture_status(stream_arg(s, false), out) }
     fn cuStreamIsCapturing_ptsz(s: CUstream, out: *mut CUstreamCaptureStatus) { capture_status(stream_arg(s, true), out) }
 
+    fn cuStreamGetCaptureInfo_v2(s: CUstream, status: *mut CUstreamCaptureStatus, id: *mut cuuint64_t, graph: *mut CUgraph, deps: *mut *const CUgraphNode, count: *mut usize) {
+        capture_info(stream_arg(s, false), status, id, graph, deps, std::ptr::null_mut(), count)
+    }
+    fn cuStreamGetCaptureInfo_v2_ptsz(s: CUstream, status: *mut CUstreamCaptureStatus, id: *mut cuuint64_t, graph: *mut CUgraph, deps: *mut *const CUgraphNode, count: *mut usize) {
+        capture_info(stream_arg(s, true), status, id, graph, deps, std::ptr::null_mut(), count)
+    }
+    fn cuStreamGetCaptureInfo_v3(s: CUstream, status: *mut CUstreamCaptureStatus, id: *mut cuuint64_t, graph: *mut CUgraph, deps: *mut *const CUgraphNode, edges: *mut *const CUgraphEdgeData, count: *mut usize) {
+        capture_info(stream_arg(s, false), status, id, graph, deps, edges, count)
+    }
+    fn cuStreamGetCaptureInfo_v3_ptsz(s: CUstream, status: *mut CUstreamCaptureStatus, id: *mut cuuint64_t, graph: *mut CUgraph, deps: *mut *const CUgraphNode, edges: *mut *const CUgraphEdgeData, count: *mut usize) {
+        capture_info(stream_arg(s, true), status, id, graph, deps, edges, count)
+    }
+
     fn cuStreamAddCallback(s: CUstream, cb: CUstreamCallback, data: *mut c_void, flags: c_uint) { add_callback(s, cb, data, flags, false) }
     fn cuStreamAddCallback_ptsz(s: CUstream, cb: CUstreamCallback, data: *mut c_void, flags: c_uint) { add_callback(s, cb, data, flags, true) }
     fn cuLaunchHostFunc(s: CUstream, f: CUhostFn, data: *mut c_void) { host_func(stream_arg(s, false), f, data) }
@@ -177,8 +224,8 @@ export! {
     fn cuEventRecord_ptsz(e: CUevent, s: CUstream) { record(e, stream_arg(s, true)) }
     fn cuEventRecordWithFlags(e: CUevent, s: CUstream, _flags: c_uint) { record(e, stream_arg(s, false)) }
     fn cuEventRecordWithFlags_ptsz(e: CUevent, s: CUstream, _flags: c_uint) { record(e, stream_arg(s, true)) }
-    fn cuEventSynchronize(e: CUevent) { driver()?.conn.event_synchronize(e as u64).map_err(fail) }
-    fn cuEventQuery(e: CUevent) { driver()?.conn.event_query(e as u64).map_err(fail) }
+    fn cuEventSynchronize(e: CUevent) { sync_point(); driver()?.conn.event_synchronize(e as u64).map_err(fail) }
+    fn cuEventQuery(e: CUevent) { sync_point(); driver()?.conn.event_query(e as u64).map_err(fail) }
     fn cuEventElapsedTime(out: *mut f32, start: CUevent, end: CUevent) { elapsed(out, start, end) }
     fn cuEventElapsedTime_v2(out: *mut f32, start: CUevent, end: CUevent) { elapsed(out, start, end) }
 }
