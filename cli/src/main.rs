@@ -42,12 +42,26 @@ enum Command {
 
 #[derive(Args)]
 struct BenchArgs {
+    #[command(subcommand)]
+    what: Option<BenchCommand>,
     /// Print the figures as JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     /// A shorter run: 100,000 launches, fewer round trips and copies.
     #[arg(long)]
     quick: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Replay a call trace (recorded with XPUPOOL_TRACE=FILE, plain or gzip) against
+    /// an embedded mock server, over QUIC and the Unix socket, and report per step
+    /// (cuProfilerStart … cuProfilerStop): wall time, round trips, synchronisation
+    /// points, bytes sent. Without FILE, the committed PyTorch trace.
+    Replay {
+        /// The trace file.
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -79,6 +93,12 @@ struct RunArgs {
     /// Device memory of the embedded mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
     mock_memory_mib: u64,
+    /// What the embedded mock does with kernel launches: `run` them on its PTX
+    /// interpreter, or `skip` them — checked, never run, results wrong. `skip` exists
+    /// only to record call traces (XPUPOOL_TRACE) of programs whose kernels the
+    /// interpreter cannot run; it needs --backend mock.
+    #[arg(long, default_value = "run", value_parser = ["run", "skip"])]
+    kernels: String,
     /// Device memory the program may use (e.g. 1GiB), with the embedded server; the
     /// device reports this as its total memory.
     #[arg(long, value_parser = xpupool_server::parse_size)]
@@ -312,6 +332,9 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         prepend_path("LD_LIBRARY_PATH", lib_dir.path()),
     );
 
+    if args.kernels == "skip" && args.server.is_some() {
+        bail!("--kernels skip is an option of the embedded mock server, not of --server");
+    }
     let _embedded = match &args.server {
         Some(server) => {
             let token = args
@@ -341,7 +364,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
         None => {
             const MOCK: &str = "the embedded server uses the mock backend (kernels run on the CPU PTX interpreter)";
+            if args.kernels == "skip" && args.backend != "mock" {
+                bail!("--kernels skip needs --backend mock");
+            }
             let chosen = match args.backend.as_str() {
+                "mock" if args.kernels == "skip" => {
+                    eprintln!("xpupool: the embedded server uses the mock backend and SKIPS every kernel (--kernels skip): results are wrong; for recording traces only");
+                    Arc::new(MockBackend::new(args.mock_memory_mib << 20).skipping_kernels())
+                }
                 "auto" if nvidia_driver_present() => {
                     match serving_backend("cuda", args.mock_memory_mib, "auto") {
                         Ok(cuda) => cuda,
@@ -359,7 +389,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             };
             if chosen.name() == "cuda" {
                 eprintln!("xpupool: the embedded server uses the cuda backend (NVIDIA's driver)");
-            } else if args.backend == "mock" {
+            } else if args.backend == "mock" && args.kernels == "run" {
                 eprintln!("xpupool: {MOCK}");
             }
             let server = EmbeddedServer::start_for_run(chosen, args.memory_limit)?;
@@ -486,6 +516,28 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
     init_logging("warn");
+    if let Some(BenchCommand::Replay { file }) = &args.what {
+        let (trace, name) = match file {
+            Some(path) => {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let trace = xpupool_bench::replay::Trace::parse(&bytes)
+                    .with_context(|| format!("{}", path.display()))?;
+                (trace, path.display().to_string())
+            }
+            None => (
+                xpupool_bench::replay::Trace::committed()?,
+                xpupool_bench::replay::COMMITTED_NAME.to_owned(),
+            ),
+        };
+        let report = xpupool_bench::replay_report(&trace, &name)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{report}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = if args.quick {
         xpupool_bench::Options::quick()
     } else {

@@ -195,6 +195,66 @@ fn image_without_ptx_reports_no_usable_code_but_has_its_variables() {
 }
 
 #[test]
+fn skipping_kernels_accepts_sass_only_kernels_and_runs_none() {
+    // kernel.cubin: SASS only, `axpy(float, const float*, float*, int)` and
+    // `fill(int*, int, int)`.
+    let cubin = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fatbin/tests/fixtures/kernel.cubin"
+    ))
+    .expect("fixture");
+    let wire = xpupool_fatbin::image_from_bytes(&cubin).unwrap().to_wire();
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        shared_bytes: 0,
+    };
+
+    // The ordinary mock lists none of them.
+    let ordinary = fixture(1 << 20);
+    let c = ordinary.connect();
+    let info = c.module_load(ByteBuf::from(wire.clone())).unwrap();
+    assert!(info.no_code.is_some() && info.functions.is_empty());
+
+    let backend = Arc::new(MockBackend::new(1 << 20).skipping_kernels());
+    let server = EmbeddedServer::start(backend).expect("server starts");
+    let c = common::connect(&server);
+    let info = c.module_load(ByteBuf::from(wire)).unwrap();
+    assert_eq!(info.no_code, None);
+    let mut names: Vec<_> = info.functions.iter().map(|f| f.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["axpy", "fill"]);
+    let fill = info.functions.iter().find(|f| f.name == "fill").unwrap();
+    assert_eq!(fill.params, [(0, 8), (8, 4), (12, 4)]);
+    assert_eq!(fill.param_bytes, 16);
+    // The launch is accepted and nothing runs: the memory stays as it was.
+    let out = c.mem_alloc(0, 64).unwrap();
+    c.memset(out, 0xab, 1, 64, 0).unwrap();
+    let mut p = out.to_le_bytes().to_vec();
+    p.extend_from_slice(&5i32.to_le_bytes());
+    p.extend_from_slice(&16i32.to_le_bytes());
+    c.launch_kernel(fill.handle, dims, 0, ByteBuf::from(p.clone()))
+        .unwrap();
+    assert_eq!(
+        c.memcpy_dtoh(out, 64, 0).unwrap().into_vec(),
+        vec![0xab; 64]
+    );
+    // Launches are still checked.
+    let too_much = LaunchDims {
+        shared_bytes: 1 << 30,
+        ..dims
+    };
+    let e = c
+        .launch_kernel(fill.handle, too_much, 0, ByteBuf::from(p))
+        .unwrap_err();
+    assert_eq!(e.code, code::INVALID_VALUE);
+    let e = c
+        .launch_kernel(0x4655_0000_0000_0999, dims, 0, ByteBuf::new())
+        .unwrap_err();
+    assert_eq!(e.code, code::INVALID_HANDLE);
+}
+
+#[test]
 fn a_memory_limit_is_what_the_tenant_sees_and_gets() {
     let f = limited_fixture(64 << 20, Some(8 << 20));
     common::assert_memory_limit_of_8_mib(&f.connect(), &|bytes, why| {

@@ -5,6 +5,12 @@
 //! time they were recorded; kernels run on the PTX interpreter (`xpupool-ptx`). What
 //! it cannot run it refuses with the driver's error code and a reason in the log —
 //! it never reports success for work it did not do.
+//!
+//! The one exception is explicit: a mock made with [`MockBackend::skipping_kernels`]
+//! accepts every kernel it can read the parameters of (SASS-only ones too) and
+//! skips launching them, saying so loudly. It exists to record call traces of
+//! programs whose kernels the interpreter cannot run (`xpupool run --kernels skip`);
+//! results computed by kernels are wrong under it, and no test uses it.
 
 mod device;
 pub(crate) mod memory;
@@ -29,6 +35,7 @@ const EVENT_DISABLE_TIMING: u32 = 0x2;
 pub struct MockBackend {
     memory: Arc<DeviceMemory>,
     workers: usize,
+    skip_kernels: bool,
 }
 
 impl MockBackend {
@@ -38,7 +45,19 @@ impl MockBackend {
         Self {
             memory: DeviceMemory::new(capacity),
             workers,
+            skip_kernels: false,
         }
+    }
+
+    /// This mock, but launching no kernel at all: launches are checked (function,
+    /// stream, shared memory) and then skipped. For recording call traces only —
+    /// every result a kernel computes is missing.
+    pub fn skipping_kernels(mut self) -> Self {
+        tracing::warn!(
+            "the mock backend SKIPS every kernel launch (--kernels skip): kernels compute nothing, results are wrong; use it only to record call traces"
+        );
+        self.skip_kernels = true;
+        self
     }
 
     /// Bytes currently allocated by all sessions.
@@ -72,6 +91,8 @@ impl Backend for MockBackend {
         Ok(Box::new(MockSession {
             memory: SessionMemory::new(self.memory.clone(), tenant.memory.clone()),
             workers: self.workers,
+            skip_kernels: self.skip_kernels,
+            skipped: 0,
             next_handle: 1,
             modules: HashMap::new(),
             functions: HashMap::new(),
@@ -85,6 +106,8 @@ impl Backend for MockBackend {
 /// The usable parts of a module image.
 struct Code {
     ptx: Option<xpupool_ptx::Module>,
+    /// Kernels of a cubin and their parameter layouts, when kernels are skipped.
+    cubin_kernels: Vec<(String, Vec<(u32, u32)>)>,
     no_code: Option<String>,
     /// Module-scope variables: name and initial bytes.
     variables: Vec<(String, Vec<u8>)>,
@@ -101,6 +124,7 @@ impl Code {
             .collect();
         Ok(Self {
             ptx: Some(module),
+            cubin_kernels: Vec::new(),
             no_code: None,
             variables,
         })
@@ -125,6 +149,10 @@ struct Function {
 const ATTRIBUTE_MAX_DYNAMIC_SHARED: u32 = 8;
 /// `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`
 const ATTRIBUTE_CARVEOUT: u32 = 9;
+/// `CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED`
+const ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED: u32 = 14;
+/// `CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE`
+const ATTRIBUTE_CLUSTER_SCHEDULING_POLICY: u32 = 15;
 
 struct Event {
     flags: u32,
@@ -135,6 +163,10 @@ struct Event {
 struct MockSession {
     memory: SessionMemory,
     workers: usize,
+    /// Launches are checked and skipped ([`MockBackend::skipping_kernels`]).
+    skip_kernels: bool,
+    /// How many were skipped.
+    skipped: u64,
     next_handle: u64,
     modules: HashMap<u64, LoadedModule>,
     functions: HashMap<u64, Function>,
@@ -216,9 +248,23 @@ impl MockSession {
             }
             None => Vec::new(),
         };
+        let mut cubin_kernels = Vec::new();
+        if self.skip_kernels {
+            match cubin.map(|e| xpupool_fatbin::cubin_param_layouts(&e.data)) {
+                Some(Ok(layouts)) => cubin_kernels = layouts.into_iter().collect(),
+                Some(Err(e)) => tracing::warn!("reading the kernels of a cubin: {e}"),
+                None => {}
+            }
+            cubin_kernels.sort();
+        }
         Ok(Code {
             ptx: None,
-            no_code: Some(reason),
+            no_code: if cubin_kernels.is_empty() {
+                Some(reason)
+            } else {
+                None
+            },
+            cubin_kernels,
             variables,
         })
     }
@@ -260,6 +306,34 @@ fn function_attributes(
         (8, max_dynamic.max(0)),
         (9, -1),
     ]
+}
+
+/// Attributes of a cubin kernel accepted under skipped kernels: the device's limits
+/// and no resources of its own.
+fn skipped_kernel_attributes() -> Vec<(u32, i32)> {
+    vec![
+        (0, 1024),
+        (1, 0),
+        (2, 0),
+        (3, 0),
+        (4, 32),
+        (5, device::SM as i32),
+        (6, device::SM as i32),
+        (7, 0),
+        (8, device::attribute(8)),
+        (9, -1),
+    ]
+}
+
+impl Drop for MockSession {
+    fn drop(&mut self) {
+        if self.skipped > 0 {
+            tracing::warn!(
+                launches = self.skipped,
+                "the session ended; its kernel launches were skipped (--kernels skip), none ran"
+            );
+        }
+    }
 }
 
 /// The driver's code for each way a kernel can fail on the mock.
@@ -396,6 +470,7 @@ impl Api for MockSession {
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
         let Code {
             ptx,
+            cubin_kernels,
             no_code,
             variables,
         } = self.load_code(&image)?;
@@ -442,11 +517,31 @@ impl Api for MockSession {
                         .map(|p| (p.offset as u32, p.size as u32))
                         .collect(),
                     param_bytes: kernel.param_bytes as u32,
-                    unusable: kernel.unsupported.clone(),
+                    unusable: kernel.unsupported.clone().filter(|_| !self.skip_kernels),
                     attributes: function_attributes(kernel, &module),
                 });
             }
             loaded.ptx = Some(Arc::new(module));
+        }
+        for (name, params) in cubin_kernels {
+            let f = self.handle(0x4655);
+            self.functions.insert(
+                f,
+                Function {
+                    module: handle,
+                    name: name.clone(),
+                    max_dynamic_shared: None,
+                },
+            );
+            loaded.functions.push(f);
+            info.functions.push(FunctionInfo {
+                name,
+                handle: f,
+                param_bytes: params.iter().map(|&(o, s)| o + s).max().unwrap_or(0),
+                params,
+                unusable: None,
+                attributes: skipped_kernel_attributes(),
+            });
         }
         tracing::debug!(
             module = handle,
@@ -494,6 +589,26 @@ impl Api for MockSession {
             .functions
             .get(&function)
             .ok_or_else(|| invalid_handle("function", function))?;
+        if self.skip_kernels {
+            let allowed = f.max_dynamic_shared.unwrap_or(device::attribute(8) as u32);
+            if dims.shared_bytes > allowed {
+                return Err(CuError::new(
+                    code::INVALID_VALUE,
+                    format!(
+                        "{}: {} bytes of dynamic shared memory, {allowed} allowed",
+                        f.name, dims.shared_bytes
+                    ),
+                ));
+            }
+            if self.skipped == 0 {
+                tracing::warn!(
+                    "skipping kernel launches (--kernels skip), starting with {}",
+                    f.name
+                );
+            }
+            self.skipped += 1;
+            return Ok(());
+        }
         let module = &self.modules[&f.module];
         let ptx = module
             .ptx
@@ -568,6 +683,10 @@ impl Api for MockSession {
             }
             // The interpreter has no L1/shared split to prefer.
             ATTRIBUTE_CARVEOUT if (-1..=100).contains(&value) => Ok(()),
+            // Permission for cluster sizes over 8 and a scheduling preference: the
+            // mock launches no clusters, so neither changes what it does.
+            ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED if (0..=1).contains(&value) => Ok(()),
+            ATTRIBUTE_CLUSTER_SCHEDULING_POLICY if (0..=2).contains(&value) => Ok(()),
             _ => Err(CuError::new(
                 code::INVALID_VALUE,
                 format!("function attribute {attribute} = {value}"),
