@@ -56,6 +56,42 @@ else
     failed=$((failed + 1)); failures+=("module-cache"); echo "FAIL  module-cache (uploads: first run $first, second run $second)"
 fi
 
+# XPUPOOL_TRACE records every driver call and request without the data, and
+# `xpupool bench replay` replays the steps between cudaProfilerStart/Stop: each step
+# may wait for the server only at the trace's synchronisation points.
+trace=$logs/steps.trace
+if XPUPOOL_TRACE="$trace" "$bin" run -- "$build/profiled_steps" >"$logs/trace-run.log" 2>&1 \
+    && "$bin" bench replay "$trace" --json >"$logs/replay.json" 2>"$logs/replay.err" \
+    && python3 - "$trace" "$logs/replay.json" >"$logs/trace-check.log" 2>&1 <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert lines[0]["trace"] == "xpupool", lines[0]
+calls = [l["call"] for l in lines if "call" in l]
+ops = [l for l in lines if "op" in l]
+assert calls.count("cuProfilerStart") == 4 and calls.count("cuProfilerStop") == 4, calls
+copies = [o for o in ops if "MemcpyHtoD" in o["op"]]
+# 4 copies of 256 KiB: lengths recorded, bytes not.
+assert len(copies) == 4 and all(o["bytes"] == 1 << 18 for o in copies), copies
+assert all(o["op"]["MemcpyHtoD"]["data"] == [] for o in copies)
+assert sum(len(json.dumps(l)) for l in lines) < 1 << 18, "the trace holds data"
+launches = [o for o in ops if "LaunchKernel" in o["op"]]
+assert len(launches) == 8 and not any(o["wait"] for o in launches), launches
+replay = json.load(open(sys.argv[2]))
+for transport in ("quic", "local"):
+    r = replay["replay"][transport]
+    assert r["steps"] == 4, r
+    # per step: the copy back and the stream synchronise, nothing else
+    assert r["sync_points_per_step"] == 2 and r["round_trips_per_step"] == 2, r
+    assert r["posted_per_step"] == 3, r
+print("trace ok:", len(lines), "lines;", replay["replay"]["local"])
+PY
+then
+    passed=$((passed + 1)); echo "ok    trace-record-and-replay ($(tail -c 200 "$logs/trace-check.log"))"
+else
+    failed=$((failed + 1)); failures+=("trace-record-and-replay"); echo "FAIL  trace-record-and-replay"
+    cat "$logs/trace-run.log" "$logs/replay.err" "$logs/trace-check.log" 2>/dev/null | sed 's/^/      | /' | tail -n 25
+fi
+
 echo "== against a separate xpupool server"
 state=$logs/server-state
 port=$((20000 + RANDOM % 20000))

@@ -8,7 +8,9 @@
 //!
 //! Every transport figure has a `quic` and a `local` value; `local` is the Unix socket
 //! (the shared-memory ring of the same-host transport is not built yet).
-//! Criterion micro-benchmarks of the wire layer are in `benches/`.
+//! The run ends by replaying the committed PyTorch training-step trace
+//! ([`replay`]) over each transport. Criterion micro-benchmarks of the wire layer are
+//! in `benches/`.
 
 use std::fmt;
 use std::io::Write;
@@ -20,6 +22,7 @@ use serde::Serialize;
 mod pin;
 mod pool;
 mod raw;
+pub mod replay;
 
 /// What to measure, and how much.
 #[derive(Debug, Clone)]
@@ -307,10 +310,99 @@ pub struct Report {
     pub large_bytes: u64,
     /// Copy throughput by size.
     pub copy_sweep: Vec<CopyRow>,
-    /// Synchronous round trips per training step of a replayed trace (not available yet).
-    pub trace_sync_round_trips_per_step: Option<f64>,
-    /// Real synchronisation points per step of that trace (not available yet).
-    pub trace_sync_points_per_step: Option<f64>,
+    /// Round trips per training step of the replayed trace (the larger of the two
+    /// transports'; the client decides the same way on both).
+    pub trace_sync_round_trips_per_step: f64,
+    /// Synchronisation points per step that the trace marks (calls whose CUDA
+    /// semantics make the host wait for the device).
+    pub trace_sync_points_per_step: f64,
+    /// The replay of the committed trace.
+    pub trace: ReplayReport,
+}
+
+/// A trace replayed over each transport (`xpupool bench replay`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    /// The trace's name (its file).
+    pub trace: String,
+    /// The traced command line.
+    pub program: String,
+    /// Median wall time of a step when the trace was recorded, ms.
+    pub recorded_step_ms: f64,
+    /// The replay's figures on each transport.
+    pub replay: PerTransport<replay::Replay>,
+}
+
+/// Replays `trace` on a fresh embedded mock server per transport, showing progress.
+pub fn replay_report(trace: &replay::Trace, name: &str) -> Result<ReplayReport> {
+    let mut progress = Progress {
+        enabled: true,
+        shown: 0,
+        started: false,
+    };
+    let result = replay_each(trace, name, &mut progress);
+    progress.finish();
+    result
+}
+
+fn replay_each(trace: &replay::Trace, name: &str, progress: &mut Progress) -> Result<ReplayReport> {
+    let replay = PerTransport::try_each(|t| {
+        progress.stage(&format!(
+            "replaying {name} ({} steps), {}",
+            trace.steps,
+            t.name()
+        ));
+        let pool = pool::Pool::connect(pool::Pool::server(REPLAY_MEMORY)?, t)?;
+        replay::replay(trace, &pool.conn, |done| progress.percent(done))
+    })?;
+    let mut recorded = trace.recorded_step_ms.clone();
+    recorded.sort_by(f64::total_cmp);
+    Ok(ReplayReport {
+        trace: name.to_owned(),
+        program: trace.program.clone(),
+        recorded_step_ms: recorded.get(recorded.len() / 2).copied().unwrap_or(0.0),
+        replay,
+    })
+}
+
+impl fmt::Display for ReplayReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.replay;
+        writeln!(
+            f,
+            "trace replay: {} ({} steps; recorded from `{}`, where a step took {:.2} ms; medians per step)",
+            self.trace, r.local.steps, self.program, self.recorded_step_ms
+        )?;
+        let per_step = |what: &str, v: PerTransport<f64>, digits: usize| {
+            vec![
+                what.to_owned(),
+                format!("{:.digits$}", v.quic),
+                format!("{:.digits$}", v.local),
+            ]
+        };
+        let rows = vec![
+            cells(&["per step", "QUIC", "local"]),
+            per_step("wall time, ms", r.map(|x| x.step_ms), 3),
+            per_step(
+                "round trips (trace_sync_round_trips_per_step)",
+                r.map(|x| x.round_trips_per_step),
+                0,
+            ),
+            per_step(
+                "sync points in the trace (trace_sync_points_per_step)",
+                r.map(|x| x.sync_points_per_step),
+                0,
+            ),
+            per_step(
+                "requests sent without waiting",
+                r.map(|x| x.posted_per_step),
+                0,
+            ),
+            per_step("bytes sent", r.map(|x| x.bytes_per_step), 0),
+            per_step("driver calls in the trace", r.map(|x| x.calls_per_step), 0),
+        ];
+        table(f, &rows, 1)
+    }
 }
 
 impl Report {
@@ -570,6 +662,14 @@ fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
         progress.dot();
     }
     let memcpy_gbps = gbps(large, median(&mut copies));
+    drop((source, target));
+
+    // 4. The PyTorch training-step trace, replayed on a fresh server per transport.
+    let trace = replay_each(
+        &replay::Trace::committed()?,
+        replay::COMMITTED_NAME,
+        progress,
+    )?;
 
     Ok(Report {
         date: utc_now(),
@@ -589,10 +689,18 @@ fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
         memcpy_gbps,
         large_bytes: large,
         copy_sweep,
-        trace_sync_round_trips_per_step: None,
-        trace_sync_points_per_step: None,
+        trace_sync_round_trips_per_step: trace
+            .replay
+            .quic
+            .round_trips_per_step
+            .max(trace.replay.local.round_trips_per_step),
+        trace_sync_points_per_step: trace.replay.local.sync_points_per_step,
+        trace,
     })
 }
+
+/// Device memory of the servers that replay the trace.
+const REPLAY_MEMORY: u64 = 4 << 30;
 
 /// Idle round trips of xpupool and of the raw transport over each transport,
 /// interleaved in blocks so that all see the same state of this noisy machine, after
@@ -919,10 +1027,7 @@ impl fmt::Display for Report {
         }
         table(f, &sweep, 0)?;
         writeln!(f)?;
-        write!(
-            f,
-            "trace replay: not available yet (trace_sync_round_trips_per_step and trace_sync_points_per_step are null)"
-        )
+        write!(f, "{}", self.trace)
     }
 }
 
@@ -934,10 +1039,9 @@ mod tests {
     /// figure does not exist yet (serde_json writes NaN and infinities as null too).
     fn check(value: &serde_json::Value, path: &str) {
         match value {
-            serde_json::Value::Null => assert!(
-                path.starts_with(".trace_") || path.starts_with(".rtt_pinned."),
-                "{path} is null"
-            ),
+            serde_json::Value::Null => {
+                assert!(path.starts_with(".rtt_pinned."), "{path} is null")
+            }
             serde_json::Value::Number(n) => {
                 let v = n.as_f64().expect("a number");
                 // CPU numbers start at 0; every figure and count must be positive.
@@ -1000,12 +1104,19 @@ mod tests {
             }
         }
         assert!(json["memcpy_gbps"].is_number());
-        assert!(json["trace_sync_round_trips_per_step"].is_null());
-        assert!(json["trace_sync_points_per_step"].is_null());
+        // The committed trace: per step, one copy to the host (loss.item()) and the
+        // stream synchronise after it; nothing else may wait for the server.
+        assert_eq!(json["trace_sync_points_per_step"], 2.0);
+        assert_eq!(json["trace_sync_round_trips_per_step"], 2.0);
+        for transport in ["quic", "local"] {
+            let r = &json["trace"]["replay"][transport];
+            assert_eq!(r["steps"], 3);
+            assert!(r["posted_per_step"].as_f64().unwrap() >= 30.0, "{r}");
+        }
         let sizes: Vec<u64> = report.copy_sweep.iter().map(|r| r.bytes).collect();
         assert_eq!(sizes, [4 << 10, 16 << 10, 64 << 10]);
         let table = report.to_string();
-        assert!(table.contains("sync_rtt_us") && table.contains("not available yet"));
+        assert!(table.contains("sync_rtt_us") && table.contains("trace_sync_points_per_step"));
         assert!(!table.contains("n/a") && !table.contains("NaN"), "{table}");
     }
 
