@@ -2,12 +2,13 @@
 //! sustained kernel launches, host↔device copies) measured against embedded mock
 //! servers over each transport (QUIC on loopback, and the same-host Unix socket), and
 //! in the same run the floor they are compared with: the raw transports (plain quinn
-//! with the same TLS 1.3 setup, a plain tokio Unix socket; no xpupool code) and this
+//! with the same TLS 1.3 setup; a blocking Unix socket and a shared-memory ring, as
+//! the same-host transport is built; no xpupool code) and this
 //! machine's memcpy. [`run`] measures and returns a [`Report`], which prints as an
 //! aligned table ([`std::fmt::Display`]) or serialises to JSON ([`Report::to_json`]).
 //!
-//! Every transport figure has a `quic` and a `local` value; `local` is the Unix socket
-//! (the shared-memory ring of the same-host transport is not built yet).
+//! Every transport figure has a `quic` and a `local` value; `local` is the same-host
+//! transport: a Unix socket for messages, a shared-memory region for bulk copies.
 //! The run ends by replaying the committed PyTorch training-step trace
 //! ([`replay`]) over each transport. Criterion micro-benchmarks of the wire layer are
 //! in `benches/`.
@@ -118,7 +119,7 @@ impl Transport {
 pub struct PerTransport<T = f64> {
     /// Over QUIC on loopback.
     pub quic: T,
-    /// Over the same-host transport (a Unix socket; no shared-memory ring yet).
+    /// Over the same-host transport (a Unix socket, bulk data in shared memory).
     pub local: T,
 }
 
@@ -854,7 +855,7 @@ impl fmt::Display for Report {
         writeln!(f, "machine: {}", self.machine)?;
         writeln!(
             f,
-            "transports: QUIC on loopback (quinn, TLS 1.3); local: Unix socket (shared-memory ring not built yet)"
+            "transports: QUIC on loopback (quinn, TLS 1.3); local: Unix socket, copies of 64 KiB and more through a shared-memory region"
         )?;
         writeln!(f)?;
         let row = |what: String, key: &str, v: PerTransport, unit: &str, digits: usize| {
@@ -921,7 +922,7 @@ impl fmt::Display for Report {
         table(f, &rows, 2)?;
         writeln!(
             f,
-            "  (raw: plain quinn with the same TLS setup / a plain tokio Unix socket)"
+            "  (raw: plain quinn with the same TLS setup / a blocking Unix socket; local raw bulk: a shared-memory ring of 4 MiB slots handed over on the socket)"
         )?;
         writeln!(f)?;
         writeln!(f, "unpinned round trips, p10 … p90:")?;
@@ -1005,7 +1006,7 @@ impl fmt::Display for Report {
         writeln!(f)?;
         writeln!(
             f,
-            "copy sweep (each copy timed until done: H2D posted then synchronize(), D2H one call per {} KiB chunk; median GB/s)", xpupool_protocol::MAX_COPY_CHUNK >> 10
+            "copy sweep (each copy timed until done: H2D posted then synchronize(), D2H until its bytes are here; QUIC in {} KiB messages; median GB/s)", xpupool_protocol::MAX_COPY_CHUNK >> 10
         )?;
         let mut sweep = vec![cells(&[
             "size",

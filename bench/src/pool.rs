@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde_bytes::ByteBuf;
 use xpupool_client::{Connection, Settings, UNIX_PREFIX};
 use xpupool_protocol::api::LaunchDims;
-use xpupool_protocol::{Calls, CuError, Request, MAX_COPY_CHUNK};
+use xpupool_protocol::{Calls, CuError, Request};
 use xpupool_server::embedded::EmbeddedServer;
 use xpupool_server::MockBackend;
 
@@ -129,36 +129,22 @@ impl Pool {
         self.conn.mem_alloc(0, bytes).map_err(cu)
     }
 
-    /// Copies `src` to device memory at `dst` as the shim does (posted chunks of at
-    /// most [`MAX_COPY_CHUNK`], each copied out of host memory first), then
-    /// synchronises; returns the time until the copy is known to be done.
+    /// Copies `src` to device memory at `dst` as the shim does
+    /// ([`Connection::copy_to_device`]: through the shared-memory region on the
+    /// local transport, in messages over QUIC), then synchronises; returns the time
+    /// until the copy is known to be done.
     pub(crate) fn h2d(&self, dst: u64, src: &[u8]) -> Result<Duration> {
         let start = Instant::now();
-        for (i, chunk) in src.chunks(MAX_COPY_CHUNK).enumerate() {
-            self.conn
-                .post(Request::MemcpyHtoD {
-                    dst: dst + (i * MAX_COPY_CHUNK) as u64,
-                    data: ByteBuf::from(chunk.to_vec()),
-                    stream: 0,
-                })
-                .map_err(cu)?;
-        }
+        self.conn.copy_to_device(dst, src, 0).map_err(cu)?;
         self.conn.synchronize().map_err(cu)?;
         Ok(start.elapsed())
     }
 
-    /// Copies device memory at `src` into `dst` as the shim does (one call per
-    /// [`MAX_COPY_CHUNK`], each copied into host memory); returns the time taken.
+    /// Copies device memory at `src` into `dst` as the shim does; returns the time
+    /// taken.
     pub(crate) fn d2h(&self, src: u64, dst: &mut [u8]) -> Result<Duration> {
         let start = Instant::now();
-        for (i, chunk) in dst.chunks_mut(MAX_COPY_CHUNK).enumerate() {
-            let bytes = self
-                .conn
-                .memcpy_dtoh(src + (i * MAX_COPY_CHUNK) as u64, chunk.len() as u64, 0)
-                .map_err(cu)?;
-            ensure!(bytes.len() == chunk.len(), "short device-to-host copy");
-            chunk.copy_from_slice(&bytes);
-        }
+        self.conn.copy_from_device(src, dst, 0).map_err(cu)?;
         Ok(start.elapsed())
     }
 }

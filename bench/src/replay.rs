@@ -488,6 +488,28 @@ fn send(
             }
             return expect(op, result.map(|_| ()));
         }
+        // Copies through the recording's shared-memory region: copied again the way
+        // this connection copies.
+        Request::MemcpyHtoDShared {
+            dst, len, stream, ..
+        } => {
+            let result = conn.copy_to_device(
+                map.address(*dst)?,
+                &vec![0u8; *len as usize],
+                map.stream(*stream)?,
+            );
+            return expect(op, result);
+        }
+        Request::MemcpyDtoHShared {
+            src, len, stream, ..
+        } => {
+            let result = conn.copy_from_device(
+                map.address(*src)?,
+                &mut vec![0u8; *len as usize],
+                map.stream(*stream)?,
+            );
+            return expect(op, result);
+        }
         Request::MemcpyHtoD { dst, stream, .. } => Request::MemcpyHtoD {
             dst: map.address(*dst)?,
             data: zeros(),

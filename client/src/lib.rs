@@ -19,8 +19,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use xpupool_protocol::region::{self, Region};
 use xpupool_protocol::{
-    code, frame, Calls, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
+    code, frame, Calls, CuError, Hello, Reply, Request, Welcome, ALPN, MAX_COPY_CHUNK,
+    PROTOCOL_VERSION,
 };
 
 /// The name in every xpupool server certificate.
@@ -245,12 +247,40 @@ async fn connect_quic(
     Ok((connection, send, recv))
 }
 
-fn connect(settings: &Settings) -> Result<Link> {
+/// Size of the shared-memory region a Unix-socket client offers its server.
+const REGION_BYTES: usize = 32 << 20;
+/// The region is used in slots of this size, one copy message each.
+const SLOT_BYTES: usize = 4 << 20;
+/// Copies smaller than this travel inside their message instead.
+const REGION_MIN_COPY: usize = 64 << 10;
+
+/// A shared-memory region for a Unix-socket connection, unless `XPUPOOL_SHM=0`; a
+/// failure to make one only costs speed.
+fn offer_region(socket: &UnixStream) -> Result<Option<Region>> {
+    let wanted = std::env::var("XPUPOOL_SHM").map_or(true, |v| v != "0");
+    let made = if wanted {
+        match Region::create(REGION_BYTES) {
+            Ok(made) => Some(made),
+            Err(e) => {
+                tracing::debug!("no shared-memory region for bulk copies: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    region::send_region(socket, made.as_ref().map(|(_, fd)| fd))
+        .context("starting the Unix-socket connection")?;
+    Ok(made.map(|(region, _fd)| region))
+}
+
+fn connect(settings: &Settings) -> Result<(Link, Option<Region>)> {
     if let Some(path) = settings.server.strip_prefix(UNIX_PREFIX) {
         let send = UnixStream::connect(path)
             .with_context(|| format!("connecting to the Unix socket {path}"))?;
+        let region = offer_region(&send)?;
         let recv = std::io::BufReader::with_capacity(1 << 16, send.try_clone()?);
-        return Ok(Link::Unix { send, recv });
+        return Ok((Link::Unix { send, recv }, region));
     }
     // The runtime's worker keeps the QUIC connection alive between calls.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -259,18 +289,19 @@ fn connect(settings: &Settings) -> Result<Link> {
         .enable_all()
         .build()?;
     let (connection, send, recv) = runtime.block_on(connect_quic(settings))?;
-    Ok(Link::Quic {
+    let link = Link::Quic {
         runtime,
         connection,
         send,
         recv,
-    })
+    };
+    Ok((link, None))
 }
 
 impl Connection {
     /// Connects, presents the token, and returns once the server has welcomed us.
     pub fn open(settings: &Settings) -> Result<Self> {
-        let mut link = connect(settings)?;
+        let (mut link, region) = connect(settings)?;
         let hello = Hello {
             protocol_version: PROTOCOL_VERSION,
             token: settings.token.clone(),
@@ -281,12 +312,18 @@ impl Connection {
         let welcome: Result<Welcome, CuError> = frame::decode(&link.read_frame()?)?;
         let welcome =
             welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))?;
+        let region = region.filter(|_| welcome.shared_region);
+        let slots = region.as_ref().map_or(0, |r| r.len() / SLOT_BYTES);
         Ok(Self {
             pipe: Mutex::new(Some(Pipe {
                 link,
                 out: Vec::new(),
-                pending: 0,
+                sent: 0,
+                received: 0,
                 deferred: None,
+                region,
+                slots: vec![None; slots],
+                next_slot: 0,
             })),
             lost: AtomicBool::new(false),
             round_trips: AtomicU64::new(0),
@@ -351,19 +388,138 @@ impl Connection {
         self.check_alive()?;
         let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
         let pipe = guard.as_mut().ok_or_else(closed)?;
-        frame::encode_into(&request, &mut pipe.out)
+        self.post_locked(pipe, &request)
+    }
+
+    fn post_locked(&self, pipe: &mut Pipe, request: &Request) -> Result<(), CuError> {
+        frame::encode_into(request, &mut pipe.out)
             .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
         if let Some(t) = trace::tracer() {
-            trace::request(t, &request, Instant::now(), None);
+            trace::request(t, request, Instant::now(), None);
         }
         self.posted.fetch_add(1, Ordering::Relaxed);
-        pipe.pending += 1;
-        if pipe.pending >= MAX_PENDING {
+        pipe.sent += 1;
+        if pipe.sent - pipe.received >= MAX_PENDING {
             // Keep the server's replies from filling the stream: collect them.
             self.flush(pipe)?;
             self.collect(pipe)?;
         } else if pipe.out.len() >= FLUSH_BYTES {
             self.flush(pipe)?;
+        }
+        Ok(())
+    }
+
+    /// Copies host bytes to the device in stream order, without waiting (errors
+    /// come at the next synchronising call): through the shared-memory region of a
+    /// same-host connection when it has one, else in messages of at most
+    /// [`MAX_COPY_CHUNK`] bytes. The bytes are captured before it returns.
+    pub fn copy_to_device(&self, dst: u64, bytes: &[u8], stream: u64) -> Result<(), CuError> {
+        self.check_alive()?;
+        let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        let pipe = guard.as_mut().ok_or_else(closed)?;
+        if pipe.slots.is_empty() || bytes.len() < REGION_MIN_COPY {
+            for (i, chunk) in bytes.chunks(MAX_COPY_CHUNK).enumerate() {
+                let request = Request::MemcpyHtoD {
+                    dst: dst + (i * MAX_COPY_CHUNK) as u64,
+                    data: serde_bytes::ByteBuf::from(chunk),
+                    stream,
+                };
+                self.post_locked(pipe, &request)?;
+            }
+            return Ok(());
+        }
+        for (i, chunk) in bytes.chunks(SLOT_BYTES).enumerate() {
+            let slot = pipe.next_slot;
+            pipe.next_slot = (slot + 1) % pipe.slots.len();
+            // The slot is free once the server has answered the copy that used it.
+            if let Some(last) = pipe.slots[slot] {
+                self.flush(pipe)?;
+                while pipe.received <= last {
+                    self.collect_one(pipe)?;
+                }
+            }
+            let offset = (slot * SLOT_BYTES) as u64;
+            pipe.region_bytes(offset, chunk.len())?
+                .copy_from_slice(chunk);
+            pipe.slots[slot] = Some(pipe.sent);
+            let request = Request::MemcpyHtoDShared {
+                dst: dst + (i * SLOT_BYTES) as u64,
+                offset,
+                len: chunk.len() as u64,
+                stream,
+            };
+            self.post_locked(pipe, &request)?;
+            // Let the server copy this slot while the next one is filled.
+            self.flush(pipe)?;
+        }
+        Ok(())
+    }
+
+    /// Copies device bytes into `out` in stream order, waiting for them (and
+    /// reporting earlier operations' errors, like any synchronising call): through
+    /// the shared-memory region when the connection has one, the server filling a
+    /// slot while the client empties the previous one.
+    pub fn copy_from_device(&self, src: u64, out: &mut [u8], stream: u64) -> Result<(), CuError> {
+        self.check_alive()?;
+        let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        let pipe = guard.as_mut().ok_or_else(closed)?;
+        if pipe.slots.is_empty() || out.len() < REGION_MIN_COPY {
+            for (i, chunk) in out.chunks_mut(MAX_COPY_CHUNK).enumerate() {
+                let request = Request::MemcpyDtoH {
+                    src: src + (i * MAX_COPY_CHUNK) as u64,
+                    len: chunk.len() as u64,
+                    stream,
+                };
+                match self.call_locked(pipe, request)? {
+                    Reply::MemcpyDtoH(bytes) if bytes.len() == chunk.len() => {
+                        chunk.copy_from_slice(&bytes)
+                    }
+                    other => return Err(self.lost(format!("a copy answered by {other:?}"))),
+                }
+            }
+            return Ok(());
+        }
+        let batch_bytes = pipe.slots.len() * SLOT_BYTES;
+        for (b, batch) in out.chunks_mut(batch_bytes).enumerate() {
+            let base = src + (b * batch_bytes) as u64;
+            let started = Instant::now();
+            let requests: Vec<Request> = batch
+                .chunks(SLOT_BYTES)
+                .enumerate()
+                .map(|(k, chunk)| Request::MemcpyDtoHShared {
+                    src: base + (k * SLOT_BYTES) as u64,
+                    offset: (k * SLOT_BYTES) as u64,
+                    len: chunk.len() as u64,
+                    stream,
+                })
+                .collect();
+            for request in &requests {
+                frame::encode_into(request, &mut pipe.out)
+                    .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
+                self.round_trips.fetch_add(1, Ordering::Relaxed);
+            }
+            self.flush(pipe)?;
+            self.collect(pipe)?;
+            let mut failed = None;
+            for ((k, chunk), request) in batch.chunks_mut(SLOT_BYTES).enumerate().zip(&requests) {
+                let reply = self.read_reply(pipe)?;
+                if let Some(t) = trace::tracer() {
+                    trace::request(t, request, started, Some(&reply));
+                }
+                match reply {
+                    Ok(_) if failed.is_none() => {
+                        let offset = (k * SLOT_BYTES) as u64;
+                        chunk.copy_from_slice(pipe.region_bytes(offset, chunk.len())?);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = pipe.deferred.take().or(failed) {
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -401,17 +557,27 @@ impl Connection {
 
     /// Reads the replies of every posted operation, keeping the first error.
     fn collect(&self, pipe: &mut Pipe) -> Result<(), CuError> {
-        while pipe.pending > 0 {
-            let body = pipe.link.read_frame().map_err(|e| self.lost(e))?;
-            pipe.pending -= 1;
-            if let Err(e) =
-                frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))?
-            {
-                tracing::debug!(code = e.code, reason = %e.message, "an operation sent without waiting failed");
-                pipe.deferred.get_or_insert(e);
-            }
+        while pipe.received < pipe.sent {
+            self.collect_one(pipe)?;
         }
         Ok(())
+    }
+
+    /// Reads the reply of the oldest posted operation, keeping the first error.
+    fn collect_one(&self, pipe: &mut Pipe) -> Result<(), CuError> {
+        let reply = self.read_reply(pipe)?;
+        pipe.received += 1;
+        if let Err(e) = reply {
+            tracing::debug!(code = e.code, reason = %e.message, "an operation sent without waiting failed");
+            pipe.deferred.get_or_insert(e);
+        }
+        Ok(())
+    }
+
+    /// Reads one reply; a connection that breaks or garbles is lost.
+    fn read_reply(&self, pipe: &mut Pipe) -> Result<Result<Reply, CuError>, CuError> {
+        let body = pipe.link.read_frame().map_err(|e| self.lost(e))?;
+        frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))
     }
 
     fn lost(&self, why: impl std::fmt::Display) -> CuError {
@@ -443,37 +609,50 @@ const DEVICE_UNAVAILABLE: u32 = 46;
 const FLUSH_BYTES: usize = 64 << 10;
 /// At most this many operations wait for their replies (whose bytes the server
 /// must be able to buffer while the client is still writing).
-const MAX_PENDING: usize = 1024;
+const MAX_PENDING: u64 = 1024;
 
 /// The request stream and what travels on it.
 struct Pipe {
     link: Link,
     /// Encoded operations not written yet.
     out: Vec<u8>,
-    /// Operations written whose replies have not been read.
-    pending: usize,
+    /// Operations posted (sent without waiting) so far.
+    sent: u64,
+    /// Replies of posted operations read so far (they come in order).
+    received: u64,
     /// The first error of an operation sent without waiting, not yet reported.
     deferred: Option<CuError>,
+    /// The shared-memory region the server accepted, if any.
+    region: Option<Region>,
+    /// For each region slot, the posted copy (its number) that last used it.
+    slots: Vec<Option<u64>>,
+    /// The slot the next copy to the device uses.
+    next_slot: usize,
+}
+
+impl Pipe {
+    fn region_bytes(&mut self, offset: u64, len: usize) -> Result<&mut [u8], CuError> {
+        self.region
+            .as_mut()
+            .and_then(|r| r.bytes_mut(offset, len))
+            .ok_or_else(|| CuError::new(code::UNKNOWN, "outside the shared-memory region"))
+    }
 }
 
 fn closed() -> CuError {
     CuError::new(code::DEINITIALIZED, "the connection is closed")
 }
 
-impl Calls for Connection {
-    fn call(&self, request: Request) -> Result<Reply, CuError> {
-        self.check_alive()?;
+impl Connection {
+    fn call_locked(&self, pipe: &mut Pipe, request: Request) -> Result<Reply, CuError> {
         let synchronizes = request.synchronizes();
         let started = Instant::now();
-        let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
-        let pipe = guard.as_mut().ok_or_else(closed)?;
         frame::encode_into(&request, &mut pipe.out)
             .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         self.flush(pipe)?;
         self.collect(pipe)?;
-        let body = pipe.link.read_frame().map_err(|e| self.lost(e))?;
-        let reply = frame::decode::<Result<Reply, CuError>>(&body).map_err(|e| self.lost(e))?;
+        let reply = self.read_reply(pipe)?;
         if let Some(t) = trace::tracer() {
             trace::request(t, &request, started, Some(&reply));
         }
@@ -487,5 +666,14 @@ impl Calls for Connection {
                 Ok(reply)
             }
         }
+    }
+}
+
+impl Calls for Connection {
+    fn call(&self, request: Request) -> Result<Reply, CuError> {
+        self.check_alive()?;
+        let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        let pipe = guard.as_mut().ok_or_else(closed)?;
+        self.call_locked(pipe, request)
     }
 }

@@ -80,6 +80,7 @@ impl Request {
             self,
             Request::LaunchKernel { .. }
                 | Request::MemcpyHtoD { .. }
+                | Request::MemcpyHtoDShared { .. }
                 | Request::MemcpyDtoD { .. }
                 | Request::Memset { .. }
                 | Request::Memset2D { .. }
@@ -97,8 +98,17 @@ impl Request {
                 | Request::EventSynchronize { .. }
                 | Request::EventQuery { .. }
                 | Request::MemcpyDtoH { .. }
+                | Request::MemcpyDtoHShared { .. }
         )
     }
+}
+
+/// What a backend answers to an operation only the server's transport layer handles.
+pub fn transport_only(operation: &str) -> CuError {
+    CuError::new(
+        crate::code::INVALID_VALUE,
+        format!("{operation} needs the connection's shared-memory region, which it does not have"),
+    )
 }
 
 fn mismatched(method: &str, reply: &Reply) -> CuError {
@@ -172,6 +182,13 @@ declare_api! {
     fn memcpy_htod(dst: u64, data: ByteBuf, stream: u64) -> () = MemcpyHtoD;
     /// Copy device bytes to the host, in stream order; the reply carries them.
     fn memcpy_dtoh(src: u64, len: u64, stream: u64) -> ByteBuf = MemcpyDtoH;
+    /// Copy `len` bytes at `offset` of the connection's shared-memory region
+    /// ([`crate::region`]) to the device, in stream order. The server answers it
+    /// itself; a backend never sees it.
+    fn memcpy_htod_shared(dst: u64, offset: u64, len: u64, stream: u64) -> () = MemcpyHtoDShared;
+    /// Copy device bytes into the shared-memory region at `offset`, in stream order;
+    /// answered by the server itself, like [`Request::MemcpyHtoDShared`].
+    fn memcpy_dtoh_shared(src: u64, offset: u64, len: u64, stream: u64) -> () = MemcpyDtoHShared;
     /// Copy between device ranges, in stream order.
     fn memcpy_dtod(dst: u64, src: u64, len: u64, stream: u64) -> () = MemcpyDtoD;
     /// Fill `count` elements of `elem_size` (1, 2 or 4) bytes with `value`, in stream order.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// QUIC application protocol name.
 pub const ALPN: &[u8] = b"xpupool/1";
@@ -48,4 +48,7 @@ pub struct Welcome {
     /// `[start, end)` of the device address range the server hands out, so the
     /// client can reserve it and host and device pointers never alias.
     pub device_address_range: (u64, u64),
+    /// Whether the server mapped the client's shared-memory region
+    /// ([`crate::region`]); bulk copies may then go through it.
+    pub shared_region: bool,
 }

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod frame;
 mod handshake;
+pub mod region;
 
 pub use api::{Api, Calls, Reply, Request};
 pub use handshake::{DeviceInfo, Hello, Welcome, ALPN, PROTOCOL_VERSION};

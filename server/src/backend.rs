@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use xpupool_protocol::{Api, CuError, DeviceInfo, Reply, Request};
+use serde_bytes::ByteBuf;
+use xpupool_protocol::api::dispatch;
+use xpupool_protocol::{code, Api, CuError, DeviceInfo, Reply, Request, MAX_COPY_CHUNK};
 
 use crate::quota::MemoryLedger;
 
@@ -33,11 +35,86 @@ pub trait Backend: Send + Sync + 'static {
 pub trait Session: Send {
     /// Runs one request.
     fn handle(&mut self, request: Request) -> Result<Reply, CuError>;
+
+    /// Copies host bytes held by the transport (a shared-memory region) to the
+    /// device, in stream order. By default as [`Request::MemcpyHtoD`]s.
+    fn memcpy_htod_from(&mut self, dst: u64, data: &[u8], stream: u64) -> Result<(), CuError> {
+        htod_by_requests(|r| self.handle(r), dst, data, stream)
+    }
+
+    /// Copies device bytes into memory held by the transport, in stream order. By
+    /// default as [`Request::MemcpyDtoH`]s.
+    fn memcpy_dtoh_into(&mut self, src: u64, out: &mut [u8], stream: u64) -> Result<(), CuError> {
+        dtoh_by_requests(|r| self.handle(r), src, out, stream)
+    }
+}
+
+/// How a backend copies between the transport's memory and the device; the
+/// defaults go through its ordinary copy operations.
+pub trait DirectCopy: Api {
+    /// [`Session::memcpy_htod_from`].
+    fn memcpy_htod_direct(&mut self, dst: u64, data: &[u8], stream: u64) -> Result<(), CuError> {
+        htod_by_requests(|r| dispatch(self, r), dst, data, stream)
+    }
+
+    /// [`Session::memcpy_dtoh_into`].
+    fn memcpy_dtoh_direct(&mut self, src: u64, out: &mut [u8], stream: u64) -> Result<(), CuError> {
+        dtoh_by_requests(|r| dispatch(self, r), src, out, stream)
+    }
 }
 
 /// A backend's [`Api`] implementation is a session: each request is dispatched to it.
-impl<T: Api + Send> Session for T {
+impl<T: DirectCopy + Send> Session for T {
     fn handle(&mut self, request: Request) -> Result<Reply, CuError> {
-        xpupool_protocol::api::dispatch(self, request)
+        dispatch(self, request)
     }
+
+    fn memcpy_htod_from(&mut self, dst: u64, data: &[u8], stream: u64) -> Result<(), CuError> {
+        self.memcpy_htod_direct(dst, data, stream)
+    }
+
+    fn memcpy_dtoh_into(&mut self, src: u64, out: &mut [u8], stream: u64) -> Result<(), CuError> {
+        self.memcpy_dtoh_direct(src, out, stream)
+    }
+}
+
+fn htod_by_requests(
+    mut handle: impl FnMut(Request) -> Result<Reply, CuError>,
+    dst: u64,
+    data: &[u8],
+    stream: u64,
+) -> Result<(), CuError> {
+    for (i, chunk) in data.chunks(MAX_COPY_CHUNK).enumerate() {
+        handle(Request::MemcpyHtoD {
+            dst: dst + (i * MAX_COPY_CHUNK) as u64,
+            data: ByteBuf::from(chunk),
+            stream,
+        })?;
+    }
+    Ok(())
+}
+
+fn dtoh_by_requests(
+    mut handle: impl FnMut(Request) -> Result<Reply, CuError>,
+    src: u64,
+    out: &mut [u8],
+    stream: u64,
+) -> Result<(), CuError> {
+    for (i, chunk) in out.chunks_mut(MAX_COPY_CHUNK).enumerate() {
+        let request = Request::MemcpyDtoH {
+            src: src + (i * MAX_COPY_CHUNK) as u64,
+            len: chunk.len() as u64,
+            stream,
+        };
+        match handle(request)? {
+            Reply::MemcpyDtoH(bytes) if bytes.len() == chunk.len() => chunk.copy_from_slice(&bytes),
+            other => {
+                return Err(CuError::new(
+                    code::UNKNOWN,
+                    format!("a device-to-host copy answered by {other:?}"),
+                ))
+            }
+        }
+    }
+    Ok(())
 }

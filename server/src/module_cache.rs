@@ -141,6 +141,14 @@ impl Session for CachingSession {
             other => self.inner.handle(other),
         }
     }
+
+    fn memcpy_htod_from(&mut self, dst: u64, data: &[u8], stream: u64) -> Result<(), CuError> {
+        self.inner.memcpy_htod_from(dst, data, stream)
+    }
+
+    fn memcpy_dtoh_into(&mut self, src: u64, out: &mut [u8], stream: u64) -> Result<(), CuError> {
+        self.inner.memcpy_dtoh_into(src, out, stream)
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::backend::{Backend, Session, Tenant};
 use crate::module_cache::{CachingSession, ModuleCache};
 use crate::quota::MemoryLedger;
 use crate::tls::Identity;
+use xpupool_protocol::region::Region;
 
 /// A tenant's token, name and limits.
 #[derive(Clone)]
@@ -260,7 +261,7 @@ async fn serve_stream(
     };
     write_message(
         &mut send,
-        &Ok::<_, CuError>(welcome(&shared.backend, &tenant)),
+        &Ok::<_, CuError>(welcome(&shared.backend, &tenant, false)),
     )
     .await?;
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
@@ -317,7 +318,7 @@ fn run_session(
     replies: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
 ) {
     for body in requests {
-        let encoded = handle_frame(session.as_mut(), &body);
+        let encoded = handle_frame(session.as_mut(), None, &body);
         if replies.send(encoded).is_err() {
             break;
         }
@@ -325,11 +326,11 @@ fn run_session(
 }
 
 /// Runs one encoded request and encodes its reply.
-fn handle_frame(session: &mut dyn Session, body: &[u8]) -> Vec<u8> {
+fn handle_frame(session: &mut dyn Session, region: Option<&mut Region>, body: &[u8]) -> Vec<u8> {
     let reply = match frame::decode::<Request>(body) {
         Ok(request) => {
             let name = request.name();
-            let reply = session.handle(request);
+            let reply = handle_request(session, region, request);
             if let Err(e) = &reply {
                 tracing::debug!(op = name, code = e.code, error = %e.message, "request failed");
             }
@@ -346,9 +347,60 @@ fn handle_frame(session: &mut dyn Session, body: &[u8]) -> Vec<u8> {
     })
 }
 
+/// Runs one request; copies through the connection's shared-memory region are the
+/// transport's part, the rest is the session's.
+fn handle_request(
+    session: &mut dyn Session,
+    region: Option<&mut Region>,
+    request: Request,
+) -> Result<Reply, CuError> {
+    let out_of_region = |offset: u64, len: u64| {
+        CuError::new(
+            code::INVALID_VALUE,
+            format!("[{offset:#x}, +{len:#x}) is outside the shared-memory region"),
+        )
+    };
+    match (request, region) {
+        (
+            Request::MemcpyHtoDShared {
+                dst,
+                offset,
+                len,
+                stream,
+            },
+            Some(region),
+        ) => {
+            let bytes = region
+                .bytes(offset, len as usize)
+                .ok_or_else(|| out_of_region(offset, len))?;
+            session
+                .memcpy_htod_from(dst, bytes, stream)
+                .map(Reply::MemcpyHtoDShared)
+        }
+        (
+            Request::MemcpyDtoHShared {
+                src,
+                offset,
+                len,
+                stream,
+            },
+            Some(region),
+        ) => {
+            let bytes = region
+                .bytes_mut(offset, len as usize)
+                .ok_or_else(|| out_of_region(offset, len))?;
+            session
+                .memcpy_dtoh_into(src, bytes, stream)
+                .map(Reply::MemcpyDtoHShared)
+        }
+        (request, _) => session.handle(request),
+    }
+}
+
 /// What the server tells an admitted client.
-fn welcome(backend: &Arc<dyn Backend>, tenant: &Tenant) -> Welcome {
+fn welcome(backend: &Arc<dyn Backend>, tenant: &Tenant, shared_region: bool) -> Welcome {
     Welcome {
+        shared_region,
         protocol_version: PROTOCOL_VERSION,
         backend: backend.name().to_owned(),
         driver_version: backend.driver_version(),
@@ -418,6 +470,18 @@ fn serve_unix(stream: std::os::unix::net::UnixStream, shared: Shared) -> Result<
             size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
+    // The first byte, before anything is buffered: it may carry the client's
+    // shared-memory region.
+    let mut region = match xpupool_protocol::region::recv_region(&stream)? {
+        Some(fd) => match Region::map_received(&fd) {
+            Ok(region) => Some(region),
+            Err(e) => {
+                tracing::warn!("not using a client's shared-memory region: {e}");
+                None
+            }
+        },
+        None => None,
+    };
     let mut send = stream.try_clone()?;
     let mut recv = std::io::BufReader::with_capacity(1 << 16, stream);
     let hello: Hello = frame::decode(&read_frame_blocking(&mut recv)?.context("no hello")?)?;
@@ -433,6 +497,7 @@ fn serve_unix(stream: std::os::unix::net::UnixStream, shared: Shared) -> Result<
     send.write_all(&frame::encode(&Ok::<_, CuError>(welcome(
         &shared.backend,
         &tenant,
+        region.is_some(),
     )))?)?;
     tracing::info!(remote = "unix", tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
     let mut out = Vec::new();
@@ -447,7 +512,7 @@ fn serve_unix(stream: std::os::unix::net::UnixStream, shared: Shared) -> Result<
         match read_frame_blocking(&mut recv) {
             Ok(Some(body)) => {
                 requests += 1;
-                out.extend_from_slice(&handle_frame(session.as_mut(), &body));
+                out.extend_from_slice(&handle_frame(session.as_mut(), region.as_mut(), &body));
             }
             Ok(None) => break Ok(()),
             Err(e) => break Err(e),

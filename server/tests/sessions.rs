@@ -427,3 +427,54 @@ fn thousands_of_failing_operations_on_the_unix_socket_do_not_wedge_it() {
     assert_eq!(c.synchronize().unwrap_err().code, code::INVALID_HANDLE);
     c.synchronize().expect("only the first error is reported");
 }
+
+#[test]
+fn bulk_copies_on_this_host_go_through_the_shared_region_and_stay_checked() {
+    let f = fixture(128 << 20);
+    let mut settings = f.settings(f.server.token());
+    settings.server = f.server.client_address();
+    settings.cert = None;
+    let c = Connection::open(&settings).expect("connects over the Unix socket");
+    assert!(c.welcome.shared_region, "the server takes the client's region");
+    // 40 MiB plus a little: more than the region's slots, and a short last one.
+    let len = (40 << 20) + 12_345;
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let device = c.mem_alloc(0, len as u64).unwrap();
+    let before = c.stats();
+    c.copy_to_device(device, &data, 0).unwrap();
+    let mut back = vec![0u8; len];
+    c.copy_from_device(device, &mut back, 0).unwrap();
+    assert!(back == data, "the bytes came back changed");
+    // Through the region the payload does not cross the socket.
+    assert!(c.stats().bytes_sent - before.bytes_sent < 64 << 10);
+    // A part of it, at an offset, both ways.
+    let mut part = vec![0u8; 3 << 20];
+    c.copy_from_device(device + 5, &mut part, 0).unwrap();
+    assert!(part[..] == data[5..5 + (3 << 20)]);
+    // Bad device ranges fail like any copy: the upload's error at the next sync.
+    c.copy_to_device(device + len as u64 - 100, &data[..1 << 20], 0)
+        .unwrap();
+    assert_eq!(c.synchronize().unwrap_err().code, code::INVALID_VALUE);
+    let e = c
+        .copy_from_device(device + len as u64 - 100, &mut part, 0)
+        .unwrap_err();
+    assert_eq!(e.code, code::INVALID_VALUE);
+    // A slot outside the region is refused by the server, not read.
+    let e = c
+        .memcpy_htod_shared(device, (32 << 20) - 10, 100, 0)
+        .unwrap_err();
+    assert!(e.message.contains("outside the shared-memory region"), "{e:?}");
+    c.synchronize().unwrap();
+    // Over QUIC there is no region: the same request is refused.
+    let quic = f.connect();
+    assert!(!quic.welcome.shared_region);
+    let e = quic.memcpy_htod_shared(device, 0, 16, 0).unwrap_err();
+    assert_eq!(e.code, code::INVALID_VALUE);
+    // And copies over QUIC still work, in messages.
+    let mut small = vec![0u8; 100_000];
+    quic.copy_to_device(quic.mem_alloc(0, 100_000).unwrap(), &data[..100_000], 0)
+        .unwrap();
+    assert_eq!(quic.synchronize(), Ok(()));
+    c.copy_from_device(device, &mut small, 0).unwrap();
+    assert!(small[..] == data[..100_000]);
+}

@@ -195,6 +195,9 @@ impl CudaSession {
     }
 }
 
+/// Copies from the transport's memory go through the ordinary copy operations.
+impl crate::backend::DirectCopy for CudaSession {}
+
 impl Api for CudaSession {
     fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
         if device != 0 {
@@ -290,6 +293,14 @@ impl Api for CudaSession {
         self.check(r, "cuMemcpyDtoHAsync_v2")?;
         self.synchronize_stream(s)?;
         Ok(ByteBuf::from(out))
+    }
+
+    fn memcpy_htod_shared(&mut self, _: u64, _: u64, _: u64, _: u64) -> Result<(), CuError> {
+        Err(xpupool_protocol::api::transport_only("memcpy_htod_shared"))
+    }
+
+    fn memcpy_dtoh_shared(&mut self, _: u64, _: u64, _: u64, _: u64) -> Result<(), CuError> {
+        Err(xpupool_protocol::api::transport_only("memcpy_dtoh_shared"))
     }
 
     fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64) -> Result<(), CuError> {

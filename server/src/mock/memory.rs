@@ -217,6 +217,16 @@ impl SessionMemory {
         })
     }
 
+    /// Copies bytes out of device memory into `out`.
+    pub(crate) fn read_into(&self, address: u64, out: &mut [u8]) -> Result<(), CuError> {
+        self.with_view(|view| {
+            let ptr = view.checked(address, out.len() as u64)?;
+            // SAFETY: as in `read`.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), out.len()) };
+            Ok(())
+        })
+    }
+
     /// Copies bytes into device memory.
     pub(crate) fn write(&self, address: u64, data: &[u8]) -> Result<(), CuError> {
         self.with_view(|view| {

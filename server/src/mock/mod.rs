@@ -25,7 +25,7 @@ use xpupool_protocol::api::{FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo};
 use xpupool_protocol::{code, Api, CuError, DeviceInfo};
 use xpupool_ptx::{ExecError, Launch};
 
-use crate::backend::{Backend, Session, Tenant};
+use crate::backend::{Backend, DirectCopy, Session, Tenant};
 use memory::{DeviceMemory, SessionMemory};
 
 /// `CU_EVENT_DISABLE_TIMING`
@@ -364,6 +364,18 @@ fn is_sticky(code: u32) -> bool {
     )
 }
 
+impl DirectCopy for MockSession {
+    fn memcpy_htod_direct(&mut self, dst: u64, data: &[u8], stream: u64) -> Result<(), CuError> {
+        self.stream(stream)?;
+        self.memory.write(dst, data)
+    }
+
+    fn memcpy_dtoh_direct(&mut self, src: u64, out: &mut [u8], stream: u64) -> Result<(), CuError> {
+        self.stream(stream)?;
+        self.memory.read_into(src, out)
+    }
+}
+
 impl Api for MockSession {
     fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
         self.healthy()?;
@@ -415,6 +427,14 @@ impl Api for MockSession {
             ));
         }
         self.memory.read(src, len).map(ByteBuf::from)
+    }
+
+    fn memcpy_htod_shared(&mut self, _: u64, _: u64, _: u64, _: u64) -> Result<(), CuError> {
+        Err(xpupool_protocol::api::transport_only("memcpy_htod_shared"))
+    }
+
+    fn memcpy_dtoh_shared(&mut self, _: u64, _: u64, _: u64, _: u64) -> Result<(), CuError> {
+        Err(xpupool_protocol::api::transport_only("memcpy_dtoh_shared"))
     }
 
     fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64) -> Result<(), CuError> {

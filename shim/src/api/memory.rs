@@ -3,9 +3,8 @@
 
 use std::ffi::{c_uint, c_void};
 
-use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
-use xpupool_protocol::{Calls, Request, MAX_COPY_CHUNK};
+use xpupool_protocol::{Calls, Request};
 
 use crate::boundary::{export, put, Res};
 use crate::state::{driver, fail, lock, stream_arg, HostBlock};
@@ -92,36 +91,13 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
             device_span(dst, len as u64)?;
             // SAFETY: the API contract: `src` is `len` readable host bytes.
             let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
-            for (i, chunk) in bytes.chunks(MAX_COPY_CHUNK).enumerate() {
-                let at = dst + (i * MAX_COPY_CHUNK) as u64;
-                let data = ByteBuf::from(chunk.to_vec());
-                conn.post(Request::MemcpyHtoD {
-                    dst: at,
-                    data,
-                    stream,
-                })
-                .map_err(fail)?;
-            }
-            Ok(())
+            conn.copy_to_device(dst, bytes, stream).map_err(fail)
         }
         (Side::Host, Side::Device) => {
             xpupool_client::trace::sync_point();
-            let mut done = 0usize;
-            while done < len {
-                let n = (len - done).min(MAX_COPY_CHUNK);
-                let bytes = conn
-                    .memcpy_dtoh(src + done as u64, n as u64, stream)
-                    .map_err(fail)?;
-                if bytes.len() != n {
-                    return Err(CUDA_ERROR_UNKNOWN);
-                }
-                // SAFETY: the API contract: `dst` is `len` writable host bytes.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), (dst as *mut u8).add(done), n)
-                };
-                done += n;
-            }
-            Ok(())
+            // SAFETY: the API contract: `dst` is `len` writable host bytes.
+            let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, len) };
+            conn.copy_from_device(src, out, stream).map_err(fail)
         }
         (Side::Host, Side::Host) => {
             conn.stream_synchronize(stream).map_err(fail)?;
