@@ -113,6 +113,17 @@ else
     # LD_PRELOAD by hand, as the README shows, verifying by certificate.
     check server-preload-vector_add env LD_PRELOAD="$shim" \
         XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" XPUPOOL_TOKEN="$token" "$build/vector_add"
+    # On this host the client moves to the server's Unix socket by itself, unless
+    # XPUPOOL_TRANSPORT=quic; both run the program.
+    moved() { XPUPOOL_LOG=debug env LD_PRELOAD="$shim" XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" \
+        XPUPOOL_TOKEN="$token" "$@" "$build/memops" 2>&1 | grep -c -e "using its Unix socket" -e "^PASS"; }
+    via_unix=$(moved env); via_quic=$(XPUPOOL_TRANSPORT=quic moved env)
+    if [ "$via_unix" = 2 ] && [ "$via_quic" = 1 ]; then
+        passed=$((passed + 1)); echo "ok    same-host-server-uses-unix-socket"
+    else
+        failed=$((failed + 1)); failures+=("same-host-server-uses-unix-socket")
+        echo "FAIL  same-host-server-uses-unix-socket (moved+passed: $via_unix; with XPUPOOL_TRANSPORT=quic: $via_quic, expected 2 and 1)"
+    fi
     # xpupool run --server, verifying by pinned fingerprint.
     check server-run-driver_api "$bin" run --server "127.0.0.1:$port" --fingerprint "$fingerprint" --token "$token" -- "$build/driver_api"
     # A wrong token must be refused: cudart then reports no usable device.

@@ -57,6 +57,7 @@ fn round_trip(c: &mut Criterion) {
         cert: Some(server.cert_path().to_string_lossy().into_owned()),
         fingerprint: None,
         token: server.token().to_owned(),
+        quic_only: true,
     };
     let conn = xpupool_client::Connection::open(&settings).unwrap();
     let mut group = c.benchmark_group("round trip (loopback QUIC, mock)");

@@ -53,6 +53,7 @@ impl Pool {
                 cert: Some(server.cert_path().to_string_lossy().into_owned()),
                 fingerprint: None,
                 token,
+                quic_only: true,
             },
             Transport::Local => {
                 let socket = server
@@ -63,6 +64,7 @@ impl Pool {
                     cert: None,
                     fingerprint: None,
                     token,
+                    quic_only: false,
                 }
             }
         };

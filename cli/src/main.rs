@@ -113,10 +113,15 @@ struct ServerArgs {
     /// Backend: `cuda` (this host's NVIDIA GPUs) or `mock` (CPU interpreter; works everywhere).
     #[arg(long, default_value = "mock")]
     backend: String,
-    /// Also listen on this Unix socket, the fast path for clients on this host
-    /// (`XPUPOOL_SERVER=unix:PATH`); made accessible to its owner only.
-    #[arg(long)]
+    /// Also listen on this Unix socket (default: server.sock in the state directory),
+    /// the fast path for clients on this host: one that reaches the server on a
+    /// loopback address moves to it by itself, with a shared-memory region for bulk
+    /// copies (or name it: `XPUPOOL_SERVER=unix:PATH`). Only its owner may use it.
+    #[arg(long, conflicts_with = "no_unix_socket")]
     unix_socket: Option<PathBuf>,
+    /// Listen on QUIC only.
+    #[arg(long)]
+    no_unix_socket: bool,
     /// Where sessions run: `process` (each in its own worker process, so one tenant's
     /// fault cannot reach another), `none` (in the server), or `auto` (process for
     /// cuda, none for mock).
@@ -496,7 +501,11 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
             tokens,
             backend,
             module_cache_dir: Some(dir.join("modules")),
-            unix_socket: args.unix_socket.clone(),
+            unix_socket: match (&args.unix_socket, args.no_unix_socket) {
+                (_, true) => None,
+                (Some(path), false) => Some(path.clone()),
+                (None, false) => Some(dir.join("server.sock")),
+            },
         })?;
         println!("listening: {}", server.local_addr()?);
         println!("certificate: {}", cert_path.display());

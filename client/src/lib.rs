@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use xpupool_protocol::region::{self, Region};
 use xpupool_protocol::{
-    code, frame, Calls, CuError, Hello, Reply, Request, Welcome, ALPN, MAX_COPY_CHUNK,
+    code, frame, Calls, CuError, Hello, Probe, Reply, Request, Welcome, ALPN, MAX_COPY_CHUNK,
     PROTOCOL_VERSION,
 };
 
@@ -39,6 +39,10 @@ pub struct Settings {
     pub fingerprint: Option<String>,
     /// The tenant token.
     pub token: String,
+    /// Stay on QUIC even when the server is on this host (`XPUPOOL_TRANSPORT=quic`);
+    /// otherwise a server reached on a loopback address is asked for its Unix
+    /// socket, and the connection moves there.
+    pub quic_only: bool,
 }
 
 impl Settings {
@@ -59,11 +63,13 @@ impl Settings {
         }
         let token =
             std::env::var("XPUPOOL_TOKEN").map_err(|_| anyhow!("XPUPOOL_TOKEN is not set"))?;
+        let quic_only = std::env::var("XPUPOOL_TRANSPORT").is_ok_and(|t| t == "quic");
         Ok(Self {
             server,
             cert,
             fingerprint,
             token,
+            quic_only,
         })
     }
 }
@@ -274,13 +280,27 @@ fn offer_region(socket: &UnixStream) -> Result<Option<Region>> {
     Ok(made.map(|(region, _fd)| region))
 }
 
+fn connect_unix(path: &str) -> Result<(Link, Option<Region>)> {
+    let send = UnixStream::connect(path)
+        .with_context(|| format!("connecting to the Unix socket {path}"))?;
+    let region = offer_region(&send)?;
+    let recv = std::io::BufReader::with_capacity(1 << 16, send.try_clone()?);
+    Ok((Link::Unix { send, recv }, region))
+}
+
+fn hello(settings: &Settings, probe: bool) -> Hello {
+    Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: settings.token.clone(),
+        pid: std::process::id(),
+        program: std::env::args().next().unwrap_or_default(),
+        probe,
+    }
+}
+
 fn connect(settings: &Settings) -> Result<(Link, Option<Region>)> {
     if let Some(path) = settings.server.strip_prefix(UNIX_PREFIX) {
-        let send = UnixStream::connect(path)
-            .with_context(|| format!("connecting to the Unix socket {path}"))?;
-        let region = offer_region(&send)?;
-        let recv = std::io::BufReader::with_capacity(1 << 16, send.try_clone()?);
-        return Ok((Link::Unix { send, recv }, region));
+        return connect_unix(path);
     }
     // The runtime's worker keeps the QUIC connection alive between calls.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -289,12 +309,45 @@ fn connect(settings: &Settings) -> Result<(Link, Option<Region>)> {
         .enable_all()
         .build()?;
     let (connection, send, recv) = runtime.block_on(connect_quic(settings))?;
-    let link = Link::Quic {
+    let mut link = Link::Quic {
         runtime,
         connection,
         send,
         recv,
     };
+    // A server on this host is better reached on its Unix socket, if it has one
+    // and this process may use it ([`Settings::quic_only`] keeps QUIC).
+    let loopback = match &link {
+        Link::Quic { connection, .. } => connection
+            .remote_address()
+            .ip()
+            .to_canonical()
+            .is_loopback(),
+        Link::Unix { .. } => false,
+    };
+    if loopback && !settings.quic_only {
+        link.write(&frame::encode(&hello(settings, true))?)?;
+        let answer: Result<Probe, CuError> = frame::decode(&link.read_frame()?)?;
+        let answer = answer.map_err(|e| anyhow!("server refused the connection: {}", e.message))?;
+        if let Some(path) = answer.unix_socket {
+            match connect_unix(&path) {
+                Ok(unix) => {
+                    tracing::debug!("the server is on this host: using its Unix socket {path}");
+                    if let Link::Quic {
+                        runtime,
+                        connection,
+                        ..
+                    } = link
+                    {
+                        connection.close(0u32.into(), b"moved to the Unix socket");
+                        runtime.shutdown_background();
+                    }
+                    return Ok(unix);
+                }
+                Err(e) => tracing::debug!("staying on QUIC: {e:#}"),
+            }
+        }
+    }
     Ok((link, None))
 }
 
@@ -302,13 +355,7 @@ impl Connection {
     /// Connects, presents the token, and returns once the server has welcomed us.
     pub fn open(settings: &Settings) -> Result<Self> {
         let (mut link, region) = connect(settings)?;
-        let hello = Hello {
-            protocol_version: PROTOCOL_VERSION,
-            token: settings.token.clone(),
-            pid: std::process::id(),
-            program: std::env::args().next().unwrap_or_default(),
-        };
-        link.write(&frame::encode(&hello)?)?;
+        link.write(&frame::encode(&hello(settings, false))?)?;
         let welcome: Result<Welcome, CuError> = frame::decode(&link.read_frame()?)?;
         let welcome =
             welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))?;

@@ -19,6 +19,19 @@ pub struct Hello {
     pub pid: u32,
     /// Client program name, for the server's logs.
     pub program: String,
+    /// Asks only where the server's Unix socket is, opening no session: a client
+    /// that reached the server on a loopback address then moves to the socket
+    /// (same host: no TLS or UDP in the path, and a shared-memory region for bulk
+    /// data). The server answers with a [`Probe`] and waits for the real hello.
+    pub probe: bool,
+}
+
+/// The answer to a probing [`Hello`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    /// The server's Unix socket, given to clients on a loopback address with a
+    /// valid token only.
+    pub unix_socket: Option<String>,
 }
 
 /// One device as the server presents it to this tenant.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xpupool_protocol::{
-    code, frame, CuError, Hello, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
+    code, frame, CuError, Hello, Probe, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
 };
 
 use crate::backend::{Backend, Session, Tenant};
@@ -49,7 +49,7 @@ pub struct ServerConfig {
 /// A bound server; [`Server::serve`] runs it.
 pub struct Server {
     endpoint: quinn::Endpoint,
-    unix: Option<tokio::net::UnixListener>,
+    unix: Option<(tokio::net::UnixListener, std::path::PathBuf)>,
     tenants: Arc<Vec<(String, Tenant)>>,
     backend: Arc<dyn Backend>,
     modules: Arc<ModuleCache>,
@@ -99,7 +99,7 @@ impl Server {
             .unix_socket
             .as_deref()
             .and_then(|path| match bind_unix(path) {
-                Ok(listener) => Some(listener),
+                Ok(listener) => Some((listener, path.to_owned())),
                 Err(e) => {
                     tracing::warn!("no Unix socket, clients on this host use QUIC: {e:#}");
                     None
@@ -130,8 +130,9 @@ impl Server {
             tenants: self.tenants,
             backend: self.backend,
             modules: self.modules,
+            unix_socket: self.unix.as_ref().map(|(_, path)| path.clone()),
         };
-        if let Some(unix) = self.unix {
+        if let Some((unix, _)) = self.unix {
             let shared = shared.clone();
             tokio::spawn(async move {
                 loop {
@@ -194,6 +195,8 @@ struct Shared {
     tenants: Arc<Vec<(String, Tenant)>>,
     backend: Arc<dyn Backend>,
     modules: Arc<ModuleCache>,
+    /// The Unix socket, told to probing clients on this host.
+    unix_socket: Option<std::path::PathBuf>,
 }
 
 /// Compares in time independent of where the strings differ.
@@ -230,9 +233,11 @@ async fn write_message<T: serde::Serialize>(
 
 /// A QUIC connection: its first bi-directional stream carries the session.
 async fn serve_connection(connection: quinn::Connection, shared: Shared) -> Result<()> {
-    let remote = connection.remote_address().to_string();
+    let address = connection.remote_address();
+    let loopback = address.ip().to_canonical().is_loopback();
+    let remote = address.to_string();
     let (send, recv) = connection.accept_bi().await?;
-    let result = serve_stream(recv, send, remote, shared).await;
+    let result = serve_stream(recv, send, remote, loopback, shared).await;
     // Let the client read the last reply (or a refusal) before the connection goes.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.closed()).await;
     result
@@ -243,9 +248,19 @@ async fn serve_stream(
     mut recv: impl AsyncRead + Unpin + Send + 'static,
     mut send: impl AsyncWrite + Unpin + Send + 'static,
     remote: String,
+    loopback: bool,
     shared: Shared,
 ) -> Result<()> {
-    let hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
+    let mut hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
+    while hello.probe {
+        let answer = shared.probe(&hello, loopback);
+        write_message(&mut send, &answer).await?;
+        hello = match read_frame(&mut recv).await? {
+            Some(body) => frame::decode(&body)?,
+            // The client moved to the Unix socket.
+            None => return Ok(()),
+        };
+    }
     let admitting = shared.clone();
     let greeting = hello.clone();
     let (tenant, session) = match tokio::task::spawn_blocking(move || admitting.admit(&greeting))
@@ -410,9 +425,20 @@ fn welcome(backend: &Arc<dyn Backend>, tenant: &Tenant, shared_region: bool) -> 
 }
 
 impl Shared {
-    /// Decides on a client's hello: its tenant and a new session, or why not. May
-    /// block (opening a session can start a worker process).
-    fn admit(&self, hello: &Hello) -> Result<(Tenant, Box<dyn Session>), CuError> {
+    /// Answers a probing hello: the Unix socket, for a client on a loopback address
+    /// whose token is valid.
+    fn probe(&self, hello: &Hello, loopback: bool) -> Result<Probe, CuError> {
+        self.tenant(hello)?;
+        Ok(Probe {
+            unix_socket: self
+                .unix_socket
+                .as_ref()
+                .filter(|_| loopback)
+                .map(|p| p.to_string_lossy().into_owned()),
+        })
+    }
+
+    fn tenant(&self, hello: &Hello) -> Result<Tenant, CuError> {
         if hello.protocol_version != PROTOCOL_VERSION {
             return Err(CuError::new(
                 code::NOT_PERMITTED,
@@ -422,12 +448,17 @@ impl Shared {
                 ),
             ));
         }
-        let tenant = self
-            .tenants
+        self.tenants
             .iter()
             .find(|(token, _)| same_secret(token, &hello.token))
             .map(|(_, tenant)| tenant.clone())
-            .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token"))?;
+            .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token"))
+    }
+
+    /// Decides on a client's hello: its tenant and a new session, or why not. May
+    /// block (opening a session can start a worker process).
+    fn admit(&self, hello: &Hello) -> Result<(Tenant, Box<dyn Session>), CuError> {
+        let tenant = self.tenant(hello)?;
         let session = self.backend.open_session(&tenant)?;
         let session: Box<dyn Session> = Box::new(CachingSession {
             inner: session,
@@ -484,7 +515,14 @@ fn serve_unix(stream: std::os::unix::net::UnixStream, shared: Shared) -> Result<
     };
     let mut send = stream.try_clone()?;
     let mut recv = std::io::BufReader::with_capacity(1 << 16, stream);
-    let hello: Hello = frame::decode(&read_frame_blocking(&mut recv)?.context("no hello")?)?;
+    let mut hello: Hello = frame::decode(&read_frame_blocking(&mut recv)?.context("no hello")?)?;
+    while hello.probe {
+        send.write_all(&frame::encode(&shared.probe(&hello, true))?)?;
+        hello = match read_frame_blocking(&mut recv)? {
+            Some(body) => frame::decode(&body)?,
+            None => return Ok(()),
+        };
+    }
     let (tenant, mut session) = match shared.admit(&hello) {
         Ok(admitted) => admitted,
         Err(e) => {

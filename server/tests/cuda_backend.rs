@@ -383,6 +383,7 @@ fn an_older_driver_gets_layouts_from_the_image() {
         cert: Some(server.cert_path().to_string_lossy().into_owned()),
         fingerprint: None,
         token: server.token().to_owned(),
+        quic_only: true,
     })
     .unwrap();
     // A fatbin: names and layouts from its cubin's .nv.info (and its PTX).

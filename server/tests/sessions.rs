@@ -435,7 +435,10 @@ fn bulk_copies_on_this_host_go_through_the_shared_region_and_stay_checked() {
     settings.server = f.server.client_address();
     settings.cert = None;
     let c = Connection::open(&settings).expect("connects over the Unix socket");
-    assert!(c.welcome.shared_region, "the server takes the client's region");
+    assert!(
+        c.welcome.shared_region,
+        "the server takes the client's region"
+    );
     // 40 MiB plus a little: more than the region's slots, and a short last one.
     let len = (40 << 20) + 12_345;
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
@@ -463,7 +466,10 @@ fn bulk_copies_on_this_host_go_through_the_shared_region_and_stay_checked() {
     let e = c
         .memcpy_htod_shared(device, (32 << 20) - 10, 100, 0)
         .unwrap_err();
-    assert!(e.message.contains("outside the shared-memory region"), "{e:?}");
+    assert!(
+        e.message.contains("outside the shared-memory region"),
+        "{e:?}"
+    );
     c.synchronize().unwrap();
     // Over QUIC there is no region: the same request is refused.
     let quic = f.connect();
@@ -477,4 +483,36 @@ fn bulk_copies_on_this_host_go_through_the_shared_region_and_stay_checked() {
     assert_eq!(quic.synchronize(), Ok(()));
     c.copy_from_device(device, &mut small, 0).unwrap();
     assert!(small[..] == data[..100_000]);
+}
+
+#[test]
+fn a_client_reaching_the_server_on_loopback_moves_to_its_unix_socket() {
+    let f = fixture(64 << 20);
+    let mut settings = f.settings(f.server.token());
+    assert!(
+        settings.server.starts_with("127.0.0.1:"),
+        "{}",
+        settings.server
+    );
+    settings.quic_only = false;
+    let c = Connection::open(&settings).expect("connects");
+    // Only the Unix socket carries a shared-memory region.
+    assert!(c.welcome.shared_region, "the client stayed on QUIC");
+    let device = c.mem_alloc(0, 1 << 20).unwrap();
+    let data = vec![0x5au8; 1 << 20];
+    c.copy_to_device(device, &data, 0).unwrap();
+    let mut back = vec![0u8; 1 << 20];
+    c.copy_from_device(device, &mut back, 0).unwrap();
+    assert!(back == data);
+    // The socket is told to holders of a valid token only.
+    settings.token = "wrong".to_owned();
+    let refused = Connection::open(&settings).err().expect("refused");
+    assert!(
+        format!("{refused:#}").contains("unknown tenant token"),
+        "{refused:#}"
+    );
+    // And QUIC stays available to those who ask for it.
+    let quic = f.connect();
+    assert!(!quic.welcome.shared_region);
+    assert_eq!(quic.synchronize(), Ok(()));
 }

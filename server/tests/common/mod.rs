@@ -46,6 +46,7 @@ pub(crate) fn settings(server: &EmbeddedServer, token: &str) -> Settings {
         cert: Some(server.cert_path().to_string_lossy().into_owned()),
         fingerprint: None,
         token: token.to_owned(),
+        quic_only: true,
     }
 }
 
