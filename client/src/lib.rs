@@ -212,11 +212,13 @@ impl Link {
 
 /// A live connection; [`Calls`] on it are one round trip each.
 pub struct Connection {
-    pipe: Mutex<Option<Pipe>>,
-    lost: AtomicBool,
+    pipe: Arc<Mutex<Option<Pipe>>>,
+    lost: Arc<AtomicBool>,
     round_trips: AtomicU64,
     posted: AtomicU64,
-    bytes_sent: AtomicU64,
+    bytes_sent: Arc<AtomicU64>,
+    /// Wakes the thread that writes what was posted and left waiting.
+    linger: Arc<Linger>,
     /// What the server said about itself and its devices.
     pub welcome: Welcome,
 }
@@ -361,8 +363,8 @@ impl Connection {
             welcome.map_err(|e| anyhow!("server refused the connection: {}", e.message))?;
         let region = region.filter(|_| welcome.shared_region);
         let slots = region.as_ref().map_or(0, |r| r.len() / SLOT_BYTES);
-        Ok(Self {
-            pipe: Mutex::new(Some(Pipe {
+        let connection = Self {
+            pipe: Arc::new(Mutex::new(Some(Pipe {
                 link,
                 out: Vec::new(),
                 sent: 0,
@@ -371,13 +373,58 @@ impl Connection {
                 region,
                 slots: vec![None; slots],
                 next_slot: 0,
-            })),
-            lost: AtomicBool::new(false),
+            }))),
+            lost: Arc::new(AtomicBool::new(false)),
             round_trips: AtomicU64::new(0),
             posted: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
+            bytes_sent: Arc::new(AtomicU64::new(0)),
+            linger: Arc::new(Linger::default()),
             welcome,
-        })
+        };
+        connection.start_flusher()?;
+        Ok(connection)
+    }
+
+    /// Starts the thread that writes posted operations nobody else writes: a
+    /// launch must not wait in the batch for the program's next call, which may be
+    /// far away. It writes [`LINGER`] after the first operation left waiting, and
+    /// ends with the connection.
+    fn start_flusher(&self) -> Result<()> {
+        let pipe = Arc::downgrade(&self.pipe);
+        let linger = self.linger.clone();
+        let lost = self.lost.clone();
+        let bytes_sent = self.bytes_sent.clone();
+        std::thread::Builder::new()
+            .name("xpupool-flush".to_owned())
+            .spawn(move || loop {
+                {
+                    let mut guard = linger.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    while !linger.armed.load(Ordering::Acquire) {
+                        if linger.stop.load(Ordering::Acquire) {
+                            return;
+                        }
+                        guard = linger.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+                std::thread::sleep(LINGER);
+                linger.armed.store(false, Ordering::Release);
+                let Some(pipe) = pipe.upgrade() else { return };
+                let mut guard = pipe.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(pipe) = guard.as_mut() else { return };
+                if pipe.out.is_empty() || lost.load(Ordering::Acquire) {
+                    continue;
+                }
+                let written = pipe.link.write(&pipe.out);
+                bytes_sent.fetch_add(pipe.out.len() as u64, Ordering::Relaxed);
+                pipe.out.clear();
+                if let Err(e) = written {
+                    if !lost.swap(true, Ordering::AcqRel) {
+                        tracing::error!("lost the connection to the xpupool server: {e}");
+                    }
+                }
+            })
+            .context("starting the connection's flush thread")?;
+        Ok(())
     }
 
     /// Connects as the environment says ([`Settings::from_env`]); errors name the server.
@@ -452,6 +499,10 @@ impl Connection {
             self.collect(pipe)?;
         } else if pipe.out.len() >= FLUSH_BYTES {
             self.flush(pipe)?;
+        } else if !self.linger.armed.swap(true, Ordering::AcqRel) {
+            // Left waiting: the flush thread writes it soon if nothing else does.
+            let _guard = self.linger.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.linger.wake.notify_one();
         }
         Ok(())
     }
@@ -635,6 +686,27 @@ impl Connection {
             DEVICE_UNAVAILABLE,
             format!("connection to the server lost: {why}"),
         )
+    }
+}
+
+/// How long a posted operation may wait in the batch before the flush thread
+/// writes it.
+const LINGER: Duration = Duration::from_micros(100);
+
+/// The flush thread's signal: `armed` once something waits in the batch.
+#[derive(Default)]
+struct Linger {
+    armed: AtomicBool,
+    stop: AtomicBool,
+    lock: Mutex<()>,
+    wake: std::sync::Condvar,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.linger.stop.store(true, Ordering::Release);
+        let _guard = self.linger.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.linger.wake.notify_one();
     }
 }
 

@@ -72,15 +72,22 @@ macro_rules! declare_api {
 }
 
 impl Request {
-    /// Whether the driver itself reports this operation's errors later, at a
-    /// synchronising call (DESIGN §3.3): a client may send it without waiting for
-    /// its reply, batched with others.
+    /// Whether a client may send this operation without waiting for its reply,
+    /// batched with others (DESIGN §3.3): the driver itself reports its errors later,
+    /// at a synchronising call (launches, copies from host memory, memsets), or the
+    /// client checks its arguments before sending (event records, stream waits,
+    /// event destruction and frees, whose handles and pointers it keeps). An error
+    /// the server still finds is reported at the next synchronising call.
     pub fn completes_later(&self) -> bool {
         matches!(
             self,
             Request::LaunchKernel { .. }
                 | Request::MemcpyHtoD { .. }
                 | Request::MemcpyHtoDShared { .. }
+                | Request::EventRecord { .. }
+                | Request::StreamWaitEvent { .. }
+                | Request::EventDestroy { .. }
+                | Request::MemFree { .. }
                 | Request::MemcpyDtoD { .. }
                 | Request::Memset { .. }
                 | Request::Memset2D { .. }

@@ -516,3 +516,21 @@ fn a_client_reaching_the_server_on_loopback_moves_to_its_unix_socket() {
     assert!(!quic.welcome.shared_region);
     assert_eq!(quic.synchronize(), Ok(()));
 }
+
+#[test]
+fn an_operation_sent_without_waiting_reaches_the_server_without_another_call() {
+    let f = fixture(64 << 20);
+    let c = f.connect();
+    let device = c.mem_alloc(0, 1 << 20).unwrap();
+    assert_eq!(f.backend.used_memory(), 1 << 20);
+    // Batched, then left alone: the connection's flush thread must send it.
+    c.post(xpupool_protocol::Request::MemFree { ptr: device })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.backend.used_memory() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(f.backend.used_memory(), 0, "the free never left the client");
+    assert_eq!(c.stats().round_trips, 1);
+    assert_eq!(c.synchronize(), Ok(()));
+}

@@ -3,7 +3,7 @@
 //! tables that let pointer and handle arguments be checked before use.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -294,8 +294,11 @@ pub(crate) struct Driver {
     pub(crate) contexts: Registry<Context>,
     pub(crate) modules: Registry<Module>,
     pub(crate) functions: Registry<Function>,
-    /// Device allocations and module variables: base → size.
-    pub(crate) device_ranges: Mutex<BTreeMap<u64, u64>>,
+    /// Device allocations and module variables: base → (size, whether it is an
+    /// allocation the application may free).
+    pub(crate) device_ranges: Mutex<BTreeMap<u64, (u64, bool)>>,
+    /// Live events (server handles).
+    pub(crate) events: Mutex<HashSet<u64>>,
     pub(crate) host_blocks: Mutex<BTreeMap<usize, HostBlock>>,
     pub(crate) streams: Mutex<HashMap<u64, StreamInfo>>,
     pub(crate) cls: Mutex<HashMap<(usize, usize), (usize, ClsDtor)>>,
@@ -379,6 +382,7 @@ impl Driver {
             modules: Registry::new(),
             functions: Registry::new(),
             device_ranges: Mutex::new(BTreeMap::new()),
+            events: Mutex::new(HashSet::new()),
             host_blocks: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(HashMap::new()),
             cls: Mutex::new(HashMap::new()),
@@ -423,7 +427,7 @@ impl Driver {
     /// The device allocation containing `address`: (base, size).
     pub(crate) fn device_range(&self, address: u64) -> Option<(u64, u64)> {
         let ranges = lock(&self.device_ranges);
-        let (&base, &size) = ranges.range(..=address).next_back()?;
+        let (&base, &(size, _)) = ranges.range(..=address).next_back()?;
         (address < base + size).then_some((base, size))
     }
 

@@ -34,7 +34,7 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize) -> Res {
         .conn
         .mem_alloc(device as u32, bytes as u64)
         .map_err(fail)?;
-    lock(&d.device_ranges).insert(address, bytes as u64);
+    lock(&d.device_ranges).insert(address, (bytes as u64, true));
     put(out, address)
 }
 
@@ -43,9 +43,15 @@ fn free(address: CUdeviceptr) -> Res {
         return Ok(());
     }
     let d = driver()?;
-    d.conn.mem_free(address).map_err(fail)?;
-    lock(&d.device_ranges).remove(&address);
-    Ok(())
+    // Checked here, so that the free need not wait for the server.
+    {
+        let mut ranges = lock(&d.device_ranges);
+        match ranges.get(&address) {
+            Some(&(_, true)) => ranges.remove(&address),
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        };
+    }
+    d.conn.post(Request::MemFree { ptr: address }).map_err(fail)
 }
 
 /// Checks that `[address, address+len)` lies inside one device allocation, as the

@@ -112,7 +112,7 @@ fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const 
                 .conn
                 .module_get_global(server, name.to_owned())
                 .map_err(fail)?;
-            lock(&d.device_ranges).insert(g.address, g.size.max(1));
+            lock(&d.device_ranges).insert(g.address, (g.size.max(1), false));
             lock(&m.globals).insert(name.to_owned(), g.clone());
             g
         }

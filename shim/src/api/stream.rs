@@ -5,7 +5,7 @@ use std::ffi::{c_int, c_uint, c_void};
 
 use xpupool_client::trace::sync_point;
 use xpupool_cuda_types::*;
-use xpupool_protocol::Calls;
+use xpupool_protocol::{Calls, Request};
 
 use crate::boundary::{export, put, Res};
 use crate::state::{driver, fail, lock, stream_arg, StreamInfo};
@@ -55,18 +55,34 @@ fn query(stream: u64) -> Res {
     driver()?.conn.stream_query(stream).map_err(fail)
 }
 
+/// Checks an event and a stream here, so that what uses them need not wait for
+/// the server.
+fn live(event: CUevent, stream: u64) -> Res<&'static crate::state::Driver> {
+    let d = driver()?;
+    if !lock(&d.events).contains(&(event as u64)) {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    info(stream)?;
+    Ok(d)
+}
+
 fn wait_event(stream: u64, event: CUevent, flags: c_uint) -> Res {
-    driver()?
-        .conn
-        .stream_wait_event(stream, event as u64, flags)
-        .map_err(fail)
+    let d = live(event, stream)?;
+    let request = Request::StreamWaitEvent {
+        stream,
+        event: event as u64,
+        flags,
+    };
+    d.conn.post(request).map_err(fail)
 }
 
 fn record(event: CUevent, stream: u64) -> Res {
-    driver()?
-        .conn
-        .event_record(event as u64, stream)
-        .map_err(fail)
+    let d = live(event, stream)?;
+    let request = Request::EventRecord {
+        event: event as u64,
+        stream,
+    };
+    d.conn.post(request).map_err(fail)
 }
 
 /// Runs a host function in stream order: once the work before it in the stream is
@@ -216,10 +232,19 @@ export! {
         if out.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        put(out, driver()?.conn.event_create(flags).map_err(fail)? as CUevent)
+        let d = driver()?;
+        let event = d.conn.event_create(flags).map_err(fail)?;
+        lock(&d.events).insert(event);
+        put(out, event as CUevent)
     }
 
-    fn cuEventDestroy_v2(e: CUevent) { driver()?.conn.event_destroy(e as u64).map_err(fail) }
+    fn cuEventDestroy_v2(e: CUevent) {
+        let d = driver()?;
+        if !lock(&d.events).remove(&(e as u64)) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        d.conn.post(Request::EventDestroy { event: e as u64 }).map_err(fail)
+    }
     fn cuEventRecord(e: CUevent, s: CUstream) { record(e, stream_arg(s, false)) }
     fn cuEventRecord_ptsz(e: CUevent, s: CUstream) { record(e, stream_arg(s, true)) }
     fn cuEventRecordWithFlags(e: CUevent, s: CUstream, _flags: c_uint) { record(e, stream_arg(s, false)) }
