@@ -168,9 +168,11 @@ pub use xpupool_protocol::UNIX_PREFIX;
 
 /// What carries the session. The session layer above does not care which.
 enum Link {
-    /// QUIC: the stream's halves, driven by this connection's runtime.
+    /// QUIC: the stream's halves, on a current-thread runtime that the calling
+    /// thread drives while it waits, so a round trip crosses no thread; the flush
+    /// thread drives it now and then between calls (keep-alives).
     Quic {
-        runtime: tokio::runtime::Runtime,
+        runtime: Arc<tokio::runtime::Runtime>,
         connection: quinn::Connection,
         send: quinn::SendStream,
         recv: quinn::RecvStream,
@@ -186,7 +188,13 @@ enum Link {
 impl Link {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         match self {
-            Link::Quic { runtime, send, .. } => Ok(runtime.block_on(send.write_all(bytes))?),
+            Link::Quic { runtime, send, .. } => runtime.block_on(async {
+                send.write_all(bytes).await?;
+                // Let the connection's task put the bytes on the wire before this
+                // thread stops driving the runtime.
+                tokio::task::yield_now().await;
+                Ok(())
+            }),
             Link::Unix { send, .. } => Ok(send.write_all(bytes)?),
         }
     }
@@ -304,12 +312,11 @@ fn connect(settings: &Settings) -> Result<(Link, Option<Region>)> {
     if let Some(path) = settings.server.strip_prefix(UNIX_PREFIX) {
         return connect_unix(path);
     }
-    // The runtime's worker keeps the QUIC connection alive between calls.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("xpupool-client")
-        .enable_all()
-        .build()?;
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    );
     let (connection, send, recv) = runtime.block_on(connect_quic(settings))?;
     let mut link = Link::Quic {
         runtime,
@@ -342,7 +349,8 @@ fn connect(settings: &Settings) -> Result<(Link, Option<Region>)> {
                     } = link
                     {
                         connection.close(0u32.into(), b"moved to the Unix socket");
-                        runtime.shutdown_background();
+                        runtime
+                            .block_on(async { tokio::time::sleep(Duration::from_millis(1)).await });
                     }
                     return Ok(unix);
                 }
@@ -392,6 +400,13 @@ impl Connection {
     fn start_flusher(&self) -> Result<()> {
         let pipe = Arc::downgrade(&self.pipe);
         let linger = self.linger.clone();
+        let runtime = match &self.pipe.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(Pipe {
+                link: Link::Quic { runtime, .. },
+                ..
+            }) => Some(Arc::downgrade(runtime)),
+            _ => None,
+        };
         let lost = self.lost.clone();
         let bytes_sent = self.bytes_sent.clone();
         std::thread::Builder::new()
@@ -403,7 +418,22 @@ impl Connection {
                         if linger.stop.load(Ordering::Acquire) {
                             return;
                         }
-                        guard = linger.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                        let (next, waited) = linger
+                            .wake
+                            .wait_timeout(guard, TICK)
+                            .unwrap_or_else(|e| e.into_inner());
+                        guard = next;
+                        if waited.timed_out() {
+                            // Nobody drove the QUIC runtime for a while: let it
+                            // answer the server and send its keep-alives.
+                            if let Some(runtime) = runtime.as_ref().and_then(|r| r.upgrade()) {
+                                drop(guard);
+                                runtime.block_on(async {
+                                    tokio::time::sleep(Duration::from_millis(1)).await
+                                });
+                                guard = linger.lock.lock().unwrap_or_else(|e| e.into_inner());
+                            }
+                        }
                     }
                 }
                 std::thread::sleep(LINGER);
@@ -454,17 +484,17 @@ impl Connection {
                 ..
             } => {
                 let out = pipe.out;
-                let (done, wait) = std::sync::mpsc::channel();
-                runtime.handle().spawn(async move {
-                    let _ = send.write_all(&out).await;
-                    let _ = send.finish();
-                    connection.close(0u32.into(), b"client exit");
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(500), connection.closed()).await;
-                    let _ = done.send(());
+                let _ = runtime.block_on(async move {
+                    tokio::time::timeout(Duration::from_millis(500), async {
+                        let _ = send.write_all(&out).await;
+                        let _ = send.finish();
+                        connection.close(0u32.into(), b"client exit");
+                        // Drive the runtime until the close has gone out.
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    })
+                    .await
                 });
-                let _ = wait.recv_timeout(Duration::from_millis(600));
-                // The runtime is not dropped here: its threads may be mid-exit.
+                // Not dropped here: at process exit, tearing a runtime down can hang.
                 std::mem::forget(runtime);
             }
         }
@@ -692,6 +722,9 @@ impl Connection {
 /// How long a posted operation may wait in the batch before the flush thread
 /// writes it.
 const LINGER: Duration = Duration::from_micros(100);
+
+/// How often the flush thread drives an idle QUIC connection's runtime.
+const TICK: Duration = Duration::from_secs(1);
 
 /// The flush thread's signal: `armed` once something waits in the batch.
 #[derive(Default)]

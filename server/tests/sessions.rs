@@ -534,3 +534,20 @@ fn an_operation_sent_without_waiting_reaches_the_server_without_another_call() {
     assert_eq!(c.stats().round_trips, 1);
     assert_eq!(c.synchronize(), Ok(()));
 }
+
+#[test]
+fn an_idle_quic_connection_is_kept_and_still_flushed() {
+    let f = fixture(64 << 20);
+    let c = f.connect();
+    let device = c.mem_alloc(0, 1 << 20).unwrap();
+    // Longer than the flush thread's tick, which drives the idle QUIC runtime.
+    std::thread::sleep(Duration::from_millis(2500));
+    c.post(xpupool_protocol::Request::MemFree { ptr: device })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.backend.used_memory() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(f.backend.used_memory(), 0, "the flush thread is gone");
+    assert_eq!(c.synchronize(), Ok(()));
+}
