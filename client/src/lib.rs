@@ -737,6 +737,9 @@ struct Linger {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if let Some(tracer) = trace::tracer() {
+            tracer.flush();
+        }
         self.linger.stop.store(true, Ordering::Release);
         let _guard = self.linger.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.linger.wake.notify_one();

@@ -147,6 +147,8 @@ pub struct Module {
     kernels: Vec<KernelInfo>,
     globals: Vec<GlobalVar>,
     progs: Vec<Arc<ir::Prog>>,
+    /// Kernel name → index (libraries' modules hold thousands of kernels).
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 impl fmt::Debug for Module {
@@ -161,7 +163,7 @@ impl fmt::Debug for Module {
 impl Module {
     /// Looks up a kernel by its `.entry` name.
     pub fn kernel(&self, name: &str) -> Option<&KernelInfo> {
-        self.kernels.iter().find(|k| k.name == name)
+        self.by_name.get(name).map(|&i| &self.kernels[i])
     }
 
     /// All kernels, in source order.
@@ -175,7 +177,7 @@ impl Module {
     }
 
     fn prog(&self, name: &str) -> Option<(&KernelInfo, &ir::Prog)> {
-        let i = self.kernels.iter().position(|k| k.name == name)?;
+        let &i = self.by_name.get(name)?;
         Some((&self.kernels[i], &self.progs[i]))
     }
 }

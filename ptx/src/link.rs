@@ -106,10 +106,16 @@ pub(crate) fn build_module(pm: &PModule<'_>) -> Result<Module, ParseError> {
             progs.push(Arc::new(prog));
         }
     }
+    let by_name = kernels
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.name.clone(), i))
+        .collect();
     Ok(Module {
         kernels,
         globals,
         progs,
+        by_name,
     })
 }
 

@@ -270,9 +270,7 @@ impl SessionMemory {
             let ptr = view.checked(address, len)?;
             // SAFETY: inside one live block.
             let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) };
-            for chunk in bytes.chunks_exact_mut(pattern.len()) {
-                chunk.copy_from_slice(pattern);
-            }
+            fill_pattern(bytes, pattern);
             Ok(())
         })
     }
@@ -415,5 +413,44 @@ mod tests {
             session.fill(a + 1, 1, 4, 1).is_err(),
             "misaligned 32-bit memset"
         );
+    }
+}
+
+/// Fills `bytes` (a whole number of patterns) with copies of `pattern`, at memset
+/// speed: one pattern, then ever larger copies of what is already filled.
+fn fill_pattern(bytes: &mut [u8], pattern: &[u8]) {
+    if let [byte] = pattern {
+        bytes.fill(*byte);
+        return;
+    }
+    let Some(first) = bytes.get_mut(..pattern.len()) else {
+        return;
+    };
+    first.copy_from_slice(pattern);
+    let mut filled = pattern.len();
+    while filled < bytes.len() {
+        let n = filled.min(bytes.len() - filled);
+        bytes.copy_within(..n, filled);
+        filled += n;
+    }
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::fill_pattern;
+
+    #[test]
+    fn patterns_repeat_to_the_end() {
+        for (len, pattern) in [
+            (0, &[1u8][..]),
+            (7, &[9]),
+            (10, &[1, 2]),
+            (12, &[1, 2, 3, 4]),
+        ] {
+            let mut bytes = vec![0u8; len];
+            fill_pattern(&mut bytes, pattern);
+            let want: Vec<u8> = pattern.iter().copied().cycle().take(len).collect();
+            assert_eq!(bytes, want, "{len} {pattern:?}");
+        }
     }
 }
