@@ -395,8 +395,10 @@ impl Connection {
 
     /// Starts the thread that writes posted operations nobody else writes: a
     /// launch must not wait in the batch for the program's next call, which may be
-    /// far away. It writes [`LINGER`] after the first operation left waiting, and
-    /// ends with the connection.
+    /// far away. While the program is busy the thread looks every [`POLL`], so a
+    /// batch waits at most about that long plus [`LINGER`]; when it has been quiet,
+    /// the thread sleeps until the next batch wakes it. It ends with the
+    /// connection.
     fn start_flusher(&self) -> Result<()> {
         let pipe = Arc::downgrade(&self.pipe);
         let linger = self.linger.clone();
@@ -411,13 +413,47 @@ impl Connection {
         let bytes_sent = self.bytes_sent.clone();
         std::thread::Builder::new()
             .name("xpupool-flush".to_owned())
-            .spawn(move || loop {
-                {
-                    let mut guard = linger.lock.lock().unwrap_or_else(|e| e.into_inner());
-                    while !linger.armed.load(Ordering::Acquire) {
-                        if linger.stop.load(Ordering::Acquire) {
-                            return;
+            .spawn(move || {
+                // Rounds of POLL without anything to write since the last write.
+                let mut idle = 0u32;
+                loop {
+                    if linger.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if linger.armed.load(Ordering::SeqCst) {
+                        // Give the program the chance to write it with its next call.
+                        std::thread::sleep(LINGER);
+                        linger.armed.store(false, Ordering::SeqCst);
+                        idle = 0;
+                        let Some(pipe) = pipe.upgrade() else { return };
+                        let mut guard = pipe.lock().unwrap_or_else(|e| e.into_inner());
+                        let Some(pipe) = guard.as_mut() else { return };
+                        if pipe.out.is_empty() || lost.load(Ordering::Acquire) {
+                            continue;
                         }
+                        let written = pipe.link.write(&pipe.out);
+                        bytes_sent.fetch_add(pipe.out.len() as u64, Ordering::Relaxed);
+                        pipe.out.clear();
+                        if let Err(e) = written {
+                            if !lost.swap(true, Ordering::AcqRel) {
+                                tracing::error!("lost the connection to the xpupool server: {e}");
+                            }
+                        }
+                        continue;
+                    }
+                    // While the program is busy, look now and then (no wake-up
+                    // per batch); once it has been quiet a while, sleep until woken.
+                    idle += 1;
+                    if idle < ACTIVE_ROUNDS {
+                        std::thread::sleep(POLL);
+                        continue;
+                    }
+                    idle = 0;
+                    let mut guard = linger.lock.lock().unwrap_or_else(|e| e.into_inner());
+                    linger.parked.store(true, Ordering::SeqCst);
+                    while !linger.armed.load(Ordering::SeqCst)
+                        && !linger.stop.load(Ordering::Acquire)
+                    {
                         let (next, waited) = linger
                             .wake
                             .wait_timeout(guard, TICK)
@@ -435,22 +471,7 @@ impl Connection {
                             }
                         }
                     }
-                }
-                std::thread::sleep(LINGER);
-                linger.armed.store(false, Ordering::Release);
-                let Some(pipe) = pipe.upgrade() else { return };
-                let mut guard = pipe.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(pipe) = guard.as_mut() else { return };
-                if pipe.out.is_empty() || lost.load(Ordering::Acquire) {
-                    continue;
-                }
-                let written = pipe.link.write(&pipe.out);
-                bytes_sent.fetch_add(pipe.out.len() as u64, Ordering::Relaxed);
-                pipe.out.clear();
-                if let Err(e) = written {
-                    if !lost.swap(true, Ordering::AcqRel) {
-                        tracing::error!("lost the connection to the xpupool server: {e}");
-                    }
+                    linger.parked.store(false, Ordering::SeqCst);
                 }
             })
             .context("starting the connection's flush thread")?;
@@ -529,8 +550,11 @@ impl Connection {
             self.collect(pipe)?;
         } else if pipe.out.len() >= FLUSH_BYTES {
             self.flush(pipe)?;
-        } else if !self.linger.armed.swap(true, Ordering::AcqRel) {
-            // Left waiting: the flush thread writes it soon if nothing else does.
+        } else if !self.linger.armed.swap(true, Ordering::SeqCst)
+            && self.linger.parked.load(Ordering::SeqCst)
+        {
+            // Left waiting, and the flush thread sleeps: wake it to write this soon
+            // if nothing else does.
             let _guard = self.linger.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.linger.wake.notify_one();
         }
@@ -720,16 +744,22 @@ impl Connection {
 }
 
 /// How long a posted operation may wait in the batch before the flush thread
-/// writes it.
+/// writes it, once the thread has noticed it.
 const LINGER: Duration = Duration::from_micros(100);
+/// How often the flush thread looks while the program is busy, and for how many
+/// rounds without anything to write before it sleeps until woken.
+const POLL: Duration = Duration::from_millis(1);
+const ACTIVE_ROUNDS: u32 = 50;
 
 /// How often the flush thread drives an idle QUIC connection's runtime.
 const TICK: Duration = Duration::from_secs(1);
 
-/// The flush thread's signal: `armed` once something waits in the batch.
+/// The flush thread's signal: `armed` once something waits in the batch; `parked`
+/// while the thread sleeps until woken.
 #[derive(Default)]
 struct Linger {
     armed: AtomicBool,
+    parked: AtomicBool,
     stop: AtomicBool,
     lock: Mutex<()>,
     wake: std::sync::Condvar,
