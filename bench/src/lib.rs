@@ -98,15 +98,32 @@ impl Options {
 
 /// The transports measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Transport {
+pub enum Transport {
     /// QUIC on loopback.
     Quic,
-    /// The same-host transport: a Unix socket.
+    /// The same-host transport: a Unix socket and a shared-memory region.
     Local,
 }
 
+/// Uploads `bytes` to an embedded mock server over `transport` again and again for
+/// `seconds`, each upload synchronised, and returns the GB/s reached: a steady load
+/// to look at with a profiler (`cargo run --release --example copy_loop`).
+pub fn copy_loop(transport: Transport, bytes: u64, seconds: f64) -> Result<f64> {
+    let pool = pool::Pool::connect(pool::Pool::server(bytes + (64 << 20))?, transport)?;
+    let device = pool.alloc(bytes)?;
+    let source = touched(bytes, 0x3c);
+    let start = Instant::now();
+    let mut copied = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        pool.h2d(device, &source)?;
+        copied += bytes;
+    }
+    Ok(gbps(copied, start.elapsed()))
+}
+
 impl Transport {
-    fn name(self) -> &'static str {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
         match self {
             Transport::Quic => "QUIC",
             Transport::Local => "local (Unix socket)",
