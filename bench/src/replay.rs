@@ -189,14 +189,17 @@ pub struct Replay {
 
 /// A module of the recording and the stand-in sent in its place.
 struct Stand {
-    /// The recorded functions' handles, in order: kernel `k{i}` stands for the i-th.
-    functions: Vec<u64>,
+    /// The recorded module handle.
+    handle: u64,
+    /// The recorded functions' handles and parameter sizes, in order: kernel `k{i}`
+    /// stands for the i-th.
+    functions: Vec<(u64, u32)>,
     /// Recorded variable names looked up in it: `g{i}` stands for the i-th, with its size.
     globals: Vec<(String, u64)>,
 }
 
 impl Stand {
-    fn image(&self, info_params: &HashMap<u64, u32>) -> Vec<u8> {
+    fn image(&self) -> Vec<u8> {
         let mut ptx = String::from(".version 8.0\n.target sm_90\n.address_size 64\n\n");
         for (i, (_, size)) in self.globals.iter().enumerate() {
             ptx.push_str(&format!(
@@ -204,8 +207,8 @@ impl Stand {
                 size.max(&1)
             ));
         }
-        for (i, f) in self.functions.iter().enumerate() {
-            match info_params.get(f).copied().unwrap_or(0) {
+        for (i, &(_, params)) in self.functions.iter().enumerate() {
+            match params {
                 0 => ptx.push_str(&format!(".visible .entry k{i}()\n{{\n\tret;\n}}\n")),
                 n => ptx.push_str(&format!(
                     ".visible .entry k{i}(.param .align 8 .b8 k{i}_p[{n}])\n{{\n\tret;\n}}\n"
@@ -225,6 +228,10 @@ struct Map {
     handles: HashMap<u64, u64>,
     /// Recorded function → new function.
     functions: HashMap<u64, u64>,
+    /// Recorded module → the stand-in loaded for it.
+    modules: HashMap<u64, usize>,
+    /// Stand-ins loaded.
+    loaded: std::collections::HashSet<usize>,
 }
 
 impl Map {
@@ -266,12 +273,15 @@ fn cu(e: CuError) -> anyhow::Error {
 
 /// Per-module facts gathered before replaying.
 struct Plan {
-    /// Recorded module handle → its stand-in.
-    stands: HashMap<u64, Stand>,
-    /// Parameter bytes of each recorded function.
-    params: HashMap<u64, u32>,
-    /// Driver calls (`seq`) whose cache look-up missed and were followed by an upload.
-    uploads: HashMap<u64, u64>,
+    /// One stand-in per recorded module load, in trace order (handles of the
+    /// recording may be reused after an unload, so loads are told apart by when
+    /// they happened, not by handle).
+    stands: Vec<Stand>,
+    /// Event index of a load whose reply names the module → its stand-in.
+    loads: HashMap<usize, usize>,
+    /// Driver call (`seq`) of a cache look-up that missed → the stand-in of the
+    /// upload that followed it in the same call.
+    uploads: HashMap<u64, usize>,
 }
 
 fn module_info(reply: &Option<Reply>) -> Option<&ModuleInfo> {
@@ -283,31 +293,36 @@ fn module_info(reply: &Option<Reply>) -> Option<&ModuleInfo> {
 
 fn plan(trace: &Trace) -> Plan {
     let mut plan = Plan {
-        stands: HashMap::new(),
-        params: HashMap::new(),
+        stands: Vec::new(),
+        loads: HashMap::new(),
         uploads: HashMap::new(),
     };
-    for event in &trace.events {
+    // The stand-in of each recorded module handle, as of this point of the trace.
+    let mut current: HashMap<u64, usize> = HashMap::new();
+    for (i, event) in trace.events.iter().enumerate() {
         let Event::Op(op) = event else { continue };
         if let Some(info) = module_info(&op.reply) {
-            for f in &info.functions {
-                plan.params.insert(f.handle, f.param_bytes);
-            }
-            plan.stands.insert(
-                info.handle,
-                Stand {
-                    functions: info.functions.iter().map(|f| f.handle).collect(),
-                    globals: Vec::new(),
-                },
-            );
+            let k = plan.stands.len();
+            plan.stands.push(Stand {
+                handle: info.handle,
+                functions: info
+                    .functions
+                    .iter()
+                    .map(|f| (f.handle, f.param_bytes))
+                    .collect(),
+                globals: Vec::new(),
+            });
+            plan.loads.insert(i, k);
+            current.insert(info.handle, k);
             if matches!(op.request, Request::ModuleLoad { .. }) {
-                plan.uploads.insert(op.within, info.handle);
+                plan.uploads.insert(op.within, k);
             }
         }
         if let (Request::ModuleGetGlobal { module, name }, Some(Reply::ModuleGetGlobal(g))) =
             (&op.request, &op.reply)
         {
-            if let Some(stand) = plan.stands.get_mut(module) {
+            if let Some(&k) = current.get(module) {
+                let stand = &mut plan.stands[k];
                 if !stand.globals.iter().any(|(n, _)| n == name) {
                     stand.globals.push((name.clone(), g.size));
                 }
@@ -321,17 +336,17 @@ fn plan(trace: &Trace) -> Plan {
 pub fn replay(trace: &Trace, conn: &Connection, mut progress: impl FnMut(f64)) -> Result<Replay> {
     let plan = plan(trace);
     let mut map = Map::default();
-    // Recorded module handles already loaded in this replay, by the driver call that did.
-    let mut loaded_by: HashMap<u64, u64> = HashMap::new();
     let mut steps: Vec<StepFigures> = Vec::new();
     let mut step: Option<(Instant, xpupool_client::Stats, StepFigures)> = None;
     let started = Instant::now();
     let total = trace.events.len().max(1);
-    for (i, event) in trace.events.iter().enumerate() {
+    let events = &trace.events;
+    let mut i = 0;
+    while i < events.len() {
         if i % 256 == 0 {
             progress(i as f64 / total as f64);
         }
-        let op = match event {
+        let op = match &events[i] {
             Event::Call { name, sync } => {
                 match name.as_str() {
                     "cuProfilerStart" => {
@@ -353,12 +368,49 @@ pub fn replay(trace: &Trace, conn: &Connection, mut progress: impl FnMut(f64)) -
                     figures.calls += 1;
                     figures.sync_points += u64::from(*sync);
                 }
+                i += 1;
                 continue;
             }
             Event::Op(op) => op,
         };
-        send(op, &plan, &mut map, &mut loaded_by, conn)
-            .with_context(|| format!("replaying trace line {} ({})", op.line, op.request.name()))?;
+        let context = || format!("replaying trace line {} ({})", op.line, op.request.name());
+        // One copy through the recording's shared-memory region is several slot
+        // requests of one driver call: copied again as one, the way this
+        // connection copies.
+        if let Some((address, len, stream, to_device)) = shared_copy(op) {
+            let mut total = len;
+            let mut next = i + 1;
+            while let Some(Event::Op(more)) = events.get(next) {
+                match shared_copy(more) {
+                    Some((a, l, s, t))
+                        if more.within == op.within
+                            && t == to_device
+                            && s == stream
+                            && a == address + total =>
+                    {
+                        total += l;
+                        next += 1;
+                    }
+                    _ => break,
+                }
+            }
+            let (address, stream) = (map.address(address), map.stream(stream));
+            let (address, stream) = (
+                address.with_context(context)?,
+                stream.with_context(context)?,
+            );
+            let mut bytes = vec![0u8; total as usize];
+            let result = if to_device {
+                conn.copy_to_device(address, &bytes, stream)
+            } else {
+                conn.copy_from_device(address, &mut bytes, stream)
+            };
+            expect(op, result).with_context(context)?;
+            i = next;
+            continue;
+        }
+        send(op, i, &plan, &mut map, conn).with_context(context)?;
+        i += 1;
     }
     conn.synchronize()
         .map_err(cu)
@@ -392,14 +444,25 @@ struct StepFigures {
     sync_points: u64,
 }
 
-/// Loads the stand-in of recorded module `old` (by content hash first, as the shim
-/// does) and maps its functions.
-fn load_stand(old: u64, plan: &Plan, map: &mut Map, conn: &Connection) -> Result<()> {
-    let stand = plan
-        .stands
-        .get(&old)
-        .ok_or_else(|| anyhow!("module {old:#x} has no recorded contents"))?;
-    let wire = stand.image(&plan.params);
+/// A copy through the shared-memory region: (device address, length, stream,
+/// whether to the device).
+fn shared_copy(op: &Op) -> Option<(u64, u64, u64, bool)> {
+    match op.request {
+        Request::MemcpyHtoDShared {
+            dst, len, stream, ..
+        } => Some((dst, len, stream, true)),
+        Request::MemcpyDtoHShared {
+            src, len, stream, ..
+        } => Some((src, len, stream, false)),
+        _ => None,
+    }
+}
+
+/// Loads stand-in `k` (by content hash first, as the shim does) and maps its
+/// recorded module and functions to the new ones.
+fn load_stand(k: usize, plan: &Plan, map: &mut Map, conn: &Connection) -> Result<()> {
+    let stand = &plan.stands[k];
+    let wire = stand.image();
     let hash: [u8; 32] = Sha256::digest(&wire).into();
     let info = match conn.module_load_cached(hash).map_err(cu)? {
         Some(info) => info,
@@ -407,41 +470,40 @@ fn load_stand(old: u64, plan: &Plan, map: &mut Map, conn: &Connection) -> Result
     };
     ensure!(
         info.functions.len() == stand.functions.len(),
-        "the stand-in of module {old:#x} has {} kernels, the recording {}",
+        "the stand-in of module {:#x} has {} kernels, the recording {}",
+        stand.handle,
         info.functions.len(),
         stand.functions.len()
     );
-    map.handles.insert(old, info.handle);
+    map.handles.insert(stand.handle, info.handle);
+    map.modules.insert(stand.handle, k);
     for new in &info.functions {
         let i: usize = new.name[1..]
             .parse()
             .with_context(|| format!("stand-in kernel {}", new.name))?;
-        map.functions.insert(stand.functions[i], new.handle);
+        map.functions.insert(stand.functions[i].0, new.handle);
     }
     Ok(())
 }
 
-fn send(
-    op: &Op,
-    plan: &Plan,
-    map: &mut Map,
-    loaded_by: &mut HashMap<u64, u64>,
-    conn: &Connection,
-) -> Result<()> {
+fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) -> Result<()> {
     let zeros = || ByteBuf::from(vec![0u8; op.bytes as usize]);
     let request = match &op.request {
         Request::ModuleLoadCached { .. } | Request::ModuleLoad { .. } => {
             // A look-up by hash that missed is followed, in the same driver call, by
             // the upload whose reply names the module; both become one load here.
-            let old = module_info(&op.reply)
-                .map(|info| info.handle)
-                .or_else(|| plan.uploads.get(&op.within).copied());
-            match old {
-                Some(old) if loaded_by.get(&old) != Some(&op.within) => {
-                    load_stand(old, plan, map, conn)?;
-                    loaded_by.insert(old, op.within);
+            let stand = plan
+                .loads
+                .get(&index)
+                .or_else(|| plan.uploads.get(&op.within))
+                .copied();
+            match stand {
+                // The upload after a missed look-up: loaded at the look-up.
+                Some(k) if map.loaded.contains(&k) => {}
+                Some(k) => {
+                    load_stand(k, plan, map, conn)?;
+                    map.loaded.insert(k);
                 }
-                Some(_) => {}
                 None if op.failed => {}
                 None => bail!("a module load whose module the trace does not name"),
             }
@@ -456,16 +518,14 @@ fn send(
         }
         Request::MemFree { ptr } => {
             let new = map.address(*ptr)?;
-            let result = conn.mem_free(new);
-            if result.is_ok() {
-                map.ranges.remove(ptr);
-            }
-            return expect(op, result);
+            map.ranges.remove(ptr);
+            return expect(op, conn.post(Request::MemFree { ptr: new }));
         }
         Request::ModuleGetGlobal { module, name } => {
-            let stand = plan
-                .stands
+            let stand = map
+                .modules
                 .get(module)
+                .map(|&k| &plan.stands[k])
                 .ok_or_else(|| anyhow!("module {module:#x} was never loaded"))?;
             let index = stand.globals.iter().position(|(n, _)| n == name);
             let (Some(index), Some(Reply::ModuleGetGlobal(old))) = (index, &op.reply) else {
@@ -488,27 +548,8 @@ fn send(
             }
             return expect(op, result.map(|_| ()));
         }
-        // Copies through the recording's shared-memory region: copied again the way
-        // this connection copies.
-        Request::MemcpyHtoDShared {
-            dst, len, stream, ..
-        } => {
-            let result = conn.copy_to_device(
-                map.address(*dst)?,
-                &vec![0u8; *len as usize],
-                map.stream(*stream)?,
-            );
-            return expect(op, result);
-        }
-        Request::MemcpyDtoHShared {
-            src, len, stream, ..
-        } => {
-            let result = conn.copy_from_device(
-                map.address(*src)?,
-                &mut vec![0u8; *len as usize],
-                map.stream(*stream)?,
-            );
-            return expect(op, result);
+        Request::MemcpyHtoDShared { .. } | Request::MemcpyDtoHShared { .. } => {
+            bail!("a copy through the shared-memory region reached the wrong replay path")
         }
         Request::MemcpyHtoD { dst, stream, .. } => Request::MemcpyHtoD {
             dst: map.address(*dst)?,

@@ -221,10 +221,9 @@ impl Link {
 /// A live connection; [`Calls`] on it are one round trip each.
 pub struct Connection {
     pipe: Arc<Mutex<Option<Pipe>>>,
-    lost: Arc<AtomicBool>,
+    io: Arc<Io>,
     round_trips: AtomicU64,
     posted: AtomicU64,
-    bytes_sent: Arc<AtomicU64>,
     /// Wakes the thread that writes what was posted and left waiting.
     linger: Arc<Linger>,
     /// What the server said about itself and its devices.
@@ -303,7 +302,10 @@ fn hello(settings: &Settings, probe: bool) -> Hello {
         protocol_version: PROTOCOL_VERSION,
         token: settings.token.clone(),
         pid: std::process::id(),
-        program: std::env::args().next().unwrap_or_default(),
+        program: std::env::args_os()
+            .next()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         probe,
     }
 }
@@ -378,14 +380,14 @@ impl Connection {
                 sent: 0,
                 received: 0,
                 deferred: None,
+                writes: 0,
                 region,
                 slots: vec![None; slots],
                 next_slot: 0,
             }))),
-            lost: Arc::new(AtomicBool::new(false)),
+            io: Arc::new(Io::default()),
             round_trips: AtomicU64::new(0),
             posted: AtomicU64::new(0),
-            bytes_sent: Arc::new(AtomicU64::new(0)),
             linger: Arc::new(Linger::default()),
             welcome,
         };
@@ -409,11 +411,19 @@ impl Connection {
             }) => Some(Arc::downgrade(runtime)),
             _ => None,
         };
-        let lost = self.lost.clone();
-        let bytes_sent = self.bytes_sent.clone();
+        let io = self.io.clone();
         std::thread::Builder::new()
             .name("xpupool-flush".to_owned())
             .spawn(move || {
+                // Waiting drives a QUIC connection's runtime, so that what quinn
+                // still holds of earlier writes (past its congestion window) keeps
+                // going out while the program is busy elsewhere.
+                let pause = |how_long: Duration| match runtime.as_ref().and_then(|r| r.upgrade()) {
+                    Some(runtime) => {
+                        runtime.block_on(async move { tokio::time::sleep(how_long).await })
+                    }
+                    None => std::thread::sleep(how_long),
+                };
                 // Rounds of POLL without anything to write since the last write.
                 let mut idle = 0u32;
                 loop {
@@ -422,22 +432,20 @@ impl Connection {
                     }
                     if linger.armed.load(Ordering::SeqCst) {
                         // Give the program the chance to write it with its next call.
-                        std::thread::sleep(LINGER);
+                        pause(LINGER);
                         linger.armed.store(false, Ordering::SeqCst);
                         idle = 0;
                         let Some(pipe) = pipe.upgrade() else { return };
                         let mut guard = pipe.lock().unwrap_or_else(|e| e.into_inner());
                         let Some(pipe) = guard.as_mut() else { return };
-                        if pipe.out.is_empty() || lost.load(Ordering::Acquire) {
+                        if io.lost.load(Ordering::Acquire) {
                             continue;
                         }
-                        let written = pipe.link.write(&pipe.out);
-                        bytes_sent.fetch_add(pipe.out.len() as u64, Ordering::Relaxed);
-                        pipe.out.clear();
-                        if let Err(e) = written {
-                            if !lost.swap(true, Ordering::AcqRel) {
-                                tracing::error!("lost the connection to the xpupool server: {e}");
-                            }
+                        // A failure marks the connection lost; the program's next
+                        // call reports it.
+                        let _ = io.flush(pipe);
+                        if pipe.writes >= MAX_UNREAD_WRITES {
+                            let _ = io.collect(pipe);
                         }
                         continue;
                     }
@@ -445,7 +453,7 @@ impl Connection {
                     // per batch); once it has been quiet a while, sleep until woken.
                     idle += 1;
                     if idle < ACTIVE_ROUNDS {
-                        std::thread::sleep(POLL);
+                        pause(POLL);
                         continue;
                     }
                     idle = 0;
@@ -459,16 +467,12 @@ impl Connection {
                             .wait_timeout(guard, TICK)
                             .unwrap_or_else(|e| e.into_inner());
                         guard = next;
-                        if waited.timed_out() {
+                        if waited.timed_out() && runtime.is_some() {
                             // Nobody drove the QUIC runtime for a while: let it
                             // answer the server and send its keep-alives.
-                            if let Some(runtime) = runtime.as_ref().and_then(|r| r.upgrade()) {
-                                drop(guard);
-                                runtime.block_on(async {
-                                    tokio::time::sleep(Duration::from_millis(1)).await
-                                });
-                                guard = linger.lock.lock().unwrap_or_else(|e| e.into_inner());
-                            }
+                            drop(guard);
+                            pause(Duration::from_millis(1));
+                            guard = linger.lock.lock().unwrap_or_else(|e| e.into_inner());
                         }
                     }
                     linger.parked.store(false, Ordering::SeqCst);
@@ -489,8 +493,18 @@ impl Connection {
     /// after sending what is still batched. Runs at process exit, when this thread's
     /// tokio context may already be gone, so QUIC's part is handed to its runtime.
     pub fn close(&self) {
-        let Ok(mut guard) = self.pipe.try_lock() else {
-            return;
+        // Stop the flush thread, and wait a little for whoever holds the pipe.
+        self.linger.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let mut guard = loop {
+            match self.pipe.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
         };
         let Some(pipe) = guard.take() else { return };
         match pipe.link {
@@ -544,8 +558,9 @@ impl Connection {
         }
         self.posted.fetch_add(1, Ordering::Relaxed);
         pipe.sent += 1;
-        if pipe.sent - pipe.received >= MAX_PENDING {
-            // Keep the server's replies from filling the stream: collect them.
+        if pipe.sent - pipe.received >= MAX_PENDING || pipe.writes >= MAX_UNREAD_WRITES {
+            // Keep the server's replies from filling its socket (each write of
+            // replies takes room there, however small): collect them.
             self.flush(pipe)?;
             self.collect(pipe)?;
         } else if pipe.out.len() >= FLUSH_BYTES {
@@ -681,12 +696,18 @@ impl Connection {
         Stats {
             round_trips: self.round_trips.load(Ordering::Relaxed),
             posted: self.posted.load(Ordering::Relaxed),
-            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            bytes_sent: self.io.bytes_sent.load(Ordering::Relaxed),
+            replies_waiting: self
+                .pipe
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or(0, |pipe| pipe.sent - pipe.received),
         }
     }
 
     fn check_alive(&self) -> Result<(), CuError> {
-        if self.lost.load(Ordering::Acquire) {
+        if self.io.lost.load(Ordering::Acquire) {
             return Err(CuError::new(
                 DEVICE_UNAVAILABLE,
                 "connection to the server lost",
@@ -695,6 +716,35 @@ impl Connection {
         Ok(())
     }
 
+    fn flush(&self, pipe: &mut Pipe) -> Result<(), CuError> {
+        self.io.flush(pipe)
+    }
+
+    fn collect(&self, pipe: &mut Pipe) -> Result<(), CuError> {
+        self.io.collect(pipe)
+    }
+
+    fn collect_one(&self, pipe: &mut Pipe) -> Result<(), CuError> {
+        self.io.collect_one(pipe)
+    }
+
+    fn read_reply(&self, pipe: &mut Pipe) -> Result<Result<Reply, CuError>, CuError> {
+        self.io.read_reply(pipe)
+    }
+
+    fn lost(&self, why: impl std::fmt::Display) -> CuError {
+        self.io.lost(why)
+    }
+}
+
+/// The connection's I/O on its pipe, shared with the flush thread.
+#[derive(Default)]
+struct Io {
+    lost: AtomicBool,
+    bytes_sent: AtomicU64,
+}
+
+impl Io {
     /// Writes what is batched.
     fn flush(&self, pipe: &mut Pipe) -> Result<(), CuError> {
         if pipe.out.is_empty() {
@@ -704,6 +754,7 @@ impl Connection {
         self.bytes_sent
             .fetch_add(pipe.out.len() as u64, Ordering::Relaxed);
         pipe.out.clear();
+        pipe.writes += 1;
         written.map_err(|e| self.lost(e))
     }
 
@@ -712,6 +763,7 @@ impl Connection {
         while pipe.received < pipe.sent {
             self.collect_one(pipe)?;
         }
+        pipe.writes = 0;
         Ok(())
     }
 
@@ -785,6 +837,8 @@ pub struct Stats {
     pub posted: u64,
     /// Bytes written to the server after the handshake.
     pub bytes_sent: u64,
+    /// Requests sent without waiting whose replies have not been read yet.
+    pub replies_waiting: u64,
 }
 
 /// `CUDA_ERROR_DEVICE_UNAVAILABLE`: what every call answers once the server is gone.
@@ -795,6 +849,9 @@ const FLUSH_BYTES: usize = 64 << 10;
 /// At most this many operations wait for their replies (whose bytes the server
 /// must be able to buffer while the client is still writing).
 const MAX_PENDING: u64 = 1024;
+/// At most this many writes wait for their replies to be read: the server answers
+/// each write it reads with a write of its own, and a blocked server stops reading.
+const MAX_UNREAD_WRITES: u32 = 64;
 
 /// The request stream and what travels on it.
 struct Pipe {
@@ -807,6 +864,8 @@ struct Pipe {
     received: u64,
     /// The first error of an operation sent without waiting, not yet reported.
     deferred: Option<CuError>,
+    /// Writes since the replies were last all read.
+    writes: u32,
     /// The shared-memory region the server accepted, if any.
     region: Option<Region>,
     /// For each region slot, the posted copy (its number) that last used it.
@@ -841,7 +900,12 @@ impl Connection {
         if let Some(t) = trace::tracer() {
             trace::request(t, &request, started, Some(&reply));
         }
-        let reply = reply?;
+        let reply = match reply {
+            Ok(reply) => reply,
+            // An earlier operation's error comes first, as on a device.
+            Err(e) if synchronizes => return Err(pipe.deferred.take().unwrap_or(e)),
+            Err(e) => return Err(e),
+        };
         match pipe.deferred.take() {
             // An earlier operation's error surfaces at a synchronising call; other
             // calls keep their own result and leave it for the next one.

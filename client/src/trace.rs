@@ -104,7 +104,10 @@ impl Tracer {
             "trace": "xpupool",
             "version": 1,
             "pid": pid,
-            "program": std::env::args().collect::<Vec<_>>().join(" "),
+            "program": std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
         });
         writeln!(out, "{header}")?;
         out.flush()?;

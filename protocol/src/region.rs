@@ -79,6 +79,17 @@ impl Region {
                 "the shared-memory region is not sealed against shrinking",
             ));
         }
+        // Plain shared memory only: a hugetlbfs file could lose its pages to a
+        // hole the client punches, and the server would fault reading them.
+        // SAFETY: fstatfs into a zeroed struct on a descriptor we own.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        check(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) })?;
+        if fs.f_type != libc::TMPFS_MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the shared-memory region is not plain shared memory (a memfd)",
+            ));
+        }
         // SAFETY: fstat into a zeroed struct on a descriptor we own.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
         check(unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) })?;
@@ -205,15 +216,28 @@ pub fn recv_region(socket: &UnixStream) -> io::Result<Option<OwnedFd>> {
                 io::Error::last_os_error()
             });
         }
-        let mut fd = None;
+        // Take ownership of every descriptor that came, so none leaks whatever
+        // the client sent; exactly one is acceptable.
+        let mut fds = Vec::new();
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-                fd = Some(OwnedFd::from_raw_fd(raw));
+                let data = libc::CMSG_DATA(cmsg);
+                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..bytes / size_of::<RawFd>() {
+                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more than one descriptor with the first byte",
+            ));
+        }
+        let fd = fds.pop();
         match byte[0] {
             WITH_REGION if fd.is_some() => Ok(fd),
             NO_REGION if fd.is_none() => Ok(None),
@@ -248,6 +272,32 @@ mod tests {
             unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"t".as_ptr(), libc::MFD_CLOEXEC)) };
         unsafe { libc::ftruncate(fd.as_raw_fd(), 4096) };
         assert!(Region::map_received(&fd).is_err());
+        // Two descriptors at once are refused (and both closed).
+        let (c, _) = Region::create(4096).unwrap();
+        let (d, fd2) = Region::create(4096).unwrap();
+        drop((c, d));
+        let byte = [WITH_REGION];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        };
+        let mut control = [0u64; 4];
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(2 * size_of::<RawFd>() as u32) as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(2 * size_of::<RawFd>() as u32) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            std::ptr::write_unaligned(data, fd.as_raw_fd());
+            std::ptr::write_unaligned(data.add(1), fd2.as_raw_fd());
+            assert_eq!(libc::sendmsg(a.as_raw_fd(), &msg, 0), 1);
+        }
+        assert!(recv_region(&b).is_err());
         // No region, and garbage.
         send_region(&a, None).unwrap();
         assert!(recv_region(&b).unwrap().is_none());

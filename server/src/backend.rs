@@ -78,6 +78,17 @@ impl<T: DirectCopy + Send> Session for T {
     }
 }
 
+/// The address of chunk `i` of a copy at `base`; the client chose `base`.
+fn offset(base: u64, i: usize) -> Result<u64, CuError> {
+    base.checked_add((i * MAX_COPY_CHUNK) as u64)
+        .ok_or_else(|| {
+            CuError::new(
+                code::INVALID_VALUE,
+                "a copy past the end of the address space",
+            )
+        })
+}
+
 fn htod_by_requests(
     mut handle: impl FnMut(Request) -> Result<Reply, CuError>,
     dst: u64,
@@ -86,7 +97,7 @@ fn htod_by_requests(
 ) -> Result<(), CuError> {
     for (i, chunk) in data.chunks(MAX_COPY_CHUNK).enumerate() {
         handle(Request::MemcpyHtoD {
-            dst: dst + (i * MAX_COPY_CHUNK) as u64,
+            dst: offset(dst, i)?,
             data: ByteBuf::from(chunk),
             stream,
         })?;
@@ -102,7 +113,7 @@ fn dtoh_by_requests(
 ) -> Result<(), CuError> {
     for (i, chunk) in out.chunks_mut(MAX_COPY_CHUNK).enumerate() {
         let request = Request::MemcpyDtoH {
-            src: src + (i * MAX_COPY_CHUNK) as u64,
+            src: offset(src, i)?,
             len: chunk.len() as u64,
             stream,
         };

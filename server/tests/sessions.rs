@@ -551,3 +551,40 @@ fn an_idle_quic_connection_is_kept_and_still_flushed() {
     assert_eq!(f.backend.used_memory(), 0, "the flush thread is gone");
     assert_eq!(c.synchronize(), Ok(()));
 }
+
+#[test]
+fn many_small_batches_without_a_round_trip_do_not_wedge_the_unix_socket() {
+    // Each operation goes out alone (the flush thread writes it while the program
+    // "works"), and each write gets a reply write of its own from the server: unread,
+    // those would fill the server's socket and stop it reading.
+    let f = fixture(64 << 20);
+    let mut settings = f.settings(f.server.token());
+    settings.server = f.server.client_address();
+    settings.cert = None;
+    let c = Connection::open(&settings).expect("connects over the Unix socket");
+    let device = c.mem_alloc(0, 4096).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut most_waiting = 0;
+        for i in 0..1200u32 {
+            c.post(xpupool_protocol::Request::Memset {
+                dst: device,
+                value: i,
+                elem_size: 4,
+                count: 1024,
+                stream: 0,
+            })
+            .unwrap();
+            std::thread::sleep(Duration::from_micros(1500));
+            most_waiting = most_waiting.max(c.stats().replies_waiting);
+        }
+        let _ = done.send((c.synchronize(), most_waiting));
+    });
+    let (result, most_waiting) = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("client and server wedged");
+    assert_eq!(result, Ok(()));
+    // Replies are read long before a socket buffer of default size could fill
+    // (this machine's may be larger, so the wedge itself need not show here).
+    assert!(most_waiting <= 80, "{most_waiting} replies left unread");
+}

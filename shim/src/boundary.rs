@@ -37,12 +37,15 @@ pub(crate) fn enter(name: &'static str, body: impl FnOnce() -> Res) -> CUresult 
     if shutting_down() {
         return CUDA_ERROR_DEINITIALIZED;
     }
-    let traced = trace::begin(name);
-    let result = xpupool_cabi::enter(name, CODES, body);
-    if let Some(call) = traced {
-        call.end(result);
-    }
-    result
+    // Recording happens inside the caught region too: nothing may unwind into C.
+    xpupool_cabi::enter(name, CODES, || {
+        let traced = trace::begin(name);
+        let result = body();
+        if let Some(call) = traced {
+            call.end(result.err().unwrap_or(CUDA_SUCCESS));
+        }
+        result
+    })
 }
 
 /// What every driver entry point without an implementation answers; logs its name once.
@@ -56,10 +59,12 @@ pub(crate) fn unsupported(name: &'static str) -> CUresult {
             "{name} is not supported by xpupool yet; returning CUDA_ERROR_NOT_SUPPORTED"
         );
     }
-    if let Some(call) = trace::begin(name) {
-        call.end(CUDA_ERROR_NOT_SUPPORTED);
-    }
-    CUDA_ERROR_NOT_SUPPORTED
+    xpupool_cabi::enter(name, CODES, || {
+        if let Some(call) = trace::begin(name) {
+            call.end(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    })
 }
 
 /// Writes through an out-pointer, or INVALID_VALUE when it is NULL.

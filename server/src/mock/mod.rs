@@ -610,7 +610,16 @@ impl Api for MockSession {
             .get(&function)
             .ok_or_else(|| invalid_handle("function", function))?;
         if self.skip_kernels {
-            let allowed = f.max_dynamic_shared.unwrap_or(device::attribute(8) as u32);
+            // The same limit as a launch that runs: the kernel's own static shared
+            // memory counts when the module's PTX says what it is.
+            let static_shared = self.modules[&f.module]
+                .ptx
+                .as_ref()
+                .and_then(|m| m.kernel(&f.name))
+                .map_or(0, |k| k.static_shared_bytes as i32);
+            let allowed = f
+                .max_dynamic_shared
+                .unwrap_or_else(|| (device::attribute(8) - static_shared).max(0) as u32);
             if dims.shared_bytes > allowed {
                 return Err(CuError::new(
                     code::INVALID_VALUE,

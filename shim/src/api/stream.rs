@@ -67,6 +67,9 @@ fn live(event: CUevent, stream: u64) -> Res<&'static crate::state::Driver> {
 }
 
 fn wait_event(stream: u64, event: CUevent, flags: c_uint) -> Res {
+    if flags & !CU_EVENT_WAIT_EXTERNAL != 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
     let d = live(event, stream)?;
     let request = Request::StreamWaitEvent {
         stream,
