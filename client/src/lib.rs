@@ -415,14 +415,15 @@ impl Connection {
         std::thread::Builder::new()
             .name("xpupool-flush".to_owned())
             .spawn(move || {
-                // Waiting drives a QUIC connection's runtime, so that what quinn
-                // still holds of earlier writes (past its congestion window) keeps
-                // going out while the program is busy elsewhere.
-                let pause = |how_long: Duration| match runtime.as_ref().and_then(|r| r.upgrade()) {
-                    Some(runtime) => {
-                        runtime.block_on(async move { tokio::time::sleep(how_long).await })
+                // Each pause first drives a QUIC connection's runtime once, so that
+                // what quinn still holds of earlier writes (past its congestion
+                // window) keeps going out while the program is busy elsewhere,
+                // without holding the runtime the program's own calls drive.
+                let pause = |how_long: Duration| {
+                    if let Some(runtime) = runtime.as_ref().and_then(|r| r.upgrade()) {
+                        runtime.block_on(tokio::task::yield_now());
                     }
-                    None => std::thread::sleep(how_long),
+                    std::thread::sleep(how_long);
                 };
                 // Rounds of POLL without anything to write since the last write.
                 let mut idle = 0u32;
