@@ -28,7 +28,11 @@ pub fn encode_into<T: Serialize>(message: &T, out: &mut Vec<u8>) -> Result<(), F
     use bincode::Options;
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    options().serialize_into(&mut *out, message)?;
+    if let Err(e) = options().serialize_into(&mut *out, message) {
+        // Leave nothing behind: a stray prefix would garble the stream.
+        out.truncate(start);
+        return Err(e.into());
+    }
     let len = out.len() - start - 4;
     if len > MAX_FRAME {
         out.truncate(start);
@@ -63,6 +67,16 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_over_the_limit_leaves_the_buffer_as_it_was() {
+        let mut out = vec![1, 2, 3];
+        let huge = Request::ModuleLoad {
+            image: serde_bytes::ByteBuf::from(vec![0u8; MAX_FRAME + 1]),
+        };
+        assert!(encode_into(&huge, &mut out).is_err());
+        assert_eq!(out, [1, 2, 3]);
+    }
     use crate::api::{LaunchDims, Reply, Request};
     use crate::CuError;
 
