@@ -4,7 +4,10 @@
 # libcuda.so, libnvidia-ml.so) and the compiled test programs (tests/cuda/build).
 #   1. every CUDA test program natively and through xpupool (cuda backend), side by side;
 #   2. tests/python/train_small.py natively and through xpupool: both loss curves,
-#      whether they are identical, and the median step times.
+#      whether they are identical, and the median step times;
+#   3. a call trace of bench/traces/torch_step.py through the cuda backend, with its
+#      GEMMs and kernels running for real (left in $OUT as torch-step-gpu.jsonl.gz, to
+#      commit beside the mock-recorded one), replayed against the mock.
 # Designed to finish in a few minutes; prints everything to stdout.
 #   XPUPOOL_BIN   xpupool binary (default target/release/xpupool)
 #   PYTHON        python with PyTorch (default python3)
@@ -54,4 +57,12 @@ for side, r in (("native", native), ("xpupool", remote)):
     if "error" in r:
         print(f"{side}: no result ({r['error']})")
 PY
+echo "== a PyTorch step traced through the cuda backend, then replayed on the mock"
+trace="$out/torch-step-gpu.jsonl"
+XPUPOOL_TRACE="$trace" timeout 300 "$bin" run --backend "$backend" -- "$python" "$root/bench/traces/torch_step.py" \
+    >"$out/trace.out" 2>"$out/trace.err" || tail -5 "$out/trace.err"
+if [ -s "$trace" ]; then
+    timeout 120 "$bin" bench replay "$trace" 2>/dev/null || echo "replay failed"
+    gzip -9 -n -f "$trace" && echo "trace: $trace.gz"
+fi
 echo "(logs in $out)"
