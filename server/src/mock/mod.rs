@@ -292,37 +292,61 @@ fn function_attributes(
         .filter(|g| matches!(g.space, xpupool_ptx::Space::Const))
         .map(|g| g.size)
         .sum();
-    let max_threads = kernel.max_threads_per_block.unwrap_or(1024).min(1024) as i32;
-    let max_dynamic = device::attribute(8) - kernel.static_shared_bytes as i32;
-    vec![
-        (0, max_threads),
-        (1, kernel.static_shared_bytes as i32),
-        (2, const_bytes as i32),
-        (3, kernel.local_bytes as i32),
-        (4, 32), // NUM_REGS: the interpreter has no register limit; report a typical figure
-        (5, device::SM as i32),
-        (6, device::SM as i32),
-        (7, 0),
-        (8, max_dynamic.max(0)),
-        (9, -1),
-    ]
+    attributes(
+        kernel.max_threads_per_block.unwrap_or(1024).min(1024) as i32,
+        kernel.static_shared_bytes as i32,
+        const_bytes as i32,
+        kernel.local_bytes as i32,
+    )
 }
 
 /// Attributes of a cubin kernel accepted under skipped kernels: the device's limits
 /// and no resources of its own.
 fn skipped_kernel_attributes() -> Vec<(u32, i32)> {
+    attributes(1024, 0, 0, 0)
+}
+
+/// `(CUfunction_attribute, value)` pairs of a kernel with these resources.
+fn attributes(
+    max_threads: i32,
+    static_shared: i32,
+    const_bytes: i32,
+    local_bytes: i32,
+) -> Vec<(u32, i32)> {
     vec![
-        (0, 1024),
-        (1, 0),
-        (2, 0),
-        (3, 0),
-        (4, 32),
+        (0, max_threads),
+        (1, static_shared),
+        (2, const_bytes),
+        (3, local_bytes),
+        (4, 32), // NUM_REGS: the interpreter has no register limit; report a typical figure
         (5, device::SM as i32),
         (6, device::SM as i32),
         (7, 0),
-        (8, device::attribute(8)),
+        (8, (device::attribute(8) - static_shared).max(0)),
         (9, -1),
     ]
+}
+
+/// Like a device: more than 48 KiB of dynamic shared memory (less the kernel's own
+/// static shared memory) needs the opt-in.
+fn check_dynamic_shared(
+    f: &Function,
+    static_shared: u32,
+    dims: &LaunchDims,
+) -> Result<(), CuError> {
+    let allowed = f
+        .max_dynamic_shared
+        .unwrap_or_else(|| (device::attribute(8) - static_shared as i32).max(0) as u32);
+    if dims.shared_bytes > allowed {
+        return Err(CuError::new(
+            code::INVALID_VALUE,
+            format!(
+                "{}: {} bytes of dynamic shared memory, {allowed} allowed",
+                f.name, dims.shared_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for MockSession {
@@ -610,25 +634,14 @@ impl Api for MockSession {
             .get(&function)
             .ok_or_else(|| invalid_handle("function", function))?;
         if self.skip_kernels {
-            // The same limit as a launch that runs: the kernel's own static shared
-            // memory counts when the module's PTX says what it is.
+            // The same limit as a launch that runs, with the kernel's static shared
+            // memory when the module's PTX says what it is.
             let static_shared = self.modules[&f.module]
                 .ptx
                 .as_ref()
                 .and_then(|m| m.kernel(&f.name))
-                .map_or(0, |k| k.static_shared_bytes as i32);
-            let allowed = f
-                .max_dynamic_shared
-                .unwrap_or_else(|| (device::attribute(8) - static_shared).max(0) as u32);
-            if dims.shared_bytes > allowed {
-                return Err(CuError::new(
-                    code::INVALID_VALUE,
-                    format!(
-                        "{}: {} bytes of dynamic shared memory, {allowed} allowed",
-                        f.name, dims.shared_bytes
-                    ),
-                ));
-            }
+                .map_or(0, |k| k.static_shared_bytes as u32);
+            check_dynamic_shared(f, static_shared, &dims)?;
             if self.skipped == 0 {
                 tracing::warn!(
                     "skipping kernel launches (--kernels skip), starting with {}",
@@ -655,19 +668,7 @@ impl Api for MockSession {
                 format!("{}: {reason}", f.name),
             ));
         }
-        // Like a device: more than 48 KiB of dynamic shared memory needs the opt-in.
-        let allowed = f.max_dynamic_shared.unwrap_or_else(|| {
-            (device::attribute(8) - kernel.static_shared_bytes as i32).max(0) as u32
-        });
-        if dims.shared_bytes > allowed {
-            return Err(CuError::new(
-                code::INVALID_VALUE,
-                format!(
-                    "{}: {} bytes of dynamic shared memory, {allowed} allowed",
-                    f.name, dims.shared_bytes
-                ),
-            ));
-        }
+        check_dynamic_shared(f, kernel.static_shared_bytes as u32, &dims)?;
         let name = f.name.clone();
         let globals = &module.globals;
         let symbols = |symbol: &str| globals.get(symbol).map(|&(address, _)| address);
