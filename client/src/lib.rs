@@ -320,21 +320,18 @@ fn connect(settings: &Settings) -> Result<(Link, Option<Region>)> {
             .build()?,
     );
     let (connection, send, recv) = runtime.block_on(connect_quic(settings))?;
+    // A server on this host is better reached on its Unix socket, if it has one
+    // and this process may use it ([`Settings::quic_only`] keeps QUIC).
+    let loopback = connection
+        .remote_address()
+        .ip()
+        .to_canonical()
+        .is_loopback();
     let mut link = Link::Quic {
         runtime,
         connection,
         send,
         recv,
-    };
-    // A server on this host is better reached on its Unix socket, if it has one
-    // and this process may use it ([`Settings::quic_only`] keeps QUIC).
-    let loopback = match &link {
-        Link::Quic { connection, .. } => connection
-            .remote_address()
-            .ip()
-            .to_canonical()
-            .is_loopback(),
-        Link::Unix { .. } => false,
     };
     if loopback && !settings.quic_only {
         link.write(&frame::encode(&hello(settings, true))?)?;
@@ -562,10 +559,10 @@ impl Connection {
         if pipe.sent - pipe.received >= MAX_PENDING || pipe.writes >= MAX_UNREAD_WRITES {
             // Keep the server's replies from filling its socket (each write of
             // replies takes room there, however small): collect them.
-            self.flush(pipe)?;
-            self.collect(pipe)?;
+            self.io.flush(pipe)?;
+            self.io.collect(pipe)?;
         } else if pipe.out.len() >= FLUSH_BYTES {
-            self.flush(pipe)?;
+            self.io.flush(pipe)?;
         } else if !self.linger.armed.swap(true, Ordering::SeqCst)
             && self.linger.parked.load(Ordering::SeqCst)
         {
@@ -601,9 +598,9 @@ impl Connection {
             pipe.next_slot = (slot + 1) % pipe.slots.len();
             // The slot is free once the server has answered the copy that used it.
             if let Some(last) = pipe.slots[slot] {
-                self.flush(pipe)?;
+                self.io.flush(pipe)?;
                 while pipe.received <= last {
-                    self.collect_one(pipe)?;
+                    self.io.collect_one(pipe)?;
                 }
             }
             let offset = (slot * SLOT_BYTES) as u64;
@@ -618,7 +615,7 @@ impl Connection {
             };
             self.post_locked(pipe, &request)?;
             // Let the server copy this slot while the next one is filled.
-            self.flush(pipe)?;
+            self.io.flush(pipe)?;
         }
         Ok(())
     }
@@ -642,7 +639,7 @@ impl Connection {
                     Reply::MemcpyDtoH(bytes) if bytes.len() == chunk.len() => {
                         chunk.copy_from_slice(&bytes)
                     }
-                    other => return Err(self.lost(format!("a copy answered by {other:?}"))),
+                    other => return Err(self.io.lost(format!("a copy answered by {other:?}"))),
                 }
             }
             return Ok(());
@@ -666,11 +663,11 @@ impl Connection {
                     .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
                 self.round_trips.fetch_add(1, Ordering::Relaxed);
             }
-            self.flush(pipe)?;
-            self.collect(pipe)?;
+            self.io.flush(pipe)?;
+            self.io.collect(pipe)?;
             let mut failed = None;
             for ((k, chunk), request) in batch.chunks_mut(SLOT_BYTES).enumerate().zip(&requests) {
-                let reply = self.read_reply(pipe)?;
+                let reply = self.io.read_reply(pipe)?;
                 if let Some(t) = trace::tracer() {
                     trace::request(t, request, started, Some(&reply));
                 }
@@ -715,26 +712,6 @@ impl Connection {
             ));
         }
         Ok(())
-    }
-
-    fn flush(&self, pipe: &mut Pipe) -> Result<(), CuError> {
-        self.io.flush(pipe)
-    }
-
-    fn collect(&self, pipe: &mut Pipe) -> Result<(), CuError> {
-        self.io.collect(pipe)
-    }
-
-    fn collect_one(&self, pipe: &mut Pipe) -> Result<(), CuError> {
-        self.io.collect_one(pipe)
-    }
-
-    fn read_reply(&self, pipe: &mut Pipe) -> Result<Result<Reply, CuError>, CuError> {
-        self.io.read_reply(pipe)
-    }
-
-    fn lost(&self, why: impl std::fmt::Display) -> CuError {
-        self.io.lost(why)
     }
 }
 
@@ -895,9 +872,9 @@ impl Connection {
         frame::encode_into(&request, &mut pipe.out)
             .map_err(|e| CuError::new(code::INVALID_VALUE, e.to_string()))?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.flush(pipe)?;
-        self.collect(pipe)?;
-        let reply = self.read_reply(pipe)?;
+        self.io.flush(pipe)?;
+        self.io.collect(pipe)?;
+        let reply = self.io.read_reply(pipe)?;
         if let Some(t) = trace::tracer() {
             trace::request(t, &request, started, Some(&reply));
         }
