@@ -164,26 +164,44 @@ impl Drop for Region {
 
 /// Sends the first byte of a Unix connection, with the region's descriptor if any.
 pub fn send_region(socket: &UnixStream, fd: Option<&OwnedFd>) -> io::Result<()> {
-    let byte = [if fd.is_some() { WITH_REGION } else { NO_REGION }];
+    match fd {
+        Some(fd) => send_byte_with_fds(socket, WITH_REGION, &[fd.as_raw_fd()]),
+        None => send_byte_with_fds(socket, NO_REGION, &[]),
+    }
+}
+
+/// Sends one byte, with `fds` (at most two) attached as `SCM_RIGHTS`.
+fn send_byte_with_fds(socket: &UnixStream, byte: u8, fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > 2 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "more than two descriptors",
+        ));
+    }
+    let byte = [byte];
     let mut iov = libc::iovec {
         iov_base: byte.as_ptr() as *mut libc::c_void,
         iov_len: 1,
     };
-    // Room for one descriptor, aligned as cmsghdr needs.
+    // Room for two descriptors, aligned as cmsghdr needs.
     let mut control = [0u64; 4];
+    let data_len = size_of_val(fds) as u32;
     // SAFETY: a zeroed msghdr pointing at live buffers; CMSG_* walk within `control`.
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        if let Some(fd) = fd {
+        if !fds.is_empty() {
             msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as _;
+            msg.msg_controllen = libc::CMSG_SPACE(data_len) as _;
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, &fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(data.add(i), fd);
+            }
         }
         let sent = libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL);
         if sent != 1 {
@@ -276,27 +294,7 @@ mod tests {
         let (c, _) = Region::create(4096).unwrap();
         let (d, fd2) = Region::create(4096).unwrap();
         drop((c, d));
-        let byte = [WITH_REGION];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_ptr() as *mut libc::c_void,
-            iov_len: 1,
-        };
-        let mut control = [0u64; 4];
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(2 * size_of::<RawFd>() as u32) as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(2 * size_of::<RawFd>() as u32) as _;
-            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-            std::ptr::write_unaligned(data, fd.as_raw_fd());
-            std::ptr::write_unaligned(data.add(1), fd2.as_raw_fd());
-            assert_eq!(libc::sendmsg(a.as_raw_fd(), &msg, 0), 1);
-        }
+        send_byte_with_fds(&a, WITH_REGION, &[fd.as_raw_fd(), fd2.as_raw_fd()]).unwrap();
         assert!(recv_region(&b).is_err());
         // No region, and garbage.
         send_region(&a, None).unwrap();
