@@ -33,7 +33,8 @@ pub(crate) struct Pool {
     _server: EmbeddedServer,
 }
 
-fn cu(e: CuError) -> anyhow::Error {
+/// A CUDA error as an error of the harness.
+pub(crate) fn cu(e: CuError) -> anyhow::Error {
     anyhow!("CUDA error {}: {}", e.code, e.message)
 }
 

@@ -27,6 +27,8 @@ use serde_bytes::ByteBuf;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use xpupool_client::Connection;
+
+use crate::pool::cu;
 use xpupool_fatbin::Image;
 use xpupool_protocol::api::ModuleInfo;
 use xpupool_protocol::{Calls, CuError, Reply, Request};
@@ -265,10 +267,6 @@ impl Map {
             .copied()
             .ok_or_else(|| anyhow!("function {old:#x} of no loaded module"))
     }
-}
-
-fn cu(e: CuError) -> anyhow::Error {
-    anyhow!("CUDA error {}: {}", e.code, e.message)
 }
 
 /// Per-module facts gathered before replaying.
