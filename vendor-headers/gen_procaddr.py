@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the cuGetProcAddress mapping table from CUDA's *Typedefs.h headers.
 
-Rule (FACTS-cuda-driver.md section 2, "Deriving the complete mapping table"):
+Rule (docs/FACTS-cuda-driver.md section 2, "Deriving the complete mapping table"):
   * every `typedef CUresult (CUDAAPI *PFN_<name>_v<NNNN>[_ptds|_ptsz])(...)` is one ABI
     version of <name> (the __CUDA_API_VERSION_INTERNAL block included);
   * the legacy versions V0 < V1 < ... of a name export `name`, `name_v2`, `name_v3`, ...;

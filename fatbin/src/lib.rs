@@ -2,7 +2,7 @@
 //!
 //! The shim copies whatever a `cuModuleLoadData`-style call (or cudart's registration) hands
 //! it into an owned [`Image`] so it can be shipped to a server; the server (or a test) can
-//! list the [`Entry`]s inside, decompressed. Layouts follow FACTS-cuda-driver.md §5:
+//! list the [`Entry`]s inside, decompressed. Layouts follow docs/FACTS-cuda-driver.md §5:
 //!
 //! * `__fatBinC_Wrapper_t` (magic `0x466243B1`): v1 points at one fatbin, v2 additionally at
 //!   a NULL-terminated list of prelinked fatbins;

@@ -1,5 +1,5 @@
 //! Kernel parameter layouts from a cubin's `.nv.info.<kernel>` sections
-//! (FACTS-cuda-driver.md §6): what a server falls back to when the driver has no
+//! (docs/FACTS-cuda-driver.md §6): what a server falls back to when the driver has no
 //! `cuFuncGetParamInfo` (before CUDA 12.4).
 //!
 //! Each `.nv.info.<mangled name>` section is a stream of attribute records, `u8 format,

@@ -73,7 +73,7 @@ macro_rules! declare_api {
 
 impl Request {
     /// Whether a client may send this operation without waiting for its reply,
-    /// batched with others (DESIGN §3.3): the driver itself reports its errors later,
+    /// batched with others (docs/DESIGN.md §3.3): the driver itself reports its errors later,
     /// at a synchronising call (launches, copies from host memory, memsets), or the
     /// client checks its arguments before sending (event records, stream waits,
     /// event destruction and frees, whose handles and pointers it keeps). An error

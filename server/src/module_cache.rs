@@ -1,4 +1,4 @@
-//! Module images by content hash (DESIGN §3.4): a client asks for an image by its
+//! Module images by content hash (docs/DESIGN.md §3.4): a client asks for an image by its
 //! SHA-256 before uploading it, and the server keeps what it was sent, in memory
 //! (bounded, least recently used first out) and, when configured, on disk, so the
 //! next process that loads the same image uploads nothing.

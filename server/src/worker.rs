@@ -1,4 +1,4 @@
-//! Sessions in worker processes (DESIGN.md §3.7): each client session of an isolated
+//! Sessions in worker processes (docs/DESIGN.md §3.7): each client session of an isolated
 //! backend runs in a child process of its own, so a fault in one tenant's kernel (a
 //! sticky device error, a crash in the driver) cannot touch another tenant, and
 //! everything the session held on the device is released when the process ends.

@@ -1,5 +1,5 @@
 //! `cuGetExportTable`: the undocumented tables NVIDIA's runtime asks the driver for
-//! (FACTS-cuda-driver.md §3). The tables are statics: their addresses are part of
+//! (docs/FACTS-cuda-driver.md §3). The tables are statics: their addresses are part of
 //! the integrity hash.
 
 use std::ffi::c_void;

@@ -1,4 +1,4 @@
-//! The dark-API `INTEGRITY_CHECK` answer (FACTS-cuda-driver.md §3.3).
+//! The dark-API `INTEGRITY_CHECK` answer (docs/FACTS-cuda-driver.md §3.3).
 //!
 //! cudart calls slot 1 of the INTEGRITY_CHECK export table with `(version, unix_seconds,
 //! out)` and checks `out` against its own computation. The answer is HMAC-MD2 under a fixed

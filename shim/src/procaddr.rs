@@ -2,7 +2,7 @@
 //!
 //! cudart asks for a *base name* plus the ABI version of the variant it wants and a flags
 //! word; the answer is the concrete exported symbol implementing that ABI. The table comes
-//! from `vendor-headers/gen_procaddr.py` (rule in FACTS-cuda-driver.md §2).
+//! from `vendor-headers/gen_procaddr.py` (rule in docs/FACTS-cuda-driver.md §2).
 
 use crate::generated::procaddr::{ProcRow, PROC_ROWS};
 
@@ -81,13 +81,13 @@ mod tests {
     }
 
     #[test]
-    fn table_matches_shared_tsv() {
+    fn table_matches_reference_tsv() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/procaddr-table-13.2.tsv"
+            "/../vendor-headers/procaddr-table-13.2.tsv"
         );
         let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
-            panic!("reference table {path} is missing or unreadable ({e}); it lives beside FACTS-cuda-driver.md")
+            panic!("reference table {path} is missing or unreadable ({e}); it is kept in vendor-headers/")
         });
         let actual = render_tsv();
         if actual != expected {

@@ -8,7 +8,7 @@
 //! values (modules excepted: a session-local number, since a module the driver could
 //! not load still needs one); they are opaque to clients and never trusted.
 //!
-//! **Isolation (DESIGN §3.7) is not done yet.** Sessions run in this process, in one
+//! **Isolation (docs/DESIGN.md §3.7) is not done yet.** Sessions run in this process, in one
 //! shared context: a kernel fault poisons the context for every tenant, and a kernel
 //! given a forged pointer argument (which cannot be checked) can read or write another
 //! tenant's memory. Next: run each session in a worker process of its own (spawned by
@@ -231,7 +231,7 @@ impl Backend for CudaBackend {
 
     /// The driver's addresses lie in no fixed range, so there is none to report and
     /// the client cannot reserve one: its protection against host and device
-    /// addresses aliasing is off with this backend. Follow-up (DESIGN §3.5):
+    /// addresses aliasing is off with this backend. Follow-up (docs/DESIGN.md §3.5):
     /// allocate through the VMM API (`cuMemAddressReserve` + `cuMemCreate` +
     /// `cuMemMap`) inside one range reserved at start, and report that range.
     fn device_address_range(&self) -> (u64, u64) {
