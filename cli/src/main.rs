@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+
 use xpupool_server::cuda::CudaBackend;
 use xpupool_server::embedded::EmbeddedServer;
 use xpupool_server::worker::IsolatedBackend;
@@ -83,9 +84,13 @@ struct RunArgs {
     /// The server certificate's pinned fingerprint (sha256:HEX), instead of --cert.
     #[arg(long, env = "XPUPOOL_SERVER_FINGERPRINT")]
     fingerprint: Option<String>,
-    /// The tenant token, with --server.
+    /// The tenant token, with --server. Other local users can read a command line:
+    /// prefer --token-file or XPUPOOL_TOKEN.
     #[arg(long, env = "XPUPOOL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the tenant token, with --server.
+    #[arg(long, env = "XPUPOOL_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Backend of the embedded server: `auto` (cuda when an NVIDIA driver is
     /// installed and works, else mock), `cuda` or `mock`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "mock"])]
@@ -139,8 +144,10 @@ struct ServerArgs {
     /// Private key (PEM) of --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
-    /// Accepted tenant token, as TENANT=TOKEN or just TOKEN (tenant `default`); repeatable.
-    /// Without any, a token is generated once and kept in the state directory.
+    /// Accepted tenant token, as TENANT=TOKEN or just TOKEN (tenant `default`);
+    /// repeatable, or comma-separated in XPUPOOL_TOKENS. Other local users can read
+    /// a command line: prefer --token-file or XPUPOOL_TOKENS. Without any, a token
+    /// is generated once and kept in the state directory.
     #[arg(
         long = "token",
         env = "XPUPOOL_TOKENS",
@@ -148,6 +155,13 @@ struct ServerArgs {
         hide_env_values = true
     )]
     tokens: Vec<String>,
+    /// A file of accepted tokens, one TENANT=TOKEN (or TOKEN) a line; `#` starts a
+    /// comment. Repeatable.
+    #[arg(long = "token-file", env = "XPUPOOL_TOKEN_FILE")]
+    token_files: Vec<PathBuf>,
+    /// Sessions one tenant may have open at once, across its tokens.
+    #[arg(long, default_value_t = xpupool_server::server::DEFAULT_MAX_SESSIONS_PER_TENANT)]
+    max_sessions_per_tenant: usize,
     /// Device memory of the mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
     mock_memory_mib: u64,
@@ -342,10 +356,13 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
     let _embedded = match &args.server {
         Some(server) => {
-            let token = args
-                .token
-                .as_deref()
-                .context("--server needs --token (or XPUPOOL_TOKEN)")?;
+            let token = match (&args.token, &args.token_file) {
+                (Some(token), _) => token.clone(),
+                (None, Some(path)) => read_token_file(path)?.swap_remove(0),
+                (None, None) => {
+                    bail!("--server needs --token-file or XPUPOOL_TOKEN (or --token)")
+                }
+            };
             if args.cert.is_none()
                 && args.fingerprint.is_none()
                 && !server.starts_with(xpupool_client::UNIX_PREFIX)
@@ -434,10 +451,44 @@ fn state_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/state/xpupool"))
 }
 
+/// Reads a token file: one `TENANT=TOKEN` or `TOKEN` a line, `#` comments. Warns
+/// when other users may read it.
+fn read_token_file(path: &Path) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+        eprintln!(
+            "xpupool: warning: {} can be read by other users; `chmod 600` it",
+            path.display()
+        );
+    }
+    let tokens: Vec<String> = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(!tokens.is_empty(), "{} holds no token", path.display());
+    Ok(tokens)
+}
+
+/// Tells the user that a secret given on the command line is not secret.
+fn warn_if_on_command_line(matches: Option<&clap::ArgMatches>, id: &str, instead: &str) {
+    if matches.and_then(|m| m.value_source(id)) == Some(clap::parser::ValueSource::CommandLine) {
+        eprintln!(
+            "xpupool: warning: a token given on the command line can be read by every local user in the process list; use {instead}"
+        );
+    }
+}
+
 fn tokens(args: &ServerArgs, dir: &Path) -> Result<(Vec<TokenEntry>, Option<PathBuf>)> {
-    if !args.tokens.is_empty() {
-        let entries = args
-            .tokens
+    let mut given = args.tokens.clone();
+    for path in &args.token_files {
+        given.extend(read_token_file(path)?);
+    }
+    if !given.is_empty() {
+        let entries = given
             .iter()
             .map(|t| match t.split_once('=') {
                 Some((tenant, token)) => TokenEntry {
@@ -506,13 +557,14 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
                 (Some(path), false) => Some(path.clone()),
                 (None, false) => Some(dir.join("server.sock")),
             },
+            max_sessions_per_tenant: args.max_sessions_per_tenant,
         })?;
         println!("listening: {}", server.local_addr()?);
         println!("certificate: {}", cert_path.display());
         println!("fingerprint: {fingerprint}");
         match token_file {
             Some(path) => println!("token file: {}", path.display()),
-            None => println!("tokens: from --token"),
+            None => println!("tokens: as given"),
         }
         tokio::select! {
             _ = server.serve() => {}
@@ -562,7 +614,22 @@ fn bench(args: BenchArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    warn_if_on_command_line(
+        matches.subcommand_matches("server"),
+        "tokens",
+        "--token-file or XPUPOOL_TOKENS",
+    );
+    warn_if_on_command_line(
+        matches.subcommand_matches("run"),
+        "token",
+        "--token-file or XPUPOOL_TOKEN",
+    );
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args),

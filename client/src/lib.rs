@@ -21,8 +21,8 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use xpupool_protocol::region::{self, Region};
 use xpupool_protocol::{
-    code, frame, Calls, CuError, Hello, Probe, Reply, Request, Welcome, ALPN, MAX_COPY_CHUNK,
-    PROTOCOL_VERSION,
+    code, frame, Calls, CuError, Hello, Probe, Reply, Request, Welcome, ALPN, KEEP_ALIVE,
+    MAX_COPY_CHUNK, PEER_TIMEOUT, PROTOCOL_VERSION,
 };
 
 /// The name in every xpupool server certificate.
@@ -46,7 +46,8 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Reads `XPUPOOL_SERVER`, `XPUPOOL_SERVER_CERT` / `XPUPOOL_SERVER_FINGERPRINT` and `XPUPOOL_TOKEN`.
+    /// Reads `XPUPOOL_SERVER`, `XPUPOOL_SERVER_CERT` / `XPUPOOL_SERVER_FINGERPRINT` and
+    /// `XPUPOOL_TOKEN` (or the first token line of the file `XPUPOOL_TOKEN_FILE`).
     pub fn from_env() -> Result<Self> {
         let server = std::env::var("XPUPOOL_SERVER").map_err(|_| {
             anyhow!("XPUPOOL_SERVER is not set (run the program with `xpupool run -- PROGRAM`, or set XPUPOOL_SERVER, XPUPOOL_SERVER_CERT and XPUPOOL_TOKEN)")
@@ -61,8 +62,25 @@ impl Settings {
         if cert.is_none() && fingerprint.is_none() && !server.starts_with(UNIX_PREFIX) {
             bail!("set XPUPOOL_SERVER_CERT (the server's certificate file) or XPUPOOL_SERVER_FINGERPRINT (sha256:...) to verify {server}");
         }
-        let token =
-            std::env::var("XPUPOOL_TOKEN").map_err(|_| anyhow!("XPUPOOL_TOKEN is not set"))?;
+        let token = match (
+            std::env::var("XPUPOOL_TOKEN"),
+            std::env::var_os("XPUPOOL_TOKEN_FILE"),
+        ) {
+            (Ok(token), _) => token,
+            (Err(_), Some(path)) => std::fs::read_to_string(&path)
+                .with_context(|| format!("reading XPUPOOL_TOKEN_FILE {}", path.to_string_lossy()))?
+                .lines()
+                .map(str::trim)
+                .find(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned)
+                .with_context(|| {
+                    format!(
+                        "XPUPOOL_TOKEN_FILE {} holds no token",
+                        path.to_string_lossy()
+                    )
+                })?,
+            (Err(_), None) => bail!("neither XPUPOOL_TOKEN nor XPUPOOL_TOKEN_FILE is set"),
+        };
         let quic_only = std::env::var("XPUPOOL_TRANSPORT").is_ok_and(|t| t == "quic");
         Ok(Self {
             server,
@@ -243,7 +261,8 @@ async fn connect_quic(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(settings)?)?;
     let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_idle_timeout(Some(PEER_TIMEOUT.try_into()?));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
     client_config.transport_config(Arc::new(transport));
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse()?
@@ -297,15 +316,26 @@ fn connect_unix(path: &str) -> Result<(Link, Option<Region>)> {
     Ok((Link::Unix { send, recv }, region))
 }
 
+/// The longest program name a hello carries (it must fit in [`xpupool_protocol::MAX_HELLO`]).
+const PROGRAM_NAME_BYTES: usize = 256;
+
 fn hello(settings: &Settings, probe: bool) -> Hello {
+    let mut program = std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if program.len() > PROGRAM_NAME_BYTES {
+        let mut end = PROGRAM_NAME_BYTES;
+        while !program.is_char_boundary(end) {
+            end -= 1;
+        }
+        program.truncate(end);
+    }
     Hello {
         protocol_version: PROTOCOL_VERSION,
         token: settings.token.clone(),
         pid: std::process::id(),
-        program: std::env::args_os()
-            .next()
-            .map(|a| a.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        program,
         probe,
     }
 }
@@ -517,18 +547,30 @@ impl Connection {
                 ..
             } => {
                 let out = pipe.out;
-                let _ = runtime.block_on(async move {
-                    tokio::time::timeout(Duration::from_millis(500), async {
-                        let _ = send.write_all(&out).await;
-                        let _ = send.finish();
-                        connection.close(0u32.into(), b"client exit");
-                        // Drive the runtime until the close has gone out.
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    })
-                    .await
-                });
-                // Not dropped here: at process exit, tearing a runtime down can hang.
-                std::mem::forget(runtime);
+                // At process exit this thread's thread-locals (tokio's context among
+                // them) may already be gone: a runtime driven here would panic. A
+                // fresh thread has its own.
+                let (done, finished) = std::sync::mpsc::channel();
+                let closing = std::thread::Builder::new()
+                    .name("xpupool-close".to_owned())
+                    .spawn(move || {
+                        runtime.block_on(async move {
+                            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                                let _ = send.write_all(&out).await;
+                                let _ = send.finish();
+                                connection.close(0u32.into(), b"client exit");
+                                // Drive the runtime until the close has gone out.
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                            })
+                            .await;
+                        });
+                        let _ = done.send(());
+                        // Not dropped: at process exit, tearing a runtime down can hang.
+                        std::mem::forget(runtime);
+                    });
+                if closing.is_ok() {
+                    let _ = finished.recv_timeout(Duration::from_millis(600));
+                }
             }
         }
     }
@@ -781,8 +823,9 @@ const LINGER: Duration = Duration::from_micros(100);
 const POLL: Duration = Duration::from_millis(1);
 const ACTIVE_ROUNDS: u32 = 50;
 
-/// How often the flush thread drives an idle QUIC connection's runtime.
-const TICK: Duration = Duration::from_secs(1);
+/// How often the flush thread drives an idle QUIC connection's runtime, so its
+/// keep-alives ([`KEEP_ALIVE`]) go out while the program makes no call.
+const TICK: Duration = Duration::from_millis(100);
 
 /// The flush thread's signal: `armed` once something waits in the batch; `parked`
 /// while the thread sleeps until woken.

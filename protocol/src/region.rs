@@ -212,7 +212,7 @@ fn send_byte_with_fds(socket: &UnixStream, byte: u8, fds: &[RawFd]) -> io::Resul
 }
 
 /// Receives the first byte of a Unix connection and the descriptor it carries.
-pub fn recv_region(socket: &UnixStream) -> io::Result<Option<OwnedFd>> {
+pub fn recv_region(socket: &impl AsRawFd) -> io::Result<Option<OwnedFd>> {
     let mut byte = [0u8; 1];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),

@@ -1,5 +1,6 @@
 //! The trait every backend (`mock`, `cuda`; `hip` and `acl` later) implements.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
@@ -15,6 +16,55 @@ pub struct Tenant {
     pub name: String,
     /// The tenant's memory ledger, shared by all its sessions.
     pub memory: Arc<MemoryLedger>,
+    /// How many sessions the tenant has open, across its tokens and transports.
+    pub sessions: Arc<AtomicUsize>,
+}
+
+impl Tenant {
+    /// A tenant with its own ledger (`limit` bytes, if limited) and no sessions yet.
+    pub fn new(name: impl Into<String>, limit: Option<u64>) -> Self {
+        Self {
+            name: name.into(),
+            memory: Arc::new(MemoryLedger::new(limit)),
+            sessions: Arc::default(),
+        }
+    }
+
+    /// Counts one more session of this tenant, unless it has `max` open already;
+    /// the session counts until the returned slot is dropped.
+    pub fn open_slot(&self, max: usize) -> Result<SessionSlot, CuError> {
+        let mut open = self.sessions.load(Ordering::Acquire);
+        loop {
+            if open >= max {
+                return Err(CuError::new(
+                    code::NOT_PERMITTED,
+                    format!(
+                        "tenant {} has {open} sessions open, the server's limit per tenant",
+                        self.name
+                    ),
+                ));
+            }
+            match self.sessions.compare_exchange_weak(
+                open,
+                open + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(SessionSlot(self.sessions.clone())),
+                Err(now) => open = now,
+            }
+        }
+    }
+}
+
+/// One open session of a tenant ([`Tenant::open_slot`]); dropping it frees the slot.
+#[derive(Debug)]
+pub struct SessionSlot(Arc<AtomicUsize>);
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A source of devices and of per-client sessions on them.

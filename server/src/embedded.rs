@@ -73,6 +73,7 @@ impl EmbeddedServer {
             backend,
             module_cache_dir,
             unix_socket: Some(unix_socket.clone()),
+            max_sessions_per_tenant: crate::server::DEFAULT_MAX_SESSIONS_PER_TENANT,
         };
         let server = runtime.block_on(async { Server::bind(config) })?;
         let addr = server.local_addr()?;

@@ -5,6 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use xpupool_protocol::{code, CuError};
 
+/// The granularity allocations are charged at: an allocation takes whole units of
+/// this on a device (the driver aligns every allocation to at least 256 bytes and
+/// rounds its size up too), so a 1-byte allocation costs 512.
+pub const ALLOCATION_GRANULARITY: u64 = 512;
+
+/// What an allocation of `bytes` is charged: whole units of
+/// [`ALLOCATION_GRANULARITY`]; `None` past the address space.
+pub fn allocation_charge(bytes: u64) -> Option<u64> {
+    bytes.checked_next_multiple_of(ALLOCATION_GRANULARITY)
+}
+
 /// Device memory one tenant holds, against its limit.
 #[derive(Debug, Default)]
 pub struct MemoryLedger {

@@ -4,17 +4,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use xpupool_protocol::{
-    code, frame, CuError, Hello, Probe, Reply, Request, Welcome, ALPN, PROTOCOL_VERSION,
+    code, frame, CuError, Hello, Probe, Reply, Request, Welcome, ALPN, KEEP_ALIVE, MAX_FRAME,
+    MAX_HELLO, PEER_TIMEOUT, PROTOCOL_VERSION,
 };
 
-use crate::backend::{Backend, Session, Tenant};
+use crate::backend::{Backend, Session, SessionSlot, Tenant};
 use crate::module_cache::{CachingSession, ModuleCache};
-use crate::quota::MemoryLedger;
 use crate::tls::Identity;
 use xpupool_protocol::region::Region;
 
@@ -28,6 +31,27 @@ pub struct TokenEntry {
     /// Device memory the tenant's session may hold (`--memory-limit`), if limited.
     pub memory_limit: Option<u64>,
 }
+
+/// Sessions one tenant may have open at once, unless the server is told otherwise.
+pub const DEFAULT_MAX_SESSIONS_PER_TENANT: usize = 64;
+
+/// Connections that have not shown a valid token yet, on both transports together;
+/// past this, new ones are refused at once.
+const MAX_UNAUTHENTICATED: usize = 128;
+/// How long a new connection has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A QUIC connection's receive window until its hello is accepted: what a peer
+/// without a token can make the server buffer.
+const UNAUTHENTICATED_WINDOW: u32 = 16 << 10;
+/// Its receive window once admitted (one stream, whose own window is smaller).
+const SESSION_WINDOW: u32 = 16 << 20;
+/// Bytes of requests read from a QUIC session but not yet run, and of replies made
+/// but not yet written: a client that sends faster than its session runs, or stops
+/// reading its replies, stalls there, and only itself.
+const REQUEST_QUEUE_BYTES: usize = 8 << 20;
+const REPLY_QUEUE_BYTES: usize = 4 << 20;
+/// What a queued frame costs beyond its bytes (its buffer and queue entry).
+const FRAME_OVERHEAD: usize = 64;
 
 /// Everything a server needs to start.
 pub struct ServerConfig {
@@ -44,6 +68,8 @@ pub struct ServerConfig {
     /// A Unix socket to listen on as well, for clients on this host (`unix:PATH`).
     /// Made readable and writable by its owner only; its folder should be private.
     pub unix_socket: Option<std::path::PathBuf>,
+    /// Sessions each tenant may have open at once ([`DEFAULT_MAX_SESSIONS_PER_TENANT`]).
+    pub max_sessions_per_tenant: usize,
 }
 
 /// A bound server; [`Server::serve`] runs it.
@@ -53,27 +79,31 @@ pub struct Server {
     tenants: Arc<Vec<(String, Tenant)>>,
     backend: Arc<dyn Backend>,
     modules: Arc<ModuleCache>,
+    max_sessions_per_tenant: usize,
 }
 
-/// Pairs each token with its tenant; tokens naming the same tenant share its ledger.
+/// Pairs each token with its tenant; tokens naming the same tenant share its ledger
+/// and its count of sessions.
 fn tenants(tokens: Vec<TokenEntry>) -> Vec<(String, Tenant)> {
-    let mut ledgers: HashMap<String, Arc<MemoryLedger>> = HashMap::new();
+    let mut known: HashMap<String, Tenant> = HashMap::new();
     tokens
         .into_iter()
         .map(|t| {
-            let memory = ledgers
+            let tenant = known
                 .entry(t.tenant.clone())
-                .or_insert_with(|| Arc::new(MemoryLedger::new(t.memory_limit)))
+                .or_insert_with(|| Tenant::new(t.tenant, t.memory_limit))
                 .clone();
-            (
-                t.token,
-                Tenant {
-                    name: t.tenant,
-                    memory,
-                },
-            )
+            (t.token, tenant)
         })
         .collect()
+}
+
+/// The QUIC transport settings of both ends' sessions: one stream each way, a
+/// peer that goes quiet taken for dead after [`PEER_TIMEOUT`].
+pub fn session_transport(transport: &mut quinn::TransportConfig) -> Result<()> {
+    transport.max_idle_timeout(Some(PEER_TIMEOUT.try_into()?));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    Ok(())
 }
 
 impl Server {
@@ -90,9 +120,19 @@ impl Server {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
-        transport.max_idle_timeout(Some(std::time::Duration::from_secs(60).try_into()?));
-        transport.keep_alive_interval(None);
+        session_transport(&mut transport)?;
+        transport
+            .max_concurrent_bidi_streams(1u32.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .receive_window(UNAUTHENTICATED_WINDOW.into())
+            .send_window(REPLY_QUEUE_BYTES as u64);
         server_config.transport_config(Arc::new(transport));
+        // Connection attempts waiting to be accepted, and the early data they may
+        // bring: small, since each costs memory before any token is seen.
+        server_config
+            .max_incoming(MAX_UNAUTHENTICATED)
+            .incoming_buffer_size(UNAUTHENTICATED_WINDOW.into())
+            .incoming_buffer_size_total(u64::from(UNAUTHENTICATED_WINDOW) * 16);
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
         let unix = config
@@ -111,6 +151,7 @@ impl Server {
             tenants: Arc::new(tenants(config.tokens)),
             backend: config.backend,
             modules: Arc::new(ModuleCache::new(config.module_cache_dir)),
+            max_sessions_per_tenant: config.max_sessions_per_tenant,
         })
     }
 
@@ -124,13 +165,17 @@ impl Server {
         Ok(self.endpoint.local_addr()?)
     }
 
-    /// Accepts connections (QUIC, and the Unix socket if any) until the endpoint is closed.
+    /// Accepts connections (QUIC, and the Unix socket if any) until the endpoint is
+    /// closed. A connection holds one of [`MAX_UNAUTHENTICATED`] places until its
+    /// hello is answered; with none free, it is refused at once.
     pub async fn serve(self) {
         let shared = Shared {
             tenants: self.tenants,
             backend: self.backend,
             modules: self.modules,
             unix_socket: self.unix.as_ref().map(|(_, path)| path.clone()),
+            unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
+            max_sessions_per_tenant: self.max_sessions_per_tenant,
         };
         if let Some((unix, _)) = self.unix {
             let shared = shared.clone();
@@ -138,34 +183,36 @@ impl Server {
                 loop {
                     match unix.accept().await {
                         Ok((stream, _)) => {
+                            let Some(place) = shared.place("unix") else {
+                                continue;
+                            };
                             let shared = shared.clone();
-                            let spawned = stream.into_std().and_then(|stream| {
-                                stream.set_nonblocking(false)?;
-                                std::thread::Builder::new().name("xpupool-unix-session".to_owned()).spawn(move || {
-                                    if let Err(e) = serve_unix(stream, shared) {
-                                        tracing::info!(remote = "unix", error = %e, "connection ended");
-                                    }
-                                })
+                            tokio::spawn(async move {
+                                if let Err(e) = serve_unix(stream, shared, place).await {
+                                    tracing::info!(remote = "unix", error = %e, "connection ended");
+                                }
                             });
-                            if let Err(e) = spawned {
-                                tracing::error!("serving a Unix-socket client: {e}");
-                            }
                         }
                         Err(e) => {
                             tracing::error!("accepting on the Unix socket: {e}");
-                            break;
+                            // Out of descriptors, say: try again shortly.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
                 }
             });
         }
         while let Some(incoming) = self.endpoint.accept().await {
+            let remote = incoming.remote_address();
+            let Some(place) = shared.place(&remote.to_string()) else {
+                incoming.refuse();
+                continue;
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
-                let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(connection) => {
-                        if let Err(e) = serve_connection(connection, shared).await {
+                        if let Err(e) = serve_connection(connection, shared, place).await {
                             tracing::info!(%remote, error = %e, "connection ended");
                         }
                     }
@@ -197,6 +244,9 @@ struct Shared {
     modules: Arc<ModuleCache>,
     /// The Unix socket, told to probing clients on this host.
     unix_socket: Option<std::path::PathBuf>,
+    /// Places for connections whose hello is not answered yet.
+    unauthenticated: Arc<Semaphore>,
+    max_sessions_per_tenant: usize,
 }
 
 /// Compares in time independent of where the strings differ.
@@ -208,7 +258,9 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-async fn read_frame(recv: &mut (impl AsyncRead + Unpin)) -> Result<Option<Vec<u8>>> {
+/// Reads one frame's length prefix; `None` at a clean end of stream. A length over
+/// `limit` is an error before anything is allocated for it.
+async fn read_prefix(recv: &mut (impl AsyncRead + Unpin), limit: usize) -> Result<Option<usize>> {
     let mut prefix = [0u8; 4];
     match recv.read_exact(&mut prefix).await {
         Ok(_) => {}
@@ -216,9 +268,16 @@ async fn read_frame(recv: &mut (impl AsyncRead + Unpin)) -> Result<Option<Vec<u8
         Err(e) => return Err(e.into()),
     }
     let len = frame::body_len(prefix)?;
+    if len > limit {
+        bail!("a frame of {len} bytes where at most {limit} are accepted");
+    }
+    Ok(Some(len))
+}
+
+async fn read_body(recv: &mut (impl AsyncRead + Unpin), len: usize) -> Result<Vec<u8>> {
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await?;
-    Ok(Some(body))
+    Ok(body)
 }
 
 async fn write_message<T: serde::Serialize>(
@@ -231,85 +290,193 @@ async fn write_message<T: serde::Serialize>(
     Ok(())
 }
 
-/// A QUIC connection: its first bi-directional stream carries the session.
-async fn serve_connection(connection: quinn::Connection, shared: Shared) -> Result<()> {
-    let address = connection.remote_address();
-    let loopback = address.ip().to_canonical().is_loopback();
-    let remote = address.to_string();
-    let (send, recv) = connection.accept_bi().await?;
-    let result = serve_stream(recv, send, remote, loopback, shared).await;
-    // Let the client read the last reply (or a refusal) before the connection goes.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), connection.closed()).await;
-    result
+/// A client the server has let in: its tenant, its session, and its place among
+/// the tenant's sessions (given back when this is dropped, after the session).
+struct Admitted {
+    tenant: Tenant,
+    session: Box<dyn Session>,
+    hello: Hello,
+    _slot: SessionSlot,
 }
 
-/// One session over an ordered pair of byte streams, whatever carries them.
-async fn serve_stream(
-    mut recv: impl AsyncRead + Unpin + Send + 'static,
-    mut send: impl AsyncWrite + Unpin + Send + 'static,
-    remote: String,
+/// The hello exchange, the same on both transports: probes are answered, then the
+/// client's hello is read (at most [`MAX_HELLO`] bytes each, all within
+/// [`HELLO_TIMEOUT`]) and admitted or refused (the refusal is written). `None`
+/// when the client went away or was refused.
+async fn greet(
+    recv: &mut (impl AsyncRead + Unpin),
+    send: &mut (impl AsyncWrite + Unpin),
+    remote: &str,
     loopback: bool,
-    shared: Shared,
-) -> Result<()> {
-    let mut hello: Hello = frame::decode(&read_frame(&mut recv).await?.context("no hello")?)?;
+    shared: &Shared,
+) -> Result<Option<Admitted>> {
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let Some(mut hello) = read_hello(recv, deadline).await? else {
+        return Ok(None);
+    };
     while hello.probe {
         let answer = shared.probe(&hello, loopback);
-        write_message(&mut send, &answer).await?;
-        hello = match read_frame(&mut recv).await? {
-            Some(body) => frame::decode(&body)?,
+        write_message(send, &answer).await?;
+        hello = match read_hello(recv, deadline).await? {
+            Some(hello) => hello,
             // The client moved to the Unix socket.
-            None => return Ok(()),
+            None => return Ok(None),
         };
     }
     let admitting = shared.clone();
     let greeting = hello.clone();
-    let (tenant, session) = match tokio::task::spawn_blocking(move || admitting.admit(&greeting))
-        .await?
-    {
-        Ok(opened) => opened,
+    match tokio::task::spawn_blocking(move || admitting.admit(&greeting)).await? {
+        Ok((tenant, session, slot)) => Ok(Some(Admitted {
+            tenant,
+            session,
+            hello,
+            _slot: slot,
+        })),
         Err(e) => {
             tracing::warn!(%remote, pid = hello.pid, program = %hello.program, reason = %e.message, "refused client");
-            write_message(&mut send, &Err::<Welcome, _>(e)).await?;
+            write_message(send, &Err::<Welcome, _>(e)).await?;
             send.shutdown().await?;
-            return Ok(());
+            Ok(None)
+        }
+    }
+}
+
+/// Reads one hello of at most [`MAX_HELLO`] bytes by `deadline`; `None` at a clean
+/// end of stream.
+async fn read_hello(
+    recv: &mut (impl AsyncRead + Unpin),
+    deadline: tokio::time::Instant,
+) -> Result<Option<Hello>> {
+    let read = async {
+        match read_prefix(recv, MAX_HELLO).await? {
+            Some(len) => Ok(Some(frame::decode::<Hello>(&read_body(recv, len).await?)?)),
+            None => Ok(None),
         }
     };
-    write_message(
-        &mut send,
-        &Ok::<_, CuError>(welcome(&shared.backend, &tenant, false)),
-    )
-    .await?;
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(hello) => hello,
+        Err(_) => bail!("no hello within {HELLO_TIMEOUT:?}"),
+    }
+}
+
+/// A QUIC connection: its first bi-directional stream carries the session.
+async fn serve_connection(
+    connection: quinn::Connection,
+    shared: Shared,
+    place: OwnedSemaphorePermit,
+) -> Result<()> {
+    let address = connection.remote_address();
+    let loopback = address.ip().to_canonical().is_loopback();
+    let remote = address.to_string();
+    let (mut send, mut recv) =
+        match tokio::time::timeout(HELLO_TIMEOUT, connection.accept_bi()).await {
+            Ok(streams) => streams?,
+            Err(_) => {
+                connection.close(0u32.into(), b"no hello");
+                bail!("no stream within {HELLO_TIMEOUT:?}");
+            }
+        };
+    let admitted = greet(&mut recv, &mut send, &remote, loopback, &shared).await;
+    drop(place);
+    let result = match admitted {
+        Ok(Some(admitted)) => {
+            connection.set_receive_window(SESSION_WINDOW.into());
+            write_message(
+                &mut send,
+                &Ok::<_, CuError>(welcome(&shared.backend, &admitted.tenant, false)),
+            )
+            .await?;
+            serve_session(recv, send, remote, admitted).await
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            connection.close(0u32.into(), b"bad hello");
+            return Err(e);
+        }
+    };
+    // Let the client read the last reply (or a refusal) before the connection goes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+    result
+}
+
+/// One admitted session over an ordered pair of byte streams (QUIC's). Three
+/// stages run at once: this task reads requests, the session's own thread runs them
+/// in order, and a writer sends replies, as many per write as are ready. Requests
+/// the client did not wait for thus cost no thread hand-over each. Both queues
+/// between the stages are bounded in bytes ([`REQUEST_QUEUE_BYTES`],
+/// [`REPLY_QUEUE_BYTES`]).
+async fn serve_session(
+    mut recv: impl AsyncRead + Unpin + Send + 'static,
+    mut send: impl AsyncWrite + Unpin + Send + 'static,
+    remote: String,
+    admitted: Admitted,
+) -> Result<()> {
+    let Admitted {
+        tenant,
+        session,
+        hello,
+        _slot: slot,
+    } = admitted;
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
-    // Three stages run at once: this task reads requests, the session's own thread
-    // runs them in order, and a writer sends replies, as many per write as are ready.
-    // Requests the client did not wait for thus cost no thread hand-over each.
-    let (requests_in, requests_out) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (replies_in, mut replies_out) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let worker = std::thread::Builder::new()
-        .name("xpupool-session".to_owned())
-        .spawn(move || run_session(session, requests_out, replies_in))
-        .context("starting a session thread")?;
+    let request_room = Arc::new(Semaphore::new(REQUEST_QUEUE_BYTES));
+    let reply_room = Arc::new(Semaphore::new(REPLY_QUEUE_BYTES));
+    let (requests_in, requests_out) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+    let (replies_in, mut replies_out) = tokio::sync::mpsc::unbounded_channel::<Queued>();
+    // Set once the client is gone: what it left queued is not run.
+    let gone = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Handle::current();
+    let worker = {
+        let gone = gone.clone();
+        let reply_room = reply_room.clone();
+        std::thread::Builder::new()
+            .name("xpupool-session".to_owned())
+            .spawn(move || {
+                run_session(
+                    session,
+                    requests_out,
+                    replies_in,
+                    &reply_room,
+                    &runtime,
+                    &gone,
+                );
+                // Freed on this thread, as the session was used.
+                drop(slot);
+            })
+            .context("starting a session thread")?
+    };
     let writer = tokio::spawn(async move {
         let mut batch = Vec::new();
-        while let Some(reply) = replies_out.recv().await {
+        let mut held = Vec::new();
+        while let Some((reply, room)) = replies_out.recv().await {
             batch.extend_from_slice(&reply);
+            held.push(room);
             while batch.len() < (1 << 20) {
                 match replies_out.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
+                    Ok((more, room)) => {
+                        batch.extend_from_slice(&more);
+                        held.push(room);
+                    }
                     Err(_) => break,
                 }
             }
             send.write_all(&batch).await?;
             send.flush().await?;
             batch.clear();
+            held.clear();
         }
         anyhow::Ok(())
     });
     let mut requests = 0u64;
     let result = async {
-        while let Some(body) = read_frame(&mut recv).await? {
+        while let Some(len) = read_prefix(&mut recv, MAX_FRAME).await? {
+            let room = request_room
+                .clone()
+                .acquire_many_owned(cost(len))
+                .await
+                .expect("never closed");
+            let body = read_body(&mut recv, len).await?;
             requests += 1;
-            if requests_in.send(body).is_err() {
+            if requests_in.send((body, room)).is_err() {
                 break;
             }
         }
@@ -318,6 +485,7 @@ async fn serve_stream(
     .await;
     // Closing the request channel ends the session thread, which drops the session:
     // that frees every allocation, module, stream and event it held.
+    gone.store(true, Ordering::Release);
     drop(requests_in);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     let written = writer.await.map_err(anyhow::Error::from).and_then(|r| r);
@@ -325,16 +493,37 @@ async fn serve_stream(
     result.and(written)
 }
 
+/// A frame in one of a session's queues, with the room it takes there.
+type Queued = (Vec<u8>, OwnedSemaphorePermit);
+
+/// The room a frame of `len` bytes takes in a queue (all of it, for a frame larger
+/// than the queue: it then waits for the queue to empty).
+fn cost(len: usize) -> u32 {
+    (len + FRAME_OVERHEAD).min(REQUEST_QUEUE_BYTES.min(REPLY_QUEUE_BYTES)) as u32
+}
+
 /// The session's thread: runs each request in order and hands its encoded reply to
-/// the writer, until the connection's request stream ends.
+/// the writer (waiting for room in the reply queue), until the connection's request
+/// stream ends or the client is gone.
 fn run_session(
     mut session: Box<dyn Session>,
-    requests: std::sync::mpsc::Receiver<Vec<u8>>,
-    replies: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+    replies: tokio::sync::mpsc::UnboundedSender<Queued>,
+    reply_room: &Arc<Semaphore>,
+    runtime: &tokio::runtime::Handle,
+    gone: &AtomicBool,
 ) {
-    for body in requests {
+    while let Some((body, room)) = requests.blocking_recv() {
+        if gone.load(Ordering::Acquire) {
+            break;
+        }
         let encoded = handle_frame(session.as_mut(), None, &body);
-        if replies.send(encoded).is_err() {
+        drop((body, room));
+        let Ok(room) = runtime.block_on(reply_room.clone().acquire_many_owned(cost(encoded.len())))
+        else {
+            break;
+        };
+        if replies.send((encoded, room)).is_err() {
             break;
         }
     }
@@ -455,16 +644,29 @@ impl Shared {
             .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token"))
     }
 
-    /// Decides on a client's hello: its tenant and a new session, or why not. May
-    /// block (opening a session can start a worker process).
-    fn admit(&self, hello: &Hello) -> Result<(Tenant, Box<dyn Session>), CuError> {
+    /// Decides on a client's hello: its tenant and a new session (counted among
+    /// the tenant's), or why not. May block (opening a session can start a worker
+    /// process).
+    fn admit(&self, hello: &Hello) -> Result<(Tenant, Box<dyn Session>, SessionSlot), CuError> {
         let tenant = self.tenant(hello)?;
+        let slot = tenant.open_slot(self.max_sessions_per_tenant)?;
         let session = self.backend.open_session(&tenant)?;
-        let session: Box<dyn Session> = Box::new(CachingSession {
-            inner: session,
-            cache: self.modules.clone(),
-        });
-        Ok((tenant, session))
+        let session: Box<dyn Session> = Box::new(CachingSession::new(
+            session,
+            self.modules.clone(),
+            &tenant.name,
+        ));
+        Ok((tenant, session, slot))
+    }
+
+    /// A place for a new connection among those not yet admitted, or `None` (and a
+    /// warning) when they are all taken.
+    fn place(&self, remote: &str) -> Option<OwnedSemaphorePermit> {
+        let place = self.unauthenticated.clone().try_acquire_owned().ok();
+        if place.is_none() {
+            tracing::warn!(%remote, "refused a connection: {MAX_UNAUTHENTICATED} others have not sent their hello yet");
+        }
+        place
     }
 }
 
@@ -481,12 +683,79 @@ pub(crate) fn read_frame_blocking(recv: &mut impl std::io::Read) -> Result<Optio
     Ok(Some(body))
 }
 
-/// One session on a Unix socket, all on one thread with blocking I/O: read a
-/// request, run it, and send the replies that have piled up whenever no further
+/// A connection on the Unix socket: its first byte (which may carry the client's
+/// shared-memory region) and its hello are read here, on the runtime, with the
+/// same limits as on QUIC; only an admitted session gets a thread of its own.
+async fn serve_unix(
+    mut stream: tokio::net::UnixStream,
+    shared: Shared,
+    place: OwnedSemaphorePermit,
+) -> Result<()> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        loop {
+            stream.readable().await?;
+            match stream.try_io(tokio::io::Interest::READABLE, || {
+                xpupool_protocol::region::recv_region(&stream)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                received => break received,
+            }
+        }
+    })
+    .await;
+    let region_fd = match first {
+        Ok(received) => received?,
+        Err(_) => bail!("no first byte within {HELLO_TIMEOUT:?}"),
+    };
+    let (mut recv, mut send) = stream.split();
+    let admitted = greet(&mut recv, &mut send, "unix", true, &shared).await?;
+    drop(place);
+    let Some(admitted) = admitted else {
+        return Ok(());
+    };
+    // Mapped only for an admitted client.
+    let region = region_fd.and_then(|fd| match Region::map_received(&fd) {
+        Ok(region) => Some(region),
+        Err(e) => {
+            tracing::warn!("not using a client's shared-memory region: {e}");
+            None
+        }
+    });
+    write_message(
+        &mut send,
+        &Ok::<_, CuError>(welcome(&shared.backend, &admitted.tenant, region.is_some())),
+    )
+    .await?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    std::thread::Builder::new()
+        .name("xpupool-unix-session".to_owned())
+        .spawn(move || {
+            if let Err(e) = serve_unix_session(stream, region, admitted) {
+                tracing::info!(remote = "unix", error = %e, "connection ended");
+            }
+        })
+        .context("starting a Unix-socket session thread")?;
+    Ok(())
+}
+
+/// One admitted session on a Unix socket, all on one thread with blocking I/O: read
+/// a request, run it, and send the replies that have piled up whenever no further
 /// request is already waiting (the client is then waiting for them). No hand-over
-/// between threads on the way.
-fn serve_unix(stream: std::os::unix::net::UnixStream, shared: Shared) -> Result<()> {
+/// between threads on the way. Its queues are the socket's buffers and at most
+/// 1 MiB of replies: a client that stops reading stalls this thread alone.
+fn serve_unix_session(
+    stream: std::os::unix::net::UnixStream,
+    mut region: Option<Region>,
+    admitted: Admitted,
+) -> Result<()> {
     use std::io::Write;
+    let Admitted {
+        tenant,
+        mut session,
+        hello,
+        _slot: slot,
+    } = admitted;
     // Replies to requests the client sent without waiting pile up unread until it
     // collects them (at most 1024 of them): give them room, so this thread never
     // blocks writing while the client blocks writing.
@@ -501,42 +770,8 @@ fn serve_unix(stream: std::os::unix::net::UnixStream, shared: Shared) -> Result<
             size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-    // The first byte, before anything is buffered: it may carry the client's
-    // shared-memory region.
-    let mut region = match xpupool_protocol::region::recv_region(&stream)? {
-        Some(fd) => match Region::map_received(&fd) {
-            Ok(region) => Some(region),
-            Err(e) => {
-                tracing::warn!("not using a client's shared-memory region: {e}");
-                None
-            }
-        },
-        None => None,
-    };
     let mut send = stream.try_clone()?;
     let mut recv = std::io::BufReader::with_capacity(1 << 16, stream);
-    let mut hello: Hello = frame::decode(&read_frame_blocking(&mut recv)?.context("no hello")?)?;
-    while hello.probe {
-        send.write_all(&frame::encode(&shared.probe(&hello, true))?)?;
-        hello = match read_frame_blocking(&mut recv)? {
-            Some(body) => frame::decode(&body)?,
-            None => return Ok(()),
-        };
-    }
-    let (tenant, mut session) = match shared.admit(&hello) {
-        Ok(admitted) => admitted,
-        Err(e) => {
-            tracing::warn!(remote = "unix", pid = hello.pid, program = %hello.program, reason = %e.message, "refused client");
-            send.write_all(&frame::encode(&Err::<Welcome, _>(e))?)?;
-            let _ = send.shutdown(std::net::Shutdown::Write);
-            return Ok(());
-        }
-    };
-    send.write_all(&frame::encode(&Ok::<_, CuError>(welcome(
-        &shared.backend,
-        &tenant,
-        region.is_some(),
-    )))?)?;
     tracing::info!(remote = "unix", tenant = %tenant.name, pid = hello.pid, program = %hello.program, "session opened");
     let mut out = Vec::new();
     let mut requests = 0u64;
@@ -561,6 +796,7 @@ fn serve_unix(stream: std::os::unix::net::UnixStream, shared: Shared) -> Result<
     }
     // Dropping the session frees every allocation, module, stream and event it held.
     drop(session);
+    drop(slot);
     tracing::info!(remote = "unix", tenant = %tenant.name, pid = hello.pid, requests, "session closed");
     result
 }

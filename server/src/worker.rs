@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use xpupool_protocol::{code, frame, CuError, DeviceInfo, Reply, Request};
 
 use crate::backend::{Backend, Session, Tenant};
-use crate::quota::MemoryLedger;
+use crate::quota::{allocation_charge, MemoryLedger};
 
 /// What a worker reports once its backend is open.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,10 +68,7 @@ pub fn serve_worker(backend: Result<Arc<dyn Backend>>) -> Result<()> {
         }
     };
     // The parent enforces the tenant's limits; here the session is unlimited.
-    let tenant = Tenant {
-        name: "worker".to_owned(),
-        memory: Arc::new(MemoryLedger::new(None)),
-    };
+    let tenant = Tenant::new("worker", None);
     let ready = Ready {
         name: backend.name().to_owned(),
         driver_version: backend.driver_version(),
@@ -225,13 +222,15 @@ impl Session for WorkerSession {
     fn handle(&mut self, request: Request) -> Result<Reply, CuError> {
         match request {
             Request::MemAlloc { bytes, .. } => {
-                self.tenant.charge(bytes)?;
+                let charge = allocation_charge(bytes)
+                    .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+                self.tenant.charge(charge)?;
                 let reply = self.forward(&request);
                 match &reply {
                     Ok(Reply::MemAlloc(address)) => {
-                        self.allocations.insert(*address, bytes);
+                        self.allocations.insert(*address, charge);
                     }
-                    _ => self.tenant.refund(bytes),
+                    _ => self.tenant.refund(charge),
                 }
                 reply
             }

@@ -135,6 +135,23 @@ static void test_2d() {
     }
     compare_exact("row sums of pitched memory", want_sums.data(), sums.data(), height);
 
+    // Impossible sizes are refused, as a device refuses them, not answered with success:
+    // a row wider than any pitch, and width x height past the address space.
+    u8 *none = nullptr;
+    size_t none_pitch = 0;
+    if (cudaMallocPitch((void **)&none, &none_pitch, (size_t)1 << 40, 2) == cudaSuccess)
+        fail("cudaMallocPitch of a 1 TiB row succeeded");
+    if (cudaMallocPitch((void **)&none, &none_pitch, 1 << 20, SIZE_MAX / 4096) == cudaSuccess)
+        fail("cudaMallocPitch whose width x height overflows succeeded");
+    (void)cudaGetLastError();
+    // A 2-D memset of no columns and a huge height is no work; a tall one past the
+    // allocation is refused before any row is written.
+    CHECK(cudaMemset2D(p, pitch, 0x11, 0, (size_t)1 << 40));
+    if (cudaMemset2D(p, pitch, 0x11, 1, (size_t)1 << 40) == cudaSuccess ||
+        cudaDeviceSynchronize() == cudaSuccess)
+        fail("cudaMemset2D past the allocation succeeded");
+    (void)cudaGetLastError();
+
     // Memset a 100 x 10 sub-rectangle starting at row 5, column 20.
     CHECK(cudaMemset2D(p + 5 * pitch + 20, pitch, 0x42, 100, 10));
     std::vector<u8> want(src);

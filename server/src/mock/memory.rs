@@ -1,28 +1,34 @@
 //! Device memory of the mock backend: real bytes on the host, at device addresses
-//! handed out from one server-wide range so no two sessions' pointers coincide.
+//! handed out from one server-wide range so no two live allocations' pointers
+//! coincide. Freed addresses are handed out again (as a device's are), and every
+//! allocation is charged what it really takes: its size rounded up to [`ALIGN`].
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use xpupool_protocol::{code, CuError};
 
-use crate::quota::MemoryLedger;
+use crate::quota::{allocation_charge, MemoryLedger};
 
 /// Start of the device address range the mock hands out.
 pub(crate) const DEVICE_VA_START: u64 = 0x2000_0000_0000;
-/// End (exclusive) of that range: 4 TiB of address space, never reused.
+/// End (exclusive) of that range: 4 TiB of address space.
 pub(crate) const DEVICE_VA_END: u64 = 0x2400_0000_0000;
 /// Unmapped bytes left after each allocation so an overrun faults.
 const GUARD: u64 = 64 << 10;
-/// Alignment of every allocation (what `cuMemAlloc` guarantees is 256).
-const ALIGN: u64 = 512;
+/// Alignment of every allocation (what `cuMemAlloc` guarantees is 256), and the
+/// granularity it takes and is charged at: a 1-byte allocation takes (and costs) 512.
+pub(crate) const ALIGN: u64 = crate::quota::ALLOCATION_GRANULARITY;
 
 /// One allocation's host storage.
 pub(crate) struct Block {
     ptr: *mut u8,
+    /// Bytes the program asked for: an access past them faults.
     len: usize,
+    /// Bytes allocated (and charged): `len` rounded up to [`ALIGN`].
+    size: usize,
 }
 
 // SAFETY: the block owns its heap storage; concurrent access to the bytes is the
@@ -31,26 +37,81 @@ unsafe impl Send for Block {}
 unsafe impl Sync for Block {}
 
 impl Block {
-    fn new(len: usize) -> Option<Self> {
-        let layout = Layout::from_size_align(len.max(1), ALIGN as usize).ok()?;
-        // SAFETY: the layout has a non-zero size.
+    fn new(len: usize, size: usize) -> Option<Self> {
+        let layout = Layout::from_size_align(size, ALIGN as usize).ok()?;
+        // SAFETY: the layout has a non-zero size (at least ALIGN).
         let ptr = unsafe { alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(Self { ptr, len })
+        (!ptr.is_null()).then_some(Self { ptr, len, size })
     }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len.max(1), ALIGN as usize)
+        let layout = Layout::from_size_align(self.size, ALIGN as usize)
             .expect("layout was valid at allocation");
         // SAFETY: allocated in `Block::new` with this layout.
         unsafe { dealloc(self.ptr, layout) }
     }
 }
 
+/// The device's address space: free extents, handed out best fit first and merged
+/// with their neighbours when given back.
+struct AddressSpace {
+    /// Free extents: start → length.
+    free: BTreeMap<u64, u64>,
+    /// The same extents by (length, start), for the best fit.
+    by_length: BTreeSet<(u64, u64)>,
+}
+
+impl AddressSpace {
+    fn new(start: u64, end: u64) -> Self {
+        Self {
+            free: BTreeMap::from([(start, end - start)]),
+            by_length: BTreeSet::from([(end - start, start)]),
+        }
+    }
+
+    /// Takes `len` bytes (a multiple of [`ALIGN`]) from the smallest extent that has them.
+    fn take(&mut self, len: u64) -> Option<u64> {
+        let &(extent, start) = self.by_length.range((len, 0)..).next()?;
+        self.by_length.remove(&(extent, start));
+        self.free.remove(&start);
+        if extent > len {
+            self.add(start + len, extent - len);
+        }
+        Some(start)
+    }
+
+    /// Gives `[start, start + len)` back, merged with the free extents beside it.
+    fn give_back(&mut self, mut start: u64, mut len: u64) {
+        if let Some((&before, &before_len)) = self.free.range(..start).next_back() {
+            if before + before_len == start {
+                self.remove(before, before_len);
+                start = before;
+                len += before_len;
+            }
+        }
+        if let Some(&after_len) = self.free.get(&(start + len)) {
+            self.remove(start + len, after_len);
+            len += after_len;
+        }
+        self.add(start, len);
+    }
+
+    fn add(&mut self, start: u64, len: u64) {
+        self.free.insert(start, len);
+        self.by_length.insert((len, start));
+    }
+
+    fn remove(&mut self, start: u64, len: u64) {
+        self.free.remove(&start);
+        self.by_length.remove(&(len, start));
+    }
+}
+
 /// The device-wide memory ledger shared by every session of one mock device.
 pub(crate) struct DeviceMemory {
-    next_address: Mutex<u64>,
+    addresses: Mutex<AddressSpace>,
     used: AtomicU64,
     capacity: u64,
 }
@@ -58,7 +119,7 @@ pub(crate) struct DeviceMemory {
 impl DeviceMemory {
     pub(crate) fn new(capacity: u64) -> Arc<Self> {
         Arc::new(Self {
-            next_address: Mutex::new(DEVICE_VA_START),
+            addresses: Mutex::new(AddressSpace::new(DEVICE_VA_START, DEVICE_VA_END)),
             used: AtomicU64::new(0),
             capacity,
         })
@@ -101,17 +162,23 @@ impl DeviceMemory {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
 
-    fn reserve_address(&self, bytes: u64) -> Result<u64, CuError> {
-        let mut next = self.next_address.lock().unwrap_or_else(|e| e.into_inner());
-        let base = *next;
-        let end = base
-            .checked_add(bytes.div_ceil(ALIGN) * ALIGN + GUARD)
-            .filter(|&end| end <= DEVICE_VA_END)
-            .ok_or_else(|| {
-                CuError::new(code::OUT_OF_MEMORY, "mock device address space exhausted")
-            })?;
-        *next = end;
-        Ok(base)
+    /// Device addresses for an allocation of `size` (already rounded) bytes,
+    /// followed by an unmapped guard.
+    fn reserve_address(&self, size: u64) -> Result<u64, CuError> {
+        let exhausted = || CuError::new(code::OUT_OF_MEMORY, "mock device address space exhausted");
+        let len = size.checked_add(GUARD).ok_or_else(exhausted)?;
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(len)
+            .ok_or_else(exhausted)
+    }
+
+    fn release_address(&self, base: u64, size: u64) {
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .give_back(base, size + GUARD);
     }
 }
 
@@ -147,43 +214,55 @@ impl SessionMemory {
         device_free.min(self.tenant.remaining())
     }
 
-    /// Allocates `bytes` zeroed bytes and returns their device address.
+    /// Allocates `bytes` zeroed bytes and returns their device address; charges
+    /// what it takes ([`allocation_charge`]) to the tenant and the device.
     pub(crate) fn alloc(&self, bytes: u64) -> Result<u64, CuError> {
         if bytes == 0 {
             return Err(CuError::new(code::INVALID_VALUE, "zero-byte allocation"));
         }
-        let len = usize::try_from(bytes)
-            .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
-        self.tenant.charge(bytes)?;
-        if let Err(e) = self.device.charge(bytes) {
-            self.tenant.refund(bytes);
+        let too_large = || CuError::new(code::OUT_OF_MEMORY, "allocation too large");
+        let size = allocation_charge(bytes).ok_or_else(too_large)?;
+        let (len, host_size) = match (usize::try_from(bytes), usize::try_from(size)) {
+            (Ok(len), Ok(host_size)) => (len, host_size),
+            _ => return Err(too_large()),
+        };
+        self.tenant.charge(size)?;
+        let refund = || {
+            self.tenant.refund(size);
+        };
+        if let Err(e) = self.device.charge(size) {
+            refund();
             return Err(e);
         }
-        let Some(block) = Block::new(len) else {
-            self.tenant.refund(bytes);
-            self.device.refund(bytes);
+        let refund = || {
+            self.tenant.refund(size);
+            self.device.refund(size);
+        };
+        let address = match self.device.reserve_address(size) {
+            Ok(address) => address,
+            Err(e) => {
+                refund();
+                return Err(e);
+            }
+        };
+        let Some(block) = Block::new(len, host_size) else {
+            refund();
+            self.device.release_address(address, size);
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
                 format!("host could not back {bytes} bytes"),
             ));
         };
-        let address = match self.device.reserve_address(bytes) {
-            Ok(address) => address,
-            Err(e) => {
-                self.tenant.refund(bytes);
-                self.device.refund(bytes);
-                return Err(e);
-            }
-        };
         self.blocks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(address, block);
-        self.held.fetch_add(bytes, Ordering::AcqRel);
+        self.held.fetch_add(size, Ordering::AcqRel);
         Ok(address)
     }
 
-    /// Frees the allocation that starts at `address`.
+    /// Frees the allocation that starts at `address`; its addresses may be handed
+    /// out again.
     pub(crate) fn free(&self, address: u64) -> Result<(), CuError> {
         let block = self
             .blocks
@@ -196,9 +275,12 @@ impl SessionMemory {
                     format!("{address:#x} is not an allocation of this session"),
                 )
             })?;
-        self.device.refund(block.len as u64);
-        self.tenant.refund(block.len as u64);
-        self.held.fetch_sub(block.len as u64, Ordering::AcqRel);
+        let size = block.size as u64;
+        drop(block);
+        self.device.release_address(address, size);
+        self.device.refund(size);
+        self.tenant.refund(size);
+        self.held.fetch_sub(size, Ordering::AcqRel);
         Ok(())
     }
 
@@ -275,6 +357,43 @@ impl SessionMemory {
         })
     }
 
+    /// Fills `height` rows of `width` elements of `elem_size` bytes, rows `pitch`
+    /// bytes apart. The whole span must lie inside one allocation, checked before
+    /// any row is written: the rows are then at most as many as its bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fill_2d(
+        &self,
+        address: u64,
+        pitch: u64,
+        value: u32,
+        elem_size: u8,
+        width: u64,
+        height: u64,
+    ) -> Result<(), CuError> {
+        let invalid = |why: &str| CuError::new(code::INVALID_VALUE, format!("memset2D: {why}"));
+        if !matches!(elem_size, 1 | 2 | 4) {
+            return Err(invalid("element size"));
+        }
+        if width == 0 || height == 0 {
+            return Ok(());
+        }
+        let row = width
+            .checked_mul(elem_size as u64)
+            .ok_or_else(|| invalid("row too large"))?;
+        if height > 1 && row > pitch {
+            return Err(invalid("width exceeds pitch"));
+        }
+        let span = (height - 1)
+            .checked_mul(pitch)
+            .and_then(|rows| rows.checked_add(row))
+            .ok_or_else(|| invalid("region too large"))?;
+        self.with_view(|view| view.checked(address, span).map(|_| ()))?;
+        for r in 0..height {
+            self.fill(address + r * pitch, value, elem_size, width)?;
+        }
+        Ok(())
+    }
+
     /// Bytes held by this session.
     pub(crate) fn held(&self) -> u64 {
         self.held.load(Ordering::Acquire)
@@ -283,6 +402,12 @@ impl SessionMemory {
 
 impl Drop for SessionMemory {
     fn drop(&mut self) {
+        let blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for (address, block) in blocks {
+            let size = block.size as u64;
+            drop(block);
+            self.device.release_address(address, size);
+        }
         let held = self.held();
         self.device.refund(held);
         self.tenant.refund(held);
@@ -341,7 +466,7 @@ mod tests {
         session.free(a).unwrap();
         assert_eq!(device.used(), 0);
         let b = session.alloc(600 << 10).unwrap();
-        assert_ne!(a, b, "addresses are never reused");
+        assert_eq!(a, b, "freed addresses are handed out again");
         drop(session);
         assert_eq!(device.used(), 0, "a closed session gives its memory back");
     }

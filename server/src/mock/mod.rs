@@ -489,17 +489,8 @@ impl Api for MockSession {
         stream: u64,
     ) -> Result<(), CuError> {
         self.stream(stream)?;
-        if width.saturating_mul(elem_size as u64) > pitch && height > 1 {
-            return Err(CuError::new(
-                code::INVALID_VALUE,
-                "memset2D width exceeds pitch",
-            ));
-        }
-        for row in 0..height {
-            self.memory
-                .fill(dst + row * pitch, value, elem_size, width)?;
-        }
-        Ok(())
+        self.memory
+            .fill_2d(dst, pitch, value, elem_size, width, height)
     }
 
     fn module_load_cached(&mut self, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {

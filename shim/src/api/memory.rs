@@ -296,15 +296,25 @@ fn pointer_attribute(
 /// an unknown pointer (CU_DEVICE_INVALID).
 const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL_NONE: CUpointer_attribute = u32::MAX;
 
+/// `CU_DEVICE_ATTRIBUTE_MAX_PITCH` of every device xpupool serves (the mock's, and
+/// what NVIDIA's devices report).
+const MAX_PITCH: usize = i32::MAX as usize;
+
 export! {
     fn cuMemAlloc_v2(out: *mut CUdeviceptr, bytes: usize) { alloc(out, bytes) }
 
     fn cuMemAllocPitch_v2(out: *mut CUdeviceptr, pitch: *mut usize, width: usize, height: usize, elem_size: c_uint) {
-        if !matches!(elem_size, 4 | 8 | 16) || pitch.is_null() {
+        if !matches!(elem_size, 4 | 8 | 16) || pitch.is_null() || width == 0 || height == 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let aligned = width.div_ceil(512) * 512;
-        alloc(out, aligned * height)?;
+        // Rows start 512 bytes apart at least; a row wider than the device's largest
+        // pitch, or a total past the address space, is refused as the driver does.
+        let aligned = width
+            .checked_next_multiple_of(512)
+            .filter(|&p| p <= MAX_PITCH)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let bytes = aligned.checked_mul(height).ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
+        alloc(out, bytes)?;
         put(pitch, aligned)
     }
 
