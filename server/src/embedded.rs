@@ -9,6 +9,31 @@ use anyhow::{Context, Result};
 
 use crate::{tls, Backend, Server, ServerConfig, TokenEntry};
 
+/// How to start an embedded server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Device memory each tenant may hold.
+    pub memory_limit: Option<u64>,
+    /// Where module images are kept on disk (memory only if `None`).
+    pub module_cache_dir: Option<PathBuf>,
+    /// Sessions each tenant may have open at once.
+    pub max_sessions_per_tenant: usize,
+    /// Tenants besides the one whose token [`EmbeddedServer::token`] gives, as
+    /// `(tenant, token)`, each with `memory_limit`.
+    pub extra_tenants: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            memory_limit: None,
+            module_cache_dir: None,
+            max_sessions_per_tenant: crate::server::DEFAULT_MAX_SESSIONS_PER_TENANT,
+            extra_tenants: Vec::new(),
+        }
+    }
+}
+
 /// A running embedded server; dropping it stops the server and removes its files.
 pub struct EmbeddedServer {
     addr: SocketAddr,
@@ -23,25 +48,41 @@ impl EmbeddedServer {
     /// Starts `backend` on a loopback port with a throw-away certificate and token,
     /// keeping module images in memory only.
     pub fn start(backend: Arc<dyn Backend>) -> Result<Self> {
-        Self::start_with(backend, None, None)
+        Self::start_with(backend, Options::default())
     }
 
     /// Like [`EmbeddedServer::start`], with a device-memory limit for its one tenant.
     pub fn start_with_limit(backend: Arc<dyn Backend>, memory_limit: Option<u64>) -> Result<Self> {
-        Self::start_with(backend, memory_limit, None)
+        Self::start_with(
+            backend,
+            Options {
+                memory_limit,
+                ..Options::default()
+            },
+        )
     }
 
     /// What `xpupool run` starts: module images are also kept on disk
     /// ([`default_module_cache`]), so the next run uploads none it has sent before.
     pub fn start_for_run(backend: Arc<dyn Backend>, memory_limit: Option<u64>) -> Result<Self> {
-        Self::start_with(backend, memory_limit, default_module_cache())
+        Self::start_with(
+            backend,
+            Options {
+                memory_limit,
+                module_cache_dir: default_module_cache(),
+                ..Options::default()
+            },
+        )
     }
 
-    fn start_with(
-        backend: Arc<dyn Backend>,
-        memory_limit: Option<u64>,
-        module_cache_dir: Option<PathBuf>,
-    ) -> Result<Self> {
+    /// Starts `backend` as `options` say.
+    pub fn start_with(backend: Arc<dyn Backend>, options: Options) -> Result<Self> {
+        let Options {
+            memory_limit,
+            module_cache_dir,
+            max_sessions_per_tenant,
+            extra_tenants,
+        } = options;
         let dir = std::env::temp_dir().join(format!(
             "xpupool-{}-{}",
             std::process::id(),
@@ -65,15 +106,21 @@ impl EmbeddedServer {
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("literal address"),
             identity,
-            tokens: vec![TokenEntry {
+            tokens: std::iter::once(TokenEntry {
                 token: token.clone(),
                 tenant: "local".to_owned(),
                 memory_limit,
-            }],
+            })
+            .chain(extra_tenants.into_iter().map(|(tenant, token)| TokenEntry {
+                token,
+                tenant,
+                memory_limit,
+            }))
+            .collect(),
             backend,
             module_cache_dir,
             unix_socket: Some(unix_socket.clone()),
-            max_sessions_per_tenant: crate::server::DEFAULT_MAX_SESSIONS_PER_TENANT,
+            max_sessions_per_tenant,
         };
         let server = runtime.block_on(async { Server::bind(config) })?;
         let addr = server.local_addr()?;

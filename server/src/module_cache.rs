@@ -399,3 +399,69 @@ impl Session for CachingSession {
         self.inner.memcpy_dtoh_into(src, out, stream)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xpupool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn images_are_found_by_hash_in_memory_and_on_disk_by_their_tenant() {
+        let dir = temp_dir("module-cache");
+        let cache = ModuleCache::new(Some(dir.clone()));
+        let hash = cache.insert("a", b"an image");
+        assert_eq!(cache.get("a", &hash).unwrap().as_slice(), b"an image");
+        assert!(cache.get("b", &hash).is_none(), "tenant b never sent it");
+        assert!(cache.get("a", &[0; 32]).is_none());
+        // A new server process finds it on disk, for the same tenant only.
+        let restarted = ModuleCache::new(Some(dir.clone()));
+        assert_eq!(restarted.get("a", &hash).unwrap().as_slice(), b"an image");
+        assert!(restarted.get("b", &hash).is_none());
+        // A damaged file is ignored.
+        std::fs::write(dir.join(hex::encode(hash)), b"tampered").unwrap();
+        assert!(ModuleCache::new(Some(dir.clone()))
+            .get("a", &hash)
+            .is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn memory_and_disk_are_bounded_least_recently_used_first_out() {
+        let dir = temp_dir("module-cache-bounds");
+        // Two images of 100 bytes fit in memory, three on disk.
+        let cache = ModuleCache::with_limits(Some(dir.clone()), 200, 300);
+        let images: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 100]).collect();
+        let hashes: Vec<Hash> = images[..3].iter().map(|i| cache.insert("t", i)).collect();
+        assert_eq!(cache.bytes(), (200, 300));
+        // Using the first makes the second the oldest.
+        assert!(cache.get("t", &hashes[0]).is_some());
+        let fourth = cache.insert("t", &images[3]);
+        assert_eq!(cache.bytes(), (200, 300), "never past the bounds");
+        assert!(
+            !dir.join(hex::encode(hashes[1])).exists(),
+            "the oldest left the disk"
+        );
+        assert!(
+            cache.get("t", &hashes[1]).is_none(),
+            "and cannot be loaded by hash"
+        );
+        for kept in [hashes[0], hashes[2], fourth] {
+            assert!(cache.get("t", &kept).is_some());
+        }
+        let files = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_file())
+            .count();
+        assert_eq!(files, 3);
+        // A restarted server keeps to its bound with what it finds.
+        let smaller = ModuleCache::with_limits(Some(dir.clone()), 200, 150);
+        assert_eq!(smaller.bytes().1, 100);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -36,8 +36,30 @@ pub(crate) struct Block {
 unsafe impl Send for Block {}
 unsafe impl Sync for Block {}
 
+/// Blocks of at least this many bytes are mapped straight from the kernel: zero
+/// pages that cost host memory only once written, and go back to it when freed.
+const MAPPED_BLOCK: usize = 1 << 20;
+
 impl Block {
     fn new(len: usize, size: usize) -> Option<Self> {
+        if size >= MAPPED_BLOCK {
+            // SAFETY: a fresh private anonymous mapping; the result is checked.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            return (ptr != libc::MAP_FAILED).then_some(Self {
+                ptr: ptr.cast(),
+                len,
+                size,
+            });
+        }
         let layout = Layout::from_size_align(size, ALIGN as usize).ok()?;
         // SAFETY: the layout has a non-zero size (at least ALIGN).
         let ptr = unsafe { alloc_zeroed(layout) };
@@ -47,6 +69,11 @@ impl Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
+        if self.size >= MAPPED_BLOCK {
+            // SAFETY: unmapping exactly the mapping made in `Block::new`.
+            unsafe { libc::munmap(self.ptr.cast(), self.size) };
+            return;
+        }
         let layout = Layout::from_size_align(self.size, ALIGN as usize)
             .expect("layout was valid at allocation");
         // SAFETY: allocated in `Block::new` with this layout.

@@ -1,0 +1,460 @@
+//! Peers that lie, stall or never show a token, against an embedded mock server:
+//! each costs the server what the limits say, and no more.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use serde_bytes::ByteBuf;
+use sha2::Digest;
+use xpupool_client::Connection;
+use xpupool_protocol::{code, frame, Calls, Hello, PROTOCOL_VERSION};
+use xpupool_server::embedded::{EmbeddedServer, Options};
+use xpupool_server::MockBackend;
+
+fn server(memory: u64, options: Options) -> EmbeddedServer {
+    EmbeddedServer::start_with(Arc::new(MockBackend::new(memory)), options).expect("server starts")
+}
+
+fn hello(token: &str) -> Vec<u8> {
+    frame::encode(&Hello {
+        protocol_version: PROTOCOL_VERSION,
+        token: token.to_owned(),
+        pid: 1,
+        program: "hostile".to_owned(),
+        probe: false,
+    })
+    .unwrap()
+}
+
+/// A raw connection to the server's Unix socket, past its first byte (no region).
+fn unix_peer(server: &EmbeddedServer) -> UnixStream {
+    let stream = UnixStream::connect(server.unix_socket().expect("a Unix socket")).unwrap();
+    xpupool_protocol::region::send_region(&stream, None).unwrap();
+    stream
+}
+
+/// Whether the server closes `stream` within `within` (reads end or fail).
+fn closed_by_server(stream: &mut UnixStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut byte = [0u8; 64];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Threads of this process whose name starts with `prefix` (names are cut at 15).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|n| n.starts_with(prefix))
+        })
+        .count()
+}
+
+/// A QUIC connection and its stream, trusting the server's certificate, with no
+/// xpupool code: a peer that says what it likes.
+struct QuicPeer {
+    runtime: tokio::runtime::Runtime,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl QuicPeer {
+    fn connect(server: &EmbeddedServer) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pem = std::fs::read(server.cert_path()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![xpupool_protocol::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let addr = server.addr();
+        let (connection, send, recv) = runtime.block_on(async {
+            let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+            let mut transport = quinn::TransportConfig::default();
+            transport.keep_alive_interval(Some(Duration::from_millis(100)));
+            config.transport_config(Arc::new(transport));
+            endpoint.set_default_client_config(config);
+            let connection = endpoint
+                .connect(addr, "xpupool-server")
+                .unwrap()
+                .await
+                .unwrap();
+            let (send, recv) = connection.open_bi().await.unwrap();
+            (connection, send, recv)
+        });
+        Self {
+            runtime,
+            connection,
+            send,
+            recv,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), quinn::WriteError> {
+        self.runtime.block_on(self.send.write_all(bytes))
+    }
+
+    /// Reads one frame's body, or `None` once the server has closed the stream
+    /// or the connection.
+    fn read_frame(&mut self, within: Duration) -> Option<Vec<u8>> {
+        self.runtime.block_on(async {
+            tokio::time::timeout(within, async {
+                let mut prefix = [0u8; 4];
+                self.recv.read_exact(&mut prefix).await.ok()?;
+                let mut body = vec![0u8; frame::body_len(prefix).ok()?];
+                self.recv.read_exact(&mut body).await.ok()?;
+                Some(body)
+            })
+            .await
+            .expect("the server answers or closes in time")
+        })
+    }
+
+    /// Whether the server closed the connection within `within`.
+    fn closed_within(&mut self, within: Duration) -> bool {
+        let connection = self.connection.clone();
+        self.runtime
+            .block_on(async { tokio::time::timeout(within, connection.closed()).await })
+            .is_ok()
+    }
+}
+
+#[test]
+fn a_hello_longer_than_a_few_kib_is_refused_before_it_is_read() {
+    let server = server(64 << 20, Options::default());
+    // It declares 80 MiB and sends 1 KiB of it: nothing is allocated, the server
+    // closes at once.
+    let mut quic = QuicPeer::connect(&server);
+    let mut lie = ((80u32 << 20) - 1).to_le_bytes().to_vec();
+    lie.extend_from_slice(&[0x41; 1024]);
+    quic.write(&lie).unwrap();
+    assert!(quic.closed_within(Duration::from_secs(2)), "QUIC: closed");
+    let mut unix = unix_peer(&server);
+    unix.write_all(&lie).unwrap();
+    assert!(
+        closed_by_server(&mut unix, Duration::from_secs(2)),
+        "Unix: closed"
+    );
+    // A hello just past the limit, well-formed otherwise, is refused too.
+    let mut unix = unix_peer(&server);
+    let long = hello(&"x".repeat(xpupool_protocol::MAX_HELLO));
+    unix.write_all(&long).unwrap();
+    assert!(
+        closed_by_server(&mut unix, Duration::from_secs(2)),
+        "long hello"
+    );
+    // The server serves the next client as ever.
+    let client = common::connect(&server);
+    client.mem_alloc(0, 4096).unwrap();
+}
+
+#[test]
+fn a_connection_that_sends_no_hello_is_closed_after_the_deadline() {
+    let server = server(64 << 20, Options::default());
+    let mut silent = unix_peer(&server);
+    let started = Instant::now();
+    assert!(
+        closed_by_server(&mut silent, Duration::from_secs(15)),
+        "a silent Unix peer is closed"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4),
+        "not before its 5 s: {waited:?}"
+    );
+    // And on QUIC: a stream opened, nothing sent.
+    let mut quic = QuicPeer::connect(&server);
+    quic.write(&[]).unwrap();
+    assert!(
+        quic.closed_within(Duration::from_secs(15)),
+        "a silent QUIC peer is closed"
+    );
+}
+
+#[test]
+fn unauthenticated_connections_are_capped_and_hold_no_thread() {
+    let server = server(64 << 20, Options::default());
+    let before = threads_named("xpupool-unix");
+    let mut waiting: Vec<UnixStream> = (0..128).map(|_| unix_peer(&server)).collect();
+    // Let the server take them all in.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        threads_named("xpupool-unix"),
+        before,
+        "a connection without a token costs no thread"
+    );
+    let mut one_more = unix_peer(&server);
+    assert!(
+        closed_by_server(&mut one_more, Duration::from_secs(2)),
+        "the 129th waiting connection is refused at once"
+    );
+    // Once they go, clients are let in again.
+    waiting.clear();
+    std::thread::sleep(Duration::from_millis(200));
+    let client = common::connect(&server);
+    client.mem_alloc(0, 4096).unwrap();
+}
+
+#[test]
+fn a_tenant_has_at_most_its_sessions() {
+    let server = server(
+        64 << 20,
+        Options {
+            max_sessions_per_tenant: 2,
+            ..Options::default()
+        },
+    );
+    let first = common::connect(&server);
+    let second = common::connect(&server);
+    let refused = Connection::open(&common::settings(&server, server.token()))
+        .err()
+        .expect("a third session is refused");
+    assert!(
+        format!("{refused:#}").contains("sessions open"),
+        "{refused:#}"
+    );
+    drop(first);
+    // The slot comes back once the first session has closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let third = loop {
+        match Connection::open(&common::settings(&server, server.token())) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("the slot never came back: {e:#}"),
+        }
+    };
+    third.mem_alloc(0, 4096).unwrap();
+    second.mem_alloc(0, 4096).unwrap();
+}
+
+#[test]
+fn a_2d_memset_is_bounded_by_its_allocation_before_any_work() {
+    let server = server(64 << 20, Options::default());
+    let c = common::connect(&server);
+    let a = c.mem_alloc(0, 1 << 20).unwrap();
+    // No columns and 2^60 rows: no work at all, and an answer at once.
+    c.memset_2d(a, 0, 7, 1, 0, 1 << 60, 0).unwrap();
+    c.memset_2d(a, 1 << 10, 7, 1, 0, 1 << 60, 0).unwrap();
+    // One column, a pitch of 1 byte and 2^40 rows: past the allocation, refused
+    // before the first row (the old loop wrote 1 MiB of rows before failing).
+    let before = c.memcpy_dtoh(a, 64, 0).unwrap();
+    assert_eq!(
+        c.memset_2d(a, 1, 9, 1, 1, 1 << 40, 0).unwrap_err().code,
+        code::INVALID_VALUE
+    );
+    assert_eq!(
+        c.memcpy_dtoh(a, 64, 0).unwrap(),
+        before,
+        "no row was written"
+    );
+    // Rows that wrap around the address space, and a pitch narrower than the row.
+    assert_eq!(
+        c.memset_2d(a, u64::MAX / 2, 9, 4, 1, 3, 0)
+            .unwrap_err()
+            .code,
+        code::INVALID_VALUE
+    );
+    assert_eq!(
+        c.memset_2d(a, 8, 9, 4, 4, 2, 0).unwrap_err().code,
+        code::INVALID_VALUE
+    );
+    // A real one still works: 4 rows of 3 u32, 64 bytes apart.
+    c.memset_2d(a, 64, 0x01020304, 4, 3, 4, 0).unwrap();
+    let bytes = c.memcpy_dtoh(a, 256, 0).unwrap();
+    assert_eq!(&bytes[192..196], &[4, 3, 2, 1]);
+    assert_eq!(&bytes[204..208], &before[12..16], "past the row untouched");
+}
+
+#[test]
+fn allocations_are_charged_what_they_take_and_addresses_are_reused() {
+    let limit = 1 << 20;
+    let server = server(
+        64 << 20,
+        Options {
+            memory_limit: Some(limit),
+            ..Options::default()
+        },
+    );
+    let c = common::connect(&server);
+    // 1-byte allocations cost 512 bytes each: 2048 fit in 1 MiB, not a million.
+    let mut tiny = Vec::new();
+    loop {
+        match c.mem_alloc(0, 1) {
+            Ok(a) => tiny.push(a),
+            Err(e) => {
+                assert_eq!(e.code, code::OUT_OF_MEMORY);
+                break;
+            }
+        }
+        assert!(
+            tiny.len() <= 2048,
+            "more 1-byte allocations than the limit pays for"
+        );
+    }
+    assert_eq!(tiny.len(), 2048);
+    assert_eq!(c.mem_get_info(0).unwrap().0, 0);
+    for a in tiny {
+        c.mem_free(a).unwrap();
+    }
+    assert_eq!(c.mem_get_info(0).unwrap(), (limit, limit));
+
+    // Freed device addresses are handed out again: the 4 TiB range outlasts any
+    // allocate/free loop (8 GiB a time would exhaust it after 512 rounds).
+    let big = server_with_big_device();
+    let c = common::connect(&big);
+    let first = c.mem_alloc(0, 8 << 30).unwrap();
+    c.mem_free(first).unwrap();
+    for round in 0..600 {
+        let a = c
+            .mem_alloc(0, 8 << 30)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(a, first, "the same addresses again");
+        c.mem_free(a).unwrap();
+    }
+}
+
+fn server_with_big_device() -> EmbeddedServer {
+    server(16 << 30, Options::default())
+}
+
+#[test]
+fn the_module_cache_keeps_only_what_loaded_and_only_for_whoever_sent_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("xpupool-hostile-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = server(
+        64 << 20,
+        Options {
+            module_cache_dir: Some(dir.clone()),
+            extra_tenants: vec![("other".to_owned(), "other-token".to_owned())],
+            ..Options::default()
+        },
+    );
+    let mine = common::connect(&server);
+    let theirs = Connection::open(&common::settings(&server, "other-token")).unwrap();
+
+    // An image the backend refuses is not kept, in memory or on disk.
+    let garbage = ByteBuf::from(b"\x00not an image at all".to_vec());
+    let garbage_hash: [u8; 32] = sha2::Sha256::digest(&garbage).into();
+    assert!(mine.module_load(garbage).is_err());
+    assert!(mine.module_load_cached(garbage_hash).unwrap().is_none());
+    assert!(!dir.join(hex::encode(garbage_hash)).exists());
+
+    // A good image is kept, privately, for its tenant only.
+    let image = common::ptx_image(common::SCALE_PTX);
+    let hash: [u8; 32] = sha2::Sha256::digest(&image).into();
+    mine.module_load(image.clone()).unwrap();
+    let file = dir.join(hex::encode(hash));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&file),
+        0o600,
+        "the image file is the server user's alone"
+    );
+    assert_eq!(mode(&dir), 0o700, "and so is its folder");
+    assert!(
+        theirs.module_load_cached(hash).unwrap().is_none(),
+        "another tenant learns nothing from a hash"
+    );
+    let again = common::connect(&server);
+    assert!(
+        again.module_load_cached(hash).unwrap().is_some(),
+        "another session of the same tenant loads it by hash"
+    );
+    theirs.module_load(image).unwrap();
+    assert!(
+        theirs.module_load_cached(hash).unwrap().is_some(),
+        "once it has sent the bytes itself"
+    );
+    drop((mine, theirs, again));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A QUIC client that asks for a megabyte at a time and never reads the answers
+/// stalls itself: the server's queues for it stay bounded, and the server serves
+/// the others meanwhile.
+#[test]
+fn a_client_that_stops_reading_stalls_only_itself() {
+    let server = server(64 << 20, Options::default());
+    let mut peer = QuicPeer::connect(&server);
+    peer.write(&hello(server.token())).unwrap();
+    peer.read_frame(Duration::from_secs(5)).expect("welcome");
+    let alloc = xpupool_protocol::Request::MemAlloc {
+        device: 0,
+        bytes: 1 << 20,
+    };
+    peer.write(&frame::encode(&alloc).unwrap()).unwrap();
+    let reply: Result<xpupool_protocol::Reply, xpupool_protocol::CuError> =
+        frame::decode(&peer.read_frame(Duration::from_secs(5)).unwrap()).unwrap();
+    let Ok(xpupool_protocol::Reply::MemAlloc(src)) = reply else {
+        panic!("{reply:?}")
+    };
+    let ask = frame::encode(&xpupool_protocol::Request::MemcpyDtoH {
+        src,
+        len: 1 << 20,
+        stream: 0,
+    })
+    .unwrap();
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            << 10
+    };
+    let before = rss();
+    // 2,000 requests for 1 MiB each: 2 GiB of replies if the server queued them.
+    let mut requests = Vec::new();
+    for _ in 0..2000 {
+        requests.extend_from_slice(&ask);
+    }
+    // (The requests are small: the server takes them all, and stalls on the replies.)
+    let _ = peer.runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3), peer.send.write_all(&requests)).await
+    });
+    // Drive the peer's connection a while (it acknowledges, but reads nothing).
+    peer.runtime
+        .block_on(async { tokio::time::sleep(Duration::from_millis(1500)).await });
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < 96 << 20,
+        "the server grew by {} MiB for a client that reads nothing",
+        grown >> 20
+    );
+    // Everyone else is served meanwhile.
+    let other = common::connect(&server);
+    let a = other.mem_alloc(0, 4096).unwrap();
+    other
+        .memcpy_htod(a, ByteBuf::from(vec![5u8; 16]), 0)
+        .unwrap();
+    assert_eq!(other.memcpy_dtoh(a, 16, 0).unwrap().as_slice(), &[5u8; 16]);
+}
