@@ -540,8 +540,11 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
             args.mock_memory_mib
         );
     }
+    // Threads for blocking work (admitting a session, ending one) go once idle
+    // for a second, so the server's thread count follows its load.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()?;
     runtime.block_on(async move {
         let cert_path = identity.cert_path.clone();

@@ -33,13 +33,13 @@ pub const MAX_HELLO: usize = 4 << 10;
 
 /// How often each end of a QUIC connection sends a keep-alive when it has nothing
 /// else to send.
-pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(150);
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long a QUIC connection may hear nothing from its peer before it is taken for
 /// dead: a killed client's session is freed, and a client whose server is gone gets
 /// an error, this long after the last packet. Keep-alives flow while a kernel runs,
 /// so a long kernel never looks like a dead peer.
-pub const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(750);
+pub const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(600);
 
 /// The largest payload of one copy message; the client splits larger copies.
 pub const MAX_COPY_CHUNK: usize = 1 << 20;

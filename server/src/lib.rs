@@ -21,6 +21,28 @@ pub use backend::{Backend, Tenant};
 pub use mock::MockBackend;
 pub use server::{Server, ServerConfig, TokenEntry};
 
+/// Set as sessions end: the heap then has free memory to give back.
+static TRIM_PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Notes that a session has ended and freed what it held.
+pub(crate) fn trim_heap() {
+    TRIM_PENDING.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Every two seconds, if sessions have ended since, gives the heap's free memory
+/// back to the system, so a server's footprint follows its sessions down (glibc
+/// keeps what each session thread freed in that thread's arena otherwise).
+pub(crate) async fn trim_heap_now_and_then() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        if TRIM_PENDING.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            // SAFETY: malloc_trim only releases free memory; it is safe at any time.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+}
+
 /// A fresh random token (32 hex characters).
 pub fn random_token() -> String {
     use rand::RngCore;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ const MAX_UNAUTHENTICATED: usize = 128;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A QUIC connection's receive window until its hello is accepted: what a peer
 /// without a token can make the server buffer.
-const UNAUTHENTICATED_WINDOW: u32 = 16 << 10;
+const UNAUTHENTICATED_WINDOW: u32 = MAX_HELLO as u32 + 64;
 /// Its receive window once admitted (one stream, whose own window is smaller).
 const SESSION_WINDOW: u32 = 16 << 20;
 /// Bytes of requests read from a QUIC session but not yet run, and of replies made
@@ -175,8 +175,12 @@ impl Server {
             modules: self.modules,
             unix_socket: self.unix.as_ref().map(|(_, path)| path.clone()),
             unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
+            refused: Arc::default(),
+            refused_warned: Arc::default(),
+            started: std::time::Instant::now(),
             max_sessions_per_tenant: self.max_sessions_per_tenant,
         };
+        let trimming = tokio::spawn(crate::trim_heap_now_and_then());
         if let Some((unix, _)) = self.unix {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -220,6 +224,7 @@ impl Server {
                 }
             });
         }
+        trimming.abort();
     }
 }
 
@@ -246,6 +251,11 @@ struct Shared {
     unix_socket: Option<std::path::PathBuf>,
     /// Places for connections whose hello is not answered yet.
     unauthenticated: Arc<Semaphore>,
+    /// Connections refused for want of a place, and the second (since `started`,
+    /// plus one) of the last warning about it.
+    refused: Arc<AtomicU64>,
+    refused_warned: Arc<AtomicU64>,
+    started: std::time::Instant,
     max_sessions_per_tenant: usize,
 }
 
@@ -489,6 +499,7 @@ async fn serve_session(
     drop(requests_in);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     let written = writer.await.map_err(anyhow::Error::from).and_then(|r| r);
+    crate::trim_heap();
     tracing::info!(%remote, tenant = %tenant.name, pid = hello.pid, requests, "session closed");
     result.and(written)
 }
@@ -664,7 +675,12 @@ impl Shared {
     fn place(&self, remote: &str) -> Option<OwnedSemaphorePermit> {
         let place = self.unauthenticated.clone().try_acquire_owned().ok();
         if place.is_none() {
-            tracing::warn!(%remote, "refused a connection: {MAX_UNAUTHENTICATED} others have not sent their hello yet");
+            // A flood is one line a second, not one a connection.
+            let refused = self.refused.fetch_add(1, Ordering::AcqRel) + 1;
+            let now = self.started.elapsed().as_secs() + 1;
+            if self.refused_warned.swap(now, Ordering::AcqRel) != now {
+                tracing::warn!(%remote, refused, "refusing connections: {MAX_UNAUTHENTICATED} others have not sent their hello yet");
+            }
         }
         place
     }
@@ -797,6 +813,7 @@ fn serve_unix_session(
     // Dropping the session frees every allocation, module, stream and event it held.
     drop(session);
     drop(slot);
+    crate::trim_heap();
     tracing::info!(remote = "unix", tenant = %tenant.name, pid = hello.pid, requests, "session closed");
     result
 }
