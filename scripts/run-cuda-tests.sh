@@ -124,6 +124,16 @@ else
         failed=$((failed + 1)); failures+=("same-host-server-uses-unix-socket")
         echo "FAIL  same-host-server-uses-unix-socket (moved+passed: $via_unix; with XPUPOOL_TRANSPORT=quic: $via_quic, expected 2 and 1)"
     fi
+    # A program that exits closes its QUIC connection from the driver's atexit
+    # handler: no panic (a runtime driven after the thread's locals are gone).
+    if env LD_PRELOAD="$shim" XPUPOOL_TRANSPORT=quic XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" \
+        XPUPOOL_TOKEN="$token" timeout 120 "$build/vector_add" >"$logs/quic-exit.log" 2>&1 \
+        && grep -q "^PASS" "$logs/quic-exit.log" && ! grep -qi "panic" "$logs/quic-exit.log"; then
+        passed=$((passed + 1)); echo "ok    quic-exit-without-panic"
+    else
+        failed=$((failed + 1)); failures+=("quic-exit-without-panic"); echo "FAIL  quic-exit-without-panic"
+        sed 's/^/      | /' "$logs/quic-exit.log" | tail -n 25
+    fi
     # xpupool run --server, verifying by pinned fingerprint.
     check server-run-driver_api "$bin" run --server "127.0.0.1:$port" --fingerprint "$fingerprint" --token "$token" -- "$build/driver_api"
     # A wrong token must be refused: cudart then reports no usable device.
@@ -157,19 +167,26 @@ else
 
     # Last, since it kills the server: a program whose server disappears gets error
     # codes from every call, and neither crashes nor hangs.
+    # Once on the Unix socket it moved to, once on QUIC.
     flag=$logs/server-alive
     touch "$flag"
     env LD_PRELOAD="$shim" XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" XPUPOOL_TOKEN="$token" \
         timeout 120 "$build/resilience" lost "$flag" >"$logs/lost.log" 2>&1 &
     client=$!
-    for _ in $(seq 200); do grep -q READY "$logs/lost.log" && break; sleep 0.05; done
+    env LD_PRELOAD="$shim" XPUPOOL_TRANSPORT=quic XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" \
+        XPUPOOL_TOKEN="$token" timeout 120 "$build/resilience" lost "$flag" >"$logs/lost-quic.log" 2>&1 &
+    quic_client=$!
+    for _ in $(seq 200); do grep -q READY "$logs/lost.log" && grep -q READY "$logs/lost-quic.log" && break; sleep 0.05; done
     kill "$server_pid"; wait "$server_pid" 2>/dev/null; server_pid=
     rm -f "$flag"
-    if wait "$client" && grep -q "^PASS" "$logs/lost.log"; then
-        passed=$((passed + 1)); echo "ok    server-lost"
-    else
-        failed=$((failed + 1)); failures+=("server-lost"); echo "FAIL  server-lost"; sed 's/^/      | /' "$logs/lost.log"
-    fi
+    for run in lost:$client lost-quic:$quic_client; do
+        name=${run%%:*}
+        if wait "${run##*:}" && grep -q "^PASS" "$logs/$name.log"; then
+            passed=$((passed + 1)); echo "ok    server-$name"
+        else
+            failed=$((failed + 1)); failures+=("server-$name"); echo "FAIL  server-$name"; sed 's/^/      | /' "$logs/$name.log"
+        fi
+    done
 fi
 
 echo

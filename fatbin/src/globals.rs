@@ -5,14 +5,15 @@
 use crate::nvinfo::sections;
 use crate::{to_len, Bytes, FatbinError};
 
-/// One variable: its name, size and initial bytes (`init.len() == size`).
+/// One variable: its name, size and initial bytes (at most `size`; the rest zero).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CubinGlobal {
     /// Symbol name (mangled as the device side names it).
     pub name: String,
     /// Size in bytes.
     pub size: usize,
-    /// Initial value: the section's bytes, or zeros for `.nv.global` (no file data).
+    /// Initial value: the section's bytes, or none for `.nv.global` (no file data:
+    /// all zero, however large it claims to be).
     pub init: Vec<u8>,
 }
 
@@ -56,7 +57,7 @@ pub fn cubin_globals(elf: &[u8]) -> Result<Vec<CubinGlobal>, FatbinError> {
         })?;
         let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
         let init = if holder.data.is_empty() {
-            vec![0; size]
+            Vec::new()
         } else {
             Bytes { data: holder.data }
                 .slice("ELF variable", value, size)?

@@ -142,7 +142,8 @@ impl<'a> Bytes<'a> {
         len: usize,
     ) -> Result<&'a [u8], FatbinError> {
         let have = self.data.len().saturating_sub(offset);
-        if len > have {
+        // An empty slice past the end is out of range too (found by fuzzing).
+        if len > have || offset > self.data.len() {
             return Err(FatbinError::Truncated {
                 what,
                 offset,
@@ -182,6 +183,14 @@ pub(crate) fn to_len(what: &'static str, v: u64) -> Result<usize, FatbinError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_slice_past_the_end_is_an_error_not_a_panic() {
+        let bytes = Bytes { data: &[1, 2, 3] };
+        assert!(bytes.slice("x", 3, 0).is_ok());
+        assert!(bytes.slice("x", 4, 0).is_err());
+        assert!(bytes.slice("x", usize::MAX, 0).is_err());
+    }
 
     fn e(kind: EntryKind, arch: u32) -> Entry {
         Entry {

@@ -137,7 +137,8 @@ pub struct GlobalVar {
     pub space: Space,
     pub size: usize,
     pub align: usize,
-    /// Initial contents; `len() == size`, zeros where there is no initializer.
+    /// Initial contents, at most `size` bytes: what the initializer gives; the
+    /// bytes past them (all of them without one) are zero.
     pub init: Vec<u8>,
 }
 

@@ -19,11 +19,18 @@ pub(crate) fn align_up(v: usize, a: usize) -> usize {
 fn global_var(v: &PVar<'_>) -> GlobalVar {
     let esz = v.ty.bytes();
     let size = v.size();
-    let mut init = vec![0u8; size];
+    // Only as many bytes as the initializer gives: the rest is zero, and a huge
+    // uninitialised array costs nothing here (an allocation of its size was a
+    // fuzzer's find).
+    let given = v
+        .init
+        .as_ref()
+        .map_or(0, |vals| vals.len().saturating_mul(esz));
+    let mut init = vec![0u8; given.min(size)];
     if let Some(vals) = &v.init {
         for (i, val) in vals.iter().enumerate() {
             let at = i * esz;
-            if at + esz > size {
+            if at + esz > init.len() {
                 break;
             }
             match val {

@@ -94,12 +94,22 @@ static int lost(const char *flag) {
     }
     CUdeviceptr d;
     char buf[64] = {0};
-    CUresult a = p_alloc(&d, 4096), s = p_sync(), c = p_htod(0x200000000000ull, buf, sizeof buf);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CUresult a = p_alloc(&d, 4096);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CUresult s = p_sync(), c = p_htod(0x200000000000ull, buf, sizeof buf);
+    double waited = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (a == CUDA_SUCCESS || s == CUDA_SUCCESS || c == CUDA_SUCCESS) {
         printf("FAIL resilience-lost: calls succeeded without a server (%d %d %d)\n", (int)a, (int)s, (int)c);
         return 1;
     }
-    printf("PASS resilience-lost (errors %d %d %d)\n", (int)a, (int)s, (int)c);
+    /* A lost server is an error within seconds, never a hang. */
+    if (waited > 3.0) {
+        printf("FAIL resilience-lost: the first call after the server went took %.1f s\n", waited);
+        return 1;
+    }
+    printf("PASS resilience-lost (errors %d %d %d, the first after %.3f s)\n", (int)a, (int)s, (int)c, waited);
     return 0;
 }
 

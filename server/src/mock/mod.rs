@@ -109,8 +109,8 @@ struct Code {
     /// Kernels of a cubin and their parameter layouts, when kernels are skipped.
     cubin_kernels: Vec<(String, Vec<(u32, u32)>)>,
     no_code: Option<String>,
-    /// Module-scope variables: name and initial bytes.
-    variables: Vec<(String, Vec<u8>)>,
+    /// Module-scope variables: name, size and initial bytes (the rest zero).
+    variables: Vec<(String, usize, Vec<u8>)>,
 }
 
 impl Code {
@@ -120,7 +120,7 @@ impl Code {
         let variables = module
             .globals()
             .iter()
-            .map(|g| (g.name.clone(), g.init.clone()))
+            .map(|g| (g.name.clone(), g.size, g.init.clone()))
             .collect();
         Ok(Self {
             ptx: Some(module),
@@ -241,7 +241,10 @@ impl MockSession {
                 .max_by_key(|e| e.arch)
         });
         let variables = match cubin.map(|e| xpupool_fatbin::cubin_globals(&e.data)) {
-            Some(Ok(globals)) => globals.into_iter().map(|g| (g.name, g.init)).collect(),
+            Some(Ok(globals)) => globals
+                .into_iter()
+                .map(|g| (g.name, g.size, g.init))
+                .collect(),
             Some(Err(e)) => {
                 tracing::warn!("reading the variables of a cubin: {e}");
                 Vec::new()
@@ -520,16 +523,18 @@ impl Api for MockSession {
             functions: Vec::new(),
             no_code,
         };
-        for (name, init) in variables {
-            let address = match self.memory.alloc(init.len().max(1) as u64) {
+        for (name, size, init) in variables {
+            // Charged like any allocation: a module's variables count against the
+            // tenant's memory too.
+            let address = match self.memory.alloc(size.max(1) as u64) {
                 Ok(a) => a,
                 Err(e) => {
                     self.free_module(loaded);
                     return Err(e);
                 }
             };
-            self.memory.write(address, &init)?;
-            loaded.globals.insert(name, (address, init.len() as u64));
+            self.memory.write(address, &init[..init.len().min(size)])?;
+            loaded.globals.insert(name, (address, size as u64));
         }
         if let Some(module) = ptx {
             for kernel in module.kernels() {
