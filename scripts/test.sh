@@ -2,7 +2,9 @@
 # The whole test suite, as CI runs it (README: "run the tests"). Installs what it
 # needs (NVIDIA's CUDA 13.2 compiler and runtime from PyPI into .cuda/), then:
 #   1. the Rust tests of every crate (unit and integration, release profile so the
-#      binaries built for step 3 are shared);
+#      binaries built for step 3 are shared), among them the fault tests (servers
+#      and clients killed, in processes of their own, on loopback) and a bounded
+#      run of every fuzz target (fuzz/);
 #   2. compiles the CUDA test programs with nvcc -cudart shared (SASS + PTX);
 #   3. runs each through xpupool against the mock backend; they check their own
 #      results against CPU references;
@@ -25,7 +27,8 @@ scripts/install-cuda-toolchain.sh
 echo "== cargo build --release"
 cargo build --release --workspace --all-targets
 
-echo "== cargo test --release"
+echo "== cargo test --release (with the fault tests, cli/tests/faults.rs, and every fuzz target for XPUPOOL_FUZZ_SECONDS each)"
+export XPUPOOL_FUZZ_SECONDS=${XPUPOOL_FUZZ_SECONDS:-10}
 cargo test --release --workspace
 
 echo "== CUDA test programs"
