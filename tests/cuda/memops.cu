@@ -147,7 +147,7 @@ static void test_2d() {
     // A 2-D memset of no columns and a huge height is no work; a tall one past the
     // allocation is refused before any row is written.
     CHECK(cudaMemset2D(p, pitch, 0x11, 0, (size_t)1 << 40));
-    if (cudaMemset2D(p, pitch, 0x11, 1, (size_t)1 << 40) == cudaSuccess ||
+    if (cudaMemset2D(p, pitch, 0x11, 1, (size_t)1 << 40) == cudaSuccess &&
         cudaDeviceSynchronize() == cudaSuccess)
         fail("cudaMemset2D past the allocation succeeded");
     (void)cudaGetLastError();
