@@ -165,15 +165,7 @@ mod role {
         let words = bytes_env("XPUPOOL_FAULT_WORDS", 256 << 10) as usize;
         let kernel_words = (words / 16).max(1) as u32;
         let pause = bytes_env("XPUPOOL_FAULT_PAUSE_MS", 0);
-        let image =
-            serde_bytes::ByteBuf::from(xpupool_fatbin::Image::Ptx(PTX.to_owned()).to_wire());
-        let module = conn.module_load(image).map_err(|e| e.to_string())?;
-        let affine = module
-            .functions
-            .iter()
-            .find(|f| f.name == "affine")
-            .ok_or("no affine kernel")?
-            .handle;
+        let affine = kernel(conn, "affine")?;
         say("READY");
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut rounds = 0u64;
@@ -240,18 +232,23 @@ mod role {
         Ok(0)
     }
 
-    /// One kernel spinning `XPUPOOL_FAULT_SPIN` times, waited for; reports how long.
-    fn spin(conn: &Connection) -> Result<i32, String> {
-        let count = bytes_env("XPUPOOL_FAULT_SPIN", 1 << 20) as u32;
+    /// Loads [`PTX`] and returns the handle of its kernel `name`.
+    fn kernel(conn: &Connection, name: &str) -> Result<u64, String> {
         let image =
             serde_bytes::ByteBuf::from(xpupool_fatbin::Image::Ptx(PTX.to_owned()).to_wire());
         let module = conn.module_load(image).map_err(|e| e.to_string())?;
-        let spin = module
+        module
             .functions
             .iter()
-            .find(|f| f.name == "spin")
-            .ok_or("no spin kernel")?
-            .handle;
+            .find(|f| f.name == name)
+            .map(|f| f.handle)
+            .ok_or_else(|| format!("no {name} kernel"))
+    }
+
+    /// One kernel spinning `XPUPOOL_FAULT_SPIN` times, waited for; reports how long.
+    fn spin(conn: &Connection) -> Result<i32, String> {
+        let count = bytes_env("XPUPOOL_FAULT_SPIN", 1 << 20) as u32;
+        let spin = kernel(conn, "spin")?;
         let out = conn.mem_alloc(0, 4).map_err(|e| e.to_string())?;
         let mut params = out.to_le_bytes().to_vec();
         params.extend_from_slice(&count.to_le_bytes());
