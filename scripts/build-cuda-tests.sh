@@ -2,6 +2,8 @@
 # Builds the end-to-end CUDA test programs:
 #   tests/cuda/*.cu      -> tests/cuda/build/<name>  (nvcc, SASS for sm_90 + PTX for compute_90)
 #   tests/driver/*.c     -> tests/cuda/build/<name>  (gcc, dlopen()s libcuda.so.1 at run time)
+#   tests/tenancy/*.cu   -> tests/tenancy/build/<name>  (the same nvcc flags; programs the
+#                           tenancy tests run with arguments, on servers of their own)
 # Installs the CUDA toolchain first (scripts/install-cuda-toolchain.sh). Idempotent: a program
 # whose output is newer than its source (and the shared header) is skipped. Prints what it
 # builds; exits non-zero if any compile fails (after trying all of them).
@@ -31,7 +33,8 @@ T=$("$root/scripts/install-cuda-toolchain.sh")
 cuda_dir="$root/tests/cuda"
 driver_dir="$root/tests/driver"
 out="$cuda_dir/build"
-mkdir -p "$out"
+tenancy_out="$root/tests/tenancy/build"
+mkdir -p "$out" "$tenancy_out"
 
 NVCC_FLAGS=(-cudart shared -L"$T/lib" -Xlinker -rpath -Xlinker "$T/lib"
             -gencode "arch=compute_90,code=[sm_90,compute_90]" -O2 -std=c++17
@@ -120,9 +123,10 @@ build_one() {  # build_one <kind> <source> <output>
 
 names=()
 shopt -s nullglob
-for src in "$cuda_dir"/*.cu "$driver_dir"/*.c; do
+for src in "$cuda_dir"/*.cu "$driver_dir"/*.c "$root"/tests/tenancy/*.cu; do
     name=$(basename "${src%.*}")
     dst="$out/$name"
+    case "$src" in "$root"/tests/tenancy/*) dst="$tenancy_out/$name" ;; esac
     case "$src" in *.cu) kind=cu; deps=$cu_deps ;; *) kind=c; deps=$c_deps ;; esac
     if up_to_date "$src" "$dst" "$deps"; then
         echo "up to date: $name"

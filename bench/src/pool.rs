@@ -86,7 +86,7 @@ impl Pool {
     /// Loads the empty kernel and returns its function handle.
     fn empty_kernel(&self) -> Result<u64> {
         let image = ByteBuf::from(xpupool_fatbin::Image::Ptx(EMPTY_PTX.to_owned()).to_wire());
-        let module = self.conn.module_load(image).map_err(cu)?;
+        let module = self.conn.module_load(0, image).map_err(cu)?;
         module
             .functions
             .iter()

@@ -133,7 +133,7 @@ impl Trace {
                 });
             } else if !v["op"].is_null() {
                 trace.requests += 1;
-                let request: Request = serde_json::from_value(v["op"].clone())
+                let request: Request = serde_json::from_value(with_device(v["op"].clone()))
                     .with_context(|| format!("trace line {n}: the request"))?;
                 let reply = if v["reply"].is_null() {
                     None
@@ -456,15 +456,29 @@ fn shared_copy(op: &Op) -> Option<(u64, u64, u64, bool)> {
     }
 }
 
+/// A request recorded before requests named their device (protocol 2), as it is
+/// now: those programs had one device, 0.
+fn with_device(mut op: Value) -> Value {
+    const NAMING: &[&str] = &["ModuleLoad", "ModuleLoadCached", "StreamCreate", "EventCreate"];
+    if let Some(map) = op.as_object_mut() {
+        for name in NAMING {
+            if let Some(fields) = map.get_mut(*name).and_then(Value::as_object_mut) {
+                fields.entry("device").or_insert(Value::from(0));
+            }
+        }
+    }
+    op
+}
+
 /// Loads stand-in `k` (by content hash first, as the shim does) and maps its
 /// recorded module and functions to the new ones.
 fn load_stand(k: usize, plan: &Plan, map: &mut Map, conn: &Connection) -> Result<()> {
     let stand = &plan.stands[k];
     let wire = stand.image();
     let hash: [u8; 32] = Sha256::digest(&wire).into();
-    let info = match conn.module_load_cached(hash).map_err(cu)? {
+    let info = match conn.module_load_cached(0, hash).map_err(cu)? {
         Some(info) => info,
-        None => conn.module_load(ByteBuf::from(wire)).map_err(cu)?,
+        None => conn.module_load(0, ByteBuf::from(wire)).map_err(cu)?,
     };
     ensure!(
         info.functions.len() == stand.functions.len(),
@@ -658,7 +672,10 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
             start: map.handle(*start, "event")?,
             end: map.handle(*end, "event")?,
         },
-        Request::MemGetInfo { .. } | Request::Synchronize {} => op.request.clone(),
+        Request::MemGetInfo { .. }
+        | Request::Synchronize {}
+        | Request::DeviceUsage { .. }
+        | Request::ServerStatus {} => op.request.clone(),
     };
     expect(op, conn.post(request))
 }

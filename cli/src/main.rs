@@ -33,6 +33,8 @@ enum Command {
     Run(RunArgs),
     /// Serve this host's accelerators (or the CPU mock) to xpupool clients.
     Server(ServerArgs),
+    /// Show a server's devices and this tenant's use of them, as a table.
+    Status(StatusArgs),
     /// Measure xpupool against an embedded mock server over QUIC on loopback, beside
     /// the raw transport and this machine's memcpy measured in the same run.
     Bench(BenchArgs),
@@ -71,6 +73,33 @@ struct WorkerArgs {
     backend: String,
     #[arg(long, default_value_t = 16384)]
     mock_memory_mib: u64,
+    #[arg(long, default_value_t = 1)]
+    mock_devices: u32,
+    /// The tenant's SM ceiling, which the worker's backend applies.
+    #[arg(long)]
+    sm_limit: Option<f64>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The pool server (host:port, or unix:PATH).
+    #[arg(long, env = "XPUPOOL_SERVER")]
+    server: String,
+    /// The server's certificate (PEM).
+    #[arg(long, env = "XPUPOOL_SERVER_CERT")]
+    cert: Option<PathBuf>,
+    /// The server certificate's pinned fingerprint (sha256:HEX), instead of --cert.
+    #[arg(long, env = "XPUPOOL_SERVER_FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// The tenant token (prefer --token-file or XPUPOOL_TOKEN).
+    #[arg(long, env = "XPUPOOL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the tenant token.
+    #[arg(long, env = "XPUPOOL_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -95,9 +124,12 @@ struct RunArgs {
     /// installed and works, else mock), `cuda` or `mock`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "mock"])]
     backend: String,
-    /// Device memory of the embedded mock device, in MiB.
+    /// Device memory of each embedded mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
     mock_memory_mib: u64,
+    /// How many devices the embedded mock has.
+    #[arg(long, default_value_t = 1)]
+    mock_devices: u32,
     /// What the embedded mock does with kernel launches: `run` them on its PTX
     /// interpreter, or `skip` them — checked, never run, results wrong. `skip` exists
     /// only to record call traces (XPUPOOL_TRACE) of programs whose kernels the
@@ -115,9 +147,19 @@ struct RunArgs {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// Backend: `cuda` (this host's NVIDIA GPUs) or `mock` (CPU interpreter; works everywhere).
-    #[arg(long, default_value = "mock")]
-    backend: String,
+    /// The server's settings and tenant table (TOML; README: "Sharing a GPU host").
+    /// `kill -HUP` reloads its tenants. The flags below override its settings; the
+    /// one-tenant flags (--token, --token-file, --memory-limit) are for running
+    /// without one.
+    #[arg(long, conflicts_with_all = ["tokens", "token_files", "memory_limit"])]
+    config: Option<PathBuf>,
+    /// Backend: `cuda` (this host's NVIDIA GPUs) or `mock` (CPU interpreter; works
+    /// everywhere). Default: the config's, else mock.
+    #[arg(long, value_parser = ["cuda", "mock"])]
+    backend: Option<String>,
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Also listen on this Unix socket (default: server.sock in the state directory),
     /// the fast path for clients on this host: one that reaches the server on a
     /// loopback address moves to it by itself, with a shared-memory region for bulk
@@ -130,11 +172,11 @@ struct ServerArgs {
     /// Where sessions run: `process` (each in its own worker process, so one tenant's
     /// fault cannot reach another), `none` (in the server), or `auto` (process for
     /// cuda, none for mock).
-    #[arg(long, default_value = "auto", value_parser = ["auto", "process", "none"])]
-    isolation: String,
-    /// Address to listen on (UDP, QUIC).
-    #[arg(long, default_value = "127.0.0.1:7800")]
-    listen: SocketAddr,
+    #[arg(long, value_parser = ["auto", "process", "none"])]
+    isolation: Option<String>,
+    /// Address to listen on (UDP, QUIC). Default: the config's, else 127.0.0.1:7800.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Where the certificate, key and generated token are kept.
     #[arg(long, env = "XPUPOOL_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -162,9 +204,12 @@ struct ServerArgs {
     /// Sessions one tenant may have open at once, across its tokens.
     #[arg(long, default_value_t = xpupool_server::server::DEFAULT_MAX_SESSIONS_PER_TENANT)]
     max_sessions_per_tenant: usize,
-    /// Device memory of the mock device, in MiB.
-    #[arg(long, default_value_t = 16384)]
-    mock_memory_mib: u64,
+    /// Device memory of each mock device, in MiB (default: the config's, else 16384).
+    #[arg(long)]
+    mock_memory_mib: Option<u64>,
+    /// How many mock devices (default: the config's, else 1).
+    #[arg(long)]
+    mock_devices: Option<u32>,
     /// Device memory each tenant may use at once (e.g. 8GiB); the device reports this
     /// as its total memory to that tenant.
     #[arg(long, value_parser = xpupool_server::parse_size)]
@@ -201,10 +246,20 @@ fn nvidia_driver_present() -> bool {
     }
 }
 
+/// The mock's devices: how many, and MiB each.
+#[derive(Clone, Copy)]
+struct Mock {
+    devices: u32,
+    memory_mib: u64,
+}
+
 /// The backend for `name`.
-fn backend(name: &str, mock_memory_mib: u64) -> Result<Arc<dyn Backend>> {
+fn backend(name: &str, mock: Mock) -> Result<Arc<dyn Backend>> {
     match name {
-        "mock" => Ok(Arc::new(MockBackend::new(mock_memory_mib << 20))),
+        "mock" => Ok(Arc::new(MockBackend::with_devices(
+            mock.devices,
+            mock.memory_mib << 20,
+        ))),
         "cuda" => Ok(Arc::new(CudaBackend::open().context(
             "the cuda backend needs NVIDIA's driver (libcuda.so.1) and a GPU; use --backend mock without one",
         )?)),
@@ -214,14 +269,14 @@ fn backend(name: &str, mock_memory_mib: u64) -> Result<Arc<dyn Backend>> {
 
 /// The backend a server serves: in-process, or with each session in a worker
 /// process (`xpupool server-worker`), as `isolation` (`auto`, `process`, `none`) says.
-fn serving_backend(name: &str, mock_memory_mib: u64, isolation: &str) -> Result<Arc<dyn Backend>> {
+fn serving_backend(name: &str, mock: Mock, isolation: &str) -> Result<Arc<dyn Backend>> {
     let isolate = match isolation {
         "auto" => name == "cuda",
         "process" => true,
         _ => false,
     };
     if !isolate {
-        return backend(name, mock_memory_mib);
+        return backend(name, mock);
     }
     let exe = std::env::current_exe().context("locating the xpupool executable")?;
     let command = vec![
@@ -230,7 +285,9 @@ fn serving_backend(name: &str, mock_memory_mib: u64, isolation: &str) -> Result<
         "--backend".into(),
         name.into(),
         "--mock-memory-mib".into(),
-        mock_memory_mib.to_string().into(),
+        mock.memory_mib.to_string().into(),
+        "--mock-devices".into(),
+        mock.devices.to_string().into(),
     ];
     Ok(Arc::new(
         IsolatedBackend::new(command).with_context(|| format!("the {name} backend"))?,
@@ -354,6 +411,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if args.kernels == "skip" && args.server.is_some() {
         bail!("--kernels skip is an option of the embedded mock server, not of --server");
     }
+    let mock = Mock {
+        devices: args.mock_devices,
+        memory_mib: args.mock_memory_mib,
+    };
     let _embedded = match &args.server {
         Some(server) => {
             let token = match (&args.token, &args.token_file) {
@@ -392,22 +453,25 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             let chosen = match args.backend.as_str() {
                 "mock" if args.kernels == "skip" => {
                     eprintln!("xpupool: the embedded server uses the mock backend and SKIPS every kernel (--kernels skip): results are wrong; for recording traces only");
-                    Arc::new(MockBackend::new(args.mock_memory_mib << 20).skipping_kernels())
+                    Arc::new(
+                        MockBackend::with_devices(mock.devices, mock.memory_mib << 20)
+                            .skipping_kernels(),
+                    )
                 }
                 "auto" if nvidia_driver_present() => {
-                    match serving_backend("cuda", args.mock_memory_mib, "auto") {
+                    match serving_backend("cuda", mock, "auto") {
                         Ok(cuda) => cuda,
                         Err(e) => {
                             eprintln!("xpupool: an NVIDIA driver is installed but unusable ({e:#}); {MOCK}");
-                            backend("mock", args.mock_memory_mib)?
+                            backend("mock", mock)?
                         }
                     }
                 }
                 "auto" => {
                     eprintln!("xpupool: no NVIDIA driver on this machine; {MOCK}");
-                    backend("mock", args.mock_memory_mib)?
+                    backend("mock", mock)?
                 }
-                name => serving_backend(name, args.mock_memory_mib, "auto")?,
+                name => serving_backend(name, mock, "auto")?,
             };
             if chosen.name() == "cuda" {
                 eprintln!("xpupool: the embedded server uses the cuda backend (NVIDIA's driver)");
@@ -491,16 +555,8 @@ fn tokens(args: &ServerArgs, dir: &Path) -> Result<(Vec<TokenEntry>, Option<Path
         let entries = given
             .iter()
             .map(|t| match t.split_once('=') {
-                Some((tenant, token)) => TokenEntry {
-                    tenant: tenant.to_owned(),
-                    token: token.to_owned(),
-                    memory_limit: args.memory_limit,
-                },
-                None => TokenEntry {
-                    tenant: "default".to_owned(),
-                    token: t.clone(),
-                    memory_limit: args.memory_limit,
-                },
+                Some((tenant, token)) => one_tenant(args, tenant, token),
+                None => one_tenant(args, "default", t),
             })
             .collect();
         return Ok((entries, None));
@@ -515,30 +571,78 @@ fn tokens(args: &ServerArgs, dir: &Path) -> Result<(Vec<TokenEntry>, Option<Path
             token
         }
     };
-    Ok((
-        vec![TokenEntry {
-            tenant: "default".to_owned(),
-            token,
-            memory_limit: args.memory_limit,
-        }],
-        Some(path),
-    ))
+    Ok((vec![one_tenant(args, "default", &token)], Some(path)))
+}
+
+/// A token of the flags' one-tenant setup.
+fn one_tenant(args: &ServerArgs, tenant: &str, token: &str) -> TokenEntry {
+    let mut entry = TokenEntry::new(tenant, token, args.memory_limit);
+    entry.policy.max_sessions = args.max_sessions_per_tenant;
+    entry
 }
 
 fn serve(args: ServerArgs) -> Result<ExitCode> {
+    use xpupool_server::config::ServerSettings;
     init_logging("info");
     let dir = state_dir(args.state_dir.clone())?;
+    let settings = match &args.config {
+        Some(path) => Some(ServerSettings::load(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let file = settings.as_ref();
     let identity = match (&args.cert, &args.key) {
         (Some(cert), Some(key)) => tls::load(cert, key)?,
         _ => tls::load_or_create(&dir)?,
     };
-    let (tokens, token_file) = tokens(&args, &dir)?;
-    let backend = serving_backend(&args.backend, args.mock_memory_mib, &args.isolation)?;
-    if args.backend == "mock" {
+    let (tokens, token_file) = match file {
+        Some(settings) => (settings.tokens.clone(), None),
+        None => tokens(&args, &dir)?,
+    };
+    let backend_name = args
+        .backend
+        .clone()
+        .or_else(|| file.and_then(|f| f.backend.clone()))
+        .unwrap_or_else(|| "mock".to_owned());
+    let mock_file = file.and_then(|f| f.mock.clone());
+    let mock = Mock {
+        devices: args
+            .mock_devices
+            .or(mock_file.as_ref().map(|m| m.devices))
+            .unwrap_or(1),
+        memory_mib: args
+            .mock_memory_mib
+            .or(mock_file.as_ref().map(|m| m.memory >> 20))
+            .unwrap_or(16384),
+    };
+    let isolation = args
+        .isolation
+        .clone()
+        .or_else(|| file.and_then(|f| f.isolation.clone()))
+        .unwrap_or_else(|| "auto".to_owned());
+    let listen = args
+        .listen
+        .or(file.and_then(|f| f.listen))
+        .unwrap_or_else(|| "127.0.0.1:7800".parse().expect("literal address"));
+    let metrics_listen = args.metrics_listen.or(file.and_then(|f| f.metrics_listen));
+    let backend = serving_backend(&backend_name, mock, &isolation)?;
+    let device_count = backend.devices().len();
+    if let Some(settings) = file {
+        settings
+            .check_devices(device_count)
+            .map_err(anyhow::Error::msg)?;
+    }
+    if backend_name == "mock" {
         eprintln!(
-            "xpupool: serving the mock backend (CPU PTX interpreter, {} MiB of device memory)",
-            args.mock_memory_mib
+            "xpupool: serving the mock backend (CPU PTX interpreter, {} device{} of {} MiB)",
+            mock.devices,
+            if mock.devices == 1 { "" } else { "s" },
+            mock.memory_mib
         );
+    }
+    if backend.name() == "cuda" {
+        for t in tokens.iter().filter(|t| t.policy.sm_limit.is_some()) {
+            eprintln!("xpupool: warning: tenant {}: sm_limit is not enforced by the cuda backend yet (no green contexts); its compute share still applies", t.tenant);
+        }
     }
     // Threads for blocking work (admitting a session, ending one) go once idle
     // for a second, so the server's thread count follows its load.
@@ -546,11 +650,12 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
         .enable_all()
         .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()?;
+    let config_path = args.config.clone();
     runtime.block_on(async move {
         let cert_path = identity.cert_path.clone();
         let fingerprint = identity.fingerprint();
         let server = Server::bind(ServerConfig {
-            listen: args.listen,
+            listen,
             identity,
             tokens,
             backend,
@@ -560,15 +665,25 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
                 (Some(path), false) => Some(path.clone()),
                 (None, false) => Some(dir.join("server.sock")),
             },
-            max_sessions_per_tenant: args.max_sessions_per_tenant,
         })?;
         println!("listening: {}", server.local_addr()?);
         println!("certificate: {}", cert_path.display());
         println!("fingerprint: {fingerprint}");
+        println!("devices: {device_count}");
         match token_file {
             Some(path) => println!("token file: {}", path.display()),
             None => println!("tokens: as given"),
         }
+        if let Some(listen) = metrics_listen {
+            let bound =
+                xpupool_server::metrics::start(server.host(), server.tenants(), listen).await?;
+            println!("metrics: http://{bound}/metrics");
+        }
+        if let Some(path) = config_path {
+            tokio::spawn(reload_on_hangup(path, server.tenants(), device_count));
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
         tokio::select! {
             _ = server.serve() => {}
             _ = tokio::signal::ctrl_c() => eprintln!("xpupool: shutting down"),
@@ -576,6 +691,116 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// On each SIGHUP, reads the config again and, if it is valid, replaces the tenant
+/// table; live sessions carry on either way. Settings other than the tenants
+/// (listen, backend, …) take effect at the next start.
+async fn reload_on_hangup(
+    path: PathBuf,
+    tenants: xpupool_server::server::Tenants,
+    device_count: usize,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch for SIGHUP: the tenant table will not reload");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let loaded = xpupool_server::config::ServerSettings::load(&path).and_then(|s| {
+            s.check_devices(device_count)?;
+            Ok(s)
+        });
+        match loaded {
+            Ok(settings) => {
+                let count = settings.tokens.len();
+                tenants.reload(settings.tokens);
+                tracing::info!(tenants = count, "reloaded {}", path.display());
+            }
+            Err(e) => {
+                tracing::error!("not reloading, the tenant table stays as it was: {e}")
+            }
+        }
+    }
+}
+
+fn status(args: StatusArgs) -> Result<ExitCode> {
+    use xpupool_protocol::Calls;
+    init_logging("warn");
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) => read_token_file(path)?.swap_remove(0),
+        (None, None) => bail!("--server needs --token-file or XPUPOOL_TOKEN (or --token)"),
+    };
+    let settings = xpupool_client::Settings {
+        server: args.server.clone(),
+        cert: args.cert.as_ref().map(|p| p.display().to_string()),
+        fingerprint: args.fingerprint.clone(),
+        token,
+        quic_only: false,
+    };
+    let conn = xpupool_client::Connection::open(&settings)?;
+    let status = conn
+        .server_status()
+        .map_err(|e| anyhow::anyhow!("{}: {}", args.server, e.message))?;
+    conn.close();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", status_table(&args.server, &status));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `xpupool status` for someone at a terminal.
+fn status_table(server: &str, status: &xpupool_protocol::api::ServerStatus) -> String {
+    use std::fmt::Write as _;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "server {server}: {} backend, {} session{} of this tenant\n",
+        status.backend,
+        status.sessions,
+        if status.sessions == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(out, "{:<4} {:<40} {:>10} {:>10} {:>6}", "DEV", "NAME / UUID", "USED GiB", "TOTAL GiB", "UTIL");
+    for d in &status.devices {
+        let _ = writeln!(
+            out,
+            "{:<4} {:<40} {:>10.2} {:>10.2} {:>5.0}%",
+            d.device,
+            d.name,
+            gib(d.memory_used),
+            gib(d.memory_total),
+            d.utilization * 100.0
+        );
+        let _ = writeln!(out, "{:<4} {:<40}", "", d.uuid);
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:<4} {:>10} {:>10} {:>6} {:>10} {:>10} {:>10} {:>5}",
+        "TENANT", "DEV", "USED GiB", "LIMIT GiB", "SHARE", "BUSY s", "HELD s", "LAUNCHES", "OOM"
+    );
+    for t in &status.tenants {
+        let limit = t
+            .memory_limit
+            .map_or_else(|| "-".to_owned(), |l| format!("{:.2}", gib(l)));
+        let _ = writeln!(
+            out,
+            "{:<12} {:<4} {:>10.2} {:>10} {:>6.2} {:>10.2} {:>10.2} {:>10} {:>5}",
+            t.tenant,
+            t.device,
+            gib(t.memory_used),
+            limit,
+            t.compute_share,
+            t.busy_seconds,
+            t.throttled_seconds,
+            t.kernel_launches,
+            t.oom
+        );
+    }
+    out
 }
 
 fn bench(args: BenchArgs) -> Result<ExitCode> {
@@ -636,10 +861,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args),
+        Command::Status(args) => status(args),
         Command::Bench(args) => bench(args),
         Command::ServerWorker(args) => {
             init_logging("warn");
-            xpupool_server::worker::serve_worker(backend(&args.backend, args.mock_memory_mib))
+            let mock = Mock {
+                devices: args.mock_devices,
+                memory_mib: args.mock_memory_mib,
+            };
+            let policy = xpupool_server::tenancy::Policy {
+                sm_limit: args.sm_limit,
+                ..Default::default()
+            };
+            xpupool_server::worker::serve_worker(backend(&args.backend, mock), policy)
                 .map(|()| ExitCode::SUCCESS)
         }
     };

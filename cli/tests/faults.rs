@@ -236,7 +236,7 @@ mod role {
     fn kernel(conn: &Connection, name: &str) -> Result<u64, String> {
         let image =
             serde_bytes::ByteBuf::from(xpupool_fatbin::Image::Ptx(PTX.to_owned()).to_wire());
-        let module = conn.module_load(image).map_err(|e| e.to_string())?;
+        let module = conn.module_load(0, image).map_err(|e| e.to_string())?;
         module
             .functions
             .iter()

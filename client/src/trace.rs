@@ -224,8 +224,9 @@ pub fn redact(request: &Request) -> (Request, u64) {
             },
             params.len() as u64,
         ),
-        Request::ModuleLoad { image } => (
+        Request::ModuleLoad { device, image } => (
             Request::ModuleLoad {
+                device: *device,
                 image: ByteBuf::new(),
             },
             image.len() as u64,
@@ -301,6 +302,7 @@ mod tests {
         assert_eq!(bytes, 1 << 20);
         assert!(serde_json::to_string(&op).unwrap().len() < 100);
         let image = Request::ModuleLoad {
+            device: 0,
             image: ByteBuf::from(vec![3u8; 5000]),
         };
         assert_eq!(redact(&image).1, 5000);

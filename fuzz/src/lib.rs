@@ -72,8 +72,9 @@ fn hello_target(_: &mut State, input: &[u8]) {
 }
 
 fn request_target(state: &mut State, input: &[u8]) {
-    // Decoded, then run against a mock session as the server would: every size,
-    // count and handle in it is the fuzzer's.
+    // Decoded, then run against a mock session through the tenancy layer, as the
+    // server would (two devices, a memory limit): every size, count, device and
+    // handle in it is the fuzzer's.
     let Ok(request) = frame::decode::<Request>(input) else {
         return;
     };
@@ -82,10 +83,14 @@ fn request_target(state: &mut State, input: &[u8]) {
         state.session = None;
     }
     let session = state.session.get_or_insert_with(|| {
-        use xpupool_server::Backend;
-        xpupool_server::MockBackend::new(MOCK_BYTES)
-            .open_session(&xpupool_server::Tenant::new("fuzz", None))
-            .expect("a mock session opens")
+        let host = xpupool_server::tenancy::Host::new(std::sync::Arc::new(
+            xpupool_server::MockBackend::with_devices(2, MOCK_BYTES),
+        ));
+        let tenant = xpupool_server::Tenant::new("fuzz", Some(MOCK_BYTES / 2));
+        Box::new(
+            host.open_session(&tenant, 1, |inner| inner)
+                .expect("a mock session opens"),
+        )
     });
     let _ = session.handle(request);
 }
@@ -351,8 +356,14 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             height: 4,
             stream: 0,
         },
-        Request::ModuleLoadCached { hash: [7; 32] },
-        Request::ModuleLoad { image: bytes(ptx) },
+        Request::ModuleLoadCached {
+            device: 0,
+            hash: [7; 32],
+        },
+        Request::ModuleLoad {
+            device: 1,
+            image: bytes(ptx),
+        },
         Request::ModuleGetGlobal {
             module: 1,
             name: "counter".into(),
@@ -364,10 +375,16 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
             params: bytes(vec![0; 8]),
         },
         Request::StreamCreate {
+            device: 1,
             flags: 1,
             priority: 0,
         },
-        Request::EventCreate { flags: 2 },
+        Request::EventCreate {
+            device: 0,
+            flags: 2,
+        },
+        Request::DeviceUsage { device: 1 },
+        Request::ServerStatus {},
         Request::EventRecord {
             event: 3,
             stream: 0,

@@ -90,27 +90,34 @@ fn pci_info_legacy(handle: NvmlDevice, out: *mut PciInfo) -> Res {
     )
 }
 
-/// The calling process as the one process on the device, with what the tenant
-/// holds on it (the server's ledger counts all the tenant's sessions, so this is
-/// the tenant's figure, attributed to this process).
+/// The tenant's processes that hold memory on the device, each with what its
+/// session holds there as the server's ledger charges it (other tenants' are
+/// not theirs to see).
 fn running_processes<T>(
     handle: NvmlDevice,
     count: *mut c_uint,
     infos: *mut T,
-    make: impl FnOnce(u32, u64) -> T,
+    make: impl Fn(u32, u64) -> T,
 ) -> Res {
     let (nvml, device) = device(handle)?;
     if count.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
     // SAFETY: non-null; the API makes it an in/out unsigned int.
-    let capacity = unsafe { count.read_unaligned() };
-    let (free, total) = nvml.memory(device)?;
-    put(count, 1)?;
-    if infos.is_null() || capacity < 1 {
+    let capacity = unsafe { count.read_unaligned() } as usize;
+    let sessions = nvml.usage(device)?.sessions;
+    put(count, sessions.len() as c_uint)?;
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    if infos.is_null() || capacity < sessions.len() {
         return Err(NVML_ERROR_INSUFFICIENT_SIZE);
     }
-    put(infos, make(std::process::id(), total - free))
+    for (i, &(pid, bytes)) in sessions.iter().enumerate() {
+        // SAFETY: the caller's array holds `capacity` entries, checked above.
+        put(unsafe { infos.add(i) }, make(pid, bytes))?;
+    }
+    Ok(())
 }
 
 /// No processes (graphics and MPS lists: the pool runs neither).
@@ -356,10 +363,15 @@ export! {
         )
     }
 
-    /// Always 0 % and 0 %: the server does not report utilisation yet.
+    /// The percent of the last second the device ran kernels (any tenant's), as
+    /// the server's scheduler measures it; memory: the percent of the device's
+    /// memory in use.
     fn nvmlDeviceGetUtilizationRates(handle: NvmlDevice, utilization: *mut Utilization) {
-        device(handle)?;
-        put(utilization, Utilization { gpu: 0, memory: 0 })
+        let (nvml, device) = device(handle)?;
+        let usage = nvml.usage(device)?;
+        let (_, total) = nvml.memory(device)?;
+        let memory = (usage.memory_used.saturating_mul(100) / total.max(1)).min(100) as c_uint;
+        put(utilization, Utilization { gpu: usage.utilization_percent.min(100), memory })
     }
 
     // ---- processes ------------------------------------------------------------

@@ -186,6 +186,11 @@ impl Nvml {
         let (free, total) = self.conn.mem_get_info(device.index).map_err(server_error)?;
         Ok((free.min(total), total))
     }
+
+    /// How busy the device is and what the tenant's sessions hold on it.
+    pub(crate) fn usage(&self, device: &Device) -> Res<xpupool_protocol::api::DeviceUsage> {
+        self.conn.device_usage(device.index).map_err(server_error)
+    }
 }
 
 /// Maps a failed server call to NVML's code: a lost server is a lost GPU.

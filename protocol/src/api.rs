@@ -9,14 +9,61 @@ use serde_bytes::ByteBuf;
 
 use crate::CuError;
 
-/// Declares the API: one line per operation, `fn name(args) -> Ret = Variant;`.
+/// What a declaration says of its operation beyond its signature, so that no list
+/// of operations is kept anywhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flags(u8);
+
+impl Flags {
+    /// Nothing special.
+    pub const NONE: Flags = Flags(0);
+    /// A client may send it without waiting for its reply, batched with others
+    /// (docs/DESIGN.md §3.3): the driver itself reports its errors later, at a
+    /// synchronising call (launches, copies from host memory, memsets), or the
+    /// client checks its arguments before sending (event records, stream waits,
+    /// event destruction and frees, whose handles and pointers it keeps). An error
+    /// the server still finds is reported at the next synchronising call.
+    pub const POSTED: Flags = Flags(1);
+    /// It waits for earlier work, so an error of an earlier posted operation is
+    /// reported by it.
+    pub const SYNCS: Flags = Flags(2);
+    /// It takes device memory: the server's ledger charges it before (or, for a
+    /// footprint only the backend knows, as) it is made, and refuses an allocating
+    /// operation it does not know how to charge.
+    pub const ALLOCATES: Flags = Flags(4);
+    /// It is answered by the server's tenancy layer, never by a backend.
+    pub const SERVER: Flags = Flags(8);
+
+    /// Both sets of flags.
+    pub const fn with(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+
+    /// Whether every flag of `other` is set.
+    pub const fn has(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// One declared operation, as [`OPERATIONS`] lists them.
+#[derive(Debug, Clone, Copy)]
+pub struct Operation {
+    /// The method name (`mem_alloc`).
+    pub name: &'static str,
+    /// What its declaration says.
+    pub flags: Flags,
+}
+
+/// Declares the API: one line per operation, `fn name(args) -> Ret = Variant;`,
+/// optionally followed by its [`Flags`] in brackets: `= Variant [POSTED];`.
 ///
 /// Generates [`Request`], [`Reply`], the backend trait [`Api`], the server's
-/// [`dispatch`], and the client's [`Calls`] with one typed method per operation.
+/// [`dispatch`], the client's [`Calls`] with one typed method per operation, and
+/// [`OPERATIONS`].
 macro_rules! declare_api {
     ($(
         $(#[$doc:meta])*
-        fn $method:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $variant:ident;
+        fn $method:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $variant:ident $([$($flag:ident),*])?;
     )*) => {
         /// One request on the wire.
         #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,10 +77,20 @@ macro_rules! declare_api {
             $( $(#[$doc])* $variant($ret), )*
         }
 
+        /// Every declared operation, in declaration order.
+        pub const OPERATIONS: &[Operation] = &[
+            $( Operation { name: stringify!($method), flags: Flags::NONE $($(.with(Flags::$flag))*)? }, )*
+        ];
+
         impl Request {
             /// The operation's name, for logs and metrics.
             pub fn name(&self) -> &'static str {
                 match self { $( Request::$variant { .. } => stringify!($method), )* }
+            }
+
+            /// What the operation's declaration says of it.
+            pub fn flags(&self) -> Flags {
+                match self { $( Request::$variant { .. } => Flags::NONE $($(.with(Flags::$flag))*)?, )* }
             }
         }
 
@@ -72,42 +129,30 @@ macro_rules! declare_api {
 }
 
 impl Request {
-    /// Whether a client may send this operation without waiting for its reply,
-    /// batched with others (docs/DESIGN.md §3.3): the driver itself reports its errors later,
-    /// at a synchronising call (launches, copies from host memory, memsets), or the
-    /// client checks its arguments before sending (event records, stream waits,
-    /// event destruction and frees, whose handles and pointers it keeps). An error
-    /// the server still finds is reported at the next synchronising call.
+    /// Whether a client may send this operation without waiting for its reply
+    /// ([`Flags::POSTED`]).
     pub fn completes_later(&self) -> bool {
-        matches!(
-            self,
-            Request::LaunchKernel { .. }
-                | Request::MemcpyHtoD { .. }
-                | Request::MemcpyHtoDShared { .. }
-                | Request::EventRecord { .. }
-                | Request::StreamWaitEvent { .. }
-                | Request::EventDestroy { .. }
-                | Request::MemFree { .. }
-                | Request::MemcpyDtoD { .. }
-                | Request::Memset { .. }
-                | Request::Memset2D { .. }
-        )
+        self.flags().has(Flags::POSTED)
     }
 
-    /// Whether this operation waits for earlier work, so that an error of an earlier
-    /// operation sent without waiting is reported by it.
+    /// Whether this operation waits for earlier work ([`Flags::SYNCS`]).
     pub fn synchronizes(&self) -> bool {
-        matches!(
-            self,
-            Request::Synchronize { .. }
-                | Request::StreamSynchronize { .. }
-                | Request::StreamQuery { .. }
-                | Request::EventSynchronize { .. }
-                | Request::EventQuery { .. }
-                | Request::MemcpyDtoH { .. }
-                | Request::MemcpyDtoHShared { .. }
-        )
+        self.flags().has(Flags::SYNCS)
     }
+
+    /// Whether this operation takes device memory ([`Flags::ALLOCATES`]).
+    pub fn allocates(&self) -> bool {
+        self.flags().has(Flags::ALLOCATES)
+    }
+}
+
+/// What a backend answers to an operation only the server's tenancy layer handles
+/// ([`Flags::SERVER`]).
+pub fn server_only(operation: &str) -> CuError {
+    CuError::new(
+        crate::code::NOT_SUPPORTED,
+        format!("{operation} is answered by the server, not a backend"),
+    )
 }
 
 /// What a backend answers to an operation only the server's transport layer handles.
@@ -148,6 +193,10 @@ pub struct ModuleInfo {
     /// another device and no PTX): every function look-up then fails with
     /// `NO_BINARY_FOR_GPU`, naming the function and this reason.
     pub no_code: Option<String>,
+    /// Device memory the loaded module takes (its code and variables) as the
+    /// backend reports it: what the tenant's ledger is charged for it.
+    #[serde(default)]
+    pub device_bytes: u64,
 }
 
 /// One kernel of a loaded module.
@@ -167,6 +216,71 @@ pub struct FunctionInfo {
     pub attributes: Vec<(u32, i32)>,
 }
 
+/// How busy one device is and what one tenant holds on it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceUsage {
+    /// Percent of the last second the device was running kernels (any tenant's).
+    pub utilization_percent: u32,
+    /// Device memory in use on it, all tenants together.
+    pub memory_used: u64,
+    /// This tenant's sessions on the device: client process id and bytes held.
+    pub sessions: Vec<(u32, u64)>,
+}
+
+/// One tenant's figures on one device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantFigures {
+    /// The tenant.
+    pub tenant: String,
+    /// The device, as the server numbers it.
+    pub device: u32,
+    /// Device memory held now, and the limit (`None`: the device's).
+    pub memory_used: u64,
+    /// The tenant's limit on this device.
+    pub memory_limit: Option<u64>,
+    /// Seconds of device time its kernels took.
+    pub busy_seconds: f64,
+    /// Seconds its launches were held back for other tenants.
+    pub throttled_seconds: f64,
+    /// Kernel launches run.
+    pub kernel_launches: u64,
+    /// Allocations refused for its limit.
+    pub oom: u64,
+    /// Its share under contention.
+    pub compute_share: f64,
+}
+
+/// One device as `xpupool status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceFigures {
+    /// The device, as the server numbers it.
+    pub device: u32,
+    /// Its name and UUID.
+    pub name: String,
+    /// UUID as `GPU-…`.
+    pub uuid: String,
+    /// Memory in use, all tenants, and the device's total.
+    pub memory_used: u64,
+    /// The device's memory.
+    pub memory_total: u64,
+    /// Fraction of the last second it ran kernels.
+    pub utilization: f64,
+}
+
+/// What `server_status` answers: the devices this tenant may use and its own
+/// figures on them (other tenants' are the operator's, on the metrics endpoint).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// The backend.
+    pub backend: String,
+    /// Sessions open, this tenant's.
+    pub sessions: u64,
+    /// The devices.
+    pub devices: Vec<DeviceFigures>,
+    /// This tenant on each of them.
+    pub tenants: Vec<TenantFigures>,
+}
+
 /// One module-scope variable (`__device__`, `__constant__`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GlobalInfo {
@@ -180,33 +294,33 @@ pub struct GlobalInfo {
 
 declare_api! {
     /// Allocate device memory (`cuMemAlloc`); returns the device address.
-    fn mem_alloc(device: u32, bytes: u64) -> u64 = MemAlloc;
+    fn mem_alloc(device: u32, bytes: u64) -> u64 = MemAlloc [ALLOCATES];
     /// Free device memory (`cuMemFree`); the pointer must be an allocation's base.
-    fn mem_free(ptr: u64) -> () = MemFree;
+    fn mem_free(ptr: u64) -> () = MemFree [POSTED];
     /// Free and total device memory as this tenant sees it (`cuMemGetInfo`).
     fn mem_get_info(device: u32) -> (u64, u64) = MemGetInfo;
     /// Copy host bytes to the device, in stream order.
-    fn memcpy_htod(dst: u64, data: ByteBuf, stream: u64) -> () = MemcpyHtoD;
+    fn memcpy_htod(dst: u64, data: ByteBuf, stream: u64) -> () = MemcpyHtoD [POSTED];
     /// Copy device bytes to the host, in stream order; the reply carries them.
-    fn memcpy_dtoh(src: u64, len: u64, stream: u64) -> ByteBuf = MemcpyDtoH;
+    fn memcpy_dtoh(src: u64, len: u64, stream: u64) -> ByteBuf = MemcpyDtoH [SYNCS];
     /// Copy `len` bytes at `offset` of the connection's shared-memory region
     /// ([`crate::region`]) to the device, in stream order. The server answers it
     /// itself; a backend never sees it.
-    fn memcpy_htod_shared(dst: u64, offset: u64, len: u64, stream: u64) -> () = MemcpyHtoDShared;
+    fn memcpy_htod_shared(dst: u64, offset: u64, len: u64, stream: u64) -> () = MemcpyHtoDShared [POSTED];
     /// Copy device bytes into the shared-memory region at `offset`, in stream order;
     /// answered by the server itself, like [`Request::MemcpyHtoDShared`].
-    fn memcpy_dtoh_shared(src: u64, offset: u64, len: u64, stream: u64) -> () = MemcpyDtoHShared;
+    fn memcpy_dtoh_shared(src: u64, offset: u64, len: u64, stream: u64) -> () = MemcpyDtoHShared [SYNCS];
     /// Copy between device ranges, in stream order.
-    fn memcpy_dtod(dst: u64, src: u64, len: u64, stream: u64) -> () = MemcpyDtoD;
+    fn memcpy_dtod(dst: u64, src: u64, len: u64, stream: u64) -> () = MemcpyDtoD [POSTED];
     /// Fill `count` elements of `elem_size` (1, 2 or 4) bytes with `value`, in stream order.
-    fn memset(dst: u64, value: u32, elem_size: u8, count: u64, stream: u64) -> () = Memset;
+    fn memset(dst: u64, value: u32, elem_size: u8, count: u64, stream: u64) -> () = Memset [POSTED];
     /// Fill a 2-D region: `height` rows of `width` elements, rows `pitch` bytes apart.
-    fn memset_2d(dst: u64, pitch: u64, value: u32, elem_size: u8, width: u64, height: u64, stream: u64) -> () = Memset2D;
-    /// Load the module image with this SHA-256 (of its wire bytes) if the server has
-    /// it; `None` asks the client to upload it with `module_load`.
-    fn module_load_cached(hash: [u8; 32]) -> Option<ModuleInfo> = ModuleLoadCached;
-    /// Load a module image (as `xpupool_fatbin::Image::to_wire` encodes it).
-    fn module_load(image: ByteBuf) -> ModuleInfo = ModuleLoad;
+    fn memset_2d(dst: u64, pitch: u64, value: u32, elem_size: u8, width: u64, height: u64, stream: u64) -> () = Memset2D [POSTED];
+    /// Load the module image with this SHA-256 (of its wire bytes) onto `device` if
+    /// the server has it; `None` asks the client to upload it with `module_load`.
+    fn module_load_cached(device: u32, hash: [u8; 32]) -> Option<ModuleInfo> = ModuleLoadCached [ALLOCATES];
+    /// Load a module image (as `xpupool_fatbin::Image::to_wire` encodes it) onto `device`.
+    fn module_load(device: u32, image: ByteBuf) -> ModuleInfo = ModuleLoad [ALLOCATES];
     /// Address and size of a module-scope variable (`cuModuleGetGlobal`).
     fn module_get_global(module: u64, name: String) -> GlobalInfo = ModuleGetGlobal;
     /// Unload a module and everything in it.
@@ -214,29 +328,34 @@ declare_api! {
     /// Set a kernel attribute (`cuFuncSetAttribute`), e.g. its dynamic shared memory opt-in.
     fn function_set_attribute(function: u64, attribute: u32, value: i32) -> () = FunctionSetAttribute;
     /// Launch a kernel with its packed parameter buffer, in stream order.
-    fn launch_kernel(function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> () = LaunchKernel;
-    /// Create a stream (`cuStreamCreate` flags).
-    fn stream_create(flags: u32, priority: i32) -> u64 = StreamCreate;
+    fn launch_kernel(function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> () = LaunchKernel [POSTED];
+    /// Create a stream on `device` (`cuStreamCreate` flags).
+    fn stream_create(device: u32, flags: u32, priority: i32) -> u64 = StreamCreate;
     /// Destroy a stream once its work is done.
     fn stream_destroy(stream: u64) -> () = StreamDestroy;
     /// Wait until a stream's work is done.
-    fn stream_synchronize(stream: u64) -> () = StreamSynchronize;
+    fn stream_synchronize(stream: u64) -> () = StreamSynchronize [SYNCS];
     /// Whether a stream's work is done (`NOT_READY` otherwise).
-    fn stream_query(stream: u64) -> () = StreamQuery;
+    fn stream_query(stream: u64) -> () = StreamQuery [SYNCS];
     /// Make a stream's later work wait for an event.
-    fn stream_wait_event(stream: u64, event: u64, flags: u32) -> () = StreamWaitEvent;
-    /// Create an event (`cuEventCreate` flags).
-    fn event_create(flags: u32) -> u64 = EventCreate;
+    fn stream_wait_event(stream: u64, event: u64, flags: u32) -> () = StreamWaitEvent [POSTED];
+    /// Create an event on `device` (`cuEventCreate` flags).
+    fn event_create(device: u32, flags: u32) -> u64 = EventCreate;
     /// Destroy an event.
-    fn event_destroy(event: u64) -> () = EventDestroy;
+    fn event_destroy(event: u64) -> () = EventDestroy [POSTED];
     /// Record an event in a stream.
-    fn event_record(event: u64, stream: u64) -> () = EventRecord;
+    fn event_record(event: u64, stream: u64) -> () = EventRecord [POSTED];
     /// Wait for an event.
-    fn event_synchronize(event: u64) -> () = EventSynchronize;
+    fn event_synchronize(event: u64) -> () = EventSynchronize [SYNCS];
     /// Whether an event has happened (`NOT_READY` otherwise).
-    fn event_query(event: u64) -> () = EventQuery;
+    fn event_query(event: u64) -> () = EventQuery [SYNCS];
     /// Milliseconds between two recorded events.
     fn event_elapsed_time(start: u64, end: u64) -> f32 = EventElapsedTime;
     /// Wait for all of this session's work (`cuCtxSynchronize`).
-    fn synchronize() -> () = Synchronize;
+    fn synchronize() -> () = Synchronize [SYNCS];
+    /// How busy `device` is and what this tenant's sessions hold on it, for NVML's
+    /// utilisation and running-process queries.
+    fn device_usage(device: u32) -> DeviceUsage = DeviceUsage [SERVER];
+    /// The server's figures this tenant may see (`xpupool status`).
+    fn server_status() -> ServerStatus = ServerStatus [SERVER];
 }

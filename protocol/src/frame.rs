@@ -72,6 +72,7 @@ mod tests {
     fn a_message_over_the_limit_leaves_the_buffer_as_it_was() {
         let mut out = vec![1, 2, 3];
         let huge = Request::ModuleLoad {
+            device: 0,
             image: serde_bytes::ByteBuf::from(vec![0u8; MAX_FRAME + 1]),
         };
         assert!(encode_into(&huge, &mut out).is_err());

@@ -213,6 +213,9 @@ pub(crate) fn run(
             if abort.load(Ordering::Relaxed) {
                 break;
             }
+            if let Some(checkpoint) = l.between_blocks {
+                checkpoint();
+            }
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= nblocks {
                 break;

@@ -201,6 +201,9 @@ pub struct Launch<'a> {
     pub symbols: &'a (dyn Fn(&str) -> Option<u64> + Sync),
     /// OS threads to spread blocks over (at least 1).
     pub workers: usize,
+    /// Called by a worker before each block it runs: where a scheduler may pause
+    /// the kernel for another (it returns when the kernel may go on).
+    pub between_blocks: Option<&'a (dyn Fn() + Sync)>,
 }
 
 /// Parses PTX text. Kernels using unsupported features are still listed (with

@@ -800,6 +800,7 @@ fn invalid_launches() {
         params: &[0u8; 8],
         symbols: &symbols,
         workers: 1,
+        between_blocks: None,
     };
     let e = xpupool_ptx::launch(m, "vadd_i32", &l, &mem).unwrap_err();
     assert!(matches!(e, ExecError::InvalidLaunch(_)), "{e}");

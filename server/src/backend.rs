@@ -1,71 +1,10 @@
 //! The trait every backend (`mock`, `cuda`; `hip` and `acl` later) implements.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use serde_bytes::ByteBuf;
 use xpupool_protocol::api::dispatch;
 use xpupool_protocol::{code, Api, CuError, DeviceInfo, Reply, Request, MAX_COPY_CHUNK};
 
-use crate::quota::MemoryLedger;
-
-/// An authenticated tenant.
-#[derive(Debug, Clone)]
-pub struct Tenant {
-    /// The tenant's name, from the server's token table.
-    pub name: String,
-    /// The tenant's memory ledger, shared by all its sessions.
-    pub memory: Arc<MemoryLedger>,
-    /// How many sessions the tenant has open, across its tokens and transports.
-    pub sessions: Arc<AtomicUsize>,
-}
-
-impl Tenant {
-    /// A tenant with its own ledger (`limit` bytes, if limited) and no sessions yet.
-    pub fn new(name: impl Into<String>, limit: Option<u64>) -> Self {
-        Self {
-            name: name.into(),
-            memory: Arc::new(MemoryLedger::new(limit)),
-            sessions: Arc::default(),
-        }
-    }
-
-    /// Counts one more session of this tenant, unless it has `max` open already;
-    /// the session counts until the returned slot is dropped.
-    pub fn open_slot(&self, max: usize) -> Result<SessionSlot, CuError> {
-        let mut open = self.sessions.load(Ordering::Acquire);
-        loop {
-            if open >= max {
-                return Err(CuError::new(
-                    code::NOT_PERMITTED,
-                    format!(
-                        "tenant {} has {open} sessions open, the server's limit per tenant",
-                        self.name
-                    ),
-                ));
-            }
-            match self.sessions.compare_exchange_weak(
-                open,
-                open + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(SessionSlot(self.sessions.clone())),
-                Err(now) => open = now,
-            }
-        }
-    }
-}
-
-/// One open session of a tenant ([`Tenant::open_slot`]); dropping it frees the slot.
-#[derive(Debug)]
-pub struct SessionSlot(Arc<AtomicUsize>);
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
+pub use crate::tenancy::{SessionSlot, Tenant};
 
 /// A source of devices and of per-client sessions on them.
 pub trait Backend: Send + Sync + 'static {
@@ -73,11 +12,24 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The driver version clients report (`cuDriverGetVersion`).
     fn driver_version(&self) -> i32;
-    /// The devices as this tenant sees them (memory clamped to its quota).
-    fn devices(&self, tenant: &Tenant) -> Vec<DeviceInfo>;
+    /// The host's devices, in ordinal order (the tenancy layer makes each tenant's
+    /// view of them).
+    fn devices(&self) -> Vec<DeviceInfo>;
+    /// Device memory in use on `device`, all sessions together, as the backend
+    /// itself measures it: what the ledger is reconciled with. `None` where the
+    /// backend cannot say.
+    fn memory_used(&self, _device: u32) -> Option<u64> {
+        None
+    }
+    /// Whether a launch returns only once its kernel is done, so that the time it
+    /// takes is the kernel's: launches then go through the device's scheduler.
+    fn launches_complete_on_return(&self) -> bool {
+        false
+    }
     /// `[start, end)` of the device addresses this backend hands out.
     fn device_address_range(&self) -> (u64, u64);
-    /// A new session; dropping it frees everything it holds.
+    /// A new session for `tenant` (whose policy's SM ceiling it applies where it
+    /// can); dropping it frees everything it holds.
     fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError>;
 }
 

@@ -9,11 +9,15 @@
 
 pub mod backend;
 pub mod cuda;
+pub mod config;
 pub mod embedded;
+pub mod metrics;
 pub mod mock;
 pub mod module_cache;
 pub mod quota;
+pub mod scheduler;
 pub mod server;
+pub mod tenancy;
 pub mod tls;
 pub mod worker;
 

@@ -368,19 +368,20 @@ impl CachingSession {
 impl Session for CachingSession {
     fn handle(&mut self, request: Request) -> Result<Reply, CuError> {
         match request {
-            Request::ModuleLoadCached { hash } => match self.cache.get(&self.tenant, &hash) {
+            Request::ModuleLoadCached { device, hash } => match self.cache.get(&self.tenant, &hash) {
                 Some(image) => {
                     tracing::debug!(bytes = image.len(), "module image from the cache");
                     let image = ByteBuf::from(image.as_ref().clone());
-                    match self.inner.handle(Request::ModuleLoad { image })? {
+                    match self.inner.handle(Request::ModuleLoad { device, image })? {
                         Reply::ModuleLoad(info) => Ok(Reply::ModuleLoadCached(Some(info))),
                         other => Ok(other),
                     }
                 }
                 None => Ok(Reply::ModuleLoadCached(None)),
             },
-            Request::ModuleLoad { image } => {
+            Request::ModuleLoad { device, image } => {
                 let reply = self.inner.handle(Request::ModuleLoad {
+                    device,
                     image: image.clone(),
                 })?;
                 // Kept only once the backend has taken it: never an image it refused.

@@ -1,5 +1,6 @@
-//! Per-tenant accounting shared by all of a tenant's sessions: the memory ledger
-//! every allocation is charged to before a backend makes it.
+//! The memory ledger: what a tenant holds on one device against its limit, shared
+//! by all of its sessions and charged by the tenancy layer (`tenancy.rs`) before a
+//! backend makes an allocation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,25 +17,42 @@ pub fn allocation_charge(bytes: u64) -> Option<u64> {
     bytes.checked_next_multiple_of(ALLOCATION_GRANULARITY)
 }
 
-/// Device memory one tenant holds, against its limit.
-#[derive(Debug, Default)]
+/// No limit.
+const UNLIMITED: u64 = u64::MAX;
+
+/// Device memory one tenant holds on one device, against its limit.
+#[derive(Debug)]
 pub struct MemoryLedger {
-    limit: Option<u64>,
+    /// The limit; [`UNLIMITED`] for none. A reload may change it: what is held
+    /// stays, and new allocations meet the new limit.
+    limit: AtomicU64,
     used: AtomicU64,
+}
+
+impl Default for MemoryLedger {
+    fn default() -> Self {
+        Self::new(None)
+    }
 }
 
 impl MemoryLedger {
     /// A ledger with an optional limit in bytes.
     pub fn new(limit: Option<u64>) -> Self {
         Self {
-            limit,
+            limit: AtomicU64::new(limit.unwrap_or(UNLIMITED)),
             used: AtomicU64::new(0),
         }
     }
 
     /// The limit, if any.
     pub fn limit(&self) -> Option<u64> {
+        Some(self.limit.load(Ordering::Acquire)).filter(|&l| l != UNLIMITED)
+    }
+
+    /// Sets the limit for allocations from now on.
+    pub fn set_limit(&self, limit: Option<u64>) {
         self.limit
+            .store(limit.unwrap_or(UNLIMITED), Ordering::Release);
     }
 
     /// Bytes the tenant holds now, across its sessions.
@@ -44,7 +62,7 @@ impl MemoryLedger {
 
     /// Bytes the tenant may still allocate (`u64::MAX` without a limit).
     pub fn remaining(&self) -> u64 {
-        self.limit
+        self.limit()
             .map_or(u64::MAX, |l| l.saturating_sub(self.used()))
     }
 
@@ -53,7 +71,7 @@ impl MemoryLedger {
         let mut used = self.used();
         loop {
             let after = used.saturating_add(bytes);
-            if let Some(limit) = self.limit.filter(|&l| after > l) {
+            if let Some(limit) = self.limit().filter(|&l| after > l) {
                 return Err(CuError::new(
                     code::OUT_OF_MEMORY,
                     format!(

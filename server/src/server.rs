@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -18,18 +18,42 @@ use xpupool_protocol::{
 
 use crate::backend::{Backend, Session, SessionSlot, Tenant};
 use crate::module_cache::{CachingSession, ModuleCache};
+use crate::tenancy::{Host, Policy};
 use crate::tls::Identity;
 use xpupool_protocol::region::Region;
 
-/// A tenant's token, name and limits.
+/// A tenant's token, name and policy.
 #[derive(Clone)]
 pub struct TokenEntry {
     /// The secret the client presents.
     pub token: String,
     /// Who it is.
     pub tenant: String,
-    /// Device memory the tenant's session may hold (`--memory-limit`), if limited.
-    pub memory_limit: Option<u64>,
+    /// What it may use (tokens of one tenant should agree; the first one's wins).
+    pub policy: Policy,
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("tenant", &self.tenant)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenEntry {
+    /// A token of `tenant` with the default policy and this memory limit.
+    pub fn new(tenant: impl Into<String>, token: impl Into<String>, memory_limit: Option<u64>) -> Self {
+        Self {
+            token: token.into(),
+            tenant: tenant.into(),
+            policy: Policy {
+                memory_limit,
+                ..Policy::default()
+            },
+        }
+    }
 }
 
 /// Sessions one tenant may have open at once, unless the server is told otherwise.
@@ -68,34 +92,93 @@ pub struct ServerConfig {
     /// A Unix socket to listen on as well, for clients on this host (`unix:PATH`).
     /// Made readable and writable by its owner only; its folder should be private.
     pub unix_socket: Option<std::path::PathBuf>,
-    /// Sessions each tenant may have open at once ([`DEFAULT_MAX_SESSIONS_PER_TENANT`]).
-    pub max_sessions_per_tenant: usize,
 }
 
 /// A bound server; [`Server::serve`] runs it.
 pub struct Server {
     endpoint: quinn::Endpoint,
     unix: Option<(tokio::net::UnixListener, std::path::PathBuf)>,
-    tenants: Arc<Vec<(String, Tenant)>>,
-    backend: Arc<dyn Backend>,
+    tenants: Tenants,
+    host: Arc<Host>,
     modules: Arc<ModuleCache>,
-    max_sessions_per_tenant: usize,
 }
 
-/// Pairs each token with its tenant; tokens naming the same tenant share its ledger
-/// and its count of sessions.
-fn tenants(tokens: Vec<TokenEntry>) -> Vec<(String, Tenant)> {
-    let mut known: HashMap<String, Tenant> = HashMap::new();
-    tokens
-        .into_iter()
-        .map(|t| {
-            let tenant = known
+/// The server's tenant table: which token is whose, and every tenant it has known
+/// (a tenant removed by a reload stays known while its sessions run, so its
+/// figures stay visible). Cloning shares it; [`Tenants::reload`] replaces it
+/// without touching live sessions.
+#[derive(Clone, Default)]
+pub struct Tenants(Arc<RwLock<TenantTable>>);
+
+#[derive(Default)]
+struct TenantTable {
+    tokens: Vec<(String, Tenant)>,
+    known: HashMap<String, Tenant>,
+}
+
+impl Tenants {
+    /// A table of these tokens.
+    pub fn new(tokens: Vec<TokenEntry>) -> Self {
+        let tenants = Self::default();
+        tenants.reload(tokens);
+        tenants
+    }
+
+    /// Replaces the tokens. A tenant that stays keeps its ledger, figures and live
+    /// sessions, under its new policy; a token that is gone admits no one new, and
+    /// the sessions it admitted carry on until they end. Tokens of one tenant
+    /// share it (the first token's policy is its policy).
+    pub fn reload(&self, tokens: Vec<TokenEntry>) {
+        let mut table = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let mut named: HashMap<String, Policy> = HashMap::new();
+        for t in &tokens {
+            named
                 .entry(t.tenant.clone())
-                .or_insert_with(|| Tenant::new(t.tenant, t.memory_limit))
-                .clone();
-            (t.token, tenant)
-        })
-        .collect()
+                .or_insert_with(|| t.policy.clone());
+        }
+        for (name, policy) in &named {
+            match table.known.get(name) {
+                Some(tenant) => tenant.set_policy(policy.clone()),
+                None => {
+                    table
+                        .known
+                        .insert(name.clone(), Tenant::with_policy(name.clone(), policy.clone()));
+                }
+            }
+        }
+        // Forget tenants that are gone and hold nothing any more.
+        table
+            .known
+            .retain(|name, tenant| named.contains_key(name) || tenant.sessions() > 0);
+        table.tokens = tokens
+            .into_iter()
+            .map(|t| {
+                let tenant = table.known[&t.tenant].clone();
+                (t.token, tenant)
+            })
+            .collect();
+    }
+
+    /// The tenant whose token this is.
+    pub fn by_token(&self, token: &str) -> Option<Tenant> {
+        let table = self.0.read().unwrap_or_else(|e| e.into_inner());
+        // Every token is compared, so the time taken says nothing of which matched.
+        let mut found = None;
+        for (candidate, tenant) in &table.tokens {
+            if same_secret(candidate, token) && found.is_none() {
+                found = Some(tenant.clone());
+            }
+        }
+        found
+    }
+
+    /// Every tenant known now, by name.
+    pub fn all(&self) -> Vec<Tenant> {
+        let table = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<Tenant> = table.known.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
 }
 
 /// The QUIC transport settings of both ends' sessions: one stream each way, a
@@ -148,11 +231,20 @@ impl Server {
         Ok(Self {
             endpoint,
             unix,
-            tenants: Arc::new(tenants(config.tokens)),
-            backend: config.backend,
+            tenants: Tenants::new(config.tokens),
+            host: Host::new(config.backend),
             modules: Arc::new(ModuleCache::new(config.module_cache_dir)),
-            max_sessions_per_tenant: config.max_sessions_per_tenant,
         })
+    }
+
+    /// The tenant table, to reload while the server runs.
+    pub fn tenants(&self) -> Tenants {
+        self.tenants.clone()
+    }
+
+    /// The host: its devices, schedulers and backend (for metrics).
+    pub fn host(&self) -> Arc<Host> {
+        self.host.clone()
     }
 
     /// Whether the Unix socket asked for is listening.
@@ -171,14 +263,13 @@ impl Server {
     pub async fn serve(self) {
         let shared = Shared {
             tenants: self.tenants,
-            backend: self.backend,
+            host: self.host,
             modules: self.modules,
             unix_socket: self.unix.as_ref().map(|(_, path)| path.clone()),
             unauthenticated: Arc::new(Semaphore::new(MAX_UNAUTHENTICATED)),
             refused: Arc::default(),
             refused_warned: Arc::default(),
             started: std::time::Instant::now(),
-            max_sessions_per_tenant: self.max_sessions_per_tenant,
         };
         let trimming = tokio::spawn(crate::trim_heap_now_and_then());
         if let Some((unix, _)) = self.unix {
@@ -244,8 +335,8 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
 /// What every connection handler needs.
 #[derive(Clone)]
 struct Shared {
-    tenants: Arc<Vec<(String, Tenant)>>,
-    backend: Arc<dyn Backend>,
+    tenants: Tenants,
+    host: Arc<Host>,
     modules: Arc<ModuleCache>,
     /// The Unix socket, told to probing clients on this host.
     unix_socket: Option<std::path::PathBuf>,
@@ -256,7 +347,6 @@ struct Shared {
     refused: Arc<AtomicU64>,
     refused_warned: Arc<AtomicU64>,
     started: std::time::Instant,
-    max_sessions_per_tenant: usize,
 }
 
 /// Compares in time independent of where the strings differ.
@@ -393,7 +483,7 @@ async fn serve_connection(
             connection.set_receive_window(SESSION_WINDOW.into());
             write_message(
                 &mut send,
-                &Ok::<_, CuError>(welcome(&shared.backend, &admitted.tenant, false)),
+                &Ok::<_, CuError>(welcome(&shared.host, &admitted.tenant, false)),
             )
             .await?;
             serve_session(recv, send, remote, admitted).await
@@ -613,13 +703,14 @@ fn handle_request(
 }
 
 /// What the server tells an admitted client.
-fn welcome(backend: &Arc<dyn Backend>, tenant: &Tenant, shared_region: bool) -> Welcome {
+fn welcome(host: &Host, tenant: &Tenant, shared_region: bool) -> Welcome {
+    let backend = host.backend();
     Welcome {
         shared_region,
         protocol_version: PROTOCOL_VERSION,
         backend: backend.name().to_owned(),
         driver_version: backend.driver_version(),
-        devices: backend.devices(tenant),
+        devices: host.devices_for(tenant),
         device_address_range: backend.device_address_range(),
     }
 }
@@ -649,9 +740,7 @@ impl Shared {
             ));
         }
         self.tenants
-            .iter()
-            .find(|(token, _)| same_secret(token, &hello.token))
-            .map(|(_, tenant)| tenant.clone())
+            .by_token(&hello.token)
             .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token"))
     }
 
@@ -660,14 +749,12 @@ impl Shared {
     /// process).
     fn admit(&self, hello: &Hello) -> Result<(Tenant, Box<dyn Session>, SessionSlot), CuError> {
         let tenant = self.tenant(hello)?;
-        let slot = tenant.open_slot(self.max_sessions_per_tenant)?;
-        let session = self.backend.open_session(&tenant)?;
-        let session: Box<dyn Session> = Box::new(CachingSession::new(
-            session,
-            self.modules.clone(),
-            &tenant.name,
-        ));
-        Ok((tenant, session, slot))
+        let slot = tenant.open_slot()?;
+        let modules = self.modules.clone();
+        let session = self.host.open_session(&tenant, hello.pid, |inner| {
+            Box::new(CachingSession::new(inner, modules, &tenant.name))
+        })?;
+        Ok((tenant, Box::new(session), slot))
     }
 
     /// A place for a new connection among those not yet admitted, or `None` (and a
@@ -739,7 +826,7 @@ async fn serve_unix(
     });
     write_message(
         &mut send,
-        &Ok::<_, CuError>(welcome(&shared.backend, &admitted.tenant, region.is_some())),
+        &Ok::<_, CuError>(welcome(&shared.host, &admitted.tenant, region.is_some())),
     )
     .await?;
     let stream = stream.into_std()?;

@@ -3,12 +3,11 @@
 //! sticky device error, a crash in the driver) cannot touch another tenant, and
 //! everything the session held on the device is released when the process ends.
 //!
-//! The parent keeps the control plane: it charges the tenant's memory ledger for
-//! every allocation before forwarding it, refunds on free and when the worker ends,
-//! and clamps the free memory the worker reports to what the tenant has left. Parent
-//! and worker talk over the worker's stdin/stdout with the same frames as the wire.
+//! The parent keeps the control plane: its tenancy layer (`tenancy.rs`) charges the
+//! tenant's ledger and schedules launches around the worker's session as around any
+//! other. Parent and worker talk over the worker's stdin/stdout with the same frames
+//! as the wire.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use xpupool_protocol::{code, frame, CuError, DeviceInfo, Reply, Request};
 
 use crate::backend::{Backend, Session, Tenant};
-use crate::quota::{allocation_charge, MemoryLedger};
+use crate::tenancy::Policy;
 
 /// What a worker reports once its backend is open.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,7 +43,7 @@ fn write_message<T: Serialize>(output: &mut impl Write, message: &T) -> Result<(
 
 /// The worker's side: serve one session of `backend` over stdin/stdout until the
 /// parent closes stdin. Run by `xpupool server-worker`.
-pub fn serve_worker(backend: Result<Arc<dyn Backend>>) -> Result<()> {
+pub fn serve_worker(backend: Result<Arc<dyn Backend>>, policy: Policy) -> Result<()> {
     let mut input = std::io::stdin().lock();
     // The protocol gets the original stdout; anything else that writes to fd 1
     // (a kernel's printf, the driver) goes to stderr instead of into the frames.
@@ -67,12 +66,13 @@ pub fn serve_worker(backend: Result<Arc<dyn Backend>>) -> Result<()> {
             return Err(e);
         }
     };
-    // The parent enforces the tenant's limits; here the session is unlimited.
-    let tenant = Tenant::new("worker", None);
+    // The parent keeps the tenant's ledger and shares; the worker applies what only
+    // the backend can (its SM ceiling), from the policy it was started with.
+    let tenant = Tenant::with_policy("worker", policy);
     let ready = Ready {
         name: backend.name().to_owned(),
         driver_version: backend.driver_version(),
-        devices: backend.devices(&tenant),
+        devices: backend.devices(),
         device_address_range: backend.device_address_range(),
     };
     write_message(&mut output, &Ok::<_, String>(ready))?;
@@ -142,14 +142,13 @@ impl Backend for IsolatedBackend {
         self.ready.driver_version
     }
 
-    fn devices(&self, tenant: &Tenant) -> Vec<DeviceInfo> {
-        let mut devices = self.ready.devices.clone();
-        if let Some(limit) = tenant.memory.limit() {
-            for device in &mut devices {
-                device.total_memory = device.total_memory.min(limit);
-            }
-        }
-        devices
+    fn devices(&self) -> Vec<DeviceInfo> {
+        self.ready.devices.clone()
+    }
+
+    /// A mock in a worker still runs each launch before it answers.
+    fn launches_complete_on_return(&self) -> bool {
+        self.ready.name == "mock"
     }
 
     fn device_address_range(&self) -> (u64, u64) {
@@ -160,13 +159,16 @@ impl Backend for IsolatedBackend {
         let unavailable = |e: anyhow::Error| {
             CuError::new(code::UNKNOWN, format!("starting a session worker: {e:#}"))
         };
-        let (child, stdin, mut stdout) = spawn(&self.command).map_err(unavailable)?;
+        let mut command = self.command.clone();
+        if let Some(fraction) = tenant.policy().sm_limit {
+            command.push("--sm-limit".into());
+            command.push(fraction.to_string().into());
+        }
+        let (child, stdin, mut stdout) = spawn(&command).map_err(unavailable)?;
         let mut session = WorkerSession {
             child,
             stdin: Some(stdin),
             stdout: None,
-            tenant: tenant.memory.clone(),
-            allocations: BTreeMap::new(),
             dead: None,
         };
         read_ready(&mut stdout).map_err(unavailable)?;
@@ -180,9 +182,6 @@ struct WorkerSession {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
-    tenant: Arc<MemoryLedger>,
-    /// Allocations charged to the tenant: address → bytes.
-    allocations: BTreeMap<u64, u64>,
     /// Set once the worker is gone; every later call fails with it.
     dead: Option<CuError>,
 }
@@ -220,41 +219,7 @@ impl WorkerSession {
 
 impl Session for WorkerSession {
     fn handle(&mut self, request: Request) -> Result<Reply, CuError> {
-        match request {
-            Request::MemAlloc { bytes, .. } => {
-                let charge = allocation_charge(bytes)
-                    .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
-                self.tenant.charge(charge)?;
-                let reply = self.forward(&request);
-                match &reply {
-                    Ok(Reply::MemAlloc(address)) => {
-                        self.allocations.insert(*address, charge);
-                    }
-                    _ => self.tenant.refund(charge),
-                }
-                reply
-            }
-            Request::MemFree { ptr } => {
-                let reply = self.forward(&request);
-                if reply.is_ok() {
-                    if let Some(bytes) = self.allocations.remove(&ptr) {
-                        self.tenant.refund(bytes);
-                    }
-                }
-                reply
-            }
-            Request::MemGetInfo { .. } => match self.forward(&request)? {
-                Reply::MemGetInfo((free, total)) => {
-                    let total = self.tenant.limit().map_or(total, |l| l.min(total));
-                    Ok(Reply::MemGetInfo((
-                        free.min(self.tenant.remaining()),
-                        total,
-                    )))
-                }
-                other => Ok(other),
-            },
-            other => self.forward(&other),
-        }
+        self.forward(&request)
     }
 }
 
@@ -275,7 +240,5 @@ impl Drop for WorkerSession {
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
         }
-        let held: u64 = self.allocations.values().sum();
-        self.tenant.refund(held);
     }
 }

@@ -203,7 +203,7 @@ fn kernels_streams_events_and_globals() {
     let c = front.connect();
     let n = 1000u32;
     let out = c.mem_alloc(0, u64::from(n) * 4).unwrap();
-    let module = c.module_load(ptx_image(SCALE_PTX)).unwrap();
+    let module = c.module_load(0, ptx_image(SCALE_PTX)).unwrap();
     assert!(module.no_code.is_none());
     let scale = module
         .functions
@@ -216,8 +216,8 @@ fn kernels_streams_events_and_globals() {
     let attributes: Vec<u32> = scale.attributes.iter().map(|a| a.0).collect();
     assert_eq!(attributes, (0..=9).collect::<Vec<_>>());
 
-    let stream = c.stream_create(0, 0).unwrap();
-    let (start, end) = (c.event_create(0).unwrap(), c.event_create(0).unwrap());
+    let stream = c.stream_create(0, 0, 0).unwrap();
+    let (start, end) = (c.event_create(0, 0).unwrap(), c.event_create(0, 0).unwrap());
     c.memset(out, 0xFFFF_FFFF, 4, u64::from(n), stream).unwrap();
     c.event_record(start, stream).unwrap();
     let dims = LaunchDims {
@@ -280,7 +280,7 @@ fn kernels_streams_events_and_globals() {
 
     // The same image again (here, or in another session) reuses the kernel list.
     let cached = world().cuda.cached_images();
-    let again = c.module_load(ptx_image(SCALE_PTX)).unwrap();
+    let again = c.module_load(0, ptx_image(SCALE_PTX)).unwrap();
     assert_eq!(again.functions[0].params, scale.params);
     assert_ne!(
         again.functions[0].handle, scale.handle,
@@ -365,7 +365,7 @@ fn an_nvcc_fatbin_loads_and_runs() {
     let _serial = serial();
     let front = Front::start(None);
     let c = front.connect();
-    let module = c.module_load(fixture_fatbin()).unwrap();
+    let module = c.module_load(0, fixture_fatbin()).unwrap();
     assert!(module.no_code.is_none(), "{:?}", module.no_code);
     run_fill(&c, &module);
 }
@@ -387,11 +387,11 @@ fn an_older_driver_gets_layouts_from_the_image() {
     })
     .unwrap();
     // A fatbin: names and layouts from its cubin's .nv.info (and its PTX).
-    let module = c.module_load(fixture_fatbin()).unwrap();
+    let module = c.module_load(0, fixture_fatbin()).unwrap();
     assert!(module.no_code.is_none(), "{:?}", module.no_code);
     run_fill(&c, &module);
     // PTX: from the .entry signature.
-    let module = c.module_load(ptx_image(SCALE_PTX)).unwrap();
+    let module = c.module_load(0, ptx_image(SCALE_PTX)).unwrap();
     assert_eq!(module.functions.len(), 1);
     assert_eq!(module.functions[0].params, vec![(0, 8), (8, 4), (12, 4)]);
     drop(c);
@@ -410,7 +410,7 @@ fn an_image_without_code_for_the_device_says_so() {
     ))
     .expect("fixture");
     let image = xpupool_fatbin::image_from_bytes(&cubin).unwrap().to_wire();
-    let info = c.module_load(ByteBuf::from(image)).unwrap();
+    let info = c.module_load(0, ByteBuf::from(image)).unwrap();
     let reason = info.no_code.expect("the mock runs no SASS");
     assert!(reason.contains("sm_90"), "{reason}");
     assert!(info.functions.is_empty());
@@ -438,11 +438,11 @@ fn a_departed_clients_resources_are_freed() {
     let c = front.connect();
     let out = c.mem_alloc(0, 1 << 20).unwrap();
     c.mem_alloc(0, 3 << 20).unwrap();
-    let module = c.module_load(ptx_image(SCALE_PTX)).unwrap();
+    let module = c.module_load(0, ptx_image(SCALE_PTX)).unwrap();
     c.module_get_global(module.handle, "counter".into())
         .unwrap();
-    let stream = c.stream_create(0, 0).unwrap();
-    c.event_create(0).unwrap();
+    let stream = c.stream_create(0, 0, 0).unwrap();
+    c.event_create(0, 0).unwrap();
     let dims = LaunchDims {
         grid: [1, 1, 1],
         block: [64, 1, 1],

@@ -362,14 +362,14 @@ fn the_module_cache_keeps_only_what_loaded_and_only_for_whoever_sent_it() {
     // An image the backend refuses is not kept, in memory or on disk.
     let garbage = ByteBuf::from(b"\x00not an image at all".to_vec());
     let garbage_hash: [u8; 32] = sha2::Sha256::digest(&garbage).into();
-    assert!(mine.module_load(garbage).is_err());
-    assert!(mine.module_load_cached(garbage_hash).unwrap().is_none());
+    assert!(mine.module_load(0, garbage).is_err());
+    assert!(mine.module_load_cached(0, garbage_hash).unwrap().is_none());
     assert!(!dir.join(hex::encode(garbage_hash)).exists());
 
     // A good image is kept, privately, for its tenant only.
     let image = common::ptx_image(common::SCALE_PTX);
     let hash: [u8; 32] = sha2::Sha256::digest(&image).into();
-    mine.module_load(image.clone()).unwrap();
+    mine.module_load(0, image.clone()).unwrap();
     let file = dir.join(hex::encode(hash));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(
@@ -379,17 +379,17 @@ fn the_module_cache_keeps_only_what_loaded_and_only_for_whoever_sent_it() {
     );
     assert_eq!(mode(&dir), 0o700, "and so is its folder");
     assert!(
-        theirs.module_load_cached(hash).unwrap().is_none(),
+        theirs.module_load_cached(0, hash).unwrap().is_none(),
         "another tenant learns nothing from a hash"
     );
     let again = common::connect(&server);
     assert!(
-        again.module_load_cached(hash).unwrap().is_some(),
+        again.module_load_cached(0, hash).unwrap().is_some(),
         "another session of the same tenant loads it by hash"
     );
-    theirs.module_load(image).unwrap();
+    theirs.module_load(0, image).unwrap();
     assert!(
-        theirs.module_load_cached(hash).unwrap().is_some(),
+        theirs.module_load_cached(0, hash).unwrap().is_some(),
         "once it has sent the bytes itself"
     );
     drop((mine, theirs, again));

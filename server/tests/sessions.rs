@@ -78,7 +78,7 @@ fn kernel_runs_and_results_come_back() {
     let n = 1000u32;
     let out = c.mem_alloc(0, n as u64 * 4).unwrap();
     let module = c
-        .module_load(ByteBuf::from(
+        .module_load(0, ByteBuf::from(
             xpupool_fatbin::Image::Ptx(SCALE_PTX.to_owned()).to_wire(),
         ))
         .unwrap();
@@ -114,7 +114,7 @@ fn out_of_bounds_kernel_faults_and_poisons_the_session() {
     let c = f.connect();
     let out = c.mem_alloc(0, 64).unwrap();
     let module = c
-        .module_load(ByteBuf::from(
+        .module_load(0, ByteBuf::from(
             xpupool_fatbin::Image::Ptx(SCALE_PTX.to_owned()).to_wire(),
         ))
         .unwrap();
@@ -174,7 +174,7 @@ fn image_without_ptx_reports_no_usable_code_but_has_its_variables() {
     ))
     .expect("fixture");
     let image = xpupool_fatbin::image_from_bytes(&cubin).unwrap();
-    let info = c.module_load(ByteBuf::from(image.to_wire())).unwrap();
+    let info = c.module_load(0, ByteBuf::from(image.to_wire())).unwrap();
     let reason = info.no_code.expect("no PTX means no usable code");
     assert!(reason.contains("no PTX"), "{reason}");
     // Its variables exist anyway, initialised from the cubin (cuBLAS needs this).
@@ -213,13 +213,13 @@ fn skipping_kernels_accepts_sass_only_kernels_and_runs_none() {
     // The ordinary mock lists none of them.
     let ordinary = fixture(1 << 20);
     let c = ordinary.connect();
-    let info = c.module_load(ByteBuf::from(wire.clone())).unwrap();
+    let info = c.module_load(0, ByteBuf::from(wire.clone())).unwrap();
     assert!(info.no_code.is_some() && info.functions.is_empty());
 
     let backend = Arc::new(MockBackend::new(1 << 20).skipping_kernels());
     let server = EmbeddedServer::start(backend).expect("server starts");
     let c = common::connect(&server);
-    let info = c.module_load(ByteBuf::from(wire)).unwrap();
+    let info = c.module_load(0, ByteBuf::from(wire)).unwrap();
     assert_eq!(info.no_code, None);
     let mut names: Vec<_> = info.functions.iter().map(|f| f.name.as_str()).collect();
     names.sort();
@@ -336,14 +336,14 @@ fn an_image_is_uploaded_once_and_then_loaded_by_its_hash() {
     let hash: [u8; 32] = sha2::Sha256::digest(&image).into();
     let first = f.connect();
     assert!(
-        first.module_load_cached(hash).unwrap().is_none(),
+        first.module_load_cached(0, hash).unwrap().is_none(),
         "not seen yet"
     );
-    first.module_load(image).unwrap();
+    first.module_load(0, image).unwrap();
     // Another client (another process, say) gets it by hash alone, and it runs.
     let second = f.connect();
     let module = second
-        .module_load_cached(hash)
+        .module_load_cached(0, hash)
         .unwrap()
         .expect("cached by the first upload");
     let out = second.mem_alloc(0, 64 * 4).unwrap();
@@ -357,7 +357,7 @@ fn an_image_is_uploaded_once_and_then_loaded_by_its_hash() {
         .unwrap();
     let bytes = second.memcpy_dtoh(out, 64 * 4, 0).unwrap();
     assert_eq!(u32::from_le_bytes(bytes[40..44].try_into().unwrap()), 50);
-    assert!(second.module_load_cached([7; 32]).unwrap().is_none());
+    assert!(second.module_load_cached(0, [7; 32]).unwrap().is_none());
 }
 
 #[test]
@@ -370,7 +370,7 @@ fn clients_on_this_host_use_the_unix_socket_with_the_same_checks() {
     let c = Connection::open(&settings).expect("connects over the Unix socket");
     let n = 256u32;
     let out = c.mem_alloc(0, n as u64 * 4).unwrap();
-    let module = c.module_load(common::ptx_image(SCALE_PTX)).unwrap();
+    let module = c.module_load(0, common::ptx_image(SCALE_PTX)).unwrap();
     let dims = LaunchDims {
         grid: [2, 1, 1],
         block: [128, 1, 1],

@@ -78,16 +78,21 @@ pub(crate) struct Context {
 }
 
 /// A module or library (the two are the same object here). Its image stays in the
-/// client until something in it is first used, then goes to the server once: lazy
-/// loading, as the real driver does by default, so a program that registers hundreds
-/// of fatbins (PyTorch) ships only those it uses.
+/// client until something in it is first used on a device, then goes to the server
+/// once: lazy loading, as the real driver does by default, so a program that
+/// registers hundreds of fatbins (PyTorch) ships only those it uses. It is loaded on
+/// each device it is used on (by content hash after the first: the server has it).
 pub(crate) struct Module {
     pending: Mutex<Option<Image>>,
-    loaded: OnceLock<Result<LoadedModule, CUresult>>,
+    /// The image as sent, and its hash, once it has been sent for one device.
+    wire: OnceLock<([u8; 32], Vec<u8>)>,
+    /// Per device (the tenant's numbering).
+    loaded: Box<[OnceLock<Result<LoadedModule, CUresult>>]>,
     /// Kernels handed out so far, by name.
     pub(crate) kernels: Mutex<HashMap<String, usize>>,
-    /// Globals looked up so far (their addresses never change while loaded).
-    pub(crate) globals: Mutex<HashMap<String, GlobalInfo>>,
+    /// Globals looked up so far, by device and name (their addresses never change
+    /// while loaded).
+    pub(crate) globals: Mutex<HashMap<(CUdevice, String), GlobalInfo>>,
 }
 
 /// What the server made of a module's image.
@@ -98,30 +103,47 @@ pub(crate) struct LoadedModule {
 }
 
 impl Module {
-    pub(crate) fn new(image: Image) -> Self {
+    pub(crate) fn new(image: Image, devices: usize) -> Self {
         Self {
             pending: Mutex::new(Some(image)),
-            loaded: OnceLock::new(),
+            wire: OnceLock::new(),
+            loaded: (0..devices.max(1)).map(|_| OnceLock::new()).collect(),
             kernels: Mutex::new(HashMap::new()),
             globals: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The server's view of the module, uploading the image on first use.
-    pub(crate) fn loaded(&self, conn: &Connection) -> Res<&LoadedModule> {
-        let outcome = self.loaded.get_or_init(|| {
-            let image = lock(&self.pending)
-                .take()
-                .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-            let image = for_server(image, &conn.welcome);
-            let wire = image.to_wire();
+    /// The server's view of the module on the current context's device, uploading
+    /// the image on first use there.
+    pub(crate) fn loaded(&self, d: &Driver) -> Res<&LoadedModule> {
+        self.loaded_on(&d.conn, d.current_device())
+    }
+
+    /// The module on `device`, loading it there on first use.
+    pub(crate) fn loaded_on(&self, conn: &Connection, device: CUdevice) -> Res<&LoadedModule> {
+        let slot = usize::try_from(device)
+            .ok()
+            .and_then(|i| self.loaded.get(i))
+            .ok_or(CUDA_ERROR_INVALID_DEVICE)?;
+        let outcome = slot.get_or_init(|| {
+            let (hash, wire) = match self.wire.get() {
+                Some(sent) => sent,
+                None => {
+                    let image = lock(&self.pending)
+                        .take()
+                        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+                    let wire = for_server(image, &conn.welcome).to_wire();
+                    let hash: [u8; 32] = Sha256::digest(&wire).into();
+                    self.wire.get_or_init(|| (hash, wire))
+                }
+            };
+            let device = device as u32;
             // Ask by content hash first: an image the server has seen is not sent again.
-            let hash: [u8; 32] = Sha256::digest(&wire).into();
-            let info = match conn.module_load_cached(hash).map_err(fail)? {
+            let info = match conn.module_load_cached(device, *hash).map_err(fail)? {
                 Some(info) => info,
                 None => {
-                    tracing::debug!(bytes = wire.len(), "uploading a module image");
-                    conn.module_load(serde_bytes::ByteBuf::from(wire))
+                    tracing::debug!(bytes = wire.len(), device, "uploading a module image");
+                    conn.module_load(device, serde_bytes::ByteBuf::from(wire.clone()))
                         .map_err(fail)?
                 }
             };
@@ -140,9 +162,11 @@ impl Module {
         outcome.as_ref().map_err(|&code| code)
     }
 
-    /// The server's view if the image was uploaded.
-    pub(crate) fn if_loaded(&self) -> Option<&LoadedModule> {
-        self.loaded.get().and_then(|r| r.as_ref().ok())
+    /// The server's modules, on each device it was loaded on.
+    pub(crate) fn all_loaded(&self) -> impl Iterator<Item = &LoadedModule> {
+        self.loaded
+            .iter()
+            .filter_map(|l| l.get().and_then(|r| r.as_ref().ok()))
     }
 }
 
@@ -183,7 +207,8 @@ pub(crate) struct Function {
     pub(crate) module: usize,
     /// Attributes the application set (`cuFuncSetAttribute`).
     pub(crate) overrides: Mutex<Vec<(u32, i32)>>,
-    binding: OnceLock<Result<Binding, CUresult>>,
+    /// Per device (the tenant's numbering).
+    binding: Box<[OnceLock<Result<Binding, CUresult>>]>,
     warned: AtomicBool,
 }
 
@@ -206,23 +231,32 @@ fn default_attribute(attr: u32) -> Option<i32> {
 }
 
 impl Function {
-    pub(crate) fn new(name: String, module: usize) -> Res<Self> {
+    pub(crate) fn new(name: String, module: usize, devices: usize) -> Res<Self> {
         Ok(Self {
             c_name: CString::new(name.clone()).map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
             name,
             module,
             overrides: Mutex::new(Vec::new()),
-            binding: OnceLock::new(),
+            binding: (0..devices.max(1)).map(|_| OnceLock::new()).collect(),
             warned: AtomicBool::new(false),
         })
     }
 
-    /// The server's view of this kernel; uploads its module if needed. A name the
-    /// module does not have is `NOT_FOUND`.
+    /// The server's view of this kernel on the current context's device; uploads its
+    /// module there if needed. A name the module does not have is `NOT_FOUND`.
     pub(crate) fn binding(&self, d: &Driver) -> Res<&Binding> {
-        let outcome = self.binding.get_or_init(|| {
+        self.binding_on(d, d.current_device())
+    }
+
+    /// The kernel on `device`.
+    pub(crate) fn binding_on(&self, d: &Driver, device: CUdevice) -> Res<&Binding> {
+        let slot = usize::try_from(device)
+            .ok()
+            .and_then(|i| self.binding.get(i))
+            .ok_or(CUDA_ERROR_INVALID_DEVICE)?;
+        let outcome = slot.get_or_init(|| {
             let module = d.modules.get(self.module)?;
-            let loaded = module.loaded(&d.conn)?;
+            let loaded = module.loaded_on(&d.conn, device)?;
             if let Some(reason) = &loaded.no_code {
                 return Ok(Binding::NoCode(reason.clone()));
             }
@@ -240,7 +274,12 @@ impl Function {
     /// with its name and the reason. Look-ups succeed either way (so libraries that
     /// look up kernels they never launch initialise); running is what fails.
     pub(crate) fn runnable(&self, d: &Driver) -> Res<&FunctionInfo> {
-        let reason = match self.binding(d)? {
+        self.runnable_on(d, d.current_device())
+    }
+
+    /// Like [`Function::runnable`], on `device`.
+    pub(crate) fn runnable_on(&self, d: &Driver, device: CUdevice) -> Res<&FunctionInfo> {
+        let reason = match self.binding_on(d, device)? {
             Binding::Known(info) if info.unusable.is_none() => return Ok(info),
             Binding::Known(info) => info.unusable.as_deref().unwrap_or_default(),
             Binding::NoCode(reason) => reason,
@@ -303,6 +342,8 @@ pub(crate) struct Driver {
     pub(crate) streams: Mutex<HashMap<u64, StreamInfo>>,
     pub(crate) cls: Mutex<HashMap<(usize, usize), (usize, ClsDtor)>>,
     pub(crate) limits: Mutex<HashMap<u32, usize>>,
+    /// Peer access enabled: (from device, to device).
+    pub(crate) peer_access: Mutex<HashSet<(CUdevice, CUdevice)>>,
     next_id: AtomicU64,
 }
 
@@ -387,6 +428,7 @@ impl Driver {
             streams: Mutex::new(HashMap::new()),
             cls: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
+            peer_access: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(100),
             conn,
         }
@@ -436,6 +478,29 @@ impl Driver {
         let blocks = lock(&self.host_blocks);
         let (&base, block) = blocks.range(..=address).next_back()?;
         (address < base + block.len).then_some((base, block.len, block.flags))
+    }
+
+    /// The device of the thread's current context (0 without one).
+    pub(crate) fn current_device(&self) -> CUdevice {
+        self.current_context().map_or(0, |c| c.device)
+    }
+
+    /// How many devices the server offers this tenant.
+    pub(crate) fn device_count(&self) -> usize {
+        self.conn.welcome.devices.len()
+    }
+
+    /// The device whose work `stream` is: its context's, or for the default
+    /// streams the current context's.
+    pub(crate) fn stream_device(&self, stream: u64) -> Res<CUdevice> {
+        if stream <= 2 {
+            return Ok(self.current_device());
+        }
+        let context = lock(&self.streams)
+            .get(&stream)
+            .map(|s| s.context)
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        Ok(self.contexts.get(context)?.device)
     }
 
     /// The context a call without one acts on: the thread's current one.

@@ -189,6 +189,7 @@ pub fn run_with(
         params: &buf,
         symbols: &symbols,
         workers: c.workers,
+        between_blocks: None,
     };
     launch(m, name, &l, mem)
 }

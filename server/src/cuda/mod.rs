@@ -16,8 +16,11 @@
 //! parent keeping admission, the memory ledger and metrics; then a fault ends one
 //! worker, and the driver frees its memory when the process exits.
 //!
-//! Also not done: one device per server (the protocol's module, stream and launch
-//! calls name no device), and module images are not charged to the memory ledger.
+//! Also not done: one device per server (device 0: the protocol names devices now,
+//! the backend does not yet keep a context per device), SM ceilings (green
+//! contexts), and measuring kernel time with events for the compute-share
+//! scheduler (launches return before their kernels end, so they are counted, not
+//! scheduled).
 
 mod driver;
 mod module;
@@ -221,12 +224,8 @@ impl Backend for CudaBackend {
         self.shared.version
     }
 
-    fn devices(&self, tenant: &Tenant) -> Vec<DeviceInfo> {
-        let mut info = self.shared.info.clone();
-        if let Some(limit) = tenant.memory.limit() {
-            info.total_memory = info.total_memory.min(limit);
-        }
-        vec![info]
+    fn devices(&self) -> Vec<DeviceInfo> {
+        vec![self.shared.info.clone()]
     }
 
     /// The driver's addresses lie in no fixed range, so there is none to report and
@@ -239,9 +238,9 @@ impl Backend for CudaBackend {
     }
 
     fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {
-        Ok(Box::new(session::CudaSession::new(
-            self.shared.clone(),
-            tenant.memory.clone(),
-        )))
+        if tenant.policy().sm_limit.is_some() {
+            tracing::warn!(tenant = %tenant.name, "sm_limit is not enforced by the cuda backend yet (no green contexts); the tenant's compute share still applies");
+        }
+        Ok(Box::new(session::CudaSession::new(self.shared.clone())))
     }
 }

@@ -17,7 +17,6 @@ use xpupool_protocol::{code, Api, CuError};
 
 use super::module::{self, Kernel};
 use super::Shared;
-use crate::quota::MemoryLedger;
 
 /// `CU_STREAM_LEGACY`.
 const STREAM_LEGACY: u64 = 1;
@@ -38,7 +37,6 @@ struct Function {
 
 pub(crate) struct CudaSession {
     shared: Arc<Shared>,
-    tenant: Arc<MemoryLedger>,
     /// Allocations: base → size.
     allocations: BTreeMap<u64, u64>,
     modules: HashMap<u64, Module>,
@@ -66,10 +64,9 @@ fn end_of(base: u64, len: u64) -> Result<u64, CuError> {
 }
 
 impl CudaSession {
-    pub(crate) fn new(shared: Arc<Shared>, tenant: Arc<MemoryLedger>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            tenant,
             allocations: BTreeMap::new(),
             modules: HashMap::new(),
             next_module: 0,
@@ -161,6 +158,7 @@ impl CudaSession {
             handle,
             functions: Vec::new(),
             no_code: Some(reason),
+            device_bytes: 0,
         }
     }
 
@@ -200,32 +198,23 @@ impl crate::backend::DirectCopy for CudaSession {}
 
 impl Api for CudaSession {
     fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
-        if device != 0 {
-            return Err(CuError::new(
-                code::INVALID_DEVICE,
-                format!("device {device}"),
-            ));
-        }
+        only_device_zero(device)?;
         if bytes == 0 {
             return Err(invalid_value("zero-byte allocation"));
         }
         let len = usize::try_from(bytes)
             .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
         self.shared.enter()?;
-        self.tenant.charge(bytes)?;
         let mut address = 0;
         // SAFETY: an out-pointer; the primary context is current.
         let r = unsafe { (self.shared.driver.cuMemAlloc_v2)(&mut address, len) };
-        if let Err(e) = self.check(r, "cuMemAlloc_v2") {
-            self.tenant.refund(bytes);
-            return Err(e);
-        }
+        self.check(r, "cuMemAlloc_v2")?;
         self.allocations.insert(address, bytes);
         Ok(address)
     }
 
     fn mem_free(&mut self, ptr: u64) -> Result<(), CuError> {
-        let &bytes = self.allocations.get(&ptr).ok_or_else(|| {
+        self.allocations.get(&ptr).ok_or_else(|| {
             invalid_value(format!("{ptr:#x} is not an allocation of this session"))
         })?;
         self.shared.enter()?;
@@ -233,29 +222,17 @@ impl Api for CudaSession {
         let r = unsafe { (self.shared.driver.cuMemFree_v2)(ptr) };
         self.check(r, "cuMemFree_v2")?;
         self.allocations.remove(&ptr);
-        self.tenant.refund(bytes);
         Ok(())
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
-        if device != 0 {
-            return Err(CuError::new(
-                code::INVALID_DEVICE,
-                format!("device {device}"),
-            ));
-        }
+        only_device_zero(device)?;
         self.shared.enter()?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: two out-pointers; the primary context is current.
         let r = unsafe { (self.shared.driver.cuMemGetInfo_v2)(&mut free, &mut total) };
         self.check(r, "cuMemGetInfo_v2")?;
-        let total = self
-            .tenant
-            .limit()
-            .map_or(self.shared.info.total_memory, |l| {
-                l.min(self.shared.info.total_memory)
-            });
-        Ok(((free as u64).min(self.tenant.remaining()), total))
+        Ok((free as u64, total as u64))
     }
 
     fn memcpy_htod(&mut self, dst: u64, data: ByteBuf, stream: u64) -> Result<(), CuError> {
@@ -392,13 +369,14 @@ impl Api for CudaSession {
         self.check(r, "cuMemsetD2D*Async")
     }
 
-    fn module_load_cached(&mut self, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
+    fn module_load_cached(&mut self, _device: u32, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
         // Images are cached by the server around every session (module_cache.rs);
         // the backend itself keeps none.
         Ok(None)
     }
 
-    fn module_load(&mut self, image: ByteBuf) -> Result<ModuleInfo, CuError> {
+    fn module_load(&mut self, device: u32, image: ByteBuf) -> Result<ModuleInfo, CuError> {
+        only_device_zero(device)?;
         let key: [u8; 32] = Sha256::digest(&image).into();
         let image = Image::from_wire(&image)
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
@@ -460,6 +438,9 @@ impl Api for CudaSession {
             handle,
             functions,
             no_code: None,
+            // The driver does not say what a module takes; its image is its code's
+            // size on the device (its variables' storage is not counted yet).
+            device_bytes: (words.len() * 8) as u64,
         })
     }
 
@@ -577,7 +558,8 @@ impl Api for CudaSession {
         self.check(r, "cuLaunchKernel")
     }
 
-    fn stream_create(&mut self, flags: u32, priority: i32) -> Result<u64, CuError> {
+    fn stream_create(&mut self, device: u32, flags: u32, priority: i32) -> Result<u64, CuError> {
+        only_device_zero(device)?;
         self.shared.enter()?;
         let mut stream: CUstream = std::ptr::null_mut();
         // SAFETY: an out-pointer; the primary context is current.
@@ -624,7 +606,8 @@ impl Api for CudaSession {
         self.check(r, "cuStreamWaitEvent")
     }
 
-    fn event_create(&mut self, flags: u32) -> Result<u64, CuError> {
+    fn event_create(&mut self, device: u32, flags: u32) -> Result<u64, CuError> {
+        only_device_zero(device)?;
         self.shared.enter()?;
         let mut event: CUevent = std::ptr::null_mut();
         // SAFETY: an out-pointer; the primary context is current.
@@ -695,6 +678,23 @@ impl Api for CudaSession {
         }
         Ok(())
     }
+
+    fn device_usage(&mut self, _device: u32) -> Result<xpupool_protocol::api::DeviceUsage, CuError> {
+        Err(xpupool_protocol::api::server_only("device_usage"))
+    }
+
+    fn server_status(&mut self) -> Result<xpupool_protocol::api::ServerStatus, CuError> {
+        Err(xpupool_protocol::api::server_only("server_status"))
+    }
+}
+
+/// The cuda backend serves device 0 only, so far (see the module's notes).
+fn only_device_zero(device: u32) -> Result<(), CuError> {
+    if device == 0 {
+        Ok(())
+    } else {
+        Err(CuError::new(code::INVALID_DEVICE, format!("device {device}")))
+    }
 }
 
 impl Drop for CudaSession {
@@ -724,14 +724,10 @@ impl Drop for CudaSession {
             }
         }
         self.functions.clear();
-        let mut held = 0;
-        for (address, bytes) in std::mem::take(&mut self.allocations) {
+        for (address, _) in std::mem::take(&mut self.allocations) {
             // SAFETY: an allocation of this session, freed once.
             failures.push(unsafe { (d.cuMemFree_v2)(address) });
-            held += bytes;
         }
-        // The ledger is refunded even if the driver refused: the session is gone.
-        self.tenant.refund(held);
         failures.retain(|&r| r != CUDA_SUCCESS);
         if let Some(&first) = failures.first() {
             tracing::warn!(

@@ -52,15 +52,23 @@ const ATTRIBUTES: &[(u32, i32)] = &[
     (126, 1),        // MEM_SYNC_DOMAIN_COUNT
 ];
 
-/// The mock device as one tenant sees it.
-pub(crate) fn device_info(total_memory: u64) -> DeviceInfo {
+/// Mock device `index` of the host, with `total_memory` bytes: each has its own
+/// UUID and PCI bus.
+pub(crate) fn device_info(index: u32, total_memory: u64) -> DeviceInfo {
     let mut uuid = *b"xpupool-mock-gpu";
-    uuid[15] = 0;
+    uuid[14] = 0;
+    uuid[15] = index as u8;
+    let mut attributes = ATTRIBUTES.to_vec();
+    for (attribute, value) in &mut attributes {
+        if *attribute == 33 {
+            *value += index as i32;
+        }
+    }
     DeviceInfo {
         name: "xpupool mock GPU (CPU interpreter)".to_owned(),
         uuid,
         total_memory,
-        attributes: ATTRIBUTES.to_vec(),
+        attributes,
     }
 }
 

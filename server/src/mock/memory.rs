@@ -1,6 +1,6 @@
 //! Device memory of the mock backend: real bytes on the host, at device addresses
-//! handed out from one server-wide range so no two live allocations' pointers
-//! coincide. Freed addresses are handed out again (as a device's are), and every
+//! handed out from one server-wide range (a slice of it per device) so no two live
+//! allocations' pointers coincide, and a pointer names its device. Freed addresses are handed out again (as a device's are), and every
 //! allocation is charged what it really takes: its size rounded up to [`ALIGN`].
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use xpupool_protocol::{code, CuError};
 
-use crate::quota::{allocation_charge, MemoryLedger};
+use crate::quota::allocation_charge;
 
 /// Start of the device address range the mock hands out.
 pub(crate) const DEVICE_VA_START: u64 = 0x2000_0000_0000;
-/// End (exclusive) of that range: 4 TiB of address space.
+/// End (exclusive) of that range: 4 TiB of address space, shared by the devices.
 pub(crate) const DEVICE_VA_END: u64 = 0x2400_0000_0000;
 /// Unmapped bytes left after each allocation so an overrun faults.
 const GUARD: u64 = 64 << 10;
@@ -29,6 +29,8 @@ pub(crate) struct Block {
     len: usize,
     /// Bytes allocated (and charged): `len` rounded up to [`ALIGN`].
     size: usize,
+    /// The device it is on.
+    device: u32,
 }
 
 // SAFETY: the block owns its heap storage; concurrent access to the bytes is the
@@ -41,7 +43,7 @@ unsafe impl Sync for Block {}
 const MAPPED_BLOCK: usize = 1 << 20;
 
 impl Block {
-    fn new(len: usize, size: usize) -> Option<Self> {
+    fn new(len: usize, size: usize, device: u32) -> Option<Self> {
         if size >= MAPPED_BLOCK {
             // SAFETY: a fresh private anonymous mapping; the result is checked.
             let ptr = unsafe {
@@ -58,12 +60,18 @@ impl Block {
                 ptr: ptr.cast(),
                 len,
                 size,
+                device,
             });
         }
         let layout = Layout::from_size_align(size, ALIGN as usize).ok()?;
         // SAFETY: the layout has a non-zero size (at least ALIGN).
         let ptr = unsafe { alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(Self { ptr, len, size })
+        (!ptr.is_null()).then_some(Self {
+            ptr,
+            len,
+            size,
+            device,
+        })
     }
 }
 
@@ -136,20 +144,32 @@ impl AddressSpace {
     }
 }
 
-/// The device-wide memory ledger shared by every session of one mock device.
+/// The memory of one mock device, shared by every session: its capacity, what is
+/// in use, and its slice of the address range.
 pub(crate) struct DeviceMemory {
     addresses: Mutex<AddressSpace>,
     used: AtomicU64,
     capacity: u64,
+    /// `[start, end)` of its addresses.
+    #[cfg_attr(not(test), allow(dead_code))]
+    range: (u64, u64),
 }
 
 impl DeviceMemory {
-    pub(crate) fn new(capacity: u64) -> Arc<Self> {
-        Arc::new(Self {
-            addresses: Mutex::new(AddressSpace::new(DEVICE_VA_START, DEVICE_VA_END)),
-            used: AtomicU64::new(0),
-            capacity,
-        })
+    /// `count` devices of `capacity` bytes each, splitting the address range.
+    pub(crate) fn devices(count: u32, capacity: u64) -> Vec<Arc<Self>> {
+        let span = (DEVICE_VA_END - DEVICE_VA_START) / u64::from(count.max(1));
+        (0..u64::from(count.max(1)))
+            .map(|i| {
+                let start = DEVICE_VA_START + i * span;
+                Arc::new(Self {
+                    addresses: Mutex::new(AddressSpace::new(start, start + span)),
+                    used: AtomicU64::new(0),
+                    capacity,
+                    range: (start, start + span),
+                })
+            })
+            .collect()
     }
 
     pub(crate) fn capacity(&self) -> u64 {
@@ -170,7 +190,7 @@ impl DeviceMemory {
                     CuError::new(
                         code::OUT_OF_MEMORY,
                         format!(
-                            "{bytes} bytes requested, {} of {} in use",
+                            "{bytes} bytes requested, {} of the device's {} in use",
                             used, self.capacity
                         ),
                     )
@@ -209,41 +229,55 @@ impl DeviceMemory {
     }
 }
 
-/// One session's allocations: the table every pointer it names is checked against,
-/// and the tenant's memory limit they are charged to.
+/// One session's allocations on every device: the table every pointer it names is
+/// checked against. The tenant's ledger is the server's tenancy layer's business;
+/// here only each device's capacity is enforced.
 pub(crate) struct SessionMemory {
-    device: Arc<DeviceMemory>,
+    devices: Vec<Arc<DeviceMemory>>,
     blocks: RwLock<BTreeMap<u64, Block>>,
-    tenant: Arc<MemoryLedger>,
-    held: AtomicU64,
+    /// Bytes held on each device.
+    held: Vec<AtomicU64>,
 }
 
 impl SessionMemory {
-    pub(crate) fn new(device: Arc<DeviceMemory>, tenant: Arc<MemoryLedger>) -> Self {
+    pub(crate) fn new(devices: Vec<Arc<DeviceMemory>>) -> Self {
         Self {
-            device,
+            held: devices.iter().map(|_| AtomicU64::new(0)).collect(),
+            devices,
             blocks: RwLock::new(BTreeMap::new()),
-            tenant,
-            held: AtomicU64::new(0),
         }
     }
 
-    /// Memory the tenant may hold at most: the device, or the tenant's limit.
-    pub(crate) fn total(&self) -> u64 {
-        self.tenant
-            .limit()
-            .map_or(self.device.capacity, |l| l.min(self.device.capacity))
+    fn device(&self, device: u32) -> Result<&Arc<DeviceMemory>, CuError> {
+        self.devices
+            .get(device as usize)
+            .ok_or_else(|| CuError::new(code::INVALID_DEVICE, format!("device {device}")))
     }
 
-    /// Memory the tenant could still allocate.
-    pub(crate) fn available(&self) -> u64 {
-        let device_free = self.device.capacity.saturating_sub(self.device.used());
-        device_free.min(self.tenant.remaining())
+    /// The device's memory.
+    pub(crate) fn total(&self, device: u32) -> Result<u64, CuError> {
+        Ok(self.device(device)?.capacity)
     }
 
-    /// Allocates `bytes` zeroed bytes and returns their device address; charges
-    /// what it takes ([`allocation_charge`]) to the tenant and the device.
-    pub(crate) fn alloc(&self, bytes: u64) -> Result<u64, CuError> {
+    /// What the device has free, all sessions together.
+    pub(crate) fn available(&self, device: u32) -> Result<u64, CuError> {
+        let d = self.device(device)?;
+        Ok(d.capacity.saturating_sub(d.used()))
+    }
+
+    /// The device an address lies on.
+    #[cfg(test)]
+    pub(crate) fn device_of(&self, address: u64) -> Option<u32> {
+        self.devices
+            .iter()
+            .position(|d| (d.range.0..d.range.1).contains(&address))
+            .map(|i| i as u32)
+    }
+
+    /// Allocates `bytes` zeroed bytes on `device` and returns their device address;
+    /// takes what it charges ([`allocation_charge`]) from the device's capacity.
+    pub(crate) fn alloc(&self, device: u32, bytes: u64) -> Result<u64, CuError> {
+        let memory = self.device(device)?;
         if bytes == 0 {
             return Err(CuError::new(code::INVALID_VALUE, "zero-byte allocation"));
         }
@@ -253,28 +287,17 @@ impl SessionMemory {
             (Ok(len), Ok(host_size)) => (len, host_size),
             _ => return Err(too_large()),
         };
-        self.tenant.charge(size)?;
-        let refund = || {
-            self.tenant.refund(size);
-        };
-        if let Err(e) = self.device.charge(size) {
-            refund();
-            return Err(e);
-        }
-        let refund = || {
-            self.tenant.refund(size);
-            self.device.refund(size);
-        };
-        let address = match self.device.reserve_address(size) {
+        memory.charge(size)?;
+        let address = match memory.reserve_address(size) {
             Ok(address) => address,
             Err(e) => {
-                refund();
+                memory.refund(size);
                 return Err(e);
             }
         };
-        let Some(block) = Block::new(len, host_size) else {
-            refund();
-            self.device.release_address(address, size);
+        let Some(block) = Block::new(len, host_size, device) else {
+            memory.refund(size);
+            memory.release_address(address, size);
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
                 format!("host could not back {bytes} bytes"),
@@ -284,7 +307,7 @@ impl SessionMemory {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(address, block);
-        self.held.fetch_add(size, Ordering::AcqRel);
+        self.held[device as usize].fetch_add(size, Ordering::AcqRel);
         Ok(address)
     }
 
@@ -302,12 +325,12 @@ impl SessionMemory {
                     format!("{address:#x} is not an allocation of this session"),
                 )
             })?;
-        let size = block.size as u64;
+        let (size, device) = (block.size as u64, block.device as usize);
         drop(block);
-        self.device.release_address(address, size);
-        self.device.refund(size);
-        self.tenant.refund(size);
-        self.held.fetch_sub(size, Ordering::AcqRel);
+        let memory = &self.devices[device];
+        memory.release_address(address, size);
+        memory.refund(size);
+        self.held[device].fetch_sub(size, Ordering::AcqRel);
         Ok(())
     }
 
@@ -421,9 +444,12 @@ impl SessionMemory {
         Ok(())
     }
 
-    /// Bytes held by this session.
-    pub(crate) fn held(&self) -> u64 {
-        self.held.load(Ordering::Acquire)
+    /// Bytes held by this session on `device`.
+    #[cfg(test)]
+    pub(crate) fn held(&self, device: u32) -> u64 {
+        self.held
+            .get(device as usize)
+            .map_or(0, |h| h.load(Ordering::Acquire))
     }
 }
 
@@ -431,13 +457,11 @@ impl Drop for SessionMemory {
     fn drop(&mut self) {
         let blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
         for (address, block) in blocks {
-            let size = block.size as u64;
+            let (size, device) = (block.size as u64, block.device as usize);
             drop(block);
-            self.device.release_address(address, size);
+            self.devices[device].release_address(address, size);
+            self.devices[device].refund(size);
         }
-        let held = self.held();
-        self.device.refund(held);
-        self.tenant.refund(held);
     }
 }
 
@@ -478,63 +502,50 @@ impl xpupool_ptx::Memory for View<'_> {
 mod tests {
     use super::*;
 
-    fn unlimited() -> Arc<MemoryLedger> {
-        Arc::new(MemoryLedger::new(None))
+    fn one_device(capacity: u64) -> Vec<Arc<DeviceMemory>> {
+        DeviceMemory::devices(1, capacity)
     }
 
     #[test]
     fn allocations_are_charged_bounded_and_refunded() {
-        let device = DeviceMemory::new(1 << 20);
-        let session = SessionMemory::new(device.clone(), unlimited());
-        let a = session.alloc(600 << 10).unwrap();
+        let devices = one_device(1 << 20);
+        let session = SessionMemory::new(devices.clone());
+        let a = session.alloc(0, 600 << 10).unwrap();
         assert_eq!(a % ALIGN, 0);
-        let err = session.alloc(600 << 10).unwrap_err();
+        let err = session.alloc(0, 600 << 10).unwrap_err();
         assert_eq!(err.code, code::OUT_OF_MEMORY);
         session.free(a).unwrap();
-        assert_eq!(device.used(), 0);
-        let b = session.alloc(600 << 10).unwrap();
+        assert_eq!(devices[0].used(), 0);
+        let b = session.alloc(0, 600 << 10).unwrap();
         assert_eq!(a, b, "freed addresses are handed out again");
         drop(session);
-        assert_eq!(device.used(), 0, "a closed session gives its memory back");
+        assert_eq!(devices[0].used(), 0, "a closed session gives its memory back");
     }
 
     #[test]
-    fn a_tenant_limit_bounds_its_sessions_not_the_device() {
-        let device = DeviceMemory::new(1 << 20);
-        let tenant = Arc::new(MemoryLedger::new(Some(256 << 10)));
-        let limited = SessionMemory::new(device.clone(), tenant.clone());
-        assert_eq!(limited.total(), 256 << 10);
-        let a = limited.alloc(200 << 10).unwrap();
-        assert_eq!(limited.available(), 56 << 10);
-        assert_eq!(
-            limited.alloc(100 << 10).unwrap_err().code,
-            code::OUT_OF_MEMORY
-        );
-        let other = SessionMemory::new(device.clone(), unlimited());
-        other.alloc(600 << 10).unwrap();
-        limited.free(a).unwrap();
-        assert_eq!(limited.held(), 0);
-        assert_eq!(limited.available(), 256 << 10, "its own limit binds");
-        other.alloc(300 << 10).unwrap();
-        assert_eq!(
-            limited.available(),
-            124 << 10,
-            "then what the device has left binds"
-        );
-        // A second session of the same tenant shares the limit.
-        let sibling = SessionMemory::new(device.clone(), tenant.clone());
-        sibling.alloc(100 << 10).unwrap();
-        assert_eq!(limited.available(), 24 << 10);
-        drop(sibling);
-        assert_eq!(tenant.used(), 0, "a closed session refunds its tenant");
+    fn each_device_has_its_own_capacity_and_addresses() {
+        let devices = DeviceMemory::devices(2, 1 << 20);
+        let session = SessionMemory::new(devices.clone());
+        let a = session.alloc(0, 900 << 10).unwrap();
+        assert_eq!(session.alloc(0, 200 << 10).unwrap_err().code, code::OUT_OF_MEMORY);
+        let b = session.alloc(1, 900 << 10).unwrap();
+        assert_eq!((session.device_of(a), session.device_of(b)), (Some(0), Some(1)));
+        assert_eq!((session.held(0), session.held(1)), (900 << 10, 900 << 10));
+        assert_eq!(session.available(1).unwrap(), 124 << 10);
+        assert_eq!(session.alloc(2, 1).unwrap_err().code, code::INVALID_DEVICE);
+        session.write(a, &[5; 16]).unwrap();
+        session.copy(b, a, 16).unwrap();
+        assert_eq!(session.read(b, 16).unwrap(), vec![5; 16], "a peer copy");
+        drop(session);
+        assert_eq!((devices[0].used(), devices[1].used()), (0, 0));
     }
 
     #[test]
     fn pointers_are_checked_against_the_session() {
-        let device = DeviceMemory::new(1 << 20);
-        let mine = SessionMemory::new(device.clone(), unlimited());
-        let theirs = SessionMemory::new(device, unlimited());
-        let a = theirs.alloc(4096).unwrap();
+        let devices = one_device(1 << 20);
+        let mine = SessionMemory::new(devices.clone());
+        let theirs = SessionMemory::new(devices);
+        let a = theirs.alloc(0, 4096).unwrap();
         assert_eq!(
             mine.write(a, &[1, 2, 3]).unwrap_err().code,
             code::INVALID_VALUE
@@ -550,8 +561,8 @@ mod tests {
 
     #[test]
     fn fill_and_copy() {
-        let session = SessionMemory::new(DeviceMemory::new(1 << 20), unlimited());
-        let a = session.alloc(64).unwrap();
+        let session = SessionMemory::new(one_device(1 << 20));
+        let a = session.alloc(0, 64).unwrap();
         session.fill(a + 8, 0xBEEF, 2, 4).unwrap();
         session.copy(a + 32, a + 8, 8).unwrap();
         let bytes = session.read(a, 48).unwrap();

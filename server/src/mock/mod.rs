@@ -31,19 +31,28 @@ use memory::{DeviceMemory, SessionMemory};
 /// `CU_EVENT_DISABLE_TIMING`
 const EVENT_DISABLE_TIMING: u32 = 0x2;
 
-/// The mock device, shared by every session of one server.
+/// The mock devices, shared by every session of one server.
 pub struct MockBackend {
-    memory: Arc<DeviceMemory>,
+    memory: Vec<Arc<DeviceMemory>>,
     workers: usize,
     skip_kernels: bool,
 }
 
+/// The most mock devices one server has.
+pub const MAX_MOCK_DEVICES: u32 = 8;
+
 impl MockBackend {
-    /// A mock device with `capacity` bytes of device memory.
+    /// One mock device with `capacity` bytes of device memory.
     pub fn new(capacity: u64) -> Self {
+        Self::with_devices(1, capacity)
+    }
+
+    /// `count` mock devices (at most [`MAX_MOCK_DEVICES`]) of `capacity` bytes each.
+    /// A device runs one kernel at a time, on as many threads as the host has cores.
+    pub fn with_devices(count: u32, capacity: u64) -> Self {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
-            memory: DeviceMemory::new(capacity),
+            memory: DeviceMemory::devices(count.clamp(1, MAX_MOCK_DEVICES), capacity),
             workers,
             skip_kernels: false,
         }
@@ -60,9 +69,9 @@ impl MockBackend {
         self
     }
 
-    /// Bytes currently allocated by all sessions.
+    /// Bytes currently allocated by all sessions, on every device.
     pub fn used_memory(&self) -> u64 {
-        self.memory.used()
+        self.memory.iter().map(|d| d.used()).sum()
     }
 }
 
@@ -75,12 +84,19 @@ impl Backend for MockBackend {
         13020
     }
 
-    fn devices(&self, tenant: &Tenant) -> Vec<DeviceInfo> {
-        let total = tenant
-            .memory
-            .limit()
-            .map_or(self.memory.capacity(), |l| l.min(self.memory.capacity()));
-        vec![device::device_info(total)]
+    fn devices(&self) -> Vec<DeviceInfo> {
+        (0..)
+            .zip(&self.memory)
+            .map(|(i, d)| device::device_info(i, d.capacity()))
+            .collect()
+    }
+
+    fn memory_used(&self, device: u32) -> Option<u64> {
+        self.memory.get(device as usize).map(|d| d.used())
+    }
+
+    fn launches_complete_on_return(&self) -> bool {
+        true
     }
 
     fn device_address_range(&self) -> (u64, u64) {
@@ -88,9 +104,15 @@ impl Backend for MockBackend {
     }
 
     fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {
+        // An SM ceiling is a ceiling on the interpreter's threads.
+        let workers = match tenant.policy().sm_limit {
+            Some(fraction) => ((self.workers as f64 * fraction).ceil() as usize).clamp(1, self.workers),
+            None => self.workers,
+        };
         Ok(Box::new(MockSession {
-            memory: SessionMemory::new(self.memory.clone(), tenant.memory.clone()),
-            workers: self.workers,
+            memory: SessionMemory::new(self.memory.clone()),
+            devices: self.memory.len() as u32,
+            workers,
             skip_kernels: self.skip_kernels,
             skipped: 0,
             next_handle: 1,
@@ -133,6 +155,8 @@ impl Code {
 
 struct LoadedModule {
     ptx: Option<Arc<xpupool_ptx::Module>>,
+    /// The device it is loaded on.
+    device: u32,
     /// Module-scope variables: name → (device address, size).
     globals: HashMap<String, (u64, u64)>,
     functions: Vec<u64>,
@@ -162,6 +186,8 @@ struct Event {
 /// One client's view of the mock device.
 struct MockSession {
     memory: SessionMemory,
+    /// How many devices there are.
+    devices: u32,
     workers: usize,
     /// Launches are checked and skipped ([`MockBackend::skipping_kernels`]).
     skip_kernels: bool,
@@ -170,7 +196,8 @@ struct MockSession {
     next_handle: u64,
     modules: HashMap<u64, LoadedModule>,
     functions: HashMap<u64, Function>,
-    streams: HashMap<u64, u32>,
+    /// Streams: their flags and device.
+    streams: HashMap<u64, (u32, u32)>,
     events: HashMap<u64, Event>,
     /// A kernel fault poisons the context, as on a device: every later call fails.
     sticky: Option<CuError>,
@@ -200,6 +227,14 @@ impl MockSession {
             Ok(())
         } else {
             Err(invalid_handle("stream", stream))
+        }
+    }
+
+    fn device(&self, device: u32) -> Result<(), CuError> {
+        if device < self.devices {
+            Ok(())
+        } else {
+            Err(CuError::new(code::INVALID_DEVICE, format!("device {device}")))
         }
     }
 
@@ -406,13 +441,7 @@ impl DirectCopy for MockSession {
 impl Api for MockSession {
     fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
         self.healthy()?;
-        if device != 0 {
-            return Err(CuError::new(
-                code::INVALID_DEVICE,
-                format!("device {device}"),
-            ));
-        }
-        self.memory.alloc(bytes)
+        self.memory.alloc(device, bytes)
     }
 
     fn mem_free(&mut self, ptr: u64) -> Result<(), CuError> {
@@ -431,13 +460,7 @@ impl Api for MockSession {
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
-        if device != 0 {
-            return Err(CuError::new(
-                code::INVALID_DEVICE,
-                format!("device {device}"),
-            ));
-        }
-        Ok((self.memory.available(), self.memory.total()))
+        Ok((self.memory.available(device)?, self.memory.total(device)?))
     }
 
     fn memcpy_htod(&mut self, dst: u64, data: ByteBuf, stream: u64) -> Result<(), CuError> {
@@ -496,14 +519,15 @@ impl Api for MockSession {
             .fill_2d(dst, pitch, value, elem_size, width, height)
     }
 
-    fn module_load_cached(&mut self, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
+    fn module_load_cached(&mut self, _device: u32, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
         // Images are cached by the server around every session (module_cache.rs);
         // the backend itself keeps none.
         Ok(None)
     }
 
-    fn module_load(&mut self, image: ByteBuf) -> Result<ModuleInfo, CuError> {
+    fn module_load(&mut self, device: u32, image: ByteBuf) -> Result<ModuleInfo, CuError> {
         self.healthy()?;
+        self.device(device)?;
         let image = Image::from_wire(&image)
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
         let Code {
@@ -515,6 +539,7 @@ impl Api for MockSession {
         let handle = self.handle(0x4d4f);
         let mut loaded = LoadedModule {
             ptx: None,
+            device,
             globals: HashMap::new(),
             functions: Vec::new(),
         };
@@ -522,11 +547,13 @@ impl Api for MockSession {
             handle,
             functions: Vec::new(),
             no_code,
+            device_bytes: 0,
         };
         for (name, size, init) in variables {
-            // Charged like any allocation: a module's variables count against the
-            // tenant's memory too.
-            let address = match self.memory.alloc(size.max(1) as u64) {
+            // A module's variables are allocations on its device, and its footprint.
+            let bytes = size.max(1) as u64;
+            info.device_bytes += crate::quota::allocation_charge(bytes).unwrap_or(u64::MAX);
+            let address = match self.memory.alloc(device, bytes) {
                 Ok(a) => a,
                 Err(e) => {
                     self.free_module(loaded);
@@ -629,6 +656,17 @@ impl Api for MockSession {
             .functions
             .get(&function)
             .ok_or_else(|| invalid_handle("function", function))?;
+        // A kernel runs on the device its module was loaded on; a stream of another
+        // device is the wrong context's, as on a real driver.
+        if let Some(&(device, _)) = self.streams.get(&stream) {
+            let module_device = self.modules[&f.module].device;
+            if device != module_device {
+                return Err(CuError::new(
+                    code::INVALID_HANDLE,
+                    format!("{} is loaded on device {module_device}; stream {stream:#x} is device {device}'s", f.name),
+                ));
+            }
+        }
         if self.skip_kernels {
             // The same limit as a launch that runs, with the kernel's static shared
             // memory when the module's PTX says what it is.
@@ -668,6 +706,14 @@ impl Api for MockSession {
         let name = f.name.clone();
         let globals = &module.globals;
         let symbols = |symbol: &str| globals.get(symbol).map(|&(address, _)| address);
+        // Between blocks the kernel gives way to a higher-priority tenant's, when the
+        // device's scheduler runs it (scheduler.rs).
+        let running = crate::scheduler::current();
+        let checkpoint = || {
+            if let Some(r) = &running {
+                r.checkpoint();
+            }
+        };
         let launch = Launch {
             grid: dims.grid,
             block: dims.block,
@@ -675,6 +721,7 @@ impl Api for MockSession {
             params: &params,
             symbols: &symbols,
             workers: self.workers,
+            between_blocks: Some(&checkpoint),
         };
         let started = Instant::now();
         let result = self
@@ -720,10 +767,11 @@ impl Api for MockSession {
         }
     }
 
-    fn stream_create(&mut self, flags: u32, _priority: i32) -> Result<u64, CuError> {
+    fn stream_create(&mut self, device: u32, flags: u32, _priority: i32) -> Result<u64, CuError> {
         self.healthy()?;
+        self.device(device)?;
         let handle = self.handle(0x5354);
-        self.streams.insert(handle, flags);
+        self.streams.insert(handle, (device, flags));
         Ok(handle)
     }
 
@@ -749,8 +797,9 @@ impl Api for MockSession {
         self.event(event).map(|_| ())
     }
 
-    fn event_create(&mut self, flags: u32) -> Result<u64, CuError> {
+    fn event_create(&mut self, device: u32, flags: u32) -> Result<u64, CuError> {
         self.healthy()?;
+        self.device(device)?;
         let handle = self.handle(0x4556);
         self.events.insert(
             handle,
@@ -813,5 +862,13 @@ impl Api for MockSession {
 
     fn synchronize(&mut self) -> Result<(), CuError> {
         self.healthy()
+    }
+
+    fn device_usage(&mut self, _device: u32) -> Result<xpupool_protocol::api::DeviceUsage, CuError> {
+        Err(xpupool_protocol::api::server_only("device_usage"))
+    }
+
+    fn server_status(&mut self) -> Result<xpupool_protocol::api::ServerStatus, CuError> {
+        Err(xpupool_protocol::api::server_only("server_status"))
     }
 }

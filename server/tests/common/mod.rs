@@ -92,8 +92,8 @@ pub(crate) fn assert_sessions_isolated(a: &Connection, b: &Connection) {
         code::INVALID_VALUE
     );
     assert_eq!(b.mem_free(mine).unwrap_err().code, code::INVALID_VALUE);
-    let stream = a.stream_create(0, 0).unwrap();
-    let event = a.event_create(0).unwrap();
+    let stream = a.stream_create(0, 0, 0).unwrap();
+    let event = a.event_create(0, 0).unwrap();
     assert_eq!(
         b.stream_synchronize(stream).unwrap_err().code,
         code::INVALID_HANDLE
@@ -107,7 +107,7 @@ pub(crate) fn assert_sessions_isolated(a: &Connection, b: &Connection) {
         code::INVALID_HANDLE,
         "another session's stream"
     );
-    let module = a.module_load(ptx_image(SCALE_PTX)).unwrap();
+    let module = a.module_load(0, ptx_image(SCALE_PTX)).unwrap();
     let dims = LaunchDims {
         grid: [1, 1, 1],
         block: [1, 1, 1],

@@ -173,6 +173,34 @@ export! {
         put(device, context_arg(ctx)?.device)
     }
 
+    /// Peer access between two devices of the server (which holds both devices'
+    /// memory in one session, so kernels on one reach the other's allocations).
+    fn cuCtxEnablePeerAccess(peer: CUcontext, flags: c_uint) {
+        let d = driver()?;
+        let own = d.current_context()?.device;
+        let peer = context_arg(peer)?.device;
+        if flags != 0 {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if peer == own {
+            return Err(CUDA_ERROR_INVALID_DEVICE);
+        }
+        if !lock(&d.peer_access).insert((own, peer)) {
+            return Err(CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED);
+        }
+        Ok(())
+    }
+
+    fn cuCtxDisablePeerAccess(peer: CUcontext) {
+        let d = driver()?;
+        let own = d.current_context()?.device;
+        let peer = context_arg(peer)?.device;
+        if !lock(&d.peer_access).remove(&(own, peer)) {
+            return Err(CUDA_ERROR_PEER_ACCESS_NOT_ENABLED);
+        }
+        Ok(())
+    }
+
     fn cuCtxGetFlags(flags: *mut c_uint) {
         put(flags, driver()?.current_context()?.flags.load(Ordering::Acquire))
     }

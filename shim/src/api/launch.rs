@@ -118,7 +118,8 @@ pub(crate) fn launch(
 ) -> Res {
     let d = driver()?;
     let f = d.functions.get(function as usize)?;
-    let info = f.runnable(d)?;
+    // The kernel as loaded on the device whose stream it goes to.
+    let info = f.runnable_on(d, d.stream_device(stream)?)?;
     check_dims(d, &f, &dims)?;
     let buffer = pack(info, params, extra)?;
     // Sent without waiting: what the kernel does wrong is reported at the next

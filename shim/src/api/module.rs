@@ -24,9 +24,9 @@ fn eager() -> bool {
 
 fn register(image: Image) -> Res<usize> {
     let d = driver()?;
-    let module = Arc::new(Module::new(image));
+    let module = Arc::new(Module::new(image, d.device_count()));
     if eager() {
-        module.loaded(&d.conn)?;
+        module.loaded(d)?;
     }
     Ok(d.modules.insert(module))
 }
@@ -54,7 +54,7 @@ fn load_file(out: *mut CUmodule, path: *const c_char) -> Res {
 fn unload(module: usize) -> Res {
     let d = driver()?;
     let m = d.modules.get(module)?;
-    if let Some(loaded) = m.if_loaded() {
+    for loaded in m.all_loaded() {
         d.conn.module_unload(loaded.server).map_err(fail)?;
     }
     d.modules.remove(module)?;
@@ -79,7 +79,7 @@ fn kernel_handle(module: usize, name: &str) -> Res<usize> {
     }
     let handle = d
         .functions
-        .insert(Arc::new(Function::new(name.to_owned(), module)?));
+        .insert(Arc::new(Function::new(name.to_owned(), module, d.device_count())?));
     kernels.insert(name.to_owned(), handle);
     Ok(handle)
 }
@@ -103,17 +103,18 @@ fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const 
     let d = driver()?;
     let m = d.modules.get(module)?;
     let name = c_str(name)?;
-    let cached = lock(&m.globals).get(name).cloned();
+    let key = (d.current_device(), name.to_owned());
+    let cached = lock(&m.globals).get(&key).cloned();
     let g = match cached {
         Some(g) => g,
         None => {
-            let server = m.loaded(&d.conn)?.server;
+            let server = m.loaded(d)?.server;
             let g = d
                 .conn
                 .module_get_global(server, name.to_owned())
                 .map_err(fail)?;
             lock(&d.device_ranges).insert(g.address, (g.size.max(1), false));
-            lock(&m.globals).insert(name.to_owned(), g.clone());
+            lock(&m.globals).insert(key, g.clone());
             g
         }
     };
@@ -207,7 +208,7 @@ fn all_kernels(module: usize) -> Res<Vec<usize>> {
     let names: Vec<String> = d
         .modules
         .get(module)?
-        .loaded(&d.conn)?
+        .loaded(d)?
         .functions
         .iter()
         .map(|f| f.name.clone())

@@ -16,7 +16,10 @@ fn create(out: *mut CUstream, flags: c_uint, priority: c_int) -> Res {
     }
     let d = driver()?;
     let context = d.current_context()?;
-    let handle = d.conn.stream_create(flags, priority).map_err(fail)?;
+    let handle = d
+        .conn
+        .stream_create(context.device as u32, flags, priority)
+        .map_err(fail)?;
     let info = StreamInfo {
         flags,
         priority: priority.clamp(-5, 0),
@@ -236,7 +239,8 @@ export! {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let d = driver()?;
-        let event = d.conn.event_create(flags).map_err(fail)?;
+        let device = d.current_context()?.device as u32;
+        let event = d.conn.event_create(device, flags).map_err(fail)?;
         lock(&d.events).insert(event);
         put(out, event as CUevent)
     }

@@ -1,0 +1,489 @@
+//! Compute shares: one scheduler per device decides whose kernel runs on it next.
+//!
+//! A device runs one tenant's kernel at a time (as a GPU time-slices between
+//! processes). Whoever waits is served by weighted fair queueing: each tenant has a
+//! virtual time that advances by the device time its kernels take divided by its
+//! `compute_share`, and the waiter with the smallest virtual time goes next. Under
+//! contention each tenant thus gets its share; a tenant alone never waits (the
+//! scheduler is work-conserving), and a tenant coming back from idle starts at the
+//! current virtual clock, so idling banks no credit.
+//!
+//! Priorities are classes above that: a `high` tenant that has used no more than
+//! its share of the recent past goes before every `normal` and `low` waiter, and a
+//! kernel of a lower class that is running pauses at its next block boundary
+//! ([`Running::checkpoint`]) until the high one is done, so its latency is that of
+//! the device alone plus at most one block. Over its share, a `high` tenant
+//! competes as `normal`, so a priority never takes away another's guaranteed share.
+//! `low` goes only when no `normal` waits.
+//!
+//! Only kernels are scheduled; a waiting launch holds up its own stream (it is the
+//! next thing on it) and nothing else, and a synchronising call waits for it as for
+//! any earlier work, so holding back can neither reorder a stream nor deadlock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How fast a tenant's record of recent use fades (for "within its share").
+const RECENT_HALF_LIFE: Duration = Duration::from_secs(2);
+/// How far over its share a `high` tenant may be and still count as high.
+const SHARE_SLACK: f64 = 0.02;
+/// Utilisation is measured over about this long.
+const UTILIZATION_WINDOW: Duration = Duration::from_secs(1);
+
+/// A tenant's scheduling class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Runs only when no normal work waits.
+    Low,
+    /// The default.
+    Normal,
+    /// Dispatched first, and protected, within its share.
+    High,
+}
+
+impl Priority {
+    /// As written in a config (`high`, `normal`, `low`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+}
+
+/// What the scheduler needs to know of a tenant, and where it adds up the tenant's
+/// time; one per tenant and device, kept by the tenant so figures outlive sessions.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// Nanoseconds of device time its kernels took.
+    pub busy_ns: std::sync::atomic::AtomicU64,
+    /// Nanoseconds its launches waited while the device ran others' work.
+    pub throttled_ns: std::sync::atomic::AtomicU64,
+    /// Kernel launches run.
+    pub launches: std::sync::atomic::AtomicU64,
+}
+
+/// Who asks for the device.
+#[derive(Clone)]
+pub struct Claimant {
+    /// The tenant's name (its scheduling account).
+    pub tenant: String,
+    /// Its share under contention, in (0, 1].
+    pub share: f64,
+    /// Its class.
+    pub priority: Priority,
+    /// Where its time is added up.
+    pub usage: Arc<Usage>,
+}
+
+struct Account {
+    vtime: f64,
+    /// Tickets waiting, running or paused.
+    active: usize,
+    /// Decayed busy seconds, as of `recent_at`.
+    recent: f64,
+    recent_at: Instant,
+}
+
+impl Account {
+    fn decay(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.recent_at).as_secs_f64();
+        self.recent *= 0.5f64.powf(dt / RECENT_HALF_LIFE.as_secs_f64());
+        self.recent_at = now;
+    }
+}
+
+struct Ticket {
+    claimant: Claimant,
+    /// Set while it runs; the time it started (or resumed).
+    since: Option<Instant>,
+    /// When it began waiting (or was paused).
+    waiting_since: Instant,
+    paused: bool,
+}
+
+#[derive(Default)]
+struct State {
+    accounts: HashMap<String, Account>,
+    tickets: BTreeMap<u64, Ticket>,
+    running: Option<u64>,
+    next: u64,
+    vclock: f64,
+    /// Nanoseconds of kernels finished, all tenants.
+    busy_ns: u64,
+    /// `(when, busy_ns then)` samples for utilisation.
+    samples: Vec<(Instant, u64)>,
+}
+
+/// One device's scheduler.
+#[derive(Default)]
+pub struct DeviceScheduler {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// A kernel that holds the device; dropping it gives the device up and adds its
+/// time to its tenant.
+pub struct Running {
+    scheduler: Arc<DeviceScheduler>,
+    ticket: u64,
+}
+
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<Arc<Running>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `running` as this thread's current kernel ([`current`]), so the
+/// backend that runs it can reach its checkpoints.
+pub fn with_current<R>(running: Arc<Running>, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.borrow_mut().take());
+        }
+    }
+    CURRENT.with(|c| *c.borrow_mut() = Some(running));
+    let _reset = Reset;
+    f()
+}
+
+/// The kernel this thread is running for the scheduler, if any.
+pub fn current() -> Option<Arc<Running>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+impl DeviceScheduler {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for the device, as the policy says, and holds it until the returned
+    /// [`Running`] is dropped.
+    pub fn acquire(self: &Arc<Self>, claimant: &Claimant) -> Running {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let vclock = state.vclock;
+        let account = state
+            .accounts
+            .entry(claimant.tenant.clone())
+            .or_insert_with(|| Account {
+                vtime: vclock,
+                active: 0,
+                recent: 0.0,
+                recent_at: now,
+            });
+        if account.active == 0 {
+            account.vtime = account.vtime.max(vclock);
+        }
+        account.active += 1;
+        let ticket = state.next;
+        state.next += 1;
+        state.tickets.insert(
+            ticket,
+            Ticket {
+                claimant: claimant.clone(),
+                since: None,
+                waiting_since: now,
+                paused: false,
+            },
+        );
+        let mut state = self.wait_for_turn(state, ticket);
+        start(&mut state, ticket);
+        drop(state);
+        Running {
+            scheduler: self.clone(),
+            ticket,
+        }
+    }
+
+    /// Blocks until the device is free and `ticket` is the one to run next.
+    fn wait_for_turn<'g>(&'g self, mut state: MutexGuard<'g, State>, ticket: u64) -> MutexGuard<'g, State> {
+        loop {
+            if state.running.is_none() && choose(&mut state) == Some(ticket) {
+                return state;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The fraction of the last second the device ran kernels.
+    pub fn utilization(&self) -> f64 {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let busy = busy_now(&state, now);
+        state.samples.push((now, busy));
+        let cutoff = now - UTILIZATION_WINDOW;
+        // Keep the newest sample at least a window old, and the ones after it.
+        while state.samples.len() > 2 && state.samples[1].0 <= cutoff {
+            state.samples.remove(0);
+        }
+        let (then, busy_then) = state.samples[0];
+        let span = now.saturating_duration_since(then);
+        if span < Duration::from_millis(50) {
+            // Too short to say: whether something runs right now.
+            return if state.running.is_some() { 1.0 } else { 0.0 };
+        }
+        ((busy - busy_then) as f64 / span.as_nanos() as f64).clamp(0.0, 1.0)
+    }
+
+    /// Nanoseconds of kernels run on the device so far, the running one included.
+    pub fn busy_ns(&self) -> u64 {
+        busy_now(&self.lock(), Instant::now())
+    }
+}
+
+fn busy_now(state: &State, now: Instant) -> u64 {
+    let running = state
+        .running
+        .and_then(|t| state.tickets.get(&t))
+        .and_then(|t| t.since)
+        .map_or(0, |since| now.saturating_duration_since(since).as_nanos() as u64);
+    state.busy_ns + running
+}
+
+/// The effective class of a claimant now: `high` counts as high only within its share.
+fn class(state: &mut State, claimant: &Claimant, now: Instant) -> Priority {
+    if claimant.priority != Priority::High {
+        return claimant.priority;
+    }
+    let mut total = 0.0;
+    let mut mine = 0.0;
+    for (name, account) in state.accounts.iter_mut() {
+        account.decay(now);
+        total += account.recent;
+        if *name == claimant.tenant {
+            mine = account.recent;
+        }
+    }
+    if total <= 0.0 || mine / total <= claimant.share + SHARE_SLACK {
+        Priority::High
+    } else {
+        Priority::Normal
+    }
+}
+
+/// The ticket that should hold the device next: the highest class, then the
+/// smallest virtual time, then the oldest.
+fn choose(state: &mut State) -> Option<u64> {
+    let now = Instant::now();
+    let candidates: Vec<(u64, Claimant)> = state
+        .tickets
+        .iter()
+        .filter(|(_, t)| t.since.is_none())
+        .map(|(&id, t)| (id, t.claimant.clone()))
+        .collect();
+    let mut best: Option<(Priority, f64, u64)> = None;
+    for (id, claimant) in candidates {
+        let class = class(state, &claimant, now);
+        let vtime = state.accounts.get(&claimant.tenant).map_or(0.0, |a| a.vtime);
+        let better = match best {
+            None => true,
+            Some((c, v, i)) => (class, -vtime, std::cmp::Reverse(id)) > (c, -v, std::cmp::Reverse(i)),
+        };
+        if better {
+            best = Some((class, vtime, id));
+        }
+    }
+    best.map(|(_, _, id)| id)
+}
+
+/// Gives the device to `ticket`, counting the time it waited as throttled if the
+/// device ran someone else's work meanwhile.
+fn start(state: &mut State, ticket: u64) {
+    let now = Instant::now();
+    let t = state.tickets.get_mut(&ticket).expect("a live ticket");
+    let waited = now.saturating_duration_since(t.waiting_since);
+    t.since = Some(now);
+    t.paused = false;
+    t.claimant
+        .usage
+        .throttled_ns
+        .fetch_add(waited.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+    let tenant = t.claimant.tenant.clone();
+    state.running = Some(ticket);
+    if let Some(account) = state.accounts.get(&tenant) {
+        state.vclock = state.vclock.max(account.vtime);
+    }
+}
+
+/// Takes `ticket` off the device, charging the time it ran since it started.
+fn stop(state: &mut State, ticket: u64, now: Instant) {
+    let Some(t) = state.tickets.get_mut(&ticket) else {
+        return;
+    };
+    let Some(since) = t.since.take() else {
+        return;
+    };
+    let ran = now.saturating_duration_since(since);
+    let ns = ran.as_nanos() as u64;
+    t.claimant
+        .usage
+        .busy_ns
+        .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+    let (tenant, share) = (t.claimant.tenant.clone(), t.claimant.share);
+    state.busy_ns += ns;
+    if let Some(account) = state.accounts.get_mut(&tenant) {
+        account.decay(now);
+        account.recent += ran.as_secs_f64();
+        account.vtime += ran.as_secs_f64() / share.max(1e-3);
+    }
+    if state.running == Some(ticket) {
+        state.running = None;
+    }
+}
+
+impl Running {
+    /// Called by the kernel between its blocks: if a higher class waits, the kernel
+    /// pauses here (every worker of it that reaches a checkpoint) until it is its
+    /// turn again.
+    pub fn checkpoint(&self) {
+        let s = &self.scheduler;
+        let mut state = s.lock();
+        if state.running == Some(self.ticket) {
+            let now = Instant::now();
+            let mine = state.tickets[&self.ticket].claimant.clone();
+            let my_class = class(&mut state, &mine, now);
+            let outranked = state
+                .tickets
+                .iter()
+                .filter(|(_, t)| t.since.is_none() && !t.paused)
+                .map(|(_, t)| t.claimant.clone())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .any(|other| class(&mut state, &other, now) > my_class);
+            if !outranked {
+                return;
+            }
+            stop(&mut state, self.ticket, now);
+            let t = state.tickets.get_mut(&self.ticket).expect("a live ticket");
+            t.paused = true;
+            t.waiting_since = now;
+            s.changed.notify_all();
+        }
+        // Paused, by this worker or another of the same kernel.
+        loop {
+            if state.running == Some(self.ticket) {
+                return;
+            }
+            if state.running.is_none() && choose(&mut state) == Some(self.ticket) {
+                start(&mut state, self.ticket);
+                s.changed.notify_all();
+                return;
+            }
+            state = s.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let s = &self.scheduler;
+        let mut state = s.lock();
+        stop(&mut state, self.ticket, Instant::now());
+        if let Some(t) = state.tickets.remove(&self.ticket) {
+            t.claimant
+                .usage
+                .launches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(account) = state.accounts.get_mut(&t.claimant.tenant) {
+                account.active -= 1;
+            }
+        }
+        s.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn claimant(name: &str, share: f64, priority: Priority) -> Claimant {
+        Claimant {
+            tenant: name.to_owned(),
+            share,
+            priority,
+            usage: Arc::default(),
+        }
+    }
+
+    /// Runs `kernel`-long busy kernels for each claimant on its own thread for `for_`.
+    fn contend(claimants: &[Claimant], kernel: Duration, for_: Duration) -> Vec<f64> {
+        let scheduler = Arc::new(DeviceScheduler::default());
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for c in claimants {
+                let (scheduler, stop) = (&scheduler, &stop);
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let running = scheduler.acquire(c);
+                        let until = Instant::now() + kernel;
+                        while Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                        drop(running);
+                    }
+                });
+            }
+            std::thread::sleep(for_);
+            stop.store(true, Ordering::Relaxed);
+        });
+        let busy: Vec<f64> = claimants
+            .iter()
+            .map(|c| c.usage.busy_ns.load(Ordering::Relaxed) as f64)
+            .collect();
+        let total: f64 = busy.iter().sum();
+        busy.iter().map(|b| b / total).collect()
+    }
+
+    #[test]
+    fn contending_tenants_get_their_shares() {
+        let shares = contend(
+            &[
+                claimant("a", 0.7, Priority::Normal),
+                claimant("b", 0.3, Priority::Normal),
+            ],
+            Duration::from_millis(2),
+            Duration::from_millis(1500),
+        );
+        assert!((shares[0] - 0.7).abs() < 0.05, "{shares:?}");
+    }
+
+    #[test]
+    fn a_tenant_alone_is_never_held_back() {
+        let c = claimant("alone", 0.1, Priority::Low);
+        let scheduler = Arc::new(DeviceScheduler::default());
+        for _ in 0..100 {
+            drop(scheduler.acquire(&c));
+        }
+        assert_eq!(c.usage.launches.load(Ordering::Relaxed), 100);
+        assert!(c.usage.throttled_ns.load(Ordering::Relaxed) < 50_000_000);
+    }
+
+    #[test]
+    fn a_high_tenant_preempts_at_a_checkpoint() {
+        let scheduler = Arc::new(DeviceScheduler::default());
+        let normal = claimant("n", 0.5, Priority::Normal);
+        let high = claimant("h", 0.5, Priority::High);
+        let running = scheduler.acquire(&normal);
+        std::thread::scope(|s| {
+            let handle = s.spawn(|| {
+                let r = scheduler.acquire(&high);
+                drop(r);
+            });
+            // The normal kernel keeps hitting checkpoints; the high one gets in.
+            while !handle.is_finished() {
+                running.checkpoint();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        drop(running);
+        assert_eq!(high.usage.launches.load(Ordering::Relaxed), 1);
+        assert_eq!(normal.usage.launches.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,691 @@
+//! Many tenants on one host: who each tenant is and what it may use ([`Policy`]),
+//! and the one layer every session passes through ([`TenantSession`]), whatever
+//! its backend.
+//!
+//! The layer is where the memory ledger is kept (charged before an allocation is
+//! forwarded, refunded when it is freed or the session ends), where a tenant's
+//! device numbers are mapped to the host's (a tenant allowed devices `[1]` sees one
+//! device, its 0), where launches wait for their turn on the device's
+//! [`DeviceScheduler`], and where the figures of metrics, NVML and `xpupool status`
+//! are kept. Backends do none of this: they make allocations, load modules and
+//! run kernels, and report what a module takes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use xpupool_protocol::api::{
+    DeviceFigures, DeviceUsage, ModuleInfo, ServerStatus, TenantFigures, OPERATIONS,
+};
+use xpupool_protocol::{code, CuError, DeviceInfo, Reply, Request};
+
+use crate::backend::{Backend, Session};
+use crate::quota::{allocation_charge, MemoryLedger};
+use crate::scheduler::{Claimant, DeviceScheduler, Priority, Usage};
+
+/// The most devices one host offers.
+pub const MAX_DEVICES: usize = 16;
+
+/// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`
+const ATTRIBUTE_MULTIPROCESSOR_COUNT: u32 = 16;
+
+/// What a tenant may use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Device memory it may hold on each device it uses.
+    pub memory_limit: Option<u64>,
+    /// Its share of each device under contention, in (0, 1].
+    pub compute_share: f64,
+    /// Its scheduling class.
+    pub priority: Priority,
+    /// The host's devices it may use, in the order it sees them (`None`: all).
+    pub devices: Option<Vec<u32>>,
+    /// A ceiling on the fraction of a device's SMs its kernels may use.
+    pub sm_limit: Option<f64>,
+    /// Sessions it may have open at once.
+    pub max_sessions: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            memory_limit: None,
+            compute_share: 1.0,
+            priority: Priority::Normal,
+            devices: None,
+            sm_limit: None,
+            max_sessions: crate::server::DEFAULT_MAX_SESSIONS_PER_TENANT,
+        }
+    }
+}
+
+/// An authenticated tenant: its name, policy, ledgers and figures, shared by all of
+/// its sessions. Reloading the server's tenant table keeps a tenant's state and
+/// replaces only its policy.
+#[derive(Clone)]
+pub struct Tenant {
+    /// The tenant's name, from the server's tenant table.
+    pub name: String,
+    state: Arc<TenantState>,
+}
+
+struct TenantState {
+    policy: RwLock<Policy>,
+    /// Per host device.
+    memory: Vec<MemoryLedger>,
+    usage: Vec<Arc<Usage>>,
+    oom: Vec<AtomicU64>,
+    sessions: AtomicUsize,
+    /// The live sessions, for NVML's running processes.
+    live: Mutex<Vec<Weak<SessionHeld>>>,
+}
+
+/// What one session holds on each device.
+struct SessionHeld {
+    pid: u32,
+    bytes: Vec<AtomicU64>,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant").field("name", &self.name).finish()
+    }
+}
+
+impl Tenant {
+    /// A tenant with this policy, no sessions and nothing held.
+    pub fn with_policy(name: impl Into<String>, policy: Policy) -> Self {
+        let limit = policy.memory_limit;
+        Self {
+            name: name.into(),
+            state: Arc::new(TenantState {
+                policy: RwLock::new(policy),
+                memory: (0..MAX_DEVICES).map(|_| MemoryLedger::new(limit)).collect(),
+                usage: (0..MAX_DEVICES).map(|_| Arc::default()).collect(),
+                oom: (0..MAX_DEVICES).map(|_| AtomicU64::new(0)).collect(),
+                sessions: AtomicUsize::new(0),
+                live: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// A tenant with the default policy and this memory limit.
+    pub fn new(name: impl Into<String>, memory_limit: Option<u64>) -> Self {
+        Self::with_policy(
+            name,
+            Policy {
+                memory_limit,
+                ..Policy::default()
+            },
+        )
+    }
+
+    /// Its policy now.
+    pub fn policy(&self) -> Policy {
+        self.state
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces its policy (a reload); what it holds stays charged.
+    pub fn set_policy(&self, policy: Policy) {
+        for ledger in &self.state.memory {
+            ledger.set_limit(policy.memory_limit);
+        }
+        *self
+            .state
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// Whether both are the same tenant (not merely the same name).
+    pub fn same(&self, other: &Tenant) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
+    /// Its ledger on host device `device`.
+    pub fn memory(&self, device: u32) -> &MemoryLedger {
+        &self.state.memory[(device as usize).min(MAX_DEVICES - 1)]
+    }
+
+    /// Its scheduling figures on host device `device`.
+    pub fn usage(&self, device: u32) -> &Usage {
+        &self.state.usage[(device as usize).min(MAX_DEVICES - 1)]
+    }
+
+    /// Allocations refused for its limit on host device `device`.
+    pub fn oom(&self, device: u32) -> u64 {
+        self.state.oom[(device as usize).min(MAX_DEVICES - 1)].load(Ordering::Relaxed)
+    }
+
+    /// Sessions open now.
+    pub fn sessions(&self) -> usize {
+        self.state.sessions.load(Ordering::Acquire)
+    }
+
+    /// Counts one more session, unless it has its policy's most open already; the
+    /// session counts until the returned slot is dropped.
+    pub fn open_slot(&self) -> Result<SessionSlot, CuError> {
+        let max = self.policy().max_sessions;
+        let sessions = &self.state.sessions;
+        let mut open = sessions.load(Ordering::Acquire);
+        loop {
+            if open >= max {
+                return Err(CuError::new(
+                    code::NOT_PERMITTED,
+                    format!(
+                        "tenant {} has {open} sessions open, the server's limit per tenant",
+                        self.name
+                    ),
+                ));
+            }
+            match sessions.compare_exchange_weak(open, open + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(SessionSlot(self.state.clone())),
+                Err(now) => open = now,
+            }
+        }
+    }
+
+    fn claimant(&self, device: u32, policy: &Policy) -> Claimant {
+        Claimant {
+            tenant: self.name.clone(),
+            share: policy.compute_share,
+            priority: policy.priority,
+            usage: self.state.usage[device as usize].clone(),
+        }
+    }
+}
+
+/// One open session of a tenant ([`Tenant::open_slot`]); dropping it frees the slot.
+pub struct SessionSlot(Arc<TenantState>);
+
+impl std::fmt::Debug for SessionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSlot")
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The host's side of tenancy, shared by every session: the backend, its devices
+/// and one scheduler per device.
+pub struct Host {
+    backend: Arc<dyn Backend>,
+    devices: Vec<DeviceInfo>,
+    schedulers: Vec<Arc<DeviceScheduler>>,
+}
+
+impl Host {
+    /// The host of `backend`'s devices (at most [`MAX_DEVICES`]).
+    pub fn new(backend: Arc<dyn Backend>) -> Arc<Self> {
+        let mut devices = backend.devices();
+        if devices.len() > MAX_DEVICES {
+            tracing::warn!(
+                devices = devices.len(),
+                "offering the first {MAX_DEVICES} devices only"
+            );
+            devices.truncate(MAX_DEVICES);
+        }
+        let schedulers = devices.iter().map(|_| Arc::default()).collect();
+        Arc::new(Self {
+            backend,
+            devices,
+            schedulers,
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The host's devices, unclamped.
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// The scheduler of host device `device`.
+    pub fn scheduler(&self, device: u32) -> Option<&Arc<DeviceScheduler>> {
+        self.schedulers.get(device as usize)
+    }
+
+    /// Device memory in use on host device `device`, as the backend measures it
+    /// (`None` where it cannot).
+    pub fn memory_used(&self, device: u32) -> Option<u64> {
+        self.backend.memory_used(device)
+    }
+
+    /// The host devices `tenant` may use, in the order it sees them; devices its
+    /// policy names that the host lacks are left out.
+    pub fn visible(&self, policy: &Policy) -> Vec<u32> {
+        let all = 0..self.devices.len() as u32;
+        match &policy.devices {
+            None => all.collect(),
+            Some(list) => list.iter().copied().filter(|d| all.contains(d)).collect(),
+        }
+    }
+
+    /// The devices as `tenant` sees them: its own, renumbered from 0, with its
+    /// memory limit as their memory and its SM ceiling in their SM count.
+    pub fn devices_for(&self, tenant: &Tenant) -> Vec<DeviceInfo> {
+        let policy = tenant.policy();
+        self.visible(&policy)
+            .into_iter()
+            .map(|d| {
+                let mut info = self.devices[d as usize].clone();
+                if let Some(limit) = policy.memory_limit {
+                    info.total_memory = info.total_memory.min(limit);
+                }
+                if let Some(fraction) = policy.sm_limit {
+                    for (attribute, value) in &mut info.attributes {
+                        if *attribute == ATTRIBUTE_MULTIPROCESSOR_COUNT {
+                            *value = ((*value as f64 * fraction).round() as i32).max(1);
+                        }
+                    }
+                }
+                info
+            })
+            .collect()
+    }
+
+    /// Opens a session for `tenant` (whose slot the caller holds) around the
+    /// backend's: `wrap` adds layers between the two (the module cache).
+    pub fn open_session(
+        self: &Arc<Self>,
+        tenant: &Tenant,
+        pid: u32,
+        wrap: impl FnOnce(Box<dyn Session>) -> Box<dyn Session>,
+    ) -> Result<TenantSession, CuError> {
+        let policy = tenant.policy();
+        let visible = self.visible(&policy);
+        if visible.is_empty() {
+            return Err(CuError::new(
+                code::NO_DEVICE,
+                format!("tenant {} may use none of this server's devices", tenant.name),
+            ));
+        }
+        let inner = wrap(self.backend.open_session(tenant)?);
+        let held = Arc::new(SessionHeld {
+            pid,
+            bytes: (0..self.devices.len()).map(|_| AtomicU64::new(0)).collect(),
+        });
+        {
+            let mut live = tenant.state.live.lock().unwrap_or_else(|e| e.into_inner());
+            live.retain(|w| w.strong_count() > 0);
+            live.push(Arc::downgrade(&held));
+        }
+        Ok(TenantSession {
+            inner,
+            host: self.clone(),
+            tenant: tenant.clone(),
+            visible,
+            scheduled: self.backend.launches_complete_on_return(),
+            allocations: HashMap::new(),
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            held,
+        })
+    }
+
+    /// `tenant`'s figures on the devices it may use.
+    pub fn figures(&self, tenant: &Tenant) -> Vec<TenantFigures> {
+        let policy = tenant.policy();
+        self.visible(&policy)
+            .into_iter()
+            .map(|d| {
+                let usage = tenant.usage(d);
+                TenantFigures {
+                    tenant: tenant.name.clone(),
+                    device: d,
+                    memory_used: tenant.memory(d).used(),
+                    memory_limit: policy.memory_limit,
+                    busy_seconds: usage.busy_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+                    throttled_seconds: usage.throttled_ns.load(Ordering::Relaxed) as f64 * 1e-9,
+                    kernel_launches: usage.launches.load(Ordering::Relaxed),
+                    oom: tenant.oom(d),
+                    compute_share: policy.compute_share,
+                }
+            })
+            .collect()
+    }
+
+    /// Host device `device` as `xpupool status` shows it; `used` is the memory
+    /// the ledger holds on it when the backend cannot measure it.
+    pub fn device_figures(&self, device: u32, ledger_used: u64) -> DeviceFigures {
+        let info = &self.devices[device as usize];
+        DeviceFigures {
+            device,
+            name: info.name.clone(),
+            uuid: uuid_text(&info.uuid),
+            memory_used: self.memory_used(device).unwrap_or(ledger_used),
+            memory_total: info.total_memory,
+            utilization: self.schedulers[device as usize].utilization(),
+        }
+    }
+}
+
+/// A UUID as NVML prints it: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub fn uuid_text(uuid: &[u8; 16]) -> String {
+    let hex = hex::encode(uuid);
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// The operations the ledger charges; every other declared operation that
+/// allocates is refused ([`TenantSession`]), so a new one cannot slip past.
+pub const CHARGED: &[&str] = &["mem_alloc", "module_load", "module_load_cached"];
+
+/// A session as the tenancy layer runs it, around the backend's.
+pub struct TenantSession {
+    inner: Box<dyn Session>,
+    host: Arc<Host>,
+    tenant: Tenant,
+    /// Tenant device number → host device number.
+    visible: Vec<u32>,
+    /// Whether launches go through the device's scheduler: only where the
+    /// backend's launch returns when the kernel is done, so its time is measured.
+    scheduled: bool,
+    /// Allocation base → (host device, bytes charged).
+    allocations: HashMap<u64, (u32, u64)>,
+    /// Module → (host device, bytes charged, its functions).
+    modules: HashMap<u64, (u32, u64, Vec<u64>)>,
+    /// Function → host device.
+    functions: HashMap<u64, u32>,
+    held: Arc<SessionHeld>,
+}
+
+impl TenantSession {
+    /// The tenant.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    fn host_device(&self, device: u32) -> Result<u32, CuError> {
+        self.visible.get(device as usize).copied().ok_or_else(|| {
+            CuError::new(
+                code::INVALID_DEVICE,
+                format!("device {device}: this tenant has {}", self.visible.len()),
+            )
+        })
+    }
+
+    fn charge(&mut self, device: u32, bytes: u64) -> Result<(), CuError> {
+        self.tenant.memory(device).charge(bytes).inspect_err(|_| {
+            self.tenant.state.oom[device as usize].fetch_add(1, Ordering::Relaxed);
+        })?;
+        self.held.bytes[device as usize].fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn refund(&self, device: u32, bytes: u64) {
+        self.tenant.memory(device).refund(bytes);
+        self.held.bytes[device as usize].fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn alloc(&mut self, device: u32, bytes: u64) -> Result<Reply, CuError> {
+        let host = self.host_device(device)?;
+        let charge = allocation_charge(bytes)
+            .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+        if bytes > 0 {
+            self.charge(host, charge)?;
+        }
+        let reply = self.inner.handle(Request::MemAlloc { device: host, bytes });
+        match &reply {
+            Ok(Reply::MemAlloc(address)) => {
+                self.allocations.insert(*address, (host, charge));
+            }
+            _ if bytes > 0 => self.refund(host, charge),
+            _ => {}
+        }
+        reply
+    }
+
+    /// Charges a module the backend loaded, or unloads it again if the tenant's
+    /// limit has no room for it.
+    fn loaded(&mut self, host: u32, info: &ModuleInfo) -> Result<(), CuError> {
+        let charge = allocation_charge(info.device_bytes).unwrap_or(u64::MAX);
+        if let Err(e) = self.charge(host, charge) {
+            let _ = self.inner.handle(Request::ModuleUnload {
+                module: info.handle,
+            });
+            return Err(CuError::new(
+                e.code,
+                format!("loading a module of {} bytes: {}", info.device_bytes, e.message),
+            ));
+        }
+        let functions: Vec<u64> = info.functions.iter().map(|f| f.handle).collect();
+        for &f in &functions {
+            self.functions.insert(f, host);
+        }
+        self.modules.insert(info.handle, (host, charge, functions));
+        Ok(())
+    }
+
+    fn launch(&mut self, request: Request, function: u64) -> Result<Reply, CuError> {
+        let device = self.functions.get(&function).copied();
+        let scheduler = device.and_then(|d| self.host.scheduler(d).cloned());
+        match (device, scheduler) {
+            (Some(d), Some(scheduler)) if self.scheduled => {
+                let claimant = self.tenant.claimant(d, &self.tenant.policy());
+                let running = Arc::new(scheduler.acquire(&claimant));
+                crate::scheduler::with_current(running, || self.inner.handle(request))
+            }
+            (Some(d), _) => {
+                self.tenant.usage(d).launches.fetch_add(1, Ordering::Relaxed);
+                self.inner.handle(request)
+            }
+            // Not a function of this session: the backend says so.
+            (None, _) => self.inner.handle(request),
+        }
+    }
+
+    fn device_usage(&self, device: u32) -> Result<DeviceUsage, CuError> {
+        let host = self.host_device(device)?;
+        let sessions = self
+            .tenant
+            .state
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| (s.pid, s.bytes[host as usize].load(Ordering::Relaxed)))
+            .filter(|&(_, bytes)| bytes > 0)
+            .collect();
+        let scheduler = &self.host.schedulers[host as usize];
+        Ok(DeviceUsage {
+            utilization_percent: (scheduler.utilization() * 100.0).round() as u32,
+            memory_used: self
+                .host
+                .memory_used(host)
+                .unwrap_or_else(|| self.tenant.memory(host).used()),
+            sessions,
+        })
+    }
+
+    fn status(&self) -> ServerStatus {
+        ServerStatus {
+            backend: self.host.backend.name().to_owned(),
+            sessions: self.tenant.sessions() as u64,
+            devices: self
+                .visible
+                .iter()
+                .map(|&d| self.host.device_figures(d, self.tenant.memory(d).used()))
+                .collect(),
+            tenants: self.host.figures(&self.tenant),
+        }
+    }
+}
+
+impl Session for TenantSession {
+    fn handle(&mut self, request: Request) -> Result<Reply, CuError> {
+        match request {
+            Request::MemAlloc { device, bytes } => self.alloc(device, bytes),
+            Request::MemFree { ptr } => {
+                let reply = self.inner.handle(Request::MemFree { ptr });
+                if reply.is_ok() {
+                    if let Some((device, bytes)) = self.allocations.remove(&ptr) {
+                        self.refund(device, bytes);
+                    }
+                }
+                reply
+            }
+            Request::MemGetInfo { device } => {
+                let host = self.host_device(device)?;
+                match self.inner.handle(Request::MemGetInfo { device: host })? {
+                    Reply::MemGetInfo((free, total)) => {
+                        let ledger = self.tenant.memory(host);
+                        let total = ledger.limit().map_or(total, |l| l.min(total));
+                        Ok(Reply::MemGetInfo((free.min(ledger.remaining()), total)))
+                    }
+                    other => Ok(other),
+                }
+            }
+            Request::ModuleLoad { device, image } => {
+                let host = self.host_device(device)?;
+                let reply = self.inner.handle(Request::ModuleLoad { device: host, image })?;
+                if let Reply::ModuleLoad(info) = &reply {
+                    self.loaded(host, info)?;
+                }
+                Ok(reply)
+            }
+            Request::ModuleLoadCached { device, hash } => {
+                let host = self.host_device(device)?;
+                let reply = self
+                    .inner
+                    .handle(Request::ModuleLoadCached { device: host, hash })?;
+                if let Reply::ModuleLoadCached(Some(info)) = &reply {
+                    self.loaded(host, info)?;
+                }
+                Ok(reply)
+            }
+            Request::ModuleUnload { module } => {
+                let reply = self.inner.handle(Request::ModuleUnload { module });
+                if reply.is_ok() {
+                    if let Some((device, bytes, functions)) = self.modules.remove(&module) {
+                        self.refund(device, bytes);
+                        for f in functions {
+                            self.functions.remove(&f);
+                        }
+                    }
+                }
+                reply
+            }
+            Request::StreamCreate {
+                device,
+                flags,
+                priority,
+            } => {
+                let device = self.host_device(device)?;
+                self.inner.handle(Request::StreamCreate {
+                    device,
+                    flags,
+                    priority,
+                })
+            }
+            Request::EventCreate { device, flags } => {
+                let device = self.host_device(device)?;
+                self.inner.handle(Request::EventCreate { device, flags })
+            }
+            request @ Request::LaunchKernel { function, .. } => self.launch(request, function),
+            Request::DeviceUsage { device } => self.device_usage(device).map(Reply::DeviceUsage),
+            Request::ServerStatus {} => Ok(Reply::ServerStatus(self.status())),
+            other if other.allocates() => Err(CuError::new(
+                code::NOT_SUPPORTED,
+                format!(
+                    "{} allocates device memory and the server's ledger cannot charge it yet",
+                    other.name()
+                ),
+            )),
+            other => self.inner.handle(other),
+        }
+    }
+
+    fn memcpy_htod_from(&mut self, dst: u64, data: &[u8], stream: u64) -> Result<(), CuError> {
+        self.inner.memcpy_htod_from(dst, data, stream)
+    }
+
+    fn memcpy_dtoh_into(&mut self, src: u64, out: &mut [u8], stream: u64) -> Result<(), CuError> {
+        self.inner.memcpy_dtoh_into(src, out, stream)
+    }
+}
+
+impl Drop for TenantSession {
+    fn drop(&mut self) {
+        let charged: Vec<(u32, u64)> = self
+            .allocations
+            .drain()
+            .map(|(_, c)| c)
+            .chain(self.modules.drain().map(|(_, (d, b, _))| (d, b)))
+            .collect();
+        for (device, bytes) in charged {
+            self.refund(device, bytes);
+        }
+    }
+}
+
+/// Every declared operation that allocates, for the test that the ledger charges
+/// each of them.
+pub fn allocating_operations() -> Vec<&'static str> {
+    OPERATIONS
+        .iter()
+        .filter(|o| o.flags.has(xpupool_protocol::api::Flags::ALLOCATES))
+        .map(|o| o.name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_charges_every_operation_that_allocates() {
+        let mut declared = allocating_operations();
+        declared.sort_unstable();
+        let mut charged = CHARGED.to_vec();
+        charged.sort_unstable();
+        assert_eq!(
+            declared, charged,
+            "an allocating operation the ledger does not charge (it is refused at run time): add it to TenantSession::handle and CHARGED"
+        );
+    }
+
+    #[test]
+    fn a_tenant_sees_its_devices_renumbered_and_clamped() {
+        let host = Host::new(Arc::new(crate::MockBackend::with_devices(3, 1 << 30)));
+        let tenant = Tenant::with_policy(
+            "t",
+            Policy {
+                memory_limit: Some(1 << 20),
+                devices: Some(vec![2, 7, 0]),
+                sm_limit: Some(0.5),
+                ..Policy::default()
+            },
+        );
+        let devices = host.devices_for(&tenant);
+        assert_eq!(devices.len(), 2, "device 7 does not exist");
+        assert_eq!(devices[0].uuid, host.devices()[2].uuid);
+        assert_eq!(devices[1].uuid, host.devices()[0].uuid);
+        assert_eq!(devices[0].total_memory, 1 << 20);
+        let sms = |d: &DeviceInfo| {
+            d.attributes
+                .iter()
+                .find(|a| a.0 == ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map(|a| a.1)
+        };
+        assert_eq!(sms(&devices[0]), sms(&host.devices()[0]).map(|n| n / 2));
+    }
+}
