@@ -7,7 +7,10 @@
 #      whether they are identical, and the median step times;
 #   3. a call trace of bench/traces/torch_step.py through the cuda backend, with its
 #      GEMMs and kernels running for real (left in $OUT as torch-step-gpu.jsonl.gz, to
-#      commit beside the mock-recorded one), replayed against the mock.
+#      commit beside the mock-recorded one), replayed against the mock;
+#   4. tenancy on the cuda backend: a server with two tenants (tests/tenancy's spin
+#      load beside two_devices), the devices each sees, and the metrics, with the
+#      ledger's drift from the driver's figures (carry tests/tenancy/build too).
 # Designed to finish in a few minutes; prints everything to stdout.
 #   XPUPOOL_BIN   xpupool binary (default target/release/xpupool)
 #   PYTHON        python with PyTorch (default python3)
@@ -64,5 +67,45 @@ XPUPOOL_TRACE="$trace" timeout 300 "$bin" run --backend "$backend" -- "$python" 
 if [ -s "$trace" ]; then
     timeout 120 "$bin" bench replay "$trace" 2>/dev/null || echo "replay failed"
     gzip -9 -n -f "$trace" && echo "trace: $trace.gz"
+fi
+echo "== tenancy on the $backend backend: two tenants, devices, metrics and drift"
+tb=$root/tests/tenancy/build
+if [ -x "$tb/spin" ]; then
+    printf 'a=%s\nb=%s\n' "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$out/tokens"
+    sed -n 's/^a=//p' "$out/tokens" >"$out/a.token"; sed -n 's/^b=//p' "$out/tokens" >"$out/b.token"
+    chmod 600 "$out"/*.token
+    cat >"$out/server.toml" <<TOML
+listen = "127.0.0.1:7870"
+backend = "$backend"
+metrics_listen = "127.0.0.1:9470"
+[[tenant]]
+name = "a"
+token_file = "$out/a.token"
+compute_share = 0.7
+priority = "high"
+[[tenant]]
+name = "b"
+token_file = "$out/b.token"
+memory_limit = "8GiB"
+compute_share = 0.3
+sm_limit = 0.5
+TOML
+    "$bin" server --config "$out/server.toml" --state-dir "$out/tenancy-state" >"$out/tenancy-server.out" 2>&1 &
+    spid=$!
+    for _ in $(seq 100); do grep -q '^metrics:' "$out/tenancy-server.out" 2>/dev/null && break; sleep 0.1; done
+    fp=$(sed -n 's/^fingerprint: //p' "$out/tenancy-server.out")
+    client() { local t=$1; shift; timeout 120 "$bin" run --server 127.0.0.1:7870 --fingerprint "$fp" --token-file "$out/$t.token" -- "$@"; }
+    client b "$tb/spin" load 5 2000 >"$out/tenancy-b.log" 2>&1 &
+    sleep 1
+    client a "$tb/two_devices" count 2>&1 | sed 's/^/a: /'
+    client b "$tb/two_devices" count 2>&1 | sed 's/^/b: /'
+    client a "$tb/spin" latency 20 2000 2>&1 | sed 's/^/a: /'
+    curl -s http://127.0.0.1:9470/metrics | grep -E '^xpupool_(tenant_(busy|memory_used|launches)|device|accounting)' | head -40
+    wait %1 2>/dev/null; tail -2 "$out/tenancy-b.log" | sed 's/^/b: /'
+    curl -s http://127.0.0.1:9470/metrics | grep -E '^xpupool_accounting_drift' 
+    grep -iE 'warn|error' "$out/tenancy-server.out" | head -5
+    kill $spid 2>/dev/null; wait $spid 2>/dev/null
+else
+    echo "tests/tenancy/build not carried"
 fi
 echo "(logs in $out)"

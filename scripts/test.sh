@@ -9,7 +9,9 @@
 #   3. runs each through xpupool against the mock backend; they check their own
 #      results against CPU references;
 #   4. runs the unmodified PyTorch wheel (and pynvml) through xpupool: tests/python,
-#      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV).
+#      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV);
+#   5. runs tests/tenancy: servers with several tenants (server.toml), their shares,
+#      priorities, ledgers, devices and metrics, with the programs of step 2.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,3 +39,6 @@ XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-cuda
 
 echo "== PyTorch and NVML through xpupool (tests/python)"
 scripts/run-python-tests.sh
+
+echo "== many tenants on one server (tests/tenancy)"
+XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-tenancy-tests.sh

@@ -118,6 +118,7 @@ impl Exporter {
         registry.register("device_memory_used_bytes", "Device memory in use, all tenants", device_used);
         registry.register("device_memory_total_bytes", "The device's memory", device_total);
         registry.register("device_utilization_ratio", "Fraction of the last second the device ran kernels", utilization);
+        registry.register("admission_seconds", "Time from a client's hello to its session being open", self.host.admission.clone());
         registry.register("accounting_drift_bytes", "Device memory in use as the backend measures it, less what the tenants' ledgers hold", drift);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)

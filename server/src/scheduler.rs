@@ -16,6 +16,14 @@
 //! competes as `normal`, so a priority never takes away another's guaranteed share.
 //! `low` goes only when no `normal` waits.
 //!
+//! A tenant's next kernel reaches the scheduler a moment after its last one ends
+//! (the session thread returns, takes the next request, asks again). So that a
+//! tenant whose turn it still is does not lose the device to whoever was already
+//! waiting in that moment, a kernel that ends under contention holds the device
+//! for its tenant for [`ANTICIPATION`] when that tenant is the one to go next;
+//! lower and equal classes of other tenants wait that long at most, a higher class
+//! does not wait. A tenant that does not come back within it loses its turn.
+//!
 //! Only kernels are scheduled; a waiting launch holds up its own stream (it is the
 //! next thing on it) and nothing else, and a synchronising call waits for it as for
 //! any earlier work, so holding back can neither reorder a stream nor deadlock.
@@ -28,6 +36,9 @@ use std::time::{Duration, Instant};
 const RECENT_HALF_LIFE: Duration = Duration::from_secs(2);
 /// How far over its share a `high` tenant may be and still count as high.
 const SHARE_SLACK: f64 = 0.02;
+/// How long the device is kept for a tenant whose kernel just ended and whose
+/// turn it still is (see the module's notes).
+pub const ANTICIPATION: Duration = Duration::from_millis(3);
 /// Utilisation is measured over about this long.
 const UTILIZATION_WINDOW: Duration = Duration::from_secs(1);
 
@@ -115,6 +126,8 @@ struct State {
     busy_ns: u64,
     /// `(when, busy_ns then)` samples for utilisation.
     samples: Vec<(Instant, u64)>,
+    /// The device kept for a tenant until then, its class ([`ANTICIPATION`]).
+    reserved: Option<(String, Priority, Instant)>,
 }
 
 /// One device's scheduler.
@@ -204,10 +217,21 @@ impl DeviceScheduler {
             if state.running.is_none() && choose(&mut state) == Some(ticket) {
                 return state;
             }
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.wait(state);
+        }
+    }
+
+    /// Waits for a change, or for a reservation to run out.
+    fn wait<'g>(&'g self, state: MutexGuard<'g, State>) -> MutexGuard<'g, State> {
+        match state.reserved.as_ref().map(|r| r.2) {
+            Some(until) => {
+                let left = until.saturating_duration_since(Instant::now());
+                self.changed
+                    .wait_timeout(state, left.max(Duration::from_micros(50)))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
         }
     }
 
@@ -268,14 +292,26 @@ fn class(state: &mut State, claimant: &Claimant, now: Instant) -> Priority {
 }
 
 /// The ticket that should hold the device next: the highest class, then the
-/// smallest virtual time, then the oldest.
+/// smallest virtual time, then the oldest; while the device is kept for a tenant,
+/// other tenants' tickets of its class or lower are passed over.
 fn choose(state: &mut State) -> Option<u64> {
     let now = Instant::now();
+    if state.reserved.as_ref().is_some_and(|r| r.2 <= now) {
+        state.reserved = None;
+    }
     let candidates: Vec<(u64, Claimant)> = state
         .tickets
         .iter()
         .filter(|(_, t)| t.since.is_none())
         .map(|(&id, t)| (id, t.claimant.clone()))
+        .collect();
+    let reserved = state.reserved.clone();
+    let candidates: Vec<(u64, Claimant)> = candidates
+        .into_iter()
+        .filter(|(_, c)| match &reserved {
+            Some((tenant, class, _)) => c.tenant == *tenant || c.priority > *class,
+            None => true,
+        })
         .collect();
     let mut best: Option<(Priority, f64, u64)> = None;
     for (id, claimant) in candidates {
@@ -306,9 +342,34 @@ fn start(state: &mut State, ticket: u64) {
         .fetch_add(waited.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     let tenant = t.claimant.tenant.clone();
     state.running = Some(ticket);
+    state.reserved = None;
     if let Some(account) = state.accounts.get(&tenant) {
         state.vclock = state.vclock.max(account.vtime);
     }
+}
+
+/// After a kernel of `claimant` ended: keeps the device for its tenant for
+/// [`ANTICIPATION`] if others wait and it is still the one to go next.
+fn anticipate(state: &mut State, claimant: &Claimant, now: Instant) {
+    let waiting: Vec<Claimant> = state
+        .tickets
+        .values()
+        .filter(|t| t.since.is_none() && t.claimant.tenant != claimant.tenant)
+        .map(|t| t.claimant.clone())
+        .collect();
+    if waiting.is_empty() {
+        return;
+    }
+    let mine = class(state, claimant, now);
+    let my_vtime = state.accounts.get(&claimant.tenant).map_or(0.0, |a| a.vtime);
+    for other in &waiting {
+        let theirs = class(state, other, now);
+        let their_vtime = state.accounts.get(&other.tenant).map_or(0.0, |a| a.vtime);
+        if theirs > mine || (theirs == mine && their_vtime < my_vtime) {
+            return;
+        }
+    }
+    state.reserved = Some((claimant.tenant.clone(), mine, now + ANTICIPATION));
 }
 
 /// Takes `ticket` off the device, charging the time it ran since it started.
@@ -375,7 +436,7 @@ impl Running {
                 s.changed.notify_all();
                 return;
             }
-            state = s.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = s.wait(state);
         }
     }
 }
@@ -384,7 +445,8 @@ impl Drop for Running {
     fn drop(&mut self) {
         let s = &self.scheduler;
         let mut state = s.lock();
-        stop(&mut state, self.ticket, Instant::now());
+        let now = Instant::now();
+        stop(&mut state, self.ticket, now);
         if let Some(t) = state.tickets.remove(&self.ticket) {
             t.claimant
                 .usage
@@ -393,6 +455,7 @@ impl Drop for Running {
             if let Some(account) = state.accounts.get_mut(&t.claimant.tenant) {
                 account.active -= 1;
             }
+            anticipate(&mut state, &t.claimant, now);
         }
         s.changed.notify_all();
     }
@@ -414,6 +477,15 @@ mod tests {
 
     /// Runs `kernel`-long busy kernels for each claimant on its own thread for `for_`.
     fn contend(claimants: &[Claimant], kernel: Duration, for_: Duration) -> Vec<f64> {
+        contend_with_gaps(claimants, kernel, Duration::ZERO, for_)
+    }
+
+    /// Like [`contend`], each claimant pausing `gap` between its kernels (a client's
+    /// round trip).
+    fn contend_with_gaps(claimants: &[Claimant], kernel: Duration, gap: Duration, for_: Duration) -> Vec<f64> {
+        // One at a time: their spinning threads measure shares of wall time.
+        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+        let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let scheduler = Arc::new(DeviceScheduler::default());
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
@@ -427,6 +499,9 @@ mod tests {
                             std::hint::spin_loop();
                         }
                         drop(running);
+                        if !gap.is_zero() {
+                            std::thread::sleep(gap);
+                        }
                     }
                 });
             }
@@ -452,6 +527,22 @@ mod tests {
             Duration::from_millis(1500),
         );
         assert!((shares[0] - 0.7).abs() < 0.05, "{shares:?}");
+    }
+
+    #[test]
+    fn a_tenant_whose_next_kernel_comes_a_moment_later_keeps_its_share() {
+        // Without the anticipation window the waiting tenant takes every gap and
+        // the two alternate, 50/50, whatever their shares.
+        let shares = contend_with_gaps(
+            &[
+                claimant("a", 0.9, Priority::Normal),
+                claimant("b", 0.1, Priority::Normal),
+            ],
+            Duration::from_millis(2),
+            Duration::from_micros(300),
+            Duration::from_millis(1500),
+        );
+        assert!((shares[0] - 0.9).abs() < 0.05, "{shares:?}");
     }
 
     #[test]

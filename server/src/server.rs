@@ -425,13 +425,17 @@ async fn greet(
     }
     let admitting = shared.clone();
     let greeting = hello.clone();
+    let started = std::time::Instant::now();
     match tokio::task::spawn_blocking(move || admitting.admit(&greeting)).await? {
-        Ok((tenant, session, slot)) => Ok(Some(Admitted {
+        Ok((tenant, session, slot)) => {
+            shared.host.admission.observe(started.elapsed().as_secs_f64());
+            Ok(Some(Admitted {
             tenant,
             session,
             hello,
             _slot: slot,
-        })),
+        }))
+        }
         Err(e) => {
             tracing::warn!(%remote, pid = hello.pid, program = %hello.program, reason = %e.message, "refused client");
             write_message(send, &Err::<Welcome, _>(e)).await?;

@@ -1,0 +1,410 @@
+"""Many tenants on one pool server (the mock backend), as an operator runs it:
+`xpupool server --config server.toml`, unmodified CUDA programs of several tenants
+through `xpupool run --server`, and the metrics endpoint read with the Prometheus
+project's own parser.
+
+Run by scripts/run-tenancy-tests.sh after scripts/build-cuda-tests.sh. Figures go to
+stdout (pytest -s) for the closing notes.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("XPUPOOL_BIN", str(ROOT / "target/release/xpupool"))
+SPIN = str(ROOT / "tests/tenancy/build/spin")
+TWO = str(ROOT / "tests/tenancy/build/two_devices")
+CUDA = ROOT / "tests/cuda/build"
+# Iterations per thread of spin's kernels: long enough kernels (about 25 ms on the
+# mock) for shares, short ones for latency.
+LOAD_ITERS = "2000"
+LATENCY_ITERS = "4000"
+
+
+def token(name):
+    return (name * 32)[:32]
+
+
+class Server:
+    """An `xpupool server --config` in a process of its own."""
+
+    def __init__(self, tmp, tenants, devices=1, memory="2GiB", extra=""):
+        self.dir = Path(tmp)
+        self.tenants = tenants
+        lines = [
+            'listen = "127.0.0.1:0"',
+            'backend = "mock"',
+            'metrics_listen = "127.0.0.1:0"',
+            extra,
+            "[mock]",
+            f"devices = {devices}",
+            f'memory = "{memory}"',
+        ]
+        for name, fields in tenants.items():
+            path = self.dir / f"{name}.token"
+            path.write_text(token(name) + "\n")
+            path.chmod(0o600)
+            lines += ["[[tenant]]", f'name = "{name}"', f'token_file = "{path}"']
+            lines += [f"{k} = {v}" for k, v in fields.items()]
+        self.config = self.dir / "server.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.out = open(self.dir / "server.out", "w+")
+        self.proc = subprocess.Popen(
+            [BIN, "server", "--config", str(self.config), "--state-dir", str(self.dir / "state")],
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            text = (self.dir / "server.out").read_text()
+            if "metrics: http://" in text:
+                break
+            assert self.proc.poll() is None, text
+            time.sleep(0.05)
+        text = (self.dir / "server.out").read_text()
+        self.addr = re.search(r"^listening: (\S+)", text, re.M).group(1)
+        self.fingerprint = re.search(r"^fingerprint: (\S+)", text, re.M).group(1)
+        self.metrics_url = re.search(r"^metrics: (\S+)", text, re.M).group(1)
+
+    def run(self, tenant, *argv, **kw):
+        """A client program of `tenant`, started through `xpupool run --server`."""
+        return subprocess.Popen(
+            [BIN, "run", "--server", self.addr, "--fingerprint", self.fingerprint,
+             "--token-file", str(self.dir / f"{tenant}.token"), "--", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            # Its own process group, so that kill() reaches the program too.
+            start_new_session=True,
+            **kw,
+        )
+
+    def check(self, tenant, *argv, timeout=300):
+        p = self.run(tenant, *argv)
+        out, _ = p.communicate(timeout=timeout)
+        assert p.returncode == 0 and "PASS" in out, out
+        return out
+
+    def scrape(self):
+        """{metric name: {labels as a sorted tuple: value}} of every sample."""
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+            assert r.status == 200
+            text = r.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+        return samples
+
+    def value(self, samples, name, **labels):
+        matching = [v for k, v in samples.get(name, {}).items() if set(labels.items()) <= set(k)]
+        assert matching, f"no {name} with {labels} in {sorted(samples)}"
+        return sum(matching)
+
+    def busy(self, tenant):
+        return self.value(self.scrape(), "xpupool_tenant_busy_seconds_total", tenant=tenant)
+
+    def launches(self, tenant):
+        return self.value(self.scrape(), "xpupool_tenant_kernel_launches_total", tenant=tenant)
+
+    def wait_running(self, *tenants, timeout=60):
+        """Until each tenant has had kernels run."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if all(self.launches(t) >= 2 for t in tenants):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{tenants} never ran a kernel")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.out.close()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started = []
+
+    def start(tenants, **kw):
+        d = tmp_path / f"server{len(started)}"
+        d.mkdir()
+        s = Server(d, tenants, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def kill(p):
+    """SIGKILL to a client: `xpupool run` and its program."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def finish(procs):
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0 and "PASS" in out, out
+
+
+def measure_shares(server, a, b, seconds):
+    """Both tenants saturate the device; their shares of the busy time over
+    `seconds` once both run."""
+    procs = [server.run(t, SPIN, "load", str(seconds + 6), LOAD_ITERS) for t in (a, b)]
+    server.wait_running(a, b)
+    time.sleep(0.5)
+    before = {t: server.busy(t) for t in (a, b)}
+    time.sleep(seconds)
+    after = {t: server.busy(t) for t in (a, b)}
+    finish(procs)
+    delta = {t: after[t] - before[t] for t in (a, b)}
+    total = sum(delta.values())
+    shares = {t: delta[t] / total for t in (a, b)}
+    print(f"\nshares over {seconds} s: " + ", ".join(f"{t} {100 * v:.1f}%" for t, v in shares.items())
+          + f"; device busy {100 * total / seconds:.1f}% of the time")
+    return shares, total / seconds
+
+
+def alone_fraction(server, tenant, seconds=3):
+    """The fraction of `seconds` the device ran `tenant`'s kernels, with it alone."""
+    p = server.run(tenant, SPIN, "load", str(seconds + 3), LOAD_ITERS)
+    server.wait_running(tenant)
+    t0, b0 = time.time(), server.busy(tenant)
+    time.sleep(seconds)
+    t1, b1 = time.time(), server.busy(tenant)
+    finish([p])
+    fraction = (b1 - b0) / (t1 - t0)
+    print(f"\n{tenant} alone: device busy {100 * fraction:.1f}% of {t1 - t0:.1f} s")
+    return fraction
+
+
+def test_shares_70_30_and_alone(servers):
+    s = servers({"a": {"compute_share": 0.7}, "b": {"compute_share": 0.3}})
+    shares, busy = measure_shares(s, "a", "b", 10)
+    assert abs(shares["a"] - 0.7) <= 0.03, shares
+    assert busy > 0.9, busy
+    # Work-conserving: either tenant alone has the whole device.
+    assert alone_fraction(s, "a") >= 0.95
+    assert alone_fraction(s, "b") >= 0.95
+
+
+def test_shares_10_90(servers):
+    s = servers({"small": {"compute_share": 0.1}, "large": {"compute_share": 0.9}})
+    shares, _ = measure_shares(s, "small", "large", 10)
+    assert abs(shares["small"] - 0.1) <= 0.02, shares
+
+
+def latency(server, tenant, count=30):
+    out = server.check(tenant, SPIN, "latency", str(count), LATENCY_ITERS)
+    return float(re.search(r"median_us=(\d+)", out).group(1))
+
+
+def test_high_priority_latency_next_to_a_saturating_load(servers):
+    s = servers({
+        "urgent": {"compute_share": 0.5, "priority": '"high"'},
+        "batch": {"compute_share": 0.5},
+    })
+    alone = latency(s, "urgent")
+    load = s.run("batch", SPIN, "load", "30", LOAD_ITERS)
+    s.wait_running("batch")
+    time.sleep(0.5)
+    loaded = latency(s, "urgent")
+    kill(load)
+    load.wait()
+    print(f"\nhigh-priority median kernel latency: {alone:.0f} us alone, {loaded:.0f} us next to"
+          f" a saturating normal tenant ({loaded / alone:.2f}x)")
+    assert loaded <= 1.2 * alone, (alone, loaded)
+
+
+def test_an_over_limit_tenant_gets_oom_the_other_is_unaffected_and_the_ledger_is_exact(servers):
+    s = servers({
+        "small": {"memory_limit": '"32MiB"', "compute_share": 0.5},
+        "big": {"memory_limit": '"512MiB"', "compute_share": 0.5},
+    }, devices=2, memory="1GiB")
+    big = s.run("big", SPIN, "load", "6", "200")
+    # Fills device 0 to its 32 MiB limit: refused there, then uses device 1.
+    s.check("small", TWO)
+    finish([big])
+    m = s.scrape()
+    assert s.value(m, "xpupool_tenant_oom_total", tenant="small", device="0") >= 1
+    assert s.value(m, "xpupool_tenant_oom_total", tenant="big") == 0
+    assert s.value(m, "xpupool_tenant_memory_limit_bytes", tenant="small", device="1") == 32 << 20
+
+    # A mixed load: allocations, frees, module loads, copies, kernels; some
+    # clients killed while they run.
+    programs = ["vector_add", "memops", "constant_mem", "streams_events", "reduce_shared"]
+    spinning = [s.run(t, SPIN, "load", "20", "200") for t in ("small", "big", "small", "big")]
+    s.wait_running("small", "big")
+    procs = [s.run("small" if i % 2 else "big", str(CUDA / programs[i % len(programs)]))
+             for i in range(10)]
+    drift_seen, held_seen = [], []
+    for i in range(4):
+        time.sleep(0.3)
+        m = s.scrape()
+        # While they run: what the backend holds is what the ledgers hold.
+        held_seen.append(s.value(m, "xpupool_tenant_memory_used_bytes"))
+        drift_seen.append(s.value(m, "xpupool_accounting_drift_bytes"))
+        kill(spinning[i] if i % 2 else procs[i])
+    for p in spinning:
+        kill(p)
+    for p in procs + spinning:
+        p.wait(timeout=300)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        m = s.scrape()
+        if s.value(m, "xpupool_tenant_memory_used_bytes") == 0:
+            break
+        time.sleep(0.1)
+    print(f"\nledger: {held_seen} bytes held mid-run; drift then {drift_seen};"
+          f" after: {s.value(m, 'xpupool_tenant_memory_used_bytes')} held,"
+          f" device {s.value(m, 'xpupool_device_memory_used_bytes')}")
+    assert drift_seen == [0] * len(drift_seen) and min(held_seen) > 0, (held_seen, drift_seen)
+    assert s.value(m, "xpupool_tenant_memory_used_bytes") == 0
+    assert s.value(m, "xpupool_device_memory_used_bytes") == 0
+    assert s.value(m, "xpupool_accounting_drift_bytes") == 0
+    assert s.value(m, "xpupool_tenant_sessions") == 0
+
+
+def test_two_devices_and_a_tenant_limited_to_one(servers):
+    s = servers({
+        "both": {"memory_limit": '"64MiB"'},
+        "second": {"devices": "[1]"},
+    }, devices=2, memory="1GiB")
+    s.check("both", TWO)
+    out = s.check("second", TWO, "count")
+    assert "devices=1" in out, out
+    # Its device 0 is the host's device 1: the second mock device's PCI bus.
+    both = s.check("both", TWO, "count")
+    bus = lambda text, d: re.search(rf"device {d}: .* pci bus (\d+)", text).group(1)
+    assert bus(out, 0) == bus(both, 1), (out, both)
+
+
+def test_metrics_report_every_tenant_and_device(servers):
+    s = servers({
+        "a": {"memory_limit": '"1GiB"', "compute_share": 0.6},
+        "b": {"compute_share": 0.4, "devices": "[0]"},
+    }, devices=2, memory="2GiB")
+    p = s.run("a", SPIN, "load", "2", "200")
+    s.wait_running("a")
+    m = s.scrape()
+    finish([p])
+    names = [
+        "xpupool_tenant_memory_used_bytes", "xpupool_tenant_memory_limit_bytes",
+        "xpupool_tenant_busy_seconds_total", "xpupool_tenant_throttled_seconds_total",
+        "xpupool_tenant_kernel_launches_total", "xpupool_tenant_oom_total",
+        "xpupool_tenant_sessions",
+    ]
+    for name in names:
+        keys = m[name].keys()
+        seen = {(dict(k)["tenant"], dict(k)["device"]) for k in keys}
+        assert seen == {("a", "0"), ("a", "1"), ("b", "0")}, (name, seen)
+        assert all(dict(k)["uuid"].startswith("GPU-") for k in keys)
+    for name in ["xpupool_device_memory_used_bytes", "xpupool_device_utilization_ratio",
+                 "xpupool_accounting_drift_bytes"]:
+        assert {dict(k)["device"] for k in m[name]} == {"0", "1"}, name
+    assert s.value(m, "xpupool_tenant_memory_limit_bytes", tenant="a", device="1") == 1 << 30
+    assert s.value(m, "xpupool_tenant_memory_limit_bytes", tenant="b", device="0") == 2 << 30
+    assert s.value(m, "xpupool_tenant_memory_used_bytes", tenant="a", device="0") > 0
+    assert s.value(m, "xpupool_tenant_sessions", tenant="a", device="0") == 1
+    assert s.value(m, "xpupool_device_utilization_ratio", device="0") > 0.5
+    assert s.value(m, "xpupool_device_utilization_ratio", device="1") == 0
+    assert s.value(m, "xpupool_tenant_kernel_launches_total", tenant="a") >= 2
+
+
+def test_status_shows_the_tenants_view(servers):
+    s = servers({"a": {"memory_limit": '"1GiB"', "compute_share": 0.5}}, devices=2)
+    out = subprocess.run(
+        [BIN, "status", "--server", s.addr, "--fingerprint", s.fingerprint,
+         "--token-file", str(s.dir / "a.token")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "mock backend" in out.stdout
+    rows = [l for l in out.stdout.splitlines() if l.startswith("a ")]
+    assert len(rows) == 2 and all("1.00" in r for r in rows), out.stdout
+
+
+def test_reload_keeps_live_sessions_and_refuses_removed_tokens(servers):
+    s = servers({"a": {"compute_share": 0.5}, "b": {"compute_share": 0.5}})
+    live = s.run("b", SPIN, "load", "4", "200")
+    s.wait_running("b")
+    # b leaves the table; a's limit changes.
+    text = s.config.read_text()
+    text = text[: text.index('[[tenant]]\nname = "b"')]
+    s.config.write_text(text + 'memory_limit = "256MiB"\n')
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while "reloaded" not in (s.dir / "server.out").read_text() and time.time() < deadline:
+        time.sleep(0.05)
+    refused = s.run("b", TWO, "count")
+    out, _ = refused.communicate(timeout=60)
+    assert refused.returncode != 0, out
+    finish([live])  # b's live session carried on to the end
+    assert "256 MiB" in s.check("a", TWO, "count")
+    # A broken config is not loaded: the table stays as it was.
+    s.config.write_text(s.config.read_text() + "bogus = 1\n")
+    s.proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert "not reloading" in (s.dir / "server.out").read_text()
+    s.check("a", TWO, "count")
+
+
+def test_eight_tenants_for_a_minute(servers):
+    seconds = float(os.environ.get("XPUPOOL_SOAK_SECONDS", "60"))
+    tenants = {}
+    for i in range(8):
+        fields = {"compute_share": 0.125}
+        if i % 2:
+            fields["memory_limit"] = f'"{64 * (i + 1)}MiB"'
+        if i == 3:
+            fields["priority"] = '"high"'
+        if i == 5:
+            fields["priority"] = '"low"'
+        tenants[f"t{i}"] = fields
+    s = servers(tenants, devices=2, memory="4GiB")
+    # Two tenants saturate the devices all along; the others come and go with
+    # mixed programs, each admission timed by the server.
+    saturating = [s.run("t0", SPIN, "load", str(seconds), LOAD_ITERS),
+                  s.run("t1", SPIN, "load", str(seconds), LOAD_ITERS)]
+    s.wait_running("t0", "t1")
+    programs = ["vector_add", "memops", "streams_events", "constant_mem", "grid2d"]
+    end = time.time() + seconds - 5
+    runs = 0
+    while time.time() < end:
+        batch = []
+        for i in range(2, 8):
+            prog = str(CUDA / programs[(runs + i) % len(programs)])
+            batch.append(s.run(f"t{i}", prog) if i != 6 else s.run("t6", TWO, "count"))
+        finish(batch)
+        runs += 1
+    finish(saturating)
+    m = s.scrape()
+    deadline = time.time() + 10
+    while s.value(m, "xpupool_tenant_memory_used_bytes") and time.time() < deadline:
+        time.sleep(0.1)
+        m = s.scrape()
+    count = s.value(m, "xpupool_admission_seconds_count")
+    under_50ms = s.value(m, "xpupool_admission_seconds_bucket", le="0.05")
+    over = [(dict(k)["le"], v) for k, v in m["xpupool_admission_seconds_bucket"].items()]
+    print(f"\neight tenants, {seconds:.0f} s: {runs} rounds of 6 programs beside 2 saturating"
+          f" tenants; {count:.0f} admissions, {under_50ms:.0f} within 50 ms; buckets {sorted(over, key=lambda x: float(x[0]))}")
+    for t in tenants:
+        assert s.value(m, "xpupool_tenant_memory_used_bytes", tenant=t) == 0, t
+    assert s.value(m, "xpupool_accounting_drift_bytes") == 0
+    assert count >= 6 * runs and under_50ms == count
