@@ -82,29 +82,18 @@ struct WorkerArgs {
 
 #[derive(Args)]
 struct StatusArgs {
-    /// The pool server (host:port, or unix:PATH).
-    #[arg(long, env = "XPUPOOL_SERVER")]
-    server: String,
-    /// The server's certificate (PEM).
-    #[arg(long, env = "XPUPOOL_SERVER_CERT")]
-    cert: Option<PathBuf>,
-    /// The server certificate's pinned fingerprint (sha256:HEX), instead of --cert.
-    #[arg(long, env = "XPUPOOL_SERVER_FINGERPRINT")]
-    fingerprint: Option<String>,
-    /// The tenant token (prefer --token-file or XPUPOOL_TOKEN).
-    #[arg(long, env = "XPUPOOL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// A file holding the tenant token.
-    #[arg(long, env = "XPUPOOL_TOKEN_FILE", conflicts_with = "token")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    access: ServerAccess,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
+/// How a client reaches a pool server (`run --server`, `status`).
 #[derive(Args)]
-struct RunArgs {
-    /// A pool server to use instead of the embedded one (host:port).
+struct ServerAccess {
+    /// A pool server (host:port, or unix:PATH of its socket on this host); `run`
+    /// without one starts an embedded server.
     #[arg(long, env = "XPUPOOL_SERVER")]
     server: Option<String>,
     /// The server's certificate (PEM), with --server.
@@ -120,6 +109,34 @@ struct RunArgs {
     /// A file holding the tenant token, with --server.
     #[arg(long, env = "XPUPOOL_TOKEN_FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+}
+
+impl ServerAccess {
+    /// The tenant token, from --token or the first token of --token-file.
+    fn token(&self) -> Result<String> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(token.clone()),
+            (None, Some(path)) => Ok(read_token_file(path)?.swap_remove(0)),
+            (None, None) => bail!("--server needs --token-file or XPUPOOL_TOKEN (or --token)"),
+        }
+    }
+
+    /// Refuses a QUIC server that nothing given can verify.
+    fn check_verifiable(&self, server: &str) -> Result<()> {
+        if self.cert.is_none()
+            && self.fingerprint.is_none()
+            && !server.starts_with(xpupool_client::UNIX_PREFIX)
+        {
+            bail!("--server needs --cert or --fingerprint to verify the server");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    access: ServerAccess,
     /// Backend of the embedded server: `auto` (cuda when an NVIDIA driver is
     /// installed and works, else mock), `cuda` or `mock`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "mock"])]
@@ -408,39 +425,28 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         prepend_path("LD_LIBRARY_PATH", lib_dir.path()),
     );
 
-    if args.kernels == "skip" && args.server.is_some() {
+    if args.kernels == "skip" && args.access.server.is_some() {
         bail!("--kernels skip is an option of the embedded mock server, not of --server");
     }
     let mock = Mock {
         devices: args.mock_devices,
         memory_mib: args.mock_memory_mib,
     };
-    let _embedded = match &args.server {
+    let _embedded = match &args.access.server {
         Some(server) => {
-            let token = match (&args.token, &args.token_file) {
-                (Some(token), _) => token.clone(),
-                (None, Some(path)) => read_token_file(path)?.swap_remove(0),
-                (None, None) => {
-                    bail!("--server needs --token-file or XPUPOOL_TOKEN (or --token)")
-                }
-            };
-            if args.cert.is_none()
-                && args.fingerprint.is_none()
-                && !server.starts_with(xpupool_client::UNIX_PREFIX)
-            {
-                bail!("--server needs --cert or --fingerprint to verify the server");
-            }
+            let token = args.access.token()?;
+            args.access.check_verifiable(server)?;
             command
                 .env("XPUPOOL_SERVER", server)
                 .env("XPUPOOL_TOKEN", token);
-            if let Some(cert) = &args.cert {
+            if let Some(cert) = &args.access.cert {
                 command.env(
                     "XPUPOOL_SERVER_CERT",
                     cert.canonicalize()
                         .with_context(|| format!("{}", cert.display()))?,
                 );
             }
-            if let Some(fp) = &args.fingerprint {
+            if let Some(fp) = &args.access.fingerprint {
                 command.env("XPUPOOL_SERVER_FINGERPRINT", fp);
             }
             None
@@ -518,23 +524,7 @@ fn state_dir(explicit: Option<PathBuf>) -> Result<PathBuf> {
 /// Reads a token file: one `TENANT=TOKEN` or `TOKEN` a line, `#` comments. Warns
 /// when other users may read it.
 fn read_token_file(path: &Path) -> Result<Vec<String>> {
-    use std::os::unix::fs::PermissionsExt;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the token file {}", path.display()))?;
-    if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
-        eprintln!(
-            "xpupool: warning: {} can be read by other users; `chmod 600` it",
-            path.display()
-        );
-    }
-    let tokens: Vec<String> = text
-        .lines()
-        .map(|line| line.split('#').next().unwrap_or("").trim())
-        .filter(|line| !line.is_empty())
-        .map(str::to_owned)
-        .collect();
-    anyhow::ensure!(!tokens.is_empty(), "{} holds no token", path.display());
-    Ok(tokens)
+    xpupool_server::config::read_token_lines(path).map_err(anyhow::Error::msg)
 }
 
 /// Tells the user that a secret given on the command line is not secret.
@@ -727,28 +717,29 @@ async fn reload_on_hangup(
 fn status(args: StatusArgs) -> Result<ExitCode> {
     use xpupool_protocol::Calls;
     init_logging("warn");
-    let token = match (&args.token, &args.token_file) {
-        (Some(token), _) => token.clone(),
-        (None, Some(path)) => read_token_file(path)?.swap_remove(0),
-        (None, None) => bail!("--server needs --token-file or XPUPOOL_TOKEN (or --token)"),
-    };
+    let access = &args.access;
+    let server = access
+        .server
+        .clone()
+        .context("status needs --server (or XPUPOOL_SERVER)")?;
+    access.check_verifiable(&server)?;
     let settings = xpupool_client::Settings {
-        server: args.server.clone(),
-        cert: args.cert.as_ref().map(|p| p.display().to_string()),
-        fingerprint: args.fingerprint.clone(),
-        token,
+        server: server.clone(),
+        cert: access.cert.as_ref().map(|p| p.display().to_string()),
+        fingerprint: access.fingerprint.clone(),
+        token: access.token()?,
         quic_only: false,
     };
     let conn = xpupool_client::Connection::open(&settings)?;
     let status = conn
         .server_status()
-        .map_err(|e| anyhow::anyhow!("{}: {}", args.server, e.message))?;
+        .map_err(|e| anyhow::anyhow!("{server}: {}", e.message))?;
     conn.close();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", status_table(&args.server, &status));
+    print!("{}", status_table(&server, &status));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -853,11 +844,13 @@ fn main() -> ExitCode {
         "tokens",
         "--token-file or XPUPOOL_TOKENS",
     );
-    warn_if_on_command_line(
-        matches.subcommand_matches("run"),
-        "token",
-        "--token-file or XPUPOOL_TOKEN",
-    );
+    for command in ["run", "status"] {
+        warn_if_on_command_line(
+            matches.subcommand_matches(command),
+            "token",
+            "--token-file or XPUPOOL_TOKEN",
+        );
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args),

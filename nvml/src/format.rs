@@ -1,19 +1,4 @@
-//! The strings NVML hands out: UUIDs, PCI bus ids, version strings.
-
-/// NVIDIA's GPU UUID text for 16 bytes: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-pub(crate) fn uuid(bytes: &[u8; 16]) -> String {
-    let hex = |range: std::ops::Range<usize>| -> String {
-        bytes[range].iter().map(|b| format!("{b:02x}")).collect()
-    };
-    format!(
-        "GPU-{}-{}-{}-{}-{}",
-        hex(0..4),
-        hex(4..6),
-        hex(6..8),
-        hex(8..10),
-        hex(10..16)
-    )
-}
+//! The strings NVML hands out: PCI bus ids, version strings.
 
 /// A PCI address: (domain, bus, device); the function is always 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

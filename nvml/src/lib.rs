@@ -63,15 +63,15 @@ mod tests {
             0xcd, 0xef,
         ];
         assert_eq!(
-            format::uuid(&bytes),
+            xpupool_protocol::gpu_uuid_text(&bytes),
             "GPU-12345678-9abc-def0-0123-456789abcdef"
         );
         assert_eq!(
-            format::uuid(&[0; 16]),
+            xpupool_protocol::gpu_uuid_text(&[0; 16]),
             "GPU-00000000-0000-0000-0000-000000000000"
         );
         assert_eq!(
-            format::uuid(&bytes).len() + 1,
+            xpupool_protocol::gpu_uuid_text(&bytes).len() + 1,
             41,
             "NVML_DEVICE_UUID_BUFFER_SIZE fits"
         );

@@ -11,7 +11,7 @@ use crate::boundary::{
     NvmlDevice, Res, NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_GPU_IS_LOST,
     NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_UNINITIALIZED, NVML_ERROR_UNKNOWN,
 };
-use crate::format::{self, PciAddress};
+use crate::format::PciAddress;
 
 /// CUDA device attributes (`CUdevice_attribute`) NVML answers come from.
 pub(crate) mod attr {
@@ -38,7 +38,7 @@ pub(crate) struct Device {
 
 impl Device {
     fn new(index: u32, info: DeviceInfo) -> Self {
-        let uuid = format::uuid(&info.uuid);
+        let uuid = xpupool_protocol::gpu_uuid_text(&info.uuid);
         let mut device = Self {
             index,
             info,

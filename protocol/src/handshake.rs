@@ -47,6 +47,22 @@ pub struct DeviceInfo {
     pub attributes: Vec<(u32, i32)>,
 }
 
+/// NVIDIA's GPU UUID text for 16 bytes: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`,
+/// as NVML and the server's metrics show a device's [`DeviceInfo::uuid`].
+pub fn gpu_uuid_text(bytes: &[u8; 16]) -> String {
+    let hex = |range: std::ops::Range<usize>| -> String {
+        bytes[range].iter().map(|b| format!("{b:02x}")).collect()
+    };
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        hex(0..4),
+        hex(4..6),
+        hex(6..8),
+        hex(8..10),
+        hex(10..16)
+    )
+}
+
 /// The server's answer to a [`Hello`] it accepts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Welcome {

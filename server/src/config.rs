@@ -21,7 +21,7 @@
 //! max_sessions = 64                 # sessions open at once
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -201,7 +201,7 @@ impl ServerSettings {
 
         let mut tokens = Vec::new();
         let mut device_lists = Vec::new();
-        let mut names: HashMap<String, ()> = HashMap::new();
+        let mut names: HashSet<String> = HashSet::new();
         let mut seen_tokens: HashMap<String, String> = HashMap::new();
         let mut total_share = 0.0;
         let mut last_share_span = 0..0;
@@ -219,7 +219,7 @@ impl ServerSettings {
                     format!("{name:?}: use letters, digits, '-', '_' and '.'"),
                 ));
             }
-            if names.insert(name.clone(), ()).is_some() {
+            if !names.insert(name.clone()) {
                 return Err(at.error(t.name.span(), &field("name"), format!("a second tenant named {name:?}")));
             }
             let (token, span, token_field) = match (&t.token, &t.token_file) {
@@ -371,8 +371,13 @@ impl ServerSettings {
 }
 
 /// The token in a token file: its first line that is not empty or a `#` comment.
-/// Warns when other users may read the file.
 pub fn read_token_file(path: &Path) -> Result<String, String> {
+    Ok(read_token_lines(path)?.swap_remove(0))
+}
+
+/// The lines of a token file (`TOKEN` or `TENANT=TOKEN`), without `#` comments and
+/// empty lines; at least one. Warns when other users may read the file.
+pub fn read_token_lines(path: &Path) -> Result<Vec<String>, String> {
     use std::os::unix::fs::PermissionsExt;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
@@ -382,11 +387,16 @@ pub fn read_token_file(path: &Path) -> Result<String, String> {
             path.display()
         );
     }
-    text.lines()
+    let lines: Vec<String> = text
+        .lines()
         .map(|line| line.split('#').next().unwrap_or("").trim())
-        .find(|line| !line.is_empty())
+        .filter(|line| !line.is_empty())
         .map(str::to_owned)
-        .ok_or_else(|| format!("{} holds no token", path.display()))
+        .collect();
+    if lines.is_empty() {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    Ok(lines)
 }
 
 #[cfg(test)]

@@ -21,10 +21,6 @@ pub struct Options {
     /// Tenants besides the one whose token [`EmbeddedServer::token`] gives, as
     /// `(tenant, token)`, each with `memory_limit`.
     pub extra_tenants: Vec<(String, String)>,
-    /// Further tokens, each with a policy of its own.
-    pub tokens: Vec<TokenEntry>,
-    /// Serve Prometheus metrics here too (port 0: any free port).
-    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -34,8 +30,6 @@ impl Default for Options {
             module_cache_dir: None,
             max_sessions_per_tenant: crate::server::DEFAULT_MAX_SESSIONS_PER_TENANT,
             extra_tenants: Vec::new(),
-            tokens: Vec::new(),
-            metrics_listen: None,
         }
     }
 }
@@ -47,8 +41,6 @@ pub struct EmbeddedServer {
     token: String,
     cert_path: PathBuf,
     dir: PathBuf,
-    tenants: crate::server::Tenants,
-    metrics: Option<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -90,8 +82,6 @@ impl EmbeddedServer {
             module_cache_dir,
             max_sessions_per_tenant,
             extra_tenants,
-            tokens,
-            metrics_listen,
         } = options;
         let dir = std::env::temp_dir().join(format!(
             "xpupool-{}-{}",
@@ -123,7 +113,6 @@ impl EmbeddedServer {
                     entry.policy.max_sessions = max_sessions_per_tenant;
                     entry
                 })
-                .chain(tokens)
                 .collect(),
             backend,
             module_cache_dir,
@@ -132,15 +121,6 @@ impl EmbeddedServer {
         let server = runtime.block_on(async { Server::bind(config) })?;
         let addr = server.local_addr()?;
         let unix_socket = server.has_unix_socket().then_some(unix_socket);
-        let tenants = server.tenants();
-        let metrics = match metrics_listen {
-            Some(listen) => Some(runtime.block_on(crate::metrics::start(
-                server.host(),
-                tenants.clone(),
-                listen,
-            ))?),
-            None => None,
-        };
         runtime.spawn(server.serve());
         Ok(Self {
             addr,
@@ -148,8 +128,6 @@ impl EmbeddedServer {
             token,
             cert_path,
             dir,
-            tenants,
-            metrics,
             runtime: Some(runtime),
         })
     }
@@ -177,16 +155,6 @@ impl EmbeddedServer {
     /// The token its one tenant uses.
     pub fn token(&self) -> &str {
         &self.token
-    }
-
-    /// Its tenant table (to reload, as SIGHUP does for `xpupool server`).
-    pub fn tenants(&self) -> &crate::server::Tenants {
-        &self.tenants
-    }
-
-    /// Where its metrics are served, if asked for.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics
     }
 
     /// Its certificate, for `XPUPOOL_SERVER_CERT`.

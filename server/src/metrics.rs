@@ -18,7 +18,8 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::server::Tenants;
-use crate::tenancy::{uuid_text, Host};
+use crate::tenancy::Host;
+use xpupool_protocol::gpu_uuid_text;
 
 /// The most scrapes served at once; more wait for a place.
 const MAX_SCRAPERS: usize = 8;
@@ -78,7 +79,7 @@ impl Exporter {
                 let labels = TenantLabels {
                     tenant: tenant.name.clone(),
                     device: f.device.to_string(),
-                    uuid: uuid_text(&info.uuid),
+                    uuid: gpu_uuid_text(&info.uuid),
                 };
                 ledger_sum[f.device as usize] += f.memory_used;
                 memory_used.get_or_create(&labels).set(clamp(f.memory_used));
@@ -95,7 +96,7 @@ impl Exporter {
         for (device, info) in devices.iter().enumerate() {
             let labels = DeviceLabels {
                 device: device.to_string(),
-                uuid: uuid_text(&info.uuid),
+                uuid: gpu_uuid_text(&info.uuid),
             };
             let figures = self.host.device_figures(device as u32, ledger_sum[device]);
             device_used.get_or_create(&labels).set(clamp(figures.memory_used));

@@ -53,17 +53,6 @@ pub enum Priority {
     High,
 }
 
-impl Priority {
-    /// As written in a config (`high`, `normal`, `low`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Priority::Low => "low",
-            Priority::Normal => "normal",
-            Priority::High => "high",
-        }
-    }
-}
-
 /// What the scheduler needs to know of a tenant, and where it adds up the tenant's
 /// time; one per tenant and device, kept by the tenant so figures outlive sessions.
 #[derive(Debug, Default)]
@@ -254,11 +243,6 @@ impl DeviceScheduler {
         }
         ((busy - busy_then) as f64 / span.as_nanos() as f64).clamp(0.0, 1.0)
     }
-
-    /// Nanoseconds of kernels run on the device so far, the running one included.
-    pub fn busy_ns(&self) -> u64 {
-        busy_now(&self.lock(), Instant::now())
-    }
 }
 
 fn busy_now(state: &State, now: Instant) -> u64 {
@@ -299,19 +283,16 @@ fn choose(state: &mut State) -> Option<u64> {
     if state.reserved.as_ref().is_some_and(|r| r.2 <= now) {
         state.reserved = None;
     }
+    let reserved = &state.reserved;
     let candidates: Vec<(u64, Claimant)> = state
         .tickets
         .iter()
         .filter(|(_, t)| t.since.is_none())
-        .map(|(&id, t)| (id, t.claimant.clone()))
-        .collect();
-    let reserved = state.reserved.clone();
-    let candidates: Vec<(u64, Claimant)> = candidates
-        .into_iter()
-        .filter(|(_, c)| match &reserved {
-            Some((tenant, class, _)) => c.tenant == *tenant || c.priority > *class,
+        .filter(|(_, t)| match reserved {
+            Some((tenant, class, _)) => t.claimant.tenant == *tenant || t.claimant.priority > *class,
             None => true,
         })
+        .map(|(&id, t)| (id, t.claimant.clone()))
         .collect();
     let mut best: Option<(Priority, f64, u64)> = None;
     for (id, claimant) in candidates {

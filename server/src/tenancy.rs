@@ -141,11 +141,6 @@ impl Tenant {
             .unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
-    /// Whether both are the same tenant (not merely the same name).
-    pub fn same(&self, other: &Tenant) -> bool {
-        Arc::ptr_eq(&self.state, &other.state)
-    }
-
     /// Its ledger on host device `device`.
     pub fn memory(&self, device: u32) -> &MemoryLedger {
         &self.state.memory[(device as usize).min(MAX_DEVICES - 1)]
@@ -189,7 +184,10 @@ impl Tenant {
         }
     }
 
-    fn claimant(&self, device: u32, policy: &Policy) -> Claimant {
+    /// Who asks for host device `device` for one kernel: its share and class are
+    /// read under the policy's lock, not copied with the whole policy.
+    fn claimant(&self, device: u32) -> Claimant {
+        let policy = self.state.policy.read().unwrap_or_else(|e| e.into_inner());
         Claimant {
             tenant: self.name.clone(),
             share: policy.compute_share,
@@ -368,25 +366,12 @@ impl Host {
         DeviceFigures {
             device,
             name: info.name.clone(),
-            uuid: uuid_text(&info.uuid),
+            uuid: xpupool_protocol::gpu_uuid_text(&info.uuid),
             memory_used: self.memory_used(device).unwrap_or(ledger_used),
             memory_total: info.total_memory,
             utilization: self.schedulers[device as usize].utilization(),
         }
     }
-}
-
-/// A UUID as NVML prints it: `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-pub fn uuid_text(uuid: &[u8; 16]) -> String {
-    let hex = hex::encode(uuid);
-    format!(
-        "GPU-{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }
 
 /// The operations the ledger charges; every other declared operation that
@@ -413,11 +398,6 @@ pub struct TenantSession {
 }
 
 impl TenantSession {
-    /// The tenant.
-    pub fn tenant(&self) -> &Tenant {
-        &self.tenant
-    }
-
     fn host_device(&self, device: u32) -> Result<u32, CuError> {
         self.visible.get(device as usize).copied().ok_or_else(|| {
             CuError::new(
@@ -484,7 +464,7 @@ impl TenantSession {
         let scheduler = device.and_then(|d| self.host.scheduler(d).cloned());
         match (device, scheduler) {
             (Some(d), Some(scheduler)) if self.scheduled => {
-                let claimant = self.tenant.claimant(d, &self.tenant.policy());
+                let claimant = self.tenant.claimant(d);
                 let running = Arc::new(scheduler.acquire(&claimant));
                 crate::scheduler::with_current(running, || self.inner.handle(request))
             }

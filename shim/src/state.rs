@@ -121,11 +121,7 @@ impl Module {
 
     /// The module on `device`, loading it there on first use.
     pub(crate) fn loaded_on(&self, conn: &Connection, device: CUdevice) -> Res<&LoadedModule> {
-        let slot = usize::try_from(device)
-            .ok()
-            .and_then(|i| self.loaded.get(i))
-            .ok_or(CUDA_ERROR_INVALID_DEVICE)?;
-        let outcome = slot.get_or_init(|| {
+        let outcome = per_device(&self.loaded, device)?.get_or_init(|| {
             let (hash, wire) = match self.wire.get() {
                 Some(sent) => sent,
                 None => {
@@ -168,6 +164,14 @@ impl Module {
             .iter()
             .filter_map(|l| l.get().and_then(|r| r.as_ref().ok()))
     }
+}
+
+/// `device`'s entry of a per-device table, or `INVALID_DEVICE`.
+fn per_device<T>(table: &[T], device: CUdevice) -> Res<&T> {
+    usize::try_from(device)
+        .ok()
+        .and_then(|i| table.get(i))
+        .ok_or(CUDA_ERROR_INVALID_DEVICE)
 }
 
 /// An image reduced to the fatbin entries the server's device can use (its SASS and
@@ -250,11 +254,7 @@ impl Function {
 
     /// The kernel on `device`.
     pub(crate) fn binding_on(&self, d: &Driver, device: CUdevice) -> Res<&Binding> {
-        let slot = usize::try_from(device)
-            .ok()
-            .and_then(|i| self.binding.get(i))
-            .ok_or(CUDA_ERROR_INVALID_DEVICE)?;
-        let outcome = slot.get_or_init(|| {
+        let outcome = per_device(&self.binding, device)?.get_or_init(|| {
             let module = d.modules.get(self.module)?;
             let loaded = module.loaded_on(&d.conn, device)?;
             if let Some(reason) = &loaded.no_code {
