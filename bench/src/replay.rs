@@ -459,7 +459,12 @@ fn shared_copy(op: &Op) -> Option<(u64, u64, u64, bool)> {
 /// A request recorded before requests named their device (protocol 2), as it is
 /// now: those programs had one device, 0.
 fn with_device(mut op: Value) -> Value {
-    const NAMING: &[&str] = &["ModuleLoad", "ModuleLoadCached", "StreamCreate", "EventCreate"];
+    const NAMING: &[&str] = &[
+        "ModuleLoad",
+        "ModuleLoadCached",
+        "StreamCreate",
+        "EventCreate",
+    ];
     if let Some(map) = op.as_object_mut() {
         for name in NAMING {
             if let Some(fields) = map.get_mut(*name).and_then(Value::as_object_mut) {

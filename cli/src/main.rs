@@ -755,7 +755,11 @@ fn status_table(server: &str, status: &xpupool_protocol::api::ServerStatus) -> S
         status.sessions,
         if status.sessions == 1 { "" } else { "s" }
     );
-    let _ = writeln!(out, "{:<4} {:<40} {:>10} {:>10} {:>6}", "DEV", "NAME / UUID", "USED GiB", "TOTAL GiB", "UTIL");
+    let _ = writeln!(
+        out,
+        "{:<4} {:<40} {:>10} {:>10} {:>6}",
+        "DEV", "NAME / UUID", "USED GiB", "TOTAL GiB", "UTIL"
+    );
     for d in &status.devices {
         let _ = writeln!(
             out,

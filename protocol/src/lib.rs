@@ -16,9 +16,7 @@ mod handshake;
 pub mod region;
 
 pub use api::{Api, Calls, Reply, Request};
-pub use handshake::{
-    gpu_uuid_text, DeviceInfo, Hello, Probe, Welcome, ALPN, PROTOCOL_VERSION,
-};
+pub use handshake::{gpu_uuid_text, DeviceInfo, Hello, Probe, Welcome, ALPN, PROTOCOL_VERSION};
 
 use serde::{Deserialize, Serialize};
 

@@ -119,7 +119,10 @@ impl Located<'_> {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        format!("{}:{line}:{column}: {field}: {message}", self.path.display())
+        format!(
+            "{}:{line}:{column}: {field}: {message}",
+            self.path.display()
+        )
     }
 }
 
@@ -139,19 +142,27 @@ impl ServerSettings {
             Some(span) => at.error(span, "config", e.message()),
             None => format!("{}: {}", path.display(), e.message()),
         })?;
-        let address = |field: &str, value: &Option<Spanned<String>>| -> Result<Option<SocketAddr>, String> {
-            value
-                .as_ref()
-                .map(|v| {
-                    v.get_ref()
-                        .parse()
-                        .map_err(|e| at.error(v.span(), field, format!("{:?}: {e} (HOST:PORT)", v.get_ref())))
-                })
-                .transpose()
-        };
+        let address =
+            |field: &str, value: &Option<Spanned<String>>| -> Result<Option<SocketAddr>, String> {
+                value
+                    .as_ref()
+                    .map(|v| {
+                        v.get_ref().parse().map_err(|e| {
+                            at.error(
+                                v.span(),
+                                field,
+                                format!("{:?}: {e} (HOST:PORT)", v.get_ref()),
+                            )
+                        })
+                    })
+                    .transpose()
+            };
         let listen = address("listen", &file.listen)?;
         let metrics_listen = address("metrics_listen", &file.metrics_listen)?;
-        let one_of = |field: &str, value: &Option<Spanned<String>>, allowed: &[&str]| -> Result<Option<String>, String> {
+        let one_of = |field: &str,
+                      value: &Option<Spanned<String>>,
+                      allowed: &[&str]|
+         -> Result<Option<String>, String> {
             match value {
                 Some(v) if !allowed.contains(&v.get_ref().as_str()) => Err(at.error(
                     v.span(),
@@ -178,7 +189,11 @@ impl ServerSettings {
                         return Err(at.error(
                             d.span(),
                             "mock.devices",
-                            format!("{} is not between 1 and {}", d.get_ref(), crate::mock::MAX_MOCK_DEVICES),
+                            format!(
+                                "{} is not between 1 and {}",
+                                d.get_ref(),
+                                crate::mock::MAX_MOCK_DEVICES
+                            ),
                         ))
                     }
                     Some(d) => *d.get_ref(),
@@ -192,12 +207,17 @@ impl ServerSettings {
             }
         };
         if mock.is_some() && backend.as_deref() == Some("cuda") {
-            return Err(format!("{}: [mock]: a [mock] table with backend = \"cuda\"", path.display()));
+            return Err(format!(
+                "{}: [mock]: a [mock] table with backend = \"cuda\"",
+                path.display()
+            ));
         }
         let default_sessions = file
             .max_sessions_per_tenant
             .as_ref()
-            .map_or(crate::server::DEFAULT_MAX_SESSIONS_PER_TENANT, |m| *m.get_ref());
+            .map_or(crate::server::DEFAULT_MAX_SESSIONS_PER_TENANT, |m| {
+                *m.get_ref()
+            });
 
         let mut tokens = Vec::new();
         let mut device_lists = Vec::new();
@@ -220,20 +240,36 @@ impl ServerSettings {
                 ));
             }
             if !names.insert(name.clone()) {
-                return Err(at.error(t.name.span(), &field("name"), format!("a second tenant named {name:?}")));
+                return Err(at.error(
+                    t.name.span(),
+                    &field("name"),
+                    format!("a second tenant named {name:?}"),
+                ));
             }
             let (token, span, token_field) = match (&t.token, &t.token_file) {
-                (Some(token), None) => (token.get_ref().trim().to_owned(), token.span(), field("token")),
+                (Some(token), None) => (
+                    token.get_ref().trim().to_owned(),
+                    token.span(),
+                    field("token"),
+                ),
                 (None, Some(file)) => {
                     let token = read_token_file(file.get_ref())
                         .map_err(|e| at.error(file.span(), &field("token_file"), e))?;
                     (token, file.span(), field("token_file"))
                 }
                 (Some(token), Some(_)) => {
-                    return Err(at.error(token.span(), &field("token"), "give token or token_file, not both"))
+                    return Err(at.error(
+                        token.span(),
+                        &field("token"),
+                        "give token or token_file, not both",
+                    ))
                 }
                 (None, None) => {
-                    return Err(at.error(t.name.span(), &format!("tenant[{i}]"), "needs token or token_file"))
+                    return Err(at.error(
+                        t.name.span(),
+                        &format!("tenant[{i}]"),
+                        "needs token or token_file",
+                    ))
                 }
             };
             if token.len() < MIN_TOKEN_LEN {
@@ -244,23 +280,28 @@ impl ServerSettings {
                 ));
             }
             if let Some(other) = seen_tokens.insert(token.clone(), name.clone()) {
-                return Err(at.error(span, &token_field, format!("the same token as tenant {other:?}")));
+                return Err(at.error(
+                    span,
+                    &token_field,
+                    format!("the same token as tenant {other:?}"),
+                ));
             }
             let memory_limit = t
                 .memory_limit
                 .as_ref()
                 .map(|m| size(&field("memory_limit"), m))
                 .transpose()?;
-            let fraction = |name: &str, value: &Option<Spanned<f64>>| -> Result<Option<f64>, String> {
-                match value {
-                    Some(v) if !(*v.get_ref() > 0.0 && *v.get_ref() <= 1.0) => Err(at.error(
-                        v.span(),
-                        &field(name),
-                        format!("{} is not in (0, 1]", v.get_ref()),
-                    )),
-                    other => Ok(other.as_ref().map(|v| *v.get_ref())),
-                }
-            };
+            let fraction =
+                |name: &str, value: &Option<Spanned<f64>>| -> Result<Option<f64>, String> {
+                    match value {
+                        Some(v) if !(*v.get_ref() > 0.0 && *v.get_ref() <= 1.0) => Err(at.error(
+                            v.span(),
+                            &field(name),
+                            format!("{} is not in (0, 1]", v.get_ref()),
+                        )),
+                        other => Ok(other.as_ref().map(|v| *v.get_ref())),
+                    }
+                };
             let share = fraction("compute_share", &t.compute_share)?;
             let sm_limit = fraction("sm_limit", &t.sm_limit)?;
             if let Some(s) = &t.compute_share {
@@ -296,9 +337,17 @@ impl ServerSettings {
                         return Err(at.error(d.span(), &field("devices"), "a device listed twice"));
                     }
                     if let Some(&bad) = list.iter().find(|&&n| n as usize >= MAX_DEVICES) {
-                        return Err(at.error(d.span(), &field("devices"), format!("device {bad}: a host has at most {MAX_DEVICES}")));
+                        return Err(at.error(
+                            d.span(),
+                            &field("devices"),
+                            format!("device {bad}: a host has at most {MAX_DEVICES}"),
+                        ));
                     }
-                    device_lists.push((name.clone(), list.clone(), at.error(d.span(), &field("devices"), "")));
+                    device_lists.push((
+                        name.clone(),
+                        list.clone(),
+                        at.error(d.span(), &field("devices"), ""),
+                    ));
                     Some(list)
                 }
             };
@@ -332,7 +381,10 @@ impl ServerSettings {
             ));
         }
         // Tenants without a share split what the others left, equally.
-        let unshared = tokens.iter().filter(|t| t.policy.compute_share == 0.0).count();
+        let unshared = tokens
+            .iter()
+            .filter(|t| t.policy.compute_share == 0.0)
+            .count();
         if unshared > 0 {
             let rest = ((1.0 - total_share) / unshared as f64).max(0.01);
             for t in tokens.iter_mut().filter(|t| t.policy.compute_share == 0.0) {
@@ -442,7 +494,13 @@ sm_limit = 0.5
         );
         let s = parse(&text).unwrap();
         assert_eq!(s.listen, Some("0.0.0.0:7800".parse().unwrap()));
-        assert_eq!(s.mock, Some(MockSettings { devices: 2, memory: 16 << 30 }));
+        assert_eq!(
+            s.mock,
+            Some(MockSettings {
+                devices: 2,
+                memory: 16 << 30
+            })
+        );
         assert_eq!(s.tokens.len(), 2);
         let (a, b) = (&s.tokens[0], &s.tokens[1]);
         assert_eq!((a.tenant.as_str(), a.token.as_str()), ("team-a", A));
@@ -499,8 +557,13 @@ sm_limit = 0.5
             ("backend = \"mock\"\n", "server.toml: tenant: no [[tenant]] table"),
         ];
         for (text, expected) in cases {
-            let e = parse(text).err().unwrap_or_else(|| panic!("accepted:\n{text}"));
-            assert!(e.starts_with(expected), "{text}\ngave: {e}\nnot:  {expected}");
+            let e = parse(text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted:\n{text}"));
+            assert!(
+                e.starts_with(expected),
+                "{text}\ngave: {e}\nnot:  {expected}"
+            );
         }
     }
 

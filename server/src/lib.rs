@@ -8,8 +8,8 @@
 //! own [`worker`] process); `hip` and `acl` later.
 
 pub mod backend;
-pub mod cuda;
 pub mod config;
+pub mod cuda;
 pub mod embedded;
 pub mod metrics;
 pub mod mock;

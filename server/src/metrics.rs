@@ -83,14 +83,18 @@ impl Exporter {
                 };
                 ledger_sum[f.device as usize] += f.memory_used;
                 memory_used.get_or_create(&labels).set(clamp(f.memory_used));
-                memory_limit
-                    .get_or_create(&labels)
-                    .set(clamp(f.memory_limit.unwrap_or(info.total_memory).min(info.total_memory)));
+                memory_limit.get_or_create(&labels).set(clamp(
+                    f.memory_limit
+                        .unwrap_or(info.total_memory)
+                        .min(info.total_memory),
+                ));
                 busy.get_or_create(&labels).inc_by(f.busy_seconds);
                 throttled.get_or_create(&labels).inc_by(f.throttled_seconds);
                 launches.get_or_create(&labels).inc_by(f.kernel_launches);
                 oom.get_or_create(&labels).inc_by(f.oom);
-                sessions.get_or_create(&labels).set(tenant.sessions() as i64);
+                sessions
+                    .get_or_create(&labels)
+                    .set(tenant.sessions() as i64);
             }
         }
         for (device, info) in devices.iter().enumerate() {
@@ -99,8 +103,12 @@ impl Exporter {
                 uuid: gpu_uuid_text(&info.uuid),
             };
             let figures = self.host.device_figures(device as u32, ledger_sum[device]);
-            device_used.get_or_create(&labels).set(clamp(figures.memory_used));
-            device_total.get_or_create(&labels).set(clamp(info.total_memory));
+            device_used
+                .get_or_create(&labels)
+                .set(clamp(figures.memory_used));
+            device_total
+                .get_or_create(&labels)
+                .set(clamp(info.total_memory));
             utilization.get_or_create(&labels).set(figures.utilization);
             if let Some(measured) = self.host.memory_used(device as u32) {
                 drift
@@ -109,18 +117,62 @@ impl Exporter {
             }
         }
 
-        registry.register("tenant_memory_used_bytes", "Device memory the tenant holds on the device, as its ledger charges it", memory_used);
-        registry.register("tenant_memory_limit_bytes", "Device memory the tenant may hold on the device", memory_limit);
-        registry.register("tenant_busy_seconds", "Device time the tenant's kernels took", busy);
-        registry.register("tenant_throttled_seconds", "Time the tenant's launches waited while the device ran other tenants' work", throttled);
-        registry.register("tenant_kernel_launches", "Kernel launches of the tenant", launches);
-        registry.register("tenant_oom", "Allocations refused for the tenant's memory limit", oom);
+        registry.register(
+            "tenant_memory_used_bytes",
+            "Device memory the tenant holds on the device, as its ledger charges it",
+            memory_used,
+        );
+        registry.register(
+            "tenant_memory_limit_bytes",
+            "Device memory the tenant may hold on the device",
+            memory_limit,
+        );
+        registry.register(
+            "tenant_busy_seconds",
+            "Device time the tenant's kernels took",
+            busy,
+        );
+        registry.register(
+            "tenant_throttled_seconds",
+            "Time the tenant's launches waited while the device ran other tenants' work",
+            throttled,
+        );
+        registry.register(
+            "tenant_kernel_launches",
+            "Kernel launches of the tenant",
+            launches,
+        );
+        registry.register(
+            "tenant_oom",
+            "Allocations refused for the tenant's memory limit",
+            oom,
+        );
         registry.register("tenant_sessions", "Sessions the tenant has open", sessions);
-        registry.register("device_memory_used_bytes", "Device memory in use, all tenants", device_used);
-        registry.register("device_memory_total_bytes", "The device's memory", device_total);
-        registry.register("device_utilization_ratio", "Fraction of the last second the device ran kernels", utilization);
-        registry.register("admission_seconds", "Time from a client's hello to its session being open", self.host.admission.clone());
-        registry.register("accounting_drift_bytes", "Device memory in use as the backend measures it, less what the tenants' ledgers hold", drift);
+        registry.register(
+            "device_memory_used_bytes",
+            "Device memory in use, all tenants",
+            device_used,
+        );
+        registry.register(
+            "device_memory_total_bytes",
+            "The device's memory",
+            device_total,
+        );
+        registry.register(
+            "device_utilization_ratio",
+            "Fraction of the last second the device ran kernels",
+            utilization,
+        );
+        registry.register(
+            "admission_seconds",
+            "Time from a client's hello to its session being open",
+            self.host.admission.clone(),
+        );
+        registry.register(
+            "accounting_drift_bytes",
+            "Device memory in use as the backend measures it, less what the tenants' ledgers hold",
+            drift,
+        );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .expect("writing to a String cannot fail");
@@ -186,7 +238,11 @@ impl Exporter {
                 self.render(),
             ),
             ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
-            _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned()),
+            _ => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n".to_owned(),
+            ),
         };
         let mut head = String::new();
         let _ = write!(
@@ -202,7 +258,11 @@ impl Exporter {
 
 /// Binds `listen` and serves the metrics there on the current runtime; the bound
 /// address is returned.
-pub async fn start(host: Arc<Host>, tenants: Tenants, listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+pub async fn start(
+    host: Arc<Host>,
+    tenants: Tenants,
+    listen: SocketAddr,
+) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("metrics endpoint on {listen}: {e}"))?;

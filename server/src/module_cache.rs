@@ -368,7 +368,8 @@ impl CachingSession {
 impl Session for CachingSession {
     fn handle(&mut self, request: Request) -> Result<Reply, CuError> {
         match request {
-            Request::ModuleLoadCached { device, hash } => match self.cache.get(&self.tenant, &hash) {
+            Request::ModuleLoadCached { device, hash } => match self.cache.get(&self.tenant, &hash)
+            {
                 Some(image) => {
                     tracing::debug!(bytes = image.len(), "module image from the cache");
                     let image = ByteBuf::from(image.as_ref().clone());

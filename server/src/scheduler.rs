@@ -201,7 +201,11 @@ impl DeviceScheduler {
     }
 
     /// Blocks until the device is free and `ticket` is the one to run next.
-    fn wait_for_turn<'g>(&'g self, mut state: MutexGuard<'g, State>, ticket: u64) -> MutexGuard<'g, State> {
+    fn wait_for_turn<'g>(
+        &'g self,
+        mut state: MutexGuard<'g, State>,
+        ticket: u64,
+    ) -> MutexGuard<'g, State> {
         loop {
             if state.running.is_none() && choose(&mut state) == Some(ticket) {
                 return state;
@@ -250,7 +254,9 @@ fn busy_now(state: &State, now: Instant) -> u64 {
         .running
         .and_then(|t| state.tickets.get(&t))
         .and_then(|t| t.since)
-        .map_or(0, |since| now.saturating_duration_since(since).as_nanos() as u64);
+        .map_or(0, |since| {
+            now.saturating_duration_since(since).as_nanos() as u64
+        });
     state.busy_ns + running
 }
 
@@ -289,7 +295,9 @@ fn choose(state: &mut State) -> Option<u64> {
         .iter()
         .filter(|(_, t)| t.since.is_none())
         .filter(|(_, t)| match reserved {
-            Some((tenant, class, _)) => t.claimant.tenant == *tenant || t.claimant.priority > *class,
+            Some((tenant, class, _)) => {
+                t.claimant.tenant == *tenant || t.claimant.priority > *class
+            }
             None => true,
         })
         .map(|(&id, t)| (id, t.claimant.clone()))
@@ -297,10 +305,15 @@ fn choose(state: &mut State) -> Option<u64> {
     let mut best: Option<(Priority, f64, u64)> = None;
     for (id, claimant) in candidates {
         let class = class(state, &claimant, now);
-        let vtime = state.accounts.get(&claimant.tenant).map_or(0.0, |a| a.vtime);
+        let vtime = state
+            .accounts
+            .get(&claimant.tenant)
+            .map_or(0.0, |a| a.vtime);
         let better = match best {
             None => true,
-            Some((c, v, i)) => (class, -vtime, std::cmp::Reverse(id)) > (c, -v, std::cmp::Reverse(i)),
+            Some((c, v, i)) => {
+                (class, -vtime, std::cmp::Reverse(id)) > (c, -v, std::cmp::Reverse(i))
+            }
         };
         if better {
             best = Some((class, vtime, id));
@@ -317,10 +330,10 @@ fn start(state: &mut State, ticket: u64) {
     let waited = now.saturating_duration_since(t.waiting_since);
     t.since = Some(now);
     t.paused = false;
-    t.claimant
-        .usage
-        .throttled_ns
-        .fetch_add(waited.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+    t.claimant.usage.throttled_ns.fetch_add(
+        waited.as_nanos() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let tenant = t.claimant.tenant.clone();
     state.running = Some(ticket);
     state.reserved = None;
@@ -342,7 +355,10 @@ fn anticipate(state: &mut State, claimant: &Claimant, now: Instant) {
         return;
     }
     let mine = class(state, claimant, now);
-    let my_vtime = state.accounts.get(&claimant.tenant).map_or(0.0, |a| a.vtime);
+    let my_vtime = state
+        .accounts
+        .get(&claimant.tenant)
+        .map_or(0.0, |a| a.vtime);
     for other in &waiting {
         let theirs = class(state, other, now);
         let their_vtime = state.accounts.get(&other.tenant).map_or(0.0, |a| a.vtime);
@@ -463,7 +479,12 @@ mod tests {
 
     /// Like [`contend`], each claimant pausing `gap` between its kernels (a client's
     /// round trip).
-    fn contend_with_gaps(claimants: &[Claimant], kernel: Duration, gap: Duration, for_: Duration) -> Vec<f64> {
+    fn contend_with_gaps(
+        claimants: &[Claimant],
+        kernel: Duration,
+        gap: Duration,
+        for_: Duration,
+    ) -> Vec<f64> {
         // One at a time: their spinning threads measure shares of wall time.
         static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
         let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

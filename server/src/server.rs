@@ -44,7 +44,11 @@ impl std::fmt::Debug for TokenEntry {
 
 impl TokenEntry {
     /// A token of `tenant` with the default policy and this memory limit.
-    pub fn new(tenant: impl Into<String>, token: impl Into<String>, memory_limit: Option<u64>) -> Self {
+    pub fn new(
+        tenant: impl Into<String>,
+        token: impl Into<String>,
+        memory_limit: Option<u64>,
+    ) -> Self {
         Self {
             token: token.into(),
             tenant: tenant.into(),
@@ -140,9 +144,10 @@ impl Tenants {
             match table.known.get(name) {
                 Some(tenant) => tenant.set_policy(policy.clone()),
                 None => {
-                    table
-                        .known
-                        .insert(name.clone(), Tenant::with_policy(name.clone(), policy.clone()));
+                    table.known.insert(
+                        name.clone(),
+                        Tenant::with_policy(name.clone(), policy.clone()),
+                    );
                 }
             }
         }
@@ -428,13 +433,16 @@ async fn greet(
     let started = std::time::Instant::now();
     match tokio::task::spawn_blocking(move || admitting.admit(&greeting)).await? {
         Ok((tenant, session, slot)) => {
-            shared.host.admission.observe(started.elapsed().as_secs_f64());
+            shared
+                .host
+                .admission
+                .observe(started.elapsed().as_secs_f64());
             Ok(Some(Admitted {
-            tenant,
-            session,
-            hello,
-            _slot: slot,
-        }))
+                tenant,
+                session,
+                hello,
+                _slot: slot,
+            }))
         }
         Err(e) => {
             tracing::warn!(%remote, pid = hello.pid, program = %hello.program, reason = %e.message, "refused client");

@@ -134,11 +134,7 @@ impl Tenant {
         for ledger in &self.state.memory {
             ledger.set_limit(policy.memory_limit);
         }
-        *self
-            .state
-            .policy
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = policy;
+        *self.state.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
     /// Its ledger on host device `device`.
@@ -177,7 +173,12 @@ impl Tenant {
                     ),
                 ));
             }
-            match sessions.compare_exchange_weak(open, open + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match sessions.compare_exchange_weak(
+                open,
+                open + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(SessionSlot(self.state.clone())),
                 Err(now) => open = now,
             }
@@ -239,7 +240,10 @@ impl Host {
             devices,
             schedulers,
             admission: prometheus_client::metrics::histogram::Histogram::new(
-                [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter(),
+                [
+                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]
+                .into_iter(),
             ),
         })
     }
@@ -311,7 +315,10 @@ impl Host {
         if visible.is_empty() {
             return Err(CuError::new(
                 code::NO_DEVICE,
-                format!("tenant {} may use none of this server's devices", tenant.name),
+                format!(
+                    "tenant {} may use none of this server's devices",
+                    tenant.name
+                ),
             ));
         }
         let inner = wrap(self.backend.open_session(tenant)?);
@@ -427,7 +434,10 @@ impl TenantSession {
         if bytes > 0 {
             self.charge(host, charge)?;
         }
-        let reply = self.inner.handle(Request::MemAlloc { device: host, bytes });
+        let reply = self.inner.handle(Request::MemAlloc {
+            device: host,
+            bytes,
+        });
         match &reply {
             Ok(Reply::MemAlloc(address)) => {
                 self.allocations.insert(*address, (host, charge));
@@ -448,7 +458,10 @@ impl TenantSession {
             });
             return Err(CuError::new(
                 e.code,
-                format!("loading a module of {} bytes: {}", info.device_bytes, e.message),
+                format!(
+                    "loading a module of {} bytes: {}",
+                    info.device_bytes, e.message
+                ),
             ));
         }
         let functions: Vec<u64> = info.functions.iter().map(|f| f.handle).collect();
@@ -469,7 +482,10 @@ impl TenantSession {
                 crate::scheduler::with_current(running, || self.inner.handle(request))
             }
             (Some(d), _) => {
-                self.tenant.usage(d).launches.fetch_add(1, Ordering::Relaxed);
+                self.tenant
+                    .usage(d)
+                    .launches
+                    .fetch_add(1, Ordering::Relaxed);
                 self.inner.handle(request)
             }
             // Not a function of this session: the backend says so.
@@ -541,7 +557,10 @@ impl Session for TenantSession {
             }
             Request::ModuleLoad { device, image } => {
                 let host = self.host_device(device)?;
-                let reply = self.inner.handle(Request::ModuleLoad { device: host, image })?;
+                let reply = self.inner.handle(Request::ModuleLoad {
+                    device: host,
+                    image,
+                })?;
                 if let Reply::ModuleLoad(info) = &reply {
                     self.loaded(host, info)?;
                 }

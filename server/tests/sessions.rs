@@ -78,9 +78,10 @@ fn kernel_runs_and_results_come_back() {
     let n = 1000u32;
     let out = c.mem_alloc(0, n as u64 * 4).unwrap();
     let module = c
-        .module_load(0, ByteBuf::from(
-            xpupool_fatbin::Image::Ptx(SCALE_PTX.to_owned()).to_wire(),
-        ))
+        .module_load(
+            0,
+            ByteBuf::from(xpupool_fatbin::Image::Ptx(SCALE_PTX.to_owned()).to_wire()),
+        )
         .unwrap();
     assert!(module.no_code.is_none());
     let function = module
@@ -114,9 +115,10 @@ fn out_of_bounds_kernel_faults_and_poisons_the_session() {
     let c = f.connect();
     let out = c.mem_alloc(0, 64).unwrap();
     let module = c
-        .module_load(0, ByteBuf::from(
-            xpupool_fatbin::Image::Ptx(SCALE_PTX.to_owned()).to_wire(),
-        ))
+        .module_load(
+            0,
+            ByteBuf::from(xpupool_fatbin::Image::Ptx(SCALE_PTX.to_owned()).to_wire()),
+        )
         .unwrap();
     let dims = LaunchDims {
         grid: [1, 1, 1],

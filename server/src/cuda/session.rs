@@ -369,7 +369,11 @@ impl Api for CudaSession {
         self.check(r, "cuMemsetD2D*Async")
     }
 
-    fn module_load_cached(&mut self, _device: u32, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
+    fn module_load_cached(
+        &mut self,
+        _device: u32,
+        _hash: [u8; 32],
+    ) -> Result<Option<ModuleInfo>, CuError> {
         // Images are cached by the server around every session (module_cache.rs);
         // the backend itself keeps none.
         Ok(None)
@@ -679,7 +683,10 @@ impl Api for CudaSession {
         Ok(())
     }
 
-    fn device_usage(&mut self, _device: u32) -> Result<xpupool_protocol::api::DeviceUsage, CuError> {
+    fn device_usage(
+        &mut self,
+        _device: u32,
+    ) -> Result<xpupool_protocol::api::DeviceUsage, CuError> {
         Err(xpupool_protocol::api::server_only("device_usage"))
     }
 
@@ -693,7 +700,10 @@ fn only_device_zero(device: u32) -> Result<(), CuError> {
     if device == 0 {
         Ok(())
     } else {
-        Err(CuError::new(code::INVALID_DEVICE, format!("device {device}")))
+        Err(CuError::new(
+            code::INVALID_DEVICE,
+            format!("device {device}"),
+        ))
     }
 }
 

@@ -519,7 +519,11 @@ mod tests {
         let b = session.alloc(0, 600 << 10).unwrap();
         assert_eq!(a, b, "freed addresses are handed out again");
         drop(session);
-        assert_eq!(devices[0].used(), 0, "a closed session gives its memory back");
+        assert_eq!(
+            devices[0].used(),
+            0,
+            "a closed session gives its memory back"
+        );
     }
 
     #[test]
@@ -527,9 +531,15 @@ mod tests {
         let devices = DeviceMemory::devices(2, 1 << 20);
         let session = SessionMemory::new(devices.clone());
         let a = session.alloc(0, 900 << 10).unwrap();
-        assert_eq!(session.alloc(0, 200 << 10).unwrap_err().code, code::OUT_OF_MEMORY);
+        assert_eq!(
+            session.alloc(0, 200 << 10).unwrap_err().code,
+            code::OUT_OF_MEMORY
+        );
         let b = session.alloc(1, 900 << 10).unwrap();
-        assert_eq!((session.device_of(a), session.device_of(b)), (Some(0), Some(1)));
+        assert_eq!(
+            (session.device_of(a), session.device_of(b)),
+            (Some(0), Some(1))
+        );
         assert_eq!((session.held(0), session.held(1)), (900 << 10, 900 << 10));
         assert_eq!(session.available(1).unwrap(), 124 << 10);
         assert_eq!(session.alloc(2, 1).unwrap_err().code, code::INVALID_DEVICE);

@@ -106,7 +106,9 @@ impl Backend for MockBackend {
     fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {
         // An SM ceiling is a ceiling on the interpreter's threads.
         let workers = match tenant.policy().sm_limit {
-            Some(fraction) => ((self.workers as f64 * fraction).ceil() as usize).clamp(1, self.workers),
+            Some(fraction) => {
+                ((self.workers as f64 * fraction).ceil() as usize).clamp(1, self.workers)
+            }
             None => self.workers,
         };
         Ok(Box::new(MockSession {
@@ -234,7 +236,10 @@ impl MockSession {
         if device < self.devices {
             Ok(())
         } else {
-            Err(CuError::new(code::INVALID_DEVICE, format!("device {device}")))
+            Err(CuError::new(
+                code::INVALID_DEVICE,
+                format!("device {device}"),
+            ))
         }
     }
 
@@ -519,7 +524,11 @@ impl Api for MockSession {
             .fill_2d(dst, pitch, value, elem_size, width, height)
     }
 
-    fn module_load_cached(&mut self, _device: u32, _hash: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
+    fn module_load_cached(
+        &mut self,
+        _device: u32,
+        _hash: [u8; 32],
+    ) -> Result<Option<ModuleInfo>, CuError> {
         // Images are cached by the server around every session (module_cache.rs);
         // the backend itself keeps none.
         Ok(None)
@@ -864,7 +873,10 @@ impl Api for MockSession {
         self.healthy()
     }
 
-    fn device_usage(&mut self, _device: u32) -> Result<xpupool_protocol::api::DeviceUsage, CuError> {
+    fn device_usage(
+        &mut self,
+        _device: u32,
+    ) -> Result<xpupool_protocol::api::DeviceUsage, CuError> {
         Err(xpupool_protocol::api::server_only("device_usage"))
     }
 

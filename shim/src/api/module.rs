@@ -77,9 +77,11 @@ fn kernel_handle(module: usize, name: &str) -> Res<usize> {
     if let Some(&handle) = kernels.get(name) {
         return Ok(handle);
     }
-    let handle = d
-        .functions
-        .insert(Arc::new(Function::new(name.to_owned(), module, d.device_count())?));
+    let handle = d.functions.insert(Arc::new(Function::new(
+        name.to_owned(),
+        module,
+        d.device_count(),
+    )?));
     kernels.insert(name.to_owned(), handle);
     Ok(handle)
 }
