@@ -15,6 +15,8 @@ use xpupool_server::embedded::EmbeddedServer;
 use xpupool_server::worker::IsolatedBackend;
 use xpupool_server::{tls, Backend, MockBackend, Server, ServerConfig, TokenEntry};
 
+mod pool;
+
 #[derive(Parser)]
 #[command(
     name = "xpupool",
@@ -33,8 +35,11 @@ enum Command {
     Run(RunArgs),
     /// Serve this host's accelerators (or the CPU mock) to xpupool clients.
     Server(ServerArgs),
-    /// Show a server's devices and this tenant's use of them, as a table.
+    /// Show a server's devices and this tenant's use of them (--server), or the
+    /// whole pool (--manager), as a table.
     Status(StatusArgs),
+    /// Run a pool manager: servers register with it, jobs are placed by it.
+    Manager(pool::ManagerArgs),
     /// Measure xpupool against an embedded mock server over QUIC on loopback, beside
     /// the raw transport and this machine's memcpy measured in the same run.
     Bench(BenchArgs),
@@ -84,6 +89,10 @@ struct WorkerArgs {
 struct StatusArgs {
     #[command(flatten)]
     access: ServerAccess,
+    #[command(flatten)]
+    pool: pool::ManagerFlags,
+    #[command(flatten)]
+    pool_status: pool::PoolStatusArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -117,7 +126,9 @@ impl ServerAccess {
         match (&self.token, &self.token_file) {
             (Some(token), _) => Ok(token.clone()),
             (None, Some(path)) => Ok(read_token_file(path)?.swap_remove(0)),
-            (None, None) => bail!("--server needs --token-file or XPUPOOL_TOKEN (or --token)"),
+            (None, None) => {
+                bail!("no tenant token: give --token-file or XPUPOOL_TOKEN (or --token)")
+            }
         }
     }
 
@@ -137,6 +148,10 @@ impl ServerAccess {
 struct RunArgs {
     #[command(flatten)]
     access: ServerAccess,
+    #[command(flatten)]
+    pool: pool::ManagerFlags,
+    #[command(flatten)]
+    needs: pool::JobNeeds,
     /// Backend of the embedded server: `auto` (cuda when an NVIDIA driver is
     /// installed and works, else mock), `cuda` or `mock`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "mock"])]
@@ -224,6 +239,17 @@ struct ServerArgs {
     /// Device memory of each mock device, in MiB (default: the config's, else 16384).
     #[arg(long)]
     mock_memory_mib: Option<u64>,
+    /// Join a pool: register with its manager(s) and admit only the clients its
+    /// leases send (needs --join-token-file).
+    #[command(flatten)]
+    pool: pool::ManagerFlags,
+    /// The pool's join token (the manager's state directory has it).
+    #[arg(long, env = "XPUPOOL_JOIN_TOKEN_FILE")]
+    join_token_file: Option<PathBuf>,
+    /// Where clients reach this server, as the manager tells them (default:
+    /// the listen address, which must then not be 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<String>,
     /// How many mock devices (default: the config's, else 1).
     #[arg(long)]
     mock_devices: Option<u32>,
@@ -432,7 +458,34 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         devices: args.mock_devices,
         memory_mib: args.mock_memory_mib,
     };
+    let lease = match args.pool.access()? {
+        Some(_) if args.access.server.is_some() => {
+            bail!("give --server or --manager (XPUPOOL_SERVER or XPUPOOL_MANAGER), not both")
+        }
+        Some(access) => {
+            let lease = pool::Lease::obtain(access, args.access.token()?, &args.needs)?;
+            let placement = lease.placement();
+            let claims = &placement.claims;
+            eprintln!(
+                "xpupool: placed on {} device{} {:?} with {} MiB each (lease {})",
+                claims.server,
+                if claims.devices.len() == 1 { "" } else { "s" },
+                claims.devices,
+                claims.memory >> 20,
+                claims.lease
+            );
+            command
+                .env("XPUPOOL_SERVER", &claims.server)
+                .env("XPUPOOL_SERVER_FINGERPRINT", &placement.fingerprint)
+                .env("XPUPOOL_TOKEN", &placement.token)
+                .env_remove("XPUPOOL_SERVER_CERT")
+                .env_remove("XPUPOOL_TOKEN_FILE");
+            Some(lease)
+        }
+        None => None,
+    };
     let _embedded = match &args.access.server {
+        _ if lease.is_some() => None,
         Some(server) => {
             let token = args.access.token()?;
             args.access.check_verifiable(server)?;
@@ -499,9 +552,12 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let status = command
-        .status()
-        .with_context(|| format!("starting {}", args.program[0].to_string_lossy()))?;
+    let status = command.status();
+    if let Some(lease) = lease {
+        lease.release();
+    }
+    let status =
+        status.with_context(|| format!("starting {}", args.program[0].to_string_lossy()))?;
     use std::os::unix::process::ExitStatusExt;
     let code = status
         .code()
@@ -584,7 +640,17 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
         (Some(cert), Some(key)) => tls::load(cert, key)?,
         _ => tls::load_or_create(&dir)?,
     };
+    let joining = match args.pool.access()? {
+        Some(access) => {
+            let path = args.join_token_file.as_ref().context(
+                "--manager needs --join-token-file (the manager's state directory has join-token)",
+            )?;
+            Some((access, pool::read_join_token(path)?))
+        }
+        None => None,
+    };
     let (tokens, token_file) = match file {
+        _ if joining.is_some() => (Vec::new(), None),
         Some(settings) => (settings.tokens.clone(), None),
         None => tokens(&args, &dir)?,
     };
@@ -656,13 +722,33 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
                 (None, false) => Some(dir.join("server.sock")),
             },
         })?;
-        println!("listening: {}", server.local_addr()?);
+        let bound = server.local_addr()?;
+        println!("listening: {bound}");
         println!("certificate: {}", cert_path.display());
         println!("fingerprint: {fingerprint}");
         println!("devices: {device_count}");
-        match token_file {
-            Some(path) => println!("token file: {}", path.display()),
-            None => println!("tokens: as given"),
+        match (token_file, joining) {
+            (_, Some((access, join_token))) => {
+                let address = match &args.advertise {
+                    Some(a) => a.clone(),
+                    None if bound.ip().is_unspecified() => bail!(
+                        "listening on {bound}: give --advertise HOST:PORT, the address clients reach this server at"
+                    ),
+                    None => bound.to_string(),
+                };
+                println!("pool: {} (admitting its leases, as {address})", access.addresses.join(","));
+                let membership =
+                    xpupool_server::membership::Membership::new(xpupool_server::membership::JoinSettings {
+                        access,
+                        join_token,
+                        address,
+                        fingerprint: fingerprint.clone(),
+                    });
+                server.tenants().join_pool(membership.clone());
+                tokio::spawn(membership.run(server.host()));
+            }
+            (Some(path), None) => println!("token file: {}", path.display()),
+            (None, None) => println!("tokens: as given"),
         }
         if let Some(listen) = metrics_listen {
             let bound =
@@ -717,11 +803,21 @@ async fn reload_on_hangup(
 fn status(args: StatusArgs) -> Result<ExitCode> {
     use xpupool_protocol::Calls;
     init_logging("warn");
+    if let Some(manager) = args.pool.access()? {
+        let token = match &args.pool_status.join_token_file {
+            Some(path) => pool::read_join_token(path)?,
+            None => args.access.token()?,
+        };
+        return pool::status(manager, token, &args.pool_status, args.json);
+    }
+    if args.pool_status.usage {
+        bail!("--usage needs --manager");
+    }
     let access = &args.access;
     let server = access
         .server
         .clone()
-        .context("status needs --server (or XPUPOOL_SERVER)")?;
+        .context("status needs --server or --manager (or XPUPOOL_SERVER, XPUPOOL_MANAGER)")?;
     access.check_verifiable(&server)?;
     let settings = xpupool_client::Settings {
         server: server.clone(),
@@ -859,6 +955,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Server(args) => serve(args),
         Command::Status(args) => status(args),
+        Command::Manager(args) => pool::manager(args),
         Command::Bench(args) => bench(args),
         Command::ServerWorker(args) => {
             init_logging("warn");

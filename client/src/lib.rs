@@ -5,9 +5,10 @@
 //! ACL later) talks to the server through [`Connection`], whose [`Calls`] methods are
 //! one round trip each.
 
+pub mod pool;
 pub mod trace;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,6 +98,8 @@ impl Settings {
 struct Pinned {
     sha256: Vec<u8>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The setting that pinned it, for the error.
+    what: String,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -111,9 +114,10 @@ impl ServerCertVerifier for Pinned {
         if Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256.as_slice() {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(
-                "server certificate does not match XPUPOOL_SERVER_FINGERPRINT".into(),
-            ))
+            Err(rustls::Error::General(format!(
+                "the peer's certificate does not match {}",
+                self.what
+            )))
         }
     }
 
@@ -152,25 +156,34 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig> {
+/// A TLS 1.3 client configuration that verifies its peer by the certificates in
+/// the PEM file `cert` (its roots) or by a pinned `fingerprint` (`sha256:HEX`), and
+/// offers `alpn`. `what` names the setting in errors (`XPUPOOL_SERVER_…`).
+pub fn tls_client_config(
+    cert: Option<&str>,
+    fingerprint: Option<&str>,
+    alpn: &[u8],
+    what: &str,
+) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let mut config = if let Some(pin) = &settings.fingerprint {
+    let mut config = if let Some(pin) = fingerprint {
         let hex_part = pin.strip_prefix("sha256:").unwrap_or(pin);
-        let sha256 =
-            hex::decode(hex_part).context("XPUPOOL_SERVER_FINGERPRINT is not sha256:<hex>")?;
+        let sha256 = hex::decode(hex_part)
+            .with_context(|| format!("{what}_FINGERPRINT is not sha256:<hex>"))?;
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { sha256, provider }))
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                sha256,
+                provider,
+                what: format!("{what}_FINGERPRINT"),
+            }))
             .with_no_client_auth()
     } else {
-        let path = settings
-            .cert
-            .as_deref()
-            .expect("checked in Settings::from_env");
-        let pem =
-            std::fs::read(path).with_context(|| format!("reading XPUPOOL_SERVER_CERT {path}"))?;
+        let path =
+            cert.with_context(|| format!("neither {what}_CERT nor {what}_FINGERPRINT is set"))?;
+        let pem = std::fs::read(path).with_context(|| format!("reading {what}_CERT {path}"))?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             roots.add(cert.with_context(|| format!("parsing {path}"))?)?;
@@ -178,8 +191,40 @@ fn tls_config(settings: &Settings) -> Result<rustls::ClientConfig> {
         anyhow::ensure!(!roots.is_empty(), "{path} holds no certificate");
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
+}
+
+/// Opens a QUIC connection to `address` (`host:port`) with `tls`, expecting the
+/// certificate name `name`, within 10 s. Keep-alives and the idle timeout are
+/// those of every xpupool connection.
+pub async fn quic_connect(
+    address: &str,
+    tls: rustls::ClientConfig,
+    name: &str,
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let addr: SocketAddr = tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("resolving {address}"))?
+        .next()
+        .with_context(|| format!("{address} resolves to no address"))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(PEER_TIMEOUT.try_into()?));
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    client_config.transport_config(Arc::new(transport));
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let mut endpoint = quinn::Endpoint::client(bind)?;
+    endpoint.set_default_client_config(client_config);
+    let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(addr, name)?)
+        .await
+        .map_err(|_| anyhow!("no answer from {addr} within 10 s"))??;
+    Ok((endpoint, connection))
 }
 
 pub use xpupool_protocol::UNIX_PREFIX;
@@ -252,31 +297,15 @@ pub struct Connection {
 async fn connect_quic(
     settings: &Settings,
 ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-    let addr: SocketAddr = settings
-        .server
-        .to_socket_addrs()
-        .with_context(|| format!("resolving XPUPOOL_SERVER {}", settings.server))?
-        .next()
-        .with_context(|| format!("{} resolves to no address", settings.server))?;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls_config(settings)?)?;
-    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_idle_timeout(Some(PEER_TIMEOUT.try_into()?));
-    transport.keep_alive_interval(Some(KEEP_ALIVE));
-    client_config.transport_config(Arc::new(transport));
-    let bind: SocketAddr = if addr.is_ipv6() {
-        "[::]:0".parse()?
-    } else {
-        "0.0.0.0:0".parse()?
-    };
-    let mut endpoint = quinn::Endpoint::client(bind)?;
-    endpoint.set_default_client_config(client_config);
-    let connection = tokio::time::timeout(
-        Duration::from_secs(10),
-        endpoint.connect(addr, SERVER_NAME)?,
-    )
-    .await
-    .map_err(|_| anyhow!("no answer from {addr} within 10 s"))??;
+    let tls = tls_client_config(
+        settings.cert.as_deref(),
+        settings.fingerprint.as_deref(),
+        ALPN,
+        "XPUPOOL_SERVER",
+    )?;
+    let (_endpoint, connection) = quic_connect(&settings.server, tls, SERVER_NAME)
+        .await
+        .with_context(|| format!("XPUPOOL_SERVER {}", settings.server))?;
     let (send, recv) = connection.open_bi().await?;
     Ok((connection, send, recv))
 }

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod frame;
 mod handshake;
+pub mod pool;
 pub mod region;
 
 pub use api::{Api, Calls, Reply, Request};

@@ -41,9 +41,22 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// A size: `"16GiB"` or a number of bytes.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Size {
+pub enum Size {
+    /// A number of bytes.
     Bytes(u64),
+    /// A number with a unit.
     Text(String),
+}
+
+impl Size {
+    /// The bytes it says; more than 0.
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(0) => Err("must be more than 0".to_owned()),
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(t) => crate::parse_size(t),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -109,13 +122,21 @@ pub struct ServerSettings {
 }
 
 /// Where in a file an error is.
-struct Located<'a> {
-    path: &'a Path,
-    text: &'a str,
+pub struct Located<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// Its contents.
+    pub text: &'a str,
 }
 
 impl Located<'_> {
-    fn error(&self, span: Range<usize>, field: &str, message: impl std::fmt::Display) -> String {
+    /// `FILE:LINE:COLUMN: FIELD: MESSAGE` for the byte range `span` of the text.
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        field: &str,
+        message: impl std::fmt::Display,
+    ) -> String {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
@@ -175,11 +196,10 @@ impl ServerSettings {
         let backend = one_of("backend", &file.backend, &["cuda", "mock"])?;
         let isolation = one_of("isolation", &file.isolation, &["auto", "process", "none"])?;
         let size = |field: &str, value: &Spanned<Size>| -> Result<u64, String> {
-            match value.get_ref() {
-                Size::Bytes(0) => Err(at.error(value.span(), field, "must be more than 0")),
-                Size::Bytes(n) => Ok(*n),
-                Size::Text(t) => crate::parse_size(t).map_err(|e| at.error(value.span(), field, e)),
-            }
+            value
+                .get_ref()
+                .bytes()
+                .map_err(|e| at.error(value.span(), field, e))
         };
         let mock = match &file.mock {
             None => None,

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod config;
 pub mod cuda;
 pub mod embedded;
+pub mod membership;
 pub mod metrics;
 pub mod mock;
 pub mod module_cache;

@@ -82,7 +82,10 @@ impl Exporter {
                     uuid: gpu_uuid_text(&info.uuid),
                 };
                 ledger_sum[f.device as usize] += f.memory_used;
-                memory_used.get_or_create(&labels).set(clamp(f.memory_used));
+                // A tenant may be here more than once (one per lease): add up.
+                memory_used
+                    .get_or_create(&labels)
+                    .inc_by(clamp(f.memory_used));
                 memory_limit.get_or_create(&labels).set(clamp(
                     f.memory_limit
                         .unwrap_or(info.total_memory)
@@ -94,7 +97,7 @@ impl Exporter {
                 oom.get_or_create(&labels).inc_by(f.oom);
                 sessions
                     .get_or_create(&labels)
-                    .set(tenant.sessions() as i64);
+                    .inc_by(tenant.sessions() as i64);
             }
         }
         for (device, info) in devices.iter().enumerate() {
@@ -179,10 +182,20 @@ impl Exporter {
         text
     }
 
-    /// Serves `GET /metrics` on `listener` until the runtime stops. A scraper
-    /// gets [`REQUEST_TIMEOUT`] and [`MAX_REQUEST`] bytes for its request, and at
-    /// most [`MAX_SCRAPERS`] are served at once.
+    /// Serves `GET /metrics` on `listener` until the runtime stops.
     pub async fn serve(self, listener: tokio::net::TcpListener) {
+        serve_http(listener, Arc::new(move || self.render())).await
+    }
+}
+
+/// What makes a scrape's text.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` on `listener` with what `render` makes, until the
+/// runtime stops. A scraper gets [`REQUEST_TIMEOUT`] and [`MAX_REQUEST`] bytes for
+/// its request, and at most [`MAX_SCRAPERS`] are served at once.
+pub async fn serve_http(listener: tokio::net::TcpListener, render: Render) {
+    {
         let places = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
         loop {
             let Ok(place) = places.clone().acquire_owned().await else {
@@ -196,17 +209,19 @@ impl Exporter {
                     continue;
                 }
             };
-            let exporter = self.clone();
+            let render = render.clone();
             tokio::spawn(async move {
-                if let Err(e) = exporter.answer(stream).await {
+                if let Err(e) = answer(stream, &render).await {
                     tracing::debug!(%remote, "metrics request: {e}");
                 }
                 drop(place);
             });
         }
     }
+}
 
-    async fn answer(&self, mut stream: tokio::net::TcpStream) -> std::io::Result<()> {
+async fn answer(mut stream: tokio::net::TcpStream, render: &Render) -> std::io::Result<()> {
+    {
         let mut request = Vec::with_capacity(512);
         let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
             let mut chunk = [0u8; 1024];
@@ -235,7 +250,7 @@ impl Exporter {
             ("GET", "/metrics") => (
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.render(),
+                render(),
             ),
             ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_owned()),
             _ => (

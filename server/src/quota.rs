@@ -3,6 +3,8 @@
 //! backend makes an allocation.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use xpupool_protocol::{code, CuError};
 
@@ -27,6 +29,15 @@ pub struct MemoryLedger {
     /// stays, and new allocations meet the new limit.
     limit: AtomicU64,
     used: AtomicU64,
+    /// The integral of `used` over time, up to an instant; every change of
+    /// `used` adds the stretch before it under this lock, so it is exact.
+    held: Mutex<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    at: Instant,
+    byte_seconds: f64,
 }
 
 impl Default for MemoryLedger {
@@ -41,6 +52,10 @@ impl MemoryLedger {
         Self {
             limit: AtomicU64::new(limit.unwrap_or(UNLIMITED)),
             used: AtomicU64::new(0),
+            held: Mutex::new(Held {
+                at: Instant::now(),
+                byte_seconds: 0.0,
+            }),
         }
     }
 
@@ -66,8 +81,26 @@ impl MemoryLedger {
             .map_or(u64::MAX, |l| l.saturating_sub(self.used()))
     }
 
+    /// Bytes held over time since the ledger was made, in byte-seconds (what
+    /// metering bills as memory held).
+    pub fn byte_seconds(&self) -> f64 {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.byte_seconds + self.used() as f64 * held.at.elapsed().as_secs_f64()
+    }
+
+    /// Adds the stretch since the last change at the current use; the caller
+    /// changes `used` while it holds the returned guard.
+    fn integrate(&self) -> std::sync::MutexGuard<'_, Held> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        held.byte_seconds += self.used() as f64 * (now - held.at).as_secs_f64();
+        held.at = now;
+        held
+    }
+
     /// Charges `bytes`, or fails with `CUDA_ERROR_OUT_OF_MEMORY` past the limit.
     pub fn charge(&self, bytes: u64) -> Result<(), CuError> {
+        let _held = self.integrate();
         let mut used = self.used();
         loop {
             let after = used.saturating_add(bytes);
@@ -91,6 +124,7 @@ impl MemoryLedger {
 
     /// Gives back `bytes` charged earlier.
     pub fn refund(&self, bytes: u64) {
+        let _held = self.integrate();
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
@@ -108,6 +142,11 @@ mod tests {
         assert_eq!(ledger.remaining(), 0);
         ledger.refund(60);
         assert_eq!(ledger.used(), 40);
+        // Memory held over time: 40 bytes for a known stretch.
+        let before = ledger.byte_seconds();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let grown = ledger.byte_seconds() - before;
+        assert!(grown >= 40.0 * 0.05 && grown < 40.0 * 1.0, "{grown}");
         let unlimited = MemoryLedger::new(None);
         unlimited.charge(u64::MAX / 2).unwrap();
         assert_eq!(unlimited.remaining(), u64::MAX);

@@ -17,6 +17,7 @@ use xpupool_protocol::{
 };
 
 use crate::backend::{Backend, Session, SessionSlot, Tenant};
+use crate::membership::Membership;
 use crate::module_cache::{CachingSession, ModuleCache};
 use crate::tenancy::{Host, Policy};
 use crate::tls::Identity;
@@ -118,6 +119,8 @@ pub struct Tenants(Arc<RwLock<TenantTable>>);
 struct TenantTable {
     tokens: Vec<(String, Tenant)>,
     known: HashMap<String, Tenant>,
+    /// In a pool, the leases of its manager are the only way in.
+    pool: Option<Arc<Membership>>,
 }
 
 impl Tenants {
@@ -164,6 +167,28 @@ impl Tenants {
             .collect();
     }
 
+    /// Makes this a pool member's table: from now on only `membership`'s leases
+    /// admit anyone.
+    pub fn join_pool(&self, membership: Arc<Membership>) {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).pool = Some(membership);
+    }
+
+    /// The tenant a client presenting `token` is, or why it is refused.
+    pub fn admit(&self, token: &str) -> Result<Tenant, CuError> {
+        let pool = self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .pool
+            .clone();
+        match pool {
+            Some(membership) => membership.admit(token),
+            None => self
+                .by_token(token)
+                .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token")),
+        }
+    }
+
     /// The tenant whose token this is.
     pub fn by_token(&self, token: &str) -> Option<Tenant> {
         let table = self.0.read().unwrap_or_else(|e| e.into_inner());
@@ -181,6 +206,9 @@ impl Tenants {
     pub fn all(&self) -> Vec<Tenant> {
         let table = self.0.read().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<Tenant> = table.known.values().cloned().collect();
+        if let Some(pool) = &table.pool {
+            all.extend(pool.tenants());
+        }
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -751,9 +779,7 @@ impl Shared {
                 ),
             ));
         }
-        self.tenants
-            .by_token(&hello.token)
-            .ok_or_else(|| CuError::new(code::NOT_PERMITTED, "unknown tenant token"))
+        self.tenants.admit(&hello.token)
     }
 
     /// Decides on a client's hello: its tenant and a new session (counted among

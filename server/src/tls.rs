@@ -59,19 +59,40 @@ pub fn load(cert: &Path, key: &Path) -> Result<Identity> {
     })
 }
 
-/// Loads the self-signed identity from `dir`, making it on first use.
+/// Loads the self-signed server identity from `dir`, making it on first use.
 pub fn load_or_create(dir: &Path) -> Result<Identity> {
-    let cert_path = dir.join("server-cert.pem");
-    let key_path = dir.join("server-key.pem");
+    load_or_create_as(dir, "server", SERVER_NAME)
+}
+
+/// Loads the self-signed identity `ROLE-cert.pem`/`ROLE-key.pem` from `dir`,
+/// making it on first use for the certificate name `name`.
+pub fn load_or_create_as(dir: &Path, role: &str, name: &str) -> Result<Identity> {
+    let cert_path = dir.join(format!("{role}-cert.pem"));
+    let key_path = dir.join(format!("{role}-key.pem"));
     if !cert_path.exists() || !key_path.exists() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
+        let certified = rcgen::generate_simple_self_signed(vec![name.to_owned()])?;
         write_private(&key_path, certified.key_pair.serialize_pem().as_bytes())?;
         fs::write(&cert_path, certified.cert.pem())
             .with_context(|| format!("writing {}", cert_path.display()))?;
-        tracing::info!(path = %cert_path.display(), "made a self-signed server certificate");
+        tracing::info!(path = %cert_path.display(), "made a self-signed {role} certificate");
     }
     load(&cert_path, &key_path)
+}
+
+/// The secret kept in the file `path` (made, random, on first use; owner-only).
+pub fn load_or_create_secret(path: &Path) -> Result<String> {
+    match fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        _ => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let secret = format!("{}{}", crate::random_token(), crate::random_token());
+            write_private(path, secret.as_bytes())?;
+            Ok(secret)
+        }
+    }
 }
 
 /// Makes a throw-away identity in `dir` (used by the embedded server).

@@ -1,0 +1,1575 @@
+//! The pool as the manager knows it, and every decision it makes on it: which
+//! servers are alive, which leases hold what, where a job goes, and what each
+//! tenant has used. Nothing here does I/O or reads a clock; the store
+//! ([`crate::store`]) runs these functions on the state it keeps (in memory, or
+//! read from etcd and written back only if nobody else wrote in between).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use xpupool_protocol::pool::{
+    Class, DeviceStatus, HeartbeatAck, LeaseClaims, LeaseStatus, ManagerError, PoolStatus, Queued,
+    Requirements, Rtt, ServerDescription, ServerReport, ServerStatus, TenantMeter, TenantStatus,
+    UsageRecord,
+};
+
+/// How the pool picks a server and device for a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyKind {
+    /// The device with the least reserved memory and utilisation.
+    LeastLoaded,
+    /// The fullest device the job fits on, so whole devices stay free.
+    BinPack,
+    /// As least-loaded; a high-priority job may also take capacity reserved by
+    /// lower jobs that have not started.
+    Priority,
+    /// The client's measured round trip, plus the load.
+    LowestLatency,
+    /// Fewest active devices: onto a device already in use where one fits; among
+    /// idle ones, the lowest reported power.
+    LowestEnergy,
+}
+
+impl PolicyKind {
+    /// Every policy's name, as `manager.toml` spells it.
+    pub const NAMES: &'static [&'static str] = &[
+        "least-loaded",
+        "bin-pack",
+        "priority",
+        "lowest-latency",
+        "lowest-energy",
+    ];
+
+    /// The policy of a name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "least-loaded" => Self::LeastLoaded,
+            "bin-pack" => Self::BinPack,
+            "priority" => Self::Priority,
+            "lowest-latency" => Self::LowestLatency,
+            "lowest-energy" => Self::LowestEnergy,
+            _ => return None,
+        })
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// What the manager's configuration says of one tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRule {
+    /// Its name.
+    pub name: String,
+    /// Bytes its leases may reserve across the pool.
+    pub memory_quota: Option<u64>,
+    /// Devices its leases may hold across the pool.
+    pub device_quota: Option<u32>,
+    /// Its class.
+    pub class: Class,
+    /// Its share of each device it runs on, under contention.
+    pub compute_share: f64,
+    /// A policy of its own instead of the pool's.
+    pub policy: Option<PolicyKind>,
+}
+
+/// Timings the pool runs by, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// A server silent this long leaves placement; its leases are reclaimed.
+    pub server_ttl_ms: u64,
+    /// Servers heart-beat this often.
+    pub heartbeat_ms: u64,
+    /// A lease not renewed for this long lapses.
+    pub lease_ttl_ms: u64,
+    /// A queued request not asked about for this long leaves the queue.
+    pub queue_ttl_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            server_ttl_ms: 10_000,
+            heartbeat_ms: 2_000,
+            lease_ttl_ms: 15_000,
+            queue_ttl_ms: 10_000,
+        }
+    }
+}
+
+/// A registered server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerEntry {
+    /// What it said at registration.
+    pub description: ServerDescription,
+    /// Its last heartbeat (or registration), by the manager's clock.
+    pub last_seen_ms: u64,
+    /// Its last report.
+    pub report: ServerReport,
+    /// The cumulative counters metered so far, per tenant and device.
+    pub metered: Vec<TenantMeter>,
+    /// The etcd lease that keeps its registration (with `--etcd`).
+    pub etcd_lease: Option<i64>,
+}
+
+/// A live lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseEntry {
+    /// What it grants.
+    pub claims: LeaseClaims,
+    /// Its last renewal.
+    pub renewed_ms: u64,
+    /// Whether a session has used it (it may then not be preempted).
+    pub started: bool,
+}
+
+/// A request waiting for capacity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The client's request number.
+    pub request: u64,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its class.
+    pub class: Class,
+    /// What it needs.
+    pub need: Requirements,
+    /// When it was first asked.
+    pub arrived_ms: u64,
+    /// When it was last asked about.
+    pub polled_ms: u64,
+}
+
+/// Leases taken away from their holders recently, and why; kept a while so a
+/// renewal can say.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ended {
+    /// The lease.
+    pub lease: u64,
+    /// Why it ended.
+    pub why: String,
+    /// When.
+    pub at_ms: u64,
+}
+
+/// The whole pool.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Pool {
+    /// By address.
+    pub servers: BTreeMap<String, ServerEntry>,
+    /// By lease number.
+    pub leases: BTreeMap<u64, LeaseEntry>,
+    /// Waiting requests, in arrival order.
+    pub queue: Vec<Waiting>,
+    /// Metering per tenant, server and device.
+    pub usage: Vec<UsageRecord>,
+    /// The same by the hour, for the last [`HOURLY_KEEP_MS`].
+    #[serde(default)]
+    pub hourly: Vec<UsageRecord>,
+    /// Leases that ended other than by their holder's release.
+    pub ended: Vec<Ended>,
+    /// The next lease number.
+    pub next_lease: u64,
+}
+
+/// Which servers are alive now.
+pub type Alive = BTreeSet<String>;
+
+/// What a placement request came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Placed under these claims (to be signed by the caller).
+    Placed(LeaseClaims),
+    /// Waiting.
+    Queued(Queued),
+}
+
+/// How long hourly metering is kept (for `xpupool status --usage --since`).
+pub const HOURLY_KEEP_MS: u64 = 31 * 24 * HOUR_MS;
+const HOUR_MS: u64 = 3_600_000;
+
+/// Adds to the record of `(tenant, server, device, since_ms)` in `records`.
+fn add_usage(
+    records: &mut Vec<UsageRecord>,
+    key: (&str, &str, u32, &str),
+    since_ms: Option<u64>,
+    busy: f64,
+    gib_seconds: f64,
+    now_ms: u64,
+) {
+    let (tenant, server, device, uuid) = key;
+    let found = records.iter().position(|u| {
+        u.tenant == tenant
+            && u.server == server
+            && u.device == device
+            && since_ms.is_none_or(|s| u.since_ms == s)
+    });
+    let record = match found {
+        Some(i) => &mut records[i],
+        None => {
+            records.push(UsageRecord {
+                tenant: tenant.to_owned(),
+                server: server.to_owned(),
+                device,
+                uuid: uuid.to_owned(),
+                gpu_seconds: 0.0,
+                gib_seconds: 0.0,
+                since_ms: since_ms.unwrap_or(now_ms),
+                updated_ms: now_ms,
+            });
+            records.last_mut().expect("just pushed")
+        }
+    };
+    record.gpu_seconds += busy;
+    record.gib_seconds += gib_seconds;
+    record.updated_ms = now_ms;
+}
+
+/// How long ended-lease notes are kept.
+const ENDED_KEEP_MS: u64 = 120_000;
+/// At most this many waiting requests.
+pub const MAX_QUEUE: usize = 1024;
+/// At most this many devices in one request.
+pub const MAX_DEVICES_PER_JOB: u32 = 16;
+/// At most this many servers in a pool (registrations past it are refused).
+pub const MAX_SERVERS: usize = 4096;
+/// Round trips a placement request may carry.
+pub const MAX_RTTS: usize = 256;
+/// Load's weight against round-trip time in `lowest-latency`: a fully loaded
+/// device costs as much as this many milliseconds more.
+const LOAD_WEIGHT_MS: f64 = 10.0;
+/// A candidate whose round trip was not measured counts as this far away.
+const UNMEASURED_RTT_MS: f64 = 1000.0;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / GIB)
+}
+
+/// One device a job could take, with what the policy weighs.
+#[derive(Debug, Clone)]
+struct Slot {
+    device: u32,
+    memory: u64,
+    reserved: u64,
+    utilization: f64,
+    leases: u32,
+    power: Option<f64>,
+}
+
+impl Slot {
+    fn free(&self) -> u64 {
+        self.memory.saturating_sub(self.reserved)
+    }
+    fn load(&self) -> f64 {
+        self.reserved as f64 / self.memory.max(1) as f64 + self.utilization
+    }
+    fn active(&self) -> bool {
+        self.leases > 0 || self.utilization > 0.05
+    }
+}
+
+impl Pool {
+    /// An empty pool whose lease numbers start at `first_lease`.
+    pub fn new(first_lease: u64) -> Self {
+        Self {
+            next_lease: first_lease.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Registers (or re-registers) a server. A new instance's counters start
+    /// again at zero; its leases stay (their holders still run, or will release
+    /// them).
+    pub fn register(
+        &mut self,
+        description: ServerDescription,
+        now_ms: u64,
+        etcd_lease: Option<i64>,
+    ) -> Result<(), ManagerError> {
+        if !self.servers.contains_key(&description.address) && self.servers.len() >= MAX_SERVERS {
+            return Err(ManagerError::BadRequest(format!(
+                "the pool has {MAX_SERVERS} servers, its most"
+            )));
+        }
+        if description.devices.is_empty() || description.devices.len() > 64 {
+            return Err(ManagerError::BadRequest(format!(
+                "a server with {} devices",
+                description.devices.len()
+            )));
+        }
+        let metered = match self.servers.get(&description.address) {
+            Some(old) if old.description.instance == description.instance => old.metered.clone(),
+            _ => Vec::new(),
+        };
+        self.servers.insert(
+            description.address.clone(),
+            ServerEntry {
+                description,
+                last_seen_ms: now_ms,
+                report: ServerReport::default(),
+                metered,
+                etcd_lease,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes a server's heartbeat: meters what its counters grew by since the
+    /// last one, marks the leases it has seen used, and lists its live leases.
+    pub fn heartbeat(
+        &mut self,
+        address: &str,
+        instance: u64,
+        report: ServerReport,
+        now_ms: u64,
+    ) -> Result<HeartbeatAck, ManagerError> {
+        let entry = match self.servers.get_mut(address) {
+            Some(e) if e.description.instance == instance => e,
+            _ => {
+                return Err(ManagerError::UnknownServer(format!(
+                    "{address} is not registered (or registered again since)"
+                )))
+            }
+        };
+        let devices = entry.description.devices.len();
+        if report.devices.len() > devices
+            || report.meters.len() > 4096
+            || report.leases.len() > 65536
+            || report.meters.iter().any(|m| m.device as usize >= devices)
+        {
+            return Err(ManagerError::BadRequest(
+                "a heartbeat larger than the server's registration".into(),
+            ));
+        }
+        for meter in &report.meters {
+            if !(meter.busy_seconds.is_finite() && meter.byte_seconds.is_finite()) {
+                continue;
+            }
+            let last = entry
+                .metered
+                .iter_mut()
+                .find(|m| m.tenant == meter.tenant && m.device == meter.device);
+            let (busy, bytes) = match last {
+                Some(last) => {
+                    let delta = (
+                        (meter.busy_seconds - last.busy_seconds).max(0.0),
+                        (meter.byte_seconds - last.byte_seconds).max(0.0),
+                    );
+                    // A counter never goes back; a report that says so bills
+                    // nothing until it passes the highest seen.
+                    last.busy_seconds = last.busy_seconds.max(meter.busy_seconds);
+                    last.byte_seconds = last.byte_seconds.max(meter.byte_seconds);
+                    last.memory_used = meter.memory_used;
+                    delta
+                }
+                None => {
+                    entry.metered.push(meter.clone());
+                    (meter.busy_seconds.max(0.0), meter.byte_seconds.max(0.0))
+                }
+            };
+            if busy == 0.0 && bytes == 0.0 {
+                continue;
+            }
+            let uuid = &entry.description.devices[meter.device as usize].uuid;
+            let key = (meter.tenant.as_str(), address, meter.device, uuid.as_str());
+            add_usage(&mut self.usage, key, None, busy, bytes / GIB, now_ms);
+            let hour = now_ms - now_ms % HOUR_MS;
+            add_usage(&mut self.hourly, key, Some(hour), busy, bytes / GIB, now_ms);
+        }
+        for seen in &report.leases {
+            if let Some(lease) = self.leases.get_mut(&seen.lease) {
+                if lease.claims.server == address && seen.started {
+                    lease.started = true;
+                }
+            }
+        }
+        entry.last_seen_ms = now_ms;
+        entry.report = report;
+        let leases = self
+            .leases
+            .values()
+            .filter(|l| l.claims.server == address)
+            .map(|l| l.claims.lease)
+            .collect();
+        Ok(HeartbeatAck { now_ms, leases })
+    }
+
+    /// Servers that heart-beat within the TTL.
+    pub fn alive_by_heartbeat(&self, now_ms: u64, timing: &Timing) -> Alive {
+        self.servers
+            .iter()
+            .filter(|(_, s)| now_ms.saturating_sub(s.last_seen_ms) <= timing.server_ttl_ms)
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// Reclaims the leases of dead servers and lapsed leases, and forgets queued
+    /// requests nobody asks about. Returns the leases reclaimed.
+    pub fn expire(&mut self, now_ms: u64, alive: &Alive, timing: &Timing) -> Vec<u64> {
+        let mut gone = Vec::new();
+        self.leases.retain(|&id, lease| {
+            let why = if !alive.contains(&lease.claims.server) {
+                Some(format!(
+                    "its server {} stopped heart-beating",
+                    lease.claims.server
+                ))
+            } else if now_ms.saturating_sub(lease.renewed_ms) > timing.lease_ttl_ms {
+                Some("not renewed in time".to_owned())
+            } else {
+                None
+            };
+            match why {
+                Some(why) => {
+                    gone.push((id, why));
+                    false
+                }
+                None => true,
+            }
+        });
+        for (lease, why) in &gone {
+            self.ended.push(Ended {
+                lease: *lease,
+                why: why.clone(),
+                at_ms: now_ms,
+            });
+        }
+        self.ended
+            .retain(|e| now_ms.saturating_sub(e.at_ms) <= ENDED_KEEP_MS);
+        self.hourly
+            .retain(|u| now_ms.saturating_sub(u.since_ms) <= HOURLY_KEEP_MS);
+        self.queue
+            .retain(|w| now_ms.saturating_sub(w.polled_ms) <= timing.queue_ttl_ms);
+        gone.into_iter().map(|(l, _)| l).collect()
+    }
+
+    /// The devices of live servers, as slots.
+    fn slots(&self, address: &str) -> Vec<Slot> {
+        let Some(server) = self.servers.get(address) else {
+            return Vec::new();
+        };
+        server
+            .description
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let device = i as u32;
+                let on: Vec<&LeaseEntry> = self
+                    .leases
+                    .values()
+                    .filter(|l| l.claims.server == address && l.claims.devices.contains(&device))
+                    .collect();
+                let report = server.report.devices.get(i);
+                Slot {
+                    device,
+                    memory: d.memory,
+                    reserved: on.iter().map(|l| l.claims.memory).sum(),
+                    utilization: report.map_or(0.0, |r| r.utilization.clamp(0.0, 1.0)),
+                    leases: on.len() as u32,
+                    power: report.and_then(|r| r.power_watts),
+                }
+            })
+            .collect()
+    }
+
+    /// What a tenant's leases hold across the pool: bytes and devices.
+    fn held_by(&self, tenant: &str) -> (u64, u32) {
+        self.leases
+            .values()
+            .filter(|l| l.claims.tenant == tenant)
+            .fold((0, 0), |(m, d), l| {
+                (
+                    m + l.claims.memory * l.claims.devices.len() as u64,
+                    d + l.claims.devices.len() as u32,
+                )
+            })
+    }
+
+    /// Checks `need` against the tenant's pool-wide quota.
+    fn within_quota(&self, rule: &TenantRule, need: &Requirements) -> Result<(), ManagerError> {
+        let (memory, devices) = self.held_by(&rule.name);
+        let wanted = need.memory.saturating_mul(need.devices as u64);
+        if let Some(quota) = rule.memory_quota {
+            if memory.saturating_add(wanted) > quota {
+                return Err(ManagerError::OverQuota(format!(
+                    "tenant {} holds {} of its pool quota of {}; this job needs {} more",
+                    rule.name,
+                    gib(memory),
+                    gib(quota),
+                    gib(wanted)
+                )));
+            }
+        }
+        if let Some(quota) = rule.device_quota {
+            if devices + need.devices > quota {
+                return Err(ManagerError::OverQuota(format!(
+                    "tenant {} holds {devices} of its pool quota of {quota} devices; this job needs {} more",
+                    rule.name, need.devices
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Servers that could ever take `need` (alive, right backend and kind, enough
+    /// devices of enough memory), whether or not they have room now.
+    pub fn candidates(&self, need: &Requirements, alive: &Alive) -> Vec<(String, String)> {
+        self.servers
+            .iter()
+            .filter(|(a, s)| {
+                alive.contains(*a)
+                    && need
+                        .backend
+                        .as_ref()
+                        .is_none_or(|b| *b == s.description.backend)
+                    && s.description
+                        .devices
+                        .iter()
+                        .filter(|d| kind_matches(need, &d.name) && d.memory >= need.memory)
+                        .count()
+                        >= need.devices as usize
+            })
+            .map(|(a, s)| (a.clone(), s.description.fingerprint.clone()))
+            .collect()
+    }
+
+    /// Why nothing can take `need` now.
+    fn why_not(&self, need: &Requirements, alive: &Alive) -> String {
+        let live: Vec<&ServerEntry> = self
+            .servers
+            .values()
+            .filter(|s| alive.contains(&s.description.address))
+            .collect();
+        if live.is_empty() {
+            return "no server is registered and alive".into();
+        }
+        let of_backend: Vec<&&ServerEntry> = live
+            .iter()
+            .filter(|s| {
+                need.backend
+                    .as_ref()
+                    .is_none_or(|b| *b == s.description.backend)
+            })
+            .collect();
+        if of_backend.is_empty() {
+            let mut have: Vec<&str> = live
+                .iter()
+                .map(|s| s.description.backend.as_str())
+                .collect();
+            have.sort_unstable();
+            have.dedup();
+            return format!(
+                "no server has the {} backend (the pool has: {})",
+                need.backend.as_deref().unwrap_or(""),
+                have.join(", ")
+            );
+        }
+        let kinds: Vec<(&&ServerEntry, usize)> = of_backend
+            .iter()
+            .map(|s| {
+                let n = s
+                    .description
+                    .devices
+                    .iter()
+                    .filter(|d| kind_matches(need, &d.name))
+                    .count();
+                (*s, n)
+            })
+            .collect();
+        if kinds.iter().all(|(_, n)| *n == 0) {
+            return format!(
+                "no device is a {}",
+                need.kind.as_deref().unwrap_or("device")
+            );
+        }
+        if kinds.iter().all(|(_, n)| *n < need.devices as usize) {
+            return format!(
+                "no server has {} devices{}",
+                need.devices,
+                need.kind
+                    .as_ref()
+                    .map_or(String::new(), |k| format!(" of kind {k}"))
+            );
+        }
+        let largest = of_backend
+            .iter()
+            .flat_map(|s| s.description.devices.iter())
+            .filter(|d| kind_matches(need, &d.name))
+            .map(|d| d.memory)
+            .max()
+            .unwrap_or(0);
+        if largest < need.memory {
+            return format!(
+                "no device has {}: the largest has {}",
+                gib(need.memory),
+                gib(largest)
+            );
+        }
+        let mut most = (0u64, String::new(), 0u32);
+        for s in &of_backend {
+            for slot in self.slots(&s.description.address) {
+                if slot.free() > most.0 {
+                    most = (slot.free(), s.description.address.clone(), slot.device);
+                }
+            }
+        }
+        format!(
+            "no server has {} free on {} device{}: the most free on one device is {} (server {} device {})",
+            gib(need.memory),
+            need.devices,
+            if need.devices == 1 { "" } else { "s" },
+            gib(most.0),
+            most.1,
+            most.2
+        )
+    }
+
+    /// The best `(server, devices)` for `need` under `policy`, or `None`.
+    fn choose(
+        &self,
+        need: &Requirements,
+        policy: PolicyKind,
+        rtts: &[Rtt],
+        alive: &Alive,
+        freed: &dyn Fn(&str, u32) -> u64,
+    ) -> Option<(String, Vec<u32>)> {
+        let mut best: Option<((f64, f64, f64), String, Vec<u32>)> = None;
+        for (address, server) in &self.servers {
+            if !alive.contains(address)
+                || need
+                    .backend
+                    .as_ref()
+                    .is_some_and(|b| *b != server.description.backend)
+            {
+                continue;
+            }
+            let mut slots: Vec<Slot> = self
+                .slots(address)
+                .into_iter()
+                .filter(|s| kind_matches(need, &server.description.devices[s.device as usize].name))
+                .map(|mut s| {
+                    s.reserved = s.reserved.saturating_sub(freed(address, s.device));
+                    s
+                })
+                .filter(|s| s.free() >= need.memory)
+                .collect();
+            if slots.len() < need.devices as usize {
+                continue;
+            }
+            // The devices this server would give, best first by the policy.
+            match policy {
+                PolicyKind::BinPack => slots.sort_by_key(|s| (s.free(), s.device)),
+                PolicyKind::LowestEnergy => slots.sort_by(|a, b| {
+                    (!a.active(), a.power.unwrap_or(0.0), a.free())
+                        .partial_cmp(&(!b.active(), b.power.unwrap_or(0.0), b.free()))
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                }),
+                _ => slots.sort_by(|a, b| {
+                    (a.load(), a.device)
+                        .partial_cmp(&(b.load(), b.device))
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                }),
+            }
+            slots.truncate(need.devices as usize);
+            let n = slots.len() as f64;
+            let load = slots.iter().map(Slot::load).sum::<f64>() / n;
+            let score = match policy {
+                PolicyKind::LeastLoaded | PolicyKind::Priority => (load, 0.0, 0.0),
+                PolicyKind::BinPack => (
+                    slots.iter().map(|s| (s.free() - need.memory) as f64).sum(),
+                    0.0,
+                    0.0,
+                ),
+                PolicyKind::LowestLatency => {
+                    let rtt = rtts
+                        .iter()
+                        .find(|r| r.server == *address && r.millis.is_finite())
+                        .map_or(UNMEASURED_RTT_MS, |r| r.millis.max(0.0));
+                    (rtt + LOAD_WEIGHT_MS * load, 0.0, 0.0)
+                }
+                PolicyKind::LowestEnergy => {
+                    let woken = slots.iter().filter(|s| !s.active()).count() as f64;
+                    // Among servers, one already busy keeps the others idle.
+                    let server_active =
+                        self.slots(address).iter().filter(|s| s.active()).count() as f64;
+                    let power: f64 = slots.iter().filter_map(|s| s.power).sum();
+                    (woken, -server_active, power)
+                }
+            };
+            let devices: Vec<u32> = slots.iter().map(|s| s.device).collect();
+            if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
+                best = Some((score, address.clone(), devices));
+            }
+        }
+        best.map(|(_, a, d)| (a, d))
+    }
+
+    /// Places a job of `rule`'s tenant, or queues it (`wait`), or says why not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn place(
+        &mut self,
+        rule: &TenantRule,
+        rules: &dyn Fn(&str) -> Option<TenantRule>,
+        pool_policy: PolicyKind,
+        need: &Requirements,
+        rtts: &[Rtt],
+        wait: bool,
+        request: u64,
+        now_ms: u64,
+        alive: &Alive,
+    ) -> Result<Outcome, ManagerError> {
+        check_need(need)?;
+        if rtts.len() > MAX_RTTS {
+            return Err(ManagerError::BadRequest(format!(
+                "{} round trips, over {MAX_RTTS}",
+                rtts.len()
+            )));
+        }
+        let policy = rule.policy.unwrap_or(pool_policy);
+        // Requests queued ahead of this one that could be placed now go first.
+        let ahead = self.queue_ahead(rule.class, request, now_ms);
+        let blocked_by = ahead.iter().find(|w| {
+            rules(&w.tenant).is_some_and(|r| {
+                self.within_quota(&r, &w.need).is_ok()
+                    && self
+                        .choose(
+                            &w.need,
+                            r.policy.unwrap_or(pool_policy),
+                            &[],
+                            alive,
+                            &|_, _| 0,
+                        )
+                        .is_some()
+            })
+        });
+        let attempt = match blocked_by {
+            Some(w) => Err(ManagerError::Unplaceable(format!(
+                "request {} of tenant {} is ahead in the queue",
+                w.request, w.tenant
+            ))),
+            None => self
+                .within_quota(rule, need)
+                .and_then(|()| self.place_now(rule, policy, need, rtts, now_ms, alive)),
+        };
+        match attempt {
+            Ok(claims) => {
+                self.queue.retain(|w| w.request != request);
+                Ok(Outcome::Placed(claims))
+            }
+            Err(e) if !wait => Err(e),
+            Err(e) => {
+                let reason = e.to_string();
+                match self.queue.iter_mut().find(|w| w.request == request) {
+                    Some(w) => w.polled_ms = now_ms,
+                    None => {
+                        if self.queue.len() >= MAX_QUEUE {
+                            return Err(ManagerError::Unplaceable(format!(
+                                "{reason}, and the queue is full ({MAX_QUEUE} waiting)"
+                            )));
+                        }
+                        self.queue.push(Waiting {
+                            request,
+                            tenant: rule.name.clone(),
+                            class: rule.class,
+                            need: need.clone(),
+                            arrived_ms: now_ms,
+                            polled_ms: now_ms,
+                        });
+                    }
+                }
+                let position = self.queue_ahead(rule.class, request, now_ms).len() as u32 + 1;
+                Ok(Outcome::Queued(Queued { position, reason }))
+            }
+        }
+    }
+
+    /// The waiting requests that come before `request` (a class above it, or the
+    /// same class and earlier), in order.
+    fn queue_ahead(&self, class: Class, request: u64, now_ms: u64) -> Vec<&Waiting> {
+        let arrived = self
+            .queue
+            .iter()
+            .find(|w| w.request == request)
+            .map_or(now_ms, |w| w.arrived_ms);
+        let mut ahead: Vec<&Waiting> = self
+            .queue
+            .iter()
+            .filter(|w| {
+                w.request != request
+                    && (w.class > class || (w.class == class && w.arrived_ms <= arrived))
+            })
+            .collect();
+        ahead.sort_by_key(|w| (std::cmp::Reverse(w.class), w.arrived_ms));
+        ahead
+    }
+
+    fn place_now(
+        &mut self,
+        rule: &TenantRule,
+        policy: PolicyKind,
+        need: &Requirements,
+        rtts: &[Rtt],
+        now_ms: u64,
+        alive: &Alive,
+    ) -> Result<LeaseClaims, ManagerError> {
+        let chosen = match self.choose(need, policy, rtts, alive, &|_, _| 0) {
+            Some(c) => Some(c),
+            None if policy == PolicyKind::Priority => self.preempt_for(rule, need, now_ms, alive),
+            None => None,
+        };
+        let Some((server, devices)) = chosen else {
+            return Err(ManagerError::Unplaceable(self.why_not(need, alive)));
+        };
+        let lease = self.next_lease;
+        self.next_lease += 1;
+        let claims = LeaseClaims {
+            lease,
+            tenant: rule.name.clone(),
+            server,
+            devices,
+            memory: need.memory,
+            class: rule.class,
+            compute_share: rule.compute_share,
+            issued_ms: now_ms,
+        };
+        self.leases.insert(
+            lease,
+            LeaseEntry {
+                claims: claims.clone(),
+                renewed_ms: now_ms,
+                started: false,
+            },
+        );
+        Ok(claims)
+    }
+
+    /// For a job that fits nowhere: ends leases of lower classes that no session
+    /// has used yet, on the one server where ending the fewest makes room, and
+    /// says where the job goes. Running work is never touched.
+    fn preempt_for(
+        &mut self,
+        rule: &TenantRule,
+        need: &Requirements,
+        now_ms: u64,
+        alive: &Alive,
+    ) -> Option<(String, Vec<u32>)> {
+        let victims: Vec<(u64, String, Vec<u32>, u64)> = self
+            .leases
+            .values()
+            .filter(|l| !l.started && l.claims.class < rule.class)
+            .map(|l| {
+                (
+                    l.claims.lease,
+                    l.claims.server.clone(),
+                    l.claims.devices.clone(),
+                    l.claims.memory,
+                )
+            })
+            .collect();
+        if victims.is_empty() {
+            return None;
+        }
+        let freed = |server: &str, device: u32| -> u64 {
+            victims
+                .iter()
+                .filter(|v| v.1 == server && v.2.contains(&device))
+                .map(|v| v.3)
+                .sum()
+        };
+        let (server, devices) = self.choose(need, PolicyKind::LeastLoaded, &[], alive, &freed)?;
+        // End the youngest first, only as many as the room needs.
+        let mut on: Vec<&(u64, String, Vec<u32>, u64)> = victims
+            .iter()
+            .filter(|v| v.1 == server && v.2.iter().any(|d| devices.contains(d)))
+            .collect();
+        on.sort_by_key(|v| std::cmp::Reverse(v.0));
+        let slots = self.slots(&server);
+        let mut ended = Vec::new();
+        for v in on {
+            let fits = devices.iter().all(|d| {
+                let slot = &slots[*d as usize];
+                let released: u64 = ended
+                    .iter()
+                    .filter_map(|l| self.leases.get(l))
+                    .filter(|l: &&LeaseEntry| l.claims.devices.contains(d))
+                    .map(|l| l.claims.memory)
+                    .sum();
+                slot.free() + released >= need.memory
+            });
+            if fits {
+                break;
+            }
+            ended.push(v.0);
+        }
+        for lease in &ended {
+            self.leases.remove(lease);
+            self.ended.push(Ended {
+                lease: *lease,
+                why: format!(
+                    "preempted before it started by a {} job of tenant {}",
+                    rule.class.name(),
+                    rule.name
+                ),
+                at_ms: now_ms,
+            });
+        }
+        Some((server, devices))
+    }
+
+    /// Renews a lease of `tenant`.
+    pub fn renew(&mut self, tenant: &str, lease: u64, now_ms: u64) -> Result<(), ManagerError> {
+        match self.leases.get_mut(&lease) {
+            Some(l) if l.claims.tenant == tenant => {
+                l.renewed_ms = now_ms;
+                Ok(())
+            }
+            _ => Err(ManagerError::LeaseGone(
+                self.ended.iter().find(|e| e.lease == lease).map_or_else(
+                    || format!("lease {lease} is not live"),
+                    |e| format!("lease {lease}: {}", e.why),
+                ),
+            )),
+        }
+    }
+
+    /// Ends a lease of `tenant` at its holder's request.
+    pub fn release(&mut self, tenant: &str, lease: u64) -> Result<(), ManagerError> {
+        match self.leases.get(&lease) {
+            Some(l) if l.claims.tenant == tenant => {
+                self.leases.remove(&lease);
+                Ok(())
+            }
+            _ => Err(ManagerError::LeaseGone(format!(
+                "lease {lease} is not live"
+            ))),
+        }
+    }
+
+    /// The pool as `xpupool status` shows it; only `tenant`'s leases, usage and
+    /// totals unless `None` (the operator).
+    pub fn status(
+        &self,
+        policy: PolicyKind,
+        rules: &[TenantRule],
+        tenant: Option<&str>,
+        now_ms: u64,
+        alive: &Alive,
+    ) -> PoolStatus {
+        let mine = |t: &str| tenant.is_none_or(|own| own == t);
+        let servers = self
+            .servers
+            .iter()
+            .map(|(address, s)| ServerStatus {
+                address: address.clone(),
+                backend: s.description.backend.clone(),
+                alive: alive.contains(address),
+                last_seen_seconds: now_ms.saturating_sub(s.last_seen_ms) as f64 / 1e3,
+                sessions: s.report.sessions,
+                devices: self
+                    .slots(address)
+                    .into_iter()
+                    .map(|slot| DeviceStatus {
+                        index: slot.device,
+                        device: s.description.devices[slot.device as usize].clone(),
+                        reserved: slot.reserved,
+                        report: s
+                            .report
+                            .devices
+                            .get(slot.device as usize)
+                            .cloned()
+                            .unwrap_or_default(),
+                        leases: slot.leases,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let leases = self
+            .leases
+            .values()
+            .filter(|l| mine(&l.claims.tenant))
+            .map(|l| LeaseStatus {
+                lease: l.claims.lease,
+                tenant: l.claims.tenant.clone(),
+                server: l.claims.server.clone(),
+                device: l.claims.devices[0],
+                devices: l.claims.devices.clone(),
+                memory_bytes: l.claims.memory,
+                class: l.claims.class,
+                started: l.started,
+                age_seconds: now_ms.saturating_sub(l.claims.issued_ms) as f64 / 1e3,
+            })
+            .collect();
+        let mut names: BTreeSet<String> = rules.iter().map(|r| r.name.clone()).collect();
+        names.extend(self.usage.iter().map(|u| u.tenant.clone()));
+        let tenants = names
+            .into_iter()
+            .filter(|n| mine(n))
+            .map(|name| {
+                let rule = rules.iter().find(|r| r.name == name);
+                let (memory_reserved, devices_leased) = self.held_by(&name);
+                let used = self.usage.iter().filter(|u| u.tenant == name);
+                TenantStatus {
+                    // Folded from +0.0: an empty f64 sum is -0.0.
+                    gpu_seconds: used.clone().fold(0.0, |a, u| a + u.gpu_seconds),
+                    gib_seconds: used.fold(0.0, |a, u| a + u.gib_seconds),
+                    memory_reserved,
+                    memory_quota: rule.and_then(|r| r.memory_quota),
+                    devices_leased,
+                    device_quota: rule.and_then(|r| r.device_quota),
+                    name,
+                }
+            })
+            .collect();
+        PoolStatus {
+            policy: policy.name().to_owned(),
+            servers,
+            leases,
+            tenants,
+            usage: self
+                .usage
+                .iter()
+                .filter(|u| mine(&u.tenant))
+                .cloned()
+                .collect(),
+            queued: self.queue.len() as u32,
+        }
+    }
+}
+
+fn kind_matches(need: &Requirements, name: &str) -> bool {
+    need.kind
+        .as_ref()
+        .is_none_or(|k| name.to_lowercase().contains(&k.to_lowercase()))
+}
+
+fn check_need(need: &Requirements) -> Result<(), ManagerError> {
+    if need.memory == 0 {
+        return Err(ManagerError::BadRequest(
+            "a job must say how much device memory it needs (xpupool run --memory SIZE)".into(),
+        ));
+    }
+    if need.devices == 0 || need.devices > MAX_DEVICES_PER_JOB {
+        return Err(ManagerError::BadRequest(format!(
+            "{} devices: a job takes 1 to {MAX_DEVICES_PER_JOB}",
+            need.devices
+        )));
+    }
+    for text in [&need.backend, &need.kind].into_iter().flatten() {
+        if text.len() > 64 {
+            return Err(ManagerError::BadRequest("a name over 64 bytes".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xpupool_protocol::pool::{DeviceReport, LeaseReport, PoolDevice};
+
+    const GB: u64 = 1 << 30;
+
+    fn rule(name: &str, class: Class, policy: Option<PolicyKind>) -> TenantRule {
+        TenantRule {
+            name: name.into(),
+            memory_quota: None,
+            device_quota: None,
+            class,
+            compute_share: 1.0,
+            policy,
+        }
+    }
+
+    fn server(address: &str, devices: &[u64]) -> ServerDescription {
+        ServerDescription {
+            address: address.into(),
+            fingerprint: format!("sha256:{address}"),
+            backend: "mock".into(),
+            devices: devices
+                .iter()
+                .enumerate()
+                .map(|(i, &gib)| PoolDevice {
+                    name: if gib >= 80 {
+                        "H200".into()
+                    } else {
+                        "L4".into()
+                    },
+                    uuid: format!("GPU-{address}-{i}"),
+                    memory: gib * GB,
+                    sms: 132,
+                    compute_capability: (9, 0),
+                })
+                .collect(),
+            instance: 1,
+        }
+    }
+
+    /// Three servers: a has one 16 GiB device, b two of 24, c four of 80.
+    fn pool() -> (Pool, Alive) {
+        let mut pool = Pool::new(1);
+        for (a, d) in [
+            ("a", vec![16]),
+            ("b", vec![24, 24]),
+            ("c", vec![80, 80, 80, 80]),
+        ] {
+            pool.register(server(a, &d), 0, None).unwrap();
+        }
+        let alive = pool.alive_by_heartbeat(0, &Timing::default());
+        (pool, alive)
+    }
+
+    fn need(gib: u64, devices: u32) -> Requirements {
+        Requirements {
+            memory: gib * GB,
+            devices,
+            backend: None,
+            kind: None,
+        }
+    }
+
+    fn place(
+        pool: &mut Pool,
+        alive: &Alive,
+        r: &TenantRule,
+        policy: PolicyKind,
+        n: Requirements,
+    ) -> Result<LeaseClaims, ManagerError> {
+        place_rtt(pool, alive, r, policy, n, &[])
+    }
+
+    fn place_rtt(
+        pool: &mut Pool,
+        alive: &Alive,
+        r: &TenantRule,
+        policy: PolicyKind,
+        n: Requirements,
+        rtts: &[Rtt],
+    ) -> Result<LeaseClaims, ManagerError> {
+        match pool.place(
+            r,
+            &|_| None,
+            policy,
+            &n,
+            rtts,
+            false,
+            rand::random(),
+            0,
+            alive,
+        )? {
+            Outcome::Placed(c) => Ok(c),
+            Outcome::Queued(q) => panic!("queued: {q:?}"),
+        }
+    }
+
+    #[test]
+    fn least_loaded_spreads_and_bin_pack_fills() {
+        let (mut p, alive) = pool();
+        let t = rule("t", Class::Normal, None);
+        // Least loaded: each job on a device with nothing on it yet.
+        let mut seen = BTreeSet::new();
+        for _ in 0..7 {
+            let c = place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(8, 1)).unwrap();
+            assert!(seen.insert((c.server.clone(), c.devices[0])), "{c:?}");
+        }
+        // Bin-pack: the smallest device that fits, until it is full.
+        let (mut p, alive) = pool();
+        let got: Vec<(String, u32)> = (0..4)
+            .map(|_| {
+                let c = place(&mut p, &alive, &t, PolicyKind::BinPack, need(8, 1)).unwrap();
+                (c.server, c.devices[0])
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("a", 0), ("a", 0), ("b", 0), ("b", 0)].map(|(s, d)| (s.to_owned(), d))
+        );
+    }
+
+    #[test]
+    fn multi_device_jobs_and_kinds_and_clear_refusals() {
+        let (mut p, alive) = pool();
+        let t = rule("t", Class::Normal, None);
+        let c = place(&mut p, &alive, &t, PolicyKind::BinPack, need(20, 2)).unwrap();
+        assert_eq!((c.server.as_str(), c.devices.len()), ("b", 2));
+        let mut h200 = need(1, 1);
+        h200.kind = Some("h200".into());
+        assert_eq!(
+            place(&mut p, &alive, &t, PolicyKind::BinPack, h200)
+                .unwrap()
+                .server,
+            "c"
+        );
+        let why = |e: ManagerError| e.to_string();
+        #[allow(clippy::redundant_clone)]
+        let e = place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(1, 5)).unwrap_err();
+        assert!(why(e).contains("no server has 5 devices"));
+        let e = place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(100, 1)).unwrap_err();
+        assert!(why(e).contains("no device has 100.0 GiB: the largest has 80.0 GiB"));
+        let mut cuda = need(1, 1);
+        cuda.backend = Some("cuda".into());
+        let e = place(&mut p, &alive, &t, PolicyKind::LeastLoaded, cuda).unwrap_err();
+        assert!(why(e).contains("no server has the cuda backend (the pool has: mock)"));
+        let mut tpu = need(1, 1);
+        tpu.kind = Some("TPU".into());
+        let e = place(&mut p, &alive, &t, PolicyKind::LeastLoaded, tpu).unwrap_err();
+        assert!(why(e).contains("no device is a TPU"));
+        // Fill everything that is left, then one more: the most free is named.
+        while place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(10, 1)).is_ok() {}
+        let e = place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(10, 1)).unwrap_err();
+        assert!(
+            why(e.clone()).contains("no server has 10.0 GiB free on 1 device"),
+            "{e}"
+        );
+        assert!(matches!(
+            place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(0, 1)),
+            Err(ManagerError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn nothing_is_ever_over_committed() {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        for policy in PolicyKind::NAMES
+            .iter()
+            .map(|n| PolicyKind::parse(n).unwrap())
+        {
+            let (mut p, alive) = pool();
+            let t = rule("t", Class::Normal, None);
+            for step in 0..400 {
+                let n = need(rng.gen_range(1..40), rng.gen_range(1..3));
+                let _ = place(&mut p, &alive, &t, policy, n);
+                if step % 3 == 0 {
+                    if let Some(&l) = p.leases.keys().next() {
+                        p.release("t", l).unwrap();
+                    }
+                }
+                for (address, s) in &p.servers {
+                    for (i, d) in s.description.devices.iter().enumerate() {
+                        let reserved: u64 = p
+                            .leases
+                            .values()
+                            .filter(|l| {
+                                l.claims.server == *address
+                                    && l.claims.devices.contains(&(i as u32))
+                            })
+                            .map(|l| l.claims.memory)
+                            .sum();
+                        assert!(
+                            reserved <= d.memory,
+                            "{policy:?}: {address}/{i} over-committed"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quotas_are_pool_wide() {
+        let (mut p, alive) = pool();
+        let mut t = rule("t", Class::Normal, None);
+        t.memory_quota = Some(20 * GB);
+        t.device_quota = Some(2);
+        place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(8, 1)).unwrap();
+        place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(8, 1)).unwrap();
+        let e = place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(1, 1)).unwrap_err();
+        assert!(
+            matches!(&e, ManagerError::OverQuota(m) if m.contains("2 of its pool quota of 2 devices")),
+            "{e}"
+        );
+        t.device_quota = None;
+        let e = place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(8, 1)).unwrap_err();
+        assert!(
+            matches!(&e, ManagerError::OverQuota(m) if m.contains("16.0 GiB of its pool quota of 20.0 GiB")),
+            "{e}"
+        );
+        // Another tenant is not affected.
+        place(
+            &mut p,
+            &alive,
+            &rule("u", Class::Normal, None),
+            PolicyKind::LeastLoaded,
+            need(8, 1),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn priority_takes_only_unstarted_lower_leases() {
+        let (mut p, alive) = pool();
+        let low = rule("low", Class::Low, None);
+        let high = rule("high", Class::High, None);
+        // Fill every device with low jobs: a's and b's started, c's not.
+        let mut placed = Vec::new();
+        while let Ok(c) = place(&mut p, &alive, &low, PolicyKind::Priority, need(16, 1)) {
+            placed.push(c);
+        }
+        for c in &placed {
+            if c.server != "c" {
+                p.leases.get_mut(&c.lease).unwrap().started = true;
+            }
+        }
+        let c = place(&mut p, &alive, &high, PolicyKind::Priority, need(30, 1)).unwrap();
+        assert_eq!(c.server, "c");
+        // Exactly enough ended: two 16 GiB leases for 30 GiB, on that device.
+        let ended: Vec<&Ended> = p.ended.iter().collect();
+        assert_eq!(ended.len(), 2, "{ended:?}");
+        let e = p.renew("low", ended[0].lease, 0).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("preempted before it started by a high job"));
+        // Started work is never taken: with c's leases started too, nothing fits.
+        for l in p.leases.values_mut() {
+            l.started = true;
+        }
+        assert!(place(&mut p, &alive, &high, PolicyKind::Priority, need(30, 1)).is_err());
+        // A normal job never preempts under another policy.
+        let (mut p, alive) = pool();
+        while place(&mut p, &alive, &low, PolicyKind::LeastLoaded, need(16, 1)).is_ok() {}
+        assert!(place(&mut p, &alive, &high, PolicyKind::LeastLoaded, need(16, 1)).is_err());
+    }
+
+    #[test]
+    fn lowest_latency_weighs_round_trips_with_load() {
+        let (mut p, alive) = pool();
+        let t = rule("t", Class::Normal, None);
+        let rtts = |a: f64, b: f64, c: f64| {
+            vec![
+                Rtt {
+                    server: "a".into(),
+                    millis: a,
+                },
+                Rtt {
+                    server: "b".into(),
+                    millis: b,
+                },
+                Rtt {
+                    server: "c".into(),
+                    millis: c,
+                },
+            ]
+        };
+        let c = place_rtt(
+            &mut p,
+            &alive,
+            &t,
+            PolicyKind::LowestLatency,
+            need(4, 1),
+            &rtts(5.0, 0.5, 9.0),
+        )
+        .unwrap();
+        assert_eq!(c.server, "b");
+        // b's devices now carry load: a few ms of round trip are worth less than it.
+        let c = place_rtt(
+            &mut p,
+            &alive,
+            &t,
+            PolicyKind::LowestLatency,
+            need(12, 1),
+            &rtts(5.0, 4.0, 9.0),
+        )
+        .unwrap();
+        assert_eq!((c.server.as_str(), c.devices[0]), ("b", 1));
+        let c = place_rtt(
+            &mut p,
+            &alive,
+            &t,
+            PolicyKind::LowestLatency,
+            need(12, 1),
+            &rtts(5.0, 4.0, 4.5),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server, "c",
+            "b is half full; c is empty and 0.5 ms further"
+        );
+        // Unmeasured servers come last.
+        let (mut p, alive) = pool();
+        let only_c = vec![Rtt {
+            server: "c".into(),
+            millis: 50.0,
+        }];
+        let c = place_rtt(
+            &mut p,
+            &alive,
+            &t,
+            PolicyKind::LowestLatency,
+            need(1, 1),
+            &only_c,
+        )
+        .unwrap();
+        assert_eq!(c.server, "c");
+    }
+
+    #[test]
+    fn lowest_energy_keeps_devices_idle() {
+        let (mut p, alive) = pool();
+        let t = rule("t", Class::Normal, None);
+        // Power: c draws least per device when idle.
+        for (a, watts) in [("a", 60.0), ("b", 70.0), ("c", 40.0)] {
+            let n = p.servers[a].description.devices.len();
+            p.servers.get_mut(a).unwrap().report.devices = (0..n)
+                .map(|_| DeviceReport {
+                    power_watts: Some(watts),
+                    ..DeviceReport::default()
+                })
+                .collect();
+        }
+        let first = place(&mut p, &alive, &t, PolicyKind::LowestEnergy, need(8, 1)).unwrap();
+        assert_eq!(first.server, "c");
+        // The next jobs go onto the same active device while they fit.
+        for _ in 0..9 {
+            let c = place(&mut p, &alive, &t, PolicyKind::LowestEnergy, need(8, 1)).unwrap();
+            assert_eq!(
+                (c.server.clone(), c.devices.clone()),
+                (first.server.clone(), first.devices.clone())
+            );
+        }
+        // Full: the next wakes one more device on the server already awake.
+        let c = place(&mut p, &alive, &t, PolicyKind::LowestEnergy, need(8, 1)).unwrap();
+        assert_eq!(c.server, "c");
+        assert_ne!(c.devices, first.devices);
+    }
+
+    #[test]
+    fn a_silent_server_leaves_placement_and_its_leases_are_reclaimed() {
+        let (mut p, _) = pool();
+        let timing = Timing::default();
+        let t = rule("t", Class::Normal, None);
+        let alive = p.alive_by_heartbeat(0, &timing);
+        let on_a = place(&mut p, &alive, &t, PolicyKind::BinPack, need(8, 1)).unwrap();
+        assert_eq!(on_a.server, "a");
+        // b and c heart-beat; a does not.
+        let later = timing.server_ttl_ms + 1;
+        for s in ["b", "c"] {
+            p.heartbeat(s, 1, ServerReport::default(), later).unwrap();
+        }
+        let alive = p.alive_by_heartbeat(later, &timing);
+        assert!(!alive.contains("a"));
+        // Renewed in time, but its server is gone.
+        p.renew("t", on_a.lease, later - 1).unwrap();
+        assert_eq!(p.expire(later, &alive, &timing), vec![on_a.lease]);
+        let e = p.renew("t", on_a.lease, later).unwrap_err();
+        assert!(
+            e.to_string().contains("its server a stopped heart-beating"),
+            "{e}"
+        );
+        let c = place(&mut p, &alive, &t, PolicyKind::BinPack, need(8, 1)).unwrap();
+        assert_ne!(c.server, "a");
+        // A lease not renewed lapses.
+        let much_later = later + timing.lease_ttl_ms + 1;
+        for s in ["b", "c"] {
+            p.heartbeat(s, 1, ServerReport::default(), much_later)
+                .unwrap();
+        }
+        let alive = p.alive_by_heartbeat(much_later, &timing);
+        assert_eq!(p.expire(much_later, &alive, &timing), vec![c.lease]);
+        // A heartbeat from an unknown instance asks for a new registration.
+        assert!(matches!(
+            p.heartbeat("b", 2, ServerReport::default(), much_later),
+            Err(ManagerError::UnknownServer(_))
+        ));
+    }
+
+    #[test]
+    fn metering_adds_what_the_counters_grew_by() {
+        let (mut p, _) = pool();
+        let meter = |busy: f64, gib_s: f64| ServerReport {
+            meters: vec![TenantMeter {
+                tenant: "t".into(),
+                device: 1,
+                busy_seconds: busy,
+                byte_seconds: gib_s * GIB,
+                memory_used: 0,
+            }],
+            leases: vec![LeaseReport {
+                lease: 99,
+                sessions: 1,
+                started: true,
+            }],
+            ..ServerReport::default()
+        };
+        p.heartbeat("b", 1, meter(1.5, 10.0), 1000).unwrap();
+        p.heartbeat("b", 1, meter(4.0, 30.0), 3000).unwrap();
+        // A counter going back (it cannot, but a bad report must not un-bill).
+        p.heartbeat("b", 1, meter(3.0, 30.0), 5000).unwrap();
+        let status = p.status(PolicyKind::LeastLoaded, &[], None, 5000, &Alive::new());
+        assert_eq!(status.tenants.len(), 1);
+        assert!((status.tenants[0].gpu_seconds - 4.0).abs() < 1e-9);
+        assert!((status.tenants[0].gib_seconds - 30.0).abs() < 1e-9);
+        assert_eq!(p.hourly.len(), 1);
+        // The same instance registering again keeps its baselines; a new one
+        // starts from zero.
+        p.register(server("b", &[24, 24]), 6000, None).unwrap();
+        p.heartbeat("b", 1, meter(5.0, 30.0), 7000).unwrap();
+        let mut fresh = server("b", &[24, 24]);
+        fresh.instance = 2;
+        p.register(fresh, 8000, None).unwrap();
+        p.heartbeat("b", 2, meter(0.5, 1.0), 9000).unwrap();
+        let status = p.status(PolicyKind::LeastLoaded, &[], None, 9000, &Alive::new());
+        assert!(
+            (status.tenants[0].gpu_seconds - 5.5).abs() < 1e-9,
+            "{:?}",
+            status.tenants
+        );
+        assert!((status.tenants[0].gib_seconds - 31.0).abs() < 1e-9);
+        // A report naming a device the server does not have is refused.
+        let mut bad = meter(1.0, 1.0);
+        bad.meters[0].device = 7;
+        assert!(p.heartbeat("b", 2, bad, 9500).is_err());
+    }
+
+    #[test]
+    fn the_queue_places_by_class_then_arrival() {
+        let (mut p, alive) = pool();
+        let t = rule("t", Class::Normal, None);
+        let hi = rule("hi", Class::High, None);
+        while place(&mut p, &alive, &t, PolicyKind::LeastLoaded, need(16, 1)).is_ok() {}
+        let rules = |name: &str| match name {
+            "hi" => Some(rule("hi", Class::High, None)),
+            _ => Some(rule("t", Class::Normal, None)),
+        };
+        let ask = |p: &mut Pool, r: &TenantRule, request: u64, now: u64| {
+            p.place(
+                r,
+                &rules,
+                PolicyKind::LeastLoaded,
+                &need(16, 1),
+                &[],
+                true,
+                request,
+                now,
+                &alive,
+            )
+            .unwrap()
+        };
+        assert!(matches!(
+            ask(&mut p, &t, 1, 10),
+            Outcome::Queued(Queued { position: 1, .. })
+        ));
+        assert!(matches!(
+            ask(&mut p, &t, 2, 20),
+            Outcome::Queued(Queued { position: 2, .. })
+        ));
+        // A high request goes ahead of both.
+        assert!(matches!(
+            ask(&mut p, &hi, 3, 30),
+            Outcome::Queued(Queued { position: 1, .. })
+        ));
+        assert!(matches!(
+            ask(&mut p, &t, 1, 40),
+            Outcome::Queued(Queued { position: 2, .. })
+        ));
+        // Room for one: request 1 asks first but 3 is ahead and fits, so 1 waits.
+        let l = *p.leases.keys().next().unwrap();
+        p.release("t", l).unwrap();
+        assert!(matches!(ask(&mut p, &t, 1, 50), Outcome::Queued(_)));
+        assert!(matches!(ask(&mut p, &hi, 3, 60), Outcome::Placed(_)));
+        assert_eq!(p.queue.len(), 2);
+    }
+}

@@ -1,0 +1,465 @@
+//! The manager's listener: QUIC with TLS 1.3 (ALPN `xpupool-manager/1`), one
+//! request and one reply per stream. Servers register with the pool's join token
+//! and heart-beat with the key they are given; clients present their tenant
+//! token; the join token also opens the whole pool's status (for operators).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use xpupool_protocol::frame;
+use xpupool_protocol::pool::{
+    same_bytes, server_key, ManagerError, ManagerReply, ManagerRequest, ManagerResult, Placement,
+    Registered, MANAGER_ALPN, MAX_MANAGER_FRAME,
+};
+use xpupool_server::tls::Identity;
+
+use crate::pool::{Outcome, PolicyKind, Pool, TenantRule, Timing};
+use crate::store::Store;
+
+/// Requests served at once; more wait for a place.
+const MAX_IN_FLIGHT: usize = 256;
+/// Connections not yet established, at most.
+const MAX_INCOMING: usize = 256;
+/// A request must arrive within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection that says nothing for this long is closed (clients keep theirs
+/// alive between calls).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A server description's or requirement's strings, at most.
+const MAX_NAME: usize = 256;
+
+/// Everything a manager needs to start.
+pub struct ManagerConfig {
+    /// Where to listen (UDP).
+    pub listen: SocketAddr,
+    /// TLS certificate and key.
+    pub identity: Identity,
+    /// What servers present to register.
+    pub join_token: String,
+    /// What server keys derive from.
+    pub pool_secret: String,
+    /// Each tenant's token and rule.
+    pub tenants: Vec<(String, TenantRule)>,
+    /// The pool's placement policy.
+    pub policy: PolicyKind,
+    /// TTLs and intervals.
+    pub timing: Timing,
+    /// Where the state is.
+    pub store: Store,
+}
+
+/// Counters of this manager process (not shared between managers).
+#[derive(Default)]
+pub struct Counters {
+    /// Jobs placed.
+    pub placed: AtomicU64,
+    /// Requests queued (each poll counts).
+    pub queued: AtomicU64,
+    /// Requests refused (unplaceable, over quota, bad).
+    pub refused: AtomicU64,
+    /// Leases reclaimed by a TTL (server or lease).
+    pub reclaimed: AtomicU64,
+}
+
+/// The running manager's shared state.
+pub struct Manager {
+    join_token: String,
+    pool_secret: String,
+    tenants: Vec<(String, TenantRule)>,
+    policy: PolicyKind,
+    timing: Timing,
+    store: Store,
+    /// What the last reaper pass saw, for metrics.
+    pub snapshot: Mutex<Option<(Pool, crate::pool::Alive, u64)>>,
+    /// This process's counters.
+    pub counters: Counters,
+}
+
+/// A bound manager; [`Self::serve`] runs it.
+pub struct BoundManager {
+    endpoint: quinn::Endpoint,
+    manager: Arc<Manager>,
+}
+
+impl BoundManager {
+    /// Binds the QUIC endpoint. Must be called inside a tokio runtime.
+    pub fn bind(config: ManagerConfig) -> Result<Self> {
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(config.identity.chain, config.identity.key)
+        .context("manager certificate")?;
+        tls.alpn_protocols = vec![MANAGER_ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?))
+            .max_concurrent_bidi_streams(64u32.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .receive_window((4 * MAX_MANAGER_FRAME as u32).into())
+            .stream_receive_window((MAX_MANAGER_FRAME as u32).into());
+        server_config.transport_config(Arc::new(transport));
+        server_config.max_incoming(MAX_INCOMING);
+        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("listening on {}", config.listen))?;
+        Ok(Self {
+            endpoint,
+            manager: Arc::new(Manager {
+                join_token: config.join_token,
+                pool_secret: config.pool_secret,
+                tenants: config.tenants,
+                policy: config.policy,
+                timing: config.timing,
+                store: config.store,
+                snapshot: Mutex::new(None),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The manager, for metrics.
+    pub fn manager(&self) -> Arc<Manager> {
+        self.manager.clone()
+    }
+
+    /// Serves until the endpoint closes. A reaper reclaims what the TTLs say is
+    /// gone every second, whether or not requests come.
+    pub async fn serve(self) {
+        let reaper = tokio::spawn(reap(self.manager.clone()));
+        let places = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        while let Some(incoming) = self.endpoint.accept().await {
+            let manager = self.manager.clone();
+            let places = places.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(connection) => serve_connection(connection, manager, places).await,
+                    Err(e) => tracing::debug!(%remote, "manager handshake failed: {e}"),
+                }
+            });
+        }
+        reaper.abort();
+    }
+}
+
+async fn reap(manager: Arc<Manager>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match manager.store.expire(&manager.timing).await {
+            Ok(gone) => {
+                if !gone.is_empty() {
+                    tracing::info!(leases = ?gone, "reclaimed leases");
+                    manager
+                        .counters
+                        .reclaimed
+                        .fetch_add(gone.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::warn!("reclaiming: {e}"),
+        }
+        match manager.store.read(&manager.timing).await {
+            Ok(snapshot) => {
+                *manager.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(snapshot)
+            }
+            Err(e) => tracing::warn!("reading the pool: {e}"),
+        }
+    }
+}
+
+async fn serve_connection(
+    connection: quinn::Connection,
+    manager: Arc<Manager>,
+    places: Arc<tokio::sync::Semaphore>,
+) {
+    let remote = connection.remote_address();
+    loop {
+        let (mut send, mut recv) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                tracing::debug!(%remote, "manager connection ended: {e}");
+                return;
+            }
+        };
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            let reply = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
+                Ok(Ok(request)) => manager.handle(request, remote).await,
+                Ok(Err(e)) => Err(ManagerError::BadRequest(format!("{e:#}"))),
+                Err(_) => Err(ManagerError::BadRequest(format!(
+                    "no request within {REQUEST_TIMEOUT:?}"
+                ))),
+            };
+            if let Ok(bytes) = frame::encode(&reply) {
+                let _ = send.write_all(&bytes).await;
+            }
+            let _ = send.finish();
+            drop(place);
+        });
+    }
+}
+
+async fn read_request(recv: &mut quinn::RecvStream) -> Result<ManagerRequest> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await?;
+    let len = frame::body_len(prefix)?;
+    anyhow::ensure!(
+        len <= MAX_MANAGER_FRAME,
+        "a request of {len} bytes, over {MAX_MANAGER_FRAME}"
+    );
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    Ok(frame::decode(&body)?)
+}
+
+impl Manager {
+    /// The rule of the tenant whose token this is (every token compared).
+    fn tenant(&self, token: &str) -> Result<&TenantRule, ManagerError> {
+        let mut found = None;
+        for (candidate, rule) in &self.tenants {
+            if same_bytes(candidate.as_bytes(), token.as_bytes()) && found.is_none() {
+                found = Some(rule);
+            }
+        }
+        found.ok_or_else(|| ManagerError::NotAllowed("unknown tenant token".into()))
+    }
+
+    fn rule(&self, name: &str) -> Option<TenantRule> {
+        self.tenants
+            .iter()
+            .find(|(_, r)| r.name == name)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn is_operator(&self, token: &str) -> bool {
+        same_bytes(self.join_token.as_bytes(), token.as_bytes())
+    }
+
+    /// Whose figures `token` may see: everyone's (`None`) for the join token, a
+    /// tenant's own otherwise.
+    fn scope(&self, token: &str) -> Result<Option<String>, ManagerError> {
+        if self.is_operator(token) {
+            Ok(None)
+        } else {
+            Ok(Some(self.tenant(token)?.name.clone()))
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, request: ManagerRequest, remote: SocketAddr) -> ManagerResult {
+        let timing = self.timing;
+        let result = self.answer(request, remote, &timing).await;
+        let counter = match &result {
+            Ok(ManagerReply::Placed(_)) => Some(&self.counters.placed),
+            Ok(ManagerReply::Queued(_)) => Some(&self.counters.queued),
+            Err(
+                ManagerError::Unplaceable(_)
+                | ManagerError::OverQuota(_)
+                | ManagerError::BadRequest(_),
+            ) => Some(&self.counters.refused),
+            _ => None,
+        };
+        if let Some(counter) = counter {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn answer(
+        &self,
+        request: ManagerRequest,
+        remote: SocketAddr,
+        timing: &Timing,
+    ) -> ManagerResult {
+        match request {
+            ManagerRequest::Register { join_token, server } => {
+                if !self.is_operator(&join_token) {
+                    tracing::warn!(%remote, "refused a registration: wrong join token");
+                    return Err(ManagerError::NotAllowed("wrong join token".into()));
+                }
+                if server.address.len() > MAX_NAME
+                    || server.backend.len() > MAX_NAME
+                    || server.fingerprint.len() > MAX_NAME
+                    || server
+                        .devices
+                        .iter()
+                        .any(|d| d.name.len() > MAX_NAME || d.uuid.len() > MAX_NAME)
+                {
+                    return Err(ManagerError::BadRequest("a name too long".into()));
+                }
+                let etcd_lease = self
+                    .store
+                    .register_alive(&server.address, timing)
+                    .await
+                    .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
+                let address = server.address.clone();
+                let devices = server.devices.len();
+                self.store
+                    .update(timing, |pool, _, now| {
+                        pool.register(server.clone(), now, etcd_lease)
+                    })
+                    .await??;
+                tracing::info!(server = %address, devices, %remote, "server registered");
+                Ok(ManagerReply::Registered(Registered {
+                    server_key: server_key(self.pool_secret.as_bytes(), &address),
+                    heartbeat_ms: timing.heartbeat_ms,
+                    ttl_ms: timing.server_ttl_ms,
+                }))
+            }
+            ManagerRequest::Heartbeat {
+                server,
+                key,
+                instance,
+                report,
+            } => {
+                let expected = server_key(self.pool_secret.as_bytes(), &server);
+                if !same_bytes(expected.as_bytes(), key.as_bytes()) {
+                    return Err(ManagerError::NotAllowed("wrong server key".into()));
+                }
+                if self.store.is_etcd() {
+                    let (pool, _, _) = self.store.read(timing).await?;
+                    let lease = pool.servers.get(&server).and_then(|s| s.etcd_lease);
+                    let kept = self
+                        .store
+                        .keep_alive(lease)
+                        .await
+                        .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
+                    if !kept || lease.is_none() {
+                        return Err(ManagerError::UnknownServer(format!(
+                            "{server}'s registration lapsed"
+                        )));
+                    }
+                }
+                let ack = self
+                    .store
+                    .update(timing, |pool, _, now| {
+                        pool.heartbeat(&server, instance, report.clone(), now)
+                    })
+                    .await??;
+                Ok(ManagerReply::HeartbeatAck(ack))
+            }
+            ManagerRequest::Candidates { token, need } => {
+                self.tenant(&token)?;
+                let (pool, alive, _) = self.store.read(timing).await?;
+                Ok(ManagerReply::Candidates {
+                    servers: pool.candidates(&need, &alive),
+                    measure: self.policy == PolicyKind::LowestLatency
+                        || self.tenant(&token)?.policy == Some(PolicyKind::LowestLatency),
+                })
+            }
+            ManagerRequest::Place {
+                token,
+                need,
+                rtts,
+                wait,
+                request,
+            } => {
+                let rule = self.tenant(&token)?.clone();
+                let outcome = self
+                    .store
+                    .update(timing, |pool, alive, now| {
+                        pool.place(
+                            &rule,
+                            &|name| self.rule(name),
+                            self.policy,
+                            &need,
+                            &rtts,
+                            wait,
+                            request,
+                            now,
+                            alive,
+                        )
+                    })
+                    .await??;
+                match outcome {
+                    Outcome::Queued(queued) => Ok(ManagerReply::Queued(queued)),
+                    Outcome::Placed(claims) => {
+                        let (pool, _, _) = self.store.read(timing).await?;
+                        let fingerprint = pool
+                            .servers
+                            .get(&claims.server)
+                            .map(|s| s.description.fingerprint.clone())
+                            .unwrap_or_default();
+                        tracing::info!(
+                            tenant = %claims.tenant,
+                            server = %claims.server,
+                            devices = ?claims.devices,
+                            memory = claims.memory,
+                            lease = claims.lease,
+                            "placed"
+                        );
+                        Ok(ManagerReply::Placed(Placement {
+                            token: claims
+                                .sign(&server_key(self.pool_secret.as_bytes(), &claims.server)),
+                            claims,
+                            fingerprint,
+                            renew_ms: (timing.lease_ttl_ms / 5).max(500),
+                        }))
+                    }
+                }
+            }
+            ManagerRequest::Renew { token, lease } => {
+                let name = self.tenant(&token)?.name.clone();
+                self.store
+                    .update(timing, |pool, _, now| pool.renew(&name, lease, now))
+                    .await??;
+                Ok(ManagerReply::Renewed {
+                    renew_ms: (timing.lease_ttl_ms / 5).max(500),
+                })
+            }
+            ManagerRequest::Release { token, lease } => {
+                let name = self.tenant(&token)?.name.clone();
+                self.store
+                    .update(timing, |pool, _, _| pool.release(&name, lease))
+                    .await??;
+                tracing::info!(tenant = %name, lease, "released");
+                Ok(ManagerReply::Done)
+            }
+            ManagerRequest::Usage { token, since_ms } => {
+                let own = self.scope(&token)?;
+                let (pool, _, _) = self.store.read(timing).await?;
+                Ok(ManagerReply::Usage(
+                    pool.hourly
+                        .into_iter()
+                        .filter(|u| u.since_ms + 3_600_000 > since_ms)
+                        .filter(|u| own.as_ref().is_none_or(|t| *t == u.tenant))
+                        .collect(),
+                ))
+            }
+            ManagerRequest::Status { token } => {
+                let own = self.scope(&token)?;
+                let (pool, alive, now) = self.store.read(timing).await?;
+                let rules: Vec<TenantRule> = self.tenants.iter().map(|(_, r)| r.clone()).collect();
+                Ok(ManagerReply::Status(pool.status(
+                    self.policy,
+                    &rules,
+                    own.as_deref(),
+                    now,
+                    &alive,
+                )))
+            }
+        }
+    }
+
+    /// The pool's status as of the last reaper pass (every tenant).
+    pub fn last_status(&self) -> Option<xpupool_protocol::pool::PoolStatus> {
+        let snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        let (pool, alive, now) = snapshot.as_ref()?;
+        let rules: Vec<TenantRule> = self.tenants.iter().map(|(_, r)| r.clone()).collect();
+        Some(pool.status(self.policy, &rules, None, *now, alive))
+    }
+}

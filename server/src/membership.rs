@@ -1,0 +1,351 @@
+//! A server in a pool (`xpupool server --manager ADDR`): it registers with the
+//! pool's manager, heart-beats its figures, and admits only clients that present
+//! a lease the manager signed for it.
+//!
+//! A lease is checked here, with the key the manager gave this server at
+//! registration: no round trip per client. The manager's heartbeat answers list
+//! the server's live leases as of a time on the manager's clock; a lease issued
+//! before that time and not listed is over (released, lapsed or preempted), so
+//! it opens no new session. Sessions it already opened carry on until they end.
+//!
+//! Each lease is a tenant of this server with the lease's memory as its limit on
+//! the lease's devices. Metering counters (busy seconds, byte-seconds) are kept
+//! per manager tenant and device for the server's life and sent whole at every
+//! heartbeat; the manager bills their growth.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use xpupool_client::pool::{ManagerAccess, ManagerLink};
+use xpupool_protocol::pool::{
+    Class, DeviceReport, LeaseClaims, LeaseReport, ManagerError, ManagerReply, ManagerRequest,
+    PoolDevice, ServerDescription, ServerReport, TenantMeter,
+};
+use xpupool_protocol::{code, CuError};
+
+use crate::scheduler::Priority;
+use crate::tenancy::{Host, Policy, Tenant};
+
+/// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`, `…COMPUTE_CAPABILITY_MAJOR`, `…MINOR`.
+const ATTRIBUTE_SMS: u32 = 16;
+const ATTRIBUTE_CC_MAJOR: u32 = 75;
+const ATTRIBUTE_CC_MINOR: u32 = 76;
+
+/// Sessions one lease may have open at once.
+const MAX_SESSIONS_PER_LEASE: usize = 64;
+/// Leases this server keeps track of at once.
+const MAX_LEASES: usize = 4096;
+/// Longest wait between registration attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How a server joins its pool.
+#[derive(Debug, Clone)]
+pub struct JoinSettings {
+    /// The managers.
+    pub access: ManagerAccess,
+    /// The pool's join token.
+    pub join_token: String,
+    /// Where clients reach this server (`host:port`).
+    pub address: String,
+    /// This server's certificate fingerprint.
+    pub fingerprint: String,
+}
+
+/// A lease this server has admitted sessions under.
+struct Held {
+    tenant: Tenant,
+    claims: LeaseClaims,
+    started: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// The key from the last registration; `None` until registered.
+    key: Option<String>,
+    /// Live leases as of `listed_ms` (manager's clock).
+    live: HashSet<u64>,
+    listed_ms: u64,
+    /// Leases sessions were opened under.
+    held: HashMap<u64, Held>,
+    /// Counters of leases gone, per (tenant, device): busy seconds, byte-seconds.
+    retired: HashMap<(String, u32), (f64, f64)>,
+}
+
+/// This server's membership of a pool.
+pub struct Membership {
+    settings: JoinSettings,
+    instance: u64,
+    state: Mutex<State>,
+}
+
+impl Membership {
+    /// A membership not yet registered; [`Self::run`] registers and heart-beats.
+    pub fn new(settings: JoinSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            instance: rand::random(),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tenant of a client presenting `token`, if it is a live lease for this
+    /// server; every lease's sessions share one tenant (one ledger).
+    pub fn admit(&self, token: &str) -> Result<Tenant, CuError> {
+        let refuse = |why: String| CuError::new(code::NOT_PERMITTED, why);
+        let mut state = self.state();
+        let key = state.key.clone().ok_or_else(|| {
+            refuse("this server has not registered with its pool manager yet; try again in a few seconds".into())
+        })?;
+        let claims = match LeaseClaims::verify(token, &key) {
+            None => {
+                return Err(refuse(
+                    "this server is in a pool: it admits only leases of its pool manager (run with XPUPOOL_MANAGER, not XPUPOOL_SERVER)".into(),
+                ))
+            }
+            Some(Err(why)) => return Err(refuse(format!("not a valid lease: {why}"))),
+            Some(Ok(claims)) => claims,
+        };
+        if claims.server != self.settings.address {
+            return Err(refuse(format!(
+                "the lease is for {}, not this server",
+                claims.server
+            )));
+        }
+        if !state.live.contains(&claims.lease) && claims.issued_ms <= state.listed_ms {
+            return Err(refuse(format!(
+                "lease {} is over (released, lapsed or preempted)",
+                claims.lease
+            )));
+        }
+        if let Some(held) = state.held.get_mut(&claims.lease) {
+            if held.claims != claims {
+                return Err(refuse(format!(
+                    "lease {} is already in use here under other terms",
+                    claims.lease
+                )));
+            }
+            held.started = true;
+            return Ok(held.tenant.clone());
+        }
+        if state.held.len() >= MAX_LEASES {
+            return Err(refuse(format!("this server holds {MAX_LEASES} leases")));
+        }
+        let tenant = Tenant::with_policy(
+            claims.tenant.clone(),
+            Policy {
+                memory_limit: Some(claims.memory),
+                compute_share: claims.compute_share.clamp(0.01, 1.0),
+                priority: match claims.class {
+                    Class::High => Priority::High,
+                    Class::Normal => Priority::Normal,
+                    Class::Low => Priority::Low,
+                },
+                devices: Some(claims.devices.clone()),
+                sm_limit: None,
+                max_sessions: MAX_SESSIONS_PER_LEASE,
+            },
+        );
+        state.held.insert(
+            claims.lease,
+            Held {
+                tenant: tenant.clone(),
+                claims,
+                started: true,
+            },
+        );
+        Ok(tenant)
+    }
+
+    /// The tenants of the leases held now (for metrics and status).
+    pub fn tenants(&self) -> Vec<Tenant> {
+        self.state()
+            .held
+            .values()
+            .map(|h| h.tenant.clone())
+            .collect()
+    }
+
+    fn description(&self, host: &Host) -> ServerDescription {
+        let attribute = |info: &xpupool_protocol::DeviceInfo, which: u32| {
+            info.attributes
+                .iter()
+                .find(|(a, _)| *a == which)
+                .map_or(0, |(_, v)| (*v).max(0) as u32)
+        };
+        ServerDescription {
+            address: self.settings.address.clone(),
+            fingerprint: self.settings.fingerprint.clone(),
+            backend: host.backend().name().to_owned(),
+            devices: host
+                .devices()
+                .iter()
+                .map(|info| PoolDevice {
+                    name: info.name.clone(),
+                    uuid: xpupool_protocol::gpu_uuid_text(&info.uuid),
+                    memory: info.total_memory,
+                    sms: attribute(info, ATTRIBUTE_SMS),
+                    compute_capability: (
+                        attribute(info, ATTRIBUTE_CC_MAJOR),
+                        attribute(info, ATTRIBUTE_CC_MINOR),
+                    ),
+                })
+                .collect(),
+            instance: self.instance,
+        }
+    }
+
+    /// The figures of a heartbeat.
+    fn report(&self, host: &Host) -> ServerReport {
+        let state = self.state();
+        let devices = host.devices().len();
+        let mut meters: HashMap<(String, u32), (f64, f64, u64)> = state
+            .retired
+            .iter()
+            .map(|(k, (busy, bytes))| (k.clone(), (*busy, *bytes, 0)))
+            .collect();
+        let mut ledger_sum = vec![0u64; devices];
+        let mut sessions = 0;
+        let mut leases = Vec::new();
+        for (lease, held) in &state.held {
+            for &d in held
+                .claims
+                .devices
+                .iter()
+                .filter(|&&d| (d as usize) < devices)
+            {
+                let ledger = held.tenant.memory(d);
+                let entry = meters
+                    .entry((held.tenant.name.clone(), d))
+                    .or_insert((0.0, 0.0, 0));
+                entry.0 += held.tenant.usage(d).busy_ns.load(Ordering::Relaxed) as f64 * 1e-9;
+                entry.1 += ledger.byte_seconds();
+                entry.2 += ledger.used();
+                ledger_sum[d as usize] += ledger.used();
+            }
+            sessions += held.tenant.sessions() as u32;
+            leases.push(LeaseReport {
+                lease: *lease,
+                sessions: held.tenant.sessions() as u32,
+                started: held.started,
+            });
+        }
+        ServerReport {
+            devices: (0..devices)
+                .map(|d| {
+                    let figures = host.device_figures(d as u32, ledger_sum[d]);
+                    DeviceReport {
+                        memory_used: figures.memory_used,
+                        utilization: figures.utilization,
+                        power_watts: None,
+                    }
+                })
+                .collect(),
+            meters: meters
+                .into_iter()
+                .map(|((tenant, device), (busy, bytes, used))| TenantMeter {
+                    tenant,
+                    device,
+                    busy_seconds: busy,
+                    byte_seconds: bytes,
+                    memory_used: used,
+                })
+                .collect(),
+            leases,
+            sessions,
+        }
+    }
+
+    /// Takes a heartbeat's answer: the live leases; leases that are over and
+    /// have no session left are forgotten, their counters kept.
+    fn listed(&self, now_ms: u64, live: Vec<u64>) {
+        let mut state = self.state();
+        state.live = live.into_iter().collect();
+        state.listed_ms = now_ms;
+        let over: Vec<u64> = state
+            .held
+            .iter()
+            .filter(|(id, h)| !state.live.contains(id) && h.tenant.sessions() == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in over {
+            let held = state.held.remove(&id).expect("listed above");
+            for &d in &held.claims.devices {
+                let busy = held.tenant.usage(d).busy_ns.load(Ordering::Relaxed) as f64 * 1e-9;
+                let bytes = held.tenant.memory(d).byte_seconds();
+                let entry = state
+                    .retired
+                    .entry((held.tenant.name.clone(), d))
+                    .or_insert((0.0, 0.0));
+                entry.0 += busy;
+                entry.1 += bytes;
+            }
+        }
+    }
+
+    /// Registers and heart-beats for as long as the runtime runs; a manager that
+    /// forgets this server (a restart) gets it registered again.
+    pub async fn run(self: Arc<Self>, host: Arc<Host>) {
+        let link = match ManagerLink::new(self.settings.access.clone()) {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::error!("cannot reach the pool manager: {e:#}");
+                return;
+            }
+        };
+        let mut backoff = Duration::from_millis(500);
+        let mut interval = Duration::from_secs(2);
+        loop {
+            let registered = self.state().key.is_some();
+            if !registered {
+                let request = ManagerRequest::Register {
+                    join_token: self.settings.join_token.clone(),
+                    server: self.description(&host),
+                };
+                match link.call(&request).await {
+                    Ok(Ok(ManagerReply::Registered(r))) => {
+                        let manager = link.address().await;
+                        tracing::info!(%manager, "registered with the pool manager");
+                        self.state().key = Some(r.server_key);
+                        interval = Duration::from_millis(r.heartbeat_ms.clamp(100, 60_000));
+                        backoff = Duration::from_millis(500);
+                    }
+                    Ok(Ok(other)) => {
+                        tracing::warn!("the manager answered a registration with {other:?}")
+                    }
+                    Ok(Err(e)) => tracing::warn!("the pool manager refused this server: {e}"),
+                    Err(e) => tracing::warn!("registering with the pool manager: {e:#}"),
+                }
+                if self.state().key.is_none() {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+            let key = self.state().key.clone().unwrap_or_default();
+            let request = ManagerRequest::Heartbeat {
+                server: self.settings.address.clone(),
+                key,
+                instance: self.instance,
+                report: self.report(&host),
+            };
+            match link.call(&request).await {
+                Ok(Ok(ManagerReply::HeartbeatAck(ack))) => self.listed(ack.now_ms, ack.leases),
+                Ok(Err(ManagerError::UnknownServer(why))) => {
+                    tracing::info!("registering again: {why}");
+                    self.state().key = None;
+                    continue;
+                }
+                Ok(Ok(other)) => tracing::warn!("the manager answered a heartbeat with {other:?}"),
+                Ok(Err(e)) => tracing::warn!("the pool manager refused a heartbeat: {e}"),
+                Err(e) => tracing::warn!("heart-beating: {e:#}"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
