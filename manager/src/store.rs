@@ -189,12 +189,16 @@ impl Store {
             return Ok(true);
         };
         let mut client = etcd.client.clone();
-        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-        keeper.keep_alive().await?;
-        let answer = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        // Opening the keep-alive stream sends one keep-alive and reads its answer;
+        // a lapsed lease is an error there.
+        let opened = tokio::time::timeout(Duration::from_secs(5), client.lease_keep_alive(lease))
             .await
-            .context("etcd did not answer a keep-alive")??;
-        Ok(answer.is_some_and(|a| a.ttl() > 0))
+            .context("etcd did not answer a keep-alive")?;
+        match opened {
+            Ok(_) => Ok(true),
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

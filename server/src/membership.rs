@@ -200,8 +200,10 @@ impl Membership {
         }
     }
 
-    /// The figures of a heartbeat.
-    fn report(&self, host: &Host) -> ServerReport {
+    /// What this server has measured of each manager tenant on each device
+    /// since it started: busy seconds and byte-seconds (cumulative), and the bytes
+    /// held now. Heartbeats carry these whole; the manager bills their growth.
+    pub fn meters(&self, host: &Host) -> Vec<TenantMeter> {
         let state = self.state();
         let devices = host.devices().len();
         let mut meters: HashMap<(String, u32), (f64, f64, u64)> = state
@@ -209,10 +211,7 @@ impl Membership {
             .iter()
             .map(|(k, (busy, bytes))| (k.clone(), (*busy, *bytes, 0)))
             .collect();
-        let mut ledger_sum = vec![0u64; devices];
-        let mut sessions = 0;
-        let mut leases = Vec::new();
-        for (lease, held) in &state.held {
+        for held in state.held.values() {
             for &d in held
                 .claims
                 .devices
@@ -226,19 +225,44 @@ impl Membership {
                 entry.0 += held.tenant.usage(d).busy_ns.load(Ordering::Relaxed) as f64 * 1e-9;
                 entry.1 += ledger.byte_seconds();
                 entry.2 += ledger.used();
-                ledger_sum[d as usize] += ledger.used();
             }
-            sessions += held.tenant.sessions() as u32;
-            leases.push(LeaseReport {
+        }
+        let mut meters: Vec<TenantMeter> = meters
+            .into_iter()
+            .map(|((tenant, device), (busy, bytes, used))| TenantMeter {
+                tenant,
+                device,
+                busy_seconds: busy,
+                byte_seconds: bytes,
+                memory_used: used,
+            })
+            .collect();
+        meters.sort_by(|a, b| (&a.tenant, a.device).cmp(&(&b.tenant, b.device)));
+        meters
+    }
+
+    /// The figures of a heartbeat.
+    fn report(&self, host: &Host) -> ServerReport {
+        let meters = self.meters(host);
+        let devices = host.devices().len();
+        let mut used = vec![0u64; devices];
+        for m in &meters {
+            used[m.device as usize] += m.memory_used;
+        }
+        let state = self.state();
+        let leases = state
+            .held
+            .iter()
+            .map(|(lease, held)| LeaseReport {
                 lease: *lease,
                 sessions: held.tenant.sessions() as u32,
                 started: held.started,
-            });
-        }
+            })
+            .collect::<Vec<_>>();
         ServerReport {
             devices: (0..devices)
                 .map(|d| {
-                    let figures = host.device_figures(d as u32, ledger_sum[d]);
+                    let figures = host.device_figures(d as u32, used[d]);
                     DeviceReport {
                         memory_used: figures.memory_used,
                         utilization: figures.utilization,
@@ -246,18 +270,9 @@ impl Membership {
                     }
                 })
                 .collect(),
-            meters: meters
-                .into_iter()
-                .map(|((tenant, device), (busy, bytes, used))| TenantMeter {
-                    tenant,
-                    device,
-                    busy_seconds: busy,
-                    byte_seconds: bytes,
-                    memory_used: used,
-                })
-                .collect(),
+            meters,
+            sessions: leases.iter().map(|l| l.sessions).sum(),
             leases,
-            sessions,
         }
     }
 
@@ -334,6 +349,7 @@ impl Membership {
                 instance: self.instance,
                 report: self.report(&host),
             };
+            let mut pause = interval;
             match link.call(&request).await {
                 Ok(Ok(ManagerReply::HeartbeatAck(ack))) => self.listed(ack.now_ms, ack.leases),
                 Ok(Err(ManagerError::UnknownServer(why))) => {
@@ -343,9 +359,14 @@ impl Membership {
                 }
                 Ok(Ok(other)) => tracing::warn!("the manager answered a heartbeat with {other:?}"),
                 Ok(Err(e)) => tracing::warn!("the pool manager refused a heartbeat: {e}"),
-                Err(e) => tracing::warn!("heart-beating: {e:#}"),
+                Err(e) => {
+                    // No manager answered: try again soon, not a whole interval
+                    // later, so a manager's death costs little of the TTL.
+                    tracing::warn!("heart-beating: {e:#}");
+                    pause = interval.min(Duration::from_millis(250));
+                }
             }
-            tokio::time::sleep(interval).await;
+            tokio::time::sleep(pause).await;
         }
     }
 }

@@ -120,6 +120,29 @@ impl Exporter {
             }
         }
 
+        if let Some(pool) = self.tenants.pool() {
+            let busy = Family::<TenantLabels, FloatCounter>::default();
+            let held = Family::<TenantLabels, FloatCounter>::default();
+            for m in pool.meters(&self.host) {
+                let labels = TenantLabels {
+                    tenant: m.tenant,
+                    device: m.device.to_string(),
+                    uuid: gpu_uuid_text(&devices[m.device as usize].uuid),
+                };
+                busy.get_or_create(&labels).inc_by(m.busy_seconds);
+                held.get_or_create(&labels).inc_by(m.byte_seconds);
+            }
+            registry.register(
+                "metered_busy_seconds",
+                "Device time of the pool tenant's kernels on this server since it started, as its manager is told",
+                busy,
+            );
+            registry.register(
+                "metered_memory_byte_seconds",
+                "Device memory the pool tenant held on this server over time since it started, as its manager is told",
+                held,
+            );
+        }
         registry.register(
             "tenant_memory_used_bytes",
             "Device memory the tenant holds on the device, as its ledger charges it",

@@ -173,6 +173,15 @@ impl Tenants {
         self.0.write().unwrap_or_else(|e| e.into_inner()).pool = Some(membership);
     }
 
+    /// The pool this server is a member of, if any.
+    pub fn pool(&self) -> Option<Arc<Membership>> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .pool
+            .clone()
+    }
+
     /// The tenant a client presenting `token` is, or why it is refused.
     pub fn admit(&self, token: &str) -> Result<Tenant, CuError> {
         let pool = self

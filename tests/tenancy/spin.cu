@@ -4,6 +4,9 @@
 //                          a time; prints "launches=N"
 //   spin latency COUNT     COUNT short kernels one at a time, each waited for; prints
 //                          "median_us=X" (launch to completion, as the program sees it)
+//   spin hold MIB SECONDS  holds MIB of device memory (written and read back) while it
+//                          runs `load SECONDS`: a job with known memory-time and busy
+//                          time, for the pool's metering tests (tests/pool)
 //   spin                   a short self-check of both
 //
 // Every kernel's result is checked against the CPU. Exit status: 0 PASS, 1 wrong
@@ -83,6 +86,16 @@ int main(int argc, char** argv) {
     unsigned iters = argc > 3 ? (unsigned)atoi(argv[3]) : 400;
     if (!strcmp(mode, "load")) {
         load(argc > 2 ? atof(argv[2]) : 1.0, iters, dev);
+    } else if (!strcmp(mode, "hold")) {
+        size_t bytes = (size_t)(argc > 2 ? atol(argv[2]) : 64) << 20;
+        unsigned char* held = nullptr;
+        CHECK(cudaMalloc(&held, bytes));
+        CHECK(cudaMemset(held, 0x5a, bytes));
+        load(argc > 3 ? atof(argv[3]) : 1.0, 400, dev);
+        unsigned char last = 0;
+        CHECK(cudaMemcpy(&last, held + bytes - 1, 1, cudaMemcpyDeviceToHost));
+        if (last != 0x5a) fail("held memory reads %u, expected 0x5a", last);
+        CHECK(cudaFree(held));
     } else if (!strcmp(mode, "latency")) {
         latency(argc > 2 ? atoi(argv[2]) : 20, iters, dev);
     } else {

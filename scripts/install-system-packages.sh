@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and tests need, if they are missing:
+#   protobuf-compiler  protoc, which the etcd-client crate's build runs
+#   etcd-server        etcd, which tests/pool starts for the managers' shared state
+# Idempotent; uses sudo when not root. Prints nothing when all are there.
+set -euo pipefail
+missing=()
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v etcd >/dev/null || missing+=(etcd-server)
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+echo "installing ${missing[*]} (Debian packages)" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q >&2 || true
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+# Debian starts etcd as a service on install; the tests start their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+    $sudo systemctl stop etcd >&2 || true
+fi
