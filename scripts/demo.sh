@@ -6,6 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 target=${CARGO_TARGET_DIR:-$root/target}
+# protoc, which the etcd client's build needs (Debian's protobuf-compiler).
+scripts/install-system-packages.sh --build-only
 echo "== building xpupool (cargo build --release)" >&2
 cargo build --release --quiet
 T=$(scripts/install-cuda-toolchain.sh)

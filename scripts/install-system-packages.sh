@@ -3,10 +3,13 @@
 #   protobuf-compiler  protoc, which the etcd-client crate's build runs
 #   etcd-server        etcd, which tests/pool starts for the managers' shared state
 # Idempotent; uses sudo when not root. Prints nothing when all are there.
+#   --build-only   only what the build needs (protoc)
 set -euo pipefail
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
-command -v etcd >/dev/null || missing+=(etcd-server)
+if [ "${1:-}" != "--build-only" ]; then
+    command -v etcd >/dev/null || missing+=(etcd-server)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"

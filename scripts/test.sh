@@ -11,7 +11,12 @@
 #   4. runs the unmodified PyTorch wheel (and pynvml) through xpupool: tests/python,
 #      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV);
 #   5. runs tests/tenancy: servers with several tenants (server.toml), their shares,
-#      priorities, ledgers, devices and metrics, with the programs of step 2.
+#      priorities, ledgers, devices and metrics, with the programs of step 2;
+#   6. runs tests/pool: a pool manager with three servers, placement by each policy,
+#      leases, quotas, metering, and two managers on etcd;
+#   7. validates the deployment files (deploy/: kubernetes-validate, systemd-analyze).
+# Debian's protobuf-compiler (for the etcd client's build) and etcd-server (for step
+# 6) are installed with apt-get if missing (scripts/install-system-packages.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -24,6 +29,7 @@ for tool in gcc objcopy; do
 done
 
 echo "== toolchain"
+scripts/install-system-packages.sh
 scripts/install-cuda-toolchain.sh
 
 echo "== cargo build --release"
@@ -42,3 +48,9 @@ scripts/run-python-tests.sh
 
 echo "== many tenants on one server (tests/tenancy)"
 XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-tenancy-tests.sh
+
+echo "== a pool of many servers (tests/pool)"
+XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-pool-tests.sh
+
+echo "== deployment files (deploy/)"
+scripts/validate-deploy.sh

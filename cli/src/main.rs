@@ -649,6 +649,9 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
         }
         None => None,
     };
+    if let (Some(settings), None) = (file, &joining) {
+        settings.check_tenants().map_err(anyhow::Error::msg)?;
+    }
     let (tokens, token_file) = match file {
         _ if joining.is_some() => (Vec::new(), None),
         Some(settings) => (settings.tokens.clone(), None),
@@ -755,8 +758,22 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
                 xpupool_server::metrics::start(server.host(), server.tenants(), listen).await?;
             println!("metrics: http://{bound}/metrics");
         }
-        if let Some(path) = config_path {
-            tokio::spawn(reload_on_hangup(path, server.tenants(), device_count));
+        match (config_path, server.tenants().pool()) {
+            (Some(path), None) => {
+                tokio::spawn(reload_on_hangup(path, server.tenants(), device_count));
+            }
+            // A hang-up must not end a pool server: there is nothing to reload.
+            (_, Some(_)) => {
+                tokio::spawn(async {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    if let Ok(mut hangups) = signal(SignalKind::hangup()) {
+                        while hangups.recv().await.is_some() {
+                            tracing::info!("SIGHUP: in a pool the manager's leases are the tenant table; nothing to reload");
+                        }
+                    }
+                });
+            }
+            (None, None) => {}
         }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
@@ -785,6 +802,7 @@ async fn reload_on_hangup(
     while hangups.recv().await.is_some() {
         let loaded = xpupool_server::config::ServerSettings::load(&path).and_then(|s| {
             s.check_devices(device_count)?;
+            s.check_tenants()?;
             Ok(s)
         });
         match loaded {

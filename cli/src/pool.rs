@@ -179,16 +179,22 @@ pub(crate) fn manager(args: ManagerArgs) -> Result<ExitCode> {
             Some(endpoints) => Store::etcd(endpoints, &args.etcd_prefix).await?,
             None => Store::memory(),
         };
+        // With etcd, the first manager's secrets are every manager's; the state
+        // directory keeps a copy (written only when it differs, so a read-only
+        // mount of the right files works).
+        let mut shared = Vec::new();
+        for name in ["join-token", "pool-secret"] {
+            let path = dir.join(name);
+            let local = tls::load_or_create_secret(&path)?;
+            let value = store.shared_value(name, &local).await?;
+            if value != local {
+                tls::write_private(&path, value.as_bytes())?;
+            }
+            shared.push(value);
+        }
+        let pool_secret = shared.pop().expect("two values");
+        let join_token = shared.pop().expect("two values");
         let join_path = dir.join("join-token");
-        let join_token = store
-            .shared_value("join-token", &tls::load_or_create_secret(&join_path)?)
-            .await?;
-        tls::write_private(&join_path, join_token.as_bytes())?;
-        let secret_path = dir.join("pool-secret");
-        let pool_secret = store
-            .shared_value("pool-secret", &tls::load_or_create_secret(&secret_path)?)
-            .await?;
-        tls::write_private(&secret_path, pool_secret.as_bytes())?;
         let cert_path = identity.cert_path.clone();
         let fingerprint = identity.fingerprint();
         let etcd = store.is_etcd();

@@ -119,6 +119,8 @@ pub struct ServerSettings {
     pub tokens: Vec<TokenEntry>,
     /// For each tenant, where its `devices` list is (to name it in an error).
     device_lists: Vec<(String, Vec<u32>, String)>,
+    /// The file, for errors found later.
+    path: PathBuf,
 }
 
 /// Where in a file an error is.
@@ -411,12 +413,6 @@ impl ServerSettings {
                 t.policy.compute_share = rest;
             }
         }
-        if tokens.is_empty() {
-            return Err(format!(
-                "{}: tenant: no [[tenant]] table: nobody could connect",
-                path.display()
-            ));
-        }
         Ok(Self {
             listen,
             backend,
@@ -425,7 +421,20 @@ impl ServerSettings {
             mock,
             tokens,
             device_lists,
+            path: path.to_owned(),
         })
+    }
+
+    /// Refuses a table without tenants (nobody could connect), unless the server
+    /// is in a pool, where its manager's leases admit clients instead.
+    pub fn check_tenants(&self) -> Result<(), String> {
+        if self.tokens.is_empty() {
+            return Err(format!(
+                "{}: tenant: no [[tenant]] table: nobody could connect (or join a pool with --manager)",
+                self.path.display()
+            ));
+        }
+        Ok(())
     }
 
     /// Checks each tenant's `devices` against the host's `count` devices.
@@ -574,8 +583,11 @@ sm_limit = 0.5
                 &format!("[[tenant]]\nname = \"a\"\ntoken = \"{A}\"\nsm_limit = 1.5\n"),
                 "server.toml:4:12: tenant[0].sm_limit: 1.5 is not in (0, 1]",
             ),
-            ("backend = \"mock\"\n", "server.toml: tenant: no [[tenant]] table"),
         ];
+        let no_tenants = parse("backend = \"mock\"\n").unwrap().check_tenants();
+        assert!(no_tenants
+            .unwrap_err()
+            .contains("server.toml: tenant: no [[tenant]] table"));
         for (text, expected) in cases {
             let e = parse(text)
                 .err()
