@@ -231,6 +231,8 @@ fn add_usage(
 const ENDED_KEEP_MS: u64 = 120_000;
 /// At most this many waiting requests.
 pub const MAX_QUEUE: usize = 1024;
+/// At most this many of them of one tenant, so one cannot fill the queue.
+pub const MAX_QUEUED_PER_TENANT: usize = 64;
 /// At most this many devices in one request.
 pub const MAX_DEVICES_PER_JOB: u32 = 16;
 /// At most this many servers in a pool (registrations past it are refused).
@@ -766,6 +768,13 @@ impl Pool {
                 match self.queue.iter_mut().find(|w| w.request == request) {
                     Some(w) => w.polled_ms = now_ms,
                     None => {
+                        let own = self.queue.iter().filter(|w| w.tenant == rule.name).count();
+                        if own >= MAX_QUEUED_PER_TENANT {
+                            return Err(ManagerError::Unplaceable(format!(
+                                "{reason}, and tenant {} has {own} requests waiting, its most",
+                                rule.name
+                            )));
+                        }
                         if self.queue.len() >= MAX_QUEUE {
                             return Err(ManagerError::Unplaceable(format!(
                                 "{reason}, and the queue is full ({MAX_QUEUE} waiting)"
@@ -1571,5 +1580,25 @@ mod tests {
         assert!(matches!(ask(&mut p, &t, 1, 50), Outcome::Queued(_)));
         assert!(matches!(ask(&mut p, &hi, 3, 60), Outcome::Placed(_)));
         assert_eq!(p.queue.len(), 2);
+        // One tenant cannot fill the queue.
+        for request in 100..100 + MAX_QUEUED_PER_TENANT as u64 - 2 {
+            assert!(matches!(ask(&mut p, &t, request, 70), Outcome::Queued(_)));
+        }
+        let refused = p.place(
+            &t,
+            &rules,
+            PolicyKind::LeastLoaded,
+            &need(16, 1),
+            &[],
+            true,
+            999,
+            80,
+            &alive,
+        );
+        assert!(
+            matches!(&refused, Err(ManagerError::Unplaceable(m)) if m.contains("requests waiting, its most")),
+            "{refused:?}"
+        );
+        assert!(matches!(ask(&mut p, &hi, 1000, 80), Outcome::Queued(_)));
     }
 }

@@ -23,8 +23,12 @@ use crate::store::Store;
 const MAX_IN_FLIGHT: usize = 256;
 /// Connections not yet established, at most.
 const MAX_INCOMING: usize = 256;
-/// A request must arrive within this.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections open at once, at most (servers, clients and operators together);
+/// past it new ones are refused until one closes.
+const MAX_CONNECTIONS: usize = 4096;
+/// A request must arrive within this (it holds one of [`MAX_IN_FLIGHT`] places
+/// meanwhile; clients send theirs at once).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection that says nothing for this long is closed (clients keep theirs
 /// alive between calls).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,8 +106,10 @@ impl BoundManager {
             .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?))
             .max_concurrent_bidi_streams(64u32.into())
             .max_concurrent_uni_streams(0u32.into())
-            .receive_window((4 * MAX_MANAGER_FRAME as u32).into())
-            .stream_receive_window((MAX_MANAGER_FRAME as u32).into());
+            // What one connection can make the manager buffer: requests are small,
+            // and a large one still flows, only paced.
+            .receive_window((2u32 << 20).into())
+            .stream_receive_window((1u32 << 20).into());
         server_config.transport_config(Arc::new(transport));
         server_config.max_incoming(MAX_INCOMING);
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
@@ -138,7 +144,13 @@ impl BoundManager {
     pub async fn serve(self) {
         let reaper = tokio::spawn(reap(self.manager.clone()));
         let places = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         while let Some(incoming) = self.endpoint.accept().await {
+            let Ok(open) = connections.clone().try_acquire_owned() else {
+                tracing::warn!(remote = %incoming.remote_address(), "refusing a connection: {MAX_CONNECTIONS} are open");
+                incoming.refuse();
+                continue;
+            };
             let manager = self.manager.clone();
             let places = places.clone();
             tokio::spawn(async move {
@@ -147,6 +159,7 @@ impl BoundManager {
                     Ok(connection) => serve_connection(connection, manager, places).await,
                     Err(e) => tracing::debug!(%remote, "manager handshake failed: {e}"),
                 }
+                drop(open);
             });
         }
         reaper.abort();

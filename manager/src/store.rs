@@ -26,7 +26,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// How often a write that lost a race is tried again before the request fails.
-const MAX_ATTEMPTS: usize = 64;
+const MAX_ATTEMPTS: usize = 256;
 
 /// The pool's state.
 pub enum Store {
