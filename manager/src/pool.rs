@@ -639,7 +639,9 @@ impl Pool {
         alive: &Alive,
         freed: &dyn Fn(&str, u32) -> u64,
     ) -> Option<(String, Vec<u32>)> {
-        let mut best: Option<((f64, f64, f64), String, Vec<u32>)> = None;
+        // (score, server, devices): the lowest score wins.
+        type Choice = ((f64, f64, f64), String, Vec<u32>);
+        let mut best: Option<Choice> = None;
         for (address, server) in &self.servers {
             if !alive.contains(address)
                 || need

@@ -33,7 +33,7 @@ pub enum Store {
     /// In this process.
     Memory(tokio::sync::Mutex<Pool>),
     /// In etcd.
-    Etcd(Etcd),
+    Etcd(Box<Etcd>),
 }
 
 /// A connection to etcd and where in it the pool is.
@@ -69,7 +69,7 @@ impl Store {
             .get(store.key("pool"), None)
             .await
             .with_context(|| format!("reading from etcd at {endpoints:?}"))?;
-        Ok(Store::Etcd(store))
+        Ok(Store::Etcd(Box::new(store)))
     }
 
     /// Whether the state is shared through etcd.
