@@ -645,7 +645,7 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
             let path = args.join_token_file.as_ref().context(
                 "--manager needs --join-token-file (the manager's state directory has join-token)",
             )?;
-            Some((access, pool::read_join_token(path)?))
+            Some((access, pool::read_pool_token(path)?))
         }
         None => None,
     };
@@ -822,8 +822,8 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     use xpupool_protocol::Calls;
     init_logging("warn");
     if let Some(manager) = args.pool.access()? {
-        let token = match &args.pool_status.join_token_file {
-            Some(path) => pool::read_join_token(path)?,
+        let token = match &args.pool_status.operator_token_file {
+            Some(path) => pool::read_pool_token(path)?,
             None => args.access.token()?,
         };
         return pool::status(manager, token, &args.pool_status, args.json);

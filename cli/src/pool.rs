@@ -183,7 +183,7 @@ pub(crate) fn manager(args: ManagerArgs) -> Result<ExitCode> {
         // directory keeps a copy (written only when it differs, so a read-only
         // mount of the right files works).
         let mut shared = Vec::new();
-        for name in ["join-token", "pool-secret"] {
+        for name in ["join-token", "operator-token"] {
             let path = dir.join(name);
             let local = tls::load_or_create_secret(&path)?;
             let value = store.shared_value(name, &local).await?;
@@ -192,9 +192,10 @@ pub(crate) fn manager(args: ManagerArgs) -> Result<ExitCode> {
             }
             shared.push(value);
         }
-        let pool_secret = shared.pop().expect("two values");
+        let operator_token = shared.pop().expect("two values");
         let join_token = shared.pop().expect("two values");
         let join_path = dir.join("join-token");
+        let operator_path = dir.join("operator-token");
         let cert_path = identity.cert_path.clone();
         let fingerprint = identity.fingerprint();
         let etcd = store.is_etcd();
@@ -202,7 +203,7 @@ pub(crate) fn manager(args: ManagerArgs) -> Result<ExitCode> {
             listen,
             identity,
             join_token,
-            pool_secret,
+            operator_token,
             tenants,
             policy,
             timing,
@@ -212,6 +213,7 @@ pub(crate) fn manager(args: ManagerArgs) -> Result<ExitCode> {
         println!("certificate: {}", cert_path.display());
         println!("fingerprint: {fingerprint}");
         println!("join token file: {}", join_path.display());
+        println!("operator token file: {}", operator_path.display());
         println!("policy: {}", policy.name());
         println!(
             "state: {}",
@@ -384,9 +386,10 @@ pub(crate) struct PoolStatusArgs {
     /// (2026-12-01T00:00:00Z), a date (2026-12-01), or an age (24h, 7d, 90m).
     #[arg(long, requires = "usage")]
     pub(crate) since: Option<String>,
-    /// The pool's join token file (to see every tenant), instead of a tenant token.
+    /// The pool's operator token file (the manager's state directory has it),
+    /// to see every tenant, instead of a tenant token.
     #[arg(long)]
-    pub(crate) join_token_file: Option<PathBuf>,
+    pub(crate) operator_token_file: Option<PathBuf>,
 }
 
 /// Parses `--since`: an age (`24h`, `7d`, `90m`, `30s`), a date or an RFC 3339
@@ -621,8 +624,8 @@ pub(crate) fn status_table(status: &PoolStatus) -> String {
     out
 }
 
-/// The join token in `path`.
-pub(crate) fn read_join_token(path: &Path) -> Result<String> {
+/// The token (join or operator) in `path`.
+pub(crate) fn read_pool_token(path: &Path) -> Result<String> {
     xpupool_server::config::read_token_file(path).map_err(anyhow::Error::msg)
 }
 

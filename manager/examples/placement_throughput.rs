@@ -105,7 +105,7 @@ fn main() -> Result<()> {
             listen: "127.0.0.1:0".parse()?,
             identity,
             join_token: JOIN.into(),
-            pool_secret: "benchmark-secret".into(),
+            operator_token: "benchmark-operator".into(),
             tenants: vec![(
                 TOKEN.into(),
                 TenantRule {
@@ -125,8 +125,9 @@ fn main() -> Result<()> {
         tokio::spawn(bound.serve());
         let access = ManagerAccess::new(&address, Some(cert), None)?;
         let admin = ManagerLink::new(access.clone())?;
+        let mut keys = Vec::new();
         for s in 0..o.servers {
-            admin
+            let registered = admin
                 .ask(&ManagerRequest::Register {
                     join_token: JOIN.into(),
                     server: ServerDescription {
@@ -144,19 +145,23 @@ fn main() -> Result<()> {
                             .collect(),
                         instance: 1,
                     },
+                    key: None,
                 })
                 .await?;
+            match registered {
+                ManagerReply::Registered(r) => keys.push(r.server_key),
+                other => anyhow::bail!("registration answered with {other:?}"),
+            }
         }
         // Keep the servers alive while the benchmark runs.
-        let secret = "benchmark-secret";
         let beats = {
             let link = Arc::new(ManagerLink::new(access.clone())?);
             let servers = o.servers;
             tokio::spawn(async move {
                 loop {
-                    for s in 0..servers {
+                    for (s, key) in keys.iter().enumerate().take(servers) {
                         let server = format!("10.0.{}.{}:7800", s / 250, s % 250);
-                        let key = xpupool_protocol::pool::server_key(secret.as_bytes(), &server);
+                        let key = key.clone();
                         let _ = link
                             .call(&ManagerRequest::Heartbeat {
                                 server,

@@ -4,13 +4,13 @@
 //! ([`crate::store`]) runs these functions on the state it keeps (in memory, or
 //! read from etcd and written back only if nobody else wrote in between).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use xpupool_protocol::pool::{
-    Class, DeviceStatus, HeartbeatAck, LeaseClaims, LeaseStatus, ManagerError, PoolStatus, Queued,
-    Requirements, Rtt, ServerDescription, ServerReport, ServerStatus, TenantMeter, TenantStatus,
-    UsageRecord,
+    same_bytes, Class, DeviceStatus, HeartbeatAck, LeaseClaims, LeaseStatus, ManagerError,
+    PoolStatus, Queued, Requirements, Rtt, ServerDescription, ServerReport, ServerStatus,
+    TenantMeter, TenantStatus, UsageRecord,
 };
 
 /// How the pool picks a server and device for a job.
@@ -112,6 +112,10 @@ pub struct ServerEntry {
     pub metered: Vec<TenantMeter>,
     /// The etcd lease that keeps its registration (with `--etcd`).
     pub etcd_lease: Option<i64>,
+    /// Its key (random, given at registration): its heartbeats carry it, and
+    /// its leases are signed with it.
+    #[serde(default)]
+    pub key: String,
 }
 
 /// A live lease.
@@ -123,9 +127,28 @@ pub struct LeaseEntry {
     pub renewed_ms: u64,
     /// Whether a session has used it (it may then not be preempted).
     pub started: bool,
+    /// The client's number for the request that placed it: the same request
+    /// asked again gets this lease again.
+    #[serde(default)]
+    pub request: u64,
+    /// Being taken back before it started: left out of its server's lease
+    /// lists, its capacity still held until the server has said (in a report
+    /// made after it was told) that no session uses it.
+    #[serde(default)]
+    pub revoking: Option<Revoking>,
 }
 
-/// A request waiting for capacity.
+/// A lease being preempted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoking {
+    /// Why.
+    pub why: String,
+    /// Whether a heartbeat answer has left it out yet: from then on the server
+    /// opens no session on it, so its next report settles it.
+    pub told: bool,
+}
+
+/// A request waiting for capacity; `(tenant, request)` names it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Waiting {
     /// The client's request number.
@@ -177,14 +200,30 @@ pub struct Pool {
 /// Which servers are alive now.
 pub type Alive = BTreeSet<String>;
 
+/// A placement: the lease, and what the caller needs to sign it and to tell
+/// the client how to reach its server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Granted {
+    /// The lease's terms.
+    pub claims: LeaseClaims,
+    /// The server's key, to sign them with.
+    pub key: String,
+    /// The server's certificate fingerprint.
+    pub fingerprint: String,
+}
+
 /// What a placement request came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Placed under these claims (to be signed by the caller).
-    Placed(LeaseClaims),
+    /// Placed.
+    Placed(Granted),
     /// Waiting.
     Queued(Queued),
 }
+
+/// Bytes reserved and leases held per server and device, from one pass over
+/// the leases.
+type Reserved<'a> = HashMap<&'a str, Vec<(u64, u32)>>;
 
 /// How long hourly metering is kept (for `xpupool status --usage --since`).
 pub const HOURLY_KEEP_MS: u64 = 31 * 24 * HOUR_MS;
@@ -229,6 +268,12 @@ fn add_usage(
 
 /// How long ended-lease notes are kept.
 const ENDED_KEEP_MS: u64 = 120_000;
+/// A server silent this long, with no lease left, is forgotten (its metering
+/// stays).
+pub const FORGET_SERVER_MS: u64 = 24 * HOUR_MS;
+/// Queued requests ahead of a new one that are checked for whether they would
+/// go first; the rest wait behind it.
+const QUEUE_LOOKAHEAD: usize = 32;
 /// At most this many waiting requests.
 pub const MAX_QUEUE: usize = 1024;
 /// At most this many of them of one tenant, so one cannot fill the queue.
@@ -283,16 +328,38 @@ impl Pool {
         }
     }
 
-    /// Registers (or re-registers) a server. A new instance's counters start
-    /// again at zero; its leases stay (their holders still run, or will release
-    /// them).
+    /// Registers (or re-registers) a server under `fresh_key`, or under the key
+    /// it `presented` if that is its current one (an address still alive
+    /// registers again only so: the join token alone does not take over a live
+    /// server). A new instance's counters start again at zero; its leases stay
+    /// (their holders still run, or will release them). Returns the key and
+    /// the server's live leases.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &mut self,
         description: ServerDescription,
+        fresh_key: String,
+        presented: Option<&str>,
         now_ms: u64,
         etcd_lease: Option<i64>,
-    ) -> Result<(), ManagerError> {
-        if !self.servers.contains_key(&description.address) && self.servers.len() >= MAX_SERVERS {
+        alive: &Alive,
+    ) -> Result<(String, HeartbeatAck), ManagerError> {
+        let current = self.servers.get(&description.address);
+        let kept = current
+            .zip(presented)
+            .is_some_and(|(s, p)| !s.key.is_empty() && same_bytes(s.key.as_bytes(), p.as_bytes()));
+        if current.is_some() && alive.contains(&description.address) && !kept {
+            return Err(ManagerError::NotAllowed(format!(
+                "{} is registered and alive; it can register again with its key, or anew once it has been silent for the server TTL",
+                description.address
+            )));
+        }
+        let key = if kept {
+            current.map(|s| s.key.clone()).unwrap_or_default()
+        } else {
+            fresh_key
+        };
+        if current.is_none() && self.servers.len() >= MAX_SERVERS {
             return Err(ManagerError::BadRequest(format!(
                 "the pool has {MAX_SERVERS} servers, its most"
             )));
@@ -307,17 +374,42 @@ impl Pool {
             Some(old) if old.description.instance == description.instance => old.metered.clone(),
             _ => Vec::new(),
         };
+        let address = description.address.clone();
         self.servers.insert(
-            description.address.clone(),
+            address.clone(),
             ServerEntry {
                 description,
                 last_seen_ms: now_ms,
                 report: ServerReport::default(),
                 metered,
                 etcd_lease,
+                key: key.clone(),
             },
         );
-        Ok(())
+        Ok((key, self.listed(&address, now_ms)))
+    }
+
+    /// A server's live leases as its heartbeat answers list them: those being
+    /// revoked left out (and marked told).
+    fn listed(&mut self, address: &str, now_ms: u64) -> HeartbeatAck {
+        let mut leases = Vec::new();
+        for l in self.leases.values_mut() {
+            if l.claims.server != address {
+                continue;
+            }
+            match &mut l.revoking {
+                Some(r) => r.told = true,
+                None => leases.push(l.claims.lease),
+            }
+        }
+        HeartbeatAck { now_ms, leases }
+    }
+
+    /// Whether `key` is the key of server `address`.
+    pub fn key_is(&self, address: &str, key: &str) -> bool {
+        self.servers
+            .get(address)
+            .is_some_and(|s| !s.key.is_empty() && same_bytes(s.key.as_bytes(), key.as_bytes()))
     }
 
     /// Takes a server's heartbeat: meters what its counters grew by since the
@@ -325,10 +417,16 @@ impl Pool {
     pub fn heartbeat(
         &mut self,
         address: &str,
+        key: &str,
         instance: u64,
         report: ServerReport,
         now_ms: u64,
     ) -> Result<HeartbeatAck, ManagerError> {
+        if self.servers.contains_key(address) && !self.key_is(address, key) {
+            return Err(ManagerError::NotAllowed(format!(
+                "not the key of {address}'s registration"
+            )));
+        }
         let entry = match self.servers.get_mut(address) {
             Some(e) if e.description.instance == instance => e,
             _ => {
@@ -391,13 +489,29 @@ impl Pool {
         }
         entry.last_seen_ms = now_ms;
         entry.report = report;
-        let leases = self
-            .leases
-            .values()
-            .filter(|l| l.claims.server == address)
-            .map(|l| l.claims.lease)
-            .collect();
-        Ok(HeartbeatAck { now_ms, leases })
+        // Leases being revoked: one a session took after all stays (running work
+        // is never taken); one the server was told of and, in this report made
+        // since, has not started, ends.
+        let mut ended = Vec::new();
+        for l in self.leases.values_mut() {
+            if l.claims.server != address {
+                continue;
+            }
+            match &l.revoking {
+                Some(_) if l.started => l.revoking = None,
+                Some(r) if r.told => ended.push((l.claims.lease, r.why.clone())),
+                _ => {}
+            }
+        }
+        for (lease, why) in ended {
+            self.leases.remove(&lease);
+            self.ended.push(Ended {
+                lease,
+                why,
+                at_ms: now_ms,
+            });
+        }
+        Ok(self.listed(address, now_ms))
     }
 
     /// Servers that heart-beat within the TTL.
@@ -445,33 +559,67 @@ impl Pool {
             .retain(|u| now_ms.saturating_sub(u.since_ms) <= HOURLY_KEEP_MS);
         self.queue
             .retain(|w| now_ms.saturating_sub(w.polled_ms) <= timing.queue_ttl_ms);
+        let leased: BTreeSet<&str> = self
+            .leases
+            .values()
+            .map(|l| l.claims.server.as_str())
+            .collect();
+        let forget: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|(a, s)| {
+                !alive.contains(*a)
+                    && !leased.contains(a.as_str())
+                    && now_ms.saturating_sub(s.last_seen_ms) > FORGET_SERVER_MS
+            })
+            .map(|(a, _)| a.clone())
+            .collect();
+        for address in forget {
+            self.servers.remove(&address);
+        }
         gone.into_iter().map(|(l, _)| l).collect()
     }
 
-    /// The devices of live servers, as slots.
-    fn slots(&self, address: &str) -> Vec<Slot> {
+    /// What the leases reserve, per server and device.
+    fn reserved(&self) -> Reserved<'_> {
+        let mut reserved: Reserved<'_> = HashMap::new();
+        for l in self.leases.values() {
+            let Some(server) = self.servers.get(&l.claims.server) else {
+                continue;
+            };
+            let devices = reserved
+                .entry(l.claims.server.as_str())
+                .or_insert_with(|| vec![(0, 0); server.description.devices.len()]);
+            for &d in &l.claims.devices {
+                if let Some(slot) = devices.get_mut(d as usize) {
+                    slot.0 += l.claims.memory;
+                    slot.1 += 1;
+                }
+            }
+        }
+        reserved
+    }
+
+    /// A server's devices, as slots.
+    fn slots(&self, address: &str, reserved: &Reserved<'_>) -> Vec<Slot> {
         let Some(server) = self.servers.get(address) else {
             return Vec::new();
         };
+        let held = reserved.get(address);
         server
             .description
             .devices
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                let device = i as u32;
-                let on: Vec<&LeaseEntry> = self
-                    .leases
-                    .values()
-                    .filter(|l| l.claims.server == address && l.claims.devices.contains(&device))
-                    .collect();
+                let (bytes, leases) = held.and_then(|h| h.get(i)).copied().unwrap_or((0, 0));
                 let report = server.report.devices.get(i);
                 Slot {
-                    device,
+                    device: i as u32,
                     memory: d.memory,
-                    reserved: on.iter().map(|l| l.claims.memory).sum(),
+                    reserved: bytes,
                     utilization: report.map_or(0.0, |r| r.utilization.clamp(0.0, 1.0)),
-                    leases: on.len() as u32,
+                    leases,
                     power: report.and_then(|r| r.power_watts),
                 }
             })
@@ -612,8 +760,9 @@ impl Pool {
             );
         }
         let mut most = (0u64, String::new(), 0u32);
+        let reserved = self.reserved();
         for s in &of_backend {
-            for slot in self.slots(&s.description.address) {
+            for slot in self.slots(&s.description.address, &reserved) {
                 if slot.free() > most.0 {
                     most = (slot.free(), s.description.address.clone(), slot.device);
                 }
@@ -630,13 +779,15 @@ impl Pool {
         )
     }
 
-    /// The best `(server, devices)` for `need` under `policy`, or `None`.
+    /// The best `(server, devices)` for `need` under `policy`, or `None`, with
+    /// what `freed` says of each device taken off its reservations.
     fn choose(
         &self,
         need: &Requirements,
         policy: PolicyKind,
         rtts: &[Rtt],
         alive: &Alive,
+        reserved: &Reserved<'_>,
         freed: &dyn Fn(&str, u32) -> u64,
     ) -> Option<(String, Vec<u32>)> {
         // (score, server, devices): the lowest score wins.
@@ -651,10 +802,11 @@ impl Pool {
             {
                 continue;
             }
-            let mut slots: Vec<Slot> = self
-                .slots(address)
-                .into_iter()
+            let all = self.slots(address, reserved);
+            let mut slots: Vec<Slot> = all
+                .iter()
                 .filter(|s| kind_matches(need, &server.description.devices[s.device as usize].name))
+                .cloned()
                 .map(|mut s| {
                     s.reserved = s.reserved.saturating_sub(freed(address, s.device));
                     s
@@ -698,8 +850,7 @@ impl Pool {
                 PolicyKind::LowestEnergy => {
                     let woken = slots.iter().filter(|s| !s.active()).count() as f64;
                     // Among servers, one already busy keeps the others idle.
-                    let server_active =
-                        self.slots(address).iter().filter(|s| s.active()).count() as f64;
+                    let server_active = all.iter().filter(|s| s.active()).count() as f64;
                     let power: f64 = slots.iter().filter_map(|s| s.power).sum();
                     (woken, -server_active, power)
                 }
@@ -712,7 +863,9 @@ impl Pool {
         best.map(|(_, a, d)| (a, d))
     }
 
-    /// Places a job of `rule`'s tenant, or queues it (`wait`), or says why not.
+    /// Places a job of `rule`'s tenant, or queues it (`wait`, or while room is
+    /// being made for it by preemption), or says why not. The same `request`
+    /// asked again after it was placed gets the same lease.
     #[allow(clippy::too_many_arguments)]
     pub fn place(
         &mut self,
@@ -733,10 +886,19 @@ impl Pool {
                 rtts.len()
             )));
         }
+        if let Some(done) = self
+            .leases
+            .values()
+            .find(|l| l.request == request && l.claims.tenant == rule.name)
+        {
+            let claims = done.claims.clone();
+            return Ok(Outcome::Placed(self.granted(claims)));
+        }
         let policy = rule.policy.unwrap_or(pool_policy);
         // Requests queued ahead of this one that could be placed now go first.
-        let ahead = self.queue_ahead(rule.class, request, now_ms);
-        let blocked_by = ahead.iter().find(|w| {
+        let reserved = self.reserved();
+        let ahead = self.queue_ahead(rule.class, &rule.name, request, now_ms);
+        let blocked = ahead.iter().take(QUEUE_LOOKAHEAD).any(|w| {
             rules(&w.tenant).is_some_and(|r| {
                 self.within_quota(&r, &w.need).is_ok()
                     && self
@@ -745,94 +907,125 @@ impl Pool {
                             r.policy.unwrap_or(pool_policy),
                             &[],
                             alive,
+                            &reserved,
                             &|_, _| 0,
                         )
                         .is_some()
             })
         });
-        let attempt = match blocked_by {
-            Some(w) => Err(ManagerError::Unplaceable(format!(
-                "request {} of tenant {} is ahead in the queue",
-                w.request, w.tenant
-            ))),
-            None => self
-                .within_quota(rule, need)
-                .and_then(|()| self.place_now(rule, policy, need, rtts, now_ms, alive)),
+        drop(reserved);
+        let attempt = if blocked {
+            Err(ManagerError::Unplaceable(
+                "a request ahead in the queue goes first".into(),
+            ))
+        } else {
+            self.within_quota(rule, need)
+                .and_then(|()| self.place_now(rule, policy, need, rtts, request, now_ms, alive))
         };
-        match attempt {
-            Ok(claims) => {
-                self.queue.retain(|w| w.request != request);
-                Ok(Outcome::Placed(claims))
+        let reason = match attempt {
+            Ok(Ok(claims)) => {
+                self.queue
+                    .retain(|w| !(w.request == request && w.tenant == rule.name));
+                return Ok(Outcome::Placed(self.granted(claims)));
             }
-            Err(e) if !wait => Err(e),
-            Err(e) => {
-                let reason = e.to_string();
-                match self.queue.iter_mut().find(|w| w.request == request) {
-                    Some(w) => w.polled_ms = now_ms,
-                    None => {
-                        let own = self.queue.iter().filter(|w| w.tenant == rule.name).count();
-                        if own >= MAX_QUEUED_PER_TENANT {
-                            return Err(ManagerError::Unplaceable(format!(
-                                "{reason}, and tenant {} has {own} requests waiting, its most",
-                                rule.name
-                            )));
-                        }
-                        if self.queue.len() >= MAX_QUEUE {
-                            return Err(ManagerError::Unplaceable(format!(
-                                "{reason}, and the queue is full ({MAX_QUEUE} waiting)"
-                            )));
-                        }
-                        self.queue.push(Waiting {
-                            request,
-                            tenant: rule.name.clone(),
-                            class: rule.class,
-                            need: need.clone(),
-                            arrived_ms: now_ms,
-                            polled_ms: now_ms,
-                        });
-                    }
+            // Room is being made: the request waits for it, `wait` or not.
+            Ok(Err(making_room)) => making_room,
+            Err(e) if !wait => return Err(e),
+            Err(e) => e.to_string(),
+        };
+        match self
+            .queue
+            .iter_mut()
+            .find(|w| w.request == request && w.tenant == rule.name)
+        {
+            Some(w) => w.polled_ms = now_ms,
+            None => {
+                let own = self.queue.iter().filter(|w| w.tenant == rule.name).count();
+                if own >= MAX_QUEUED_PER_TENANT {
+                    return Err(ManagerError::Unplaceable(format!(
+                        "{reason}, and tenant {} has {own} requests waiting, its most",
+                        rule.name
+                    )));
                 }
-                let position = self.queue_ahead(rule.class, request, now_ms).len() as u32 + 1;
-                Ok(Outcome::Queued(Queued { position, reason }))
+                if self.queue.len() >= MAX_QUEUE {
+                    return Err(ManagerError::Unplaceable(format!(
+                        "{reason}, and the queue is full ({MAX_QUEUE} waiting)"
+                    )));
+                }
+                self.queue.push(Waiting {
+                    request,
+                    tenant: rule.name.clone(),
+                    class: rule.class,
+                    need: need.clone(),
+                    arrived_ms: now_ms,
+                    polled_ms: now_ms,
+                });
             }
+        }
+        let position = self
+            .queue_ahead(rule.class, &rule.name, request, now_ms)
+            .len() as u32
+            + 1;
+        Ok(Outcome::Queued(Queued { position, reason }))
+    }
+
+    /// What the caller needs to hand out `claims`.
+    fn granted(&self, claims: LeaseClaims) -> Granted {
+        let server = self.servers.get(&claims.server);
+        Granted {
+            key: server.map(|s| s.key.clone()).unwrap_or_default(),
+            fingerprint: server
+                .map(|s| s.description.fingerprint.clone())
+                .unwrap_or_default(),
+            claims,
         }
     }
 
-    /// The waiting requests that come before `request` (a class above it, or the
-    /// same class and earlier), in order.
-    fn queue_ahead(&self, class: Class, request: u64, now_ms: u64) -> Vec<&Waiting> {
+    /// The waiting requests that come before `tenant`'s `request` (a class above
+    /// it, or the same class and earlier), in order.
+    fn queue_ahead(&self, class: Class, tenant: &str, request: u64, now_ms: u64) -> Vec<&Waiting> {
+        let me = |w: &Waiting| w.request == request && w.tenant == tenant;
         let arrived = self
             .queue
             .iter()
-            .find(|w| w.request == request)
+            .find(|w| me(w))
             .map_or(now_ms, |w| w.arrived_ms);
         let mut ahead: Vec<&Waiting> = self
             .queue
             .iter()
             .filter(|w| {
-                w.request != request
-                    && (w.class > class || (w.class == class && w.arrived_ms <= arrived))
+                !me(w) && (w.class > class || (w.class == class && w.arrived_ms <= arrived))
             })
             .collect();
         ahead.sort_by_key(|w| (std::cmp::Reverse(w.class), w.arrived_ms));
         ahead
     }
 
+    /// Places the job now: its lease, or (`Ok(Err(why))`) word that room is
+    /// being made for it by revoking unstarted lower leases, or why it fits
+    /// nowhere.
+    #[allow(clippy::too_many_arguments)]
     fn place_now(
         &mut self,
         rule: &TenantRule,
         policy: PolicyKind,
         need: &Requirements,
         rtts: &[Rtt],
+        request: u64,
         now_ms: u64,
         alive: &Alive,
-    ) -> Result<LeaseClaims, ManagerError> {
-        let chosen = match self.choose(need, policy, rtts, alive, &|_, _| 0) {
-            Some(c) => Some(c),
-            None if policy == PolicyKind::Priority => self.preempt_for(rule, need, now_ms, alive),
-            None => None,
-        };
+    ) -> Result<Result<LeaseClaims, String>, ManagerError> {
+        let chosen = self.choose(need, policy, rtts, alive, &self.reserved(), &|_, _| 0);
         let Some((server, devices)) = chosen else {
+            if policy == PolicyKind::Priority {
+                if let Some(waiting_on) = self.preempt_for(rule, need, alive) {
+                    return Ok(Err(format!(
+                        "making room: {waiting_on} lower-class lease{} that never started {} being taken back (its server confirms at its next heartbeat)",
+                        if waiting_on == 1 { "" } else { "s" },
+                        if waiting_on == 1 { "is" } else { "are" },
+                    )));
+                }
+            }
             return Err(ManagerError::Unplaceable(self.why_not(need, alive)));
         };
         let lease = self.next_lease;
@@ -853,31 +1046,38 @@ impl Pool {
                 claims: claims.clone(),
                 renewed_ms: now_ms,
                 started: false,
+                request,
+                revoking: None,
             },
         );
-        Ok(claims)
+        Ok(Ok(claims))
     }
 
-    /// For a job that fits nowhere: ends leases of lower classes that no session
-    /// has used yet, on the one server where ending the fewest makes room, and
-    /// says where the job goes. Running work is never touched.
+    /// For a job that fits nowhere: on the one server where it then fits, starts
+    /// taking back leases of lower classes that no session has used, youngest
+    /// first and only as many as each device needs, counting those already being
+    /// taken back. Returns how many leases the job waits on (`None`: not even
+    /// that makes room). Running work is never touched: a lease whose server
+    /// reports a session on it stays.
     fn preempt_for(
         &mut self,
         rule: &TenantRule,
         need: &Requirements,
-        now_ms: u64,
         alive: &Alive,
-    ) -> Option<(String, Vec<u32>)> {
-        let victims: Vec<(u64, String, Vec<u32>, u64)> = self
+    ) -> Option<usize> {
+        // (lease, server, devices, memory, being revoked already)
+        type Victim = (u64, String, Vec<u32>, u64, bool);
+        let victims: Vec<Victim> = self
             .leases
             .values()
-            .filter(|l| !l.started && l.claims.class < rule.class)
+            .filter(|l| l.revoking.is_some() || (!l.started && l.claims.class < rule.class))
             .map(|l| {
                 (
                     l.claims.lease,
                     l.claims.server.clone(),
                     l.claims.devices.clone(),
                     l.claims.memory,
+                    l.revoking.is_some(),
                 )
             })
             .collect();
@@ -891,47 +1091,64 @@ impl Pool {
                 .map(|v| v.3)
                 .sum()
         };
-        let (server, devices) = self.choose(need, PolicyKind::LeastLoaded, &[], alive, &freed)?;
-        // End the youngest first, only as many as the room needs.
-        let mut on: Vec<&(u64, String, Vec<u32>, u64)> = victims
+        let reserved = self.reserved();
+        let (server, devices) =
+            self.choose(need, PolicyKind::LeastLoaded, &[], alive, &reserved, &freed)?;
+        let slots = self.slots(&server, &reserved);
+        drop(reserved);
+        // Room per chosen device once what is being revoked already is gone.
+        let mut room: BTreeMap<u32, u64> = devices
             .iter()
-            .filter(|v| v.1 == server && v.2.iter().any(|d| devices.contains(d)))
-            .collect();
-        on.sort_by_key(|v| std::cmp::Reverse(v.0));
-        let slots = self.slots(&server);
-        let mut ended = Vec::new();
-        for v in on {
-            let fits = devices.iter().all(|d| {
-                let slot = &slots[*d as usize];
-                let released: u64 = ended
+            .map(|&d| {
+                let pending: u64 = victims
                     .iter()
-                    .filter_map(|l| self.leases.get(l))
-                    .filter(|l: &&LeaseEntry| l.claims.devices.contains(d))
-                    .map(|l| l.claims.memory)
+                    .filter(|v| v.4 && v.1 == server && v.2.contains(&d))
+                    .map(|v| v.3)
                     .sum();
-                slot.free() + released >= need.memory
-            });
-            if fits {
-                break;
+                (d, slots[d as usize].free() + pending)
+            })
+            .collect();
+        let mut waiting_on: BTreeSet<u64> = victims
+            .iter()
+            .filter(|v| v.4 && v.1 == server && v.2.iter().any(|d| devices.contains(d)))
+            .map(|v| v.0)
+            .collect();
+        let mut candidates: Vec<&Victim> =
+            victims.iter().filter(|v| !v.4 && v.1 == server).collect();
+        candidates.sort_by_key(|v| std::cmp::Reverse(v.0));
+        let mut revoke = Vec::new();
+        for v in candidates {
+            let short =
+                v.2.iter()
+                    .any(|d| room.get(d).is_some_and(|&r| r < need.memory));
+            if !short {
+                continue;
             }
-            ended.push(v.0);
+            for d in &v.2 {
+                if let Some(r) = room.get_mut(d) {
+                    *r += v.3;
+                }
+            }
+            revoke.push(v.0);
         }
-        for lease in &ended {
-            self.leases.remove(lease);
-            self.ended.push(Ended {
-                lease: *lease,
-                why: format!(
-                    "preempted before it started by a {} job of tenant {}",
-                    rule.class.name(),
-                    rule.name
-                ),
-                at_ms: now_ms,
-            });
+        let why = format!(
+            "preempted before it started by a {} job of tenant {}",
+            rule.class.name(),
+            rule.name
+        );
+        for lease in revoke {
+            if let Some(l) = self.leases.get_mut(&lease) {
+                l.revoking = Some(Revoking {
+                    why: why.clone(),
+                    told: false,
+                });
+                waiting_on.insert(lease);
+            }
         }
-        Some((server, devices))
+        Some(waiting_on.len())
     }
 
-    /// Renews a lease of `tenant`.
+    /// Renews a lease of `tenant` (one being revoked too: it may yet start).
     pub fn renew(&mut self, tenant: &str, lease: u64, now_ms: u64) -> Result<(), ManagerError> {
         match self.leases.get_mut(&lease) {
             Some(l) if l.claims.tenant == tenant => {
@@ -971,6 +1188,7 @@ impl Pool {
         alive: &Alive,
     ) -> PoolStatus {
         let mine = |t: &str| tenant.is_none_or(|own| own == t);
+        let reserved = self.reserved();
         let servers = self
             .servers
             .iter()
@@ -981,7 +1199,7 @@ impl Pool {
                 last_seen_seconds: now_ms.saturating_sub(s.last_seen_ms) as f64 / 1e3,
                 sessions: s.report.sessions,
                 devices: self
-                    .slots(address)
+                    .slots(address, &reserved)
                     .into_iter()
                     .map(|slot| DeviceStatus {
                         index: slot.device,
@@ -1057,7 +1275,8 @@ fn kind_matches(need: &Requirements, name: &str) -> bool {
         .is_none_or(|k| name.to_lowercase().contains(&k.to_lowercase()))
 }
 
-fn check_need(need: &Requirements) -> Result<(), ManagerError> {
+/// Refuses requirements no job can have.
+pub fn check_need(need: &Requirements) -> Result<(), ManagerError> {
     if need.memory == 0 {
         return Err(ManagerError::BadRequest(
             "a job must say how much device memory it needs (xpupool run --memory SIZE)".into(),
@@ -1127,10 +1346,15 @@ mod tests {
             ("b", vec![24, 24]),
             ("c", vec![80, 80, 80, 80]),
         ] {
-            pool.register(server(a, &d), 0, None).unwrap();
+            pool.register(server(a, &d), key(a), None, 0, None, &Alive::new())
+                .unwrap();
         }
         let alive = pool.alive_by_heartbeat(0, &Timing::default());
         (pool, alive)
+    }
+
+    fn key(address: &str) -> String {
+        format!("key of {address}")
     }
 
     fn need(gib: u64, devices: u32) -> Requirements {
@@ -1171,7 +1395,7 @@ mod tests {
             0,
             alive,
         )? {
-            Outcome::Placed(c) => Ok(c),
+            Outcome::Placed(g) => Ok(g.claims),
             Outcome::Queued(q) => panic!("queued: {q:?}"),
         }
     }
@@ -1311,7 +1535,7 @@ mod tests {
     }
 
     #[test]
-    fn priority_takes_only_unstarted_lower_leases() {
+    fn priority_takes_back_only_unstarted_lower_leases_once_their_server_confirms() {
         let (mut p, alive) = pool();
         let low = rule("low", Class::Low, None);
         let high = rule("high", Class::High, None);
@@ -1325,16 +1549,104 @@ mod tests {
                 p.leases.get_mut(&c.lease).unwrap().started = true;
             }
         }
-        let c = place(&mut p, &alive, &high, PolicyKind::Priority, need(30, 1)).unwrap();
-        assert_eq!(c.server, "c");
-        // Exactly enough ended: two 16 GiB leases for 30 GiB, on that device.
-        let ended: Vec<&Ended> = p.ended.iter().collect();
-        assert_eq!(ended.len(), 2, "{ended:?}");
-        let e = p.renew("low", ended[0].lease, 0).unwrap_err();
+        let ask = |p: &mut Pool, now: u64| {
+            p.place(
+                &high,
+                &|_| None,
+                PolicyKind::Priority,
+                &need(30, 1),
+                &[],
+                false,
+                7,
+                now,
+                &alive,
+            )
+            .unwrap()
+        };
+        let revoking = |p: &Pool| -> Vec<u64> {
+            p.leases
+                .values()
+                .filter(|l| l.revoking.is_some())
+                .map(|l| l.claims.lease)
+                .collect()
+        };
+        // The high job waits (even without --wait) while exactly enough is taken
+        // back: two 16 GiB leases for 30 GiB, on one device of c.
+        match ask(&mut p, 0) {
+            Outcome::Queued(q) => assert!(
+                q.reason.contains("making room: 2 lower-class leases"),
+                "{q:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let first = revoking(&p);
+        assert_eq!(first.len(), 2);
+        let devices: BTreeSet<(String, u32)> = first
+            .iter()
+            .map(|l| {
+                (
+                    p.leases[l].claims.server.clone(),
+                    p.leases[l].claims.devices[0],
+                )
+            })
+            .collect();
+        assert_eq!(devices.len(), 1, "{devices:?}");
+        assert_eq!(devices.iter().next().unwrap().0, "c");
+        // Asking again takes no more; a lease being taken back still renews.
+        assert!(matches!(ask(&mut p, 1), Outcome::Queued(_)));
+        assert_eq!(revoking(&p), first);
+        p.renew("low", first[0], 1).unwrap();
+        // c's next answer leaves them out; the capacity stays held meanwhile.
+        let ack = p
+            .heartbeat("c", &key("c"), 1, ServerReport::default(), 2)
+            .unwrap();
+        assert!(first.iter().all(|l| !ack.leases.contains(l)));
+        assert_eq!(ack.leases.len(), 18);
+        assert!(matches!(ask(&mut p, 2), Outcome::Queued(_)));
+        // Its report after that says a session took the first meanwhile: that
+        // one stays (running work is never taken); the other ends.
+        let report = ServerReport {
+            leases: vec![LeaseReport {
+                lease: first[0],
+                sessions: 1,
+                started: true,
+            }],
+            ..ServerReport::default()
+        };
+        let ack = p.heartbeat("c", &key("c"), 1, report, 3).unwrap();
+        assert!(ack.leases.contains(&first[0]));
+        assert!(p.leases[&first[0]].started && p.leases[&first[0]].revoking.is_none());
+        assert!(!p.leases.contains_key(&first[1]));
+        let e = p.renew("low", first[1], 3).unwrap_err();
         assert!(e
             .to_string()
             .contains("preempted before it started by a high job"));
-        // Started work is never taken: with c's leases started too, nothing fits.
+        // Not yet room for 30 GiB: more is taken back, and two heartbeats later
+        // the job is placed on c.
+        assert!(matches!(ask(&mut p, 4), Outcome::Queued(_)));
+        assert!(!revoking(&p).is_empty());
+        for now in [5, 6] {
+            p.heartbeat("c", &key("c"), 1, ServerReport::default(), now)
+                .unwrap();
+        }
+        match ask(&mut p, 7) {
+            Outcome::Placed(g) => assert_eq!(g.claims.server, "c"),
+            other => panic!("{other:?}"),
+        }
+        assert!(revoking(&p).is_empty());
+        // Asked again, the same request gets the same lease.
+        let Outcome::Placed(again) = ask(&mut p, 8) else {
+            panic!("placed twice?")
+        };
+        assert_eq!(again.key, key("c"));
+        assert_eq!(
+            p.leases
+                .values()
+                .filter(|l| l.claims.tenant == "high")
+                .count(),
+            1
+        );
+        // Started work is never taken: with every lease started, nothing fits.
         for l in p.leases.values_mut() {
             l.started = true;
         }
@@ -1343,6 +1655,80 @@ mod tests {
         let (mut p, alive) = pool();
         while place(&mut p, &alive, &low, PolicyKind::LeastLoaded, need(16, 1)).is_ok() {}
         assert!(place(&mut p, &alive, &high, PolicyKind::LeastLoaded, need(16, 1)).is_err());
+    }
+
+    #[test]
+    fn a_server_is_known_by_its_key() {
+        let (mut p, _) = pool();
+        let timing = Timing::default();
+        // A heartbeat with another server's key is refused, and changes nothing.
+        let e = p
+            .heartbeat("b", &key("c"), 1, ServerReport::default(), 1000)
+            .unwrap_err();
+        assert!(matches!(e, ManagerError::NotAllowed(_)), "{e:?}");
+        assert_eq!(p.servers["b"].last_seen_ms, 0);
+        // The join token alone does not take over a live address...
+        let alive = p.alive_by_heartbeat(1000, &timing);
+        let mut impostor = server("b", &[24, 24]);
+        impostor.fingerprint = "sha256:impostor".into();
+        impostor.instance = 9;
+        let e = p
+            .register(impostor.clone(), "k2".into(), None, 1000, None, &alive)
+            .unwrap_err();
+        assert!(e.to_string().contains("registered and alive"), "{e}");
+        assert_eq!(p.servers["b"].key, key("b"));
+        // ...but a silent one may be taken anew, under a fresh key.
+        let later = timing.server_ttl_ms + 1;
+        let alive = p.alive_by_heartbeat(later, &timing);
+        let (k, listed) = p
+            .register(impostor, "k2".into(), None, later, None, &alive)
+            .unwrap();
+        assert_eq!((k.as_str(), listed.now_ms), ("k2", later));
+        // Leases are signed with their server's key, and a registration lists
+        // the server's live leases.
+        let t = rule("t", Class::Normal, None);
+        let alive = p.alive_by_heartbeat(later, &timing);
+        let g = match p
+            .place(
+                &t,
+                &|_| None,
+                PolicyKind::BinPack,
+                &need(20, 1),
+                &[],
+                false,
+                1,
+                later,
+                &alive,
+            )
+            .unwrap()
+        {
+            Outcome::Placed(g) => g,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(g.claims.server, "b");
+        assert_eq!(
+            (g.key.as_str(), g.fingerprint.as_str()),
+            ("k2", "sha256:impostor")
+        );
+        let (_, listed) = p
+            .register(
+                server("b", &[24, 24]),
+                "k3".into(),
+                Some("k2"),
+                later,
+                None,
+                &alive,
+            )
+            .unwrap();
+        assert_eq!(listed.leases, vec![g.claims.lease]);
+        // A server silent for a day with no lease left is forgotten.
+        p.release("t", g.claims.lease).unwrap();
+        let day = later + FORGET_SERVER_MS + 1;
+        p.heartbeat("c", &key("c"), 1, ServerReport::default(), day)
+            .unwrap();
+        let alive = p.alive_by_heartbeat(day, &timing);
+        p.expire(day, &alive, &timing);
+        assert_eq!(p.servers.keys().collect::<Vec<_>>(), ["c"]);
     }
 
     #[test]
@@ -1458,7 +1844,8 @@ mod tests {
         // b and c heart-beat; a does not.
         let later = timing.server_ttl_ms + 1;
         for s in ["b", "c"] {
-            p.heartbeat(s, 1, ServerReport::default(), later).unwrap();
+            p.heartbeat(s, &key(s), 1, ServerReport::default(), later)
+                .unwrap();
         }
         let alive = p.alive_by_heartbeat(later, &timing);
         assert!(!alive.contains("a"));
@@ -1475,14 +1862,14 @@ mod tests {
         // A lease not renewed lapses.
         let much_later = later + timing.lease_ttl_ms + 1;
         for s in ["b", "c"] {
-            p.heartbeat(s, 1, ServerReport::default(), much_later)
+            p.heartbeat(s, &key(s), 1, ServerReport::default(), much_later)
                 .unwrap();
         }
         let alive = p.alive_by_heartbeat(much_later, &timing);
         assert_eq!(p.expire(much_later, &alive, &timing), vec![c.lease]);
         // A heartbeat from an unknown instance asks for a new registration.
         assert!(matches!(
-            p.heartbeat("b", 2, ServerReport::default(), much_later),
+            p.heartbeat("b", &key("b"), 2, ServerReport::default(), much_later),
             Err(ManagerError::UnknownServer(_))
         ));
     }
@@ -1505,10 +1892,13 @@ mod tests {
             }],
             ..ServerReport::default()
         };
-        p.heartbeat("b", 1, meter(1.5, 10.0), 1000).unwrap();
-        p.heartbeat("b", 1, meter(4.0, 30.0), 3000).unwrap();
+        p.heartbeat("b", &key("b"), 1, meter(1.5, 10.0), 1000)
+            .unwrap();
+        p.heartbeat("b", &key("b"), 1, meter(4.0, 30.0), 3000)
+            .unwrap();
         // A counter going back (it cannot, but a bad report must not un-bill).
-        p.heartbeat("b", 1, meter(3.0, 30.0), 5000).unwrap();
+        p.heartbeat("b", &key("b"), 1, meter(3.0, 30.0), 5000)
+            .unwrap();
         let status = p.status(PolicyKind::LeastLoaded, &[], None, 5000, &Alive::new());
         assert_eq!(status.tenants.len(), 1);
         assert!((status.tenants[0].gpu_seconds - 4.0).abs() < 1e-9);
@@ -1516,12 +1906,38 @@ mod tests {
         assert_eq!(p.hourly.len(), 1);
         // The same instance registering again keeps its baselines; a new one
         // starts from zero.
-        p.register(server("b", &[24, 24]), 6000, None).unwrap();
-        p.heartbeat("b", 1, meter(5.0, 30.0), 7000).unwrap();
+        // (b is alive: again only with its key.)
+        let alive = p.alive_by_heartbeat(6000, &Timing::default());
+        assert!(matches!(
+            p.register(
+                server("b", &[24, 24]),
+                "new".into(),
+                None,
+                6000,
+                None,
+                &alive
+            ),
+            Err(ManagerError::NotAllowed(_))
+        ));
+        let (k, _) = p
+            .register(
+                server("b", &[24, 24]),
+                "new".into(),
+                Some(&key("b")),
+                6000,
+                None,
+                &alive,
+            )
+            .unwrap();
+        assert_eq!(k, key("b"));
+        p.heartbeat("b", &key("b"), 1, meter(5.0, 30.0), 7000)
+            .unwrap();
         let mut fresh = server("b", &[24, 24]);
         fresh.instance = 2;
-        p.register(fresh, 8000, None).unwrap();
-        p.heartbeat("b", 2, meter(0.5, 1.0), 9000).unwrap();
+        p.register(fresh, key("b"), Some(&key("b")), 8000, None, &alive)
+            .unwrap();
+        p.heartbeat("b", &key("b"), 2, meter(0.5, 1.0), 9000)
+            .unwrap();
         let status = p.status(PolicyKind::LeastLoaded, &[], None, 9000, &Alive::new());
         assert!(
             (status.tenants[0].gpu_seconds - 5.5).abs() < 1e-9,
@@ -1532,7 +1948,7 @@ mod tests {
         // A report naming a device the server does not have is refused.
         let mut bad = meter(1.0, 1.0);
         bad.meters[0].device = 7;
-        assert!(p.heartbeat("b", 2, bad, 9500).is_err());
+        assert!(p.heartbeat("b", &key("b"), 2, bad, 9500).is_err());
     }
 
     #[test]
@@ -1576,10 +1992,26 @@ mod tests {
             ask(&mut p, &t, 1, 40),
             Outcome::Queued(Queued { position: 2, .. })
         ));
-        // Room for one: request 1 asks first but 3 is ahead and fits, so 1 waits.
+        // Another tenant's request of the same number is another request.
+        let u = rule("u", Class::Normal, None);
+        assert!(matches!(
+            ask(&mut p, &u, 1, 45),
+            Outcome::Queued(Queued { position: 4, .. })
+        ));
+        assert_eq!(p.queue.len(), 4);
+        p.queue.retain(|w| w.tenant != "u");
+        // Room for one: request 1 asks first but 3 is ahead and fits, so 1 waits
+        // (told only that a request ahead goes first, not whose).
         let l = *p.leases.keys().next().unwrap();
         p.release("t", l).unwrap();
-        assert!(matches!(ask(&mut p, &t, 1, 50), Outcome::Queued(_)));
+        match ask(&mut p, &t, 1, 50) {
+            Outcome::Queued(q) => assert!(
+                q.reason
+                    .ends_with(": a request ahead in the queue goes first"),
+                "{q:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(ask(&mut p, &hi, 3, 60), Outcome::Placed(_)));
         assert_eq!(p.queue.len(), 2);
         // One tenant cannot fill the queue.

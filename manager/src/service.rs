@@ -1,9 +1,17 @@
 //! The manager's listener: QUIC with TLS 1.3 (ALPN `xpupool-manager/1`), one
 //! request and one reply per stream. Servers register with the pool's join token
 //! and heart-beat with the key they are given; clients present their tenant
-//! token; the join token also opens the whole pool's status (for operators).
+//! token; the operator token opens the whole pool's status.
+//!
+//! Nothing a peer does before it shows a token can hold the manager: one address
+//! has at most [`MAX_CONNECTIONS_PER_IP`] connections, a connection at most
+//! [`MAX_STREAMS`] requests at once, a request must arrive whole within
+//! [`REQUEST_TIMEOUT`] before it takes one of [`MAX_IN_FLIGHT`] places, and an
+//! answer that takes longer than [`ANSWER_TIMEOUT`] (etcd slow or contended) is
+//! given up as unavailable.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,11 +24,17 @@ use xpupool_protocol::pool::{
 };
 use xpupool_server::tls::Identity;
 
-use crate::pool::{Outcome, PolicyKind, Pool, TenantRule, Timing};
+use crate::pool::{check_need, Outcome, PolicyKind, Pool, TenantRule, Timing};
 use crate::store::Store;
 
 /// Requests served at once; more wait for a place.
 const MAX_IN_FLIGHT: usize = 256;
+/// Connections from one IP address at once.
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Requests one connection may have open at once.
+const MAX_STREAMS: u32 = 16;
+/// An answer taking longer than this is given up (the client may ask again).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections not yet established, at most.
 const MAX_INCOMING: usize = 256;
 /// Connections open at once, at most (servers, clients and operators together);
@@ -43,8 +57,8 @@ pub struct ManagerConfig {
     pub identity: Identity,
     /// What servers present to register.
     pub join_token: String,
-    /// What server keys derive from.
-    pub pool_secret: String,
+    /// What operators present to see the whole pool.
+    pub operator_token: String,
     /// Each tenant's token and rule.
     pub tenants: Vec<(String, TenantRule)>,
     /// The pool's placement policy.
@@ -71,7 +85,7 @@ pub struct Counters {
 /// The running manager's shared state.
 pub struct Manager {
     join_token: String,
-    pool_secret: String,
+    operator_token: String,
     tenants: Vec<(String, TenantRule)>,
     policy: PolicyKind,
     timing: Timing,
@@ -104,7 +118,7 @@ impl BoundManager {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?))
-            .max_concurrent_bidi_streams(64u32.into())
+            .max_concurrent_bidi_streams(MAX_STREAMS.into())
             .max_concurrent_uni_streams(0u32.into())
             // What one connection can make the manager buffer: requests are small,
             // and a large one still flows, only paced.
@@ -118,7 +132,7 @@ impl BoundManager {
             endpoint,
             manager: Arc::new(Manager {
                 join_token: config.join_token,
-                pool_secret: config.pool_secret,
+                operator_token: config.operator_token,
                 tenants: config.tenants,
                 policy: config.policy,
                 timing: config.timing,
@@ -145,24 +159,62 @@ impl BoundManager {
         let reaper = tokio::spawn(reap(self.manager.clone()));
         let places = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let per_ip = Arc::new(PerIp::default());
         while let Some(incoming) = self.endpoint.accept().await {
+            let remote = incoming.remote_address();
             let Ok(open) = connections.clone().try_acquire_owned() else {
-                tracing::warn!(remote = %incoming.remote_address(), "refusing a connection: {MAX_CONNECTIONS} are open");
+                tracing::warn!(%remote, "refusing a connection: {MAX_CONNECTIONS} are open");
+                incoming.refuse();
+                continue;
+            };
+            let Some(from_ip) = per_ip.clone().take(remote.ip()) else {
+                tracing::warn!(%remote, "refusing a connection: {MAX_CONNECTIONS_PER_IP} are open from that address");
                 incoming.refuse();
                 continue;
             };
             let manager = self.manager.clone();
             let places = places.clone();
             tokio::spawn(async move {
-                let remote = incoming.remote_address();
                 match incoming.await {
                     Ok(connection) => serve_connection(connection, manager, places).await,
                     Err(e) => tracing::debug!(%remote, "manager handshake failed: {e}"),
                 }
-                drop(open);
+                drop((open, from_ip));
             });
         }
         reaper.abort();
+    }
+}
+
+/// Connections open per IP address.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in [`PerIp`], given back when dropped.
+struct IpSlot(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    fn take(self: Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        *n += 1;
+        drop(open);
+        Some(IpSlot(self, ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -205,13 +257,25 @@ async fn serve_connection(
                 return;
             }
         };
-        let Ok(place) = places.clone().acquire_owned().await else {
-            return;
-        };
         let manager = manager.clone();
+        let places = places.clone();
         tokio::spawn(async move {
+            // The request arrives whole (bounded by the connection's stream
+            // count, window and this time) before it takes a place.
             let reply = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
-                Ok(Ok(request)) => manager.handle(request, remote).await,
+                Ok(Ok(request)) => match places.acquire_owned().await {
+                    Ok(_place) => {
+                        match tokio::time::timeout(ANSWER_TIMEOUT, manager.handle(request, remote))
+                            .await
+                        {
+                            Ok(reply) => reply,
+                            Err(_) => Err(ManagerError::Unavailable(format!(
+                                "no answer within {ANSWER_TIMEOUT:?}; ask again"
+                            ))),
+                        }
+                    }
+                    Err(_) => return,
+                },
                 Ok(Err(e)) => Err(ManagerError::BadRequest(format!("{e:#}"))),
                 Err(_) => Err(ManagerError::BadRequest(format!(
                     "no request within {REQUEST_TIMEOUT:?}"
@@ -221,7 +285,6 @@ async fn serve_connection(
                 let _ = send.write_all(&bytes).await;
             }
             let _ = send.finish();
-            drop(place);
         });
     }
 }
@@ -259,11 +322,15 @@ impl Manager {
     }
 
     fn is_operator(&self, token: &str) -> bool {
+        same_bytes(self.operator_token.as_bytes(), token.as_bytes())
+    }
+
+    fn is_server(&self, token: &str) -> bool {
         same_bytes(self.join_token.as_bytes(), token.as_bytes())
     }
 
-    /// Whose figures `token` may see: everyone's (`None`) for the join token, a
-    /// tenant's own otherwise.
+    /// Whose figures `token` may see: everyone's (`None`) for the operator
+    /// token, a tenant's own otherwise.
     fn scope(&self, token: &str) -> Result<Option<String>, ManagerError> {
         if self.is_operator(token) {
             Ok(None)
@@ -299,14 +366,19 @@ impl Manager {
         timing: &Timing,
     ) -> ManagerResult {
         match request {
-            ManagerRequest::Register { join_token, server } => {
-                if !self.is_operator(&join_token) {
+            ManagerRequest::Register {
+                join_token,
+                server,
+                key,
+            } => {
+                if !self.is_server(&join_token) {
                     tracing::warn!(%remote, "refused a registration: wrong join token");
                     return Err(ManagerError::NotAllowed("wrong join token".into()));
                 }
                 if server.address.len() > MAX_NAME
                     || server.backend.len() > MAX_NAME
                     || server.fingerprint.len() > MAX_NAME
+                    || key.as_ref().is_some_and(|k| k.len() > MAX_NAME)
                     || server
                         .devices
                         .iter()
@@ -314,23 +386,39 @@ impl Manager {
                 {
                     return Err(ManagerError::BadRequest("a name too long".into()));
                 }
+                let address = server.address.clone();
+                let devices = server.devices.len();
+                let fresh = server_key(&rand::random());
+                // Whether the address is taken is judged by heartbeats (in both
+                // stores): refused here before an etcd lease is made for it.
+                let register = |pool: &mut Pool, now: u64, etcd_lease: Option<i64>| {
+                    let live = pool.alive_by_heartbeat(now, timing);
+                    pool.register(
+                        server.clone(),
+                        fresh.clone(),
+                        key.as_deref(),
+                        now,
+                        etcd_lease,
+                        &live,
+                    )
+                };
+                let (mut pool, _, now) = self.store.read(timing).await?;
+                register(&mut pool, now, None)?;
                 let etcd_lease = self
                     .store
                     .register_alive(&server.address, timing)
                     .await
                     .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
-                let address = server.address.clone();
-                let devices = server.devices.len();
-                self.store
-                    .update(timing, |pool, _, now| {
-                        pool.register(server.clone(), now, etcd_lease)
-                    })
+                let (server_key, listed) = self
+                    .store
+                    .update(timing, |pool, _, now| register(pool, now, etcd_lease))
                     .await??;
                 tracing::info!(server = %address, devices, %remote, "server registered");
                 Ok(ManagerReply::Registered(Registered {
-                    server_key: server_key(self.pool_secret.as_bytes(), &address),
+                    server_key,
                     heartbeat_ms: timing.heartbeat_ms,
                     ttl_ms: timing.server_ttl_ms,
+                    listed,
                 }))
             }
             ManagerRequest::Heartbeat {
@@ -339,12 +427,13 @@ impl Manager {
                 instance,
                 report,
             } => {
-                let expected = server_key(self.pool_secret.as_bytes(), &server);
-                if !same_bytes(expected.as_bytes(), key.as_bytes()) {
-                    return Err(ManagerError::NotAllowed("wrong server key".into()));
-                }
                 if self.store.is_etcd() {
                     let (pool, _, _) = self.store.read(timing).await?;
+                    if pool.servers.contains_key(&server) && !pool.key_is(&server, &key) {
+                        return Err(ManagerError::NotAllowed(format!(
+                            "not the key of {server}'s registration"
+                        )));
+                    }
                     let lease = pool.servers.get(&server).and_then(|s| s.etcd_lease);
                     let kept = self
                         .store
@@ -360,13 +449,14 @@ impl Manager {
                 let ack = self
                     .store
                     .update(timing, |pool, _, now| {
-                        pool.heartbeat(&server, instance, report.clone(), now)
+                        pool.heartbeat(&server, &key, instance, report.clone(), now)
                     })
                     .await??;
                 Ok(ManagerReply::HeartbeatAck(ack))
             }
             ManagerRequest::Candidates { token, need } => {
                 self.tenant(&token)?;
+                check_need(&need)?;
                 let (pool, alive, _) = self.store.read(timing).await?;
                 Ok(ManagerReply::Candidates {
                     servers: pool.candidates(&need, &alive),
@@ -400,13 +490,8 @@ impl Manager {
                     .await??;
                 match outcome {
                     Outcome::Queued(queued) => Ok(ManagerReply::Queued(queued)),
-                    Outcome::Placed(claims) => {
-                        let (pool, _, _) = self.store.read(timing).await?;
-                        let fingerprint = pool
-                            .servers
-                            .get(&claims.server)
-                            .map(|s| s.description.fingerprint.clone())
-                            .unwrap_or_default();
+                    Outcome::Placed(granted) => {
+                        let claims = granted.claims;
                         tracing::info!(
                             tenant = %claims.tenant,
                             server = %claims.server,
@@ -416,10 +501,9 @@ impl Manager {
                             "placed"
                         );
                         Ok(ManagerReply::Placed(Placement {
-                            token: claims
-                                .sign(&server_key(self.pool_secret.as_bytes(), &claims.server)),
+                            token: claims.sign(&granted.key),
                             claims,
-                            fingerprint,
+                            fingerprint: granted.fingerprint,
                             renew_ms: (timing.lease_ttl_ms / 5).max(500),
                         }))
                     }

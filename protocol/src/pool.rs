@@ -3,9 +3,11 @@
 //!
 //! Every exchange is one request and one reply on a fresh QUIC stream (ALPN
 //! [`MANAGER_ALPN`]), each a [`crate::frame`] of at most [`MAX_MANAGER_FRAME`]
-//! bytes. A server registers with the pool's join token and is given a key of its
-//! own ([`Registered::server_key`]); it heart-beats with that key, and verifies the
-//! leases clients present with it, so admission needs no round trip to a manager.
+//! bytes. A server registers with the pool's join token and is given a random key
+//! of its own ([`Registered::server_key`]); it heart-beats with that key, and
+//! verifies the leases clients present with it, so admission needs no round trip
+//! to a manager. The join token does not let a server learn another's key: an
+//! address that is alive registers again only with its current key.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -197,6 +199,10 @@ pub enum ManagerRequest {
         join_token: String,
         /// Who it is.
         server: ServerDescription,
+        /// The key of its registration so far, if it has one: an address still
+        /// alive in the pool registers again only with it.
+        #[serde(default)]
+        key: Option<String>,
     },
     /// A server's periodic report.
     Heartbeat {
@@ -243,15 +249,16 @@ pub enum ManagerRequest {
         /// The lease.
         lease: u64,
     },
-    /// The pool now: all of it for the join token, a tenant's own part otherwise.
+    /// The pool now: all of it for the operator token, a tenant's own part
+    /// otherwise.
     Status {
-        /// A tenant's token, or the join token.
+        /// A tenant's token, or the operator token.
         token: String,
     },
     /// Metering by the hour, from `since_ms` on (for billing), with the same
     /// scope as [`ManagerRequest::Status`].
     Usage {
-        /// A tenant's token, or the join token.
+        /// A tenant's token, or the operator token.
         token: String,
         /// Milliseconds since the epoch.
         since_ms: u64,
@@ -267,6 +274,8 @@ pub struct Registered {
     pub heartbeat_ms: u64,
     /// Silent this long (milliseconds), it leaves placement and its leases go.
     pub ttl_ms: u64,
+    /// Its live leases as of registration, as a heartbeat's answer lists them.
+    pub listed: HeartbeatAck,
 }
 
 /// A manager's answer to a heartbeat.
@@ -488,12 +497,9 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The key of server `address` under the pool's secret (hex).
-pub fn server_key(pool_secret: &[u8], address: &str) -> String {
-    hex_encode(&hmac_sha256(
-        pool_secret,
-        format!("xpupool server key\0{address}").as_bytes(),
-    ))
+/// A server key made of `secret` (32 random bytes, say), in hex.
+pub fn server_key(secret: &[u8; 32]) -> String {
+    hex_encode(secret)
 }
 
 fn hex_encode(bytes: &[u8]) -> String {
@@ -574,11 +580,11 @@ mod tests {
 
     #[test]
     fn a_signed_lease_verifies_and_a_changed_one_does_not() {
-        let key = server_key(b"pool secret", "10.0.0.1:7800");
+        let key = server_key(&[7; 32]);
         let token = claims().sign(&key);
         assert_eq!(LeaseClaims::verify(&token, &key), Some(Ok(claims())));
         // Another server's key.
-        let other = server_key(b"pool secret", "10.0.0.2:7800");
+        let other = server_key(&[8; 32]);
         assert!(matches!(LeaseClaims::verify(&token, &other), Some(Err(_))));
         // More memory claimed, same MAC.
         let mut bigger = claims();

@@ -37,6 +37,9 @@ const ATTRIBUTE_CC_MINOR: u32 = 76;
 const MAX_SESSIONS_PER_LEASE: usize = 64;
 /// Leases this server keeps track of at once.
 const MAX_LEASES: usize = 4096;
+/// Heartbeats refused in a row (other than for an unknown registration) before
+/// this server registers again.
+const MAX_REFUSALS: u32 = 3;
 /// Longest wait between registration attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -64,6 +67,11 @@ struct Held {
 struct State {
     /// The key from the last registration; `None` until registered.
     key: Option<String>,
+    /// The key of the last registration, kept when the manager asks for a new
+    /// one: presented, it lets this address register again while alive.
+    last_key: Option<String>,
+    /// This host's devices (known once [`Membership::run`] starts).
+    devices: usize,
     /// Live leases as of `listed_ms` (manager's clock).
     live: HashSet<u64>,
     listed_ms: u64,
@@ -115,6 +123,18 @@ impl Membership {
             return Err(refuse(format!(
                 "the lease is for {}, not this server",
                 claims.server
+            )));
+        }
+        let mut devices = claims.devices.clone();
+        devices.sort_unstable();
+        devices.dedup();
+        if devices.is_empty()
+            || devices.len() != claims.devices.len()
+            || devices.iter().any(|&d| d as usize >= state.devices)
+        {
+            return Err(refuse(format!(
+                "the lease names devices {:?}; this server has {}",
+                claims.devices, state.devices
             )));
         }
         if !state.live.contains(&claims.lease) && claims.issued_ms <= state.listed_ms {
@@ -313,22 +333,33 @@ impl Membership {
                 return;
             }
         };
+        self.state().devices = host.devices().len();
         let mut backoff = Duration::from_millis(500);
         let mut interval = Duration::from_secs(2);
+        let mut refusals = 0;
         loop {
             let registered = self.state().key.is_some();
             if !registered {
+                let last_key = self.state().last_key.clone();
                 let request = ManagerRequest::Register {
                     join_token: self.settings.join_token.clone(),
                     server: self.description(&host),
+                    key: last_key,
                 };
                 match link.call(&request).await {
                     Ok(Ok(ManagerReply::Registered(r))) => {
                         let manager = link.address().await;
                         tracing::info!(%manager, "registered with the pool manager");
-                        self.state().key = Some(r.server_key);
+                        {
+                            let mut state = self.state();
+                            state.key = Some(r.server_key.clone());
+                            state.last_key = Some(r.server_key);
+                        }
+                        // Leases issued before now and not listed are over.
+                        self.listed(r.listed.now_ms, r.listed.leases);
                         interval = Duration::from_millis(r.heartbeat_ms.clamp(100, 60_000));
                         backoff = Duration::from_millis(500);
+                        refusals = 0;
                     }
                     Ok(Ok(other)) => {
                         tracing::warn!("the manager answered a registration with {other:?}")
@@ -351,14 +382,26 @@ impl Membership {
             };
             let mut pause = interval;
             match link.call(&request).await {
-                Ok(Ok(ManagerReply::HeartbeatAck(ack))) => self.listed(ack.now_ms, ack.leases),
+                Ok(Ok(ManagerReply::HeartbeatAck(ack))) => {
+                    refusals = 0;
+                    self.listed(ack.now_ms, ack.leases)
+                }
                 Ok(Err(ManagerError::UnknownServer(why))) => {
                     tracing::info!("registering again: {why}");
                     self.state().key = None;
                     continue;
                 }
                 Ok(Ok(other)) => tracing::warn!("the manager answered a heartbeat with {other:?}"),
-                Ok(Err(e)) => tracing::warn!("the pool manager refused a heartbeat: {e}"),
+                Ok(Err(e)) => {
+                    tracing::warn!("the pool manager refused a heartbeat: {e}");
+                    refusals += 1;
+                    if refusals >= MAX_REFUSALS {
+                        tracing::info!("registering again after {refusals} refused heartbeats");
+                        self.state().key = None;
+                        refusals = 0;
+                        continue;
+                    }
+                }
                 Err(e) => {
                     // No manager answered: try again soon, not a whole interval
                     // later, so a manager's death costs little of the TTL.

@@ -96,6 +96,7 @@ class Manager(Process):
         self.addr = self.field("listening")
         self.cert = self.field("certificate")
         self.join = self.field("join token file")
+        self.operator = self.field("operator token file")
         self.metrics = self.field("metrics")
 
     def restart(self):
@@ -150,7 +151,7 @@ def status(manager, tmp, *extra, token=None):
     if token:
         argv += ["--token-file", str(Path(tmp) / f"{token}.token")]
     else:
-        argv += ["--join-token-file", manager.join]
+        argv += ["--operator-token-file", manager.operator]
     out = subprocess.run(argv + list(extra), capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -356,6 +357,28 @@ def test_a_client_without_a_lease_is_refused(pool):
                              env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode != 0 and "PASS" not in out.stdout, out.stdout
         assert "admits only leases" in out.stderr or "not a valid lease" in out.stderr, out.stderr
+
+
+def test_the_join_token_does_not_take_over_a_live_server(pool):
+    """A second server with the join token, claiming a live server's address, is
+    refused (and the real server keeps heart-beating); the operator token and the
+    join token are not each other."""
+    manager, servers, tmp = pool
+    argv = [BIN, "server", "--backend", "mock", "--mock-devices", "1", "--listen", "127.0.0.1:0",
+            "--state-dir", str(Path(tmp) / "impostor-state"), "--advertise", servers["a"].addr,
+            "--manager", manager.addr, "--manager-cert", manager.cert, "--join-token-file", manager.join]
+    impostor = Process(Path(tmp) / "impostor.log", argv, "is registered and alive")
+    try:
+        assert "registered with the pool manager" not in impostor.text()
+        time.sleep(1.5)
+        a = next(s for s in pool_json(manager, tmp)["servers"] if s["address"] == servers["a"].addr)
+        assert a["alive"] and a["last_seen_seconds"] < 1.5, a
+        assert len(a["devices"]) == 1
+    finally:
+        impostor.kill()
+    out = subprocess.run([BIN, "status", "--manager", manager.addr, "--manager-cert", manager.cert,
+                          "--operator-token-file", manager.join], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0 and "unknown tenant token" in out.stderr, out.stderr
 
 
 def test_a_killed_server_leaves_placement_and_its_leases_are_reclaimed(pool):
