@@ -200,6 +200,19 @@ pub struct Pool {
 /// Which servers are alive now.
 pub type Alive = BTreeSet<String>;
 
+/// One server's metering: what a heartbeat changes besides the server's own
+/// entry. In etcd each server's is a key of its own, so a heartbeat rewrites
+/// that and the pool's core, not every server's records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metering {
+    /// The cumulative counters metered so far ([`ServerEntry::metered`]).
+    pub metered: Vec<TenantMeter>,
+    /// Its records in [`Pool::usage`].
+    pub usage: Vec<UsageRecord>,
+    /// Its records in [`Pool::hourly`].
+    pub hourly: Vec<UsageRecord>,
+}
+
 /// A placement: the lease, and what the caller needs to sign it and to tell
 /// the client how to reach its server.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,7 +240,8 @@ type Reserved<'a> = HashMap<&'a str, Vec<(u64, u32)>>;
 
 /// How long hourly metering is kept (for `xpupool status --usage --since`).
 pub const HOURLY_KEEP_MS: u64 = 31 * 24 * HOUR_MS;
-const HOUR_MS: u64 = 3_600_000;
+/// An hour.
+pub const HOUR_MS: u64 = 3_600_000;
 
 /// Adds to the record of `(tenant, server, device, since_ms)` in `records`.
 fn add_usage(
@@ -389,6 +403,34 @@ impl Pool {
         Ok((key, self.listed(&address, now_ms)))
     }
 
+    /// The pool without its metering, and each server's metering (by address;
+    /// a server forgotten since keeps its records).
+    pub fn split(mut self) -> (Pool, BTreeMap<String, Metering>) {
+        let mut parts: BTreeMap<String, Metering> = BTreeMap::new();
+        for (address, server) in &mut self.servers {
+            parts.entry(address.clone()).or_default().metered = std::mem::take(&mut server.metered);
+        }
+        for u in std::mem::take(&mut self.usage) {
+            parts.entry(u.server.clone()).or_default().usage.push(u);
+        }
+        for u in std::mem::take(&mut self.hourly) {
+            parts.entry(u.server.clone()).or_default().hourly.push(u);
+        }
+        (self, parts)
+    }
+
+    /// The pool from [`Self::split`]'s parts.
+    pub fn join(mut core: Pool, parts: BTreeMap<String, Metering>) -> Pool {
+        for (address, part) in parts {
+            if let Some(server) = core.servers.get_mut(&address) {
+                server.metered = part.metered;
+            }
+            core.usage.extend(part.usage);
+            core.hourly.extend(part.hourly);
+        }
+        core
+    }
+
     /// A server's live leases as its heartbeat answers list them: those being
     /// revoked left out (and marked told).
     fn listed(&mut self, address: &str, now_ms: u64) -> HeartbeatAck {
@@ -489,6 +531,8 @@ impl Pool {
         }
         entry.last_seen_ms = now_ms;
         entry.report = report;
+        // Metered above; kept only as `metered`, not twice.
+        entry.report.meters = Vec::new();
         // Leases being revoked: one a session took after all stays (running work
         // is never taken); one the server was told of and, in this report made
         // since, has not started, ends.

@@ -528,14 +528,9 @@ impl Manager {
             }
             ManagerRequest::Usage { token, since_ms } => {
                 let own = self.scope(&token)?;
-                let (pool, _, _) = self.store.read(timing).await?;
-                Ok(ManagerReply::Usage(
-                    pool.hourly
-                        .into_iter()
-                        .filter(|u| u.since_ms + 3_600_000 > since_ms)
-                        .filter(|u| own.as_ref().is_none_or(|t| *t == u.tenant))
-                        .collect(),
-                ))
+                let mut records = self.store.hourly(timing, since_ms).await?;
+                records.retain(|u| own.as_ref().is_none_or(|t| *t == u.tenant));
+                Ok(ManagerReply::Usage(records))
             }
             ManagerRequest::Status { token } => {
                 let own = self.scope(&token)?;

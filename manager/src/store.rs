@@ -1,22 +1,30 @@
 //! Where the pool's state lives: in this manager's memory (one manager, nothing
 //! else to run), or in etcd, where any number of managers share it.
 //!
-//! With etcd the whole [`Pool`] is one JSON value under `PREFIX/pool`; every
-//! change reads it, applies the same function as in memory, and writes it back
-//! only if nobody wrote in between (a transaction on its revision), else tries
-//! again. A server's registration is a key under `PREFIX/alive/` bound to an etcd
-//! lease with the server TTL, kept alive by whichever manager takes its
-//! heartbeat: a server is alive exactly while its key exists. The pool's secret
-//! (which server keys derive from) and join token are keys too, made once by the
-//! first manager.
+//! With etcd the [`Pool`] is JSON under `PREFIX/state/`: its core (servers,
+//! leases, queue) in `state/pool` and each server's metering in
+//! `state/metering/ADDRESS` ([`Pool::split`]). Every change reads them all at
+//! one revision, applies the same function as in memory, and writes back what
+//! changed only if nobody wrote the core or those parts in between (one
+//! transaction), else tries again. Hourly records of hours gone by move out of
+//! the state to `PREFIX/hourly/HOUR/…`, written once and deleted after
+//! [`HOURLY_KEEP_MS`]; so a heartbeat rewrites the core and one server's
+//! metering, whatever the pool's history. A server's registration is a key under
+//! `PREFIX/alive/` bound to an etcd lease with the server TTL, kept alive by
+//! whichever manager takes its heartbeat: a server is alive exactly while its
+//! key exists. The join and operator tokens are keys too, made once by the first
+//! manager. (Every write is a new etcd revision: run etcd with
+//! `--auto-compaction-retention`, as `deploy/k8s/10-etcd.yaml` does.)
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
-use xpupool_protocol::pool::ManagerError;
+use std::collections::BTreeMap;
 
-use crate::pool::{Alive, Pool, Timing};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
+use xpupool_protocol::pool::{ManagerError, UsageRecord};
+
+use crate::pool::{Alive, Metering, Pool, Timing, HOURLY_KEEP_MS, HOUR_MS};
 
 /// Milliseconds since the Unix epoch, by this host's clock.
 pub fn now_ms() -> u64 {
@@ -46,8 +54,9 @@ impl Store {
     /// An empty pool in memory.
     pub fn memory() -> Self {
         Store::Memory(tokio::sync::Mutex::new(Pool::new(
-            // Random, so a restarted manager's leases do not reuse live numbers.
-            rand::random::<u32>() as u64,
+            // The time in microseconds, so a restarted manager's leases do not
+            // reuse numbers its servers have seen.
+            now_ms().saturating_mul(1000),
         )))
     }
 
@@ -66,7 +75,7 @@ impl Store {
         // Fail now, not at the first request, if etcd does not answer.
         store
             .client
-            .get(store.key("pool"), None)
+            .get(store.state_key(None), None)
             .await
             .with_context(|| format!("reading from etcd at {endpoints:?}"))?;
         Ok(Store::Etcd(Box::new(store)))
@@ -119,8 +128,32 @@ impl Store {
             Store::Etcd(etcd) => etcd
                 .update(timing, &mut change)
                 .await
+                .map(|(result, _)| result)
                 .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}"))),
         }
+    }
+
+    /// Hourly metering from the hour of `since_ms` on (every tenant).
+    pub async fn hourly(
+        &self,
+        timing: &Timing,
+        since_ms: u64,
+    ) -> Result<Vec<UsageRecord>, ManagerError> {
+        let (pool, _, _) = self.read(timing).await?;
+        let mut records = match self {
+            Store::Memory(_) => Vec::new(),
+            Store::Etcd(etcd) => etcd
+                .archived(since_ms)
+                .await
+                .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?,
+        };
+        records.extend(pool.hourly);
+        records.retain(|u| u.since_ms + HOUR_MS > since_ms);
+        records.sort_by(|a, b| {
+            (a.since_ms, &a.tenant, &a.server, a.device)
+                .cmp(&(b.since_ms, &b.tenant, &b.server, b.device))
+        });
+        Ok(records)
     }
 
     /// The pool now (with what the TTLs say is gone left out), who is alive,
@@ -154,11 +187,17 @@ impl Store {
                 let alive = pool.alive_by_heartbeat(now, timing);
                 Ok(pool.expire(now, &alive, timing))
             }
-            Store::Etcd(_) => {
+            Store::Etcd(etcd) => {
                 // `update` expires before it runs the change and writes only if
                 // the state changed.
-                self.update(timing, |_, _, _| ()).await?;
-                Ok(Vec::new())
+                let (_, gone) = etcd
+                    .update(timing, &mut |_: &mut Pool, _: &Alive, _| ())
+                    .await
+                    .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
+                etcd.forget_old_hours()
+                    .await
+                    .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
+                Ok(gone)
             }
         }
     }
@@ -211,18 +250,46 @@ impl Etcd {
         format!("{}alive/{address}", self.prefix)
     }
 
-    /// The pool, its key's revision (0 when there is none yet), and the servers
-    /// whose registration keys exist.
-    async fn load(&self) -> Result<(Pool, i64, Alive)> {
+    fn state_key(&self, part: Option<&str>) -> String {
+        match part {
+            None => format!("{}state/pool", self.prefix),
+            Some(address) => format!("{}state/metering/{address}", self.prefix),
+        }
+    }
+
+    fn hourly_key(&self, hour_ms: u64) -> String {
+        format!("{}hourly/{hour_ms:016}/", self.prefix)
+    }
+
+    /// The pool (its core and every server's metering, read at one revision),
+    /// each key's revision, and the servers whose registration keys exist.
+    async fn load(&self) -> Result<(Pool, BTreeMap<String, i64>, Alive)> {
         let mut client = self.client.clone();
-        let got = client.get(self.key("pool"), None).await?;
-        let (pool, revision) = match got.kvs().first() {
-            Some(kv) => (
-                serde_json::from_slice(kv.value()).context("the pool in etcd does not parse")?,
-                kv.mod_revision(),
-            ),
-            None => (Pool::new(1), 0),
-        };
+        let state = self.key("state/");
+        let got = client
+            .get(state.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut core = None;
+        let mut parts = BTreeMap::new();
+        let mut revisions = BTreeMap::new();
+        let metering = self.state_key(Some(""));
+        for kv in got.kvs() {
+            let key = kv.key_str()?;
+            revisions.insert(key.to_owned(), kv.mod_revision());
+            if key == self.state_key(None) {
+                core = Some(
+                    serde_json::from_slice::<Pool>(kv.value())
+                        .context("the pool in etcd does not parse")?,
+                );
+            } else if let Some(address) = key.strip_prefix(&metering) {
+                let part: Metering = serde_json::from_slice(kv.value())
+                    .with_context(|| format!("{key} in etcd does not parse"))?;
+                parts.insert(address.to_owned(), part);
+            }
+        }
+        // A pool never written starts its lease numbers at this time in
+        // microseconds, above any a lost one can have issued.
+        let core = core.unwrap_or_else(|| Pool::new(now_ms().saturating_mul(1000)));
         let alive_prefix = self.alive_key("");
         let keys = client
             .get(
@@ -237,45 +304,110 @@ impl Etcd {
             .filter_map(|k| k.strip_prefix(&alive_prefix))
             .map(str::to_owned)
             .collect();
-        Ok((pool, revision, alive))
+        Ok((Pool::join(core, parts), revisions, alive))
     }
 
     async fn update<R>(
         &self,
         timing: &Timing,
         change: &mut impl FnMut(&mut Pool, &Alive, u64) -> R,
-    ) -> Result<R> {
-        let key = self.key("pool");
+    ) -> Result<(R, Vec<u64>)> {
+        let core_key = self.state_key(None);
         for attempt in 0..MAX_ATTEMPTS {
-            let (before, revision, alive) = self.load().await?;
+            let (before, revisions, alive) = self.load().await?;
             let mut pool = before.clone();
             let now = now_ms();
-            pool.expire(now, &alive, timing);
+            let gone = pool.expire(now, &alive, timing);
             let result = change(&mut pool, &alive, now);
-            let old = serde_json::to_vec(&before)?;
-            let new = serde_json::to_vec(&pool)?;
-            if old == new && revision != 0 {
-                return Ok(result);
+            let (old_core, old_parts) = before.split();
+            let (new_core, mut new_parts) = pool.split();
+            // Hours gone by leave the state for keys of their own, written once.
+            let hour = now - now % HOUR_MS;
+            let mut archive: BTreeMap<u64, Vec<UsageRecord>> = BTreeMap::new();
+            for part in new_parts.values_mut() {
+                let (past, current): (Vec<UsageRecord>, Vec<UsageRecord>) =
+                    std::mem::take(&mut part.hourly)
+                        .into_iter()
+                        .partition(|u| u.since_ms < hour);
+                part.hourly = current;
+                for u in past {
+                    archive.entry(u.since_ms).or_default().push(u);
+                }
+            }
+            // The core is compared always (every decision reads it), each part
+            // written only if it changed, compared by its own revision.
+            let revision = |key: &str| revisions.get(key).copied();
+            let compare = |key: &str| match revision(key) {
+                Some(r) => Compare::mod_revision(key, CompareOp::Equal, r),
+                None => Compare::create_revision(key, CompareOp::Equal, 0),
+            };
+            let mut compares = vec![compare(&core_key)];
+            let mut puts = Vec::new();
+            if serde_json::to_vec(&old_core)? != serde_json::to_vec(&new_core)?
+                || revision(&core_key).is_none()
+            {
+                puts.push(TxnOp::put(
+                    core_key.clone(),
+                    serde_json::to_vec(&new_core)?,
+                    None,
+                ));
+            }
+            for (address, part) in &new_parts {
+                if old_parts.get(address) == Some(part) {
+                    continue;
+                }
+                let key = self.state_key(Some(address));
+                compares.push(compare(&key));
+                puts.push(TxnOp::put(key, serde_json::to_vec(part)?, None));
+            }
+            for (since, records) in &archive {
+                let key = format!("{}{:016x}", self.hourly_key(*since), rand::random::<u64>());
+                puts.push(TxnOp::put(key, serde_json::to_vec(records)?, None));
+            }
+            if puts.is_empty() {
+                return Ok((result, gone));
             }
             let mut client = self.client.clone();
-            let written = client
-                .txn(
-                    Txn::new()
-                        .when([Compare::mod_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            revision,
-                        )])
-                        .and_then([TxnOp::put(key.clone(), new, None)]),
-                )
-                .await?;
+            let written = client.txn(Txn::new().when(compares).and_then(puts)).await?;
             if written.succeeded() {
-                return Ok(result);
+                return Ok((result, gone));
             }
             // Another manager wrote first: back off a little, at random, and redo.
             let pause = rand::random::<u64>() % (2 + 2 * attempt as u64).min(20);
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         bail!("the pool in etcd changed under every one of {MAX_ATTEMPTS} attempts")
+    }
+
+    /// Hourly records of hours gone by, from the hour of `since_ms` on.
+    async fn archived(&self, since_ms: u64) -> Result<Vec<UsageRecord>> {
+        let mut client = self.client.clone();
+        let from = self.hourly_key(since_ms - since_ms % HOUR_MS);
+        let end = format!("{}hourly0", self.prefix); // '0' follows '/'
+        let got = client
+            .get(from, Some(GetOptions::new().with_range(end)))
+            .await?;
+        let mut records = Vec::new();
+        for kv in got.kvs() {
+            let mut some: Vec<UsageRecord> =
+                serde_json::from_slice(kv.value()).with_context(|| {
+                    format!("{} in etcd does not parse", kv.key_str().unwrap_or("?"))
+                })?;
+            records.append(&mut some);
+        }
+        Ok(records)
+    }
+
+    /// Deletes archived hours older than [`HOURLY_KEEP_MS`].
+    async fn forget_old_hours(&self) -> Result<()> {
+        let mut client = self.client.clone();
+        let cutoff = now_ms().saturating_sub(HOURLY_KEEP_MS);
+        client
+            .delete(
+                self.key("hourly/"),
+                Some(DeleteOptions::new().with_range(self.hourly_key(cutoff - cutoff % HOUR_MS))),
+            )
+            .await?;
+        Ok(())
     }
 }

@@ -239,12 +239,9 @@ impl Host {
             backend,
             devices,
             schedulers,
-            admission: prometheus_client::metrics::histogram::Histogram::new(
-                [
-                    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ]
-                .into_iter(),
-            ),
+            admission: prometheus_client::metrics::histogram::Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
         })
     }
 

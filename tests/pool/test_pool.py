@@ -467,7 +467,8 @@ def etcd(tmp_path):
     proc = subprocess.Popen([binary, "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls", url,
                              "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{ports[1]}",
                              "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports[1]}",
-                             "--initial-cluster", f"default=http://127.0.0.1:{ports[1]}"],
+                             "--initial-cluster", f"default=http://127.0.0.1:{ports[1]}",
+                             "--auto-compaction-mode=periodic", "--auto-compaction-retention=1h"],
                             stdout=open(tmp_path / "etcd.log", "w"), stderr=subprocess.STDOUT)
 
     def healthy():
