@@ -5,9 +5,4 @@
 # scripts/build-cuda-tests.sh and the venv of scripts/install-python-env.sh.
 #   XPUPOOL_BIN          the xpupool binary (default: $CARGO_TARGET_DIR or target/, then release/xpupool)
 #   XPUPOOL_SOAK_SECONDS how long the eight-tenant test runs (60)
-set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-export XPUPOOL_BIN=${XPUPOOL_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/xpupool}
-python=$("$root/scripts/install-python-env.sh")
-cd "$root/tests/tenancy"
-exec "$python" -m pytest -q -s -p no:cacheprovider -rfE "$@" .
+exec "$(dirname "$0")/run-pytest-suite.sh" tenancy "$@"

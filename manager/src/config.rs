@@ -16,14 +16,13 @@
 //! policy = "bin-pack"         # its own placement policy
 //! ```
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_spanned::Spanned;
 use xpupool_protocol::pool::Class;
-use xpupool_server::config::{read_token_file, Located, Size, MIN_TOKEN_LEN};
+use xpupool_server::config::{Located, Size, TenantIdentities};
 
 use crate::pool::{PolicyKind, TenantRule};
 
@@ -120,70 +119,11 @@ impl ManagerSettings {
             }
         }
         let mut tenants = Vec::new();
-        let mut names = HashSet::new();
-        let mut tokens = HashSet::new();
+        let mut identities = TenantIdentities::default();
         for (i, t) in file.tenant.iter().enumerate() {
             let field = |name: &str| format!("tenant[{i}].{name}");
-            let name = t.name.get_ref().clone();
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                return Err(at.error(
-                    t.name.span(),
-                    &field("name"),
-                    format!("{name:?}: use up to 64 letters, digits, '-', '_' and '.'"),
-                ));
-            }
-            if !names.insert(name.clone()) {
-                return Err(at.error(
-                    t.name.span(),
-                    &field("name"),
-                    format!("a second tenant named {name:?}"),
-                ));
-            }
-            let (token, span, token_field) = match (&t.token, &t.token_file) {
-                (Some(token), None) => (token.get_ref().trim().to_owned(), token.span(), "token"),
-                (None, Some(file)) => (
-                    read_token_file(file.get_ref())
-                        .map_err(|e| at.error(file.span(), &field("token_file"), e))?,
-                    file.span(),
-                    "token_file",
-                ),
-                (Some(token), Some(_)) => {
-                    return Err(at.error(
-                        token.span(),
-                        &field("token"),
-                        "give token or token_file, not both",
-                    ))
-                }
-                (None, None) => {
-                    return Err(at.error(
-                        t.name.span(),
-                        &format!("tenant[{i}]"),
-                        "needs token or token_file",
-                    ))
-                }
-            };
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(at.error(
-                    span,
-                    &field(token_field),
-                    format!(
-                        "a token of {} characters is guessable; use at least {MIN_TOKEN_LEN}",
-                        token.len()
-                    ),
-                ));
-            }
-            if !tokens.insert(token.clone()) {
-                return Err(at.error(
-                    span,
-                    &field(token_field),
-                    "the same token as another tenant",
-                ));
-            }
+            let (name, token) =
+                identities.check(&at, i, &t.name, t.token.as_ref(), t.token_file.as_ref())?;
             let memory_quota = t
                 .memory
                 .as_ref()
@@ -311,7 +251,7 @@ token = "bbbbbbbbbbbbbbbbbbbb"
             ),
             (
                 "[[tenant]]\nname = \"a\"\ntoken = \"aaaaaaaaaaaaaaaaaaaa\"\n[[tenant]]\nname = \"b\"\ntoken = \"aaaaaaaaaaaaaaaaaaaa\"\n",
-                "manager.toml:6:9: tenant[1].token: the same token as another tenant",
+                "manager.toml:6:9: tenant[1].token: the same token as tenant \"a\"",
             ),
             ("listen = \"x\"\n", "manager.toml:1:10: listen:"),
             ("", "no [[tenant]] table"),

@@ -105,16 +105,6 @@ pub struct BoundManager {
 impl BoundManager {
     /// Binds the QUIC endpoint. Must be called inside a tokio runtime.
     pub fn bind(config: ManagerConfig) -> Result<Self> {
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(config.identity.chain, config.identity.key)
-        .context("manager certificate")?;
-        tls.alpn_protocols = vec![MANAGER_ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?))
@@ -124,7 +114,9 @@ impl BoundManager {
             // and a large one still flows, only paced.
             .receive_window((2u32 << 20).into())
             .stream_receive_window((1u32 << 20).into());
-        server_config.transport_config(Arc::new(transport));
+        let mut server_config =
+            xpupool_server::tls::quic_server_config(config.identity, MANAGER_ALPN, transport)
+                .context("manager certificate")?;
         server_config.max_incoming(MAX_INCOMING);
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;

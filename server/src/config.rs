@@ -149,6 +149,92 @@ impl Located<'_> {
     }
 }
 
+/// Checks tenants' names and tokens as a config file gives them, one tenant
+/// after another: a name of up to 64 letters, digits, '-', '_' and '.' that no
+/// tenant before had; exactly one of `token` and `token_file`, of at least
+/// [`MIN_TOKEN_LEN`] characters, that no tenant before had.
+#[derive(Default)]
+pub struct TenantIdentities {
+    names: HashSet<String>,
+    /// Token to the tenant that has it.
+    tokens: HashMap<String, String>,
+}
+
+impl TenantIdentities {
+    /// Tenant `i`'s name and token, or the error naming the field.
+    pub fn check(
+        &mut self,
+        at: &Located<'_>,
+        i: usize,
+        name: &Spanned<String>,
+        token: Option<&Spanned<String>>,
+        token_file: Option<&Spanned<PathBuf>>,
+    ) -> Result<(String, String), String> {
+        let field = |f: &str| format!("tenant[{i}].{f}");
+        let text = name.get_ref().clone();
+        if text.is_empty()
+            || text.len() > 64
+            || !text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(at.error(
+                name.span(),
+                &field("name"),
+                format!("{text:?}: use up to 64 letters, digits, '-', '_' and '.'"),
+            ));
+        }
+        if !self.names.insert(text.clone()) {
+            return Err(at.error(
+                name.span(),
+                &field("name"),
+                format!("a second tenant named {text:?}"),
+            ));
+        }
+        let (secret, span, token_field) = match (token, token_file) {
+            (Some(token), None) => (
+                token.get_ref().trim().to_owned(),
+                token.span(),
+                field("token"),
+            ),
+            (None, Some(file)) => {
+                let token = read_token_file(file.get_ref())
+                    .map_err(|e| at.error(file.span(), &field("token_file"), e))?;
+                (token, file.span(), field("token_file"))
+            }
+            (Some(token), Some(_)) => {
+                return Err(at.error(
+                    token.span(),
+                    &field("token"),
+                    "give token or token_file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(at.error(
+                    name.span(),
+                    &format!("tenant[{i}]"),
+                    "needs token or token_file",
+                ))
+            }
+        };
+        if secret.len() < MIN_TOKEN_LEN {
+            return Err(at.error(
+                span,
+                &token_field,
+                format!("a token of {} characters is guessable; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)", secret.len()),
+            ));
+        }
+        if let Some(other) = self.tokens.insert(secret.clone(), text.clone()) {
+            return Err(at.error(
+                span,
+                &token_field,
+                format!("the same token as tenant {other:?}"),
+            ));
+        }
+        Ok((text, secret))
+    }
+}
+
 impl ServerSettings {
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, String> {
@@ -243,71 +329,13 @@ impl ServerSettings {
 
         let mut tokens = Vec::new();
         let mut device_lists = Vec::new();
-        let mut names: HashSet<String> = HashSet::new();
-        let mut seen_tokens: HashMap<String, String> = HashMap::new();
+        let mut identities = TenantIdentities::default();
         let mut total_share = 0.0;
         let mut last_share_span = 0..0;
         for (i, t) in file.tenant.iter().enumerate() {
             let field = |name: &str| format!("tenant[{i}].{name}");
-            let name = t.name.get_ref().clone();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                return Err(at.error(
-                    t.name.span(),
-                    &field("name"),
-                    format!("{name:?}: use letters, digits, '-', '_' and '.'"),
-                ));
-            }
-            if !names.insert(name.clone()) {
-                return Err(at.error(
-                    t.name.span(),
-                    &field("name"),
-                    format!("a second tenant named {name:?}"),
-                ));
-            }
-            let (token, span, token_field) = match (&t.token, &t.token_file) {
-                (Some(token), None) => (
-                    token.get_ref().trim().to_owned(),
-                    token.span(),
-                    field("token"),
-                ),
-                (None, Some(file)) => {
-                    let token = read_token_file(file.get_ref())
-                        .map_err(|e| at.error(file.span(), &field("token_file"), e))?;
-                    (token, file.span(), field("token_file"))
-                }
-                (Some(token), Some(_)) => {
-                    return Err(at.error(
-                        token.span(),
-                        &field("token"),
-                        "give token or token_file, not both",
-                    ))
-                }
-                (None, None) => {
-                    return Err(at.error(
-                        t.name.span(),
-                        &format!("tenant[{i}]"),
-                        "needs token or token_file",
-                    ))
-                }
-            };
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(at.error(
-                    span,
-                    &token_field,
-                    format!("a token of {} characters is guessable; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)", token.len()),
-                ));
-            }
-            if let Some(other) = seen_tokens.insert(token.clone(), name.clone()) {
-                return Err(at.error(
-                    span,
-                    &token_field,
-                    format!("the same token as tenant {other:?}"),
-                ));
-            }
+            let (name, token) =
+                identities.check(&at, i, &t.name, t.token.as_ref(), t.token_file.as_ref())?;
             let memory_limit = t
                 .memory_limit
                 .as_ref()

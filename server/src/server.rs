@@ -234,16 +234,6 @@ pub fn session_transport(transport: &mut quinn::TransportConfig) -> Result<()> {
 impl Server {
     /// Binds the QUIC endpoint. Must be called inside a tokio runtime.
     pub fn bind(config: ServerConfig) -> Result<Self> {
-        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(config.identity.chain, config.identity.key)
-        .context("server certificate")?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         session_transport(&mut transport)?;
         transport
@@ -251,7 +241,8 @@ impl Server {
             .max_concurrent_uni_streams(0u32.into())
             .receive_window(UNAUTHENTICATED_WINDOW.into())
             .send_window(REPLY_QUEUE_BYTES as u64);
-        server_config.transport_config(Arc::new(transport));
+        let mut server_config = crate::tls::quic_server_config(config.identity, ALPN, transport)
+            .context("server certificate")?;
         // Connection attempts waiting to be accepted, and the early data they may
         // bring: small, since each costs memory before any token is seen.
         server_config

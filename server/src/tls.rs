@@ -119,3 +119,24 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes)?;
     Ok(())
 }
+
+/// A QUIC server configuration presenting `identity` over TLS 1.3 only, for the
+/// application protocol `alpn`, with `transport`.
+pub fn quic_server_config(
+    identity: Identity,
+    alpn: &[u8],
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ServerConfig> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_no_client_auth()
+    .with_single_cert(identity.chain, identity.key)
+    .context("the certificate and key")?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+    config.transport_config(std::sync::Arc::new(transport));
+    Ok(config)
+}
