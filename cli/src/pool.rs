@@ -16,7 +16,7 @@ use xpupool_manager::store::Store;
 use xpupool_manager::{BoundManager, ManagerConfig};
 use xpupool_protocol::pool::{
     Class, ManagerError, ManagerReply, ManagerRequest, Placement, PoolStatus, Requirements, Rtt,
-    UsageRecord,
+    UsageRecord, MAX_USAGE_PAGE,
 };
 use xpupool_server::tls;
 
@@ -456,10 +456,26 @@ pub(crate) fn status(
             Some(text) => parse_since(text, now)?,
             None => 0,
         };
-        let reply = runtime.block_on(link.ask(&ManagerRequest::Usage { token, since_ms }))?;
-        let ManagerReply::Usage(records) = reply else {
-            bail!("the manager answered with {reply:?}");
-        };
+        // Page by page: a month of a large pool is more than one answer holds.
+        let mut records: Vec<UsageRecord> = Vec::new();
+        loop {
+            let after = records
+                .last()
+                .map(|u| (u.since_ms, u.tenant.clone(), u.server.clone(), u.device));
+            let reply = runtime.block_on(link.ask(&ManagerRequest::Usage {
+                token: token.clone(),
+                since_ms,
+                after,
+            }))?;
+            let ManagerReply::Usage(page) = reply else {
+                bail!("the manager answered with {reply:?}");
+            };
+            let full = page.len() >= MAX_USAGE_PAGE;
+            records.extend(page);
+            if !full {
+                break;
+            }
+        }
         print!("{}", usage_csv(&records));
         return Ok(ExitCode::SUCCESS);
     }

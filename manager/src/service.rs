@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use xpupool_protocol::frame;
 use xpupool_protocol::pool::{
     same_bytes, server_key, ManagerError, ManagerReply, ManagerRequest, ManagerResult, Placement,
-    Registered, MANAGER_ALPN, MAX_MANAGER_FRAME,
+    Registered, UsageRecord, MANAGER_ALPN, MAX_MANAGER_FRAME, MAX_USAGE_PAGE,
 };
 use xpupool_server::tls::Identity;
 
@@ -518,10 +518,21 @@ impl Manager {
                 tracing::info!(tenant = %name, lease, "released");
                 Ok(ManagerReply::Done)
             }
-            ManagerRequest::Usage { token, since_ms } => {
+            ManagerRequest::Usage {
+                token,
+                since_ms,
+                after,
+            } => {
                 let own = self.scope(&token)?;
                 let mut records = self.store.hourly(timing, since_ms).await?;
-                records.retain(|u| own.as_ref().is_none_or(|t| *t == u.tenant));
+                let key =
+                    |u: &UsageRecord| (u.since_ms, u.tenant.clone(), u.server.clone(), u.device);
+                records.retain(|u| {
+                    own.as_ref().is_none_or(|t| *t == u.tenant)
+                        && after.as_ref().is_none_or(|a| key(u) > *a)
+                });
+                records.sort_by_key(key);
+                records.truncate(MAX_USAGE_PAGE);
                 Ok(ManagerReply::Usage(records))
             }
             ManagerRequest::Status { token } => {
@@ -545,5 +556,28 @@ impl Manager {
         let (pool, alive, now) = snapshot.as_ref()?;
         let rules: Vec<TenantRule> = self.tenants.iter().map(|(_, r)| r.clone()).collect();
         Some(pool.status(self.policy, &rules, None, *now, alive))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_at_most_its_share_of_connections() {
+        let per_ip = Arc::new(PerIp::default());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut held: Vec<IpSlot> = (0..MAX_CONNECTIONS_PER_IP)
+            .map(|_| per_ip.clone().take(a).expect("under the cap"))
+            .collect();
+        assert!(per_ip.clone().take(a).is_none());
+        // Another address is not held up by it.
+        let other = per_ip.clone().take(b).expect("another address");
+        // A connection that ends gives its place back.
+        held.pop();
+        assert!(per_ip.clone().take(a).is_some());
+        drop((held, other));
+        assert!(per_ip.0.lock().unwrap().is_empty());
     }
 }

@@ -18,6 +18,9 @@ pub const MANAGER_ALPN: &[u8] = b"xpupool-manager/1";
 /// The largest request or reply either side reads (a status of a large pool fits).
 pub const MAX_MANAGER_FRAME: usize = 4 << 20;
 
+/// Hourly records in one answer, at most (well inside [`MAX_MANAGER_FRAME`]).
+pub const MAX_USAGE_PAGE: usize = 10_000;
+
 /// A lease as a client presents it in its hello's token: this prefix, then the
 /// hex of the claims, a dot and the hex of their MAC.
 pub const LEASE_PREFIX: &str = "lease:";
@@ -262,6 +265,10 @@ pub enum ManagerRequest {
         token: String,
         /// Milliseconds since the epoch.
         since_ms: u64,
+        /// The records after this one (`since_ms`, tenant, server, device) in
+        /// that order: the next page. At most [`MAX_USAGE_PAGE`] come at once.
+        #[serde(default)]
+        after: Option<(u64, String, String, u32)>,
     },
 }
 
