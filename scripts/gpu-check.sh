@@ -10,7 +10,8 @@
 #      commit beside the mock-recorded one), replayed against the mock;
 #   4. tenancy on the cuda backend: a server with two tenants (tests/tenancy's spin
 #      load beside two_devices), the devices each sees, and the metrics, with the
-#      ledger's drift from the driver's figures (carry tests/tenancy/build too).
+#      ledger's drift from the driver's figures and the power NVML reports
+#      (xpupool_device_power_watts) (carry tests/tenancy/build too).
 # Designed to finish in a few minutes; prints everything to stdout.
 #   XPUPOOL_BIN   xpupool binary (default target/release/xpupool)
 #   PYTHON        python with PyTorch (default python3)

@@ -444,7 +444,11 @@ impl Pool {
                 None => leases.push(l.claims.lease),
             }
         }
-        HeartbeatAck { now_ms, leases }
+        HeartbeatAck {
+            now_ms,
+            leases,
+            next_lease: self.next_lease,
+        }
     }
 
     /// Whether `key` is the key of server `address`.
@@ -1765,6 +1769,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(listed.leases, vec![g.claims.lease]);
+        assert_eq!(listed.next_lease, g.claims.lease + 1);
         // A server silent for a day with no lease left is forgotten.
         p.release("t", g.claims.lease).unwrap();
         let day = later + FORGET_SERVER_MS + 1;

@@ -290,9 +290,13 @@ pub struct Registered {
 pub struct HeartbeatAck {
     /// The manager's clock (milliseconds since the epoch) when it made the list.
     pub now_ms: u64,
-    /// Every lease of this server that is live. A lease issued before `now_ms`
-    /// and not here is over: no new session may use it.
+    /// Every lease of this server that is live. A lease numbered below
+    /// `next_lease` and not here is over: no new session may use it.
     pub leases: Vec<u64>,
+    /// The pool's next lease number when the list was made. Lease numbers grow
+    /// in the order placements are made, whichever manager made them, so this
+    /// orders the list against leases without comparing managers' clocks.
+    pub next_lease: u64,
 }
 
 /// Where a queued request stands.

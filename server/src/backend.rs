@@ -21,6 +21,10 @@ pub trait Backend: Send + Sync + 'static {
     fn memory_used(&self, _device: u32) -> Option<u64> {
         None
     }
+    /// What `device` draws now, in watts, where the backend can measure it.
+    fn power_watts(&self, _device: u32) -> Option<f64> {
+        None
+    }
     /// Whether a launch returns only once its kernel is done, so that the time it
     /// takes is the kernel's: launches then go through the device's scheduler.
     fn launches_complete_on_return(&self) -> bool {

@@ -4,9 +4,12 @@
 //!
 //! A lease is checked here, with the key the manager gave this server at
 //! registration: no round trip per client. The manager's heartbeat answers list
-//! the server's live leases as of a time on the manager's clock; a lease issued
-//! before that time and not listed is over (released, lapsed or preempted), so
-//! it opens no new session. Sessions it already opened carry on until they end.
+//! the server's live leases and the pool's next lease number then; a lease
+//! numbered below that and not listed is over (released, lapsed or preempted),
+//! so it opens no new session. Lease numbers grow in the order placements are
+//! made, so no manager's clock is compared with another's. Sessions a lease
+//! already opened carry on until they end. A lease's devices must be this
+//! server's.
 //!
 //! Each lease is a tenant of this server with the lease's memory as its limit on
 //! the lease's devices. Metering counters (busy seconds, byte-seconds) are kept
@@ -20,8 +23,8 @@ use std::time::Duration;
 
 use xpupool_client::pool::{ManagerAccess, ManagerLink};
 use xpupool_protocol::pool::{
-    Class, DeviceReport, LeaseClaims, LeaseReport, ManagerError, ManagerReply, ManagerRequest,
-    PoolDevice, ServerDescription, ServerReport, TenantMeter,
+    Class, DeviceReport, HeartbeatAck, LeaseClaims, LeaseReport, ManagerError, ManagerReply,
+    ManagerRequest, PoolDevice, ServerDescription, ServerReport, TenantMeter,
 };
 use xpupool_protocol::{code, CuError};
 
@@ -72,9 +75,9 @@ struct State {
     last_key: Option<String>,
     /// This host's devices (known once [`Membership::run`] starts).
     devices: usize,
-    /// Live leases as of `listed_ms` (manager's clock).
+    /// Live leases as of the pool's lease number `listed_below`.
     live: HashSet<u64>,
-    listed_ms: u64,
+    listed_below: u64,
     /// Leases sessions were opened under.
     held: HashMap<u64, Held>,
     /// Counters of leases gone, per (tenant, device): busy seconds, byte-seconds.
@@ -137,7 +140,7 @@ impl Membership {
                 claims.devices, state.devices
             )));
         }
-        if !state.live.contains(&claims.lease) && claims.issued_ms <= state.listed_ms {
+        if !state.live.contains(&claims.lease) && claims.lease < state.listed_below {
             return Err(refuse(format!(
                 "lease {} is over (released, lapsed or preempted)",
                 claims.lease
@@ -286,7 +289,7 @@ impl Membership {
                     DeviceReport {
                         memory_used: figures.memory_used,
                         utilization: figures.utilization,
-                        power_watts: None,
+                        power_watts: host.power_watts(d as u32),
                     }
                 })
                 .collect(),
@@ -298,10 +301,10 @@ impl Membership {
 
     /// Takes a heartbeat's answer: the live leases; leases that are over and
     /// have no session left are forgotten, their counters kept.
-    fn listed(&self, now_ms: u64, live: Vec<u64>) {
+    fn listed(&self, listed: HeartbeatAck) {
         let mut state = self.state();
-        state.live = live.into_iter().collect();
-        state.listed_ms = now_ms;
+        state.live = listed.leases.into_iter().collect();
+        state.listed_below = listed.next_lease;
         let over: Vec<u64> = state
             .held
             .iter()
@@ -356,7 +359,7 @@ impl Membership {
                             state.last_key = Some(r.server_key);
                         }
                         // Leases issued before now and not listed are over.
-                        self.listed(r.listed.now_ms, r.listed.leases);
+                        self.listed(r.listed);
                         interval = Duration::from_millis(r.heartbeat_ms.clamp(100, 60_000));
                         backoff = Duration::from_millis(500);
                         refusals = 0;
@@ -384,7 +387,7 @@ impl Membership {
             match link.call(&request).await {
                 Ok(Ok(ManagerReply::HeartbeatAck(ack))) => {
                     refusals = 0;
-                    self.listed(ack.now_ms, ack.leases)
+                    self.listed(ack)
                 }
                 Ok(Err(ManagerError::UnknownServer(why))) => {
                     tracing::info!("registering again: {why}");
@@ -411,5 +414,72 @@ impl Membership {
             }
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    fn member() -> Arc<Membership> {
+        let access = ManagerAccess::new("127.0.0.1:1", None, Some("sha256:00".into())).unwrap();
+        let membership = Membership::new(JoinSettings {
+            access,
+            join_token: "join".into(),
+            address: "10.0.0.1:7800".into(),
+            fingerprint: "sha256:00".into(),
+        });
+        {
+            let mut state = membership.state();
+            state.key = Some(KEY.into());
+            state.devices = 2;
+        }
+        membership
+    }
+
+    fn lease(lease: u64, devices: Vec<u32>) -> LeaseClaims {
+        LeaseClaims {
+            lease,
+            tenant: "t".into(),
+            server: "10.0.0.1:7800".into(),
+            devices,
+            memory: 1 << 30,
+            class: Class::Normal,
+            compute_share: 1.0,
+            issued_ms: 0,
+        }
+    }
+
+    #[test]
+    fn admits_live_leases_of_its_own_devices_only() {
+        let m = member();
+        // Before any list: a signed lease for a device it has is admitted.
+        assert!(m.admit(&lease(10, vec![1]).sign(KEY)).is_ok());
+        // Devices it lacks, none, or one twice: refused.
+        for devices in [vec![2], vec![], vec![0, 0]] {
+            let e = m.admit(&lease(11, devices).sign(KEY)).unwrap_err();
+            assert!(e.to_string().contains("this server has 2"), "{e}");
+        }
+        // Another key's signature, another server's lease: refused.
+        assert!(m.admit(&lease(12, vec![0]).sign("another key")).is_err());
+        let mut elsewhere = lease(13, vec![0]);
+        elsewhere.server = "10.0.0.2:7800".into();
+        assert!(m.admit(&elsewhere.sign(KEY)).is_err());
+        // The manager lists lease 10 live as of lease number 20: 14 (below 20,
+        // not listed) is over, 25 (placed since) is admitted, 10 still is.
+        m.listed(HeartbeatAck {
+            now_ms: 0,
+            leases: vec![10],
+            next_lease: 20,
+        });
+        let e = m.admit(&lease(14, vec![0]).sign(KEY)).unwrap_err();
+        assert!(e.to_string().contains("lease 14 is over"), "{e}");
+        assert!(m.admit(&lease(25, vec![0]).sign(KEY)).is_ok());
+        assert!(m.admit(&lease(10, vec![1]).sign(KEY)).is_ok());
+        // The same lease under other terms is refused.
+        let e = m.admit(&lease(10, vec![0]).sign(KEY)).unwrap_err();
+        assert!(e.to_string().contains("under other terms"), "{e}");
     }
 }

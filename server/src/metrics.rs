@@ -69,6 +69,7 @@ impl Exporter {
         let device_used = Family::<DeviceLabels, Gauge>::default();
         let device_total = Family::<DeviceLabels, Gauge>::default();
         let utilization = Family::<DeviceLabels, FloatGauge>::default();
+        let power = Family::<DeviceLabels, FloatGauge>::default();
         let drift = Family::<DeviceLabels, Gauge>::default();
 
         let devices = self.host.devices();
@@ -113,6 +114,9 @@ impl Exporter {
                 .get_or_create(&labels)
                 .set(clamp(info.total_memory));
             utilization.get_or_create(&labels).set(figures.utilization);
+            if let Some(watts) = self.host.power_watts(device as u32) {
+                power.get_or_create(&labels).set(watts);
+            }
             if let Some(measured) = self.host.memory_used(device as u32) {
                 drift
                     .get_or_create(&labels)
@@ -188,6 +192,11 @@ impl Exporter {
             "device_utilization_ratio",
             "Fraction of the last second the device ran kernels",
             utilization,
+        );
+        registry.register(
+            "device_power_watts",
+            "What the device draws now, where the backend measures it (cuda: NVML)",
+            power,
         );
         registry.register(
             "admission_seconds",

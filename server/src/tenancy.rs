@@ -266,6 +266,11 @@ impl Host {
         self.backend.memory_used(device)
     }
 
+    /// What `device` draws now, in watts, where the backend can measure it.
+    pub fn power_watts(&self, device: u32) -> Option<f64> {
+        self.backend.power_watts(device)
+    }
+
     /// The host devices `tenant` may use, in the order it sees them; devices its
     /// policy names that the host lacks are left out.
     pub fn visible(&self, policy: &Policy) -> Vec<u32> {

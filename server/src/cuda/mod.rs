@@ -24,6 +24,7 @@
 
 mod driver;
 mod module;
+mod power;
 mod session;
 
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ const MAX_CACHED_IMAGES: usize = 4096;
 /// The host's CUDA driver, serving device 0.
 pub struct CudaBackend {
     shared: Arc<Shared>,
+    /// NVML for power figures, loaded at the first ask (`None`: not available).
+    power: std::sync::OnceLock<Option<power::Power>>,
 }
 
 /// What every session of the backend shares.
@@ -173,6 +176,7 @@ impl CudaBackend {
             )?;
             tracing::info!(device = %name, sm, driver_version = version, memory = total, "cuda backend ready");
             Ok(Self {
+                power: std::sync::OnceLock::new(),
                 shared: Arc::new(Shared {
                     info: DeviceInfo {
                         name,
@@ -235,6 +239,16 @@ impl Backend for CudaBackend {
     /// `cuMemMap`) inside one range reserved at start, and report that range.
     fn device_address_range(&self) -> (u64, u64) {
         (0, 0)
+    }
+
+    fn power_watts(&self, device: u32) -> Option<f64> {
+        let power = self.power.get_or_init(|| {
+            let uuid = xpupool_protocol::gpu_uuid_text(&self.shared.info.uuid);
+            power::Power::load(&[uuid])
+                .inspect_err(|e| tracing::info!("no power figures from NVML: {e}"))
+                .ok()
+        });
+        power.as_ref()?.watts(device)
     }
 
     fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {
