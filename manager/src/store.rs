@@ -48,6 +48,10 @@ pub enum Store {
 pub struct Etcd {
     client: Client,
     prefix: String,
+    /// Held across each change: this manager's own changes go one at a time
+    /// instead of racing each other's compare-and-swap (other managers' still
+    /// race, and lose nothing but a retry).
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl Store {
@@ -71,6 +75,7 @@ impl Store {
         let mut store = Etcd {
             client,
             prefix: prefix.trim_end_matches('/').to_owned() + "/",
+            writing: tokio::sync::Mutex::new(()),
         };
         // Fail now, not at the first request, if etcd does not answer.
         store
@@ -313,6 +318,7 @@ impl Etcd {
         change: &mut impl FnMut(&mut Pool, &Alive, u64) -> R,
     ) -> Result<(R, Vec<u64>)> {
         let core_key = self.state_key(None);
+        let _one_at_a_time = self.writing.lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             let (before, revisions, alive) = self.load().await?;
             let mut pool = before.clone();
