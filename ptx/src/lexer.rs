@@ -65,8 +65,20 @@ pub(crate) fn lex(src: &str) -> Vec<Token<'_>> {
             i = (i + 1).min(b.len());
         } else if is_word_char(c) {
             let start = i;
-            while i < b.len() && is_word_char(b[i]) {
-                i += 1;
+            loop {
+                while i < b.len() && is_word_char(b[i]) {
+                    i += 1;
+                }
+                // `::` inside a word is a qualifier (`.shared::cluster`,
+                // `mbarrier::complete_tx::bytes`): part of the word.
+                if b.get(i) == Some(&b':')
+                    && b.get(i + 1) == Some(&b':')
+                    && b.get(i + 2).is_some_and(|&c| is_word_char(c))
+                {
+                    i += 2;
+                } else {
+                    break;
+                }
             }
             out.push(Token {
                 tok: Tok::Word(&src[start..i]),
@@ -98,6 +110,17 @@ mod tests {
         assert_eq!(words[2], Tok::Word("%p1"));
         assert_eq!(words[3], Tok::Word("ld.global.v2.f32"));
         assert!(words.contains(&Tok::Word("%rd1")));
+        // `::` qualifiers stay inside the word; a label's colon does not.
+        let t = lex(
+            "$L1: cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%r1], [%rd2];",
+        );
+        let words: Vec<_> = t.iter().map(|t| t.tok).collect();
+        assert_eq!(words[0], Tok::Word("$L1"));
+        assert_eq!(words[1], Tok::Punct(':'));
+        assert_eq!(
+            words[2],
+            Tok::Word("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes")
+        );
         assert_eq!(words.last(), Some(&Tok::Punct(';')));
     }
 

@@ -132,6 +132,10 @@ pub(crate) struct PModule<'a> {
 
 /// Parses a numeric literal (`12`, `-`-less), `0x1F`, `0f3F800000`, `0d...`, `1.5`.
 pub(crate) fn parse_num(s: &str) -> Option<Imm> {
+    // PTX's one predefined constant: the warp size.
+    if s == "WARP_SZ" {
+        return Some(Imm::Int(32));
+    }
     let s = s.strip_suffix(['U', 'u']).unwrap_or(s);
     let lower = s.as_bytes();
     if lower.len() > 2 && lower[0] == b'0' {

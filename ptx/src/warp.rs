@@ -34,31 +34,49 @@ impl Block<'_> {
                 }
                 live |= bit;
             }
-            for (pc, group) in pcs {
+            for (pc, arrived) in pcs {
+                // The lanes at one instruction form one operation per member
+                // mask: lanes naming different masks (`0x55555555` on even
+                // lanes, `0xaaaaaaaa` on odd ones) are different operations.
                 let inst = &self.env.prog.code[pc as usize].inst;
-                let first = lo + group.trailing_zeros() as usize;
-                let required = match inst {
+                let mask_operand = match inst {
                     Inst::Shfl { mask, .. }
                     | Inst::Vote { mask, .. }
                     | Inst::WarpSync { mask }
                     | Inst::Redux { mask, .. }
                     | Inst::MatchAny { mask, .. }
-                    | Inst::MatchAll { mask, .. } => self.opv(first, *mask) as u32 & live,
-                    _ => group,
+                    | Inst::MatchAll { mask, .. } => Some(*mask),
+                    _ => None,
                 };
-                if !force && required & !group != 0 {
-                    continue;
-                }
-                self.warp_op(pc, lo, hi, group);
-                for t in lo..hi {
-                    if group & (1 << (t - lo)) != 0 {
-                        self.th[t].pc += 1;
-                        self.th[t].st = St::Run;
+                let mut operations: Vec<(u32, u32)> = Vec::new(); // (required, lanes)
+                for l in 0..hi - lo {
+                    if arrived & (1 << l) == 0 {
+                        continue;
+                    }
+                    let required = match mask_operand {
+                        Some(m) => self.opv(lo + l, m) as u32 & live,
+                        None => arrived,
+                    };
+                    match operations.iter_mut().find(|o| o.0 == required) {
+                        Some(o) => o.1 |= 1 << l,
+                        None => operations.push((required, 1 << l)),
                     }
                 }
-                progressed = true;
-                if force {
-                    return Ok(true);
+                for (required, group) in operations {
+                    if !force && required & !group != 0 {
+                        continue;
+                    }
+                    self.warp_op(pc, lo, hi, group);
+                    for t in lo..hi {
+                        if group & (1 << (t - lo)) != 0 {
+                            self.th[t].pc += 1;
+                            self.th[t].st = St::Run;
+                        }
+                    }
+                    progressed = true;
+                    if force {
+                        return Ok(true);
+                    }
                 }
             }
         }

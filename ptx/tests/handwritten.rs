@@ -572,3 +572,83 @@ fn a_kernel_that_only_returns_is_still_checked() {
     run(&m, "guarded", &cfg(1, 32), &[Arg::Ptr(out)], &mem).unwrap();
     assert_eq!(mem.download::<u64>(out, 1)[0], 0);
 }
+
+#[test]
+fn warp_operations_keep_to_their_member_masks() {
+    // Even lanes reduce over the even lanes (mask 0x55555555), odd lanes over the
+    // odd ones (0xaaaaaaaa), at the same instruction; and `WARP_SZ` is 32.
+    let m = module(
+        r#"
+.visible .entry k(.param .u64 k_out)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<10>;
+    .reg .b64 %rd<4>;
+    ld.param.u64 %rd1, [k_out];
+    mov.u32 %r1, %laneid;
+    and.b32 %r2, %r1, 1;
+    setp.eq.u32 %p1, %r2, 0;
+    selp.u32 %r3, 0x55555555, 0xaaaaaaaa, %p1;
+    redux.sync.max.u32 %r4, %r1, %r3;
+    redux.sync.add.u32 %r5, 1, %r3;
+    mov.u32 %r6, WARP_SZ;
+    mul.wide.u32 %rd2, %r1, 16;
+    add.s64 %rd3, %rd1, %rd2;
+    st.global.v4.u32 [%rd3], {%r4, %r5, %r6, %r3};
+    ret;
+}
+"#,
+    );
+    let mem = DevMem::new();
+    let out = mem.alloc(16 * 32);
+    run(&m, "k", &cfg(1, 32), &[Arg::Ptr(out)], &mem).unwrap();
+    let w: Vec<u32> = mem.download(out, 4 * 32);
+    for lane in 0..32usize {
+        let r = &w[4 * lane..4 * lane + 4];
+        let max = if lane % 2 == 0 { 30 } else { 31 };
+        assert_eq!(r[..3], [max, 16, 32], "lane {lane}");
+    }
+}
+
+#[test]
+fn qualified_opcodes_make_only_their_kernel_unsupported() {
+    // `::` qualifiers parse; a kernel using one the interpreter lacks is
+    // unsupported (with the reason), and its neighbour still runs; `.shared::cta`
+    // is shared memory.
+    let m = parse_module(&format!(
+        "{HEADER}{}",
+        r#"
+.visible .entry bulk(.param .u64 p)
+{
+    .reg .b32 %r<3>;
+    .reg .b64 %rd<3>;
+    .shared .align 8 .b64 bar;
+    ld.param.u64 %rd1, [p];
+    mov.u32 %r1, bar;
+    cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%r1], [%rd1], 16, [%r1];
+    ret;
+}
+.visible .entry k(.param .u64 k_out)
+{
+    .reg .b32 %r<3>;
+    .reg .b64 %rd<2>;
+    .shared .align 4 .b32 s;
+    ld.param.u64 %rd1, [k_out];
+    st.shared::cta.u32 [s], 7;
+    ld.shared::cta.u32 %r1, [s];
+    st.global.u32 [%rd1], %r1;
+    ret;
+}
+"#
+    ))
+    .unwrap();
+    let bulk = m.kernels().iter().find(|k| k.name == "bulk").unwrap();
+    let why = bulk.unsupported.as_deref().unwrap_or("");
+    assert!(why.contains("cp.async.bulk"), "{why:?}");
+    let k = m.kernels().iter().find(|k| k.name == "k").unwrap();
+    assert_eq!(k.unsupported, None);
+    let mem = DevMem::new();
+    let out = mem.alloc(4);
+    run(&m, "k", &cfg(1, 1), &[Arg::Ptr(out)], &mem).unwrap();
+    assert_eq!(mem.download::<u32>(out, 1), [7]);
+}

@@ -135,12 +135,21 @@ impl Module {
             };
             let device = device as u32;
             // Ask by content hash first: an image the server has seen is not sent again.
-            let info = match conn.module_load_cached(device, *hash).map_err(fail)? {
+            // A module the server cannot load (PTX its interpreter cannot parse,
+            // say) is said at warning level, once per module and run: its
+            // kernels' launches fail after it.
+            let refused = |e: CuError| {
+                if e.code == CUDA_ERROR_INVALID_IMAGE || e.code == CUDA_ERROR_INVALID_PTX {
+                    tracing::warn!("the server could not load a module: {}", e.message);
+                }
+                fail(e)
+            };
+            let info = match conn.module_load_cached(device, *hash).map_err(refused)? {
                 Some(info) => info,
                 None => {
                     tracing::debug!(bytes = wire.len(), device, "uploading a module image");
                     conn.module_load(device, serde_bytes::ByteBuf::from(wire.clone()))
-                        .map_err(fail)?
+                        .map_err(refused)?
                 }
             };
             if let Some(reason) = &info.no_code {
@@ -279,10 +288,19 @@ impl Function {
 
     /// Like [`Function::runnable`], on `device`.
     pub(crate) fn runnable_on(&self, d: &Driver, device: CUdevice) -> Res<&FunctionInfo> {
-        let reason = match self.binding_on(d, device)? {
-            Binding::Known(info) if info.unusable.is_none() => return Ok(info),
-            Binding::Known(info) => info.unusable.as_deref().unwrap_or_default(),
-            Binding::NoCode(reason) => reason,
+        let reason = match self.binding_on(d, device) {
+            Ok(Binding::Known(info)) if info.unusable.is_none() => return Ok(info),
+            Ok(Binding::Known(info)) => info.unusable.as_deref().unwrap_or_default(),
+            Ok(Binding::NoCode(reason)) => reason,
+            Err(code) => {
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "kernel {} cannot run: its module did not load (error {code})",
+                        self.name
+                    );
+                }
+                return Err(code);
+            }
         };
         if !self.warned.swap(true, Ordering::Relaxed) {
             tracing::warn!("kernel {} cannot run on this server: {reason}", self.name);
