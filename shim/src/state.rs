@@ -324,6 +324,34 @@ impl Function {
     }
 }
 
+/// Device attributes that say what xpupool offers, whatever the server's device
+/// says: a family this driver implements reads as supported, one it does not
+/// (managed memory, virtual memory management, IPC and exportable handles,
+/// cooperative launches) as not, so a program that checks first waives itself
+/// instead of failing later.
+const FEATURES: &[(u32, i32)] = &[
+    (CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, 1),
+    (CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES, 0),
+    (CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, 0),
+    (CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, 0),
+    (CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST, 0),
+    (CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS, 0),
+    (
+        CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES,
+        0,
+    ),
+    (CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 0),
+    (
+        CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
+        0,
+    ),
+    (CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED, 0),
+    (CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED, 0),
+    (CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 0),
+    (CU_DEVICE_ATTRIBUTE_COOPERATIVE_MULTI_DEVICE_LAUNCH, 0),
+    (CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED, 0),
+];
+
 /// What the application told us about a stream it created.
 #[derive(Clone, Copy)]
 pub(crate) struct StreamInfo {
@@ -464,8 +492,11 @@ impl Driver {
     }
 
     pub(crate) fn attribute(&self, ordinal: CUdevice, attr: u32) -> Res<i32> {
-        Ok(self
-            .device(ordinal)?
+        let device = self.device(ordinal)?;
+        if let Some(&(_, v)) = FEATURES.iter().find(|&&(a, _)| a == attr) {
+            return Ok(v);
+        }
+        Ok(device
             .attributes
             .iter()
             .find(|&&(a, _)| a == attr)

@@ -5,7 +5,7 @@ limit in bytes (scripts/run-python-tests.sh does both). PyTorch's own kernels ar
 SASS-only, which the mock cannot run, so these tests exercise everything but kernels:
 initialisation, device properties, the caching allocator, copies in every direction,
 streams, events, pinned memory, cuBLAS start-up, out-of-memory and the error for a
-kernel the server cannot run.
+kernel the server cannot run, and the cudaMallocAsync allocator backend.
 """
 
 import os
@@ -127,3 +127,42 @@ def test_a_kernel_the_mock_cannot_run_fails_cleanly_and_copies_still_work():
         (values + 1).cpu()
     assert torch.equal(values.cpu(), torch.arange(100, dtype=torch.float32))
     assert torch.equal((torch.ones(3) * 2).to(CUDA).cpu(), torch.full((3,), 2.0))
+
+
+ASYNC_ALLOCATOR = r"""
+import torch
+assert torch.cuda.memory.get_allocator_backend() == "cudaMallocAsync"
+free0, _ = torch.cuda.mem_get_info()
+used0 = torch.cuda.memory_allocated()
+src = torch.arange(1 << 20, dtype=torch.float32)
+x = src.cuda()
+z = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+free1, _ = torch.cuda.mem_get_info()
+used1 = torch.cuda.memory_allocated()
+# The pool's figures (what memory_allocated reads) and the server's ledger (what
+# mem_get_info reads) move by the same bytes.
+assert used1 - used0 == (64 << 20) + (4 << 20), used1 - used0
+assert free0 - free1 == used1 - used0, (free0 - free1, used1 - used0)
+assert torch.equal(x.clone().cpu(), src)
+del z
+torch.cuda.synchronize()
+free2, _ = torch.cuda.mem_get_info()
+assert torch.cuda.memory_allocated() - used0 == 4 << 20
+assert free0 - free2 == 4 << 20, free0 - free2
+s = torch.cuda.Stream()
+with torch.cuda.stream(s):
+    w = torch.ones(1000).to("cuda", non_blocking=True)
+    assert w.cpu().sum().item() == 1000
+print("OK")
+"""
+
+
+def test_the_cuda_malloc_async_backend_allocates_copies_and_frees():
+    # The allocator backend is chosen once per process: a child with its own.
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="backend:cudaMallocAsync")
+    out = subprocess.run([sys.executable, "-c", ASYNC_ALLOCATOR], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr

@@ -38,7 +38,9 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize) -> Res {
     put(out, address)
 }
 
-fn free(address: CUdeviceptr) -> Res {
+/// Frees a device allocation (posted: the server runs it after the work sent
+/// before it). A pool allocation leaves its pool's figures too.
+pub(crate) fn free(address: CUdeviceptr) -> Res {
     if address == 0 {
         return Ok(());
     }
@@ -51,6 +53,7 @@ fn free(address: CUdeviceptr) -> Res {
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         };
     }
+    super::pool::forget(address);
     d.conn.post(Request::MemFree { ptr: address }).map_err(fail)
 }
 

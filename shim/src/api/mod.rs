@@ -7,4 +7,5 @@ pub(crate) mod device;
 pub(crate) mod launch;
 pub(crate) mod memory;
 pub(crate) mod module;
+pub(crate) mod pool;
 pub(crate) mod stream;
