@@ -568,6 +568,11 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
         Request::MemcpyHtoDShared { .. } | Request::MemcpyDtoHShared { .. } => {
             bail!("a copy through the shared-memory region reached the wrong replay path")
         }
+        Request::GraphCreate { .. }
+        | Request::GraphLaunch { .. }
+        | Request::GraphDestroy { .. } => {
+            bail!("the trace has CUDA graphs, which replay cannot remap yet")
+        }
         Request::MemcpyHtoD { dst, stream, .. } => Request::MemcpyHtoD {
             dst: map.address(*dst)?,
             data: zeros(),

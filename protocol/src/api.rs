@@ -181,6 +181,193 @@ pub struct LaunchDims {
     pub shared_bytes: u32,
 }
 
+/// One node of a graph the server keeps ([`Request::GraphCreate`]): a stream's
+/// operation without its stream, which the graph's launch gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GraphNode {
+    /// [`Request::LaunchKernel`].
+    Kernel {
+        /// The function.
+        function: u64,
+        /// Its geometry.
+        dims: LaunchDims,
+        /// Its packed parameters, as captured.
+        params: ByteBuf,
+    },
+    /// [`Request::Memset`].
+    Memset {
+        /// Where.
+        dst: u64,
+        /// The element value.
+        value: u32,
+        /// 1, 2 or 4.
+        elem_size: u8,
+        /// Elements.
+        count: u64,
+    },
+    /// [`Request::Memset2D`].
+    Memset2D {
+        /// Where.
+        dst: u64,
+        /// Bytes between rows.
+        pitch: u64,
+        /// The element value.
+        value: u32,
+        /// 1, 2 or 4.
+        elem_size: u8,
+        /// Elements per row.
+        width: u64,
+        /// Rows.
+        height: u64,
+    },
+    /// [`Request::MemcpyDtoD`].
+    CopyDtoD {
+        /// To.
+        dst: u64,
+        /// From.
+        src: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// [`Request::EventRecord`].
+    EventRecord {
+        /// The event.
+        event: u64,
+    },
+    /// [`Request::StreamWaitEvent`].
+    WaitEvent {
+        /// The event.
+        event: u64,
+        /// Its flags.
+        flags: u32,
+    },
+}
+
+impl GraphNode {
+    /// The node as a request of a stream (what it is, `None` for a request no
+    /// graph node can be).
+    pub fn from_request(request: &Request) -> Option<(GraphNode, u64)> {
+        Some(match request.clone() {
+            Request::LaunchKernel {
+                function,
+                dims,
+                stream,
+                params,
+            } => (
+                GraphNode::Kernel {
+                    function,
+                    dims,
+                    params,
+                },
+                stream,
+            ),
+            Request::Memset {
+                dst,
+                value,
+                elem_size,
+                count,
+                stream,
+            } => (
+                GraphNode::Memset {
+                    dst,
+                    value,
+                    elem_size,
+                    count,
+                },
+                stream,
+            ),
+            Request::Memset2D {
+                dst,
+                pitch,
+                value,
+                elem_size,
+                width,
+                height,
+                stream,
+            } => (
+                GraphNode::Memset2D {
+                    dst,
+                    pitch,
+                    value,
+                    elem_size,
+                    width,
+                    height,
+                },
+                stream,
+            ),
+            Request::MemcpyDtoD {
+                dst,
+                src,
+                len,
+                stream,
+            } => (GraphNode::CopyDtoD { dst, src, len }, stream),
+            Request::EventRecord { event, stream } => (GraphNode::EventRecord { event }, stream),
+            Request::StreamWaitEvent {
+                stream,
+                event,
+                flags,
+            } => (GraphNode::WaitEvent { event, flags }, stream),
+            _ => return None,
+        })
+    }
+
+    /// The request that runs the node in `stream`.
+    pub fn in_stream(&self, stream: u64) -> Request {
+        match self.clone() {
+            GraphNode::Kernel {
+                function,
+                dims,
+                params,
+            } => Request::LaunchKernel {
+                function,
+                dims,
+                stream,
+                params,
+            },
+            GraphNode::Memset {
+                dst,
+                value,
+                elem_size,
+                count,
+            } => Request::Memset {
+                dst,
+                value,
+                elem_size,
+                count,
+                stream,
+            },
+            GraphNode::Memset2D {
+                dst,
+                pitch,
+                value,
+                elem_size,
+                width,
+                height,
+            } => Request::Memset2D {
+                dst,
+                pitch,
+                value,
+                elem_size,
+                width,
+                height,
+                stream,
+            },
+            GraphNode::CopyDtoD { dst, src, len } => Request::MemcpyDtoD {
+                dst,
+                src,
+                len,
+                stream,
+            },
+            GraphNode::EventRecord { event } => Request::EventRecord { event, stream },
+            GraphNode::WaitEvent { event, flags } => Request::StreamWaitEvent {
+                stream,
+                event,
+                flags,
+            },
+        }
+    }
+}
+
 /// What a loaded module contains, returned once at load so the client can answer
 /// function and global look-ups locally.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -358,4 +545,11 @@ declare_api! {
     fn device_usage(device: u32) -> DeviceUsage = DeviceUsage [SERVER];
     /// The server's figures this tenant may see (`xpupool status`).
     fn server_status() -> ServerStatus = ServerStatus [SERVER];
+    /// Keep a graph (captured or built by the client) on the server: its nodes
+    /// run in order, in the launching stream, at each [`Request::GraphLaunch`].
+    fn graph_create(nodes: Vec<GraphNode>) -> u64 = GraphCreate [SERVER];
+    /// Run a kept graph in `stream`: one request however many nodes it has.
+    fn graph_launch(graph: u64, stream: u64) -> () = GraphLaunch [POSTED, SERVER];
+    /// Forget a kept graph.
+    fn graph_destroy(graph: u64) -> () = GraphDestroy [POSTED, SERVER];
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use xpupool_protocol::api::{
-    DeviceFigures, DeviceUsage, ModuleInfo, ServerStatus, TenantFigures, OPERATIONS,
+    DeviceFigures, DeviceUsage, GraphNode, ModuleInfo, ServerStatus, TenantFigures, OPERATIONS,
 };
 use xpupool_protocol::{code, CuError, DeviceInfo, Reply, Request};
 
@@ -342,6 +342,8 @@ impl Host {
             allocations: HashMap::new(),
             modules: HashMap::new(),
             functions: HashMap::new(),
+            graphs: HashMap::new(),
+            next_graph: 1,
             held,
         })
     }
@@ -403,10 +405,50 @@ pub struct TenantSession {
     modules: HashMap<u64, (u32, u64, Vec<u64>)>,
     /// Function → host device.
     functions: HashMap<u64, u32>,
+    /// Graphs kept for the client ([`Request::GraphCreate`]).
+    graphs: HashMap<u64, Arc<Vec<GraphNode>>>,
+    next_graph: u64,
     held: Arc<SessionHeld>,
 }
 
+/// Graphs one session may keep at once.
+pub const MAX_GRAPHS: usize = 4096;
+/// Nodes of one kept graph, at most.
+pub const MAX_GRAPH_NODES: usize = 1 << 16;
+/// Kernel parameter bytes of one kept graph, at most.
+pub const MAX_GRAPH_PARAM_BYTES: usize = 64 << 20;
+
 impl TenantSession {
+    /// Keeps a graph's nodes, once their number and size are within bounds.
+    fn graph_create(&mut self, nodes: Vec<GraphNode>) -> Result<u64, CuError> {
+        if self.graphs.len() >= MAX_GRAPHS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("this session keeps {MAX_GRAPHS} graphs, its most"),
+            ));
+        }
+        let params: usize = nodes
+            .iter()
+            .map(|n| match n {
+                GraphNode::Kernel { params, .. } => params.len(),
+                _ => 0,
+            })
+            .sum();
+        if nodes.len() > MAX_GRAPH_NODES || params > MAX_GRAPH_PARAM_BYTES {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!(
+                    "a graph of {} nodes and {params} parameter bytes; at most {MAX_GRAPH_NODES} and {MAX_GRAPH_PARAM_BYTES}",
+                    nodes.len()
+                ),
+            ));
+        }
+        let graph = self.next_graph;
+        self.next_graph += 1;
+        self.graphs.insert(graph, Arc::new(nodes));
+        Ok(graph)
+    }
+
     fn host_device(&self, device: u32) -> Result<u32, CuError> {
         self.visible.get(device as usize).copied().ok_or_else(|| {
             CuError::new(
@@ -607,6 +649,25 @@ impl Session for TenantSession {
                 self.inner.handle(Request::EventCreate { device, flags })
             }
             request @ Request::LaunchKernel { function, .. } => self.launch(request, function),
+            Request::GraphCreate { nodes } => self.graph_create(nodes).map(Reply::GraphCreate),
+            Request::GraphLaunch { graph, stream } => {
+                let nodes = self.graphs.get(&graph).cloned().ok_or_else(|| {
+                    CuError::new(code::INVALID_HANDLE, format!("no graph {graph:#x}"))
+                })?;
+                // Each node as the request it is, so the ledger, the checks and the
+                // device's scheduler see a graph's work as any other.
+                for node in nodes.iter() {
+                    self.handle(node.in_stream(stream))?;
+                }
+                Ok(Reply::GraphLaunch(()))
+            }
+            Request::GraphDestroy { graph } => match self.graphs.remove(&graph) {
+                Some(_) => Ok(Reply::GraphDestroy(())),
+                None => Err(CuError::new(
+                    code::INVALID_HANDLE,
+                    format!("no graph {graph:#x}"),
+                )),
+            },
             Request::DeviceUsage { device } => self.device_usage(device).map(Reply::DeviceUsage),
             Request::ServerStatus {} => Ok(Reply::ServerStatus(self.status())),
             other if other.allocates() => Err(CuError::new(
@@ -693,5 +754,98 @@ mod tests {
                 .map(|a| a.1)
         };
         assert_eq!(sms(&devices[0]), sms(&host.devices()[0]).map(|n| n / 2));
+    }
+}
+
+#[cfg(test)]
+mod graph_tests {
+    use super::*;
+    use xpupool_protocol::api::LaunchDims;
+
+    #[test]
+    fn kept_graphs_are_bounded_replayed_in_order_and_forgotten() {
+        let host = Host::new(Arc::new(crate::MockBackend::with_devices(1, 1 << 30)));
+        let tenant = Tenant::with_policy("t", Policy::default());
+        let mut session = host.open_session(&tenant, 1, |inner| inner).unwrap();
+        let Reply::MemAlloc(buffer) = session
+            .handle(Request::MemAlloc {
+                device: 0,
+                bytes: 64,
+            })
+            .unwrap()
+        else {
+            panic!("no allocation")
+        };
+        // Two memsets in order: the second wins.
+        let node = |value| GraphNode::Memset {
+            dst: buffer,
+            value,
+            elem_size: 4,
+            count: 16,
+        };
+        let Reply::GraphCreate(graph) = session
+            .handle(Request::GraphCreate {
+                nodes: vec![node(1), node(7)],
+            })
+            .unwrap()
+        else {
+            panic!("no graph")
+        };
+        session
+            .handle(Request::GraphLaunch { graph, stream: 0 })
+            .unwrap();
+        let Reply::MemcpyDtoH(bytes) = session
+            .handle(Request::MemcpyDtoH {
+                src: buffer,
+                len: 64,
+                stream: 0,
+            })
+            .unwrap()
+        else {
+            panic!("no copy")
+        };
+        assert!(
+            bytes.chunks(4).all(|w| w == 7u32.to_le_bytes()),
+            "{bytes:?}"
+        );
+        // A node that fails stops the launch with its error.
+        let bad = GraphNode::Kernel {
+            function: 0xdead,
+            dims: LaunchDims {
+                grid: [1; 3],
+                block: [1; 3],
+                shared_bytes: 0,
+            },
+            params: Default::default(),
+        };
+        let Reply::GraphCreate(failing) = session
+            .handle(Request::GraphCreate { nodes: vec![bad] })
+            .unwrap()
+        else {
+            panic!("no graph")
+        };
+        assert!(session
+            .handle(Request::GraphLaunch {
+                graph: failing,
+                stream: 0
+            })
+            .is_err());
+        // Too many nodes, or too many parameter bytes, are refused before anything
+        // is kept.
+        let e = session
+            .handle(Request::GraphCreate {
+                nodes: vec![node(0); MAX_GRAPH_NODES + 1],
+            })
+            .unwrap_err();
+        assert_eq!(e.code, code::INVALID_VALUE, "{e}");
+        // Destroyed, a graph is gone; an unknown one is an invalid handle.
+        session.handle(Request::GraphDestroy { graph }).unwrap();
+        for request in [
+            Request::GraphLaunch { graph, stream: 0 },
+            Request::GraphDestroy { graph },
+        ] {
+            let e = session.handle(request).unwrap_err();
+            assert_eq!(e.code, code::INVALID_HANDLE, "{e}");
+        }
     }
 }

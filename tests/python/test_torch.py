@@ -5,7 +5,7 @@ limit in bytes (scripts/run-python-tests.sh does both). PyTorch's own kernels ar
 SASS-only, which the mock cannot run, so these tests exercise everything but kernels:
 initialisation, device properties, the caching allocator, copies in every direction,
 streams, events, pinned memory, cuBLAS start-up, out-of-memory and the error for a
-kernel the server cannot run, and the cudaMallocAsync allocator backend.
+kernel the server cannot run, the cudaMallocAsync allocator backend, and CUDA graphs.
 """
 
 import os
@@ -166,3 +166,22 @@ def test_the_cuda_malloc_async_backend_allocates_copies_and_frees():
     out = subprocess.run([sys.executable, "-c", ASYNC_ALLOCATOR], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_cuda_graph_captures_and_replays():
+    # torch.cuda.graph: captured on a side stream (global mode), kept by the
+    # server, replayed with new inputs. (Copies only: PyTorch's kernels are SASS.)
+    n = 1 << 16
+    src = torch.arange(n, dtype=torch.float32).to(CUDA)
+    dst = torch.zeros(n, dtype=torch.float32, device=CUDA)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        dst.copy_(src)
+    assert torch.equal(dst.cpu(), torch.zeros(n)), "captured work ran during the capture"
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(dst.cpu(), torch.arange(n, dtype=torch.float32))
+    src.copy_(torch.ones(n).to(CUDA))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(dst.cpu(), torch.ones(n))

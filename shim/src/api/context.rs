@@ -24,6 +24,7 @@ fn context_arg(ctx: CUcontext) -> Res<Arc<Context>> {
 }
 
 fn synchronize() -> Res {
+    super::graph::not_during_global_capture()?;
     xpupool_client::trace::sync_point();
     driver()?.conn.synchronize().map_err(fail)
 }

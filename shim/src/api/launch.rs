@@ -10,7 +10,7 @@ use xpupool_protocol::api::{FunctionInfo, LaunchDims};
 use xpupool_protocol::Request;
 
 use crate::boundary::{export, Res};
-use crate::state::{driver, fail, stream_arg, Driver, Function};
+use crate::state::{driver, stream_arg, Driver, Function};
 
 const LAUNCH_PARAM_END: usize = 0;
 const LAUNCH_PARAM_BUFFER_POINTER: usize = 1;
@@ -130,7 +130,7 @@ pub(crate) fn launch(
         stream,
         params: ByteBuf::from(buffer),
     };
-    d.conn.post(request).map_err(fail)
+    super::graph::submit(d, request)
 }
 
 fn launch_ex(

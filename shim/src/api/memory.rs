@@ -88,27 +88,30 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
             device_span(dst, len as u64)?;
             device_span(src, len as u64)?;
             let len = len as u64;
-            conn.post(Request::MemcpyDtoD {
+            let request = Request::MemcpyDtoD {
                 dst,
                 src,
                 len,
                 stream,
-            })
-            .map_err(fail)
+            };
+            super::graph::submit(driver()?, request)
         }
         (Side::Device, Side::Host) => {
+            super::graph::not_in_capture(stream)?;
             device_span(dst, len as u64)?;
             // SAFETY: the API contract: `src` is `len` readable host bytes.
             let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
             conn.copy_to_device(dst, bytes, stream).map_err(fail)
         }
         (Side::Host, Side::Device) => {
+            super::graph::not_in_capture(stream)?;
             xpupool_client::trace::sync_point();
             // SAFETY: the API contract: `dst` is `len` writable host bytes.
             let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, len) };
             conn.copy_from_device(src, out, stream).map_err(fail)
         }
         (Side::Host, Side::Host) => {
+            super::graph::not_in_capture(stream)?;
             conn.stream_synchronize(stream).map_err(fail)?;
             // SAFETY: both are host ranges of `len` bytes per the API contract.
             unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
@@ -135,7 +138,7 @@ fn memset(dst: CUdeviceptr, value: u32, elem_size: u8, count: usize, stream: u64
         count,
         stream,
     };
-    driver()?.conn.post(request).map_err(fail)
+    super::graph::submit(driver()?, request)
 }
 
 fn memset_2d(
@@ -165,7 +168,7 @@ fn memset_2d(
         height,
         stream,
     };
-    driver()?.conn.post(request).map_err(fail)
+    super::graph::submit(driver()?, request)
 }
 
 fn host_alloc(out: *mut *mut c_void, bytes: usize, flags: c_uint) -> Res {

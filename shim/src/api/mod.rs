@@ -4,6 +4,7 @@
 
 pub(crate) mod context;
 pub(crate) mod device;
+pub(crate) mod graph;
 pub(crate) mod launch;
 pub(crate) mod memory;
 pub(crate) mod module;

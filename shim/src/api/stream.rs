@@ -49,11 +49,13 @@ fn info(stream: u64) -> Res<StreamInfo> {
 }
 
 fn synchronize(stream: u64) -> Res {
+    super::graph::not_in_capture(stream)?;
     sync_point();
     driver()?.conn.stream_synchronize(stream).map_err(fail)
 }
 
 fn query(stream: u64) -> Res {
+    super::graph::not_in_capture(stream)?;
     sync_point();
     driver()?.conn.stream_query(stream).map_err(fail)
 }
@@ -79,7 +81,7 @@ fn wait_event(stream: u64, event: CUevent, flags: c_uint) -> Res {
         event: event as u64,
         flags,
     };
-    d.conn.post(request).map_err(fail)
+    super::graph::submit(d, request)
 }
 
 fn record(event: CUevent, stream: u64) -> Res {
@@ -88,7 +90,7 @@ fn record(event: CUevent, stream: u64) -> Res {
         event: event as u64,
         stream,
     };
-    d.conn.post(request).map_err(fail)
+    super::graph::submit(d, request)
 }
 
 /// Runs a host function in stream order: once the work before it in the stream is
@@ -136,12 +138,12 @@ fn elapsed(out: *mut f32, start: CUevent, end: CUevent) -> Res {
 
 fn capture_status(stream: u64, out: *mut CUstreamCaptureStatus) -> Res {
     info(stream)?;
-    // Stream capture is not supported, so no stream is ever capturing.
-    put(out, CU_STREAM_CAPTURE_STATUS_NONE)
+    put(out, super::graph::status(stream).0)
 }
 
-/// `cuStreamGetCaptureInfo`: no stream is ever capturing; the optional outputs
-/// describe an empty capture.
+/// `cuStreamGetCaptureInfo`: the stream's capture status and id, and the graph it
+/// is capturing into; dependencies are not listed (a capture's nodes run in the
+/// order they were issued).
 fn capture_info(
     stream: u64,
     status: *mut CUstreamCaptureStatus,
@@ -152,11 +154,12 @@ fn capture_info(
     count: *mut usize,
 ) -> Res {
     capture_status(stream, status)?;
+    let (_, capture) = super::graph::status(stream);
     if !id.is_null() {
-        put(id, 0)?;
+        put(id, capture)?;
     }
     if !graph.is_null() {
-        put(graph, std::ptr::null_mut())?;
+        put(graph, super::graph::capture_graph(capture) as CUgraph)?;
     }
     if !deps.is_null() {
         put(deps, std::ptr::null())?;
