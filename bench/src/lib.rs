@@ -315,6 +315,11 @@ pub struct Report {
     pub launches_per_s: PerTransport,
     /// Launches posted.
     pub launches: u64,
+    /// 1,000 empty kernels posted one by one, with the synchronise after, ms.
+    pub launches_1000_ms: PerTransport,
+    /// The same 1,000 kernels as one graph the server keeps: one launch and the
+    /// synchronise after, ms.
+    pub graph_1000_ms: PerTransport,
     /// Host-to-device copy of the largest size (256 MiB in a full run), GB/s.
     pub h2d_256mib_gbps: PerTransport,
     /// Device-to-host copy of the largest size, GB/s.
@@ -605,6 +610,18 @@ fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
         Ok(launches as f64 / time.as_secs_f64().max(1e-9))
     })?;
 
+    // 2b. 1,000 kernels one by one against one graph of them.
+    let graphs = ends.try_map_ref(|t, e| {
+        progress.stage(&format!(
+            "1,000 kernels, one by one and as a graph, {}",
+            t.name()
+        ));
+        e.pool
+            .graph_vs_launches(1000, if options.quick { 3 } else { 10 })
+    })?;
+    let launches_1000_ms = graphs.map(|(one, _)| one.as_secs_f64() * 1e3);
+    let graph_1000_ms = graphs.map(|(_, graph)| graph.as_secs_f64() * 1e3);
+
     // 3. Copies, 4 KiB … large; every copy timed to completion.
     let source = touched(large, 0x3c);
     let mut sink = touched(large, 0);
@@ -701,6 +718,8 @@ fn measure(options: &Options, progress: &mut Progress) -> Result<Report> {
         rtt_pinned,
         launches_per_s,
         launches,
+        launches_1000_ms,
+        graph_1000_ms,
         h2d_256mib_gbps: last.h2d_gbps,
         d2h_256mib_gbps: last.d2h_gbps,
         raw_bulk_gbps,
@@ -908,6 +927,20 @@ impl fmt::Display for Report {
                 "/s".into(),
             ],
             row(
+                "1,000 kernels posted one by one + sync".into(),
+                "launches_1000_ms",
+                self.launches_1000_ms,
+                "ms",
+                2,
+            ),
+            row(
+                "the same 1,000 as one graph launch + sync".into(),
+                "graph_1000_ms",
+                self.graph_1000_ms,
+                "ms",
+                2,
+            ),
+            row(
                 format!("host to device, {large}"),
                 "h2d_256mib_gbps",
                 self.h2d_256mib_gbps,
@@ -1104,6 +1137,8 @@ mod tests {
             "sync_rtt_us",
             "raw_rtt_us",
             "launches_per_s",
+            "launches_1000_ms",
+            "graph_1000_ms",
             "h2d_256mib_gbps",
             "d2h_256mib_gbps",
             "raw_bulk_gbps",

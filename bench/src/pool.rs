@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use serde_bytes::ByteBuf;
 use xpupool_client::{Connection, Settings, UNIX_PREFIX};
-use xpupool_protocol::api::LaunchDims;
+use xpupool_protocol::api::{GraphNode, LaunchDims};
 use xpupool_protocol::{Calls, CuError, Request};
 use xpupool_server::embedded::EmbeddedServer;
 use xpupool_server::MockBackend;
@@ -125,6 +125,50 @@ impl Pool {
         }
         self.conn.synchronize().map_err(cu)?;
         Ok(start.elapsed())
+    }
+
+    /// `nodes` empty-kernel launches sent one by one (posted, then a synchronise),
+    /// and the same as one graph kept by the server (one posted launch, then a
+    /// synchronise): the best time of `rounds` of each.
+    pub(crate) fn graph_vs_launches(
+        &self,
+        nodes: usize,
+        rounds: usize,
+    ) -> Result<(Duration, Duration)> {
+        let function = self.empty_kernel()?;
+        let dims = LaunchDims {
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            shared_bytes: 0,
+        };
+        let node = GraphNode::Kernel {
+            function,
+            dims,
+            params: ByteBuf::new(),
+        };
+        let graph = self
+            .conn
+            .graph_create(vec![node.clone(); nodes])
+            .map_err(cu)?;
+        let (mut one_by_one, mut as_graph) = (Duration::MAX, Duration::MAX);
+        for _ in 0..rounds.max(1) {
+            let start = Instant::now();
+            for _ in 0..nodes {
+                self.conn.post(node.in_stream(0)).map_err(cu)?;
+            }
+            self.conn.synchronize().map_err(cu)?;
+            one_by_one = one_by_one.min(start.elapsed());
+            let start = Instant::now();
+            self.conn
+                .post(Request::GraphLaunch { graph, stream: 0 })
+                .map_err(cu)?;
+            self.conn.synchronize().map_err(cu)?;
+            as_graph = as_graph.min(start.elapsed());
+        }
+        self.conn
+            .post(Request::GraphDestroy { graph })
+            .map_err(cu)?;
+        Ok((one_by_one, as_graph))
     }
 
     /// Allocates `bytes` of device memory.

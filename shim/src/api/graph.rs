@@ -98,8 +98,7 @@ pub(crate) fn submit(d: &Driver, request: Request) -> Res {
         // A stream waiting on an event recorded in a capture joins it.
         if let Request::StreamWaitEvent { event, .. } = &request {
             if let Some(&id) = t.recorded_in.get(event) {
-                if t.captures.contains_key(&id)
-                    && t.capturing.get(&stream).is_none_or(|&c| c == id)
+                if t.captures.contains_key(&id) && t.capturing.get(&stream).is_none_or(|&c| c == id)
                 {
                     t.capturing.insert(stream, id);
                     return Ok(());

@@ -129,6 +129,8 @@ fn alloc_async(
     }
     let d = driver()?;
     let stream_device = d.stream_device(stream)?;
+    // Allocation nodes are not kept in graphs yet.
+    super::graph::not_in_capture(stream)?;
     let (pool, device) = {
         let mut table = lock(pools());
         match pool {
@@ -173,6 +175,7 @@ pub(crate) fn forget(address: u64) {
 fn free_async(address: CUdeviceptr, stream: u64) -> Res {
     let d = driver()?;
     d.stream_device(stream)?;
+    super::graph::not_in_capture(stream)?;
     // Posted behind the stream's work (and everything else already sent), which
     // the server finishes first.
     super::memory::free(address)
