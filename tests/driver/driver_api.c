@@ -98,6 +98,9 @@ static CUresult (*p_cuMemcpyDtoH)(void *, CUdeviceptr, size_t);
 static CUresult (*p_cuMemsetD32)(CUdeviceptr, unsigned int, size_t);
 static CUresult (*p_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                                     unsigned, unsigned, CUstream, void **, void **);
+static CUresult (*p_cuOccupancyMaxPotentialBlockSize)(int *, int *, CUfunction, size_t (*)(int),
+                                                      size_t, int);
+static CUresult (*p_cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *, CUfunction, int, size_t);
 static CUresult (*p_cuGetErrorName)(CUresult, const char **);
 static CUresult (*p_cuGetErrorString)(CUresult, const char **);
 static CUresult (*p_cuGetProcAddress)(const char *, void **, int, cuuint64_t,
@@ -178,6 +181,8 @@ static void load_entry_points(void) {
     LOAD(p_cuMemcpyDtoH, "cuMemcpyDtoH_v2");
     LOAD(p_cuMemsetD32, "cuMemsetD32_v2");
     LOAD(p_cuLaunchKernel, "cuLaunchKernel");
+    LOAD(p_cuOccupancyMaxPotentialBlockSize, "cuOccupancyMaxPotentialBlockSize");
+    LOAD(p_cuOccupancyMaxActiveBlocksPerMultiprocessor, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
     LOAD(p_cuGetProcAddress, "cuGetProcAddress_v2");
 }
 
@@ -285,6 +290,29 @@ int main(int argc, char **argv) {
     if (r != CUDA_ERROR_NOT_FOUND)
         fail("cuModuleGetFunction(\"no_such_kernel\") returned %s, expected CUDA_ERROR_NOT_FOUND",
              err_name(r));
+
+    /* The occupancy calculator: the block size it picks keeps at least as many threads
+     * resident as every other whole-warp size, and the grid fills every SM. */
+    {
+        int min_grid = 0, best = 0, sms = 0;
+        CHECK(p_cuOccupancyMaxPotentialBlockSize(&min_grid, &best, fn, NULL, 0, 0));
+        CHECK(p_cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, 0));
+        int best_blocks = 0;
+        CHECK(p_cuOccupancyMaxActiveBlocksPerMultiprocessor(&best_blocks, fn, best, 0));
+        if (best <= 0 || best % 32 != 0 || min_grid != best_blocks * sms)
+            fail("cuOccupancyMaxPotentialBlockSize: block %d, min grid %d (%d blocks/SM, %d SMs)",
+                 best, min_grid, best_blocks, sms);
+        for (int size = 32; size <= 1024; size += 32) {
+            int blocks = 0;
+            CHECK(p_cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, size, 0));
+            if (blocks * size > best_blocks * best)
+                fail("block %d keeps %d threads resident, more than the chosen %d's %d", size,
+                     blocks * size, best, best_blocks * best);
+        }
+        int capped = 0;
+        CHECK(p_cuOccupancyMaxPotentialBlockSize(&min_grid, &capped, fn, NULL, 0, 100));
+        if (capped > 100 || capped <= 0) fail("a block size limit of 100 gave %d", capped);
+    }
 
     enum { N = 1000, BLOCK = 128 };
     const unsigned grid = (N + BLOCK - 1) / BLOCK;

@@ -2,14 +2,14 @@
 //! layout comes from the server (reported at module load), and each argument is
 //! copied into one packed buffer. The `extra` form's buffer is forwarded as is.
 
-use std::ffi::{c_uint, c_void};
+use std::ffi::{c_int, c_uint, c_void};
 
 use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
 use xpupool_protocol::api::{FunctionInfo, LaunchDims};
 use xpupool_protocol::Request;
 
-use crate::boundary::{export, Res};
+use crate::boundary::{export, put, Res};
 use crate::state::{driver, stream_arg, Driver, Function};
 
 const LAUNCH_PARAM_END: usize = 0;
@@ -198,19 +198,19 @@ export! {
     }
 
     fn cuOccupancyMaxActiveBlocksPerMultiprocessor(blocks: *mut i32, f: CUfunction, block_size: i32, dynamic_shared: usize) {
-        crate::boundary::put(blocks, occupancy(f, block_size, dynamic_shared)?)
+        put(blocks, occupancy(f, block_size, dynamic_shared)?)
     }
 
     fn cuOccupancyAvailableDynamicSMemPerBlock(out: *mut usize, f: CUfunction, blocks: i32, block_size: i32) {
         let d = driver()?;
         let function = d.functions.get(f as usize)?;
         if blocks <= 0 || block_size <= 0 || occupancy(f, block_size, 0)? < blocks {
-            return crate::boundary::put(out, 0);
+            return put(out, 0);
         }
         let static_bytes = function.attribute(d, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?.unwrap_or(0).max(0) as usize;
         let per_sm = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)? as usize / blocks as usize;
         let per_block = d.attribute(0, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as usize;
-        crate::boundary::put(out, per_sm.min(per_block).saturating_sub(static_bytes))
+        put(out, per_sm.min(per_block).saturating_sub(static_bytes))
     }
 
     fn cuOccupancyMaxActiveClusters(clusters: *mut i32, f: CUfunction, config: *const CUlaunchConfig) {
@@ -231,12 +231,72 @@ export! {
         let block = (c.blockDimX * c.blockDimY * c.blockDimZ) as i32;
         let per_sm = occupancy(f, block, c.sharedMemBytes as usize)?;
         let sms = driver()?.attribute(0, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
-        crate::boundary::put(clusters, per_sm * sms / cluster as i32)
+        put(clusters, per_sm * sms / cluster as i32)
+    }
+
+    fn cuOccupancyMaxPotentialBlockSize(min_grid: *mut c_int, block: *mut c_int, f: CUfunction, to_shared: CUoccupancyB2DSize, shared: usize, limit: c_int) {
+        max_potential_block_size(min_grid, block, f, to_shared, shared, limit)
+    }
+
+    fn cuOccupancyMaxPotentialBlockSizeWithFlags(min_grid: *mut c_int, block: *mut c_int, f: CUfunction, to_shared: CUoccupancyB2DSize, shared: usize, limit: c_int, _flags: c_uint) {
+        max_potential_block_size(min_grid, block, f, to_shared, shared, limit)
     }
 
     fn cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks: *mut i32, f: CUfunction, block_size: i32, dynamic_shared: usize, _flags: c_uint) {
-        crate::boundary::put(blocks, occupancy(f, block_size, dynamic_shared)?)
+        put(blocks, occupancy(f, block_size, dynamic_shared)?)
     }
+}
+
+/// The block size that keeps the most threads resident on a multiprocessor (the
+/// largest such, warp by warp from the kernel's and the caller's limit down), and
+/// the grid that fills the device with it. `to_shared` gives the dynamic shared
+/// memory a block size needs, where the caller has such a rule.
+fn max_potential_block_size(
+    min_grid: *mut c_int,
+    block: *mut c_int,
+    f: CUfunction,
+    to_shared: CUoccupancyB2DSize,
+    shared: usize,
+    limit: c_int,
+) -> Res {
+    if min_grid.is_null() || block.is_null() || limit < 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = driver()?;
+    let function = d.functions.get(f as usize)?;
+    let kernel_limit = function
+        .attribute(d, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?
+        .unwrap_or(1024)
+        .max(1);
+    let device_limit = d
+        .attribute(0, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)?
+        .max(1);
+    let mut most = kernel_limit.min(device_limit);
+    if limit > 0 {
+        most = most.min(limit);
+    }
+    let (mut best, mut best_threads, mut best_blocks) = (0, 0, 0);
+    let mut size = most;
+    while size > 0 {
+        let dynamic = match to_shared {
+            // SAFETY: the caller's rule, with a block size, as the API says.
+            Some(rule) => unsafe { rule(size) },
+            None => shared,
+        };
+        let blocks = occupancy(f, size, dynamic)?;
+        if blocks * size > best_threads {
+            (best, best_threads, best_blocks) = (size, blocks * size, blocks);
+        }
+        // Down to the next whole warp (from an odd limit, first to its warp).
+        size = if size % 32 == 0 {
+            size - 32
+        } else {
+            size - size % 32
+        };
+    }
+    let sms = d.attribute(0, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    put(min_grid, best_blocks * sms)?;
+    put(block, best)
 }
 
 /// Blocks of `block_size` threads that fit one multiprocessor, by threads, blocks and
