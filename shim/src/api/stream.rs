@@ -1,7 +1,9 @@
 //! Streams, events and host callbacks. Stream and event handles are the server's;
 //! the NULL stream and the two special handles (legacy, per-thread) pass through.
 
+use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
+use std::sync::OnceLock;
 
 use xpupool_client::trace::sync_point;
 use xpupool_cuda_types::*;
@@ -173,6 +175,95 @@ fn capture_info(
     Ok(())
 }
 
+/// Stream attributes the application set: performance hints (the L2 access policy
+/// window, the synchronisation policy, memory sync domains) that change no result,
+/// kept so that reading them back gives what was set.
+fn attributes() -> &'static std::sync::Mutex<HashMap<(u64, CUstreamAttrID), Stored>> {
+    static ATTRIBUTES: OnceLock<std::sync::Mutex<HashMap<(u64, CUstreamAttrID), Stored>>> =
+        OnceLock::new();
+    ATTRIBUTES.get_or_init(Default::default)
+}
+
+/// A value as the application gave it; its pointers (an access window's base) are
+/// addresses only, never dereferenced here.
+#[derive(Clone, Copy)]
+struct Stored(CUstreamAttrValue);
+
+// SAFETY: plain data; the pointers inside are never dereferenced.
+unsafe impl Send for Stored {}
+
+fn set_attribute(stream: u64, id: CUstreamAttrID, value: *const CUstreamAttrValue) -> Res {
+    info(stream)?;
+    if value.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: checked non-null; the caller passes a CUstreamAttrValue.
+    let value = unsafe { *value };
+    match id {
+        CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW => {
+            // SAFETY: the member `id` names.
+            let window = unsafe { value.accessPolicyWindow };
+            if !(0.0..=1.0).contains(&window.hitRatio) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+        }
+        CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY
+        | CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN_MAP
+        | CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN => {}
+        // A stream's priority is fixed at its creation here.
+        CU_LAUNCH_ATTRIBUTE_PRIORITY => return Err(CUDA_ERROR_NOT_SUPPORTED),
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    }
+    lock(attributes()).insert((stream, id), Stored(value));
+    Ok(())
+}
+
+fn get_attribute(stream: u64, id: CUstreamAttrID, out: *mut CUstreamAttrValue) -> Res {
+    let stream_info = info(stream)?;
+    // SAFETY: an all-zero union is a valid value of each member.
+    let mut value: CUstreamAttrValue = unsafe { std::mem::zeroed() };
+    match id {
+        CU_LAUNCH_ATTRIBUTE_PRIORITY => value.priority = stream_info.priority,
+        CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW
+        | CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY
+        | CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN_MAP
+        | CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN => match lock(attributes()).get(&(stream, id)) {
+            Some(set) => value = set.0,
+            None if id == CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY => {
+                value.syncPolicy = CU_SYNC_POLICY_AUTO
+            }
+            None => {}
+        },
+        _ => return Err(CUDA_ERROR_INVALID_VALUE),
+    }
+    put(out, value)
+}
+
+fn copy_attributes(dst: u64, src: u64) -> Res {
+    info(dst)?;
+    info(src)?;
+    let mut all = lock(attributes());
+    let from: Vec<(CUstreamAttrID, Stored)> = all
+        .iter()
+        .filter(|((s, _), _)| *s == src)
+        .map(|((_, id), v)| (*id, *v))
+        .collect();
+    all.retain(|(s, _), _| *s != dst);
+    for (id, value) in from {
+        all.insert((dst, id), value);
+    }
+    Ok(())
+}
+
+export! {
+    fn cuStreamSetAttribute(s: CUstream, id: CUstreamAttrID, value: *const CUstreamAttrValue) { set_attribute(stream_arg(s, false), id, value) }
+    fn cuStreamSetAttribute_ptsz(s: CUstream, id: CUstreamAttrID, value: *const CUstreamAttrValue) { set_attribute(stream_arg(s, true), id, value) }
+    fn cuStreamGetAttribute(s: CUstream, id: CUstreamAttrID, value: *mut CUstreamAttrValue) { get_attribute(stream_arg(s, false), id, value) }
+    fn cuStreamGetAttribute_ptsz(s: CUstream, id: CUstreamAttrID, value: *mut CUstreamAttrValue) { get_attribute(stream_arg(s, true), id, value) }
+    fn cuStreamCopyAttributes(dst: CUstream, src: CUstream) { copy_attributes(stream_arg(dst, false), stream_arg(src, false)) }
+    fn cuStreamCopyAttributes_ptsz(dst: CUstream, src: CUstream) { copy_attributes(stream_arg(dst, true), stream_arg(src, true)) }
+}
+
 export! {
     fn cuStreamCreate(out: *mut CUstream, flags: c_uint) { create(out, flags, 0) }
     fn cuStreamCreateWithPriority(out: *mut CUstream, flags: c_uint, priority: c_int) { create(out, flags, priority) }
@@ -181,6 +272,7 @@ export! {
         let d = driver()?;
         d.conn.stream_destroy(stream as u64).map_err(fail)?;
         lock(&d.streams).remove(&(stream as u64));
+        lock(attributes()).retain(|(s, _), _| *s != stream as u64);
         Ok(())
     }
 
