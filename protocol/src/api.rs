@@ -181,12 +181,45 @@ pub struct LaunchDims {
     pub shared_bytes: u32,
 }
 
-/// One node of a graph the server keeps ([`Request::GraphCreate`]): a stream's
-/// operation without its stream, which the graph's launch gives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum GraphNode {
+/// Declares [`GraphNode`] from the stream operations a graph may hold, with the
+/// conversions both ways: each node is its request's fields less the stream.
+macro_rules! graph_nodes {
+    ($(
+        $(#[$doc:meta])*
+        $node:ident = $request:ident { $( $(#[$fdoc:meta])* $field:ident: $ty:ty ),* $(,)? }
+    ),* $(,)?) => {
+        /// One node of a graph the server keeps ([`Request::GraphCreate`]): a
+        /// stream's operation without its stream, which the graph's launch gives.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub enum GraphNode {
+            $( $(#[$doc])* $node { $( $(#[$fdoc])* $field: $ty ),* }, )*
+        }
+
+        impl GraphNode {
+            /// The node a request of a stream is, with its stream (`None` for a
+            /// request no graph node can be).
+            pub fn from_request(request: &Request) -> Option<(GraphNode, u64)> {
+                match request.clone() {
+                    $( Request::$request { stream, $($field),* } => {
+                        Some((GraphNode::$node { $($field),* }, stream))
+                    } )*
+                    _ => None,
+                }
+            }
+
+            /// The request that runs the node in `stream`.
+            pub fn in_stream(&self, stream: u64) -> Request {
+                match self.clone() {
+                    $( GraphNode::$node { $($field),* } => Request::$request { stream, $($field),* }, )*
+                }
+            }
+        }
+    };
+}
+
+graph_nodes! {
     /// [`Request::LaunchKernel`].
-    Kernel {
+    Kernel = LaunchKernel {
         /// The function.
         function: u64,
         /// Its geometry.
@@ -195,7 +228,7 @@ pub enum GraphNode {
         params: ByteBuf,
     },
     /// [`Request::Memset`].
-    Memset {
+    Memset = Memset {
         /// Where.
         dst: u64,
         /// The element value.
@@ -206,7 +239,7 @@ pub enum GraphNode {
         count: u64,
     },
     /// [`Request::Memset2D`].
-    Memset2D {
+    Memset2D = Memset2D {
         /// Where.
         dst: u64,
         /// Bytes between rows.
@@ -221,7 +254,7 @@ pub enum GraphNode {
         height: u64,
     },
     /// [`Request::MemcpyDtoD`].
-    CopyDtoD {
+    CopyDtoD = MemcpyDtoD {
         /// To.
         dst: u64,
         /// From.
@@ -230,12 +263,12 @@ pub enum GraphNode {
         len: u64,
     },
     /// [`Request::EventRecord`].
-    EventRecord {
+    EventRecord = EventRecord {
         /// The event.
         event: u64,
     },
     /// [`Request::StreamWaitEvent`].
-    WaitEvent {
+    WaitEvent = StreamWaitEvent {
         /// The event.
         event: u64,
         /// Its flags.
@@ -243,129 +276,38 @@ pub enum GraphNode {
     },
 }
 
-impl GraphNode {
-    /// The node as a request of a stream (what it is, `None` for a request no
-    /// graph node can be).
-    pub fn from_request(request: &Request) -> Option<(GraphNode, u64)> {
-        Some(match request.clone() {
-            Request::LaunchKernel {
-                function,
-                dims,
-                stream,
-                params,
-            } => (
-                GraphNode::Kernel {
-                    function,
-                    dims,
-                    params,
-                },
-                stream,
-            ),
-            Request::Memset {
-                dst,
-                value,
-                elem_size,
-                count,
-                stream,
-            } => (
-                GraphNode::Memset {
-                    dst,
-                    value,
-                    elem_size,
-                    count,
-                },
-                stream,
-            ),
-            Request::Memset2D {
-                dst,
-                pitch,
-                value,
-                elem_size,
-                width,
-                height,
-                stream,
-            } => (
-                GraphNode::Memset2D {
-                    dst,
-                    pitch,
-                    value,
-                    elem_size,
-                    width,
-                    height,
-                },
-                stream,
-            ),
-            Request::MemcpyDtoD {
-                dst,
-                src,
-                len,
-                stream,
-            } => (GraphNode::CopyDtoD { dst, src, len }, stream),
-            Request::EventRecord { event, stream } => (GraphNode::EventRecord { event }, stream),
-            Request::StreamWaitEvent {
-                stream,
-                event,
-                flags,
-            } => (GraphNode::WaitEvent { event, flags }, stream),
-            _ => return None,
-        })
-    }
-
-    /// The request that runs the node in `stream`.
-    pub fn in_stream(&self, stream: u64) -> Request {
-        match self.clone() {
-            GraphNode::Kernel {
-                function,
-                dims,
-                params,
-            } => Request::LaunchKernel {
-                function,
-                dims,
-                stream,
-                params,
-            },
-            GraphNode::Memset {
-                dst,
-                value,
-                elem_size,
-                count,
-            } => Request::Memset {
-                dst,
-                value,
-                elem_size,
-                count,
-                stream,
-            },
-            GraphNode::Memset2D {
-                dst,
-                pitch,
-                value,
-                elem_size,
-                width,
-                height,
-            } => Request::Memset2D {
-                dst,
-                pitch,
-                value,
-                elem_size,
-                width,
-                height,
-                stream,
-            },
-            GraphNode::CopyDtoD { dst, src, len } => Request::MemcpyDtoD {
-                dst,
-                src,
-                len,
-                stream,
-            },
-            GraphNode::EventRecord { event } => Request::EventRecord { event, stream },
-            GraphNode::WaitEvent { event, flags } => Request::StreamWaitEvent {
-                stream,
-                event,
-                flags,
-            },
+/// The [`Api`] methods of the operations only the server answers
+/// ([`Flags::SERVER`]), for a backend's implementation: each refuses with
+/// [`server_only`].
+#[macro_export]
+macro_rules! server_only_operations {
+    () => {
+        fn device_usage(
+            &mut self,
+            _device: u32,
+        ) -> Result<$crate::api::DeviceUsage, $crate::CuError> {
+            Err($crate::api::server_only("device_usage"))
         }
-    }
+
+        fn server_status(&mut self) -> Result<$crate::api::ServerStatus, $crate::CuError> {
+            Err($crate::api::server_only("server_status"))
+        }
+
+        fn graph_create(
+            &mut self,
+            _nodes: Vec<$crate::api::GraphNode>,
+        ) -> Result<u64, $crate::CuError> {
+            Err($crate::api::server_only("graph_create"))
+        }
+
+        fn graph_launch(&mut self, _graph: u64, _stream: u64) -> Result<(), $crate::CuError> {
+            Err($crate::api::server_only("graph_launch"))
+        }
+
+        fn graph_destroy(&mut self, _graph: u64) -> Result<(), $crate::CuError> {
+            Err($crate::api::server_only("graph_destroy"))
+        }
+    };
 }
 
 /// What a loaded module contains, returned once at load so the client can answer

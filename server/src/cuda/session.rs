@@ -683,31 +683,7 @@ impl Api for CudaSession {
         Ok(())
     }
 
-    fn device_usage(
-        &mut self,
-        _device: u32,
-    ) -> Result<xpupool_protocol::api::DeviceUsage, CuError> {
-        Err(xpupool_protocol::api::server_only("device_usage"))
-    }
-
-    fn server_status(&mut self) -> Result<xpupool_protocol::api::ServerStatus, CuError> {
-        Err(xpupool_protocol::api::server_only("server_status"))
-    }
-
-    fn graph_create(
-        &mut self,
-        _nodes: Vec<xpupool_protocol::api::GraphNode>,
-    ) -> Result<u64, CuError> {
-        Err(xpupool_protocol::api::server_only("graph_create"))
-    }
-
-    fn graph_launch(&mut self, _graph: u64, _stream: u64) -> Result<(), CuError> {
-        Err(xpupool_protocol::api::server_only("graph_launch"))
-    }
-
-    fn graph_destroy(&mut self, _graph: u64) -> Result<(), CuError> {
-        Err(xpupool_protocol::api::server_only("graph_destroy"))
-    }
+    xpupool_protocol::server_only_operations!();
 }
 
 /// The cuda backend serves device 0 only, so far (see the module's notes).
