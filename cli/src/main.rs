@@ -744,6 +744,10 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
                     xpupool_server::membership::Membership::new(xpupool_server::membership::JoinSettings {
                         access,
                         join_token,
+                        key_file: Some(dir.join(format!(
+                            "pool-key-{}",
+                            address.replace(['/', ':', '[', ']'], "_")
+                        ))),
                         address,
                         fingerprint: fingerprint.clone(),
                     });

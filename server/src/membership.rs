@@ -57,6 +57,10 @@ pub struct JoinSettings {
     pub address: String,
     /// This server's certificate fingerprint.
     pub fingerprint: String,
+    /// Where the key of its last registration is kept (only its owner may read
+    /// it): a restarted server presents it, and so registers again at once
+    /// instead of waiting out the server TTL of its previous run.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// A lease this server has admitted sessions under.
@@ -94,11 +98,30 @@ pub struct Membership {
 impl Membership {
     /// A membership not yet registered; [`Self::run`] registers and heart-beats.
     pub fn new(settings: JoinSettings) -> Arc<Self> {
+        let last_key = settings
+            .key_file
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .map(|key| key.trim().to_owned())
+            .filter(|key| !key.is_empty());
         Arc::new(Self {
             settings,
             instance: rand::random(),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                last_key,
+                ..State::default()
+            }),
         })
+    }
+
+    /// Keeps the key of this registration for the next run.
+    fn keep_key(&self, key: &str) {
+        let Some(path) = &self.settings.key_file else {
+            return;
+        };
+        if let Err(e) = crate::tls::write_private(path, key.as_bytes()) {
+            tracing::warn!("keeping the pool key in {}: {e:#}", path.display());
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -353,6 +376,7 @@ impl Membership {
                     Ok(Ok(ManagerReply::Registered(r))) => {
                         let manager = link.address().await;
                         tracing::info!(%manager, "registered with the pool manager");
+                        self.keep_key(&r.server_key);
                         {
                             let mut state = self.state();
                             state.key = Some(r.server_key.clone());
@@ -430,6 +454,7 @@ mod tests {
             join_token: "join".into(),
             address: "10.0.0.1:7800".into(),
             fingerprint: "sha256:00".into(),
+            key_file: None,
         });
         {
             let mut state = membership.state();

@@ -381,6 +381,27 @@ def test_the_join_token_does_not_take_over_a_live_server(pool):
     assert out.returncode != 0 and "unknown tenant token" in out.stderr, out.stderr
 
 
+def test_a_restarted_server_registers_again_at_once(pool):
+    """A server killed and started again (same state directory, same address)
+    presents the key of its last registration, kept there, and so rejoins without
+    waiting out the TTL of its previous run, as a new instance."""
+    manager, servers, tmp = pool
+    a = servers["a"]
+    a.kill()
+    # The same address: its registration is still alive in the manager.
+    a.argv[a.argv.index("--listen") + 1] = a.addr
+    started = time.monotonic()
+    a.start("registered with the pool manager")
+    rejoined = time.monotonic() - started
+    assert a.field("listening") == a.addr
+    print(f"\nrestarted server registered again after {rejoined:.1f} s (TTL 4 s)")
+    assert rejoined < 3.0, rejoined
+    assert "registered and alive" not in a.text()
+    job = hold(manager, tmp, "pack", "1GiB", seconds=1)
+    assert job.wait_placed()
+    job.finish()
+
+
 def test_a_killed_server_leaves_placement_and_its_leases_are_reclaimed(pool):
     manager, servers, tmp = pool
     job = hold(manager, tmp, "spread", "12GiB")  # only c's devices are that large
