@@ -81,8 +81,9 @@ impl Graphs {
     }
 }
 
-/// Sends a stream operation, or records it where its stream is capturing (an
-/// event record or wait that only joins streams of one capture records nothing).
+/// Sends a stream operation, or records it where its stream is capturing (a wait
+/// that only joins a stream to a capture records nothing: the capture's order
+/// already holds the dependency).
 pub(crate) fn submit(d: &Driver, request: Request) -> Res {
     {
         let mut t = lock(table());
@@ -107,10 +108,11 @@ pub(crate) fn submit(d: &Driver, request: Request) -> Res {
         }
         if let Some(capture) = t.capture_of(stream) {
             let id = capture.id;
+            // An event recorded in a capture is recorded when the graph runs (a
+            // node), and meanwhile lets other streams join the capture.
             if let Request::EventRecord { event, .. } = &request {
                 let event = *event;
                 t.recorded_in.insert(event, id);
-                return Ok(());
             }
             let (node, _) =
                 GraphNode::from_request(&request).ok_or(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)?;
