@@ -276,6 +276,9 @@ graph_nodes! {
     },
 }
 
+/// Nodes of one graph the server keeps, at most ([`Request::GraphCreate`]).
+pub const MAX_GRAPH_NODES: usize = 1 << 16;
+
 /// The [`Api`] methods of the operations only the server answers
 /// ([`Flags::SERVER`]), for a backend's implementation: each refuses with
 /// [`server_only`].

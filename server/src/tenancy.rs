@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use xpupool_protocol::api::{
-    DeviceFigures, DeviceUsage, GraphNode, ModuleInfo, ServerStatus, TenantFigures, OPERATIONS,
+    DeviceFigures, DeviceUsage, GraphNode, ModuleInfo, ServerStatus, TenantFigures,
+    MAX_GRAPH_NODES, OPERATIONS,
 };
 use xpupool_protocol::{code, CuError, DeviceInfo, Reply, Request};
 
@@ -413,8 +414,6 @@ pub struct TenantSession {
 
 /// Graphs one session may keep at once.
 pub const MAX_GRAPHS: usize = 4096;
-/// Nodes of one kept graph, at most.
-pub const MAX_GRAPH_NODES: usize = 1 << 16;
 /// Kernel parameter bytes of one kept graph, at most.
 pub const MAX_GRAPH_PARAM_BYTES: usize = 64 << 20;
 

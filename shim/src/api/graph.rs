@@ -11,18 +11,102 @@
 //! scheduler as any other work. Operations a graph here cannot hold yet (copies to
 //! or from host memory, host functions, allocation nodes) end the capture with
 //! `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, as do synchronising a capturing
-//! stream. Not yet: building graphs node by node (`cuGraphAdd*Node`), updating an
-//! instantiated graph, and running a graph's independent branches concurrently.
+//! stream. Graphs are also built node by node (kernel, memset, device-to-device
+//! copy, empty, child graph, event record and wait nodes, with dependencies); at
+//! instantiation their nodes are put in an order the dependencies allow. Not yet:
+//! host and memory nodes, updating an instantiated graph, and running a graph's
+//! independent branches concurrently.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::ffi::c_void;
+use std::sync::{Mutex, OnceLock};
 
 use xpupool_cuda_types::*;
-use xpupool_protocol::api::GraphNode;
+use xpupool_protocol::api::{GraphNode, LaunchDims, MAX_GRAPH_NODES};
 use xpupool_protocol::{Calls, Request};
 
 use crate::boundary::{export, put, Res};
 use crate::state::{driver, fail, lock, stream_arg, Driver};
+
+/// A graph as the application builds it: nodes and their dependencies.
+#[derive(Clone, Default)]
+struct Graph {
+    nodes: Vec<Node>,
+}
+
+#[derive(Clone)]
+struct Node {
+    op: Op,
+    /// Indices of the nodes it depends on.
+    deps: Vec<usize>,
+    handle: u64,
+}
+
+#[derive(Clone)]
+enum Op {
+    Work(GraphNode),
+    Empty,
+    /// A copy of the child graph, taken when the node was added.
+    Child(Graph),
+}
+
+impl Graph {
+    /// The operations in an order the dependencies allow (among those free to
+    /// go, the earliest added first), child graphs flattened in place.
+    fn ordered(&self, out: &mut Vec<GraphNode>) -> Res {
+        let n = self.nodes.len();
+        let mut waiting: Vec<usize> = self.nodes.iter().map(|x| x.deps.len()).collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, node) in self.nodes.iter().enumerate() {
+            for &d in &node.deps {
+                dependents[d].push(i);
+            }
+        }
+        let mut ready: std::collections::BTreeSet<usize> =
+            (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut done = 0;
+        while let Some(i) = ready.pop_first() {
+            done += 1;
+            match &self.nodes[i].op {
+                Op::Work(node) => out.push(node.clone()),
+                Op::Empty => {}
+                Op::Child(child) => child.ordered(out)?,
+            }
+            if out.len() > MAX_GRAPH_NODES {
+                // More than the server keeps: refused before anything is sent.
+                return Err(CUDA_ERROR_OUT_OF_MEMORY);
+            }
+            for &j in &dependents[i] {
+                waiting[j] -= 1;
+                if waiting[j] == 0 {
+                    ready.insert(j);
+                }
+            }
+        }
+        // Dependencies only ever point at nodes added before, so there is no
+        // cycle; a shortfall would be a bug here, not the application's.
+        if done != n {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        Ok(())
+    }
+
+    fn count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// How deeply child graphs nest in it.
+    fn depth(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| match &n.op {
+                Op::Child(c) => c.depth() + 1,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
 
 /// A capture in progress.
 struct Capture {
@@ -42,8 +126,10 @@ struct Graphs {
     capturing: HashMap<u64, u64>,
     /// Events last recorded inside a capture: waiting on one joins that capture.
     recorded_in: HashMap<u64, u64>,
-    /// Graphs the application holds: their nodes.
-    graphs: HashMap<u64, Arc<Vec<GraphNode>>>,
+    /// Graphs the application holds.
+    graphs: HashMap<u64, Graph>,
+    /// Node handles: (graph, index in it).
+    nodes: HashMap<u64, (u64, usize)>,
     /// Instantiated graphs: the server's handle of each.
     execs: HashMap<u64, u64>,
     next: u64,
@@ -233,25 +319,179 @@ fn end(stream: u64, graph: *mut CUgraph) -> Res {
         });
     }
     let handle = t.handle();
-    t.graphs.insert(handle, Arc::new(capture.nodes));
+    t.graphs.insert(handle, Graph::default());
+    // A captured graph is a chain, in issue order.
+    for (i, node) in capture.nodes.into_iter().enumerate() {
+        let deps = if i == 0 { Vec::new() } else { vec![i - 1] };
+        t.add(handle, Op::Work(node), deps)?;
+    }
     put(graph, handle as CUgraph)
 }
 
-fn nodes_of(graph: CUgraph) -> Res<Arc<Vec<GraphNode>>> {
-    lock(table())
-        .graphs
-        .get(&(graph as u64))
-        .cloned()
-        .ok_or(CUDA_ERROR_INVALID_VALUE)
+impl Graphs {
+    /// Adds a node to `graph` after the nodes at `deps`; its handle.
+    fn add(&mut self, graph: u64, op: Op, deps: Vec<usize>) -> Res<u64> {
+        let handle = self.handle();
+        let g = self
+            .graphs
+            .get_mut(&graph)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if g.nodes.len() >= MAX_NODES {
+            return Err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let index = g.nodes.len();
+        g.nodes.push(Node { op, deps, handle });
+        self.nodes.insert(handle, (graph, index));
+        Ok(handle)
+    }
+
+    /// The indices in `graph` of the dependency handles the application gave.
+    fn deps(&self, graph: u64, deps: *const CUgraphNode, count: usize) -> Res<Vec<usize>> {
+        if count > 0 && deps.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: `count` handles at `deps`, as the caller says.
+        let given = if count == 0 {
+            &[][..]
+        } else {
+            unsafe { std::slice::from_raw_parts(deps, count) }
+        };
+        let mut out = Vec::with_capacity(count);
+        for &d in given {
+            match self.nodes.get(&(d as u64)) {
+                Some(&(g, i)) if g == graph => {
+                    if !out.contains(&i) {
+                        out.push(i);
+                    }
+                }
+                _ => return Err(CUDA_ERROR_INVALID_VALUE),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Nodes of one graph here, at most (the server keeps fewer: its own bound
+/// applies at instantiation).
+const MAX_NODES: usize = 1 << 20;
+/// Child graphs nested in child graphs, at most.
+const MAX_DEPTH: usize = 64;
+
+/// Adds a node of `op` to `graph` after `deps`; its handle in `out`.
+fn add_node(
+    out: *mut CUgraphNode,
+    graph: CUgraph,
+    deps: *const CUgraphNode,
+    count: usize,
+    op: Op,
+) -> Res {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut t = lock(table());
+    let deps = t.deps(graph as u64, deps, count)?;
+    let handle = t.add(graph as u64, op, deps)?;
+    put(out, handle as CUgraphNode)
+}
+
+fn kernel_node(
+    func: CUfunction,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared: u32,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Res<Op> {
+    let dims = LaunchDims {
+        grid,
+        block,
+        shared_bytes: shared,
+    };
+    let request = super::launch::launch_request(func, dims, 0, params, extra)?;
+    let (node, _) = GraphNode::from_request(&request).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    Ok(Op::Work(node))
+}
+
+fn memset_node(p: *const CUDA_MEMSET_NODE_PARAMS) -> Res<Op> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: checked non-null; the caller passes the parameters.
+    let p = unsafe { &*p };
+    if !matches!(p.elementSize, 1 | 2 | 4) || p.width == 0 || p.height == 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let elem = p.elementSize as u64;
+    let span = (p.height as u64 - 1)
+        .checked_mul(p.pitch as u64)
+        .and_then(|rows| rows.checked_add((p.width as u64).checked_mul(elem)?))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    super::memory::device_span(p.dst, span)?;
+    Ok(Op::Work(if p.height == 1 {
+        GraphNode::Memset {
+            dst: p.dst,
+            value: p.value,
+            elem_size: elem as u8,
+            count: p.width as u64,
+        }
+    } else {
+        GraphNode::Memset2D {
+            dst: p.dst,
+            pitch: p.pitch as u64,
+            value: p.value,
+            elem_size: elem as u8,
+            width: p.width as u64,
+            height: p.height as u64,
+        }
+    }))
+}
+
+/// A copy node: one row between two device ranges (other copies are not kept in
+/// graphs yet).
+fn memcpy_node(p: *const CUDA_MEMCPY3D) -> Res<Op> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: checked non-null; the caller passes the parameters.
+    let p = unsafe { &*p };
+    let device = |kind: CUmemorytype, address: CUdeviceptr| {
+        kind == CU_MEMORYTYPE_DEVICE
+            || (kind == CU_MEMORYTYPE_UNIFIED
+                && driver().is_ok_and(|d| d.is_device_address(address)))
+    };
+    let flat =
+        p.Height <= 1 && p.Depth <= 1 && p.srcY == 0 && p.srcZ == 0 && p.dstY == 0 && p.dstZ == 0;
+    if !flat || !device(p.srcMemoryType, p.srcDevice) || !device(p.dstMemoryType, p.dstDevice) {
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    let len = p.WidthInBytes as u64;
+    let src = p.srcDevice + p.srcXInBytes as u64;
+    let dst = p.dstDevice + p.dstXInBytes as u64;
+    super::memory::device_span(src, len)?;
+    super::memory::device_span(dst, len)?;
+    Ok(Op::Work(GraphNode::CopyDtoD { dst, src, len }))
+}
+
+fn event_known(event: CUevent) -> Res<u64> {
+    let d = driver()?;
+    if !lock(&d.events).contains(&(event as u64)) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(event as u64)
 }
 
 fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
     if exec.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let nodes = nodes_of(graph)?;
+    let mut nodes = Vec::new();
+    lock(table())
+        .graphs
+        .get(&(graph as u64))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?
+        .ordered(&mut nodes)?;
     let d = driver()?;
-    let server = d.conn.graph_create(nodes.as_ref().clone()).map_err(fail)?;
+    let server = d.conn.graph_create(nodes).map_err(fail)?;
     let mut t = lock(table());
     let handle = t.handle();
     t.execs.insert(handle, server);
@@ -276,6 +516,40 @@ fn instantiate_with_params(
         }
     }
     result
+}
+
+/// Makes each `to[i]` wait for `from[i]`. An edge from a later node to an
+/// earlier one could close a cycle, so it is checked against the graph first.
+fn add_dependencies(
+    graph: CUgraph,
+    from: *const CUgraphNode,
+    to: *const CUgraphNode,
+    count: usize,
+) -> Res {
+    let mut t = lock(table());
+    let from = t.deps(graph as u64, from, count)?;
+    let to = t.deps(graph as u64, to, count)?;
+    if from.len() != to.len() {
+        // A repeated handle among either list.
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let g = t
+        .graphs
+        .get_mut(&(graph as u64))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let mut trial = g.clone();
+    for (&f, &d) in from.iter().zip(&to) {
+        if !trial.nodes[d].deps.contains(&f) {
+            trial.nodes[d].deps.push(f);
+        }
+    }
+    // A cycle leaves nodes unordered.
+    let mut order = Vec::new();
+    trial
+        .ordered(&mut order)
+        .map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    *g = trial;
+    Ok(())
 }
 
 fn launch(exec: CUgraphExec, stream: u64) -> Res {
@@ -339,36 +613,114 @@ export! {
     }
 
     fn cuGraphDestroy(graph: CUgraph) {
-        lock(table()).graphs.remove(&(graph as u64)).map(|_| ()).ok_or(CUDA_ERROR_INVALID_VALUE)
+        let mut t = lock(table());
+        t.graphs.remove(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        t.nodes.retain(|_, (g, _)| *g != graph as u64);
+        Ok(())
     }
 
-    /// An empty graph (nodes cannot be added to it one by one yet).
     fn cuGraphCreate(graph: *mut CUgraph, flags: u32) {
         if flags != 0 || graph.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let mut t = lock(table());
         let handle = t.handle();
-        t.graphs.insert(handle, Arc::new(Vec::new()));
+        t.graphs.insert(handle, Graph::default());
         put(graph, handle as CUgraph)
     }
 
-    /// The node count; node handles name each node by its place in the graph.
     fn cuGraphGetNodes(graph: CUgraph, nodes: *mut CUgraphNode, count: *mut usize) {
         if count.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let all = nodes_of(graph)?;
+        let t = lock(table());
+        let g = t.graphs.get(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if nodes.is_null() {
-            return put(count, all.len());
+            return put(count, g.count());
         }
         // SAFETY: the caller passes room for `*count` node handles.
         let room = unsafe { *count };
-        let n = room.min(all.len());
-        for i in 0..n {
+        let n = room.min(g.count());
+        for (i, node) in g.nodes.iter().take(n).enumerate() {
             // SAFETY: `i < *count`, within the caller's array.
-            unsafe { *nodes.add(i) = (graph as u64 + 1 + i as u64) as CUgraphNode };
+            unsafe { *nodes.add(i) = node.handle as CUgraphNode };
         }
         put(count, n)
+    }
+
+    fn cuGraphNodeGetType(node: CUgraphNode, kind: *mut CUgraphNodeType) {
+        let t = lock(table());
+        let &(graph, index) = t.nodes.get(&(node as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let op = &t.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.nodes[index].op;
+        put(kind, match op {
+            Op::Work(GraphNode::Kernel { .. }) => CU_GRAPH_NODE_TYPE_KERNEL,
+            Op::Work(GraphNode::Memset { .. } | GraphNode::Memset2D { .. }) => CU_GRAPH_NODE_TYPE_MEMSET,
+            Op::Work(GraphNode::CopyDtoD { .. }) => CU_GRAPH_NODE_TYPE_MEMCPY,
+            Op::Work(GraphNode::EventRecord { .. }) => CU_GRAPH_NODE_TYPE_EVENT_RECORD,
+            Op::Work(GraphNode::WaitEvent { .. }) => CU_GRAPH_NODE_TYPE_WAIT_EVENT,
+            Op::Empty => CU_GRAPH_NODE_TYPE_EMPTY,
+            Op::Child(_) => CU_GRAPH_NODE_TYPE_GRAPH,
+        })
+    }
+
+    fn cuGraphAddKernelNode_v2(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_KERNEL_NODE_PARAMS) {
+        if p.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: checked non-null; the caller passes the parameters.
+        let p = unsafe { &*p };
+        let func = if p.func.is_null() { p.kern as CUfunction } else { p.func };
+        let op = kernel_node(func, [p.gridDimX, p.gridDimY, p.gridDimZ], [p.blockDimX, p.blockDimY, p.blockDimZ], p.sharedMemBytes, p.kernelParams, p.extra)?;
+        add_node(out, graph, deps, count, op)
+    }
+
+    fn cuGraphAddKernelNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_KERNEL_NODE_PARAMS_v1) {
+        if p.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: checked non-null; the caller passes the parameters.
+        let p = unsafe { &*p };
+        let op = kernel_node(p.func, [p.gridDimX, p.gridDimY, p.gridDimZ], [p.blockDimX, p.blockDimY, p.blockDimZ], p.sharedMemBytes, p.kernelParams, p.extra)?;
+        add_node(out, graph, deps, count, op)
+    }
+
+    fn cuGraphAddMemsetNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_MEMSET_NODE_PARAMS, _ctx: CUcontext) {
+        let op = memset_node(p)?;
+        add_node(out, graph, deps, count, op)
+    }
+
+    fn cuGraphAddMemcpyNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_MEMCPY3D, _ctx: CUcontext) {
+        let op = memcpy_node(p)?;
+        add_node(out, graph, deps, count, op)
+    }
+
+    fn cuGraphAddEmptyNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize) {
+        add_node(out, graph, deps, count, Op::Empty)
+    }
+
+    fn cuGraphAddChildGraphNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, child: CUgraph) {
+        let copy = lock(table()).graphs.get(&(child as u64)).cloned().ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if copy.depth() >= MAX_DEPTH {
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        add_node(out, graph, deps, count, Op::Child(copy))
+    }
+
+    fn cuGraphAddEventRecordNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, event: CUevent) {
+        let event = event_known(event)?;
+        add_node(out, graph, deps, count, Op::Work(GraphNode::EventRecord { event }))
+    }
+
+    fn cuGraphAddEventWaitNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, event: CUevent) {
+        let event = event_known(event)?;
+        add_node(out, graph, deps, count, Op::Work(GraphNode::WaitEvent { event, flags: 0 }))
+    }
+
+    fn cuGraphAddDependencies(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, count: usize) {
+        add_dependencies(graph, from, to, count)
+    }
+
+    fn cuGraphAddDependencies_v2(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, _edges: *const CUgraphEdgeData, count: usize) {
+        add_dependencies(graph, from, to, count)
     }
 }

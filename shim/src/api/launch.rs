@@ -117,20 +117,33 @@ pub(crate) fn launch(
     extra: *mut *mut c_void,
 ) -> Res {
     let d = driver()?;
+    let request = launch_request(function, dims, stream, params, extra)?;
+    // Sent without waiting: what the kernel does wrong is reported at the next
+    // synchronising call, as on a device.
+    super::graph::submit(d, request)
+}
+
+/// The request of a launch, checked and with its parameters packed (graph
+/// kernel nodes keep it, as the driver keeps a node's parameters).
+pub(crate) fn launch_request(
+    function: CUfunction,
+    dims: LaunchDims,
+    stream: u64,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Res<Request> {
+    let d = driver()?;
     let f = d.functions.get(function as usize)?;
     // The kernel as loaded on the device whose stream it goes to.
     let info = f.runnable_on(d, d.stream_device(stream)?)?;
     check_dims(d, &f, &dims)?;
     let buffer = pack(info, params, extra)?;
-    // Sent without waiting: what the kernel does wrong is reported at the next
-    // synchronising call, as on a device.
-    let request = Request::LaunchKernel {
+    Ok(Request::LaunchKernel {
         function: info.handle,
         dims,
         stream,
         params: ByteBuf::from(buffer),
-    };
-    super::graph::submit(d, request)
+    })
 }
 
 fn launch_ex(

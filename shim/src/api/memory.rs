@@ -61,7 +61,7 @@ pub(crate) fn free(address: CUdeviceptr) -> Res {
 /// driver would before accepting the operation. Operations sent without waiting
 /// (copies from host memory, memsets, launches) must fail here, at the call, when
 /// their arguments are wrong.
-fn device_span(address: u64, len: u64) -> Res {
+pub(crate) fn device_span(address: u64, len: u64) -> Res {
     let (base, size) = driver()?
         .device_range(address)
         .ok_or(CUDA_ERROR_INVALID_VALUE)?;
