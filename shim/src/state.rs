@@ -625,10 +625,80 @@ pub(crate) fn pop_current() -> Option<usize> {
 }
 
 /// Maps a stream argument to the server's name for it. On the per-thread entry
-/// points (`_ptsz`, `_ptds`) the NULL stream means this thread's default stream.
+/// points (`_ptsz`, `_ptds`) the NULL stream means this thread's default stream,
+/// as `CU_STREAM_PER_THREAD` does everywhere.
 pub(crate) fn stream_arg(stream: CUstream, per_thread: bool) -> u64 {
     match stream as u64 {
-        0 if per_thread => 2,
+        0 if per_thread => per_thread_default(),
+        2 => per_thread_default(),
         other => other,
     }
+}
+
+/// This thread's default stream on the current context's device: a stream of its
+/// own (made at first use, synchronising with the legacy stream as the driver's
+/// per-thread stream does), so threads' default-stream work is not ordered
+/// against each other's. Where none can be made, the server's legacy stream.
+pub(crate) fn per_thread_default() -> u64 {
+    let Ok(d) = driver() else {
+        return 2;
+    };
+    let Ok(context) = d.current_context() else {
+        return 2;
+    };
+    let key = Arc::as_ptr(&context) as usize;
+    let found = PER_THREAD
+        .try_with(|s| {
+            s.borrow()
+                .0
+                .iter()
+                .find(|(c, _)| *c == key)
+                .map(|&(_, h)| h)
+        })
+        .ok()
+        .flatten();
+    if let Some(handle) = found {
+        return handle;
+    }
+    match d.conn.stream_create(context.device as u32, 0, 0) {
+        Ok(handle) => {
+            lock(&d.streams).insert(
+                handle,
+                StreamInfo {
+                    flags: 0,
+                    priority: 0,
+                    context: key,
+                    id: d.fresh_id(),
+                },
+            );
+            let _ = PER_THREAD.try_with(|s| s.borrow_mut().0.push((key, handle)));
+            handle
+        }
+        Err(e) => {
+            tracing::warn!("no per-thread default stream ({e}); using the legacy stream");
+            2
+        }
+    }
+}
+
+/// A thread's per-thread default streams, by context; destroyed when it exits.
+#[derive(Default)]
+struct PerThread(Vec<(usize, u64)>);
+
+impl Drop for PerThread {
+    fn drop(&mut self) {
+        let Ok(d) = driver() else {
+            return;
+        };
+        for (_, handle) in self.0.drain(..) {
+            lock(&d.streams).remove(&handle);
+            let _ = d
+                .conn
+                .post(xpupool_protocol::Request::StreamDestroy { stream: handle });
+        }
+    }
+}
+
+thread_local! {
+    static PER_THREAD: RefCell<PerThread> = RefCell::new(PerThread::default());
 }

@@ -7,7 +7,7 @@ use xpupool_cuda_types::*;
 use xpupool_protocol::{Calls, Request};
 
 use crate::boundary::{export, put, Res};
-use crate::state::{driver, fail, lock, stream_arg, HostBlock};
+use crate::state::{driver, fail, lock, per_thread_default, stream_arg, HostBlock};
 
 /// Where one side of a copy lives.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -399,15 +399,15 @@ export! {
     }
 
     fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, 0) }
-    fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, 2) }
+    fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, per_thread_default()) }
     fn cuMemcpyAsync(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, false)) }
     fn cuMemcpyAsync_ptsz(dst: CUdeviceptr, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, true)) }
     fn cuMemcpyHtoD_v2(dst: CUdeviceptr, src: *const c_void, n: usize) { copy(dst, src as u64, n, 0) }
-    fn cuMemcpyHtoD_v2_ptds(dst: CUdeviceptr, src: *const c_void, n: usize) { copy(dst, src as u64, n, 2) }
+    fn cuMemcpyHtoD_v2_ptds(dst: CUdeviceptr, src: *const c_void, n: usize) { copy(dst, src as u64, n, per_thread_default()) }
     fn cuMemcpyDtoH_v2(dst: *mut c_void, src: CUdeviceptr, n: usize) { copy(dst as u64, src, n, 0) }
-    fn cuMemcpyDtoH_v2_ptds(dst: *mut c_void, src: CUdeviceptr, n: usize) { copy(dst as u64, src, n, 2) }
+    fn cuMemcpyDtoH_v2_ptds(dst: *mut c_void, src: CUdeviceptr, n: usize) { copy(dst as u64, src, n, per_thread_default()) }
     fn cuMemcpyDtoD_v2(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, 0) }
-    fn cuMemcpyDtoD_v2_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, 2) }
+    fn cuMemcpyDtoD_v2_ptds(dst: CUdeviceptr, src: CUdeviceptr, n: usize) { copy(dst, src, n, per_thread_default()) }
     fn cuMemcpyHtoDAsync_v2(dst: CUdeviceptr, src: *const c_void, n: usize, s: CUstream) { copy(dst, src as u64, n, stream_arg(s, false)) }
     fn cuMemcpyHtoDAsync_v2_ptsz(dst: CUdeviceptr, src: *const c_void, n: usize, s: CUstream) { copy(dst, src as u64, n, stream_arg(s, true)) }
     fn cuMemcpyDtoHAsync_v2(dst: *mut c_void, src: CUdeviceptr, n: usize, s: CUstream) { copy(dst as u64, src, n, stream_arg(s, false)) }
@@ -417,22 +417,22 @@ export! {
     // Between devices of one server: the server copies between its devices, so a
     // peer copy is a device-to-device copy (the contexts only name the devices).
     fn cuMemcpyPeer(dst: CUdeviceptr, _dc: CUcontext, src: CUdeviceptr, _sc: CUcontext, n: usize) { copy(dst, src, n, 0) }
-    fn cuMemcpyPeer_ptds(dst: CUdeviceptr, _dc: CUcontext, src: CUdeviceptr, _sc: CUcontext, n: usize) { copy(dst, src, n, 2) }
+    fn cuMemcpyPeer_ptds(dst: CUdeviceptr, _dc: CUcontext, src: CUdeviceptr, _sc: CUcontext, n: usize) { copy(dst, src, n, per_thread_default()) }
     fn cuMemcpyPeerAsync(dst: CUdeviceptr, _dc: CUcontext, src: CUdeviceptr, _sc: CUcontext, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, false)) }
     fn cuMemcpyPeerAsync_ptsz(dst: CUdeviceptr, _dc: CUcontext, src: CUdeviceptr, _sc: CUcontext, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, true)) }
     fn cuMemcpy2D_v2(p: *const CUDA_MEMCPY2D) { copy_2d(p, 0) }
-    fn cuMemcpy2D_v2_ptds(p: *const CUDA_MEMCPY2D) { copy_2d(p, 2) }
+    fn cuMemcpy2D_v2_ptds(p: *const CUDA_MEMCPY2D) { copy_2d(p, per_thread_default()) }
     fn cuMemcpy2DUnaligned_v2(p: *const CUDA_MEMCPY2D) { copy_2d(p, 0) }
-    fn cuMemcpy2DUnaligned_v2_ptds(p: *const CUDA_MEMCPY2D) { copy_2d(p, 2) }
+    fn cuMemcpy2DUnaligned_v2_ptds(p: *const CUDA_MEMCPY2D) { copy_2d(p, per_thread_default()) }
     fn cuMemcpy2DAsync_v2(p: *const CUDA_MEMCPY2D, s: CUstream) { copy_2d(p, stream_arg(s, false)) }
     fn cuMemcpy2DAsync_v2_ptsz(p: *const CUDA_MEMCPY2D, s: CUstream) { copy_2d(p, stream_arg(s, true)) }
 
     fn cuMemsetD8_v2(dst: CUdeviceptr, v: u8, n: usize) { memset(dst, v as u32, 1, n, 0) }
-    fn cuMemsetD8_v2_ptds(dst: CUdeviceptr, v: u8, n: usize) { memset(dst, v as u32, 1, n, 2) }
+    fn cuMemsetD8_v2_ptds(dst: CUdeviceptr, v: u8, n: usize) { memset(dst, v as u32, 1, n, per_thread_default()) }
     fn cuMemsetD16_v2(dst: CUdeviceptr, v: u16, n: usize) { memset(dst, v as u32, 2, n, 0) }
-    fn cuMemsetD16_v2_ptds(dst: CUdeviceptr, v: u16, n: usize) { memset(dst, v as u32, 2, n, 2) }
+    fn cuMemsetD16_v2_ptds(dst: CUdeviceptr, v: u16, n: usize) { memset(dst, v as u32, 2, n, per_thread_default()) }
     fn cuMemsetD32_v2(dst: CUdeviceptr, v: c_uint, n: usize) { memset(dst, v, 4, n, 0) }
-    fn cuMemsetD32_v2_ptds(dst: CUdeviceptr, v: c_uint, n: usize) { memset(dst, v, 4, n, 2) }
+    fn cuMemsetD32_v2_ptds(dst: CUdeviceptr, v: c_uint, n: usize) { memset(dst, v, 4, n, per_thread_default()) }
     fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, s: CUstream) { memset(dst, v as u32, 1, n, stream_arg(s, false)) }
     fn cuMemsetD8Async_ptsz(dst: CUdeviceptr, v: u8, n: usize, s: CUstream) { memset(dst, v as u32, 1, n, stream_arg(s, true)) }
     fn cuMemsetD16Async(dst: CUdeviceptr, v: u16, n: usize, s: CUstream) { memset(dst, v as u32, 2, n, stream_arg(s, false)) }
@@ -440,11 +440,11 @@ export! {
     fn cuMemsetD32Async(dst: CUdeviceptr, v: c_uint, n: usize, s: CUstream) { memset(dst, v, 4, n, stream_arg(s, false)) }
     fn cuMemsetD32Async_ptsz(dst: CUdeviceptr, v: c_uint, n: usize, s: CUstream) { memset(dst, v, 4, n, stream_arg(s, true)) }
     fn cuMemsetD2D8_v2(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 1, w, h, 0) }
-    fn cuMemsetD2D8_v2_ptds(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 1, w, h, 2) }
+    fn cuMemsetD2D8_v2_ptds(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 1, w, h, per_thread_default()) }
     fn cuMemsetD2D16_v2(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 2, w, h, 0) }
-    fn cuMemsetD2D16_v2_ptds(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 2, w, h, 2) }
+    fn cuMemsetD2D16_v2_ptds(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, h: usize) { memset_2d(dst, pitch, v as u32, 2, w, h, per_thread_default()) }
     fn cuMemsetD2D32_v2(dst: CUdeviceptr, pitch: usize, v: c_uint, w: usize, h: usize) { memset_2d(dst, pitch, v, 4, w, h, 0) }
-    fn cuMemsetD2D32_v2_ptds(dst: CUdeviceptr, pitch: usize, v: c_uint, w: usize, h: usize) { memset_2d(dst, pitch, v, 4, w, h, 2) }
+    fn cuMemsetD2D32_v2_ptds(dst: CUdeviceptr, pitch: usize, v: c_uint, w: usize, h: usize) { memset_2d(dst, pitch, v, 4, w, h, per_thread_default()) }
     fn cuMemsetD2D8Async(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v as u32, 1, w, h, stream_arg(s, false)) }
     fn cuMemsetD2D8Async_ptsz(dst: CUdeviceptr, pitch: usize, v: u8, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v as u32, 1, w, h, stream_arg(s, true)) }
     fn cuMemsetD2D16Async(dst: CUdeviceptr, pitch: usize, v: u16, w: usize, h: usize, s: CUstream) { memset_2d(dst, pitch, v as u32, 2, w, h, stream_arg(s, false)) }
