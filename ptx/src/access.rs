@@ -364,6 +364,24 @@ impl Cx<'_> {
                 }
                 Ok(())
             }
+            Builtin::Malloc => {
+                let address = self.env.mem.heap_alloc(arg(self, 0));
+                if let Some((o, size)) = ret {
+                    mem::write_buf(self.ps, o as u64, (size as usize).min(8), address);
+                }
+                Ok(())
+            }
+            Builtin::Free => {
+                let address = arg(self, 0);
+                // free(NULL) does nothing; any other address must be the heap's.
+                if address != 0 && !self.env.mem.heap_free(address) {
+                    return Err(ExecError::Unsupported(format!(
+                        "kernel {}: free({address:#x}) of memory device malloc did not give",
+                        self.env.prog.name
+                    )));
+                }
+                Ok(())
+            }
             Builtin::AssertFail => {
                 let msg = self.read_cstr(arg(self, 0))?;
                 let file = self.read_cstr(arg(self, 1))?;

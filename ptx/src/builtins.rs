@@ -1,12 +1,15 @@
 //! Device-runtime functions that nvcc calls as `.extern .func`: `vprintf`
-//! (device `printf`, written to the process's stdout) and `__assertfail`
-//! (failed device `assert`).
+//! (device `printf`, written to the process's stdout), `__assertfail` (failed
+//! device `assert`), and `malloc` / `free` (the device heap, which the caller's
+//! [`crate::Memory`] keeps).
 
 /// Recognised external functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Builtin {
     Printf,
     AssertFail,
+    Malloc,
+    Free,
 }
 
 impl Builtin {
@@ -14,8 +17,15 @@ impl Builtin {
         match name {
             "vprintf" => Some(Builtin::Printf),
             "__assertfail" => Some(Builtin::AssertFail),
+            "malloc" => Some(Builtin::Malloc),
+            "free" => Some(Builtin::Free),
             _ => None,
         }
+    }
+
+    /// Whether it uses the device heap.
+    pub(crate) fn uses_heap(self) -> bool {
+        matches!(self, Builtin::Malloc | Builtin::Free)
     }
 }
 

@@ -121,6 +121,9 @@ pub struct KernelInfo {
     pub max_threads_per_block: Option<u32>,
     /// `Some(reason)` if the interpreter cannot run this kernel.
     pub unsupported: Option<String>,
+    /// Whether it (or a function it calls) uses device `malloc` or `free`: its
+    /// launches need a device heap ([`Memory::heap_alloc`]).
+    pub uses_heap: bool,
 }
 
 /// State space of a module-scope variable.
@@ -188,6 +191,18 @@ pub trait Memory: Sync {
     /// Host pointer for `[addr, addr+len)` if the whole range lies in one live
     /// allocation, else `None`.
     fn translate(&self, addr: u64, len: usize) -> Option<*mut u8>;
+
+    /// Device `malloc`: the address of `size` bytes of the device heap, or 0
+    /// when it has no room (as on a device). Without a heap, always 0.
+    fn heap_alloc(&self, _size: u64) -> u64 {
+        0
+    }
+
+    /// Device `free` of what [`Memory::heap_alloc`] gave; `false` for an address
+    /// it did not give (or gave and took back already).
+    fn heap_free(&self, _address: u64) -> bool {
+        false
+    }
 }
 
 /// Launch configuration.

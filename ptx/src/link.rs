@@ -319,6 +319,7 @@ impl<'m, 'a> Linker<'m, 'a> {
             local_bytes: 0,
             max_threads_per_block: kf.ntid.map(|d| d[0] * d[1] * d[2]),
             unsupported: None,
+            uses_heap: false,
         };
         let mut prog = Prog {
             name: kf.name.to_string(),
@@ -344,6 +345,10 @@ impl<'m, 'a> Linker<'m, 'a> {
             call_fixups: Vec::new(),
             unsupported: None,
         };
+        info.uses_heap = order.iter().any(|&f| {
+            let func = &self.pm.funcs[f];
+            func.body.is_none() && Builtin::by_name(func.name).is_some_and(Builtin::uses_heap)
+        });
         for &f in &order {
             let entry_pc = st.code.len() as u32;
             let fo = layout.formals.entry(f).or_default();

@@ -13,6 +13,7 @@
 //! results computed by kernels are wrong under it, and no test uses it.
 
 mod device;
+mod heap;
 pub(crate) mod memory;
 
 use std::collections::HashMap;
@@ -123,6 +124,7 @@ impl Backend for MockBackend {
             streams: HashMap::new(),
             events: HashMap::new(),
             sticky: None,
+            heap: heap::Heap::default(),
         }))
     }
 }
@@ -162,6 +164,8 @@ struct LoadedModule {
     /// Module-scope variables: name → (device address, size).
     globals: HashMap<String, (u64, u64)>,
     functions: Vec<u64>,
+    /// Its region of the device heap, if its kernels use device `malloc`.
+    heap: Option<u64>,
 }
 
 struct Function {
@@ -173,6 +177,28 @@ struct Function {
 
 /// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`
 const ATTRIBUTE_MAX_DYNAMIC_SHARED: u32 = 8;
+
+/// Device memory as a running kernel sees it: the session's allocations, and its
+/// device heap for device `malloc` and `free`.
+struct WithHeap<'a> {
+    view: &'a memory::View<'a>,
+    heap: &'a heap::Heap,
+    device: u32,
+}
+
+impl xpupool_ptx::Memory for WithHeap<'_> {
+    fn translate(&self, addr: u64, len: usize) -> Option<*mut u8> {
+        self.view.translate(addr, len as u64)
+    }
+
+    fn heap_alloc(&self, size: u64) -> u64 {
+        self.heap.alloc(self.device, size)
+    }
+
+    fn heap_free(&self, address: u64) -> bool {
+        self.heap.free(address)
+    }
+}
 /// `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`
 const ATTRIBUTE_CARVEOUT: u32 = 9;
 /// `CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED`
@@ -203,6 +229,8 @@ struct MockSession {
     events: HashMap<u64, Event>,
     /// A kernel fault poisons the context, as on a device: every later call fails.
     sticky: Option<CuError>,
+    /// Device `malloc`'s heap.
+    heap: heap::Heap,
 }
 
 fn invalid_handle(what: &str, handle: u64) -> CuError {
@@ -316,10 +344,11 @@ impl MockSession {
         for f in module.functions {
             self.functions.remove(&f);
         }
-        for (address, _) in module.globals.values() {
+        let heap = module.heap.inspect(|&base| self.heap.remove(base));
+        for address in module.globals.values().map(|(a, _)| *a).chain(heap) {
             // The module allocated these itself; failure would mean a bookkeeping bug.
-            if let Err(e) = self.memory.free(*address) {
-                tracing::error!(error = %e, "freeing a module global");
+            if let Err(e) = self.memory.free(address) {
+                tracing::error!(error = %e, "freeing a module global or heap");
             }
         }
     }
@@ -551,6 +580,7 @@ impl Api for MockSession {
             device,
             globals: HashMap::new(),
             functions: Vec::new(),
+            heap: None,
         };
         let mut info = ModuleInfo {
             handle,
@@ -571,6 +601,26 @@ impl Api for MockSession {
             };
             self.memory.write(address, &init[..init.len().min(size)])?;
             loaded.globals.insert(name, (address, size as u64));
+        }
+        // A module whose kernels use device malloc brings a heap region, part of
+        // its footprint.
+        let wants_heap = ptx
+            .as_ref()
+            .is_some_and(|m| m.kernels().iter().any(|k| k.uses_heap))
+            && !self.skip_kernels;
+        if wants_heap {
+            info.device_bytes +=
+                crate::quota::allocation_charge(heap::REGION_BYTES).unwrap_or(u64::MAX);
+            match self.memory.alloc(device, heap::REGION_BYTES) {
+                Ok(base) => {
+                    self.heap.add(device, base, heap::REGION_BYTES);
+                    loaded.heap = Some(base);
+                }
+                Err(e) => {
+                    self.free_module(loaded);
+                    return Err(e);
+                }
+            }
         }
         if let Some(module) = ptx {
             for kernel in module.kernels() {
@@ -733,9 +783,12 @@ impl Api for MockSession {
             between_blocks: Some(&checkpoint),
         };
         let started = Instant::now();
-        let result = self
-            .memory
-            .with_view(|view| xpupool_ptx::launch(&ptx, &name, &launch, view));
+        let heap = &self.heap;
+        let device = module.device;
+        let result = self.memory.with_view(|view| {
+            let memory = WithHeap { view, heap, device };
+            xpupool_ptx::launch(&ptx, &name, &launch, &memory)
+        });
         tracing::debug!(kernel = %name, grid = ?dims.grid, block = ?dims.block, elapsed = ?started.elapsed(), "kernel ran");
         result.map_err(|e| {
             let error = exec_error(&name, e);
