@@ -203,6 +203,10 @@ impl<'a> FnDecoder<'_, '_, 'a> {
             "mov" => {
                 let t = ty()?;
                 Self::ops_n(i, 2)?;
+                if matches!((&ops[0], &ops[1]), (Operand::Vec(v), _) | (_, Operand::Vec(v)) if v.is_empty())
+                {
+                    return Err("an empty vector operand".into());
+                }
                 match (&ops[0], &ops[1]) {
                     (Operand::Vec(ds), a) => {
                         let d = ds

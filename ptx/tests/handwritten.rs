@@ -652,3 +652,22 @@ fn qualified_opcodes_make_only_their_kernel_unsupported() {
     run(&m, "k", &cfg(1, 1), &[Arg::Ptr(out)], &mem).unwrap();
     assert_eq!(mem.download::<u32>(out, 1), [7]);
 }
+
+#[test]
+fn an_empty_vector_operand_is_unsupported_not_a_crash() {
+    // Found by the fuzzer: `mov` with `{}` divided by zero.
+    let m = parse_module(&format!(
+        "{HEADER}{}",
+        r#"
+.visible .entry k(.param .u64 p)
+{
+    .reg .b64 %rd<2>;
+    mov.b64 {}, %rd1;
+    ret;
+}
+"#
+    ))
+    .unwrap();
+    let why = m.kernels()[0].unsupported.clone().unwrap_or_default();
+    assert!(why.contains("empty vector"), "{why:?}");
+}
