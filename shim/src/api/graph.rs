@@ -8,14 +8,16 @@
 //! instantiated graph is kept by the server ([`Request::GraphCreate`]): a launch is
 //! one posted request however many nodes the graph has, and the server runs the
 //! nodes in order in the launching stream, through the same checks, ledger and
-//! scheduler as any other work. Operations a graph here cannot hold yet (copies to
-//! or from host memory, host functions, allocation nodes) end the capture with
-//! `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, as do synchronising a capturing
-//! stream. Graphs are also built node by node (kernel, memset, device-to-device
-//! copy, empty, child graph, event record and wait nodes, with dependencies); at
-//! instantiation their nodes are put in an order the dependencies allow. Not yet:
-//! host and memory nodes, updating an instantiated graph, and running a graph's
-//! independent branches concurrently.
+//! scheduler as any other work. Host functions and copies between host memory and
+//! the device run here, in stream order, between the server's parts of the graph
+//! (host memory is read and written when the graph runs): a launch is then one
+//! request per run of server nodes. Allocation nodes end a capture with
+//! `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, as does synchronising a capturing
+//! stream. Graphs are also built node by node (kernel, memset, copy, host, empty,
+//! child graph, event record and wait nodes, with dependencies); at instantiation
+//! their nodes are put in an order the dependencies allow. Not yet: memory nodes,
+//! updating an instantiated graph, and running a graph's independent branches
+//! concurrently.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -45,15 +47,58 @@ struct Node {
 #[derive(Clone)]
 enum Op {
     Work(GraphNode),
+    /// Run in this process, in stream order.
+    Host(HostOp),
     Empty,
     /// A copy of the child graph, taken when the node was added.
     Child(Graph),
 }
 
+/// What a graph runs in the client, in stream order: a host function, or a copy
+/// between host memory and the device (host memory is read or written when the
+/// node runs, not when it was captured).
+#[derive(Clone, Copy)]
+pub(crate) enum HostOp {
+    /// `fn(data)`.
+    Func { f: usize, data: usize },
+    /// Host bytes at `src` to the device at `dst`.
+    ToDevice { dst: u64, src: usize, len: usize },
+    /// Device bytes at `src` to host memory at `dst`.
+    ToHost { dst: usize, src: u64, len: usize },
+}
+
+impl HostOp {
+    fn run(self, stream: u64) -> Res {
+        match self {
+            HostOp::Func { f, data } => {
+                // SAFETY: the application's function pointer, as it gave it.
+                let f: CUhostFn = unsafe { std::mem::transmute::<usize, CUhostFn>(f) };
+                super::stream::host_func(stream, f, data as *mut c_void)
+            }
+            HostOp::ToDevice { dst, src, len } => super::memory::copy(dst, src as u64, len, stream),
+            HostOp::ToHost { dst, src, len } => super::memory::copy(dst as u64, src, len, stream),
+        }
+    }
+}
+
+/// One step of a graph as it runs: a node the server runs, or a host step.
+#[derive(Clone)]
+enum Step {
+    Node(GraphNode),
+    Host(HostOp),
+}
+
+/// An instantiated graph: runs of server nodes (one kept graph each) between
+/// host steps.
+enum Segment {
+    Server(u64),
+    Host(HostOp),
+}
+
 impl Graph {
     /// The operations in an order the dependencies allow (among those free to
     /// go, the earliest added first), child graphs flattened in place.
-    fn ordered(&self, out: &mut Vec<GraphNode>) -> Res {
+    fn ordered(&self, out: &mut Vec<Step>) -> Res {
         let n = self.nodes.len();
         let mut waiting: Vec<usize> = self.nodes.iter().map(|x| x.deps.len()).collect();
         let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -68,7 +113,8 @@ impl Graph {
         while let Some(i) = ready.pop_first() {
             done += 1;
             match &self.nodes[i].op {
-                Op::Work(node) => out.push(node.clone()),
+                Op::Work(node) => out.push(Step::Node(node.clone())),
+                Op::Host(op) => out.push(Step::Host(*op)),
                 Op::Empty => {}
                 Op::Child(child) => child.ordered(out)?,
             }
@@ -113,7 +159,7 @@ struct Capture {
     id: u64,
     origin: u64,
     mode: CUstreamCaptureMode,
-    nodes: Vec<GraphNode>,
+    nodes: Vec<Step>,
     /// Why it can no longer end in a graph.
     invalidated: Option<CUresult>,
 }
@@ -130,8 +176,8 @@ struct Graphs {
     graphs: HashMap<u64, Graph>,
     /// Node handles: (graph, index in it).
     nodes: HashMap<u64, (u64, usize)>,
-    /// Instantiated graphs: the server's handle of each.
-    execs: HashMap<u64, u64>,
+    /// Instantiated graphs: their segments.
+    execs: HashMap<u64, Vec<Segment>>,
     next: u64,
 }
 
@@ -203,7 +249,7 @@ pub(crate) fn submit(d: &Driver, request: Request) -> Res {
             let (node, _) =
                 GraphNode::from_request(&request).ok_or(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)?;
             if let Some(capture) = t.capture_of(stream) {
-                capture.nodes.push(node);
+                capture.nodes.push(Step::Node(node));
             }
             return Ok(());
         }
@@ -321,9 +367,13 @@ fn end(stream: u64, graph: *mut CUgraph) -> Res {
     let handle = t.handle();
     t.graphs.insert(handle, Graph::default());
     // A captured graph is a chain, in issue order.
-    for (i, node) in capture.nodes.into_iter().enumerate() {
+    for (i, step) in capture.nodes.into_iter().enumerate() {
         let deps = if i == 0 { Vec::new() } else { vec![i - 1] };
-        t.add(handle, Op::Work(node), deps)?;
+        let op = match step {
+            Step::Node(node) => Op::Work(node),
+            Step::Host(op) => Op::Host(op),
+        };
+        t.add(handle, op, deps)?;
     }
     put(graph, handle as CUgraph)
 }
@@ -446,8 +496,9 @@ fn memset_node(p: *const CUDA_MEMSET_NODE_PARAMS) -> Res<Op> {
     }))
 }
 
-/// A copy node: one row between two device ranges (other copies are not kept in
-/// graphs yet).
+/// A copy node: one row between device ranges (kept by the server), or between
+/// host memory and the device (run here, in stream order); 2-D, 3-D and array
+/// copies are not kept in graphs yet.
 fn memcpy_node(p: *const CUDA_MEMCPY3D) -> Res<Op> {
     if p.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -461,15 +512,46 @@ fn memcpy_node(p: *const CUDA_MEMCPY3D) -> Res<Op> {
     };
     let flat =
         p.Height <= 1 && p.Depth <= 1 && p.srcY == 0 && p.srcZ == 0 && p.dstY == 0 && p.dstZ == 0;
-    if !flat || !device(p.srcMemoryType, p.srcDevice) || !device(p.dstMemoryType, p.dstDevice) {
+    if !flat {
         return Err(CUDA_ERROR_NOT_SUPPORTED);
     }
-    let len = p.WidthInBytes as u64;
-    let src = p.srcDevice + p.srcXInBytes as u64;
-    let dst = p.dstDevice + p.dstXInBytes as u64;
-    super::memory::device_span(src, len)?;
-    super::memory::device_span(dst, len)?;
-    Ok(Op::Work(GraphNode::CopyDtoD { dst, src, len }))
+    let len = p.WidthInBytes;
+    let host = |kind: CUmemorytype| kind == CU_MEMORYTYPE_HOST;
+    match (
+        device(p.srcMemoryType, p.srcDevice),
+        device(p.dstMemoryType, p.dstDevice),
+    ) {
+        (true, true) => {
+            let src = p.srcDevice + p.srcXInBytes as u64;
+            let dst = p.dstDevice + p.dstXInBytes as u64;
+            super::memory::device_span(src, len as u64)?;
+            super::memory::device_span(dst, len as u64)?;
+            Ok(Op::Work(GraphNode::CopyDtoD {
+                dst,
+                src,
+                len: len as u64,
+            }))
+        }
+        (false, true) if host(p.srcMemoryType) && !p.srcHost.is_null() => {
+            let dst = p.dstDevice + p.dstXInBytes as u64;
+            super::memory::device_span(dst, len as u64)?;
+            Ok(Op::Host(HostOp::ToDevice {
+                dst,
+                src: p.srcHost as usize + p.srcXInBytes,
+                len,
+            }))
+        }
+        (true, false) if host(p.dstMemoryType) && !p.dstHost.is_null() => {
+            let src = p.srcDevice + p.srcXInBytes as u64;
+            super::memory::device_span(src, len as u64)?;
+            Ok(Op::Host(HostOp::ToHost {
+                dst: p.dstHost as usize + p.dstXInBytes,
+                src,
+                len,
+            }))
+        }
+        _ => Err(CUDA_ERROR_NOT_SUPPORTED),
+    }
 }
 
 fn event_known(event: CUevent) -> Res<u64> {
@@ -484,17 +566,36 @@ fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
     if exec.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let mut nodes = Vec::new();
+    let mut steps = Vec::new();
     lock(table())
         .graphs
         .get(&(graph as u64))
         .ok_or(CUDA_ERROR_INVALID_VALUE)?
-        .ordered(&mut nodes)?;
+        .ordered(&mut steps)?;
     let d = driver()?;
-    let server = d.conn.graph_create(nodes).map_err(fail)?;
+    // Runs of server nodes become kept graphs; host steps stay here.
+    let mut segments = Vec::new();
+    let mut run = Vec::new();
+    let keep = |run: &mut Vec<GraphNode>, segments: &mut Vec<Segment>| -> Res {
+        if !run.is_empty() {
+            let server = d.conn.graph_create(std::mem::take(run)).map_err(fail)?;
+            segments.push(Segment::Server(server));
+        }
+        Ok(())
+    };
+    for step in steps {
+        match step {
+            Step::Node(node) => run.push(node),
+            Step::Host(op) => {
+                keep(&mut run, &mut segments)?;
+                segments.push(Segment::Host(op));
+            }
+        }
+    }
+    keep(&mut run, &mut segments)?;
     let mut t = lock(table());
     let handle = t.handle();
-    t.execs.insert(handle, server);
+    t.execs.insert(handle, segments);
     put(exec, handle as CUgraphExec)
 }
 
@@ -555,20 +656,44 @@ fn add_dependencies(
 fn launch(exec: CUgraphExec, stream: u64) -> Res {
     let d = driver()?;
     d.stream_device(stream)?;
-    let server = *lock(table())
-        .execs
-        .get(&(exec as u64))
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if status(stream).0 != CU_STREAM_CAPTURE_STATUS_NONE {
         // A graph launched into a capture would be a child graph.
         not_in_capture(stream)?;
     }
-    d.conn
-        .post(Request::GraphLaunch {
-            graph: server,
-            stream,
+    let segments: Vec<(Option<u64>, Option<HostOp>)> = lock(table())
+        .execs
+        .get(&(exec as u64))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?
+        .iter()
+        .map(|s| match s {
+            Segment::Server(id) => (Some(*id), None),
+            Segment::Host(op) => (None, Some(*op)),
         })
-        .map_err(fail)
+        .collect();
+    for segment in segments {
+        match segment {
+            (Some(graph), _) => d
+                .conn
+                .post(Request::GraphLaunch { graph, stream })
+                .map_err(fail)?,
+            (_, Some(op)) => op.run(stream)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Records a host step where `stream` is capturing: `Ok(true)` if it was
+/// recorded (and must not run now), `Ok(false)` if the stream is not capturing.
+pub(crate) fn capture_host(stream: u64, op: HostOp) -> Res<bool> {
+    let mut t = lock(table());
+    match t.capture_of(stream) {
+        Some(capture) => {
+            capture.nodes.push(Step::Host(op));
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 export! {
@@ -608,8 +733,24 @@ export! {
     }
 
     fn cuGraphExecDestroy(exec: CUgraphExec) {
-        let server = lock(table()).execs.remove(&(exec as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        driver()?.conn.post(Request::GraphDestroy { graph: server }).map_err(fail)
+        let segments = lock(table()).execs.remove(&(exec as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let d = driver()?;
+        for segment in segments {
+            if let Segment::Server(graph) = segment {
+                d.conn.post(Request::GraphDestroy { graph }).map_err(fail)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cuGraphAddHostNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_HOST_NODE_PARAMS) {
+        if p.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: checked non-null; the caller passes the parameters.
+        let p = unsafe { &*p };
+        let f = p.fn_.ok_or(CUDA_ERROR_INVALID_VALUE)? as usize;
+        add_node(out, graph, deps, count, Op::Host(HostOp::Func { f, data: p.userData as usize }))
     }
 
     fn cuGraphDestroy(graph: CUgraph) {
@@ -658,6 +799,8 @@ export! {
             Op::Work(GraphNode::CopyDtoD { .. }) => CU_GRAPH_NODE_TYPE_MEMCPY,
             Op::Work(GraphNode::EventRecord { .. }) => CU_GRAPH_NODE_TYPE_EVENT_RECORD,
             Op::Work(GraphNode::WaitEvent { .. }) => CU_GRAPH_NODE_TYPE_WAIT_EVENT,
+            Op::Host(HostOp::Func { .. }) => CU_GRAPH_NODE_TYPE_HOST,
+            Op::Host(_) => CU_GRAPH_NODE_TYPE_MEMCPY,
             Op::Empty => CU_GRAPH_NODE_TYPE_EMPTY,
             Op::Child(_) => CU_GRAPH_NODE_TYPE_GRAPH,
         })

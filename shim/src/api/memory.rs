@@ -97,14 +97,30 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
             super::graph::submit(driver()?, request)
         }
         (Side::Device, Side::Host) => {
-            super::graph::not_in_capture(stream)?;
             device_span(dst, len as u64)?;
+            // In a capture, a copy node that reads the host bytes when it runs.
+            let op = super::graph::HostOp::ToDevice {
+                dst,
+                src: src as usize,
+                len,
+            };
+            if super::graph::capture_host(stream, op)? {
+                return Ok(());
+            }
             // SAFETY: the API contract: `src` is `len` readable host bytes.
             let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
             conn.copy_to_device(dst, bytes, stream).map_err(fail)
         }
         (Side::Host, Side::Device) => {
-            super::graph::not_in_capture(stream)?;
+            // In a capture, a copy node that writes the host bytes when it runs.
+            let op = super::graph::HostOp::ToHost {
+                dst: dst as usize,
+                src,
+                len,
+            };
+            if super::graph::capture_host(stream, op)? {
+                return Ok(());
+            }
             xpupool_client::trace::sync_point();
             // SAFETY: the API contract: `dst` is `len` writable host bytes.
             let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, len) };

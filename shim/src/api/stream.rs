@@ -97,8 +97,16 @@ fn record(event: CUevent, stream: u64) -> Res {
 
 /// Runs a host function in stream order: once the work before it in the stream is
 /// done, on the calling thread, before anything later in the stream is submitted.
-fn host_func(stream: u64, f: CUhostFn, data: *mut c_void) -> Res {
+pub(crate) fn host_func(stream: u64, f: CUhostFn, data: *mut c_void) -> Res {
     let f = f.ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    // In a capture, a host node: it runs when the graph does.
+    let op = super::graph::HostOp::Func {
+        f: f as usize,
+        data: data as usize,
+    };
+    if super::graph::capture_host(stream, op)? {
+        return Ok(());
+    }
     synchronize(stream)?;
     // SAFETY: the application's callback with its own argument.
     unsafe { f(data) };
