@@ -31,6 +31,46 @@
  *   offset 20: .s32 bias
  *   offset 24: .u64 y
  *   total 32 bytes */
+/* Two PTX modules for the JIT linker: kLinkMain's kernel calls add_seven, which
+ * only kLinkLib defines. */
+static const char kLinkMain[] =
+    ".version 8.0\n"
+    ".target sm_90\n"
+    ".address_size 64\n"
+    ".extern .func (.param .b32 r) add_seven(.param .b32 x);\n"
+    ".visible .entry bump(.param .u64 p)\n"
+    "{\n"
+    "    .reg .b32 %r<4>;\n"
+    "    .reg .b64 %rd<5>;\n"
+    "    ld.param.u64 %rd1, [p];\n"
+    "    cvta.to.global.u64 %rd2, %rd1;\n"
+    "    mov.u32 %r3, %tid.x;\n"
+    "    mul.wide.u32 %rd3, %r3, 4;\n"
+    "    add.s64 %rd4, %rd2, %rd3;\n"
+    "    ld.global.u32 %r1, [%rd4];\n"
+    "    {\n"
+    "    .param .b32 a0;\n"
+    "    st.param.b32 [a0], %r1;\n"
+    "    .param .b32 r0;\n"
+    "    call.uni (r0), add_seven, (a0);\n"
+    "    ld.param.b32 %r2, [r0];\n"
+    "    }\n"
+    "    st.global.u32 [%rd4], %r2;\n"
+    "    ret;\n"
+    "}\n";
+static const char kLinkLib[] =
+    ".version 8.0\n"
+    ".target sm_90\n"
+    ".address_size 64\n"
+    ".visible .func (.param .b32 r) add_seven(.param .b32 x)\n"
+    "{\n"
+    "    .reg .b32 %r<3>;\n"
+    "    ld.param.b32 %r1, [x];\n"
+    "    add.s32 %r2, %r1, 7;\n"
+    "    st.param.b32 [r], %r2;\n"
+    "    ret;\n"
+    "}\n";
+
 static const char kPtx[] =
     ".version 8.0\n"
     ".target sm_90\n"
@@ -101,6 +141,11 @@ static CUresult (*p_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, un
 static CUresult (*p_cuOccupancyMaxPotentialBlockSize)(int *, int *, CUfunction, size_t (*)(int),
                                                       size_t, int);
 static CUresult (*p_cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *, CUfunction, int, size_t);
+static CUresult (*p_cuLinkCreate)(unsigned, CUjit_option *, void **, CUlinkState *);
+static CUresult (*p_cuLinkAddData)(CUlinkState, CUjitInputType, void *, size_t, const char *, unsigned,
+                                   CUjit_option *, void **);
+static CUresult (*p_cuLinkComplete)(CUlinkState, void **, size_t *);
+static CUresult (*p_cuLinkDestroy)(CUlinkState);
 static CUresult (*p_cuGetErrorName)(CUresult, const char **);
 static CUresult (*p_cuGetErrorString)(CUresult, const char **);
 static CUresult (*p_cuGetProcAddress)(const char *, void **, int, cuuint64_t,
@@ -181,6 +226,10 @@ static void load_entry_points(void) {
     LOAD(p_cuMemcpyDtoH, "cuMemcpyDtoH_v2");
     LOAD(p_cuMemsetD32, "cuMemsetD32_v2");
     LOAD(p_cuLaunchKernel, "cuLaunchKernel");
+    LOAD(p_cuLinkCreate, "cuLinkCreate_v2");
+    LOAD(p_cuLinkAddData, "cuLinkAddData_v2");
+    LOAD(p_cuLinkComplete, "cuLinkComplete");
+    LOAD(p_cuLinkDestroy, "cuLinkDestroy");
     LOAD(p_cuOccupancyMaxPotentialBlockSize, "cuOccupancyMaxPotentialBlockSize");
     LOAD(p_cuOccupancyMaxActiveBlocksPerMultiprocessor, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
     LOAD(p_cuGetProcAddress, "cuGetProcAddress_v2");
@@ -376,6 +425,43 @@ int main(int argc, char **argv) {
             fail("sentinel after the array overwritten at [%d]: 0x%08x", i, bits);
             break;
         }
+    }
+
+    /* The JIT linker: two PTX inputs, one calling the other's function. */
+    {
+        CUlinkState link;
+        CHECK(p_cuLinkCreate(0, NULL, NULL, &link));
+        CHECK(p_cuLinkAddData(link, CU_JIT_INPUT_PTX, (void *)kLinkMain, sizeof kLinkMain, "main",
+                              0, NULL, NULL));
+        CHECK(p_cuLinkAddData(link, CU_JIT_INPUT_PTX, (void *)kLinkLib, sizeof kLinkLib, "lib", 0,
+                              NULL, NULL));
+        CUresult other = p_cuLinkAddData(link, CU_JIT_INPUT_CUBIN, (void *)kLinkLib,
+                                         sizeof kLinkLib, "cubin", 0, NULL, NULL);
+        if (other != CUDA_ERROR_NOT_SUPPORTED)
+            fail("a cubin input to the linker returned %s", err_name(other));
+        void *image = NULL;
+        size_t image_size = 0;
+        CHECK(p_cuLinkComplete(link, &image, &image_size));
+        CUmodule linked;
+        CHECK(p_cuModuleLoadData(&linked, image));
+        CHECK(p_cuLinkDestroy(link));
+        CUfunction bump;
+        CHECK(p_cuModuleGetFunction(&bump, linked, "bump"));
+        int host[32];
+        for (int i = 0; i < 32; ++i) host[i] = 100 * i;
+        CUdeviceptr d;
+        CHECK(p_cuMemAlloc(&d, sizeof host));
+        CHECK(p_cuMemcpyHtoD(d, host, sizeof host));
+        void *args[] = {&d};
+        CHECK(p_cuLaunchKernel(bump, 1, 1, 1, 32, 1, 1, 0, NULL, args, NULL));
+        CHECK(p_cuMemcpyDtoH(host, d, sizeof host));
+        for (int i = 0; i < 32; ++i)
+            if (host[i] != 100 * i + 7) {
+                fail("linked kernel: [%d] = %d, expected %d", i, host[i], 100 * i + 7);
+                break;
+            }
+        CHECK(p_cuMemFree(d));
+        CHECK(p_cuModuleUnload(linked));
     }
 
     CHECK(p_cuMemFree(dx));
