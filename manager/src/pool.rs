@@ -143,9 +143,10 @@ pub struct LeaseEntry {
 pub struct Revoking {
     /// Why.
     pub why: String,
-    /// Whether a heartbeat answer has left it out yet: from then on the server
-    /// opens no session on it, so its next report settles it.
-    pub told: bool,
+    /// The `next_lease` of the first answer that left it out, once one has: a
+    /// report made after the server applied that answer (or a later one) settles
+    /// it; an answer lost on the way settles nothing.
+    pub told: Option<u64>,
 }
 
 /// A request waiting for capacity; `(tenant, request)` names it.
@@ -440,7 +441,9 @@ impl Pool {
                 continue;
             }
             match &mut l.revoking {
-                Some(r) => r.told = true,
+                Some(r) => {
+                    r.told.get_or_insert(self.next_lease);
+                }
                 None => leases.push(l.claims.lease),
             }
         }
@@ -534,6 +537,7 @@ impl Pool {
             }
         }
         entry.last_seen_ms = now_ms;
+        let report_heard = report.listed_below;
         entry.report = report;
         // Metered above; kept only as `metered`, not twice.
         entry.report.meters = Vec::new();
@@ -547,7 +551,9 @@ impl Pool {
             }
             match &l.revoking {
                 Some(_) if l.started => l.revoking = None,
-                Some(r) if r.told => ended.push((l.claims.lease, r.why.clone())),
+                Some(r) if r.told.is_some_and(|t| report_heard >= t) => {
+                    ended.push((l.claims.lease, r.why.clone()))
+                }
                 _ => {}
             }
         }
@@ -1184,11 +1190,16 @@ impl Pool {
             rule.class.name(),
             rule.name
         );
+        // A number is spent, so that the answer leaving these out lists a
+        // higher `next_lease` than any the server heard before.
+        if !revoke.is_empty() {
+            self.next_lease += 1;
+        }
         for lease in revoke {
             if let Some(l) = self.leases.get_mut(&lease) {
                 l.revoking = Some(Revoking {
                     why: why.clone(),
-                    told: false,
+                    told: None,
                 });
                 waiting_on.insert(lease);
             }
@@ -1645,21 +1656,32 @@ mod tests {
         assert_eq!(revoking(&p), first);
         p.renew("low", first[0], 1).unwrap();
         // c's next answer leaves them out; the capacity stays held meanwhile.
+        let heard = |ack: &HeartbeatAck| ServerReport {
+            listed_below: ack.next_lease,
+            ..ServerReport::default()
+        };
+        let lost = p
+            .heartbeat("c", &key("c"), 1, ServerReport::default(), 2)
+            .unwrap();
+        assert!(first.iter().all(|l| !lost.leases.contains(l)));
+        assert_eq!(lost.leases.len(), 18);
+        // That answer is lost: a report from a server that never applied it
+        // settles nothing (the server may still open a session on them).
         let ack = p
             .heartbeat("c", &key("c"), 1, ServerReport::default(), 2)
             .unwrap();
-        assert!(first.iter().all(|l| !ack.leases.contains(l)));
-        assert_eq!(ack.leases.len(), 18);
+        assert_eq!(revoking(&p), first);
         assert!(matches!(ask(&mut p, 2), Outcome::Queued(_)));
-        // Its report after that says a session took the first meanwhile: that
-        // one stays (running work is never taken); the other ends.
+        // Its report after applying an answer that left them out says a session
+        // took the first meanwhile: that one stays (running work is never
+        // taken); the other ends.
         let report = ServerReport {
             leases: vec![LeaseReport {
                 lease: first[0],
                 sessions: 1,
                 started: true,
             }],
-            ..ServerReport::default()
+            ..heard(&ack)
         };
         let ack = p.heartbeat("c", &key("c"), 1, report, 3).unwrap();
         assert!(ack.leases.contains(&first[0]));
@@ -1673,9 +1695,9 @@ mod tests {
         // the job is placed on c.
         assert!(matches!(ask(&mut p, 4), Outcome::Queued(_)));
         assert!(!revoking(&p).is_empty());
+        let mut last = ack;
         for now in [5, 6] {
-            p.heartbeat("c", &key("c"), 1, ServerReport::default(), now)
-                .unwrap();
+            last = p.heartbeat("c", &key("c"), 1, heard(&last), now).unwrap();
         }
         match ask(&mut p, 7) {
             Outcome::Placed(g) => assert_eq!(g.claims.server, "c"),

@@ -33,8 +33,10 @@ const MAX_IN_FLIGHT: usize = 256;
 pub const MAX_CONNECTIONS_PER_IP: usize = 256;
 /// Requests one connection may have open at once.
 const MAX_STREAMS: u32 = 16;
-/// An answer taking longer than this is given up (the client may ask again).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An answer taking longer than this is given up (the client may ask again);
+/// well inside the client's own limit, so an answer it has stopped waiting for
+/// is not one the manager still acts on.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections not yet established, at most.
 const MAX_INCOMING: usize = 256;
 /// Connections open at once, at most (servers, clients and operators together);
@@ -432,7 +434,15 @@ impl Manager {
                         .keep_alive(lease)
                         .await
                         .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
-                    if !kept || lease.is_none() {
+                    // The alive key must be on this registration's etcd lease: a
+                    // registration racing another for the address may have left
+                    // it on one that lapses.
+                    let on_lease = self
+                        .store
+                        .alive_lease(&server)
+                        .await
+                        .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
+                    if !kept || lease.is_none() || on_lease != lease {
                         return Err(ManagerError::UnknownServer(format!(
                             "{server}'s registration lapsed"
                         )));

@@ -33,6 +33,9 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Servers whose past hours one write archives, besides those it writes anyway.
+const ARCHIVE_PER_WRITE: usize = 8;
+
 /// How often a write that lost a race is tried again before the request fails.
 const MAX_ATTEMPTS: usize = 256;
 
@@ -226,6 +229,17 @@ impl Store {
         Ok(Some(lease))
     }
 
+    /// The etcd lease a server's alive key is bound to (`None`: no key, or
+    /// state in memory).
+    pub async fn alive_lease(&self, address: &str) -> Result<Option<i64>> {
+        let Store::Etcd(etcd) = self else {
+            return Ok(None);
+        };
+        let mut client = etcd.client.clone();
+        let got = client.get(etcd.alive_key(address), None).await?;
+        Ok(got.kvs().first().map(|kv| kv.lease()))
+    }
+
     /// Keeps a server's etcd lease alive; `false` if it has lapsed already (the
     /// server must register again).
     pub async fn keep_alive(&self, lease: Option<i64>) -> Result<bool> {
@@ -329,8 +343,29 @@ impl Etcd {
             let (new_core, mut new_parts) = pool.split();
             // Hours gone by leave the state for keys of their own, written once.
             let hour = now - now % HOUR_MS;
+            // A few servers' records at a time, those written anyway first, so one
+            // transaction stays far inside etcd's limits (128 operations, 1.5 MiB)
+            // however many servers the pool has: the rest follow in later writes.
             let mut archive: BTreeMap<u64, Vec<UsageRecord>> = BTreeMap::new();
-            for part in new_parts.values_mut() {
+            let mut archiving: Vec<&String> = new_parts
+                .iter()
+                .filter(|(a, p)| old_parts.get(*a) != Some(*p))
+                .map(|(a, _)| a)
+                .collect();
+            archiving.extend(
+                new_parts
+                    .iter()
+                    .filter(|(a, p)| {
+                        old_parts.get(*a) == Some(*p) && p.hourly.iter().any(|u| u.since_ms < hour)
+                    })
+                    .map(|(a, _)| a)
+                    .take(ARCHIVE_PER_WRITE),
+            );
+            let archiving: Vec<String> = archiving.into_iter().cloned().collect();
+            for (address, part) in new_parts.iter_mut() {
+                if !archiving.contains(address) {
+                    continue;
+                }
                 let (past, current): (Vec<UsageRecord>, Vec<UsageRecord>) =
                     std::mem::take(&mut part.hourly)
                         .into_iter()

@@ -135,6 +135,10 @@ pub struct ServerReport {
     pub leases: Vec<LeaseReport>,
     /// Sessions open now.
     pub sessions: u32,
+    /// The `next_lease` of the last heartbeat or registration answer the server
+    /// applied before making this report: which lease lists it has heard.
+    #[serde(default)]
+    pub listed_below: u64,
 }
 
 /// What a job needs.

@@ -295,6 +295,18 @@ impl Membership {
         for m in &meters {
             used[m.device as usize] += m.memory_used;
         }
+        // Device figures (NVML's first load included) before the state lock,
+        // which admission takes.
+        let device_reports: Vec<DeviceReport> = (0..devices)
+            .map(|d| {
+                let figures = host.device_figures(d as u32, used[d]);
+                DeviceReport {
+                    memory_used: figures.memory_used,
+                    utilization: figures.utilization,
+                    power_watts: host.power_watts(d as u32),
+                }
+            })
+            .collect();
         let state = self.state();
         let leases = state
             .held
@@ -306,19 +318,11 @@ impl Membership {
             })
             .collect::<Vec<_>>();
         ServerReport {
-            devices: (0..devices)
-                .map(|d| {
-                    let figures = host.device_figures(d as u32, used[d]);
-                    DeviceReport {
-                        memory_used: figures.memory_used,
-                        utilization: figures.utilization,
-                        power_watts: host.power_watts(d as u32),
-                    }
-                })
-                .collect(),
+            devices: device_reports,
             meters,
             sessions: leases.iter().map(|l| l.sessions).sum(),
             leases,
+            listed_below: state.listed_below,
         }
     }
 
@@ -363,9 +367,12 @@ impl Membership {
         let mut backoff = Duration::from_millis(500);
         let mut interval = Duration::from_secs(2);
         let mut refusals = 0;
+        // Register again while keeping the key: sessions on leases already signed
+        // with it are still admitted meanwhile.
+        let mut register_again = false;
         loop {
             let registered = self.state().key.is_some();
-            if !registered {
+            if !registered || register_again {
                 let last_key = self.state().last_key.clone();
                 let request = ManagerRequest::Register {
                     join_token: self.settings.join_token.clone(),
@@ -387,6 +394,7 @@ impl Membership {
                         interval = Duration::from_millis(r.heartbeat_ms.clamp(100, 60_000));
                         backoff = Duration::from_millis(500);
                         refusals = 0;
+                        register_again = false;
                     }
                     Ok(Ok(other)) => {
                         tracing::warn!("the manager answered a registration with {other:?}")
@@ -394,7 +402,7 @@ impl Membership {
                     Ok(Err(e)) => tracing::warn!("the pool manager refused this server: {e}"),
                     Err(e) => tracing::warn!("registering with the pool manager: {e:#}"),
                 }
-                if self.state().key.is_none() {
+                if self.state().key.is_none() || register_again {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -415,19 +423,25 @@ impl Membership {
                 }
                 Ok(Err(ManagerError::UnknownServer(why))) => {
                     tracing::info!("registering again: {why}");
-                    self.state().key = None;
+                    register_again = true;
                     continue;
                 }
                 Ok(Ok(other)) => tracing::warn!("the manager answered a heartbeat with {other:?}"),
-                Ok(Err(e)) => {
+                // Only a refusal of this server counts; an unavailable store or a
+                // slow answer is the manager's trouble, not a reason to register.
+                Ok(Err(e @ ManagerError::NotAllowed(_))) => {
                     tracing::warn!("the pool manager refused a heartbeat: {e}");
                     refusals += 1;
                     if refusals >= MAX_REFUSALS {
                         tracing::info!("registering again after {refusals} refused heartbeats");
-                        self.state().key = None;
+                        register_again = true;
                         refusals = 0;
                         continue;
                     }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("heart-beating: the pool manager answered {e}");
+                    pause = interval.min(Duration::from_millis(250));
                 }
                 Err(e) => {
                     // No manager answered: try again soon, not a whole interval
