@@ -472,11 +472,7 @@ fn memset_node(p: *const CUDA_MEMSET_NODE_PARAMS) -> Res<Op> {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let elem = p.elementSize as u64;
-    let span = (p.height as u64 - 1)
-        .checked_mul(p.pitch as u64)
-        .and_then(|rows| rows.checked_add((p.width as u64).checked_mul(elem)?))
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    super::memory::device_span(p.dst, span)?;
+    super::memory::device_span_2d(p.dst, p.pitch as u64, p.width as u64, elem, p.height as u64)?;
     Ok(Op::Work(if p.height == 1 {
         GraphNode::Memset {
             dst: p.dst,

@@ -71,6 +71,16 @@ pub(crate) fn device_span(address: u64, len: u64) -> Res {
     }
 }
 
+/// Checks that `height` rows of `width` elements of `elem` bytes, rows `pitch`
+/// bytes apart from `dst`, lie inside one device allocation (`height` ≥ 1).
+pub(crate) fn device_span_2d(dst: u64, pitch: u64, width: u64, elem: u64, height: u64) -> Res {
+    let span = (height - 1)
+        .checked_mul(pitch)
+        .and_then(|rows| rows.checked_add(width.checked_mul(elem)?))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    device_span(dst, span)
+}
+
 /// Copies `len` bytes between any two places, splitting transfers into chunks the
 /// protocol accepts. `stream` orders it on the server. Copies into device memory
 /// are sent without waiting: the host bytes are captured at the call, so the host
@@ -170,11 +180,7 @@ fn memset_2d(
         return Ok(());
     }
     let (pitch, width, height) = (pitch as u64, width as u64, height as u64);
-    let span = (height - 1)
-        .checked_mul(pitch)
-        .and_then(|rows| rows.checked_add(width.checked_mul(elem_size as u64)?))
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    device_span(dst, span)?;
+    device_span_2d(dst, pitch, width, elem_size as u64, height)?;
     let request = Request::Memset2D {
         dst,
         pitch,

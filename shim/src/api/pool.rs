@@ -110,10 +110,7 @@ impl Pools {
 }
 
 fn valid_device(device: CUdevice) -> Res<CUdevice> {
-    if device < 0 || device as usize >= driver()?.device_count() {
-        return Err(CUDA_ERROR_INVALID_DEVICE);
-    }
-    Ok(device)
+    driver()?.device(device).map(|_| device)
 }
 
 /// Allocates `bytes` from `pool` (the current pool of the stream's device when
