@@ -50,6 +50,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A server description's or requirement's strings, at most.
 const MAX_NAME: usize = 256;
+/// Heartbeats whose key this manager has not seen accepted cost it a read of
+/// the pool; one IP address may send this many a second of them...
+const UNVERIFIED_PER_SECOND: f64 = 2.0;
+/// ...and this many at once.
+const UNVERIFIED_BURST: f64 = 8.0;
 
 /// Everything a manager needs to start.
 pub struct ManagerConfig {
@@ -96,6 +101,63 @@ pub struct Manager {
     pub snapshot: Mutex<Option<(Pool, crate::pool::Alive, u64)>>,
     /// This process's counters.
     pub counters: Counters,
+    /// Server keys seen accepted, and the ration of the others.
+    keys: Keys,
+}
+
+/// Server keys this manager has seen accepted (by address), so a heartbeat
+/// presenting one goes straight to its work, and a ration per IP address of
+/// heartbeats presenting any other (a key given by another manager, or a
+/// stranger's guess), each of which costs a read of the pool.
+#[derive(Default)]
+struct Keys {
+    known: Mutex<HashMap<String, String>>,
+    ration: Mutex<HashMap<IpAddr, (f64, std::time::Instant)>>,
+}
+
+impl Keys {
+    fn is_known(&self, address: &str, key: &str) -> bool {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .get(address)
+            .is_some_and(|k| same_bytes(k.as_bytes(), key.as_bytes()))
+    }
+
+    fn remember(&self, address: &str, key: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= crate::pool::MAX_SERVERS && !known.contains_key(address) {
+            known.clear();
+        }
+        known.insert(address.to_owned(), key.to_owned());
+    }
+
+    fn forget(&self, address: &str) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.remove(address);
+    }
+
+    /// Whether `ip` may have one more heartbeat with a key not known here.
+    fn ration(&self, ip: IpAddr) -> bool {
+        let now = std::time::Instant::now();
+        let mut ration = self.ration.lock().unwrap_or_else(|e| e.into_inner());
+        if ration.len() >= 65536 {
+            // Those whose ration has refilled hold nothing back: forget them.
+            let full = Duration::from_secs_f64(UNVERIFIED_BURST / UNVERIFIED_PER_SECOND);
+            ration.retain(|_, (_, at)| now.duration_since(*at) < full);
+            if ration.len() >= 65536 {
+                return false;
+            }
+        }
+        let (left, at) = ration.entry(ip).or_insert((UNVERIFIED_BURST, now));
+        *left = (*left + now.duration_since(*at).as_secs_f64() * UNVERIFIED_PER_SECOND)
+            .min(UNVERIFIED_BURST);
+        *at = now;
+        if *left < 1.0 {
+            return false;
+        }
+        *left -= 1.0;
+        true
+    }
 }
 
 /// A bound manager; [`Self::serve`] runs it.
@@ -133,6 +195,7 @@ impl BoundManager {
                 store: config.store,
                 snapshot: Mutex::new(None),
                 counters: Counters::default(),
+                keys: Keys::default(),
             }),
         })
     }
@@ -407,6 +470,7 @@ impl Manager {
                     .store
                     .update(timing, |pool, _, now| register(pool, now, etcd_lease))
                     .await??;
+                self.keys.remember(&address, &server_key);
                 tracing::info!(server = %address, devices, %remote, "server registered");
                 Ok(ManagerReply::Registered(Registered {
                     server_key,
@@ -421,40 +485,26 @@ impl Manager {
                 instance,
                 report,
             } => {
-                if self.store.is_etcd() {
-                    let (pool, _, _) = self.store.read(timing).await?;
-                    if pool.servers.contains_key(&server) && !pool.key_is(&server, &key) {
-                        return Err(ManagerError::NotAllowed(format!(
-                            "not the key of {server}'s registration"
-                        )));
-                    }
-                    let lease = pool.servers.get(&server).and_then(|s| s.etcd_lease);
-                    let kept = self
-                        .store
-                        .keep_alive(lease)
-                        .await
-                        .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
-                    // The alive key must be on this registration's etcd lease: a
-                    // registration racing another for the address may have left
-                    // it on one that lapses.
-                    let on_lease = self
-                        .store
-                        .alive_lease(&server)
-                        .await
-                        .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
-                    if !kept || lease.is_none() || on_lease != lease {
-                        return Err(ManagerError::UnknownServer(format!(
-                            "{server}'s registration lapsed"
-                        )));
-                    }
+                let known = self.keys.is_known(&server, &key);
+                if !known && !self.keys.ration(remote.ip()) {
+                    return Err(ManagerError::Unavailable(format!(
+                        "too many heartbeats from {} with keys not seen here yet; the next in a second",
+                        remote.ip()
+                    )));
                 }
-                let ack = self
-                    .store
-                    .update(timing, |pool, _, now| {
-                        pool.heartbeat(&server, &key, instance, report.clone(), now)
-                    })
-                    .await??;
-                Ok(ManagerReply::HeartbeatAck(ack))
+                let result = self
+                    .heartbeat(&server, &key, instance, report, timing)
+                    .await;
+                match &result {
+                    Ok(_) => self.keys.remember(&server, &key),
+                    // A known key the pool no longer takes (a strangers' guess
+                    // forgets nothing).
+                    Err(ManagerError::NotAllowed(_) | ManagerError::UnknownServer(_)) if known => {
+                        self.keys.forget(&server)
+                    }
+                    Err(_) => {}
+                }
+                result
             }
             ManagerRequest::Candidates { token, need } => {
                 self.tenant(&token)?;
@@ -560,6 +610,51 @@ impl Manager {
         }
     }
 
+    /// A heartbeat whose key is to be checked against the pool's.
+    async fn heartbeat(
+        &self,
+        server: &str,
+        key: &str,
+        instance: u64,
+        report: xpupool_protocol::pool::ServerReport,
+        timing: &Timing,
+    ) -> ManagerResult {
+        if self.store.is_etcd() {
+            let (pool, _, _) = self.store.read(timing).await?;
+            if pool.servers.contains_key(server) && !pool.key_is(server, key) {
+                return Err(ManagerError::NotAllowed(format!(
+                    "not the key of {server}'s registration"
+                )));
+            }
+            let lease = pool.servers.get(server).and_then(|s| s.etcd_lease);
+            let kept = self
+                .store
+                .keep_alive(lease)
+                .await
+                .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
+            // The alive key must be on this registration's etcd lease: a
+            // registration racing another for the address may have left
+            // it on one that lapses.
+            let on_lease = self
+                .store
+                .alive_lease(server)
+                .await
+                .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?;
+            if !kept || lease.is_none() || on_lease != lease {
+                return Err(ManagerError::UnknownServer(format!(
+                    "{server}'s registration lapsed"
+                )));
+            }
+        }
+        let ack = self
+            .store
+            .update(timing, |pool, _, now| {
+                pool.heartbeat(server, key, instance, report.clone(), now)
+            })
+            .await??;
+        Ok(ManagerReply::HeartbeatAck(ack))
+    }
+
     /// The pool's status as of the last reaper pass (every tenant).
     pub fn last_status(&self) -> Option<xpupool_protocol::pool::PoolStatus> {
         let snapshot = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
@@ -589,5 +684,86 @@ mod tests {
         assert!(per_ip.clone().take(a).is_some());
         drop((held, other));
         assert!(per_ip.0.lock().unwrap().is_empty());
+    }
+
+    fn manager() -> Manager {
+        Manager {
+            join_token: "join".into(),
+            operator_token: "op".into(),
+            tenants: Vec::new(),
+            policy: PolicyKind::LeastLoaded,
+            timing: Timing::default(),
+            store: Store::memory(),
+            snapshot: Mutex::new(None),
+            counters: Counters::default(),
+            keys: Keys::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeats_with_unknown_keys_are_rationed_per_address() {
+        use xpupool_protocol::pool::{PoolDevice, ServerDescription, ServerReport};
+        let m = manager();
+        let from = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 9);
+        let description = ServerDescription {
+            address: "gpu:7800".into(),
+            fingerprint: "sha256:00".into(),
+            backend: "mock".into(),
+            devices: vec![PoolDevice {
+                name: "GPU".into(),
+                uuid: "GPU-0".into(),
+                memory: 1 << 30,
+                sms: 1,
+                compute_capability: (9, 0),
+            }],
+            instance: 1,
+        };
+        let registered = m
+            .handle(
+                ManagerRequest::Register {
+                    join_token: "join".into(),
+                    server: description,
+                    key: None,
+                },
+                from("10.0.0.1"),
+            )
+            .await;
+        let Ok(ManagerReply::Registered(r)) = registered else {
+            panic!("{registered:?}")
+        };
+        let beat = |key: &str| ManagerRequest::Heartbeat {
+            server: "gpu:7800".into(),
+            key: key.into(),
+            instance: 1,
+            report: ServerReport::default(),
+        };
+        // A stranger guessing keys from one address: each guess is looked up
+        // (and refused) until its ration is spent, then refused unread.
+        let mut looked_up = 0;
+        for i in 0..40 {
+            match m
+                .handle(beat(&format!("guess {i}")), from("10.9.9.9"))
+                .await
+            {
+                Err(ManagerError::NotAllowed(_)) => looked_up += 1,
+                Err(ManagerError::Unavailable(e)) => {
+                    assert!(e.contains("too many heartbeats"), "{e}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!((8..=10).contains(&looked_up), "{looked_up}");
+        // Neither the server itself (its key is known here), from anywhere,
+        // nor another address is held back by that.
+        for _ in 0..20 {
+            assert!(matches!(
+                m.handle(beat(&r.server_key), from("10.9.9.9")).await,
+                Ok(ManagerReply::HeartbeatAck(_))
+            ));
+        }
+        assert!(matches!(
+            m.handle(beat("wrong"), from("10.0.0.2")).await,
+            Err(ManagerError::NotAllowed(_))
+        ));
     }
 }
