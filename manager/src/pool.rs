@@ -100,7 +100,7 @@ impl Default for Timing {
 }
 
 /// A registered server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerEntry {
     /// What it said at registration.
     pub description: ServerDescription,
@@ -147,6 +147,11 @@ pub struct Revoking {
     /// report made after the server applied that answer (or a later one) settles
     /// it; an answer lost on the way settles nothing.
     pub told: Option<u64>,
+    /// The waiting request it makes room for, `(tenant, request)`: its room
+    /// is that request's, not another's; if the request stops waiting before
+    /// the server is told, the lease is left alone after all.
+    #[serde(default)]
+    pub for_request: (String, u64),
 }
 
 /// A request waiting for capacity; `(tenant, request)` names it.
@@ -196,22 +201,47 @@ pub struct Pool {
     pub ended: Vec<Ended>,
     /// The next lease number.
     pub next_lease: u64,
+    /// The counters of servers forgotten since (by address), so the same
+    /// instance coming back is billed only for what they grew by.
+    #[serde(default)]
+    pub retired: BTreeMap<String, Retired>,
+}
+
+/// A forgotten server's metering baselines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retired {
+    /// The instance they belong to.
+    pub instance: u64,
+    /// Its cumulative counters metered so far ([`ServerEntry::metered`]).
+    pub metered: Vec<TenantMeter>,
+    /// When it was forgotten.
+    pub at_ms: u64,
 }
 
 /// Which servers are alive now.
 pub type Alive = BTreeSet<String>;
 
-/// One server's metering: what a heartbeat changes besides the server's own
-/// entry. In etcd each server's is a key of its own, so a heartbeat rewrites
-/// that and the pool's core, not every server's records.
+/// One server's part of the pool: its entry and its metering, all that its
+/// heartbeat changes besides (now and then) the leases. In etcd each server's
+/// is a key of its own, so a heartbeat rewrites that alone, not the whole
+/// pool's servers: the etcd write a heartbeat costs stays the size of one
+/// server's part however large the pool.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Metering {
-    /// The cumulative counters metered so far ([`ServerEntry::metered`]).
+pub struct ServerPart {
+    /// Its entry (`None` once it is forgotten, its records kept).
+    #[serde(default)]
+    pub server: Option<ServerEntry>,
+    /// The counters of an entry kept in the core, as managers before the
+    /// per-server parts stored them (read, never written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metered: Vec<TenantMeter>,
     /// Its records in [`Pool::usage`].
     pub usage: Vec<UsageRecord>,
     /// Its records in [`Pool::hourly`].
     pub hourly: Vec<UsageRecord>,
+    /// Its baselines once it is forgotten ([`Pool::retired`]).
+    #[serde(default)]
+    pub retired: Option<Retired>,
 }
 
 /// A placement: the lease, and what the caller needs to sign it and to tell
@@ -385,8 +415,15 @@ impl Pool {
                 description.devices.len()
             )));
         }
-        let metered = match self.servers.get(&description.address) {
-            Some(old) if old.description.instance == description.instance => old.metered.clone(),
+        // The same instance keeps its baselines, also when it was forgotten
+        // meanwhile (silent a day, say, behind a partition): its counters went
+        // on from there, and billing them from zero would bill twice.
+        let retired = self.retired.remove(&description.address);
+        let metered = match (self.servers.get(&description.address), retired) {
+            (Some(old), _) if old.description.instance == description.instance => {
+                old.metered.clone()
+            }
+            (None, Some(r)) if r.instance == description.instance => r.metered,
             _ => Vec::new(),
         };
         let address = description.address.clone();
@@ -404,12 +441,12 @@ impl Pool {
         Ok((key, self.listed(&address, now_ms)))
     }
 
-    /// The pool without its metering, and each server's metering (by address;
-    /// a server forgotten since keeps its records).
-    pub fn split(mut self) -> (Pool, BTreeMap<String, Metering>) {
-        let mut parts: BTreeMap<String, Metering> = BTreeMap::new();
-        for (address, server) in &mut self.servers {
-            parts.entry(address.clone()).or_default().metered = std::mem::take(&mut server.metered);
+    /// The pool's core (leases, queue; no servers) and each server's part
+    /// (by address; a server forgotten since keeps its records).
+    pub fn split(mut self) -> (Pool, BTreeMap<String, ServerPart>) {
+        let mut parts: BTreeMap<String, ServerPart> = BTreeMap::new();
+        for (address, server) in std::mem::take(&mut self.servers) {
+            parts.entry(address).or_default().server = Some(server);
         }
         for u in std::mem::take(&mut self.usage) {
             parts.entry(u.server.clone()).or_default().usage.push(u);
@@ -417,17 +454,26 @@ impl Pool {
         for u in std::mem::take(&mut self.hourly) {
             parts.entry(u.server.clone()).or_default().hourly.push(u);
         }
+        for (address, r) in std::mem::take(&mut self.retired) {
+            parts.entry(address).or_default().retired = Some(r);
+        }
         (self, parts)
     }
 
-    /// The pool from [`Self::split`]'s parts.
-    pub fn join(mut core: Pool, parts: BTreeMap<String, Metering>) -> Pool {
+    /// The pool from [`Self::split`]'s parts (or from a core that holds the
+    /// servers, and parts that hold only their metering, as before).
+    pub fn join(mut core: Pool, parts: BTreeMap<String, ServerPart>) -> Pool {
         for (address, part) in parts {
-            if let Some(server) = core.servers.get_mut(&address) {
+            if let Some(server) = part.server {
+                core.servers.insert(address.clone(), server);
+            } else if let Some(server) = core.servers.get_mut(&address) {
                 server.metered = part.metered;
             }
             core.usage.extend(part.usage);
             core.hourly.extend(part.hourly);
+            if let Some(r) = part.retired {
+                core.retired.insert(address, r);
+            }
         }
         core
     }
@@ -613,6 +659,7 @@ impl Pool {
             .retain(|u| now_ms.saturating_sub(u.since_ms) <= HOURLY_KEEP_MS);
         self.queue
             .retain(|w| now_ms.saturating_sub(w.polled_ms) <= timing.queue_ttl_ms);
+        self.cancel_unneeded_revocations();
         let leased: BTreeSet<&str> = self
             .leases
             .values()
@@ -629,9 +676,38 @@ impl Pool {
             .map(|(a, _)| a.clone())
             .collect();
         for address in forget {
-            self.servers.remove(&address);
+            if let Some(s) = self.servers.remove(&address) {
+                self.retired.insert(
+                    address,
+                    Retired {
+                        instance: s.description.instance,
+                        metered: s.metered,
+                        at_ms: now_ms,
+                    },
+                );
+            }
         }
+        self.retired
+            .retain(|_, r| now_ms.saturating_sub(r.at_ms) <= HOURLY_KEEP_MS);
         gone.into_iter().map(|(l, _)| l).collect()
+    }
+
+    /// Leases being taken back for a request that no longer waits (placed,
+    /// or given up), whose server has not been told yet, are left alone after
+    /// all. (Once told, the server refuses them for good, so they end.)
+    fn cancel_unneeded_revocations(&mut self) {
+        let waiting: BTreeSet<(&str, u64)> = self
+            .queue
+            .iter()
+            .map(|w| (w.tenant.as_str(), w.request))
+            .collect();
+        for l in self.leases.values_mut() {
+            if l.revoking.as_ref().is_some_and(|r| {
+                r.told.is_none() && !waiting.contains(&(r.for_request.0.as_str(), r.for_request.1))
+            }) {
+                l.revoking = None;
+            }
+        }
     }
 
     /// What the leases reserve, per server and device.
@@ -980,6 +1056,7 @@ impl Pool {
             Ok(Ok(claims)) => {
                 self.queue
                     .retain(|w| !(w.request == request && w.tenant == rule.name));
+                self.cancel_unneeded_revocations();
                 return Ok(Outcome::Placed(self.granted(claims)));
             }
             // Room is being made: the request waits for it, `wait` or not.
@@ -1072,7 +1149,7 @@ impl Pool {
         let chosen = self.choose(need, policy, rtts, alive, &self.reserved(), &|_, _| 0);
         let Some((server, devices)) = chosen else {
             if policy == PolicyKind::Priority {
-                if let Some(waiting_on) = self.preempt_for(rule, need, alive) {
+                if let Some(waiting_on) = self.preempt_for(rule, need, request, alive) {
                     return Ok(Err(format!(
                         "making room: {waiting_on} lower-class lease{} that never started {} being taken back (its server confirms at its next heartbeat)",
                         if waiting_on == 1 { "" } else { "s" },
@@ -1110,21 +1187,36 @@ impl Pool {
     /// For a job that fits nowhere: on the one server where it then fits, starts
     /// taking back leases of lower classes that no session has used, youngest
     /// first and only as many as each device needs, counting those already being
-    /// taken back. Returns how many leases the job waits on (`None`: not even
-    /// that makes room). Running work is never touched: a lease whose server
-    /// reports a session on it stays.
+    /// taken back for this request (or for one no longer waiting). Returns how
+    /// many leases the job waits on (`None`: not even that makes room).
+    /// Running work is never touched: a lease whose server reports a session
+    /// on it stays. What is taken back for another waiting request is that
+    /// request's room, and counts for nothing here.
     fn preempt_for(
         &mut self,
         rule: &TenantRule,
         need: &Requirements,
+        request: u64,
         alive: &Alive,
     ) -> Option<usize> {
+        let me = (rule.name.clone(), request);
+        let waiting: BTreeSet<(&str, u64)> = self
+            .queue
+            .iter()
+            .map(|w| (w.tenant.as_str(), w.request))
+            .collect();
+        let mine_or_nobodys = |r: &Revoking| {
+            r.for_request == me || !waiting.contains(&(r.for_request.0.as_str(), r.for_request.1))
+        };
         // (lease, server, devices, memory, being revoked already)
         type Victim = (u64, String, Vec<u32>, u64, bool);
         let victims: Vec<Victim> = self
             .leases
             .values()
-            .filter(|l| l.revoking.is_some() || (!l.started && l.claims.class < rule.class))
+            .filter(|l| match &l.revoking {
+                Some(r) => mine_or_nobodys(r),
+                None => !l.started && l.claims.class < rule.class,
+            })
             .map(|l| {
                 (
                     l.claims.lease,
@@ -1200,8 +1292,15 @@ impl Pool {
                 l.revoking = Some(Revoking {
                     why: why.clone(),
                     told: None,
+                    for_request: me.clone(),
                 });
                 waiting_on.insert(lease);
+            }
+        }
+        // Those being taken back already that this job waits on are its now.
+        for lease in &waiting_on {
+            if let Some(r) = self.leases.get_mut(lease).and_then(|l| l.revoking.as_mut()) {
+                r.for_request = me.clone();
             }
         }
         Some(waiting_on.len())
@@ -1728,6 +1827,84 @@ mod tests {
     }
 
     #[test]
+    fn each_waiting_job_gets_its_own_room_and_room_nobody_needs_is_not_taken() {
+        // One server with one 64 GiB device, filled by four unstarted low leases.
+        let mut p = Pool::new(1);
+        p.register(server("s", &[64]), key("s"), None, 0, None, &Alive::new())
+            .unwrap();
+        let alive = p.alive_by_heartbeat(0, &Timing::default());
+        let low = rule("low", Class::Low, None);
+        let high = rule("high", Class::High, None);
+        for _ in 0..4 {
+            place(&mut p, &alive, &low, PolicyKind::Priority, need(16, 1)).unwrap();
+        }
+        let ask = |p: &mut Pool, request: u64, now: u64| {
+            p.place(
+                &high,
+                &|_| None,
+                PolicyKind::Priority,
+                &need(32, 1),
+                &[],
+                false,
+                request,
+                now,
+                &alive,
+            )
+            .unwrap()
+        };
+        let revoking_for = |p: &Pool, request: u64| -> Vec<u64> {
+            p.leases
+                .values()
+                .filter(|l| {
+                    l.revoking
+                        .as_ref()
+                        .is_some_and(|r| r.for_request.1 == request)
+                })
+                .map(|l| l.claims.lease)
+                .collect()
+        };
+        // Two high jobs of 32 GiB: each takes back two leases of its own, not
+        // both waiting on the same two (which would make room for one only).
+        assert!(matches!(ask(&mut p, 1, 0), Outcome::Queued(_)));
+        assert!(matches!(ask(&mut p, 2, 0), Outcome::Queued(_)));
+        let (one, two) = (revoking_for(&p, 1), revoking_for(&p, 2));
+        assert_eq!((one.len(), two.len()), (2, 2), "{one:?} {two:?}");
+        assert!(one.iter().all(|l| !two.contains(l)));
+        // Asked again, neither takes more.
+        assert!(matches!(ask(&mut p, 1, 1), Outcome::Queued(_)));
+        assert!(matches!(ask(&mut p, 2, 1), Outcome::Queued(_)));
+        assert_eq!(revoking_for(&p, 1).len() + revoking_for(&p, 2).len(), 4);
+        // Job 2 gives up (stops asking) before the server was told: once its
+        // request has left the queue, its two leases are left alone after all.
+        let timing = Timing::default();
+        let later = timing.queue_ttl_ms + 2;
+        p.queue
+            .iter_mut()
+            .find(|w| w.request == 1)
+            .unwrap()
+            .polled_ms = later;
+        p.expire(later, &alive, &timing);
+        assert_eq!(revoking_for(&p, 1), one);
+        assert!(revoking_for(&p, 2).is_empty());
+        assert!(two.iter().all(|l| p.leases[l].revoking.is_none()));
+        // The server is told of job 1's two only, and job 1 is placed once it
+        // confirms; nothing is left being taken back.
+        let ack = p
+            .heartbeat("s", &key("s"), 1, ServerReport::default(), later)
+            .unwrap();
+        assert_eq!(ack.leases.len(), 2);
+        assert!(two.iter().all(|l| ack.leases.contains(l)));
+        let report = ServerReport {
+            listed_below: ack.next_lease,
+            ..ServerReport::default()
+        };
+        p.heartbeat("s", &key("s"), 1, report, later + 1).unwrap();
+        assert!(matches!(ask(&mut p, 1, later + 2), Outcome::Placed(_)));
+        assert!(p.leases.values().all(|l| l.revoking.is_none()));
+        assert_eq!(p.leases.len(), 3);
+    }
+
+    #[test]
     fn a_server_is_known_by_its_key() {
         let (mut p, _) = pool();
         let timing = Timing::default();
@@ -2020,6 +2197,42 @@ mod tests {
         let mut bad = meter(1.0, 1.0);
         bad.meters[0].device = 7;
         assert!(p.heartbeat("b", &key("b"), 2, bad, 9500).is_err());
+        // Silent for over a day, b is forgotten; the same instance coming back
+        // (through etcd's split state, too) is billed only for what its
+        // counters grew by since, a new instance from zero.
+        let gone = 9500 + FORGET_SERVER_MS + 1;
+        let none = Alive::new();
+        p.leases.clear();
+        p.expire(gone, &none, &Timing::default());
+        assert!(!p.servers.contains_key("b"));
+        let (core, parts) = p.split();
+        assert!(core.servers.is_empty());
+        let mut p = Pool::join(core, parts);
+        let mut back = server("b", &[24, 24]);
+        back.instance = 2;
+        p.register(back.clone(), "k2".into(), None, gone, None, &none)
+            .unwrap();
+        p.heartbeat("b", "k2", 2, meter(1.5, 2.0), gone + 1)
+            .unwrap();
+        let billed = |p: &Pool| {
+            let s = p.status(PolicyKind::LeastLoaded, &[], None, gone + 2, &Alive::new());
+            (s.tenants[0].gpu_seconds, s.tenants[0].gib_seconds)
+        };
+        let (gpu, gib) = billed(&p);
+        assert!(
+            (gpu - 6.5).abs() < 1e-9 && (gib - 32.0).abs() < 1e-9,
+            "{gpu} {gib}"
+        );
+        let later = gone + 2 + FORGET_SERVER_MS;
+        p.expire(later, &none, &Timing::default());
+        back.instance = 3;
+        p.register(back, "k3".into(), None, later, None, &none)
+            .unwrap();
+        p.heartbeat("b", "k3", 3, meter(0.5, 1.0), later + 1)
+            .unwrap();
+        let (gpu, _) = billed(&p);
+        assert!((gpu - 7.0).abs() < 1e-9, "{gpu}");
+        assert!(!p.retired.contains_key("b") && p.retired.contains_key("a"));
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! Where the pool's state lives: in this manager's memory (one manager, nothing
 //! else to run), or in etcd, where any number of managers share it.
 //!
-//! With etcd the [`Pool`] is JSON under `PREFIX/state/`: its core (servers,
-//! leases, queue) in `state/pool` and each server's metering in
-//! `state/metering/ADDRESS` ([`Pool::split`]). Every change reads them all at
-//! one revision, applies the same function as in memory, and writes back what
-//! changed only if nobody wrote the core or those parts in between (one
-//! transaction), else tries again. Hourly records of hours gone by move out of
-//! the state to `PREFIX/hourly/HOUR/…`, written once and deleted after
-//! [`HOURLY_KEEP_MS`]; so a heartbeat rewrites the core and one server's
-//! metering, whatever the pool's history. A server's registration is a key under
+//! With etcd the [`Pool`] is JSON under `PREFIX/state/`: its core (leases,
+//! queue) in `state/pool` and each server's part (its entry and metering) in
+//! `state/server/ADDRESS` ([`Pool::split`]). Every change reads them all at
+//! one revision (in pages), applies the same function as in memory, and
+//! writes back what changed only if nobody wrote the core or those parts in
+//! between (one transaction), else tries again. A heartbeat changes its
+//! server's part, and the core only when a lease's state changes. Hourly
+//! records of hours gone by move out of the state to `PREFIX/hourly/HOUR/…`,
+//! written once and deleted after [`HOURLY_KEEP_MS`]; so what a heartbeat
+//! writes does not grow with the pool's size or history. A server's registration is a key under
 //! `PREFIX/alive/` bound to an etcd lease with the server TTL, kept alive by
 //! whichever manager takes its heartbeat: a server is alive exactly while its
 //! key exists. The join and operator tokens are keys too, made once by the first
@@ -21,10 +22,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 
-use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, KvClient, PutOptions, Txn,
+    TxnOp,
+};
 use xpupool_protocol::pool::{ManagerError, UsageRecord};
 
-use crate::pool::{Alive, Metering, Pool, Timing, HOURLY_KEEP_MS, HOUR_MS};
+use crate::pool::{Alive, Pool, ServerPart, Timing, HOURLY_KEEP_MS, HOUR_MS};
 
 /// Milliseconds since the Unix epoch, by this host's clock.
 pub fn now_ms() -> u64 {
@@ -39,10 +43,19 @@ const ARCHIVE_PER_WRITE: usize = 8;
 /// How often a write that lost a race is tried again before the request fails.
 const MAX_ATTEMPTS: usize = 256;
 
+/// Keys one read asks etcd for: however many servers the pool has, each answer
+/// stays inside the decode limit below (an etcd value is at most 1.5 MiB by
+/// default; 32 of them 48 MiB).
+pub const KEYS_PER_READ: i64 = 32;
+
+/// The largest answer this manager decodes from etcd (the gRPC default, 4 MiB,
+/// is three default-sized values).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 /// The pool's state.
 pub enum Store {
     /// In this process.
-    Memory(tokio::sync::Mutex<Pool>),
+    Memory(Box<tokio::sync::Mutex<Pool>>),
     /// In etcd.
     Etcd(Box<Etcd>),
 }
@@ -50,6 +63,8 @@ pub enum Store {
 /// A connection to etcd and where in it the pool is.
 pub struct Etcd {
     client: Client,
+    /// Reads, with the larger decode limit.
+    kv: KvClient,
     prefix: String,
     /// Held across each change: this manager's own changes go one at a time
     /// instead of racing each other's compare-and-swap (other managers' still
@@ -60,11 +75,11 @@ pub struct Etcd {
 impl Store {
     /// An empty pool in memory.
     pub fn memory() -> Self {
-        Store::Memory(tokio::sync::Mutex::new(Pool::new(
+        Store::Memory(Box::new(tokio::sync::Mutex::new(Pool::new(
             // The time in microseconds, so a restarted manager's leases do not
             // reuse numbers its servers have seen.
             now_ms().saturating_mul(1000),
-        )))
+        ))))
     }
 
     /// The pool in etcd at `endpoints` (comma-separated URLs), under `prefix`.
@@ -76,6 +91,9 @@ impl Store {
                 .with_context(|| format!("no answer from etcd at {endpoints:?} within 10 s"))?
                 .with_context(|| format!("connecting to etcd at {endpoints:?}"))?;
         let mut store = Etcd {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_ANSWER_BYTES),
             client,
             prefix: prefix.trim_end_matches('/').to_owned() + "/",
             writing: tokio::sync::Mutex::new(()),
@@ -86,6 +104,7 @@ impl Store {
             .get(store.state_key(None), None)
             .await
             .with_context(|| format!("reading from etcd at {endpoints:?}"))?;
+        store.migrate().await?;
         Ok(Store::Etcd(Box::new(store)))
     }
 
@@ -157,11 +176,7 @@ impl Store {
         };
         records.extend(pool.hourly);
         records.retain(|u| u.since_ms + HOUR_MS > since_ms);
-        records.sort_by(|a, b| {
-            (a.since_ms, &a.tenant, &a.server, a.device)
-                .cmp(&(b.since_ms, &b.tenant, &b.server, b.device))
-        });
-        Ok(records)
+        Ok(merge_hours(records))
     }
 
     /// The pool now (with what the TTLs say is gone left out), who is alive,
@@ -260,7 +275,156 @@ impl Store {
     }
 }
 
+/// `records` in order of (hour, tenant, server, device), one record for each:
+/// the same hour can be archived in two parts (managers whose clocks disagree
+/// about when it ended), and they are added up, so an export paged by that key
+/// neither skips nor repeats one.
+pub fn merge_hours(mut records: Vec<UsageRecord>) -> Vec<UsageRecord> {
+    records.sort_by(|a, b| {
+        (a.since_ms, &a.tenant, &a.server, a.device)
+            .cmp(&(b.since_ms, &b.tenant, &b.server, b.device))
+    });
+    let mut merged: Vec<UsageRecord> = Vec::with_capacity(records.len());
+    for u in records {
+        match merged.last_mut() {
+            Some(m)
+                if (m.since_ms, &m.tenant, &m.server, m.device)
+                    == (u.since_ms, &u.tenant, &u.server, u.device) =>
+            {
+                m.gpu_seconds += u.gpu_seconds;
+                m.gib_seconds += u.gib_seconds;
+                m.updated_ms = m.updated_ms.max(u.updated_ms);
+            }
+            _ => merged.push(u),
+        }
+    }
+    merged
+}
+
 impl Etcd {
+    /// Every key in `[from, end)` as of one revision (that of the first
+    /// page), [`KEYS_PER_READ`] at a time.
+    async fn range(&self, from: String, end: String, keys_only: bool) -> Result<Vec<KeyValue>> {
+        let mut kv = self.kv.clone();
+        let mut all = Vec::new();
+        let mut start = from.into_bytes();
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(KEYS_PER_READ)
+                .with_revision(revision);
+            if keys_only {
+                options = options.with_keys_only();
+            }
+            let mut got = kv.get(start.clone(), Some(options)).await?;
+            if revision == 0 {
+                revision = got.header().map_or(0, |h| h.revision());
+            }
+            let more = got.more();
+            let page = got.take_kvs();
+            let Some(last) = page.last() else {
+                break;
+            };
+            // The next page starts just after the last key of this one.
+            start = last.key().to_vec();
+            start.push(0);
+            all.extend(page);
+            if !more {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// Moves the state of older managers to the per-server layout, once: a
+    /// pool kept whole under `PREFIX/pool`, or a core that holds the servers
+    /// beside parts under `state/metering/` that hold only their metering.
+    /// (Run with no older manager still writing.)
+    async fn migrate(&self) -> Result<()> {
+        let whole_key = self.key("pool");
+        let core_key = self.state_key(None);
+        let legacy = self.key("state/metering/");
+        for _ in 0..8 {
+            let mut kv = self.kv.clone();
+            let whole = kv.get(whole_key.clone(), None).await?.take_kvs().pop();
+            let state = self
+                .range(self.key("state/"), self.key("state0"), false)
+                .await?;
+            let core = state.iter().find(|kv| kv.key() == core_key.as_bytes());
+            let mut legacy_parts = BTreeMap::new();
+            for kv in &state {
+                if let Some(address) = kv.key_str()?.strip_prefix(&legacy) {
+                    let part: ServerPart =
+                        serde_json::from_slice(kv.value()).with_context(|| {
+                            format!("{} in etcd does not parse", kv.key_str().unwrap_or("?"))
+                        })?;
+                    legacy_parts.insert(address.to_owned(), part);
+                }
+            }
+            let (pool, from) = match (core, &whole) {
+                (None, Some(whole)) => (
+                    serde_json::from_slice::<Pool>(whole.value())
+                        .with_context(|| format!("{whole_key} in etcd does not parse"))?,
+                    whole,
+                ),
+                (Some(core), _) => {
+                    let pool: Pool = serde_json::from_slice(core.value())
+                        .with_context(|| format!("{core_key} in etcd does not parse"))?;
+                    if pool.servers.is_empty() && legacy_parts.is_empty() {
+                        return Ok(());
+                    }
+                    (Pool::join(pool, legacy_parts), core)
+                }
+                (None, None) => return Ok(()),
+            };
+            let (core, parts) = pool.split();
+            let mut client = self.client.clone();
+            // The parts first, a batch at a time (etcd takes at most 128
+            // operations in one transaction); then the core, if what it
+            // came from is unchanged, with the old keys gone.
+            let parts: Vec<(String, ServerPart)> = parts.into_iter().collect();
+            for batch in parts.chunks(64) {
+                let mut puts = Vec::new();
+                for (address, part) in batch {
+                    puts.push(TxnOp::put(
+                        self.state_key(Some(address)),
+                        serde_json::to_vec(part)?,
+                        None,
+                    ));
+                }
+                client.txn(Txn::new().and_then(puts)).await?;
+            }
+            let moved = client
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            from.key().to_vec(),
+                            CompareOp::Equal,
+                            from.mod_revision(),
+                        )])
+                        .and_then([
+                            TxnOp::put(core_key.clone(), serde_json::to_vec(&core)?, None),
+                            TxnOp::delete(whole_key.clone(), None),
+                            TxnOp::delete(
+                                legacy.clone(),
+                                Some(DeleteOptions::new().with_range(self.key("state/metering0"))),
+                            ),
+                        ]),
+                )
+                .await?;
+            if moved.succeeded() {
+                tracing::info!(
+                    servers = parts.len(),
+                    "moved the pool's state to one etcd key per server under {}state/server/",
+                    self.prefix
+                );
+                return Ok(());
+            }
+        }
+        bail!("the pool's state in etcd kept changing while it was moved to the per-server layout; stop the older managers and start again")
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -272,7 +436,7 @@ impl Etcd {
     fn state_key(&self, part: Option<&str>) -> String {
         match part {
             None => format!("{}state/pool", self.prefix),
-            Some(address) => format!("{}state/metering/{address}", self.prefix),
+            Some(address) => format!("{}state/server/{address}", self.prefix),
         }
     }
 
@@ -283,16 +447,14 @@ impl Etcd {
     /// The pool (its core and every server's metering, read at one revision),
     /// each key's revision, and the servers whose registration keys exist.
     async fn load(&self) -> Result<(Pool, BTreeMap<String, i64>, Alive)> {
-        let mut client = self.client.clone();
-        let state = self.key("state/");
-        let got = client
-            .get(state.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        let got = self
+            .range(self.key("state/"), self.key("state0"), false)
+            .await?; // '0' follows '/'
         let mut core = None;
         let mut parts = BTreeMap::new();
         let mut revisions = BTreeMap::new();
-        let metering = self.state_key(Some(""));
-        for kv in got.kvs() {
+        let servers = self.state_key(Some(""));
+        for kv in &got {
             let key = kv.key_str()?;
             revisions.insert(key.to_owned(), kv.mod_revision());
             if key == self.state_key(None) {
@@ -300,8 +462,8 @@ impl Etcd {
                     serde_json::from_slice::<Pool>(kv.value())
                         .context("the pool in etcd does not parse")?,
                 );
-            } else if let Some(address) = key.strip_prefix(&metering) {
-                let part: Metering = serde_json::from_slice(kv.value())
+            } else if let Some(address) = key.strip_prefix(&servers) {
+                let part: ServerPart = serde_json::from_slice(kv.value())
                     .with_context(|| format!("{key} in etcd does not parse"))?;
                 parts.insert(address.to_owned(), part);
             }
@@ -310,14 +472,10 @@ impl Etcd {
         // microseconds, above any a lost one can have issued.
         let core = core.unwrap_or_else(|| Pool::new(now_ms().saturating_mul(1000)));
         let alive_prefix = self.alive_key("");
-        let keys = client
-            .get(
-                alive_prefix.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
+        let keys = self
+            .range(alive_prefix.clone(), self.key("alive0"), true)
             .await?;
         let alive = keys
-            .kvs()
             .iter()
             .filter_map(|kv| kv.key_str().ok())
             .filter_map(|k| k.strip_prefix(&alive_prefix))
@@ -422,14 +580,11 @@ impl Etcd {
 
     /// Hourly records of hours gone by, from the hour of `since_ms` on.
     async fn archived(&self, since_ms: u64) -> Result<Vec<UsageRecord>> {
-        let mut client = self.client.clone();
         let from = self.hourly_key(since_ms - since_ms % HOUR_MS);
         let end = format!("{}hourly0", self.prefix); // '0' follows '/'
-        let got = client
-            .get(from, Some(GetOptions::new().with_range(end)))
-            .await?;
+        let got = self.range(from, end, false).await?;
         let mut records = Vec::new();
-        for kv in got.kvs() {
+        for kv in &got {
             let mut some: Vec<UsageRecord> =
                 serde_json::from_slice(kv.value()).with_context(|| {
                     format!("{} in etcd does not parse", kv.key_str().unwrap_or("?"))
