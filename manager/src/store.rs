@@ -43,10 +43,10 @@ const ARCHIVE_PER_WRITE: usize = 8;
 /// How often a write that lost a race is tried again before the request fails.
 const MAX_ATTEMPTS: usize = 256;
 
-/// Keys one read asks etcd for: however many servers the pool has, each answer
-/// stays inside the decode limit below (an etcd value is at most 1.5 MiB by
-/// default; 32 of them 48 MiB).
-pub const KEYS_PER_READ: i64 = 32;
+/// Keys one read asks etcd for at first; a page whose answer is over the
+/// decode limit below is asked again in halves, so however many servers the
+/// pool has and however large their parts, each answer fits.
+pub const KEYS_PER_READ: i64 = 256;
 
 /// The largest answer this manager decodes from etcd (the gRPC default, 4 MiB,
 /// is three default-sized values).
@@ -309,15 +309,29 @@ impl Etcd {
         let mut all = Vec::new();
         let mut start = from.into_bytes();
         let mut revision = 0;
+        let mut limit = KEYS_PER_READ;
         loop {
             let mut options = GetOptions::new()
                 .with_range(end.clone())
-                .with_limit(KEYS_PER_READ)
+                .with_limit(limit)
                 .with_revision(revision);
             if keys_only {
                 options = options.with_keys_only();
             }
-            let mut got = kv.get(start.clone(), Some(options)).await?;
+            let mut got = match kv.get(start.clone(), Some(options)).await {
+                Ok(got) => got,
+                Err(etcd_client::Error::GRpcStatus(status))
+                    if limit > 1
+                        && matches!(
+                            status.code(),
+                            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+                        ) =>
+                {
+                    limit /= 2;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if revision == 0 {
                 revision = got.header().map_or(0, |h| h.revision());
             }

@@ -267,12 +267,12 @@ async fn a_large_pool_is_read_in_pages_and_archived_a_few_servers_a_write() {
         .await
         .unwrap()
         .unwrap();
-    // 100 servers' metering, each with a record of the hour gone by: more keys
+    // 300 servers' parts, each with a record of the hour gone by: more keys
     // than one read asks for, and more servers than one write archives.
     let now = now_ms();
     let last_hour = now - now % HOUR_MS - HOUR_MS;
-    let servers = 100;
-    assert!(servers > KEYS_PER_READ as usize * 3);
+    let servers = 300;
+    assert!(servers > KEYS_PER_READ as usize);
     for i in 0..servers {
         let address = format!("s{i:03}:1");
         let part = ServerPart {
@@ -325,7 +325,7 @@ async fn a_large_pool_is_read_in_pages_and_archived_a_few_servers_a_write() {
         if after == servers {
             break;
         }
-        assert!(writes < 20, "archiving stalled at {after}");
+        assert!(writes < 50, "archiving stalled at {after}");
     }
     assert_eq!(writes, servers.div_ceil(8));
     let (pool, _, _) = store.read(&timing).await.unwrap();
