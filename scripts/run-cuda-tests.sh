@@ -47,6 +47,15 @@ else
     failed=$((failed + 1)); failures+=("memory-limit-reported"); echo "FAIL  memory-limit-reported"; sed 's/^/      | /' "$logs/limit.log"
 fi
 
+# Virtual memory on a small device: physical allocations until it is full, then
+# out of memory, and everything back once released.
+if [ -x "$build/vmm" ]; then
+    check vmm-under-limit "$bin" run --memory-limit 64MiB -- "$build/vmm"
+    if ! grep -q "filled the device with" "$logs/vmm-under-limit.log"; then
+        failed=$((failed + 1)); failures+=("vmm-under-limit (did not fill the device)"); echo "FAIL  vmm-under-limit did not fill the device"
+    fi
+fi
+
 # Module images are cached by content hash: a second run of a program uploads none.
 uploads() { XDG_CACHE_HOME="$logs/cache" XPUPOOL_LOG=debug "$bin" run -- "$build/vector_add" 2>&1 | grep -c "uploading a module image"; }
 first=$(uploads); second=$(uploads)

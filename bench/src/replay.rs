@@ -565,6 +565,58 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
             }
             return expect(op, result.map(|_| ()));
         }
+        Request::MemAddressReserve {
+            device,
+            size,
+            alignment,
+        } => {
+            let new = conn.mem_address_reserve(*device, *size, *alignment);
+            if let (Some(Reply::MemAddressReserve(old)), Ok(new)) = (&op.reply, &new) {
+                map.ranges.insert(*old, (*size, *new));
+            }
+            return expect(op, new.map(|_| ()));
+        }
+        Request::MemAddressFree { ptr, size } => {
+            let new = map.address(*ptr)?;
+            map.ranges.remove(ptr);
+            return expect(op, conn.mem_address_free(new, *size));
+        }
+        Request::MemCreate { device, size } => {
+            let new = conn.mem_create(*device, *size);
+            if let (Some(Reply::MemCreate(old)), Ok(new)) = (&op.reply, &new) {
+                map.handles.insert(*old, *new);
+            }
+            return expect(op, new.map(|_| ()));
+        }
+        Request::MemRelease { handle } => Request::MemRelease {
+            handle: map.handle(*handle, "physical allocation")?,
+        },
+        Request::MemMap {
+            ptr,
+            size,
+            offset,
+            handle,
+        } => Request::MemMap {
+            ptr: map.address(*ptr)?,
+            size: *size,
+            offset: *offset,
+            handle: map.handle(*handle, "physical allocation")?,
+        },
+        Request::MemUnmap { ptr, size } => Request::MemUnmap {
+            ptr: map.address(*ptr)?,
+            size: *size,
+        },
+        Request::MemSetAccess {
+            ptr,
+            size,
+            device,
+            flags,
+        } => Request::MemSetAccess {
+            ptr: map.address(*ptr)?,
+            size: *size,
+            device: *device,
+            flags: *flags,
+        },
         Request::MemcpyHtoDShared { .. } | Request::MemcpyDtoHShared { .. } => {
             bail!("a copy through the shared-memory region reached the wrong replay path")
         }

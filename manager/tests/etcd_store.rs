@@ -438,7 +438,7 @@ async fn a_pool_kept_whole_by_an_older_manager_moves_to_the_split_state() {
         .collect();
     assert_eq!(keys, ["/n/state/pool", "/n/state/server/b:1"]);
     let (pool, _, _) = store.read(&Timing::default()).await.unwrap();
-    assert_eq!(pool.servers["b:1"].metered, [counters.clone()]);
+    assert_eq!(pool.servers["b:1"].metered, std::slice::from_ref(&counters));
     assert_eq!(pool.usage[0].gpu_seconds, 5.0);
     // Its counters are the baselines: the next heartbeat bills what they grew by.
     store

@@ -497,4 +497,24 @@ declare_api! {
     fn graph_launch(graph: u64, stream: u64) -> () = GraphLaunch [POSTED, SERVER];
     /// Forget a kept graph.
     fn graph_destroy(graph: u64) -> () = GraphDestroy [POSTED, SERVER];
+    /// Reserve `size` bytes of device addresses on `device` (`cuMemAddressReserve`),
+    /// aligned to `alignment` (0: the granularity); returns the start. Nothing is
+    /// allocated.
+    fn mem_address_reserve(device: u32, size: u64, alignment: u64) -> u64 = MemAddressReserve;
+    /// Give back a reservation with nothing mapped in it (`cuMemAddressFree`).
+    fn mem_address_free(ptr: u64, size: u64) -> () = MemAddressFree;
+    /// Allocate `size` bytes of physical memory on `device`, mapped nowhere yet
+    /// (`cuMemCreate`); returns its handle.
+    fn mem_create(device: u32, size: u64) -> u64 = MemCreate [ALLOCATES];
+    /// Release a physical allocation's handle (`cuMemRelease`): its memory goes
+    /// once nothing maps it.
+    fn mem_release(handle: u64) -> () = MemRelease;
+    /// Map `[offset, offset+size)` of a physical allocation at `ptr`, inside a
+    /// reservation (`cuMemMap`).
+    fn mem_map(ptr: u64, size: u64, offset: u64, handle: u64) -> () = MemMap;
+    /// Unmap the whole mappings in `[ptr, ptr+size)` (`cuMemUnmap`).
+    fn mem_unmap(ptr: u64, size: u64) -> () = MemUnmap;
+    /// Let `device` touch `[ptr, ptr+size)` (`flags`: 0 none, 1 read, 3 read and
+    /// write; `cuMemSetAccess`).
+    fn mem_set_access(ptr: u64, size: u64, device: u32, flags: u32) -> () = MemSetAccess;
 }

@@ -10,7 +10,7 @@
 //! are kept. Backends do none of this: they make allocations, load modules and
 //! run kernels, and report what a module takes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -341,6 +341,8 @@ impl Host {
             visible,
             scheduled: self.backend.launches_complete_on_return(),
             allocations: HashMap::new(),
+            physical: HashMap::new(),
+            mapped: BTreeMap::new(),
             modules: HashMap::new(),
             functions: HashMap::new(),
             graphs: HashMap::new(),
@@ -388,7 +390,12 @@ impl Host {
 
 /// The operations the ledger charges; every other declared operation that
 /// allocates is refused ([`TenantSession`]), so a new one cannot slip past.
-pub const CHARGED: &[&str] = &["mem_alloc", "module_load", "module_load_cached"];
+pub const CHARGED: &[&str] = &[
+    "mem_alloc",
+    "mem_create",
+    "module_load",
+    "module_load_cached",
+];
 
 /// A session as the tenancy layer runs it, around the backend's.
 pub struct TenantSession {
@@ -402,6 +409,11 @@ pub struct TenantSession {
     scheduled: bool,
     /// Allocation base → (host device, bytes charged).
     allocations: HashMap<u64, (u32, u64)>,
+    /// Physical allocation (`cuMemCreate`) handle → what it is charged and who
+    /// holds it: charged until its handle is released and its last mapping gone.
+    physical: HashMap<u64, Physical>,
+    /// Mapping start → (bytes, physical handle).
+    mapped: BTreeMap<u64, (u64, u64)>,
     /// Module → (host device, bytes charged, its functions).
     modules: HashMap<u64, (u32, u64, Vec<u64>)>,
     /// Function → host device.
@@ -410,6 +422,14 @@ pub struct TenantSession {
     graphs: HashMap<u64, Arc<Vec<GraphNode>>>,
     next_graph: u64,
     held: Arc<SessionHeld>,
+}
+
+/// A physical allocation as the ledger sees it.
+struct Physical {
+    device: u32,
+    charge: u64,
+    released: bool,
+    mappings: usize,
 }
 
 /// Graphs one session may keep at once.
@@ -468,6 +488,41 @@ impl TenantSession {
     fn refund(&self, device: u32, bytes: u64) {
         self.tenant.memory(device).refund(bytes);
         self.held.bytes[device as usize].fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// A physical allocation, charged before it is made.
+    fn create(&mut self, device: u32, size: u64) -> Result<Reply, CuError> {
+        let host = self.host_device(device)?;
+        let charge = allocation_charge(size)
+            .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+        self.charge(host, charge)?;
+        let reply = self.inner.handle(Request::MemCreate { device: host, size });
+        match &reply {
+            Ok(Reply::MemCreate(handle)) => {
+                self.physical.insert(
+                    *handle,
+                    Physical {
+                        device: host,
+                        charge,
+                        released: false,
+                        mappings: 0,
+                    },
+                );
+            }
+            _ => self.refund(host, charge),
+        }
+        reply
+    }
+
+    /// Refunds a physical allocation that is released and mapped nowhere.
+    fn settle_physical(&mut self, handle: u64) {
+        if let Some(p) = self.physical.get(&handle) {
+            if p.released && p.mappings == 0 {
+                let (device, charge) = (p.device, p.charge);
+                self.physical.remove(&handle);
+                self.refund(device, charge);
+            }
+        }
     }
 
     fn alloc(&mut self, device: u32, bytes: u64) -> Result<Reply, CuError> {
@@ -647,6 +702,82 @@ impl Session for TenantSession {
                 let device = self.host_device(device)?;
                 self.inner.handle(Request::EventCreate { device, flags })
             }
+            Request::MemCreate { device, size } => self.create(device, size),
+            Request::MemRelease { handle } => {
+                let reply = self.inner.handle(Request::MemRelease { handle });
+                if reply.is_ok() {
+                    if let Some(p) = self.physical.get_mut(&handle) {
+                        p.released = true;
+                    }
+                    self.settle_physical(handle);
+                }
+                reply
+            }
+            Request::MemMap {
+                ptr,
+                size,
+                offset,
+                handle,
+            } => {
+                let reply = self.inner.handle(Request::MemMap {
+                    ptr,
+                    size,
+                    offset,
+                    handle,
+                });
+                if reply.is_ok() {
+                    self.mapped.insert(ptr, (size, handle));
+                    if let Some(p) = self.physical.get_mut(&handle) {
+                        p.mappings += 1;
+                    }
+                }
+                reply
+            }
+            Request::MemUnmap { ptr, size } => {
+                let reply = self.inner.handle(Request::MemUnmap { ptr, size });
+                if reply.is_ok() {
+                    let end = ptr.saturating_add(size);
+                    let gone: Vec<(u64, u64)> = self
+                        .mapped
+                        .range(ptr..end)
+                        .map(|(&at, &(_, handle))| (at, handle))
+                        .collect();
+                    for (at, handle) in gone {
+                        self.mapped.remove(&at);
+                        if let Some(p) = self.physical.get_mut(&handle) {
+                            p.mappings = p.mappings.saturating_sub(1);
+                        }
+                        self.settle_physical(handle);
+                    }
+                }
+                reply
+            }
+            Request::MemAddressReserve {
+                device,
+                size,
+                alignment,
+            } => {
+                let device = self.host_device(device)?;
+                self.inner.handle(Request::MemAddressReserve {
+                    device,
+                    size,
+                    alignment,
+                })
+            }
+            Request::MemSetAccess {
+                ptr,
+                size,
+                device,
+                flags,
+            } => {
+                let device = self.host_device(device)?;
+                self.inner.handle(Request::MemSetAccess {
+                    ptr,
+                    size,
+                    device,
+                    flags,
+                })
+            }
             request @ Request::LaunchKernel { function, .. } => self.launch(request, function),
             Request::GraphCreate { nodes } => self.graph_create(nodes).map(Reply::GraphCreate),
             Request::GraphLaunch { graph, stream } => {
@@ -696,6 +827,7 @@ impl Drop for TenantSession {
             .drain()
             .map(|(_, c)| c)
             .chain(self.modules.drain().map(|(_, (d, b, _))| (d, b)))
+            .chain(self.physical.drain().map(|(_, p)| (p.device, p.charge)))
             .collect();
         for (device, bytes) in charged {
             self.refund(device, bytes);
@@ -846,5 +978,70 @@ mod graph_tests {
             let e = session.handle(request).unwrap_err();
             assert_eq!(e.code, code::INVALID_HANDLE, "{e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod vmm_tests {
+    use super::*;
+
+    #[test]
+    fn physical_memory_is_charged_until_released_and_unmapped() {
+        const G: u64 = 2 << 20;
+        let host = Host::new(Arc::new(crate::MockBackend::with_devices(1, 1 << 30)));
+        let tenant = Tenant::new("t", Some(4 * G));
+        let mut session = host.open_session(&tenant, 1, |inner| inner).unwrap();
+        let mut call = |r: Request| session.handle(r);
+        let Reply::MemAddressReserve(base) = call(Request::MemAddressReserve {
+            device: 0,
+            size: 16 * G,
+            alignment: 0,
+        })
+        .unwrap() else {
+            panic!("no reservation")
+        };
+        assert_eq!(tenant.memory(0).used(), 0, "addresses cost nothing");
+        let create = |call: &mut dyn FnMut(Request) -> Result<Reply, CuError>, size| {
+            call(Request::MemCreate { device: 0, size })
+        };
+        let Ok(Reply::MemCreate(a)) = create(&mut call, 3 * G) else {
+            panic!("no physical allocation")
+        };
+        assert_eq!(tenant.memory(0).used(), 3 * G);
+        // Over the tenant's limit: refused, nothing charged.
+        let over = create(&mut call, 2 * G).unwrap_err();
+        assert_eq!(over.code, code::OUT_OF_MEMORY);
+        assert_eq!(tenant.memory(0).used(), 3 * G);
+        call(Request::MemMap {
+            ptr: base,
+            size: 3 * G,
+            offset: 0,
+            handle: a,
+        })
+        .unwrap();
+        // Released while mapped: still charged (the memory is still there),
+        // so release-then-map-more cannot pass the limit.
+        call(Request::MemRelease { handle: a }).unwrap();
+        assert_eq!(tenant.memory(0).used(), 3 * G);
+        assert!(create(&mut call, 2 * G).is_err());
+        call(Request::MemUnmap {
+            ptr: base,
+            size: 3 * G,
+        })
+        .unwrap();
+        assert_eq!(tenant.memory(0).used(), 0);
+        // Another tenant's device number is checked too.
+        assert_eq!(
+            call(Request::MemCreate { device: 3, size: G })
+                .unwrap_err()
+                .code,
+            code::INVALID_DEVICE
+        );
+        // A session that ends refunds what it still holds.
+        let Ok(Reply::MemCreate(_)) = create(&mut call, G) else {
+            panic!("no physical allocation")
+        };
+        drop(session);
+        assert_eq!(tenant.memory(0).used(), 0);
     }
 }

@@ -326,7 +326,7 @@ impl Function {
 
 /// Device attributes that say what xpupool offers, whatever the server's device
 /// says: a family this driver implements reads as supported, one it does not
-/// (managed memory, virtual memory management, IPC and exportable handles,
+/// (managed memory, IPC and exportable handles,
 /// cooperative and cluster launches) as not, so a program that checks first waives itself
 /// instead of failing later.
 const FEATURES: &[(u32, i32)] = &[
@@ -340,7 +340,7 @@ const FEATURES: &[(u32, i32)] = &[
         CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES,
         0,
     ),
-    (CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 0),
+    (CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, 1),
     (
         CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
         0,

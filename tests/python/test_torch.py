@@ -5,7 +5,8 @@ limit in bytes (scripts/run-python-tests.sh does both). PyTorch's own kernels ar
 SASS-only, which the mock cannot run, so these tests exercise everything but kernels:
 initialisation, device properties, the caching allocator, copies in every direction,
 streams, events, pinned memory, cuBLAS start-up, out-of-memory and the error for a
-kernel the server cannot run, the cudaMallocAsync allocator backend, and CUDA graphs.
+kernel the server cannot run, the cudaMallocAsync allocator backend, expandable
+segments (virtual memory management), and CUDA graphs.
 """
 
 import os
@@ -185,3 +186,40 @@ def test_a_cuda_graph_captures_and_replays():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(dst.cpu(), torch.ones(n))
+
+
+EXPANDABLE = r"""
+import torch
+free0, _ = torch.cuda.mem_get_info()
+src = torch.arange(1 << 20, dtype=torch.float32)
+xs = [src.cuda() for _ in range(8)]            # 4 MiB each: a large segment that grows
+big = torch.empty(96 << 20, dtype=torch.uint8, device="cuda")
+reserved = torch.cuda.memory_reserved()
+free1, _ = torch.cuda.mem_get_info()
+# What the allocator has mapped is what the server's ledger charged.
+assert reserved >= (96 << 20) + (32 << 20), reserved
+assert free0 - free1 == reserved, (free0 - free1, reserved)
+assert all(torch.equal(x.cpu(), src) for x in xs)
+xs[0].copy_(xs[7])                              # device to device, inside the segment
+y = torch.empty(8 << 20, dtype=torch.float32, device="cuda")
+y.copy_(torch.arange(8 << 20, dtype=torch.float32))   # one copy across several granules
+assert torch.equal(y[-4:].cpu(), torch.arange((8 << 20) - 4, 8 << 20, dtype=torch.float32))
+del xs, big, y
+torch.cuda.empty_cache()                        # unmaps and releases
+free2, _ = torch.cuda.mem_get_info()
+assert torch.cuda.memory_reserved() == 0
+assert free2 == free0, (free0, free2)
+print("OK", reserved)
+"""
+
+
+def test_expandable_segments_allocate_copy_and_free():
+    # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: the caching allocator
+    # reserves addresses and maps physical memory into them as it grows.
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+    out = subprocess.run([sys.executable, "-c", EXPANDABLE], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr

@@ -7,7 +7,8 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, OsStr};
 use anyhow::{bail, Context as _, Result};
 use xpupool_cuda_types::{
     CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
-    CUfunction_attribute, CUmodule, CUresult, CUstream, CUuuid, CUDA_SUCCESS,
+    CUfunction_attribute, CUmemAccessDesc, CUmemAllocationProp, CUmemGenericAllocationHandle,
+    CUmodule, CUresult, CUstream, CUuuid, CUDA_SUCCESS,
 };
 use xpupool_protocol::CuError;
 
@@ -85,6 +86,14 @@ entry_points! {
         cuGetErrorName: fn(CUresult, *mut *const c_char);
     }
     optional {
+        // CUDA 10.2: virtual memory management.
+        cuMemAddressReserve: fn(*mut CUdeviceptr, usize, usize, CUdeviceptr, u64);
+        cuMemAddressFree: fn(CUdeviceptr, usize);
+        cuMemCreate: fn(*mut CUmemGenericAllocationHandle, usize, *const CUmemAllocationProp, u64);
+        cuMemRelease: fn(CUmemGenericAllocationHandle);
+        cuMemMap: fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64);
+        cuMemUnmap: fn(CUdeviceptr, usize);
+        cuMemSetAccess: fn(CUdeviceptr, usize, *const CUmemAccessDesc, usize);
         // CUDA 12.4: function enumeration and parameter layouts.
         cuModuleGetFunctionCount: fn(*mut c_uint, CUmodule);
         cuModuleEnumerateFunctions: fn(*mut CUfunction, c_uint, CUmodule);

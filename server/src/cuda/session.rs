@@ -20,6 +20,10 @@ use super::Shared;
 
 /// `CU_STREAM_LEGACY`.
 const STREAM_LEGACY: u64 = 1;
+/// Reservations, physical allocations and mappings one session may hold.
+const MAX_VMM_OBJECTS: usize = 65_536;
+/// Address space one session may reserve, as a multiple of the device's memory.
+const RESERVE_PER_CAPACITY: u64 = 4;
 /// `CU_STREAM_PER_THREAD`.
 const STREAM_PER_THREAD: u64 = 2;
 
@@ -39,6 +43,11 @@ pub(crate) struct CudaSession {
     shared: Arc<Shared>,
     /// Allocations: base → size.
     allocations: BTreeMap<u64, u64>,
+    /// Virtual memory: reservations (start → size), physical allocations
+    /// (handle → size) and mappings (start → size).
+    reservations: BTreeMap<u64, u64>,
+    physical: HashMap<u64, u64>,
+    mappings: BTreeMap<u64, u64>,
     modules: HashMap<u64, Module>,
     next_module: u64,
     functions: HashMap<u64, Function>,
@@ -68,6 +77,9 @@ impl CudaSession {
         Self {
             shared,
             allocations: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            physical: HashMap::new(),
+            mappings: BTreeMap::new(),
             modules: HashMap::new(),
             next_module: 0,
             functions: HashMap::new(),
@@ -112,13 +124,52 @@ impl CudaSession {
                 .next_back()
                 .is_some_and(|(&base, &size)| end <= base.saturating_add(size))
         };
-        if inside(&self.allocations) || self.modules.values().any(|m| inside(&m.globals)) {
+        if inside(&self.allocations)
+            || self.mapped_run(address, end)
+            || self.modules.values().any(|m| inside(&m.globals))
+        {
             Ok(())
         } else {
             Err(invalid_value(format!(
                 "[{address:#x}, +{len}) is not inside an allocation of this session"
             )))
         }
+    }
+
+    /// Whether `[address, end)` is covered by mappings of this session without
+    /// a gap (a copy may span the mappings of one reservation).
+    fn mapped_run(&self, address: u64, end: u64) -> bool {
+        let Some((&first, _)) = self.mappings.range(..=address).next_back() else {
+            return false;
+        };
+        let mut at = address;
+        for (&base, &size) in self.mappings.range(first..) {
+            if at >= end || base > at {
+                break;
+            }
+            at = at.max(base.saturating_add(size));
+        }
+        at >= end
+    }
+
+    /// A virtual memory entry point of the driver, or why there is none.
+    fn vmm<F>(&self, f: Option<F>, name: &str) -> Result<F, CuError> {
+        f.ok_or_else(|| {
+            CuError::new(
+                code::NOT_SUPPORTED,
+                format!("the host's driver has no {name}"),
+            )
+        })
+    }
+
+    fn vmm_count(&self) -> Result<(), CuError> {
+        if self.reservations.len() + self.physical.len() + self.mappings.len() >= MAX_VMM_OBJECTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("this session holds {MAX_VMM_OBJECTS} reservations, physical allocations and mappings, its most"),
+            ));
+        }
+        Ok(())
     }
 
     fn synchronize_stream(&self, stream: CUstream) -> Result<(), CuError> {
@@ -223,6 +274,173 @@ impl Api for CudaSession {
         self.check(r, "cuMemFree_v2")?;
         self.allocations.remove(&ptr);
         Ok(())
+    }
+
+    fn mem_address_reserve(
+        &mut self,
+        device: u32,
+        size: u64,
+        alignment: u64,
+    ) -> Result<u64, CuError> {
+        only_device_zero(device)?;
+        self.vmm_count()?;
+        let reserved: u64 = self.reservations.values().sum();
+        let most = self
+            .shared
+            .info
+            .total_memory
+            .saturating_mul(RESERVE_PER_CAPACITY);
+        if reserved.saturating_add(size) > most {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("reserving {size} bytes: this session holds {reserved} of the {most} bytes of addresses it may reserve"),
+            ));
+        }
+        let (len, align) = match (usize::try_from(size), usize::try_from(alignment)) {
+            (Ok(l), Ok(a)) => (l, a),
+            _ => return Err(invalid_value("reservation too large")),
+        };
+        let reserve = self.vmm(
+            self.shared.driver.cuMemAddressReserve,
+            "cuMemAddressReserve",
+        )?;
+        self.shared.enter()?;
+        let mut start = 0;
+        // SAFETY: an out-pointer; sizes checked by the driver.
+        let r = unsafe { reserve(&mut start, len, align, 0, 0) };
+        self.check(r, "cuMemAddressReserve")?;
+        self.reservations.insert(start, size);
+        Ok(start)
+    }
+
+    fn mem_address_free(&mut self, ptr: u64, size: u64) -> Result<(), CuError> {
+        if self.reservations.get(&ptr) != Some(&size) {
+            return Err(invalid_value(format!(
+                "[{ptr:#x}, +{size}) is not a reservation of this session"
+            )));
+        }
+        if self
+            .mappings
+            .range(ptr..ptr.saturating_add(size))
+            .next()
+            .is_some()
+        {
+            return Err(invalid_value(format!(
+                "the reservation at {ptr:#x} still has mappings"
+            )));
+        }
+        let free = self.vmm(self.shared.driver.cuMemAddressFree, "cuMemAddressFree")?;
+        self.shared.enter()?;
+        // SAFETY: a reservation of this session with nothing mapped, freed once.
+        let r = unsafe { free(ptr, size as usize) };
+        self.check(r, "cuMemAddressFree")?;
+        self.reservations.remove(&ptr);
+        Ok(())
+    }
+
+    fn mem_create(&mut self, device: u32, size: u64) -> Result<u64, CuError> {
+        only_device_zero(device)?;
+        self.vmm_count()?;
+        let len = usize::try_from(size)
+            .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+        let create = self.vmm(self.shared.driver.cuMemCreate, "cuMemCreate")?;
+        let mut prop = xpupool_cuda_types::CUmemAllocationProp {
+            type_: xpupool_cuda_types::CU_MEM_ALLOCATION_TYPE_PINNED,
+            ..Default::default()
+        };
+        prop.location.type_ = xpupool_cuda_types::CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.__bindgen_anon_1.id = self.shared.device;
+        self.shared.enter()?;
+        let mut handle = 0;
+        // SAFETY: an out-pointer and a filled property block.
+        let r = unsafe { create(&mut handle, len, &prop, 0) };
+        self.check(r, "cuMemCreate")?;
+        self.physical.insert(handle, size);
+        Ok(handle)
+    }
+
+    fn mem_release(&mut self, handle: u64) -> Result<(), CuError> {
+        if !self.physical.contains_key(&handle) {
+            return Err(invalid_handle("physical allocation", handle));
+        }
+        let release = self.vmm(self.shared.driver.cuMemRelease, "cuMemRelease")?;
+        self.shared.enter()?;
+        // SAFETY: a handle of this session, released once (its mappings keep the memory).
+        let r = unsafe { release(handle) };
+        self.check(r, "cuMemRelease")?;
+        self.physical.remove(&handle);
+        Ok(())
+    }
+
+    fn mem_map(&mut self, ptr: u64, size: u64, offset: u64, handle: u64) -> Result<(), CuError> {
+        if !self.physical.contains_key(&handle) {
+            return Err(invalid_handle("physical allocation", handle));
+        }
+        self.vmm_count()?;
+        let end = end_of(ptr, size)?;
+        let reserved = self
+            .reservations
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(&start, &len)| end <= start.saturating_add(len));
+        if !reserved {
+            return Err(invalid_value(format!(
+                "[{ptr:#x}, +{size}) is not inside a reservation of this session"
+            )));
+        }
+        let map = self.vmm(self.shared.driver.cuMemMap, "cuMemMap")?;
+        self.shared.enter()?;
+        // SAFETY: inside a reservation of this session; the driver checks the rest.
+        let r = unsafe { map(ptr, size as usize, offset as usize, handle, 0) };
+        self.check(r, "cuMemMap")?;
+        self.mappings.insert(ptr, size);
+        Ok(())
+    }
+
+    fn mem_unmap(&mut self, ptr: u64, size: u64) -> Result<(), CuError> {
+        let end = end_of(ptr, size)?;
+        let inside: Vec<u64> = self.mappings.range(ptr..end).map(|(&b, _)| b).collect();
+        let covered: u64 = inside.iter().map(|b| self.mappings[b]).sum();
+        if inside.first() != Some(&ptr) || covered != size {
+            return Err(invalid_value(format!(
+                "[{ptr:#x}, +{size}) is not a run of whole mappings of this session"
+            )));
+        }
+        let unmap = self.vmm(self.shared.driver.cuMemUnmap, "cuMemUnmap")?;
+        self.shared.enter()?;
+        // SAFETY: whole mappings of this session.
+        let r = unsafe { unmap(ptr, size as usize) };
+        self.check(r, "cuMemUnmap")?;
+        for b in inside {
+            self.mappings.remove(&b);
+        }
+        Ok(())
+    }
+
+    fn mem_set_access(
+        &mut self,
+        ptr: u64,
+        size: u64,
+        device: u32,
+        flags: u32,
+    ) -> Result<(), CuError> {
+        only_device_zero(device)?;
+        if !self.mapped_run(ptr, end_of(ptr, size)?) {
+            return Err(invalid_value(format!(
+                "[{ptr:#x}, +{size}) is not mapped by this session"
+            )));
+        }
+        let set = self.vmm(self.shared.driver.cuMemSetAccess, "cuMemSetAccess")?;
+        let mut desc = xpupool_cuda_types::CUmemAccessDesc {
+            flags,
+            ..Default::default()
+        };
+        desc.location.type_ = xpupool_cuda_types::CU_MEM_LOCATION_TYPE_DEVICE;
+        desc.location.__bindgen_anon_1.id = self.shared.device;
+        self.shared.enter()?;
+        // SAFETY: mappings of this session and one filled descriptor.
+        let r = unsafe { set(ptr, size as usize, &desc, 1) };
+        self.check(r, "cuMemSetAccess")
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
@@ -728,6 +946,25 @@ impl Drop for CudaSession {
         for (address, _) in std::mem::take(&mut self.allocations) {
             // SAFETY: an allocation of this session, freed once.
             failures.push(unsafe { (d.cuMemFree_v2)(address) });
+        }
+        // Virtual memory: mappings, then handles, then the reservations.
+        for (address, size) in std::mem::take(&mut self.mappings) {
+            if let Some(unmap) = d.cuMemUnmap {
+                // SAFETY: a mapping of this session, unmapped once.
+                failures.push(unsafe { unmap(address, size as usize) });
+            }
+        }
+        for (handle, _) in std::mem::take(&mut self.physical) {
+            if let Some(release) = d.cuMemRelease {
+                // SAFETY: a handle of this session, released once.
+                failures.push(unsafe { release(handle) });
+            }
+        }
+        for (address, size) in std::mem::take(&mut self.reservations) {
+            if let Some(free) = d.cuMemAddressFree {
+                // SAFETY: a reservation of this session, freed once.
+                failures.push(unsafe { free(address, size as usize) });
+            }
         }
         failures.retain(|&r| r != CUDA_SUCCESS);
         if let Some(&first) = failures.first() {

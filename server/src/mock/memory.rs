@@ -25,12 +25,13 @@ pub(crate) const ALIGN: u64 = crate::quota::ALLOCATION_GRANULARITY;
 /// One allocation's host storage.
 pub(crate) struct Block {
     ptr: *mut u8,
-    /// Bytes the program asked for: an access past them faults.
-    len: usize,
     /// Bytes allocated (and charged): `len` rounded up to [`ALIGN`].
     size: usize,
     /// The device it is on.
     device: u32,
+    /// For a physical allocation (`cuMemCreate`): the device memory it is
+    /// charged to, refunded when the last mapping or handle of it goes.
+    charged: Option<Arc<DeviceMemory>>,
 }
 
 // SAFETY: the block owns its heap storage; concurrent access to the bytes is the
@@ -43,7 +44,7 @@ unsafe impl Sync for Block {}
 const MAPPED_BLOCK: usize = 1 << 20;
 
 impl Block {
-    fn new(len: usize, size: usize, device: u32) -> Option<Self> {
+    fn new(size: usize, device: u32) -> Option<Self> {
         if size >= MAPPED_BLOCK {
             // SAFETY: a fresh private anonymous mapping; the result is checked.
             let ptr = unsafe {
@@ -58,9 +59,9 @@ impl Block {
             };
             return (ptr != libc::MAP_FAILED).then_some(Self {
                 ptr: ptr.cast(),
-                len,
                 size,
                 device,
+                charged: None,
             });
         }
         let layout = Layout::from_size_align(size, ALIGN as usize).ok()?;
@@ -68,15 +69,18 @@ impl Block {
         let ptr = unsafe { alloc_zeroed(layout) };
         (!ptr.is_null()).then_some(Self {
             ptr,
-            len,
             size,
             device,
+            charged: None,
         })
     }
 }
 
 impl Drop for Block {
     fn drop(&mut self) {
+        if let Some(memory) = &self.charged {
+            memory.refund(self.size as u64);
+        }
         if self.size >= MAPPED_BLOCK {
             // SAFETY: unmapping exactly the mapping made in `Block::new`.
             unsafe { libc::munmap(self.ptr.cast(), self.size) };
@@ -229,12 +233,50 @@ impl DeviceMemory {
     }
 }
 
+/// Granularity of the virtual memory calls (`cuMemGetAllocationGranularity`):
+/// physical allocations, mappings and reservations are multiples of it.
+pub(crate) const VMM_GRANULARITY: u64 = 2 << 20;
+/// Address space one session may hold reserved, as a multiple of the device's
+/// memory (the address range is shared by every session on the server).
+const RESERVE_PER_CAPACITY: u64 = 4;
+/// Reservations, physical allocations and mappings one session may hold.
+const MAX_VMM_OBJECTS: usize = 65_536;
+
+/// A range of device addresses a session can reach: all of an allocation, or
+/// a mapping of (part of) a physical allocation inside a reservation.
+struct Region {
+    storage: Arc<Block>,
+    /// Where in `storage` it starts.
+    offset: usize,
+    /// Its bytes.
+    len: usize,
+    /// Freed with `cuMemFree` (an allocation), or unmapped (a mapping).
+    mapping: bool,
+    /// Whether kernels and copies may touch it (`cuMemSetAccess`; a mapping
+    /// is reachable only once access is set, as on a device).
+    accessible: bool,
+}
+
+/// One session's reservations and physical allocations.
+#[derive(Default)]
+struct Vmm {
+    /// start → (size, device).
+    reservations: BTreeMap<u64, (u64, u32)>,
+    /// Address space reserved, per device.
+    reserved: BTreeMap<u32, u64>,
+    /// handle → physical allocation.
+    handles: BTreeMap<u64, Arc<Block>>,
+    next_handle: u64,
+    mappings: usize,
+}
+
 /// One session's allocations on every device: the table every pointer it names is
 /// checked against. The tenant's ledger is the server's tenancy layer's business;
 /// here only each device's capacity is enforced.
 pub(crate) struct SessionMemory {
     devices: Vec<Arc<DeviceMemory>>,
-    blocks: RwLock<BTreeMap<u64, Block>>,
+    blocks: RwLock<BTreeMap<u64, Region>>,
+    vmm: Mutex<Vmm>,
     /// Bytes held on each device.
     held: Vec<AtomicU64>,
 }
@@ -245,6 +287,11 @@ impl SessionMemory {
             held: devices.iter().map(|_| AtomicU64::new(0)).collect(),
             devices,
             blocks: RwLock::new(BTreeMap::new()),
+            vmm: Mutex::new(Vmm {
+                // Handles are opaque to the program; these name nothing else.
+                next_handle: 0x5600_0000,
+                ..Vmm::default()
+            }),
         }
     }
 
@@ -295,7 +342,7 @@ impl SessionMemory {
                 return Err(e);
             }
         };
-        let Some(block) = Block::new(len, host_size, device) else {
+        let Some(block) = Block::new(host_size, device) else {
             memory.refund(size);
             memory.release_address(address, size);
             return Err(CuError::new(
@@ -306,7 +353,16 @@ impl SessionMemory {
         self.blocks
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(address, block);
+            .insert(
+                address,
+                Region {
+                    storage: Arc::new(block),
+                    offset: 0,
+                    len,
+                    mapping: false,
+                    accessible: true,
+                },
+            );
         self.held[device as usize].fetch_add(size, Ordering::AcqRel);
         Ok(address)
     }
@@ -314,19 +370,21 @@ impl SessionMemory {
     /// Frees the allocation that starts at `address`; its addresses may be handed
     /// out again.
     pub(crate) fn free(&self, address: u64) -> Result<(), CuError> {
-        let block = self
-            .blocks
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&address)
-            .ok_or_else(|| {
-                CuError::new(
-                    code::INVALID_VALUE,
-                    format!("{address:#x} is not an allocation of this session"),
-                )
-            })?;
-        let (size, device) = (block.size as u64, block.device as usize);
-        drop(block);
+        let region = {
+            let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
+            match blocks.get(&address) {
+                Some(r) if !r.mapping => blocks.remove(&address),
+                _ => None,
+            }
+        }
+        .ok_or_else(|| {
+            CuError::new(
+                code::INVALID_VALUE,
+                format!("{address:#x} is not an allocation of this session"),
+            )
+        })?;
+        let (size, device) = (region.storage.size as u64, region.storage.device as usize);
+        drop(region);
         let memory = &self.devices[device];
         memory.release_address(address, size);
         memory.refund(size);
@@ -342,19 +400,25 @@ impl SessionMemory {
 
     /// Copies bytes out of device memory.
     pub(crate) fn read(&self, address: u64, len: u64) -> Result<Vec<u8>, CuError> {
-        self.with_view(|view| {
-            let ptr = view.checked(address, len)?;
-            // SAFETY: `checked` proved [ptr, ptr+len) lies inside one live block.
-            Ok(unsafe { std::slice::from_raw_parts(ptr, len as usize) }.to_vec())
-        })
+        let len = usize::try_from(len)
+            .map_err(|_| CuError::new(code::INVALID_VALUE, "a read past the address space"))?;
+        let mut out = Vec::new();
+        // Checked before the buffer is made: its length is then a live range's.
+        self.with_view(|view| view.pieces(address, len as u64).map(|_| ()))?;
+        out.resize(len, 0);
+        self.read_into(address, &mut out)?;
+        Ok(out)
     }
 
     /// Copies bytes out of device memory into `out`.
     pub(crate) fn read_into(&self, address: u64, out: &mut [u8]) -> Result<(), CuError> {
         self.with_view(|view| {
-            let ptr = view.checked(address, out.len() as u64)?;
-            // SAFETY: as in `read`.
-            unsafe { std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), out.len()) };
+            let mut done = 0;
+            for (ptr, len) in view.pieces(address, out.len() as u64)? {
+                // SAFETY: `pieces` proved [ptr, ptr+len) lies inside live storage.
+                unsafe { std::ptr::copy_nonoverlapping(ptr, out[done..].as_mut_ptr(), len) };
+                done += len;
+            }
             Ok(())
         })
     }
@@ -362,22 +426,35 @@ impl SessionMemory {
     /// Copies bytes into device memory.
     pub(crate) fn write(&self, address: u64, data: &[u8]) -> Result<(), CuError> {
         self.with_view(|view| {
-            let ptr = view.checked(address, data.len() as u64)?;
-            // SAFETY: as in `read`; requests of one session are handled one at a time.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr, data.len()) };
+            let mut done = 0;
+            for (ptr, len) in view.pieces(address, data.len() as u64)? {
+                // SAFETY: as in `read_into`; requests of one session are handled
+                // one at a time.
+                unsafe { std::ptr::copy_nonoverlapping(data[done..].as_ptr(), ptr, len) };
+                done += len;
+            }
             Ok(())
         })
     }
 
     /// Copies between two device ranges (which may overlap).
     pub(crate) fn copy(&self, dst: u64, src: u64, len: u64) -> Result<(), CuError> {
-        self.with_view(|view| {
-            let from = view.checked(src, len)?;
-            let to = view.checked(dst, len)?;
-            // SAFETY: both ranges are inside live blocks; `copy` allows overlap.
-            unsafe { std::ptr::copy(from, to, len as usize) };
-            Ok(())
-        })
+        let spanning = self.with_view(|view| -> Result<bool, CuError> {
+            let from = view.pieces(src, len)?;
+            let to = view.pieces(dst, len)?;
+            if let ([(from, _)], [(to, _)]) = (from.as_slice(), to.as_slice()) {
+                // SAFETY: both ranges are inside live storage; `copy` allows overlap.
+                unsafe { std::ptr::copy(*from, *to, len as usize) };
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        if spanning {
+            // Across mappings: through a buffer, which also keeps overlap right.
+            let bytes = self.read(src, len)?;
+            self.write(dst, &bytes)?;
+        }
+        Ok(())
     }
 
     /// Fills `count` elements of `elem_size` bytes at `address` with `value`.
@@ -399,10 +476,12 @@ impl SessionMemory {
             .checked_mul(elem_size as u64)
             .ok_or_else(|| CuError::new(code::INVALID_VALUE, "memset too large"))?;
         self.with_view(|view| {
-            let ptr = view.checked(address, len)?;
-            // SAFETY: inside one live block.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) };
-            fill_pattern(bytes, pattern);
+            // Pieces start at element boundaries (mappings are granularity-aligned).
+            for (ptr, len) in view.pieces(address, len)? {
+                // SAFETY: inside live storage.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+                fill_pattern(bytes, pattern);
+            }
             Ok(())
         })
     }
@@ -437,9 +516,261 @@ impl SessionMemory {
             .checked_mul(pitch)
             .and_then(|rows| rows.checked_add(row))
             .ok_or_else(|| invalid("region too large"))?;
-        self.with_view(|view| view.checked(address, span).map(|_| ()))?;
+        self.with_view(|view| view.pieces(address, span).map(|_| ()))?;
         for r in 0..height {
             self.fill(address + r * pitch, value, elem_size, width)?;
+        }
+        Ok(())
+    }
+
+    /// Reserves `size` bytes of `device`'s addresses (`cuMemAddressReserve`),
+    /// aligned to `alignment`; nothing is allocated or charged, but what one
+    /// session may reserve is bounded, since the range is every session's.
+    pub(crate) fn reserve(&self, device: u32, size: u64, alignment: u64) -> Result<u64, CuError> {
+        let memory = self.device(device)?;
+        let invalid = |why: String| CuError::new(code::INVALID_VALUE, why);
+        if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(invalid(format!(
+                "a reservation of {size} bytes: a non-zero multiple of {VMM_GRANULARITY} is needed"
+            )));
+        }
+        let alignment = alignment.max(VMM_GRANULARITY);
+        if !alignment.is_power_of_two() || alignment > (1 << 40) {
+            return Err(invalid(format!("alignment {alignment}")));
+        }
+        let mut vmm = self.vmm.lock().unwrap_or_else(|e| e.into_inner());
+        let most = memory
+            .capacity
+            .saturating_mul(RESERVE_PER_CAPACITY)
+            .max(1 << 30);
+        let held = vmm.reserved.get(&device).copied().unwrap_or(0);
+        if held.saturating_add(size) > most || vmm.reservations.len() >= MAX_VMM_OBJECTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!(
+                    "reserving {size} bytes: this session holds {held} of the {most} bytes of addresses it may reserve on device {device}"
+                ),
+            ));
+        }
+        // Taken with room to align inside it; the whole extent is given back.
+        let extent = size + alignment - VMM_GRANULARITY;
+        let taken = memory.reserve_address(extent)?;
+        let start = taken.next_multiple_of(alignment);
+        // The space before the aligned start and after the end goes back now.
+        let mut space = memory.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        if start > taken {
+            space.give_back(taken, start - taken);
+        }
+        let tail = taken + extent + GUARD - (start + size + GUARD);
+        if tail > 0 {
+            space.give_back(start + size + GUARD, tail);
+        }
+        drop(space);
+        vmm.reservations.insert(start, (size, device));
+        *vmm.reserved.entry(device).or_insert(0) += size;
+        Ok(start)
+    }
+
+    /// Gives back a whole reservation with nothing mapped in it (`cuMemAddressFree`).
+    pub(crate) fn address_free(&self, start: u64, size: u64) -> Result<(), CuError> {
+        let mut vmm = self.vmm.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&(reserved, device)) = vmm.reservations.get(&start) else {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("{start:#x} is not a reservation of this session"),
+            ));
+        };
+        if reserved != size {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("the reservation at {start:#x} is {reserved} bytes, not {size}"),
+            ));
+        }
+        let blocks = self.blocks.read().unwrap_or_else(|e| e.into_inner());
+        if blocks.range(start..start + size).next().is_some() {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("the reservation at {start:#x} still has mappings"),
+            ));
+        }
+        drop(blocks);
+        vmm.reservations.remove(&start);
+        if let Some(held) = vmm.reserved.get_mut(&device) {
+            *held -= size;
+        }
+        self.devices[device as usize].release_address(start, size);
+        Ok(())
+    }
+
+    /// Allocates `size` bytes of physical memory on `device`, mapped nowhere
+    /// (`cuMemCreate`); charged to the device now, refunded when its handle is
+    /// released and its last mapping gone.
+    pub(crate) fn create(&self, device: u32, size: u64) -> Result<u64, CuError> {
+        let memory = self.device(device)?;
+        if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("a physical allocation of {size} bytes: a non-zero multiple of {VMM_GRANULARITY} is needed"),
+            ));
+        }
+        let too_large = || CuError::new(code::OUT_OF_MEMORY, "allocation too large");
+        let len = usize::try_from(size).map_err(|_| too_large())?;
+        let mut vmm = self.vmm.lock().unwrap_or_else(|e| e.into_inner());
+        if vmm.handles.len() >= MAX_VMM_OBJECTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("this session holds {MAX_VMM_OBJECTS} physical allocations, its most"),
+            ));
+        }
+        memory.charge(size)?;
+        let Some(mut block) = Block::new(len, device) else {
+            memory.refund(size);
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("host could not back {size} bytes"),
+            ));
+        };
+        block.charged = Some(memory.clone());
+        vmm.next_handle += 0x10;
+        let handle = vmm.next_handle;
+        vmm.handles.insert(handle, Arc::new(block));
+        Ok(handle)
+    }
+
+    /// Releases a physical allocation's handle (`cuMemRelease`): its memory
+    /// goes now if nothing maps it, else with its last mapping.
+    pub(crate) fn release(&self, handle: u64) -> Result<(), CuError> {
+        let mut vmm = self.vmm.lock().unwrap_or_else(|e| e.into_inner());
+        vmm.handles.remove(&handle).map(drop).ok_or_else(|| {
+            CuError::new(
+                code::INVALID_VALUE,
+                format!("{handle:#x} is not a physical allocation of this session"),
+            )
+        })
+    }
+
+    /// Maps `[offset, offset+size)` of physical allocation `handle` at `ptr`,
+    /// inside one reservation, over nothing mapped (`cuMemMap`); reachable
+    /// once its access is set.
+    pub(crate) fn map(&self, ptr: u64, size: u64, offset: u64, handle: u64) -> Result<(), CuError> {
+        let invalid = |why: String| CuError::new(code::INVALID_VALUE, why);
+        let mut vmm = self.vmm.lock().unwrap_or_else(|e| e.into_inner());
+        let storage = vmm.handles.get(&handle).cloned().ok_or_else(|| {
+            invalid(format!(
+                "{handle:#x} is not a physical allocation of this session"
+            ))
+        })?;
+        let aligned = |v: u64| v.is_multiple_of(VMM_GRANULARITY);
+        if size == 0 || !aligned(size) || !aligned(offset) || !aligned(ptr) {
+            return Err(invalid(format!(
+                "mapping {size} bytes at {ptr:#x} from offset {offset}: each a multiple of {VMM_GRANULARITY}"
+            )));
+        }
+        let in_storage = offset
+            .checked_add(size)
+            .is_some_and(|end| end <= storage.size as u64);
+        let end = ptr
+            .checked_add(size)
+            .ok_or_else(|| invalid("a mapping past the address space".into()))?;
+        let reserved = vmm
+            .reservations
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(&start, &(len, device))| end <= start + len && device == storage.device);
+        if !in_storage || !reserved {
+            return Err(invalid(format!(
+                "mapping [{ptr:#x}, +{size}) of offset {offset} of a {}-byte allocation: not inside it, or not inside one reservation on its device",
+                storage.size
+            )));
+        }
+        if vmm.mappings >= MAX_VMM_OBJECTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("this session holds {MAX_VMM_OBJECTS} mappings, its most"),
+            ));
+        }
+        let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
+        let overlaps = blocks
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&base, r)| base + r.len as u64 > ptr);
+        if overlaps {
+            return Err(invalid(format!("[{ptr:#x}, +{size}) is mapped already")));
+        }
+        blocks.insert(
+            ptr,
+            Region {
+                storage,
+                offset: offset as usize,
+                len: size as usize,
+                mapping: true,
+                accessible: false,
+            },
+        );
+        vmm.mappings += 1;
+        Ok(())
+    }
+
+    /// The mappings that exactly cover `[ptr, ptr+size)`, or why not.
+    fn covering(blocks: &BTreeMap<u64, Region>, ptr: u64, size: u64) -> Result<Vec<u64>, CuError> {
+        let invalid = || {
+            CuError::new(
+                code::INVALID_VALUE,
+                format!("[{ptr:#x}, +{size}) is not a run of whole mappings of this session"),
+            )
+        };
+        let end = ptr
+            .checked_add(size)
+            .filter(|_| size > 0)
+            .ok_or_else(invalid)?;
+        let mut at = ptr;
+        let mut found = Vec::new();
+        for (&base, region) in blocks.range(ptr..end) {
+            if base != at || !region.mapping {
+                return Err(invalid());
+            }
+            at = base + region.len as u64;
+            found.push(base);
+        }
+        if at != end {
+            return Err(invalid());
+        }
+        Ok(found)
+    }
+
+    /// Unmaps the whole mappings in `[ptr, ptr+size)` (`cuMemUnmap`).
+    pub(crate) fn unmap(&self, ptr: u64, size: u64) -> Result<(), CuError> {
+        let mut vmm = self.vmm.lock().unwrap_or_else(|e| e.into_inner());
+        let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
+        let found = Self::covering(&blocks, ptr, size)?;
+        for base in &found {
+            blocks.remove(base);
+        }
+        vmm.mappings -= found.len();
+        Ok(())
+    }
+
+    /// Sets whether the mappings in `[ptr, ptr+size)` may be touched
+    /// (`cuMemSetAccess`; read-only access is kept as read-write).
+    pub(crate) fn set_access(
+        &self,
+        ptr: u64,
+        size: u64,
+        device: u32,
+        flags: u32,
+    ) -> Result<(), CuError> {
+        self.device(device)?;
+        if flags > 3 || flags == 2 {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("access flags {flags}"),
+            ));
+        }
+        let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
+        for base in Self::covering(&blocks, ptr, size)? {
+            if let Some(region) = blocks.get_mut(&base) {
+                region.accessible = flags != 0;
+            }
         }
         Ok(())
     }
@@ -456,39 +787,79 @@ impl SessionMemory {
 impl Drop for SessionMemory {
     fn drop(&mut self) {
         let blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for (address, block) in blocks {
-            let (size, device) = (block.size as u64, block.device as usize);
-            drop(block);
+        for (address, region) in blocks {
+            if region.mapping {
+                // Its physical allocation refunds itself when its last use goes.
+                continue;
+            }
+            let (size, device) = (region.storage.size as u64, region.storage.device as usize);
+            drop(region);
             self.devices[device].release_address(address, size);
             self.devices[device].refund(size);
+        }
+        let vmm = std::mem::take(self.vmm.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for (start, (size, device)) in vmm.reservations {
+            self.devices[device as usize].release_address(start, size);
         }
     }
 }
 
 /// A locked view on one session's allocations.
 pub(crate) struct View<'a> {
-    blocks: &'a BTreeMap<u64, Block>,
+    blocks: &'a BTreeMap<u64, Region>,
 }
 
 impl View<'_> {
-    /// Host pointer for `[address, address+len)` if it lies inside one allocation.
+    /// Host pointer for `[address, address+len)` if it lies inside one allocation
+    /// (or one mapping whose access is set).
     pub(crate) fn translate(&self, address: u64, len: u64) -> Option<*mut u8> {
-        let (&base, block) = self.blocks.range(..=address).next_back()?;
+        let (&base, region) = self.blocks.range(..=address).next_back()?;
         let offset = address - base;
         let end = offset.checked_add(len)?;
-        (end <= block.len as u64).then(|| {
-            // SAFETY: offset is within the block.
-            unsafe { block.ptr.add(offset as usize) }
+        (region.accessible && end <= region.len as u64).then(|| {
+            // SAFETY: offset is within the region, and the region within its storage.
+            unsafe { region.storage.ptr.add(region.offset + offset as usize) }
         })
     }
 
-    fn checked(&self, address: u64, len: u64) -> Result<*mut u8, CuError> {
-        self.translate(address, len).ok_or_else(|| {
+    /// Host pieces of `[address, address+len)`: one inside an allocation, or
+    /// one per mapping of a range mapped without gaps (a copy may span
+    /// several mappings of one reservation, as on a device).
+    fn pieces(&self, address: u64, len: u64) -> Result<Vec<(*mut u8, usize)>, CuError> {
+        let outside = || {
             CuError::new(
                 code::INVALID_VALUE,
                 format!("[{address:#x}, +{len}) is not inside an allocation of this session"),
             )
-        })
+        };
+        if let Some(ptr) = self.translate(address, len) {
+            return Ok(vec![(ptr, len as usize)]);
+        }
+        let end = address.checked_add(len).ok_or_else(outside)?;
+        let (&first, _) = self
+            .blocks
+            .range(..=address)
+            .next_back()
+            .ok_or_else(outside)?;
+        let mut pieces = Vec::new();
+        let mut at = address;
+        for (&base, region) in self.blocks.range(first..) {
+            if at >= end {
+                break;
+            }
+            let region_end = base + region.len as u64;
+            if !region.mapping || !region.accessible || base > at || region_end <= at {
+                return Err(outside());
+            }
+            let take = region_end.min(end) - at;
+            let ptr = self.translate(at, take).ok_or_else(outside)?;
+            pieces.push((ptr, take as usize));
+            at += take;
+        }
+        if at < end {
+            return Err(outside());
+        }
+        Ok(pieces)
     }
 }
 
@@ -504,6 +875,89 @@ mod tests {
 
     fn one_device(capacity: u64) -> Vec<Arc<DeviceMemory>> {
         DeviceMemory::devices(1, capacity)
+    }
+
+    #[test]
+    fn virtual_memory_maps_physical_pieces_into_one_range_and_checks_everything() {
+        const G: u64 = VMM_GRANULARITY;
+        let devices = one_device(16 * G);
+        let session = SessionMemory::new(devices.clone());
+        let base = session.reserve(0, 8 * G, 0).unwrap();
+        assert_eq!(base % G, 0);
+        assert_eq!(devices[0].used(), 0, "a reservation costs no memory");
+        let a = session.create(0, G).unwrap();
+        let b = session.create(0, 2 * G).unwrap();
+        assert_eq!(devices[0].used(), 3 * G);
+        session.map(base, G, 0, a).unwrap();
+        session.map(base + G, 2 * G, 0, b).unwrap();
+        // Not reachable before its access is set.
+        assert!(session.write(base, &[1]).is_err());
+        session.set_access(base, 3 * G, 0, 3).unwrap();
+        // A write, a read, a fill and a copy across the seam of the two.
+        let seam = base + G - 8;
+        session.write(seam, &[7; 16]).unwrap();
+        assert_eq!(session.read(seam, 16).unwrap(), vec![7; 16]);
+        session.fill(seam, 0x0101_0101, 4, 4).unwrap();
+        assert_eq!(session.read(seam, 16).unwrap(), vec![1; 16]);
+        session.copy(base + 2 * G - 4, seam, 16).unwrap();
+        assert_eq!(session.read(base + 2 * G - 4, 16).unwrap(), vec![1; 16]);
+        // Past the mapped run, or over a mapping, is refused.
+        assert!(session.read(base + 3 * G - 8, 16).is_err());
+        assert!(session.map(base + G, G, 0, a).is_err(), "over a mapping");
+        assert!(
+            session.map(base + 8 * G, G, 0, a).is_err(),
+            "outside the reservation"
+        );
+        assert!(
+            session.map(base + 3 * G, G, G, a).is_err(),
+            "past the allocation"
+        );
+        assert!(
+            session.map(base + 3 * G + 4096, G, 0, a).is_err(),
+            "unaligned"
+        );
+        assert!(session.unmap(base, G + 4096).is_err(), "part of a mapping");
+        assert!(session.address_free(base, 8 * G).is_err(), "still mapped");
+        // Another session can neither map these handles nor reach these addresses.
+        let other = SessionMemory::new(devices.clone());
+        assert!(other.map(base + 3 * G, G, 0, a).is_err());
+        assert!(other.read(base, 4).is_err());
+        assert!(other.release(a).is_err());
+        // Released while mapped, b keeps its memory until unmapped.
+        session.release(b).unwrap();
+        assert_eq!(devices[0].used(), 3 * G);
+        assert_eq!(session.read(base + 2 * G - 4, 4).unwrap(), vec![1; 4]);
+        session.unmap(base + G, 2 * G).unwrap();
+        assert_eq!(devices[0].used(), G);
+        assert!(session.read(base + G, 4).is_err());
+        session.unmap(base, G).unwrap();
+        session.release(a).unwrap();
+        assert_eq!(devices[0].used(), 0);
+        session.address_free(base, 8 * G).unwrap();
+        // What one session may reserve is bounded, and the device's memory is.
+        assert_eq!(
+            session.reserve(0, 1 << 40, 0).unwrap_err().code,
+            code::OUT_OF_MEMORY
+        );
+        let held: Vec<u64> = (0..16).map(|_| session.create(0, G).unwrap()).collect();
+        assert_eq!(session.create(0, G).unwrap_err().code, code::OUT_OF_MEMORY);
+        assert_eq!(
+            session.create(0, G / 2).unwrap_err().code,
+            code::INVALID_VALUE
+        );
+        // A session that ends gives back what it held, mapped or not.
+        let r = session.reserve(0, 2 * G, 4 * G).unwrap();
+        assert_eq!(r % (4 * G), 0, "aligned as asked");
+        session.map(r, G, 0, held[0]).unwrap();
+        drop(session);
+        drop(other);
+        assert_eq!(devices[0].used(), 0);
+        let again = SessionMemory::new(devices.clone());
+        assert_eq!(
+            again.reserve(0, 8 * G, 0).unwrap(),
+            base,
+            "addresses given back"
+        );
     }
 
     #[test]

@@ -497,6 +497,52 @@ impl Api for MockSession {
         Ok((self.memory.available(device)?, self.memory.total(device)?))
     }
 
+    fn mem_address_reserve(
+        &mut self,
+        device: u32,
+        size: u64,
+        alignment: u64,
+    ) -> Result<u64, CuError> {
+        self.healthy()?;
+        self.memory.reserve(device, size, alignment)
+    }
+
+    fn mem_address_free(&mut self, ptr: u64, size: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        self.memory.address_free(ptr, size)
+    }
+
+    fn mem_create(&mut self, device: u32, size: u64) -> Result<u64, CuError> {
+        self.healthy()?;
+        self.memory.create(device, size)
+    }
+
+    fn mem_release(&mut self, handle: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        self.memory.release(handle)
+    }
+
+    fn mem_map(&mut self, ptr: u64, size: u64, offset: u64, handle: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        self.memory.map(ptr, size, offset, handle)
+    }
+
+    fn mem_unmap(&mut self, ptr: u64, size: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        self.memory.unmap(ptr, size)
+    }
+
+    fn mem_set_access(
+        &mut self,
+        ptr: u64,
+        size: u64,
+        device: u32,
+        flags: u32,
+    ) -> Result<(), CuError> {
+        self.healthy()?;
+        self.memory.set_access(ptr, size, device, flags)
+    }
+
     fn memcpy_htod(&mut self, dst: u64, data: ByteBuf, stream: u64) -> Result<(), CuError> {
         self.stream(stream)?;
         self.memory.write(dst, &data)

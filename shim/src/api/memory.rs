@@ -61,14 +61,21 @@ pub(crate) fn free(address: CUdeviceptr) -> Res {
 /// driver would before accepting the operation. Operations sent without waiting
 /// (copies from host memory, memsets, launches) must fail here, at the call, when
 /// their arguments are wrong.
+/// A span may also run across mappings (`cuMemMap`) that follow each other
+/// without a gap, as the mappings of one reservation do.
 pub(crate) fn device_span(address: u64, len: u64) -> Res {
-    let (base, size) = driver()?
-        .device_range(address)
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    match address.checked_add(len) {
-        Some(end) if end <= base + size => Ok(()),
-        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    let d = driver()?;
+    let (base, size) = d.device_range(address).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let end = address.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let mut covered = base + size;
+    while covered < end {
+        // The next range must start where this one ends.
+        match d.device_range(covered) {
+            Some((next, size)) if next == covered => covered += size,
+            _ => return Err(CUDA_ERROR_INVALID_VALUE),
+        }
     }
+    Ok(())
 }
 
 /// Checks that `height` rows of `width` elements of `elem` bytes, rows `pitch`

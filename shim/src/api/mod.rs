@@ -11,3 +11,4 @@ pub(crate) mod memory;
 pub(crate) mod module;
 pub(crate) mod pool;
 pub(crate) mod stream;
+pub(crate) mod vmm;

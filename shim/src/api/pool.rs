@@ -241,7 +241,7 @@ fn set_attribute(pool: CUmemoryPool, attribute: CUmemPool_attribute, value: *mut
 }
 
 /// The device a `CUmemLocation` names, if it is one of this server's devices.
-fn location_device(location: &CUmemLocation) -> Res<CUdevice> {
+pub(crate) fn location_device(location: &CUmemLocation) -> Res<CUdevice> {
     if location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
