@@ -11,7 +11,10 @@
 #   4. tenancy on the cuda backend: a server with two tenants (tests/tenancy's spin
 #      load beside two_devices), the devices each sees, and the metrics, with the
 #      ledger's drift from the driver's figures and the power NVML reports
-#      (xpupool_device_power_watts) (carry tests/tenancy/build too).
+#      (xpupool_device_power_watts) (carry tests/tenancy/build too);
+#   5. PyTorch under each allocator setting (default, backend:cudaMallocAsync,
+#      expandable_segments:True): training steps and a torch.cuda.graph capture and
+#      replay, natively and through xpupool, side by side.
 # Designed to finish in a few minutes; prints everything to stdout.
 #   XPUPOOL_BIN   xpupool binary (default target/release/xpupool)
 #   PYTHON        python with PyTorch (default python3)
@@ -61,6 +64,12 @@ for side, r in (("native", native), ("xpupool", remote)):
     if "error" in r:
         print(f"{side}: no result ({r['error']})")
 PY
+echo "== PyTorch allocator settings and torch.cuda.graph: native vs xpupool"
+for conf in "" "backend:cudaMallocAsync" "expandable_segments:True"; do
+    PYTORCH_CUDA_ALLOC_CONF=$conf timeout 180 "$python" "$root/tests/python/gpu_allocators.py" 2>"$out/alloc.native.err" | tail -1 | sed 's/^/native:  /' || tail -3 "$out/alloc.native.err"
+    PYTORCH_CUDA_ALLOC_CONF=$conf timeout 300 "$bin" run --backend "$backend" -- "$python" "$root/tests/python/gpu_allocators.py" 2>"$out/alloc.xpupool.err" | tail -1 | sed 's/^/xpupool: /' || tail -3 "$out/alloc.xpupool.err"
+    grep -iE "error|Traceback" "$out/alloc.xpupool.err" | head -3
+done
 echo "== a PyTorch step traced through the cuda backend, then replayed on the mock"
 trace="$out/torch-step-gpu.jsonl"
 XPUPOOL_TRACE="$trace" timeout 300 "$bin" run --backend "$backend" -- "$python" "$root/bench/traces/torch_step.py" \
