@@ -625,6 +625,13 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
         | Request::GraphDestroy { .. } => {
             bail!("the trace has CUDA graphs, which replay cannot remap yet")
         }
+        Request::IpcGetMemHandle { .. }
+        | Request::IpcOpenMemHandle { .. }
+        | Request::IpcCloseMemHandle { .. }
+        | Request::IpcGetEventHandle { .. }
+        | Request::IpcOpenEventHandle { .. } => {
+            bail!("the trace shares memory or events with other processes (IPC), which a replay of one process cannot")
+        }
         Request::MemcpyHtoD { dst, stream, .. } => Request::MemcpyHtoD {
             dst: map.address(*dst)?,
             data: zeros(),

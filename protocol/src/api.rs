@@ -517,4 +517,20 @@ declare_api! {
     /// Let `device` touch `[ptr, ptr+size)` (`flags`: 0 none, 1 read, 3 read and
     /// write; `cuMemSetAccess`).
     fn mem_set_access(ptr: u64, size: u64, device: u32, flags: u32) -> () = MemSetAccess;
+    /// A handle another process of the same tenant on this server can open the
+    /// allocation at `ptr` with (`cuIpcGetMemHandle`; [`IPC_HANDLE_BYTES`] bytes).
+    fn ipc_get_mem_handle(ptr: u64) -> ByteBuf = IpcGetMemHandle;
+    /// Open another process's allocation (`cuIpcOpenMemHandle`); returns its
+    /// address here and its size.
+    fn ipc_open_mem_handle(device: u32, handle: ByteBuf) -> (u64, u64) = IpcOpenMemHandle;
+    /// Close an allocation opened with [`Request::IpcOpenMemHandle`].
+    fn ipc_close_mem_handle(ptr: u64) -> () = IpcCloseMemHandle;
+    /// A handle another process of the same tenant can open an interprocess
+    /// event with (`cuIpcGetEventHandle`).
+    fn ipc_get_event_handle(event: u64) -> ByteBuf = IpcGetEventHandle;
+    /// Open another process's interprocess event (`cuIpcOpenEventHandle`).
+    fn ipc_open_event_handle(device: u32, handle: ByteBuf) -> u64 = IpcOpenEventHandle;
 }
+
+/// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
+pub const IPC_HANDLE_BYTES: usize = 64;

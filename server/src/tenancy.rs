@@ -222,6 +222,26 @@ pub struct Host {
     schedulers: Vec<Arc<DeviceScheduler>>,
     /// Seconds from a client's hello to its session being open, every tenant's.
     pub admission: prometheus_client::metrics::histogram::Histogram,
+    /// What sessions have exported by IPC, by handle: only sessions of the
+    /// same tenant may open them.
+    ipc: Mutex<IpcExports>,
+}
+
+/// The IPC exports of every session of one host.
+#[derive(Default)]
+struct IpcExports {
+    memory: HashMap<Vec<u8>, IpcShare>,
+    /// Event handle → tenant.
+    events: HashMap<Vec<u8>, String>,
+}
+
+/// An exported allocation as the ledger sees it: charged to its tenant until
+/// the exporter has freed it and every session that opened it has closed it.
+struct IpcShare {
+    tenant: String,
+    device: u32,
+    charge: u64,
+    holders: usize,
 }
 
 impl Host {
@@ -243,6 +263,7 @@ impl Host {
             admission: prometheus_client::metrics::histogram::Histogram::new([
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
+            ipc: Mutex::default(),
         })
     }
 
@@ -343,6 +364,9 @@ impl Host {
             allocations: HashMap::new(),
             physical: HashMap::new(),
             mapped: BTreeMap::new(),
+            exported: HashMap::new(),
+            opened: HashMap::new(),
+            exported_events: HashMap::new(),
             modules: HashMap::new(),
             functions: HashMap::new(),
             graphs: HashMap::new(),
@@ -414,6 +438,12 @@ pub struct TenantSession {
     physical: HashMap<u64, Physical>,
     /// Mapping start → (bytes, physical handle).
     mapped: BTreeMap<u64, (u64, u64)>,
+    /// Allocations this session exported by IPC: base → handle.
+    exported: HashMap<u64, Vec<u8>>,
+    /// Allocations it opened by IPC: address → handle.
+    opened: HashMap<u64, Vec<u8>>,
+    /// Events it exported: event → handle.
+    exported_events: HashMap<u64, Vec<u8>>,
     /// Module → (host device, bytes charged, its functions).
     modules: HashMap<u64, (u32, u64, Vec<u64>)>,
     /// Function → host device.
@@ -512,6 +542,112 @@ impl TenantSession {
             _ => self.refund(host, charge),
         }
         reply
+    }
+
+    /// Lets go of one hold on an exported allocation; the last refunds it.
+    fn release_share(&self, handle: &[u8]) {
+        let mut ipc = self.host.ipc.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(share) = ipc.memory.get_mut(handle) else {
+            return;
+        };
+        share.holders = share.holders.saturating_sub(1);
+        if share.holders == 0 {
+            let (device, charge) = (share.device, share.charge);
+            ipc.memory.remove(handle);
+            self.tenant.memory(device).refund(charge);
+        }
+    }
+
+    /// Whether `handle` was exported by a session of this tenant.
+    fn own_export(&self, handle: &[u8], event: bool) -> Result<(), CuError> {
+        let ipc = self.host.ipc.lock().unwrap_or_else(|e| e.into_inner());
+        let tenant = if event {
+            ipc.events.get(handle)
+        } else {
+            ipc.memory.get(handle).map(|s| &s.tenant)
+        };
+        match tenant {
+            Some(t) if *t == self.tenant.name => Ok(()),
+            _ => Err(CuError::new(
+                code::INVALID_HANDLE,
+                "not an IPC handle of a live export of this tenant on this server",
+            )),
+        }
+    }
+
+    fn ipc(&mut self, request: Request) -> Result<Reply, CuError> {
+        match request {
+            Request::IpcGetMemHandle { ptr } => {
+                let reply = self.inner.handle(Request::IpcGetMemHandle { ptr })?;
+                let Reply::IpcGetMemHandle(handle) = &reply else {
+                    return Ok(reply);
+                };
+                if !self.exported.contains_key(&ptr) {
+                    if let Some(&(device, charge)) = self.allocations.get(&ptr) {
+                        // The allocation's charge now belongs to the export.
+                        self.host
+                            .ipc
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .memory
+                            .insert(
+                                handle.to_vec(),
+                                IpcShare {
+                                    tenant: self.tenant.name.clone(),
+                                    device,
+                                    charge,
+                                    holders: 1,
+                                },
+                            );
+                        self.exported.insert(ptr, handle.to_vec());
+                    }
+                }
+                Ok(reply)
+            }
+            Request::IpcOpenMemHandle { device, handle } => {
+                self.own_export(&handle, false)?;
+                let device = self.host_device(device)?;
+                let key = handle.to_vec();
+                let reply = self
+                    .inner
+                    .handle(Request::IpcOpenMemHandle { device, handle })?;
+                if let Reply::IpcOpenMemHandle((ptr, _)) = &reply {
+                    let mut ipc = self.host.ipc.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(share) = ipc.memory.get_mut(&key) {
+                        share.holders += 1;
+                        self.opened.insert(*ptr, key);
+                    }
+                }
+                Ok(reply)
+            }
+            Request::IpcCloseMemHandle { ptr } => {
+                let reply = self.inner.handle(Request::IpcCloseMemHandle { ptr })?;
+                if let Some(handle) = self.opened.remove(&ptr) {
+                    self.release_share(&handle);
+                }
+                Ok(reply)
+            }
+            Request::IpcGetEventHandle { event } => {
+                let reply = self.inner.handle(Request::IpcGetEventHandle { event })?;
+                if let Reply::IpcGetEventHandle(handle) = &reply {
+                    self.host
+                        .ipc
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .events
+                        .insert(handle.to_vec(), self.tenant.name.clone());
+                    self.exported_events.insert(event, handle.to_vec());
+                }
+                Ok(reply)
+            }
+            Request::IpcOpenEventHandle { device, handle } => {
+                self.own_export(&handle, true)?;
+                let device = self.host_device(device)?;
+                self.inner
+                    .handle(Request::IpcOpenEventHandle { device, handle })
+            }
+            other => self.inner.handle(other),
+        }
     }
 
     /// Refunds a physical allocation that is released and mapped nowhere.
@@ -637,11 +773,36 @@ impl Session for TenantSession {
                 let reply = self.inner.handle(Request::MemFree { ptr });
                 if reply.is_ok() {
                     if let Some((device, bytes)) = self.allocations.remove(&ptr) {
-                        self.refund(device, bytes);
+                        match self.exported.remove(&ptr) {
+                            // Sessions that opened it may hold it still.
+                            Some(handle) => {
+                                self.held.bytes[device as usize]
+                                    .fetch_sub(bytes, Ordering::Relaxed);
+                                self.release_share(&handle);
+                            }
+                            None => self.refund(device, bytes),
+                        }
                     }
                 }
                 reply
             }
+            Request::EventDestroy { event } => {
+                let reply = self.inner.handle(Request::EventDestroy { event });
+                if let Some(handle) = self.exported_events.remove(&event) {
+                    self.host
+                        .ipc
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .events
+                        .remove(&handle);
+                }
+                reply
+            }
+            request @ (Request::IpcGetMemHandle { .. }
+            | Request::IpcOpenMemHandle { .. }
+            | Request::IpcCloseMemHandle { .. }
+            | Request::IpcGetEventHandle { .. }
+            | Request::IpcOpenEventHandle { .. }) => self.ipc(request),
             Request::MemGetInfo { device } => {
                 let host = self.host_device(device)?;
                 match self.inner.handle(Request::MemGetInfo { device: host })? {
@@ -822,6 +983,25 @@ impl Session for TenantSession {
 
 impl Drop for TenantSession {
     fn drop(&mut self) {
+        // Exports and opens let go of their holds; exported allocations are
+        // refunded by the last holder.
+        let exported: Vec<(u64, Vec<u8>)> = self.exported.drain().collect();
+        for (ptr, handle) in exported {
+            if let Some((device, bytes)) = self.allocations.remove(&ptr) {
+                self.held.bytes[device as usize].fetch_sub(bytes, Ordering::Relaxed);
+            }
+            self.release_share(&handle);
+        }
+        let opened: Vec<Vec<u8>> = self.opened.drain().map(|(_, h)| h).collect();
+        for handle in opened {
+            self.release_share(&handle);
+        }
+        {
+            let mut ipc = self.host.ipc.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, handle) in self.exported_events.drain() {
+                ipc.events.remove(&handle);
+            }
+        }
         let charged: Vec<(u32, u64)> = self
             .allocations
             .drain()

@@ -326,7 +326,7 @@ impl Function {
 
 /// Device attributes that say what xpupool offers, whatever the server's device
 /// says: a family this driver implements reads as supported, one it does not
-/// (managed memory, IPC and exportable handles,
+/// (managed memory, exportable handles,
 /// cooperative and cluster launches) as not, so a program that checks first waives itself
 /// instead of failing later.
 const FEATURES: &[(u32, i32)] = &[
@@ -346,7 +346,7 @@ const FEATURES: &[(u32, i32)] = &[
         0,
     ),
     (CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED, 0),
-    (CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED, 0),
+    (CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED, 1),
     (CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 0),
     (CU_DEVICE_ATTRIBUTE_COOPERATIVE_MULTI_DEVICE_LAUNCH, 0),
     (CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED, 0),

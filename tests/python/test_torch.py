@@ -6,7 +6,8 @@ SASS-only, which the mock cannot run, so these tests exercise everything but ker
 initialisation, device properties, the caching allocator, copies in every direction,
 streams, events, pinned memory, cuBLAS start-up, out-of-memory and the error for a
 kernel the server cannot run, the cudaMallocAsync allocator backend, expandable
-segments (virtual memory management), and CUDA graphs.
+segments (virtual memory management), CUDA graphs, and CUDA tensors shared between
+processes by torch.multiprocessing (IPC).
 """
 
 import os
@@ -222,4 +223,46 @@ def test_expandable_segments_allocate_copy_and_free():
     env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
     out = subprocess.run([sys.executable, "-c", EXPANDABLE], env=env,
                          capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+SHARING = r"""
+import torch
+import torch.multiprocessing as mp
+
+
+def child(q, done):
+    y = q.get()                                   # opened by cudaIpcOpenMemHandle
+    y.copy_(torch.full((1000,), 7, dtype=torch.int64).cuda())   # written in place
+    torch.cuda.synchronize()
+    done.put(int(y[3:5].cpu().sum()))
+    del y
+
+
+if __name__ == "__main__":
+    mp.set_start_method("spawn")
+    q, done = mp.Queue(), mp.Queue()
+    p = mp.Process(target=child, args=(q, done))
+    p.start()
+    x = torch.arange(1000).cuda()
+    q.put(x)
+    assert done.get(timeout=300) == 14
+    p.join(timeout=300)
+    assert p.exitcode == 0, p.exitcode
+    assert torch.equal(x.cpu(), torch.full((1000,), 7, dtype=torch.int64)), x.cpu()[:5]
+    torch.cuda.ipc_collect()
+    print("OK")
+"""
+
+
+def test_torch_multiprocessing_shares_a_cuda_tensor(tmp_path):
+    # A CUDA tensor put on a torch.multiprocessing queue travels as an IPC
+    # handle (memory and event); the child writes it in place, the parent sees it.
+    import subprocess
+    import sys
+
+    script = tmp_path / "sharing.py"
+    script.write_text(SHARING)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr

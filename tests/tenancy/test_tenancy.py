@@ -419,3 +419,43 @@ def test_eight_tenants_for_a_minute(servers):
         assert s.value(m, "xpupool_tenant_memory_used_bytes", tenant=t) == 0, t
     assert s.value(m, "xpupool_accounting_drift_bytes") == 0
     assert count >= runs + 2 and under_50ms == count
+
+
+def test_ipc_opens_for_the_same_tenant_only_and_is_charged_once(servers):
+    # tests/cuda/ipc: `export FILE` allocates and exports, waiting for FILE.done;
+    # `open FILE` opens it (exit 0) or prints why not (exit 3).
+    s = servers({
+        "a": {"memory_limit": '"256MiB"'},
+        "b": {"memory_limit": '"256MiB"'},
+    })
+    ipc = str(CUDA / "ipc")
+    handle = s.dir / "handle"
+    exporter = s.run("a", ipc, "export", str(handle))
+    deadline = time.time() + 60
+    while not handle.exists() and time.time() < deadline:
+        assert exporter.poll() is None, exporter.communicate()[0]
+        time.sleep(0.05)
+    held = s.value(s.scrape(), "xpupool_tenant_memory_used_bytes", tenant="a", device="0")
+    # Another tenant's process is refused the handle.
+    other = s.run("b", ipc, "open", str(handle))
+    out, _ = other.communicate(timeout=120)
+    assert other.returncode == 3 and "refused: cudaErrorInvalidResourceHandle" in out, out
+    # Another process of the same tenant opens it and reads what was written;
+    # the memory is charged once, not once per process.
+    out = s.check("a", ipc, "open", str(handle))
+    assert "opened" in out, out
+    m = s.scrape()
+    assert s.value(m, "xpupool_tenant_memory_used_bytes", tenant="a", device="0") == held
+    assert s.value(m, "xpupool_tenant_memory_used_bytes", tenant="b") == 0
+    (s.dir / "handle.done").write_text("")
+    out, _ = exporter.communicate(timeout=120)
+    assert exporter.returncode == 0 and "PASS" in out, out
+    # Freed by the exporter and closed by the opener: nothing held.
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        m = s.scrape()
+        if s.value(m, "xpupool_tenant_memory_used_bytes") == 0:
+            break
+        time.sleep(0.1)
+    assert s.value(m, "xpupool_tenant_memory_used_bytes") == 0
+    assert s.value(m, "xpupool_device_memory_used_bytes") == 0

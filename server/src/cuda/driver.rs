@@ -7,8 +7,8 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, OsStr};
 use anyhow::{bail, Context as _, Result};
 use xpupool_cuda_types::{
     CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
-    CUfunction_attribute, CUmemAccessDesc, CUmemAllocationProp, CUmemGenericAllocationHandle,
-    CUmodule, CUresult, CUstream, CUuuid, CUDA_SUCCESS,
+    CUfunction_attribute, CUipcEventHandle, CUipcMemHandle, CUmemAccessDesc, CUmemAllocationProp,
+    CUmemGenericAllocationHandle, CUmodule, CUresult, CUstream, CUuuid, CUDA_SUCCESS,
 };
 use xpupool_protocol::CuError;
 
@@ -94,6 +94,13 @@ entry_points! {
         cuMemMap: fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64);
         cuMemUnmap: fn(CUdeviceptr, usize);
         cuMemSetAccess: fn(CUdeviceptr, usize, *const CUmemAccessDesc, usize);
+        // Interprocess sharing (sessions are processes of their own).
+        cuIpcGetMemHandle: fn(*mut CUipcMemHandle, CUdeviceptr);
+        cuIpcOpenMemHandle_v2: fn(*mut CUdeviceptr, CUipcMemHandle, c_uint);
+        cuIpcCloseMemHandle: fn(CUdeviceptr);
+        cuIpcGetEventHandle: fn(*mut CUipcEventHandle, CUevent);
+        cuIpcOpenEventHandle: fn(*mut CUevent, CUipcEventHandle);
+        cuMemGetAddressRange_v2: fn(*mut CUdeviceptr, *mut usize, CUdeviceptr);
         // CUDA 12.4: function enumeration and parameter layouts.
         cuModuleGetFunctionCount: fn(*mut c_uint, CUmodule);
         cuModuleEnumerateFunctions: fn(*mut CUfunction, c_uint, CUmodule);

@@ -48,6 +48,8 @@ pub(crate) struct CudaSession {
     reservations: BTreeMap<u64, u64>,
     physical: HashMap<u64, u64>,
     mappings: BTreeMap<u64, u64>,
+    /// Other processes' allocations opened by IPC: address → size.
+    opened: BTreeMap<u64, u64>,
     modules: HashMap<u64, Module>,
     next_module: u64,
     functions: HashMap<u64, Function>,
@@ -80,6 +82,7 @@ impl CudaSession {
             reservations: BTreeMap::new(),
             physical: HashMap::new(),
             mappings: BTreeMap::new(),
+            opened: BTreeMap::new(),
             modules: HashMap::new(),
             next_module: 0,
             functions: HashMap::new(),
@@ -125,6 +128,7 @@ impl CudaSession {
                 .is_some_and(|(&base, &size)| end <= base.saturating_add(size))
         };
         if inside(&self.allocations)
+            || inside(&self.opened)
             || self.mapped_run(address, end)
             || self.modules.values().any(|m| inside(&m.globals))
         {
@@ -441,6 +445,117 @@ impl Api for CudaSession {
         // SAFETY: mappings of this session and one filled descriptor.
         let r = unsafe { set(ptr, size as usize, &desc, 1) };
         self.check(r, "cuMemSetAccess")
+    }
+
+    fn ipc_get_mem_handle(&mut self, ptr: u64) -> Result<ByteBuf, CuError> {
+        if !self.allocations.contains_key(&ptr) {
+            return Err(invalid_value(format!(
+                "{ptr:#x} is not the start of an allocation of this session"
+            )));
+        }
+        let get = self.vmm(self.shared.driver.cuIpcGetMemHandle, "cuIpcGetMemHandle")?;
+        self.shared.enter()?;
+        let mut handle = xpupool_cuda_types::CUipcMemHandle { reserved: [0; 64] };
+        // SAFETY: an out-pointer; an allocation of this session.
+        let r = unsafe { get(&mut handle, ptr) };
+        self.check(r, "cuIpcGetMemHandle")?;
+        Ok(ByteBuf::from(
+            handle
+                .reserved
+                .iter()
+                .map(|&b| b as u8)
+                .collect::<Vec<u8>>(),
+        ))
+    }
+
+    fn ipc_open_mem_handle(&mut self, device: u32, handle: ByteBuf) -> Result<(u64, u64), CuError> {
+        only_device_zero(device)?;
+        self.vmm_count()?;
+        let handle = ipc_bytes(&handle)?;
+        let open = self.vmm(
+            self.shared.driver.cuIpcOpenMemHandle_v2,
+            "cuIpcOpenMemHandle_v2",
+        )?;
+        let range = self.vmm(
+            self.shared.driver.cuMemGetAddressRange_v2,
+            "cuMemGetAddressRange_v2",
+        )?;
+        self.shared.enter()?;
+        let mut ptr = 0;
+        // SAFETY: an out-pointer and a handle of the right size.
+        let r = unsafe {
+            open(
+                &mut ptr,
+                xpupool_cuda_types::CUipcMemHandle { reserved: handle },
+                xpupool_cuda_types::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS,
+            )
+        };
+        self.check(r, "cuIpcOpenMemHandle_v2")?;
+        let (mut base, mut size) = (0, 0);
+        // SAFETY: out-pointers; an address the driver just gave.
+        let r = unsafe { range(&mut base, &mut size, ptr) };
+        self.check(r, "cuMemGetAddressRange_v2")?;
+        self.opened.insert(ptr, size as u64);
+        Ok((ptr, size as u64))
+    }
+
+    fn ipc_close_mem_handle(&mut self, ptr: u64) -> Result<(), CuError> {
+        if !self.opened.contains_key(&ptr) {
+            return Err(invalid_value(format!(
+                "{ptr:#x} is not an allocation this session opened"
+            )));
+        }
+        let close = self.vmm(
+            self.shared.driver.cuIpcCloseMemHandle,
+            "cuIpcCloseMemHandle",
+        )?;
+        self.shared.enter()?;
+        // SAFETY: an address this session opened, closed once.
+        let r = unsafe { close(ptr) };
+        self.check(r, "cuIpcCloseMemHandle")?;
+        self.opened.remove(&ptr);
+        Ok(())
+    }
+
+    fn ipc_get_event_handle(&mut self, event: u64) -> Result<ByteBuf, CuError> {
+        let event = self.event(event)?;
+        let get = self.vmm(
+            self.shared.driver.cuIpcGetEventHandle,
+            "cuIpcGetEventHandle",
+        )?;
+        self.shared.enter()?;
+        let mut handle = xpupool_cuda_types::CUipcEventHandle { reserved: [0; 64] };
+        // SAFETY: an out-pointer; an event of this session.
+        let r = unsafe { get(&mut handle, event) };
+        self.check(r, "cuIpcGetEventHandle")?;
+        Ok(ByteBuf::from(
+            handle
+                .reserved
+                .iter()
+                .map(|&b| b as u8)
+                .collect::<Vec<u8>>(),
+        ))
+    }
+
+    fn ipc_open_event_handle(&mut self, device: u32, handle: ByteBuf) -> Result<u64, CuError> {
+        only_device_zero(device)?;
+        let handle = ipc_bytes(&handle)?;
+        let open = self.vmm(
+            self.shared.driver.cuIpcOpenEventHandle,
+            "cuIpcOpenEventHandle",
+        )?;
+        self.shared.enter()?;
+        let mut event: CUevent = std::ptr::null_mut();
+        // SAFETY: an out-pointer and a handle of the right size.
+        let r = unsafe {
+            open(
+                &mut event,
+                xpupool_cuda_types::CUipcEventHandle { reserved: handle },
+            )
+        };
+        self.check(r, "cuIpcOpenEventHandle")?;
+        self.events.insert(event as u64);
+        Ok(event as u64)
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
@@ -905,6 +1020,14 @@ impl Api for CudaSession {
 }
 
 /// The cuda backend serves device 0 only, so far (see the module's notes).
+/// An IPC handle's bytes as the driver's structure holds them.
+fn ipc_bytes(handle: &[u8]) -> Result<[std::ffi::c_char; 64], CuError> {
+    let bytes: [u8; 64] = handle
+        .try_into()
+        .map_err(|_| invalid_value("an IPC handle of the wrong size"))?;
+    Ok(bytes.map(|b| b as std::ffi::c_char))
+}
+
 fn only_device_zero(device: u32) -> Result<(), CuError> {
     if device == 0 {
         Ok(())
@@ -946,6 +1069,12 @@ impl Drop for CudaSession {
         for (address, _) in std::mem::take(&mut self.allocations) {
             // SAFETY: an allocation of this session, freed once.
             failures.push(unsafe { (d.cuMemFree_v2)(address) });
+        }
+        for (address, _) in std::mem::take(&mut self.opened) {
+            if let Some(close) = d.cuIpcCloseMemHandle {
+                // SAFETY: an allocation this session opened, closed once.
+                failures.push(unsafe { close(address) });
+            }
         }
         // Virtual memory: mappings, then handles, then the reservations.
         for (address, size) in std::mem::take(&mut self.mappings) {

@@ -250,11 +250,23 @@ struct Region {
     offset: usize,
     /// Its bytes.
     len: usize,
-    /// Freed with `cuMemFree` (an allocation), or unmapped (a mapping).
-    mapping: bool,
+    /// What made it, and so what ends it.
+    kind: Kind,
     /// Whether kernels and copies may touch it (`cuMemSetAccess`; a mapping
     /// is reachable only once access is set, as on a device).
     accessible: bool,
+}
+
+/// How a session came to reach a [`Region`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `cuMemAlloc`: freed with `cuMemFree`.
+    Allocation,
+    /// `cuMemMap` inside a reservation: unmapped with `cuMemUnmap`.
+    Mapping,
+    /// Another session's allocation opened by IPC: closed with
+    /// `cuIpcCloseMemHandle`.
+    Opened,
 }
 
 /// One session's reservations and physical allocations.
@@ -342,7 +354,7 @@ impl SessionMemory {
                 return Err(e);
             }
         };
-        let Some(block) = Block::new(host_size, device) else {
+        let Some(mut block) = Block::new(host_size, device) else {
             memory.refund(size);
             memory.release_address(address, size);
             return Err(CuError::new(
@@ -350,6 +362,8 @@ impl SessionMemory {
                 format!("host could not back {bytes} bytes"),
             ));
         };
+        // Refunded when the last session reaching it (by IPC too) lets go.
+        block.charged = Some(memory.clone());
         self.blocks
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -359,7 +373,7 @@ impl SessionMemory {
                     storage: Arc::new(block),
                     offset: 0,
                     len,
-                    mapping: false,
+                    kind: Kind::Allocation,
                     accessible: true,
                 },
             );
@@ -373,7 +387,7 @@ impl SessionMemory {
         let region = {
             let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
             match blocks.get(&address) {
-                Some(r) if !r.mapping => blocks.remove(&address),
+                Some(r) if r.kind == Kind::Allocation => blocks.remove(&address),
                 _ => None,
             }
         }
@@ -385,9 +399,7 @@ impl SessionMemory {
         })?;
         let (size, device) = (region.storage.size as u64, region.storage.device as usize);
         drop(region);
-        let memory = &self.devices[device];
-        memory.release_address(address, size);
-        memory.refund(size);
+        self.devices[device].release_address(address, size);
         self.held[device].fetch_sub(size, Ordering::AcqRel);
         Ok(())
     }
@@ -520,6 +532,61 @@ impl SessionMemory {
         for r in 0..height {
             self.fill(address + r * pitch, value, elem_size, width)?;
         }
+        Ok(())
+    }
+
+    /// The storage of the allocation at `address` and its length, to export.
+    pub(crate) fn exportable(&self, address: u64) -> Result<(Arc<Block>, u64), CuError> {
+        let blocks = self.blocks.read().unwrap_or_else(|e| e.into_inner());
+        match blocks.get(&address) {
+            Some(r) if r.kind == Kind::Allocation => Ok((r.storage.clone(), r.len as u64)),
+            _ => Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("{address:#x} is not the start of an allocation of this session"),
+            )),
+        }
+    }
+
+    /// Makes another session's exported allocation reachable here, at
+    /// addresses of its own; the memory stays until every session lets go.
+    pub(crate) fn open_shared(&self, storage: Arc<Block>, len: u64) -> Result<u64, CuError> {
+        let memory = self.device(storage.device)?;
+        let size = storage.size as u64;
+        let address = memory.reserve_address(size)?;
+        self.blocks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                address,
+                Region {
+                    storage,
+                    offset: 0,
+                    len: len as usize,
+                    kind: Kind::Opened,
+                    accessible: true,
+                },
+            );
+        Ok(address)
+    }
+
+    /// Closes an allocation opened with [`Self::open_shared`].
+    pub(crate) fn close_shared(&self, address: u64) -> Result<(), CuError> {
+        let region = {
+            let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
+            match blocks.get(&address) {
+                Some(r) if r.kind == Kind::Opened => blocks.remove(&address),
+                _ => None,
+            }
+        }
+        .ok_or_else(|| {
+            CuError::new(
+                code::INVALID_VALUE,
+                format!("{address:#x} is not an allocation this session opened"),
+            )
+        })?;
+        let (size, device) = (region.storage.size as u64, region.storage.device);
+        drop(region);
+        self.devices[device as usize].release_address(address, size);
         Ok(())
     }
 
@@ -703,7 +770,7 @@ impl SessionMemory {
                 storage,
                 offset: offset as usize,
                 len: size as usize,
-                mapping: true,
+                kind: Kind::Mapping,
                 accessible: false,
             },
         );
@@ -726,7 +793,7 @@ impl SessionMemory {
         let mut at = ptr;
         let mut found = Vec::new();
         for (&base, region) in blocks.range(ptr..end) {
-            if base != at || !region.mapping {
+            if base != at || region.kind != Kind::Mapping {
                 return Err(invalid());
             }
             at = base + region.len as u64;
@@ -787,15 +854,15 @@ impl SessionMemory {
 impl Drop for SessionMemory {
     fn drop(&mut self) {
         let blocks = std::mem::take(self.blocks.get_mut().unwrap_or_else(|e| e.into_inner()));
+        // Storage refunds itself when its last use (here or in another session
+        // that opened it) goes; the addresses are this session's to give back.
         for (address, region) in blocks {
-            if region.mapping {
-                // Its physical allocation refunds itself when its last use goes.
-                continue;
-            }
             let (size, device) = (region.storage.size as u64, region.storage.device as usize);
+            let kind = region.kind;
             drop(region);
-            self.devices[device].release_address(address, size);
-            self.devices[device].refund(size);
+            if kind != Kind::Mapping {
+                self.devices[device].release_address(address, size);
+            }
         }
         let vmm = std::mem::take(self.vmm.get_mut().unwrap_or_else(|e| e.into_inner()));
         for (start, (size, device)) in vmm.reservations {
@@ -848,7 +915,7 @@ impl View<'_> {
                 break;
             }
             let region_end = base + region.len as u64;
-            if !region.mapping || !region.accessible || base > at || region_end <= at {
+            if region.kind != Kind::Mapping || !region.accessible || base > at || region_end <= at {
                 return Err(outside());
             }
             let take = region_end.min(end) - at;

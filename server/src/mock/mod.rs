@@ -32,11 +32,57 @@ use memory::{DeviceMemory, SessionMemory};
 /// `CU_EVENT_DISABLE_TIMING`
 const EVENT_DISABLE_TIMING: u32 = 0x2;
 
+/// `CU_EVENT_INTERPROCESS`
+const EVENT_INTERPROCESS: u32 = 0x4;
+
 /// The mock devices, shared by every session of one server.
 pub struct MockBackend {
     memory: Vec<Arc<DeviceMemory>>,
     workers: usize,
     skip_kernels: bool,
+    ipc: Arc<std::sync::Mutex<Ipc>>,
+}
+
+/// What sessions of this server have exported by IPC, by the handle's token.
+/// Entries hold no memory or event alive: each goes with what it names. (Which
+/// tenant may open what is the tenancy layer's to check.)
+#[derive(Default)]
+struct Ipc {
+    /// token → (storage, length, the exporting session).
+    memory: HashMap<[u8; 32], (std::sync::Weak<memory::Block>, u64, u64)>,
+    /// token → (the event's life, its device, the exporting session).
+    events: HashMap<[u8; 32], (std::sync::Weak<()>, u32, u64)>,
+}
+
+/// Exports at most, live ones; past it the dead are forgotten first.
+const MAX_IPC_EXPORTS: usize = 65_536;
+
+impl Ipc {
+    fn prune(&mut self) {
+        if self.memory.len() + self.events.len() >= MAX_IPC_EXPORTS {
+            self.memory
+                .retain(|_, (storage, _, _)| storage.strong_count() > 0);
+            self.events
+                .retain(|_, (life, _, _)| life.strong_count() > 0);
+        }
+    }
+}
+
+/// An IPC handle's bytes: a random token, then zeros to the handle's size.
+fn ipc_handle(token: [u8; 32]) -> ByteBuf {
+    let mut bytes = token.to_vec();
+    bytes.resize(xpupool_protocol::api::IPC_HANDLE_BYTES, 0);
+    ByteBuf::from(bytes)
+}
+
+fn ipc_token(handle: &[u8]) -> Result<[u8; 32], CuError> {
+    if handle.len() != xpupool_protocol::api::IPC_HANDLE_BYTES {
+        return Err(CuError::new(
+            code::INVALID_VALUE,
+            "an IPC handle of the wrong size",
+        ));
+    }
+    Ok(handle[..32].try_into().expect("32 bytes"))
 }
 
 /// The most mock devices one server has.
@@ -56,6 +102,7 @@ impl MockBackend {
             memory: DeviceMemory::devices(count.clamp(1, MAX_MOCK_DEVICES), capacity),
             workers,
             skip_kernels: false,
+            ipc: Arc::default(),
         }
     }
 
@@ -113,6 +160,9 @@ impl Backend for MockBackend {
             None => self.workers,
         };
         Ok(Box::new(MockSession {
+            id: rand::random(),
+            ipc: self.ipc.clone(),
+            exported: HashMap::new(),
             memory: SessionMemory::new(self.memory.clone()),
             devices: self.memory.len() as u32,
             workers,
@@ -209,10 +259,17 @@ const ATTRIBUTE_CLUSTER_SCHEDULING_POLICY: u32 = 15;
 struct Event {
     flags: u32,
     recorded: Option<Instant>,
+    /// Once exported by IPC: its token and what the registry's entry watches.
+    exported: Option<([u8; 32], Arc<()>)>,
 }
 
 /// One client's view of the mock device.
 struct MockSession {
+    /// Names this session in the IPC registry.
+    id: u64,
+    ipc: Arc<std::sync::Mutex<Ipc>>,
+    /// Allocations exported: base → token (the same handle each time).
+    exported: HashMap<u64, [u8; 32]>,
     memory: SessionMemory,
     /// How many devices there are.
     devices: u32,
@@ -914,6 +971,7 @@ impl Api for MockSession {
             Event {
                 flags,
                 recorded: None,
+                exported: None,
             },
         );
         Ok(handle)
@@ -970,6 +1028,137 @@ impl Api for MockSession {
 
     fn synchronize(&mut self) -> Result<(), CuError> {
         self.healthy()
+    }
+
+    fn ipc_get_mem_handle(&mut self, ptr: u64) -> Result<ByteBuf, CuError> {
+        self.healthy()?;
+        let (storage, len) = self.memory.exportable(ptr)?;
+        let mut ipc = self.ipc.lock().unwrap_or_else(|e| e.into_inner());
+        // The same allocation, still exported: the same handle.
+        if let Some(token) = self.exported.get(&ptr) {
+            if ipc
+                .memory
+                .get(token)
+                .is_some_and(|(s, _, _)| s.upgrade().is_some_and(|s| Arc::ptr_eq(&s, &storage)))
+            {
+                return Ok(ipc_handle(*token));
+            }
+        }
+        ipc.prune();
+        if ipc.memory.len() + ipc.events.len() >= MAX_IPC_EXPORTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                "the server holds too many IPC exports",
+            ));
+        }
+        let token: [u8; 32] = rand::random();
+        ipc.memory
+            .insert(token, (Arc::downgrade(&storage), len, self.id));
+        self.exported.retain(|_, t| ipc.memory.contains_key(t));
+        self.exported.insert(ptr, token);
+        Ok(ipc_handle(token))
+    }
+
+    fn ipc_open_mem_handle(
+        &mut self,
+        _device: u32,
+        handle: ByteBuf,
+    ) -> Result<(u64, u64), CuError> {
+        self.healthy()?;
+        let token = ipc_token(&handle)?;
+        let found = {
+            let ipc = self.ipc.lock().unwrap_or_else(|e| e.into_inner());
+            ipc.memory
+                .get(&token)
+                .map(|(s, len, by)| (s.upgrade(), *len, *by))
+        };
+        match found {
+            Some((_, _, by)) if by == self.id => Err(CuError::new(
+                code::INVALID_CONTEXT,
+                "an IPC handle opened by the process that made it",
+            )),
+            Some((Some(storage), len, _)) => {
+                let address = self.memory.open_shared(storage, len)?;
+                Ok((address, len))
+            }
+            _ => Err(CuError::new(
+                code::INVALID_HANDLE,
+                "no live allocation has this IPC handle",
+            )),
+        }
+    }
+
+    fn ipc_close_mem_handle(&mut self, ptr: u64) -> Result<(), CuError> {
+        self.memory.close_shared(ptr)
+    }
+
+    fn ipc_get_event_handle(&mut self, event: u64) -> Result<ByteBuf, CuError> {
+        self.healthy()?;
+        let ipc = self.ipc.clone();
+        let id = self.id;
+        let e = self.event(event)?;
+        if e.flags & (EVENT_INTERPROCESS | EVENT_DISABLE_TIMING)
+            != EVENT_INTERPROCESS | EVENT_DISABLE_TIMING
+        {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                "an IPC event handle needs an event created with CU_EVENT_INTERPROCESS and CU_EVENT_DISABLE_TIMING",
+            ));
+        }
+        if let Some((token, _)) = &e.exported {
+            return Ok(ipc_handle(*token));
+        }
+        let mut ipc = ipc.lock().unwrap_or_else(|e| e.into_inner());
+        ipc.prune();
+        if ipc.memory.len() + ipc.events.len() >= MAX_IPC_EXPORTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                "the server holds too many IPC exports",
+            ));
+        }
+        let token: [u8; 32] = rand::random();
+        let life = Arc::new(());
+        // The device is the session's first: events are not tied to one here.
+        ipc.events.insert(token, (Arc::downgrade(&life), 0, id));
+        e.exported = Some((token, life));
+        Ok(ipc_handle(token))
+    }
+
+    fn ipc_open_event_handle(&mut self, _device: u32, handle: ByteBuf) -> Result<u64, CuError> {
+        self.healthy()?;
+        let token = ipc_token(&handle)?;
+        let found = {
+            let ipc = self.ipc.lock().unwrap_or_else(|e| e.into_inner());
+            ipc.events
+                .get(&token)
+                .map(|(life, _, by)| (life.strong_count() > 0, *by))
+        };
+        match found {
+            Some((_, by)) if by == self.id => Err(CuError::new(
+                code::INVALID_CONTEXT,
+                "an IPC handle opened by the process that made it",
+            )),
+            // The exporter's work up to each record has run by the time its
+            // handle was made (a session's requests run in order, each to its
+            // end), so waiting on it here never has to wait: an event of its own
+            // stands for it.
+            Some((true, _)) => {
+                let handle = self.handle(0x4556);
+                self.events.insert(
+                    handle,
+                    Event {
+                        flags: EVENT_INTERPROCESS | EVENT_DISABLE_TIMING,
+                        recorded: None,
+                        exported: None,
+                    },
+                );
+                Ok(handle)
+            }
+            _ => Err(CuError::new(
+                code::INVALID_HANDLE,
+                "no live event has this IPC handle",
+            )),
+        }
     }
 
     xpupool_protocol::server_only_operations!();

@@ -5,6 +5,7 @@
 pub(crate) mod context;
 pub(crate) mod device;
 pub(crate) mod graph;
+pub(crate) mod ipc;
 pub(crate) mod launch;
 pub(crate) mod link;
 pub(crate) mod memory;
