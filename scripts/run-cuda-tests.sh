@@ -56,6 +56,14 @@ if [ -x "$build/vmm" ]; then
     fi
 fi
 
+# Graph memory on a small device: an allocation larger than the device refused.
+if [ -x "$build/graph_memory" ]; then
+    check graph_memory-under-limit "$bin" run --memory-limit 64MiB -- "$build/graph_memory"
+    if ! grep -q "refused a graph allocation" "$logs/graph_memory-under-limit.log"; then
+        failed=$((failed + 1)); failures+=("graph_memory-under-limit (no refusal)"); echo "FAIL  graph_memory-under-limit did not check the refusal"
+    fi
+fi
+
 # Module images are cached by content hash: a second run of a program uploads none.
 uploads() { XDG_CACHE_HOME="$logs/cache" XPUPOOL_LOG=debug "$bin" run -- "$build/vector_add" 2>&1 | grep -c "uploading a module image"; }
 first=$(uploads); second=$(uploads)

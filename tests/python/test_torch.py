@@ -266,3 +266,40 @@ def test_torch_multiprocessing_shares_a_cuda_tensor(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+GRAPH_MEMORY = r"""
+import torch
+assert torch.cuda.memory.get_allocator_backend() == "cudaMallocAsync"
+n = 1 << 16
+src = torch.arange(n, dtype=torch.float32).cuda()
+dst = torch.zeros_like(src)
+g = torch.cuda.CUDAGraph()
+with torch.cuda.graph(g):
+    tmp = torch.empty_like(src)      # allocated in the capture: graph memory
+    tmp.copy_(src)
+    dst.copy_(tmp)
+    del tmp
+g.replay()
+torch.cuda.synchronize()
+assert torch.equal(dst.cpu(), torch.arange(n, dtype=torch.float32))
+src.copy_(torch.ones(n).cuda())
+g.replay()
+torch.cuda.synchronize()
+assert torch.equal(dst.cpu(), torch.ones(n))
+del g
+torch.cuda.synchronize()
+print("OK")
+"""
+
+
+def test_a_cuda_graph_allocating_inside_its_capture_replays():
+    # With the cudaMallocAsync backend, a tensor made inside torch.cuda.graph is
+    # graph memory (allocation and free nodes), kept by the graph for every replay.
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="backend:cudaMallocAsync")
+    out = subprocess.run([sys.executable, "-c", GRAPH_MEMORY], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr

@@ -11,17 +11,24 @@
 //! scheduler as any other work. Host functions and copies between host memory and
 //! the device run here, in stream order, between the server's parts of the graph
 //! (host memory is read and written when the graph runs): a launch is then one
-//! request per run of server nodes. Allocation nodes end a capture with
-//! `CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`, as does synchronising a capturing
-//! stream. Graphs are also built node by node (kernel, memset, copy, host, empty,
-//! child graph, event record and wait nodes, with dependencies); at instantiation
-//! their nodes are put in an order the dependencies allow. Not yet: memory nodes,
-//! updating an instantiated graph, and running a graph's independent branches
-//! concurrently.
+//! request per run of server nodes. Synchronising a capturing stream ends its
+//! capture. Graphs are also built node by node (kernel, memset, copy, host, empty,
+//! child graph, event record and wait, memory allocation and free nodes, with
+//! dependencies); at instantiation their nodes are put in an order the
+//! dependencies allow.
+//!
+//! Graph memory (`cuMemAllocAsync` captured, `cuGraphAddMemAllocNode`): allocated
+//! on the server when the node is made, charged to the tenant's ledger from then
+//! on, at an address that stays the same at every launch, and kept until the
+//! last graph and instantiation holding the node are destroyed; a free of it (a
+//! free node, or `cuMemFreeAsync` after a launch) keeps it for the next launch.
+//! So it costs its bytes for the graph's lifetime, as CUDA's graph memory pool
+//! does at its most. Not yet: updating an instantiated graph, and running a
+//! graph's independent branches concurrently.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use xpupool_cuda_types::*;
 use xpupool_protocol::api::{GraphNode, LaunchDims, MAX_GRAPH_NODES};
@@ -52,6 +59,99 @@ enum Op {
     Empty,
     /// A copy of the child graph, taken when the node was added.
     Child(Graph),
+    /// Graph memory, allocated when the node was made.
+    MemAlloc(Arc<GraphMemory>),
+    /// A free of graph memory: nothing to do when the graph runs (the memory
+    /// stays for the next launch).
+    MemFree(u64),
+}
+
+/// An allocation that belongs to graphs: freed on the server when the last
+/// graph or instantiation holding it goes.
+pub(crate) struct GraphMemory {
+    address: u64,
+    bytes: u64,
+    device: CUdevice,
+}
+
+/// Graph memory alive now, by address, and the figures
+/// `cuDeviceGetGraphMemAttribute` reports, by device: (bytes now, most).
+#[derive(Default)]
+struct Ledger {
+    live: HashMap<u64, std::sync::Weak<GraphMemory>>,
+    used: HashMap<CUdevice, (u64, u64)>,
+}
+
+fn graph_memory() -> &'static Mutex<Ledger> {
+    static LEDGER: OnceLock<Mutex<Ledger>> = OnceLock::new();
+    LEDGER.get_or_init(Mutex::default)
+}
+
+impl GraphMemory {
+    /// Allocates `bytes` on `device` for graphs.
+    fn new(device: CUdevice, bytes: u64) -> Res<Arc<Self>> {
+        let d = driver()?;
+        let address = d.conn.mem_alloc(device as u32, bytes).map_err(fail)?;
+        // Copies and launches into it are checked as into any allocation.
+        lock(&d.device_ranges).insert(address, (bytes, false));
+        let memory = Arc::new(Self {
+            address,
+            bytes,
+            device,
+        });
+        let mut ledger = lock(graph_memory());
+        ledger.live.insert(address, Arc::downgrade(&memory));
+        let used = ledger.used.entry(device).or_insert((0, 0));
+        used.0 += bytes;
+        used.1 = used.1.max(used.0);
+        Ok(memory)
+    }
+}
+
+impl Drop for GraphMemory {
+    fn drop(&mut self) {
+        {
+            let mut ledger = lock(graph_memory());
+            ledger.live.remove(&self.address);
+            if let Some(used) = ledger.used.get_mut(&self.device) {
+                used.0 = used.0.saturating_sub(self.bytes);
+            }
+        }
+        if crate::boundary::shutting_down() {
+            return;
+        }
+        if let Ok(d) = driver() {
+            lock(&d.device_ranges).remove(&self.address);
+            // Posted behind the work already sent, which may still use it.
+            if let Err(e) = d.conn.post(Request::MemFree { ptr: self.address }) {
+                tracing::debug!("freeing graph memory: {}", e.message);
+            }
+        }
+    }
+}
+
+/// Whether `address` is graph memory (a free of it keeps it for the graph).
+pub(crate) fn is_graph_memory(address: u64) -> bool {
+    lock(graph_memory())
+        .live
+        .get(&address)
+        .is_some_and(|m| m.strong_count() > 0)
+}
+
+/// The graph memory figures of `device`: (bytes now, most since reset).
+pub(crate) fn graph_memory_used(device: CUdevice) -> (u64, u64) {
+    lock(graph_memory())
+        .used
+        .get(&device)
+        .copied()
+        .unwrap_or((0, 0))
+}
+
+/// Resets the most to the bytes now.
+pub(crate) fn reset_graph_memory_high(device: CUdevice) {
+    if let Some(used) = lock(graph_memory()).used.get_mut(&device) {
+        used.1 = used.0;
+    }
 }
 
 /// What a graph runs in the client, in stream order: a host function, or a copy
@@ -81,11 +181,14 @@ impl HostOp {
     }
 }
 
-/// One step of a graph as it runs: a node the server runs, or a host step.
+/// One step of a graph as it runs: a node the server runs, or a host step; or
+/// graph memory it holds (and, in a capture, a free of it).
 #[derive(Clone)]
 enum Step {
     Node(GraphNode),
     Host(HostOp),
+    Mem(Arc<GraphMemory>),
+    Free(u64),
 }
 
 /// An instantiated graph: runs of server nodes (one kept graph each) between
@@ -115,8 +218,9 @@ impl Graph {
             match &self.nodes[i].op {
                 Op::Work(node) => out.push(Step::Node(node.clone())),
                 Op::Host(op) => out.push(Step::Host(*op)),
-                Op::Empty => {}
+                Op::Empty | Op::MemFree(_) => {}
                 Op::Child(child) => child.ordered(out)?,
+                Op::MemAlloc(m) => out.push(Step::Mem(m.clone())),
             }
             if out.len() > MAX_GRAPH_NODES {
                 // More than the server keeps: refused before anything is sent.
@@ -176,8 +280,8 @@ struct Graphs {
     graphs: HashMap<u64, Graph>,
     /// Node handles: (graph, index in it).
     nodes: HashMap<u64, (u64, usize)>,
-    /// Instantiated graphs: their segments.
-    execs: HashMap<u64, Vec<Segment>>,
+    /// Instantiated graphs: their segments, and the graph memory they hold.
+    execs: HashMap<u64, (Vec<Segment>, Vec<Arc<GraphMemory>>)>,
     next: u64,
 }
 
@@ -372,6 +476,8 @@ fn end(stream: u64, graph: *mut CUgraph) -> Res {
         let op = match step {
             Step::Node(node) => Op::Work(node),
             Step::Host(op) => Op::Host(op),
+            Step::Mem(m) => Op::MemAlloc(m),
+            Step::Free(address) => Op::MemFree(address),
         };
         t.add(handle, op, deps)?;
     }
@@ -571,6 +677,7 @@ fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
     let d = driver()?;
     // Runs of server nodes become kept graphs; host steps stay here.
     let mut segments = Vec::new();
+    let mut memory = Vec::new();
     let mut run = Vec::new();
     let keep = |run: &mut Vec<GraphNode>, segments: &mut Vec<Segment>| -> Res {
         if !run.is_empty() {
@@ -586,12 +693,14 @@ fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
                 keep(&mut run, &mut segments)?;
                 segments.push(Segment::Host(op));
             }
+            Step::Mem(m) => memory.push(m),
+            Step::Free(_) => {}
         }
     }
     keep(&mut run, &mut segments)?;
     let mut t = lock(table());
     let handle = t.handle();
-    t.execs.insert(handle, segments);
+    t.execs.insert(handle, (segments, memory));
     put(exec, handle as CUgraphExec)
 }
 
@@ -660,6 +769,7 @@ fn launch(exec: CUgraphExec, stream: u64) -> Res {
         .execs
         .get(&(exec as u64))
         .ok_or(CUDA_ERROR_INVALID_VALUE)?
+        .0
         .iter()
         .map(|s| match s {
             Segment::Server(id) => (Some(*id), None),
@@ -677,6 +787,42 @@ fn launch(exec: CUgraphExec, stream: u64) -> Res {
         }
     }
     Ok(())
+}
+
+/// Where `stream` is capturing, allocates graph memory for the capture and
+/// records the node: `Ok(Some(address))`; `Ok(None)` if it is not capturing.
+pub(crate) fn capture_alloc(stream: u64, device: CUdevice, bytes: u64) -> Res<Option<u64>> {
+    if status(stream).0 == CU_STREAM_CAPTURE_STATUS_NONE {
+        return Ok(None);
+    }
+    let memory = GraphMemory::new(device, bytes)?;
+    let address = memory.address;
+    let mut t = lock(table());
+    match t.capture_of(stream) {
+        Some(capture) => {
+            capture.nodes.push(Step::Mem(memory));
+            Ok(Some(address))
+        }
+        // The capture ended meanwhile on another thread: the memory goes.
+        None => Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED),
+    }
+}
+
+/// Where `stream` is capturing, records a free of graph memory: `Ok(true)`;
+/// `Ok(false)` if the stream is not capturing. A free of other memory in a
+/// capture is refused (and ends the capture).
+pub(crate) fn capture_free(stream: u64, address: u64) -> Res<bool> {
+    if status(stream).0 == CU_STREAM_CAPTURE_STATUS_NONE {
+        return Ok(false);
+    }
+    if !is_graph_memory(address) {
+        return not_in_capture(stream).map(|()| false);
+    }
+    let mut t = lock(table());
+    if let Some(capture) = t.capture_of(stream) {
+        capture.nodes.push(Step::Free(address));
+    }
+    Ok(true)
 }
 
 /// Records a host step where `stream` is capturing: `Ok(true)` if it was
@@ -729,7 +875,8 @@ export! {
     }
 
     fn cuGraphExecDestroy(exec: CUgraphExec) {
-        let segments = lock(table()).execs.remove(&(exec as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        // Its graph memory goes (outside the table's lock) if no graph holds it.
+        let (segments, _memory) = lock(table()).execs.remove(&(exec as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let d = driver()?;
         for segment in segments {
             if let Segment::Server(graph) = segment {
@@ -750,9 +897,15 @@ export! {
     }
 
     fn cuGraphDestroy(graph: CUgraph) {
-        let mut t = lock(table());
-        t.graphs.remove(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        t.nodes.retain(|_, (g, _)| *g != graph as u64);
+        let gone = {
+            let mut t = lock(table());
+            let gone = t.graphs.remove(&(graph as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            t.nodes.retain(|_, (g, _)| *g != graph as u64);
+            gone
+        };
+        // Its graph memory goes here, outside the table's lock, if nothing else
+        // holds it.
+        drop(gone);
         Ok(())
     }
 
@@ -799,7 +952,56 @@ export! {
             Op::Host(_) => CU_GRAPH_NODE_TYPE_MEMCPY,
             Op::Empty => CU_GRAPH_NODE_TYPE_EMPTY,
             Op::Child(_) => CU_GRAPH_NODE_TYPE_GRAPH,
+            Op::MemAlloc(_) => CU_GRAPH_NODE_TYPE_MEM_ALLOC,
+            Op::MemFree(_) => CU_GRAPH_NODE_TYPE_MEM_FREE,
         })
+    }
+
+    fn cuGraphAddMemAllocNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *mut CUDA_MEM_ALLOC_NODE_PARAMS) {
+        if p.is_null() || out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: checked non-null; the caller passes the parameters, and takes
+        // the address back in them.
+        let params = unsafe { &mut *p };
+        if params.bytesize == 0 || params.poolProps.allocType != CU_MEM_ALLOCATION_TYPE_PINNED {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let device = super::pool::location_device(&params.poolProps.location)?;
+        // The graph and dependencies are checked before memory is taken.
+        lock(table()).deps(graph as u64, deps, count)?;
+        let memory = GraphMemory::new(device, params.bytesize as u64)?;
+        params.dptr = memory.address;
+        add_node(out, graph, deps, count, Op::MemAlloc(memory))
+    }
+
+    fn cuGraphAddMemFreeNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, dptr: CUdeviceptr) {
+        if !is_graph_memory(dptr) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        add_node(out, graph, deps, count, Op::MemFree(dptr))
+    }
+
+    fn cuGraphMemAllocNodeGetParams(node: CUgraphNode, p: *mut CUDA_MEM_ALLOC_NODE_PARAMS) {
+        let t = lock(table());
+        let &(graph, index) = t.nodes.get(&(node as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let Op::MemAlloc(m) = &t.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.nodes[index].op else {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        };
+        let mut params = CUDA_MEM_ALLOC_NODE_PARAMS { bytesize: m.bytes as usize, dptr: m.address, ..Default::default() };
+        params.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+        params.poolProps.location.type_ = CU_MEM_LOCATION_TYPE_DEVICE;
+        params.poolProps.location.__bindgen_anon_1.id = m.device;
+        put(p, params)
+    }
+
+    fn cuGraphMemFreeNodeGetParams(node: CUgraphNode, dptr: *mut CUdeviceptr) {
+        let t = lock(table());
+        let &(graph, index) = t.nodes.get(&(node as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        match &t.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.nodes[index].op {
+            Op::MemFree(address) => put(dptr, *address),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
     }
 
     fn cuGraphAddKernelNode_v2(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_KERNEL_NODE_PARAMS) {

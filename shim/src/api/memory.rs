@@ -44,6 +44,10 @@ pub(crate) fn free(address: CUdeviceptr) -> Res {
     if address == 0 {
         return Ok(());
     }
+    // Graph memory stays for the graphs' next launch.
+    if super::graph::is_graph_memory(address) {
+        return Ok(());
+    }
     let d = driver()?;
     // Checked here, so that the free need not wait for the server.
     {

@@ -9,7 +9,7 @@
 //! release threshold and trimming have nothing to release, and `cuMemGetInfo` is
 //! exact at every moment. What this costs: one round trip per allocation, none per
 //! free. IPC export of pools is not offered (`MEMPOOL_SUPPORTED_HANDLE_TYPES` is 0).
-//! Graph memory's figures are here too: there are no graphs yet, so they are 0.
+//! Graph memory's figures are here too (the graph module keeps them).
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
@@ -126,8 +126,6 @@ fn alloc_async(
     }
     let d = driver()?;
     let stream_device = d.stream_device(stream)?;
-    // Allocation nodes are not kept in graphs yet.
-    super::graph::not_in_capture(stream)?;
     let (pool, device) = {
         let mut table = lock(pools());
         match pool {
@@ -135,6 +133,10 @@ fn alloc_async(
             None => (table.current_of(stream_device), stream_device),
         }
     };
+    // In a capture: graph memory, an allocation node.
+    if let Some(address) = super::graph::capture_alloc(stream, device, bytes as u64)? {
+        return put(out, address);
+    }
     let address = d
         .conn
         .mem_alloc(device as u32, bytes as u64)
@@ -172,7 +174,10 @@ pub(crate) fn forget(address: u64) {
 fn free_async(address: CUdeviceptr, stream: u64) -> Res {
     let d = driver()?;
     d.stream_device(stream)?;
-    super::graph::not_in_capture(stream)?;
+    // In a capture: a free node (of graph memory; any other ends the capture).
+    if super::graph::capture_free(stream, address)? {
+        return Ok(());
+    }
     // Posted behind the stream's work (and everything else already sent), which
     // the server finishes first.
     super::memory::free(address)
@@ -360,12 +365,16 @@ export! {
         put(flags, access)
     }
 
-    /// No graph exists through xpupool yet, so no memory is graph memory.
     fn cuDeviceGetGraphMemAttribute(device: CUdevice, attribute: CUgraphMem_attribute, value: *mut c_void) {
         valid_device(device)?;
         match attribute {
             CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT | CU_GRAPH_MEM_ATTR_USED_MEM_HIGH
-            | CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT | CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH => put(value.cast::<u64>(), 0),
+            | CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT | CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH => {
+                // Graph memory is allocated as it is and kept whole: reserved is used.
+                let (now, most) = super::graph::graph_memory_used(device);
+                let current = matches!(attribute, CU_GRAPH_MEM_ATTR_USED_MEM_CURRENT | CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT);
+                put(value.cast::<u64>(), if current { now } else { most })
+            }
             _ => Err(CUDA_ERROR_INVALID_VALUE),
         }
     }
@@ -378,7 +387,10 @@ export! {
         // Only the high-water marks may be set, and only to zero.
         // SAFETY: checked non-null; the value of these attributes is a cuuint64_t.
         match attribute {
-            CU_GRAPH_MEM_ATTR_USED_MEM_HIGH | CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH if unsafe { *value.cast::<u64>() } == 0 => Ok(()),
+            CU_GRAPH_MEM_ATTR_USED_MEM_HIGH | CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH if unsafe { *value.cast::<u64>() } == 0 => {
+                super::graph::reset_graph_memory_high(device);
+                Ok(())
+            }
             _ => Err(CUDA_ERROR_INVALID_VALUE),
         }
     }
