@@ -706,6 +706,17 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
             stream: map.stream(*stream)?,
             params: zeros(),
         },
+        Request::LaunchCooperative {
+            function,
+            dims,
+            stream,
+            ..
+        } => Request::LaunchCooperative {
+            function: map.function(*function)?,
+            dims: *dims,
+            stream: map.stream(*stream)?,
+            params: zeros(),
+        },
         Request::StreamDestroy { stream } => Request::StreamDestroy {
             stream: map.stream(*stream)?,
         },

@@ -224,6 +224,35 @@ pub fn redact(request: &Request) -> (Request, u64) {
             },
             params.len() as u64,
         ),
+        Request::LaunchCooperative {
+            function,
+            dims,
+            stream,
+            params,
+        } => (
+            Request::LaunchCooperative {
+                function: *function,
+                dims: *dims,
+                stream: *stream,
+                params: ByteBuf::new(),
+            },
+            params.len() as u64,
+        ),
+        // IPC handles open memory: a trace keeps their length only.
+        Request::IpcOpenMemHandle { device, handle } => (
+            Request::IpcOpenMemHandle {
+                device: *device,
+                handle: ByteBuf::new(),
+            },
+            handle.len() as u64,
+        ),
+        Request::IpcOpenEventHandle { device, handle } => (
+            Request::IpcOpenEventHandle {
+                device: *device,
+                handle: ByteBuf::new(),
+            },
+            handle.len() as u64,
+        ),
         Request::ModuleLoad { device, image } => (
             Request::ModuleLoad {
                 device: *device,
@@ -239,6 +268,8 @@ pub fn redact(request: &Request) -> (Request, u64) {
 fn redact_reply(reply: &Reply) -> Reply {
     match reply {
         Reply::MemcpyDtoH(_) => Reply::MemcpyDtoH(ByteBuf::new()),
+        Reply::IpcGetMemHandle(_) => Reply::IpcGetMemHandle(ByteBuf::new()),
+        Reply::IpcGetEventHandle(_) => Reply::IpcGetEventHandle(ByteBuf::new()),
         other => other.clone(),
     }
 }

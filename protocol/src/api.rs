@@ -530,6 +530,10 @@ declare_api! {
     fn ipc_get_event_handle(event: u64) -> ByteBuf = IpcGetEventHandle;
     /// Open another process's interprocess event (`cuIpcOpenEventHandle`).
     fn ipc_open_event_handle(device: u32, handle: ByteBuf) -> u64 = IpcOpenEventHandle;
+    /// Launch a kernel whose blocks all run at once and may synchronise across
+    /// the grid (`cuLaunchCooperativeKernel`); refused when the grid is larger
+    /// than the device can hold at once.
+    fn launch_cooperative(function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> () = LaunchCooperative [POSTED];
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).

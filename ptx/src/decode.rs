@@ -445,6 +445,9 @@ pub(crate) fn special(name: &str) -> Option<Sreg> {
         "%gridid" => Sreg::GridId,
         "%dynamic_smem_size" => Sreg::DynSmem,
         "%total_smem_size" => Sreg::TotalSmem,
-        _ => return None,
+        _ => {
+            let n: u8 = name.strip_prefix("%envreg")?.parse().ok()?;
+            return (n < 32).then_some(Sreg::EnvReg(n));
+        }
     })
 }

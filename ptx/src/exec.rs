@@ -26,6 +26,8 @@ pub(crate) struct Env<'a> {
     pub(crate) shared_size: usize,
     pub(crate) start: Instant,
     pub(crate) workers: usize,
+    /// A cooperative launch's grid-sync workspace (0: none).
+    pub(crate) grid_workspace: u64,
 }
 
 impl Env<'_> {
@@ -72,6 +74,9 @@ impl Env<'_> {
             Sreg::NSmId => self.workers as u64,
             Sreg::DynSmem => self.dyn_smem as u64,
             Sreg::TotalSmem => self.shared_size as u64,
+            Sreg::EnvReg(1) => self.grid_workspace >> 32,
+            Sreg::EnvReg(2) => self.grid_workspace & 0xFFFF_FFFF,
+            Sreg::EnvReg(_) => 0,
         }
     }
 }
@@ -191,7 +196,12 @@ pub(crate) fn run(
         prog.static_shared
     };
     let nblocks = l.grid.iter().map(|&g| g as u64).product::<u64>();
-    let workers = (l.workers.max(1) as u64).min(nblocks) as usize;
+    // A cooperative grid runs all its blocks at once (the caller bounds it).
+    let workers = if l.grid_workspace != 0 {
+        nblocks as usize
+    } else {
+        (l.workers.max(1) as u64).min(nblocks) as usize
+    };
     let env = Env {
         prog,
         mem,
@@ -203,6 +213,7 @@ pub(crate) fn run(
         shared_size,
         start: Instant::now(),
         workers,
+        grid_workspace: l.grid_workspace,
     };
     let next = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
@@ -428,6 +439,11 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                     budget -= 1;
                     if budget == 0 {
                         th.pc = tgt;
+                        // In a cooperative grid, a block spinning at the grid's
+                        // barrier gives its core to the blocks it waits for.
+                        if cx.env.grid_workspace != 0 {
+                            std::thread::yield_now();
+                        }
                         return Ok(());
                     }
                 }

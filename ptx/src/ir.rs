@@ -105,6 +105,9 @@ pub(crate) enum Sreg {
     GridId,
     DynSmem,
     TotalSmem,
+    /// `%envreg<n>`: what the driver passes a kernel; here the grid-sync
+    /// workspace of a cooperative launch (1: its high half, 2: its low half).
+    EnvReg(u8),
 }
 
 /// Address operand: `base + off`.

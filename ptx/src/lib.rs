@@ -219,6 +219,12 @@ pub struct Launch<'a> {
     /// Called by a worker before each block it runs: where a scheduler may pause
     /// the kernel for another (it returns when the kernel may go on).
     pub between_blocks: Option<&'a (dyn Fn() + Sync)>,
+    /// For a cooperative launch, the device address of its grid-sync workspace
+    /// (8 zeroed bytes, read through `%envreg1`/`%envreg2`): every block then runs
+    /// at once, each on a thread of its own, so blocks waiting for each other at
+    /// a grid-wide barrier all get there. 0 for an ordinary launch (a grid sync
+    /// in it traps, as on a device).
+    pub grid_workspace: u64,
 }
 
 /// Parses PTX text. Kernels using unsupported features are still listed (with

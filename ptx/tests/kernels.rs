@@ -801,6 +801,7 @@ fn invalid_launches() {
         symbols: &symbols,
         workers: 1,
         between_blocks: None,
+        grid_workspace: 0,
     };
     let e = xpupool_ptx::launch(m, "vadd_i32", &l, &mem).unwrap_err();
     assert!(matches!(e, ExecError::InvalidLaunch(_)), "{e}");

@@ -939,7 +939,8 @@ impl Session for TenantSession {
                     flags,
                 })
             }
-            request @ Request::LaunchKernel { function, .. } => self.launch(request, function),
+            request @ (Request::LaunchKernel { function, .. }
+            | Request::LaunchCooperative { function, .. }) => self.launch(request, function),
             Request::GraphCreate { nodes } => self.graph_create(nodes).map(Reply::GraphCreate),
             Request::GraphLaunch { graph, stream } => {
                 let nodes = self.graphs.get(&graph).cloned().ok_or_else(|| {

@@ -459,3 +459,35 @@ fn a_client_that_stops_reading_stalls_only_itself() {
         .unwrap();
     assert_eq!(other.memcpy_dtoh(a, 16, 0).unwrap().as_slice(), &[5u8; 16]);
 }
+
+/// A cooperative grid runs every block at once, on a thread each: one larger than
+/// the device holds at once is refused before any thread starts, whatever the
+/// client's shim would have said.
+#[test]
+fn a_cooperative_grid_larger_than_the_device_is_refused_before_it_runs() {
+    let server = server(64 << 20, Options::default());
+    let c = common::connect(&server);
+    let module = c
+        .module_load(0, common::ptx_image(common::SCALE_PTX))
+        .unwrap();
+    let out = c.mem_alloc(0, 4 << 20).unwrap();
+    let function = module.functions[0].handle;
+    let dims = |blocks: u32| xpupool_protocol::api::LaunchDims {
+        grid: [blocks, 1, 1],
+        block: [128, 1, 1],
+        shared_bytes: 0,
+    };
+    let refused = c
+        .launch_cooperative(function, dims(1 << 20), 0, common::params(out, 1 << 20, 3))
+        .unwrap_err();
+    assert_eq!(
+        refused.code,
+        code::COOPERATIVE_LAUNCH_TOO_LARGE,
+        "{refused:?}"
+    );
+    // One that fits runs, every block at once.
+    c.launch_cooperative(function, dims(16), 0, common::params(out, 16 * 128, 3))
+        .unwrap();
+    let bytes = c.memcpy_dtoh(out + 4 * 2047, 4, 0).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()), 2047 * 3);
+}

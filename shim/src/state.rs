@@ -327,7 +327,7 @@ impl Function {
 /// Device attributes that say what xpupool offers, whatever the server's device
 /// says: a family this driver implements reads as supported, one it does not
 /// (managed memory, exportable handles,
-/// cooperative and cluster launches) as not, so a program that checks first waives itself
+/// multi-device cooperative and cluster launches) as not, so a program that checks first waives itself
 /// instead of failing later.
 const FEATURES: &[(u32, i32)] = &[
     (CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, 1),
@@ -347,7 +347,7 @@ const FEATURES: &[(u32, i32)] = &[
     ),
     (CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED, 0),
     (CU_DEVICE_ATTRIBUTE_IPC_EVENT_SUPPORTED, 1),
-    (CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 0),
+    (CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 1),
     (CU_DEVICE_ATTRIBUTE_COOPERATIVE_MULTI_DEVICE_LAUNCH, 0),
     (CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED, 0),
     // Launches with clusters of more than one block are refused.

@@ -190,6 +190,7 @@ pub fn run_with(
         symbols: &symbols,
         workers: c.workers,
         between_blocks: None,
+        grid_workspace: 0,
     };
     launch(m, name, &l, mem)
 }

@@ -7,8 +7,9 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, OsStr};
 use anyhow::{bail, Context as _, Result};
 use xpupool_cuda_types::{
     CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
-    CUfunction_attribute, CUipcEventHandle, CUipcMemHandle, CUmemAccessDesc, CUmemAllocationProp,
-    CUmemGenericAllocationHandle, CUmodule, CUresult, CUstream, CUuuid, CUDA_SUCCESS,
+    CUfunction_attribute, CUipcEventHandle, CUipcMemHandle, CUlaunchConfig, CUmemAccessDesc,
+    CUmemAllocationProp, CUmemGenericAllocationHandle, CUmodule, CUresult, CUstream, CUuuid,
+    CUDA_SUCCESS,
 };
 use xpupool_protocol::CuError;
 
@@ -94,6 +95,8 @@ entry_points! {
         cuMemMap: fn(CUdeviceptr, usize, usize, CUmemGenericAllocationHandle, u64);
         cuMemUnmap: fn(CUdeviceptr, usize);
         cuMemSetAccess: fn(CUdeviceptr, usize, *const CUmemAccessDesc, usize);
+        // CUDA 12.0: launches with attributes (cooperative ones).
+        cuLaunchKernelEx: fn(*const CUlaunchConfig, CUfunction, *mut *mut c_void, *mut *mut c_void);
         // Interprocess sharing (sessions are processes of their own).
         cuIpcGetMemHandle: fn(*mut CUipcMemHandle, CUdeviceptr);
         cuIpcOpenMemHandle_v2: fn(*mut CUdeviceptr, CUipcMemHandle, c_uint);

@@ -176,6 +176,94 @@ impl CudaSession {
         Ok(())
     }
 
+    /// A launch with its packed parameters; a cooperative one through
+    /// `cuLaunchKernelEx` (which takes a parameter buffer, as
+    /// `cuLaunchCooperativeKernel` does not).
+    fn launch(
+        &mut self,
+        function: u64,
+        dims: LaunchDims,
+        stream: u64,
+        params: ByteBuf,
+        cooperative: bool,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        let f = self
+            .functions
+            .get(&function)
+            .ok_or_else(|| invalid_handle("function", function))?;
+        if params.len() < f.param_bytes as usize {
+            return Err(invalid_value(format!(
+                "{} parameter bytes for a kernel that takes {}",
+                params.len(),
+                f.param_bytes
+            )));
+        }
+        let launch_ex = match cooperative {
+            true => Some(self.vmm(self.shared.driver.cuLaunchKernelEx, "cuLaunchKernelEx")?),
+            false => None,
+        };
+        self.shared.enter()?;
+        let mut buffer = params.into_vec();
+        let mut size = buffer.len();
+        let mut extra = [
+            CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT as usize as *mut c_void,
+            buffer.as_mut_ptr().cast(),
+            CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT as usize as *mut c_void,
+            (&mut size as *mut usize).cast(),
+            CU_LAUNCH_PARAM_END_AS_INT as usize as *mut c_void,
+        ];
+        let extra = if buffer.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            extra.as_mut_ptr()
+        };
+        let [gx, gy, gz] = dims.grid;
+        let [bx, by, bz] = dims.block;
+        if let Some(launch_ex) = launch_ex {
+            let mut attribute = xpupool_cuda_types::CUlaunchAttribute {
+                id: xpupool_cuda_types::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+                ..Default::default()
+            };
+            attribute.value.cooperative = 1;
+            let config = xpupool_cuda_types::CUlaunchConfig {
+                gridDimX: gx,
+                gridDimY: gy,
+                gridDimZ: gz,
+                blockDimX: bx,
+                blockDimY: by,
+                blockDimZ: bz,
+                sharedMemBytes: dims.shared_bytes,
+                hStream: s,
+                attrs: &mut attribute,
+                numAttrs: 1,
+            };
+            // SAFETY: as for cuLaunchKernel below, with one attribute.
+            let r =
+                unsafe { launch_ex(&config, function as CUfunction, std::ptr::null_mut(), extra) };
+            return self.check(r, "cuLaunchKernelEx");
+        }
+        // SAFETY: a function of this session and a packed parameter buffer at least
+        // as long as its parameters; the driver copies the parameters at launch. What
+        // the kernel does with pointer arguments cannot be checked (see mod.rs).
+        let r = unsafe {
+            (self.shared.driver.cuLaunchKernel)(
+                function as CUfunction,
+                gx,
+                gy,
+                gz,
+                bx,
+                by,
+                bz,
+                dims.shared_bytes,
+                s,
+                std::ptr::null_mut(),
+                extra,
+            )
+        };
+        self.check(r, "cuLaunchKernel")
+    }
+
     fn synchronize_stream(&self, stream: CUstream) -> Result<(), CuError> {
         // SAFETY: a stream checked against this session's table.
         let r = unsafe { (self.shared.driver.cuStreamSynchronize)(stream) };
@@ -845,54 +933,17 @@ impl Api for CudaSession {
         stream: u64,
         params: ByteBuf,
     ) -> Result<(), CuError> {
-        let s = self.stream(stream)?;
-        let f = self
-            .functions
-            .get(&function)
-            .ok_or_else(|| invalid_handle("function", function))?;
-        if params.len() < f.param_bytes as usize {
-            return Err(invalid_value(format!(
-                "{} parameter bytes for a kernel that takes {}",
-                params.len(),
-                f.param_bytes
-            )));
-        }
-        self.shared.enter()?;
-        let mut buffer = params.into_vec();
-        let mut size = buffer.len();
-        let mut extra = [
-            CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT as usize as *mut c_void,
-            buffer.as_mut_ptr().cast(),
-            CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT as usize as *mut c_void,
-            (&mut size as *mut usize).cast(),
-            CU_LAUNCH_PARAM_END_AS_INT as usize as *mut c_void,
-        ];
-        let extra = if buffer.is_empty() {
-            std::ptr::null_mut()
-        } else {
-            extra.as_mut_ptr()
-        };
-        let [gx, gy, gz] = dims.grid;
-        let [bx, by, bz] = dims.block;
-        // SAFETY: a function of this session and a packed parameter buffer at least
-        // as long as its parameters; the driver copies the parameters at launch. What
-        // the kernel does with pointer arguments cannot be checked (see mod.rs).
-        let r = unsafe {
-            (self.shared.driver.cuLaunchKernel)(
-                function as CUfunction,
-                gx,
-                gy,
-                gz,
-                bx,
-                by,
-                bz,
-                dims.shared_bytes,
-                s,
-                std::ptr::null_mut(),
-                extra,
-            )
-        };
-        self.check(r, "cuLaunchKernel")
+        self.launch(function, dims, stream, params, false)
+    }
+
+    fn launch_cooperative(
+        &mut self,
+        function: u64,
+        dims: LaunchDims,
+        stream: u64,
+        params: ByteBuf,
+    ) -> Result<(), CuError> {
+        self.launch(function, dims, stream, params, true)
     }
 
     fn stream_create(&mut self, device: u32, flags: u32, priority: i32) -> Result<u64, CuError> {

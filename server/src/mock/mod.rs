@@ -303,6 +303,125 @@ impl MockSession {
         (tag << 48) | self.next_handle
     }
 
+    /// Runs a kernel to its end; a cooperative one with every block at once and
+    /// a grid-sync workspace, within what the device holds at once.
+    fn run_kernel(
+        &mut self,
+        function: u64,
+        dims: LaunchDims,
+        stream: u64,
+        params: ByteBuf,
+        cooperative: bool,
+    ) -> Result<(), CuError> {
+        self.stream(stream)?;
+
+        let f = self
+            .functions
+            .get(&function)
+            .ok_or_else(|| invalid_handle("function", function))?;
+        // A kernel runs on the device its module was loaded on; a stream of another
+        // device is the wrong context's, as on a real driver.
+        if let Some(&(device, _)) = self.streams.get(&stream) {
+            let module_device = self.modules[&f.module].device;
+            if device != module_device {
+                return Err(CuError::new(
+                    code::INVALID_HANDLE,
+                    format!("{} is loaded on device {module_device}; stream {stream:#x} is device {device}'s", f.name),
+                ));
+            }
+        }
+        if self.skip_kernels {
+            // The same limit as a launch that runs, with the kernel's static shared
+            // memory when the module's PTX says what it is.
+            let static_shared = self.modules[&f.module]
+                .ptx
+                .as_ref()
+                .and_then(|m| m.kernel(&f.name))
+                .map_or(0, |k| k.static_shared_bytes as u32);
+            check_dynamic_shared(f, static_shared, &dims)?;
+            if self.skipped == 0 {
+                tracing::warn!(
+                    "skipping kernel launches (--kernels skip), starting with {}",
+                    f.name
+                );
+            }
+            self.skipped += 1;
+            return Ok(());
+        }
+        let module = &self.modules[&f.module];
+        let ptx = module
+            .ptx
+            .clone()
+            .ok_or_else(|| CuError::new(code::NO_BINARY_FOR_GPU, "module has no PTX"))?;
+        let kernel = ptx.kernel(&f.name).ok_or_else(|| {
+            CuError::new(
+                code::NOT_FOUND,
+                format!("kernel {} vanished from its module", f.name),
+            )
+        })?;
+        if let Some(reason) = &kernel.unsupported {
+            return Err(CuError::new(
+                code::NO_BINARY_FOR_GPU,
+                format!("{}: {reason}", f.name),
+            ));
+        }
+        check_dynamic_shared(f, kernel.static_shared_bytes as u32, &dims)?;
+        let name = f.name.clone();
+        let globals = &module.globals;
+        let symbols = |symbol: &str| globals.get(symbol).map(|&(address, _)| address);
+        // Between blocks the kernel gives way to a higher-priority tenant's, when the
+        // device's scheduler runs it (scheduler.rs).
+        let running = crate::scheduler::current();
+        let checkpoint = || {
+            if let Some(r) = &running {
+                r.checkpoint();
+            }
+        };
+        let device = module.device;
+        let workspace = if cooperative {
+            let blocks: u64 = dims.grid.iter().map(|&g| u64::from(g)).product();
+            let threads: u64 = dims.block.iter().map(|&b| u64::from(b)).product();
+            let most = cooperative_blocks(threads);
+            if blocks > most {
+                return Err(CuError::new(
+                    code::COOPERATIVE_LAUNCH_TOO_LARGE,
+                    format!("{name}: a cooperative grid of {blocks} blocks of {threads} threads; the device holds {most} at once"),
+                ));
+            }
+            Some(self.memory.alloc(device, 8)?)
+        } else {
+            None
+        };
+        let launch = Launch {
+            grid: dims.grid,
+            block: dims.block,
+            dynamic_shared_bytes: dims.shared_bytes,
+            params: &params,
+            symbols: &symbols,
+            workers: self.workers,
+            between_blocks: Some(&checkpoint),
+            grid_workspace: workspace.unwrap_or(0),
+        };
+        let started = Instant::now();
+        let heap = &self.heap;
+        let result = self.memory.with_view(|view| {
+            let memory = WithHeap { view, heap, device };
+            xpupool_ptx::launch(&ptx, &name, &launch, &memory)
+        });
+        if let Some(workspace) = workspace {
+            let _ = self.memory.free(workspace);
+        }
+        tracing::debug!(kernel = %name, grid = ?dims.grid, block = ?dims.block, elapsed = ?started.elapsed(), "kernel ran");
+        result.map_err(|e| {
+            let error = exec_error(&name, e);
+            tracing::warn!(error = %error, "kernel failed");
+            if is_sticky(error.code) {
+                self.sticky = Some(error.clone());
+            }
+            error
+        })
+    }
+
     fn healthy(&self) -> Result<(), CuError> {
         self.sticky.clone().map_or(Ok(()), Err)
     }
@@ -503,6 +622,14 @@ fn exec_error(kernel: &str, e: ExecError) -> CuError {
         ExecError::Unsupported(_) | ExecError::Deadlock(_) => code::LAUNCH_FAILED,
     };
     CuError::new(code, format!("{kernel}: {e}"))
+}
+
+/// Blocks of `threads` threads a cooperative grid may have: what the mock
+/// device holds at once by its attributes (16 multiprocessors, 2048 threads and
+/// 32 blocks each), as the occupancy calculator says; each runs on a thread of
+/// its own.
+fn cooperative_blocks(threads: u64) -> u64 {
+    16 * (2048 / threads.max(1)).min(32)
 }
 
 /// Whether a failure poisons the context, as a device fault does.
@@ -813,94 +940,17 @@ impl Api for MockSession {
         stream: u64,
         params: ByteBuf,
     ) -> Result<(), CuError> {
-        self.stream(stream)?;
-        let f = self
-            .functions
-            .get(&function)
-            .ok_or_else(|| invalid_handle("function", function))?;
-        // A kernel runs on the device its module was loaded on; a stream of another
-        // device is the wrong context's, as on a real driver.
-        if let Some(&(device, _)) = self.streams.get(&stream) {
-            let module_device = self.modules[&f.module].device;
-            if device != module_device {
-                return Err(CuError::new(
-                    code::INVALID_HANDLE,
-                    format!("{} is loaded on device {module_device}; stream {stream:#x} is device {device}'s", f.name),
-                ));
-            }
-        }
-        if self.skip_kernels {
-            // The same limit as a launch that runs, with the kernel's static shared
-            // memory when the module's PTX says what it is.
-            let static_shared = self.modules[&f.module]
-                .ptx
-                .as_ref()
-                .and_then(|m| m.kernel(&f.name))
-                .map_or(0, |k| k.static_shared_bytes as u32);
-            check_dynamic_shared(f, static_shared, &dims)?;
-            if self.skipped == 0 {
-                tracing::warn!(
-                    "skipping kernel launches (--kernels skip), starting with {}",
-                    f.name
-                );
-            }
-            self.skipped += 1;
-            return Ok(());
-        }
-        let module = &self.modules[&f.module];
-        let ptx = module
-            .ptx
-            .clone()
-            .ok_or_else(|| CuError::new(code::NO_BINARY_FOR_GPU, "module has no PTX"))?;
-        let kernel = ptx.kernel(&f.name).ok_or_else(|| {
-            CuError::new(
-                code::NOT_FOUND,
-                format!("kernel {} vanished from its module", f.name),
-            )
-        })?;
-        if let Some(reason) = &kernel.unsupported {
-            return Err(CuError::new(
-                code::NO_BINARY_FOR_GPU,
-                format!("{}: {reason}", f.name),
-            ));
-        }
-        check_dynamic_shared(f, kernel.static_shared_bytes as u32, &dims)?;
-        let name = f.name.clone();
-        let globals = &module.globals;
-        let symbols = |symbol: &str| globals.get(symbol).map(|&(address, _)| address);
-        // Between blocks the kernel gives way to a higher-priority tenant's, when the
-        // device's scheduler runs it (scheduler.rs).
-        let running = crate::scheduler::current();
-        let checkpoint = || {
-            if let Some(r) = &running {
-                r.checkpoint();
-            }
-        };
-        let launch = Launch {
-            grid: dims.grid,
-            block: dims.block,
-            dynamic_shared_bytes: dims.shared_bytes,
-            params: &params,
-            symbols: &symbols,
-            workers: self.workers,
-            between_blocks: Some(&checkpoint),
-        };
-        let started = Instant::now();
-        let heap = &self.heap;
-        let device = module.device;
-        let result = self.memory.with_view(|view| {
-            let memory = WithHeap { view, heap, device };
-            xpupool_ptx::launch(&ptx, &name, &launch, &memory)
-        });
-        tracing::debug!(kernel = %name, grid = ?dims.grid, block = ?dims.block, elapsed = ?started.elapsed(), "kernel ran");
-        result.map_err(|e| {
-            let error = exec_error(&name, e);
-            tracing::warn!(error = %error, "kernel failed");
-            if is_sticky(error.code) {
-                self.sticky = Some(error.clone());
-            }
-            error
-        })
+        self.run_kernel(function, dims, stream, params, false)
+    }
+
+    fn launch_cooperative(
+        &mut self,
+        function: u64,
+        dims: LaunchDims,
+        stream: u64,
+        params: ByteBuf,
+    ) -> Result<(), CuError> {
+        self.run_kernel(function, dims, stream, params, true)
     }
 
     fn function_set_attribute(

@@ -325,6 +325,7 @@ pub(crate) fn submit(d: &Driver, request: Request) -> Res {
         let mut t = lock(table());
         let stream = match &request {
             Request::LaunchKernel { stream, .. }
+            | Request::LaunchCooperative { stream, .. }
             | Request::Memset { stream, .. }
             | Request::Memset2D { stream, .. }
             | Request::MemcpyDtoD { stream, .. }

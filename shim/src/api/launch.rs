@@ -146,6 +146,43 @@ pub(crate) fn launch_request(
     })
 }
 
+/// A cooperative launch: all blocks at once, so no more than the device holds at
+/// once by the occupancy calculator (`CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE`).
+fn launch_cooperative(
+    function: CUfunction,
+    dims: LaunchDims,
+    stream: u64,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Res {
+    let d = driver()?;
+    let threads = dims.block.iter().map(|&b| b as i32).product::<i32>();
+    let per_sm = occupancy(function, threads, dims.shared_bytes as usize)?;
+    let sms = d.attribute(0, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+    let blocks: u64 = dims.grid.iter().map(|&g| u64::from(g)).product();
+    if blocks > (per_sm.max(0) as u64) * (sms.max(0) as u64) {
+        return Err(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
+    }
+    let Request::LaunchKernel {
+        function,
+        dims,
+        stream,
+        params,
+    } = launch_request(function, dims, stream, params, extra)?
+    else {
+        return Err(CUDA_ERROR_UNKNOWN);
+    };
+    super::graph::submit(
+        d,
+        Request::LaunchCooperative {
+            function,
+            dims,
+            stream,
+            params,
+        },
+    )
+}
+
 fn launch_ex(
     config: *const CUlaunchConfig,
     function: CUfunction,
@@ -158,12 +195,16 @@ fn launch_ex(
     }
     // SAFETY: non-null configuration from the caller.
     let c = unsafe { &*config };
+    let mut cooperative = false;
     for i in 0..c.numAttrs as usize {
         // SAFETY: `attrs` holds `numAttrs` entries.
         let attr = unsafe { &*c.attrs.add(i) };
         // SAFETY: the union member read is the one `id` names.
         let unsupported = match attr.id {
-            CU_LAUNCH_ATTRIBUTE_COOPERATIVE => (unsafe { attr.value.cooperative }) != 0,
+            CU_LAUNCH_ATTRIBUTE_COOPERATIVE => {
+                cooperative = (unsafe { attr.value.cooperative }) != 0;
+                false
+            }
             CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION => {
                 let cd = unsafe { attr.value.clusterDim };
                 (cd.x, cd.y, cd.z) != (1, 1, 1) && (cd.x, cd.y, cd.z) != (0, 0, 0)
@@ -184,6 +225,15 @@ fn launch_ex(
         block: [c.blockDimX, c.blockDimY, c.blockDimZ],
         shared_bytes: c.sharedMemBytes,
     };
+    if cooperative {
+        return launch_cooperative(
+            function,
+            dims,
+            stream_arg(c.hStream, per_thread),
+            params,
+            extra,
+        );
+    }
     launch(
         function,
         dims,
@@ -200,6 +250,14 @@ export! {
 
     fn cuLaunchKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, s: CUstream, params: *mut *mut c_void, extra: *mut *mut c_void) {
         launch(f, LaunchDims { grid: [gx, gy, gz], block: [bx, by, bz], shared_bytes: shared }, stream_arg(s, true), params, extra)
+    }
+
+    fn cuLaunchCooperativeKernel(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, s: CUstream, params: *mut *mut c_void) {
+        launch_cooperative(f, LaunchDims { grid: [gx, gy, gz], block: [bx, by, bz], shared_bytes: shared }, stream_arg(s, false), params, std::ptr::null_mut())
+    }
+
+    fn cuLaunchCooperativeKernel_ptsz(f: CUfunction, gx: c_uint, gy: c_uint, gz: c_uint, bx: c_uint, by: c_uint, bz: c_uint, shared: c_uint, s: CUstream, params: *mut *mut c_void) {
+        launch_cooperative(f, LaunchDims { grid: [gx, gy, gz], block: [bx, by, bz], shared_bytes: shared }, stream_arg(s, true), params, std::ptr::null_mut())
     }
 
     fn cuLaunchKernelEx(config: *const CUlaunchConfig, f: CUfunction, params: *mut *mut c_void, extra: *mut *mut c_void) {
