@@ -625,6 +625,12 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
         | Request::GraphDestroy { .. } => {
             bail!("the trace has CUDA graphs, which replay cannot remap yet")
         }
+        Request::TexObjectCreate { .. }
+        | Request::TexObjectDestroy { .. }
+        | Request::SurfObjectCreate { .. }
+        | Request::SurfObjectDestroy { .. } => {
+            bail!("the trace has texture or surface objects, which replay cannot remap yet")
+        }
         Request::IpcGetMemHandle { .. }
         | Request::IpcOpenMemHandle { .. }
         | Request::IpcCloseMemHandle { .. }

@@ -47,3 +47,35 @@ mod tests {
         let _: CUdevprop = Default::default();
     }
 }
+
+/// What one channel of a `CUarray_format` is: (0 unsigned, 1 signed or 2 float
+/// integer kind, bits); `None` for the formats xpupool does not take (packed,
+/// block-compressed, 10-bit and the like).
+pub fn array_format_parts(format: CUarray_format) -> Option<(u8, u8)> {
+    Some(match format {
+        CU_AD_FORMAT_UNSIGNED_INT8 => (0, 8),
+        CU_AD_FORMAT_UNSIGNED_INT16 => (0, 16),
+        CU_AD_FORMAT_UNSIGNED_INT32 => (0, 32),
+        CU_AD_FORMAT_SIGNED_INT8 => (1, 8),
+        CU_AD_FORMAT_SIGNED_INT16 => (1, 16),
+        CU_AD_FORMAT_SIGNED_INT32 => (1, 32),
+        CU_AD_FORMAT_HALF => (2, 16),
+        CU_AD_FORMAT_FLOAT => (2, 32),
+        _ => return None,
+    })
+}
+
+/// The `CUarray_format` of a channel kind and width ([`array_format_parts`]).
+pub fn array_format_of(kind: u8, bits: u8) -> Option<CUarray_format> {
+    Some(match (kind, bits) {
+        (0, 8) => CU_AD_FORMAT_UNSIGNED_INT8,
+        (0, 16) => CU_AD_FORMAT_UNSIGNED_INT16,
+        (0, 32) => CU_AD_FORMAT_UNSIGNED_INT32,
+        (1, 8) => CU_AD_FORMAT_SIGNED_INT8,
+        (1, 16) => CU_AD_FORMAT_SIGNED_INT16,
+        (1, 32) => CU_AD_FORMAT_SIGNED_INT32,
+        (2, 16) => CU_AD_FORMAT_HALF,
+        (2, 32) => CU_AD_FORMAT_FLOAT,
+        _ => return None,
+    })
+}

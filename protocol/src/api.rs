@@ -534,6 +534,96 @@ declare_api! {
     /// the grid (`cuLaunchCooperativeKernel`); refused when the grid is larger
     /// than the device can hold at once.
     fn launch_cooperative(function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> () = LaunchCooperative [POSTED];
+    /// Make a texture object over device memory (`cuTexObjectCreate`): its handle,
+    /// which kernels pass to `tex`.
+    fn tex_object_create(device: u32, desc: TextureDesc) -> u64 = TexObjectCreate;
+    /// Destroy a texture object.
+    fn tex_object_destroy(handle: u64) -> () = TexObjectDestroy;
+    /// Make a surface object over device memory (`cuSurfObjectCreate`; the
+    /// sampling fields of `desc` are unused).
+    fn surf_object_create(device: u32, desc: TextureDesc) -> u64 = SurfObjectCreate;
+    /// Destroy a surface object.
+    fn surf_object_destroy(handle: u64) -> () = SurfObjectDestroy;
+}
+
+/// A texture or surface over device memory, as the client's arrays and linear
+/// resources lay it out: texel (x, y, z) at `address + x * texel + y * pitch + z
+/// * slice_pitch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextureDesc {
+    /// Device address of texel (0, 0, 0).
+    pub address: u64,
+    /// 1, 2 or 3.
+    pub dims: u8,
+    /// Texels in each dimension (unused ones 1).
+    pub size: [u64; 3],
+    /// Bytes from one row to the next, and from one slice to the next.
+    pub pitch: u64,
+    pub slice_pitch: u64,
+    /// 0 unsigned integer, 1 signed integer, 2 float.
+    pub channel: u8,
+    /// Bits of each channel: 8, 16 or 32.
+    pub bits: u8,
+    /// Channels: 1, 2 or 4.
+    pub channels: u8,
+    /// Per dimension: 0 wrap, 1 clamp, 2 mirror, 3 border (`CUaddress_mode`).
+    pub address_mode: [u8; 3],
+    /// Linear filtering (else point).
+    pub linear: bool,
+    /// Coordinates in `[0, 1)`.
+    pub normalized_coords: bool,
+    /// Integers read as normalised floats.
+    pub read_normalized: bool,
+    pub border: [f32; 4],
+}
+
+impl TextureDesc {
+    /// Bytes of one texel.
+    pub fn texel_bytes(&self) -> u64 {
+        u64::from(self.bits / 8) * u64::from(self.channels)
+    }
+
+    /// Why the description cannot be, if it cannot; else the bytes it spans.
+    pub fn span(&self) -> Result<u64, String> {
+        if !(1..=3).contains(&self.dims)
+            || !matches!(self.bits, 8 | 16 | 32)
+            || !matches!(self.channels, 1 | 2 | 4)
+            || self.channel > 2
+            || (self.channel == 2 && self.bits == 8)
+            || self.address_mode.iter().any(|&m| m > 3)
+        {
+            return Err(format!(
+                "a texture of {} dimensions, {} channels of {} bits (kind {})",
+                self.dims, self.channels, self.bits, self.channel
+            ));
+        }
+        let [w, h, d] = self.size;
+        let row = w.checked_mul(self.texel_bytes()).ok_or("too wide")?;
+        if w == 0
+            || h == 0
+            || d == 0
+            || (h > 1 && row > self.pitch)
+            || (d > 1
+                && self
+                    .pitch
+                    .checked_mul(h)
+                    .is_none_or(|p| p > self.slice_pitch))
+        {
+            return Err(format!(
+                "a texture of {w}x{h}x{d} texels with pitches {} and {}",
+                self.pitch, self.slice_pitch
+            ));
+        }
+        (d - 1)
+            .checked_mul(self.slice_pitch)
+            .and_then(|s| {
+                (h - 1)
+                    .checked_mul(self.pitch)
+                    .and_then(|p| p.checked_add(s))
+            })
+            .and_then(|o| o.checked_add(row))
+            .ok_or_else(|| "a texture past the address space".to_owned())
+    }
 }
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).

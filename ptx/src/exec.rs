@@ -395,6 +395,86 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                 );
                 cx.set(d, r as u64);
             }
+            Inst::Tex {
+                int_coords,
+                d,
+                tex,
+                c,
+                ..
+            } => {
+                let handle = cx.v(*tex);
+                let coords = [cx.v(c[0]), cx.v(c[1]), cx.v(c[2])];
+                let out = crate::tex::sample(cx.env.mem, handle, coords, *int_coords)
+                    .ok_or_else(|| cx.env.illegal(handle, 0, "texture object", ins.line))?;
+                for k in 0..4 {
+                    cx.set(d[k], u64::from(out[k]));
+                }
+            }
+            Inst::Suld {
+                dims,
+                t,
+                n,
+                mode,
+                d,
+                surf,
+                c,
+            } => {
+                let handle = cx.v(*surf);
+                let size = u64::from(t.bits() / 8);
+                let len = size * u64::from(*n);
+                let coords = [cx.v(c[0]), cx.v(c[1]), cx.v(c[2])];
+                let at = crate::tex::surface_address(cx.env.mem, handle, coords, len, *dims, *mode)
+                    .map_err(|()| cx.env.illegal(coords[0], len as usize, "surface", ins.line))?;
+                for (k, &dk) in d.iter().enumerate().take(usize::from(*n)) {
+                    let v = match at {
+                        Some(a) => {
+                            let p = cx
+                                .env
+                                .mem
+                                .translate(a + k as u64 * size, size as usize)
+                                .ok_or_else(|| {
+                                    cx.env.illegal(a, len as usize, "surface", ins.line)
+                                })?;
+                            let mut raw = [0u8; 8];
+                            // SAFETY: `translate` proved `size` (at most 8) bytes readable.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), size as usize)
+                            };
+                            u64::from_le_bytes(raw)
+                        }
+                        None => 0,
+                    };
+                    cx.set(dk, v);
+                }
+            }
+            Inst::Sust {
+                dims,
+                t,
+                n,
+                mode,
+                s,
+                surf,
+                c,
+            } => {
+                let handle = cx.v(*surf);
+                let size = u64::from(t.bits() / 8);
+                let len = size * u64::from(*n);
+                let coords = [cx.v(c[0]), cx.v(c[1]), cx.v(c[2])];
+                let at = crate::tex::surface_address(cx.env.mem, handle, coords, len, *dims, *mode)
+                    .map_err(|()| cx.env.illegal(coords[0], len as usize, "surface", ins.line))?;
+                if let Some(a) = at {
+                    for (k, &sk) in s.iter().enumerate().take(usize::from(*n)) {
+                        let v = cx.v(sk).to_le_bytes();
+                        let p = cx
+                            .env
+                            .mem
+                            .translate(a + k as u64 * size, size as usize)
+                            .ok_or_else(|| cx.env.illegal(a, len as usize, "surface", ins.line))?;
+                        // SAFETY: `translate` proved `size` bytes writable at `p`.
+                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, size as usize) };
+                    }
+                }
+            }
             Inst::Ld { sp, t, n, d, addr } => {
                 let a = cx.v(addr.base).wrapping_add(addr.off as u64);
                 cx.load(*sp, *t, *n, d, a, ins.line)?;

@@ -557,6 +557,128 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                     self.emit(i, Inst::Ld { sp, t, n, d, addr })
                 }
             }
+            "tex" | "suld" | "sust" => {
+                let dims = if has("1d") {
+                    1
+                } else if has("2d") {
+                    2
+                } else if has("3d") {
+                    3
+                } else {
+                    return Err(
+                        "layered, cube and multisample textures and surfaces not supported".into(),
+                    );
+                };
+                if has("level") || has("grad") || has("p") {
+                    return Err(format!(
+                        "{} with levels, gradients or formatted data not supported",
+                        base
+                    ));
+                }
+                Self::ops_n(i, 2)?;
+                let (addr, values) = if base == "sust" {
+                    (&ops[0], &ops[1])
+                } else {
+                    (&ops[1], &ops[0])
+                };
+                let Operand::TexAddr(object, coords) = addr else {
+                    return Err("expected [object, coordinates]".into());
+                };
+                let coord_ty = if base == "tex" { ty()? } else { Ty::S32 };
+                let coords: Vec<&Operand<'a>> = match coords.as_ref() {
+                    Operand::Vec(v) => v.iter().collect(),
+                    o => vec![o],
+                };
+                if coords.len() < dims {
+                    return Err("too few coordinates".into());
+                }
+                let mut c = [Op::I(0); 3];
+                for k in 0..dims {
+                    c[k] = self.src(coords[k], coord_ty)?;
+                }
+                let handle = self.src(&Operand::Name(object), Ty::U64)?;
+                let list: Vec<&Operand<'a>> = match values {
+                    Operand::Vec(v) => v.iter().collect(),
+                    o => vec![o],
+                };
+                let dims = dims as u8;
+                if base == "tex" {
+                    if list.len() != 4 {
+                        return Err("tex returns four values".into());
+                    }
+                    let mut d = [SINK_REG; 4];
+                    for (k, o) in list.iter().enumerate() {
+                        d[k] = self.dst(o)?;
+                    }
+                    let int_coords = coord_ty != Ty::F32;
+                    return self.emit(
+                        i,
+                        Inst::Tex {
+                            dims,
+                            int_coords,
+                            d,
+                            tex: handle,
+                            c,
+                        },
+                    );
+                }
+                let t = *types.first().ok_or("missing type")?;
+                if !matches!(t, Ty::B8 | Ty::B16 | Ty::B32 | Ty::B64) {
+                    return Err("surface data must be .b8, .b16, .b32 or .b64".into());
+                }
+                let n = if has("v4") {
+                    4
+                } else if has("v2") {
+                    2
+                } else {
+                    1
+                };
+                if list.len() != n as usize {
+                    return Err("vector size mismatch".into());
+                }
+                let mode = if has("zero") {
+                    crate::tex::Boundary::Zero
+                } else if has("clamp") {
+                    crate::tex::Boundary::Clamp
+                } else {
+                    crate::tex::Boundary::Trap
+                };
+                if base == "suld" {
+                    let mut d = [SINK_REG; 4];
+                    for (k, o) in list.iter().enumerate() {
+                        d[k] = self.dst(o)?;
+                    }
+                    self.emit(
+                        i,
+                        Inst::Suld {
+                            dims,
+                            t,
+                            n,
+                            mode,
+                            d,
+                            surf: handle,
+                            c,
+                        },
+                    )
+                } else {
+                    let mut sv = [Op::I(0); 4];
+                    for (k, o) in list.iter().enumerate() {
+                        sv[k] = self.src(o, t)?;
+                    }
+                    self.emit(
+                        i,
+                        Inst::Sust {
+                            dims,
+                            t,
+                            n,
+                            mode,
+                            s: sv,
+                            surf: handle,
+                            c,
+                        },
+                    )
+                }
+            }
             "atom" | "red" => {
                 let t = ty()?;
                 if has("v2") || has("v4") {

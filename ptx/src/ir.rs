@@ -549,6 +549,34 @@ pub(crate) enum Inst {
         b: Op,
         c: Op,
     },
+    /// `tex.{1d,2d,3d}.v4.{f32,s32,u32}.{f32,s32}`: four results.
+    Tex {
+        dims: u8,
+        int_coords: bool,
+        d: [u32; 4],
+        tex: Op,
+        c: [Op; 3],
+    },
+    /// `suld.b.{1d,2d,3d}{.v2,.v4}.{b8..b64}.{trap,clamp,zero}`.
+    Suld {
+        dims: u8,
+        t: Ty,
+        n: u8,
+        mode: crate::tex::Boundary,
+        d: [u32; 4],
+        surf: Op,
+        c: [Op; 3],
+    },
+    /// `sust.b.{1d,2d,3d}{.v2,.v4}.{b8..b64}.{trap,clamp,zero}`.
+    Sust {
+        dims: u8,
+        t: Ty,
+        n: u8,
+        mode: crate::tex::Boundary,
+        s: [Op; 4],
+        surf: Op,
+        c: [Op; 3],
+    },
     /// Placeholder for an instruction the interpreter cannot run.
     Unsupported,
 }

@@ -36,12 +36,14 @@ mod link;
 mod mem;
 mod ops;
 mod parser;
+mod tex;
 mod warp;
 
 use std::fmt;
 use std::sync::Arc;
 
 pub use mem::{LOCAL_WINDOW, PARAM_WINDOW, SHARED_WINDOW, WINDOW_SIZE};
+pub use tex::{AddressMode, ChannelKind, Texture};
 
 /// Errors from [`parse_module`]: the PTX text is structurally malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -202,6 +204,16 @@ pub trait Memory: Sync {
     /// it did not give (or gave and took back already).
     fn heap_free(&self, _address: u64) -> bool {
         false
+    }
+
+    /// The texture object `handle` names (`tex`), if any.
+    fn texture(&self, _handle: u64) -> Option<Texture> {
+        None
+    }
+
+    /// The surface object `handle` names (`suld`, `sust`), if any.
+    fn surface(&self, _handle: u64) -> Option<Texture> {
+        None
     }
 }
 

@@ -148,6 +148,10 @@ fn operand_names<'a>(op: &Operand<'a>, out: &mut Vec<&'a str>) {
             out.push(b)
         }
         Operand::Addr(b, _) => operand_names(b, out),
+        Operand::TexAddr(object, coords) => {
+            out.push(object);
+            operand_names(coords, out)
+        }
         Operand::Vec(v) | Operand::List(v) => v.iter().for_each(|o| operand_names(o, out)),
         Operand::Imm(_) | Operand::Sink => {}
     }

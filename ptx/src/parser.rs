@@ -79,6 +79,8 @@ pub(crate) enum Operand<'a> {
     SymOff(&'a str, i64),
     /// `[base+off]`; base is a name or an immediate address.
     Addr(Box<Operand<'a>>, i64),
+    /// `[object, coordinates]` of a texture or surface access.
+    TexAddr(&'a str, Box<Operand<'a>>),
     /// `{a, b}`
     Vec(Vec<Operand<'a>>),
     /// `(a, b)` in call syntax.
@@ -708,6 +710,13 @@ fn parse_operand<'a>(p: &mut P<'a>) -> R<Operand<'a>> {
                 None => Operand::Name(w),
             }
         };
+        if let Operand::Name(object) = base {
+            if p.eat(',') {
+                let coords = parse_operand(p)?;
+                p.expect(']')?;
+                return Ok(Operand::TexAddr(object, Box::new(coords)));
+            }
+        }
         let mut off = 0i64;
         while p.eat('+') {
             off = off.wrapping_add(parse_signed(p)?);

@@ -925,6 +925,15 @@ impl Session for TenantSession {
                     alignment,
                 })
             }
+            Request::TexObjectCreate { device, desc } => {
+                let device = self.host_device(device)?;
+                self.inner.handle(Request::TexObjectCreate { device, desc })
+            }
+            Request::SurfObjectCreate { device, desc } => {
+                let device = self.host_device(device)?;
+                self.inner
+                    .handle(Request::SurfObjectCreate { device, desc })
+            }
             Request::MemSetAccess {
                 ptr,
                 size,

@@ -491,3 +491,66 @@ fn a_cooperative_grid_larger_than_the_device_is_refused_before_it_runs() {
     let bytes = c.memcpy_dtoh(out + 4 * 2047, 4, 0).unwrap();
     assert_eq!(u32::from_le_bytes(bytes[..4].try_into().unwrap()), 2047 * 3);
 }
+
+/// A texture or surface object's texels must all lie in the session's own
+/// memory: one reaching past its allocation, into another tenant's, or with a
+/// nonsense layout is refused when it is made, not when a kernel reads it.
+#[test]
+fn texture_objects_are_bounded_by_the_sessions_memory() {
+    use xpupool_protocol::api::TextureDesc;
+    let server = server(
+        64 << 20,
+        Options {
+            extra_tenants: vec![("other".to_owned(), "other-token".to_owned())],
+            ..Options::default()
+        },
+    );
+    let mine = common::connect(&server);
+    let theirs = Connection::open(&common::settings(&server, "other-token")).unwrap();
+    let buffer = mine.mem_alloc(0, 64 * 64 * 4).unwrap();
+    let desc = |address: u64, width: u64, height: u64, pitch: u64| TextureDesc {
+        address,
+        dims: 2,
+        size: [width, height, 1],
+        pitch,
+        slice_pitch: pitch * height,
+        channel: 2,
+        bits: 32,
+        channels: 1,
+        address_mode: [1; 3],
+        linear: true,
+        normalized_coords: false,
+        read_normalized: false,
+        border: [0.0; 4],
+    };
+    let ok = mine
+        .tex_object_create(0, desc(buffer, 64, 64, 256))
+        .unwrap();
+    mine.tex_object_destroy(ok).unwrap();
+    let refused = |r: Result<u64, xpupool_protocol::CuError>| r.unwrap_err().code;
+    assert_eq!(
+        refused(mine.tex_object_create(0, desc(buffer, 64, 65, 256))),
+        code::INVALID_VALUE,
+        "one row past"
+    );
+    assert_eq!(
+        refused(mine.tex_object_create(0, desc(buffer, 65, 64, 256))),
+        code::INVALID_VALUE,
+        "rows wider than the pitch"
+    );
+    assert_eq!(
+        refused(mine.tex_object_create(0, desc(buffer, 1 << 40, 1 << 40, 1 << 42))),
+        code::INVALID_VALUE,
+        "past the address space"
+    );
+    assert_eq!(
+        refused(theirs.tex_object_create(0, desc(buffer, 8, 8, 256))),
+        code::INVALID_VALUE,
+        "another tenant's memory"
+    );
+    assert_eq!(
+        refused(theirs.surf_object_create(0, desc(buffer, 8, 8, 256))),
+        code::INVALID_VALUE
+    );
+    assert!(mine.tex_object_destroy(ok).is_err(), "destroyed twice");
+}

@@ -9,7 +9,7 @@ use xpupool_cuda_types::{
     CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
     CUfunction_attribute, CUipcEventHandle, CUipcMemHandle, CUlaunchConfig, CUmemAccessDesc,
     CUmemAllocationProp, CUmemGenericAllocationHandle, CUmodule, CUresult, CUstream, CUuuid,
-    CUDA_SUCCESS,
+    CUDA_RESOURCE_DESC, CUDA_SUCCESS, CUDA_TEXTURE_DESC,
 };
 use xpupool_protocol::CuError;
 
@@ -97,6 +97,9 @@ entry_points! {
         cuMemSetAccess: fn(CUdeviceptr, usize, *const CUmemAccessDesc, usize);
         // CUDA 12.0: launches with attributes (cooperative ones).
         cuLaunchKernelEx: fn(*const CUlaunchConfig, CUfunction, *mut *mut c_void, *mut *mut c_void);
+        // Texture objects (over linear and pitched memory).
+        cuTexObjectCreate: fn(*mut u64, *const CUDA_RESOURCE_DESC, *const CUDA_TEXTURE_DESC, *const c_void);
+        cuTexObjectDestroy: fn(u64);
         // Interprocess sharing (sessions are processes of their own).
         cuIpcGetMemHandle: fn(*mut CUipcMemHandle, CUdeviceptr);
         cuIpcOpenMemHandle_v2: fn(*mut CUdeviceptr, CUipcMemHandle, c_uint);

@@ -50,6 +50,8 @@ pub(crate) struct CudaSession {
     mappings: BTreeMap<u64, u64>,
     /// Other processes' allocations opened by IPC: address → size.
     opened: BTreeMap<u64, u64>,
+    /// Texture objects.
+    textures: HashSet<u64>,
     modules: HashMap<u64, Module>,
     next_module: u64,
     functions: HashMap<u64, Function>,
@@ -83,6 +85,7 @@ impl CudaSession {
             physical: HashMap::new(),
             mappings: BTreeMap::new(),
             opened: BTreeMap::new(),
+            textures: HashSet::new(),
             modules: HashMap::new(),
             next_module: 0,
             functions: HashMap::new(),
@@ -646,6 +649,108 @@ impl Api for CudaSession {
         Ok(event as u64)
     }
 
+    fn tex_object_create(
+        &mut self,
+        device: u32,
+        desc: xpupool_protocol::api::TextureDesc,
+    ) -> Result<u64, CuError> {
+        use xpupool_cuda_types as cu;
+        only_device_zero(device)?;
+        let span = desc.span().map_err(invalid_value)?;
+        self.range(desc.address, span)?;
+        if self.textures.len() >= MAX_VMM_OBJECTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                "too many texture objects",
+            ));
+        }
+        let format = cu::array_format_of(desc.channel, desc.bits)
+            .ok_or_else(|| invalid_value("texture format"))?;
+        let mut resource = cu::CUDA_RESOURCE_DESC {
+            resType: 0,
+            res: unsafe { std::mem::zeroed() },
+            flags: 0,
+        };
+        match desc.dims {
+            1 => {
+                resource.resType = cu::CU_RESOURCE_TYPE_LINEAR;
+                resource.res.linear = cu::CUDA_RESOURCE_DESC_st__bindgen_ty_1__bindgen_ty_3 {
+                    devPtr: desc.address,
+                    format,
+                    numChannels: u32::from(desc.channels),
+                    sizeInBytes: (desc.size[0] * desc.texel_bytes()) as usize,
+                };
+            }
+            2 => {
+                resource.resType = cu::CU_RESOURCE_TYPE_PITCH2D;
+                resource.res.pitch2D = cu::CUDA_RESOURCE_DESC_st__bindgen_ty_1__bindgen_ty_4 {
+                    devPtr: desc.address,
+                    format,
+                    numChannels: u32::from(desc.channels),
+                    width: desc.size[0] as usize,
+                    height: desc.size[1] as usize,
+                    pitchInBytes: desc.pitch as usize,
+                };
+            }
+            _ => {
+                return Err(CuError::new(
+                    code::NOT_SUPPORTED,
+                    "3-D textures need CUDA arrays, which the cuda backend does not make yet",
+                ))
+            }
+        }
+        let mut sampling: cu::CUDA_TEXTURE_DESC = unsafe { std::mem::zeroed() };
+        sampling.addressMode = desc.address_mode.map(u32::from);
+        sampling.filterMode = u32::from(desc.linear);
+        sampling.flags = if desc.read_normalized {
+            0
+        } else {
+            cu::CU_TRSF_READ_AS_INTEGER
+        } | if desc.normalized_coords {
+            cu::CU_TRSF_NORMALIZED_COORDINATES
+        } else {
+            0
+        };
+        sampling.borderColor = desc.border;
+        let create = self.vmm(self.shared.driver.cuTexObjectCreate, "cuTexObjectCreate")?;
+        self.shared.enter()?;
+        let mut handle = 0u64;
+        // SAFETY: an out-pointer and two filled descriptors over memory of this
+        // session (checked above).
+        let r = unsafe { create(&mut handle, &resource, &sampling, std::ptr::null()) };
+        self.check(r, "cuTexObjectCreate")?;
+        self.textures.insert(handle);
+        Ok(handle)
+    }
+
+    fn tex_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
+        if !self.textures.contains(&handle) {
+            return Err(invalid_handle("texture object", handle));
+        }
+        let destroy = self.vmm(self.shared.driver.cuTexObjectDestroy, "cuTexObjectDestroy")?;
+        self.shared.enter()?;
+        // SAFETY: a texture object of this session, destroyed once.
+        let r = unsafe { destroy(handle) };
+        self.check(r, "cuTexObjectDestroy")?;
+        self.textures.remove(&handle);
+        Ok(())
+    }
+
+    fn surf_object_create(
+        &mut self,
+        _device: u32,
+        _desc: xpupool_protocol::api::TextureDesc,
+    ) -> Result<u64, CuError> {
+        Err(CuError::new(
+            code::NOT_SUPPORTED,
+            "surfaces need CUDA arrays, which the cuda backend does not make yet",
+        ))
+    }
+
+    fn surf_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
+        Err(invalid_handle("surface object", handle))
+    }
+
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
         only_device_zero(device)?;
         self.shared.enter()?;
@@ -1120,6 +1225,12 @@ impl Drop for CudaSession {
         for (address, _) in std::mem::take(&mut self.allocations) {
             // SAFETY: an allocation of this session, freed once.
             failures.push(unsafe { (d.cuMemFree_v2)(address) });
+        }
+        for texture in std::mem::take(&mut self.textures) {
+            if let Some(destroy) = d.cuTexObjectDestroy {
+                // SAFETY: a texture object of this session, destroyed once.
+                failures.push(unsafe { destroy(texture) });
+            }
         }
         for (address, _) in std::mem::take(&mut self.opened) {
             if let Some(close) = d.cuIpcCloseMemHandle {

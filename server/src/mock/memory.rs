@@ -410,6 +410,12 @@ impl SessionMemory {
         f(&View { blocks: &blocks })
     }
 
+    /// Whether `[address, address+len)` lies in this session's memory (one
+    /// allocation, or mappings without a gap).
+    pub(crate) fn check_span(&self, address: u64, len: u64) -> Result<(), CuError> {
+        self.with_view(|view| view.pieces(address, len).map(|_| ()))
+    }
+
     /// Copies bytes out of device memory.
     pub(crate) fn read(&self, address: u64, len: u64) -> Result<Vec<u8>, CuError> {
         let len = usize::try_from(len)

@@ -163,6 +163,8 @@ impl Backend for MockBackend {
             id: rand::random(),
             ipc: self.ipc.clone(),
             exported: HashMap::new(),
+            textures: HashMap::new(),
+            surfaces: HashMap::new(),
             memory: SessionMemory::new(self.memory.clone()),
             devices: self.memory.len() as u32,
             workers,
@@ -234,6 +236,8 @@ struct WithHeap<'a> {
     view: &'a memory::View<'a>,
     heap: &'a heap::Heap,
     device: u32,
+    textures: &'a HashMap<u64, xpupool_ptx::Texture>,
+    surfaces: &'a HashMap<u64, xpupool_ptx::Texture>,
 }
 
 impl xpupool_ptx::Memory for WithHeap<'_> {
@@ -247,6 +251,46 @@ impl xpupool_ptx::Memory for WithHeap<'_> {
 
     fn heap_free(&self, address: u64) -> bool {
         self.heap.free(address)
+    }
+
+    fn texture(&self, handle: u64) -> Option<xpupool_ptx::Texture> {
+        self.textures.get(&handle).cloned()
+    }
+
+    fn surface(&self, handle: u64) -> Option<xpupool_ptx::Texture> {
+        self.surfaces.get(&handle).cloned()
+    }
+}
+
+/// Texture and surface objects one session may hold.
+const MAX_TEXTURE_OBJECTS: usize = 65_536;
+
+/// A texture as the interpreter samples it.
+fn texture_of(desc: &xpupool_protocol::api::TextureDesc) -> xpupool_ptx::Texture {
+    use xpupool_ptx::{AddressMode, ChannelKind};
+    xpupool_ptx::Texture {
+        address: desc.address,
+        dims: desc.dims,
+        size: desc.size,
+        pitch: desc.pitch,
+        slice_pitch: desc.slice_pitch,
+        channel: match desc.channel {
+            0 => ChannelKind::Unsigned,
+            1 => ChannelKind::Signed,
+            _ => ChannelKind::Float,
+        },
+        bits: desc.bits,
+        channels: desc.channels,
+        address_mode: desc.address_mode.map(|m| match m {
+            0 => AddressMode::Wrap,
+            1 => AddressMode::Clamp,
+            2 => AddressMode::Mirror,
+            _ => AddressMode::Border,
+        }),
+        linear: desc.linear,
+        normalized_coords: desc.normalized_coords,
+        read_normalized: desc.read_normalized,
+        border: desc.border,
     }
 }
 /// `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`
@@ -270,6 +314,9 @@ struct MockSession {
     ipc: Arc<std::sync::Mutex<Ipc>>,
     /// Allocations exported: base → token (the same handle each time).
     exported: HashMap<u64, [u8; 32]>,
+    /// Texture and surface objects.
+    textures: HashMap<u64, xpupool_ptx::Texture>,
+    surfaces: HashMap<u64, xpupool_ptx::Texture>,
     memory: SessionMemory,
     /// How many devices there are.
     devices: u32,
@@ -404,8 +451,15 @@ impl MockSession {
         };
         let started = Instant::now();
         let heap = &self.heap;
+        let (textures, surfaces) = (&self.textures, &self.surfaces);
         let result = self.memory.with_view(|view| {
-            let memory = WithHeap { view, heap, device };
+            let memory = WithHeap {
+                view,
+                heap,
+                device,
+                textures,
+                surfaces,
+            };
             xpupool_ptx::launch(&ptx, &name, &launch, &memory)
         });
         if let Some(workspace) = workspace {
@@ -420,6 +474,27 @@ impl MockSession {
             }
             error
         })
+    }
+
+    /// A texture or surface whose texels all lie in this session's memory on
+    /// `device`, within the bound on objects.
+    fn checked_texture(
+        &self,
+        device: u32,
+        desc: &xpupool_protocol::api::TextureDesc,
+    ) -> Result<xpupool_ptx::Texture, CuError> {
+        self.device(device)?;
+        if self.textures.len() + self.surfaces.len() >= MAX_TEXTURE_OBJECTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("this session holds {MAX_TEXTURE_OBJECTS} texture and surface objects, its most"),
+            ));
+        }
+        let span = desc
+            .span()
+            .map_err(|why| CuError::new(code::INVALID_VALUE, why))?;
+        self.memory.check_span(desc.address, span)?;
+        Ok(texture_of(desc))
     }
 
     fn healthy(&self) -> Result<(), CuError> {
@@ -1209,6 +1284,44 @@ impl Api for MockSession {
                 "no live event has this IPC handle",
             )),
         }
+    }
+
+    fn tex_object_create(
+        &mut self,
+        device: u32,
+        desc: xpupool_protocol::api::TextureDesc,
+    ) -> Result<u64, CuError> {
+        self.healthy()?;
+        let texture = self.checked_texture(device, &desc)?;
+        let handle = self.handle(0x5445);
+        self.textures.insert(handle, texture);
+        Ok(handle)
+    }
+
+    fn tex_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
+        self.textures
+            .remove(&handle)
+            .map(|_| ())
+            .ok_or_else(|| invalid_handle("texture object", handle))
+    }
+
+    fn surf_object_create(
+        &mut self,
+        device: u32,
+        desc: xpupool_protocol::api::TextureDesc,
+    ) -> Result<u64, CuError> {
+        self.healthy()?;
+        let surface = self.checked_texture(device, &desc)?;
+        let handle = self.handle(0x5355);
+        self.surfaces.insert(handle, surface);
+        Ok(handle)
+    }
+
+    fn surf_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
+        self.surfaces
+            .remove(&handle)
+            .map(|_| ())
+            .ok_or_else(|| invalid_handle("surface object", handle))
     }
 
     xpupool_protocol::server_only_operations!();

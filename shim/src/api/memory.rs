@@ -225,36 +225,141 @@ fn host_alloc(out: *mut *mut c_void, bytes: usize, flags: c_uint) -> Res {
     put(out, ptr)
 }
 
-/// A 2-D copy, one row at a time (`cuMemcpy2D`).
+/// Where one side of a 2-D or 3-D copy starts, and how far apart its rows and
+/// slices are (an array's own layout, whatever the pitch given).
+fn copy_side(
+    memory_type: CUmemorytype,
+    host: *const c_void,
+    device: CUdeviceptr,
+    array: CUarray,
+    pitch: usize,
+    height: usize,
+) -> Res<(u64, u64, u64)> {
+    let (pitch, height) = (pitch as u64, height as u64);
+    match memory_type {
+        CU_MEMORYTYPE_HOST => Ok((host as u64, pitch, pitch * height)),
+        CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => Ok((device, pitch, pitch * height)),
+        CU_MEMORYTYPE_ARRAY => {
+            let a = super::texture::array(array)?;
+            Ok((a.address, a.pitch, a.slice_pitch()))
+        }
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
+}
+
+/// Copies `depth` slices of `height` rows of `width` bytes, rows and slices as
+/// each side lays them out: whole slices at once where the rows are contiguous
+/// on both sides, else row by row.
+#[allow(clippy::too_many_arguments)]
+fn copy_box(
+    dst: (u64, u64, u64),
+    src: (u64, u64, u64),
+    width: u64,
+    height: u64,
+    depth: u64,
+    stream: u64,
+) -> Res {
+    if width == 0 || height == 0 || depth == 0 {
+        return Ok(());
+    }
+    if height > 1 && (width > src.1 || width > dst.1) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let contiguous = width == src.1 && width == dst.1;
+    for z in 0..depth {
+        let (d, s) = (dst.0 + z * dst.2, src.0 + z * src.2);
+        if contiguous {
+            copy(d, s, (width * height) as usize, stream)?;
+            continue;
+        }
+        for row in 0..height {
+            copy(d + row * dst.1, s + row * src.1, width as usize, stream)?;
+        }
+    }
+    Ok(())
+}
+
+/// A 2-D copy (`cuMemcpy2D`), between any of host, device and array memory.
 fn copy_2d(p: *const CUDA_MEMCPY2D, stream: u64) -> Res {
     if p.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     // SAFETY: non-null descriptor provided by the caller.
     let p = unsafe { &*p };
-    let base = |memory_type: CUmemorytype, host: *const c_void, device: CUdeviceptr| -> Res<u64> {
-        match memory_type {
-            CU_MEMORYTYPE_HOST => Ok(host as u64),
-            CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => Ok(device),
-            _ => Err(CUDA_ERROR_NOT_SUPPORTED),
-        }
-    };
-    let src = base(p.srcMemoryType, p.srcHost, p.srcDevice)?
-        + (p.srcY * p.srcPitch + p.srcXInBytes) as u64;
-    let dst = base(p.dstMemoryType, p.dstHost, p.dstDevice)?
-        + (p.dstY * p.dstPitch + p.dstXInBytes) as u64;
-    if p.Height > 1 && (p.WidthInBytes > p.srcPitch || p.WidthInBytes > p.dstPitch) {
+    let (sb, sp, _) = copy_side(
+        p.srcMemoryType,
+        p.srcHost,
+        p.srcDevice,
+        p.srcArray,
+        p.srcPitch,
+        0,
+    )?;
+    let (db, dp, _) = copy_side(
+        p.dstMemoryType,
+        p.dstHost,
+        p.dstDevice,
+        p.dstArray,
+        p.dstPitch,
+        0,
+    )?;
+    let src = sb + p.srcY as u64 * sp + p.srcXInBytes as u64;
+    let dst = db + p.dstY as u64 * dp + p.dstXInBytes as u64;
+    copy_box(
+        (dst, dp, 0),
+        (src, sp, 0),
+        p.WidthInBytes as u64,
+        p.Height as u64,
+        1,
+        stream,
+    )
+}
+
+/// A 3-D copy (`cuMemcpy3D`), between any of host, device and array memory.
+fn copy_3d(p: *const CUDA_MEMCPY3D, stream: u64) -> Res {
+    if p.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    for row in 0..p.Height {
-        copy(
-            dst + (row * p.dstPitch) as u64,
-            src + (row * p.srcPitch) as u64,
-            p.WidthInBytes,
-            stream,
-        )?;
+    // SAFETY: non-null descriptor provided by the caller.
+    let p = unsafe { &*p };
+    let (sb, sp, ss) = copy_side(
+        p.srcMemoryType,
+        p.srcHost,
+        p.srcDevice,
+        p.srcArray,
+        p.srcPitch,
+        p.srcHeight,
+    )?;
+    let (db, dp, ds) = copy_side(
+        p.dstMemoryType,
+        p.dstHost,
+        p.dstDevice,
+        p.dstArray,
+        p.dstPitch,
+        p.dstHeight,
+    )?;
+    let src = sb + p.srcZ as u64 * ss + p.srcY as u64 * sp + p.srcXInBytes as u64;
+    let dst = db + p.dstZ as u64 * ds + p.dstY as u64 * dp + p.dstXInBytes as u64;
+    copy_box(
+        (dst, dp, ds),
+        (src, sp, ss),
+        p.WidthInBytes as u64,
+        p.Height as u64,
+        p.Depth as u64,
+        stream,
+    )
+}
+
+/// Where byte `offset` of a one-row array is.
+fn array_offset(array: CUarray, offset: usize, len: usize) -> Res<u64> {
+    let a = super::texture::array(array)?;
+    if a.rows > 1
+        || (offset as u64)
+            .checked_add(len as u64)
+            .is_none_or(|end| end > a.pitch)
+    {
+        return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    Ok(())
+    Ok(a.address + offset as u64)
 }
 
 /// Answers one `CUpointer_attribute` for `ptr` into `data`.
@@ -453,6 +558,17 @@ export! {
     fn cuMemcpyPeer_ptds(dst: CUdeviceptr, _dc: CUcontext, src: CUdeviceptr, _sc: CUcontext, n: usize) { copy(dst, src, n, per_thread_default()) }
     fn cuMemcpyPeerAsync(dst: CUdeviceptr, _dc: CUcontext, src: CUdeviceptr, _sc: CUcontext, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, false)) }
     fn cuMemcpyPeerAsync_ptsz(dst: CUdeviceptr, _dc: CUcontext, src: CUdeviceptr, _sc: CUcontext, n: usize, s: CUstream) { copy(dst, src, n, stream_arg(s, true)) }
+    fn cuMemcpy3D_v2(p: *const CUDA_MEMCPY3D) { copy_3d(p, 0) }
+    fn cuMemcpy3D_v2_ptds(p: *const CUDA_MEMCPY3D) { copy_3d(p, per_thread_default()) }
+    fn cuMemcpy3DAsync_v2(p: *const CUDA_MEMCPY3D, s: CUstream) { copy_3d(p, stream_arg(s, false)) }
+    fn cuMemcpy3DAsync_v2_ptsz(p: *const CUDA_MEMCPY3D, s: CUstream) { copy_3d(p, stream_arg(s, true)) }
+    fn cuMemcpyHtoA_v2(dst: CUarray, offset: usize, src: *const c_void, bytes: usize) { copy(array_offset(dst, offset, bytes)?, src as u64, bytes, 0) }
+    fn cuMemcpyAtoH_v2(dst: *mut c_void, src: CUarray, offset: usize, bytes: usize) { copy(dst as u64, array_offset(src, offset, bytes)?, bytes, 0) }
+    fn cuMemcpyDtoA_v2(dst: CUarray, offset: usize, src: CUdeviceptr, bytes: usize) { copy(array_offset(dst, offset, bytes)?, src, bytes, 0) }
+    fn cuMemcpyAtoD_v2(dst: CUdeviceptr, src: CUarray, offset: usize, bytes: usize) { copy(dst, array_offset(src, offset, bytes)?, bytes, 0) }
+    fn cuMemcpyAtoA_v2(dst: CUarray, dst_offset: usize, src: CUarray, src_offset: usize, bytes: usize) {
+        copy(array_offset(dst, dst_offset, bytes)?, array_offset(src, src_offset, bytes)?, bytes, 0)
+    }
     fn cuMemcpy2D_v2(p: *const CUDA_MEMCPY2D) { copy_2d(p, 0) }
     fn cuMemcpy2D_v2_ptds(p: *const CUDA_MEMCPY2D) { copy_2d(p, per_thread_default()) }
     fn cuMemcpy2DUnaligned_v2(p: *const CUDA_MEMCPY2D) { copy_2d(p, 0) }

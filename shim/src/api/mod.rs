@@ -12,4 +12,5 @@ pub(crate) mod memory;
 pub(crate) mod module;
 pub(crate) mod pool;
 pub(crate) mod stream;
+pub(crate) mod texture;
 pub(crate) mod vmm;
