@@ -129,6 +129,67 @@ impl Cx<'_> {
         Ok(())
     }
 
+    /// One value of `size` bytes at `addr` in `sp` (a `wmma.load` element).
+    pub(crate) fn read_at(
+        &mut self,
+        sp: MSp,
+        addr: u64,
+        size: usize,
+        line: u32,
+    ) -> Result<u64, ExecError> {
+        let tg = self.target(sp, addr);
+        match tg {
+            Target::Device(a) => {
+                let p = self
+                    .env
+                    .mem
+                    .translate(a, size)
+                    .ok_or_else(|| self.env.illegal(a, size, "global", line))?;
+                // SAFETY: translate() vouched for [a, a+size).
+                Ok(unsafe { mem::read_raw(p, size) })
+            }
+            Target::KParam(o) => mem::read_buf(self.env.params, o, size)
+                .ok_or_else(|| self.env.illegal(o, size, "param", line)),
+            _ => {
+                let name = space_name(&tg);
+                let env = self.env;
+                let (buf, o) = self.buf(&tg);
+                mem::read_buf(buf, o, size).ok_or_else(|| env.illegal(o, size, name, line))
+            }
+        }
+    }
+
+    /// Writes one value of `size` bytes at `addr` in `sp` (a `wmma.store` element).
+    pub(crate) fn write_at(
+        &mut self,
+        sp: MSp,
+        addr: u64,
+        size: usize,
+        v: u64,
+        line: u32,
+    ) -> Result<(), ExecError> {
+        let tg = self.target(sp, addr);
+        match tg {
+            Target::Device(a) => {
+                let p = self
+                    .env
+                    .mem
+                    .translate(a, size)
+                    .ok_or_else(|| self.env.illegal(a, size, "global", line))?;
+                // SAFETY: translate() vouched for [a, a+size).
+                unsafe { mem::write_raw(p, size, v) };
+                Ok(())
+            }
+            Target::KParam(o) => Err(self.env.illegal(o, size, "param", line)),
+            _ => {
+                let name = space_name(&tg);
+                let env = self.env;
+                let (buf, o) = self.buf(&tg);
+                mem::write_buf(buf, o, size, v).ok_or_else(|| env.illegal(o, size, name, line))
+            }
+        }
+    }
+
     pub(crate) fn store(
         &mut self,
         sp: MSp,

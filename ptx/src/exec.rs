@@ -475,6 +475,65 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                     }
                 }
             }
+            Inst::WmmaLoad {
+                frag,
+                shape,
+                el,
+                row,
+                sp,
+                addr,
+                stride,
+                d,
+            } => {
+                let base = cx.v(addr.base).wrapping_add(addr.off as u64);
+                let stride = cx.v(*stride) & 0xFFFF_FFFF;
+                let (rows, cols) = crate::wmma::dims(*frag, *shape);
+                let lane = cx.t % 32;
+                let mut regs = vec![0u64; d.len()];
+                for j in 0..d.len() * el.per_reg() {
+                    let e = crate::wmma::element(lane, j, d.len(), *el, rows * cols);
+                    let (r, c) = ((e / cols) as u64, (e % cols) as u64);
+                    let index = if *row { r * stride + c } else { c * stride + r };
+                    let a = base.wrapping_add(index * el.bytes() as u64);
+                    let v = cx.read_at(*sp, a, el.bytes(), ins.line)?;
+                    crate::wmma::put(&mut regs, j, *el, v);
+                }
+                for (&dk, &v) in d.iter().zip(&regs) {
+                    cx.set(dk, v);
+                }
+            }
+            Inst::WmmaStore {
+                shape,
+                el,
+                row,
+                sp,
+                addr,
+                stride,
+                s,
+            } => {
+                let base = cx.v(addr.base).wrapping_add(addr.off as u64);
+                let stride = cx.v(*stride) & 0xFFFF_FFFF;
+                let (rows, cols) = crate::wmma::dims(Frag::C, *shape);
+                let lane = cx.t % 32;
+                let regs: Vec<u64> = s.iter().map(|&o| cx.v(o)).collect();
+                // Each element once: the slots past the matrix repeat it.
+                for j in 0..(s.len() * el.per_reg()).min(rows * cols) {
+                    let e = crate::wmma::element(lane, j, s.len(), *el, rows * cols);
+                    if lane * s.len() * el.per_reg() + j >= rows * cols {
+                        break;
+                    }
+                    let (r, c) = ((e / cols) as u64, (e % cols) as u64);
+                    let index = if *row { r * stride + c } else { c * stride + r };
+                    let a = base.wrapping_add(index * el.bytes() as u64);
+                    cx.write_at(
+                        *sp,
+                        a,
+                        el.bytes(),
+                        crate::wmma::get(&regs, j, *el),
+                        ins.line,
+                    )?;
+                }
+            }
             Inst::Ld { sp, t, n, d, addr } => {
                 let a = cx.v(addr.base).wrapping_add(addr.off as u64);
                 cx.load(*sp, *t, *n, d, a, ins.line)?;
@@ -567,7 +626,8 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
             | Inst::WarpSync { .. }
             | Inst::Redux { .. }
             | Inst::MatchAny { .. }
-            | Inst::MatchAll { .. } => {
+            | Inst::MatchAll { .. }
+            | Inst::WmmaMma { .. } => {
                 th.pc = pc as u32;
                 th.st = St::Warp;
                 return Ok(());

@@ -161,6 +161,159 @@ impl<'a> FnDecoder<'_, '_, 'a> {
         Some(r)
     }
 
+    /// `wmma.load`, `wmma.store` and `wmma.mma` (f16, bf16 and tf32 inputs,
+    /// f16 or f32 accumulators, the m16n16k16, m32n8k16, m8n32k16 and m16n16k8
+    /// shapes). A fragment's layout is the interpreter's own (element e of the
+    /// matrix, row by row, at slot e of the warp's slots, lane by lane, repeated
+    /// where the slots outnumber the elements), as PTX leaves it unspecified.
+    fn wmma(&mut self, i: &PInst<'a>, mods: &[&str]) -> DResult<()> {
+        let ops = &i.ops;
+        let has = |s: &str| mods.contains(&s);
+        let shape = mods
+            .iter()
+            .find_map(|m| match *m {
+                "m16n16k16" => Some([16, 16, 16]),
+                "m32n8k16" => Some([32, 8, 16]),
+                "m8n32k16" => Some([8, 32, 16]),
+                "m16n16k8" => Some([16, 16, 8]),
+                _ => None,
+            })
+            .ok_or("wmma shape not supported (m16n16k16, m32n8k16, m8n32k16, m16n16k8 are)")?;
+        let els: Vec<WmmaEl> = mods
+            .iter()
+            .filter_map(|m| match *m {
+                "f16" => Some(WmmaEl::F16),
+                "bf16" => Some(WmmaEl::Bf16),
+                "tf32" => Some(WmmaEl::Tf32),
+                "f32" => Some(WmmaEl::F32),
+                _ => None,
+            })
+            .collect();
+        fn regs<'o, 'a>(o: &'o Operand<'a>) -> DResult<Vec<&'o Operand<'a>>> {
+            match o {
+                Operand::Vec(v) => Ok(v.iter().collect()),
+                _ => Err("expected a fragment {…}".into()),
+            }
+        }
+        // Elements of a matrix, and whether a lane's registers hold at least
+        // its share of them.
+        let elements = |frag: Frag| -> usize {
+            let [m, n, k] = shape.map(|x| x as usize);
+            match frag {
+                Frag::A => m * k,
+                Frag::B => k * n,
+                Frag::C => m * n,
+            }
+        };
+        let enough = |count: usize, el: WmmaEl, frag: Frag| -> DResult<()> {
+            if count * el.per_reg() * 32 < elements(frag) || count > 16 {
+                Err(format!(
+                    "a {frag:?} fragment of {count} registers of {el:?}"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if has("load") || has("store") {
+            let load = has("load");
+            let frag = if has("a") {
+                Frag::A
+            } else if has("b") {
+                Frag::B
+            } else {
+                Frag::C
+            };
+            let el = *els.first().ok_or("missing wmma element type")?;
+            let row = has("row");
+            Self::ops_n(i, 3)?;
+            let (values, address) = if load {
+                (&ops[0], &ops[1])
+            } else {
+                (&ops[1], &ops[0])
+            };
+            let (sp, addr) = self.addr(address, space_of(mods))?;
+            let stride = self.src(&ops[2], Ty::U32)?;
+            let list = regs(values)?;
+            enough(list.len(), el, frag)?;
+            if load {
+                let d = list
+                    .iter()
+                    .map(|o| self.dst(o))
+                    .collect::<DResult<Vec<_>>>()?;
+                self.emit(
+                    i,
+                    Inst::WmmaLoad {
+                        frag,
+                        shape,
+                        el,
+                        row,
+                        sp,
+                        addr,
+                        stride,
+                        d,
+                    },
+                )
+            } else {
+                let s = list
+                    .iter()
+                    .map(|o| self.src(o, Ty::B32))
+                    .collect::<DResult<Vec<_>>>()?;
+                self.emit(
+                    i,
+                    Inst::WmmaStore {
+                        shape,
+                        el,
+                        row,
+                        sp,
+                        addr,
+                        stride,
+                        s,
+                    },
+                )
+            }
+        } else if has("mma") {
+            if has("satfinite") {
+                return Err("wmma.mma.satfinite not supported".into());
+            }
+            // f16: .dtype.ctype; bf16 and tf32: .dtype.atype.btype.ctype.
+            let (d_el, ab, c_el) = match els.as_slice() {
+                [d, c] => (*d, WmmaEl::F16, *c),
+                [d, a, _, c] => (*d, *a, *c),
+                _ => return Err("wmma.mma types".into()),
+            };
+            Self::ops_n(i, 4)?;
+            let d = regs(&ops[0])?
+                .iter()
+                .map(|o| self.dst(o))
+                .collect::<DResult<Vec<_>>>()?;
+            let src = |me: &mut Self, o: &Operand<'a>| -> DResult<Vec<Op>> {
+                regs(o)?.iter().map(|o| me.src(o, Ty::B32)).collect()
+            };
+            let a = src(self, &ops[1])?;
+            let b = src(self, &ops[2])?;
+            let c = src(self, &ops[3])?;
+            enough(a.len(), ab, Frag::A)?;
+            enough(b.len(), ab, Frag::B)?;
+            enough(c.len(), c_el, Frag::C)?;
+            enough(d.len(), d_el, Frag::C)?;
+            self.emit(
+                i,
+                Inst::WmmaMma {
+                    shape,
+                    ab,
+                    c_el,
+                    d_el,
+                    d,
+                    a,
+                    b,
+                    c,
+                },
+            )
+        } else {
+            Err("wmma operation not supported".into())
+        }
+    }
+
     fn ops_n(i: &PInst<'a>, n: usize) -> DResult<()> {
         if i.ops.len() < n {
             Err(format!("expected {n} operands"))
@@ -176,6 +329,36 @@ impl<'a> FnDecoder<'_, '_, 'a> {
         let mut parts = i.opcode.split('.');
         let base = parts.next().unwrap_or("");
         let mods: Vec<&str> = parts.collect();
+        if base == "wmma" {
+            return self.wmma(i, &mods);
+        }
+        if base == "cvt" && mods.first() != Some(&"f32") && mods.contains(&"tf32") {
+            // f32 to tf32 (for the tensor cores); other tf32 conversions are not.
+            if mods.last() != Some(&"f32") {
+                return Err("cvt to tf32 from other than f32 not supported".into());
+            }
+            let round = if mods.contains(&"rna") {
+                Some(true)
+            } else if mods.contains(&"rn") {
+                Some(false)
+            } else if mods.contains(&"rz") {
+                None
+            } else {
+                return Err("cvt to tf32 needs .rna, .rn or .rz".into());
+            };
+            Self::ops_n(i, 2)?;
+            let d = self.dst(&i.ops[0])?;
+            let a = self.src(&i.ops[1], Ty::F32)?;
+            return self.emit(
+                i,
+                Inst::Un {
+                    op: UnOp::Tf32(round),
+                    t: Ty::B32,
+                    d,
+                    a,
+                },
+            );
+        }
         if let Some(m) = mods.iter().find(|m| bad_type(m)) {
             return Err(format!("type .{m} not supported"));
         }

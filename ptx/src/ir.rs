@@ -180,6 +180,10 @@ pub(crate) enum UnOp {
     Sin,
     Cos,
     Tanh,
+    /// `cvt.{rna,rn,rz}.tf32.f32`: an f32 rounded to tf32's 10 mantissa bits
+    /// (`true`: away from zero at a tie, `false`: to even; `None` in the
+    /// rounding slot below means toward zero), held in 32 bits.
+    Tf32(Option<bool>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -577,8 +581,72 @@ pub(crate) enum Inst {
         surf: Op,
         c: [Op; 3],
     },
+    /// `wmma.load.{a,b,c}`: this lane's part of a fragment, from memory.
+    WmmaLoad {
+        frag: Frag,
+        shape: [u32; 3],
+        el: WmmaEl,
+        row: bool,
+        sp: MSp,
+        addr: Addr,
+        stride: Op,
+        d: Vec<u32>,
+    },
+    /// `wmma.store.d`: this lane's part of a fragment, to memory.
+    WmmaStore {
+        shape: [u32; 3],
+        el: WmmaEl,
+        row: bool,
+        sp: MSp,
+        addr: Addr,
+        stride: Op,
+        s: Vec<Op>,
+    },
+    /// `wmma.mma`: D = A·B + C over the whole warp's fragments.
+    WmmaMma {
+        shape: [u32; 3],
+        ab: WmmaEl,
+        c_el: WmmaEl,
+        d_el: WmmaEl,
+        d: Vec<u32>,
+        a: Vec<Op>,
+        b: Vec<Op>,
+        c: Vec<Op>,
+    },
     /// Placeholder for an instruction the interpreter cannot run.
     Unsupported,
+}
+
+/// Which matrix a `wmma` fragment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frag {
+    A,
+    B,
+    C,
+}
+
+/// The element type of a `wmma` fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WmmaEl {
+    F16,
+    Bf16,
+    Tf32,
+    F32,
+}
+
+impl WmmaEl {
+    /// Elements per 32-bit register.
+    pub(crate) fn per_reg(self) -> usize {
+        match self {
+            WmmaEl::F16 | WmmaEl::Bf16 => 2,
+            WmmaEl::Tf32 | WmmaEl::F32 => 1,
+        }
+    }
+
+    /// Bytes of one element in memory.
+    pub(crate) fn bytes(self) -> usize {
+        4 / self.per_reg()
+    }
 }
 
 impl Inst {
@@ -593,6 +661,7 @@ impl Inst {
                 | Inst::Redux { .. }
                 | Inst::MatchAny { .. }
                 | Inst::MatchAll { .. }
+                | Inst::WmmaMma { .. }
         )
     }
 }

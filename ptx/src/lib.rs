@@ -38,6 +38,7 @@ mod ops;
 mod parser;
 mod tex;
 mod warp;
+mod wmma;
 
 use std::fmt;
 use std::sync::Arc;

@@ -240,6 +240,9 @@ fn float_un(op: UnOp, t: Ty, a: u64) -> u64 {
 
 /// One-operand arithmetic.
 pub(crate) fn un(op: UnOp, t: Ty, a: u64) -> u64 {
+    if let UnOp::Tf32(round) = op {
+        return u64::from(to_tf32(a as u32, round));
+    }
     if t.is_float() {
         return float_un(op, t, a);
     }
@@ -470,6 +473,27 @@ pub(crate) fn testp(op: TestP, t: Ty, a: u64) -> bool {
         TestP::NotANumber => x.is_nan(),
         TestP::Normal => x.is_normal() && !sub,
         TestP::Subnormal => sub,
+    }
+}
+
+/// An f32's bits rounded to tf32 (the low 13 bits cleared): ties away from
+/// zero (`Some(true)`), to even (`Some(false)`), or toward zero (`None`).
+/// NaN and infinity stay as they are.
+pub(crate) fn to_tf32(bits: u32, round: Option<bool>) -> u32 {
+    if (bits >> 23) & 0xFF == 0xFF {
+        return bits;
+    }
+    let low = bits & 0x1FFF;
+    let kept = bits & !0x1FFF;
+    let up = match round {
+        None => false,
+        Some(true) => low >= 0x1000,
+        Some(false) => low > 0x1000 || (low == 0x1000 && (kept >> 13) & 1 == 1),
+    };
+    if up {
+        kept.wrapping_add(0x2000)
+    } else {
+        kept
     }
 }
 

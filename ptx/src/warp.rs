@@ -154,6 +154,48 @@ impl Block<'_> {
                     self.set_reg(lo + l, d, r);
                 }
             }
+            Inst::WmmaMma {
+                shape,
+                ab,
+                c_el,
+                d_el,
+                ref d,
+                ref a,
+                ref b,
+                ref c,
+            } => {
+                use crate::wmma;
+                // Each element from the first slot holding it.
+                let gather = |me: &Self, regs: &[Op], el: WmmaEl, frag: Frag| -> Vec<f32> {
+                    let (rows, cols) = wmma::dims(frag, shape);
+                    let per_lane = regs.len() * el.per_reg();
+                    (0..rows * cols)
+                        .map(|e| {
+                            let (lane, j) = (e / per_lane, e % per_lane);
+                            let vals: Vec<u64> = regs
+                                .iter()
+                                .map(|&o| me.opv(lo + lane.min(n - 1), o))
+                                .collect();
+                            wmma::value(wmma::get(&vals, j, el), el)
+                        })
+                        .collect()
+                };
+                let am = gather(self, a, ab, Frag::A);
+                let bm = gather(self, b, ab, Frag::B);
+                let cm = gather(self, c, c_el, Frag::C);
+                let dm = wmma::mma(shape, &am, &bm, &cm);
+                let per_lane = d.len() * d_el.per_reg();
+                for &l in &lanes {
+                    let mut regs = vec![0u64; d.len()];
+                    for j in 0..per_lane {
+                        let e = wmma::element(l, j, d.len(), d_el, dm.len());
+                        wmma::put(&mut regs, j, d_el, wmma::bits(dm[e], d_el));
+                    }
+                    for (&dk, &v) in d.iter().zip(&regs) {
+                        self.set_reg(lo + l, dk, v);
+                    }
+                }
+            }
             Inst::Activemask { d } => {
                 for &l in &lanes {
                     self.set_reg(lo + l, d, group as u64);
