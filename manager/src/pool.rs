@@ -316,6 +316,9 @@ const ENDED_KEEP_MS: u64 = 120_000;
 /// A server silent this long, with no lease left, is forgotten (its metering
 /// stays).
 pub const FORGET_SERVER_MS: u64 = 24 * HOUR_MS;
+/// Servers forgotten, and forgotten servers' baselines dropped, in one pass at
+/// most.
+pub const FORGET_PER_PASS: usize = 8;
 /// Queued requests ahead of a new one that are checked for whether they would
 /// go first; the rest wait behind it.
 const QUEUE_LOOKAHEAD: usize = 32;
@@ -665,6 +668,8 @@ impl Pool {
             .values()
             .map(|l| l.claims.server.as_str())
             .collect();
+        // A few at a time: each forgotten server is a part written (in etcd),
+        // and a write stays inside etcd's limits; the rest go in later passes.
         let forget: Vec<String> = self
             .servers
             .iter()
@@ -674,6 +679,7 @@ impl Pool {
                     && now_ms.saturating_sub(s.last_seen_ms) > FORGET_SERVER_MS
             })
             .map(|(a, _)| a.clone())
+            .take(FORGET_PER_PASS)
             .collect();
         for address in forget {
             if let Some(s) = self.servers.remove(&address) {
@@ -687,8 +693,16 @@ impl Pool {
                 );
             }
         }
-        self.retired
-            .retain(|_, r| now_ms.saturating_sub(r.at_ms) <= HOURLY_KEEP_MS);
+        let expired: Vec<String> = self
+            .retired
+            .iter()
+            .filter(|(_, r)| now_ms.saturating_sub(r.at_ms) > HOURLY_KEEP_MS)
+            .map(|(a, _)| a.clone())
+            .take(FORGET_PER_PASS)
+            .collect();
+        for address in expired {
+            self.retired.remove(&address);
+        }
         gone.into_iter().map(|(l, _)| l).collect()
     }
 
@@ -1902,6 +1916,28 @@ mod tests {
         assert!(matches!(ask(&mut p, 1, later + 2), Outcome::Placed(_)));
         assert!(p.leases.values().all(|l| l.revoking.is_none()));
         assert_eq!(p.leases.len(), 3);
+    }
+
+    #[test]
+    fn silent_servers_are_forgotten_a_few_per_pass() {
+        let mut p = Pool::new(1);
+        for i in 0..20 {
+            let a = format!("s{i}");
+            p.register(server(&a, &[16]), key(&a), None, 0, None, &Alive::new())
+                .unwrap();
+        }
+        let later = FORGET_SERVER_MS + 1;
+        let none = Alive::new();
+        p.expire(later, &none, &Timing::default());
+        assert_eq!(p.servers.len(), 20 - FORGET_PER_PASS);
+        assert_eq!(p.retired.len(), FORGET_PER_PASS);
+        for pass in 0..3 {
+            p.expire(later + pass, &none, &Timing::default());
+        }
+        assert!(p.servers.is_empty());
+        // Their baselines go a few at a time too, a month on.
+        p.expire(later + HOURLY_KEEP_MS + 10, &none, &Timing::default());
+        assert_eq!(p.retired.len(), 20 - FORGET_PER_PASS);
     }
 
     #[test]

@@ -141,13 +141,23 @@ impl Keys {
         let now = std::time::Instant::now();
         let mut ration = self.ration.lock().unwrap_or_else(|e| e.into_inner());
         if ration.len() >= 65536 {
-            // Those whose ration has refilled hold nothing back: forget them.
+            // Those whose ration has refilled hold nothing back: forget them;
+            // and if all are fresh, start again rather than refuse everyone.
             let full = Duration::from_secs_f64(UNVERIFIED_BURST / UNVERIFIED_PER_SECOND);
             ration.retain(|_, (_, at)| now.duration_since(*at) < full);
             if ration.len() >= 65536 {
-                return false;
+                ration.clear();
             }
         }
+        // An IPv6 host has a /64 to itself: it is rationed as one.
+        let ip = match ip {
+            IpAddr::V6(v6) => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+            v4 => v4,
+        };
         let (left, at) = ration.entry(ip).or_insert((UNVERIFIED_BURST, now));
         *left = (*left + now.duration_since(*at).as_secs_f64() * UNVERIFIED_PER_SECOND)
             .min(UNVERIFIED_BURST);
@@ -485,7 +495,15 @@ impl Manager {
                 instance,
                 report,
             } => {
-                let known = self.keys.is_known(&server, &key);
+                // A key the pool had at the reaper's last pass (a manager
+                // restarted, a server moved here) is not rationed either.
+                let known = self.keys.is_known(&server, &key)
+                    || self
+                        .snapshot
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .is_some_and(|(pool, _, _)| pool.key_is(&server, &key));
                 if !known && !self.keys.ration(remote.ip()) {
                     return Err(ManagerError::Unavailable(format!(
                         "too many heartbeats from {} with keys not seen here yet; the next in a second",
@@ -765,5 +783,27 @@ mod tests {
             m.handle(beat("wrong"), from("10.0.0.2")).await,
             Err(ManagerError::NotAllowed(_))
         ));
+        // A key this manager has not seen accepted itself, but the pool had at
+        // the reaper's last pass (say, it restarted), is not rationed either.
+        m.keys.known.lock().unwrap().clear();
+        *m.snapshot.lock().unwrap() = Some(m.store.read(&m.timing).await.unwrap());
+        for _ in 0..20 {
+            assert!(matches!(
+                m.handle(beat(&r.server_key), from("10.9.9.9")).await,
+                Ok(ManagerReply::HeartbeatAck(_))
+            ));
+        }
+        // IPv6 addresses of one /64 share a ration.
+        let mut refused = 0;
+        for i in 0..20u16 {
+            let ip = format!("2001:db8::{i:x}");
+            if matches!(
+                m.handle(beat("guess"), from(&ip)).await,
+                Err(ManagerError::Unavailable(_))
+            ) {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 10, "{refused}");
     }
 }

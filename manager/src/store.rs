@@ -40,6 +40,9 @@ pub fn now_ms() -> u64 {
 /// Servers whose past hours one write archives, besides those it writes anyway.
 const ARCHIVE_PER_WRITE: usize = 8;
 
+/// etcd's default bound on one transaction's operations (`--max-txn-ops`).
+const MAX_TXN_OPERATIONS: usize = 128;
+
 /// How often a write that lost a race is tried again before the request fails.
 const MAX_ATTEMPTS: usize = 256;
 
@@ -166,15 +169,18 @@ impl Store {
         timing: &Timing,
         since_ms: u64,
     ) -> Result<Vec<UsageRecord>, ManagerError> {
-        let (pool, _, _) = self.read(timing).await?;
-        let mut records = match self {
-            Store::Memory(_) => Vec::new(),
-            Store::Etcd(etcd) => etcd
-                .archived(since_ms)
-                .await
-                .map_err(|e| ManagerError::Unavailable(format!("etcd: {e:#}")))?,
+        let unavailable = |e: anyhow::Error| ManagerError::Unavailable(format!("etcd: {e:#}"));
+        let (hourly, mut records) = match self {
+            Store::Memory(_) => (self.read(timing).await?.0.hourly, Vec::new()),
+            // The archive and the state at one revision: an hour moving from
+            // one to the other in between is then in exactly one of them.
+            Store::Etcd(etcd) => {
+                let (archived, revision) = etcd.archived(since_ms, 0).await.map_err(unavailable)?;
+                let (pool, _, _, _) = etcd.load_at(revision).await.map_err(unavailable)?;
+                (pool.hourly, archived)
+            }
         };
-        records.extend(pool.hourly);
+        records.extend(hourly);
         records.retain(|u| u.since_ms + HOUR_MS > since_ms);
         Ok(merge_hours(records))
     }
@@ -287,6 +293,8 @@ pub fn merge_hours(mut records: Vec<UsageRecord>) -> Vec<UsageRecord> {
     let mut merged: Vec<UsageRecord> = Vec::with_capacity(records.len());
     for u in records {
         match merged.last_mut() {
+            // One record per key of the export's cursor (a device swapped
+            // within the hour keeps its first UUID).
             Some(m)
                 if (m.since_ms, &m.tenant, &m.server, m.device)
                     == (u.since_ms, &u.tenant, &u.server, u.device) =>
@@ -302,13 +310,18 @@ pub fn merge_hours(mut records: Vec<UsageRecord>) -> Vec<UsageRecord> {
 }
 
 impl Etcd {
-    /// Every key in `[from, end)` as of one revision (that of the first
-    /// page), [`KEYS_PER_READ`] at a time.
-    async fn range(&self, from: String, end: String, keys_only: bool) -> Result<Vec<KeyValue>> {
+    /// Every key in `[from, end)` as of `revision` (0: that of the first
+    /// page), [`KEYS_PER_READ`] at a time; and the revision read at.
+    async fn range_at(
+        &self,
+        from: String,
+        end: String,
+        keys_only: bool,
+        mut revision: i64,
+    ) -> Result<(Vec<KeyValue>, i64)> {
         let mut kv = self.kv.clone();
         let mut all = Vec::new();
         let mut start = from.into_bytes();
-        let mut revision = 0;
         let mut limit = KEYS_PER_READ;
         loop {
             let mut options = GetOptions::new()
@@ -320,12 +333,15 @@ impl Etcd {
             }
             let mut got = match kv.get(start.clone(), Some(options)).await {
                 Ok(got) => got,
+                // Too large an answer (not a compacted or future revision,
+                // which etcd also reports as out of range).
                 Err(etcd_client::Error::GRpcStatus(status))
                     if limit > 1
                         && matches!(
                             status.code(),
                             tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
-                        ) =>
+                        )
+                        && !status.message().contains("revision") =>
                 {
                     limit /= 2;
                     continue;
@@ -348,7 +364,12 @@ impl Etcd {
                 break;
             }
         }
-        Ok(all)
+        Ok((all, revision))
+    }
+
+    /// Every key in `[from, end)` as of one revision.
+    async fn range(&self, from: String, end: String, keys_only: bool) -> Result<Vec<KeyValue>> {
+        Ok(self.range_at(from, end, keys_only, 0).await?.0)
     }
 
     /// Moves the state of older managers to the per-server layout, once: a
@@ -366,6 +387,10 @@ impl Etcd {
                 .range(self.key("state/"), self.key("state0"), false)
                 .await?;
             let core = state.iter().find(|kv| kv.key() == core_key.as_bytes());
+            let servers_prefix = self.state_key(Some(""));
+            let has_new_parts = state
+                .iter()
+                .any(|kv| kv.key().starts_with(servers_prefix.as_bytes()));
             let mut legacy_parts = BTreeMap::new();
             for kv in &state {
                 if let Some(address) = kv.key_str()?.strip_prefix(&legacy) {
@@ -388,26 +413,54 @@ impl Etcd {
                     if pool.servers.is_empty() && legacy_parts.is_empty() {
                         return Ok(());
                     }
+                    if has_new_parts {
+                        // Both layouts: older managers wrote after a move. Which
+                        // is right cannot be told; nothing is overwritten.
+                        bail!("{}state/ holds both the older and the per-server layout: an older manager wrote after the move; stop every older manager, then see the upgrade notes", self.prefix);
+                    }
                     (Pool::join(pool, legacy_parts), core)
                 }
                 (None, None) => return Ok(()),
             };
             let (core, parts) = pool.split();
             let mut client = self.client.clone();
-            // The parts first, a batch at a time (etcd takes at most 128
-            // operations in one transaction); then the core, if what it
-            // came from is unchanged, with the old keys gone.
-            let parts: Vec<(String, ServerPart)> = parts.into_iter().collect();
-            for batch in parts.chunks(64) {
-                let mut puts = Vec::new();
-                for (address, part) in batch {
-                    puts.push(TxnOp::put(
-                        self.state_key(Some(address)),
-                        serde_json::to_vec(part)?,
-                        None,
-                    ));
+            // The parts first, in batches inside etcd's limits (128 operations,
+            // 1.5 MiB a request), each only while what they came from is
+            // unchanged; then the core, likewise, with the old keys gone.
+            let unchanged = || {
+                Compare::mod_revision(from.key().to_vec(), CompareOp::Equal, from.mod_revision())
+            };
+            let parts: Vec<(String, Vec<u8>)> = parts
+                .iter()
+                .map(|(a, p)| Ok((self.state_key(Some(a)), serde_json::to_vec(p)?)))
+                .collect::<Result<_>>()?;
+            let mut batches: Vec<Vec<TxnOp>> = vec![Vec::new()];
+            let mut bytes = 0;
+            for (key, value) in &parts {
+                let last = batches.last_mut().expect("one batch at least");
+                if !last.is_empty() && (last.len() >= 64 || bytes + value.len() > 1 << 20) {
+                    batches.push(Vec::new());
+                    bytes = 0;
                 }
-                client.txn(Txn::new().and_then(puts)).await?;
+                bytes += key.len() + value.len();
+                batches
+                    .last_mut()
+                    .expect("one batch at least")
+                    .push(TxnOp::put(key.clone(), value.clone(), None));
+            }
+            let mut lost_race = false;
+            for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+                let written = client
+                    .txn(Txn::new().when([unchanged()]).and_then(batch))
+                    .await
+                    .with_context(|| format!("moving {} servers' parts", parts.len()))?;
+                if !written.succeeded() {
+                    lost_race = true;
+                    break;
+                }
+            }
+            if lost_race {
+                continue;
             }
             let moved = client
                 .txn(
@@ -461,9 +514,17 @@ impl Etcd {
     /// The pool (its core and every server's metering, read at one revision),
     /// each key's revision, and the servers whose registration keys exist.
     async fn load(&self) -> Result<(Pool, BTreeMap<String, i64>, Alive)> {
-        let got = self
-            .range(self.key("state/"), self.key("state0"), false)
+        self.load_at(0)
+            .await
+            .map(|(pool, revisions, alive, _)| (pool, revisions, alive))
+    }
+
+    /// [`Self::load`] as of `revision` (0: now), and the revision read at.
+    async fn load_at(&self, revision: i64) -> Result<(Pool, BTreeMap<String, i64>, Alive, i64)> {
+        let (got, revision) = self
+            .range_at(self.key("state/"), self.key("state0"), false, revision)
             .await?; // '0' follows '/'
+        let legacy = self.key("state/metering/");
         let mut core = None;
         let mut parts = BTreeMap::new();
         let mut revisions = BTreeMap::new();
@@ -471,11 +532,16 @@ impl Etcd {
         for kv in &got {
             let key = kv.key_str()?;
             revisions.insert(key.to_owned(), kv.mod_revision());
+            if key.starts_with(&legacy) {
+                bail!("{key} is in the layout of an older manager, which is still writing it: stop the older managers (deploy with strategy Recreate), then start this one again to move the state");
+            }
             if key == self.state_key(None) {
-                core = Some(
-                    serde_json::from_slice::<Pool>(kv.value())
-                        .context("the pool in etcd does not parse")?,
-                );
+                let pool = serde_json::from_slice::<Pool>(kv.value())
+                    .context("the pool in etcd does not parse")?;
+                if !pool.servers.is_empty() {
+                    bail!("the pool's core in etcd holds servers, as an older manager writes it: stop the older managers (deploy with strategy Recreate), then start this one again to move the state");
+                }
+                core = Some(pool);
             } else if let Some(address) = key.strip_prefix(&servers) {
                 let part: ServerPart = serde_json::from_slice(kv.value())
                     .with_context(|| format!("{key} in etcd does not parse"))?;
@@ -486,8 +552,8 @@ impl Etcd {
         // microseconds, above any a lost one can have issued.
         let core = core.unwrap_or_else(|| Pool::new(now_ms().saturating_mul(1000)));
         let alive_prefix = self.alive_key("");
-        let keys = self
-            .range(alive_prefix.clone(), self.key("alive0"), true)
+        let (keys, _) = self
+            .range_at(alive_prefix.clone(), self.key("alive0"), true, revision)
             .await?;
         let alive = keys
             .iter()
@@ -495,7 +561,7 @@ impl Etcd {
             .filter_map(|k| k.strip_prefix(&alive_prefix))
             .map(str::to_owned)
             .collect();
-        Ok((Pool::join(core, parts), revisions, alive))
+        Ok((Pool::join(core, parts), revisions, alive, revision))
     }
 
     async fn update<R>(
@@ -573,12 +639,31 @@ impl Etcd {
                 compares.push(compare(&key));
                 puts.push(TxnOp::put(key, serde_json::to_vec(part)?, None));
             }
+            // A lease made here was decided on its server's part as read (its
+            // key, devices, memory): the write holds only if that is unchanged.
+            let placed_on: std::collections::BTreeSet<&str> = new_core
+                .leases
+                .iter()
+                .filter(|(id, _)| !old_core.leases.contains_key(id))
+                .map(|(_, l)| l.claims.server.as_str())
+                .collect();
+            for server in placed_on {
+                if old_parts.get(server) == new_parts.get(server) {
+                    compares.push(compare(&self.state_key(Some(server))));
+                }
+            }
             for (since, records) in &archive {
                 let key = format!("{}{:016x}", self.hourly_key(*since), rand::random::<u64>());
                 puts.push(TxnOp::put(key, serde_json::to_vec(records)?, None));
             }
             if puts.is_empty() {
                 return Ok((result, gone));
+            }
+            // Inside etcd's limits, or the write is refused here with a reason
+            // (every part of a pass is bounded, so this is not expected).
+            let operations = compares.len() + puts.len();
+            if operations > MAX_TXN_OPERATIONS {
+                bail!("one write of {operations} operations, over etcd's {MAX_TXN_OPERATIONS}");
             }
             let mut client = self.client.clone();
             let written = client.txn(Txn::new().when(compares).and_then(puts)).await?;
@@ -592,11 +677,12 @@ impl Etcd {
         bail!("the pool in etcd changed under every one of {MAX_ATTEMPTS} attempts")
     }
 
-    /// Hourly records of hours gone by, from the hour of `since_ms` on.
-    async fn archived(&self, since_ms: u64) -> Result<Vec<UsageRecord>> {
+    /// Hourly records of hours gone by, from the hour of `since_ms` on, as of
+    /// `revision` (0: now), and the revision read at.
+    async fn archived(&self, since_ms: u64, revision: i64) -> Result<(Vec<UsageRecord>, i64)> {
         let from = self.hourly_key(since_ms - since_ms % HOUR_MS);
         let end = format!("{}hourly0", self.prefix); // '0' follows '/'
-        let got = self.range(from, end, false).await?;
+        let (got, revision) = self.range_at(from, end, false, revision).await?;
         let mut records = Vec::new();
         for kv in &got {
             let mut some: Vec<UsageRecord> =
@@ -605,7 +691,7 @@ impl Etcd {
                 })?;
             records.append(&mut some);
         }
-        Ok(records)
+        Ok((records, revision))
     }
 
     /// Deletes archived hours older than [`HOURLY_KEEP_MS`].

@@ -457,4 +457,21 @@ async fn a_pool_kept_whole_by_an_older_manager_moves_to_the_split_state() {
         .unwrap();
     let (pool, _, _) = store.read(&Timing::default()).await.unwrap();
     assert_eq!(pool.usage[0].gpu_seconds, 6.0);
+    // An older manager still writing its layout afterwards (a rolling upgrade)
+    // is noticed: the state is not read as if it were the new layout, and a
+    // manager starting then moves nothing over what is there.
+    client
+        .put("/n/state/pool", serde_json::to_vec(&core).unwrap(), None)
+        .await
+        .unwrap();
+    let e = store.read(&Timing::default()).await.unwrap_err();
+    assert!(e.to_string().contains("older manager"), "{e}");
+    let e = Store::etcd(&url, "/n")
+        .await
+        .err()
+        .expect("a manager refuses to start on both layouts");
+    assert!(
+        format!("{e:#}").contains("both the older and the per-server layout"),
+        "{e:#}"
+    );
 }
