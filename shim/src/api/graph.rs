@@ -23,8 +23,12 @@
 //! last graph and instantiation holding the node are destroyed; a free of it (a
 //! free node, or `cuMemFreeAsync` after a launch) keeps it for the next launch.
 //! So it costs its bytes for the graph's lifetime, as CUDA's graph memory pool
-//! does at its most. Not yet: updating an instantiated graph, and running a
-//! graph's independent branches concurrently.
+//! does at its most.
+//!
+//! An instantiation is updated (`cuGraphExecUpdate`, a kernel node's new
+//! parameters) by rebuilding what the server keeps for it from its own copy of
+//! the graph: one request per server run of nodes. Not yet: running a graph's
+//! independent branches concurrently.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -181,6 +185,16 @@ impl HostOp {
     }
 }
 
+/// An instantiated graph: what runs (segments), the graph memory it holds, and
+/// the graph it was made from (its own copy, which updates change), with that
+/// graph's handle.
+struct Exec {
+    segments: Vec<Segment>,
+    memory: Vec<Arc<GraphMemory>>,
+    source: Graph,
+    origin: u64,
+}
+
 /// One step of a graph as it runs: a node the server runs, or a host step; or
 /// graph memory it holds (and, in a capture, a free of it).
 #[derive(Clone)]
@@ -280,8 +294,8 @@ struct Graphs {
     graphs: HashMap<u64, Graph>,
     /// Node handles: (graph, index in it).
     nodes: HashMap<u64, (u64, usize)>,
-    /// Instantiated graphs: their segments, and the graph memory they hold.
-    execs: HashMap<u64, (Vec<Segment>, Vec<Arc<GraphMemory>>)>,
+    /// Instantiated graphs.
+    execs: HashMap<u64, Exec>,
     next: u64,
 }
 
@@ -665,18 +679,12 @@ fn event_known(event: CUevent) -> Res<u64> {
     Ok(event as u64)
 }
 
-fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
-    if exec.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
+/// What an instantiation of `graph` runs: runs of server nodes become kept
+/// graphs (made on the server here), host steps stay here.
+fn build(graph: &Graph) -> Res<(Vec<Segment>, Vec<Arc<GraphMemory>>)> {
     let mut steps = Vec::new();
-    lock(table())
-        .graphs
-        .get(&(graph as u64))
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?
-        .ordered(&mut steps)?;
+    graph.ordered(&mut steps)?;
     let d = driver()?;
-    // Runs of server nodes become kept graphs; host steps stay here.
     let mut segments = Vec::new();
     let mut memory = Vec::new();
     let mut run = Vec::new();
@@ -699,10 +707,193 @@ fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
         }
     }
     keep(&mut run, &mut segments)?;
+    Ok((segments, memory))
+}
+
+/// Forgets the server's kept graphs of `segments`.
+fn drop_segments(segments: Vec<Segment>) -> Res {
+    let d = driver()?;
+    for segment in segments {
+        if let Segment::Server(graph) = segment {
+            d.conn.post(Request::GraphDestroy { graph }).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
+    if exec.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let source = lock(table())
+        .graphs
+        .get(&(graph as u64))
+        .cloned()
+        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let (segments, memory) = build(&source)?;
     let mut t = lock(table());
     let handle = t.handle();
-    t.execs.insert(handle, (segments, memory));
+    t.execs.insert(
+        handle,
+        Exec {
+            segments,
+            memory,
+            source,
+            origin: graph as u64,
+        },
+    );
     put(exec, handle as CUgraphExec)
+}
+
+/// Why an instantiation of `old` cannot become one of `new` by an update
+/// (`cuGraphExecUpdate`): the same nodes, of the same kinds, with the same
+/// dependencies, are needed; memory nodes cannot change.
+fn update_refused(old: &Graph, new: &Graph) -> Option<CUgraphExecUpdateResult> {
+    if old.nodes.len() != new.nodes.len() {
+        return Some(CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED);
+    }
+    for (a, b) in old.nodes.iter().zip(&new.nodes) {
+        let (mut da, mut db) = (a.deps.clone(), b.deps.clone());
+        da.sort_unstable();
+        db.sort_unstable();
+        if da != db {
+            return Some(CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED);
+        }
+        let same_kind = match (&a.op, &b.op) {
+            (Op::Work(x), Op::Work(y)) => std::mem::discriminant(x) == std::mem::discriminant(y),
+            (Op::Host(x), Op::Host(y)) => std::mem::discriminant(x) == std::mem::discriminant(y),
+            (Op::Empty, Op::Empty) => true,
+            (Op::Child(x), Op::Child(y)) => {
+                if let Some(why) = update_refused(x, y) {
+                    return Some(why);
+                }
+                true
+            }
+            (Op::MemAlloc(x), Op::MemAlloc(y)) => {
+                if !Arc::ptr_eq(x, y) {
+                    return Some(CU_GRAPH_EXEC_UPDATE_ERROR_NOT_SUPPORTED);
+                }
+                true
+            }
+            (Op::MemFree(x), Op::MemFree(y)) => {
+                if x != y {
+                    return Some(CU_GRAPH_EXEC_UPDATE_ERROR_NOT_SUPPORTED);
+                }
+                true
+            }
+            _ => false,
+        };
+        if !same_kind {
+            return Some(CU_GRAPH_EXEC_UPDATE_ERROR_NODE_TYPE_CHANGED);
+        }
+    }
+    None
+}
+
+/// Makes `exec` run `graph`'s nodes (parameters, addresses, events) from its
+/// next launch: `Err` with the reason if their shapes differ.
+fn exec_update(
+    exec: CUgraphExec,
+    graph: CUgraph,
+) -> Result<(), (CUresult, CUgraphExecUpdateResult)> {
+    let refuse = |r: CUresult| (r, CU_GRAPH_EXEC_UPDATE_ERROR);
+    let (new, old) = {
+        let t = lock(table());
+        let new = t
+            .graphs
+            .get(&(graph as u64))
+            .cloned()
+            .ok_or(refuse(CUDA_ERROR_INVALID_VALUE))?;
+        let e = t
+            .execs
+            .get(&(exec as u64))
+            .ok_or(refuse(CUDA_ERROR_INVALID_VALUE))?;
+        (new, e.source.clone())
+    };
+    if let Some(why) = update_refused(&old, &new) {
+        return Err((CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE, why));
+    }
+    replace(exec, new, None).map_err(refuse)
+}
+
+/// Rebuilds `exec` from `source` (and, if given, a new origin graph).
+fn replace(exec: CUgraphExec, source: Graph, origin: Option<u64>) -> Res {
+    let (segments, memory) = build(&source)?;
+    let old = {
+        let mut t = lock(table());
+        let e = t
+            .execs
+            .get_mut(&(exec as u64))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        e.source = source;
+        if let Some(o) = origin {
+            e.origin = o;
+        }
+        e.memory = memory;
+        std::mem::replace(&mut e.segments, segments)
+    };
+    // Posted after every launch already sent, which still runs the old ones.
+    drop_segments(old)
+}
+
+fn update_info(info: *mut CUgraphExecUpdateResultInfo, result: CUgraphExecUpdateResult) {
+    if !info.is_null() {
+        // SAFETY: checked non-null; the caller passes room for the result.
+        unsafe {
+            (*info).result = result;
+            (*info).errorNode = std::ptr::null_mut();
+            (*info).errorFromNode = std::ptr::null_mut();
+        }
+    }
+}
+
+/// A kernel node's new parameters in an instantiation (`exec`'s own copy of
+/// the node at `node`'s place in the graph it came from).
+fn exec_kernel_params(exec: CUgraphExec, node: CUgraphNode, op: Op) -> Res {
+    let (index, source) = {
+        let t = lock(table());
+        let &(graph, index) = t
+            .nodes
+            .get(&(node as u64))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let e = t
+            .execs
+            .get(&(exec as u64))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if e.origin != graph
+            || !matches!(
+                e.source.nodes.get(index).map(|n| &n.op),
+                Some(Op::Work(GraphNode::Kernel { .. }))
+            )
+        {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        (index, e.source.clone())
+    };
+    let mut source = source;
+    source.nodes[index].op = op;
+    replace(exec, source, None)
+}
+
+fn kernel_params_op(p: *const CUDA_KERNEL_NODE_PARAMS) -> Res<Op> {
+    if p.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: checked non-null; the caller passes the parameters.
+    let p = unsafe { &*p };
+    let func = if p.func.is_null() {
+        p.kern as CUfunction
+    } else {
+        p.func
+    };
+    kernel_node(
+        func,
+        [p.gridDimX, p.gridDimY, p.gridDimZ],
+        [p.blockDimX, p.blockDimY, p.blockDimZ],
+        p.sharedMemBytes,
+        p.kernelParams,
+        p.extra,
+    )
 }
 
 fn instantiate_with_params(
@@ -770,7 +961,7 @@ fn launch(exec: CUgraphExec, stream: u64) -> Res {
         .execs
         .get(&(exec as u64))
         .ok_or(CUDA_ERROR_INVALID_VALUE)?
-        .0
+        .segments
         .iter()
         .map(|s| match s {
             Segment::Server(id) => (Some(*id), None),
@@ -877,14 +1068,51 @@ export! {
 
     fn cuGraphExecDestroy(exec: CUgraphExec) {
         // Its graph memory goes (outside the table's lock) if no graph holds it.
-        let (segments, _memory) = lock(table()).execs.remove(&(exec as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        let d = driver()?;
-        for segment in segments {
-            if let Segment::Server(graph) = segment {
-                d.conn.post(Request::GraphDestroy { graph }).map_err(fail)?;
+        let gone = lock(table()).execs.remove(&(exec as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        drop_segments(gone.segments)
+    }
+
+    fn cuGraphExecUpdate_v2(exec: CUgraphExec, graph: CUgraph, info: *mut CUgraphExecUpdateResultInfo) {
+        match exec_update(exec, graph) {
+            Ok(()) => {
+                update_info(info, CU_GRAPH_EXEC_UPDATE_SUCCESS);
+                Ok(())
+            }
+            Err((code, why)) => {
+                update_info(info, why);
+                Err(code)
             }
         }
-        Ok(())
+    }
+
+    fn cuGraphExecUpdate(exec: CUgraphExec, graph: CUgraph, error_node: *mut CUgraphNode, result: *mut CUgraphExecUpdateResult) {
+        if !error_node.is_null() {
+            put(error_node, std::ptr::null_mut())?;
+        }
+        let outcome = exec_update(exec, graph);
+        let why = outcome.as_ref().err().map_or(CU_GRAPH_EXEC_UPDATE_SUCCESS, |e| e.1);
+        if !result.is_null() {
+            put(result, why)?;
+        }
+        outcome.map_err(|e| e.0)
+    }
+
+    fn cuGraphExecKernelNodeSetParams_v2(exec: CUgraphExec, node: CUgraphNode, p: *const CUDA_KERNEL_NODE_PARAMS) {
+        exec_kernel_params(exec, node, kernel_params_op(p)?)
+    }
+
+    fn cuGraphKernelNodeSetParams_v2(node: CUgraphNode, p: *const CUDA_KERNEL_NODE_PARAMS) {
+        let op = kernel_params_op(p)?;
+        let mut t = lock(table());
+        let &(graph, index) = t.nodes.get(&(node as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let g = t.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        match &mut g.nodes[index].op {
+            slot @ Op::Work(GraphNode::Kernel { .. }) => {
+                *slot = op;
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        }
     }
 
     fn cuGraphAddHostNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_HOST_NODE_PARAMS) {
@@ -1006,14 +1234,7 @@ export! {
     }
 
     fn cuGraphAddKernelNode_v2(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_KERNEL_NODE_PARAMS) {
-        if p.is_null() {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        // SAFETY: checked non-null; the caller passes the parameters.
-        let p = unsafe { &*p };
-        let func = if p.func.is_null() { p.kern as CUfunction } else { p.func };
-        let op = kernel_node(func, [p.gridDimX, p.gridDimY, p.gridDimZ], [p.blockDimX, p.blockDimY, p.blockDimZ], p.sharedMemBytes, p.kernelParams, p.extra)?;
-        add_node(out, graph, deps, count, op)
+        add_node(out, graph, deps, count, kernel_params_op(p)?)
     }
 
     fn cuGraphAddKernelNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_KERNEL_NODE_PARAMS_v1) {
