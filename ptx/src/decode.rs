@@ -201,14 +201,20 @@ impl<'x, 'm, 'a> FnDecoder<'x, 'm, 'a> {
     pub(crate) fn call(&mut self, i: &PInst<'a>) -> DResult<()> {
         let mut lists = Vec::new();
         let mut target = None;
+        let mut prototype = false;
         for o in &i.ops {
             match o {
                 Operand::List(v) => lists.push((target.is_some(), v)),
                 Operand::Name(n) if target.is_none() => target = Some(*n),
+                // `call (r), %fp, (a), prototype_N;` names its prototype last.
+                Operand::Name(_) if !prototype => prototype = true,
                 _ => return Err("unsupported call syntax".into()),
             }
         }
         let target = target.ok_or("call without target")?;
+        if target.starts_with('%') {
+            return self.call_indirect(i, target, &lists);
+        }
         let f = *self.l.fmap.get(target).ok_or("unknown call target")?;
         let fo = self
             .layout
@@ -216,9 +222,63 @@ impl<'x, 'm, 'a> FnDecoder<'x, 'm, 'a> {
             .get(&f)
             .ok_or("call target not linked")?
             .clone();
+        let (args, rets) = self.call_moves(&lists, &fo)?;
+        self.st.call_fixups.push((self.st.code.len(), f));
+        self.emit(i, Inst::Call { tgt: 0, args, rets })
+    }
+
+    /// A call through a function pointer: one case for each function whose
+    /// address the module takes and that takes as many parameters and results.
+    fn call_indirect(
+        &mut self,
+        i: &PInst<'a>,
+        target: &'a str,
+        lists: &[(bool, &Vec<Operand<'a>>)],
+    ) -> DResult<()> {
+        let pointer = self.src(&Operand::Name(target), Ty::U64)?;
+        let (nargs, nrets) = lists.iter().fold((0, 0), |(a, r), (after, l)| {
+            if *after {
+                (a + l.len(), r)
+            } else {
+                (a, r + l.len())
+            }
+        });
+        let mut cases = Vec::new();
+        let candidates: Vec<usize> = self.l.address_taken.iter().copied().collect();
+        for f in candidates {
+            let Some(fo) = self.layout.formals.get(&f).cloned() else {
+                continue;
+            };
+            if fo.params.len() != nargs || fo.rets.len() != nrets {
+                continue;
+            }
+            let (args, rets) = self.call_moves(lists, &fo)?;
+            cases.push(IndirectCase {
+                function: f as u32,
+                tgt: 0,
+                args,
+                rets,
+            });
+        }
+        let pc = self.st.code.len();
+        for (k, case) in cases.iter().enumerate() {
+            self.st
+                .indirect_fixups
+                .push((pc, k, case.function as usize));
+        }
+        self.emit(i, Inst::CallIndirect { pointer, cases })
+    }
+
+    /// The moves of a call's arguments into `fo`'s parameters and of its
+    /// results back.
+    fn call_moves(
+        &mut self,
+        lists: &[(bool, &Vec<Operand<'a>>)],
+        fo: &crate::link::Formals,
+    ) -> DResult<(Vec<ParamMove>, Vec<ParamMove>)> {
         let mut args = Vec::new();
         let mut rets = Vec::new();
-        for (after, list) in lists {
+        for &(after, list) in lists {
             let (formals, out) = if after {
                 (&fo.params, &mut args)
             } else {
@@ -256,8 +316,7 @@ impl<'x, 'm, 'a> FnDecoder<'x, 'm, 'a> {
                 out.push(mv);
             }
         }
-        self.st.call_fixups.push((self.st.code.len(), f));
-        self.emit(i, Inst::Call { tgt: 0, args, rets })
+        Ok((args, rets))
     }
 
     pub(crate) fn lookup(&self, name: &str) -> Option<Sym> {
@@ -335,6 +394,12 @@ impl<'x, 'm, 'a> FnDecoder<'x, 'm, 'a> {
                 }
                 if let Some(s) = special(n) {
                     return Ok(Op::S(s));
+                }
+                // A function's address (a function pointer).
+                if let Some(&f) = self.l.fmap.get(n) {
+                    if self.l.address_taken.contains(&f) {
+                        return Ok(Op::I(crate::link::function_address(f)));
+                    }
                 }
                 Err(format!("unknown operand `{n}`"))
             }

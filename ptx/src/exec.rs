@@ -595,10 +595,34 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                 pc = *tgt as usize;
                 continue;
             }
+            Inst::CallIndirect { pointer, cases } => {
+                let value = cx.v(*pointer);
+                let case = (value & !0xFFFF_FFFF == crate::FUNCTION_ADDRESS_TAG)
+                    .then(|| {
+                        cases
+                            .iter()
+                            .position(|c| u64::from(c.function) == value & 0xFFFF_FFFF)
+                    })
+                    .flatten()
+                    .ok_or_else(|| cx.env.illegal(value, 0, "function pointer", ins.line))?;
+                cx.param_moves(&cases[case].args);
+                // The case under the return address, for the results' moves.
+                th.stack.push(case as u32);
+                th.stack.push(pc as u32);
+                pc = cases[case].tgt as usize;
+                continue;
+            }
             Inst::Ret => match th.stack.pop() {
                 Some(cpc) => {
-                    if let Inst::Call { rets, .. } = &code[cpc as usize].inst {
-                        cx.param_moves(rets);
+                    match &code[cpc as usize].inst {
+                        Inst::Call { rets, .. } => cx.param_moves(rets),
+                        Inst::CallIndirect { cases, .. } => {
+                            let case = th.stack.pop().unwrap_or(0) as usize;
+                            if let Some(c) = cases.get(case) {
+                                cx.param_moves(&c.rets);
+                            }
+                        }
+                        _ => {}
                     }
                     pc = cpc as usize + 1;
                     continue;

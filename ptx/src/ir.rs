@@ -581,6 +581,11 @@ pub(crate) enum Inst {
         surf: Op,
         c: [Op; 3],
     },
+    /// A call through a function pointer: the case of the function it names.
+    CallIndirect {
+        pointer: Op,
+        cases: Vec<IndirectCase>,
+    },
     /// `wmma.load.{a,b,c}`: this lane's part of a fragment, from memory.
     WmmaLoad {
         frag: Frag,
@@ -615,6 +620,17 @@ pub(crate) enum Inst {
     },
     /// Placeholder for an instruction the interpreter cannot run.
     Unsupported,
+}
+
+/// One possible target of an indirect call, and how its arguments and results
+/// move.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct IndirectCase {
+    /// The function's number in its module.
+    pub(crate) function: u32,
+    pub(crate) tgt: u32,
+    pub(crate) args: Vec<ParamMove>,
+    pub(crate) rets: Vec<ParamMove>,
 }
 
 /// Which matrix a `wmma` fragment holds.

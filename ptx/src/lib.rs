@@ -146,7 +146,16 @@ pub struct GlobalVar {
     /// Initial contents, at most `size` bytes: what the initializer gives; the
     /// bytes past them (all of them without one) are zero.
     pub init: Vec<u8>,
+    /// 8-byte addresses to write once the module's variables are placed:
+    /// (byte offset, symbol), the symbol a variable of the module or a
+    /// function ([`Module::function_address`]), as a vtable holds them.
+    pub relocs: Vec<(usize, String)>,
 }
+
+/// What a function's address is, to the interpreter: this tag and the
+/// function's number in its module. Calls through such a value (function
+/// pointers, virtual functions) go to that function.
+pub const FUNCTION_ADDRESS_TAG: u64 = 0xF0F0_0000_0000_0000;
 
 /// A parsed PTX module.
 #[derive(Clone)]
@@ -156,6 +165,8 @@ pub struct Module {
     progs: Vec<Arc<ir::Prog>>,
     /// Kernel name → index (libraries' modules hold thousands of kernels).
     by_name: std::collections::HashMap<String, usize>,
+    /// Functions whose address the module takes, by name: their addresses.
+    function_addresses: std::collections::HashMap<String, u64>,
 }
 
 impl fmt::Debug for Module {
@@ -179,6 +190,12 @@ impl Module {
     }
 
     /// Module-scope `.global` and `.const` variables, in source order.
+    /// The address of function `name` as the module's code and vtables hold
+    /// it, if the module takes its address.
+    pub fn function_address(&self, name: &str) -> Option<u64> {
+        self.function_addresses.get(name).copied()
+    }
+
     pub fn globals(&self) -> &[GlobalVar] {
         &self.globals
     }

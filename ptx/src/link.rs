@@ -27,6 +27,7 @@ fn global_var(v: &PVar<'_>) -> GlobalVar {
         .as_ref()
         .map_or(0, |vals| vals.len().saturating_mul(esz));
     let mut init = vec![0u8; given.min(size)];
+    let mut relocs = Vec::new();
     if let Some(vals) = &v.init {
         for (i, val) in vals.iter().enumerate() {
             let at = i * esz;
@@ -38,8 +39,9 @@ fn global_var(v: &PVar<'_>) -> GlobalVar {
                     let bits = imm_bits(*n, v.ty);
                     init[at..at + esz].copy_from_slice(&bits.to_le_bytes()[..esz]);
                 }
-                InitVal::Sym => tracing::warn!(
-                    "address initializer in `{}` is not supported; left as zero",
+                InitVal::Sym(sym) if esz == 8 => relocs.push((at, sym.to_string())),
+                InitVal::Sym(_) => tracing::warn!(
+                    "a symbol's address in `{}`, an array of {esz}-byte elements: left as zero",
                     v.name
                 ),
             }
@@ -55,6 +57,7 @@ fn global_var(v: &PVar<'_>) -> GlobalVar {
         size,
         align: v.align,
         init,
+        relocs,
     }
 }
 
@@ -88,8 +91,39 @@ pub(crate) fn build_module(pm: &PModule<'_>) -> Result<Module, ParseError> {
             }
         }
     }
+    // Functions whose address the module takes: named in a variable's
+    // initializer (a vtable, a table of function pointers) or as an operand
+    // other than a call's target.
+    let mut address_taken = std::collections::BTreeSet::new();
+    for v in &pm.vars {
+        for val in v.init.iter().flatten() {
+            if let InitVal::Sym(sym) = val {
+                if let Some(&f) = fmap.get(sym) {
+                    address_taken.insert(f);
+                }
+            }
+        }
+    }
+    for f in &pm.funcs {
+        for i in insts(f) {
+            if i.opcode.starts_with("call") {
+                continue;
+            }
+            let mut names = Vec::new();
+            i.ops.iter().for_each(|o| operand_names(o, &mut names));
+            for n in names {
+                if let Some(&g) = fmap.get(n) {
+                    if pm.funcs[g].body.is_some() && !pm.funcs[g].entry {
+                        address_taken.insert(g);
+                    }
+                }
+            }
+        }
+    }
+    address_taken.retain(|&f| pm.funcs[f].body.is_some() && !pm.funcs[f].entry);
     let linker = Linker {
         pm,
+        address_taken,
         fmap,
         mshared: pm
             .vars
@@ -118,16 +152,29 @@ pub(crate) fn build_module(pm: &PModule<'_>) -> Result<Module, ParseError> {
         .enumerate()
         .map(|(i, k)| (k.name.clone(), i))
         .collect();
+    let function_addresses = linker
+        .address_taken
+        .iter()
+        .map(|&f| (pm.funcs[f].name.to_string(), function_address(f)))
+        .collect();
     Ok(Module {
         kernels,
         globals,
         progs,
         by_name,
+        function_addresses,
     })
+}
+
+/// The value a function's address has ([`crate::FUNCTION_ADDRESS_TAG`]).
+pub(crate) fn function_address(f: usize) -> u64 {
+    crate::FUNCTION_ADDRESS_TAG | f as u64
 }
 
 pub(crate) struct Linker<'m, 'a> {
     pub(crate) pm: &'m PModule<'a>,
+    /// Functions whose address is taken (targets of indirect calls).
+    pub(crate) address_taken: std::collections::BTreeSet<usize>,
     pub(crate) fmap: HashMap<&'a str, usize>,
     pub(crate) mshared: HashMap<&'a str, &'m PVar<'a>>,
     pub(crate) mglobal: HashSet<&'a str>,
@@ -208,6 +255,16 @@ impl<'m, 'a> Linker<'m, 'a> {
             stack.push(f);
             for inst in insts(&l.pm.funcs[f]) {
                 if let Some(t) = call_target(inst) {
+                    if t.starts_with('%') {
+                        // Through a register: any function whose address is
+                        // taken may be the target (each may call on).
+                        for &g in &l.address_taken {
+                            if !order.contains(&g) && !stack.contains(&g) {
+                                visit(l, g, stack, order)?;
+                            }
+                        }
+                        continue;
+                    }
                     match l.fmap.get(t) {
                         Some(&g) if l.pm.funcs[g].body.is_some() => visit(l, g, stack, order)?,
                         Some(&g) if Builtin::by_name(t).is_some() => {
@@ -347,6 +404,7 @@ impl<'m, 'a> Linker<'m, 'a> {
             gsyms: Vec::new(),
             gmap: HashMap::new(),
             call_fixups: Vec::new(),
+            indirect_fixups: Vec::new(),
             unsupported: None,
         };
         info.uses_heap = order.iter().any(|&f| {
@@ -396,6 +454,12 @@ impl<'m, 'a> Linker<'m, 'a> {
             };
             fd.run();
         }
+        for (pc, k, f) in std::mem::take(&mut st.indirect_fixups) {
+            let tgt = layout.formals[&f].entry_pc;
+            if let Inst::CallIndirect { cases, .. } = &mut st.code[pc].inst {
+                cases[k].tgt = tgt;
+            }
+        }
         for (pc, f) in std::mem::take(&mut st.call_fixups) {
             let tgt = layout.formals[&f].entry_pc;
             if let Inst::Call { tgt: t, .. } = &mut st.code[pc].inst {
@@ -440,5 +504,7 @@ pub(crate) struct LinkState {
     pub(crate) gsyms: Vec<String>,
     pub(crate) gmap: HashMap<String, u32>,
     pub(crate) call_fixups: Vec<(usize, usize)>,
+    /// Indirect calls' cases to point at their functions: (pc, case, function).
+    pub(crate) indirect_fixups: Vec<(usize, usize, usize)>,
     pub(crate) unsupported: Option<String>,
 }

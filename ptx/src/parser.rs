@@ -20,10 +20,11 @@ pub(crate) enum VSpace {
 
 /// One initializer element.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum InitVal {
+pub(crate) enum InitVal<'a> {
     Num(Imm),
-    /// Address of a symbol (relocation); cannot be resolved at parse time.
-    Sym,
+    /// Address of a symbol (a variable or a function), resolved when the
+    /// module's variables are placed.
+    Sym(&'a str),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +35,7 @@ pub(crate) struct PVar<'a> {
     pub(crate) align: usize,
     /// Number of elements; `None` for `name[]` without initializer.
     pub(crate) count: Option<usize>,
-    pub(crate) init: Option<Vec<InitVal>>,
+    pub(crate) init: Option<Vec<InitVal<'a>>>,
     pub(crate) is_extern: bool,
     /// `.texref` / `.samplerref` / `.surfref`: no storage we model.
     pub(crate) opaque: bool,
@@ -432,7 +433,7 @@ fn parse_var<'a>(p: &mut P<'a>) -> R<PVar<'a>> {
     })
 }
 
-fn parse_init(p: &mut P<'_>, out: &mut Vec<InitVal>) -> R<()> {
+fn parse_init<'a>(p: &mut P<'a>, out: &mut Vec<InitVal<'a>>) -> R<()> {
     if p.eat('{') {
         if p.eat('}') {
             return Ok(());
@@ -452,14 +453,18 @@ fn parse_init(p: &mut P<'_>, out: &mut Vec<InitVal>) -> R<()> {
         return Ok(());
     }
     // Symbol address: `sym`, `sym+4`, `generic(sym)`, `generic(sym)+4`.
+    let mut sym = w;
     if p.eat('(') {
-        p.word()?;
+        sym = p.word()?;
         p.expect(')')?;
     }
     if p.eat('+') {
         p.word()?;
+        // An offset into a symbol is not modelled: left as zero.
+        out.push(InitVal::Num(Imm::Int(0)));
+        return Ok(());
     }
-    out.push(InitVal::Sym);
+    out.push(InitVal::Sym(sym));
     Ok(())
 }
 

@@ -907,6 +907,27 @@ impl Api for MockSession {
             self.memory.write(address, &init[..init.len().min(size)])?;
             loaded.globals.insert(name, (address, size as u64));
         }
+        // Addresses the variables hold (vtables, tables of function pointers),
+        // now that every variable has its place.
+        if let Some(module) = &ptx {
+            for global in module.globals() {
+                let Some(&(base, _)) = loaded.globals.get(&global.name) else {
+                    continue;
+                };
+                for (offset, symbol) in &global.relocs {
+                    let value = module
+                        .function_address(symbol)
+                        .or_else(|| loaded.globals.get(symbol).map(|&(a, _)| a));
+                    match value {
+                        Some(v) => self.memory.write(base + *offset as u64, &v.to_le_bytes())?,
+                        None => tracing::warn!(
+                            "`{}` holds the address of `{symbol}`, which the module does not define: left as zero",
+                            global.name
+                        ),
+                    }
+                }
+            }
+        }
         // A module whose kernels use device malloc brings a heap region, part of
         // its footprint.
         let wants_heap = ptx
