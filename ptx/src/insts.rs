@@ -299,6 +299,7 @@ impl<'a> FnDecoder<'_, '_, 'a> {
             self.emit(
                 i,
                 Inst::WmmaMma {
+                    mma_sync: false,
                     shape,
                     ab,
                     c_el,
@@ -312,6 +313,108 @@ impl<'a> FnDecoder<'_, '_, 'a> {
         } else {
             Err("wmma operation not supported".into())
         }
+    }
+
+    /// `mma.sync.aligned` on the shapes and types whose fragment layouts the
+    /// interpreter knows (m16n8k16 and m16n8k8 with f16 or bf16 inputs,
+    /// m16n8k8 and m16n8k4 with tf32; f32 or f16 accumulators), row-major A
+    /// and column-major B.
+    fn mma_sync(&mut self, i: &PInst<'a>, mods: &[&str]) -> DResult<()> {
+        let ops = &i.ops;
+        let shape = mods
+            .iter()
+            .find_map(|m| match *m {
+                "m16n8k16" => Some([16, 8, 16]),
+                "m16n8k8" => Some([16, 8, 8]),
+                "m16n8k4" => Some([16, 8, 4]),
+                _ => None,
+            })
+            .ok_or("mma shape not supported (m16n8k16, m16n8k8, m16n8k4 are)")?;
+        if !(mods.contains(&"row") && mods.contains(&"col"))
+            || mods.contains(&"satfinite")
+        {
+            return Err("mma.sync other than .row.col not supported".into());
+        }
+        let els: Vec<WmmaEl> = mods
+            .iter()
+            .filter_map(|m| match *m {
+                "f16" => Some(WmmaEl::F16),
+                "bf16" => Some(WmmaEl::Bf16),
+                "tf32" => Some(WmmaEl::Tf32),
+                "f32" => Some(WmmaEl::F32),
+                _ => None,
+            })
+            .collect();
+        let [d_el, ab, b_el, c_el] = els.as_slice() else {
+            return Err("mma.sync types (.dtype.atype.btype.ctype)".into());
+        };
+        let supported = ab == b_el
+            && matches!(
+                (shape, ab),
+                ([16, 8, 16] | [16, 8, 8], WmmaEl::F16 | WmmaEl::Bf16)
+                    | ([16, 8, 8] | [16, 8, 4], WmmaEl::Tf32)
+            )
+            && matches!(c_el, WmmaEl::F32 | WmmaEl::F16)
+            && matches!(d_el, WmmaEl::F32 | WmmaEl::F16)
+            && (*ab == WmmaEl::F16 || (*c_el == WmmaEl::F32 && *d_el == WmmaEl::F32));
+        if !supported {
+            return Err(format!("mma.sync with {els:?} on {shape:?} not supported"));
+        }
+        Self::ops_n(i, 4)?;
+        let list = |o: &Operand<'a>| -> DResult<Vec<Operand<'a>>> {
+            match o {
+                Operand::Vec(v) => Ok(v.clone()),
+                _ => Err("expected a fragment {…}".into()),
+            }
+        };
+        let (dl, al, bl, cl) = (
+            list(&ops[0])?,
+            list(&ops[1])?,
+            list(&ops[2])?,
+            list(&ops[3])?,
+        );
+        // Registers each lane holds: its elements over the elements per register.
+        let want = |frag: Frag, el: WmmaEl| {
+            let (r, c) = crate::wmma::dims(frag, shape);
+            r * c / 32 / el.per_reg()
+        };
+        if al.len() != want(Frag::A, *ab)
+            || bl.len() != want(Frag::B, *ab)
+            || cl.len() != want(Frag::C, *c_el)
+            || dl.len() != want(Frag::C, *d_el)
+        {
+            return Err("mma.sync fragment sizes".into());
+        }
+        let d = dl
+            .iter()
+            .map(|o| self.dst(o))
+            .collect::<DResult<Vec<_>>>()?;
+        let a = al
+            .iter()
+            .map(|o| self.src(o, Ty::B32))
+            .collect::<DResult<Vec<_>>>()?;
+        let b = bl
+            .iter()
+            .map(|o| self.src(o, Ty::B32))
+            .collect::<DResult<Vec<_>>>()?;
+        let c = cl
+            .iter()
+            .map(|o| self.src(o, Ty::B32))
+            .collect::<DResult<Vec<_>>>()?;
+        self.emit(
+            i,
+            Inst::WmmaMma {
+                mma_sync: true,
+                shape,
+                ab: *ab,
+                c_el: *c_el,
+                d_el: *d_el,
+                d,
+                a,
+                b,
+                c,
+            },
+        )
     }
 
     fn ops_n(i: &PInst<'a>, n: usize) -> DResult<()> {
@@ -331,6 +434,9 @@ impl<'a> FnDecoder<'_, '_, 'a> {
         let mods: Vec<&str> = parts.collect();
         if base == "wmma" {
             return self.wmma(i, &mods);
+        }
+        if base == "mma" {
+            return self.mma_sync(i, &mods);
         }
         if base == "cvt" && mods.first() != Some(&"f32") && mods.contains(&"tf32") {
             // f32 to tf32 (for the tensor cores); other tf32 conversions are not.

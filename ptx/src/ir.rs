@@ -607,8 +607,10 @@ pub(crate) enum Inst {
         stride: Op,
         s: Vec<Op>,
     },
-    /// `wmma.mma`: D = A·B + C over the whole warp's fragments.
+    /// `wmma.mma` and `mma.sync`: D = A·B + C over the whole warp's fragments
+    /// (`mma.sync`'s in the layout the PTX ISA gives them).
     WmmaMma {
+        mma_sync: bool,
         shape: [u32; 3],
         ab: WmmaEl,
         c_el: WmmaEl,

@@ -155,6 +155,7 @@ impl Block<'_> {
                 }
             }
             Inst::WmmaMma {
+                mma_sync,
                 shape,
                 ab,
                 c_el,
@@ -165,30 +166,47 @@ impl Block<'_> {
                 ref c,
             } => {
                 use crate::wmma;
-                // Each element from the first slot holding it.
+                // Each element from the (first) slot holding it.
                 let gather = |me: &Self, regs: &[Op], el: WmmaEl, frag: Frag| -> Vec<f32> {
                     let (rows, cols) = wmma::dims(frag, shape);
                     let per_lane = regs.len() * el.per_reg();
-                    (0..rows * cols)
-                        .map(|e| {
-                            let (lane, j) = (e / per_lane, e % per_lane);
-                            let vals: Vec<u64> = regs
-                                .iter()
-                                .map(|&o| me.opv(lo + lane.min(n - 1), o))
-                                .collect();
-                            wmma::value(wmma::get(&vals, j, el), el)
-                        })
-                        .collect()
+                    let mut out = vec![0f32; rows * cols];
+                    if mma_sync {
+                        for lane in 0..n.min(32) {
+                            let vals: Vec<u64> =
+                                regs.iter().map(|&o| me.opv(lo + lane, o)).collect();
+                            for j in 0..per_lane {
+                                let (r, col) = wmma::mma_position(frag, shape, el, lane, j);
+                                out[r * cols + col] = wmma::value(wmma::get(&vals, j, el), el);
+                            }
+                        }
+                        return out;
+                    }
+                    for (e, slot) in out.iter_mut().enumerate() {
+                        let (lane, j) = (e / per_lane, e % per_lane);
+                        let vals: Vec<u64> = regs
+                            .iter()
+                            .map(|&o| me.opv(lo + lane.min(n - 1), o))
+                            .collect();
+                        *slot = wmma::value(wmma::get(&vals, j, el), el);
+                    }
+                    out
                 };
                 let am = gather(self, a, ab, Frag::A);
                 let bm = gather(self, b, ab, Frag::B);
                 let cm = gather(self, c, c_el, Frag::C);
                 let dm = wmma::mma(shape, &am, &bm, &cm);
                 let per_lane = d.len() * d_el.per_reg();
+                let cols = wmma::dims(Frag::C, shape).1;
                 for &l in &lanes {
                     let mut regs = vec![0u64; d.len()];
                     for j in 0..per_lane {
-                        let e = wmma::element(l, j, d.len(), d_el, dm.len());
+                        let e = if mma_sync {
+                            let (r, col) = wmma::mma_position(Frag::C, shape, d_el, l, j);
+                            r * cols + col
+                        } else {
+                            wmma::element(l, j, d.len(), d_el, dm.len())
+                        };
                         wmma::put(&mut regs, j, d_el, wmma::bits(dm[e], d_el));
                     }
                     for (&dk, &v) in d.iter().zip(&regs) {

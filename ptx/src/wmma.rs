@@ -22,6 +22,36 @@ pub(crate) fn element(lane: usize, j: usize, regs: usize, el: WmmaEl, elements: 
     (lane * regs * el.per_reg() + j) % elements
 }
 
+/// Where slot `j` of `lane` sits in an `mma.sync` fragment (row, column), in
+/// the layouts the PTX ISA gives: `g` = lane / 4 and `t` = lane % 4, each
+/// register holding one tf32 or two 16-bit elements side by side in a row (of
+/// A and C) or down a column (of B).
+pub(crate) fn mma_position(
+    frag: Frag,
+    shape: [u32; 3],
+    el: WmmaEl,
+    lane: usize,
+    j: usize,
+) -> (usize, usize) {
+    let (g, t) = (lane / 4, lane % 4);
+    match (frag, el) {
+        // tf32: one element a register.
+        (Frag::A, WmmaEl::Tf32) => (g + 8 * (j % 2), t + 4 * (j / 2)),
+        (Frag::B, WmmaEl::Tf32) => (t + 4 * j, g),
+        // 16-bit inputs: pairs.
+        (Frag::A, _) => {
+            let pair = j / 2;
+            (g + 8 * (pair % 2), 2 * t + j % 2 + 8 * (pair / 2))
+        }
+        (Frag::B, _) => (2 * t + j % 2 + 8 * (j / 2), g),
+        // Accumulators (f32 one a register, f16 two): c0 c1 on row g, c2 c3 on g + 8.
+        (Frag::C, _) => {
+            let _ = shape;
+            (g + 8 * (j / 2), 2 * t + j % 2)
+        }
+    }
+}
+
 /// Element `j` of a lane's registers (`regs[j / per_reg]`, low half first).
 pub(crate) fn get(regs: &[u64], j: usize, el: WmmaEl) -> u64 {
     let r = regs[j / el.per_reg()];
