@@ -129,12 +129,14 @@ impl Cx<'_> {
         Ok(())
     }
 
-    /// One value of `size` bytes at `addr` in `sp` (a `wmma.load` element).
+    /// One value of `size` bytes at `addr` in `sp` (a `wmma.load` element, a
+    /// surface texel); `device` names device memory in an error.
     pub(crate) fn read_at(
         &mut self,
         sp: MSp,
         addr: u64,
         size: usize,
+        device: &'static str,
         line: u32,
     ) -> Result<u64, ExecError> {
         let tg = self.target(sp, addr);
@@ -144,7 +146,7 @@ impl Cx<'_> {
                     .env
                     .mem
                     .translate(a, size)
-                    .ok_or_else(|| self.env.illegal(a, size, "global", line))?;
+                    .ok_or_else(|| self.env.illegal(a, size, device, line))?;
                 // SAFETY: translate() vouched for [a, a+size).
                 Ok(unsafe { mem::read_raw(p, size) })
             }
@@ -159,13 +161,15 @@ impl Cx<'_> {
         }
     }
 
-    /// Writes one value of `size` bytes at `addr` in `sp` (a `wmma.store` element).
+    /// Writes one value of `size` bytes at `addr` in `sp` (a `wmma.store`
+    /// element, a surface texel); `device` names device memory in an error.
     pub(crate) fn write_at(
         &mut self,
         sp: MSp,
         addr: u64,
         size: usize,
         v: u64,
+        device: &'static str,
         line: u32,
     ) -> Result<(), ExecError> {
         let tg = self.target(sp, addr);
@@ -175,7 +179,7 @@ impl Cx<'_> {
                     .env
                     .mem
                     .translate(a, size)
-                    .ok_or_else(|| self.env.illegal(a, size, "global", line))?;
+                    .ok_or_else(|| self.env.illegal(a, size, device, line))?;
                 // SAFETY: translate() vouched for [a, a+size).
                 unsafe { mem::write_raw(p, size, v) };
                 Ok(())

@@ -271,6 +271,26 @@ fn boolop(op: BoolOp, a: bool, b: bool) -> bool {
     }
 }
 
+/// Where a surface access of `n` values of `size` bytes goes (`None`: outside
+/// the surface in zero mode), or the fault.
+#[allow(clippy::too_many_arguments)]
+fn surface_at(
+    cx: &Cx<'_>,
+    surf: Op,
+    c: &[Op; 3],
+    size: usize,
+    n: u8,
+    dims: u8,
+    mode: crate::tex::Boundary,
+    line: u32,
+) -> Result<Option<u64>, ExecError> {
+    let handle = cx.v(surf);
+    let len = size * usize::from(n);
+    let coords = [cx.v(c[0]), cx.v(c[1]), cx.v(c[2])];
+    crate::tex::surface_address(cx.env.mem, handle, coords, len as u64, dims, mode)
+        .map_err(|()| cx.env.illegal(coords[0], len, "surface", line))
+}
+
 /// Loop iterations a thread runs before yielding to the other threads of its block.
 const YIELD_AFTER_BACK_EDGES: u32 = 1 << 14;
 
@@ -419,28 +439,13 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                 surf,
                 c,
             } => {
-                let handle = cx.v(*surf);
-                let size = u64::from(t.bits() / 8);
-                let len = size * u64::from(*n);
-                let coords = [cx.v(c[0]), cx.v(c[1]), cx.v(c[2])];
-                let at = crate::tex::surface_address(cx.env.mem, handle, coords, len, *dims, *mode)
-                    .map_err(|()| cx.env.illegal(coords[0], len as usize, "surface", ins.line))?;
+                let size = t.bytes();
+                let at = surface_at(cx, *surf, c, size, *n, *dims, *mode, ins.line)?;
                 for (k, &dk) in d.iter().enumerate().take(usize::from(*n)) {
                     let v = match at {
                         Some(a) => {
-                            let p = cx
-                                .env
-                                .mem
-                                .translate(a + k as u64 * size, size as usize)
-                                .ok_or_else(|| {
-                                    cx.env.illegal(a, len as usize, "surface", ins.line)
-                                })?;
-                            let mut raw = [0u8; 8];
-                            // SAFETY: `translate` proved `size` (at most 8) bytes readable.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(p, raw.as_mut_ptr(), size as usize)
-                            };
-                            u64::from_le_bytes(raw)
+                            let a = a + (k * size) as u64;
+                            cx.read_at(MSp::Global, a, size, "surface", ins.line)?
                         }
                         None => 0,
                     };
@@ -456,22 +461,13 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                 surf,
                 c,
             } => {
-                let handle = cx.v(*surf);
-                let size = u64::from(t.bits() / 8);
-                let len = size * u64::from(*n);
-                let coords = [cx.v(c[0]), cx.v(c[1]), cx.v(c[2])];
-                let at = crate::tex::surface_address(cx.env.mem, handle, coords, len, *dims, *mode)
-                    .map_err(|()| cx.env.illegal(coords[0], len as usize, "surface", ins.line))?;
+                let size = t.bytes();
+                let at = surface_at(cx, *surf, c, size, *n, *dims, *mode, ins.line)?;
                 if let Some(a) = at {
                     for (k, &sk) in s.iter().enumerate().take(usize::from(*n)) {
-                        let v = cx.v(sk).to_le_bytes();
-                        let p = cx
-                            .env
-                            .mem
-                            .translate(a + k as u64 * size, size as usize)
-                            .ok_or_else(|| cx.env.illegal(a, len as usize, "surface", ins.line))?;
-                        // SAFETY: `translate` proved `size` bytes writable at `p`.
-                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, size as usize) };
+                        let v = cx.v(sk);
+                        let a = a + (k * size) as u64;
+                        cx.write_at(MSp::Global, a, size, v, "surface", ins.line)?;
                     }
                 }
             }
@@ -495,7 +491,7 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                     let (r, c) = ((e / cols) as u64, (e % cols) as u64);
                     let index = if *row { r * stride + c } else { c * stride + r };
                     let a = base.wrapping_add(index * el.bytes() as u64);
-                    let v = cx.read_at(*sp, a, el.bytes(), ins.line)?;
+                    let v = cx.read_at(*sp, a, el.bytes(), "global", ins.line)?;
                     crate::wmma::put(&mut regs, j, *el, v);
                 }
                 for (&dk, &v) in d.iter().zip(&regs) {
@@ -525,13 +521,8 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                     let (r, c) = ((e / cols) as u64, (e % cols) as u64);
                     let index = if *row { r * stride + c } else { c * stride + r };
                     let a = base.wrapping_add(index * el.bytes() as u64);
-                    cx.write_at(
-                        *sp,
-                        a,
-                        el.bytes(),
-                        crate::wmma::get(&regs, j, *el),
-                        ins.line,
-                    )?;
+                    let v = crate::wmma::get(&regs, j, *el);
+                    cx.write_at(*sp, a, el.bytes(), v, "global", ins.line)?;
                 }
             }
             Inst::Ld { sp, t, n, d, addr } => {

@@ -64,6 +64,27 @@ fn bad_type(m: &str) -> bool {
     )
 }
 
+/// The registers of a `wmma` or `mma` fragment operand `{…}`.
+fn fragment<'o, 'a>(o: &'o Operand<'a>) -> DResult<Vec<&'o Operand<'a>>> {
+    match o {
+        Operand::Vec(v) => Ok(v.iter().collect()),
+        _ => Err("expected a fragment {…}".into()),
+    }
+}
+
+/// The element types a `wmma` or `mma` opcode names, in order.
+fn matrix_elements(mods: &[&str]) -> Vec<WmmaEl> {
+    mods.iter()
+        .filter_map(|m| match *m {
+            "f16" => Some(WmmaEl::F16),
+            "bf16" => Some(WmmaEl::Bf16),
+            "tf32" => Some(WmmaEl::Tf32),
+            "f32" => Some(WmmaEl::F32),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Lane type of a packed two-lane type name.
 fn x2_lane(m: &str) -> Option<Ty> {
     match m {
@@ -179,22 +200,7 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                 _ => None,
             })
             .ok_or("wmma shape not supported (m16n16k16, m32n8k16, m8n32k16, m16n16k8 are)")?;
-        let els: Vec<WmmaEl> = mods
-            .iter()
-            .filter_map(|m| match *m {
-                "f16" => Some(WmmaEl::F16),
-                "bf16" => Some(WmmaEl::Bf16),
-                "tf32" => Some(WmmaEl::Tf32),
-                "f32" => Some(WmmaEl::F32),
-                _ => None,
-            })
-            .collect();
-        fn regs<'o, 'a>(o: &'o Operand<'a>) -> DResult<Vec<&'o Operand<'a>>> {
-            match o {
-                Operand::Vec(v) => Ok(v.iter().collect()),
-                _ => Err("expected a fragment {…}".into()),
-            }
-        }
+        let els = matrix_elements(mods);
         // Elements of a matrix, and whether a lane's registers hold at least
         // its share of them.
         let elements = |frag: Frag| -> usize {
@@ -233,7 +239,7 @@ impl<'a> FnDecoder<'_, '_, 'a> {
             };
             let (sp, addr) = self.addr(address, space_of(mods))?;
             let stride = self.src(&ops[2], Ty::U32)?;
-            let list = regs(values)?;
+            let list = fragment(values)?;
             enough(list.len(), el, frag)?;
             if load {
                 let d = list
@@ -282,12 +288,12 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                 _ => return Err("wmma.mma types".into()),
             };
             Self::ops_n(i, 4)?;
-            let d = regs(&ops[0])?
+            let d = fragment(&ops[0])?
                 .iter()
                 .map(|o| self.dst(o))
                 .collect::<DResult<Vec<_>>>()?;
             let src = |me: &mut Self, o: &Operand<'a>| -> DResult<Vec<Op>> {
-                regs(o)?.iter().map(|o| me.src(o, Ty::B32)).collect()
+                fragment(o)?.iter().map(|o| me.src(o, Ty::B32)).collect()
             };
             let a = src(self, &ops[1])?;
             let b = src(self, &ops[2])?;
@@ -330,21 +336,10 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                 _ => None,
             })
             .ok_or("mma shape not supported (m16n8k16, m16n8k8, m16n8k4 are)")?;
-        if !(mods.contains(&"row") && mods.contains(&"col"))
-            || mods.contains(&"satfinite")
-        {
+        if !(mods.contains(&"row") && mods.contains(&"col")) || mods.contains(&"satfinite") {
             return Err("mma.sync other than .row.col not supported".into());
         }
-        let els: Vec<WmmaEl> = mods
-            .iter()
-            .filter_map(|m| match *m {
-                "f16" => Some(WmmaEl::F16),
-                "bf16" => Some(WmmaEl::Bf16),
-                "tf32" => Some(WmmaEl::Tf32),
-                "f32" => Some(WmmaEl::F32),
-                _ => None,
-            })
-            .collect();
+        let els = matrix_elements(mods);
         let [d_el, ab, b_el, c_el] = els.as_slice() else {
             return Err("mma.sync types (.dtype.atype.btype.ctype)".into());
         };
@@ -361,17 +356,11 @@ impl<'a> FnDecoder<'_, '_, 'a> {
             return Err(format!("mma.sync with {els:?} on {shape:?} not supported"));
         }
         Self::ops_n(i, 4)?;
-        let list = |o: &Operand<'a>| -> DResult<Vec<Operand<'a>>> {
-            match o {
-                Operand::Vec(v) => Ok(v.clone()),
-                _ => Err("expected a fragment {…}".into()),
-            }
-        };
         let (dl, al, bl, cl) = (
-            list(&ops[0])?,
-            list(&ops[1])?,
-            list(&ops[2])?,
-            list(&ops[3])?,
+            fragment(&ops[0])?,
+            fragment(&ops[1])?,
+            fragment(&ops[2])?,
+            fragment(&ops[3])?,
         );
         // Registers each lane holds: its elements over the elements per register.
         let want = |frag: Frag, el: WmmaEl| {

@@ -381,22 +381,23 @@ impl SessionMemory {
         Ok(address)
     }
 
+    /// Removes the region of `kind` that starts at `address` (`what` says
+    /// what it should have been, for the error).
+    fn take(&self, address: u64, kind: Kind, what: &str) -> Result<Region, CuError> {
+        let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
+        match blocks.get(&address) {
+            Some(r) if r.kind == kind => Ok(blocks.remove(&address).expect("just found")),
+            _ => Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("{address:#x} is not {what}"),
+            )),
+        }
+    }
+
     /// Frees the allocation that starts at `address`; its addresses may be handed
     /// out again.
     pub(crate) fn free(&self, address: u64) -> Result<(), CuError> {
-        let region = {
-            let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
-            match blocks.get(&address) {
-                Some(r) if r.kind == Kind::Allocation => blocks.remove(&address),
-                _ => None,
-            }
-        }
-        .ok_or_else(|| {
-            CuError::new(
-                code::INVALID_VALUE,
-                format!("{address:#x} is not an allocation of this session"),
-            )
-        })?;
+        let region = self.take(address, Kind::Allocation, "an allocation of this session")?;
         let (size, device) = (region.storage.size as u64, region.storage.device as usize);
         drop(region);
         self.devices[device].release_address(address, size);
@@ -577,19 +578,7 @@ impl SessionMemory {
 
     /// Closes an allocation opened with [`Self::open_shared`].
     pub(crate) fn close_shared(&self, address: u64) -> Result<(), CuError> {
-        let region = {
-            let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
-            match blocks.get(&address) {
-                Some(r) if r.kind == Kind::Opened => blocks.remove(&address),
-                _ => None,
-            }
-        }
-        .ok_or_else(|| {
-            CuError::new(
-                code::INVALID_VALUE,
-                format!("{address:#x} is not an allocation this session opened"),
-            )
-        })?;
+        let region = self.take(address, Kind::Opened, "an allocation this session opened")?;
         let (size, device) = (region.storage.size as u64, region.storage.device);
         drop(region);
         self.devices[device as usize].release_address(address, size);
