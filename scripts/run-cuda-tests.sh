@@ -64,6 +64,22 @@ if [ -x "$build/graph_memory" ]; then
     fi
 fi
 
+# Managed memory moves only what changed: the program's last allocation has one
+# word written on the host, read and changed by a kernel, read back: one page
+# written back, one first window (64 KiB) fetched, two faults.
+if [ -x "$build/managed" ]; then
+    page=$(getconf PAGESIZE)
+    expected="(3145828 bytes) freed: 2 faults, 65536 bytes fetched, $page bytes written back"
+    if XPUPOOL_LOG=debug "$bin" run -- "$build/managed" >"$logs/managed-figures.log" 2>&1 \
+        && grep -qF "$expected" "$logs/managed-figures.log"; then
+        passed=$((passed + 1)); echo "ok    managed-moves-only-what-changed"
+    else
+        failed=$((failed + 1)); failures+=("managed-moves-only-what-changed")
+        echo "FAIL  managed-moves-only-what-changed (expected: $expected)"
+        grep -F "(3145828 bytes)" "$logs/managed-figures.log" | sed 's/^/      | /'
+    fi
+fi
+
 # Module images are cached by content hash: a second run of a program uploads none.
 uploads() { XDG_CACHE_HOME="$logs/cache" XPUPOOL_LOG=debug "$bin" run -- "$build/vector_add" 2>&1 | grep -c "uploading a module image"; }
 first=$(uploads); second=$(uploads)

@@ -326,13 +326,14 @@ impl Function {
 
 /// Device attributes that say what xpupool offers, whatever the server's device
 /// says: a family this driver implements reads as supported, one it does not
-/// (managed memory, exportable handles,
-/// multi-device cooperative and cluster launches) as not, so a program that checks first waives itself
-/// instead of failing later.
+/// (exportable handles, multi-device cooperative and cluster launches) as not,
+/// so a program that checks first waives itself instead of failing later.
+/// Managed memory is kept coherent by this client (`api::managed`), without
+/// concurrent access from host and device, as on GPUs without page faulting.
 const FEATURES: &[(u32, i32)] = &[
     (CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED, 1),
     (CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES, 0),
-    (CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, 0),
+    (CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY, 1),
     (CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, 0),
     (CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST, 0),
     (CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS, 0),
@@ -392,6 +393,8 @@ pub(crate) struct Driver {
     pub(crate) limits: Mutex<HashMap<u32, usize>>,
     /// Peer access enabled: (from device, to device).
     pub(crate) peer_access: Mutex<HashSet<(CUdevice, CUdevice)>>,
+    /// Whether the server's device address range is reserved in this process.
+    pub(crate) device_range_reserved: bool,
     next_id: AtomicU64,
 }
 
@@ -449,7 +452,7 @@ extern "C" fn at_exit() {
 
 impl Driver {
     fn new(conn: Connection) -> Self {
-        reserve_device_range(conn.welcome.device_address_range);
+        let device_range_reserved = reserve_device_range(conn.welcome.device_address_range);
         let primary = (0..conn.welcome.devices.len())
             .map(|ordinal| {
                 Arc::new(Context {
@@ -477,6 +480,7 @@ impl Driver {
             cls: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             peer_access: Mutex::new(HashSet::new()),
+            device_range_reserved,
             next_id: AtomicU64::new(100),
             conn,
         }
@@ -564,10 +568,11 @@ impl Driver {
 }
 
 /// Reserves the server's device address range in this process, so no host
-/// allocation can ever have an address that is also a device address.
-fn reserve_device_range((start, end): (u64, u64)) {
+/// allocation can ever have an address that is also a device address. Says
+/// whether it did.
+fn reserve_device_range((start, end): (u64, u64)) -> bool {
     if end <= start {
-        return;
+        return false;
     }
     // SAFETY: an anonymous PROT_NONE mapping that must not replace anything
     // (MAP_FIXED_NOREPLACE); on failure nothing is mapped.
@@ -590,7 +595,9 @@ fn reserve_device_range((start, end): (u64, u64)) {
             // SAFETY: undoing the mapping just made at another address.
             unsafe { libc::munmap(mapped, (end - start) as usize) };
         }
+        return false;
     }
+    true
 }
 
 thread_local! {

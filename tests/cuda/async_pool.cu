@@ -39,9 +39,9 @@ int main() {
     int supported = 0;
     CHECK(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, 0));
     if (supported != 1) fail("cudaDevAttrMemoryPoolsSupported is %d", supported);
-    int managed = -1;
-    CHECK(cudaDeviceGetAttribute(&managed, cudaDevAttrManagedMemory, 0));
-    if (managed != 0) fail("managed memory is not offered, yet the device says %d", managed);
+    int concurrent = -1;
+    CHECK(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, 0));
+    if (concurrent != 0) fail("concurrent managed access is not offered, yet the device says %d", concurrent);
 
     cudaStream_t s;
     CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));

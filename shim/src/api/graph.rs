@@ -376,6 +376,7 @@ pub(crate) fn submit(d: &Driver, request: Request) -> Res {
             t.recorded_in.remove(event);
         }
     }
+    super::managed::before_request(&request)?;
     d.conn.post(request).map_err(fail)
 }
 
@@ -968,6 +969,7 @@ fn launch(exec: CUgraphExec, stream: u64) -> Res {
             Segment::Host(op) => (None, Some(*op)),
         })
         .collect();
+    super::managed::before(super::managed::Touch::Launch, stream)?;
     for segment in segments {
         match segment {
             (Some(graph), _) => d

@@ -58,7 +58,9 @@ pub(crate) fn free(address: CUdeviceptr) -> Res {
         };
     }
     super::pool::forget(address);
-    d.conn.post(Request::MemFree { ptr: address }).map_err(fail)
+    // Managed memory leaves this process's address space too.
+    let ptr = super::managed::release(address).unwrap_or(address);
+    d.conn.post(Request::MemFree { ptr }).map_err(fail)
 }
 
 /// Checks that `[address, address+len)` lies inside one device allocation, as the
@@ -128,6 +130,7 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
             if super::graph::capture_host(stream, op)? {
                 return Ok(());
             }
+            super::managed::before(super::managed::Touch::Write(dst, len as u64), stream)?;
             // SAFETY: the API contract: `src` is `len` readable host bytes.
             let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
             conn.copy_to_device(dst, bytes, stream).map_err(fail)
@@ -142,6 +145,7 @@ pub(crate) fn copy(dst: u64, src: u64, len: usize, stream: u64) -> Res {
             if super::graph::capture_host(stream, op)? {
                 return Ok(());
             }
+            super::managed::before(super::managed::Touch::Read(src, len as u64), stream)?;
             xpupool_client::trace::sync_point();
             // SAFETY: the API contract: `dst` is `len` writable host bytes.
             let out = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, len) };
@@ -405,7 +409,10 @@ fn pointer_attribute(
         }
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER if lenient => put(data.cast::<u64>(), 0),
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER => Err(CUDA_ERROR_INVALID_VALUE),
-        CU_POINTER_ATTRIBUTE_HOST_POINTER if memory_type == CU_MEMORYTYPE_HOST => {
+        // Managed memory has the same address on the host.
+        CU_POINTER_ATTRIBUTE_HOST_POINTER
+            if memory_type == CU_MEMORYTYPE_HOST || super::managed::contains(ptr) =>
+        {
             put(data.cast::<u64>(), ptr)
         }
         CU_POINTER_ATTRIBUTE_HOST_POINTER if lenient => put(data.cast::<u64>(), 0),
@@ -414,7 +421,9 @@ fn pointer_attribute(
         CU_POINTER_ATTRIBUTE_BUFFER_ID | CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID => {
             put(data.cast::<u64>(), base)
         }
-        CU_POINTER_ATTRIBUTE_IS_MANAGED => put(data.cast::<u32>(), 0),
+        CU_POINTER_ATTRIBUTE_IS_MANAGED => {
+            put(data.cast::<u32>(), super::managed::contains(ptr) as u32)
+        }
         CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => put(data.cast::<i32>(), 0),
         CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE => put(data.cast::<u32>(), 0),
         CU_POINTER_ATTRIBUTE_RANGE_START_ADDR | CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR => {

@@ -8,6 +8,7 @@ pub(crate) mod graph;
 pub(crate) mod ipc;
 pub(crate) mod launch;
 pub(crate) mod link;
+pub(crate) mod managed;
 pub(crate) mod memory;
 pub(crate) mod module;
 pub(crate) mod pool;
