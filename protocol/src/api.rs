@@ -575,6 +575,10 @@ pub struct TextureDesc {
     /// Integers read as normalised floats.
     pub read_normalized: bool,
     pub border: [f32; 4],
+    /// `size[2]` layers of `dims` (1 or 2) dimensions, one slice each.
+    pub layered: bool,
+    /// Cubemaps: six square faces, one slice each (6 per layer when layered).
+    pub cubemap: bool,
 }
 
 impl TextureDesc {
@@ -591,10 +595,22 @@ impl TextureDesc {
             || self.channel > 2
             || (self.channel == 2 && self.bits == 8)
             || self.address_mode.iter().any(|&m| m > 3)
+            || (self.layered && self.dims > 2)
+            || (self.cubemap
+                && (self.dims != 2
+                    || self.size[0] != self.size[1]
+                    || !self.size[2].is_multiple_of(6)
+                    || (!self.layered && self.size[2] != 6)))
         {
             return Err(format!(
-                "a texture of {} dimensions, {} channels of {} bits (kind {})",
-                self.dims, self.channels, self.bits, self.channel
+                "a texture of {} dimensions{}{} ({:?} texels), {} channels of {} bits (kind {})",
+                self.dims,
+                if self.layered { ", layered" } else { "" },
+                if self.cubemap { ", cubemap" } else { "" },
+                self.size,
+                self.channels,
+                self.bits,
+                self.channel
             ));
         }
         let [w, h, d] = self.size;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// QUIC application protocol name.
 pub const ALPN: &[u8] = b"xpupool/1";

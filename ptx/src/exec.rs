@@ -278,16 +278,18 @@ fn surface_at(
     cx: &Cx<'_>,
     surf: Op,
     c: &[Op; 3],
+    layer: Op,
     size: usize,
     n: u8,
-    dims: u8,
+    geom: crate::tex::Geom,
     mode: crate::tex::Boundary,
     line: u32,
 ) -> Result<Option<u64>, ExecError> {
     let handle = cx.v(surf);
     let len = size * usize::from(n);
     let coords = [cx.v(c[0]), cx.v(c[1]), cx.v(c[2])];
-    crate::tex::surface_address(cx.env.mem, handle, coords, len as u64, dims, mode)
+    let layer = cx.v(layer) as u32;
+    crate::tex::surface_address(cx.env.mem, handle, coords, layer, len as u64, geom, mode)
         .map_err(|()| cx.env.illegal(coords[0], len, "surface", line))
 }
 
@@ -416,31 +418,43 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                 cx.set(d, r as u64);
             }
             Inst::Tex {
+                geom,
                 int_coords,
+                gather,
                 d,
                 tex,
                 c,
-                ..
+                layer,
             } => {
                 let handle = cx.v(*tex);
                 let coords = [cx.v(c[0]), cx.v(c[1]), cx.v(c[2])];
-                let out = crate::tex::sample(cx.env.mem, handle, coords, *int_coords)
-                    .ok_or_else(|| cx.env.illegal(handle, 0, "texture object", ins.line))?;
+                let layer = cx.v(*layer) as u32;
+                let out = crate::tex::sample(
+                    cx.env.mem,
+                    handle,
+                    *geom,
+                    coords,
+                    layer,
+                    *int_coords,
+                    *gather,
+                )
+                .ok_or_else(|| cx.env.illegal(handle, 0, "texture object", ins.line))?;
                 for k in 0..4 {
                     cx.set(d[k], u64::from(out[k]));
                 }
             }
             Inst::Suld {
-                dims,
+                geom,
                 t,
                 n,
                 mode,
                 d,
                 surf,
                 c,
+                layer,
             } => {
                 let size = t.bytes();
-                let at = surface_at(cx, *surf, c, size, *n, *dims, *mode, ins.line)?;
+                let at = surface_at(cx, *surf, c, *layer, size, *n, *geom, *mode, ins.line)?;
                 for (k, &dk) in d.iter().enumerate().take(usize::from(*n)) {
                     let v = match at {
                         Some(a) => {
@@ -453,16 +467,17 @@ fn exec(cx: &mut Cx<'_>, th: &mut Thread) -> Result<(), ExecError> {
                 }
             }
             Inst::Sust {
-                dims,
+                geom,
                 t,
                 n,
                 mode,
                 s,
                 surf,
                 c,
+                layer,
             } => {
                 let size = t.bytes();
-                let at = surface_at(cx, *surf, c, size, *n, *dims, *mode, ins.line)?;
+                let at = surface_at(cx, *surf, c, *layer, size, *n, *geom, *mode, ins.line)?;
                 if let Some(a) = at {
                     for (k, &sk) in s.iter().enumerate().take(usize::from(*n)) {
                         let v = cx.v(sk);

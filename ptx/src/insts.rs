@@ -835,18 +835,19 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                     self.emit(i, Inst::Ld { sp, t, n, d, addr })
                 }
             }
-            "tex" | "suld" | "sust" => {
-                let dims = if has("1d") {
-                    1
-                } else if has("2d") {
-                    2
-                } else if has("3d") {
-                    3
-                } else {
-                    return Err(
-                        "layered, cube and multisample textures and surfaces not supported".into(),
-                    );
-                };
+            "tex" | "tld4" | "suld" | "sust" => {
+                use crate::tex::Geom;
+                let geom = mods
+                    .iter()
+                    .find_map(|m| Geom::parse(m))
+                    .ok_or("multisample textures and surfaces not supported")?;
+                let sampled = matches!(base, "tex" | "tld4");
+                if !sampled && matches!(geom, Geom::Cube | Geom::ACube) {
+                    return Err("cube surfaces are addressed as a2d".into());
+                }
+                if base == "tld4" && matches!(geom, Geom::D1 | Geom::D3 | Geom::A1) {
+                    return Err("tld4 gathers from 2-D textures only".into());
+                }
                 if has("level") || has("grad") || has("p") {
                     return Err(format!(
                         "{} with levels, gradients or formatted data not supported",
@@ -862,41 +863,60 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                 let Operand::TexAddr(object, coords) = addr else {
                     return Err("expected [object, coordinates]".into());
                 };
-                let coord_ty = if base == "tex" { ty()? } else { Ty::S32 };
+                let coord_ty = if sampled { ty()? } else { Ty::S32 };
                 let coords: Vec<&Operand<'a>> = match coords.as_ref() {
                     Operand::Vec(v) => v.iter().collect(),
                     o => vec![o],
                 };
-                if coords.len() < dims {
+                // A layered geometry's vector starts with the layer index.
+                let first = usize::from(geom.layered());
+                if coords.len() < first + geom.coords() {
                     return Err("too few coordinates".into());
                 }
+                let layer = if geom.layered() {
+                    self.src(coords[0], Ty::S32)?
+                } else {
+                    Op::I(0)
+                };
                 let mut c = [Op::I(0); 3];
-                for k in 0..dims {
-                    c[k] = self.src(coords[k], coord_ty)?;
+                for k in 0..geom.coords() {
+                    c[k] = self.src(coords[first + k], coord_ty)?;
                 }
                 let handle = self.src(&Operand::Name(object), Ty::U64)?;
                 let list: Vec<&Operand<'a>> = match values {
                     Operand::Vec(v) => v.iter().collect(),
                     o => vec![o],
                 };
-                let dims = dims as u8;
-                if base == "tex" {
+                if sampled {
                     if list.len() != 4 {
-                        return Err("tex returns four values".into());
+                        return Err(format!("{base} returns four values"));
                     }
                     let mut d = [SINK_REG; 4];
                     for (k, o) in list.iter().enumerate() {
                         d[k] = self.dst(o)?;
                     }
+                    let gather = if base == "tld4" {
+                        Some(
+                            ["r", "g", "b", "a"]
+                                .iter()
+                                .position(|comp| has(comp))
+                                .ok_or("tld4 without a component")?
+                                as u8,
+                        )
+                    } else {
+                        None
+                    };
                     let int_coords = coord_ty != Ty::F32;
                     return self.emit(
                         i,
                         Inst::Tex {
-                            dims,
+                            geom,
                             int_coords,
+                            gather,
                             d,
                             tex: handle,
                             c,
+                            layer,
                         },
                     );
                 }
@@ -929,13 +949,14 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                     self.emit(
                         i,
                         Inst::Suld {
-                            dims,
+                            geom,
                             t,
                             n,
                             mode,
                             d,
                             surf: handle,
                             c,
+                            layer,
                         },
                     )
                 } else {
@@ -946,13 +967,14 @@ impl<'a> FnDecoder<'_, '_, 'a> {
                     self.emit(
                         i,
                         Inst::Sust {
-                            dims,
+                            geom,
                             t,
                             n,
                             mode,
                             s: sv,
                             surf: handle,
                             c,
+                            layer,
                         },
                     )
                 }

@@ -553,33 +553,39 @@ pub(crate) enum Inst {
         b: Op,
         c: Op,
     },
-    /// `tex.{1d,2d,3d}.v4.{f32,s32,u32}.{f32,s32}`: four results.
+    /// `tex.{1d,2d,3d,a1d,a2d,cube,acube}.v4.{f32,s32,u32}.{f32,s32}`: four
+    /// results; with `gather`, `tld4.{r,g,b,a}` of that component.
     Tex {
-        dims: u8,
+        geom: crate::tex::Geom,
         int_coords: bool,
+        gather: Option<u8>,
         d: [u32; 4],
         tex: Op,
         c: [Op; 3],
+        /// The layer index of a layered geometry.
+        layer: Op,
     },
-    /// `suld.b.{1d,2d,3d}{.v2,.v4}.{b8..b64}.{trap,clamp,zero}`.
+    /// `suld.b.{1d,2d,3d,a1d,a2d}{.v2,.v4}.{b8..b64}.{trap,clamp,zero}`.
     Suld {
-        dims: u8,
+        geom: crate::tex::Geom,
         t: Ty,
         n: u8,
         mode: crate::tex::Boundary,
         d: [u32; 4],
         surf: Op,
         c: [Op; 3],
+        layer: Op,
     },
-    /// `sust.b.{1d,2d,3d}{.v2,.v4}.{b8..b64}.{trap,clamp,zero}`.
+    /// `sust.b.{1d,2d,3d,a1d,a2d}{.v2,.v4}.{b8..b64}.{trap,clamp,zero}`.
     Sust {
-        dims: u8,
+        geom: crate::tex::Geom,
         t: Ty,
         n: u8,
         mode: crate::tex::Boundary,
         s: [Op; 4],
         surf: Op,
         c: [Op; 3],
+        layer: Op,
     },
     /// A call through a function pointer: the case of the function it names.
     CallIndirect {

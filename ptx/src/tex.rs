@@ -55,6 +55,10 @@ pub struct Texture {
     /// Integers read as floats in `[0, 1]` (`[-1, 1]` signed).
     pub read_normalized: bool,
     pub border: [f32; 4],
+    /// Layers of `dims` dimensions, `size[2]` of them (`dims` is 1 or 2).
+    pub layered: bool,
+    /// Cubemaps: six square faces (`size[2]` is 6, or 6 per layer when layered).
+    pub cubemap: bool,
 }
 
 impl Texture {
@@ -161,36 +165,140 @@ fn address(i: i64, n: u64, mode: AddressMode) -> Option<u64> {
     }
 }
 
-/// A texture read: `tex.{1d,2d,3d}` at coordinates `coords` (floats' bits, or
-/// integers when `int_coords`), four results as 32-bit values. `None` when the
-/// handle names no texture.
+/// Which texels an access addresses: the geometry an instruction names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Geom {
+    D1,
+    D2,
+    D3,
+    /// An array of 1-D layers (`a1d`): a layer index, then x.
+    A1,
+    /// An array of 2-D layers (`a2d`): a layer index, then x and y.
+    A2,
+    /// A cubemap (`cube`): a direction x, y, z.
+    Cube,
+    /// An array of cubemaps (`acube`): a layer index, then a direction.
+    ACube,
+}
+
+impl Geom {
+    /// The geometry a modifier names.
+    pub(crate) fn parse(name: &str) -> Option<Geom> {
+        Some(match name {
+            "1d" => Geom::D1,
+            "2d" => Geom::D2,
+            "3d" => Geom::D3,
+            "a1d" => Geom::A1,
+            "a2d" => Geom::A2,
+            "cube" => Geom::Cube,
+            "acube" => Geom::ACube,
+            _ => return None,
+        })
+    }
+
+    /// Coordinates beside the layer index.
+    pub(crate) fn coords(self) -> usize {
+        match self {
+            Geom::D1 | Geom::A1 => 1,
+            Geom::D2 | Geom::A2 => 2,
+            Geom::D3 | Geom::Cube | Geom::ACube => 3,
+        }
+    }
+
+    /// Whether the first element of the coordinate vector is a layer index.
+    pub(crate) fn layered(self) -> bool {
+        matches!(self, Geom::A1 | Geom::A2 | Geom::ACube)
+    }
+}
+
+/// The face of a cubemap a direction points at, and the point on it in `[0, 1]`
+/// (the selection table of the CUDA programming guide: the major axis picks the
+/// face, the other two, divided by it, the point).
+pub(crate) fn cube_face(x: f32, y: f32, z: f32) -> (u64, f32, f32) {
+    let (ax, ay, az) = (x.abs(), y.abs(), z.abs());
+    let (face, m, s, t) = if ax >= ay && ax >= az {
+        if x >= 0.0 {
+            (0, ax, -z, -y)
+        } else {
+            (1, ax, z, -y)
+        }
+    } else if ay >= az {
+        if y >= 0.0 {
+            (2, ay, x, z)
+        } else {
+            (3, ay, x, -z)
+        }
+    } else if z >= 0.0 {
+        (4, az, x, -y)
+    } else {
+        (5, az, -x, -y)
+    };
+    if m == 0.0 {
+        return (0, 0.5, 0.5);
+    }
+    (face, (s / m + 1.0) / 2.0, (t / m + 1.0) / 2.0)
+}
+
+/// A texture read: `tex` (or, with `gather` naming a component, `tld4`) of
+/// geometry `geom` at coordinates `coords` (floats' bits, or integers when
+/// `int_coords`) and, for layered geometries, layer `layer`; four results as
+/// 32-bit values. `None` when the handle names no texture.
 pub(crate) fn sample(
     mem: &dyn Memory,
     handle: u64,
+    geom: Geom,
     coords: [u64; 3],
+    layer: u32,
     int_coords: bool,
+    gather: Option<u8>,
 ) -> Option<[u32; 4]> {
     let t = mem.texture(handle)?;
-    let dims = usize::from(t.dims.clamp(1, 3));
-    let mut u = [0f32; 3];
-    for k in 0..dims {
-        let c = if int_coords {
+    let coord = |k: usize| {
+        if int_coords {
             coords[k] as u32 as i32 as f32
         } else {
             f32::from_bits(coords[k] as u32)
-        };
-        // Normalised coordinates address the whole texture by [0, 1).
-        u[k] = if t.normalized_coords {
-            c * t.size[k] as f32
-        } else {
-            c
-        };
+        }
+    };
+    let layers = t.size[2].max(1);
+    let pick_layer = |n: u64| u64::from(layer).min(n.max(1) - 1);
+    // Coordinates along the sampled dimensions, in texels; the slice they are in
+    // where it is fixed (a layer, a face).
+    let mut u = [0f32; 3];
+    let (dims, slice, normalized) = match geom {
+        Geom::Cube | Geom::ACube => {
+            let (face, s, v) = cube_face(coord(0), coord(1), coord(2));
+            u[0] = s * t.size[0] as f32;
+            u[1] = v * t.size[1] as f32;
+            let cube = if geom == Geom::ACube {
+                pick_layer(layers / 6)
+            } else {
+                0
+            };
+            (2, Some(face + 6 * cube), true)
+        }
+        Geom::A1 | Geom::A2 => (geom.coords(), Some(pick_layer(layers)), t.normalized_coords),
+        // A plain read of a layered texture reads its first layer.
+        _ if t.layered || t.cubemap => (
+            usize::from(t.dims.clamp(1, 2)),
+            Some(0),
+            t.normalized_coords,
+        ),
+        _ => (usize::from(t.dims.clamp(1, 3)), None, t.normalized_coords),
+    };
+    if slice.is_none() || !matches!(geom, Geom::Cube | Geom::ACube) {
+        for (k, uk) in u.iter_mut().enumerate().take(dims) {
+            let c = coord(k);
+            // Normalised coordinates address the whole texture by [0, 1).
+            *uk = if normalized { c * t.size[k] as f32 } else { c };
+        }
     }
     let border = t.border.map(Value::Float);
     // Wrap and mirror apply to normalised coordinates only; with texel
-    // coordinates the hardware clamps.
+    // coordinates the hardware clamps. A cubemap face clamps at its edges.
     let modes = t.address_mode.map(|m| match m {
-        AddressMode::Wrap | AddressMode::Mirror if !t.normalized_coords => AddressMode::Clamp,
+        _ if matches!(geom, Geom::Cube | Geom::ACube) => AddressMode::Clamp,
+        AddressMode::Wrap | AddressMode::Mirror if !normalized => AddressMode::Clamp,
         m => m,
     });
     let texel = |at: [i64; 3]| -> [Value; 4] {
@@ -201,10 +309,17 @@ pub(crate) fn sample(
                 None => return border,
             }
         }
+        if let Some(z) = slice {
+            idx[2] = z;
+        }
         t.fetch(mem, idx).unwrap_or(border)
     };
-    let out: [Value; 4] = if t.linear && t.returns_float() && !int_coords {
-        // Weights with an 8-bit fraction, as the hardware computes them.
+    let as_bits = |v: Value| match (v, t.returns_float()) {
+        (Value::Int(i), true) => Value::Float(i as f32).bits(),
+        (v, _) => v.bits(),
+    };
+    // The texels around a point, and how far along (8 bits of fraction) it is.
+    let footprint = || {
         let mut base = [0i64; 3];
         let mut frac = [0f32; 3];
         for k in 0..dims {
@@ -213,6 +328,21 @@ pub(crate) fn sample(
             base[k] = f as i64;
             frac[k] = ((x - f) * 256.0).round() / 256.0;
         }
+        (base, frac)
+    };
+    if let Some(component) = gather {
+        // The bilinear footprint's four texels, counter-clockwise from the lower
+        // left: (i0, j1), (i1, j1), (i1, j0), (i0, j0).
+        let (base, _) = footprint();
+        let mut out = [0u32; 4];
+        for (slot, (di, dj)) in out.iter_mut().zip([(0, 1), (1, 1), (1, 0), (0, 0)]) {
+            let v = texel([base[0] + di, base[1] + dj, 0]);
+            *slot = as_bits(v[usize::from(component & 3)]);
+        }
+        return Some(out);
+    }
+    let out: [Value; 4] = if t.linear && t.returns_float() && !int_coords {
+        let (base, frac) = footprint();
         let mut acc = [0f32; 4];
         for corner in 0..(1usize << dims) {
             let mut at = [0i64; 3];
@@ -235,10 +365,7 @@ pub(crate) fn sample(
         }
         texel(at)
     };
-    Some(out.map(|v| match (v, t.returns_float()) {
-        (Value::Int(i), true) => Value::Float(i as f32).bits(),
-        (v, _) => v.bits(),
-    }))
+    Some(out.map(as_bits))
 }
 
 /// What a surface access outside the surface does.
@@ -250,23 +377,31 @@ pub(crate) enum Boundary {
 }
 
 /// The device address of a surface access of `len` bytes at `coords` (x in
-/// bytes, then rows and slices), or `Ok(None)` where it falls outside and reads
-/// zero / writes nothing, or `Err(())` where it traps (or the handle names no
-/// surface).
+/// bytes, then rows and slices; for a layered geometry, layer `layer`), or
+/// `Ok(None)` where it falls outside and reads zero / writes nothing, or
+/// `Err(())` where it traps (or the handle names no surface).
 pub(crate) fn surface_address(
     mem: &dyn Memory,
     handle: u64,
     coords: [u64; 3],
+    layer: u32,
     len: u64,
-    dims: u8,
+    geom: Geom,
     mode: Boundary,
 ) -> Result<Option<u64>, ()> {
     let t = mem.surface(handle).ok_or(())?;
     let row_bytes = t.size[0] * t.texel_bytes();
     let limits = [row_bytes, t.size[1], t.size[2]];
+    // (dimension, coordinate): x in bytes, then rows, then slices, where a
+    // layered geometry's layer is the slice.
+    let mut checks: Vec<(usize, i64)> = (0..geom.coords())
+        .map(|k| (k, coords[k] as u32 as i32 as i64))
+        .collect();
+    if geom.layered() {
+        checks.push((2, i64::from(layer)));
+    }
     let mut at = [0u64; 3];
-    for k in 0..usize::from(dims.clamp(1, 3)) {
-        let c = coords[k] as u32 as i32 as i64;
+    for (k, c) in checks {
         let n = limits[k] as i64;
         let last = if k == 0 { n - len as i64 } else { n - 1 };
         if c < 0 || c > last {
@@ -327,13 +462,17 @@ mod tests {
                 normalized_coords: normalized,
                 read_normalized: false,
                 border: [9.0, 0.0, 0.0, 0.0],
+                layered: false,
+                cubemap: false,
             },
             data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         }
     }
 
     fn read(m: &OneTexture, x: f32) -> f32 {
-        f32::from_bits(sample(m, 1, [x.to_bits() as u64, 0, 0], false).unwrap()[0])
+        f32::from_bits(
+            sample(m, 1, Geom::D1, [x.to_bits() as u64, 0, 0], 0, false, None).unwrap()[0],
+        )
     }
 
     #[test]
@@ -373,7 +512,7 @@ mod tests {
         let third = read(&linear, 1.5 + 1.0 / 3.0);
         assert_eq!(third, 20.0 + 10.0 * (85.0 / 256.0));
         assert!(
-            sample(&linear, 2, [0; 3], false).is_none(),
+            sample(&linear, 2, Geom::D1, [0; 3], 0, false, None).is_none(),
             "no such texture"
         );
     }
@@ -385,14 +524,18 @@ mod tests {
         m.t.bits = 8;
         m.t.channels = 4;
         m.data = vec![255, 0, 51, 7];
-        let raw = sample(&m, 1, [0; 3], false).unwrap();
+        let raw = sample(&m, 1, Geom::D1, [0; 3], 0, false, None).unwrap();
         assert_eq!(raw, [255, 0, 51, 7]);
         m.t.read_normalized = true;
-        let f = sample(&m, 1, [0; 3], false).unwrap().map(f32::from_bits);
+        let f = sample(&m, 1, Geom::D1, [0; 3], 0, false, None)
+            .unwrap()
+            .map(f32::from_bits);
         assert_eq!(f, [1.0, 0.0, 0.2, 7.0 / 255.0]);
         m.t.channel = ChannelKind::Signed;
         m.data = vec![0x81, 0x7f, 0, 0];
-        let f = sample(&m, 1, [0; 3], false).unwrap().map(f32::from_bits);
+        let f = sample(&m, 1, Geom::D1, [0; 3], 0, false, None)
+            .unwrap()
+            .map(f32::from_bits);
         assert_eq!(f[..2], [-1.0, 1.0]);
     }
 
@@ -400,12 +543,92 @@ mod tests {
     fn surfaces_bound_each_access() {
         let mut m = one_d(&[1.0, 2.0, 3.0, 4.0], AddressMode::Clamp, false, false);
         m.t.dims = 1;
-        let at = |x: i32, mode| surface_address(&m, 1, [x as u32 as u64, 0, 0], 4, 1, mode);
+        let at =
+            |x: i32, mode| surface_address(&m, 1, [x as u32 as u64, 0, 0], 0, 4, Geom::D1, mode);
         assert_eq!(at(8, Boundary::Trap), Ok(Some(0x1008)));
         assert_eq!(at(16, Boundary::Trap), Err(()));
         assert_eq!(at(16, Boundary::Zero), Ok(None));
         assert_eq!(at(-4, Boundary::Clamp), Ok(Some(0x1000)));
         assert_eq!(at(99, Boundary::Clamp), Ok(Some(0x100c)));
         assert_eq!(at(2, Boundary::Trap), Err(()), "misaligned");
+    }
+
+    #[test]
+    fn cube_faces_follow_the_major_axis() {
+        assert_eq!(cube_face(1.0, 0.0, 0.0), (0, 0.5, 0.5));
+        assert_eq!(cube_face(-1.0, 0.0, 0.0).0, 1);
+        assert_eq!(cube_face(0.0, 2.0, 0.0).0, 2);
+        assert_eq!(cube_face(0.0, -2.0, 0.0).0, 3);
+        assert_eq!(cube_face(0.0, 0.0, 3.0).0, 4);
+        assert_eq!(cube_face(0.0, 0.0, -3.0).0, 5);
+        // Face 0: s = -z / |x|, t = -y / |x|.
+        assert_eq!(cube_face(1.0, 0.5, -0.5), (0, 0.75, 0.25));
+        // Face 5: s = -x / |z|, t = -y / |z|.
+        assert_eq!(cube_face(0.5, 0.0, -1.0), (5, 0.25, 0.5));
+    }
+
+    /// A 2-D float texture of `w` x `h` texels, `layers` of them.
+    fn two_d(w: u64, h: u64, layers: u64, values: &[f32]) -> OneTexture {
+        let mut m = one_d(values, AddressMode::Clamp, false, false);
+        m.t.dims = 2;
+        m.t.size = [w, h, layers];
+        m.t.pitch = w * 4;
+        m.t.slice_pitch = w * h * 4;
+        m.t.layered = layers > 1;
+        m
+    }
+
+    #[test]
+    fn gather_returns_the_footprint_counter_clockwise_from_lower_left() {
+        // Texel (x, y) holds 10 * y + x.
+        let m = two_d(
+            3,
+            3,
+            1,
+            &[0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 20.0, 21.0, 22.0],
+        );
+        let at = |x: f32, y: f32| {
+            sample(
+                &m,
+                1,
+                Geom::D2,
+                [x.to_bits() as u64, y.to_bits() as u64, 0],
+                0,
+                false,
+                Some(0),
+            )
+            .unwrap()
+            .map(f32::from_bits)
+        };
+        // Between the centres of (0, 0), (1, 0), (0, 1) and (1, 1).
+        assert_eq!(at(1.2, 1.3), [10.0, 11.0, 1.0, 0.0]);
+        assert_eq!(at(2.0, 2.0), [21.0, 22.0, 12.0, 11.0]);
+    }
+
+    #[test]
+    fn layers_are_chosen_by_index_and_clamped() {
+        // Two 2x1 layers: layer k holds 100 * k + x.
+        let m = two_d(2, 1, 2, &[0.0, 1.0, 100.0, 101.0]);
+        let at = |x: f32, layer: u32| {
+            f32::from_bits(
+                sample(
+                    &m,
+                    1,
+                    Geom::A2,
+                    [x.to_bits() as u64, 0.5f32.to_bits() as u64, 0],
+                    layer,
+                    false,
+                    None,
+                )
+                .unwrap()[0],
+            )
+        };
+        assert_eq!(at(1.5, 0), 1.0);
+        assert_eq!(at(1.5, 1), 101.0);
+        assert_eq!(at(0.5, 7), 100.0, "past the last layer: the last");
+        let surf = |layer: u32, mode| surface_address(&m, 1, [4, 0, 0], layer, 4, Geom::A2, mode);
+        assert_eq!(surf(1, Boundary::Trap), Ok(Some(0x1000 + 8 + 4)));
+        assert_eq!(surf(2, Boundary::Trap), Err(()));
+        assert_eq!(surf(2, Boundary::Zero), Ok(None));
     }
 }

@@ -522,6 +522,8 @@ fn texture_objects_are_bounded_by_the_sessions_memory() {
         normalized_coords: false,
         read_normalized: false,
         border: [0.0; 4],
+        layered: false,
+        cubemap: false,
     };
     let ok = mine
         .tex_object_create(0, desc(buffer, 64, 64, 256))
@@ -547,6 +549,39 @@ fn texture_objects_are_bounded_by_the_sessions_memory() {
         refused(theirs.tex_object_create(0, desc(buffer, 8, 8, 256))),
         code::INVALID_VALUE,
         "another tenant's memory"
+    );
+    // Layers and cube faces are slices, each inside the memory too.
+    let slices = |width: u64, layers: u64, layered: bool, cubemap: bool| TextureDesc {
+        size: [width, width, layers],
+        slice_pitch: 256 * width,
+        layered,
+        cubemap,
+        ..desc(buffer, width, width, 256)
+    };
+    let cube = mine
+        .tex_object_create(0, slices(2, 6, false, true))
+        .unwrap();
+    mine.tex_object_destroy(cube).unwrap();
+    assert_eq!(
+        refused(mine.tex_object_create(0, slices(2, 5, false, true))),
+        code::INVALID_VALUE,
+        "a cubemap of five faces"
+    );
+    assert_eq!(
+        refused(mine.tex_object_create(
+            0,
+            TextureDesc {
+                size: [4, 2, 6],
+                ..slices(2, 6, false, true)
+            }
+        )),
+        code::INVALID_VALUE,
+        "a cubemap of faces that are not square"
+    );
+    assert_eq!(
+        refused(mine.tex_object_create(0, slices(8, 9, true, false))),
+        code::INVALID_VALUE,
+        "a layer past the memory"
     );
     assert_eq!(
         refused(theirs.surf_object_create(0, desc(buffer, 8, 8, 256))),

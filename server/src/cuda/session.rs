@@ -664,6 +664,12 @@ impl Api for CudaSession {
                 "too many texture objects",
             ));
         }
+        if desc.layered || desc.cubemap {
+            return Err(CuError::new(
+                code::NOT_SUPPORTED,
+                "layered and cubemap textures need CUDA arrays, which the cuda backend does not make yet",
+            ));
+        }
         let format = cu::array_format_of(desc.channel, desc.bits)
             .ok_or_else(|| invalid_value("texture format"))?;
         let mut resource = cu::CUDA_RESOURCE_DESC {

@@ -291,6 +291,8 @@ fn texture_of(desc: &xpupool_protocol::api::TextureDesc) -> xpupool_ptx::Texture
         normalized_coords: desc.normalized_coords,
         read_normalized: desc.read_normalized,
         border: desc.border,
+        layered: desc.layered,
+        cubemap: desc.cubemap,
     }
 }
 /// `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`

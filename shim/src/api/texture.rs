@@ -7,7 +7,8 @@
 //! object is kept by the server ([`Request::TexObjectCreate`]), which checks
 //! that every texel lies in the session's memory; kernels pass its handle to
 //! `tex`, `suld` and `sust`, which the mock samples as the hardware does.
-//! Not offered: layered and cubemap arrays, mipmaps, sRGB reads, resource views.
+//! Layered arrays are slices of layers, cubemaps slices of faces (six per
+//! layer). Not offered: mipmaps, sRGB reads, resource views.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -40,10 +41,20 @@ impl Array {
             * u64::from(self.desc.NumChannels)
     }
 
+    fn layered(&self) -> bool {
+        self.desc.Flags & CUDA_ARRAY3D_LAYERED != 0
+    }
+
+    fn cubemap(&self) -> bool {
+        self.desc.Flags & CUDA_ARRAY3D_CUBEMAP != 0
+    }
+
+    /// Dimensions of one layer or face (its depth is the layers or faces).
     fn dims(&self) -> u8 {
         match (self.desc.Height, self.desc.Depth) {
             (0, _) => 1,
             (_, 0) => 2,
+            _ if self.layered() || self.cubemap() => 2,
             _ => 3,
         }
     }
@@ -94,11 +105,21 @@ fn create(out: *mut CUarray, desc: CUDA_ARRAY3D_DESCRIPTOR) -> Res {
     if out.is_null() || desc.Width == 0 || !matches!(desc.NumChannels, 1 | 2 | 4) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    if desc.Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP) != 0 {
-        return Err(CUDA_ERROR_NOT_SUPPORTED);
-    }
     array_format_parts(desc.Format).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    if desc.Height == 0 && desc.Depth != 0 {
+    let layered = desc.Flags & CUDA_ARRAY3D_LAYERED != 0;
+    // Layers are the depth: of 1-D layers (no height) or 2-D ones; a cubemap's
+    // six square faces too, six per layer when layered.
+    let shape_ok = if desc.Flags & CUDA_ARRAY3D_CUBEMAP != 0 {
+        desc.Width == desc.Height
+            && desc.Depth != 0
+            && desc.Depth.is_multiple_of(6)
+            && (layered || desc.Depth == 6)
+    } else if layered {
+        desc.Depth != 0
+    } else {
+        desc.Height != 0 || desc.Depth == 0
+    };
+    if !shape_ok {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let d = driver()?;
@@ -147,6 +168,8 @@ fn resource(res: &CUDA_RESOURCE_DESC, surface: bool) -> Res<(TextureDesc, CUdevi
         normalized_coords: false,
         read_normalized: false,
         border: [0.0; 4],
+        layered: false,
+        cubemap: false,
     };
     let d = driver()?;
     let mut device = d.current_context()?.device;
@@ -175,6 +198,8 @@ fn resource(res: &CUDA_RESOURCE_DESC, surface: bool) -> Res<(TextureDesc, CUdevi
             ];
             desc.pitch = a.pitch;
             desc.slice_pitch = a.slice_pitch();
+            desc.layered = a.layered();
+            desc.cubemap = a.cubemap();
             device = a.device;
         }
         CU_RESOURCE_TYPE_LINEAR if !surface => {
