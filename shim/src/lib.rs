@@ -18,6 +18,7 @@ mod generated;
 mod integrity;
 mod log;
 mod procaddr;
+mod ranges;
 mod state;
 
 mod unsupported {

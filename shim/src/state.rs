@@ -382,9 +382,9 @@ pub(crate) struct Driver {
     pub(crate) contexts: Registry<Context>,
     pub(crate) modules: Registry<Module>,
     pub(crate) functions: Registry<Function>,
-    /// Device allocations and module variables: base → (size, whether it is an
-    /// allocation the application may free).
-    pub(crate) device_ranges: Mutex<BTreeMap<u64, (u64, bool)>>,
+    /// Device allocations, arrays, mappings, module variables and opened IPC
+    /// memory, kept out of this process's own addresses.
+    pub(crate) device_ranges: crate::ranges::DeviceRanges,
     /// Live events (server handles).
     pub(crate) events: Mutex<HashSet<u64>>,
     pub(crate) host_blocks: Mutex<BTreeMap<usize, HostBlock>>,
@@ -473,7 +473,8 @@ impl Driver {
             contexts,
             modules: Registry::new(),
             functions: Registry::new(),
-            device_ranges: Mutex::new(BTreeMap::new()),
+            // Without the server's fixed range reserved here, each range is.
+            device_ranges: crate::ranges::DeviceRanges::new(!device_range_reserved),
             events: Mutex::new(HashSet::new()),
             host_blocks: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(HashMap::new()),
@@ -523,9 +524,7 @@ impl Driver {
 
     /// The device allocation containing `address`: (base, size).
     pub(crate) fn device_range(&self, address: u64) -> Option<(u64, u64)> {
-        let ranges = lock(&self.device_ranges);
-        let (&base, &(size, _)) = ranges.range(..=address).next_back()?;
-        (address < base + size).then_some((base, size))
+        self.device_ranges.find(address)
     }
 
     /// The pinned host block containing `address`: (base, len, flags).

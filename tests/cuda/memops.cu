@@ -3,9 +3,14 @@
 // cudaMemcpyDefault with offsets into the middle of allocations, cudaMallocPitch +
 // cudaMemcpy2D (H2D, D2D, D2H with padded host pitches) + cudaMemset2D, cudaMemsetAsync /
 // cudaMemcpyAsync on a stream, cudaMemGetInfo before/after a large allocation, and
-// cudaPointerGetAttributes for device, interior-device, pinned and pageable pointers.
+// cudaPointerGetAttributes for device, interior-device, pinned and pageable pointers; no
+// host memory can be made where device memory lives (a host buffer there would be taken
+// for device memory).
 #define TEST_NAME "memops"
 #include "check.cuh"
+
+#include <errno.h>
+#include <sys/mman.h>
 
 #include <vector>
 
@@ -288,7 +293,31 @@ static void test_pointer_attributes() {
     CHECK(cudaFree(d));
 }
 
+// Device addresses are kept out of this process's own memory: mapping a page of host
+// memory over any allocation's first or last byte fails. (Under xpupool this holds with
+// every backend; natively, the driver's own reservations make it hold.)
+static void test_address_space() {
+    const size_t sizes[] = {100, 4096, 5000, 1 << 20, 3 << 20};
+    void *ptrs[5];
+    for (int k = 0; k < 5; ++k) CHECK(cudaMalloc(&ptrs[k], sizes[k]));
+    const uintptr_t page = 4096;
+    for (int k = 0; k < 5; ++k) {
+        for (uintptr_t at : {(uintptr_t)ptrs[k], (uintptr_t)ptrs[k] + sizes[k] - 1}) {
+            void *hint = (void *)(at / page * page);
+            void *m = mmap(hint, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+            if (m != MAP_FAILED) {
+                // (A kernel without MAP_FIXED_NOREPLACE may put it elsewhere.)
+                if (m == hint)
+                    fail("host memory mapped at device address %p (allocation %d of %zu bytes)", (void *)at, k, sizes[k]);
+                munmap(m, page);
+            }
+        }
+    }
+    for (int k = 0; k < 5; ++k) CHECK(cudaFree(ptrs[k]));
+}
+
 int main() {
+    test_address_space();
     test_memset_memcpy();
     test_2d();
     test_async();

@@ -232,11 +232,11 @@ impl Backend for CudaBackend {
         vec![self.shared.info.clone()]
     }
 
-    /// The driver's addresses lie in no fixed range, so there is none to report and
-    /// the client cannot reserve one: its protection against host and device
-    /// addresses aliasing is off with this backend. Follow-up (docs/DESIGN.md §3.5):
-    /// allocate through the VMM API (`cuMemAddressReserve` + `cuMemCreate` +
-    /// `cuMemMap`) inside one range reserved at start, and report that range.
+    /// The driver's addresses lie in no fixed range, so there is none to report:
+    /// the client reserves each device range in its own address space as it
+    /// arrives instead, and asks again for memory the driver placed where the
+    /// client has memory of its own. (For migration later, allocating through the
+    /// VMM API inside one range reserved at start would give a fixed range.)
     fn device_address_range(&self) -> (u64, u64) {
         (0, 0)
     }

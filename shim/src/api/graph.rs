@@ -95,9 +95,14 @@ impl GraphMemory {
     /// Allocates `bytes` on `device` for graphs.
     fn new(device: CUdevice, bytes: u64) -> Res<Arc<Self>> {
         let d = driver()?;
-        let address = d.conn.mem_alloc(device as u32, bytes).map_err(fail)?;
         // Copies and launches into it are checked as into any allocation.
-        lock(&d.device_ranges).insert(address, (bytes, false));
+        let address = crate::ranges::place(
+            |a| d.device_ranges.add(a, bytes, false),
+            || d.conn.mem_alloc(device as u32, bytes).map_err(fail),
+            |a| {
+                let _ = d.conn.post(Request::MemFree { ptr: a });
+            },
+        )?;
         let memory = Arc::new(Self {
             address,
             bytes,
@@ -125,7 +130,7 @@ impl Drop for GraphMemory {
             return;
         }
         if let Ok(d) = driver() {
-            lock(&d.device_ranges).remove(&self.address);
+            d.device_ranges.remove(self.address);
             // Posted behind the work already sent, which may still use it.
             if let Err(e) = d.conn.post(Request::MemFree { ptr: self.address }) {
                 tracing::debug!("freeing graph memory: {}", e.message);

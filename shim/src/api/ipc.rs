@@ -38,7 +38,7 @@ fn open_mem(out: *mut CUdeviceptr, handle: CUipcMemHandle, flags: c_uint) -> Res
         .map_err(fail)?;
     // Copies and launches into it are checked as into an allocation; cuMemFree
     // does not take it (cuIpcCloseMemHandle does).
-    lock(&d.device_ranges).insert(ptr, (size, false));
+    d.device_ranges.add_given(ptr, size, false);
     put(out, ptr)
 }
 
@@ -57,7 +57,7 @@ export! {
     fn cuIpcCloseMemHandle(ptr: CUdeviceptr) {
         let d = driver()?;
         d.conn.ipc_close_mem_handle(ptr).map_err(fail)?;
-        lock(&d.device_ranges).remove(&ptr);
+        d.device_ranges.remove(ptr);
         Ok(())
     }
 

@@ -543,7 +543,8 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> Res {
         },
     );
     LIVE.fetch_add(1, Ordering::AcqRel);
-    lock(&d.device_ranges).insert(address, (bytes as u64, true));
+    // Mapped here by `map` already.
+    d.device_ranges.add_mapped(address, bytes as u64, true);
     put(out, address)
 }
 

@@ -30,11 +30,13 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize) -> Res {
     }
     let d = driver()?;
     let device = d.current_context()?.device;
-    let address = d
-        .conn
-        .mem_alloc(device as u32, bytes as u64)
-        .map_err(fail)?;
-    lock(&d.device_ranges).insert(address, (bytes as u64, true));
+    let address = crate::ranges::place(
+        |a| d.device_ranges.add(a, bytes as u64, true),
+        || d.conn.mem_alloc(device as u32, bytes as u64).map_err(fail),
+        |a| {
+            let _ = d.conn.post(Request::MemFree { ptr: a });
+        },
+    )?;
     put(out, address)
 }
 
@@ -50,12 +52,8 @@ pub(crate) fn free(address: CUdeviceptr) -> Res {
     }
     let d = driver()?;
     // Checked here, so that the free need not wait for the server.
-    {
-        let mut ranges = lock(&d.device_ranges);
-        match ranges.get(&address) {
-            Some(&(_, true)) => ranges.remove(&address),
-            _ => return Err(CUDA_ERROR_INVALID_VALUE),
-        };
+    if !d.device_ranges.remove_freeable(address) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
     }
     super::pool::forget(address);
     // Managed memory leaves this process's address space too.

@@ -61,9 +61,8 @@ fn unload(module: usize) -> Res {
     for &f in lock(&m.kernels).values() {
         let _ = d.functions.remove(f);
     }
-    let mut ranges = lock(&d.device_ranges);
     for g in lock(&m.globals).values() {
-        ranges.remove(&g.address);
+        d.device_ranges.remove(g.address);
     }
     Ok(())
 }
@@ -115,7 +114,7 @@ fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const 
                 .conn
                 .module_get_global(server, name.to_owned())
                 .map_err(fail)?;
-            lock(&d.device_ranges).insert(g.address, (g.size.max(1), false));
+            d.device_ranges.add_given(g.address, g.size.max(1), false);
             lock(&m.globals).insert(key, g.clone());
             g
         }

@@ -137,11 +137,13 @@ fn alloc_async(
     if let Some(address) = super::graph::capture_alloc(stream, device, bytes as u64)? {
         return put(out, address);
     }
-    let address = d
-        .conn
-        .mem_alloc(device as u32, bytes as u64)
-        .map_err(fail)?;
-    lock(&d.device_ranges).insert(address, (bytes as u64, true));
+    let address = crate::ranges::place(
+        |a| d.device_ranges.add(a, bytes as u64, true),
+        || d.conn.mem_alloc(device as u32, bytes as u64).map_err(fail),
+        |a| {
+            let _ = d.conn.post(xpupool_protocol::Request::MemFree { ptr: a });
+        },
+    )?;
     let mut table = lock(pools());
     table.allocations.insert(address, (pool, bytes as u64));
     if let Some(p) = table.pools.get_mut(&pool) {

@@ -142,9 +142,14 @@ fn create(out: *mut CUarray, desc: CUDA_ARRAY3D_DESCRIPTOR) -> Res {
         .checked_mul(array.rows)
         .and_then(|b| b.checked_mul(desc.Depth.max(1) as u64))
         .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
-    array.address = d.conn.mem_alloc(device as u32, bytes).map_err(fail)?;
     // Copies into it are checked as into an allocation; cuMemFree does not take it.
-    lock(&d.device_ranges).insert(array.address, (bytes, false));
+    array.address = crate::ranges::place(
+        |a| d.device_ranges.add(a, bytes, false),
+        || d.conn.mem_alloc(device as u32, bytes).map_err(fail),
+        |a| {
+            let _ = d.conn.post(Request::MemFree { ptr: a });
+        },
+    )?;
     let mut t = lock(table());
     t.next += 0x10;
     let handle = t.next;
@@ -309,7 +314,7 @@ export! {
     fn cuArrayDestroy(handle: CUarray) {
         let a = lock(table()).arrays.remove(&(handle as u64)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         let d = driver()?;
-        lock(&d.device_ranges).remove(&a.address);
+        d.device_ranges.remove(a.address);
         // Posted behind the work already sent, which may still read it.
         d.conn.post(Request::MemFree { ptr: a.address }).map_err(fail)
     }

@@ -130,12 +130,22 @@ export! {
         }
         let d = driver()?;
         let device = d.current_device();
-        let start = d.conn.mem_address_reserve(device as u32, size as u64, alignment as u64).map_err(fail)?;
+        // Reserved here too, so that no host memory ever lies inside it.
+        let start = crate::ranges::place(
+            |a| d.device_ranges.hold(a, size as u64),
+            || d.conn.mem_address_reserve(device as u32, size as u64, alignment as u64).map_err(fail),
+            |a| {
+                let _ = d.conn.mem_address_free(a, size as u64);
+            },
+        )?;
         put(ptr, start)
     }
 
     fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) {
-        driver()?.conn.mem_address_free(ptr, size as u64).map_err(fail)
+        let d = driver()?;
+        d.conn.mem_address_free(ptr, size as u64).map_err(fail)?;
+        d.device_ranges.release_hold(ptr);
+        Ok(())
     }
 
     fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) {
@@ -167,7 +177,7 @@ export! {
         t.mappings.insert(ptr, Mapping { size: size as u64, handle, access: CU_MEM_ACCESS_FLAGS_PROT_NONE });
         // Copies and launches into it are checked as into an allocation (one
         // cuMemFree does not take).
-        lock(&d.device_ranges).insert(ptr, (size as u64, false));
+        d.device_ranges.add_given(ptr, size as u64, false);
         Ok(())
     }
 
@@ -176,10 +186,9 @@ export! {
         let mut t = lock(table());
         let found = covering(&t, ptr, size as u64)?;
         d.conn.mem_unmap(ptr, size as u64).map_err(fail)?;
-        let mut ranges = lock(&d.device_ranges);
         for base in found {
             t.mappings.remove(&base);
-            ranges.remove(&base);
+            d.device_ranges.remove(base);
         }
         Ok(())
     }

@@ -1,0 +1,402 @@
+//! The device ranges this process knows (allocations, arrays, mappings, module
+//! variables, opened IPC memory), and keeping their addresses out of its own
+//! memory.
+//!
+//! A server whose devices use a fixed address range (the mock) has it reserved
+//! here once, at start. The cuda backend's driver places memory anywhere in its
+//! process, where this process may have memory of its own: a host buffer at an
+//! address that is also a device address would be taken for device memory. So
+//! with such a server each device range is reserved here too (inaccessible
+//! pages, whole pages around it, shared by ranges that share a page) as it
+//! arrives, and given back when the last range on its pages goes. An address
+//! the server chose that is already this process's memory is refused, and the
+//! allocation asked again ([`place`]); where the address cannot be chosen (a
+//! module variable, opened IPC memory) it is kept unreserved, with a warning.
+
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use crate::state::lock;
+
+/// The address is already this process's memory.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Taken;
+
+#[derive(Default)]
+struct Inner {
+    /// Base → (size, whether `cuMemFree` takes it).
+    ranges: BTreeMap<u64, (u64, bool)>,
+    /// Address reservations (`cuMemAddressReserve`): start → size. Mappings lie inside.
+    holds: BTreeMap<u64, u64>,
+    /// What is reserved here, in disjoint runs of pages: start → end.
+    reserved: BTreeMap<u64, u64>,
+}
+
+pub(crate) struct DeviceRanges {
+    inner: Mutex<Inner>,
+    /// Whether ranges are reserved one by one (the server has no fixed range).
+    reserve: bool,
+}
+
+fn page() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
+/// `[start, end)` widened to whole pages.
+fn pages(start: u64, size: u64) -> (u64, u64) {
+    let p = page();
+    let end = start.saturating_add(size.max(1));
+    (start / p * p, end.div_ceil(p).saturating_mul(p))
+}
+
+/// The parts of `[start, end)` that no interval of `covered` (sorted, any
+/// overlap) covers.
+fn gaps(start: u64, end: u64, covered: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut at = start;
+    let mut covered: Vec<(u64, u64)> = covered.into_iter().collect();
+    covered.sort_unstable();
+    for (s, e) in covered {
+        if e <= at {
+            continue;
+        }
+        if s >= end {
+            break;
+        }
+        if s > at {
+            out.push((at, s.min(end)));
+        }
+        at = at.max(e);
+        if at >= end {
+            break;
+        }
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
+fn map_none(start: u64, end: u64) -> Result<(), Taken> {
+    // SAFETY: an inaccessible anonymous mapping that replaces nothing
+    // (MAP_FIXED_NOREPLACE); on failure nothing is mapped.
+    let mapped = unsafe {
+        libc::mmap(
+            start as *mut c_void,
+            (end - start) as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        return Err(Taken);
+    }
+    if mapped as u64 != start {
+        // A kernel without MAP_FIXED_NOREPLACE put it elsewhere.
+        // SAFETY: undoing the mapping just made.
+        unsafe { libc::munmap(mapped, (end - start) as usize) };
+        return Err(Taken);
+    }
+    Ok(())
+}
+
+fn unmap(start: u64, end: u64) {
+    // SAFETY: only runs this module reserved are given back.
+    unsafe { libc::munmap(start as *mut c_void, (end - start) as usize) };
+}
+
+impl Inner {
+    /// Reserves the pages of `[start, start+size)` not reserved yet.
+    fn reserve(&mut self, start: u64, size: u64) -> Result<(), Taken> {
+        let (lo, hi) = pages(start, size);
+        let overlapping: Vec<(u64, u64)> = self
+            .reserved
+            .range(..hi)
+            .rev()
+            .take_while(|&(_, &e)| e > lo)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        let mut made = Vec::new();
+        for (s, e) in gaps(lo, hi, overlapping) {
+            if map_none(s, e).is_err() {
+                for (s, e) in made {
+                    unmap(s, e);
+                }
+                return Err(Taken);
+            }
+            made.push((s, e));
+        }
+        for (s, e) in made {
+            self.reserved.insert(s, e);
+        }
+        Ok(())
+    }
+
+    /// Gives back the pages of `[start, start+size)` no range or hold still uses.
+    fn release(&mut self, start: u64, size: u64) {
+        let (lo, hi) = pages(start, size);
+        let mut users: Vec<(u64, u64)> = self
+            .ranges
+            .range(..hi)
+            .rev()
+            .take_while(|&(&b, &(s, _))| pages(b, s).1 > lo)
+            .map(|(&b, &(s, _))| pages(b, s))
+            .collect();
+        users.extend(self.holds.iter().map(|(&b, &s)| pages(b, s)));
+        for (s, e) in gaps(lo, hi, users) {
+            // Split the reserved runs at the edges of what goes.
+            let runs: Vec<(u64, u64)> = self
+                .reserved
+                .range(..e)
+                .rev()
+                .take_while(|&(_, &re)| re > s)
+                .map(|(&rs, &re)| (rs, re))
+                .collect();
+            for (rs, re) in runs {
+                self.reserved.remove(&rs);
+                if rs < s {
+                    self.reserved.insert(rs, s);
+                }
+                if re > e {
+                    self.reserved.insert(e, re);
+                }
+                unmap(rs.max(s), re.min(e));
+            }
+        }
+    }
+}
+
+impl DeviceRanges {
+    /// `reserve`: whether each range is to be reserved here as it arrives.
+    pub(crate) fn new(reserve: bool) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            reserve,
+        }
+    }
+
+    /// Records a range, reserving its addresses here; `Err(Taken)` (and nothing
+    /// recorded) where some of them are this process's memory.
+    pub(crate) fn add(&self, base: u64, size: u64, freeable: bool) -> Result<(), Taken> {
+        let mut inner = lock(&self.inner);
+        if self.reserve {
+            inner.reserve(base, size)?;
+        }
+        inner.ranges.insert(base, (size, freeable));
+        Ok(())
+    }
+
+    /// Records a range whose address could not be chosen: reserved where that
+    /// can be done, else kept as it is, with a warning.
+    pub(crate) fn add_given(&self, base: u64, size: u64, freeable: bool) {
+        if self.add(base, size, freeable).is_err() {
+            tracing::warn!(
+                "device memory at {base:#x} ({size} bytes) overlaps this process's own memory; \
+                 host buffers there would be taken for device memory"
+            );
+            lock(&self.inner).ranges.insert(base, (size, freeable));
+        }
+    }
+
+    /// Records a range this process has mapped itself (managed memory): nothing
+    /// to reserve.
+    pub(crate) fn add_mapped(&self, base: u64, size: u64, freeable: bool) {
+        lock(&self.inner).ranges.insert(base, (size, freeable));
+    }
+
+    /// Forgets the range at `base`, giving back the pages only it used.
+    pub(crate) fn remove(&self, base: u64) -> Option<(u64, bool)> {
+        let mut inner = lock(&self.inner);
+        let found = inner.ranges.remove(&base)?;
+        if self.reserve {
+            inner.release(base, found.0);
+        }
+        Some(found)
+    }
+
+    /// Forgets the range at `base` if `cuMemFree` may take it.
+    pub(crate) fn remove_freeable(&self, base: u64) -> bool {
+        let freeable = matches!(lock(&self.inner).ranges.get(&base), Some(&(_, true)));
+        freeable && self.remove(base).is_some()
+    }
+
+    /// Reserves an address reservation's range (`cuMemAddressReserve`).
+    pub(crate) fn hold(&self, start: u64, size: u64) -> Result<(), Taken> {
+        let mut inner = lock(&self.inner);
+        if self.reserve {
+            inner.reserve(start, size)?;
+        }
+        inner.holds.insert(start, size);
+        Ok(())
+    }
+
+    /// Gives an address reservation's range back (`cuMemAddressFree`).
+    pub(crate) fn release_hold(&self, start: u64) {
+        let mut inner = lock(&self.inner);
+        if let Some(size) = inner.holds.remove(&start) {
+            if self.reserve {
+                inner.release(start, size);
+            }
+        }
+    }
+
+    /// The range containing `address`: (base, size).
+    pub(crate) fn find(&self, address: u64) -> Option<(u64, u64)> {
+        let inner = lock(&self.inner);
+        let (&base, &(size, _)) = inner.ranges.range(..=address).next_back()?;
+        (address < base + size).then_some((base, size))
+    }
+}
+
+/// Allocates with `alloc` until `record` takes the address it gives (it is free
+/// here), at most 8 times; the allocations whose addresses were taken are given
+/// back with `free` once one is found (or the tries run out).
+pub(crate) fn place(
+    record: impl Fn(u64) -> Result<(), Taken>,
+    mut alloc: impl FnMut() -> crate::boundary::Res<u64>,
+    free: impl Fn(u64),
+) -> crate::boundary::Res<u64> {
+    const TRIES: usize = 8;
+    let mut taken = Vec::new();
+    let result = loop {
+        let address = match alloc() {
+            Ok(a) => a,
+            Err(code) => break Err(code),
+        };
+        match record(address) {
+            Ok(()) => break Ok(address),
+            Err(Taken) => {
+                taken.push(address);
+                if taken.len() == TRIES {
+                    tracing::warn!(
+                        "{TRIES} device addresses in a row are this process's own memory"
+                    );
+                    break Err(xpupool_cuda_types::CUDA_ERROR_OUT_OF_MEMORY);
+                }
+            }
+        }
+    };
+    for address in taken {
+        free(address);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether one page at `address` can be mapped (is free) in this process.
+    fn free_here(address: u64) -> bool {
+        let ok = map_none(address, address + page()).is_ok();
+        if ok {
+            unmap(address, address + page());
+        }
+        ok
+    }
+
+    /// A stretch of this process's address space nothing uses: reserved, then given back.
+    fn spare(pages_wanted: u64) -> u64 {
+        let len = (pages_wanted * page()) as usize;
+        // SAFETY: a plain anonymous mapping, unmapped at once.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        unsafe { libc::munmap(p, len) };
+        p as u64
+    }
+
+    #[test]
+    fn gaps_are_what_nothing_covers() {
+        assert_eq!(gaps(0, 10, []), vec![(0, 10)]);
+        assert_eq!(gaps(0, 10, [(2, 4), (3, 6), (8, 12)]), vec![(0, 2), (6, 8)]);
+        assert_eq!(gaps(5, 10, [(0, 20)]), vec![]);
+    }
+
+    #[test]
+    fn ranges_are_reserved_while_any_range_on_their_pages_lives() {
+        let p = page();
+        let base = spare(16);
+        let ranges = DeviceRanges::new(true);
+        // Two ranges sharing the second page, and one three pages on.
+        ranges.add(base + 100, p, true).unwrap();
+        ranges.add(base + p + 200, 300, true).unwrap();
+        ranges.add(base + 4 * p, 2 * p, false).unwrap();
+        assert!(!free_here(base) && !free_here(base + p) && !free_here(base + 5 * p));
+        assert!(free_here(base + 3 * p), "a page no range touches");
+        assert_eq!(ranges.find(base + p + 250), Some((base + p + 200, 300)));
+        assert!(ranges.remove_freeable(base + 100));
+        assert!(free_here(base), "only the first range used the first page");
+        assert!(
+            !free_here(base + p),
+            "the second range still uses the second page"
+        );
+        assert!(
+            !ranges.remove_freeable(base + 4 * p),
+            "not one cuMemFree takes"
+        );
+        assert!(ranges.remove(base + 4 * p).is_some());
+        assert!(free_here(base + 4 * p) && free_here(base + 5 * p));
+        ranges.remove(base + p + 200);
+        assert!(free_here(base + p));
+    }
+
+    #[test]
+    fn an_address_that_is_this_process_memory_is_refused_and_allocated_again() {
+        let p = page();
+        let base = spare(8);
+        // This process's own memory at the first address the "server" gives.
+        map_none(base + 2 * p, base + 3 * p).unwrap();
+        let ranges = DeviceRanges::new(true);
+        assert_eq!(ranges.add(base + 2 * p + 64, 128, true), Err(Taken));
+        assert_eq!(ranges.find(base + 2 * p + 64), None, "nothing recorded");
+        let offers = std::cell::RefCell::new(vec![base + 5 * p, base + 2 * p + 64]);
+        let freed = std::cell::RefCell::new(Vec::new());
+        let placed = place(
+            |a| ranges.add(a, 128, true),
+            || Ok(offers.borrow_mut().pop().unwrap()),
+            |a| freed.borrow_mut().push(a),
+        );
+        assert_eq!(placed, Ok(base + 5 * p));
+        assert_eq!(
+            *freed.borrow(),
+            vec![base + 2 * p + 64],
+            "the taken one given back"
+        );
+        assert!(!free_here(base + 5 * p));
+        // A hold covers the mappings inside it; they leave its pages reserved.
+        let hold = spare(4);
+        ranges.hold(hold, 4 * p).unwrap();
+        ranges.add(hold + p, p, false).unwrap();
+        ranges.remove(hold + p);
+        assert!(!free_here(hold + p), "still held");
+        ranges.release_hold(hold);
+        assert!(free_here(hold) && free_here(hold + 3 * p));
+        unmap(base + 2 * p, base + 3 * p);
+    }
+
+    #[test]
+    fn without_reservation_nothing_is_mapped() {
+        let base = spare(2);
+        let ranges = DeviceRanges::new(false);
+        ranges.add(base, 100, true).unwrap();
+        assert!(free_here(base));
+        assert_eq!(ranges.find(base + 99), Some((base, 100)));
+        assert_eq!(ranges.find(base + 100), None);
+    }
+}
