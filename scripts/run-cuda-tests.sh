@@ -193,13 +193,6 @@ else
         failed=$((failed + 1)); failures+=("cuda-backend-start"); echo "FAIL  cuda-backend-start"; cat "$logs/cuda-server.err"
     else
         for p in "${programs[@]}"; do
-            # Surfaces, 3-D, layered and cubemap textures need CUDA arrays on the
-            # server, which the cuda backend does not make yet: it refuses them
-            # (NOT_SUPPORTED).
-            case "$(basename "$p")" in surfaces|texture_layers)
-                echo "not run: cuda-backend-$(basename "$p") (the cuda backend refuses surfaces and 3-D, layered and cubemap textures)"
-                continue;;
-            esac
             check "cuda-backend-$(basename "$p")" "$bin" run --server "127.0.0.1:$cuda_port" --cert "$cuda_cert" --token "$cuda_token" -- "$p"
         done
     fi

@@ -628,8 +628,14 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
         Request::TexObjectCreate { .. }
         | Request::TexObjectDestroy { .. }
         | Request::SurfObjectCreate { .. }
-        | Request::SurfObjectDestroy { .. } => {
-            bail!("the trace has texture or surface objects, which replay cannot remap yet")
+        | Request::SurfObjectDestroy { .. }
+        | Request::ArrayCreate { .. }
+        | Request::ArrayDestroy { .. }
+        | Request::MemcpyToArray { .. }
+        | Request::MemcpyFromArray { .. }
+        | Request::MemcpyArrayDevice { .. }
+        | Request::MemcpyArrayArray { .. } => {
+            bail!("the trace has CUDA arrays, texture or surface objects, which replay cannot remap yet")
         }
         Request::IpcGetMemHandle { .. }
         | Request::IpcOpenMemHandle { .. }

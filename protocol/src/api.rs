@@ -274,6 +274,32 @@ graph_nodes! {
         /// Its flags.
         flags: u32,
     },
+    /// [`Request::MemcpyArrayDevice`].
+    CopyArrayDevice = MemcpyArrayDevice {
+        /// The array.
+        array: u64,
+        /// Its box.
+        region: ArrayBox,
+        /// The device memory.
+        ptr: u64,
+        /// Its row pitch.
+        pitch: u64,
+        /// Its slice pitch.
+        slice_pitch: u64,
+        /// Into the array (else out of it).
+        to_array: bool,
+    },
+    /// [`Request::MemcpyArrayArray`].
+    CopyArrayArray = MemcpyArrayArray {
+        /// The array copied into.
+        dst: u64,
+        /// Where in it.
+        dst_at: [u64; 3],
+        /// The array copied from.
+        src: u64,
+        /// Its box.
+        region: ArrayBox,
+    },
 }
 
 /// Nodes of one graph the server keeps, at most ([`Request::GraphCreate`]).
@@ -544,6 +570,144 @@ declare_api! {
     fn surf_object_create(device: u32, desc: TextureDesc) -> u64 = SurfObjectCreate;
     /// Destroy a surface object.
     fn surf_object_destroy(handle: u64) -> () = SurfObjectDestroy;
+    /// Make a CUDA array on `device` (`cuArray3DCreate`): its handle. Texels are
+    /// reached only through copies and texture and surface objects.
+    fn array_create(device: u32, desc: ArrayDesc) -> u64 = ArrayCreate [ALLOCATES];
+    /// Destroy an array once the work sent before it is done.
+    fn array_destroy(array: u64) -> () = ArrayDestroy;
+    /// Copy host bytes (the box's rows one after another) into a box of an array,
+    /// in stream order.
+    fn memcpy_to_array(array: u64, region: ArrayBox, data: ByteBuf, stream: u64) -> () = MemcpyToArray [POSTED];
+    /// Copy a box of an array to the host, in stream order: its rows one after
+    /// another.
+    fn memcpy_from_array(array: u64, region: ArrayBox, stream: u64) -> ByteBuf = MemcpyFromArray [SYNCS];
+    /// Copy between a box of an array and pitched device memory at `ptr` (rows
+    /// `pitch` bytes apart, slices `slice_pitch`), into the array if `to_array`,
+    /// in stream order.
+    fn memcpy_array_device(array: u64, region: ArrayBox, ptr: u64, pitch: u64, slice_pitch: u64, to_array: bool, stream: u64) -> () = MemcpyArrayDevice [POSTED];
+    /// Copy a box of array `src` to `dst_at` in array `dst`, in stream order.
+    fn memcpy_array_array(dst: u64, dst_at: [u64; 3], src: u64, region: ArrayBox, stream: u64) -> () = MemcpyArrayArray [POSTED];
+}
+
+/// A CUDA array's shape and texels (`CUDA_ARRAY3D_DESCRIPTOR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayDesc {
+    /// Texels in a row.
+    pub width: u64,
+    /// Rows (0 for a 1-D array).
+    pub height: u64,
+    /// Slices: depth, layers or faces (0 for neither).
+    pub depth: u64,
+    /// 0 unsigned integer, 1 signed integer, 2 float.
+    pub channel: u8,
+    /// Bits of each channel: 8, 16 or 32.
+    pub bits: u8,
+    /// Channels: 1, 2 or 4.
+    pub channels: u8,
+    /// `CUDA_ARRAY3D_*` flags (layered, surface load/store, cubemap, gather).
+    pub flags: u32,
+}
+
+/// `CUDA_ARRAY3D_LAYERED`.
+pub const ARRAY_LAYERED: u32 = 1;
+/// `CUDA_ARRAY3D_SURFACE_LDST`.
+pub const ARRAY_SURFACE_LDST: u32 = 2;
+/// `CUDA_ARRAY3D_CUBEMAP`.
+pub const ARRAY_CUBEMAP: u32 = 4;
+/// `CUDA_ARRAY3D_TEXTURE_GATHER`.
+pub const ARRAY_TEXTURE_GATHER: u32 = 8;
+/// Rows of an array start this many bytes apart (at least), as pitched textures
+/// over linear memory need on NVIDIA's devices.
+pub const ARRAY_ROW_ALIGN: u64 = 128;
+/// Texels along any one dimension of an array: the largest 1-D texture
+/// NVIDIA's devices take (their 2-D and 3-D limits are smaller).
+pub const MAX_ARRAY_EXTENT: u64 = 1 << 17;
+
+impl ArrayDesc {
+    /// Bytes of one texel.
+    pub fn texel_bytes(&self) -> u64 {
+        u64::from(self.bits / 8) * u64::from(self.channels)
+    }
+
+    /// Row bytes, rows and slices: the array's whole box.
+    pub fn extent(&self) -> [u64; 3] {
+        [
+            self.width * self.texel_bytes(),
+            self.height.max(1),
+            self.depth.max(1),
+        ]
+    }
+
+    /// Why the description cannot be, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let layered = self.flags & ARRAY_LAYERED != 0;
+        let cubemap = self.flags & ARRAY_CUBEMAP != 0;
+        let shape = if cubemap {
+            self.width == self.height
+                && self.depth != 0
+                && self.depth.is_multiple_of(6)
+                && (layered || self.depth == 6)
+        } else if layered {
+            self.depth != 0
+        } else {
+            self.height != 0 || self.depth == 0
+        };
+        if !matches!(self.bits, 8 | 16 | 32)
+            || !matches!(self.channels, 1 | 2 | 4)
+            || self.channel > 2
+            || (self.channel == 2 && self.bits == 8)
+            || self.flags
+                & !(ARRAY_LAYERED | ARRAY_SURFACE_LDST | ARRAY_CUBEMAP | ARRAY_TEXTURE_GATHER)
+                != 0
+            || self.width == 0
+            || !shape
+            || [self.width, self.height, self.depth]
+                .iter()
+                .any(|&n| n > MAX_ARRAY_EXTENT)
+        {
+            return Err(format!("an array of {self:?}"));
+        }
+        Ok(())
+    }
+
+    /// Device memory the array takes: rows [`ARRAY_ROW_ALIGN`] bytes apart at
+    /// least, slices one after another (what the mock lays out, and what the
+    /// ledger charges on every backend).
+    pub fn footprint(&self) -> Option<u64> {
+        let [row, rows, slices] = self.extent();
+        row.checked_next_multiple_of(ARRAY_ROW_ALIGN)?
+            .checked_mul(rows)?
+            .checked_mul(slices)
+    }
+
+    /// Whether `region` lies inside the array (`at` plus `extent` in each
+    /// dimension, x in bytes, no dimension empty).
+    pub fn holds(&self, region: &ArrayBox) -> bool {
+        let whole = self.extent();
+        region.extent.iter().all(|&n| n > 0)
+            && (0..3).all(|k| {
+                region.at[k]
+                    .checked_add(region.extent[k])
+                    .is_some_and(|end| end <= whole[k])
+            })
+    }
+}
+
+/// A box of an array: where it starts (x in bytes, row, slice) and how far it
+/// reaches (bytes, rows, slices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrayBox {
+    pub at: [u64; 3],
+    pub extent: [u64; 3],
+}
+
+impl ArrayBox {
+    /// Bytes in the box, if they can be counted.
+    pub fn bytes(&self) -> Option<u64> {
+        self.extent[0]
+            .checked_mul(self.extent[1])?
+            .checked_mul(self.extent[2])
+    }
 }
 
 /// A texture or surface over device memory, as the client's arrays and linear
@@ -579,6 +743,10 @@ pub struct TextureDesc {
     pub layered: bool,
     /// Cubemaps: six square faces, one slice each (6 per layer when layered).
     pub cubemap: bool,
+    /// The array ([`Request::ArrayCreate`]) whose texels these are, or 0 for
+    /// linear memory at `address`. Over an array the server takes `address`,
+    /// the pitches and the shape from the array itself.
+    pub array: u64,
 }
 
 impl TextureDesc {

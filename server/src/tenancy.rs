@@ -415,6 +415,7 @@ impl Host {
 /// The operations the ledger charges; every other declared operation that
 /// allocates is refused ([`TenantSession`]), so a new one cannot slip past.
 pub const CHARGED: &[&str] = &[
+    "array_create",
     "mem_alloc",
     "mem_create",
     "module_load",
@@ -928,6 +929,35 @@ impl Session for TenantSession {
             Request::TexObjectCreate { device, desc } => {
                 let device = self.host_device(device)?;
                 self.inner.handle(Request::TexObjectCreate { device, desc })
+            }
+            Request::ArrayCreate { device, desc } => {
+                let host = self.host_device(device)?;
+                let charge = desc
+                    .footprint()
+                    .and_then(allocation_charge)
+                    .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "array too large"))?;
+                self.charge(host, charge)?;
+                let reply = self
+                    .inner
+                    .handle(Request::ArrayCreate { device: host, desc });
+                match &reply {
+                    // Kept with the allocations (an array handle is never a device
+                    // address): refunded when destroyed or at the session's end.
+                    Ok(Reply::ArrayCreate(handle)) => {
+                        self.allocations.insert(*handle, (host, charge));
+                    }
+                    _ => self.refund(host, charge),
+                }
+                reply
+            }
+            Request::ArrayDestroy { array } => {
+                let reply = self.inner.handle(Request::ArrayDestroy { array });
+                if reply.is_ok() {
+                    if let Some((device, charge)) = self.allocations.remove(&array) {
+                        self.refund(device, charge);
+                    }
+                }
+                reply
             }
             Request::SurfObjectCreate { device, desc } => {
                 let device = self.host_device(device)?;

@@ -524,6 +524,7 @@ fn texture_objects_are_bounded_by_the_sessions_memory() {
         border: [0.0; 4],
         layered: false,
         cubemap: false,
+        array: 0,
     };
     let ok = mine
         .tex_object_create(0, desc(buffer, 64, 64, 256))
@@ -588,4 +589,181 @@ fn texture_objects_are_bounded_by_the_sessions_memory() {
         code::INVALID_VALUE
     );
     assert!(mine.tex_object_destroy(ok).is_err(), "destroyed twice");
+}
+
+/// Arrays are charged to the ledger, and every box a copy names, every byte
+/// count and every handle is checked against the session's own arrays.
+#[test]
+fn arrays_are_charged_and_every_copy_is_bounded() {
+    use xpupool_protocol::api::{
+        ArrayBox, ArrayDesc, TextureDesc, ARRAY_LAYERED, ARRAY_SURFACE_LDST,
+    };
+    let server = server(
+        64 << 20,
+        Options {
+            memory_limit: Some(4 << 20),
+            extra_tenants: vec![("other".to_owned(), "other-token".to_owned())],
+            ..Options::default()
+        },
+    );
+    let mine = common::connect(&server);
+    let theirs = Connection::open(&common::settings(&server, "other-token")).unwrap();
+    let code_of = |r: Result<(), xpupool_protocol::CuError>| r.unwrap_err().code;
+    let float = |width, height, depth, flags| ArrayDesc {
+        width,
+        height,
+        depth,
+        channel: 2,
+        bits: 32,
+        channels: 1,
+        flags,
+    };
+    // 16 x 8 floats in 3 layers: rows of 64 bytes, 128 apart.
+    let desc = float(16, 8, 3, ARRAY_LAYERED | ARRAY_SURFACE_LDST);
+    let before = mine.mem_get_info(0).unwrap().0;
+    let array = mine.array_create(0, desc).unwrap();
+    assert_eq!(
+        before - mine.mem_get_info(0).unwrap().0,
+        128 * 8 * 3,
+        "charged what it takes"
+    );
+    let whole = ArrayBox {
+        at: [0; 3],
+        extent: [64, 8, 3],
+    };
+    let data: Vec<u8> = (0..64 * 8 * 3).map(|i| i as u8).collect();
+    mine.memcpy_to_array(array, whole, ByteBuf::from(data.clone()), 0)
+        .unwrap();
+    assert_eq!(
+        mine.memcpy_from_array(array, whole, 0).unwrap().to_vec(),
+        data
+    );
+    // Through device memory and back, and into a second array.
+    let buffer = mine.mem_alloc(0, 64 * 8 * 3).unwrap();
+    mine.memcpy_array_device(array, whole, buffer, 64, 64 * 8, false, 0)
+        .unwrap();
+    assert_eq!(
+        mine.memcpy_dtoh(buffer, 64 * 8 * 3, 0).unwrap().to_vec(),
+        data
+    );
+    let second = mine.array_create(0, desc).unwrap();
+    let layer = ArrayBox {
+        at: [0, 0, 2],
+        extent: [64, 8, 1],
+    };
+    mine.memcpy_array_array(second, [0, 0, 0], array, layer, 0)
+        .unwrap();
+    let first_layer = ArrayBox {
+        at: [0; 3],
+        extent: [64, 8, 1],
+    };
+    assert_eq!(
+        mine.memcpy_from_array(second, first_layer, 0)
+            .unwrap()
+            .to_vec(),
+        data[64 * 8 * 2..]
+    );
+    mine.synchronize().unwrap();
+    // Boxes past the array, byte counts that do not match, overflowing boxes.
+    let past = ArrayBox {
+        at: [8, 0, 0],
+        extent: [64, 1, 1],
+    };
+    assert_eq!(
+        code_of(
+            mine.memcpy_to_array(array, past, ByteBuf::from(vec![0; 64]), 0)
+                .and_then(|()| mine.synchronize())
+        ),
+        code::INVALID_VALUE
+    );
+    assert_eq!(
+        code_of(
+            mine.memcpy_to_array(array, first_layer, ByteBuf::from(vec![0; 5]), 0)
+                .and_then(|()| mine.synchronize())
+        ),
+        code::INVALID_VALUE
+    );
+    let wrapping = ArrayBox {
+        at: [u64::MAX - 2, 0, 0],
+        extent: [8, 1, 1],
+    };
+    assert!(mine.memcpy_from_array(array, wrapping, 0).is_err());
+    let empty = ArrayBox {
+        at: [0; 3],
+        extent: [0, 1, 1],
+    };
+    assert!(mine.memcpy_from_array(array, empty, 0).is_err());
+    // Device memory past its allocation, and pitches that would wrap.
+    assert_eq!(
+        code_of(
+            mine.memcpy_array_device(array, whole, buffer + 64, 64, 64 * 8, true, 0)
+                .and_then(|()| mine.synchronize())
+        ),
+        code::INVALID_VALUE
+    );
+    assert!(mine
+        .memcpy_array_device(array, whole, buffer, u64::MAX / 2, u64::MAX / 2, true, 0)
+        .and_then(|()| mine.synchronize())
+        .is_err());
+    // Another tenant's array is not theirs to copy, sample, or destroy.
+    assert!(theirs.memcpy_from_array(array, first_layer, 0).is_err());
+    let texture = TextureDesc {
+        address: 0,
+        dims: 2,
+        size: [16, 8, 3],
+        pitch: 0,
+        slice_pitch: 0,
+        channel: 2,
+        bits: 32,
+        channels: 1,
+        address_mode: [1; 3],
+        linear: false,
+        normalized_coords: false,
+        read_normalized: false,
+        border: [0.0; 4],
+        layered: true,
+        cubemap: false,
+        array,
+    };
+    assert!(theirs.tex_object_create(0, texture.clone()).is_err());
+    assert!(theirs.array_destroy(array).is_err());
+    let t = mine.tex_object_create(0, texture.clone()).unwrap();
+    mine.tex_object_destroy(t).unwrap();
+    // A surface over an array made without surface load/store is refused.
+    let plain = mine.array_create(0, float(16, 8, 0, 0)).unwrap();
+    assert!(mine
+        .surf_object_create(
+            0,
+            TextureDesc {
+                array: plain,
+                layered: false,
+                size: [16, 8, 1],
+                ..texture
+            }
+        )
+        .is_err());
+    // Shapes no array has, and one larger than the tenant's memory.
+    assert!(mine.array_create(0, float(0, 8, 0, 0)).is_err());
+    assert!(
+        mine.array_create(0, float(1 << 20, 1, 0, 0)).is_err(),
+        "wider than any device takes"
+    );
+    assert!(
+        mine.array_create(0, float(4, 0, 3, 0)).is_err(),
+        "a 1-D array with depth"
+    );
+    assert_eq!(
+        mine.array_create(0, float(4096, 4096, 0, 0))
+            .unwrap_err()
+            .code,
+        code::OUT_OF_MEMORY,
+        "64 MiB past a 4 MiB limit"
+    );
+    // Destroyed arrays give their memory back.
+    for a in [array, second, plain] {
+        mine.array_destroy(a).unwrap();
+    }
+    mine.mem_free(buffer).unwrap();
+    assert_eq!(mine.mem_get_info(0).unwrap().0, before);
+    assert!(mine.array_destroy(array).is_err(), "destroyed twice");
 }

@@ -6,10 +6,10 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, OsStr};
 
 use anyhow::{bail, Context as _, Result};
 use xpupool_cuda_types::{
-    CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
+    CUarray, CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
     CUfunction_attribute, CUipcEventHandle, CUipcMemHandle, CUlaunchConfig, CUmemAccessDesc,
     CUmemAllocationProp, CUmemGenericAllocationHandle, CUmodule, CUresult, CUstream, CUuuid,
-    CUDA_RESOURCE_DESC, CUDA_SUCCESS, CUDA_TEXTURE_DESC,
+    CUDA_ARRAY3D_DESCRIPTOR, CUDA_MEMCPY3D, CUDA_RESOURCE_DESC, CUDA_SUCCESS, CUDA_TEXTURE_DESC,
 };
 use xpupool_protocol::CuError;
 
@@ -100,6 +100,12 @@ entry_points! {
         // Texture objects (over linear and pitched memory).
         cuTexObjectCreate: fn(*mut u64, *const CUDA_RESOURCE_DESC, *const CUDA_TEXTURE_DESC, *const c_void);
         cuTexObjectDestroy: fn(u64);
+        // CUDA arrays, copies to and from them, surface objects.
+        cuArray3DCreate_v2: fn(*mut CUarray, *const CUDA_ARRAY3D_DESCRIPTOR);
+        cuArrayDestroy: fn(CUarray);
+        cuMemcpy3DAsync_v2: fn(*const CUDA_MEMCPY3D, CUstream);
+        cuSurfObjectCreate: fn(*mut u64, *const CUDA_RESOURCE_DESC);
+        cuSurfObjectDestroy: fn(u64);
         // Interprocess sharing (sessions are processes of their own).
         cuIpcGetMemHandle: fn(*mut CUipcMemHandle, CUdeviceptr);
         cuIpcOpenMemHandle_v2: fn(*mut CUdeviceptr, CUipcMemHandle, c_uint);

@@ -12,7 +12,9 @@ use xpupool_cuda_types::{
     CU_LAUNCH_PARAM_END_AS_INT,
 };
 use xpupool_fatbin::Image;
-use xpupool_protocol::api::{FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo};
+use xpupool_protocol::api::{
+    ArrayBox, ArrayDesc, FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo,
+};
 use xpupool_protocol::{code, Api, CuError};
 
 use super::module::{self, Kernel};
@@ -50,8 +52,11 @@ pub(crate) struct CudaSession {
     mappings: BTreeMap<u64, u64>,
     /// Other processes' allocations opened by IPC: address → size.
     opened: BTreeMap<u64, u64>,
-    /// Texture objects.
+    /// Texture and surface objects.
     textures: HashSet<u64>,
+    surfaces: HashSet<u64>,
+    /// CUDA arrays: handle → what they are.
+    arrays: HashMap<u64, ArrayDesc>,
     modules: HashMap<u64, Module>,
     next_module: u64,
     functions: HashMap<u64, Function>,
@@ -76,7 +81,116 @@ fn end_of(base: u64, len: u64) -> Result<u64, CuError> {
         .ok_or_else(|| invalid_value(format!("[{base:#x}, +{len}) wraps around")))
 }
 
+/// A 3-D copy of `region`'s extent, both sides still to be filled in.
+fn copy_3d(region: &ArrayBox) -> xpupool_cuda_types::CUDA_MEMCPY3D {
+    // SAFETY: a plain C structure for which all zeroes is a valid (empty) value.
+    let mut p: xpupool_cuda_types::CUDA_MEMCPY3D = unsafe { std::mem::zeroed() };
+    p.WidthInBytes = region.extent[0] as usize;
+    p.Height = region.extent[1] as usize;
+    p.Depth = region.extent[2] as usize;
+    p
+}
+
+/// Makes array `array` at `at` (x in bytes, row, slice) the destination of `p`
+/// (`dst`) or its source.
+fn place_array(p: &mut xpupool_cuda_types::CUDA_MEMCPY3D, array: u64, at: [u64; 3], dst: bool) {
+    let handle = array as xpupool_cuda_types::CUarray;
+    let [x, y, z] = at.map(|v| v as usize);
+    if dst {
+        p.dstMemoryType = xpupool_cuda_types::CU_MEMORYTYPE_ARRAY;
+        p.dstArray = handle;
+        (p.dstXInBytes, p.dstY, p.dstZ) = (x, y, z);
+    } else {
+        p.srcMemoryType = xpupool_cuda_types::CU_MEMORYTYPE_ARRAY;
+        p.srcArray = handle;
+        (p.srcXInBytes, p.srcY, p.srcZ) = (x, y, z);
+    }
+}
+
 impl CudaSession {
+    /// Checks that `region` lies inside array `array` of this session.
+    fn array_box(&self, array: u64, region: &ArrayBox) -> Result<(), CuError> {
+        let desc = self
+            .arrays
+            .get(&array)
+            .ok_or_else(|| invalid_handle("array", array))?;
+        if desc.holds(region) {
+            Ok(())
+        } else {
+            Err(invalid_value(format!("{region:?} is not inside the array")))
+        }
+    }
+
+    fn copy_3d(
+        &self,
+        p: &xpupool_cuda_types::CUDA_MEMCPY3D,
+        stream: CUstream,
+    ) -> Result<(), CuError> {
+        let copy = self.vmm(self.shared.driver.cuMemcpy3DAsync_v2, "cuMemcpy3DAsync_v2")?;
+        self.shared.enter()?;
+        // SAFETY: a description whose arrays, device ranges and host buffers the
+        // caller checked (host buffers outlive the copy).
+        let r = unsafe { copy(p, stream) };
+        self.check(r, "cuMemcpy3DAsync_v2")
+    }
+
+    /// What a texture or surface object is made over: an array of this session,
+    /// or linear or pitched memory of it.
+    fn resource(
+        &self,
+        desc: &xpupool_protocol::api::TextureDesc,
+    ) -> Result<xpupool_cuda_types::CUDA_RESOURCE_DESC, CuError> {
+        use xpupool_cuda_types as cu;
+        let mut resource = cu::CUDA_RESOURCE_DESC {
+            resType: 0,
+            // SAFETY: all zeroes is a valid value of the union.
+            res: unsafe { std::mem::zeroed() },
+            flags: 0,
+        };
+        if desc.array != 0 {
+            if !self.arrays.contains_key(&desc.array) {
+                return Err(invalid_handle("array", desc.array));
+            }
+            resource.resType = cu::CU_RESOURCE_TYPE_ARRAY;
+            resource.res.array = cu::CUDA_RESOURCE_DESC_st__bindgen_ty_1__bindgen_ty_1 {
+                hArray: desc.array as cu::CUarray,
+            };
+            return Ok(resource);
+        }
+        let span = desc.span().map_err(invalid_value)?;
+        self.range(desc.address, span)?;
+        let format = cu::array_format_of(desc.channel, desc.bits)
+            .ok_or_else(|| invalid_value("texture format"))?;
+        match desc.dims {
+            1 if !desc.layered => {
+                resource.resType = cu::CU_RESOURCE_TYPE_LINEAR;
+                resource.res.linear = cu::CUDA_RESOURCE_DESC_st__bindgen_ty_1__bindgen_ty_3 {
+                    devPtr: desc.address,
+                    format,
+                    numChannels: u32::from(desc.channels),
+                    sizeInBytes: (desc.size[0] * desc.texel_bytes()) as usize,
+                };
+            }
+            2 if !desc.layered && !desc.cubemap => {
+                resource.resType = cu::CU_RESOURCE_TYPE_PITCH2D;
+                resource.res.pitch2D = cu::CUDA_RESOURCE_DESC_st__bindgen_ty_1__bindgen_ty_4 {
+                    devPtr: desc.address,
+                    format,
+                    numChannels: u32::from(desc.channels),
+                    width: desc.size[0] as usize,
+                    height: desc.size[1] as usize,
+                    pitchInBytes: desc.pitch as usize,
+                };
+            }
+            _ => {
+                return Err(invalid_value(
+                    "3-D, layered and cubemap textures are made over arrays",
+                ))
+            }
+        }
+        Ok(resource)
+    }
+
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
@@ -86,6 +200,8 @@ impl CudaSession {
             mappings: BTreeMap::new(),
             opened: BTreeMap::new(),
             textures: HashSet::new(),
+            surfaces: HashSet::new(),
+            arrays: HashMap::new(),
             modules: HashMap::new(),
             next_module: 0,
             functions: HashMap::new(),
@@ -656,55 +772,13 @@ impl Api for CudaSession {
     ) -> Result<u64, CuError> {
         use xpupool_cuda_types as cu;
         only_device_zero(device)?;
-        let span = desc.span().map_err(invalid_value)?;
-        self.range(desc.address, span)?;
-        if self.textures.len() >= MAX_VMM_OBJECTS {
+        if self.textures.len() + self.surfaces.len() >= MAX_VMM_OBJECTS {
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
                 "too many texture objects",
             ));
         }
-        if desc.layered || desc.cubemap {
-            return Err(CuError::new(
-                code::NOT_SUPPORTED,
-                "layered and cubemap textures need CUDA arrays, which the cuda backend does not make yet",
-            ));
-        }
-        let format = cu::array_format_of(desc.channel, desc.bits)
-            .ok_or_else(|| invalid_value("texture format"))?;
-        let mut resource = cu::CUDA_RESOURCE_DESC {
-            resType: 0,
-            res: unsafe { std::mem::zeroed() },
-            flags: 0,
-        };
-        match desc.dims {
-            1 => {
-                resource.resType = cu::CU_RESOURCE_TYPE_LINEAR;
-                resource.res.linear = cu::CUDA_RESOURCE_DESC_st__bindgen_ty_1__bindgen_ty_3 {
-                    devPtr: desc.address,
-                    format,
-                    numChannels: u32::from(desc.channels),
-                    sizeInBytes: (desc.size[0] * desc.texel_bytes()) as usize,
-                };
-            }
-            2 => {
-                resource.resType = cu::CU_RESOURCE_TYPE_PITCH2D;
-                resource.res.pitch2D = cu::CUDA_RESOURCE_DESC_st__bindgen_ty_1__bindgen_ty_4 {
-                    devPtr: desc.address,
-                    format,
-                    numChannels: u32::from(desc.channels),
-                    width: desc.size[0] as usize,
-                    height: desc.size[1] as usize,
-                    pitchInBytes: desc.pitch as usize,
-                };
-            }
-            _ => {
-                return Err(CuError::new(
-                    code::NOT_SUPPORTED,
-                    "3-D textures need CUDA arrays, which the cuda backend does not make yet",
-                ))
-            }
-        }
+        let resource = self.resource(&desc)?;
         let mut sampling: cu::CUDA_TEXTURE_DESC = unsafe { std::mem::zeroed() };
         sampling.addressMode = desc.address_mode.map(u32::from);
         sampling.filterMode = u32::from(desc.linear);
@@ -744,17 +818,202 @@ impl Api for CudaSession {
 
     fn surf_object_create(
         &mut self,
-        _device: u32,
-        _desc: xpupool_protocol::api::TextureDesc,
+        device: u32,
+        desc: xpupool_protocol::api::TextureDesc,
     ) -> Result<u64, CuError> {
-        Err(CuError::new(
-            code::NOT_SUPPORTED,
-            "surfaces need CUDA arrays, which the cuda backend does not make yet",
-        ))
+        only_device_zero(device)?;
+        if desc.array == 0 {
+            return Err(invalid_value("a surface over memory that is not an array"));
+        }
+        if self.textures.len() + self.surfaces.len() >= MAX_VMM_OBJECTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                "too many surface objects",
+            ));
+        }
+        let resource = self.resource(&desc)?;
+        let create = self.vmm(self.shared.driver.cuSurfObjectCreate, "cuSurfObjectCreate")?;
+        self.shared.enter()?;
+        let mut handle = 0u64;
+        // SAFETY: an out-pointer and a description of an array of this session.
+        let r = unsafe { create(&mut handle, &resource) };
+        self.check(r, "cuSurfObjectCreate")?;
+        self.surfaces.insert(handle);
+        Ok(handle)
     }
 
     fn surf_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
-        Err(invalid_handle("surface object", handle))
+        if !self.surfaces.contains(&handle) {
+            return Err(invalid_handle("surface object", handle));
+        }
+        let destroy = self.vmm(
+            self.shared.driver.cuSurfObjectDestroy,
+            "cuSurfObjectDestroy",
+        )?;
+        self.shared.enter()?;
+        // SAFETY: a surface object of this session, destroyed once.
+        let r = unsafe { destroy(handle) };
+        self.check(r, "cuSurfObjectDestroy")?;
+        self.surfaces.remove(&handle);
+        Ok(())
+    }
+
+    fn array_create(&mut self, device: u32, desc: ArrayDesc) -> Result<u64, CuError> {
+        use xpupool_cuda_types as cu;
+        only_device_zero(device)?;
+        desc.check().map_err(invalid_value)?;
+        if self.arrays.len() >= MAX_VMM_OBJECTS {
+            return Err(CuError::new(code::OUT_OF_MEMORY, "too many arrays"));
+        }
+        let create = self.vmm(self.shared.driver.cuArray3DCreate_v2, "cuArray3DCreate_v2")?;
+        let descriptor = cu::CUDA_ARRAY3D_DESCRIPTOR {
+            Width: desc.width as usize,
+            Height: desc.height as usize,
+            Depth: desc.depth as usize,
+            Format: cu::array_format_of(desc.channel, desc.bits)
+                .ok_or_else(|| invalid_value("array format"))?,
+            NumChannels: u32::from(desc.channels),
+            Flags: desc.flags,
+        };
+        self.shared.enter()?;
+        let mut array: cu::CUarray = std::ptr::null_mut();
+        // SAFETY: an out-pointer and a checked description.
+        let r = unsafe { create(&mut array, &descriptor) };
+        self.check(r, "cuArray3DCreate_v2")?;
+        self.arrays.insert(array as u64, desc);
+        Ok(array as u64)
+    }
+
+    fn array_destroy(&mut self, array: u64) -> Result<(), CuError> {
+        if !self.arrays.contains_key(&array) {
+            return Err(invalid_handle("array", array));
+        }
+        let destroy = self.vmm(self.shared.driver.cuArrayDestroy, "cuArrayDestroy")?;
+        // After the work already sent, which may still use it.
+        self.synchronize()?;
+        self.shared.enter()?;
+        // SAFETY: an array of this session, destroyed once.
+        let r = unsafe { destroy(array as xpupool_cuda_types::CUarray) };
+        self.check(r, "cuArrayDestroy")?;
+        self.arrays.remove(&array);
+        Ok(())
+    }
+
+    fn memcpy_to_array(
+        &mut self,
+        array: u64,
+        region: ArrayBox,
+        data: ByteBuf,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.array_box(array, &region)?;
+        if region.bytes() != Some(data.len() as u64) {
+            return Err(invalid_value(format!(
+                "{} bytes for {region:?}",
+                data.len()
+            )));
+        }
+        let mut p = copy_3d(&region);
+        p.srcMemoryType = xpupool_cuda_types::CU_MEMORYTYPE_HOST;
+        p.srcHost = data.as_ptr().cast();
+        p.srcPitch = region.extent[0] as usize;
+        p.srcHeight = region.extent[1] as usize;
+        place_array(&mut p, array, region.at, true);
+        // `data` lives until the stream is synchronized.
+        self.copy_3d(&p, s)?;
+        self.synchronize_stream(s)
+    }
+
+    fn memcpy_from_array(
+        &mut self,
+        array: u64,
+        region: ArrayBox,
+        stream: u64,
+    ) -> Result<ByteBuf, CuError> {
+        let s = self.stream(stream)?;
+        self.array_box(array, &region)?;
+        let bytes = region.bytes().unwrap_or(u64::MAX);
+        if bytes > xpupool_protocol::MAX_COPY_CHUNK as u64 {
+            return Err(invalid_value("copy chunk over the protocol limit"));
+        }
+        let mut out = vec![0u8; bytes as usize];
+        let mut p = copy_3d(&region);
+        p.dstMemoryType = xpupool_cuda_types::CU_MEMORYTYPE_HOST;
+        p.dstHost = out.as_mut_ptr().cast();
+        p.dstPitch = region.extent[0] as usize;
+        p.dstHeight = region.extent[1] as usize;
+        place_array(&mut p, array, region.at, false);
+        // `out` lives until the stream is synchronized.
+        self.copy_3d(&p, s)?;
+        self.synchronize_stream(s)?;
+        Ok(ByteBuf::from(out))
+    }
+
+    fn memcpy_array_device(
+        &mut self,
+        array: u64,
+        region: ArrayBox,
+        ptr: u64,
+        pitch: u64,
+        slice_pitch: u64,
+        to_array: bool,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.array_box(array, &region)?;
+        let [width, rows, slices] = region.extent;
+        // The driver counts slices in rows of `pitch`.
+        if (rows > 1 && pitch < width)
+            || (slices > 1
+                && (pitch == 0 || !slice_pitch.is_multiple_of(pitch) || slice_pitch < pitch * rows))
+        {
+            return Err(invalid_value("device rows or slices that overlap"));
+        }
+        let span = (slices - 1)
+            .checked_mul(slice_pitch)
+            .and_then(|z| (rows - 1).checked_mul(pitch)?.checked_add(z))
+            .and_then(|o| o.checked_add(width))
+            .ok_or_else(|| invalid_value("a copy past the address space"))?;
+        self.range(ptr, span)?;
+        let mut p = copy_3d(&region);
+        let height = slice_pitch.checked_div(pitch).unwrap_or(rows);
+        if to_array {
+            p.srcMemoryType = xpupool_cuda_types::CU_MEMORYTYPE_DEVICE;
+            p.srcDevice = ptr;
+            p.srcPitch = pitch as usize;
+            p.srcHeight = height as usize;
+        } else {
+            p.dstMemoryType = xpupool_cuda_types::CU_MEMORYTYPE_DEVICE;
+            p.dstDevice = ptr;
+            p.dstPitch = pitch as usize;
+            p.dstHeight = height as usize;
+        }
+        place_array(&mut p, array, region.at, to_array);
+        self.copy_3d(&p, s)
+    }
+
+    fn memcpy_array_array(
+        &mut self,
+        dst: u64,
+        dst_at: [u64; 3],
+        src: u64,
+        region: ArrayBox,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.array_box(src, &region)?;
+        self.array_box(
+            dst,
+            &ArrayBox {
+                at: dst_at,
+                extent: region.extent,
+            },
+        )?;
+        let mut p = copy_3d(&region);
+        place_array(&mut p, src, region.at, false);
+        place_array(&mut p, dst, dst_at, true);
+        self.copy_3d(&p, s)
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {

@@ -22,7 +22,9 @@ use std::time::Instant;
 
 use serde_bytes::ByteBuf;
 use xpupool_fatbin::{EntryKind, Image};
-use xpupool_protocol::api::{FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo};
+use xpupool_protocol::api::{
+    ArrayBox, ArrayDesc, FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo,
+};
 use xpupool_protocol::{code, Api, CuError, DeviceInfo};
 use xpupool_ptx::{ExecError, Launch};
 
@@ -165,6 +167,7 @@ impl Backend for MockBackend {
             exported: HashMap::new(),
             textures: HashMap::new(),
             surfaces: HashMap::new(),
+            arrays: HashMap::new(),
             memory: SessionMemory::new(self.memory.clone()),
             devices: self.memory.len() as u32,
             workers,
@@ -262,8 +265,59 @@ impl xpupool_ptx::Memory for WithHeap<'_> {
     }
 }
 
-/// Texture and surface objects one session may hold.
+/// Texture and surface objects one session may hold (and arrays).
 const MAX_TEXTURE_OBJECTS: usize = 65_536;
+
+/// A CUDA array: device memory laid out row by row, slices one after another.
+#[derive(Clone, Copy)]
+struct MockArray {
+    address: u64,
+    desc: ArrayDesc,
+    /// Bytes from one row to the next.
+    pitch: u64,
+}
+
+impl MockArray {
+    fn slice_pitch(&self) -> u64 {
+        self.pitch * self.desc.height.max(1)
+    }
+
+    /// The device address of byte `at[0]` of row `at[1]` of slice `at[2]`.
+    fn at(&self, at: [u64; 3]) -> u64 {
+        self.address + at[0] + at[1] * self.pitch + at[2] * self.slice_pitch()
+    }
+
+    /// A texture or surface over this array: its sampling as `desc` asks, its
+    /// texels as the array has them.
+    fn texture(
+        &self,
+        desc: &xpupool_protocol::api::TextureDesc,
+    ) -> xpupool_protocol::api::TextureDesc {
+        use xpupool_protocol::api::{ARRAY_CUBEMAP, ARRAY_LAYERED};
+        let d = &self.desc;
+        let layered = d.flags & ARRAY_LAYERED != 0;
+        let cubemap = d.flags & ARRAY_CUBEMAP != 0;
+        xpupool_protocol::api::TextureDesc {
+            address: self.address,
+            dims: match (d.height, d.depth) {
+                (0, _) => 1,
+                (_, 0) => 2,
+                _ if layered || cubemap => 2,
+                _ => 3,
+            },
+            size: [d.width, d.height.max(1), d.depth.max(1)],
+            pitch: self.pitch,
+            slice_pitch: self.slice_pitch(),
+            channel: d.channel,
+            bits: d.bits,
+            channels: d.channels,
+            layered,
+            cubemap,
+            array: 0,
+            ..desc.clone()
+        }
+    }
+}
 
 /// A texture as the interpreter samples it.
 fn texture_of(desc: &xpupool_protocol::api::TextureDesc) -> xpupool_ptx::Texture {
@@ -319,6 +373,8 @@ struct MockSession {
     /// Texture and surface objects.
     textures: HashMap<u64, xpupool_ptx::Texture>,
     surfaces: HashMap<u64, xpupool_ptx::Texture>,
+    /// CUDA arrays: device memory laid out row by row.
+    arrays: HashMap<u64, MockArray>,
     memory: SessionMemory,
     /// How many devices there are.
     devices: u32,
@@ -492,11 +548,61 @@ impl MockSession {
                 format!("this session holds {MAX_TEXTURE_OBJECTS} texture and surface objects, its most"),
             ));
         }
+        let desc = match desc.array {
+            0 => desc.clone(),
+            handle => self.array(handle)?.texture(desc),
+        };
         let span = desc
             .span()
             .map_err(|why| CuError::new(code::INVALID_VALUE, why))?;
         self.memory.check_span(desc.address, span)?;
-        Ok(texture_of(desc))
+        Ok(texture_of(&desc))
+    }
+
+    fn array(&self, handle: u64) -> Result<&MockArray, CuError> {
+        self.arrays
+            .get(&handle)
+            .ok_or_else(|| invalid_handle("array", handle))
+    }
+
+    /// Copies the rows of a box between an array and device memory (`to_array`:
+    /// into the array), row `y` of slice `z` of the other side at
+    /// `base + y * pitch + z * slice_pitch`.
+    fn copy_rows(
+        &self,
+        array: &MockArray,
+        region: &ArrayBox,
+        base: u64,
+        pitch: u64,
+        slice_pitch: u64,
+        to_array: bool,
+    ) -> Result<(), CuError> {
+        if !array.desc.holds(region) {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("{region:?} is not inside the array"),
+            ));
+        }
+        let [width, rows, slices] = region.extent;
+        for z in 0..slices {
+            for y in 0..rows {
+                let other = y
+                    .checked_mul(pitch)
+                    .and_then(|r| z.checked_mul(slice_pitch)?.checked_add(r))
+                    .and_then(|o| base.checked_add(o))
+                    .ok_or_else(|| {
+                        CuError::new(code::INVALID_VALUE, "a copy past the address space")
+                    })?;
+                let cell = array.at([region.at[0], region.at[1] + y, region.at[2] + z]);
+                let (dst, src) = if to_array {
+                    (cell, other)
+                } else {
+                    (other, cell)
+                };
+                self.memory.copy(dst, src, width)?;
+            }
+        }
+        Ok(())
     }
 
     fn healthy(&self) -> Result<(), CuError> {
@@ -745,6 +851,7 @@ impl Api for MockSession {
             .modules
             .values()
             .any(|m| m.globals.values().any(|&(g, _)| g == ptr))
+            || self.arrays.values().any(|a| a.address == ptr)
         {
             return Err(CuError::new(
                 code::INVALID_VALUE,
@@ -1334,6 +1441,14 @@ impl Api for MockSession {
         desc: xpupool_protocol::api::TextureDesc,
     ) -> Result<u64, CuError> {
         self.healthy()?;
+        if desc.array != 0
+            && self.array(desc.array)?.desc.flags & xpupool_protocol::api::ARRAY_SURFACE_LDST == 0
+        {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                "a surface over an array made without CUDA_ARRAY3D_SURFACE_LDST",
+            ));
+        }
         let surface = self.checked_texture(device, &desc)?;
         let handle = self.handle(0x5355);
         self.surfaces.insert(handle, surface);
@@ -1345,6 +1460,132 @@ impl Api for MockSession {
             .remove(&handle)
             .map(|_| ())
             .ok_or_else(|| invalid_handle("surface object", handle))
+    }
+
+    fn array_create(&mut self, device: u32, desc: ArrayDesc) -> Result<u64, CuError> {
+        self.healthy()?;
+        desc.check()
+            .map_err(|why| CuError::new(code::INVALID_VALUE, why))?;
+        if self.arrays.len() >= MAX_TEXTURE_OBJECTS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("this session holds {MAX_TEXTURE_OBJECTS} arrays, its most"),
+            ));
+        }
+        let pitch = desc.extent()[0].next_multiple_of(xpupool_protocol::api::ARRAY_ROW_ALIGN);
+        let bytes = desc
+            .footprint()
+            .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "array too large"))?;
+        let address = self.memory.alloc(device, bytes)?;
+        let handle = self.handle(0x4152);
+        self.arrays.insert(
+            handle,
+            MockArray {
+                address,
+                desc,
+                pitch,
+            },
+        );
+        Ok(handle)
+    }
+
+    fn array_destroy(&mut self, array: u64) -> Result<(), CuError> {
+        self.healthy()?;
+        let a = self
+            .arrays
+            .remove(&array)
+            .ok_or_else(|| invalid_handle("array", array))?;
+        self.memory.free(a.address)
+    }
+
+    fn memcpy_to_array(
+        &mut self,
+        array: u64,
+        region: ArrayBox,
+        data: ByteBuf,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        self.stream(stream)?;
+        let a = self.array(array)?;
+        if !a.desc.holds(&region) || region.bytes() != Some(data.len() as u64) {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("{} bytes for {region:?} of the array", data.len()),
+            ));
+        }
+        let [width, rows, _] = region.extent;
+        for (k, row) in data.chunks(width as usize).enumerate() {
+            let (y, z) = (k as u64 % rows, k as u64 / rows);
+            let cell = a.at([region.at[0], region.at[1] + y, region.at[2] + z]);
+            self.memory.write(cell, row)?;
+        }
+        Ok(())
+    }
+
+    fn memcpy_from_array(
+        &mut self,
+        array: u64,
+        region: ArrayBox,
+        stream: u64,
+    ) -> Result<ByteBuf, CuError> {
+        self.stream(stream)?;
+        let a = self.array(array)?;
+        let bytes = region.bytes().unwrap_or(u64::MAX);
+        if !a.desc.holds(&region) || bytes > xpupool_protocol::MAX_COPY_CHUNK as u64 {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("{region:?} of the array, or over the protocol's copy limit"),
+            ));
+        }
+        let [width, rows, slices] = region.extent;
+        let mut out = Vec::with_capacity(bytes as usize);
+        for z in 0..slices {
+            for y in 0..rows {
+                let cell = a.at([region.at[0], region.at[1] + y, region.at[2] + z]);
+                out.extend_from_slice(&self.memory.read(cell, width)?);
+            }
+        }
+        Ok(ByteBuf::from(out))
+    }
+
+    fn memcpy_array_device(
+        &mut self,
+        array: u64,
+        region: ArrayBox,
+        ptr: u64,
+        pitch: u64,
+        slice_pitch: u64,
+        to_array: bool,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        self.stream(stream)?;
+        let a = *self.array(array)?;
+        self.copy_rows(&a, &region, ptr, pitch, slice_pitch, to_array)
+    }
+
+    fn memcpy_array_array(
+        &mut self,
+        dst: u64,
+        dst_at: [u64; 3],
+        src: u64,
+        region: ArrayBox,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        self.stream(stream)?;
+        let (d, s) = (*self.array(dst)?, *self.array(src)?);
+        let target = ArrayBox {
+            at: dst_at,
+            extent: region.extent,
+        };
+        if !d.desc.holds(&target) {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("{target:?} is not inside the array copied into"),
+            ));
+        }
+        // Row by row from the source box into the destination's rows.
+        let base = d.at(dst_at);
+        self.copy_rows(&s, &region, base, d.pitch, d.slice_pitch(), false)
     }
 
     xpupool_protocol::server_only_operations!();

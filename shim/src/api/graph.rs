@@ -348,6 +348,8 @@ pub(crate) fn submit(d: &Driver, request: Request) -> Res {
             | Request::Memset { stream, .. }
             | Request::Memset2D { stream, .. }
             | Request::MemcpyDtoD { stream, .. }
+            | Request::MemcpyArrayDevice { stream, .. }
+            | Request::MemcpyArrayArray { stream, .. }
             | Request::EventRecord { stream, .. }
             | Request::StreamWaitEvent { stream, .. } => *stream,
             _ => return d.conn.post(request).map_err(fail),
@@ -1181,7 +1183,7 @@ export! {
         put(kind, match op {
             Op::Work(GraphNode::Kernel { .. }) => CU_GRAPH_NODE_TYPE_KERNEL,
             Op::Work(GraphNode::Memset { .. } | GraphNode::Memset2D { .. }) => CU_GRAPH_NODE_TYPE_MEMSET,
-            Op::Work(GraphNode::CopyDtoD { .. }) => CU_GRAPH_NODE_TYPE_MEMCPY,
+            Op::Work(GraphNode::CopyDtoD { .. } | GraphNode::CopyArrayDevice { .. } | GraphNode::CopyArrayArray { .. }) => CU_GRAPH_NODE_TYPE_MEMCPY,
             Op::Work(GraphNode::EventRecord { .. }) => CU_GRAPH_NODE_TYPE_EVENT_RECORD,
             Op::Work(GraphNode::WaitEvent { .. }) => CU_GRAPH_NODE_TYPE_WAIT_EVENT,
             Op::Host(HostOp::Func { .. }) => CU_GRAPH_NODE_TYPE_HOST,

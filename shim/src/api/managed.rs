@@ -336,6 +336,28 @@ pub(crate) fn before_request(request: &Request) -> Res {
             before(Touch::Read(src, len), stream)?;
             before(Touch::Write(dst, len), stream)
         }
+        Request::MemcpyArrayDevice {
+            region,
+            ptr,
+            pitch,
+            slice_pitch,
+            to_array,
+            stream,
+            ..
+        } => {
+            let [width, rows, slices] = region.extent;
+            let span = slices
+                .saturating_sub(1)
+                .saturating_mul(slice_pitch)
+                .saturating_add(rows.saturating_sub(1).saturating_mul(pitch))
+                .saturating_add(width);
+            let touch = if to_array {
+                Touch::Read(ptr, span)
+            } else {
+                Touch::Write(ptr, span)
+            };
+            before(touch, stream)
+        }
         _ => Ok(()),
     }
 }

@@ -3,7 +3,9 @@
 
 use std::ffi::{c_uint, c_void};
 
+use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
+use xpupool_protocol::api::ArrayBox;
 use xpupool_protocol::{Calls, Request};
 
 use crate::boundary::{export, put, Res};
@@ -227,8 +229,16 @@ fn host_alloc(out: *mut *mut c_void, bytes: usize, flags: c_uint) -> Res {
     put(out, ptr)
 }
 
-/// Where one side of a 2-D or 3-D copy starts, and how far apart its rows and
-/// slices are (an array's own layout, whatever the pitch given).
+/// One side of a 2-D or 3-D copy.
+#[derive(Clone, Copy)]
+enum Place {
+    /// Host or device memory: where (0, 0, 0) is, and the bytes from one row to
+    /// the next and from one slice to the next.
+    Linear(u64, u64, u64),
+    /// An array (the server's handle).
+    Array(u64),
+}
+
 fn copy_side(
     memory_type: CUmemorytype,
     host: *const c_void,
@@ -236,17 +246,173 @@ fn copy_side(
     array: CUarray,
     pitch: usize,
     height: usize,
-) -> Res<(u64, u64, u64)> {
+) -> Res<Place> {
     let (pitch, height) = (pitch as u64, height as u64);
     match memory_type {
-        CU_MEMORYTYPE_HOST => Ok((host as u64, pitch, pitch * height)),
-        CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => Ok((device, pitch, pitch * height)),
-        CU_MEMORYTYPE_ARRAY => {
-            let a = super::texture::array(array)?;
-            Ok((a.address, a.pitch, a.slice_pitch()))
+        CU_MEMORYTYPE_HOST => Ok(Place::Linear(host as u64, pitch, pitch * height)),
+        CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => {
+            Ok(Place::Linear(device, pitch, pitch * height))
         }
+        CU_MEMORYTYPE_ARRAY => Ok(Place::Array(super::texture::array(array)?.server)),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
+}
+
+/// Where byte `at[0]` of row `at[1]` of slice `at[2]` of linear memory is.
+fn linear_at(base: u64, pitch: u64, slice: u64, at: [u64; 3]) -> Res<u64> {
+    at[2]
+        .checked_mul(slice)
+        .and_then(|z| at[1].checked_mul(pitch)?.checked_add(z))
+        .and_then(|o| o.checked_add(at[0]))
+        .and_then(|o| base.checked_add(o))
+        .ok_or(CUDA_ERROR_INVALID_VALUE)
+}
+
+/// Copies a box of `extent` (bytes, rows, slices) from `src` at `src_at` to
+/// `dst` at `dst_at` (x in bytes, row, slice), as each side lays it out.
+fn copy_places(
+    dst: Place,
+    dst_at: [u64; 3],
+    src: Place,
+    src_at: [u64; 3],
+    extent: [u64; 3],
+    stream: u64,
+) -> Res {
+    if extent.contains(&0) {
+        return Ok(());
+    }
+    let [width, height, depth] = extent;
+    match (dst, src) {
+        (Place::Linear(d, dp, ds), Place::Linear(s, sp, ss)) => copy_box(
+            (linear_at(d, dp, ds, dst_at)?, dp, ds),
+            (linear_at(s, sp, ss, src_at)?, sp, ss),
+            width,
+            height,
+            depth,
+            stream,
+        ),
+        (Place::Array(array), Place::Linear(s, sp, ss)) => array_copy(
+            array,
+            ArrayBox { at: dst_at, extent },
+            (linear_at(s, sp, ss, src_at)?, sp, ss),
+            true,
+            stream,
+        ),
+        (Place::Linear(d, dp, ds), Place::Array(array)) => array_copy(
+            array,
+            ArrayBox { at: src_at, extent },
+            (linear_at(d, dp, ds, dst_at)?, dp, ds),
+            false,
+            stream,
+        ),
+        (Place::Array(dst), Place::Array(src)) => {
+            let request = Request::MemcpyArrayArray {
+                dst,
+                dst_at,
+                src,
+                region: ArrayBox { at: src_at, extent },
+                stream,
+            };
+            super::graph::submit(driver()?, request)
+        }
+    }
+}
+
+/// Copies between a box of an array and linear memory (`base`, rows `pitch`
+/// bytes apart, slices `slice`): device memory by the server, in one request;
+/// host memory here, in pieces the protocol takes (whole rows where they fit).
+fn array_copy(
+    array: u64,
+    region: ArrayBox,
+    (base, pitch, slice): (u64, u64, u64),
+    to_array: bool,
+    stream: u64,
+) -> Res {
+    let [width, rows, slices] = region.extent;
+    if (rows > 1 && width > pitch) || (slices > 1 && slice < pitch * rows) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let d = driver()?;
+    if side(base)? == Side::Device {
+        let span = linear_at(0, pitch, slice, [width, rows - 1, slices - 1])?;
+        device_span(base, span)?;
+        let request = Request::MemcpyArrayDevice {
+            array,
+            region,
+            ptr: base,
+            pitch,
+            slice_pitch: slice,
+            to_array,
+            stream,
+        };
+        return super::graph::submit(d, request);
+    }
+    // Host memory is read or written when the call is made: no graph can hold it.
+    super::graph::not_in_capture(stream)?;
+    if !to_array {
+        xpupool_client::trace::sync_point();
+    }
+    let chunk = xpupool_protocol::MAX_COPY_CHUNK as u64;
+    for z in 0..slices {
+        let mut y = 0;
+        while y < rows {
+            // Whole rows where they fit, else pieces of one row.
+            let (n, pieces) = if width <= chunk {
+                ((chunk / width).min(rows - y), vec![(0, width)])
+            } else {
+                (
+                    1,
+                    (0..width)
+                        .step_by(chunk as usize)
+                        .map(|x| (x, chunk.min(width - x)))
+                        .collect(),
+                )
+            };
+            for (x, len) in pieces {
+                let piece = ArrayBox {
+                    at: [region.at[0] + x, region.at[1] + y, region.at[2] + z],
+                    extent: [len, n, 1],
+                };
+                let row = |k: u64| linear_at(base, pitch, slice, [x, y + k, z]);
+                if to_array {
+                    let mut data = Vec::with_capacity((len * n) as usize);
+                    for k in 0..n {
+                        // SAFETY: the API contract: the host rows are readable.
+                        data.extend_from_slice(unsafe {
+                            std::slice::from_raw_parts(row(k)? as *const u8, len as usize)
+                        });
+                    }
+                    let request = Request::MemcpyToArray {
+                        array,
+                        region: piece,
+                        data: ByteBuf::from(data),
+                        stream,
+                    };
+                    d.conn.post(request).map_err(fail)?;
+                } else {
+                    let data = d
+                        .conn
+                        .memcpy_from_array(array, piece, stream)
+                        .map_err(fail)?;
+                    if data.len() as u64 != len * n {
+                        return Err(CUDA_ERROR_UNKNOWN);
+                    }
+                    for (k, bytes) in data.chunks(len as usize).enumerate() {
+                        // SAFETY: the API contract: the host rows are writable.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                bytes.as_ptr(),
+                                row(k as u64)? as *mut u8,
+                                bytes.len(),
+                            )
+                        };
+                    }
+                }
+            }
+            y += n;
+        }
+    }
+    Ok(())
 }
 
 /// Copies `depth` slices of `height` rows of `width` bytes, rows and slices as
@@ -288,7 +454,7 @@ fn copy_2d(p: *const CUDA_MEMCPY2D, stream: u64) -> Res {
     }
     // SAFETY: non-null descriptor provided by the caller.
     let p = unsafe { &*p };
-    let (sb, sp, _) = copy_side(
+    let src = copy_side(
         p.srcMemoryType,
         p.srcHost,
         p.srcDevice,
@@ -296,7 +462,7 @@ fn copy_2d(p: *const CUDA_MEMCPY2D, stream: u64) -> Res {
         p.srcPitch,
         0,
     )?;
-    let (db, dp, _) = copy_side(
+    let dst = copy_side(
         p.dstMemoryType,
         p.dstHost,
         p.dstDevice,
@@ -304,14 +470,12 @@ fn copy_2d(p: *const CUDA_MEMCPY2D, stream: u64) -> Res {
         p.dstPitch,
         0,
     )?;
-    let src = sb + p.srcY as u64 * sp + p.srcXInBytes as u64;
-    let dst = db + p.dstY as u64 * dp + p.dstXInBytes as u64;
-    copy_box(
-        (dst, dp, 0),
-        (src, sp, 0),
-        p.WidthInBytes as u64,
-        p.Height as u64,
-        1,
+    copy_places(
+        dst,
+        [p.dstXInBytes as u64, p.dstY as u64, 0],
+        src,
+        [p.srcXInBytes as u64, p.srcY as u64, 0],
+        [p.WidthInBytes as u64, p.Height as u64, 1],
         stream,
     )
 }
@@ -323,7 +487,7 @@ fn copy_3d(p: *const CUDA_MEMCPY3D, stream: u64) -> Res {
     }
     // SAFETY: non-null descriptor provided by the caller.
     let p = unsafe { &*p };
-    let (sb, sp, ss) = copy_side(
+    let src = copy_side(
         p.srcMemoryType,
         p.srcHost,
         p.srcDevice,
@@ -331,7 +495,7 @@ fn copy_3d(p: *const CUDA_MEMCPY3D, stream: u64) -> Res {
         p.srcPitch,
         p.srcHeight,
     )?;
-    let (db, dp, ds) = copy_side(
+    let dst = copy_side(
         p.dstMemoryType,
         p.dstHost,
         p.dstDevice,
@@ -339,29 +503,33 @@ fn copy_3d(p: *const CUDA_MEMCPY3D, stream: u64) -> Res {
         p.dstPitch,
         p.dstHeight,
     )?;
-    let src = sb + p.srcZ as u64 * ss + p.srcY as u64 * sp + p.srcXInBytes as u64;
-    let dst = db + p.dstZ as u64 * ds + p.dstY as u64 * dp + p.dstXInBytes as u64;
-    copy_box(
-        (dst, dp, ds),
-        (src, sp, ss),
-        p.WidthInBytes as u64,
-        p.Height as u64,
-        p.Depth as u64,
+    copy_places(
+        dst,
+        [p.dstXInBytes as u64, p.dstY as u64, p.dstZ as u64],
+        src,
+        [p.srcXInBytes as u64, p.srcY as u64, p.srcZ as u64],
+        [p.WidthInBytes as u64, p.Height as u64, p.Depth as u64],
         stream,
     )
 }
 
-/// Where byte `offset` of a one-row array is.
-fn array_offset(array: CUarray, offset: usize, len: usize) -> Res<u64> {
+/// A one-row array and byte `offset` of it, for the 1-D copies (`cuMemcpyHtoA`, …).
+fn array_row(array: CUarray, offset: usize) -> Res<(Place, [u64; 3])> {
     let a = super::texture::array(array)?;
-    if a.rows > 1
-        || (offset as u64)
-            .checked_add(len as u64)
-            .is_none_or(|end| end > a.pitch)
-    {
+    if a.desc.Height > 1 || a.desc.Depth > 1 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    Ok(a.address + offset as u64)
+    Ok((Place::Array(a.server), [offset as u64, 0, 0]))
+}
+
+/// A 1-D copy with an array on one side or both.
+fn copy_1d(dst: (Place, [u64; 3]), src: (Place, [u64; 3]), bytes: usize) -> Res {
+    copy_places(dst.0, dst.1, src.0, src.1, [bytes as u64, 1, 1], 0)
+}
+
+/// Host or device memory at `address`, as one side of a 1-D array copy.
+fn flat(address: u64) -> (Place, [u64; 3]) {
+    (Place::Linear(address, 0, 0), [0; 3])
 }
 
 /// Answers one `CUpointer_attribute` for `ptr` into `data`.
@@ -569,12 +737,12 @@ export! {
     fn cuMemcpy3D_v2_ptds(p: *const CUDA_MEMCPY3D) { copy_3d(p, per_thread_default()) }
     fn cuMemcpy3DAsync_v2(p: *const CUDA_MEMCPY3D, s: CUstream) { copy_3d(p, stream_arg(s, false)) }
     fn cuMemcpy3DAsync_v2_ptsz(p: *const CUDA_MEMCPY3D, s: CUstream) { copy_3d(p, stream_arg(s, true)) }
-    fn cuMemcpyHtoA_v2(dst: CUarray, offset: usize, src: *const c_void, bytes: usize) { copy(array_offset(dst, offset, bytes)?, src as u64, bytes, 0) }
-    fn cuMemcpyAtoH_v2(dst: *mut c_void, src: CUarray, offset: usize, bytes: usize) { copy(dst as u64, array_offset(src, offset, bytes)?, bytes, 0) }
-    fn cuMemcpyDtoA_v2(dst: CUarray, offset: usize, src: CUdeviceptr, bytes: usize) { copy(array_offset(dst, offset, bytes)?, src, bytes, 0) }
-    fn cuMemcpyAtoD_v2(dst: CUdeviceptr, src: CUarray, offset: usize, bytes: usize) { copy(dst, array_offset(src, offset, bytes)?, bytes, 0) }
+    fn cuMemcpyHtoA_v2(dst: CUarray, offset: usize, src: *const c_void, bytes: usize) { copy_1d(array_row(dst, offset)?, flat(src as u64), bytes) }
+    fn cuMemcpyAtoH_v2(dst: *mut c_void, src: CUarray, offset: usize, bytes: usize) { copy_1d(flat(dst as u64), array_row(src, offset)?, bytes) }
+    fn cuMemcpyDtoA_v2(dst: CUarray, offset: usize, src: CUdeviceptr, bytes: usize) { copy_1d(array_row(dst, offset)?, flat(src), bytes) }
+    fn cuMemcpyAtoD_v2(dst: CUdeviceptr, src: CUarray, offset: usize, bytes: usize) { copy_1d(flat(dst), array_row(src, offset)?, bytes) }
     fn cuMemcpyAtoA_v2(dst: CUarray, dst_offset: usize, src: CUarray, src_offset: usize, bytes: usize) {
-        copy(array_offset(dst, dst_offset, bytes)?, array_offset(src, src_offset, bytes)?, bytes, 0)
+        copy_1d(array_row(dst, dst_offset)?, array_row(src, src_offset)?, bytes)
     }
     fn cuMemcpy2D_v2(p: *const CUDA_MEMCPY2D) { copy_2d(p, 0) }
     fn cuMemcpy2D_v2_ptds(p: *const CUDA_MEMCPY2D) { copy_2d(p, per_thread_default()) }

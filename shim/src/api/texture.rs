@@ -1,12 +1,12 @@
 //! CUDA arrays, texture objects and surface objects.
 //!
-//! An array here is device memory laid out row by row (rows 128 bytes apart at
-//! least, slices one after another), allocated on the server and charged as
-//! any allocation; copies to and from it (`cuMemcpy2D`, `cuMemcpy3D`,
-//! `cuMemcpyHtoA`, …) are copies between linear memory. A texture or surface
-//! object is kept by the server ([`Request::TexObjectCreate`]), which checks
-//! that every texel lies in the session's memory; kernels pass its handle to
-//! `tex`, `suld` and `sust`, which the mock samples as the hardware does.
+//! An array is the server's ([`xpupool_protocol::Request::ArrayCreate`]): a real CUDA array on the
+//! cuda backend, device memory laid out row by row on the mock, charged to the
+//! ledger either way. Copies to and from it (`cuMemcpy2D`, `cuMemcpy3D`,
+//! `cuMemcpyHtoA`, …) name a box of it. A texture or surface object is kept by
+//! the server ([`xpupool_protocol::Request::TexObjectCreate`]), which checks that every texel lies
+//! in the session's memory or array; kernels pass its handle to `tex`, `tld4`,
+//! `suld` and `sust`, which the mock samples as the hardware does.
 //! Layered arrays are slices of layers, cubemaps slices of faces (six per
 //! layer). Not offered: mipmaps, sRGB reads, resource views.
 
@@ -14,33 +14,21 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use xpupool_cuda_types::*;
-use xpupool_protocol::api::TextureDesc;
-use xpupool_protocol::{Calls, Request};
+use xpupool_protocol::api::{ArrayDesc, TextureDesc};
+use xpupool_protocol::Calls;
 
 use crate::boundary::{export, put, Res};
 use crate::state::{driver, fail, lock};
 
-/// Rows of an array start this many bytes apart (at least): what pitched
-/// textures over linear memory need on NVIDIA's devices.
-const ROW_ALIGN: u64 = 128;
-
-/// An array: its memory and what it was made as.
+/// An array: the server's handle and what it was made as.
 #[derive(Clone, Copy)]
 pub(crate) struct Array {
-    pub(crate) address: u64,
-    pub(crate) pitch: u64,
-    /// Rows in each slice (at least 1).
-    pub(crate) rows: u64,
-    desc: CUDA_ARRAY3D_DESCRIPTOR,
+    pub(crate) server: u64,
+    pub(crate) desc: CUDA_ARRAY3D_DESCRIPTOR,
     device: CUdevice,
 }
 
 impl Array {
-    fn texel_bytes(&self) -> u64 {
-        array_format_parts(self.desc.Format).map_or(0, |(_, bits)| u64::from(bits / 8))
-            * u64::from(self.desc.NumChannels)
-    }
-
     fn layered(&self) -> bool {
         self.desc.Flags & CUDA_ARRAY3D_LAYERED != 0
     }
@@ -57,11 +45,6 @@ impl Array {
             _ if self.layered() || self.cubemap() => 2,
             _ => 3,
         }
-    }
-
-    /// Bytes from one slice to the next.
-    pub(crate) fn slice_pitch(&self) -> u64 {
-        self.pitch * self.rows
     }
 }
 
@@ -101,55 +84,32 @@ pub(crate) fn array(handle: CUarray) -> Res<Array> {
         .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
+/// `cuArray3DCreate`. Layers are the depth: of 1-D layers (no height) or 2-D
+/// ones; a cubemap's six square faces too, six per layer when layered
+/// ([`ArrayDesc::check`], which the server applies as well).
 fn create(out: *mut CUarray, desc: CUDA_ARRAY3D_DESCRIPTOR) -> Res {
-    if out.is_null() || desc.Width == 0 || !matches!(desc.NumChannels, 1 | 2 | 4) {
+    if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    array_format_parts(desc.Format).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    let layered = desc.Flags & CUDA_ARRAY3D_LAYERED != 0;
-    // Layers are the depth: of 1-D layers (no height) or 2-D ones; a cubemap's
-    // six square faces too, six per layer when layered.
-    let shape_ok = if desc.Flags & CUDA_ARRAY3D_CUBEMAP != 0 {
-        desc.Width == desc.Height
-            && desc.Depth != 0
-            && desc.Depth.is_multiple_of(6)
-            && (layered || desc.Depth == 6)
-    } else if layered {
-        desc.Depth != 0
-    } else {
-        desc.Height != 0 || desc.Depth == 0
-    };
-    if !shape_ok {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
+    let (channel, bits) = array_format_parts(desc.Format).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let d = driver()?;
     let device = d.current_context()?.device;
-    let mut array = Array {
-        address: 0,
-        pitch: 0,
-        rows: desc.Height.max(1) as u64,
+    let wire = ArrayDesc {
+        width: desc.Width as u64,
+        height: desc.Height as u64,
+        depth: desc.Depth as u64,
+        channel,
+        bits,
+        channels: u8::try_from(desc.NumChannels).unwrap_or(0),
+        flags: desc.Flags,
+    };
+    wire.check().map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    let server = d.conn.array_create(device as u32, wire).map_err(fail)?;
+    let array = Array {
+        server,
         desc,
         device,
     };
-    let row = (desc.Width as u64)
-        .checked_mul(array.texel_bytes())
-        .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
-    array.pitch = row
-        .checked_next_multiple_of(ROW_ALIGN)
-        .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
-    let bytes = array
-        .pitch
-        .checked_mul(array.rows)
-        .and_then(|b| b.checked_mul(desc.Depth.max(1) as u64))
-        .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
-    // Copies into it are checked as into an allocation; cuMemFree does not take it.
-    array.address = crate::ranges::place(
-        |a| d.device_ranges.add(a, bytes, false),
-        || d.conn.mem_alloc(device as u32, bytes).map_err(fail),
-        |a| {
-            let _ = d.conn.post(Request::MemFree { ptr: a });
-        },
-    )?;
     let mut t = lock(table());
     t.next += 0x10;
     let handle = t.next;
@@ -175,6 +135,7 @@ fn resource(res: &CUDA_RESOURCE_DESC, surface: bool) -> Res<(TextureDesc, CUdevi
         border: [0.0; 4],
         layered: false,
         cubemap: false,
+        array: 0,
     };
     let d = driver()?;
     let mut device = d.current_context()?.device;
@@ -194,15 +155,14 @@ fn resource(res: &CUDA_RESOURCE_DESC, surface: bool) -> Res<(TextureDesc, CUdevi
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
             format(a.desc.Format, a.desc.NumChannels, &mut desc)?;
-            desc.address = a.address;
+            // The server takes the texels' place and layout from the array.
+            desc.array = a.server;
             desc.dims = a.dims();
             desc.size = [
                 a.desc.Width as u64,
                 a.desc.Height.max(1) as u64,
                 a.desc.Depth.max(1) as u64,
             ];
-            desc.pitch = a.pitch;
-            desc.slice_pitch = a.slice_pitch();
             desc.layered = a.layered();
             desc.cubemap = a.cubemap();
             device = a.device;
@@ -313,10 +273,8 @@ export! {
 
     fn cuArrayDestroy(handle: CUarray) {
         let a = lock(table()).arrays.remove(&(handle as u64)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        let d = driver()?;
-        d.device_ranges.remove(a.address);
-        // Posted behind the work already sent, which may still read it.
-        d.conn.post(Request::MemFree { ptr: a.address }).map_err(fail)
+        // The server destroys it after the work already sent, which may still read it.
+        driver()?.conn.array_destroy(a.server).map_err(fail)
     }
 
     fn cuArrayGetDescriptor_v2(out: *mut CUDA_ARRAY_DESCRIPTOR, handle: CUarray) {
