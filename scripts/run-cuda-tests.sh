@@ -130,6 +130,31 @@ else
     cat "$logs/trace-run.log" "$logs/replay.err" "$logs/trace-check.log" 2>/dev/null | sed 's/^/      | /' | tail -n 25
 fi
 
+# The same with a captured graph, a CUDA array and a texture object in the trace:
+# each is made again by the replay, and all four steps run.
+trace=$logs/graph-steps.trace
+if XPUPOOL_TRACE="$trace" "$bin" run -- "$build/profiled_steps" graph >"$logs/graph-trace-run.log" 2>&1 \
+    && "$bin" bench replay "$trace" --json >"$logs/graph-replay.json" 2>"$logs/graph-replay.err" \
+    && python3 - "$trace" "$logs/graph-replay.json" >"$logs/graph-trace-check.log" 2>&1 <<'PY'
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+ops = [next(iter(l["op"])) for l in lines if "op" in l]
+for name in ("GraphCreate", "GraphLaunch", "ArrayCreate", "TexObjectCreate", "MemcpyArrayDevice", "MemcpyFromArray"):
+    assert name in ops, (name, sorted(set(ops)))
+launches = [l for l in lines if "op" in l and "GraphLaunch" in l["op"]]
+assert len(launches) == 4, launches
+replay = json.load(open(sys.argv[2]))
+for transport in ("quic", "local"):
+    assert replay["replay"][transport]["steps"] == 4, replay["replay"][transport]
+print("graph trace ok:", replay["replay"]["local"])
+PY
+then
+    passed=$((passed + 1)); echo "ok    trace-replay-of-graphs-and-arrays ($(tail -c 200 "$logs/graph-trace-check.log"))"
+else
+    failed=$((failed + 1)); failures+=("trace-replay-of-graphs-and-arrays"); echo "FAIL  trace-replay-of-graphs-and-arrays"
+    cat "$logs/graph-trace-run.log" "$logs/graph-replay.err" "$logs/graph-trace-check.log" 2>/dev/null | sed 's/^/      | /' | tail -n 25
+fi
+
 echo "== against a separate xpupool server"
 state=$logs/server-state
 port=$((20000 + RANDOM % 20000))

@@ -30,7 +30,7 @@ use xpupool_client::Connection;
 
 use crate::pool::cu;
 use xpupool_fatbin::Image;
-use xpupool_protocol::api::ModuleInfo;
+use xpupool_protocol::api::{GraphNode, ModuleInfo};
 use xpupool_protocol::{Calls, CuError, Reply, Request};
 
 /// The trace committed with xpupool: three training steps of a small PyTorch model
@@ -504,8 +504,7 @@ fn load_stand(k: usize, plan: &Plan, map: &mut Map, conn: &Connection) -> Result
 }
 
 fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) -> Result<()> {
-    let zeros = || ByteBuf::from(vec![0u8; op.bytes as usize]);
-    let request = match &op.request {
+    match &op.request {
         Request::ModuleLoadCached { .. } | Request::ModuleLoad { .. } => {
             // A look-up by hash that missed is followed, in the same driver call, by
             // the upload whose reply names the module; both become one load here.
@@ -588,6 +587,64 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
             }
             return expect(op, new.map(|_| ()));
         }
+        Request::GraphCreate { nodes } => {
+            let nodes = nodes
+                .iter()
+                .map(|node| {
+                    let bytes = match node {
+                        GraphNode::Kernel { params, .. } => params.len() as u64,
+                        _ => 0,
+                    };
+                    let request = remapped(&node.in_stream(0), bytes, map)?;
+                    GraphNode::from_request(&request)
+                        .map(|(node, _)| node)
+                        .ok_or_else(|| anyhow!("a graph node that is no stream operation"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let new = conn.graph_create(nodes);
+            if let (Some(Reply::GraphCreate(old)), Ok(new)) = (&op.reply, &new) {
+                map.handles.insert(*old, *new);
+            }
+            return expect(op, new.map(|_| ()));
+        }
+        Request::ArrayCreate { device, desc } => {
+            let new = conn.array_create(*device, *desc);
+            if let (Some(Reply::ArrayCreate(old)), Ok(new)) = (&op.reply, &new) {
+                map.handles.insert(*old, *new);
+            }
+            return expect(op, new.map(|_| ()));
+        }
+        Request::TexObjectCreate { device, desc } | Request::SurfObjectCreate { device, desc } => {
+            let mut desc = desc.clone();
+            if desc.array == 0 {
+                desc.address = map.address(desc.address)?;
+            } else {
+                desc.array = map.handle(desc.array, "array")?;
+            }
+            let surface = matches!(op.request, Request::SurfObjectCreate { .. });
+            let new = if surface {
+                conn.surf_object_create(*device, desc)
+            } else {
+                conn.tex_object_create(*device, desc)
+            };
+            if let (Some(Reply::TexObjectCreate(old) | Reply::SurfObjectCreate(old)), Ok(new)) =
+                (&op.reply, &new)
+            {
+                map.handles.insert(*old, *new);
+            }
+            return expect(op, new.map(|_| ()));
+        }
+        _ => {}
+    }
+    let request = remapped(&op.request, op.bytes, map)?;
+    expect(op, conn.post(request))
+}
+
+/// A request of the recording with its addresses and handles as this replay
+/// has them, and zeros for its data (`bytes` of them).
+fn remapped(request: &Request, bytes: u64, map: &Map) -> Result<Request> {
+    let zeros = || ByteBuf::from(vec![0u8; bytes as usize]);
+    Ok(match request {
         Request::MemRelease { handle } => Request::MemRelease {
             handle: map.handle(*handle, "physical allocation")?,
         },
@@ -620,22 +677,90 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
         Request::MemcpyHtoDShared { .. } | Request::MemcpyDtoHShared { .. } => {
             bail!("a copy through the shared-memory region reached the wrong replay path")
         }
+        Request::GraphLaunch { graph, stream } => Request::GraphLaunch {
+            graph: map.handle(*graph, "graph")?,
+            stream: map.stream(*stream)?,
+        },
+        Request::GraphDestroy { graph } => Request::GraphDestroy {
+            graph: map.handle(*graph, "graph")?,
+        },
+        Request::TexObjectDestroy { handle } => Request::TexObjectDestroy {
+            handle: map.handle(*handle, "texture object")?,
+        },
+        Request::SurfObjectDestroy { handle } => Request::SurfObjectDestroy {
+            handle: map.handle(*handle, "surface object")?,
+        },
+        Request::ArrayDestroy { array } => Request::ArrayDestroy {
+            array: map.handle(*array, "array")?,
+        },
+        Request::MemcpyToArray {
+            array,
+            region,
+            stream,
+            ..
+        } => Request::MemcpyToArray {
+            array: map.handle(*array, "array")?,
+            region: *region,
+            data: zeros(),
+            stream: map.stream(*stream)?,
+        },
+        Request::MemcpyFromArray {
+            array,
+            region,
+            stream,
+        } => Request::MemcpyFromArray {
+            array: map.handle(*array, "array")?,
+            region: *region,
+            stream: map.stream(*stream)?,
+        },
+        Request::MemcpyArrayDevice {
+            array,
+            region,
+            ptr,
+            pitch,
+            slice_pitch,
+            to_array,
+            stream,
+        } => Request::MemcpyArrayDevice {
+            array: map.handle(*array, "array")?,
+            region: *region,
+            ptr: map.address(*ptr)?,
+            pitch: *pitch,
+            slice_pitch: *slice_pitch,
+            to_array: *to_array,
+            stream: map.stream(*stream)?,
+        },
+        Request::MemcpyArrayArray {
+            dst,
+            dst_at,
+            src,
+            region,
+            stream,
+        } => Request::MemcpyArrayArray {
+            dst: map.handle(*dst, "array")?,
+            dst_at: *dst_at,
+            src: map.handle(*src, "array")?,
+            region: *region,
+            stream: map.stream(*stream)?,
+        },
         Request::GraphCreate { .. }
-        | Request::GraphLaunch { .. }
-        | Request::GraphDestroy { .. } => {
-            bail!("the trace has CUDA graphs, which replay cannot remap yet")
-        }
-        Request::TexObjectCreate { .. }
-        | Request::TexObjectDestroy { .. }
-        | Request::SurfObjectCreate { .. }
-        | Request::SurfObjectDestroy { .. }
         | Request::ArrayCreate { .. }
-        | Request::ArrayDestroy { .. }
-        | Request::MemcpyToArray { .. }
-        | Request::MemcpyFromArray { .. }
-        | Request::MemcpyArrayDevice { .. }
-        | Request::MemcpyArrayArray { .. } => {
-            bail!("the trace has CUDA arrays, texture or surface objects, which replay cannot remap yet")
+        | Request::TexObjectCreate { .. }
+        | Request::SurfObjectCreate { .. }
+        | Request::MemAlloc { .. }
+        | Request::MemFree { .. }
+        | Request::ModuleLoadCached { .. }
+        | Request::ModuleLoad { .. }
+        | Request::ModuleGetGlobal { .. }
+        | Request::StreamCreate { .. }
+        | Request::EventCreate { .. }
+        | Request::MemAddressReserve { .. }
+        | Request::MemAddressFree { .. }
+        | Request::MemCreate { .. } => {
+            bail!(
+                "{} makes something the replay must map (sent by `send`)",
+                request.name()
+            )
         }
         Request::IpcGetMemHandle { .. }
         | Request::IpcOpenMemHandle { .. }
@@ -767,9 +892,8 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
         Request::MemGetInfo { .. }
         | Request::Synchronize {}
         | Request::DeviceUsage { .. }
-        | Request::ServerStatus {} => op.request.clone(),
-    };
-    expect(op, conn.post(request))
+        | Request::ServerStatus {} => request.clone(),
+    })
 }
 
 /// A failure now of a request that succeeded when recorded is an error; one that

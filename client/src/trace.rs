@@ -32,6 +32,7 @@ use std::time::Instant;
 
 use serde_bytes::ByteBuf;
 use serde_json::{json, Value};
+use xpupool_protocol::api::GraphNode;
 use xpupool_protocol::{CuError, Reply, Request};
 
 /// The environment variable naming the trace file.
@@ -253,6 +254,41 @@ pub fn redact(request: &Request) -> (Request, u64) {
             },
             handle.len() as u64,
         ),
+        Request::MemcpyToArray {
+            array,
+            region,
+            data,
+            stream,
+        } => (
+            Request::MemcpyToArray {
+                array: *array,
+                region: *region,
+                data: ByteBuf::new(),
+                stream: *stream,
+            },
+            data.len() as u64,
+        ),
+        // A graph's kernel nodes keep their parameters' length, not their bytes.
+        Request::GraphCreate { nodes } => (
+            Request::GraphCreate {
+                nodes: nodes
+                    .iter()
+                    .map(|node| match node {
+                        GraphNode::Kernel {
+                            function,
+                            dims,
+                            params,
+                        } => GraphNode::Kernel {
+                            function: *function,
+                            dims: *dims,
+                            params: ByteBuf::from(vec![0u8; params.len()]),
+                        },
+                        other => other.clone(),
+                    })
+                    .collect(),
+            },
+            0,
+        ),
         Request::ModuleLoad { device, image } => (
             Request::ModuleLoad {
                 device: *device,
@@ -268,6 +304,7 @@ pub fn redact(request: &Request) -> (Request, u64) {
 fn redact_reply(reply: &Reply) -> Reply {
     match reply {
         Reply::MemcpyDtoH(_) => Reply::MemcpyDtoH(ByteBuf::new()),
+        Reply::MemcpyFromArray(_) => Reply::MemcpyFromArray(ByteBuf::new()),
         Reply::IpcGetMemHandle(_) => Reply::IpcGetMemHandle(ByteBuf::new()),
         Reply::IpcGetEventHandle(_) => Reply::IpcGetEventHandle(ByteBuf::new()),
         other => other.clone(),
@@ -339,6 +376,41 @@ mod tests {
         assert_eq!(redact(&image).1, 5000);
         let back = redact_reply(&Reply::MemcpyDtoH(ByteBuf::from(vec![1u8; 64])));
         assert!(matches!(back, Reply::MemcpyDtoH(b) if b.is_empty()));
+        let to_array = Request::MemcpyToArray {
+            array: 5,
+            region: xpupool_protocol::api::ArrayBox {
+                at: [0; 3],
+                extent: [64, 2, 1],
+            },
+            data: ByteBuf::from(vec![7u8; 128]),
+            stream: 0,
+        };
+        let (op, bytes) = redact(&to_array);
+        assert_eq!(bytes, 128);
+        assert_eq!(
+            serde_json::to_value(&op).unwrap()["MemcpyToArray"]["data"],
+            json!([])
+        );
+        let back = redact_reply(&Reply::MemcpyFromArray(ByteBuf::from(vec![1u8; 64])));
+        assert!(matches!(back, Reply::MemcpyFromArray(b) if b.is_empty()));
+        let graph = Request::GraphCreate {
+            nodes: vec![GraphNode::Kernel {
+                function: 7,
+                dims: LaunchDims {
+                    grid: [1; 3],
+                    block: [1; 3],
+                    shared_bytes: 0,
+                },
+                params: ByteBuf::from(vec![9u8; 24]),
+            }],
+        };
+        let Request::GraphCreate { nodes } = redact(&graph).0 else {
+            panic!("not a graph")
+        };
+        assert!(
+            matches!(&nodes[0], GraphNode::Kernel { params, .. } if params.len() == 24 && params.iter().all(|&b| b == 0)),
+            "a kernel node's parameters are recorded as zeros of their length"
+        );
         // What is recorded reads back as the request it was.
         let read: Request = serde_json::from_value(json).unwrap();
         assert!(matches!(
