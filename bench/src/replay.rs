@@ -607,6 +607,9 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
             }
             return expect(op, new.map(|_| ()));
         }
+        // A link's image is only ever loaded as a module, which the replay
+        // replaces with a stand-in of its own.
+        Request::Link { .. } => return Ok(()),
         Request::ArrayCreate { device, desc } => {
             let new = conn.array_create(*device, *desc);
             if let (Some(Reply::ArrayCreate(old)), Ok(new)) = (&op.reply, &new) {
@@ -744,6 +747,7 @@ fn remapped(request: &Request, bytes: u64, map: &Map) -> Result<Request> {
             stream: map.stream(*stream)?,
         },
         Request::GraphCreate { .. }
+        | Request::Link { .. }
         | Request::ArrayCreate { .. }
         | Request::TexObjectCreate { .. }
         | Request::SurfObjectCreate { .. }

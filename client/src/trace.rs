@@ -268,6 +268,19 @@ pub fn redact(request: &Request) -> (Request, u64) {
             },
             data.len() as u64,
         ),
+        Request::Link { device, inputs } => (
+            Request::Link {
+                device: *device,
+                inputs: inputs
+                    .iter()
+                    .map(|i| xpupool_protocol::api::LinkInput {
+                        kind: i.kind,
+                        data: ByteBuf::new(),
+                    })
+                    .collect(),
+            },
+            inputs.iter().map(|i| i.data.len() as u64).sum(),
+        ),
         // A graph's kernel nodes keep their parameters' length, not their bytes.
         Request::GraphCreate { nodes } => (
             Request::GraphCreate {

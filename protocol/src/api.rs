@@ -587,7 +587,22 @@ declare_api! {
     fn memcpy_array_device(array: u64, region: ArrayBox, ptr: u64, pitch: u64, slice_pitch: u64, to_array: bool, stream: u64) -> () = MemcpyArrayDevice [POSTED];
     /// Copy a box of array `src` to `dst_at` in array `dst`, in stream order.
     fn memcpy_array_array(dst: u64, dst_at: [u64; 3], src: u64, region: ArrayBox, stream: u64) -> () = MemcpyArrayArray [POSTED];
+    /// Link inputs (`cuLinkAddData`: PTX, cubins, objects, libraries) for
+    /// `device` with the driver's own linker (`cuLinkComplete`): the linked
+    /// image, which a module load takes. At most [`MAX_LINK_INPUTS`] inputs.
+    fn link(device: u32, inputs: Vec<LinkInput>) -> ByteBuf = Link;
 }
+
+/// One input of [`Request::Link`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInput {
+    /// `CUjitInputType`: 0 cubin, 1 PTX, 2 fatbin, 3 object, 4 library.
+    pub kind: u32,
+    pub data: ByteBuf,
+}
+
+/// Inputs one [`Request::Link`] may have.
+pub const MAX_LINK_INPUTS: usize = 1024;
 
 /// A CUDA array's shape and texels (`CUDA_ARRAY3D_DESCRIPTOR`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -930,6 +930,10 @@ impl Session for TenantSession {
                 let device = self.host_device(device)?;
                 self.inner.handle(Request::TexObjectCreate { device, desc })
             }
+            Request::Link { device, inputs } => {
+                let device = self.host_device(device)?;
+                self.inner.handle(Request::Link { device, inputs })
+            }
             Request::ArrayCreate { device, desc } => {
                 let host = self.host_device(device)?;
                 let charge = desc

@@ -435,10 +435,25 @@ int main(int argc, char **argv) {
                               0, NULL, NULL));
         CHECK(p_cuLinkAddData(link, CU_JIT_INPUT_PTX, (void *)kLinkLib, sizeof kLinkLib, "lib", 0,
                               NULL, NULL));
-        CUresult other = p_cuLinkAddData(link, CU_JIT_INPUT_CUBIN, (void *)kLinkLib,
-                                         sizeof kLinkLib, "cubin", 0, NULL, NULL);
-        if (other != CUDA_ERROR_NOT_SUPPORTED)
-            fail("a cubin input to the linker returned %s", err_name(other));
+        /* A cubin input goes to the driver's own linker: PTX posing as a cubin is
+         * refused there (on the mock, which has no linker, any cubin is), when the
+         * link completes; an NVVM input is refused at once. */
+        {
+            CUlinkState bad;
+            CHECK(p_cuLinkCreate(0, NULL, NULL, &bad));
+            CHECK(p_cuLinkAddData(bad, CU_JIT_INPUT_PTX, (void *)kLinkMain, sizeof kLinkMain, "main",
+                                  0, NULL, NULL));
+            CHECK(p_cuLinkAddData(bad, CU_JIT_INPUT_CUBIN, (void *)kLinkLib, sizeof kLinkLib, "cubin",
+                                  0, NULL, NULL));
+            void *out = NULL;
+            size_t out_size = 0;
+            CUresult r = p_cuLinkComplete(bad, &out, &out_size);
+            if (r == CUDA_SUCCESS) fail("a link with PTX posing as a cubin succeeded");
+            CUresult nvvm = p_cuLinkAddData(bad, CU_JIT_INPUT_NVVM, (void *)kLinkLib, sizeof kLinkLib,
+                                            "nvvm", 0, NULL, NULL);
+            if (nvvm != CUDA_ERROR_NOT_SUPPORTED) fail("an NVVM input to the linker returned %s", err_name(nvvm));
+            CHECK(p_cuLinkDestroy(bad));
+        }
         void *image = NULL;
         size_t image_size = 0;
         CHECK(p_cuLinkComplete(link, &image, &image_size));

@@ -7,9 +7,10 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, OsStr};
 use anyhow::{bail, Context as _, Result};
 use xpupool_cuda_types::{
     CUarray, CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
-    CUfunction_attribute, CUipcEventHandle, CUipcMemHandle, CUlaunchConfig, CUmemAccessDesc,
-    CUmemAllocationProp, CUmemGenericAllocationHandle, CUmodule, CUresult, CUstream, CUuuid,
-    CUDA_ARRAY3D_DESCRIPTOR, CUDA_MEMCPY3D, CUDA_RESOURCE_DESC, CUDA_SUCCESS, CUDA_TEXTURE_DESC,
+    CUfunction_attribute, CUipcEventHandle, CUipcMemHandle, CUjitInputType, CUjit_option,
+    CUlaunchConfig, CUlinkState, CUmemAccessDesc, CUmemAllocationProp,
+    CUmemGenericAllocationHandle, CUmodule, CUresult, CUstream, CUuuid, CUDA_ARRAY3D_DESCRIPTOR,
+    CUDA_MEMCPY3D, CUDA_RESOURCE_DESC, CUDA_SUCCESS, CUDA_TEXTURE_DESC,
 };
 use xpupool_protocol::CuError;
 
@@ -106,6 +107,14 @@ entry_points! {
         cuMemcpy3DAsync_v2: fn(*const CUDA_MEMCPY3D, CUstream);
         cuSurfObjectCreate: fn(*mut u64, *const CUDA_RESOURCE_DESC);
         cuSurfObjectDestroy: fn(u64);
+        // The JIT linker, for inputs other than PTX.
+        cuLinkCreate_v2: fn(c_uint, *mut CUjit_option, *mut *mut c_void, *mut CUlinkState);
+        cuLinkAddData_v2: fn(
+            CUlinkState, CUjitInputType, *mut c_void, usize, *const c_char, c_uint,
+            *mut CUjit_option, *mut *mut c_void,
+        );
+        cuLinkComplete: fn(CUlinkState, *mut *mut c_void, *mut usize);
+        cuLinkDestroy: fn(CUlinkState);
         // Interprocess sharing (sessions are processes of their own).
         cuIpcGetMemHandle: fn(*mut CUipcMemHandle, CUdeviceptr);
         cuIpcOpenMemHandle_v2: fn(*mut CUdeviceptr, CUipcMemHandle, c_uint);

@@ -884,6 +884,68 @@ impl Api for CudaSession {
         Ok(array as u64)
     }
 
+    fn link(
+        &mut self,
+        device: u32,
+        inputs: Vec<xpupool_protocol::api::LinkInput>,
+    ) -> Result<ByteBuf, CuError> {
+        use xpupool_cuda_types as cu;
+        only_device_zero(device)?;
+        if inputs.is_empty()
+            || inputs.len() > xpupool_protocol::api::MAX_LINK_INPUTS
+            || inputs
+                .iter()
+                .any(|i| i.kind > cu::CU_JIT_INPUT_LIBRARY || i.data.is_empty())
+        {
+            return Err(invalid_value("link inputs"));
+        }
+        let d = &self.shared.driver;
+        let create = self.vmm(d.cuLinkCreate_v2, "cuLinkCreate_v2")?;
+        let add = self.vmm(d.cuLinkAddData_v2, "cuLinkAddData_v2")?;
+        let complete = self.vmm(d.cuLinkComplete, "cuLinkComplete")?;
+        let destroy = self.vmm(d.cuLinkDestroy, "cuLinkDestroy")?;
+        self.shared.enter()?;
+        let mut state: cu::CUlinkState = std::ptr::null_mut();
+        // SAFETY: an out-pointer; no options.
+        let r = unsafe { create(0, std::ptr::null_mut(), std::ptr::null_mut(), &mut state) };
+        self.check(r, "cuLinkCreate_v2")?;
+        let linked = (|| {
+            for input in &inputs {
+                // PTX is text the driver reads up to its NUL.
+                let mut data = input.data.to_vec();
+                if input.kind == cu::CU_JIT_INPUT_PTX {
+                    data.push(0);
+                }
+                // SAFETY: `data` lives across the call, which copies it.
+                let r = unsafe {
+                    add(
+                        state,
+                        input.kind,
+                        data.as_mut_ptr().cast(),
+                        data.len(),
+                        c"input".as_ptr(),
+                        0,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    )
+                };
+                self.check(r, "cuLinkAddData_v2")?;
+            }
+            let (mut image, mut size): (*mut c_void, usize) = (std::ptr::null_mut(), 0);
+            // SAFETY: out-pointers; the image stays valid until cuLinkDestroy below.
+            let r = unsafe { complete(state, &mut image, &mut size) };
+            self.check(r, "cuLinkComplete")?;
+            if image.is_null() {
+                return Err(invalid_value("the linker gave no image"));
+            }
+            // SAFETY: `size` bytes at `image`, the linker's output.
+            Ok(unsafe { std::slice::from_raw_parts(image as *const u8, size) }.to_vec())
+        })();
+        // SAFETY: the link state made above, destroyed once.
+        unsafe { destroy(state) };
+        linked.map(ByteBuf::from)
+    }
+
     fn array_destroy(&mut self, array: u64) -> Result<(), CuError> {
         if !self.arrays.contains_key(&array) {
             return Err(invalid_handle("array", array));

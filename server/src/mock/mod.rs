@@ -1489,6 +1489,18 @@ impl Api for MockSession {
         Ok(handle)
     }
 
+    fn link(
+        &mut self,
+        device: u32,
+        _inputs: Vec<xpupool_protocol::api::LinkInput>,
+    ) -> Result<ByteBuf, CuError> {
+        self.device(device)?;
+        Err(CuError::new(
+            code::NOT_SUPPORTED,
+            "linking cubins, objects or libraries needs a GPU's own linker; the mock runs PTX, which the client links itself",
+        ))
+    }
+
     fn array_destroy(&mut self, array: u64) -> Result<(), CuError> {
         self.healthy()?;
         let a = self

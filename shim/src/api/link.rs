@@ -1,29 +1,50 @@
 //! The JIT linker (`cuLinkCreate`, `cuLinkAddData`, `cuLinkAddFile`,
-//! `cuLinkComplete`, `cuLinkDestroy`) for PTX inputs: the inputs are joined into
-//! one PTX module (the first input's `.version`, `.target` and `.address_size`;
-//! the others' left out; an `.extern .func` another input defines becomes a plain
-//! declaration), which `cuModuleLoadData` takes and the server compiles (or, on
-//! the mock, interprets). Inputs of other kinds (cubin, fatbin, object,
-//! library) are refused with `CUDA_ERROR_NOT_SUPPORTED` for now.
+//! `cuLinkComplete`, `cuLinkDestroy`). PTX inputs (and the PTX of fatbin
+//! inputs) are joined here into one PTX module (the first input's `.version`,
+//! `.target` and `.address_size`; the others' left out; an `.extern .func`
+//! another input defines becomes a plain declaration), which `cuModuleLoadData`
+//! takes and the server compiles (or, on the mock, interprets). A link with
+//! cubin, object or library inputs (or a fatbin without PTX) is linked by the
+//! driver's own linker on the server ([`xpupool_protocol::Request::Link`]), which a GPU host has
+//! and the mock has not. NVVM inputs are refused (`CUDA_ERROR_NOT_SUPPORTED`).
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_uint, c_void};
 use std::sync::{Mutex, OnceLock};
 
+use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
+use xpupool_protocol::api::LinkInput;
+use xpupool_protocol::Calls;
 
 use crate::boundary::{c_str, export, put, Res};
-use crate::state::lock;
+use crate::state::{driver, fail, lock};
 
-/// One link in progress: the PTX inputs so far, and the joined module once done.
+/// One input of a link.
+enum Input {
+    Ptx(String),
+    /// A cubin, fatbin, object or library (`CUjitInputType`) for the server's linker.
+    Binary(CUjitInputType, Vec<u8>),
+}
+
+impl Input {
+    fn len(&self) -> usize {
+        match self {
+            Input::Ptx(text) => text.len(),
+            Input::Binary(_, bytes) => bytes.len(),
+        }
+    }
+}
+
+/// One link in progress: the inputs so far, and the linked image once done.
 #[derive(Default)]
 struct Link {
-    inputs: Vec<String>,
+    inputs: Vec<Input>,
     output: Option<Vec<u8>>,
 }
 
 /// Inputs one link may take, and their bytes, at most.
-const MAX_INPUTS: usize = 1024;
+const MAX_INPUTS: usize = xpupool_protocol::api::MAX_LINK_INPUTS;
 const MAX_BYTES: usize = 1 << 30;
 
 fn links() -> &'static Mutex<(HashMap<u64, Link>, u64)> {
@@ -31,28 +52,80 @@ fn links() -> &'static Mutex<(HashMap<u64, Link>, u64)> {
     LINKS.get_or_init(|| Mutex::new((HashMap::new(), 0x6c00_0000)))
 }
 
-fn add(state: CUlinkState, kind: CUjitInputType, bytes: &[u8]) -> Res {
-    if kind != CU_JIT_INPUT_PTX {
-        tracing::warn!(
-            kind,
-            "the JIT linker of xpupool takes PTX inputs only, so far"
-        );
-        return Err(CUDA_ERROR_NOT_SUPPORTED);
-    }
-    // PTX is text; a size may count its terminating NUL.
+/// PTX text: a size may count its terminating NUL.
+fn ptx_text(bytes: &[u8]) -> Res<String> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    let text = std::str::from_utf8(&bytes[..end]).map_err(|_| CUDA_ERROR_INVALID_PTX)?;
+    std::str::from_utf8(&bytes[..end])
+        .map(str::to_owned)
+        .map_err(|_| CUDA_ERROR_INVALID_PTX)
+}
+
+fn add(state: CUlinkState, kind: CUjitInputType, bytes: &[u8]) -> Res {
+    let input = match kind {
+        CU_JIT_INPUT_PTX => Input::Ptx(ptx_text(bytes)?),
+        // A fatbin's PTX links here (the newest it has); one without PTX goes
+        // to the server's linker whole.
+        CU_JIT_INPUT_FATBINARY => {
+            let entries =
+                xpupool_fatbin::parse_fatbin(bytes).map_err(|_| CUDA_ERROR_INVALID_IMAGE)?;
+            match xpupool_fatbin::best_ptx(&entries, u32::MAX) {
+                Some(ptx) => Input::Ptx(ptx_text(&ptx.data)?),
+                None => Input::Binary(kind, bytes.to_vec()),
+            }
+        }
+        CU_JIT_INPUT_CUBIN | CU_JIT_INPUT_OBJECT | CU_JIT_INPUT_LIBRARY => {
+            Input::Binary(kind, bytes.to_vec())
+        }
+        _ => {
+            tracing::warn!(kind, "the JIT linker of xpupool does not take NVVM inputs");
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+    };
     let mut table = lock(links());
     let link = table
         .0
         .get_mut(&(state as u64))
         .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    let so_far: usize = link.inputs.iter().map(String::len).sum();
-    if link.inputs.len() >= MAX_INPUTS || so_far + text.len() > MAX_BYTES {
+    let so_far: usize = link.inputs.iter().map(Input::len).sum();
+    if link.inputs.len() >= MAX_INPUTS || so_far + input.len() > MAX_BYTES {
         return Err(CUDA_ERROR_OUT_OF_MEMORY);
     }
-    link.inputs.push(text.to_owned());
+    link.inputs.push(input);
     Ok(())
+}
+
+/// The linked image of `inputs`: joined here if all are PTX, else by the
+/// server's linker for the current device.
+fn complete(inputs: &[Input]) -> Res<Vec<u8>> {
+    let texts: Option<Vec<String>> = inputs
+        .iter()
+        .map(|i| match i {
+            Input::Ptx(text) => Some(text.clone()),
+            Input::Binary(..) => None,
+        })
+        .collect();
+    if let Some(texts) = texts {
+        let mut bytes = join(&texts).into_bytes();
+        bytes.push(0);
+        return Ok(bytes);
+    }
+    let wire = inputs
+        .iter()
+        .map(|i| match i {
+            Input::Ptx(text) => LinkInput {
+                kind: CU_JIT_INPUT_PTX,
+                data: ByteBuf::from(text.as_bytes().to_vec()),
+            },
+            Input::Binary(kind, bytes) => LinkInput {
+                kind: *kind,
+                data: ByteBuf::from(bytes.clone()),
+            },
+        })
+        .collect();
+    let d = driver()?;
+    let device = d.current_device();
+    let image = d.conn.link(device as u32, wire).map_err(fail)?;
+    Ok(image.into_vec())
 }
 
 /// The inputs as one module: the first whole, the others without the directives
@@ -158,14 +231,23 @@ export! {
     fn cuLinkAddFile(state: CUlinkState, kind: CUjitInputType, path: *const c_char, _count: c_uint, _options: *mut CUjit_option, _values: *mut *mut c_void) { add_file(state, kind, path) }
 
     fn cuLinkComplete(state: CUlinkState, image: *mut *mut c_void, size: *mut usize) {
-        let mut table = lock(links());
-        let link = table.0.get_mut(&(state as u64)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-        if link.inputs.is_empty() {
+        if image.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        let mut bytes = join(&link.inputs).into_bytes();
-        bytes.push(0);
-        let output = link.output.insert(bytes);
+        let inputs = {
+            let mut table = lock(links());
+            let link = table.0.get_mut(&(state as u64)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            if link.inputs.is_empty() {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+            std::mem::take(&mut link.inputs)
+        };
+        // Linked without the table's lock: the server's linker may take a while.
+        let linked = complete(&inputs);
+        let mut table = lock(links());
+        let link = table.0.get_mut(&(state as u64)).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        link.inputs = inputs;
+        let output = link.output.insert(linked?);
         if !size.is_null() {
             put(size, output.len())?;
         }
@@ -196,5 +278,30 @@ mod tests {
         assert!(joined.contains(".extern .func vprintf"), "{joined}");
         assert_eq!(defined_functions(lib), ["add_seven"]);
         assert!(defined_functions(main).is_empty());
+    }
+
+    #[test]
+    fn fatbin_inputs_link_by_their_ptx_and_cubins_go_to_the_servers_linker() {
+        let mut state: CUlinkState = std::ptr::null_mut();
+        create(&mut state).unwrap();
+        let fatbin = include_bytes!("../../../fatbin/tests/fixtures/lz4.fatbin");
+        let cubin = include_bytes!("../../../fatbin/tests/fixtures/kernel.cubin");
+        add(state, CU_JIT_INPUT_FATBINARY, fatbin).unwrap();
+        add(state, CU_JIT_INPUT_CUBIN, cubin).unwrap();
+        assert_eq!(
+            add(state, CU_JIT_INPUT_NVVM, b"x"),
+            Err(CUDA_ERROR_NOT_SUPPORTED)
+        );
+        assert_eq!(
+            add(state, CU_JIT_INPUT_FATBINARY, b"not a fatbin"),
+            Err(CUDA_ERROR_INVALID_IMAGE)
+        );
+        let table = lock(links());
+        let link = &table.0[&(state as u64)];
+        assert_eq!(link.inputs.len(), 2);
+        assert!(matches!(&link.inputs[0], Input::Ptx(text) if text.contains(".entry")));
+        assert!(
+            matches!(&link.inputs[1], Input::Binary(CU_JIT_INPUT_CUBIN, bytes) if bytes.len() == cubin.len())
+        );
     }
 }
