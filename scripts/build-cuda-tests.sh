@@ -117,6 +117,15 @@ build_one() {  # build_one <kind> <source> <output>
             "$T/bin/ptxas" -arch=sm_90 -o /dev/null "$tmp.ptx" || { rm -f "$tmp" "$tmp.ptx"; return 1; }
         fi
         rm -f "$tmp.ptx"
+        # driver_api links PTX with a relocatable cubin of its library where a GPU
+        # host's linker can: made here, beside it (not executable, so not a test).
+        if [ "$(basename "$dst")" = driver_api ]; then
+            "$tmp" --print-link-lib >"$tmp.lib.ptx" \
+                && "$T/bin/ptxas" -arch=sm_90 -c -o "$(dirname "$dst")/link_lib.cubin" "$tmp.lib.ptx" \
+                || { rm -f "$tmp" "$tmp.lib.ptx"; return 1; }
+            chmod 644 "$(dirname "$dst")/link_lib.cubin"
+            rm -f "$tmp.lib.ptx"
+        fi
     fi
     mv -f "$tmp" "$dst"
 }

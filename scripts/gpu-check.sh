@@ -42,6 +42,11 @@ echo "notes the programs printed natively (error codes a real driver gives):"
 grep -h "^note:" "$out"/*.native.log 2>/dev/null | sort -u
 grep -h "^FAIL" "$out"/*.log 2>/dev/null | head -20
 echo "programs whose outcome differs: $differ"
+# The JIT linker with a relocatable cubin input (driver_api): natively, and through
+# the cuda backend, whose driver links it on the server.
+for side in native xpupool; do
+    echo "driver_api cubin link, $side: $(grep -h -e "relocatable cubin" -e "cubin link input" "$out/driver_api.$side.log" 2>/dev/null || echo "no line")"
+done
 
 echo "== train_small.py: native vs xpupool"
 timeout 240 "$python" "$root/tests/python/train_small.py" >"$out/train.native.json" 2>"$out/train.native.err" || tail -5 "$out/train.native.err"
