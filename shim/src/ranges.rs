@@ -293,6 +293,10 @@ pub(crate) fn place(
 mod tests {
     use super::*;
 
+    /// These tests map and unmap parts of the address space and check what is
+    /// free: one at a time, or one's mappings land in what another just freed.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     /// Whether one page at `address` can be mapped (is free) in this process.
     fn free_here(address: u64) -> bool {
         let ok = map_none(address, address + page()).is_ok();
@@ -302,23 +306,18 @@ mod tests {
         ok
     }
 
-    /// A stretch of this process's address space nothing uses: reserved, then given back.
+    /// A stretch of this process's address space nothing uses, far below where
+    /// the kernel places mappings made without an address (thread stacks of
+    /// other tests among them), so that nothing else lands in it meanwhile.
     fn spare(pages_wanted: u64) -> u64 {
-        let len = (pages_wanted * page()) as usize;
-        // SAFETY: a plain anonymous mapping, unmapped at once.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        unsafe { libc::munmap(p, len) };
-        p as u64
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0x5e00_0000_0000);
+        loop {
+            let base = NEXT.fetch_add((pages_wanted + 16) * page(), Ordering::Relaxed);
+            if (0..pages_wanted).all(|k| free_here(base + k * page())) {
+                return base;
+            }
+        }
     }
 
     #[test]
@@ -330,6 +329,7 @@ mod tests {
 
     #[test]
     fn ranges_are_reserved_while_any_range_on_their_pages_lives() {
+        let _serial = lock(&SERIAL);
         let p = page();
         let base = spare(16);
         let ranges = DeviceRanges::new(true);
@@ -358,6 +358,7 @@ mod tests {
 
     #[test]
     fn an_address_that_is_this_process_memory_is_refused_and_allocated_again() {
+        let _serial = lock(&SERIAL);
         let p = page();
         let base = spare(8);
         // This process's own memory at the first address the "server" gives.
@@ -392,6 +393,7 @@ mod tests {
 
     #[test]
     fn without_reservation_nothing_is_mapped() {
+        let _serial = lock(&SERIAL);
         let base = spare(2);
         let ranges = DeviceRanges::new(false);
         ranges.add(base, 100, true).unwrap();
