@@ -887,7 +887,15 @@ fn fault(address: u64) -> Fault {
                 .last()
                 .map_or(p + 1, |q| q + 1);
             region.last_end = end;
-            region.fetch(d, base, p..end)
+            // A copy back also reports an earlier posted operation's error; that
+            // one is not the page's, which a second try fetches (the error is
+            // logged, as the fault has no caller to return it to).
+            region.fetch(d, base, p..end).or_else(|code| {
+                tracing::warn!(
+                    "an error of earlier work (CUDA error {code}) came back with a managed-memory fault; fetching again"
+                );
+                region.fetch(d, base, p..end)
+            })
         }
         // A write to a page both sides agree on.
         Page::Shared => protect(page, ps, libc::PROT_READ | libc::PROT_WRITE).map(|()| {
