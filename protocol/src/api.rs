@@ -717,6 +717,17 @@ pub struct ArrayBox {
 }
 
 impl ArrayBox {
+    /// Bytes that the box spans in pitched memory (rows `pitch` bytes apart,
+    /// slices `slice_pitch`), from its first byte to its last; `None` past the
+    /// address space or for an empty box.
+    pub fn linear_span(&self, pitch: u64, slice_pitch: u64) -> Option<u64> {
+        let [width, rows, slices] = self.extent;
+        (slices.checked_sub(1)?)
+            .checked_mul(slice_pitch)?
+            .checked_add(rows.checked_sub(1)?.checked_mul(pitch)?)?
+            .checked_add(width)
+    }
+
     /// Bytes in the box, if they can be counted.
     pub fn bytes(&self) -> Option<u64> {
         self.extent[0]

@@ -79,7 +79,7 @@ fn gaps(start: u64, end: u64, covered: impl IntoIterator<Item = (u64, u64)>) -> 
     out
 }
 
-fn map_none(start: u64, end: u64) -> Result<(), Taken> {
+pub(crate) fn map_none(start: u64, end: u64) -> Result<(), Taken> {
     // SAFETY: an inaccessible anonymous mapping that replaces nothing
     // (MAP_FIXED_NOREPLACE); on failure nothing is mapped.
     let mapped = unsafe {

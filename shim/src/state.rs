@@ -573,27 +573,8 @@ fn reserve_device_range((start, end): (u64, u64)) -> bool {
     if end <= start {
         return false;
     }
-    // SAFETY: an anonymous PROT_NONE mapping that must not replace anything
-    // (MAP_FIXED_NOREPLACE); on failure nothing is mapped.
-    let mapped = unsafe {
-        libc::mmap(
-            start as *mut libc::c_void,
-            (end - start) as usize,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE
-                | libc::MAP_ANONYMOUS
-                | libc::MAP_NORESERVE
-                | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if mapped == libc::MAP_FAILED || mapped as u64 != start {
+    if crate::ranges::map_none(start, end).is_err() {
         tracing::warn!("could not reserve the device address range {start:#x}..{end:#x}; host and device pointers may alias");
-        if mapped != libc::MAP_FAILED {
-            // SAFETY: undoing the mapping just made at another address.
-            unsafe { libc::munmap(mapped, (end - start) as usize) };
-        }
         return false;
     }
     true

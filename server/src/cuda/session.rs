@@ -1032,10 +1032,8 @@ impl Api for CudaSession {
         {
             return Err(invalid_value("device rows or slices that overlap"));
         }
-        let span = (slices - 1)
-            .checked_mul(slice_pitch)
-            .and_then(|z| (rows - 1).checked_mul(pitch)?.checked_add(z))
-            .and_then(|o| o.checked_add(width))
+        let span = region
+            .linear_span(pitch, slice_pitch)
             .ok_or_else(|| invalid_value("a copy past the address space"))?;
         self.range(ptr, span)?;
         let mut p = copy_3d(&region);

@@ -345,12 +345,8 @@ pub(crate) fn before_request(request: &Request) -> Res {
             stream,
             ..
         } => {
-            let [width, rows, slices] = region.extent;
-            let span = slices
-                .saturating_sub(1)
-                .saturating_mul(slice_pitch)
-                .saturating_add(rows.saturating_sub(1).saturating_mul(pitch))
-                .saturating_add(width);
+            // A span past the address space touches everything from `ptr` on.
+            let span = region.linear_span(pitch, slice_pitch).unwrap_or(u64::MAX);
             let touch = if to_array {
                 Touch::Read(ptr, span)
             } else {

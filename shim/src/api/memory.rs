@@ -334,7 +334,9 @@ fn array_copy(
     }
     let d = driver()?;
     if side(base)? == Side::Device {
-        let span = linear_at(0, pitch, slice, [width, rows - 1, slices - 1])?;
+        let span = region
+            .linear_span(pitch, slice)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         device_span(base, span)?;
         let request = Request::MemcpyArrayDevice {
             array,
