@@ -18,7 +18,7 @@ mod common;
 use common::{params, ptx_image, SCALE_PTX};
 use serde_bytes::ByteBuf;
 use xpupool_client::{Connection, Settings};
-use xpupool_protocol::api::LaunchDims;
+use xpupool_protocol::api::{ArrayDesc, LaunchDims, TextureDesc, ARRAY_SURFACE_LDST};
 use xpupool_protocol::{code, Calls};
 use xpupool_server::cuda::CudaBackend;
 use xpupool_server::embedded::EmbeddedServer;
@@ -450,8 +450,47 @@ fn a_departed_clients_resources_are_freed() {
     };
     c.launch_kernel(module.functions[0].handle, dims, stream, params(out, 64, 2))
         .unwrap();
-    assert!(world().mock.used_memory() >= 4 << 20);
+    // An array, with a texture and a surface over it: the array's memory is
+    // on the mock too.
+    let array = c
+        .array_create(
+            0,
+            ArrayDesc {
+                width: 64,
+                height: 64,
+                depth: 0,
+                channel: 2,
+                bits: 32,
+                channels: 1,
+                flags: ARRAY_SURFACE_LDST,
+            },
+        )
+        .unwrap();
+    let over_array = TextureDesc {
+        address: 0,
+        dims: 2,
+        size: [64, 64, 1],
+        pitch: 0,
+        slice_pitch: 0,
+        channel: 2,
+        bits: 32,
+        channels: 1,
+        address_mode: [1; 3],
+        linear: false,
+        normalized_coords: false,
+        read_normalized: false,
+        border: [0.0; 4],
+        layered: false,
+        cubemap: false,
+        array,
+    };
+    c.tex_object_create(0, over_array.clone()).unwrap();
+    c.surf_object_create(0, over_array).unwrap();
+    assert!(world().mock.used_memory() >= (4 << 20) + 64 * 64 * 4);
     c.close();
     drop(c);
-    mock_memory_settles_at(0, "allocations and module variables are freed");
+    mock_memory_settles_at(
+        0,
+        "allocations, module variables and arrays (after the texture and surface over one) are freed",
+    );
 }

@@ -1547,15 +1547,28 @@ impl Drop for CudaSession {
             }
         }
         self.functions.clear();
-        for (address, _) in std::mem::take(&mut self.allocations) {
-            // SAFETY: an allocation of this session, freed once.
-            failures.push(unsafe { (d.cuMemFree_v2)(address) });
-        }
+        // Texture and surface objects, before the memory and arrays they read.
         for texture in std::mem::take(&mut self.textures) {
             if let Some(destroy) = d.cuTexObjectDestroy {
                 // SAFETY: a texture object of this session, destroyed once.
                 failures.push(unsafe { destroy(texture) });
             }
+        }
+        for surface in std::mem::take(&mut self.surfaces) {
+            if let Some(destroy) = d.cuSurfObjectDestroy {
+                // SAFETY: a surface object of this session, destroyed once.
+                failures.push(unsafe { destroy(surface) });
+            }
+        }
+        for (array, _) in std::mem::take(&mut self.arrays) {
+            if let Some(destroy) = d.cuArrayDestroy {
+                // SAFETY: an array of this session, destroyed once.
+                failures.push(unsafe { destroy(array as xpupool_cuda_types::CUarray) });
+            }
+        }
+        for (address, _) in std::mem::take(&mut self.allocations) {
+            // SAFETY: an allocation of this session, freed once.
+            failures.push(unsafe { (d.cuMemFree_v2)(address) });
         }
         for (address, _) in std::mem::take(&mut self.opened) {
             if let Some(close) = d.cuIpcCloseMemHandle {
