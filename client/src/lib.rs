@@ -760,6 +760,16 @@ impl Connection {
         Ok(())
     }
 
+    /// Keeps `error` to be reported at the next synchronising call, as an
+    /// error of posted work is: for a caller that took such an error back where
+    /// nobody could be told of it. An error kept already stays (it came first).
+    pub fn defer(&self, error: CuError) {
+        let mut guard = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pipe) = guard.as_mut() {
+            pipe.deferred.get_or_insert(error);
+        }
+    }
+
     /// What this connection has sent so far.
     pub fn stats(&self) -> Stats {
         Stats {

@@ -644,10 +644,11 @@ impl ArrayDesc {
         u64::from(self.bits / 8) * u64::from(self.channels)
     }
 
-    /// Row bytes, rows and slices: the array's whole box.
+    /// Row bytes, rows and slices: the array's whole box (saturating, for a
+    /// description not [`check`](Self::check)ed yet).
     pub fn extent(&self) -> [u64; 3] {
         [
-            self.width * self.texel_bytes(),
+            self.width.saturating_mul(self.texel_bytes()),
             self.height.max(1),
             self.depth.max(1),
         ]

@@ -936,6 +936,8 @@ impl Session for TenantSession {
             }
             Request::ArrayCreate { device, desc } => {
                 let host = self.host_device(device)?;
+                desc.check()
+                    .map_err(|why| CuError::new(code::INVALID_VALUE, why))?;
                 let charge = desc
                     .footprint()
                     .and_then(allocation_charge)

@@ -295,6 +295,44 @@ fn operations_sent_without_waiting_report_errors_at_the_next_synchronisation() {
 }
 
 #[test]
+fn an_error_taken_back_where_it_cannot_be_reported_is_kept_for_the_next_synchronisation() {
+    let f = fixture(64 << 20);
+    let c = f.connect();
+    let out = c.mem_alloc(0, 4096).unwrap();
+    let dims = LaunchDims {
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        shared_bytes: 0,
+    };
+    c.post(xpupool_protocol::Request::LaunchKernel {
+        function: 0xdead,
+        dims,
+        stream: 0,
+        params: params(out, 32, 1),
+    })
+    .unwrap();
+    // A copy back (as a managed-memory fault makes) brings the launch's error.
+    let taken = c.memcpy_dtoh(out, 16, 0).unwrap_err();
+    assert_eq!(taken.code, code::INVALID_HANDLE);
+    assert!(
+        c.memcpy_dtoh(out, 16, 0).is_ok(),
+        "the second try is the copy's own"
+    );
+    c.defer(taken);
+    c.defer(xpupool_protocol::CuError::new(code::UNKNOWN, "later"));
+    assert!(
+        c.mem_alloc(0, 4096).is_ok(),
+        "a non-synchronising call keeps its own result"
+    );
+    assert_eq!(
+        c.synchronize().unwrap_err().code,
+        code::INVALID_HANDLE,
+        "the first error kept comes out at the sync"
+    );
+    c.synchronize().expect("reported once");
+}
+
+#[test]
 fn many_operations_sent_without_waiting_arrive_in_order() {
     let f = fixture(64 << 20);
     let c = f.connect();

@@ -223,8 +223,22 @@ impl DeviceRanges {
 
     /// Forgets the range at `base` if `cuMemFree` may take it.
     pub(crate) fn remove_freeable(&self, base: u64) -> bool {
-        let freeable = matches!(lock(&self.inner).ranges.get(&base), Some(&(_, true)));
-        freeable && self.remove(base).is_some()
+        self.remove_kind(base, true).is_some()
+    }
+
+    /// Forgets the range at `base` if it is of the kind asked for (`freeable`
+    /// or not), in one step that another thread cannot come between: its size.
+    pub(crate) fn remove_kind(&self, base: u64, freeable: bool) -> Option<u64> {
+        let mut inner = lock(&self.inner);
+        let &(size, kind) = inner.ranges.get(&base)?;
+        if kind != freeable {
+            return None;
+        }
+        inner.ranges.remove(&base);
+        if self.reserve {
+            inner.release(base, size);
+        }
+        Some(size)
     }
 
     /// Reserves an address reservation's range (`cuMemAddressReserve`).
@@ -237,14 +251,18 @@ impl DeviceRanges {
         Ok(())
     }
 
-    /// Gives an address reservation's range back (`cuMemAddressFree`).
-    pub(crate) fn release_hold(&self, start: u64) {
+    /// Gives back the reservation of `size` bytes at `start` (`cuMemAddressFree`),
+    /// if there is one: whether there was.
+    pub(crate) fn take_hold(&self, start: u64, size: u64) -> bool {
         let mut inner = lock(&self.inner);
-        if let Some(size) = inner.holds.remove(&start) {
-            if self.reserve {
-                inner.release(start, size);
-            }
+        if inner.holds.get(&start) != Some(&size) {
+            return false;
         }
+        inner.holds.remove(&start);
+        if self.reserve {
+            inner.release(start, size);
+        }
+        true
     }
 
     /// The range containing `address`: (base, size).
@@ -350,7 +368,12 @@ mod tests {
             !ranges.remove_freeable(base + 4 * p),
             "not one cuMemFree takes"
         );
-        assert!(ranges.remove(base + 4 * p).is_some());
+        assert!(!free_here(base + 4 * p), "and it stays");
+        assert_eq!(
+            ranges.remove_kind(base + 4 * p, false),
+            Some(2 * p),
+            "what cuIpcCloseMemHandle takes"
+        );
         assert!(free_here(base + 4 * p) && free_here(base + 5 * p));
         ranges.remove(base + p + 200);
         assert!(free_here(base + p));
@@ -386,8 +409,14 @@ mod tests {
         ranges.add(hold + p, p, false).unwrap();
         ranges.remove(hold + p);
         assert!(!free_here(hold + p), "still held");
-        ranges.release_hold(hold);
+        assert!(
+            !ranges.take_hold(hold, 3 * p),
+            "a size not the hold's is refused"
+        );
+        assert!(!free_here(hold), "and the hold stays");
+        assert!(ranges.take_hold(hold, 4 * p));
         assert!(free_here(hold) && free_here(hold + 3 * p));
+        assert!(!ranges.take_hold(hold, 4 * p), "given back once");
         unmap(base + 2 * p, base + 3 * p);
     }
 

@@ -3,7 +3,8 @@
 // memsets into and out of it; pointer attributes; a large array read sequentially and
 // sparsely; memory attached to one stream; prefetches and advice read back; a captured
 // graph over it; host threads reading it at once; many allocations made and freed; an
-// allocation larger than the device refused.
+// allocation larger than the device refused; the program's own SIGSEGV handler still
+// gets the faults that are not managed memory's, again after it leaves by siglongjmp.
 //   managed          the checks above
 //   managed cost     what it costs, against explicit copies of the same bytes (prints
 //                    figures; no checks)
@@ -11,6 +12,9 @@
 #include "check.cuh"
 
 #include <chrono>
+#include <csetjmp>
+#include <csignal>
+#include <sys/mman.h>
 #include <thread>
 #include <vector>
 
@@ -168,6 +172,18 @@ static void attached() {
         if (mine[i] != 4 * i) { fail("attached, second round: [%d] = %d", i, mine[i]); break; }
         if (shared[i] != 3) { fail("global, second round: [%d] = %d", i, shared[i]); break; }
     }
+    // Memory attached to a stream that is destroyed goes back to what its
+    // allocation gave it: `shared` is global again, so t's kernels see it.
+    cudaStream_t u;
+    CHECK(cudaStreamCreateWithFlags(&u, cudaStreamNonBlocking));
+    CHECK(cudaStreamAttachMemAsync(u, shared, 0, cudaMemAttachSingle));
+    CHECK(cudaStreamSynchronize(u));
+    CHECK(cudaStreamDestroy(u));
+    for (int i = 0; i < n; ++i) shared[i] = i;
+    add<<<blocks(n), 256, 0, t>>>(shared, n, 5);
+    CHECK(cudaStreamSynchronize(t));
+    for (int i = 0; i < n; ++i)
+        if (shared[i] != i + 5) { fail("attached to a destroyed stream: [%d] = %d", i, shared[i]); break; }
     // Attaching to the legacy stream alone is refused.
     expect_true(cudaStreamAttachMemAsync(0, mine, 0, cudaMemAttachSingle) == cudaErrorInvalidValue,
                 "attach single to the NULL stream refused");
@@ -245,6 +261,24 @@ static void graph() {
         for (int i = 0; i < n; ++i)
             if (p[i] != 2 * (i + round + 2)) { fail("graph round %d: [%d] = %d", round, i, p[i]); break; }
     }
+    CHECK(cudaGraphExecDestroy(exec));
+    CHECK(cudaGraphDestroy(g));
+    // A host node between two kernels changes what the second one reads.
+    struct Scale { int *p; int n; } scale{p, n};
+    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    add<<<blocks(n), 256, 0, s>>>(p, n, 1);
+    CHECK(cudaLaunchHostFunc(s, [](void *arg) {
+        Scale *k = static_cast<Scale *>(arg);
+        for (int i = 0; i < k->n; ++i) k->p[i] *= 10;
+    }, &scale));
+    add<<<blocks(n), 256, 0, s>>>(p, n, 5);
+    CHECK(cudaStreamEndCapture(s, &g));
+    CHECK(cudaGraphInstantiate(&exec, g, 0));
+    for (int i = 0; i < n; ++i) p[i] = i;
+    CHECK(cudaGraphLaunch(exec, s));
+    CHECK(cudaStreamSynchronize(s));
+    for (int i = 0; i < n; ++i)
+        if (p[i] != (i + 1) * 10 + 5) { fail("graph with a host node: [%d] = %d", i, p[i]); break; }
     CHECK(cudaGraphExecDestroy(exec));
     CHECK(cudaGraphDestroy(g));
     CHECK(cudaFree(p));
@@ -386,6 +420,52 @@ static int cost() {
     return 0;
 }
 
+static sigjmp_buf probe_env;
+static volatile sig_atomic_t probe_faults = 0;
+
+static void probe_handler(int, siginfo_t *, void *) {
+    probe_faults = probe_faults + 1;
+    siglongjmp(probe_env, 1);
+}
+
+// Whether reading `at` faults, as a program that probes memory finds out.
+static bool faults(const volatile int *at) {
+    if (sigsetjmp(probe_env, 1) != 0) return true;
+    (void)*at;
+    return false;
+}
+
+// The program's handler was there before managed memory put its own in front:
+// faults that are not managed memory's reach it, every time, on a page mapped
+// without access and on an unmapped address alike.
+static void foreign_faults() {
+    struct sigaction mine = {}, before = {};
+    mine.sa_sigaction = probe_handler;
+    mine.sa_flags = SA_SIGINFO;
+    sigemptyset(&mine.sa_mask);
+    CHECK(sigaction(SIGSEGV, &mine, &before) == 0 ? cudaSuccess : cudaErrorUnknown);
+    int *p = nullptr;
+    CHECK(cudaMallocManaged(&p, 1 << 16));
+    void *guard = mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    expect_true(guard != MAP_FAILED, "a guard page is mapped");
+    const int *unmapped = reinterpret_cast<const int *>(16);
+    int seen = 0;
+    for (int round = 0; round < 3; ++round) {
+        seen += faults(static_cast<const int *>(guard));
+        seen += faults(unmapped);
+        // Managed memory still works between them.
+        p[round] = round + 1;
+        touch<<<1, 1>>>(p + round);
+        CHECK_LAUNCH();
+        if (p[round] != round + 2) fail("managed memory between probes: %d", p[round]);
+    }
+    if (seen != 6 || probe_faults != 6)
+        fail("the program's handler got %d of 6 foreign faults (%d calls)", seen, (int)probe_faults);
+    munmap(guard, 4096);
+    CHECK(cudaFree(p));
+    sigaction(SIGSEGV, &before, nullptr);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "cost") == 0) return cost();
     int managed = 0, concurrent = -1;
@@ -401,6 +481,7 @@ int main(int argc, char **argv) {
     graph();
     threads();
     churn();
+    foreign_faults();
     figures();
     printf("managed memory checked (concurrentManagedAccess %d)\n", concurrent);
     return finish();

@@ -1028,7 +1028,11 @@ impl Api for CudaSession {
         // The driver counts slices in rows of `pitch`.
         if (rows > 1 && pitch < width)
             || (slices > 1
-                && (pitch == 0 || !slice_pitch.is_multiple_of(pitch) || slice_pitch < pitch * rows))
+                && (pitch == 0
+                    || !slice_pitch.is_multiple_of(pitch)
+                    || pitch
+                        .checked_mul(rows)
+                        .is_none_or(|rows| slice_pitch < rows)))
         {
             return Err(invalid_value("device rows or slices that overlap"));
         }

@@ -976,13 +976,16 @@ fn launch(exec: CUgraphExec, stream: u64) -> Res {
             Segment::Host(op) => (None, Some(*op)),
         })
         .collect();
-    super::managed::before(super::managed::Touch::Launch, stream)?;
     for segment in segments {
         match segment {
-            (Some(graph), _) => d
-                .conn
-                .post(Request::GraphLaunch { graph, stream })
-                .map_err(fail)?,
+            // Before each server segment: a host segment before it (a host
+            // function) may have written managed memory the kernels read.
+            (Some(graph), _) => {
+                super::managed::before(super::managed::Touch::Launch, stream)?;
+                d.conn
+                    .post(Request::GraphLaunch { graph, stream })
+                    .map_err(fail)?
+            }
             (_, Some(op)) => op.run(stream)?,
             _ => {}
         }

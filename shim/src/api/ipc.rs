@@ -56,9 +56,17 @@ export! {
 
     fn cuIpcCloseMemHandle(ptr: CUdeviceptr) {
         let d = driver()?;
-        d.conn.ipc_close_mem_handle(ptr).map_err(fail)?;
-        d.device_ranges.remove(ptr);
-        Ok(())
+        // Forgotten here first (only an opened range: not an allocation), as
+        // once the server has closed it the address may come back for another.
+        let size = d
+            .device_ranges
+            .remove_kind(ptr, false)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        d.conn.ipc_close_mem_handle(ptr).map_err(|e| {
+            // Still open on the server: recorded again.
+            d.device_ranges.add_given(ptr, size, false);
+            fail(e)
+        })
     }
 
     fn cuIpcGetEventHandle(out: *mut CUipcEventHandle, event: CUevent) {

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use xpupool_cuda_types::*;
-use xpupool_protocol::{Calls, Request};
+use xpupool_protocol::{Calls, CuError, Request};
 
 use crate::boundary::{export, put, Res};
 use crate::state::{driver, fail, lock, stream_arg, Driver};
@@ -119,6 +119,9 @@ struct Region {
     pages: Vec<Page>,
     hints: Vec<Hints>,
     attach: Attach,
+    /// What the allocation's flags gave: where `attach` goes back to when the
+    /// stream it was attached to is destroyed.
+    allocated: Attach,
     /// Where the last fetch ended, and how far the next one reaches.
     last_end: usize,
     window: usize,
@@ -488,6 +491,7 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> Res {
     let ps = page_size();
     let span = bytes
         .checked_next_multiple_of(ps)
+        .filter(|span| span.checked_add(ps).is_some())
         .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
     let (start, end) = d.conn.welcome.device_address_range;
     // The server's allocation, with a page to spare so that a page boundary lies
@@ -540,6 +544,11 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> Res {
         return Err(fail(e));
     }
     let pages = span / ps;
+    let allocated = if flags == CU_MEM_ATTACH_HOST {
+        Attach::Host
+    } else {
+        Attach::Global
+    };
     lock(regions()).insert(
         address,
         Region {
@@ -550,11 +559,8 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> Res {
             in_reservation,
             pages: vec![Page::Shared; pages],
             hints: vec![NO_HINTS; pages],
-            attach: if flags == CU_MEM_ATTACH_HOST {
-                Attach::Host
-            } else {
-                Attach::Global
-            },
+            attach: allocated,
+            allocated,
             last_end: usize::MAX,
             window: FIRST_WINDOW,
             figures: Figures::default(),
@@ -751,6 +757,19 @@ fn attach(stream: u64, address: u64, len: usize, flags: c_uint) -> Res {
     Ok(())
 }
 
+/// A stream is destroyed: memory attached to it alone goes back to the
+/// visibility its allocation gave it.
+pub(crate) fn stream_destroyed(stream: u64) {
+    if LIVE.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    for region in lock(regions()).values_mut() {
+        if region.attach == Attach::Single(stream) {
+            region.attach = region.allocated;
+        }
+    }
+}
+
 // ---- the page fault handler ----
 
 /// The SIGSEGV action that was there before ours, to pass on faults that are
@@ -761,15 +780,20 @@ fn previous_action() -> &'static Mutex<Option<libc::sigaction>> {
 }
 
 thread_local! {
-    /// Set while this thread runs the previous handler, which may pass the fault
-    /// back to ours.
-    static PASSING_ON: Cell<bool> = const { Cell::new(false) };
+    /// While this thread runs the previous handler: where `on_fault`'s frame was
+    /// on the stack, 0 otherwise. A call back into ours from deeper down is the
+    /// previous handler handing the fault back; one from at or above it is a new
+    /// fault after that handler left by `siglongjmp`, which never cleared it.
+    static PASSING_ON: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Puts our SIGSEGV handler first, passing what is not ours to the handler it
 /// replaces. Checked at each allocation: a runtime that installs its own later
-/// (Python's faulthandler, a JVM) is put behind ours again.
+/// (Python's faulthandler, a JVM) is put behind ours again. The look and the
+/// install happen under one lock, so two threads allocating at once cannot
+/// save our own handler as the one to pass faults on to.
 fn install_fault_handler() -> Res {
+    let mut saved = lock(previous_action());
     // SAFETY: sigaction with valid, fully initialised structures.
     unsafe {
         let mut current: libc::sigaction = std::mem::zeroed();
@@ -789,7 +813,9 @@ fn install_fault_handler() -> Res {
             );
             return Err(CUDA_ERROR_NOT_SUPPORTED);
         }
-        *lock(previous_action()) = Some(previous);
+        if previous.sa_sigaction != on_fault as *const () as usize {
+            *saved = Some(previous);
+        }
     }
     Ok(())
 }
@@ -803,9 +829,18 @@ enum Fault {
 extern "C" fn on_fault(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     // SAFETY: the kernel passes a valid siginfo for SIGSEGV.
     let address = unsafe { (*info).si_addr() } as u64;
-    match std::panic::catch_unwind(|| fault(address)).unwrap_or(Fault::NotOurs) {
+    // A fault on a page mapped without access (SEGV_ACCERR) can be managed
+    // memory's; one on an unmapped address (SEGV_MAPERR) never is.
+    // SAFETY: as above.
+    let ours = unsafe { (*info).si_code } == SEGV_ACCERR;
+    let outcome = if ours {
+        std::panic::catch_unwind(|| fault(address)).unwrap_or(Fault::NotOurs)
+    } else {
+        Fault::NotOurs
+    };
+    match outcome {
         Fault::Handled => {}
-        Fault::NotOurs => pass_on(signal, info, context),
+        Fault::NotOurs => pass_on(signal, info, context, &address as *const u64 as usize),
         Fault::Failed(reason) => {
             let message = format!(
                 "xpupool: managed memory at {address:#x} could not be fetched from the server ({reason}); the program cannot go on\n"
@@ -823,19 +858,42 @@ fn default_action() {
     unsafe { libc::signal(libc::SIGSEGV, libc::SIG_DFL) };
 }
 
-fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
-    let previous = *lock(previous_action());
+/// `si_code` of a fault on a mapped page the access is not allowed to.
+const SEGV_ACCERR: c_int = 2;
+
+/// Calls the handler ours replaced, as the kernel would have: with its mask
+/// blocked, and reset first where it asked for `SA_RESETHAND`. `here` is an
+/// address in `on_fault`'s frame. (Its `SA_ONSTACK` is not honoured: it runs on
+/// whatever stack ours runs on.)
+fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void, here: usize) {
+    let previous = {
+        let mut saved = lock(previous_action());
+        let previous = *saved;
+        if let Some(p) = saved
+            .as_mut()
+            .filter(|p| p.sa_flags & libc::SA_RESETHAND != 0)
+        {
+            p.sa_sigaction = libc::SIG_DFL;
+        }
+        previous
+    };
     let Some(previous) = previous else {
         return default_action();
     };
     let handler = previous.sa_sigaction;
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN || PASSING_ON.get() {
+    let outer = PASSING_ON.get();
+    // The stack grows down: a frame below the one that passed the fault on is
+    // that handler calling back into ours.
+    let handed_back = outer != 0 && here < outer;
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN || handed_back {
         return default_action();
     }
-    PASSING_ON.set(true);
+    PASSING_ON.set(here);
     // SAFETY: the handler the process had installed, called as the kernel would
-    // have called it.
+    // have called it, under the mask it asked for (sigprocmask with valid sets).
     unsafe {
+        let mut before: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &previous.sa_mask, &mut before);
         if previous.sa_flags & libc::SA_SIGINFO != 0 {
             let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
                 std::mem::transmute(handler);
@@ -844,8 +902,9 @@ fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
             let f: extern "C" fn(c_int) = std::mem::transmute(handler);
             f(signal);
         }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
     }
-    PASSING_ON.set(false);
+    PASSING_ON.set(0);
 }
 
 /// Serves a host access to a managed page: a page on the device is fetched
@@ -884,13 +943,19 @@ fn fault(address: u64) -> Fault {
                 .map_or(p + 1, |q| q + 1);
             region.last_end = end;
             // A copy back also reports an earlier posted operation's error; that
-            // one is not the page's, which a second try fetches (the error is
-            // logged, as the fault has no caller to return it to).
+            // one is not the page's, which a second try fetches. The fault has
+            // no caller to return it to: it is kept for the next synchronising
+            // call, where it would have come out.
             region.fetch(d, base, p..end).or_else(|code| {
-                tracing::warn!(
+                tracing::debug!(
                     "an error of earlier work (CUDA error {code}) came back with a managed-memory fault; fetching again"
                 );
-                region.fetch(d, base, p..end)
+                region.fetch(d, base, p..end)?;
+                d.conn.defer(CuError::new(
+                    code,
+                    "an earlier operation failed (reported after a managed-memory fault)",
+                ));
+                Ok(())
             })
         }
         // A write to a page both sides agree on.

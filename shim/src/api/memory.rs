@@ -5,7 +5,7 @@ use std::ffi::{c_uint, c_void};
 
 use serde_bytes::ByteBuf;
 use xpupool_cuda_types::*;
-use xpupool_protocol::api::ArrayBox;
+use xpupool_protocol::api::{ArrayBox, ArrayDesc};
 use xpupool_protocol::{Calls, Request};
 
 use crate::boundary::{export, put, Res};
@@ -235,8 +235,8 @@ enum Place {
     /// Host or device memory: where (0, 0, 0) is, and the bytes from one row to
     /// the next and from one slice to the next.
     Linear(u64, u64, u64),
-    /// An array (the server's handle).
-    Array(u64),
+    /// An array: the server's handle, and its description.
+    Array(u64, ArrayDesc),
 }
 
 fn copy_side(
@@ -249,11 +249,19 @@ fn copy_side(
 ) -> Res<Place> {
     let (pitch, height) = (pitch as u64, height as u64);
     match memory_type {
-        CU_MEMORYTYPE_HOST => Ok(Place::Linear(host as u64, pitch, pitch * height)),
-        CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => {
-            Ok(Place::Linear(device, pitch, pitch * height))
+        CU_MEMORYTYPE_HOST | CU_MEMORYTYPE_DEVICE | CU_MEMORYTYPE_UNIFIED => {
+            let slice = pitch.checked_mul(height).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+            let base = if memory_type == CU_MEMORYTYPE_HOST {
+                host as u64
+            } else {
+                device
+            };
+            Ok(Place::Linear(base, pitch, slice))
         }
-        CU_MEMORYTYPE_ARRAY => Ok(Place::Array(super::texture::array(array)?.server)),
+        CU_MEMORYTYPE_ARRAY => {
+            let a = super::texture::array(array)?;
+            Ok(Place::Array(a.server, a.wire()?))
+        }
         _ => Err(CUDA_ERROR_INVALID_VALUE),
     }
 }
@@ -282,6 +290,14 @@ fn copy_places(
         return Ok(());
     }
     let [width, height, depth] = extent;
+    // A box outside an array is refused here, before any piece is sent.
+    for (place, at) in [(dst, dst_at), (src, src_at)] {
+        if let Place::Array(_, desc) = place {
+            if !desc.holds(&ArrayBox { at, extent }) {
+                return Err(CUDA_ERROR_INVALID_VALUE);
+            }
+        }
+    }
     match (dst, src) {
         (Place::Linear(d, dp, ds), Place::Linear(s, sp, ss)) => copy_box(
             (linear_at(d, dp, ds, dst_at)?, dp, ds),
@@ -291,21 +307,21 @@ fn copy_places(
             depth,
             stream,
         ),
-        (Place::Array(array), Place::Linear(s, sp, ss)) => array_copy(
+        (Place::Array(array, _), Place::Linear(s, sp, ss)) => array_copy(
             array,
             ArrayBox { at: dst_at, extent },
             (linear_at(s, sp, ss, src_at)?, sp, ss),
             true,
             stream,
         ),
-        (Place::Linear(d, dp, ds), Place::Array(array)) => array_copy(
+        (Place::Linear(d, dp, ds), Place::Array(array, _)) => array_copy(
             array,
             ArrayBox { at: src_at, extent },
             (linear_at(d, dp, ds, dst_at)?, dp, ds),
             false,
             stream,
         ),
-        (Place::Array(dst), Place::Array(src)) => {
+        (Place::Array(dst, _), Place::Array(src, _)) => {
             let request = Request::MemcpyArrayArray {
                 dst,
                 dst_at,
@@ -329,7 +345,8 @@ fn array_copy(
     stream: u64,
 ) -> Res {
     let [width, rows, slices] = region.extent;
-    if (rows > 1 && width > pitch) || (slices > 1 && slice < pitch * rows) {
+    let rows_span = pitch.checked_mul(rows).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    if (rows > 1 && width > pitch) || (slices > 1 && slice < rows_span) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let d = driver()?;
@@ -521,7 +538,7 @@ fn array_row(array: CUarray, offset: usize) -> Res<(Place, [u64; 3])> {
     if a.desc.Height > 1 || a.desc.Depth > 1 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    Ok((Place::Array(a.server), [offset as u64, 0, 0]))
+    Ok((Place::Array(a.server, a.wire()?), [offset as u64, 0, 0]))
 }
 
 /// A 1-D copy with an array on one side or both.

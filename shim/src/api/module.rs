@@ -54,15 +54,23 @@ fn load_file(out: *mut CUmodule, path: *const c_char) -> Res {
 fn unload(module: usize) -> Res {
     let d = driver()?;
     let m = d.modules.get(module)?;
+    // Its variables are forgotten here first: once the server has unloaded it,
+    // their addresses may come back for another allocation.
+    let globals: Vec<(u64, u64)> = lock(&m.globals)
+        .values()
+        .filter_map(|g| Some((g.address, d.device_ranges.remove(g.address)?.0)))
+        .collect();
     for loaded in m.all_loaded() {
-        d.conn.module_unload(loaded.server).map_err(fail)?;
+        if let Err(e) = d.conn.module_unload(loaded.server) {
+            for &(address, size) in &globals {
+                d.device_ranges.add_given(address, size, false);
+            }
+            return Err(fail(e));
+        }
     }
     d.modules.remove(module)?;
     for &f in lock(&m.kernels).values() {
         let _ = d.functions.remove(f);
-    }
-    for g in lock(&m.globals).values() {
-        d.device_ranges.remove(g.address);
     }
     Ok(())
 }

@@ -281,6 +281,7 @@ export! {
         d.conn.stream_destroy(stream as u64).map_err(fail)?;
         lock(&d.streams).remove(&(stream as u64));
         lock(attributes()).retain(|(s, _), _| *s != stream as u64);
+        super::managed::stream_destroyed(stream as u64);
         Ok(())
     }
 

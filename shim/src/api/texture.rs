@@ -29,6 +29,11 @@ pub(crate) struct Array {
 }
 
 impl Array {
+    /// Its description as the protocol has it.
+    pub(crate) fn wire(&self) -> Res<ArrayDesc> {
+        wire_desc(&self.desc).ok_or(CUDA_ERROR_INVALID_VALUE)
+    }
+
     fn layered(&self) -> bool {
         self.desc.Flags & CUDA_ARRAY3D_LAYERED != 0
     }
@@ -84,17 +89,10 @@ pub(crate) fn array(handle: CUarray) -> Res<Array> {
         .ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
-/// `cuArray3DCreate`. Layers are the depth: of 1-D layers (no height) or 2-D
-/// ones; a cubemap's six square faces too, six per layer when layered
-/// ([`ArrayDesc::check`], which the server applies as well).
-fn create(out: *mut CUarray, desc: CUDA_ARRAY3D_DESCRIPTOR) -> Res {
-    if out.is_null() {
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
-    let (channel, bits) = array_format_parts(desc.Format).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    let d = driver()?;
-    let device = d.current_context()?.device;
-    let wire = ArrayDesc {
+/// The description the protocol carries; `None` for a format it has not.
+fn wire_desc(desc: &CUDA_ARRAY3D_DESCRIPTOR) -> Option<ArrayDesc> {
+    let (channel, bits) = array_format_parts(desc.Format)?;
+    Some(ArrayDesc {
         width: desc.Width as u64,
         height: desc.Height as u64,
         depth: desc.Depth as u64,
@@ -102,8 +100,20 @@ fn create(out: *mut CUarray, desc: CUDA_ARRAY3D_DESCRIPTOR) -> Res {
         bits,
         channels: u8::try_from(desc.NumChannels).unwrap_or(0),
         flags: desc.Flags,
-    };
+    })
+}
+
+/// `cuArray3DCreate`. Layers are the depth: of 1-D layers (no height) or 2-D
+/// ones; a cubemap's six square faces too, six per layer when layered
+/// ([`ArrayDesc::check`], which the server applies as well).
+fn create(out: *mut CUarray, desc: CUDA_ARRAY3D_DESCRIPTOR) -> Res {
+    if out.is_null() {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let wire = wire_desc(&desc).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     wire.check().map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    let d = driver()?;
+    let device = d.current_context()?.device;
     let server = d.conn.array_create(device as u32, wire).map_err(fail)?;
     let array = Array {
         server,

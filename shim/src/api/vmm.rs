@@ -143,9 +143,18 @@ export! {
 
     fn cuMemAddressFree(ptr: CUdeviceptr, size: usize) {
         let d = driver()?;
-        d.conn.mem_address_free(ptr, size as u64).map_err(fail)?;
-        d.device_ranges.release_hold(ptr);
-        Ok(())
+        // Forgotten here first: once the server has it back, another thread's
+        // reservation may get the same addresses.
+        if !d.device_ranges.take_hold(ptr, size as u64) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        d.conn.mem_address_free(ptr, size as u64).map_err(|e| {
+            // Still the server's reservation: held here again.
+            if d.device_ranges.hold(ptr, size as u64).is_err() {
+                tracing::warn!("address reservation at {ptr:#x} kept by the server, no longer held here");
+            }
+            fail(e)
+        })
     }
 
     fn cuMemCreate(handle: *mut CUmemGenericAllocationHandle, size: usize, prop: *const CUmemAllocationProp, flags: u64) {
