@@ -50,42 +50,255 @@ impl Flags {
 pub struct Operation {
     /// The method name (`mem_alloc`).
     pub name: &'static str,
+    /// Its number on the wire.
+    pub id: u32,
     /// What its declaration says.
     pub flags: Flags,
 }
 
-/// Declares the API: one line per operation, `fn name(args) -> Ret = Variant;`,
-/// optionally followed by its [`Flags`] in brackets: `= Variant [POSTED];`.
+/// An argument of a request that names something of the session's, or carries
+/// its bytes, as the declarations mark it ([`Request::for_each_arg`]).
+#[derive(Debug)]
+pub enum Arg<'a> {
+    /// A device, as the client numbers them.
+    Device(&'a mut u32),
+    /// A device address.
+    Address(&'a mut u64),
+    /// A stream (0, 1 and 2 the default streams).
+    Stream(&'a mut u64),
+    /// A function.
+    Function(&'a mut u64),
+    /// Another handle: what it is a handle of, and it.
+    Handle(&'static str, &'a mut u64),
+    /// Bytes the request carries to the server.
+    Data(&'a mut ByteBuf),
+}
+
+/// Whether no two operations have one wire id (checked as the API compiles).
+const fn ids_are_unique(operations: &[Operation]) -> bool {
+    let mut i = 0;
+    while i < operations.len() {
+        let mut j = i + 1;
+        while j < operations.len() {
+            if operations[i].id == operations[j].id {
+                return false;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// An operation's tag as it arrives: its wire id (binary encodings) or its
+/// variant name (a trace's JSON).
+struct WireId(u32);
+
+impl<'de> Deserialize<'de> for WireId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Tag;
+        impl serde::de::Visitor<'_> for Tag {
+            type Value = WireId;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an operation's wire id or name")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, id: u64) -> Result<WireId, E> {
+                u32::try_from(id)
+                    .map(WireId)
+                    .map_err(|_| E::custom(format_args!("no operation has wire id {id}")))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<WireId, E> {
+                WIRE_NAMES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|&(_, id)| WireId(id))
+                    .ok_or_else(|| E::unknown_variant(name, VARIANTS))
+            }
+        }
+        deserializer.deserialize_identifier(Tag)
+    }
+}
+
+/// Declares the API: one line per operation, `fn name(args) -> Ret = Variant @ id;`,
+/// optionally followed by its [`Flags`] in brackets: `= Variant @ 7 [POSTED];`.
+/// `id` is the operation's number on the wire, for its request and its reply:
+/// given once and never changed, so that adding an operation (anywhere in the
+/// list) leaves every other one's encoding as it was. Two operations with one id
+/// do not compile.
 ///
-/// Generates [`Request`], [`Reply`], the backend trait [`Api`], the server's
-/// [`dispatch`], the client's [`Calls`] with one typed method per operation, and
-/// [`OPERATIONS`].
+/// Generates [`Request`], [`Reply`] (and their encodings), the backend trait
+/// [`Api`], the server's [`dispatch`], the client's [`Calls`] with one typed
+/// method per operation, and [`OPERATIONS`].
 macro_rules! declare_api {
     ($(
         $(#[$doc:meta])*
-        fn $method:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $variant:ident $([$($flag:ident),*])?;
+        fn $method:ident($($arg:ident: $ty:ty $(as $kind:ident $(($what:literal))?)?),* $(,)?) -> $ret:ty = $variant:ident @ $id:literal $([$($flag:ident),*])?;
     )*) => {
         /// One request on the wire.
-        #[derive(Debug, Clone, Serialize, Deserialize)]
+        #[derive(Debug, Clone)]
         pub enum Request {
             $( $(#[$doc])* $variant { $($arg: $ty),* }, )*
         }
 
         /// The successful answer to a [`Request`], same variant name.
-        #[derive(Debug, Clone, Serialize, Deserialize)]
+        #[derive(Debug, Clone)]
         pub enum Reply {
             $( $(#[$doc])* $variant($ret), )*
         }
 
         /// Every declared operation, in declaration order.
         pub const OPERATIONS: &[Operation] = &[
-            $( Operation { name: stringify!($method), flags: Flags::NONE $($(.with(Flags::$flag))*)? }, )*
+            $( Operation { name: stringify!($method), id: $id, flags: Flags::NONE $($(.with(Flags::$flag))*)? }, )*
         ];
+
+        const _: () = assert!(ids_are_unique(OPERATIONS), "two operations share a wire id");
+
+        /// Each operation's variant name and wire id, for decoding either.
+        const WIRE_NAMES: &[(&str, u32)] = &[ $( (stringify!($variant), $id), )* ];
+
+        /// The variant names, as serde wants them.
+        const VARIANTS: &[&str] = &[ $( stringify!($variant), )* ];
+
+        impl Serialize for Request {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStructVariant;
+                match self {
+                    $( Request::$variant { $($arg),* } => {
+                        #[allow(unused_mut)]
+                        let mut fields = serializer.serialize_struct_variant(
+                            "Request",
+                            $id,
+                            stringify!($variant),
+                            <[&str]>::len(&[$(stringify!($arg)),*]),
+                        )?;
+                        $( fields.serialize_field(stringify!($arg), $arg)?; )*
+                        fields.end()
+                    } )*
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for Request {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Requests;
+                impl<'de> serde::de::Visitor<'de> for Requests {
+                    type Value = Request;
+
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a request")
+                    }
+
+                    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Request, A::Error> {
+                        use serde::de::VariantAccess;
+                        let (WireId(id), variant) = data.variant()?;
+                        match id {
+                            $( $id => {
+                                struct Fields;
+                                impl<'de> serde::de::Visitor<'de> for Fields {
+                                    type Value = Request;
+
+                                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                                        f.write_str(concat!("the fields of ", stringify!($variant)))
+                                    }
+
+                                    #[allow(unused_mut, unused_variables, unused_assignments)]
+                                    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Request, A::Error> {
+                                        let mut index = 0;
+                                        $(
+                                            let $arg: $ty = seq
+                                                .next_element()?
+                                                .ok_or_else(|| serde::de::Error::invalid_length(index, &self))?;
+                                            index += 1;
+                                        )*
+                                        Ok(Request::$variant { $($arg),* })
+                                    }
+
+                                    #[allow(unused_variables)]
+                                    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Request, A::Error> {
+                                        $( let mut $arg: Option<$ty> = None; )*
+                                        while let Some(key) = map.next_key::<String>()? {
+                                            $(
+                                                if key == stringify!($arg) {
+                                                    $arg = Some(map.next_value()?);
+                                                    continue;
+                                                }
+                                            )*
+                                            map.next_value::<serde::de::IgnoredAny>()?;
+                                        }
+                                        Ok(Request::$variant {
+                                            $( $arg: $arg.ok_or_else(|| serde::de::Error::missing_field(stringify!($arg)))?, )*
+                                        })
+                                    }
+                                }
+                                variant.struct_variant(&[$(stringify!($arg)),*], Fields)
+                            } )*
+                            other => Err(serde::de::Error::custom(format_args!("no operation has wire id {other}"))),
+                        }
+                    }
+                }
+                deserializer.deserialize_enum("Request", VARIANTS, Requests)
+            }
+        }
+
+        impl Serialize for Reply {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $( Reply::$variant(value) => {
+                        serializer.serialize_newtype_variant("Reply", $id, stringify!($variant), value)
+                    } )*
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for Reply {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Replies;
+                impl<'de> serde::de::Visitor<'de> for Replies {
+                    type Value = Reply;
+
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a reply")
+                    }
+
+                    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Reply, A::Error> {
+                        use serde::de::VariantAccess;
+                        let (WireId(id), variant) = data.variant()?;
+                        match id {
+                            $( $id => variant.newtype_variant::<$ret>().map(Reply::$variant), )*
+                            other => Err(serde::de::Error::custom(format_args!("no operation has wire id {other}"))),
+                        }
+                    }
+                }
+                deserializer.deserialize_enum("Reply", VARIANTS, Replies)
+            }
+        }
 
         impl Request {
             /// The operation's name, for logs and metrics.
             pub fn name(&self) -> &'static str {
                 match self { $( Request::$variant { .. } => stringify!($method), )* }
+            }
+
+            /// The operation's number on the wire.
+            pub fn wire_id(&self) -> u32 {
+                match self { $( Request::$variant { .. } => $id, )* }
+            }
+
+            /// Calls `f` on each argument its declaration marks (`as Address`,
+            /// `as Stream`, …), in order, to read or change it; stops at its
+            /// first error. What lies inside other arguments (a texture's
+            /// address, a graph's nodes) is not visited.
+            #[allow(unused_variables)]
+            pub fn for_each_arg<E>(&mut self, mut f: impl FnMut(Arg<'_>) -> Result<(), E>) -> Result<(), E> {
+                match self {
+                    $( Request::$variant { $($arg),* } => {
+                        $($( f(Arg::$kind($($what,)? $arg))?; )?)*
+                    } )*
+                }
+                Ok(())
             }
 
             /// What the operation's declaration says of it.
@@ -452,145 +665,145 @@ pub struct GlobalInfo {
 
 declare_api! {
     /// Allocate device memory (`cuMemAlloc`); returns the device address.
-    fn mem_alloc(device: u32, bytes: u64) -> u64 = MemAlloc [ALLOCATES];
+    fn mem_alloc(device: u32 as Device, bytes: u64) -> u64 = MemAlloc @ 0 [ALLOCATES];
     /// Free device memory (`cuMemFree`); the pointer must be an allocation's base.
-    fn mem_free(ptr: u64) -> () = MemFree [POSTED];
+    fn mem_free(ptr: u64 as Address) -> () = MemFree @ 1 [POSTED];
     /// Free and total device memory as this tenant sees it (`cuMemGetInfo`).
-    fn mem_get_info(device: u32) -> (u64, u64) = MemGetInfo;
+    fn mem_get_info(device: u32 as Device) -> (u64, u64) = MemGetInfo @ 2;
     /// Copy host bytes to the device, in stream order.
-    fn memcpy_htod(dst: u64, data: ByteBuf, stream: u64) -> () = MemcpyHtoD [POSTED];
+    fn memcpy_htod(dst: u64 as Address, data: ByteBuf as Data, stream: u64 as Stream) -> () = MemcpyHtoD @ 3 [POSTED];
     /// Copy device bytes to the host, in stream order; the reply carries them.
-    fn memcpy_dtoh(src: u64, len: u64, stream: u64) -> ByteBuf = MemcpyDtoH [SYNCS];
+    fn memcpy_dtoh(src: u64 as Address, len: u64, stream: u64 as Stream) -> ByteBuf = MemcpyDtoH @ 4 [SYNCS];
     /// Copy `len` bytes at `offset` of the connection's shared-memory region
     /// ([`crate::region`]) to the device, in stream order. The server answers it
     /// itself; a backend never sees it.
-    fn memcpy_htod_shared(dst: u64, offset: u64, len: u64, stream: u64) -> () = MemcpyHtoDShared [POSTED];
+    fn memcpy_htod_shared(dst: u64 as Address, offset: u64, len: u64, stream: u64 as Stream) -> () = MemcpyHtoDShared @ 5 [POSTED];
     /// Copy device bytes into the shared-memory region at `offset`, in stream order;
     /// answered by the server itself, like [`Request::MemcpyHtoDShared`].
-    fn memcpy_dtoh_shared(src: u64, offset: u64, len: u64, stream: u64) -> () = MemcpyDtoHShared [SYNCS];
+    fn memcpy_dtoh_shared(src: u64 as Address, offset: u64, len: u64, stream: u64 as Stream) -> () = MemcpyDtoHShared @ 6 [SYNCS];
     /// Copy between device ranges, in stream order.
-    fn memcpy_dtod(dst: u64, src: u64, len: u64, stream: u64) -> () = MemcpyDtoD [POSTED];
+    fn memcpy_dtod(dst: u64 as Address, src: u64 as Address, len: u64, stream: u64 as Stream) -> () = MemcpyDtoD @ 7 [POSTED];
     /// Fill `count` elements of `elem_size` (1, 2 or 4) bytes with `value`, in stream order.
-    fn memset(dst: u64, value: u32, elem_size: u8, count: u64, stream: u64) -> () = Memset [POSTED];
+    fn memset(dst: u64 as Address, value: u32, elem_size: u8, count: u64, stream: u64 as Stream) -> () = Memset @ 8 [POSTED];
     /// Fill a 2-D region: `height` rows of `width` elements, rows `pitch` bytes apart.
-    fn memset_2d(dst: u64, pitch: u64, value: u32, elem_size: u8, width: u64, height: u64, stream: u64) -> () = Memset2D [POSTED];
+    fn memset_2d(dst: u64 as Address, pitch: u64, value: u32, elem_size: u8, width: u64, height: u64, stream: u64 as Stream) -> () = Memset2D @ 9 [POSTED];
     /// Load the module image with this SHA-256 (of its wire bytes) onto `device` if
     /// the server has it; `None` asks the client to upload it with `module_load`.
-    fn module_load_cached(device: u32, hash: [u8; 32]) -> Option<ModuleInfo> = ModuleLoadCached [ALLOCATES];
+    fn module_load_cached(device: u32 as Device, hash: [u8; 32]) -> Option<ModuleInfo> = ModuleLoadCached @ 10 [ALLOCATES];
     /// Load a module image (as `xpupool_fatbin::Image::to_wire` encodes it) onto `device`.
-    fn module_load(device: u32, image: ByteBuf) -> ModuleInfo = ModuleLoad [ALLOCATES];
+    fn module_load(device: u32 as Device, image: ByteBuf as Data) -> ModuleInfo = ModuleLoad @ 11 [ALLOCATES];
     /// Address and size of a module-scope variable (`cuModuleGetGlobal`).
-    fn module_get_global(module: u64, name: String) -> GlobalInfo = ModuleGetGlobal;
+    fn module_get_global(module: u64 as Handle("module"), name: String) -> GlobalInfo = ModuleGetGlobal @ 12;
     /// Unload a module and everything in it.
-    fn module_unload(module: u64) -> () = ModuleUnload;
+    fn module_unload(module: u64 as Handle("module")) -> () = ModuleUnload @ 13;
     /// Set a kernel attribute (`cuFuncSetAttribute`), e.g. its dynamic shared memory opt-in.
-    fn function_set_attribute(function: u64, attribute: u32, value: i32) -> () = FunctionSetAttribute;
+    fn function_set_attribute(function: u64 as Function, attribute: u32, value: i32) -> () = FunctionSetAttribute @ 14;
     /// Launch a kernel with its packed parameter buffer, in stream order.
-    fn launch_kernel(function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> () = LaunchKernel [POSTED];
+    fn launch_kernel(function: u64 as Function, dims: LaunchDims, stream: u64 as Stream, params: ByteBuf as Data) -> () = LaunchKernel @ 15 [POSTED];
     /// Create a stream on `device` (`cuStreamCreate` flags).
-    fn stream_create(device: u32, flags: u32, priority: i32) -> u64 = StreamCreate;
+    fn stream_create(device: u32 as Device, flags: u32, priority: i32) -> u64 = StreamCreate @ 16;
     /// Destroy a stream once its work is done.
-    fn stream_destroy(stream: u64) -> () = StreamDestroy;
+    fn stream_destroy(stream: u64 as Stream) -> () = StreamDestroy @ 17;
     /// Wait until a stream's work is done.
-    fn stream_synchronize(stream: u64) -> () = StreamSynchronize [SYNCS];
+    fn stream_synchronize(stream: u64 as Stream) -> () = StreamSynchronize @ 18 [SYNCS];
     /// Whether a stream's work is done (`NOT_READY` otherwise).
-    fn stream_query(stream: u64) -> () = StreamQuery [SYNCS];
+    fn stream_query(stream: u64 as Stream) -> () = StreamQuery @ 19 [SYNCS];
     /// Make a stream's later work wait for an event.
-    fn stream_wait_event(stream: u64, event: u64, flags: u32) -> () = StreamWaitEvent [POSTED];
+    fn stream_wait_event(stream: u64 as Stream, event: u64 as Handle("event"), flags: u32) -> () = StreamWaitEvent @ 20 [POSTED];
     /// Create an event on `device` (`cuEventCreate` flags).
-    fn event_create(device: u32, flags: u32) -> u64 = EventCreate;
+    fn event_create(device: u32 as Device, flags: u32) -> u64 = EventCreate @ 21;
     /// Destroy an event.
-    fn event_destroy(event: u64) -> () = EventDestroy [POSTED];
+    fn event_destroy(event: u64 as Handle("event")) -> () = EventDestroy @ 22 [POSTED];
     /// Record an event in a stream.
-    fn event_record(event: u64, stream: u64) -> () = EventRecord [POSTED];
+    fn event_record(event: u64 as Handle("event"), stream: u64 as Stream) -> () = EventRecord @ 23 [POSTED];
     /// Wait for an event.
-    fn event_synchronize(event: u64) -> () = EventSynchronize [SYNCS];
+    fn event_synchronize(event: u64 as Handle("event")) -> () = EventSynchronize @ 24 [SYNCS];
     /// Whether an event has happened (`NOT_READY` otherwise).
-    fn event_query(event: u64) -> () = EventQuery [SYNCS];
+    fn event_query(event: u64 as Handle("event")) -> () = EventQuery @ 25 [SYNCS];
     /// Milliseconds between two recorded events.
-    fn event_elapsed_time(start: u64, end: u64) -> f32 = EventElapsedTime;
+    fn event_elapsed_time(start: u64 as Handle("event"), end: u64 as Handle("event")) -> f32 = EventElapsedTime @ 26;
     /// Wait for all of this session's work (`cuCtxSynchronize`).
-    fn synchronize() -> () = Synchronize [SYNCS];
+    fn synchronize() -> () = Synchronize @ 27 [SYNCS];
     /// How busy `device` is and what this tenant's sessions hold on it, for NVML's
     /// utilisation and running-process queries.
-    fn device_usage(device: u32) -> DeviceUsage = DeviceUsage [SERVER];
+    fn device_usage(device: u32 as Device) -> DeviceUsage = DeviceUsage @ 28 [SERVER];
     /// The server's figures this tenant may see (`xpupool status`).
-    fn server_status() -> ServerStatus = ServerStatus [SERVER];
+    fn server_status() -> ServerStatus = ServerStatus @ 29 [SERVER];
     /// Keep a graph (captured or built by the client) on the server: its nodes
     /// run in order, in the launching stream, at each [`Request::GraphLaunch`].
-    fn graph_create(nodes: Vec<GraphNode>) -> u64 = GraphCreate [SERVER];
+    fn graph_create(nodes: Vec<GraphNode>) -> u64 = GraphCreate @ 30 [SERVER];
     /// Run a kept graph in `stream`: one request however many nodes it has.
-    fn graph_launch(graph: u64, stream: u64) -> () = GraphLaunch [POSTED, SERVER];
+    fn graph_launch(graph: u64 as Handle("graph"), stream: u64 as Stream) -> () = GraphLaunch @ 31 [POSTED, SERVER];
     /// Forget a kept graph.
-    fn graph_destroy(graph: u64) -> () = GraphDestroy [POSTED, SERVER];
+    fn graph_destroy(graph: u64 as Handle("graph")) -> () = GraphDestroy @ 32 [POSTED, SERVER];
     /// Reserve `size` bytes of device addresses on `device` (`cuMemAddressReserve`),
     /// aligned to `alignment` (0: the granularity); returns the start. Nothing is
     /// allocated.
-    fn mem_address_reserve(device: u32, size: u64, alignment: u64) -> u64 = MemAddressReserve;
+    fn mem_address_reserve(device: u32 as Device, size: u64, alignment: u64) -> u64 = MemAddressReserve @ 33;
     /// Give back a reservation with nothing mapped in it (`cuMemAddressFree`).
-    fn mem_address_free(ptr: u64, size: u64) -> () = MemAddressFree;
+    fn mem_address_free(ptr: u64 as Address, size: u64) -> () = MemAddressFree @ 34;
     /// Allocate `size` bytes of physical memory on `device`, mapped nowhere yet
     /// (`cuMemCreate`); returns its handle.
-    fn mem_create(device: u32, size: u64) -> u64 = MemCreate [ALLOCATES];
+    fn mem_create(device: u32 as Device, size: u64) -> u64 = MemCreate @ 35 [ALLOCATES];
     /// Release a physical allocation's handle (`cuMemRelease`): its memory goes
     /// once nothing maps it.
-    fn mem_release(handle: u64) -> () = MemRelease;
+    fn mem_release(handle: u64 as Handle("physical allocation")) -> () = MemRelease @ 36;
     /// Map `[offset, offset+size)` of a physical allocation at `ptr`, inside a
     /// reservation (`cuMemMap`).
-    fn mem_map(ptr: u64, size: u64, offset: u64, handle: u64) -> () = MemMap;
+    fn mem_map(ptr: u64 as Address, size: u64, offset: u64, handle: u64 as Handle("physical allocation")) -> () = MemMap @ 37;
     /// Unmap the whole mappings in `[ptr, ptr+size)` (`cuMemUnmap`).
-    fn mem_unmap(ptr: u64, size: u64) -> () = MemUnmap;
+    fn mem_unmap(ptr: u64 as Address, size: u64) -> () = MemUnmap @ 38;
     /// Let `device` touch `[ptr, ptr+size)` (`flags`: 0 none, 1 read, 3 read and
     /// write; `cuMemSetAccess`).
-    fn mem_set_access(ptr: u64, size: u64, device: u32, flags: u32) -> () = MemSetAccess;
+    fn mem_set_access(ptr: u64 as Address, size: u64, device: u32 as Device, flags: u32) -> () = MemSetAccess @ 39;
     /// A handle another process of the same tenant on this server can open the
     /// allocation at `ptr` with (`cuIpcGetMemHandle`; [`IPC_HANDLE_BYTES`] bytes).
-    fn ipc_get_mem_handle(ptr: u64) -> ByteBuf = IpcGetMemHandle;
+    fn ipc_get_mem_handle(ptr: u64 as Address) -> ByteBuf = IpcGetMemHandle @ 40;
     /// Open another process's allocation (`cuIpcOpenMemHandle`); returns its
     /// address here and its size.
-    fn ipc_open_mem_handle(device: u32, handle: ByteBuf) -> (u64, u64) = IpcOpenMemHandle;
+    fn ipc_open_mem_handle(device: u32 as Device, handle: ByteBuf) -> (u64, u64) = IpcOpenMemHandle @ 41;
     /// Close an allocation opened with [`Request::IpcOpenMemHandle`].
-    fn ipc_close_mem_handle(ptr: u64) -> () = IpcCloseMemHandle;
+    fn ipc_close_mem_handle(ptr: u64 as Address) -> () = IpcCloseMemHandle @ 42;
     /// A handle another process of the same tenant can open an interprocess
     /// event with (`cuIpcGetEventHandle`).
-    fn ipc_get_event_handle(event: u64) -> ByteBuf = IpcGetEventHandle;
+    fn ipc_get_event_handle(event: u64 as Handle("event")) -> ByteBuf = IpcGetEventHandle @ 43;
     /// Open another process's interprocess event (`cuIpcOpenEventHandle`).
-    fn ipc_open_event_handle(device: u32, handle: ByteBuf) -> u64 = IpcOpenEventHandle;
+    fn ipc_open_event_handle(device: u32 as Device, handle: ByteBuf) -> u64 = IpcOpenEventHandle @ 44;
     /// Launch a kernel whose blocks all run at once and may synchronise across
     /// the grid (`cuLaunchCooperativeKernel`); refused when the grid is larger
     /// than the device can hold at once.
-    fn launch_cooperative(function: u64, dims: LaunchDims, stream: u64, params: ByteBuf) -> () = LaunchCooperative [POSTED];
+    fn launch_cooperative(function: u64 as Function, dims: LaunchDims, stream: u64 as Stream, params: ByteBuf as Data) -> () = LaunchCooperative @ 45 [POSTED];
     /// Make a texture object over device memory (`cuTexObjectCreate`): its handle,
     /// which kernels pass to `tex`.
-    fn tex_object_create(device: u32, desc: TextureDesc) -> u64 = TexObjectCreate;
+    fn tex_object_create(device: u32 as Device, desc: TextureDesc) -> u64 = TexObjectCreate @ 46;
     /// Destroy a texture object.
-    fn tex_object_destroy(handle: u64) -> () = TexObjectDestroy;
+    fn tex_object_destroy(handle: u64 as Handle("texture object")) -> () = TexObjectDestroy @ 47;
     /// Make a surface object over device memory (`cuSurfObjectCreate`; the
     /// sampling fields of `desc` are unused).
-    fn surf_object_create(device: u32, desc: TextureDesc) -> u64 = SurfObjectCreate;
+    fn surf_object_create(device: u32 as Device, desc: TextureDesc) -> u64 = SurfObjectCreate @ 48;
     /// Destroy a surface object.
-    fn surf_object_destroy(handle: u64) -> () = SurfObjectDestroy;
+    fn surf_object_destroy(handle: u64 as Handle("surface object")) -> () = SurfObjectDestroy @ 49;
     /// Make a CUDA array on `device` (`cuArray3DCreate`): its handle. Texels are
     /// reached only through copies and texture and surface objects.
-    fn array_create(device: u32, desc: ArrayDesc) -> u64 = ArrayCreate [ALLOCATES];
+    fn array_create(device: u32 as Device, desc: ArrayDesc) -> u64 = ArrayCreate @ 50 [ALLOCATES];
     /// Destroy an array once the work sent before it is done.
-    fn array_destroy(array: u64) -> () = ArrayDestroy;
+    fn array_destroy(array: u64 as Handle("array")) -> () = ArrayDestroy @ 51;
     /// Copy host bytes (the box's rows one after another) into a box of an array,
     /// in stream order.
-    fn memcpy_to_array(array: u64, region: ArrayBox, data: ByteBuf, stream: u64) -> () = MemcpyToArray [POSTED];
+    fn memcpy_to_array(array: u64 as Handle("array"), region: ArrayBox, data: ByteBuf as Data, stream: u64 as Stream) -> () = MemcpyToArray @ 52 [POSTED];
     /// Copy a box of an array to the host, in stream order: its rows one after
     /// another.
-    fn memcpy_from_array(array: u64, region: ArrayBox, stream: u64) -> ByteBuf = MemcpyFromArray [SYNCS];
+    fn memcpy_from_array(array: u64 as Handle("array"), region: ArrayBox, stream: u64 as Stream) -> ByteBuf = MemcpyFromArray @ 53 [SYNCS];
     /// Copy between a box of an array and pitched device memory at `ptr` (rows
     /// `pitch` bytes apart, slices `slice_pitch`), into the array if `to_array`,
     /// in stream order.
-    fn memcpy_array_device(array: u64, region: ArrayBox, ptr: u64, pitch: u64, slice_pitch: u64, to_array: bool, stream: u64) -> () = MemcpyArrayDevice [POSTED];
+    fn memcpy_array_device(array: u64 as Handle("array"), region: ArrayBox, ptr: u64 as Address, pitch: u64, slice_pitch: u64, to_array: bool, stream: u64 as Stream) -> () = MemcpyArrayDevice @ 54 [POSTED];
     /// Copy a box of array `src` to `dst_at` in array `dst`, in stream order.
-    fn memcpy_array_array(dst: u64, dst_at: [u64; 3], src: u64, region: ArrayBox, stream: u64) -> () = MemcpyArrayArray [POSTED];
+    fn memcpy_array_array(dst: u64 as Handle("array"), dst_at: [u64; 3], src: u64 as Handle("array"), region: ArrayBox, stream: u64 as Stream) -> () = MemcpyArrayArray @ 55 [POSTED];
     /// Link inputs (`cuLinkAddData`: PTX, cubins, objects, libraries) for
     /// `device` with the driver's own linker (`cuLinkComplete`): the linked
     /// image, which a module load takes. At most [`MAX_LINK_INPUTS`] inputs.
-    fn link(device: u32, inputs: Vec<LinkInput>) -> ByteBuf = Link;
+    fn link(device: u32 as Device, inputs: Vec<LinkInput>) -> ByteBuf = Link @ 56;
 }
 
 /// One input of [`Request::Link`].
@@ -839,3 +1052,158 @@ impl TextureDesc {
 
 /// Bytes of an IPC handle (`CUipcMemHandle`, `CUipcEventHandle`).
 pub const IPC_HANDLE_BYTES: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame;
+
+    #[test]
+    fn a_request_and_its_reply_carry_the_declared_wire_id() {
+        let bytes = frame::encode(&Request::MemFree { ptr: 0x1234 }).unwrap();
+        assert_eq!(bytes.len(), 4 + 4 + 8, "length, id, the pointer");
+        assert_eq!(bytes[4..8], 1u32.to_le_bytes(), "mem_free is @ 1");
+        assert_eq!(bytes[8..16], 0x1234u64.to_le_bytes());
+        match frame::decode::<Request>(&bytes[4..]).unwrap() {
+            Request::MemFree { ptr } => assert_eq!(ptr, 0x1234),
+            other => panic!("decoded as {other:?}"),
+        }
+        let reply = frame::encode(&Reply::Link(ByteBuf::from(vec![7u8]))).unwrap();
+        assert_eq!(reply[4..8], 56u32.to_le_bytes(), "link is @ 56");
+        match frame::decode::<Reply>(&reply[4..]).unwrap() {
+            Reply::Link(bytes) => assert_eq!(bytes.to_vec(), [7]),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_marked_arguments_are_visited_by_kind_and_can_be_changed() {
+        let mut request = Request::MemcpyArrayDevice {
+            array: 10,
+            region: ArrayBox {
+                at: [0; 3],
+                extent: [4, 1, 1],
+            },
+            ptr: 0x1000,
+            pitch: 4,
+            slice_pitch: 4,
+            to_array: true,
+            stream: 7,
+        };
+        let mut seen = Vec::new();
+        request
+            .for_each_arg(|arg| {
+                seen.push(format!("{arg:?}"));
+                match arg {
+                    Arg::Address(a) => *a += 0x100,
+                    Arg::Handle(_, h) => *h += 1,
+                    Arg::Stream(s) => *s = 2,
+                    _ => {}
+                }
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            ["Handle(\"array\", 10)", "Address(4096)", "Stream(7)"],
+            "the pitches and the box are no handles"
+        );
+        assert!(matches!(
+            request,
+            Request::MemcpyArrayDevice {
+                array: 11,
+                ptr: 0x1100,
+                stream: 2,
+                pitch: 4,
+                ..
+            }
+        ));
+        // The first error stops the walk.
+        let mut launch = Request::LaunchKernel {
+            function: 1,
+            dims: LaunchDims {
+                grid: [1; 3],
+                block: [1; 3],
+                shared_bytes: 0,
+            },
+            stream: 0,
+            params: ByteBuf::from(vec![1, 2]),
+        };
+        let mut visited = 0;
+        let stopped = launch.for_each_arg(|arg| {
+            visited += 1;
+            match arg {
+                Arg::Stream(_) => Err("no such stream"),
+                _ => Ok(()),
+            }
+        });
+        assert_eq!((stopped, visited), (Err("no such stream"), 2));
+    }
+
+    #[test]
+    fn wire_ids_are_unique_and_a_repeated_one_is_caught() {
+        assert!(ids_are_unique(OPERATIONS));
+        let twice = [
+            Operation {
+                name: "a",
+                id: 3,
+                flags: Flags::NONE,
+            },
+            Operation {
+                name: "b",
+                id: 3,
+                flags: Flags::POSTED,
+            },
+        ];
+        assert!(!ids_are_unique(&twice));
+        for op in OPERATIONS {
+            assert!(WIRE_NAMES.iter().any(|&(_, id)| id == op.id), "{}", op.name);
+        }
+    }
+
+    #[test]
+    fn an_unknown_wire_id_or_a_short_body_is_refused() {
+        let mut body = 999u32.to_le_bytes().to_vec();
+        body.extend_from_slice(&[0; 16]);
+        let e = frame::decode::<Request>(&body).unwrap_err().to_string();
+        assert!(e.contains("wire id 999"), "{e}");
+        assert!(frame::decode::<Reply>(&body).is_err());
+        // MemcpyDtoH (@ 4) wants three u64s.
+        let mut short = 4u32.to_le_bytes().to_vec();
+        short.extend_from_slice(&[0; 16]);
+        assert!(frame::decode::<Request>(&short).is_err());
+    }
+
+    #[test]
+    fn requests_and_replies_read_back_from_json_by_name() {
+        let request = Request::MemcpyDtoH {
+            src: 1,
+            len: 2,
+            stream: 3,
+        };
+        let json = serde_json::to_string(&request).unwrap();
+        assert_eq!(json, r#"{"MemcpyDtoH":{"src":1,"len":2,"stream":3}}"#);
+        let reordered: Request =
+            serde_json::from_str(r#"{"MemcpyDtoH":{"stream":3,"src":1,"len":2,"extra":0}}"#)
+                .unwrap();
+        assert!(matches!(
+            reordered,
+            Request::MemcpyDtoH {
+                src: 1,
+                len: 2,
+                stream: 3
+            }
+        ));
+        let missing = serde_json::from_str::<Request>(r#"{"MemcpyDtoH":{"src":1,"len":2}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("stream"), "{missing}");
+        assert!(serde_json::from_str::<Request>(r#"{"NoSuchThing":{}}"#).is_err());
+        let none: Request = serde_json::from_str(r#"{"Synchronize":{}}"#).unwrap();
+        assert!(matches!(none, Request::Synchronize {}));
+        let reply: Reply =
+            serde_json::from_str(&serde_json::to_string(&Reply::MemGetInfo((5, 6))).unwrap())
+                .unwrap();
+        assert!(matches!(reply, Reply::MemGetInfo((5, 6))));
+    }
+}
