@@ -30,7 +30,7 @@ use xpupool_client::Connection;
 
 use crate::pool::cu;
 use xpupool_fatbin::Image;
-use xpupool_protocol::api::{GraphNode, ModuleInfo};
+use xpupool_protocol::api::{Arg, GraphNode, ModuleInfo};
 use xpupool_protocol::{Calls, CuError, Reply, Request};
 
 /// The trace committed with xpupool: three training steps of a small PyTorch model
@@ -644,108 +644,13 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
 }
 
 /// A request of the recording with its addresses and handles as this replay
-/// has them, and zeros for its data (`bytes` of them).
+/// has them, and zeros for its data (`bytes` of them): each argument its
+/// declaration marks, mapped by its kind.
 fn remapped(request: &Request, bytes: u64, map: &Map) -> Result<Request> {
-    let zeros = || ByteBuf::from(vec![0u8; bytes as usize]);
-    Ok(match request {
-        Request::MemRelease { handle } => Request::MemRelease {
-            handle: map.handle(*handle, "physical allocation")?,
-        },
-        Request::MemMap {
-            ptr,
-            size,
-            offset,
-            handle,
-        } => Request::MemMap {
-            ptr: map.address(*ptr)?,
-            size: *size,
-            offset: *offset,
-            handle: map.handle(*handle, "physical allocation")?,
-        },
-        Request::MemUnmap { ptr, size } => Request::MemUnmap {
-            ptr: map.address(*ptr)?,
-            size: *size,
-        },
-        Request::MemSetAccess {
-            ptr,
-            size,
-            device,
-            flags,
-        } => Request::MemSetAccess {
-            ptr: map.address(*ptr)?,
-            size: *size,
-            device: *device,
-            flags: *flags,
-        },
+    match request {
         Request::MemcpyHtoDShared { .. } | Request::MemcpyDtoHShared { .. } => {
             bail!("a copy through the shared-memory region reached the wrong replay path")
         }
-        Request::GraphLaunch { graph, stream } => Request::GraphLaunch {
-            graph: map.handle(*graph, "graph")?,
-            stream: map.stream(*stream)?,
-        },
-        Request::GraphDestroy { graph } => Request::GraphDestroy {
-            graph: map.handle(*graph, "graph")?,
-        },
-        Request::TexObjectDestroy { handle } => Request::TexObjectDestroy {
-            handle: map.handle(*handle, "texture object")?,
-        },
-        Request::SurfObjectDestroy { handle } => Request::SurfObjectDestroy {
-            handle: map.handle(*handle, "surface object")?,
-        },
-        Request::ArrayDestroy { array } => Request::ArrayDestroy {
-            array: map.handle(*array, "array")?,
-        },
-        Request::MemcpyToArray {
-            array,
-            region,
-            stream,
-            ..
-        } => Request::MemcpyToArray {
-            array: map.handle(*array, "array")?,
-            region: *region,
-            data: zeros(),
-            stream: map.stream(*stream)?,
-        },
-        Request::MemcpyFromArray {
-            array,
-            region,
-            stream,
-        } => Request::MemcpyFromArray {
-            array: map.handle(*array, "array")?,
-            region: *region,
-            stream: map.stream(*stream)?,
-        },
-        Request::MemcpyArrayDevice {
-            array,
-            region,
-            ptr,
-            pitch,
-            slice_pitch,
-            to_array,
-            stream,
-        } => Request::MemcpyArrayDevice {
-            array: map.handle(*array, "array")?,
-            region: *region,
-            ptr: map.address(*ptr)?,
-            pitch: *pitch,
-            slice_pitch: *slice_pitch,
-            to_array: *to_array,
-            stream: map.stream(*stream)?,
-        },
-        Request::MemcpyArrayArray {
-            dst,
-            dst_at,
-            src,
-            region,
-            stream,
-        } => Request::MemcpyArrayArray {
-            dst: map.handle(*dst, "array")?,
-            dst_at: *dst_at,
-            src: map.handle(*src, "array")?,
-            region: *region,
-            stream: map.stream(*stream)?,
-        },
         Request::GraphCreate { .. }
         | Request::Link { .. }
         | Request::ArrayCreate { .. }
@@ -773,131 +678,22 @@ fn remapped(request: &Request, bytes: u64, map: &Map) -> Result<Request> {
         | Request::IpcOpenEventHandle { .. } => {
             bail!("the trace shares memory or events with other processes (IPC), which a replay of one process cannot")
         }
-        Request::MemcpyHtoD { dst, stream, .. } => Request::MemcpyHtoD {
-            dst: map.address(*dst)?,
-            data: zeros(),
-            stream: map.stream(*stream)?,
-        },
-        Request::MemcpyDtoH { src, len, stream } => Request::MemcpyDtoH {
-            src: map.address(*src)?,
-            len: *len,
-            stream: map.stream(*stream)?,
-        },
-        Request::MemcpyDtoD {
-            dst,
-            src,
-            len,
-            stream,
-        } => Request::MemcpyDtoD {
-            dst: map.address(*dst)?,
-            src: map.address(*src)?,
-            len: *len,
-            stream: map.stream(*stream)?,
-        },
-        Request::Memset {
-            dst,
-            value,
-            elem_size,
-            count,
-            stream,
-        } => Request::Memset {
-            dst: map.address(*dst)?,
-            value: *value,
-            elem_size: *elem_size,
-            count: *count,
-            stream: map.stream(*stream)?,
-        },
-        Request::Memset2D {
-            dst,
-            pitch,
-            value,
-            elem_size,
-            width,
-            height,
-            stream,
-        } => Request::Memset2D {
-            dst: map.address(*dst)?,
-            pitch: *pitch,
-            value: *value,
-            elem_size: *elem_size,
-            width: *width,
-            height: *height,
-            stream: map.stream(*stream)?,
-        },
-        Request::ModuleUnload { module } => Request::ModuleUnload {
-            module: map.handle(*module, "module")?,
-        },
-        Request::FunctionSetAttribute {
-            function,
-            attribute,
-            value,
-        } => Request::FunctionSetAttribute {
-            function: map.function(*function)?,
-            attribute: *attribute,
-            value: *value,
-        },
-        Request::LaunchKernel {
-            function,
-            dims,
-            stream,
-            ..
-        } => Request::LaunchKernel {
-            function: map.function(*function)?,
-            dims: *dims,
-            stream: map.stream(*stream)?,
-            params: zeros(),
-        },
-        Request::LaunchCooperative {
-            function,
-            dims,
-            stream,
-            ..
-        } => Request::LaunchCooperative {
-            function: map.function(*function)?,
-            dims: *dims,
-            stream: map.stream(*stream)?,
-            params: zeros(),
-        },
-        Request::StreamDestroy { stream } => Request::StreamDestroy {
-            stream: map.stream(*stream)?,
-        },
-        Request::StreamSynchronize { stream } => Request::StreamSynchronize {
-            stream: map.stream(*stream)?,
-        },
-        Request::StreamQuery { stream } => Request::StreamQuery {
-            stream: map.stream(*stream)?,
-        },
-        Request::StreamWaitEvent {
-            stream,
-            event,
-            flags,
-        } => Request::StreamWaitEvent {
-            stream: map.stream(*stream)?,
-            event: map.handle(*event, "event")?,
-            flags: *flags,
-        },
-        Request::EventDestroy { event } => Request::EventDestroy {
-            event: map.handle(*event, "event")?,
-        },
-        Request::EventRecord { event, stream } => Request::EventRecord {
-            event: map.handle(*event, "event")?,
-            stream: map.stream(*stream)?,
-        },
-        Request::EventSynchronize { event } => Request::EventSynchronize {
-            event: map.handle(*event, "event")?,
-        },
-        Request::EventQuery { event } => Request::EventQuery {
-            event: map.handle(*event, "event")?,
-        },
-        Request::EventElapsedTime { start, end } => Request::EventElapsedTime {
-            start: map.handle(*start, "event")?,
-            end: map.handle(*end, "event")?,
-        },
-        Request::MemGetInfo { .. }
-        | Request::Synchronize {}
-        | Request::DeviceUsage { .. }
-        | Request::ServerStatus {} => request.clone(),
-    })
+        _ => {}
+    }
+    let mut request = request.clone();
+    request.for_each_arg(|arg| {
+        match arg {
+            Arg::Address(a) => *a = map.address(*a)?,
+            Arg::Stream(s) => *s = map.stream(*s)?,
+            Arg::Function(f) => *f = map.function(*f)?,
+            Arg::Handle(what, h) => *h = map.handle(*h, what)?,
+            Arg::Data(data) => *data = ByteBuf::from(vec![0u8; bytes as usize]),
+            // The replay's server numbers its devices as the recording's did.
+            Arg::Device(_) => {}
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(request)
 }
 
 /// A failure now of a request that succeeded when recorded is an error; one that
