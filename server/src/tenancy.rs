@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use xpupool_protocol::api::{
-    DeviceFigures, DeviceUsage, GraphNode, ModuleInfo, ServerStatus, TenantFigures,
+    Arg, DeviceFigures, DeviceUsage, GraphNode, ModuleInfo, ServerStatus, TenantFigures,
     MAX_GRAPH_NODES, OPERATIONS,
 };
 use xpupool_protocol::{code, CuError, DeviceInfo, Reply, Request};
@@ -499,6 +499,202 @@ impl TenantSession {
         Ok(graph)
     }
 
+    /// [`Session::handle`] for a request whose devices are the host's.
+    fn handle_on_host(&mut self, request: Request) -> Result<Reply, CuError> {
+        match request {
+            Request::MemAlloc { device, bytes } => self.alloc(device, bytes),
+            Request::MemFree { ptr } => {
+                let reply = self.inner.handle(Request::MemFree { ptr });
+                if reply.is_ok() {
+                    if let Some((device, bytes)) = self.allocations.remove(&ptr) {
+                        match self.exported.remove(&ptr) {
+                            // Sessions that opened it may hold it still.
+                            Some(handle) => {
+                                self.held.bytes[device as usize]
+                                    .fetch_sub(bytes, Ordering::Relaxed);
+                                self.release_share(&handle);
+                            }
+                            None => self.refund(device, bytes),
+                        }
+                    }
+                }
+                reply
+            }
+            Request::EventDestroy { event } => {
+                let reply = self.inner.handle(Request::EventDestroy { event });
+                if let Some(handle) = self.exported_events.remove(&event) {
+                    self.host
+                        .ipc
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .events
+                        .remove(&handle);
+                }
+                reply
+            }
+            request @ (Request::IpcGetMemHandle { .. }
+            | Request::IpcOpenMemHandle { .. }
+            | Request::IpcCloseMemHandle { .. }
+            | Request::IpcGetEventHandle { .. }
+            | Request::IpcOpenEventHandle { .. }) => self.ipc(request),
+            Request::MemGetInfo { device: host } => {
+                match self.inner.handle(Request::MemGetInfo { device: host })? {
+                    Reply::MemGetInfo((free, total)) => {
+                        let ledger = self.tenant.memory(host);
+                        let total = ledger.limit().map_or(total, |l| l.min(total));
+                        Ok(Reply::MemGetInfo((free.min(ledger.remaining()), total)))
+                    }
+                    other => Ok(other),
+                }
+            }
+            Request::ModuleLoad {
+                device: host,
+                image,
+            } => {
+                let reply = self.inner.handle(Request::ModuleLoad {
+                    device: host,
+                    image,
+                })?;
+                if let Reply::ModuleLoad(info) = &reply {
+                    self.loaded(host, info)?;
+                }
+                Ok(reply)
+            }
+            Request::ModuleLoadCached { device: host, hash } => {
+                let reply = self
+                    .inner
+                    .handle(Request::ModuleLoadCached { device: host, hash })?;
+                if let Reply::ModuleLoadCached(Some(info)) = &reply {
+                    self.loaded(host, info)?;
+                }
+                Ok(reply)
+            }
+            Request::ModuleUnload { module } => {
+                let reply = self.inner.handle(Request::ModuleUnload { module });
+                if reply.is_ok() {
+                    if let Some((device, bytes, functions)) = self.modules.remove(&module) {
+                        self.refund(device, bytes);
+                        for f in functions {
+                            self.functions.remove(&f);
+                        }
+                    }
+                }
+                reply
+            }
+            Request::MemCreate { device, size } => self.create(device, size),
+            Request::MemRelease { handle } => {
+                let reply = self.inner.handle(Request::MemRelease { handle });
+                if reply.is_ok() {
+                    if let Some(p) = self.physical.get_mut(&handle) {
+                        p.released = true;
+                    }
+                    self.settle_physical(handle);
+                }
+                reply
+            }
+            Request::MemMap {
+                ptr,
+                size,
+                offset,
+                handle,
+            } => {
+                let reply = self.inner.handle(Request::MemMap {
+                    ptr,
+                    size,
+                    offset,
+                    handle,
+                });
+                if reply.is_ok() {
+                    self.mapped.insert(ptr, (size, handle));
+                    if let Some(p) = self.physical.get_mut(&handle) {
+                        p.mappings += 1;
+                    }
+                }
+                reply
+            }
+            Request::MemUnmap { ptr, size } => {
+                let reply = self.inner.handle(Request::MemUnmap { ptr, size });
+                if reply.is_ok() {
+                    let end = ptr.saturating_add(size);
+                    let gone: Vec<(u64, u64)> = self
+                        .mapped
+                        .range(ptr..end)
+                        .map(|(&at, &(_, handle))| (at, handle))
+                        .collect();
+                    for (at, handle) in gone {
+                        self.mapped.remove(&at);
+                        if let Some(p) = self.physical.get_mut(&handle) {
+                            p.mappings = p.mappings.saturating_sub(1);
+                        }
+                        self.settle_physical(handle);
+                    }
+                }
+                reply
+            }
+            Request::ArrayCreate { device: host, desc } => {
+                desc.check()
+                    .map_err(|why| CuError::new(code::INVALID_VALUE, why))?;
+                let charge = desc
+                    .footprint()
+                    .and_then(allocation_charge)
+                    .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "array too large"))?;
+                self.charge(host, charge)?;
+                let reply = self
+                    .inner
+                    .handle(Request::ArrayCreate { device: host, desc });
+                match &reply {
+                    // Kept with the allocations (an array handle is never a device
+                    // address): refunded when destroyed or at the session's end.
+                    Ok(Reply::ArrayCreate(handle)) => {
+                        self.allocations.insert(*handle, (host, charge));
+                    }
+                    _ => self.refund(host, charge),
+                }
+                reply
+            }
+            Request::ArrayDestroy { array } => {
+                let reply = self.inner.handle(Request::ArrayDestroy { array });
+                if reply.is_ok() {
+                    if let Some((device, charge)) = self.allocations.remove(&array) {
+                        self.refund(device, charge);
+                    }
+                }
+                reply
+            }
+            request @ (Request::LaunchKernel { function, .. }
+            | Request::LaunchCooperative { function, .. }) => self.launch(request, function),
+            Request::GraphCreate { nodes } => self.graph_create(nodes).map(Reply::GraphCreate),
+            Request::GraphLaunch { graph, stream } => {
+                let nodes = self.graphs.get(&graph).cloned().ok_or_else(|| {
+                    CuError::new(code::INVALID_HANDLE, format!("no graph {graph:#x}"))
+                })?;
+                // Each node as the request it is, so the ledger, the checks and the
+                // device's scheduler see a graph's work as any other.
+                for node in nodes.iter() {
+                    self.handle_on_host(node.in_stream(stream))?;
+                }
+                Ok(Reply::GraphLaunch(()))
+            }
+            Request::GraphDestroy { graph } => match self.graphs.remove(&graph) {
+                Some(_) => Ok(Reply::GraphDestroy(())),
+                None => Err(CuError::new(
+                    code::INVALID_HANDLE,
+                    format!("no graph {graph:#x}"),
+                )),
+            },
+            Request::DeviceUsage { device } => self.device_usage(device).map(Reply::DeviceUsage),
+            Request::ServerStatus {} => Ok(Reply::ServerStatus(self.status())),
+            other if other.allocates() => Err(CuError::new(
+                code::NOT_SUPPORTED,
+                format!(
+                    "{} allocates device memory and the server's ledger cannot charge it yet",
+                    other.name()
+                ),
+            )),
+            other => self.inner.handle(other),
+        }
+    }
+
     fn host_device(&self, device: u32) -> Result<u32, CuError> {
         self.visible.get(device as usize).copied().ok_or_else(|| {
             CuError::new(
@@ -522,8 +718,7 @@ impl TenantSession {
     }
 
     /// A physical allocation, charged before it is made.
-    fn create(&mut self, device: u32, size: u64) -> Result<Reply, CuError> {
-        let host = self.host_device(device)?;
+    fn create(&mut self, host: u32, size: u64) -> Result<Reply, CuError> {
         let charge = allocation_charge(size)
             .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
         self.charge(host, charge)?;
@@ -607,7 +802,6 @@ impl TenantSession {
             }
             Request::IpcOpenMemHandle { device, handle } => {
                 self.own_export(&handle, false)?;
-                let device = self.host_device(device)?;
                 let key = handle.to_vec();
                 let reply = self
                     .inner
@@ -643,7 +837,6 @@ impl TenantSession {
             }
             Request::IpcOpenEventHandle { device, handle } => {
                 self.own_export(&handle, true)?;
-                let device = self.host_device(device)?;
                 self.inner
                     .handle(Request::IpcOpenEventHandle { device, handle })
             }
@@ -662,8 +855,7 @@ impl TenantSession {
         }
     }
 
-    fn alloc(&mut self, device: u32, bytes: u64) -> Result<Reply, CuError> {
-        let host = self.host_device(device)?;
+    fn alloc(&mut self, host: u32, bytes: u64) -> Result<Reply, CuError> {
         let charge = allocation_charge(bytes)
             .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
         if bytes > 0 {
@@ -728,8 +920,7 @@ impl TenantSession {
         }
     }
 
-    fn device_usage(&self, device: u32) -> Result<DeviceUsage, CuError> {
-        let host = self.host_device(device)?;
+    fn device_usage(&self, host: u32) -> Result<DeviceUsage, CuError> {
         let sessions = self
             .tenant
             .state
@@ -767,255 +958,16 @@ impl TenantSession {
 }
 
 impl Session for TenantSession {
-    fn handle(&mut self, request: Request) -> Result<Reply, CuError> {
-        match request {
-            Request::MemAlloc { device, bytes } => self.alloc(device, bytes),
-            Request::MemFree { ptr } => {
-                let reply = self.inner.handle(Request::MemFree { ptr });
-                if reply.is_ok() {
-                    if let Some((device, bytes)) = self.allocations.remove(&ptr) {
-                        match self.exported.remove(&ptr) {
-                            // Sessions that opened it may hold it still.
-                            Some(handle) => {
-                                self.held.bytes[device as usize]
-                                    .fetch_sub(bytes, Ordering::Relaxed);
-                                self.release_share(&handle);
-                            }
-                            None => self.refund(device, bytes),
-                        }
-                    }
-                }
-                reply
+    fn handle(&mut self, mut request: Request) -> Result<Reply, CuError> {
+        // Every device a request names, as this tenant numbers them, becomes the
+        // host's: what the rest of this layer and the backend see.
+        request.for_each_arg(|arg| {
+            if let Arg::Device(device) = arg {
+                *device = self.host_device(*device)?;
             }
-            Request::EventDestroy { event } => {
-                let reply = self.inner.handle(Request::EventDestroy { event });
-                if let Some(handle) = self.exported_events.remove(&event) {
-                    self.host
-                        .ipc
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .events
-                        .remove(&handle);
-                }
-                reply
-            }
-            request @ (Request::IpcGetMemHandle { .. }
-            | Request::IpcOpenMemHandle { .. }
-            | Request::IpcCloseMemHandle { .. }
-            | Request::IpcGetEventHandle { .. }
-            | Request::IpcOpenEventHandle { .. }) => self.ipc(request),
-            Request::MemGetInfo { device } => {
-                let host = self.host_device(device)?;
-                match self.inner.handle(Request::MemGetInfo { device: host })? {
-                    Reply::MemGetInfo((free, total)) => {
-                        let ledger = self.tenant.memory(host);
-                        let total = ledger.limit().map_or(total, |l| l.min(total));
-                        Ok(Reply::MemGetInfo((free.min(ledger.remaining()), total)))
-                    }
-                    other => Ok(other),
-                }
-            }
-            Request::ModuleLoad { device, image } => {
-                let host = self.host_device(device)?;
-                let reply = self.inner.handle(Request::ModuleLoad {
-                    device: host,
-                    image,
-                })?;
-                if let Reply::ModuleLoad(info) = &reply {
-                    self.loaded(host, info)?;
-                }
-                Ok(reply)
-            }
-            Request::ModuleLoadCached { device, hash } => {
-                let host = self.host_device(device)?;
-                let reply = self
-                    .inner
-                    .handle(Request::ModuleLoadCached { device: host, hash })?;
-                if let Reply::ModuleLoadCached(Some(info)) = &reply {
-                    self.loaded(host, info)?;
-                }
-                Ok(reply)
-            }
-            Request::ModuleUnload { module } => {
-                let reply = self.inner.handle(Request::ModuleUnload { module });
-                if reply.is_ok() {
-                    if let Some((device, bytes, functions)) = self.modules.remove(&module) {
-                        self.refund(device, bytes);
-                        for f in functions {
-                            self.functions.remove(&f);
-                        }
-                    }
-                }
-                reply
-            }
-            Request::StreamCreate {
-                device,
-                flags,
-                priority,
-            } => {
-                let device = self.host_device(device)?;
-                self.inner.handle(Request::StreamCreate {
-                    device,
-                    flags,
-                    priority,
-                })
-            }
-            Request::EventCreate { device, flags } => {
-                let device = self.host_device(device)?;
-                self.inner.handle(Request::EventCreate { device, flags })
-            }
-            Request::MemCreate { device, size } => self.create(device, size),
-            Request::MemRelease { handle } => {
-                let reply = self.inner.handle(Request::MemRelease { handle });
-                if reply.is_ok() {
-                    if let Some(p) = self.physical.get_mut(&handle) {
-                        p.released = true;
-                    }
-                    self.settle_physical(handle);
-                }
-                reply
-            }
-            Request::MemMap {
-                ptr,
-                size,
-                offset,
-                handle,
-            } => {
-                let reply = self.inner.handle(Request::MemMap {
-                    ptr,
-                    size,
-                    offset,
-                    handle,
-                });
-                if reply.is_ok() {
-                    self.mapped.insert(ptr, (size, handle));
-                    if let Some(p) = self.physical.get_mut(&handle) {
-                        p.mappings += 1;
-                    }
-                }
-                reply
-            }
-            Request::MemUnmap { ptr, size } => {
-                let reply = self.inner.handle(Request::MemUnmap { ptr, size });
-                if reply.is_ok() {
-                    let end = ptr.saturating_add(size);
-                    let gone: Vec<(u64, u64)> = self
-                        .mapped
-                        .range(ptr..end)
-                        .map(|(&at, &(_, handle))| (at, handle))
-                        .collect();
-                    for (at, handle) in gone {
-                        self.mapped.remove(&at);
-                        if let Some(p) = self.physical.get_mut(&handle) {
-                            p.mappings = p.mappings.saturating_sub(1);
-                        }
-                        self.settle_physical(handle);
-                    }
-                }
-                reply
-            }
-            Request::MemAddressReserve {
-                device,
-                size,
-                alignment,
-            } => {
-                let device = self.host_device(device)?;
-                self.inner.handle(Request::MemAddressReserve {
-                    device,
-                    size,
-                    alignment,
-                })
-            }
-            Request::TexObjectCreate { device, desc } => {
-                let device = self.host_device(device)?;
-                self.inner.handle(Request::TexObjectCreate { device, desc })
-            }
-            Request::Link { device, inputs } => {
-                let device = self.host_device(device)?;
-                self.inner.handle(Request::Link { device, inputs })
-            }
-            Request::ArrayCreate { device, desc } => {
-                let host = self.host_device(device)?;
-                desc.check()
-                    .map_err(|why| CuError::new(code::INVALID_VALUE, why))?;
-                let charge = desc
-                    .footprint()
-                    .and_then(allocation_charge)
-                    .ok_or_else(|| CuError::new(code::OUT_OF_MEMORY, "array too large"))?;
-                self.charge(host, charge)?;
-                let reply = self
-                    .inner
-                    .handle(Request::ArrayCreate { device: host, desc });
-                match &reply {
-                    // Kept with the allocations (an array handle is never a device
-                    // address): refunded when destroyed or at the session's end.
-                    Ok(Reply::ArrayCreate(handle)) => {
-                        self.allocations.insert(*handle, (host, charge));
-                    }
-                    _ => self.refund(host, charge),
-                }
-                reply
-            }
-            Request::ArrayDestroy { array } => {
-                let reply = self.inner.handle(Request::ArrayDestroy { array });
-                if reply.is_ok() {
-                    if let Some((device, charge)) = self.allocations.remove(&array) {
-                        self.refund(device, charge);
-                    }
-                }
-                reply
-            }
-            Request::SurfObjectCreate { device, desc } => {
-                let device = self.host_device(device)?;
-                self.inner
-                    .handle(Request::SurfObjectCreate { device, desc })
-            }
-            Request::MemSetAccess {
-                ptr,
-                size,
-                device,
-                flags,
-            } => {
-                let device = self.host_device(device)?;
-                self.inner.handle(Request::MemSetAccess {
-                    ptr,
-                    size,
-                    device,
-                    flags,
-                })
-            }
-            request @ (Request::LaunchKernel { function, .. }
-            | Request::LaunchCooperative { function, .. }) => self.launch(request, function),
-            Request::GraphCreate { nodes } => self.graph_create(nodes).map(Reply::GraphCreate),
-            Request::GraphLaunch { graph, stream } => {
-                let nodes = self.graphs.get(&graph).cloned().ok_or_else(|| {
-                    CuError::new(code::INVALID_HANDLE, format!("no graph {graph:#x}"))
-                })?;
-                // Each node as the request it is, so the ledger, the checks and the
-                // device's scheduler see a graph's work as any other.
-                for node in nodes.iter() {
-                    self.handle(node.in_stream(stream))?;
-                }
-                Ok(Reply::GraphLaunch(()))
-            }
-            Request::GraphDestroy { graph } => match self.graphs.remove(&graph) {
-                Some(_) => Ok(Reply::GraphDestroy(())),
-                None => Err(CuError::new(
-                    code::INVALID_HANDLE,
-                    format!("no graph {graph:#x}"),
-                )),
-            },
-            Request::DeviceUsage { device } => self.device_usage(device).map(Reply::DeviceUsage),
-            Request::ServerStatus {} => Ok(Reply::ServerStatus(self.status())),
-            other if other.allocates() => Err(CuError::new(
-                code::NOT_SUPPORTED,
-                format!(
-                    "{} allocates device memory and the server's ledger cannot charge it yet",
-                    other.name()
-                ),
-            )),
-            other => self.inner.handle(other),
-        }
+            Ok(())
+        })?;
+        self.handle_on_host(request)
     }
 
     fn memcpy_htod_from(&mut self, dst: u64, data: &[u8], stream: u64) -> Result<(), CuError> {
@@ -1269,5 +1221,123 @@ mod vmm_tests {
         };
         drop(session);
         assert_eq!(tenant.memory(0).used(), 0);
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+    use xpupool_protocol::api::{ArrayDesc, TextureDesc};
+
+    /// Every request that names a device (as its declaration marks it) names it
+    /// as the tenant numbers them: the host's other devices are out of reach,
+    /// and the tenant's device 0 is the host's device 1.
+    #[test]
+    fn every_device_a_request_names_is_the_tenants() {
+        let host = Host::new(Arc::new(crate::MockBackend::with_devices(2, 1 << 30)));
+        let tenant = Tenant::with_policy(
+            "t",
+            Policy {
+                devices: Some(vec![1]),
+                ..Policy::default()
+            },
+        );
+        let mut session = host.open_session(&tenant, 1, |inner| inner).unwrap();
+        let texture = TextureDesc {
+            address: 0,
+            dims: 1,
+            size: [16, 1, 1],
+            pitch: 64,
+            slice_pitch: 64,
+            channel: 2,
+            bits: 32,
+            channels: 1,
+            address_mode: [1; 3],
+            linear: false,
+            normalized_coords: false,
+            read_normalized: false,
+            border: [0.0; 4],
+            layered: false,
+            cubemap: false,
+            array: 0,
+        };
+        let array = ArrayDesc {
+            width: 16,
+            height: 0,
+            depth: 0,
+            channel: 2,
+            bits: 32,
+            channels: 1,
+            flags: 0,
+        };
+        let naming = |device: u32| {
+            vec![
+                Request::MemAlloc { device, bytes: 64 },
+                Request::MemGetInfo { device },
+                Request::StreamCreate {
+                    device,
+                    flags: 0,
+                    priority: 0,
+                },
+                Request::EventCreate { device, flags: 0 },
+                Request::MemAddressReserve {
+                    device,
+                    size: 2 << 20,
+                    alignment: 0,
+                },
+                Request::MemCreate {
+                    device,
+                    size: 2 << 20,
+                },
+                Request::TexObjectCreate {
+                    device,
+                    desc: texture.clone(),
+                },
+                Request::SurfObjectCreate {
+                    device,
+                    desc: texture.clone(),
+                },
+                Request::ArrayCreate {
+                    device,
+                    desc: array,
+                },
+                Request::Link {
+                    device,
+                    inputs: Vec::new(),
+                },
+                Request::DeviceUsage { device },
+            ]
+        };
+        for request in naming(1) {
+            let name = request.name();
+            let e = session.handle(request).unwrap_err();
+            assert_eq!(e.code, code::INVALID_DEVICE, "{name}: {e}");
+        }
+        let Reply::MemAlloc(address) = session
+            .handle(Request::MemAlloc {
+                device: 0,
+                bytes: 64,
+            })
+            .unwrap()
+        else {
+            panic!("no allocation")
+        };
+        assert_eq!(tenant.memory(1).used(), allocation_charge(64).unwrap());
+        assert_eq!(
+            tenant.memory(0).used(),
+            0,
+            "the host's device 1 was charged"
+        );
+        session.handle(Request::MemFree { ptr: address }).unwrap();
+        let Reply::StreamCreate(_) = session
+            .handle(Request::StreamCreate {
+                device: 0,
+                flags: 0,
+                priority: 0,
+            })
+            .unwrap()
+        else {
+            panic!("no stream")
+        };
     }
 }
