@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (README: "run the tests"). Installs what it
 # needs (NVIDIA's CUDA 13.2 compiler and runtime from PyPI into .cuda/), then:
+#   0. checks that the code generated from CUDA's headers (vendor-headers/) is current;
 #   1. the Rust tests of every crate (unit and integration, release profile so the
 #      binaries built for step 3 are shared), among them the fault tests (servers
 #      and clients killed, in processes of their own, on loopback) and a bounded
@@ -31,6 +32,18 @@ done
 echo "== toolchain"
 scripts/install-system-packages.sh
 scripts/install-cuda-toolchain.sh
+
+echo "== generated code is what the headers give"
+# The driver's entry-point table, prototypes and error strings are generated from the
+# toolkit's headers (vendor-headers/); regenerated here, they must not change.
+python3 vendor-headers/gen_procaddr.py
+python3 vendor-headers/gen_errors.py
+if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1 \
+    && ! git -C "$root" diff --quiet -- shim/src/generated vendor-headers; then
+    git -C "$root" diff --stat -- shim/src/generated vendor-headers >&2
+    echo "generated code differs from the headers: commit what vendor-headers/*.py write" >&2
+    exit 1
+fi
 
 echo "== cargo build --release"
 cargo build --release --workspace --all-targets

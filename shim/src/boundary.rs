@@ -87,6 +87,11 @@ macro_rules! export {
             pub unsafe extern "C" fn $name($($arg: $ty),*) -> $crate::boundary::CUresult {
                 $crate::boundary::enter(stringify!($name), move || -> $crate::boundary::Res { $body })
             }
+
+            // The signature CUDA's headers give it (`generated/prototypes.rs`):
+            // a parameter of another type, or one too many or too few, does not
+            // compile.
+            const _: $crate::generated::prototypes::$name = $name;
         )*
     };
 }

@@ -253,6 +253,60 @@ static int compare(const char *what, const float *want, const float *got, int n)
     return bad;
 }
 
+/* An entry point by name and CUDA version, as the runtime gets it. */
+static void *proc(const char *name, int version) {
+    void *pfn = NULL;
+    CUdriverProcAddressQueryResult status = (CUdriverProcAddressQueryResult)-1;
+    CHECK(p_cuGetProcAddress(name, &pfn, version, CU_GET_PROC_ADDRESS_DEFAULT, &status));
+    if (pfn == NULL) fail("cuGetProcAddress_v2(\"%s\", %d) returned a NULL pfn", name, version);
+    return pfn;
+}
+
+/* CUDA 10's capture (no mode argument) and CUDA 10's and 11's instantiation (an error
+ * node and a log buffer, no flags), called with their own signatures. */
+static void test_old_capture_and_instantiate(void) {
+    CUresult (*alloc)(CUdeviceptr *, size_t) = proc("cuMemAlloc", 3020);
+    CUresult (*create)(CUstream *, unsigned) = proc("cuStreamCreate", 2000);
+    CUresult (*begin)(CUstream) = proc("cuStreamBeginCapture", 10000);
+    CUresult (*fill)(CUdeviceptr, unsigned, size_t, CUstream) = proc("cuMemsetD32Async", 3020);
+    CUresult (*end)(CUstream, CUgraph *) = proc("cuStreamEndCapture", 10000);
+    CUresult (*launch)(CUgraphExec, CUstream) = proc("cuGraphLaunch", 10000);
+    CUresult (*sync)(CUstream) = proc("cuStreamSynchronize", 2000);
+    CUresult (*exec_destroy)(CUgraphExec) = proc("cuGraphExecDestroy", 10000);
+    CUresult (*graph_destroy)(CUgraph) = proc("cuGraphDestroy", 10000);
+    CUresult (*stream_destroy)(CUstream) = proc("cuStreamDestroy", 4000);
+    const int versions[2] = {10000, 11000};
+    CUdeviceptr p = 0;
+    CUstream s = NULL;
+    CHECK(alloc(&p, 4096));
+    CHECK(create(&s, CU_STREAM_NON_BLOCKING));
+    for (int k = 0; k < 2; ++k) {
+        CUresult (*instantiate)(CUgraphExec *, CUgraph, CUgraphNode *, char *, size_t) =
+            proc("cuGraphInstantiate", versions[k]);
+        const unsigned value = 0x12340000u + (unsigned)k;
+        CUgraph graph = NULL;
+        CUgraphExec exec = NULL;
+        CHECK(begin(s));
+        CHECK(fill(p, value, 1024, s));
+        CHECK(end(s, &graph));
+        CUgraphNode error_node = (CUgraphNode)&graph; /* garbage that must be cleared */
+        char log[16] = "garbage";
+        CHECK(instantiate(&exec, graph, &error_node, log, sizeof log));
+        if (error_node != NULL) fail("cuGraphInstantiate (%d) left an error node", versions[k]);
+        if (log[0] != 0) fail("cuGraphInstantiate (%d) left the log \"%s\"", versions[k], log);
+        CHECK(launch(exec, s));
+        CHECK(sync(s));
+        unsigned word = 0;
+        CHECK(p_cuMemcpyDtoH(&word, p + 4092, sizeof word));
+        if (word != value)
+            fail("a graph captured and instantiated the CUDA %d way wrote 0x%08x", versions[k], word);
+        CHECK(exec_destroy(exec));
+        CHECK(graph_destroy(graph));
+    }
+    CHECK(stream_destroy(s));
+    CHECK(p_cuMemFree(p));
+}
+
 static void test_proc_address(void) {
     void *pfn = NULL;
     CUdriverProcAddressQueryResult status = (CUdriverProcAddressQueryResult)-1;
@@ -333,6 +387,7 @@ int main(int argc, char **argv) {
     if (cur != ctx) fail("cuCtxGetCurrent returned %p, expected %p", (void *)cur, (void *)ctx);
 
     test_proc_address();
+    test_old_capture_and_instantiate();
 
     CUmodule mod;
     CHECK(p_cuModuleLoadData(&mod, kPtx));

@@ -31,7 +31,7 @@
 //! independent branches concurrently.
 
 use std::collections::HashMap;
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use xpupool_cuda_types::*;
@@ -729,6 +729,24 @@ fn drop_segments(segments: Vec<Segment>) -> Res {
     Ok(())
 }
 
+/// `cuGraphInstantiate` of CUDA 10 and 11: the error node cleared and the log
+/// empty, then as [`instantiate`].
+fn instantiate_with_log(
+    exec: *mut CUgraphExec,
+    graph: CUgraph,
+    error_node: *mut CUgraphNode,
+    log: *mut c_char,
+    log_size: usize,
+) -> Res {
+    if !error_node.is_null() {
+        put(error_node, std::ptr::null_mut())?;
+    }
+    if !log.is_null() && log_size > 0 {
+        put(log, 0)?;
+    }
+    instantiate(exec, graph)
+}
+
 fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
     if exec.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -1043,9 +1061,10 @@ pub(crate) fn capture_host(stream: u64, op: HostOp) -> Res<bool> {
 }
 
 export! {
-    fn cuStreamBeginCapture(s: CUstream, mode: CUstreamCaptureMode) { begin(stream_arg(s, false), mode) }
+    // CUDA 10.0's versions have no mode; they capture as the default mode does.
+    fn cuStreamBeginCapture(s: CUstream) { begin(stream_arg(s, false), CU_STREAM_CAPTURE_MODE_GLOBAL) }
     fn cuStreamBeginCapture_v2(s: CUstream, mode: CUstreamCaptureMode) { begin(stream_arg(s, false), mode) }
-    fn cuStreamBeginCapture_ptsz(s: CUstream, mode: CUstreamCaptureMode) { begin(stream_arg(s, true), mode) }
+    fn cuStreamBeginCapture_ptsz(s: CUstream) { begin(stream_arg(s, true), CU_STREAM_CAPTURE_MODE_GLOBAL) }
     fn cuStreamBeginCapture_v2_ptsz(s: CUstream, mode: CUstreamCaptureMode) { begin(stream_arg(s, true), mode) }
     fn cuStreamEndCapture(s: CUstream, graph: *mut CUgraph) { end(stream_arg(s, false), graph) }
     fn cuStreamEndCapture_ptsz(s: CUstream, graph: *mut CUgraph) { end(stream_arg(s, true), graph) }
@@ -1065,7 +1084,14 @@ export! {
     }
 
     fn cuGraphInstantiateWithFlags(exec: *mut CUgraphExec, graph: CUgraph, _flags: u64) { instantiate(exec, graph) }
-    fn cuGraphInstantiate(exec: *mut CUgraphExec, graph: CUgraph, _flags: u64) { instantiate(exec, graph) }
+    // The versions before flags: an error node and a log buffer, which say
+    // nothing here (a refused graph's error code does).
+    fn cuGraphInstantiate(exec: *mut CUgraphExec, graph: CUgraph, error_node: *mut CUgraphNode, log: *mut c_char, log_size: usize) {
+        instantiate_with_log(exec, graph, error_node, log, log_size)
+    }
+    fn cuGraphInstantiate_v2(exec: *mut CUgraphExec, graph: CUgraph, error_node: *mut CUgraphNode, log: *mut c_char, log_size: usize) {
+        instantiate_with_log(exec, graph, error_node, log, log_size)
+    }
     fn cuGraphInstantiateWithParams(exec: *mut CUgraphExec, graph: CUgraph, params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS) { instantiate_with_params(exec, graph, params) }
     fn cuGraphInstantiateWithParams_ptsz(exec: *mut CUgraphExec, graph: CUgraph, params: *mut CUDA_GRAPH_INSTANTIATE_PARAMS) { instantiate_with_params(exec, graph, params) }
 

@@ -5,3 +5,6 @@ pub(crate) mod procaddr;
 
 #[rustfmt::skip]
 pub(crate) mod errors;
+
+#[rustfmt::skip]
+pub(crate) mod prototypes;
