@@ -106,6 +106,23 @@ fn image_target(_: &mut State, input: &[u8]) {
     let _ = xpupool_fatbin::cubin_param_layouts(input);
 }
 
+fn amdgpu_target(_: &mut State, input: &[u8]) {
+    let _ = xpupool_amdgpu::image_len(input);
+    let _ = xpupool_amdgpu::msgpack::decode(input);
+    let _ = xpupool_amdgpu::read_code_object(input);
+    if let Ok(entries) = xpupool_amdgpu::parse_bundle(input) {
+        if let Ok(entry) = xpupool_amdgpu::code_object_for(&entries, "gfx90a:xnack-") {
+            let _ = xpupool_amdgpu::read_code_object(&entry.data);
+        }
+    }
+}
+
+/// AMD GPU bundles may be compressed: zstd's repeated blocks expand a few bytes
+/// into 128 KiB, and each input byte copies at most one byte of an entry.
+fn bundle_bound(len: usize) -> usize {
+    (4 << 20) + (32 << 10) * len
+}
+
 fn ptx_target(_: &mut State, input: &[u8]) {
     let _ = xpupool_ptx::parse_module(&String::from_utf8_lossy(input));
 }
@@ -152,6 +169,11 @@ pub const TARGETS: &[Target] = &[
         name: "ptx",
         run: ptx_target,
         bound: image_bound,
+    },
+    Target {
+        name: "amdgpu",
+        run: amdgpu_target,
+        bound: bundle_bound,
     },
 ];
 
@@ -446,6 +468,7 @@ pub fn corpus_dirs(root: &Path, target: &str) -> Vec<PathBuf> {
     match target {
         "image" => dirs.push(root.join("fatbin/tests/fixtures")),
         "ptx" => dirs.push(root.join("ptx/tests/fixtures")),
+        "amdgpu" => dirs.push(root.join("amdgpu/tests/fixtures")),
         _ => {}
     }
     dirs
