@@ -9,6 +9,8 @@
 #   2. compiles the CUDA test programs with nvcc -cudart shared (SASS + PTX);
 #   3. runs each through xpupool against the mock backend; they check their own
 #      results against CPU references;
+#   3b. makes the HIP stand-in's per-SONAME libraries and runs tests/hip on them
+#      (Debian's libamdhip64-dev is installed for its headers and real library);
 #   4. runs the unmodified PyTorch wheel (and pynvml) through xpupool: tests/python,
 #      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV);
 #   5. runs tests/tenancy: servers with several tenants (server.toml), their shares,
@@ -55,6 +57,9 @@ cargo test --release --workspace
 echo "== CUDA test programs"
 scripts/build-cuda-tests.sh
 XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-cuda-tests.sh
+
+echo "== the HIP stand-in's libraries and loader test (tests/hip)"
+scripts/run-hip-tests.sh
 
 echo "== PyTorch and NVML through xpupool (tests/python)"
 scripts/run-python-tests.sh

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The HIP stand-in's tests (tests/hip): makes the per-name libraries
+# (scripts/build-hip-libs.sh), checks that each exports exactly the real library's
+# symbols in the real nodes, then builds tests/hip/loader.c against Debian's HIP headers
+# and real libamdhip64.so.5 (libamdhip64-dev, installed if missing) and runs it on the
+# stand-in. Needs the core built: cargo build --release -p xpupool-hip.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -f /usr/include/hip/hip_runtime_api.h ] || [ ! -e /usr/lib/x86_64-linux-gnu/libamdhip64.so.5 ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+    echo "installing libamdhip64-dev (Debian)" >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends libamdhip64-dev >&2
+fi
+libs=$("$root/scripts/build-hip-libs.sh")
+table="$root/vendor-headers/hip-symbols-5.2.3.tsv"
+want=$(grep -v '^#' "$table" | tail -n +2 | awk -F'\t' '{print $1 "@@" $2}' | sort)
+failed=0
+for name in libamdhip64.so libamdhip64.so.5 libamdhip64.so.6 libamdhip64.so.7; do
+    have=$(nm -D --defined-only "$libs/$name" | awk '$2 != "A" {print $3}' | sort)
+    soname=$(readelf -d "$libs/$name" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+    if [ "$have" = "$want" ] && [ "$soname" = "$name" ]; then
+        echo "ok    $name: SONAME $soname, $(echo "$have" | wc -l) symbols in the real nodes"
+    else
+        echo "FAIL  $name: SONAME $soname; symbols differing from $table:"
+        diff <(echo "$want") <(echo "$have") | head -10
+        failed=1
+    fi
+done
+build="$root/tests/hip/build"
+mkdir -p "$build"
+gcc -D__HIP_PLATFORM_AMD__ -O1 -o "$build/loader" "$root/tests/hip/loader.c" \
+    /usr/lib/x86_64-linux-gnu/libamdhip64.so.5 -Wl,--allow-shlib-undefined -ldl
+if LD_LIBRARY_PATH="$libs" "$build/loader"; then :; else failed=1; fi
+exit $failed
