@@ -2,6 +2,8 @@
 # Installs the Debian packages the build and tests need, if they are missing:
 #   protobuf-compiler  protoc, which the etcd-client crate's build runs
 #   etcd-server        etcd, which tests/pool starts for the managers' shared state
+#   libamdhip64-dev    HIP's headers and the real libamdhip64.so.5, which tests/hip builds
+#                      its loader test against (scripts/run-hip-tests.sh)
 # Idempotent; uses sudo when not root. Prints nothing when all are there.
 #   --build-only   only what the build needs (protoc)
 set -euo pipefail
@@ -9,6 +11,7 @@ missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ "${1:-}" != "--build-only" ]; then
     command -v etcd >/dev/null || missing+=(etcd-server)
+    [ -f /usr/include/hip/hip_runtime_api.h ] || missing+=(libamdhip64-dev)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""

@@ -2,15 +2,12 @@
 # The HIP stand-in's tests (tests/hip): makes the per-name libraries
 # (scripts/build-hip-libs.sh), checks that each exports exactly the real library's
 # symbols in the real nodes, then builds tests/hip/loader.c against Debian's HIP headers
-# and real libamdhip64.so.5 (libamdhip64-dev, installed if missing) and runs it on the
+# and real libamdhip64.so.5 (libamdhip64-dev, which scripts/install-system-packages.sh
+# installs) and runs it on the
 # stand-in. Needs the core built: cargo build --release -p xpupool-hip.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-if [ ! -f /usr/include/hip/hip_runtime_api.h ] || [ ! -e /usr/lib/x86_64-linux-gnu/libamdhip64.so.5 ]; then
-    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-    echo "installing libamdhip64-dev (Debian)" >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends libamdhip64-dev >&2
-fi
+"$root/scripts/install-system-packages.sh"
 libs=$("$root/scripts/build-hip-libs.sh")
 table="$root/vendor-headers/hip-symbols-5.2.3.tsv"
 want=$(grep -v '^#' "$table" | tail -n +2 | awk -F'\t' '{print $1 "@@" $2}' | sort)
