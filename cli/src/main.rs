@@ -372,6 +372,17 @@ fn nvml_library() -> Option<PathBuf> {
     .find(|candidate| candidate.exists())
 }
 
+/// The folder of xpupool's HIP stand-in (`libamdhip64.so*`, made by
+/// scripts/build-hip-libs.sh beside this executable, or `XPUPOOL_HIP_DIR`), if
+/// it is there: HIP programs find it before the system's on LD_LIBRARY_PATH.
+fn hip_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("XPUPOOL_HIP_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe().ok()?.parent()?.join("hip"),
+    };
+    dir.join("libamdhip64.so.5").exists().then_some(dir)
+}
+
 /// A folder holding `libcuda.so.1` → the shim and, when it is built,
 /// `libnvidia-ml.so.1` → the NVML stand-in, for LD_LIBRARY_PATH.
 fn shim_dir(shim: &Path) -> Result<tempdir::Dir> {
@@ -446,9 +457,14 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         "LD_PRELOAD",
         prepend_path("LD_PRELOAD", Path::new(&preload)),
     );
+    let mut libraries = OsString::from(lib_dir.path());
+    if let Some(hip) = hip_dir() {
+        libraries.push(":");
+        libraries.push(hip);
+    }
     command.env(
         "LD_LIBRARY_PATH",
-        prepend_path("LD_LIBRARY_PATH", lib_dir.path()),
+        prepend_path("LD_LIBRARY_PATH", Path::new(&libraries)),
     );
 
     if args.kernels == "skip" && args.access.server.is_some() {

@@ -10,9 +10,10 @@
 //! What is here so far: HIP's error names and strings, its last-error rule (5.x:
 //! every call's own result is the last error, which `hipGetLastError` returns and
 //! clears), the version queries, `hipCreateChannelDesc`, compiler-rt's half
-//! conversions. Every other entry point logs its name once and answers
-//! `hipErrorNotSupported` (or NULL, or nothing, as it returns): calls to the pool
-//! server come next.
+//! conversions; and over the pool's protocol ([`memory`]): devices (count, set,
+//! get), `hipMalloc`, `hipFree`, `hipMemcpy` (explicit directions), `hipMemset`,
+//! `hipMemGetInfo`, `hipDeviceSynchronize`. Every other entry point logs its name
+//! once and answers `hipErrorNotSupported` (or NULL, or nothing, as it returns).
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -20,6 +21,7 @@ use std::ffi::{c_char, c_int};
 use std::sync::Mutex;
 
 mod half;
+pub mod memory;
 
 #[allow(non_snake_case, unreachable_pub, clippy::missing_safety_doc)]
 mod stubs {

@@ -1,0 +1,220 @@
+//! Devices, memory, copies, memsets and synchronisation, over the pool's protocol:
+//! the same operations the CUDA stand-in sends (the server's codes are CUDA's, which
+//! HIP's equal where both have one).
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+use std::sync::OnceLock;
+
+use xpupool_client::Connection;
+use xpupool_protocol::{Calls, CuError};
+
+use crate::{record, HipError, HIP_ERROR_INVALID_VALUE, HIP_SUCCESS};
+
+const HIP_ERROR_NO_DEVICE: HipError = 100;
+const HIP_ERROR_INVALID_DEVICE: HipError = 101;
+const HIP_ERROR_INVALID_MEMCPY_DIRECTION: HipError = 21;
+const HIP_ERROR_UNKNOWN: HipError = 999;
+
+/// The connection to the pool server, opened at the first call that needs it.
+fn connection() -> Result<&'static Connection, HipError> {
+    static CONNECTION: OnceLock<Option<Connection>> = OnceLock::new();
+    CONNECTION
+        .get_or_init(|| match Connection::open_from_env() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("xpupool: no device: {e:#}");
+                None
+            }
+        })
+        .as_ref()
+        .ok_or(HIP_ERROR_NO_DEVICE)
+}
+
+thread_local! {
+    /// `hipSetDevice`'s device on this thread.
+    static CURRENT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// HIP's code for the server's (CUDA's numbering: equal where HIP has the code).
+fn hip_code(e: &CuError) -> HipError {
+    let code = e.code as HipError;
+    if crate::ERRORS.iter().any(|(c, _, _)| *c == code) {
+        code
+    } else {
+        HIP_ERROR_UNKNOWN
+    }
+}
+
+/// Runs a call's body and keeps its result as the thread's last.
+fn call(body: impl FnOnce() -> Result<(), HipError>) -> HipError {
+    record(body().err().unwrap_or(HIP_SUCCESS))
+}
+
+fn put<T>(out: *mut T, value: T) -> Result<(), HipError> {
+    if out.is_null() {
+        return Err(HIP_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: the caller's out-pointer, checked non-NULL.
+    unsafe { out.write(value) };
+    Ok(())
+}
+
+fn device() -> Result<(&'static Connection, u32), HipError> {
+    let c = connection()?;
+    let d = CURRENT.get();
+    if d as usize >= c.welcome.devices.len() {
+        return Err(HIP_ERROR_INVALID_DEVICE);
+    }
+    Ok((c, d))
+}
+
+#[export_name = "xph_hipInit"]
+pub extern "C" fn hip_init(flags: u32) -> HipError {
+    call(|| {
+        if flags != 0 {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
+        connection().map(|_| ())
+    })
+}
+
+#[export_name = "xph_hipGetDeviceCount"]
+pub extern "C" fn hip_get_device_count(count: *mut c_int) -> HipError {
+    call(|| match connection() {
+        Ok(c) => put(count, c.welcome.devices.len() as c_int),
+        Err(e) => {
+            put(count, 0)?;
+            Err(e)
+        }
+    })
+}
+
+#[export_name = "xph_hipSetDevice"]
+pub extern "C" fn hip_set_device(device: c_int) -> HipError {
+    call(|| {
+        let c = connection()?;
+        let d = u32::try_from(device).map_err(|_| HIP_ERROR_INVALID_DEVICE)?;
+        if d as usize >= c.welcome.devices.len() {
+            return Err(HIP_ERROR_INVALID_DEVICE);
+        }
+        CURRENT.set(d);
+        Ok(())
+    })
+}
+
+#[export_name = "xph_hipGetDevice"]
+pub extern "C" fn hip_get_device(out: *mut c_int) -> HipError {
+    call(|| {
+        connection()?;
+        put(out, CURRENT.get() as c_int)
+    })
+}
+
+#[export_name = "xph_hipMalloc"]
+pub extern "C" fn hip_malloc(out: *mut *mut c_void, size: usize) -> HipError {
+    call(|| {
+        if out.is_null() {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
+        if size == 0 {
+            return put(out, std::ptr::null_mut());
+        }
+        let (c, d) = device()?;
+        let address = c.mem_alloc(d, size as u64).map_err(|e| hip_code(&e))?;
+        put(out, address as *mut c_void)
+    })
+}
+
+#[export_name = "xph_hipFree"]
+pub extern "C" fn hip_free(ptr: *mut c_void) -> HipError {
+    call(|| {
+        if ptr.is_null() {
+            return Ok(());
+        }
+        let c = connection()?;
+        // As the device does: after the work before it.
+        c.synchronize().map_err(|e| hip_code(&e))?;
+        c.mem_free(ptr as u64).map_err(|e| hip_code(&e))
+    })
+}
+
+/// `hipMemcpyKind`.
+const HOST_TO_HOST: c_int = 0;
+const HOST_TO_DEVICE: c_int = 1;
+const DEVICE_TO_HOST: c_int = 2;
+const DEVICE_TO_DEVICE: c_int = 3;
+
+#[export_name = "xph_hipMemcpy"]
+pub extern "C" fn hip_memcpy(
+    dst: *mut c_void,
+    src: *const c_void,
+    size: usize,
+    kind: c_int,
+) -> HipError {
+    call(|| {
+        if size == 0 {
+            return Ok(());
+        }
+        if dst.is_null() || src.is_null() {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
+        let c = connection()?;
+        let code = |e: CuError| hip_code(&e);
+        match kind {
+            HOST_TO_HOST => {
+                c.synchronize().map_err(code)?;
+                // SAFETY: the API contract: `size` readable and writable host bytes.
+                unsafe { std::ptr::copy(src.cast::<u8>(), dst.cast::<u8>(), size) };
+                Ok(())
+            }
+            HOST_TO_DEVICE => {
+                // SAFETY: the API contract: `size` readable host bytes at `src`.
+                let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
+                c.copy_to_device(dst as u64, bytes, 0).map_err(code)?;
+                // hipMemcpy returns when the copy is done: its errors too.
+                c.synchronize().map_err(code)
+            }
+            DEVICE_TO_HOST => {
+                // SAFETY: the API contract: `size` writable host bytes at `dst`.
+                let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), size) };
+                c.copy_from_device(src as u64, out, 0).map_err(code)
+            }
+            DEVICE_TO_DEVICE => {
+                c.memcpy_dtod(dst as u64, src as u64, size as u64, 0)
+                    .map_err(code)?;
+                c.synchronize().map_err(code)
+            }
+            // hipMemcpyDefault needs to tell device memory from host memory, which
+            // this stand-in cannot do yet.
+            _ => Err(HIP_ERROR_INVALID_MEMCPY_DIRECTION),
+        }
+    })
+}
+
+#[export_name = "xph_hipMemset"]
+pub extern "C" fn hip_memset(dst: *mut c_void, value: c_int, size: usize) -> HipError {
+    call(|| {
+        if size == 0 {
+            return Ok(());
+        }
+        let c = connection()?;
+        c.memset(dst as u64, u32::from(value as u8), 1, size as u64, 0)
+            .map_err(|e| hip_code(&e))
+    })
+}
+
+#[export_name = "xph_hipDeviceSynchronize"]
+pub extern "C" fn hip_device_synchronize() -> HipError {
+    call(|| connection()?.synchronize().map_err(|e| hip_code(&e)))
+}
+
+#[export_name = "xph_hipMemGetInfo"]
+pub extern "C" fn hip_mem_get_info(free: *mut usize, total: *mut usize) -> HipError {
+    call(|| {
+        let (c, d) = device()?;
+        let (f, t) = c.mem_get_info(d).map_err(|e| hip_code(&e))?;
+        put(free, f as usize)?;
+        put(total, t as usize)
+    })
+}
