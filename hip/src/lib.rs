@@ -12,7 +12,8 @@
 //! clears), the version queries, `hipCreateChannelDesc`, compiler-rt's half
 //! conversions; and over the pool's protocol ([`memory`]): devices (count, set,
 //! get), `hipMalloc`, `hipFree`, `hipMemcpy` (explicit directions), `hipMemset`,
-//! `hipMemGetInfo`, `hipDeviceSynchronize`. Every other entry point logs its name
+//! `hipMemGetInfo`, `hipDeviceSynchronize`; streams, events, and copies and
+//! memsets in a stream ([`stream`]). Every other entry point logs its name
 //! once and answers `hipErrorNotSupported` (or NULL, or nothing, as it returns).
 
 use std::cell::Cell;
@@ -22,6 +23,7 @@ use std::sync::Mutex;
 
 mod half;
 pub mod memory;
+pub mod stream;
 
 #[allow(non_snake_case, unreachable_pub, clippy::missing_safety_doc)]
 mod stubs {

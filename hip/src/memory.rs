@@ -17,7 +17,7 @@ const HIP_ERROR_INVALID_MEMCPY_DIRECTION: HipError = 21;
 const HIP_ERROR_UNKNOWN: HipError = 999;
 
 /// The connection to the pool server, opened at the first call that needs it.
-fn connection() -> Result<&'static Connection, HipError> {
+pub(crate) fn connection() -> Result<&'static Connection, HipError> {
     static CONNECTION: OnceLock<Option<Connection>> = OnceLock::new();
     CONNECTION
         .get_or_init(|| match Connection::open_from_env() {
@@ -37,7 +37,7 @@ thread_local! {
 }
 
 /// HIP's code for the server's (CUDA's numbering: equal where HIP has the code).
-fn hip_code(e: &CuError) -> HipError {
+pub(crate) fn hip_code(e: &CuError) -> HipError {
     let code = e.code as HipError;
     if crate::ERRORS.iter().any(|(c, _, _)| *c == code) {
         code
@@ -47,11 +47,11 @@ fn hip_code(e: &CuError) -> HipError {
 }
 
 /// Runs a call's body and keeps its result as the thread's last.
-fn call(body: impl FnOnce() -> Result<(), HipError>) -> HipError {
+pub(crate) fn call(body: impl FnOnce() -> Result<(), HipError>) -> HipError {
     record(body().err().unwrap_or(HIP_SUCCESS))
 }
 
-fn put<T>(out: *mut T, value: T) -> Result<(), HipError> {
+pub(crate) fn put<T>(out: *mut T, value: T) -> Result<(), HipError> {
     if out.is_null() {
         return Err(HIP_ERROR_INVALID_VALUE);
     }
@@ -60,7 +60,7 @@ fn put<T>(out: *mut T, value: T) -> Result<(), HipError> {
     Ok(())
 }
 
-fn device() -> Result<(&'static Connection, u32), HipError> {
+pub(crate) fn device() -> Result<(&'static Connection, u32), HipError> {
     let c = connection()?;
     let d = CURRENT.get();
     if d as usize >= c.welcome.devices.len() {
@@ -152,6 +152,20 @@ pub extern "C" fn hip_memcpy(
     size: usize,
     kind: c_int,
 ) -> HipError {
+    copy(dst, src, size, kind, 0, true)
+}
+
+/// A copy in `stream`: with `wait`, done (and its errors known) before it
+/// returns; without, copies to the device are sent without waiting (their bytes
+/// taken now) and the others still wait.
+pub(crate) fn copy(
+    dst: *mut c_void,
+    src: *const c_void,
+    size: usize,
+    kind: c_int,
+    stream: u64,
+    wait: bool,
+) -> HipError {
     call(|| {
         if size == 0 {
             return Ok(());
@@ -163,7 +177,7 @@ pub extern "C" fn hip_memcpy(
         let code = |e: CuError| hip_code(&e);
         match kind {
             HOST_TO_HOST => {
-                c.synchronize().map_err(code)?;
+                c.stream_synchronize(stream).map_err(code)?;
                 // SAFETY: the API contract: `size` readable and writable host bytes.
                 unsafe { std::ptr::copy(src.cast::<u8>(), dst.cast::<u8>(), size) };
                 Ok(())
@@ -171,19 +185,29 @@ pub extern "C" fn hip_memcpy(
             HOST_TO_DEVICE => {
                 // SAFETY: the API contract: `size` readable host bytes at `src`.
                 let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
-                c.copy_to_device(dst as u64, bytes, 0).map_err(code)?;
-                // hipMemcpy returns when the copy is done: its errors too.
-                c.synchronize().map_err(code)
+                c.copy_to_device(dst as u64, bytes, stream).map_err(code)?;
+                if wait {
+                    c.stream_synchronize(stream).map_err(code)?;
+                }
+                Ok(())
             }
             DEVICE_TO_HOST => {
                 // SAFETY: the API contract: `size` writable host bytes at `dst`.
                 let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), size) };
-                c.copy_from_device(src as u64, out, 0).map_err(code)
+                c.copy_from_device(src as u64, out, stream).map_err(code)
             }
             DEVICE_TO_DEVICE => {
-                c.memcpy_dtod(dst as u64, src as u64, size as u64, 0)
-                    .map_err(code)?;
-                c.synchronize().map_err(code)
+                let request = xpupool_protocol::Request::MemcpyDtoD {
+                    dst: dst as u64,
+                    src: src as u64,
+                    len: size as u64,
+                    stream,
+                };
+                c.post(request).map_err(code)?;
+                if wait {
+                    c.stream_synchronize(stream).map_err(code)?;
+                }
+                Ok(())
             }
             // hipMemcpyDefault needs to tell device memory from host memory, which
             // this stand-in cannot do yet.

@@ -1,0 +1,182 @@
+//! Streams, events, and the copies and memsets that go in a stream, over the
+//! pool's protocol. Handles are the server's: `hipStream_t` 0 is the null stream,
+//! `hipStreamPerThread` (2) the thread's default stream, as on the wire.
+
+use std::ffi::{c_int, c_uint, c_void};
+
+use xpupool_protocol::{Calls, CuError, Request};
+
+use crate::memory::{call, connection, device, hip_code, put};
+use crate::{HipError, HIP_ERROR_INVALID_VALUE};
+
+/// `hipStream_t` and `hipEvent_t`: the server's handles.
+type Handle = *mut c_void;
+
+fn code(e: CuError) -> HipError {
+    hip_code(&e)
+}
+
+fn create_stream(out: *mut Handle, flags: c_uint, priority: c_int) -> HipError {
+    call(|| {
+        if out.is_null() || flags & !1 != 0 {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
+        let (c, d) = device()?;
+        let stream = c.stream_create(d, flags, priority).map_err(code)?;
+        put(out, stream as Handle)
+    })
+}
+
+#[export_name = "xph_hipStreamCreate"]
+pub extern "C" fn hip_stream_create(out: *mut Handle) -> HipError {
+    create_stream(out, 0, 0)
+}
+
+#[export_name = "xph_hipStreamCreateWithFlags"]
+pub extern "C" fn hip_stream_create_with_flags(out: *mut Handle, flags: c_uint) -> HipError {
+    create_stream(out, flags, 0)
+}
+
+#[export_name = "xph_hipStreamCreateWithPriority"]
+pub extern "C" fn hip_stream_create_with_priority(
+    out: *mut Handle,
+    flags: c_uint,
+    priority: c_int,
+) -> HipError {
+    create_stream(out, flags, priority)
+}
+
+#[export_name = "xph_hipStreamDestroy"]
+pub extern "C" fn hip_stream_destroy(stream: Handle) -> HipError {
+    call(|| connection()?.stream_destroy(stream as u64).map_err(code))
+}
+
+#[export_name = "xph_hipStreamSynchronize"]
+pub extern "C" fn hip_stream_synchronize(stream: Handle) -> HipError {
+    call(|| {
+        connection()?
+            .stream_synchronize(stream as u64)
+            .map_err(code)
+    })
+}
+
+#[export_name = "xph_hipStreamQuery"]
+pub extern "C" fn hip_stream_query(stream: Handle) -> HipError {
+    call(|| connection()?.stream_query(stream as u64).map_err(code))
+}
+
+#[export_name = "xph_hipStreamWaitEvent"]
+pub extern "C" fn hip_stream_wait_event(stream: Handle, event: Handle, flags: c_uint) -> HipError {
+    call(|| {
+        let request = Request::StreamWaitEvent {
+            stream: stream as u64,
+            event: event as u64,
+            flags,
+        };
+        connection()?.post(request).map_err(code)
+    })
+}
+
+fn create_event(out: *mut Handle, flags: c_uint) -> HipError {
+    call(|| {
+        if out.is_null() {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
+        let (c, d) = device()?;
+        let event = c.event_create(d, flags).map_err(code)?;
+        put(out, event as Handle)
+    })
+}
+
+#[export_name = "xph_hipEventCreate"]
+pub extern "C" fn hip_event_create(out: *mut Handle) -> HipError {
+    create_event(out, 0)
+}
+
+#[export_name = "xph_hipEventCreateWithFlags"]
+pub extern "C" fn hip_event_create_with_flags(out: *mut Handle, flags: c_uint) -> HipError {
+    create_event(out, flags)
+}
+
+#[export_name = "xph_hipEventRecord"]
+pub extern "C" fn hip_event_record(event: Handle, stream: Handle) -> HipError {
+    call(|| {
+        let request = Request::EventRecord {
+            event: event as u64,
+            stream: stream as u64,
+        };
+        connection()?.post(request).map_err(code)
+    })
+}
+
+#[export_name = "xph_hipEventSynchronize"]
+pub extern "C" fn hip_event_synchronize(event: Handle) -> HipError {
+    call(|| connection()?.event_synchronize(event as u64).map_err(code))
+}
+
+#[export_name = "xph_hipEventQuery"]
+pub extern "C" fn hip_event_query(event: Handle) -> HipError {
+    call(|| connection()?.event_query(event as u64).map_err(code))
+}
+
+#[export_name = "xph_hipEventElapsedTime"]
+pub extern "C" fn hip_event_elapsed_time(ms: *mut f32, start: Handle, end: Handle) -> HipError {
+    call(|| {
+        if ms.is_null() {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
+        let elapsed = connection()?
+            .event_elapsed_time(start as u64, end as u64)
+            .map_err(code)?;
+        put(ms, elapsed)
+    })
+}
+
+#[export_name = "xph_hipEventDestroy"]
+pub extern "C" fn hip_event_destroy(event: Handle) -> HipError {
+    call(|| connection()?.event_destroy(event as u64).map_err(code))
+}
+
+#[export_name = "xph_hipMemcpyAsync"]
+pub extern "C" fn hip_memcpy_async(
+    dst: *mut c_void,
+    src: *const c_void,
+    size: usize,
+    kind: c_int,
+    stream: Handle,
+) -> HipError {
+    crate::memory::copy(dst, src, size, kind, stream as u64, false)
+}
+
+#[export_name = "xph_hipMemcpyWithStream"]
+pub extern "C" fn hip_memcpy_with_stream(
+    dst: *mut c_void,
+    src: *const c_void,
+    size: usize,
+    kind: c_int,
+    stream: Handle,
+) -> HipError {
+    crate::memory::copy(dst, src, size, kind, stream as u64, true)
+}
+
+#[export_name = "xph_hipMemsetAsync"]
+pub extern "C" fn hip_memset_async(
+    dst: *mut c_void,
+    value: c_int,
+    size: usize,
+    stream: Handle,
+) -> HipError {
+    call(|| {
+        if size == 0 {
+            return Ok(());
+        }
+        let request = Request::Memset {
+            dst: dst as u64,
+            value: u32::from(value as u8),
+            elem_size: 1,
+            count: size as u64,
+            stream: stream as u64,
+        };
+        connection()?.post(request).map_err(code)
+    })
+}
