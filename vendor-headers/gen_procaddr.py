@@ -122,6 +122,9 @@ def split_params(params):
 
 def rust_type(param):
     """The Rust type of one C parameter (`const CUgraphNode *from`, `size_t n`)."""
+    if re.search(r"\*\s*const\b", param) or "[" in param:
+        # `T *const *` and arrays would need more than this reading of a type.
+        sys.exit("error: cannot read the C type %r (a const pointer or an array)" % param)
     param = param.replace("*", " * ")
     words = [w for w in param.split() if w != "CUDAAPI"]
     if words and words[-1] != "*" and len(words) > 1:

@@ -69,6 +69,9 @@ fn parse_plain(bytes: &[u8]) -> Result<Vec<BundleEntry>, AmdgpuError> {
     }
     let mut at = 32u64;
     let mut entries = Vec::with_capacity(count as usize);
+    // Entries do not overlap: all of them together are no longer than the
+    // bundle, so copying them costs no more than its size.
+    let mut copied = 0u64;
     for _ in 0..count {
         let offset = b.u64(at, "entry offset")?;
         let size = b.u64(at + 8, "entry size")?;
@@ -77,6 +80,12 @@ fn parse_plain(bytes: &[u8]) -> Result<Vec<BundleEntry>, AmdgpuError> {
         let id = std::str::from_utf8(id)
             .map_err(|_| AmdgpuError::NotAnImage("an entry id that is not text".into()))?;
         let data = b.slice(offset, size, "entry data")?;
+        copied += size;
+        if copied > bytes.len() as u64 {
+            return Err(AmdgpuError::NotAnImage(
+                "entries that overlap (together longer than the bundle)".into(),
+            ));
+        }
         entries.push(BundleEntry {
             id: id.to_owned(),
             data: data.to_vec(),
@@ -139,7 +148,10 @@ fn decompress(bytes: &[u8]) -> Result<Vec<u8>, AmdgpuError> {
         )));
     }
     let end = h.total.unwrap_or(bytes.len() as u64);
-    let payload = Bytes(bytes).slice(h.header, end - h.header, "compressed payload")?;
+    let len = end
+        .checked_sub(h.header)
+        .ok_or(AmdgpuError::Truncated("compressed bundle header"))?;
+    let payload = Bytes(bytes).slice(h.header, len, "compressed payload")?;
     // One byte more than declared is read, to tell a longer stream from an exact one.
     let limit = h.uncompressed + 1;
     let mut out = Vec::new();
@@ -336,6 +348,28 @@ pub(crate) mod tests {
             b[32..40].copy_from_slice(&offset.to_le_bytes());
             assert!(parse_bundle(&b).is_err());
             assert!(image_len(&b).is_err());
+        }
+        // Many entries all naming the whole bundle: refused, not copied each time.
+        let mut overlapping = MAGIC.to_vec();
+        overlapping.extend_from_slice(&100u64.to_le_bytes());
+        let whole = 32 + 100 * 25;
+        for _ in 0..100 {
+            overlapping.extend_from_slice(&0u64.to_le_bytes());
+            overlapping.extend_from_slice(&(whole as u64).to_le_bytes());
+            overlapping.extend_from_slice(&1u64.to_le_bytes());
+            overlapping.push(b'x');
+        }
+        assert!(matches!(
+            parse_bundle(&overlapping),
+            Err(AmdgpuError::NotAnImage(_))
+        ));
+        // A version 1 compressed bundle shorter than its header.
+        for len in 8..20 {
+            let mut v1 = COMPRESSED_MAGIC.to_vec();
+            v1.extend_from_slice(&1u16.to_le_bytes());
+            v1.extend_from_slice(&0u16.to_le_bytes());
+            v1.resize(len, 0);
+            assert!(parse_bundle(&v1).is_err(), "{len}");
         }
         // A compressed bundle claiming 2^40 bytes, or more than it holds.
         let inner = plain(&[("hipv4-amdgcn-amd-amdhsa--gfx90a", b"code")]);

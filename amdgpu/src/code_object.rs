@@ -135,7 +135,9 @@ fn sections(bytes: &[u8]) -> Result<Vec<(u32, u64, u64)>, AmdgpuError> {
 /// section's with contents).
 pub fn elf_len(bytes: &[u8]) -> Result<u64, AmdgpuError> {
     let (shoff, shnum) = elf_header(bytes)?;
-    let mut end = shoff + shnum * SECTION_HEADER;
+    let mut end = shoff
+        .checked_add(shnum * SECTION_HEADER)
+        .ok_or(AmdgpuError::Truncated("section headers"))?;
     for (kind, offset, size) in sections(bytes)? {
         if kind != SHT_NOBITS {
             let section_end = offset

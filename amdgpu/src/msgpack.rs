@@ -106,7 +106,9 @@ impl Reader<'_> {
     }
 
     fn items(&mut self, n: usize, depth: usize) -> Result<Value, AmdgpuError> {
-        let mut items = Vec::with_capacity(n);
+        // A count is bounded by the bytes left, not by what a value takes in
+        // memory: the vector grows as items come.
+        let mut items = Vec::with_capacity(n.min(64));
         for _ in 0..n {
             items.push(self.value(depth + 1)?);
         }
@@ -114,7 +116,7 @@ impl Reader<'_> {
     }
 
     fn pairs(&mut self, n: usize, depth: usize) -> Result<Value, AmdgpuError> {
-        let mut pairs = Vec::with_capacity(n);
+        let mut pairs = Vec::with_capacity(n.min(64));
         for _ in 0..n {
             let k = self.value(depth + 1)?;
             let v = self.value(depth + 1)?;

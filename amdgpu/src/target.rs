@@ -21,10 +21,9 @@ impl TargetId {
         let processor = parts.next().filter(|p| !p.is_empty())?.to_owned();
         let features = parts
             .map(|f| {
-                let (name, sign) = f.split_at(f.len().checked_sub(1)?);
-                let on = match sign {
-                    "+" => true,
-                    "-" => false,
+                let (name, on) = match (f.strip_suffix('+'), f.strip_suffix('-')) {
+                    (Some(name), _) => (name, true),
+                    (_, Some(name)) => (name, false),
                     _ => return None,
                 };
                 (!name.is_empty()).then(|| (name.to_owned(), on))
@@ -97,7 +96,14 @@ mod tests {
             t.features,
             [("sramecc".to_owned(), true), ("xnack".to_owned(), false)]
         );
-        for bad in ["", ":xnack+", "gfx90a:xnack", "gfx90a:+", "gfx90a:xnack*"] {
+        for bad in [
+            "",
+            ":xnack+",
+            "gfx90a:xnack",
+            "gfx90a:+",
+            "gfx90a:xnack*",
+            "gfx90a:xé",
+        ] {
             assert_eq!(TargetId::parse(bad), None, "{bad}");
         }
     }

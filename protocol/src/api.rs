@@ -222,6 +222,9 @@ macro_rules! declare_api {
                                         while let Some(key) = map.next_key::<String>()? {
                                             $(
                                                 if key == stringify!($arg) {
+                                                    if $arg.is_some() {
+                                                        return Err(serde::de::Error::duplicate_field(stringify!($arg)));
+                                                    }
                                                     $arg = Some(map.next_value()?);
                                                     continue;
                                                 }
@@ -1199,6 +1202,10 @@ mod tests {
             .to_string();
         assert!(missing.contains("stream"), "{missing}");
         assert!(serde_json::from_str::<Request>(r#"{"NoSuchThing":{}}"#).is_err());
+        let twice = serde_json::from_str::<Request>(r#"{"MemFree":{"ptr":1,"ptr":2}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(twice.contains("duplicate field"), "{twice}");
         let none: Request = serde_json::from_str(r#"{"Synchronize":{}}"#).unwrap();
         assert!(matches!(none, Request::Synchronize {}));
         let reply: Reply =

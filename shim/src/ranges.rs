@@ -251,6 +251,17 @@ impl DeviceRanges {
         Ok(())
     }
 
+    /// Records a reservation the server has, reserving its addresses here where
+    /// that can still be done (else with a warning, as [`Self::add_given`]).
+    pub(crate) fn hold_given(&self, start: u64, size: u64) {
+        if self.hold(start, size).is_err() {
+            tracing::warn!(
+                "address reservation at {start:#x} ({size} bytes) overlaps this process's own memory"
+            );
+            lock(&self.inner).holds.insert(start, size);
+        }
+    }
+
     /// Gives back the reservation of `size` bytes at `start` (`cuMemAddressFree`),
     /// if there is one: whether there was.
     pub(crate) fn take_hold(&self, start: u64, size: u64) -> bool {

@@ -435,6 +435,15 @@ static bool faults(const volatile int *at) {
     return false;
 }
 
+// The same, from `depth` calls further down the stack (each with a frame of its own).
+static __attribute__((noinline)) bool faults_deeper(const volatile int *at, int depth) {
+    volatile char frame[256];
+    frame[0] = (char)depth;
+    if (depth == 0) return faults(at);
+    const bool r = faults_deeper(at, depth - 1);
+    return r && frame[0] == (char)depth;
+}
+
 // The program's handler was there before managed memory put its own in front:
 // faults that are not managed memory's reach it, every time, on a page mapped
 // without access and on an unmapped address alike.
@@ -451,8 +460,10 @@ static void foreign_faults() {
     const int *unmapped = reinterpret_cast<const int *>(16);
     int seen = 0;
     for (int round = 0; round < 3; ++round) {
-        seen += faults(static_cast<const int *>(guard));
-        seen += faults(unmapped);
+        // Each round from deeper down: a fault after a siglongjmp is the
+        // program's, wherever on the stack it happens.
+        seen += faults_deeper(static_cast<const int *>(guard), 8 * round);
+        seen += faults_deeper(unmapped, 8 * round);
         // Managed memory still works between them.
         p[round] = round + 1;
         touch<<<1, 1>>>(p + round);

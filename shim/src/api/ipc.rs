@@ -39,7 +39,16 @@ fn open_mem(out: *mut CUdeviceptr, handle: CUipcMemHandle, flags: c_uint) -> Res
     // Copies and launches into it are checked as into an allocation; cuMemFree
     // does not take it (cuIpcCloseMemHandle does).
     d.device_ranges.add_given(ptr, size, false);
+    lock(opened()).insert(ptr, size);
     put(out, ptr)
+}
+
+/// Memory this process opened (`cuIpcOpenMemHandle`): base → size. Only these
+/// are `cuIpcCloseMemHandle`'s to close.
+fn opened() -> &'static std::sync::Mutex<std::collections::HashMap<u64, u64>> {
+    static OPENED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u64, u64>>> =
+        std::sync::OnceLock::new();
+    OPENED.get_or_init(Default::default)
 }
 
 export! {
@@ -58,13 +67,12 @@ export! {
         let d = driver()?;
         // Forgotten here first (only an opened range: not an allocation), as
         // once the server has closed it the address may come back for another.
-        let size = d
-            .device_ranges
-            .remove_kind(ptr, false)
-            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let size = lock(opened()).remove(&ptr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        d.device_ranges.remove(ptr);
         d.conn.ipc_close_mem_handle(ptr).map_err(|e| {
             // Still open on the server: recorded again.
             d.device_ranges.add_given(ptr, size, false);
+            lock(opened()).insert(ptr, size);
             fail(e)
         })
     }

@@ -780,11 +780,12 @@ fn previous_action() -> &'static Mutex<Option<libc::sigaction>> {
 }
 
 thread_local! {
-    /// While this thread runs the previous handler: where `on_fault`'s frame was
-    /// on the stack, 0 otherwise. A call back into ours from deeper down is the
-    /// previous handler handing the fault back; one from at or above it is a new
-    /// fault after that handler left by `siglongjmp`, which never cleared it.
-    static PASSING_ON: Cell<usize> = const { Cell::new(0) };
+    /// While this thread runs the previous handler: the siginfo it was given and
+    /// where `on_fault`'s frame was on the stack; zeros otherwise. A call back
+    /// into ours with that siginfo from deeper down is the previous handler
+    /// handing the fault back. Any other (a new fault, after that handler left
+    /// by `siglongjmp` and never cleared this) has a siginfo of its own.
+    static PASSING_ON: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
 /// Puts our SIGSEGV handler first, passing what is not ours to the handler it
@@ -881,19 +882,26 @@ fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void, here
         return default_action();
     };
     let handler = previous.sa_sigaction;
-    let outer = PASSING_ON.get();
-    // The stack grows down: a frame below the one that passed the fault on is
-    // that handler calling back into ours.
-    let handed_back = outer != 0 && here < outer;
+    let (outer_info, outer_here) = PASSING_ON.get();
+    // The stack grows down: the same fault, in a frame below the one that
+    // passed it on, is that handler calling back into ours.
+    let handed_back = outer_info == info as usize && here < outer_here;
     if handler == libc::SIG_DFL || handler == libc::SIG_IGN || handed_back {
         return default_action();
     }
-    PASSING_ON.set(here);
+    PASSING_ON.set((info as usize, here));
     // SAFETY: the handler the process had installed, called as the kernel would
-    // have called it, under the mask it asked for (sigprocmask with valid sets).
+    // have called it, under the mask it asked for (sigprocmask with valid sets):
+    // its own, and SIGSEGV unblocked where it asked for SA_NODEFER.
     unsafe {
         let mut before: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_BLOCK, &previous.sa_mask, &mut before);
+        if previous.sa_flags & libc::SA_NODEFER != 0 {
+            let mut segv: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut segv);
+            libc::sigaddset(&mut segv, libc::SIGSEGV);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &segv, std::ptr::null_mut());
+        }
         if previous.sa_flags & libc::SA_SIGINFO != 0 {
             let f: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) =
                 std::mem::transmute(handler);
@@ -904,7 +912,7 @@ fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void, here
         }
         libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
     }
-    PASSING_ON.set(0);
+    PASSING_ON.set((0, 0));
 }
 
 /// Serves a host access to a managed page: a page on the device is fetched

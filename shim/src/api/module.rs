@@ -55,24 +55,23 @@ fn unload(module: usize) -> Res {
     let d = driver()?;
     let m = d.modules.get(module)?;
     // Its variables are forgotten here first: once the server has unloaded it,
-    // their addresses may come back for another allocation.
-    let globals: Vec<(u64, u64)> = lock(&m.globals)
-        .values()
-        .filter_map(|g| Some((g.address, d.device_ranges.remove(g.address)?.0)))
-        .collect();
+    // their addresses may come back for another allocation. The module goes
+    // here whatever the server says of each device's copy (one it could not
+    // unload is freed with the session); the first refusal is reported.
+    for g in lock(&m.globals).values() {
+        d.device_ranges.remove(g.address);
+    }
+    let mut refused = None;
     for loaded in m.all_loaded() {
         if let Err(e) = d.conn.module_unload(loaded.server) {
-            for &(address, size) in &globals {
-                d.device_ranges.add_given(address, size, false);
-            }
-            return Err(fail(e));
+            refused.get_or_insert(e);
         }
     }
     d.modules.remove(module)?;
     for &f in lock(&m.kernels).values() {
         let _ = d.functions.remove(f);
     }
-    Ok(())
+    refused.map_or(Ok(()), |e| Err(fail(e)))
 }
 
 /// The handle for kernel `name` of `module`, made on first request. Nothing is sent

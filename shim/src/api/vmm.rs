@@ -150,9 +150,7 @@ export! {
         }
         d.conn.mem_address_free(ptr, size as u64).map_err(|e| {
             // Still the server's reservation: held here again.
-            if d.device_ranges.hold(ptr, size as u64).is_err() {
-                tracing::warn!("address reservation at {ptr:#x} kept by the server, no longer held here");
-            }
+            d.device_ranges.hold_given(ptr, size as u64);
             fail(e)
         })
     }
