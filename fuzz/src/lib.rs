@@ -79,7 +79,7 @@ fn request_target(state: &mut State, input: &[u8]) {
         return;
     };
     state.runs += 1;
-    if state.runs % 2000 == 0 {
+    if state.runs.is_multiple_of(2000) {
         state.session = None;
     }
     let session = state.session.get_or_insert_with(|| {
@@ -187,7 +187,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -196,7 +196,7 @@ impl Rng {
 
     /// Uniform below `n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 }
 
@@ -255,13 +255,13 @@ impl Mutator {
     fn one(&mut self, out: &mut Vec<u8>, corpus: &[Vec<u8>]) {
         let r = &mut self.rng;
         if out.is_empty() {
-            out.push(r.next() as u8);
+            out.push(r.next_u64() as u8);
             return;
         }
         let at = r.below(out.len());
         match r.below(9) {
             0 => out[at] ^= 1 << r.below(8),
-            1 => out[at] = r.next() as u8,
+            1 => out[at] = r.next_u64() as u8,
             2 => {
                 // A little-endian integer of 1, 2, 4 or 8 bytes overwritten with
                 // an interesting value, or one near the input's own length.
@@ -286,7 +286,7 @@ impl Mutator {
             }
             4 => {
                 let n = 1 + r.below(64);
-                let fill = r.next() as u8;
+                let fill = r.next_u64() as u8;
                 out.splice(at..at, std::iter::repeat_n(fill, n));
             }
             5 => {
@@ -553,7 +553,7 @@ mod tests {
         let mut m = Mutator::new(7);
         let base = vec![0u8; 64];
         let changed = (0..200)
-            .filter(|_| m.mutate(&base, &[base.clone()]) != base)
+            .filter(|_| m.mutate(&base, std::slice::from_ref(&base)) != base)
             .count();
         assert!(
             changed > 150,

@@ -146,7 +146,7 @@ mod tests {
         let before = ledger.byte_seconds();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let grown = ledger.byte_seconds() - before;
-        assert!(grown >= 40.0 * 0.05 && grown < 40.0 * 1.0, "{grown}");
+        assert!((40.0 * 0.05..40.0 * 1.0).contains(&grown), "{grown}");
         let unlimited = MemoryLedger::new(None);
         unlimited.charge(u64::MAX / 2).unwrap();
         assert_eq!(unlimited.remaining(), u64::MAX);
