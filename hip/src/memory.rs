@@ -3,7 +3,7 @@
 //! HIP's equal where both have one).
 
 use std::cell::Cell;
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
 use xpupool_client::Connection;
@@ -109,6 +109,53 @@ pub extern "C" fn hip_get_device(out: *mut c_int) -> HipError {
         connection()?;
         put(out, CURRENT.get() as c_int)
     })
+}
+
+/// Device `device` of the connection, as the server describes it.
+fn device_info(device: c_int) -> Result<&'static xpupool_protocol::DeviceInfo, HipError> {
+    let c = connection()?;
+    usize::try_from(device)
+        .ok()
+        .and_then(|d| c.welcome.devices.get(d))
+        .ok_or(HIP_ERROR_INVALID_DEVICE)
+}
+
+#[export_name = "xph_hipDeviceGet"]
+pub extern "C" fn hip_device_get(out: *mut c_int, ordinal: c_int) -> HipError {
+    call(|| {
+        device_info(ordinal)?;
+        put(out, ordinal)
+    })
+}
+
+#[export_name = "xph_hipDeviceGetName"]
+pub extern "C" fn hip_device_get_name(name: *mut c_char, len: c_int, device: c_int) -> HipError {
+    call(|| {
+        let info = device_info(device)?;
+        let len = usize::try_from(len).map_err(|_| HIP_ERROR_INVALID_VALUE)?;
+        if name.is_null() || len == 0 {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
+        // As much of the name as fits, and its NUL.
+        let bytes = info.name.as_bytes();
+        let n = bytes.len().min(len - 1);
+        // SAFETY: the caller gave `len` writable bytes at `name`; n + 1 <= len.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), name.cast::<u8>(), n);
+            name.add(n).write(0);
+        }
+        Ok(())
+    })
+}
+
+#[export_name = "xph_hipDeviceGetUuid"]
+pub extern "C" fn hip_device_get_uuid(out: *mut [u8; 16], device: c_int) -> HipError {
+    call(|| put(out, device_info(device)?.uuid))
+}
+
+#[export_name = "xph_hipDeviceTotalMem"]
+pub extern "C" fn hip_device_total_mem(out: *mut usize, device: c_int) -> HipError {
+    call(|| put(out, device_info(device)?.total_memory as usize))
 }
 
 #[export_name = "xph_hipMalloc"]

@@ -1,4 +1,5 @@
 /* Device memory through xpupool's HIP stand-in and the pool server: the device count,
+ * a device's handle, name, UUID and memory,
  * hipMalloc, copies both ways and on the device, memsets, hipMemGetInfo seeing an
  * allocation, errors for a device that is not there and a size the device does not
  * have, hipFree. Run by scripts/run-hip-tests.sh through `xpupool run`. */
@@ -34,6 +35,24 @@ int main(void) {
     int current = -1;
     CHECK(hipGetDevice(&current));
     EXPECT(current == 0, "current device %d", current);
+    hipDevice_t dev0 = -1;
+    CHECK(hipDeviceGet(&dev0, 0));
+    EXPECT(dev0 == 0, "device 0 is %d", dev0);
+    EXPECT(hipDeviceGet(&dev0, count) == hipErrorInvalidDevice, "no device %d", count);
+    char name[256] = {0}, short_name[6] = "xxxxx";
+    CHECK(hipDeviceGetName(name, sizeof name, 0));
+    EXPECT(strstr(name, "xpupool") != NULL, "name %s", name);
+    CHECK(hipDeviceGetName(short_name, sizeof short_name, 0));
+    EXPECT(strlen(short_name) == 5 && strncmp(short_name, name, 5) == 0, "cut to fit: %s", short_name);
+    EXPECT(hipDeviceGetName(name, 0, 0) == hipErrorInvalidValue, "no room");
+    hipUUID uuid;
+    memset(&uuid, 0, sizeof uuid);
+    CHECK(hipDeviceGetUuid(&uuid, 0));
+    int nonzero = 0;
+    for (int i = 0; i < 16; ++i) nonzero |= uuid.bytes[i];
+    EXPECT(nonzero, "a UUID");
+    size_t device_total = 0;
+    CHECK(hipDeviceTotalMem(&device_total, 0));
 
     const size_t n = 1 << 20;
     size_t free_before = 0, total = 0;
@@ -43,6 +62,8 @@ int main(void) {
     CHECK(hipMalloc((void **)&b, n * sizeof *b));
     size_t free_after = 0;
     CHECK(hipMemGetInfo(&free_after, &total));
+    EXPECT(total == device_total, "hipMemGetInfo's total %zu, hipDeviceTotalMem's %zu", total,
+           device_total);
     EXPECT(free_before - free_after >= 2 * n * sizeof *a, "free went from %zu to %zu",
            free_before, free_after);
 
