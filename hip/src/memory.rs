@@ -128,8 +128,14 @@ pub extern "C" fn hip_device_get(out: *mut c_int, ordinal: c_int) -> HipError {
     })
 }
 
+/// # Safety
+/// `name` is `len` writable bytes, as HIP's API asks.
 #[export_name = "xph_hipDeviceGetName"]
-pub extern "C" fn hip_device_get_name(name: *mut c_char, len: c_int, device: c_int) -> HipError {
+pub unsafe extern "C" fn hip_device_get_name(
+    name: *mut c_char,
+    len: c_int,
+    device: c_int,
+) -> HipError {
     call(|| {
         let info = device_info(device)?;
         let len = usize::try_from(len).map_err(|_| HIP_ERROR_INVALID_VALUE)?;
