@@ -956,7 +956,7 @@ impl ArrayBox {
 /// A texture or surface over device memory, as the client's arrays and linear
 /// resources lay it out: texel (x, y, z) at `address + x * texel + y * pitch + z
 /// * slice_pitch`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TextureDesc {
     /// Device address of texel (0, 0, 0).
     pub address: u64,

@@ -1244,7 +1244,6 @@ mod device_tests {
         );
         let mut session = host.open_session(&tenant, 1, |inner| inner).unwrap();
         let texture = TextureDesc {
-            address: 0,
             dims: 1,
             size: [16, 1, 1],
             pitch: 64,
@@ -1253,13 +1252,7 @@ mod device_tests {
             bits: 32,
             channels: 1,
             address_mode: [1; 3],
-            linear: false,
-            normalized_coords: false,
-            read_normalized: false,
-            border: [0.0; 4],
-            layered: false,
-            cubemap: false,
-            array: 0,
+            ..TextureDesc::default()
         };
         let array = ArrayDesc {
             width: 16,

@@ -467,22 +467,14 @@ fn a_departed_clients_resources_are_freed() {
         )
         .unwrap();
     let over_array = TextureDesc {
-        address: 0,
         dims: 2,
         size: [64, 64, 1],
-        pitch: 0,
-        slice_pitch: 0,
         channel: 2,
         bits: 32,
         channels: 1,
         address_mode: [1; 3],
-        linear: false,
-        normalized_coords: false,
-        read_normalized: false,
-        border: [0.0; 4],
-        layered: false,
-        cubemap: false,
         array,
+        ..TextureDesc::default()
     };
     c.tex_object_create(0, over_array.clone()).unwrap();
     c.surf_object_create(0, over_array).unwrap();

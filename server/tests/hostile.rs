@@ -519,12 +519,7 @@ fn texture_objects_are_bounded_by_the_sessions_memory() {
         channels: 1,
         address_mode: [1; 3],
         linear: true,
-        normalized_coords: false,
-        read_normalized: false,
-        border: [0.0; 4],
-        layered: false,
-        cubemap: false,
-        array: 0,
+        ..TextureDesc::default()
     };
     let ok = mine
         .tex_object_create(0, desc(buffer, 64, 64, 256))
@@ -708,22 +703,15 @@ fn arrays_are_charged_and_every_copy_is_bounded() {
     // Another tenant's array is not theirs to copy, sample, or destroy.
     assert!(theirs.memcpy_from_array(array, first_layer, 0).is_err());
     let texture = TextureDesc {
-        address: 0,
         dims: 2,
         size: [16, 8, 3],
-        pitch: 0,
-        slice_pitch: 0,
         channel: 2,
         bits: 32,
         channels: 1,
         address_mode: [1; 3],
-        linear: false,
-        normalized_coords: false,
-        read_normalized: false,
-        border: [0.0; 4],
         layered: true,
-        cubemap: false,
         array,
+        ..TextureDesc::default()
     };
     assert!(theirs.tex_object_create(0, texture.clone()).is_err());
     assert!(theirs.array_destroy(array).is_err());

@@ -130,22 +130,10 @@ fn create(out: *mut CUarray, desc: CUDA_ARRAY3D_DESCRIPTOR) -> Res {
 /// What a resource description makes: the texture or surface over it.
 fn resource(res: &CUDA_RESOURCE_DESC, surface: bool) -> Res<(TextureDesc, CUdevice)> {
     let mut desc = TextureDesc {
-        address: 0,
         dims: 1,
         size: [1; 3],
-        pitch: 0,
-        slice_pitch: 0,
-        channel: 0,
-        bits: 0,
-        channels: 0,
         address_mode: [1; 3],
-        linear: false,
-        normalized_coords: false,
-        read_normalized: false,
-        border: [0.0; 4],
-        layered: false,
-        cubemap: false,
-        array: 0,
+        ..TextureDesc::default()
     };
     let d = driver()?;
     let mut device = d.current_context()?.device;
