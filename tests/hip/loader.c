@@ -8,7 +8,8 @@
  * (hipMallocAsync, hip_5.1) resolves; libamdhip64.so and .so.7 opened beside it share
  * one core. */
 #define _GNU_SOURCE
-#include <hip/hip_runtime_api.h>
+#define TEST_NAME "loader"
+#include "check.h"
 #include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
@@ -16,15 +17,6 @@
 unsigned short __gnu_f2h_ieee(float);
 float __gnu_h2f_ieee(unsigned short);
 
-static int failures = 0;
-#define EXPECT(cond, ...)                                                   \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "FAIL loader: " __VA_ARGS__);                   \
-            fprintf(stderr, " (%s, line %d)\n", #cond, __LINE__);           \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
 
 int main(void) {
     Dl_info info;
@@ -74,7 +66,5 @@ int main(void) {
         EXPECT(dlsym(plain, "xph_hipGetLastError") == dlsym(seven, "xph_hipGetLastError"),
                "one core under both names");
     }
-    if (failures) return 1;
-    printf("PASS loader\n");
-    return 0;
+    return finish();
 }

@@ -3,28 +3,12 @@
  * hipMalloc, copies both ways and on the device, memsets, hipMemGetInfo seeing an
  * allocation, errors for a device that is not there and a size the device does not
  * have, hipFree. Run by scripts/run-hip-tests.sh through `xpupool run`. */
-#include <hip/hip_runtime_api.h>
+#define TEST_NAME "memory"
+#include "check.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int failures = 0;
-#define EXPECT(cond, ...)                                                   \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "FAIL memory: " __VA_ARGS__);                   \
-            fprintf(stderr, " (%s, line %d)\n", #cond, __LINE__);           \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
-#define CHECK(call)                                                         \
-    do {                                                                    \
-        hipError_t e_ = (call);                                             \
-        if (e_ != hipSuccess) {                                             \
-            fprintf(stderr, "FAIL memory: %s returned %s\n", #call, hipGetErrorName(e_)); \
-            return 1;                                                       \
-        }                                                                   \
-    } while (0)
 
 int main(void) {
     int count = -1;
@@ -89,7 +73,5 @@ int main(void) {
     CHECK(hipFree(b));
     CHECK(hipFree(NULL));
     free(host);
-    if (failures) return 1;
-    printf("PASS memory\n");
-    return 0;
+    return finish();
 }

@@ -1,27 +1,11 @@
 /* Streams and events through xpupool's HIP stand-in: two streams ordered by an event,
  * copies and memsets sent without waiting, elapsed time, queries after the work, a
  * bad handle refused. Run by scripts/run-hip-tests.sh through `xpupool run`. */
-#include <hip/hip_runtime_api.h>
+#define TEST_NAME "streams"
+#include "check.h"
 #include <stdio.h>
 #include <stdlib.h>
 
-static int failures = 0;
-#define EXPECT(cond, ...)                                                   \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            fprintf(stderr, "FAIL streams: " __VA_ARGS__);                  \
-            fprintf(stderr, " (%s, line %d)\n", #cond, __LINE__);           \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
-#define CHECK(call)                                                         \
-    do {                                                                    \
-        hipError_t e_ = (call);                                             \
-        if (e_ != hipSuccess) {                                             \
-            fprintf(stderr, "FAIL streams: %s returned %s\n", #call, hipGetErrorName(e_)); \
-            return 1;                                                       \
-        }                                                                   \
-    } while (0)
 
 int main(void) {
     const size_t n = 1 << 18;
@@ -70,7 +54,5 @@ int main(void) {
     CHECK(hipStreamDestroy(second));
     CHECK(hipFree(dev));
     free(host);
-    if (failures) return 1;
-    printf("PASS streams\n");
-    return 0;
+    return finish();
 }
