@@ -264,17 +264,16 @@ fn a_memory_limit_is_what_the_tenant_sees_and_gets() {
     });
 }
 
-#[test]
-fn operations_sent_without_waiting_report_errors_at_the_next_synchronisation() {
-    let f = fixture(64 << 20);
-    let c = f.connect();
+/// Allocates 4 KiB and posts a launch, with it as the parameter, of a function
+/// that does not exist: accepted when sent, an INVALID_HANDLE later. The
+/// allocation.
+fn post_launch_of_nothing(c: &Connection) -> u64 {
     let out = c.mem_alloc(0, 4096).unwrap();
     let dims = LaunchDims {
         grid: [1, 1, 1],
         block: [32, 1, 1],
         shared_bytes: 0,
     };
-    // A launch of a function that does not exist: accepted now, reported later.
     c.post(xpupool_protocol::Request::LaunchKernel {
         function: 0xdead,
         dims,
@@ -282,6 +281,15 @@ fn operations_sent_without_waiting_report_errors_at_the_next_synchronisation() {
         params: params(out, 32, 1),
     })
     .unwrap();
+    out
+}
+
+#[test]
+fn operations_sent_without_waiting_report_errors_at_the_next_synchronisation() {
+    let f = fixture(64 << 20);
+    let c = f.connect();
+    // A launch of a function that does not exist: accepted now, reported later.
+    let out = post_launch_of_nothing(&c);
     let other = c
         .mem_alloc(0, 4096)
         .expect("a non-synchronising call keeps its own result");
@@ -298,19 +306,7 @@ fn operations_sent_without_waiting_report_errors_at_the_next_synchronisation() {
 fn an_error_taken_back_where_it_cannot_be_reported_is_kept_for_the_next_synchronisation() {
     let f = fixture(64 << 20);
     let c = f.connect();
-    let out = c.mem_alloc(0, 4096).unwrap();
-    let dims = LaunchDims {
-        grid: [1, 1, 1],
-        block: [32, 1, 1],
-        shared_bytes: 0,
-    };
-    c.post(xpupool_protocol::Request::LaunchKernel {
-        function: 0xdead,
-        dims,
-        stream: 0,
-        params: params(out, 32, 1),
-    })
-    .unwrap();
+    let out = post_launch_of_nothing(&c);
     // A copy back (as a managed-memory fault makes) brings the launch's error.
     let taken = c.memcpy_dtoh(out, 16, 0).unwrap_err();
     assert_eq!(taken.code, code::INVALID_HANDLE);

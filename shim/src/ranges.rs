@@ -221,24 +221,18 @@ impl DeviceRanges {
         Some(found)
     }
 
-    /// Forgets the range at `base` if `cuMemFree` may take it.
+    /// Forgets the range at `base` if `cuMemFree` may take it, in one step that
+    /// another thread cannot come between.
     pub(crate) fn remove_freeable(&self, base: u64) -> bool {
-        self.remove_kind(base, true).is_some()
-    }
-
-    /// Forgets the range at `base` if it is of the kind asked for (`freeable`
-    /// or not), in one step that another thread cannot come between: its size.
-    pub(crate) fn remove_kind(&self, base: u64, freeable: bool) -> Option<u64> {
         let mut inner = lock(&self.inner);
-        let &(size, kind) = inner.ranges.get(&base)?;
-        if kind != freeable {
-            return None;
-        }
+        let Some(&(size, true)) = inner.ranges.get(&base) else {
+            return false;
+        };
         inner.ranges.remove(&base);
         if self.reserve {
             inner.release(base, size);
         }
-        Some(size)
+        true
     }
 
     /// Reserves an address reservation's range (`cuMemAddressReserve`).
@@ -380,11 +374,7 @@ mod tests {
             "not one cuMemFree takes"
         );
         assert!(!free_here(base + 4 * p), "and it stays");
-        assert_eq!(
-            ranges.remove_kind(base + 4 * p, false),
-            Some(2 * p),
-            "what cuIpcCloseMemHandle takes"
-        );
+        assert_eq!(ranges.remove(base + 4 * p), Some((2 * p, false)));
         assert!(free_here(base + 4 * p) && free_here(base + 5 * p));
         ranges.remove(base + p + 200);
         assert!(free_here(base + p));
