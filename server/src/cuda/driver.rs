@@ -127,6 +127,8 @@ entry_points! {
         cuModuleEnumerateFunctions: fn(*mut CUfunction, c_uint, CUmodule);
         cuFuncGetName: fn(*mut *const c_char, CUfunction);
         cuFuncGetParamInfo: fn(CUfunction, usize, *mut usize, *mut usize);
+        // Loads a function lazy loading left unloaded (CUDA 12.4).
+        cuFuncLoad: fn(CUfunction);
         // `_v2` (CUDA 12.8) and the original have the same signature; one must exist.
         cuEventElapsedTime_v2: fn(*mut f32, CUevent, CUevent);
         cuEventElapsedTime: fn(*mut f32, CUevent, CUevent);

@@ -263,13 +263,35 @@ fn too_large(v: usize) -> CuError {
 }
 
 /// `CU_FUNC_ATTRIBUTE_*` 0..=9 (what `cuFuncGetAttribute` answers on every driver);
-/// an attribute the driver refuses is left out.
+/// an attribute the driver refuses is left out. Under lazy loading (the default
+/// since CUDA 12.2) a function not yet loaded answers only what its image says
+/// (registers, static shared memory) and refuses the device-dependent ones
+/// (`MAX_THREADS_PER_BLOCK`, `MAX_DYNAMIC_SHARED_SIZE_BYTES`; seen on an H100
+/// with driver 580): a function that refuses one is loaded (`cuFuncLoad`) and
+/// asked again, as the driver would load it for a launch.
 fn attributes(driver: &Driver, f: CUfunction) -> Vec<(u32, i32)> {
+    let query = |attribute| {
+        let mut value = 0;
+        // SAFETY: a live function and an out-pointer.
+        let r = unsafe { (driver.cuFuncGetAttribute)(&mut value, attribute, f) };
+        (r, value)
+    };
+    let mut loaded = false;
     (0..=9)
         .filter_map(|attribute| {
-            let mut value = 0;
-            // SAFETY: a live function and an out-pointer.
-            let r = unsafe { (driver.cuFuncGetAttribute)(&mut value, attribute, f) };
+            let (mut r, mut value) = query(attribute);
+            if r != CUDA_SUCCESS && !loaded {
+                if let Some(load) = driver.cuFuncLoad {
+                    loaded = true;
+                    // SAFETY: a live function of a loaded module.
+                    let l = unsafe { load(f) };
+                    if l == CUDA_SUCCESS {
+                        (r, value) = query(attribute);
+                    } else {
+                        tracing::debug!(error = %driver.error_name(l), "cuFuncLoad");
+                    }
+                }
+            }
             (r == CUDA_SUCCESS).then_some((attribute, value))
         })
         .collect()
