@@ -90,6 +90,88 @@ static CONTEXT_CHECKS: Table<4> = Table([
     slot!(context_check_fn3),
 ]);
 
+/// The table cuBLAS and cuBLASLt ask for (known elsewhere as the tools' context
+/// table). Only slot 4 is known: the context's unique id. Without it cuBLASLt
+/// finds no algorithm for any matrix product (`CUBLAS_STATUS_NOT_SUPPORTED` from
+/// `cublasLtMatmulAlgoGetHeuristic`, seen through the cuda backend on an H100).
+/// cuBLASLt 13.0 calls no other slot in a product; each of them logs its
+/// arguments once and refuses, so the next one a library needs is found.
+const TOOLS_CONTEXT_ID: [u8; 16] = [
+    0x21, 0x31, 0x8c, 0x60, 0x97, 0x14, 0x32, 0x48, 0x8c, 0xa6, 0x41, 0xff, 0x73, 0x24, 0xc8, 0xf2,
+];
+
+/// Slot 4 of TOOLS_CONTEXT: `(ctx, *out)` writes the context's unique id, as
+/// `cuCtxGetId` (NULL: the current context).
+unsafe extern "C" fn tools_context_id(ctx: CUcontext, out: *mut u64) -> CUresult {
+    enter("tools_context_id", || {
+        put(out, crate::api::context::context_arg(ctx)?.id)
+    })
+}
+
+/// A slot of TOOLS_CONTEXT whose meaning is unknown: logs its first call's
+/// arguments (as integers: six registers, whatever it takes) and refuses.
+unsafe extern "C" fn unknown_slot<const TABLE: usize, const N: usize>(
+    a0: u64,
+    a1: u64,
+    a2: u64,
+    a3: u64,
+    a4: u64,
+    a5: u64,
+) -> CUresult {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SEEN: [[AtomicBool; PROBED_SLOTS]; 2] =
+        [const { [const { AtomicBool::new(false) }; PROBED_SLOTS] }; 2];
+    if !SEEN[TABLE][N].swap(true, Ordering::Relaxed) {
+        crate::log::init();
+        tracing::warn!(
+            table = PROBED_TABLES[TABLE],
+            slot = N,
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            "a slot of an export table that xpupool does not know was called; returning CUDA_ERROR_NOT_SUPPORTED"
+        );
+    }
+    CUDA_ERROR_NOT_SUPPORTED
+}
+
+/// Slots of TOOLS_CONTEXT, the size word included (a CUDA 13.4 runtime's has 95).
+const TOOLS_CONTEXT_SLOTS: usize = 96;
+/// Slots of the tables served with slots of unknown meaning.
+const PROBED_SLOTS: usize = 96;
+const PROBED_TABLES: [&str; 2] = ["21318c60", "1734dc26"];
+
+macro_rules! tools_context {
+    ($($n:literal)*) => {
+        Table([
+            size(TOOLS_CONTEXT_SLOTS),
+            slot!(unknown_slot::<0, 1>),
+            slot!(unknown_slot::<0, 2>),
+            slot!(unknown_slot::<0, 3>),
+            slot!(tools_context_id),
+            $(slot!(unknown_slot::<0, $n>)),*
+        ])
+    };
+}
+
+static TOOLS_CONTEXT: Table<TOOLS_CONTEXT_SLOTS> = tools_context!(
+    5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36
+    37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67
+    68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95
+);
+
+const CUBLASLT_1734_ID: [u8; 16] = [
+    0x17, 0x34, 0xdc, 0x26, 0x80, 0x0d, 0x47, 0x45, 0x87, 0x26, 0xc0, 0xf1, 0xe7, 0xdd, 0x8b, 0xca,
+];
+
+macro_rules! probe_table {
+    ($($n:literal)*) => { Table([size(32), $(slot!(unknown_slot::<1, $n>)),*]) };
+}
+static CUBLASLT_1734: Table<32> = probe_table!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+
 static CLS_V0301: Table<4> = Table([slot!(cls_put), slot!(cls_delete), slot!(cls_get), NULL]);
 
 /// The table for `id`, if it is one we serve.
@@ -101,6 +183,8 @@ pub(crate) fn table(id: &[u8; 16]) -> Option<*const c_void> {
         CUDART_INTERFACE_ID => &CUDART_INTERFACE as *const _ as _,
         CONTEXT_CHECKS_ID => &CONTEXT_CHECKS as *const _ as _,
         CLS_V0301_ID => &CLS_V0301 as *const _ as _,
+        TOOLS_CONTEXT_ID => &TOOLS_CONTEXT as *const _ as _,
+        CUBLASLT_1734_ID => &CUBLASLT_1734 as *const _ as _,
         _ => return None,
     };
     Some(table)

@@ -12,7 +12,7 @@ use xpupool_protocol::Calls;
 use crate::boundary::{export, put, Res};
 use crate::state::{self, driver, fail, lock, Context};
 
-fn context_arg(ctx: CUcontext) -> Res<Arc<Context>> {
+pub(crate) fn context_arg(ctx: CUcontext) -> Res<Arc<Context>> {
     let d = driver()?;
     if ctx.is_null() {
         d.current_context()
@@ -265,7 +265,9 @@ export! {
             CU_LIMIT_CIG_ENABLED | CU_LIMIT_CIG_SHMEM_FALLBACK_ENABLED => 0,
             _ => return Err(CUDA_ERROR_UNSUPPORTED_LIMIT),
         };
-        put(value, lock(&d.limits).get(&limit).copied().unwrap_or(default))
+        let answer = lock(&d.limits).get(&limit).copied().unwrap_or(default);
+        tracing::debug!(limit, answer, "cuCtxGetLimit");
+        put(value, answer)
     }
 
     fn cuCtxSetLimit(limit: CUlimit, value: usize) {

@@ -73,6 +73,11 @@ fn add(state: CUlinkState, kind: CUjitInputType, bytes: &[u8]) -> Res {
                 None => Input::Binary(kind, bytes.to_vec()),
             }
         }
+        // A cubin is an ELF file: anything else is refused at once, as NVIDIA's
+        // driver refuses it (seen with driver 580), not when the link completes.
+        CU_JIT_INPUT_CUBIN if !bytes.starts_with(b"\x7fELF") => {
+            return Err(CUDA_ERROR_INVALID_IMAGE)
+        }
         CU_JIT_INPUT_CUBIN | CU_JIT_INPUT_OBJECT | CU_JIT_INPUT_LIBRARY => {
             Input::Binary(kind, bytes.to_vec())
         }
@@ -294,6 +299,10 @@ mod tests {
         );
         assert_eq!(
             add(state, CU_JIT_INPUT_FATBINARY, b"not a fatbin"),
+            Err(CUDA_ERROR_INVALID_IMAGE)
+        );
+        assert_eq!(
+            add(state, CU_JIT_INPUT_CUBIN, b".version 8.0\n.target sm_90\n"),
             Err(CUDA_ERROR_INVALID_IMAGE)
         );
         let table = lock(links());
