@@ -239,6 +239,22 @@ pub fn redact(request: &Request) -> (Request, u64) {
             },
             params.len() as u64,
         ),
+        Request::LaunchClustered {
+            function,
+            dims,
+            cluster,
+            stream,
+            params,
+        } => (
+            Request::LaunchClustered {
+                function: *function,
+                dims: *dims,
+                cluster: *cluster,
+                stream: *stream,
+                params: ByteBuf::new(),
+            },
+            params.len() as u64,
+        ),
         // IPC handles open memory: a trace keeps their length only.
         Request::IpcOpenMemHandle { device, handle } => (
             Request::IpcOpenMemHandle {

@@ -516,6 +516,17 @@ graph_nodes! {
         /// Its box.
         region: ArrayBox,
     },
+    /// [`Request::LaunchClustered`].
+    ClusteredKernel = LaunchClustered {
+        /// The function.
+        function: u64,
+        /// Its geometry.
+        dims: LaunchDims,
+        /// Blocks per cluster (x, y, z).
+        cluster: [u32; 3],
+        /// Its packed parameters, as captured.
+        params: ByteBuf,
+    },
 }
 
 /// Nodes of one graph the server keeps, at most ([`Request::GraphCreate`]).
@@ -807,6 +818,10 @@ declare_api! {
     /// `device` with the driver's own linker (`cuLinkComplete`): the linked
     /// image, which a module load takes. At most [`MAX_LINK_INPUTS`] inputs.
     fn link(device: u32 as Device, inputs: Vec<LinkInput>) -> ByteBuf = Link @ 56;
+    /// Launch a kernel in thread-block clusters of `cluster` blocks (x, y, z)
+    /// (`cuLaunchKernelEx` with a cluster dimension; a device of compute
+    /// capability 9.0 or newer). The grid is a whole number of clusters.
+    fn launch_clustered(function: u64 as Function, dims: LaunchDims, cluster: [u32; 3], stream: u64 as Stream, params: ByteBuf as Data) -> () = LaunchClustered @ 57 [POSTED];
 }
 
 /// One input of [`Request::Link`].

@@ -480,7 +480,9 @@ impl TenantSession {
         let params: usize = nodes
             .iter()
             .map(|n| match n {
-                GraphNode::Kernel { params, .. } => params.len(),
+                GraphNode::Kernel { params, .. } | GraphNode::ClusteredKernel { params, .. } => {
+                    params.len()
+                }
                 _ => 0,
             })
             .sum();
@@ -662,7 +664,8 @@ impl TenantSession {
                 reply
             }
             request @ (Request::LaunchKernel { function, .. }
-            | Request::LaunchCooperative { function, .. }) => self.launch(request, function),
+            | Request::LaunchCooperative { function, .. }
+            | Request::LaunchClustered { function, .. }) => self.launch(request, function),
             Request::GraphCreate { nodes } => self.graph_create(nodes).map(Reply::GraphCreate),
             Request::GraphLaunch { graph, stream } => {
                 let nodes = self.graphs.get(&graph).cloned().ok_or_else(|| {

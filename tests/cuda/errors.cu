@@ -1,7 +1,8 @@
 // Error reporting, without sticky errors:
 //  - bad launch configurations (1025 threads, 0 blocks, 0 threads, 1024x2 threads, blockDim.z
-//    65, gridDim.y 65536, too much static+dynamic shared memory) -> cudaErrorInvalidConfiguration
-//    (or, for shared memory, some launch error) from cudaGetLastError, which then resets;
+//    65, gridDim.y 65536, too much static+dynamic shared memory) -> cudaErrorInvalidValue, as
+//    NVIDIA's driver 580 answers (not cudaErrorInvalidConfiguration, as older documentation
+//    suggests; or, for shared memory, some launch error) from cudaGetLastError, which then resets;
 //    cudaPeekAtLastError does not reset;
 //  - cudaFree of a bogus pointer -> cudaErrorInvalidValue (cudaErrorInvalidDevicePointer also
 //    accepted); cudaFree(NULL) succeeds;
@@ -70,10 +71,10 @@ static void test_launch_config() {
         const cudaError_t after = cudaGetLastError();
         char what[96];
         snprintf(what, sizeof what, "launch with %s: cudaGetLastError", c.name);
-        expect_error(what, e, cudaErrorInvalidConfiguration);
+        expect_error(what, e, cudaErrorInvalidValue);
         snprintf(what, sizeof what, "launch with %s: cudaPeekAtLastError", c.name);
-        expect_error(what, peek, cudaErrorInvalidConfiguration);
-        expect_error(what, peek2, cudaErrorInvalidConfiguration);
+        expect_error(what, peek, cudaErrorInvalidValue);
+        expect_error(what, peek2, cudaErrorInvalidValue);
         snprintf(what, sizeof what, "launch with %s: second cudaGetLastError", c.name);
         expect_error(what, after, cudaSuccess);
         // Synchronising does not report it again.

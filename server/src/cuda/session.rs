@@ -25,7 +25,19 @@ const STREAM_LEGACY: u64 = 1;
 /// Reservations, physical allocations and mappings one session may hold.
 const MAX_VMM_OBJECTS: usize = 65_536;
 /// Address space one session may reserve, as a multiple of the device's memory.
-const RESERVE_PER_CAPACITY: u64 = 4;
+/// Reserving addresses costs the driver next to nothing, and PyTorch's expandable
+/// segments reserve 1.125 times the device for each segment, two segments for
+/// each stream that allocates (4 refused a side stream's first allocation on an
+/// H100); each session's worker process has its own 128 TiB of address space.
+const RESERVE_PER_CAPACITY: u64 = 64;
+/// How a kernel is launched: plainly, cooperatively, or in clusters of blocks.
+#[derive(Clone, Copy)]
+enum LaunchKind {
+    Plain,
+    Cooperative,
+    Cluster([u32; 3]),
+}
+
 /// `CU_STREAM_PER_THREAD`.
 const STREAM_PER_THREAD: u64 = 2;
 
@@ -295,16 +307,16 @@ impl CudaSession {
         Ok(())
     }
 
-    /// A launch with its packed parameters; a cooperative one through
+    /// A launch with its packed parameters; a cooperative or clustered one through
     /// `cuLaunchKernelEx` (which takes a parameter buffer, as
-    /// `cuLaunchCooperativeKernel` does not).
+    /// `cuLaunchCooperativeKernel` does not), with that one attribute.
     fn launch(
         &mut self,
         function: u64,
         dims: LaunchDims,
         stream: u64,
         params: ByteBuf,
-        cooperative: bool,
+        kind: LaunchKind,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
         let f = self
@@ -318,9 +330,9 @@ impl CudaSession {
                 f.param_bytes
             )));
         }
-        let launch_ex = match cooperative {
-            true => Some(self.vmm(self.shared.driver.cuLaunchKernelEx, "cuLaunchKernelEx")?),
-            false => None,
+        let launch_ex = match kind {
+            LaunchKind::Plain => None,
+            _ => Some(self.vmm(self.shared.driver.cuLaunchKernelEx, "cuLaunchKernelEx")?),
         };
         self.shared.enter()?;
         let mut buffer = params.into_vec();
@@ -340,11 +352,19 @@ impl CudaSession {
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
         if let Some(launch_ex) = launch_ex {
-            let mut attribute = xpupool_cuda_types::CUlaunchAttribute {
-                id: xpupool_cuda_types::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
-                ..Default::default()
-            };
-            attribute.value.cooperative = 1;
+            let mut attribute = xpupool_cuda_types::CUlaunchAttribute::default();
+            match kind {
+                LaunchKind::Cluster([x, y, z]) => {
+                    attribute.id = xpupool_cuda_types::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+                    attribute.value.clusterDim.x = x;
+                    attribute.value.clusterDim.y = y;
+                    attribute.value.clusterDim.z = z;
+                }
+                _ => {
+                    attribute.id = xpupool_cuda_types::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                    attribute.value.cooperative = 1;
+                }
+            }
             let config = xpupool_cuda_types::CUlaunchConfig {
                 gridDimX: gx,
                 gridDimY: gy,
@@ -1367,7 +1387,7 @@ impl Api for CudaSession {
         stream: u64,
         params: ByteBuf,
     ) -> Result<(), CuError> {
-        self.launch(function, dims, stream, params, false)
+        self.launch(function, dims, stream, params, LaunchKind::Plain)
     }
 
     fn launch_cooperative(
@@ -1377,7 +1397,18 @@ impl Api for CudaSession {
         stream: u64,
         params: ByteBuf,
     ) -> Result<(), CuError> {
-        self.launch(function, dims, stream, params, true)
+        self.launch(function, dims, stream, params, LaunchKind::Cooperative)
+    }
+
+    fn launch_clustered(
+        &mut self,
+        function: u64,
+        dims: LaunchDims,
+        cluster: [u32; 3],
+        stream: u64,
+        params: ByteBuf,
+    ) -> Result<(), CuError> {
+        self.launch(function, dims, stream, params, LaunchKind::Cluster(cluster))
     }
 
     fn stream_create(&mut self, device: u32, flags: u32, priority: i32) -> Result<u64, CuError> {

@@ -1158,6 +1158,22 @@ impl Api for MockSession {
         self.run_kernel(function, dims, stream, params, true)
     }
 
+    fn launch_clustered(
+        &mut self,
+        _function: u64,
+        _dims: LaunchDims,
+        cluster: [u32; 3],
+        _stream: u64,
+        _params: ByteBuf,
+    ) -> Result<(), CuError> {
+        // The device says it has none (CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH 0), so
+        // the client refuses these itself; one that arrives anyway is refused.
+        Err(CuError::new(
+            code::NOT_SUPPORTED,
+            format!("a launch in clusters of {cluster:?} blocks: the mock device runs no thread-block clusters"),
+        ))
+    }
+
     fn function_set_attribute(
         &mut self,
         function: u64,

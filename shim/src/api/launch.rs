@@ -66,13 +66,11 @@ fn pack(f: &FunctionInfo, params: *mut *mut c_void, extra: *mut *mut c_void) -> 
     }
 }
 
-/// What a launch whose shape the device cannot run fails with. cuda.h names no
-/// such CUresult, but NVIDIA's runtime passes driver codes through unchanged (seen
-/// here for 1, 3, 7, 400, 701, 915, 999) and programs built with it report
-/// `cudaErrorInvalidConfiguration` (9) for these launches; answering
-/// `CUDA_ERROR_INVALID_VALUE` would surface as `cudaErrorInvalidValue` instead.
-/// To be confirmed against a real driver by scripts/gpu-check.sh.
-const INVALID_CONFIGURATION: CUresult = 9;
+/// What a launch whose shape the device cannot run fails with: the driver answers
+/// `CUDA_ERROR_INVALID_VALUE`, which the runtime reports as `cudaErrorInvalidValue`,
+/// for every bad shape tests/cuda/errors.cu tries and for too much shared memory
+/// (seen on an H100, driver 580.159.04, runtime 13.2, by scripts/gpu-check.sh).
+const INVALID_CONFIGURATION: CUresult = CUDA_ERROR_INVALID_VALUE;
 
 /// Checks a launch's shape against the device's limits, as the driver does.
 fn check_dims(d: &Driver, f: &Function, dims: &LaunchDims) -> Res {
@@ -183,6 +181,52 @@ fn launch_cooperative(
     )
 }
 
+/// A launch in thread-block clusters (`cuLaunchKernelEx` with a cluster
+/// dimension), where the device has them (`CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH`;
+/// the mock device does not): the grid must be a whole number of clusters.
+fn launch_clustered(
+    function: CUfunction,
+    dims: LaunchDims,
+    cluster: [u32; 3],
+    stream: u64,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> Res {
+    let d = driver()?;
+    let device = d.stream_device(stream)?;
+    if d.attribute(device, CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH)? == 0 {
+        tracing::warn!(
+            ?cluster,
+            "a launch in thread-block clusters, which this server's device does not run"
+        );
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    let blocks_per_cluster: u64 = cluster.iter().map(|&c| u64::from(c)).product();
+    let fits = dims.grid.iter().zip(cluster).all(|(&g, c)| g % c == 0);
+    if !fits || blocks_per_cluster > 16 {
+        return Err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
+    }
+    let Request::LaunchKernel {
+        function,
+        dims,
+        stream,
+        params,
+    } = launch_request(function, dims, stream, params, extra)?
+    else {
+        return Err(CUDA_ERROR_UNKNOWN);
+    };
+    super::graph::submit(
+        d,
+        Request::LaunchClustered {
+            function,
+            dims,
+            cluster,
+            stream,
+            params,
+        },
+    )
+}
+
 fn launch_ex(
     config: *const CUlaunchConfig,
     function: CUfunction,
@@ -196,28 +240,22 @@ fn launch_ex(
     // SAFETY: non-null configuration from the caller.
     let c = unsafe { &*config };
     let mut cooperative = false;
+    let mut cluster = None;
     for i in 0..c.numAttrs as usize {
         // SAFETY: `attrs` holds `numAttrs` entries.
         let attr = unsafe { &*c.attrs.add(i) };
         // SAFETY: the union member read is the one `id` names.
-        let unsupported = match attr.id {
+        match attr.id {
             CU_LAUNCH_ATTRIBUTE_COOPERATIVE => {
                 cooperative = (unsafe { attr.value.cooperative }) != 0;
-                false
             }
             CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION => {
                 let cd = unsafe { attr.value.clusterDim };
-                (cd.x, cd.y, cd.z) != (1, 1, 1) && (cd.x, cd.y, cd.z) != (0, 0, 0)
+                let dims = [cd.x.max(1), cd.y.max(1), cd.z.max(1)];
+                cluster = (dims != [1, 1, 1]).then_some(dims);
             }
             // Hints about scheduling, priority and memory order do not change results.
-            _ => false,
-        };
-        if unsupported {
-            tracing::warn!(
-                attribute = attr.id,
-                "launch attribute not supported by xpupool"
-            );
-            return Err(CUDA_ERROR_NOT_SUPPORTED);
+            _ => {}
         }
     }
     let dims = LaunchDims {
@@ -225,6 +263,20 @@ fn launch_ex(
         block: [c.blockDimX, c.blockDimY, c.blockDimZ],
         shared_bytes: c.sharedMemBytes,
     };
+    if let Some(cluster) = cluster {
+        if cooperative {
+            tracing::warn!("a cooperative launch in clusters is not supported by xpupool");
+            return Err(CUDA_ERROR_NOT_SUPPORTED);
+        }
+        return launch_clustered(
+            function,
+            dims,
+            cluster,
+            stream_arg(c.hStream, per_thread),
+            params,
+            extra,
+        );
+    }
     if cooperative {
         return launch_cooperative(
             function,

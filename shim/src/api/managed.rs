@@ -302,9 +302,9 @@ pub(crate) fn before_request(request: &Request) -> Res {
         return Ok(());
     }
     match *request {
-        Request::LaunchKernel { stream, .. } | Request::LaunchCooperative { stream, .. } => {
-            before(Touch::Launch, stream)
-        }
+        Request::LaunchKernel { stream, .. }
+        | Request::LaunchCooperative { stream, .. }
+        | Request::LaunchClustered { stream, .. } => before(Touch::Launch, stream),
         Request::Memset {
             dst,
             elem_size,
