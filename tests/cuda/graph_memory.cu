@@ -2,7 +2,8 @@
 // free nodes), a kernel writing the graph's allocation and a copy out of it, replayed
 // with new inputs; the same built node by node (cudaGraphAddMemAllocNode/FreeNode) with
 // the node's parameters read back; the device's graph memory figures while graphs hold
-// memory and after they are destroyed. On a small device (`xpupool run --memory-limit
+// memory and after they are destroyed; an allocation its graph does not free, freed by the
+// application after the graph went. On a small device (`xpupool run --memory-limit
 // 64MiB`) a graph allocation larger than the device is refused, at capture or at
 // instantiation.
 #define TEST_NAME "graph_memory"
@@ -64,7 +65,15 @@ int main() {
     if (reserved_now() < bytes) fail("graph memory reserved %llu, the graph allocates %zu", reserved_now(), bytes);
     size_t free1;
     CHECK(cudaMemGetInfo(&free1, &total));
-    if (free0 - free1 < bytes) fail("cudaMemGetInfo moved by %zu with %zu of graph memory", free0 - free1, bytes);
+    // The mock accounts to the byte; a real driver's free figure moves in its own granules
+    // and may serve a small allocation from one it already holds (seen through xpupool's
+    // cuda backend on an H100), so there it is only noted.
+    cudaDeviceProp prop;
+    CHECK(cudaGetDeviceProperties(&prop, 0));
+    if (strstr(prop.name, "xpupool mock") == nullptr)
+        printf("note: cudaMemGetInfo moved by %zu with %zu of graph memory\n", free0 - free1, bytes);
+    else if (free0 - free1 < bytes)
+        fail("cudaMemGetInfo moved by %zu with %zu of graph memory", free0 - free1, bytes);
 
     // Built node by node.
     cudaGraph_t b;
@@ -110,6 +119,28 @@ int main() {
     CHECK(cudaDeviceSynchronize());
     CHECK(cudaDeviceGraphMemTrim(0));
     if (reserved_now() != 0) fail("graph memory reserved after every graph went: %llu", reserved_now());
+
+    // An allocation its graph does not free outlives the graph: the application's, freed
+    // as any allocation (PyTorch frees its captured tensors so at exit), and only once.
+    {
+        CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+        int *kept = nullptr;
+        CHECK(cudaMallocAsync((void **)&kept, bytes, s));
+        scaled<<<(n + 255) / 256, 256, 0, s>>>(kept, d_scale, n);
+        cudaGraph_t kg;
+        CHECK(cudaStreamEndCapture(s, &kg));
+        cudaGraphExec_t ke;
+        CHECK(cudaGraphInstantiate(&ke, kg, 0));
+        CHECK(cudaGraphLaunch(ke, s));
+        CHECK(cudaStreamSynchronize(s));
+        CHECK(cudaGraphExecDestroy(ke));
+        CHECK(cudaGraphDestroy(kg));
+        check_out(kept, n, 7, "an unfreed graph allocation after its graph went");
+        CHECK(cudaFreeAsync(kept, s));
+        CHECK(cudaStreamSynchronize(s));
+        if (cudaFree(kept) == cudaSuccess) fail("a graph allocation was freed twice");
+        cudaGetLastError();
+    }
 
     // On a small device: more than it has, refused.
     if (total <= (256u << 20)) {

@@ -71,11 +71,16 @@ enum Op {
 }
 
 /// An allocation that belongs to graphs: freed on the server when the last
-/// graph or instantiation holding it goes.
+/// graph or instantiation holding it goes, if something freed it (a free node,
+/// or the application's free after a launch). One nothing freed is the
+/// application's from then on, as CUDA leaves an allocation a graph made and did
+/// not free: an ordinary allocation it frees with `cuMemFree(Async)` (PyTorch
+/// frees its captured tensors so at exit).
 pub(crate) struct GraphMemory {
     address: u64,
     bytes: u64,
     device: CUdevice,
+    freed: std::sync::atomic::AtomicBool,
 }
 
 /// Graph memory alive now, by address, and the figures
@@ -107,6 +112,7 @@ impl GraphMemory {
             address,
             bytes,
             device,
+            freed: std::sync::atomic::AtomicBool::new(false),
         });
         let mut ledger = lock(graph_memory());
         ledger.live.insert(address, Arc::downgrade(&memory));
@@ -131,6 +137,11 @@ impl Drop for GraphMemory {
         }
         if let Ok(d) = driver() {
             d.device_ranges.remove(self.address);
+            if !self.freed.load(std::sync::atomic::Ordering::Relaxed) {
+                // Never freed: the application's now, freed like any allocation.
+                d.device_ranges.add_given(self.address, self.bytes, true);
+                return;
+            }
             // Posted behind the work already sent, which may still use it.
             if let Err(e) = d.conn.post(Request::MemFree { ptr: self.address }) {
                 tracing::debug!("freeing graph memory: {}", e.message);
@@ -139,12 +150,22 @@ impl Drop for GraphMemory {
     }
 }
 
-/// Whether `address` is graph memory (a free of it keeps it for the graph).
-pub(crate) fn is_graph_memory(address: u64) -> bool {
-    lock(graph_memory())
+/// If `address` is graph memory, records that it was freed (by a free node or by
+/// the application) and answers true.
+pub(crate) fn free_graph_memory(address: u64) -> bool {
+    match lock(graph_memory())
         .live
         .get(&address)
-        .is_some_and(|m| m.strong_count() > 0)
+        .and_then(std::sync::Weak::upgrade)
+    {
+        Some(memory) => {
+            memory
+                .freed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
 }
 
 /// The graph memory figures of `device`: (bytes now, most since reset).
@@ -252,8 +273,8 @@ impl Graph {
                 }
             }
         }
-        // Dependencies only ever point at nodes added before, so there is no
-        // cycle; a shortfall would be a bug here, not the application's.
+        // Nodes left waiting are on a cycle (cuGraphAddDependencies accepts
+        // one): the graph cannot be instantiated.
         if done != n {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -345,6 +366,7 @@ pub(crate) fn submit(d: &Driver, request: Request) -> Res {
         let stream = match &request {
             Request::LaunchKernel { stream, .. }
             | Request::LaunchCooperative { stream, .. }
+            | Request::LaunchClustered { stream, .. }
             | Request::Memset { stream, .. }
             | Request::Memset2D { stream, .. }
             | Request::MemcpyDtoD { stream, .. }
@@ -526,27 +548,30 @@ impl Graphs {
 
     /// The indices in `graph` of the dependency handles the application gave.
     fn deps(&self, graph: u64, deps: *const CUgraphNode, count: usize) -> Res<Vec<usize>> {
-        if count > 0 && deps.is_null() {
+        let mut out = self.indices(graph, deps, count)?;
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|&i| seen.insert(i));
+        Ok(out)
+    }
+
+    /// The indices of `count` node handles of `graph`, in order, repeats kept.
+    fn indices(&self, graph: u64, nodes: *const CUgraphNode, count: usize) -> Res<Vec<usize>> {
+        if count > 0 && nodes.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        // SAFETY: `count` handles at `deps`, as the caller says.
+        // SAFETY: `count` handles at `nodes`, as the caller says.
         let given = if count == 0 {
             &[][..]
         } else {
-            unsafe { std::slice::from_raw_parts(deps, count) }
+            unsafe { std::slice::from_raw_parts(nodes, count) }
         };
-        let mut out = Vec::with_capacity(count);
-        for &d in given {
-            match self.nodes.get(&(d as u64)) {
-                Some(&(g, i)) if g == graph => {
-                    if !out.contains(&i) {
-                        out.push(i);
-                    }
-                }
-                _ => return Err(CUDA_ERROR_INVALID_VALUE),
-            }
-        }
-        Ok(out)
+        given
+            .iter()
+            .map(|&n| match self.nodes.get(&(n as u64)) {
+                Some(&(g, i)) if g == graph => Ok(i),
+                _ => Err(CUDA_ERROR_INVALID_VALUE),
+            })
+            .collect()
     }
 }
 
@@ -942,36 +967,60 @@ fn instantiate_with_params(
     result
 }
 
-/// Makes each `to[i]` wait for `from[i]`. An edge from a later node to an
-/// earlier one could close a cycle, so it is checked against the graph first.
+/// Makes each `to[i]` wait for `from[i]`. An edge that closes a cycle is accepted,
+/// as NVIDIA's driver accepts it (seen with driver 580): the graph then fails to
+/// instantiate with `CUDA_ERROR_INVALID_VALUE` until the edge is removed.
 fn add_dependencies(
     graph: CUgraph,
     from: *const CUgraphNode,
     to: *const CUgraphNode,
     count: usize,
 ) -> Res {
+    edit_dependencies(graph, from, to, count, |deps, f| {
+        if !deps.contains(&f) {
+            deps.push(f);
+        }
+        Ok(())
+    })
+}
+
+/// Removes the edges `from[i]` → `to[i]`; one that does not exist is refused.
+fn remove_dependencies(
+    graph: CUgraph,
+    from: *const CUgraphNode,
+    to: *const CUgraphNode,
+    count: usize,
+) -> Res {
+    edit_dependencies(graph, from, to, count, |deps, f| {
+        let at = deps
+            .iter()
+            .position(|&d| d == f)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        deps.remove(at);
+        Ok(())
+    })
+}
+
+/// Applies `edit` to the dependency list of each `to[i]` with `from[i]`: all of
+/// them or, if one is refused, none.
+fn edit_dependencies(
+    graph: CUgraph,
+    from: *const CUgraphNode,
+    to: *const CUgraphNode,
+    count: usize,
+    edit: impl Fn(&mut Vec<usize>, usize) -> Res,
+) -> Res {
     let mut t = lock(table());
-    let from = t.deps(graph as u64, from, count)?;
-    let to = t.deps(graph as u64, to, count)?;
-    if from.len() != to.len() {
-        // A repeated handle among either list.
-        return Err(CUDA_ERROR_INVALID_VALUE);
-    }
+    let from = t.indices(graph as u64, from, count)?;
+    let to = t.indices(graph as u64, to, count)?;
     let g = t
         .graphs
         .get_mut(&(graph as u64))
         .ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let mut trial = g.clone();
     for (&f, &d) in from.iter().zip(&to) {
-        if !trial.nodes[d].deps.contains(&f) {
-            trial.nodes[d].deps.push(f);
-        }
+        edit(&mut trial.nodes[d].deps, f)?;
     }
-    // A cycle leaves nodes unordered.
-    let mut order = Vec::new();
-    trial
-        .ordered(&mut order)
-        .map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
     *g = trial;
     Ok(())
 }
@@ -1037,7 +1086,7 @@ pub(crate) fn capture_free(stream: u64, address: u64) -> Res<bool> {
     if status(stream).0 == CU_STREAM_CAPTURE_STATUS_NONE {
         return Ok(false);
     }
-    if !is_graph_memory(address) {
+    if !free_graph_memory(address) {
         return not_in_capture(stream).map(|()| false);
     }
     let mut t = lock(table());
@@ -1210,7 +1259,7 @@ export! {
         let &(graph, index) = t.nodes.get(&(node as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let op = &t.graphs.get(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?.nodes[index].op;
         put(kind, match op {
-            Op::Work(GraphNode::Kernel { .. }) => CU_GRAPH_NODE_TYPE_KERNEL,
+            Op::Work(GraphNode::Kernel { .. } | GraphNode::ClusteredKernel { .. }) => CU_GRAPH_NODE_TYPE_KERNEL,
             Op::Work(GraphNode::Memset { .. } | GraphNode::Memset2D { .. }) => CU_GRAPH_NODE_TYPE_MEMSET,
             Op::Work(GraphNode::CopyDtoD { .. } | GraphNode::CopyArrayDevice { .. } | GraphNode::CopyArrayArray { .. }) => CU_GRAPH_NODE_TYPE_MEMCPY,
             Op::Work(GraphNode::EventRecord { .. }) => CU_GRAPH_NODE_TYPE_EVENT_RECORD,
@@ -1243,7 +1292,7 @@ export! {
     }
 
     fn cuGraphAddMemFreeNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, dptr: CUdeviceptr) {
-        if !is_graph_memory(dptr) {
+        if !free_graph_memory(dptr) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         add_node(out, graph, deps, count, Op::MemFree(dptr))
@@ -1323,5 +1372,13 @@ export! {
 
     fn cuGraphAddDependencies_v2(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, _edges: *const CUgraphEdgeData, count: usize) {
         add_dependencies(graph, from, to, count)
+    }
+
+    fn cuGraphRemoveDependencies(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, count: usize) {
+        remove_dependencies(graph, from, to, count)
+    }
+
+    fn cuGraphRemoveDependencies_v2(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, _edges: *const CUgraphEdgeData, count: usize) {
+        remove_dependencies(graph, from, to, count)
     }
 }

@@ -49,7 +49,7 @@ pub(crate) fn free(address: CUdeviceptr) -> Res {
         return Ok(());
     }
     // Graph memory stays for the graphs' next launch.
-    if super::graph::is_graph_memory(address) {
+    if super::graph::free_graph_memory(address) {
         return Ok(());
     }
     let d = driver()?;
