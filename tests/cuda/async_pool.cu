@@ -41,7 +41,8 @@ int main() {
     if (supported != 1) fail("cudaDevAttrMemoryPoolsSupported is %d", supported);
     int concurrent = -1;
     CHECK(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, 0));
-    if (concurrent != 0) fail("concurrent managed access is not offered, yet the device says %d", concurrent);
+    if (!under_xpupool()) printf("note: concurrentManagedAccess %d natively\n", concurrent);
+    else if (concurrent != 0) fail("concurrent managed access is not offered, yet the device says %d", concurrent);
 
     cudaStream_t s;
     CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
@@ -76,7 +77,10 @@ int main() {
     CHECK(cudaMemPoolSetAttribute(def, cudaMemPoolAttrUsedMemHigh, &zero));
     if (pool_u64(def, cudaMemPoolAttrUsedMemHigh) != big / 2) fail("the high mark was not reset");
     CHECK(cudaFree(b));  // a pool allocation freed the ordinary way
-    if (pool_u64(def, cudaMemPoolAttrUsedMemCurrent) != 0) fail("cudaFree left it counted");
+    // xpupool returns it to the pool at once; NVIDIA's driver 580 still counts it here.
+    const unsigned long long after_free = pool_u64(def, cudaMemPoolAttrUsedMemCurrent);
+    if (!under_xpupool()) printf("note: used after cudaFree of a pool allocation: %llu of %zu\n", after_free, big / 2);
+    else if (after_free != 0) fail("cudaFree left it counted");
     unsigned long long keep = ~0ull;
     CHECK(cudaMemPoolSetAttribute(def, cudaMemPoolAttrReleaseThreshold, &keep));
     if (pool_u64(def, cudaMemPoolAttrReleaseThreshold) != keep) fail("release threshold not kept");
@@ -94,7 +98,7 @@ int main() {
     void *c;
     CHECK(cudaMallocAsync(&c, 1 << 20, s));
     if (pool_u64(mine, cudaMemPoolAttrUsedMemCurrent) != (1 << 20)) fail("not allocated from the current pool");
-    if (pool_u64(def, cudaMemPoolAttrUsedMemCurrent) != 0) fail("allocated from the default pool");
+    if (pool_u64(def, cudaMemPoolAttrUsedMemCurrent) != after_free) fail("allocated from the default pool");
     CHECK(cudaFreeAsync(c, s));
     CHECK(cudaStreamSynchronize(s));
     CHECK(cudaMemPoolDestroy(mine));
@@ -104,7 +108,13 @@ int main() {
     // Refused: a pool other processes could import.
     props.handleTypes = cudaMemHandleTypePosixFileDescriptor;
     cudaMemPool_t exported;
-    if (cudaMemPoolCreate(&exported, &props) != cudaErrorNotSupported) fail("an exportable pool was made");
+    const cudaError_t exportable = cudaMemPoolCreate(&exported, &props);
+    if (!under_xpupool()) {
+        printf("note: an exportable pool natively: %s\n", cudaGetErrorName(exportable));
+        if (exportable == cudaSuccess) CHECK(cudaMemPoolDestroy(exported));
+    } else if (exportable != cudaErrorNotSupported) {
+        fail("an exportable pool was made");
+    }
     cudaGetLastError();
     round_trip(s, 10, 1, nullptr);  // still healthy
     CHECK(cudaStreamDestroy(s));

@@ -41,6 +41,11 @@
         CHECK(cudaDeviceSynchronize());                                                     \
     } while (0)
 
+// Whether the program runs through xpupool (`xpupool run` sets XPUPOOL_SERVER). Checks of
+// xpupool's own policies (what it does not offer, or refuses) apply only then; natively a
+// GPU may do otherwise, and the program prints what it did as a "note:" line.
+static inline bool under_xpupool() { return getenv("XPUPOOL_SERVER") != nullptr; }
+
 static int g_failures = 0;
 static const int kMaxReported = 20;
 

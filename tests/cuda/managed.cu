@@ -326,7 +326,14 @@ static void churn() {
     CHECK(cudaMemGetInfo(&free_bytes, &total));
     void *huge = nullptr;
     const cudaError_t e = cudaMallocManaged(&huge, total + (1 << 20));
-    expect_true(e == cudaErrorMemoryAllocation, "an allocation larger than the device refused");
+    // xpupool backs managed memory with the tenant's device memory, so it refuses; a
+    // driver that oversubscribes (NVIDIA's on Linux) accepts it.
+    if (!under_xpupool()) {
+        printf("note: a managed allocation larger than the device natively: %s\n", cudaGetErrorName(e));
+        if (e == cudaSuccess) CHECK(cudaFree(huge));
+    } else {
+        expect_true(e == cudaErrorMemoryAllocation, "an allocation larger than the device refused");
+    }
     cudaGetLastError();
 }
 

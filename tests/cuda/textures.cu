@@ -127,6 +127,25 @@ int main() {
             }
     }
 
+    // The filter weight as the device computes it: a sweep across one texel step of row 1
+    // (texels 5 and 12), where the fetch is 5 + 7 * weight. Printed, for comparing the mock's
+    // weights with a GPU's (scripts/gpu-check.sh collects the notes).
+    {
+        const int m = 17;
+        float2 sweep[m];
+        for (int k = 0; k < m; ++k) sweep[k] = make_float2(0.5f + k / 16.0f, 1.5f);
+        CHECK(cudaMemcpy(d_at, sweep, sizeof sweep, cudaMemcpyHostToDevice));
+        cudaTextureObject_t t = make(res, cudaAddressModeClamp, cudaFilterModeLinear, false, cudaReadModeElementType);
+        sample2d<<<1, m>>>(t, d_at, d_out, m);
+        CHECK_LAUNCH();
+        float got[m];
+        CHECK(cudaMemcpy(got, d_out, sizeof got, cudaMemcpyDeviceToHost));
+        printf("note: linear filter weights x256 across one texel:");
+        for (int k = 0; k < m; ++k) printf(" %.3f", (got[k] - 5.0f) / 7.0f * 256.0f);
+        printf("\n");
+        CHECK(cudaDestroyTextureObject(t));
+    }
+
     // uchar4 read as normalised floats.
     cudaChannelFormatDesc cdesc = cudaCreateChannelDesc<uchar4>();
     cudaArray_t carr;
