@@ -133,11 +133,15 @@ pub(crate) fn introspect(
     };
     let mut kernels = Vec::with_capacity(functions.len());
     for (f, name) in functions {
-        let params = match param_info(driver, f)? {
-            Some(params) => Ok(params),
-            None => layouts(&mut from_image, image).get(&name).cloned().ok_or_else(|| {
+        // A kernel the driver cannot describe is unusable, not the whole module (a
+        // driver may refuse one kernel of a module: xpupool's own, standing in,
+        // for a kernel its interpreter cannot run).
+        let params = match param_info(driver, f) {
+            Ok(Some(params)) => Ok(params),
+            Ok(None) => layouts(&mut from_image, image).get(&name).cloned().ok_or_else(|| {
                 format!("the parameter layout of {name} is unknown: the driver has no cuFuncGetParamInfo and the image does not describe it")
             }),
+            Err(e) => Err(format!("the driver cannot describe {name}: {}", e.message)),
         };
         kernels.push((
             f,
