@@ -822,6 +822,12 @@ declare_api! {
     /// (`cuLaunchKernelEx` with a cluster dimension; a device of compute
     /// capability 9.0 or newer). The grid is a whole number of clusters.
     fn launch_clustered(function: u64 as Function, dims: LaunchDims, cluster: [u32; 3], stream: u64 as Stream, params: ByteBuf as Data) -> () = LaunchClustered @ 57 [POSTED];
+    /// Nanoseconds of device time the session's kernels took so far, as far as
+    /// the backend has measured (the cuda backend: events around each launch,
+    /// read once they complete). The tenancy layer reads it for busy time and
+    /// utilisation where kernels run asynchronously; a backend whose kernels the
+    /// server's scheduler times itself (the mock) refuses it.
+    fn session_busy() -> u64 = SessionBusy @ 58;
 }
 
 /// One input of [`Request::Link`].

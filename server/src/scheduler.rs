@@ -228,6 +228,37 @@ impl DeviceScheduler {
         }
     }
 
+    /// Adds `ns` of device time a backend measured for `claimant`'s kernels
+    /// after they ran (the cuda backend times the work it forwards with events;
+    /// the device itself interleaves it): its busy time, the device's, and its
+    /// account of recent use and virtual time.
+    pub fn record(&self, claimant: &Claimant, ns: u64) {
+        if ns == 0 {
+            return;
+        }
+        let now = Instant::now();
+        claimant
+            .usage
+            .busy_ns
+            .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.lock();
+        state.busy_ns += ns;
+        let seconds = ns as f64 * 1e-9;
+        let vclock = state.vclock;
+        let account = state
+            .accounts
+            .entry(claimant.tenant.clone())
+            .or_insert_with(|| Account {
+                vtime: vclock,
+                active: 0,
+                recent: 0.0,
+                recent_at: now,
+            });
+        account.decay(now);
+        account.recent += seconds;
+        account.vtime += seconds / claimant.share.max(1e-3);
+    }
+
     /// The fraction of the last second the device ran kernels.
     pub fn utilization(&self) -> f64 {
         let now = Instant::now();

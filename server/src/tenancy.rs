@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
 
 use xpupool_protocol::api::{
     Arg, DeviceFigures, DeviceUsage, GraphNode, ModuleInfo, ServerStatus, TenantFigures,
@@ -372,6 +373,12 @@ impl Host {
             graphs: HashMap::new(),
             next_graph: 1,
             held,
+            busy: BusyPoll {
+                device: None,
+                seen: 0,
+                at: Instant::now(),
+                off: false,
+            },
         })
     }
 
@@ -453,7 +460,26 @@ pub struct TenantSession {
     graphs: HashMap<u64, Arc<Vec<GraphNode>>>,
     next_graph: u64,
     held: Arc<SessionHeld>,
+    /// Where launches run asynchronously (not `scheduled`): the backend's
+    /// measure of their device time, read now and then.
+    busy: BusyPoll,
 }
+
+/// The device time a backend measured for a session, as last read
+/// ([`Request::SessionBusy`]).
+struct BusyPoll {
+    /// The host device its kernels ran on (the last launched), once one was.
+    device: Option<u32>,
+    /// Nanoseconds read so far (the backend's running total).
+    seen: u64,
+    /// When it was last read.
+    at: Instant,
+    /// The backend does not measure it: never asked again.
+    off: bool,
+}
+
+/// How often a session's device time is read while it works.
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A physical allocation as the ledger sees it.
 struct Physical {
@@ -503,6 +529,7 @@ impl TenantSession {
 
     /// [`Session::handle`] for a request whose devices are the host's.
     fn handle_on_host(&mut self, request: Request) -> Result<Reply, CuError> {
+        self.poll_busy(false);
         match request {
             Request::MemAlloc { device, bytes } => self.alloc(device, bytes),
             Request::MemFree { ptr } => {
@@ -685,8 +712,14 @@ impl TenantSession {
                     format!("no graph {graph:#x}"),
                 )),
             },
-            Request::DeviceUsage { device } => self.device_usage(device).map(Reply::DeviceUsage),
-            Request::ServerStatus {} => Ok(Reply::ServerStatus(self.status())),
+            Request::DeviceUsage { device } => {
+                self.poll_busy(true);
+                self.device_usage(device).map(Reply::DeviceUsage)
+            }
+            Request::ServerStatus {} => {
+                self.poll_busy(true);
+                Ok(Reply::ServerStatus(self.status()))
+            }
             other if other.allocates() => Err(CuError::new(
                 code::NOT_SUPPORTED,
                 format!(
@@ -916,10 +949,36 @@ impl TenantSession {
                     .usage(d)
                     .launches
                     .fetch_add(1, Ordering::Relaxed);
-                self.inner.handle(request)
+                let reply = self.inner.handle(request);
+                self.busy.device = Some(d);
+                self.poll_busy(false);
+                reply
             }
             // Not a function of this session: the backend says so.
             (None, _) => self.inner.handle(request),
+        }
+    }
+
+    /// Reads the device time the backend measured for this session's kernels (at
+    /// most every [`BUSY_POLL`] unless `now`) and adds what is new to the
+    /// tenant's busy time and the device's, through its scheduler's accounts.
+    fn poll_busy(&mut self, now: bool) {
+        let Some(device) = self.busy.device else {
+            return;
+        };
+        if self.busy.off || (!now && self.busy.at.elapsed() < BUSY_POLL) {
+            return;
+        }
+        self.busy.at = Instant::now();
+        match self.inner.handle(Request::SessionBusy {}) {
+            Ok(Reply::SessionBusy(total)) => {
+                let new = total.saturating_sub(self.busy.seen);
+                self.busy.seen = self.busy.seen.max(total);
+                if let Some(scheduler) = self.host.scheduler(device) {
+                    scheduler.record(&self.tenant.claimant(device), new);
+                }
+            }
+            Ok(_) | Err(_) => self.busy.off = true,
         }
     }
 
@@ -984,6 +1043,8 @@ impl Session for TenantSession {
 
 impl Drop for TenantSession {
     fn drop(&mut self) {
+        // The last of its kernels' device time, while the backend still has it.
+        self.poll_busy(true);
         // Exports and opens let go of their holds; exported allocations are
         // refunded by the last holder.
         let exported: Vec<(u64, Vec<u8>)> = self.exported.drain().collect();

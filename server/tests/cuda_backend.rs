@@ -424,6 +424,45 @@ fn sessions_cannot_touch_each_other() {
     common::assert_sessions_isolated(&front.connect(), &front.connect());
 }
 
+/// The device time of a session's kernels, measured by the backend with events
+/// around each launch it forwards and read without waiting: what the server's busy
+/// time, compute shares and utilisation read where kernels run asynchronously.
+#[test]
+fn the_device_time_of_kernels_is_measured_with_events() {
+    let _serial = serial();
+    let front = Front::start(None);
+    let c = front.connect();
+    assert_eq!(c.session_busy().unwrap(), 0, "nothing launched yet");
+    let n = 4096u32;
+    let out = c.mem_alloc(0, u64::from(n) * 4).unwrap();
+    let module = c.module_load(0, ptx_image(SCALE_PTX)).unwrap();
+    let scale = module.functions.iter().find(|f| f.name == "scale").unwrap();
+    let stream = c.stream_create(0, 0, 0).unwrap();
+    let dims = LaunchDims {
+        grid: [16, 1, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    };
+    let started = Instant::now();
+    for _ in 0..20 {
+        c.launch_kernel(scale.handle, dims, stream, params(out, n, 3))
+            .unwrap();
+    }
+    c.stream_synchronize(stream).unwrap();
+    let wall = started.elapsed().as_nanos() as u64;
+    let busy = c.session_busy().unwrap();
+    assert!(busy > 0, "20 kernels took no device time");
+    assert!(busy <= wall, "{busy} ns of kernels in {wall} ns");
+    assert_eq!(c.session_busy().unwrap(), busy, "nothing new ran");
+    // The tenancy layer adds it to the tenant's busy time.
+    let status = c.server_status().unwrap();
+    let seconds: f64 = status.tenants.iter().map(|t| t.busy_seconds).sum();
+    assert!(
+        (seconds - busy as f64 * 1e-9).abs() < 1e-6,
+        "the tenant's busy time {seconds} s, the session's {busy} ns"
+    );
+}
+
 #[test]
 fn a_memory_limit_is_what_the_tenant_sees_and_gets() {
     let _serial = serial();

@@ -26,6 +26,7 @@ mod driver;
 mod module;
 mod power;
 mod session;
+mod timing;
 
 use std::collections::HashMap;
 use std::ffi::{c_char, OsString};

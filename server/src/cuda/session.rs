@@ -18,6 +18,7 @@ use xpupool_protocol::api::{
 use xpupool_protocol::{code, Api, CuError};
 
 use super::module::{self, Kernel};
+use super::timing::KernelTimes;
 use super::Shared;
 
 /// `CU_STREAM_LEGACY`.
@@ -74,6 +75,8 @@ pub(crate) struct CudaSession {
     functions: HashMap<u64, Function>,
     streams: HashSet<u64>,
     events: HashSet<u64>,
+    /// Device time of its kernels ([`Request::SessionBusy`]).
+    times: KernelTimes,
 }
 
 fn invalid_handle(what: &str, handle: u64) -> CuError {
@@ -219,6 +222,7 @@ impl CudaSession {
             functions: HashMap::new(),
             streams: HashSet::new(),
             events: HashSet::new(),
+            times: KernelTimes::default(),
         }
     }
 
@@ -351,7 +355,8 @@ impl CudaSession {
         };
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
-        if let Some(launch_ex) = launch_ex {
+        let timed = self.times.before(&self.shared.driver, s);
+        let r = if let Some(launch_ex) = launch_ex {
             let mut attribute = xpupool_cuda_types::CUlaunchAttribute::default();
             match kind {
                 LaunchKind::Cluster([x, y, z]) => {
@@ -378,29 +383,36 @@ impl CudaSession {
                 numAttrs: 1,
             };
             // SAFETY: as for cuLaunchKernel below, with one attribute.
-            let r =
-                unsafe { launch_ex(&config, function as CUfunction, std::ptr::null_mut(), extra) };
-            return self.check(r, "cuLaunchKernelEx");
-        }
-        // SAFETY: a function of this session and a packed parameter buffer at least
-        // as long as its parameters; the driver copies the parameters at launch. What
-        // the kernel does with pointer arguments cannot be checked (see mod.rs).
-        let r = unsafe {
-            (self.shared.driver.cuLaunchKernel)(
-                function as CUfunction,
-                gx,
-                gy,
-                gz,
-                bx,
-                by,
-                bz,
-                dims.shared_bytes,
-                s,
-                std::ptr::null_mut(),
-                extra,
-            )
+            unsafe { launch_ex(&config, function as CUfunction, std::ptr::null_mut(), extra) }
+        } else {
+            // SAFETY: a function of this session and a packed parameter buffer at
+            // least as long as its parameters; the driver copies the parameters at
+            // launch. What the kernel does with pointer arguments cannot be checked
+            // (see mod.rs).
+            unsafe {
+                (self.shared.driver.cuLaunchKernel)(
+                    function as CUfunction,
+                    gx,
+                    gy,
+                    gz,
+                    bx,
+                    by,
+                    bz,
+                    dims.shared_bytes,
+                    s,
+                    std::ptr::null_mut(),
+                    extra,
+                )
+            }
         };
-        self.check(r, "cuLaunchKernel")
+        if let Some(pair) = timed {
+            self.times
+                .after(&self.shared.driver, s, pair, r == CUDA_SUCCESS);
+        }
+        match launch_ex {
+            Some(_) => self.check(r, "cuLaunchKernelEx"),
+            None => self.check(r, "cuLaunchKernel"),
+        }
     }
 
     fn synchronize_stream(&self, stream: CUstream) -> Result<(), CuError> {
@@ -1411,6 +1423,11 @@ impl Api for CudaSession {
         self.launch(function, dims, stream, params, LaunchKind::Cluster(cluster))
     }
 
+    fn session_busy(&mut self) -> Result<u64, CuError> {
+        self.shared.enter()?;
+        Ok(self.times.collect(&self.shared.driver))
+    }
+
     fn stream_create(&mut self, device: u32, flags: u32, priority: i32) -> Result<u64, CuError> {
         only_device_zero(device)?;
         self.shared.enter()?;
@@ -1565,6 +1582,7 @@ impl Drop for CudaSession {
         if let Err(e) = self.synchronize() {
             tracing::warn!(error = %e.message, "cuda session teardown: synchronize");
         }
+        self.times.destroy(&self.shared.driver);
         let d = &self.shared.driver;
         let mut failures = Vec::new();
         for event in std::mem::take(&mut self.events) {

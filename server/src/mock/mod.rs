@@ -1158,6 +1158,14 @@ impl Api for MockSession {
         self.run_kernel(function, dims, stream, params, true)
     }
 
+    fn session_busy(&mut self) -> Result<u64, CuError> {
+        // Kernels run inside the launch here, timed by the server's scheduler.
+        Err(CuError::new(
+            code::NOT_SUPPORTED,
+            "the mock backend's kernels are timed by the server's scheduler",
+        ))
+    }
+
     fn launch_clustered(
         &mut self,
         _function: u64,

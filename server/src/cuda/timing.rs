@@ -1,0 +1,133 @@
+//! Device time of a session's kernels, measured as issue 10 asks of the cuda
+//! backend: a pair of timing events around each launch it forwards, read once the
+//! second has completed (`cuEventQuery`, never waiting), so nothing is guessed
+//! from NVML's coarse samples. Kernels of different streams that overlap are each
+//! counted whole, as a busy time per kernel is.
+//!
+//! Bounded: at most [`MAX_PENDING`] launches wait to be read; past that a launch
+//! goes untimed (counted, and logged once) rather than queueing without end.
+//! Events are kept in a pool and reused.
+
+use std::collections::VecDeque;
+
+use xpupool_cuda_types::{CUevent, CUstream, CUDA_ERROR_NOT_READY, CUDA_SUCCESS};
+
+use super::driver::Driver;
+
+/// Launches whose events may wait to be read.
+const MAX_PENDING: usize = 4096;
+
+/// One session's kernel timing.
+#[derive(Default)]
+pub(crate) struct KernelTimes {
+    /// Events ready for reuse.
+    pool: Vec<CUevent>,
+    /// `(start, end)` of launches not yet read, oldest first.
+    pending: VecDeque<(CUevent, CUevent)>,
+    /// Nanoseconds of the launches read so far.
+    busy_ns: u64,
+    /// Launches not timed (the queue was full, or events could not be made).
+    untimed: u64,
+}
+
+// SAFETY: the events are driver handles used only by the session's own thread.
+unsafe impl Send for KernelTimes {}
+
+impl KernelTimes {
+    /// Records the start of a launch on `stream`: the pair to finish with
+    /// [`KernelTimes::after`], or `None` if this launch goes untimed.
+    pub(crate) fn before(&mut self, d: &Driver, stream: CUstream) -> Option<(CUevent, CUevent)> {
+        self.collect(d);
+        if self.pending.len() >= MAX_PENDING {
+            self.untimed(1);
+            return None;
+        }
+        let start = self.event(d)?;
+        let Some(end) = self.event(d) else {
+            self.pool.push(start);
+            return None;
+        };
+        // SAFETY: an event of this session and a stream it checked.
+        if unsafe { (d.cuEventRecord)(start, stream) } != CUDA_SUCCESS {
+            self.pool.extend([start, end]);
+            self.untimed(1);
+            return None;
+        }
+        Some((start, end))
+    }
+
+    /// Ends a launch's timing: its end event recorded if it was launched.
+    pub(crate) fn after(
+        &mut self,
+        d: &Driver,
+        stream: CUstream,
+        pair: (CUevent, CUevent),
+        launched: bool,
+    ) {
+        // SAFETY: as in `before`.
+        if launched && unsafe { (d.cuEventRecord)(pair.1, stream) } == CUDA_SUCCESS {
+            self.pending.push_back(pair);
+        } else {
+            self.pool.extend([pair.0, pair.1]);
+        }
+    }
+
+    /// Reads the launches that have completed, oldest first, without waiting:
+    /// the nanoseconds of all launches read so far.
+    pub(crate) fn collect(&mut self, d: &Driver) -> u64 {
+        while let Some(&(start, end)) = self.pending.front() {
+            // SAFETY: an event of this session, recorded.
+            match unsafe { (d.cuEventQuery)(end) } {
+                CUDA_ERROR_NOT_READY => break,
+                CUDA_SUCCESS => {
+                    let mut ms = 0f32;
+                    // Driver::load made sure one of the two exists.
+                    if let Some(elapsed) = d.cuEventElapsedTime_v2.or(d.cuEventElapsedTime) {
+                        // SAFETY: two completed timing events of this session.
+                        let r = unsafe { elapsed(&mut ms, start, end) };
+                        if r == CUDA_SUCCESS && ms.is_finite() && ms > 0.0 {
+                            self.busy_ns += (f64::from(ms) * 1e6) as u64;
+                        }
+                    }
+                }
+                // A failed launch or a broken context: this one is not counted.
+                _ => {}
+            }
+            self.pending.pop_front();
+            self.pool.extend([start, end]);
+        }
+        self.busy_ns
+    }
+
+    /// Destroys every event (the session is ending; its work is done or failed).
+    pub(crate) fn destroy(&mut self, d: &Driver) {
+        self.collect(d);
+        let pending: Vec<CUevent> = self.pending.drain(..).flat_map(|(a, b)| [a, b]).collect();
+        for event in self.pool.drain(..).chain(pending) {
+            // SAFETY: an event of this session, destroyed once.
+            unsafe { (d.cuEventDestroy_v2)(event) };
+        }
+    }
+
+    fn event(&mut self, d: &Driver) -> Option<CUevent> {
+        if let Some(event) = self.pool.pop() {
+            return Some(event);
+        }
+        let mut event: CUevent = std::ptr::null_mut();
+        // SAFETY: an out-pointer; the session's context is current. Flags 0: a
+        // timing event.
+        if unsafe { (d.cuEventCreate)(&mut event, 0) } == CUDA_SUCCESS {
+            Some(event)
+        } else {
+            self.untimed(1);
+            None
+        }
+    }
+
+    fn untimed(&mut self, n: u64) {
+        if self.untimed == 0 {
+            tracing::warn!("a launch went untimed (its busy time is not counted): too many launches wait to be read, or no event could be made");
+        }
+        self.untimed += n;
+    }
+}
