@@ -133,6 +133,10 @@ int main() {
         CHECK(cudaGraphInstantiate(&ke, kg, 0));
         CHECK(cudaGraphLaunch(ke, s));
         CHECK(cudaStreamSynchronize(s));
+        // Freed by the application, then allocated again by a second launch.
+        CHECK(cudaFreeAsync(kept, s));
+        CHECK(cudaGraphLaunch(ke, s));
+        CHECK(cudaStreamSynchronize(s));
         CHECK(cudaGraphExecDestroy(ke));
         CHECK(cudaGraphDestroy(kg));
         check_out(kept, n, 7, "an unfreed graph allocation after its graph went");
@@ -140,6 +144,22 @@ int main() {
         CHECK(cudaStreamSynchronize(s));
         if (cudaFree(kept) == cudaSuccess) fail("a graph allocation was freed twice");
         cudaGetLastError();
+
+        // One whose graph never ran was never the application's.
+        cudaGraph_t ng;
+        CHECK(cudaGraphCreate(&ng, 0));
+        cudaMemAllocNodeParams np = {};
+        np.poolProps.allocType = cudaMemAllocationTypePinned;
+        np.poolProps.location.type = cudaMemLocationTypeDevice;
+        np.poolProps.location.id = 0;
+        np.bytesize = bytes;
+        cudaGraphNode_t alloc;
+        CHECK(cudaGraphAddMemAllocNode(&alloc, ng, nullptr, 0, &np));
+        CHECK(cudaGraphDestroy(ng));
+        if (cudaFree(np.dptr) == cudaSuccess) fail("freed the allocation of a graph that never ran");
+        cudaGetLastError();
+        CHECK(cudaDeviceGraphMemTrim(0));
+        if (reserved_now() != 0) fail("graph memory reserved after a graph that never ran went: %llu", reserved_now());
     }
 
     // On a small device: more than it has, refused.

@@ -71,16 +71,16 @@ enum Op {
 }
 
 /// An allocation that belongs to graphs: freed on the server when the last
-/// graph or instantiation holding it goes, if something freed it (a free node,
-/// or the application's free after a launch). One nothing freed is the
-/// application's from then on, as CUDA leaves an allocation a graph made and did
-/// not free: an ordinary allocation it frees with `cuMemFree(Async)` (PyTorch
-/// frees its captured tensors so at exit).
+/// graph or instantiation holding it goes, unless it is outstanding then: a
+/// launch allocated it and neither a free node that ran since nor the
+/// application freed it. Such an allocation is the application's from then on,
+/// as CUDA leaves it: an ordinary allocation it frees with `cuMemFree(Async)`
+/// (PyTorch frees its captured tensors so at exit).
 pub(crate) struct GraphMemory {
     address: u64,
     bytes: u64,
     device: CUdevice,
-    freed: std::sync::atomic::AtomicBool,
+    outstanding: std::sync::atomic::AtomicBool,
 }
 
 /// Graph memory alive now, by address, and the figures
@@ -112,7 +112,7 @@ impl GraphMemory {
             address,
             bytes,
             device,
-            freed: std::sync::atomic::AtomicBool::new(false),
+            outstanding: std::sync::atomic::AtomicBool::new(false),
         });
         let mut ledger = lock(graph_memory());
         ledger.live.insert(address, Arc::downgrade(&memory));
@@ -137,8 +137,8 @@ impl Drop for GraphMemory {
         }
         if let Ok(d) = driver() {
             d.device_ranges.remove(self.address);
-            if !self.freed.load(std::sync::atomic::Ordering::Relaxed) {
-                // Never freed: the application's now, freed like any allocation.
+            if self.outstanding.load(std::sync::atomic::Ordering::Relaxed) {
+                // Allocated by a launch and not freed: the application's now.
                 d.device_ranges.add_given(self.address, self.bytes, true);
                 return;
             }
@@ -150,18 +150,32 @@ impl Drop for GraphMemory {
     }
 }
 
-/// If `address` is graph memory, records that it was freed (by a free node or by
-/// the application) and answers true.
+/// The graph memory at `address`, if some is alive there. (Upgraded outside the
+/// ledger's lock: the last reference may go while it is held here, and its drop
+/// takes that lock.)
+fn graph_memory_at(address: u64) -> Option<Arc<GraphMemory>> {
+    let weak = lock(graph_memory()).live.get(&address).cloned();
+    weak.and_then(|w| w.upgrade())
+}
+
+/// Whether `address` is graph memory (a free of it keeps it for the graph).
+pub(crate) fn is_graph_memory(address: u64) -> bool {
+    graph_memory_at(address).is_some()
+}
+
+/// Marks graph memory allocated (`true`: a launch allocated it) or freed.
+fn set_outstanding(memory: &GraphMemory, outstanding: bool) {
+    memory
+        .outstanding
+        .store(outstanding, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The application frees `address`: if it is graph memory, it is no longer
+/// outstanding (it stays for the graphs' next launch) and this answers true.
 pub(crate) fn free_graph_memory(address: u64) -> bool {
-    match lock(graph_memory())
-        .live
-        .get(&address)
-        .and_then(std::sync::Weak::upgrade)
-    {
+    match graph_memory_at(address) {
         Some(memory) => {
-            memory
-                .freed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            set_outstanding(&memory, false);
             true
         }
         None => false,
@@ -217,6 +231,8 @@ impl HostOp {
 struct Exec {
     segments: Vec<Segment>,
     memory: Vec<Arc<GraphMemory>>,
+    /// The graph memory its free nodes free, in order.
+    frees: Vec<u64>,
     source: Graph,
     origin: u64,
 }
@@ -258,7 +274,8 @@ impl Graph {
             match &self.nodes[i].op {
                 Op::Work(node) => out.push(Step::Node(node.clone())),
                 Op::Host(op) => out.push(Step::Host(*op)),
-                Op::Empty | Op::MemFree(_) => {}
+                Op::Empty => {}
+                Op::MemFree(address) => out.push(Step::Free(*address)),
                 Op::Child(child) => child.ordered(out)?,
                 Op::MemAlloc(m) => out.push(Step::Mem(m.clone())),
             }
@@ -714,12 +731,14 @@ fn event_known(event: CUevent) -> Res<u64> {
 
 /// What an instantiation of `graph` runs: runs of server nodes become kept
 /// graphs (made on the server here), host steps stay here.
-fn build(graph: &Graph) -> Res<(Vec<Segment>, Vec<Arc<GraphMemory>>)> {
+#[allow(clippy::type_complexity)]
+fn build(graph: &Graph) -> Res<(Vec<Segment>, Vec<Arc<GraphMemory>>, Vec<u64>)> {
     let mut steps = Vec::new();
     graph.ordered(&mut steps)?;
     let d = driver()?;
     let mut segments = Vec::new();
     let mut memory = Vec::new();
+    let mut frees = Vec::new();
     let mut run = Vec::new();
     let keep = |run: &mut Vec<GraphNode>, segments: &mut Vec<Segment>| -> Res {
         if !run.is_empty() {
@@ -736,11 +755,11 @@ fn build(graph: &Graph) -> Res<(Vec<Segment>, Vec<Arc<GraphMemory>>)> {
                 segments.push(Segment::Host(op));
             }
             Step::Mem(m) => memory.push(m),
-            Step::Free(_) => {}
+            Step::Free(address) => frees.push(address),
         }
     }
     keep(&mut run, &mut segments)?;
-    Ok((segments, memory))
+    Ok((segments, memory, frees))
 }
 
 /// Forgets the server's kept graphs of `segments`.
@@ -781,7 +800,7 @@ fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
         .get(&(graph as u64))
         .cloned()
         .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-    let (segments, memory) = build(&source)?;
+    let (segments, memory, frees) = build(&source)?;
     let mut t = lock(table());
     let handle = t.handle();
     t.execs.insert(
@@ -789,6 +808,7 @@ fn instantiate(exec: *mut CUgraphExec, graph: CUgraph) -> Res {
         Exec {
             segments,
             memory,
+            frees,
             source,
             origin: graph as u64,
         },
@@ -869,7 +889,7 @@ fn exec_update(
 
 /// Rebuilds `exec` from `source` (and, if given, a new origin graph).
 fn replace(exec: CUgraphExec, source: Graph, origin: Option<u64>) -> Res {
-    let (segments, memory) = build(&source)?;
+    let (segments, memory, frees) = build(&source)?;
     let old = {
         let mut t = lock(table());
         let e = t
@@ -881,6 +901,7 @@ fn replace(exec: CUgraphExec, source: Graph, origin: Option<u64>) -> Res {
             e.origin = o;
         }
         e.memory = memory;
+        e.frees = frees;
         std::mem::replace(&mut e.segments, segments)
     };
     // Posted after every launch already sent, which still runs the old ones.
@@ -1032,17 +1053,33 @@ fn launch(exec: CUgraphExec, stream: u64) -> Res {
         // A graph launched into a capture would be a child graph.
         not_in_capture(stream)?;
     }
-    let segments: Vec<(Option<u64>, Option<HostOp>)> = lock(table())
-        .execs
-        .get(&(exec as u64))
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?
-        .segments
-        .iter()
-        .map(|s| match s {
-            Segment::Server(id) => (Some(*id), None),
-            Segment::Host(op) => (None, Some(*op)),
-        })
-        .collect();
+    let (segments, memory, frees) = {
+        let t = lock(table());
+        let e = t
+            .execs
+            .get(&(exec as u64))
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let segments: Vec<(Option<u64>, Option<HostOp>)> = e
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Server(id) => (Some(*id), None),
+                Segment::Host(op) => (None, Some(*op)),
+            })
+            .collect();
+        (segments, e.memory.clone(), e.frees.clone())
+    };
+    // What this launch allocates is outstanding until freed; what its free
+    // nodes free is not (allocations first: a graph frees after it allocates).
+    for m in &memory {
+        set_outstanding(m, true);
+    }
+    for address in frees {
+        if let Some(m) = graph_memory_at(address) {
+            set_outstanding(&m, false);
+        }
+    }
+    drop(memory);
     for segment in segments {
         match segment {
             // Before each server segment: a host segment before it (a host
@@ -1086,7 +1123,7 @@ pub(crate) fn capture_free(stream: u64, address: u64) -> Res<bool> {
     if status(stream).0 == CU_STREAM_CAPTURE_STATUS_NONE {
         return Ok(false);
     }
-    if !free_graph_memory(address) {
+    if !is_graph_memory(address) {
         return not_in_capture(stream).map(|()| false);
     }
     let mut t = lock(table());
@@ -1292,7 +1329,7 @@ export! {
     }
 
     fn cuGraphAddMemFreeNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, dptr: CUdeviceptr) {
-        if !free_graph_memory(dptr) {
+        if !is_graph_memory(dptr) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         add_node(out, graph, deps, count, Op::MemFree(dptr))
