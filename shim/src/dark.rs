@@ -101,9 +101,12 @@ const TOOLS_CONTEXT_ID: [u8; 16] = [
 ];
 
 /// Slot 4 of TOOLS_CONTEXT: `(ctx, *out)` writes the context's unique id, as
-/// `cuCtxGetId` (NULL: the current context).
+/// `cuCtxGetId`; for NULL, 0 (as driver 580 answers, not the current context's).
 unsafe extern "C" fn tools_context_id(ctx: CUcontext, out: *mut u64) -> CUresult {
     enter("tools_context_id", || {
+        if ctx.is_null() {
+            return put(out, 0);
+        }
         put(out, crate::api::context::context_arg(ctx)?.id)
     })
 }

@@ -254,7 +254,8 @@ static int compare(const char *what, const float *want, const float *got, int n)
 }
 
 /* The export table cuBLAS(Lt) asks for (21318c60): slot 4 gives a context's unique id, as
- * cuCtxGetId does; without it cuBLASLt finds no algorithm for any matrix product. */
+ * cuCtxGetId does, and 0 for NULL (driver 580 on an H100: 1 and 0); without it cuBLASLt
+ * finds no algorithm for any matrix product. */
 static void test_tools_context_table(CUcontext ctx) {
     static const unsigned char id[16] = {0x21, 0x31, 0x8c, 0x60, 0x97, 0x14, 0x32, 0x48,
                                          0x8c, 0xa6, 0x41, 0xff, 0x73, 0x24, 0xc8, 0xf2};
@@ -277,8 +278,8 @@ static void test_tools_context_table(CUcontext ctx) {
     CHECK(slot4(NULL, &current));
     if (!getenv("XPUPOOL_SERVER"))
         printf("note: export table 21318c60 slot 4 natively: %llu (cuCtxGetId %llu), current %llu\n", got, want, current);
-    else if (got != want || current != want)
-        fail("export table 21318c60 slot 4: %llu for the context and %llu for the current one, cuCtxGetId %llu", got, current, want);
+    else if (got != want || current != 0)
+        fail("export table 21318c60 slot 4: %llu for the context (cuCtxGetId %llu) and %llu for NULL (0 natively)", got, want, current);
 }
 
 /* An entry point by name and CUDA version, as the runtime gets it. */
