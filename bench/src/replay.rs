@@ -592,7 +592,8 @@ fn send(op: &Op, index: usize, plan: &Plan, map: &mut Map, conn: &Connection) ->
                 .iter()
                 .map(|node| {
                     let bytes = match node {
-                        GraphNode::Kernel { params, .. } => params.len() as u64,
+                        GraphNode::Kernel { params, .. }
+                        | GraphNode::ClusteredKernel { params, .. } => params.len() as u64,
                         _ => 0,
                     };
                     let request = remapped(&node.in_stream(0), bytes, map)?;

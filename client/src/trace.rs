@@ -312,6 +312,17 @@ pub fn redact(request: &Request) -> (Request, u64) {
                             dims: *dims,
                             params: ByteBuf::from(vec![0u8; params.len()]),
                         },
+                        GraphNode::ClusteredKernel {
+                            function,
+                            dims,
+                            cluster,
+                            params,
+                        } => GraphNode::ClusteredKernel {
+                            function: *function,
+                            dims: *dims,
+                            cluster: *cluster,
+                            params: ByteBuf::from(vec![0u8; params.len()]),
+                        },
                         other => other.clone(),
                     })
                     .collect(),

@@ -1029,7 +1029,14 @@ impl Session for TenantSession {
             }
             Ok(())
         })?;
-        self.handle_on_host(request)
+        // What a synchronising call waited for has finished: read it now (at
+        // most every BUSY_POLL: a read is a round trip to the session's worker).
+        let synchronizes = request.synchronizes();
+        let reply = self.handle_on_host(request);
+        if synchronizes {
+            self.poll_busy(false);
+        }
+        reply
     }
 
     fn memcpy_htod_from(&mut self, dst: u64, data: &[u8], stream: u64) -> Result<(), CuError> {

@@ -52,6 +52,9 @@ struct Module {
 
 struct Function {
     param_bytes: u32,
+    /// Why its parameters are unknown, for a kernel that cannot be launched
+    /// (the client is told at load; one that launches it anyway is refused).
+    unusable: Option<String>,
 }
 
 pub(crate) struct CudaSession {
@@ -327,6 +330,12 @@ impl CudaSession {
             .functions
             .get(&function)
             .ok_or_else(|| invalid_handle("function", function))?;
+        if let Some(why) = &f.unusable {
+            return Err(CuError::new(
+                code::NO_BINARY_FOR_GPU,
+                format!("the kernel cannot be launched: {why}"),
+            ));
+        }
         if params.len() < f.param_bytes as usize {
             return Err(invalid_value(format!(
                 "{} parameter bytes for a kernel that takes {}",
@@ -1308,12 +1317,19 @@ impl Api for CudaSession {
         let mut functions = Vec::with_capacity(kernels.len());
         for (f, kernel) in kernels {
             let param_bytes = kernel.param_bytes();
-            self.functions.insert(f as u64, Function { param_bytes });
+            let unusable = kernel.params.as_ref().err().cloned();
+            self.functions.insert(
+                f as u64,
+                Function {
+                    param_bytes,
+                    unusable: unusable.clone(),
+                },
+            );
             loaded.functions.push(f as u64);
             functions.push(FunctionInfo {
                 handle: f as u64,
                 param_bytes,
-                unusable: kernel.params.as_ref().err().cloned(),
+                unusable,
                 params: kernel.params.unwrap_or_default(),
                 attributes: kernel.attributes,
                 name: kernel.name,

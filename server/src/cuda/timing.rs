@@ -2,19 +2,23 @@
 //! backend: a pair of timing events around each launch it forwards, read once the
 //! second has completed (`cuEventQuery`, never waiting), so nothing is guessed
 //! from NVML's coarse samples. Kernels of different streams that overlap are each
-//! counted whole, as a busy time per kernel is.
+//! counted whole, as a busy time per kernel is. The first event completes when
+//! the stream reaches the kernel, so time the kernel then waits for the device
+//! (another process's work time-sliced in) counts as its own: under contention a
+//! tenant's measured time is its kernels' span on the device, not their share.
 //!
-//! Bounded: at most [`MAX_PENDING`] launches wait to be read; past that a launch
-//! goes untimed (counted, and logged once) rather than queueing without end.
-//! Events are kept in a pool and reused.
+//! Bounded: at most [`MAX_PENDING`] launches of one stream wait to be read; past
+//! that a launch goes untimed (counted, and logged once) rather than queueing
+//! without end. Each stream's launches complete in order, so one stream's long
+//! kernel holds up the reading of that stream only. Events are pooled.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use xpupool_cuda_types::{CUevent, CUstream, CUDA_ERROR_NOT_READY, CUDA_SUCCESS};
 
 use super::driver::Driver;
 
-/// Launches whose events may wait to be read.
+/// Launches of one stream whose events may wait to be read.
 const MAX_PENDING: usize = 4096;
 
 /// One session's kernel timing.
@@ -22,8 +26,8 @@ const MAX_PENDING: usize = 4096;
 pub(crate) struct KernelTimes {
     /// Events ready for reuse.
     pool: Vec<CUevent>,
-    /// `(start, end)` of launches not yet read, oldest first.
-    pending: VecDeque<(CUevent, CUevent)>,
+    /// By stream: `(start, end)` of launches not yet read, oldest first.
+    pending: HashMap<usize, VecDeque<(CUevent, CUevent)>>,
     /// Nanoseconds of the launches read so far.
     busy_ns: u64,
     /// Launches not timed (the queue was full, or events could not be made).
@@ -38,7 +42,11 @@ impl KernelTimes {
     /// [`KernelTimes::after`], or `None` if this launch goes untimed.
     pub(crate) fn before(&mut self, d: &Driver, stream: CUstream) -> Option<(CUevent, CUevent)> {
         self.collect(d);
-        if self.pending.len() >= MAX_PENDING {
+        if self
+            .pending
+            .get(&(stream as usize))
+            .is_some_and(|q| q.len() >= MAX_PENDING)
+        {
             self.untimed(1);
             return None;
         }
@@ -66,43 +74,43 @@ impl KernelTimes {
     ) {
         // SAFETY: as in `before`.
         if launched && unsafe { (d.cuEventRecord)(pair.1, stream) } == CUDA_SUCCESS {
-            self.pending.push_back(pair);
+            self.pending
+                .entry(stream as usize)
+                .or_default()
+                .push_back(pair);
         } else {
             self.pool.extend([pair.0, pair.1]);
         }
     }
 
-    /// Reads the launches that have completed, oldest first, without waiting:
-    /// the nanoseconds of all launches read so far.
+    /// Reads the launches that have completed, each stream's oldest first,
+    /// without waiting: the nanoseconds of all launches read so far.
     pub(crate) fn collect(&mut self, d: &Driver) -> u64 {
-        while let Some(&(start, end)) = self.pending.front() {
-            // SAFETY: an event of this session, recorded.
-            match unsafe { (d.cuEventQuery)(end) } {
-                CUDA_ERROR_NOT_READY => break,
-                CUDA_SUCCESS => {
-                    let mut ms = 0f32;
-                    // Driver::load made sure one of the two exists.
-                    if let Some(elapsed) = d.cuEventElapsedTime_v2.or(d.cuEventElapsedTime) {
-                        // SAFETY: two completed timing events of this session.
-                        let r = unsafe { elapsed(&mut ms, start, end) };
-                        if r == CUDA_SUCCESS && ms.is_finite() && ms > 0.0 {
-                            self.busy_ns += (f64::from(ms) * 1e6) as u64;
-                        }
-                    }
+        for queue in self.pending.values_mut() {
+            while let Some(&(start, end)) = queue.front() {
+                // SAFETY: an event of this session, recorded.
+                match unsafe { (d.cuEventQuery)(end) } {
+                    CUDA_ERROR_NOT_READY => break,
+                    CUDA_SUCCESS => self.busy_ns += elapsed_ns(d, start, end),
+                    // A failed launch or a broken context: this one is not counted.
+                    _ => {}
                 }
-                // A failed launch or a broken context: this one is not counted.
-                _ => {}
+                queue.pop_front();
+                self.pool.extend([start, end]);
             }
-            self.pending.pop_front();
-            self.pool.extend([start, end]);
         }
+        self.pending.retain(|_, queue| !queue.is_empty());
         self.busy_ns
     }
 
     /// Destroys every event (the session is ending; its work is done or failed).
     pub(crate) fn destroy(&mut self, d: &Driver) {
         self.collect(d);
-        let pending: Vec<CUevent> = self.pending.drain(..).flat_map(|(a, b)| [a, b]).collect();
+        let pending: Vec<CUevent> = self
+            .pending
+            .drain()
+            .flat_map(|(_, queue)| queue.into_iter().flat_map(|(a, b)| [a, b]))
+            .collect();
         for event in self.pool.drain(..).chain(pending) {
             // SAFETY: an event of this session, destroyed once.
             unsafe { (d.cuEventDestroy_v2)(event) };
@@ -129,5 +137,21 @@ impl KernelTimes {
             tracing::warn!("a launch went untimed (its busy time is not counted): too many launches wait to be read, or no event could be made");
         }
         self.untimed += n;
+    }
+}
+
+/// Nanoseconds between two completed timing events (0 if the driver cannot say).
+fn elapsed_ns(d: &Driver, start: CUevent, end: CUevent) -> u64 {
+    let mut ms = 0f32;
+    // Driver::load made sure one of the two exists.
+    let Some(elapsed) = d.cuEventElapsedTime_v2.or(d.cuEventElapsedTime) else {
+        return 0;
+    };
+    // SAFETY: two completed timing events of this session.
+    let r = unsafe { elapsed(&mut ms, start, end) };
+    if r == CUDA_SUCCESS && ms.is_finite() && ms > 0.0 {
+        (f64::from(ms) * 1e6) as u64
+    } else {
+        0
     }
 }
