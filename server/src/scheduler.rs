@@ -167,15 +167,7 @@ impl DeviceScheduler {
         let now = Instant::now();
         let mut state = self.lock();
         let vclock = state.vclock;
-        let account = state
-            .accounts
-            .entry(claimant.tenant.clone())
-            .or_insert_with(|| Account {
-                vtime: vclock,
-                active: 0,
-                recent: 0.0,
-                recent_at: now,
-            });
+        let account = account(&mut state, &claimant.tenant, now);
         if account.active == 0 {
             account.vtime = account.vtime.max(vclock);
         }
@@ -244,16 +236,7 @@ impl DeviceScheduler {
         let mut state = self.lock();
         state.busy_ns += ns;
         let seconds = ns as f64 * 1e-9;
-        let vclock = state.vclock;
-        let account = state
-            .accounts
-            .entry(claimant.tenant.clone())
-            .or_insert_with(|| Account {
-                vtime: vclock,
-                active: 0,
-                recent: 0.0,
-                recent_at: now,
-            });
+        let account = account(&mut state, &claimant.tenant, now);
         account.decay(now);
         account.recent += seconds;
         account.vtime += seconds / claimant.share.max(1e-3);
@@ -278,6 +261,20 @@ impl DeviceScheduler {
         }
         ((busy - busy_then) as f64 / span.as_nanos() as f64).clamp(0.0, 1.0)
     }
+}
+
+/// `tenant`'s account, made (at the current virtual time) if it has none.
+fn account<'a>(state: &'a mut State, tenant: &str, now: Instant) -> &'a mut Account {
+    let vclock = state.vclock;
+    state
+        .accounts
+        .entry(tenant.to_owned())
+        .or_insert_with(|| Account {
+            vtime: vclock,
+            active: 0,
+            recent: 0.0,
+            recent_at: now,
+        })
 }
 
 fn busy_now(state: &State, now: Instant) -> u64 {

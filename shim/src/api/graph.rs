@@ -988,36 +988,26 @@ fn instantiate_with_params(
     result
 }
 
-/// Makes each `to[i]` wait for `from[i]`. An edge that closes a cycle is accepted,
-/// as NVIDIA's driver accepts it (seen with driver 580): the graph then fails to
-/// instantiate with `CUDA_ERROR_INVALID_VALUE` until the edge is removed.
-fn add_dependencies(
+/// Adds (`add`) or removes the edges `from[i]` → `to[i]`. An edge that closes a
+/// cycle is accepted, as NVIDIA's driver accepts it (seen with driver 580): the
+/// graph then fails to instantiate with `CUDA_ERROR_INVALID_VALUE` until the edge
+/// is removed. Removing an edge that does not exist is refused.
+fn dependencies(
     graph: CUgraph,
     from: *const CUgraphNode,
     to: *const CUgraphNode,
     count: usize,
+    add: bool,
 ) -> Res {
     edit_dependencies(graph, from, to, count, |deps, f| {
-        if !deps.contains(&f) {
-            deps.push(f);
+        match deps.iter().position(|&d| d == f) {
+            Some(at) if !add => {
+                deps.remove(at);
+            }
+            None if add => deps.push(f),
+            Some(_) => {}
+            None => return Err(CUDA_ERROR_INVALID_VALUE),
         }
-        Ok(())
-    })
-}
-
-/// Removes the edges `from[i]` → `to[i]`; one that does not exist is refused.
-fn remove_dependencies(
-    graph: CUgraph,
-    from: *const CUgraphNode,
-    to: *const CUgraphNode,
-    count: usize,
-) -> Res {
-    edit_dependencies(graph, from, to, count, |deps, f| {
-        let at = deps
-            .iter()
-            .position(|&d| d == f)
-            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        deps.remove(at);
         Ok(())
     })
 }
@@ -1404,18 +1394,18 @@ export! {
     }
 
     fn cuGraphAddDependencies(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, count: usize) {
-        add_dependencies(graph, from, to, count)
+        dependencies(graph, from, to, count, true)
     }
 
     fn cuGraphAddDependencies_v2(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, _edges: *const CUgraphEdgeData, count: usize) {
-        add_dependencies(graph, from, to, count)
+        dependencies(graph, from, to, count, true)
     }
 
     fn cuGraphRemoveDependencies(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, count: usize) {
-        remove_dependencies(graph, from, to, count)
+        dependencies(graph, from, to, count, false)
     }
 
     fn cuGraphRemoveDependencies_v2(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, _edges: *const CUgraphEdgeData, count: usize) {
-        remove_dependencies(graph, from, to, count)
+        dependencies(graph, from, to, count, false)
     }
 }

@@ -161,6 +161,31 @@ fn launch_cooperative(
     if blocks > (per_sm.max(0) as u64) * (sms.max(0) as u64) {
         return Err(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
     }
+    submit_as(
+        function,
+        dims,
+        stream,
+        params,
+        extra,
+        |function, dims, stream, params| Request::LaunchCooperative {
+            function,
+            dims,
+            stream,
+            params,
+        },
+    )
+}
+
+/// Packs a launch's parameters as [`launch_request`] does and submits it as the
+/// request `kind` makes of its parts (a cooperative or clustered launch).
+fn submit_as(
+    function: CUfunction,
+    dims: LaunchDims,
+    stream: u64,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+    kind: impl FnOnce(u64, LaunchDims, u64, ByteBuf) -> Request,
+) -> Res {
     let Request::LaunchKernel {
         function,
         dims,
@@ -170,15 +195,7 @@ fn launch_cooperative(
     else {
         return Err(CUDA_ERROR_UNKNOWN);
     };
-    super::graph::submit(
-        d,
-        Request::LaunchCooperative {
-            function,
-            dims,
-            stream,
-            params,
-        },
-    )
+    super::graph::submit(driver()?, kind(function, dims, stream, params))
 }
 
 /// A launch in thread-block clusters (`cuLaunchKernelEx` with a cluster
@@ -206,18 +223,13 @@ fn launch_clustered(
     if !fits || blocks_per_cluster > 16 {
         return Err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
     }
-    let Request::LaunchKernel {
+    submit_as(
         function,
         dims,
         stream,
         params,
-    } = launch_request(function, dims, stream, params, extra)?
-    else {
-        return Err(CUDA_ERROR_UNKNOWN);
-    };
-    super::graph::submit(
-        d,
-        Request::LaunchClustered {
+        extra,
+        |function, dims, stream, params| Request::LaunchClustered {
             function,
             dims,
             cluster,
