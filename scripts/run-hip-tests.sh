@@ -4,7 +4,7 @@
 # symbols in the real nodes, then builds tests/hip/loader.c against Debian's HIP headers
 # and real libamdhip64.so.5 (libamdhip64-dev, which scripts/install-system-packages.sh
 # installs) and runs it on the
-# stand-in; and tests/hip/memory.c and streams.c through `xpupool run`. Needs the core and the CLI
+# stand-in; and tests/hip/memory.c, streams.c and device.c through `xpupool run`. Needs the core and the CLI
 # built: cargo build --release.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,7 +31,7 @@ gcc -D__HIP_PLATFORM_AMD__ -O1 -o "$build/loader" "$root/tests/hip/loader.c" \
 if env -u XPUPOOL_SERVER LD_LIBRARY_PATH="$libs" "$build/loader"; then :; else failed=1; fi
 # Through `xpupool run` and its embedded mock server, as a user runs a HIP program.
 bin="${XPUPOOL_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/xpupool}"
-for test in memory streams; do
+for test in memory streams device; do
     gcc -D__HIP_PLATFORM_AMD__ -O1 -o "$build/$test" "$root/tests/hip/$test.c" \
         /usr/lib/x86_64-linux-gnu/libamdhip64.so.5 -Wl,--allow-shlib-undefined
     if "$bin" run -- "$build/$test"; then :; else failed=1; fi

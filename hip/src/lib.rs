@@ -11,7 +11,8 @@
 //! every call's own result is the last error, which `hipGetLastError` returns and
 //! clears), the version queries, `hipCreateChannelDesc`, compiler-rt's half
 //! conversions; and over the pool's protocol ([`memory`]): devices (count, set,
-//! get, handle, name, UUID, total memory), `hipMalloc`, `hipFree`, `hipMemcpy` (explicit directions), `hipMemset`,
+//! get, handle, name, UUID, total memory; properties and attributes in
+//! [`device`]: a gfx90a device), `hipMalloc`, `hipFree`, `hipMemcpy` (explicit directions), `hipMemset`,
 //! `hipMemGetInfo`, `hipDeviceSynchronize`; streams, events, and copies and
 //! memsets in a stream ([`stream`]). Every other entry point logs its name
 //! once and answers `hipErrorNotSupported` (or NULL, or nothing, as it returns).
@@ -21,6 +22,7 @@ use std::collections::HashSet;
 use std::ffi::{c_char, c_int};
 use std::sync::Mutex;
 
+pub mod device;
 mod half;
 pub mod memory;
 pub mod stream;

@@ -112,7 +112,9 @@ pub extern "C" fn hip_get_device(out: *mut c_int) -> HipError {
 }
 
 /// Device `device` of the connection, as the server describes it.
-fn device_info(device: c_int) -> Result<&'static xpupool_protocol::DeviceInfo, HipError> {
+pub(crate) fn device_info(
+    device: c_int,
+) -> Result<&'static xpupool_protocol::DeviceInfo, HipError> {
     let c = connection()?;
     usize::try_from(device)
         .ok()
