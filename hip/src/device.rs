@@ -191,7 +191,7 @@ pub fn properties(info: &DeviceInfo) -> DeviceProp {
 /// `hipDeviceAttribute_t` of HIP 5.2 (its number in the header) → the property
 /// that answers it. `tests/hip/device.c` compares each with the property it
 /// names, by the header's own enumerators.
-const ATTRIBUTES: &[(c_int, fn(&DeviceProp) -> c_int)] = &[
+const ATTRIBUTES: &[(c_int, Answer)] = &[
     (0, |p| p.ECCEnabled),                                  // EccEnabled
     (3, |p| p.canMapHostMemory),                            // CanMapHostMemory
     (5, |p| p.clockRate),                                   // ClockRate
@@ -227,6 +227,9 @@ const ATTRIBUTES: &[(c_int, fn(&DeviceProp) -> c_int)] = &[
     (10002, |p| clamp(p.maxSharedMemoryPerMultiProcessor)), // MaxSharedMemoryPerMultiprocessor
     (10012, |p| p.asicRevision),                            // AsicRevision
 ];
+
+/// How an attribute is read off the properties.
+type Answer = fn(&DeviceProp) -> c_int;
 
 fn clamp(v: usize) -> c_int {
     c_int::try_from(v).unwrap_or(c_int::MAX)
