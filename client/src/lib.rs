@@ -6,6 +6,7 @@
 //! one round trip each.
 
 pub mod pool;
+pub mod ranges;
 pub mod trace;
 
 use std::net::SocketAddr;

@@ -18,7 +18,6 @@ mod generated;
 mod integrity;
 mod log;
 mod procaddr;
-mod ranges;
 mod state;
 
 mod unsupported {

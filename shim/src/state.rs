@@ -384,7 +384,7 @@ pub(crate) struct Driver {
     pub(crate) functions: Registry<Function>,
     /// Device allocations, arrays, mappings, module variables and opened IPC
     /// memory, kept out of this process's own addresses.
-    pub(crate) device_ranges: crate::ranges::DeviceRanges,
+    pub(crate) device_ranges: xpupool_client::ranges::DeviceRanges,
     /// Live events (server handles).
     pub(crate) events: Mutex<HashSet<u64>>,
     pub(crate) host_blocks: Mutex<BTreeMap<usize, HostBlock>>,
@@ -452,7 +452,9 @@ extern "C" fn at_exit() {
 
 impl Driver {
     fn new(conn: Connection) -> Self {
-        let device_range_reserved = reserve_device_range(conn.welcome.device_address_range);
+        // The server's fixed range reserved here, or else each range.
+        let device_ranges = xpupool_client::ranges::for_server(conn.welcome.device_address_range);
+        let device_range_reserved = device_ranges.fixed_range_reserved();
         let primary = (0..conn.welcome.devices.len())
             .map(|ordinal| {
                 Arc::new(Context {
@@ -473,8 +475,7 @@ impl Driver {
             contexts,
             modules: Registry::new(),
             functions: Registry::new(),
-            // Without the server's fixed range reserved here, each range is.
-            device_ranges: crate::ranges::DeviceRanges::new(!device_range_reserved),
+            device_ranges,
             events: Mutex::new(HashSet::new()),
             host_blocks: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(HashMap::new()),
@@ -564,20 +565,6 @@ impl Driver {
             .get(handle)
             .map_err(|_| CUDA_ERROR_INVALID_CONTEXT)
     }
-}
-
-/// Reserves the server's device address range in this process, so no host
-/// allocation can ever have an address that is also a device address. Says
-/// whether it did.
-fn reserve_device_range((start, end): (u64, u64)) -> bool {
-    if end <= start {
-        return false;
-    }
-    if crate::ranges::map_none(start, end).is_err() {
-        tracing::warn!("could not reserve the device address range {start:#x}..{end:#x}; host and device pointers may alias");
-        return false;
-    }
-    true
 }
 
 thread_local! {

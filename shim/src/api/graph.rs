@@ -101,12 +101,13 @@ impl GraphMemory {
     fn new(device: CUdevice, bytes: u64) -> Res<Arc<Self>> {
         let d = driver()?;
         // Copies and launches into it are checked as into any allocation.
-        let address = crate::ranges::place(
+        let address = xpupool_client::ranges::place(
             |a| d.device_ranges.add(a, bytes, false),
             || d.conn.mem_alloc(device as u32, bytes).map_err(fail),
             |a| {
                 let _ = d.conn.post(Request::MemFree { ptr: a });
             },
+            CUDA_ERROR_OUT_OF_MEMORY,
         )?;
         let memory = Arc::new(Self {
             address,

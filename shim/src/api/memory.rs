@@ -32,12 +32,13 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize) -> Res {
     }
     let d = driver()?;
     let device = d.current_context()?.device;
-    let address = crate::ranges::place(
+    let address = xpupool_client::ranges::place(
         |a| d.device_ranges.add(a, bytes as u64, true),
         || d.conn.mem_alloc(device as u32, bytes as u64).map_err(fail),
         |a| {
             let _ = d.conn.post(Request::MemFree { ptr: a });
         },
+        CUDA_ERROR_OUT_OF_MEMORY,
     )?;
     put(out, address)
 }

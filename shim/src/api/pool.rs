@@ -137,12 +137,13 @@ fn alloc_async(
     if let Some(address) = super::graph::capture_alloc(stream, device, bytes as u64)? {
         return put(out, address);
     }
-    let address = crate::ranges::place(
+    let address = xpupool_client::ranges::place(
         |a| d.device_ranges.add(a, bytes as u64, true),
         || d.conn.mem_alloc(device as u32, bytes as u64).map_err(fail),
         |a| {
             let _ = d.conn.post(xpupool_protocol::Request::MemFree { ptr: a });
         },
+        CUDA_ERROR_OUT_OF_MEMORY,
     )?;
     let mut table = lock(pools());
     table.allocations.insert(address, (pool, bytes as u64));

@@ -131,12 +131,13 @@ export! {
         let d = driver()?;
         let device = d.current_device();
         // Reserved here too, so that no host memory ever lies inside it.
-        let start = crate::ranges::place(
+        let start = xpupool_client::ranges::place(
             |a| d.device_ranges.hold(a, size as u64),
             || d.conn.mem_address_reserve(device as u32, size as u64, alignment as u64).map_err(fail),
             |a| {
                 let _ = d.conn.mem_address_free(a, size as u64);
             },
+            CUDA_ERROR_OUT_OF_MEMORY,
         )?;
         put(ptr, start)
     }

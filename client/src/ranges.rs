@@ -1,6 +1,7 @@
-//! The device ranges this process knows (allocations, arrays, mappings, module
-//! variables, opened IPC memory), and keeping their addresses out of its own
-//! memory.
+//! The device ranges a client process knows (allocations, arrays, mappings,
+//! module variables, opened IPC memory), and keeping their addresses out of its
+//! own memory: what lets every vendor's stand-in (CUDA's, HIP's) tell a device
+//! pointer from a host one, as unified addressing promises.
 //!
 //! A server whose devices use a fixed address range (the mock) has it reserved
 //! here once, at start. The cuda backend's driver places memory anywhere in its
@@ -17,11 +18,15 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use crate::state::lock;
+use std::sync::MutexGuard;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The address is already this process's memory.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Taken;
+pub struct Taken;
 
 #[derive(Default)]
 struct Inner {
@@ -33,7 +38,7 @@ struct Inner {
     reserved: BTreeMap<u64, u64>,
 }
 
-pub(crate) struct DeviceRanges {
+pub struct DeviceRanges {
     inner: Mutex<Inner>,
     /// Whether ranges are reserved one by one (the server has no fixed range).
     reserve: bool,
@@ -79,7 +84,7 @@ fn gaps(start: u64, end: u64, covered: impl IntoIterator<Item = (u64, u64)>) -> 
     out
 }
 
-pub(crate) fn map_none(start: u64, end: u64) -> Result<(), Taken> {
+pub fn map_none(start: u64, end: u64) -> Result<(), Taken> {
     // SAFETY: an inaccessible anonymous mapping that replaces nothing
     // (MAP_FIXED_NOREPLACE); on failure nothing is mapped.
     let mapped = unsafe {
@@ -175,7 +180,13 @@ impl Inner {
 
 impl DeviceRanges {
     /// `reserve`: whether each range is to be reserved here as it arrives.
-    pub(crate) fn new(reserve: bool) -> Self {
+    /// Whether the server's fixed range is reserved here (so ranges are not,
+    /// one by one).
+    pub fn fixed_range_reserved(&self) -> bool {
+        !self.reserve
+    }
+
+    pub fn new(reserve: bool) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             reserve,
@@ -184,7 +195,7 @@ impl DeviceRanges {
 
     /// Records a range, reserving its addresses here; `Err(Taken)` (and nothing
     /// recorded) where some of them are this process's memory.
-    pub(crate) fn add(&self, base: u64, size: u64, freeable: bool) -> Result<(), Taken> {
+    pub fn add(&self, base: u64, size: u64, freeable: bool) -> Result<(), Taken> {
         let mut inner = lock(&self.inner);
         if self.reserve {
             inner.reserve(base, size)?;
@@ -195,7 +206,7 @@ impl DeviceRanges {
 
     /// Records a range whose address could not be chosen: reserved where that
     /// can be done, else kept as it is, with a warning.
-    pub(crate) fn add_given(&self, base: u64, size: u64, freeable: bool) {
+    pub fn add_given(&self, base: u64, size: u64, freeable: bool) {
         if self.add(base, size, freeable).is_err() {
             tracing::warn!(
                 "device memory at {base:#x} ({size} bytes) overlaps this process's own memory; \
@@ -207,12 +218,12 @@ impl DeviceRanges {
 
     /// Records a range this process has mapped itself (managed memory): nothing
     /// to reserve.
-    pub(crate) fn add_mapped(&self, base: u64, size: u64, freeable: bool) {
+    pub fn add_mapped(&self, base: u64, size: u64, freeable: bool) {
         lock(&self.inner).ranges.insert(base, (size, freeable));
     }
 
     /// Forgets the range at `base`, giving back the pages only it used.
-    pub(crate) fn remove(&self, base: u64) -> Option<(u64, bool)> {
+    pub fn remove(&self, base: u64) -> Option<(u64, bool)> {
         let mut inner = lock(&self.inner);
         let found = inner.ranges.remove(&base)?;
         if self.reserve {
@@ -223,7 +234,7 @@ impl DeviceRanges {
 
     /// Forgets the range at `base` if `cuMemFree` may take it, in one step that
     /// another thread cannot come between.
-    pub(crate) fn remove_freeable(&self, base: u64) -> bool {
+    pub fn remove_freeable(&self, base: u64) -> bool {
         let mut inner = lock(&self.inner);
         let Some(&(size, true)) = inner.ranges.get(&base) else {
             return false;
@@ -236,7 +247,7 @@ impl DeviceRanges {
     }
 
     /// Reserves an address reservation's range (`cuMemAddressReserve`).
-    pub(crate) fn hold(&self, start: u64, size: u64) -> Result<(), Taken> {
+    pub fn hold(&self, start: u64, size: u64) -> Result<(), Taken> {
         let mut inner = lock(&self.inner);
         if self.reserve {
             inner.reserve(start, size)?;
@@ -247,7 +258,7 @@ impl DeviceRanges {
 
     /// Records a reservation the server has, reserving its addresses here where
     /// that can still be done (else with a warning, as [`Self::add_given`]).
-    pub(crate) fn hold_given(&self, start: u64, size: u64) {
+    pub fn hold_given(&self, start: u64, size: u64) {
         if self.hold(start, size).is_err() {
             tracing::warn!(
                 "address reservation at {start:#x} ({size} bytes) overlaps this process's own memory"
@@ -258,7 +269,7 @@ impl DeviceRanges {
 
     /// Gives back the reservation of `size` bytes at `start` (`cuMemAddressFree`),
     /// if there is one: whether there was.
-    pub(crate) fn take_hold(&self, start: u64, size: u64) -> bool {
+    pub fn take_hold(&self, start: u64, size: u64) -> bool {
         let mut inner = lock(&self.inner);
         if inner.holds.get(&start) != Some(&size) {
             return false;
@@ -271,7 +282,7 @@ impl DeviceRanges {
     }
 
     /// The range containing `address`: (base, size).
-    pub(crate) fn find(&self, address: u64) -> Option<(u64, u64)> {
+    pub fn find(&self, address: u64) -> Option<(u64, u64)> {
         let inner = lock(&self.inner);
         let (&base, &(size, _)) = inner.ranges.range(..=address).next_back()?;
         (address < base + size).then_some((base, size))
@@ -280,12 +291,14 @@ impl DeviceRanges {
 
 /// Allocates with `alloc` until `record` takes the address it gives (it is free
 /// here), at most 8 times; the allocations whose addresses were taken are given
-/// back with `free` once one is found (or the tries run out).
-pub(crate) fn place(
+/// back with `free` once one is found (or the tries run out, which answers
+/// `exhausted`: the caller's out-of-memory error).
+pub fn place<E>(
     record: impl Fn(u64) -> Result<(), Taken>,
-    mut alloc: impl FnMut() -> crate::boundary::Res<u64>,
+    mut alloc: impl FnMut() -> Result<u64, E>,
     free: impl Fn(u64),
-) -> crate::boundary::Res<u64> {
+    exhausted: E,
+) -> Result<u64, E> {
     const TRIES: usize = 8;
     let mut taken = Vec::new();
     let result = loop {
@@ -301,7 +314,7 @@ pub(crate) fn place(
                     tracing::warn!(
                         "{TRIES} device addresses in a row are this process's own memory"
                     );
-                    break Err(xpupool_cuda_types::CUDA_ERROR_OUT_OF_MEMORY);
+                    break Err(exhausted);
                 }
             }
         }
@@ -310,6 +323,21 @@ pub(crate) fn place(
         free(address);
     }
     result
+}
+
+/// The ranges of a connection whose server announced `range` as where its
+/// devices' addresses lie (the mock's fixed range; empty for the cuda backend):
+/// that range reserved here once, if it can be, else each range as it arrives.
+pub fn for_server((start, end): (u64, u64)) -> DeviceRanges {
+    let fixed = end > start
+        && {
+            let reserved = map_none(start, end).is_ok();
+            if !reserved {
+                tracing::warn!("could not reserve the device address range {start:#x}..{end:#x}; host and device pointers may alias");
+            }
+            reserved
+        };
+    DeviceRanges::new(!fixed)
 }
 
 #[cfg(test)]
@@ -392,10 +420,11 @@ mod tests {
         assert_eq!(ranges.find(base + 2 * p + 64), None, "nothing recorded");
         let offers = std::cell::RefCell::new(vec![base + 5 * p, base + 2 * p + 64]);
         let freed = std::cell::RefCell::new(Vec::new());
-        let placed = place(
+        let placed: Result<u64, ()> = place(
             |a| ranges.add(a, 128, true),
             || Ok(offers.borrow_mut().pop().unwrap()),
             |a| freed.borrow_mut().push(a),
+            (),
         );
         assert_eq!(placed, Ok(base + 5 * p));
         assert_eq!(
