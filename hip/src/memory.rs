@@ -6,11 +6,13 @@ use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
+use xpupool_client::ranges::{self, DeviceRanges};
 use xpupool_client::Connection;
 use xpupool_protocol::{Calls, CuError};
 
 use crate::{record, HipError, HIP_ERROR_INVALID_VALUE, HIP_SUCCESS};
 
+const HIP_ERROR_OUT_OF_MEMORY: HipError = 2;
 const HIP_ERROR_NO_DEVICE: HipError = 100;
 const HIP_ERROR_INVALID_DEVICE: HipError = 101;
 const HIP_ERROR_INVALID_MEMCPY_DIRECTION: HipError = 21;
@@ -29,6 +31,15 @@ pub(crate) fn connection() -> Result<&'static Connection, HipError> {
         })
         .as_ref()
         .ok_or(HIP_ERROR_NO_DEVICE)
+}
+
+/// The device ranges this process holds, kept out of its own memory: how a
+/// pointer is told to be the device's (`hipMemcpyDefault`), and which frees
+/// are of allocations.
+fn device_ranges() -> Result<&'static DeviceRanges, HipError> {
+    static RANGES: OnceLock<DeviceRanges> = OnceLock::new();
+    let c = connection()?;
+    Ok(RANGES.get_or_init(|| ranges::for_server(c.welcome.device_address_range)))
 }
 
 thread_local! {
@@ -176,7 +187,15 @@ pub extern "C" fn hip_malloc(out: *mut *mut c_void, size: usize) -> HipError {
             return put(out, std::ptr::null_mut());
         }
         let (c, d) = device()?;
-        let address = c.mem_alloc(d, size as u64).map_err(|e| hip_code(&e))?;
+        let held = device_ranges()?;
+        let address = ranges::place(
+            |a| held.add(a, size as u64, true),
+            || c.mem_alloc(d, size as u64).map_err(|e| hip_code(&e)),
+            |a| {
+                let _ = c.post(xpupool_protocol::Request::MemFree { ptr: a });
+            },
+            HIP_ERROR_OUT_OF_MEMORY,
+        )?;
         put(out, address as *mut c_void)
     })
 }
@@ -188,6 +207,10 @@ pub extern "C" fn hip_free(ptr: *mut c_void) -> HipError {
             return Ok(());
         }
         let c = connection()?;
+        // Checked here: only an allocation's base is freed, once.
+        if !device_ranges()?.remove_freeable(ptr as u64) {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
         // As the device does: after the work before it.
         c.synchronize().map_err(|e| hip_code(&e))?;
         c.mem_free(ptr as u64).map_err(|e| hip_code(&e))
@@ -199,6 +222,8 @@ const HOST_TO_HOST: c_int = 0;
 const HOST_TO_DEVICE: c_int = 1;
 const DEVICE_TO_HOST: c_int = 2;
 const DEVICE_TO_DEVICE: c_int = 3;
+/// Either side may be either: told apart by the device ranges this process holds.
+const DEFAULT: c_int = 4;
 
 #[export_name = "xph_hipMemcpy"]
 pub extern "C" fn hip_memcpy(
@@ -230,6 +255,19 @@ pub(crate) fn copy(
         }
         let c = connection()?;
         let code = |e: CuError| hip_code(&e);
+        let kind = match kind {
+            DEFAULT => {
+                let held = device_ranges()?;
+                let on_device = |p: u64| held.find(p).is_some();
+                match (on_device(src as u64), on_device(dst as u64)) {
+                    (false, false) => HOST_TO_HOST,
+                    (false, true) => HOST_TO_DEVICE,
+                    (true, false) => DEVICE_TO_HOST,
+                    (true, true) => DEVICE_TO_DEVICE,
+                }
+            }
+            kind => kind,
+        };
         match kind {
             HOST_TO_HOST => {
                 c.stream_synchronize(stream).map_err(code)?;
@@ -264,8 +302,6 @@ pub(crate) fn copy(
                 }
                 Ok(())
             }
-            // hipMemcpyDefault needs to tell device memory from host memory, which
-            // this stand-in cannot do yet.
             _ => Err(HIP_ERROR_INVALID_MEMCPY_DIRECTION),
         }
     })

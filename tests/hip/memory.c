@@ -2,7 +2,8 @@
  * a device's handle, name, UUID and memory,
  * hipMalloc, copies both ways and on the device, memsets, hipMemGetInfo seeing an
  * allocation, errors for a device that is not there and a size the device does not
- * have, hipFree. Run by scripts/run-hip-tests.sh through `xpupool run`. */
+ * have, hipMemcpyDefault in all four directions, hipFree (and frees of what is no
+ * allocation refused). Run by scripts/run-hip-tests.sh through `xpupool run`. */
 #define TEST_NAME "memory"
 #include "check.h"
 #include <stdio.h>
@@ -69,7 +70,29 @@ int main(void) {
     EXPECT(hipMalloc(&huge, total + 1) == hipErrorOutOfMemory, "more than the device refused");
     EXPECT(hipGetLastError() == hipErrorOutOfMemory, "and it is the last error");
     CHECK(hipDeviceSynchronize());
+
+    /* hipMemcpyDefault: each side is the device's or the host's as its address says
+     * (unified addressing), in all four directions; past an allocation's end is the host's. */
+    unsigned *back = malloc(n * sizeof *back), *other = malloc(n * sizeof *other);
+    for (size_t i = 0; i < n; ++i) host[i] = (unsigned)(i ^ 0x5a5a5a5au);
+    CHECK(hipMemcpy(a, host, n * sizeof *host, hipMemcpyDefault));          /* to the device */
+    CHECK(hipMemcpy(b + 1, a, (n - 1) * sizeof *a, hipMemcpyDefault));      /* on it */
+    CHECK(hipMemcpy(back, b, n * sizeof *b, hipMemcpyDefault));             /* back */
+    CHECK(hipMemcpy(other, back, n * sizeof *back, hipMemcpyDefault));      /* host to host */
+    EXPECT(other[0] == 0xababababu || other[0] == (unsigned)(0 * 2654435761u), "b[0] untouched: %#x", other[0]);
+    for (size_t i = 1; i < n; ++i) {
+        if (other[i] != (unsigned)((i - 1) ^ 0x5a5a5a5au)) {
+            EXPECT(0, "default copies: [%zu] = %#x, expected %#x", i, other[i], (unsigned)((i - 1) ^ 0x5a5a5a5au));
+            break;
+        }
+    }
+    free(back);
+    free(other);
+
     CHECK(hipFree(a));
+    EXPECT(hipFree(a) == hipErrorInvalidValue, "a second free of the same allocation");
+    EXPECT(hipFree(b + 1) == hipErrorInvalidValue, "a free inside an allocation");
+    EXPECT(hipFree(host) == hipErrorInvalidValue, "a free of host memory");
     CHECK(hipFree(b));
     CHECK(hipFree(NULL));
     free(host);
