@@ -12,7 +12,7 @@
 //! clears), the version queries, `hipCreateChannelDesc`, compiler-rt's half
 //! conversions; and over the pool's protocol ([`memory`]): devices (count, set,
 //! get, handle, name, UUID, total memory; properties and attributes in
-//! [`device`]: a gfx90a device), `hipMalloc`, `hipFree`, `hipMemcpy` (explicit directions), `hipMemset`,
+//! [`device`]: a gfx90a device), `hipMalloc`, `hipFree`, `hipMemcpy` (any direction: `hipMemcpyDefault` by the device ranges), `hipMemset`,
 //! `hipMemGetInfo`, `hipDeviceSynchronize`; streams, events, and copies and
 //! memsets in a stream ([`stream`]). Every other entry point logs its name
 //! once and answers `hipErrorNotSupported` (or NULL, or nothing, as it returns).
