@@ -206,9 +206,14 @@ else
     # The cuda backend, with xpupool's own libcuda.so.1 standing in for NVIDIA's
     # driver and this mock server behind it: every program through the chain
     # client -> server (cuda backend) -> driver ABI -> server (mock).
+    # Its NVML is xpupool's too (over the same mock server): the memory each
+    # session worker holds, which the ledger is reconciled with in the metrics.
     cuda_port=$((port + 1))
-    XPUPOOL_CUDA_DRIVER="$shim" XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" XPUPOOL_TOKEN="$token" \
+    cuda_metrics=$((port + 2))
+    XPUPOOL_CUDA_DRIVER="$shim" XPUPOOL_NVML_LIBRARY="$(dirname "$bin")/libnvidia_ml.so" \
+        XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" XPUPOOL_TOKEN="$token" \
         "$bin" server --backend cuda --listen "127.0.0.1:$cuda_port" --state-dir "$logs/cuda-state" \
+        --metrics-listen "127.0.0.1:$cuda_metrics" \
         >"$logs/cuda-server.out" 2>"$logs/cuda-server.err" &
     cuda_pid=$!
     for _ in $(seq 100); do grep -q '^token file:' "$logs/cuda-server.out" 2>/dev/null && break; sleep 0.1; done
@@ -220,6 +225,36 @@ else
         for p in "${programs[@]}"; do
             check "cuda-backend-$(basename "$p")" "$bin" run --server "127.0.0.1:$cuda_port" --cert "$cuda_cert" --token "$cuda_token" -- "$p"
         done
+        # The ledger against the driver's own figures: while a program holds 64 MiB
+        # through the cuda backend, the memory NVML counts for its session worker
+        # and what the ledger charges it differ by less than 4 MiB.
+        spin="$root/tests/tenancy/build/spin"
+        "$bin" run --server "127.0.0.1:$cuda_port" --cert "$cuda_cert" --token "$cuda_token" -- "$spin" hold 64 4 \
+            >"$logs/cuda-drift-hold.log" 2>&1 &
+        hold_pid=$!
+        sleep 2
+        curl -s "http://127.0.0.1:$cuda_metrics/metrics" >"$logs/cuda-drift.metrics"
+        wait "$hold_pid"
+        if python3 - "$logs/cuda-drift.metrics" >"$logs/cuda-drift.log" 2>&1 <<'PY'
+import sys
+values = {}
+for line in open(sys.argv[1]):
+    if line.startswith(("xpupool_accounting_drift_bytes", "xpupool_device_memory_used_bytes")):
+        name, value = line.rsplit(" ", 1)
+        values[name.split("{")[0]] = float(value)
+drift = values.get("xpupool_accounting_drift_bytes")
+used = values.get("xpupool_device_memory_used_bytes", 0)
+print(f"drift {drift} bytes, device memory used {used:.0f} bytes")
+ok = drift is not None and abs(drift) < 4 << 20 and used >= 64 << 20
+print("PASS cuda-backend-drift" if ok else "FAIL cuda-backend-drift")
+sys.exit(0 if ok else 1)
+PY
+        then
+            passed=$((passed + 1)); echo "ok    cuda-backend-drift ($(head -1 "$logs/cuda-drift.log"))"
+        else
+            failed=$((failed + 1)); failures+=("cuda-backend-drift"); echo "FAIL  cuda-backend-drift"
+            sed 's/^/      | /' "$logs/cuda-drift.log" "$logs/cuda-drift-hold.log" | tail -n 20
+        fi
     fi
     kill "$cuda_pid" 2>/dev/null; wait "$cuda_pid" 2>/dev/null
 

@@ -8,10 +8,11 @@
 //! other. Parent and worker talk over the worker's stdin/stdout with the same frames
 //! as the wire.
 
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -90,9 +91,25 @@ pub fn serve_worker(backend: Result<Arc<dyn Backend>>, policy: Policy) -> Result
 pub struct IsolatedBackend {
     command: Vec<OsString>,
     ready: Ready,
+    /// The process ids of the live session workers: what the host's NVML is
+    /// asked about for the memory the backend holds.
+    workers: Arc<Mutex<HashSet<u32>>>,
+    /// The host's NVML (cuda only), loaded on first use.
+    nvml: OnceLock<Option<crate::cuda::power::Power>>,
 }
 
 impl IsolatedBackend {
+    /// The host's NVML, for a backend on NVIDIA's driver.
+    fn nvml(&self) -> Option<&crate::cuda::power::Power> {
+        self.nvml
+            .get_or_init(|| {
+                (self.ready.name == "cuda")
+                    .then(|| crate::cuda::power::load_for(&self.ready.devices))
+                    .flatten()
+            })
+            .as_ref()
+    }
+
     /// Starts one worker to learn the backend's devices, and keeps `command` (program
     /// and arguments) to start one per session.
     pub fn new(command: Vec<OsString>) -> Result<Self> {
@@ -103,6 +120,8 @@ impl IsolatedBackend {
         Ok(Self {
             command,
             ready: ready?,
+            workers: Arc::new(Mutex::new(HashSet::new())),
+            nvml: OnceLock::new(),
         })
     }
 }
@@ -155,6 +174,20 @@ impl Backend for IsolatedBackend {
         self.ready.device_address_range
     }
 
+    fn power_watts(&self, device: u32) -> Option<f64> {
+        self.nvml()?.watts(device)
+    }
+
+    /// What the session workers hold, as the host's NVML counts it per process.
+    fn memory_used(&self, device: u32) -> Option<u64> {
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.nvml()?.memory_of(device, &workers)
+    }
+
     fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {
         let unavailable = |e: anyhow::Error| {
             CuError::new(code::UNKNOWN, format!("starting a session worker: {e:#}"))
@@ -165,11 +198,17 @@ impl Backend for IsolatedBackend {
             command.push(fraction.to_string().into());
         }
         let (child, stdin, mut stdout) = spawn(&command).map_err(unavailable)?;
+        let pid = child.id();
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid);
         let mut session = WorkerSession {
             child,
             stdin: Some(stdin),
             stdout: None,
             dead: None,
+            workers: self.workers.clone(),
         };
         read_ready(&mut stdout).map_err(unavailable)?;
         session.stdout = Some(stdout);
@@ -184,6 +223,8 @@ struct WorkerSession {
     stdout: Option<ChildStdout>,
     /// Set once the worker is gone; every later call fails with it.
     dead: Option<CuError>,
+    /// The backend's set of live workers, which this one leaves when it ends.
+    workers: Arc<Mutex<HashSet<u32>>>,
 }
 
 impl WorkerSession {
@@ -240,5 +281,9 @@ impl Drop for WorkerSession {
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
         }
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.child.id());
     }
 }

@@ -24,7 +24,7 @@
 
 mod driver;
 mod module;
-mod power;
+pub(crate) mod power;
 mod session;
 mod timing;
 
@@ -103,6 +103,13 @@ impl Drop for Shared {
 }
 
 impl CudaBackend {
+    /// The host's NVML for this backend's devices, loaded on first use.
+    fn nvml(&self) -> Option<&power::Power> {
+        self.power
+            .get_or_init(|| power::load_for(std::slice::from_ref(&self.shared.info)))
+            .as_ref()
+    }
+
     /// Loads the driver (`XPUPOOL_CUDA_DRIVER`, else `libcuda.so.1`), initialises it
     /// and retains device 0's primary context. Fails with the reason if there is no
     /// driver, `cuInit` fails or there is no device.
@@ -243,13 +250,13 @@ impl Backend for CudaBackend {
     }
 
     fn power_watts(&self, device: u32) -> Option<f64> {
-        let power = self.power.get_or_init(|| {
-            let uuid = xpupool_protocol::gpu_uuid_text(&self.shared.info.uuid);
-            power::Power::load(&[uuid])
-                .inspect_err(|e| tracing::info!("no power figures from NVML: {e}"))
-                .ok()
-        });
-        power.as_ref()?.watts(device)
+        self.nvml()?.watts(device)
+    }
+
+    /// What this process (whose sessions all run here) holds, as NVML counts it.
+    fn memory_used(&self, device: u32) -> Option<u64> {
+        let me = std::collections::HashSet::from([std::process::id()]);
+        self.nvml()?.memory_of(device, &me)
     }
 
     fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {

@@ -1,7 +1,9 @@
-//! The devices' power draw, from the host's NVML (`libnvidia-ml.so.1`, or the
-//! library `XPUPOOL_NVML_LIBRARY` names), for the pool's `lowest-energy`
-//! placement and the metrics. Optional: where NVML cannot be loaded or does not
-//! know a device, the server reports no power for it and says why once.
+//! What the host's NVML (`libnvidia-ml.so.1`, or the library
+//! `XPUPOOL_NVML_LIBRARY` names) says of the devices: their power draw, for the
+//! pool's `lowest-energy` placement and the metrics, and the device memory each
+//! of the server's processes holds, which the tenants' ledgers are reconciled
+//! with (`xpupool_accounting_drift_bytes`). Optional: where NVML cannot be loaded
+//! or does not know a device, the server reports neither for it and says why once.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CString, OsString};
 
@@ -11,10 +13,39 @@ const NVML_SUCCESS: c_int = 0;
 type NvmlInit = unsafe extern "C" fn() -> c_int;
 type NvmlHandleByUuid = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> c_int;
 type NvmlPowerUsage = unsafe extern "C" fn(*mut c_void, *mut c_uint) -> c_int;
+type NvmlRunningProcesses =
+    unsafe extern "C" fn(*mut c_void, *mut c_uint, *mut ProcessInfo) -> c_int;
+
+/// `nvmlProcessInfo_t` (the `_v2`/`_v3` calls' layout).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct ProcessInfo {
+    pid: c_uint,
+    used_gpu_memory: u64,
+    gpu_instance_id: c_uint,
+    compute_instance_id: c_uint,
+}
+
+/// `NVML_ERROR_INSUFFICIENT_SIZE`: more processes than the buffer holds.
+const NVML_ERROR_INSUFFICIENT_SIZE: c_int = 7;
+/// Processes read per device at most (the server's workers, and others').
+const MAX_PROCESSES: usize = 4096;
+
+/// NVML for `devices` (their UUIDs), or `None` after saying once why not.
+pub(crate) fn load_for(devices: &[xpupool_protocol::DeviceInfo]) -> Option<Power> {
+    let uuids: Vec<String> = devices
+        .iter()
+        .map(|d| xpupool_protocol::gpu_uuid_text(&d.uuid))
+        .collect();
+    Power::load(&uuids)
+        .inspect_err(|e| tracing::info!("no power or memory figures from NVML: {e}"))
+        .ok()
+}
 
 /// NVML, initialised, with a handle for each device that has one.
 pub(crate) struct Power {
     usage: NvmlPowerUsage,
+    processes: Option<NvmlRunningProcesses>,
     /// Per device (in the backend's order): its NVML handle, as an address.
     handles: Vec<Option<usize>>,
 }
@@ -55,7 +86,17 @@ impl Power {
                 (status == NVML_SUCCESS && !handle.is_null()).then_some(handle as usize)
             })
             .collect();
-        Ok(Self { usage, handles })
+        // SAFETY: the signature nvml.h declares for this name.
+        let processes = unsafe {
+            lib.get::<NvmlRunningProcesses>(b"nvmlDeviceGetComputeRunningProcesses_v3\0")
+        }
+        .ok()
+        .map(|f| *f);
+        Ok(Self {
+            usage,
+            processes,
+            handles,
+        })
     }
 
     /// `device`'s draw now, in watts; `None` where NVML cannot say.
@@ -65,5 +106,39 @@ impl Power {
         // SAFETY: a handle NVML gave for this process, and a place for the figure.
         let status = unsafe { (self.usage)(handle as *mut c_void, &mut milliwatts) };
         (status == NVML_SUCCESS).then(|| f64::from(milliwatts) / 1000.0)
+    }
+
+    /// Device memory the processes `pids` hold on `device`, as NVML counts it;
+    /// `None` where NVML cannot say.
+    pub(crate) fn memory_of(
+        &self,
+        device: u32,
+        pids: &std::collections::HashSet<u32>,
+    ) -> Option<u64> {
+        let handle = (*self.handles.get(device as usize)?)?;
+        let read = self.processes?;
+        let mut infos = vec![ProcessInfo::default(); 64];
+        loop {
+            let mut count = infos.len() as c_uint;
+            // SAFETY: a handle NVML gave, a count and a buffer of that many entries.
+            let status = unsafe { read(handle as *mut c_void, &mut count, infos.as_mut_ptr()) };
+            match status {
+                NVML_SUCCESS => {
+                    infos.truncate(count as usize);
+                    break;
+                }
+                NVML_ERROR_INSUFFICIENT_SIZE if (count as usize) <= MAX_PROCESSES => {
+                    infos.resize(count as usize + 8, ProcessInfo::default());
+                }
+                _ => return None,
+            }
+        }
+        Some(
+            infos
+                .iter()
+                .filter(|p| pids.contains(&p.pid))
+                .map(|p| p.used_gpu_memory)
+                .sum(),
+        )
     }
 }
