@@ -326,7 +326,7 @@ impl Function {
 
 /// Device attributes that say what xpupool offers, whatever the server's device
 /// says: a family this driver implements reads as supported, one it does not
-/// (exportable handles, multi-device cooperative and cluster launches) as not,
+/// (exportable handles, multi-device cooperative launches) as not,
 /// so a program that checks first waives itself instead of failing later.
 /// Managed memory is kept coherent by this client (`api::managed`), without
 /// concurrent access from host and device, as on GPUs without page faulting.
@@ -351,8 +351,6 @@ const FEATURES: &[(u32, i32)] = &[
     (CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH, 1),
     (CU_DEVICE_ATTRIBUTE_COOPERATIVE_MULTI_DEVICE_LAUNCH, 0),
     (CU_DEVICE_ATTRIBUTE_GPU_DIRECT_RDMA_SUPPORTED, 0),
-    // Launches with clusters of more than one block are refused.
-    (CU_DEVICE_ATTRIBUTE_CLUSTER_LAUNCH, 0),
 ];
 
 /// What the application told us about a stream it created.
