@@ -266,6 +266,11 @@ impl Session for WorkerSession {
 
 impl Drop for WorkerSession {
     fn drop(&mut self) {
+        // Out of the live set before it can exit and its id be reused.
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.child.id());
         // Closing stdin ends the worker's loop; it frees its session and exits.
         drop(self.stdin.take());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -281,9 +286,5 @@ impl Drop for WorkerSession {
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
         }
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.child.id());
     }
 }

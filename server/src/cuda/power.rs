@@ -16,7 +16,8 @@ type NvmlPowerUsage = unsafe extern "C" fn(*mut c_void, *mut c_uint) -> c_int;
 type NvmlRunningProcesses =
     unsafe extern "C" fn(*mut c_void, *mut c_uint, *mut ProcessInfo) -> c_int;
 
-/// `nvmlProcessInfo_t` (the `_v2`/`_v3` calls' layout).
+/// `nvmlProcessInfo_t` as `nvmlDeviceGetComputeRunningProcesses_v2` writes it, 24
+/// bytes on every driver (`_v3` wrote 32-byte entries on drivers 535.43–535.86).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct ProcessInfo {
@@ -88,7 +89,7 @@ impl Power {
             .collect();
         // SAFETY: the signature nvml.h declares for this name.
         let processes = unsafe {
-            lib.get::<NvmlRunningProcesses>(b"nvmlDeviceGetComputeRunningProcesses_v3\0")
+            lib.get::<NvmlRunningProcesses>(b"nvmlDeviceGetComputeRunningProcesses_v2\0")
         }
         .ok()
         .map(|f| *f);
@@ -108,8 +109,9 @@ impl Power {
         (status == NVML_SUCCESS).then(|| f64::from(milliwatts) / 1000.0)
     }
 
-    /// Device memory the processes `pids` hold on `device`, as NVML counts it;
-    /// `None` where NVML cannot say.
+    /// Device memory the processes `pids` hold on `device`, as NVML counts it
+    /// (with each one's CUDA context, hundreds of MiB on a GPU); `None` where NVML
+    /// cannot say.
     pub(crate) fn memory_of(
         &self,
         device: u32,
@@ -133,12 +135,17 @@ impl Power {
                 _ => return None,
             }
         }
-        Some(
-            infos
-                .iter()
-                .filter(|p| pids.contains(&p.pid))
-                .map(|p| p.used_gpu_memory)
-                .sum(),
-        )
+        let ours: Vec<&ProcessInfo> = infos.iter().filter(|p| pids.contains(&p.pid)).collect();
+        if ours.is_empty() && !pids.is_empty() {
+            // NVML names none of them: in a container without the host's process
+            // ids (hostPID), it cannot say what they hold.
+            return None;
+        }
+        ours.iter()
+            .map(|p| p.used_gpu_memory)
+            // NVML_VALUE_NOT_AVAILABLE: no figure for that process.
+            .try_fold(0u64, |sum, used| {
+                (used != u64::MAX).then(|| sum.saturating_add(used))
+            })
     }
 }

@@ -7,8 +7,8 @@
 //! (another process's work time-sliced in) counts as its own: under contention a
 //! tenant's measured time is its kernels' span on the device, not their share.
 //!
-//! Bounded: at most [`MAX_PENDING`] launches of one stream wait to be read; past
-//! that a launch goes untimed (counted, and logged once) rather than queueing
+//! Bounded: at most [`MAX_PENDING`] launches of one stream, and
+//! [`MAX_PENDING_ALL`] in all, wait to be read; past that a launch goes untimed (counted, and logged once) rather than queueing
 //! without end. Each stream's launches complete in order, so one stream's long
 //! kernel holds up the reading of that stream only. Events are pooled.
 
@@ -20,6 +20,8 @@ use super::driver::Driver;
 
 /// Launches of one stream whose events may wait to be read.
 const MAX_PENDING: usize = 4096;
+/// Launches of all the session's streams together.
+const MAX_PENDING_ALL: usize = 16384;
 
 /// One session's kernel timing.
 #[derive(Default)]
@@ -42,10 +44,12 @@ impl KernelTimes {
     /// [`KernelTimes::after`], or `None` if this launch goes untimed.
     pub(crate) fn before(&mut self, d: &Driver, stream: CUstream) -> Option<(CUevent, CUevent)> {
         self.collect(d);
-        if self
-            .pending
-            .get(&(stream as usize))
-            .is_some_and(|q| q.len() >= MAX_PENDING)
+        let all: usize = self.pending.values().map(VecDeque::len).sum();
+        if all >= MAX_PENDING_ALL
+            || self
+                .pending
+                .get(&(stream as usize))
+                .is_some_and(|q| q.len() >= MAX_PENDING)
         {
             self.untimed(1);
             return None;
