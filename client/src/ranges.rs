@@ -180,6 +180,18 @@ impl Inner {
 
 impl DeviceRanges {
     /// `reserve`: whether each range is to be reserved here as it arrives.
+    /// Makes the range at `base` one the application frees (`cuMemFree`), in
+    /// place: its pages stay reserved throughout. False if there is none.
+    pub fn set_freeable(&self, base: u64) -> bool {
+        match lock(&self.inner).ranges.get_mut(&base) {
+            Some((_, freeable)) => {
+                *freeable = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether the server's fixed range is reserved here (so ranges are not,
     /// one by one).
     pub fn fixed_range_reserved(&self) -> bool {

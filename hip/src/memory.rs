@@ -207,13 +207,23 @@ pub extern "C" fn hip_free(ptr: *mut c_void) -> HipError {
             return Ok(());
         }
         let c = connection()?;
+        let held = device_ranges()?;
         // Checked here: only an allocation's base is freed, once.
-        if !device_ranges()?.remove_freeable(ptr as u64) {
+        let size = match held.find(ptr as u64) {
+            Some((base, size)) if base == ptr as u64 => size,
+            _ => return Err(HIP_ERROR_INVALID_VALUE),
+        };
+        if !held.remove_freeable(ptr as u64) {
             return Err(HIP_ERROR_INVALID_VALUE);
         }
-        // As the device does: after the work before it.
-        c.synchronize().map_err(|e| hip_code(&e))?;
-        c.mem_free(ptr as u64).map_err(|e| hip_code(&e))
+        // As the device does: after the work before it. If the server refuses,
+        // the allocation is still there, and still this process's.
+        let freed = c.synchronize().and_then(|()| c.mem_free(ptr as u64));
+        if let Err(e) = freed {
+            held.add_given(ptr as u64, size, true);
+            return Err(hip_code(&e));
+        }
+        Ok(())
     })
 }
 

@@ -79,7 +79,7 @@ int main(void) {
     CHECK(hipMemcpy(b + 1, a, (n - 1) * sizeof *a, hipMemcpyDefault));      /* on it */
     CHECK(hipMemcpy(back, b, n * sizeof *b, hipMemcpyDefault));             /* back */
     CHECK(hipMemcpy(other, back, n * sizeof *back, hipMemcpyDefault));      /* host to host */
-    EXPECT(other[0] == 0xababababu || other[0] == (unsigned)(0 * 2654435761u), "b[0] untouched: %#x", other[0]);
+    EXPECT(other[0] == 0, "b[0] untouched (a[0] of the first copies, 0): %#x", other[0]);
     for (size_t i = 1; i < n; ++i) {
         if (other[i] != (unsigned)((i - 1) ^ 0x5a5a5a5au)) {
             EXPECT(0, "default copies: [%zu] = %#x, expected %#x", i, other[i], (unsigned)((i - 1) ^ 0x5a5a5a5au));

@@ -137,12 +137,13 @@ impl Drop for GraphMemory {
             return;
         }
         if let Ok(d) = driver() {
-            d.device_ranges.remove(self.address);
             if self.outstanding.load(std::sync::atomic::Ordering::Relaxed) {
-                // Allocated by a launch and not freed: the application's now.
-                d.device_ranges.add_given(self.address, self.bytes, true);
+                // Allocated by a launch and not freed: the application's now (its
+                // pages stay reserved while it changes hands).
+                d.device_ranges.set_freeable(self.address);
                 return;
             }
+            d.device_ranges.remove(self.address);
             // Posted behind the work already sent, which may still use it.
             if let Err(e) = d.conn.post(Request::MemFree { ptr: self.address }) {
                 tracing::debug!("freeing graph memory: {}", e.message);
@@ -1060,17 +1061,6 @@ fn launch(exec: CUgraphExec, stream: u64) -> Res {
             .collect();
         (segments, e.memory.clone(), e.frees.clone())
     };
-    // What this launch allocates is outstanding until freed; what its free
-    // nodes free is not (allocations first: a graph frees after it allocates).
-    for m in &memory {
-        set_outstanding(m, true);
-    }
-    for address in frees {
-        if let Some(m) = graph_memory_at(address) {
-            set_outstanding(&m, false);
-        }
-    }
-    drop(memory);
     for segment in segments {
         match segment {
             // Before each server segment: a host segment before it (a host
@@ -1083,6 +1073,16 @@ fn launch(exec: CUgraphExec, stream: u64) -> Res {
             }
             (_, Some(op)) => op.run(stream)?,
             _ => {}
+        }
+    }
+    // Sent: what this launch allocates is outstanding until freed; what its
+    // free nodes free is not (allocations first: a graph frees after it allocates).
+    for m in &memory {
+        set_outstanding(m, true);
+    }
+    for address in frees {
+        if let Some(m) = graph_memory_at(address) {
+            set_outstanding(&m, false);
         }
     }
     Ok(())
