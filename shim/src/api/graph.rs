@@ -833,7 +833,10 @@ fn update_refused(old: &Graph, new: &Graph) -> Option<CUgraphExecUpdateResult> {
             return Some(CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED);
         }
         let same_kind = match (&a.op, &b.op) {
-            (Op::Work(x), Op::Work(y)) => std::mem::discriminant(x) == std::mem::discriminant(y),
+            (Op::Work(x), Op::Work(y)) => {
+                is_kernel(x) && is_kernel(y)
+                    || std::mem::discriminant(x) == std::mem::discriminant(y)
+            }
             (Op::Host(x), Op::Host(y)) => std::mem::discriminant(x) == std::mem::discriminant(y),
             (Op::Empty, Op::Empty) => true,
             (Op::Child(x), Op::Child(y)) => {
@@ -921,6 +924,37 @@ fn update_info(info: *mut CUgraphExecUpdateResultInfo, result: CUgraphExecUpdate
     }
 }
 
+/// Whether a node is a kernel (in clusters or not): one kind of node, as CUDA has.
+fn is_kernel(node: &GraphNode) -> bool {
+    matches!(
+        node,
+        GraphNode::Kernel { .. } | GraphNode::ClusteredKernel { .. }
+    )
+}
+
+/// A kernel node's new parameters (`new`, a plain kernel node) for the node `old`:
+/// a node launched in clusters keeps its clusters, as the launch attribute is
+/// the node's; anything but a kernel node is refused.
+fn kernel_params_for(old: &Op, new: Op) -> Res<Op> {
+    match (old, new) {
+        (
+            Op::Work(GraphNode::ClusteredKernel { cluster, .. }),
+            Op::Work(GraphNode::Kernel {
+                function,
+                dims,
+                params,
+            }),
+        ) => Ok(Op::Work(GraphNode::ClusteredKernel {
+            function,
+            dims,
+            cluster: *cluster,
+            params,
+        })),
+        (Op::Work(GraphNode::Kernel { .. }), new) => Ok(new),
+        _ => Err(CUDA_ERROR_INVALID_VALUE),
+    }
+}
+
 /// A kernel node's new parameters in an instantiation (`exec`'s own copy of
 /// the node at `node`'s place in the graph it came from).
 fn exec_kernel_params(exec: CUgraphExec, node: CUgraphNode, op: Op) -> Res {
@@ -934,18 +968,13 @@ fn exec_kernel_params(exec: CUgraphExec, node: CUgraphNode, op: Op) -> Res {
             .execs
             .get(&(exec as u64))
             .ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if e.origin != graph
-            || !matches!(
-                e.source.nodes.get(index).map(|n| &n.op),
-                Some(Op::Work(GraphNode::Kernel { .. }))
-            )
-        {
+        if e.origin != graph || index >= e.source.nodes.len() {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         (index, e.source.clone())
     };
     let mut source = source;
-    source.nodes[index].op = op;
+    source.nodes[index].op = kernel_params_for(&source.nodes[index].op, op)?;
     replace(exec, source, None)
 }
 
@@ -1221,13 +1250,9 @@ export! {
         let mut t = lock(table());
         let &(graph, index) = t.nodes.get(&(node as u64)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let g = t.graphs.get_mut(&graph).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        match &mut g.nodes[index].op {
-            slot @ Op::Work(GraphNode::Kernel { .. }) => {
-                *slot = op;
-                Ok(())
-            }
-            _ => Err(CUDA_ERROR_INVALID_VALUE),
-        }
+        let slot = &mut g.nodes[index].op;
+        *slot = kernel_params_for(slot, op)?;
+        Ok(())
     }
 
     fn cuGraphAddHostNode(out: *mut CUgraphNode, graph: CUgraph, deps: *const CUgraphNode, count: usize, p: *const CUDA_HOST_NODE_PARAMS) {
@@ -1408,5 +1433,50 @@ export! {
 
     fn cuGraphRemoveDependencies_v2(graph: CUgraph, from: *const CUgraphNode, to: *const CUgraphNode, _edges: *const CUgraphEdgeData, count: usize) {
         dependencies(graph, from, to, count, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_bytes::ByteBuf;
+
+    fn dims(blocks: u32) -> LaunchDims {
+        LaunchDims {
+            grid: [blocks, 1, 1],
+            block: [32, 1, 1],
+            shared_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_clustered_kernel_node_keeps_its_clusters_when_given_new_parameters() {
+        let clustered = Op::Work(GraphNode::ClusteredKernel {
+            function: 1,
+            dims: dims(4),
+            cluster: [2, 1, 1],
+            params: ByteBuf::from(vec![1]),
+        });
+        let new = || {
+            Op::Work(GraphNode::Kernel {
+                function: 2,
+                dims: dims(8),
+                params: ByteBuf::from(vec![2]),
+            })
+        };
+        assert!(matches!(
+            kernel_params_for(&clustered, new()),
+            Ok(Op::Work(GraphNode::ClusteredKernel { function: 2, cluster: [2, 1, 1], ref params, dims: LaunchDims { grid: [8, 1, 1], .. } })) if params.as_ref() == [2]
+        ));
+        assert!(matches!(
+            kernel_params_for(&new(), new()),
+            Ok(Op::Work(GraphNode::Kernel { function: 2, .. }))
+        ));
+        assert!(kernel_params_for(&Op::Empty, new()).is_err());
+        // One kind of node for an update, in clusters or not.
+        let Op::Work(node) = &clustered else {
+            unreachable!()
+        };
+        assert!(is_kernel(node));
     }
 }
