@@ -828,6 +828,10 @@ declare_api! {
     /// utilisation where kernels run asynchronously; a backend whose kernels the
     /// server's scheduler times itself (the mock) refuses it.
     fn session_busy() -> u64 = SessionBusy @ 58;
+    /// One of a function's attributes (`CU_FUNC_ATTRIBUTE_*` 0..=9) that its
+    /// module's load did not report: with lazy loading, the device-dependent ones
+    /// of a function not loaded yet, which the backend loads to answer.
+    fn function_get_attribute(function: u64 as Function, attribute: u32) -> i32 = FunctionGetAttribute @ 59;
 }
 
 /// One input of [`Request::Link`].

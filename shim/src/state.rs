@@ -220,6 +220,12 @@ pub(crate) struct Function {
     pub(crate) module: usize,
     /// Attributes the application set (`cuFuncSetAttribute`).
     pub(crate) overrides: Mutex<Vec<(u32, i32)>>,
+    /// Attributes asked of the server after the load: (server handle, attribute, value).
+    fetched: Mutex<Vec<(u64, u32, i32)>>,
+    /// Loaded, as lazy loading counts it: handed out by name, launched or
+    /// `cuFuncLoad`ed; one only enumerated is not (the driver then refuses its
+    /// device-dependent attributes).
+    pub(crate) loaded: AtomicBool,
     /// Per device (the tenant's numbering).
     binding: Box<[OnceLock<Result<Binding, CUresult>>]>,
     warned: AtomicBool,
@@ -250,6 +256,8 @@ impl Function {
             name,
             module,
             overrides: Mutex::new(Vec::new()),
+            fetched: Mutex::new(Vec::new()),
+            loaded: AtomicBool::new(false),
             binding: (0..devices.max(1)).map(|_| OnceLock::new()).collect(),
             warned: AtomicBool::new(false),
         })
@@ -314,13 +322,27 @@ impl Function {
             return Ok(Some(v));
         }
         Ok(match self.binding(d)? {
-            Binding::Known(info) => info
-                .attributes
-                .iter()
-                .find(|&&(a, _)| a == attr)
-                .map(|&(_, v)| v),
+            Binding::Known(info) => match info.attributes.iter().find(|&&(a, _)| a == attr) {
+                Some(&(_, v)) => Some(v),
+                None => self.fetched_attribute(d, info.handle, attr),
+            },
             Binding::NoCode(_) => default_attribute(attr),
         })
+    }
+
+    /// An attribute every driver answers that the module's load did not report
+    /// (lazy loading: a device-dependent one), asked of the server once.
+    fn fetched_attribute(&self, d: &Driver, handle: u64, attr: u32) -> Option<i32> {
+        if attr > CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT {
+            return None;
+        }
+        let mut fetched = lock(&self.fetched);
+        if let Some(&(_, _, v)) = fetched.iter().find(|&&(h, a, _)| h == handle && a == attr) {
+            return Some(v);
+        }
+        let value = d.conn.function_get_attribute(handle, attr).ok()?;
+        fetched.push((handle, attr, value));
+        Some(value)
     }
 }
 

@@ -282,6 +282,50 @@ static void test_tools_context_table(CUcontext ctx) {
         fail("export table 21318c60 slot 4: %llu for the context (cuCtxGetId %llu) and %llu for NULL (0 natively)", got, want, current);
 }
 
+/* Lazy loading, as driver 580 does it (seen on an H100 through the cuda backend): a
+ * function only enumerated is not loaded, refuses its device-dependent attributes
+ * (CUDA_ERROR_FUNCTION_NOT_LOADED) until cuFuncLoad, and answers them after. The cuda
+ * backend relies on this to load only the kernels a program uses. Natively noted. */
+static void test_lazy_loading(CUmodule mod) {
+    CUresult (*count_fn)(unsigned *, CUmodule);
+    CUresult (*enumerate)(CUfunction *, unsigned, CUmodule);
+    CUresult (*is_loaded)(CUfunctionLoadingState *, CUfunction);
+    CUresult (*load)(CUfunction);
+    CUresult (*get_attribute)(int *, CUfunction_attribute, CUfunction);
+    LOAD(count_fn, "cuModuleGetFunctionCount");
+    LOAD(enumerate, "cuModuleEnumerateFunctions");
+    LOAD(is_loaded, "cuFuncIsLoaded");
+    LOAD(load, "cuFuncLoad");
+    LOAD(get_attribute, "cuFuncGetAttribute");
+    unsigned n = 0;
+    CHECK(count_fn(&n, mod));
+    CUfunction fns[8];
+    if (n == 0 || n > 8) {
+        fail("%u functions in the test module", n);
+        return;
+    }
+    CHECK(enumerate(fns, n, mod));
+    CUfunctionLoadingState state = CU_FUNCTION_LOADING_STATE_MAX;
+    CHECK(is_loaded(&state, fns[0]));
+    int threads = -1, regs = -1;
+    CUresult before = get_attribute(&threads, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, fns[0]);
+    CHECK(get_attribute(&regs, CU_FUNC_ATTRIBUTE_NUM_REGS, fns[0]));
+    CHECK(load(fns[0]));
+    CUfunctionLoadingState after_load = CU_FUNCTION_LOADING_STATE_MAX;
+    CHECK(is_loaded(&after_load, fns[0]));
+    CHECK(get_attribute(&threads, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, fns[0]));
+    if (!getenv("XPUPOOL_SERVER")) {
+        printf("note: an enumerated function natively: state %d, MAX_THREADS_PER_BLOCK %s before cuFuncLoad\n",
+               (int)state, err_name(before));
+        return;
+    }
+    const int lazy = getenv("CUDA_MODULE_LOADING") == NULL || strcmp(getenv("CUDA_MODULE_LOADING"), "EAGER") != 0;
+    if (lazy && (state != CU_FUNCTION_LOADING_STATE_UNLOADED || before != CUDA_ERROR_FUNCTION_NOT_LOADED))
+        fail("an enumerated function: state %d, MAX_THREADS_PER_BLOCK %s before it is loaded", (int)state, err_name(before));
+    if (after_load != CU_FUNCTION_LOADING_STATE_LOADED || threads <= 0)
+        fail("after cuFuncLoad: state %d, %d threads a block", (int)after_load, threads);
+}
+
 /* An entry point by name and CUDA version, as the runtime gets it. */
 static void *proc(const char *name, int version) {
     void *pfn = NULL;
@@ -421,6 +465,7 @@ int main(int argc, char **argv) {
 
     CUmodule mod;
     CHECK(p_cuModuleLoadData(&mod, kPtx));
+    test_lazy_loading(mod);
     CUfunction fn;
     CHECK(p_cuModuleGetFunction(&fn, mod, "saxpy_bias"));
     CUfunction missing = NULL;

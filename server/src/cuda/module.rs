@@ -271,34 +271,43 @@ fn too_large(v: usize) -> CuError {
 /// since CUDA 12.2) a function not yet loaded answers only what its image says
 /// (registers, static shared memory) and refuses the device-dependent ones
 /// (`MAX_THREADS_PER_BLOCK`, `MAX_DYNAMIC_SHARED_SIZE_BYTES`; seen on an H100
-/// with driver 580): a function that refuses one is loaded (`cuFuncLoad`) and
-/// asked again, as the driver would load it for a launch.
+/// with driver 580): the client asks for those when it needs them
+/// ([`function_attribute`]), so only the kernels a program uses are loaded.
 fn attributes(driver: &Driver, f: CUfunction) -> Vec<(u32, i32)> {
-    let query = |attribute| {
+    (0..=9)
+        .filter_map(|attribute| {
+            let mut value = 0;
+            // SAFETY: a live function and an out-pointer.
+            let r = unsafe { (driver.cuFuncGetAttribute)(&mut value, attribute, f) };
+            (r == CUDA_SUCCESS).then_some((attribute, value))
+        })
+        .collect()
+}
+
+/// One attribute of `f`, loading it first (`cuFuncLoad`) if the driver refuses
+/// it for a function lazy loading has not loaded.
+pub(crate) fn function_attribute(
+    driver: &Driver,
+    f: CUfunction,
+    attribute: u32,
+) -> Result<i32, CuError> {
+    let query = || {
         let mut value = 0;
         // SAFETY: a live function and an out-pointer.
         let r = unsafe { (driver.cuFuncGetAttribute)(&mut value, attribute, f) };
         (r, value)
     };
-    let mut loaded = false;
-    (0..=9)
-        .filter_map(|attribute| {
-            let (mut r, mut value) = query(attribute);
-            if r != CUDA_SUCCESS && !loaded {
-                if let Some(load) = driver.cuFuncLoad {
-                    loaded = true;
-                    // SAFETY: a live function of a loaded module.
-                    let l = unsafe { load(f) };
-                    if l == CUDA_SUCCESS {
-                        (r, value) = query(attribute);
-                    } else {
-                        tracing::debug!(error = %driver.error_name(l), "cuFuncLoad");
-                    }
-                }
+    let (mut r, mut value) = query();
+    if r != CUDA_SUCCESS {
+        if let Some(load) = driver.cuFuncLoad {
+            // SAFETY: a live function of a loaded module.
+            if unsafe { load(f) } == CUDA_SUCCESS {
+                (r, value) = query();
             }
-            (r == CUDA_SUCCESS).then_some((attribute, value))
-        })
-        .collect()
+        }
+    }
+    driver.check(r, "cuFuncGetAttribute")?;
+    Ok(value)
 }
 
 /// A pointer to the image words, as `cuModuleLoadData` takes it.

@@ -1439,6 +1439,17 @@ impl Api for CudaSession {
         self.launch(function, dims, stream, params, LaunchKind::Cluster(cluster))
     }
 
+    fn function_get_attribute(&mut self, function: u64, attribute: u32) -> Result<i32, CuError> {
+        if !self.functions.contains_key(&function) {
+            return Err(invalid_handle("function", function));
+        }
+        if attribute > 9 {
+            return Err(invalid_value(format!("function attribute {attribute}")));
+        }
+        self.shared.enter()?;
+        module::function_attribute(&self.shared.driver, function as CUfunction, attribute)
+    }
+
     fn session_busy(&mut self) -> Result<u64, CuError> {
         self.shared.enter()?;
         Ok(self.times.collect(&self.shared.driver))

@@ -1158,6 +1158,14 @@ impl Api for MockSession {
         self.run_kernel(function, dims, stream, params, true)
     }
 
+    fn function_get_attribute(&mut self, function: u64, attribute: u32) -> Result<i32, CuError> {
+        // Every attribute the mock has is reported when the module loads.
+        Err(CuError::new(
+            code::INVALID_VALUE,
+            format!("function {function:#x} has no attribute {attribute} beyond those its module's load reported"),
+        ))
+    }
+
     fn session_busy(&mut self) -> Result<u64, CuError> {
         // Kernels run inside the launch here, timed by the server's scheduler.
         Err(CuError::new(

@@ -134,6 +134,7 @@ pub(crate) fn launch_request(
     let f = d.functions.get(function as usize)?;
     // The kernel as loaded on the device whose stream it goes to.
     let info = f.runnable_on(d, d.stream_device(stream)?)?;
+    f.loaded.store(true, std::sync::atomic::Ordering::Relaxed);
     check_dims(d, &f, &dims)?;
     let buffer = pack(info, params, extra)?;
     Ok(Request::LaunchKernel {

@@ -98,13 +98,25 @@ fn kernel_handle(module: usize, name: &str) -> Res<usize> {
 fn function(module: usize, name: *const c_char) -> Res<usize> {
     let handle = kernel_handle(module, c_str(name)?)?;
     let d = driver()?;
-    if let Err(code) = d.functions.get(handle)?.binding(d) {
+    let f = d.functions.get(handle)?;
+    if let Err(code) = f.binding(d) {
         let m = d.modules.get(module)?;
         lock(&m.kernels).remove(c_str(name)?);
         d.functions.remove(handle)?;
         return Err(code);
     }
+    mark_loaded(handle)?;
     Ok(handle)
+}
+
+/// A function lazy loading counts as loaded from now on.
+pub(crate) fn mark_loaded(function: usize) -> Res {
+    driver()?
+        .functions
+        .get(function)?
+        .loaded
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const c_char) -> Res {
@@ -140,6 +152,15 @@ fn get_attribute(out: *mut c_int, attribute: CUfunction_attribute, function: usi
     let f = d.functions.get(function)?;
     if attribute >= CU_FUNC_ATTRIBUTE_MAX {
         return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    // As driver 580 does under lazy loading (seen on an H100): a function only
+    // enumerated, not yet loaded, refuses the attributes that depend on the device.
+    let device_dependent = matches!(
+        attribute,
+        CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK | CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    );
+    if device_dependent && !eager() && !f.loaded.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(CUDA_ERROR_FUNCTION_NOT_LOADED);
     }
     // Attributes the server did not report (cluster shape and policy) are 0: unset.
     put(out, f.attribute(d, attribute)?.unwrap_or(0))
@@ -319,7 +340,9 @@ export! {
         }
         // The runtime asks for every registered kernel up front; like the driver's
         // lazy loading, the kernel is only checked when it is first used.
-        put(out, kernel_handle(library as usize, c_str(name)?)? as CUkernel)
+        let kernel = kernel_handle(library as usize, c_str(name)?)?;
+        mark_loaded(kernel)?;
+        put(out, kernel as CUkernel)
     }
 
     fn cuLibraryGetGlobal(out: *mut CUdeviceptr, bytes: *mut usize, library: CUlibrary, name: *const c_char) {
@@ -330,7 +353,7 @@ export! {
     fn cuLibraryEnumerateKernels(out: *mut CUkernel, capacity: c_uint, library: CUlibrary) { enumerate(out.cast(), capacity, library as usize) }
 
     fn cuKernelGetFunction(out: *mut CUfunction, kernel: CUkernel) {
-        driver()?.functions.get(kernel as usize)?;
+        mark_loaded(kernel as usize)?;
         put(out, kernel as CUfunction)
     }
 
@@ -390,11 +413,12 @@ export! {
     }
 
     fn cuFuncIsLoaded(state: *mut CUfunctionLoadingState, function: CUfunction) {
-        driver()?.functions.get(function as usize)?;
-        put(state, CU_FUNCTION_LOADING_STATE_LOADED)
+        let f = driver()?.functions.get(function as usize)?;
+        let loaded = eager() || f.loaded.load(std::sync::atomic::Ordering::Relaxed);
+        put(state, if loaded { CU_FUNCTION_LOADING_STATE_LOADED } else { CU_FUNCTION_LOADING_STATE_UNLOADED })
     }
 
     fn cuFuncLoad(function: CUfunction) {
-        driver()?.functions.get(function as usize).map(|_| ())
+        mark_loaded(function as usize)
     }
 }
