@@ -245,17 +245,17 @@ impl DeviceRanges {
     }
 
     /// Forgets the range at `base` if `cuMemFree` may take it, in one step that
-    /// another thread cannot come between.
-    pub fn remove_freeable(&self, base: u64) -> bool {
+    /// another thread cannot come between: its size, or `None` if it may not.
+    pub fn remove_freeable(&self, base: u64) -> Option<u64> {
         let mut inner = lock(&self.inner);
         let Some(&(size, true)) = inner.ranges.get(&base) else {
-            return false;
+            return None;
         };
         inner.ranges.remove(&base);
         if self.reserve {
             inner.release(base, size);
         }
-        true
+        Some(size)
     }
 
     /// Reserves an address reservation's range (`cuMemAddressReserve`).
@@ -403,14 +403,14 @@ mod tests {
         assert!(!free_here(base) && !free_here(base + p) && !free_here(base + 5 * p));
         assert!(free_here(base + 3 * p), "a page no range touches");
         assert_eq!(ranges.find(base + p + 250), Some((base + p + 200, 300)));
-        assert!(ranges.remove_freeable(base + 100));
+        assert!(ranges.remove_freeable(base + 100).is_some());
         assert!(free_here(base), "only the first range used the first page");
         assert!(
             !free_here(base + p),
             "the second range still uses the second page"
         );
         assert!(
-            !ranges.remove_freeable(base + 4 * p),
+            ranges.remove_freeable(base + 4 * p).is_none(),
             "not one cuMemFree takes"
         );
         assert!(!free_here(base + 4 * p), "and it stays");

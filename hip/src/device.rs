@@ -265,11 +265,7 @@ pub extern "C" fn hip_device_get_attribute(
 
 /// Says once per attribute that it has no answer here.
 fn unanswered(attribute: c_int) {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static SEEN: Mutex<Option<HashSet<c_int>>> = Mutex::new(None);
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if seen.get_or_insert_with(HashSet::new).insert(attribute) {
+    if crate::first_time(crate::Once::Attribute(attribute)) {
         eprintln!("xpupool: hipDeviceGetAttribute({attribute}) is not answered yet (hipErrorInvalidValue)");
     }
 }

@@ -59,11 +59,23 @@ fn record(code: HipError) -> HipError {
 
 /// Says once per entry point that it is not implemented.
 pub(crate) fn log_once(name: &'static str) {
-    static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-    if seen.get_or_insert_with(HashSet::new).insert(name) {
+    if first_time(Once::Entry(name)) {
         eprintln!("xpupool: {name} is not implemented yet (the HIP stand-in answers hipErrorNotSupported)");
     }
+}
+
+/// What is said only once: an entry point, or an attribute with no answer.
+#[derive(PartialEq, Eq, Hash)]
+pub(crate) enum Once {
+    Entry(&'static str),
+    Attribute(c_int),
+}
+
+/// Whether `what` is seen for the first time in this process.
+pub(crate) fn first_time(what: Once) -> bool {
+    static SEEN: Mutex<Option<HashSet<Once>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    seen.get_or_insert_with(HashSet::new).insert(what)
 }
 
 pub(crate) fn unsupported(name: &'static str) -> HipError {

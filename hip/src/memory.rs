@@ -209,13 +209,9 @@ pub extern "C" fn hip_free(ptr: *mut c_void) -> HipError {
         let c = connection()?;
         let held = device_ranges()?;
         // Checked here: only an allocation's base is freed, once.
-        let size = match held.find(ptr as u64) {
-            Some((base, size)) if base == ptr as u64 => size,
-            _ => return Err(HIP_ERROR_INVALID_VALUE),
-        };
-        if !held.remove_freeable(ptr as u64) {
-            return Err(HIP_ERROR_INVALID_VALUE);
-        }
+        let size = held
+            .remove_freeable(ptr as u64)
+            .ok_or(HIP_ERROR_INVALID_VALUE)?;
         // As the device does: after the work before it. If the server refuses,
         // the allocation is still there, and still this process's.
         let freed = c.synchronize().and_then(|()| c.mem_free(ptr as u64));

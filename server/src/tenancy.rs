@@ -949,10 +949,9 @@ impl TenantSession {
                     .usage(d)
                     .launches
                     .fetch_add(1, Ordering::Relaxed);
-                let reply = self.inner.handle(request);
+                // Read at the next request (handle_on_host) from now on.
                 self.busy.device = Some(d);
-                self.poll_busy(false);
-                reply
+                self.inner.handle(request)
             }
             // Not a function of this session: the backend says so.
             (None, _) => self.inner.handle(request),

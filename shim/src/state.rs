@@ -413,8 +413,6 @@ pub(crate) struct Driver {
     pub(crate) limits: Mutex<HashMap<u32, usize>>,
     /// Peer access enabled: (from device, to device).
     pub(crate) peer_access: Mutex<HashSet<(CUdevice, CUdevice)>>,
-    /// Whether the server's device address range is reserved in this process.
-    pub(crate) device_range_reserved: bool,
     next_id: AtomicU64,
 }
 
@@ -474,7 +472,6 @@ impl Driver {
     fn new(conn: Connection) -> Self {
         // The server's fixed range reserved here, or else each range.
         let device_ranges = xpupool_client::ranges::for_server(conn.welcome.device_address_range);
-        let device_range_reserved = device_ranges.fixed_range_reserved();
         let primary = (0..conn.welcome.devices.len())
             .map(|ordinal| {
                 Arc::new(Context {
@@ -502,7 +499,6 @@ impl Driver {
             cls: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             peer_access: Mutex::new(HashSet::new()),
-            device_range_reserved,
             next_id: AtomicU64::new(100),
             conn,
         }

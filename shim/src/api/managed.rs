@@ -504,8 +504,9 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize, flags: c_uint) -> Res {
             Err(e) => break Err(fail(e)),
         };
         let address = allocation.next_multiple_of(ps as u64);
-        let in_reservation =
-            d.device_range_reserved && address >= start && address + span as u64 <= end;
+        let in_reservation = d.device_ranges.fixed_range_reserved()
+            && address >= start
+            && address + span as u64 <= end;
         match map(address, span, in_reservation) {
             Ok(shadow) => break Ok((allocation, address, shadow, in_reservation)),
             Err(MapError::Taken) if taken.len() + 1 < PLACEMENT_TRIES => taken.push(allocation),

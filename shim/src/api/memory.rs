@@ -55,7 +55,7 @@ pub(crate) fn free(address: CUdeviceptr) -> Res {
     }
     let d = driver()?;
     // Checked here, so that the free need not wait for the server.
-    if !d.device_ranges.remove_freeable(address) {
+    if d.device_ranges.remove_freeable(address).is_none() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     super::pool::forget(address);

@@ -109,6 +109,12 @@ fn function(module: usize, name: *const c_char) -> Res<usize> {
     Ok(handle)
 }
 
+/// Whether `f` is loaded: always with eager loading, else once handed out by
+/// name, launched or `cuFuncLoad`ed.
+fn is_loaded(f: &Function) -> bool {
+    eager() || f.loaded.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A function lazy loading counts as loaded from now on.
 pub(crate) fn mark_loaded(function: usize) -> Res {
     driver()?
@@ -159,7 +165,7 @@ fn get_attribute(out: *mut c_int, attribute: CUfunction_attribute, function: usi
         attribute,
         CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK | CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
     );
-    if device_dependent && !eager() && !f.loaded.load(std::sync::atomic::Ordering::Relaxed) {
+    if device_dependent && !is_loaded(&f) {
         return Err(CUDA_ERROR_FUNCTION_NOT_LOADED);
     }
     // Attributes the server did not report (cluster shape and policy) are 0: unset.
@@ -414,8 +420,7 @@ export! {
 
     fn cuFuncIsLoaded(state: *mut CUfunctionLoadingState, function: CUfunction) {
         let f = driver()?.functions.get(function as usize)?;
-        let loaded = eager() || f.loaded.load(std::sync::atomic::Ordering::Relaxed);
-        put(state, if loaded { CU_FUNCTION_LOADING_STATE_LOADED } else { CU_FUNCTION_LOADING_STATE_UNLOADED })
+        put(state, if is_loaded(&f) { CU_FUNCTION_LOADING_STATE_LOADED } else { CU_FUNCTION_LOADING_STATE_UNLOADED })
     }
 
     fn cuFuncLoad(function: CUfunction) {
