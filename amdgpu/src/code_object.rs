@@ -88,7 +88,7 @@ fn bad(why: impl Into<String>) -> AmdgpuError {
 
 /// Checks the ELF header of an AMD GPU code object: `(section table offset,
 /// section count)`.
-fn elf_header(bytes: &[u8]) -> Result<(u64, u64), AmdgpuError> {
+pub(crate) fn elf_header(bytes: &[u8]) -> Result<(u64, u64), AmdgpuError> {
     let b = Bytes(bytes);
     let ident = b.slice(0, 16, "ELF identification")?;
     if &ident[..4] != ELF_MAGIC || ident[4] != 2 || ident[5] != 1 {

@@ -11,11 +11,18 @@
 //!   which are explicit (the program passes them) and which are hidden (the
 //!   runtime fills them), and the kernarg segment's size.
 //!
+//! - [`loader`]: a code object laid out as the runtime loads it (segments at
+//!   their addresses, symbols, relocations).
+//! - [`interp`]: an interpreter for its gfx90a machine code, so that a server
+//!   without an AMD GPU runs HIP kernels.
+//!
 //! Every offset, size and count is read from the bytes and checked against them:
 //! a truncated or hostile image is an error, never a panic or a huge allocation.
 
 pub mod bundle;
 pub mod code_object;
+pub mod interp;
+pub mod loader;
 pub mod msgpack;
 pub mod target;
 
