@@ -521,7 +521,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             None
         }
         None => {
-            const MOCK: &str = "the embedded server uses the mock backend (CUDA kernels run on the CPU PTX interpreter; HIP programs get its memory, streams and events)";
+            const MOCK: &str = "the embedded server uses the mock backend (CUDA kernels run on the CPU PTX interpreter, HIP kernels on its gfx90a interpreter)";
             if args.kernels == "skip" && args.backend != "mock" {
                 bail!("--kernels skip needs --backend mock");
             }

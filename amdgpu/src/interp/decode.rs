@@ -147,52 +147,53 @@ pub(crate) fn decode(code: &[u8], base: u64, at: usize) -> Result<Instr, DecodeE
         at: addr,
         what: format!("{format} opcode {op:#x} (word {w:#010x}) is not a gfx90a instruction"),
     };
-    let (format, table, op) =
-        if w >> 31 == 0 {
-            match w >> 25 {
-                0x3F => (Format::Vop1, opcodes::VOP1, (w >> 9) & 0xff),
-                0x3E => (Format::Vopc, opcodes::VOPC, (w >> 17) & 0xff),
-                _ => (Format::Vop2, opcodes::VOP2, (w >> 25) & 0x3f),
-            }
-        } else if w >> 30 == 2 {
-            match w >> 23 {
-                0x17D => (Format::Sop1, opcodes::SOP1, (w >> 8) & 0xff),
-                0x17E => (Format::Sopc, opcodes::SOPC, (w >> 16) & 0x7f),
-                0x17F => (Format::Sopp, opcodes::SOPP, (w >> 16) & 0x7f),
-                _ if w >> 28 == 0xB => (Format::Sopk, opcodes::SOPK, (w >> 23) & 0x1f),
-                _ => (Format::Sop2, opcodes::SOP2, (w >> 23) & 0x7f),
-            }
-        } else {
-            match w >> 26 {
-                0x30 => (Format::Smem, opcodes::SMEM, (w >> 18) & 0xff),
-                0x34 if w >> 23 == 0x1A7 => (Format::Vop3p, opcodes::VOP3P, (w >> 16) & 0x7f),
-                0x34 => (Format::Vop3, opcodes::VOP3, (w >> 16) & 0x3ff),
-                0x36 => (Format::Ds, opcodes::DS, (w >> 17) & 0xff),
-                0x37 => match (w >> 14) & 3 {
-                    0 => (Format::Flat, opcodes::FLAT, (w >> 18) & 0x7f),
-                    2 => (Format::Global, opcodes::GLOBAL, (w >> 18) & 0x7f),
-                    _ => return Err(DecodeError {
+    let (format, table, op) = if w >> 31 == 0 {
+        match w >> 25 {
+            0x3F => (Format::Vop1, opcodes::VOP1, (w >> 9) & 0xff),
+            0x3E => (Format::Vopc, opcodes::VOPC, (w >> 17) & 0xff),
+            _ => (Format::Vop2, opcodes::VOP2, (w >> 25) & 0x3f),
+        }
+    } else if w >> 30 == 2 {
+        match w >> 23 {
+            0x17D => (Format::Sop1, opcodes::SOP1, (w >> 8) & 0xff),
+            0x17E => (Format::Sopc, opcodes::SOPC, (w >> 16) & 0x7f),
+            0x17F => (Format::Sopp, opcodes::SOPP, (w >> 16) & 0x7f),
+            _ if w >> 28 == 0xB => (Format::Sopk, opcodes::SOPK, (w >> 23) & 0x1f),
+            _ => (Format::Sop2, opcodes::SOP2, (w >> 23) & 0x7f),
+        }
+    } else {
+        match w >> 26 {
+            0x30 => (Format::Smem, opcodes::SMEM, (w >> 18) & 0xff),
+            0x34 if w >> 23 == 0x1A7 => (Format::Vop3p, opcodes::VOP3P, (w >> 16) & 0x7f),
+            0x34 => (Format::Vop3, opcodes::VOP3, (w >> 16) & 0x3ff),
+            0x36 => (Format::Ds, opcodes::DS, (w >> 17) & 0xff),
+            0x37 => match (w >> 14) & 3 {
+                0 => (Format::Flat, opcodes::FLAT, (w >> 18) & 0x7f),
+                2 => (Format::Global, opcodes::GLOBAL, (w >> 18) & 0x7f),
+                _ => {
+                    return Err(DecodeError {
                         at: addr,
                         what: format!(
                             "scratch instruction (word {w:#010x}): private memory is not supported"
                         ),
-                    }),
-                },
-                other => {
-                    let family = match other {
-                        0x38 => "MUBUF (buffer)",
-                        0x3A => "MTBUF (typed buffer)",
-                        0x3C => "MIMG (image)",
-                        0x32 => "VINTRP",
-                        _ => "unknown",
-                    };
-                    return Err(DecodeError {
-                        at: addr,
-                        what: format!("{family} instruction (word {w:#010x}) is not supported"),
-                    });
+                    })
                 }
+            },
+            other => {
+                let family = match other {
+                    0x38 => "MUBUF (buffer)",
+                    0x3A => "MTBUF (typed buffer)",
+                    0x3C => "MIMG (image)",
+                    0x32 => "VINTRP",
+                    _ => "unknown",
+                };
+                return Err(DecodeError {
+                    at: addr,
+                    what: format!("{family} instruction (word {w:#010x}) is not supported"),
+                });
             }
-        };
+        }
+    };
     let name = name_of(table, op).ok_or_else(|| unknown(&format!("{format:?}"), op))?;
     let mut i = Instr::new(format, name, addr);
     let mut needs_literal = false;

@@ -436,7 +436,7 @@ impl Ctx<'_> {
     }
 
     fn lds_range(&self, at: u64, len: usize) -> Result<usize, Fault> {
-        let end = at.checked_add(len as u64).unwrap_or(u64::MAX);
+        let end = at.saturating_add(len as u64);
         if end > self.lds.len() as u64 {
             return Err(format!(
                 "LDS access of {len} bytes at {at:#x}, past the workgroup's {} bytes",
@@ -919,7 +919,7 @@ fn rmw(c: &mut Ctx<'_>, addr: u64, wide: bool, f: &dyn Fn(u64) -> u64) -> Result
         return rmw_lds(c, addr & 0xffff_ffff, wide, f);
     }
     let ptr = c.env.translate(addr, len)?;
-    if ptr as usize % len != 0 {
+    if !(ptr as usize).is_multiple_of(len) {
         return Err(format!("a misaligned {len}-byte atomic at {addr:#x}"));
     }
     if wide {
@@ -960,8 +960,11 @@ fn rmw_lds(c: &mut Ctx<'_>, at: u64, wide: bool, f: &dyn Fn(u64) -> u64) -> Resu
     Ok(old)
 }
 
+/// `(old, data, 64-bit) -> new`: what an atomic does.
+type AtomicFn = fn(u64, u64, bool) -> u64;
+
 /// What an atomic does to the old value with the data.
-fn atomic_fn(op: &str, wide: bool) -> Option<fn(u64, u64, bool) -> u64> {
+fn atomic_fn(op: &str, wide: bool) -> Option<AtomicFn> {
     // (old, data, wide) -> new
     Some(match op {
         "swap" | "wrxchg_rtn" => |_, d, _| d,
@@ -2128,22 +2131,23 @@ fn compare_semantics(name: &str) -> Option<Exec> {
     let (cond, ty) = rest.rsplit_once('_')?;
     // Float conditions, their names as in the ISA ("n" forms are true on NaN).
     fn float_cond(cond: &str) -> Option<fn(f64, f64) -> bool> {
+        use std::cmp::Ordering::{Equal, Greater, Less};
         Some(match cond {
             "f" => |_, _| false,
-            "lt" => |a, b| a < b,
-            "eq" => |a, b| a == b,
-            "le" => |a, b| a <= b,
-            "gt" => |a, b| a > b,
-            "lg" => |a, b| a < b || a > b,
-            "ge" => |a, b| a >= b,
-            "o" => |a: f64, b: f64| !a.is_nan() && !b.is_nan(),
-            "u" => |a: f64, b: f64| a.is_nan() || b.is_nan(),
-            "nge" => |a, b| !(a >= b),
-            "nlg" => |a, b| !(a < b || a > b),
-            "ngt" => |a, b| !(a > b),
-            "nle" => |a, b| !(a <= b),
-            "neq" => |a, b| a != b,
-            "nlt" => |a, b| !(a < b),
+            "lt" => |a, b| matches!(a.partial_cmp(&b), Some(Less)),
+            "eq" => |a, b| matches!(a.partial_cmp(&b), Some(Equal)),
+            "le" => |a, b| matches!(a.partial_cmp(&b), Some(Less | Equal)),
+            "gt" => |a, b| matches!(a.partial_cmp(&b), Some(Greater)),
+            "lg" => |a, b| matches!(a.partial_cmp(&b), Some(Less | Greater)),
+            "ge" => |a, b| matches!(a.partial_cmp(&b), Some(Greater | Equal)),
+            "o" => |a, b| a.partial_cmp(&b).is_some(),
+            "u" => |a, b| a.partial_cmp(&b).is_none(),
+            "nge" => |a, b| !matches!(a.partial_cmp(&b), Some(Greater | Equal)),
+            "nlg" => |a, b| !matches!(a.partial_cmp(&b), Some(Less | Greater)),
+            "ngt" => |a, b| !matches!(a.partial_cmp(&b), Some(Greater)),
+            "nle" => |a, b| !matches!(a.partial_cmp(&b), Some(Less | Equal)),
+            "neq" => |a, b| !matches!(a.partial_cmp(&b), Some(Equal)),
+            "nlt" => |a, b| !matches!(a.partial_cmp(&b), Some(Less)),
             "tru" => |_, _| true,
             _ => return None,
         })
@@ -2300,7 +2304,7 @@ fn ds_semantics(name: &str) -> Option<Exec> {
     }
 }
 
-fn ds_atomic_of(name: &str) -> Option<(fn(u64, u64, bool) -> u64, bool, bool)> {
+fn ds_atomic_of(name: &str) -> Option<(AtomicFn, bool, bool)> {
     let rest = name.strip_prefix("ds_")?;
     let ret = rest.contains("_rtn_");
     let rest = rest.replace("_rtn", "");

@@ -12,6 +12,7 @@
 //! programs whose kernels the interpreter cannot run (`xpupool run --kernels skip`);
 //! results computed by kernels are wrong under it, and no test uses it.
 
+mod amd;
 mod device;
 mod heap;
 pub(crate) mod memory;
@@ -214,6 +215,11 @@ impl Code {
 
 struct LoadedModule {
     ptx: Option<Arc<xpupool_ptx::Module>>,
+    /// An AMD GPU code object's program, run by the gfx90a interpreter.
+    amd: Option<Arc<amd::AmdCode>>,
+    /// The allocation an AMD GPU code object's image lies in (its variables
+    /// are inside it).
+    image: Option<u64>,
     /// The device it is loaded on.
     device: u32,
     /// Module-scope variables: name → (device address, size).
@@ -454,6 +460,10 @@ impl MockSession {
             return Ok(());
         }
         let module = &self.modules[&f.module];
+        if let Some(code) = module.amd.clone() {
+            let name = f.name.clone();
+            return self.run_amdgpu(&code, &name, &dims, &params);
+        }
         let ptx = module
             .ptx
             .clone()
@@ -704,7 +714,13 @@ impl MockSession {
             self.functions.remove(&f);
         }
         let heap = module.heap.inspect(|&base| self.heap.remove(base));
-        for address in module.globals.values().map(|(a, _)| *a).chain(heap) {
+        // A code object's variables lie in its image: the image is what was allocated.
+        let globals = module
+            .globals
+            .values()
+            .map(|(a, _)| *a)
+            .filter(|_| module.image.is_none());
+        for address in globals.chain(heap).chain(module.image) {
             // The module allocated these itself; failure would mean a bookkeeping bug.
             if let Err(e) = self.memory.free(address) {
                 tracing::error!(error = %e, "freeing a module global or heap");
@@ -982,6 +998,11 @@ impl Api for MockSession {
         self.device(device)?;
         let image = Image::from_wire(&image)
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
+        if let Image::Elf(bytes) = &image {
+            if amd::is_code_object(bytes) {
+                return self.load_amdgpu(device, bytes);
+            }
+        }
         let Code {
             ptx,
             cubin_kernels,
@@ -991,6 +1012,8 @@ impl Api for MockSession {
         let handle = self.handle(0x4d4f);
         let mut loaded = LoadedModule {
             ptx: None,
+            amd: None,
+            image: None,
             device,
             globals: HashMap::new(),
             functions: Vec::new(),

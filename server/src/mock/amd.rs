@@ -1,0 +1,154 @@
+//! AMD GPU code objects on the mock: a HIP client sends the code object of its
+//! bundle for the device (`Image::Elf`, `EM_AMDGPU`); the mock lays it out in
+//! the session's device memory (code reaches its variables PC-relative, so the
+//! image keeps its shape), lists its kernels with their explicit arguments, and
+//! runs them on the gfx90a interpreter (`xpupool-amdgpu`).
+
+use std::sync::Arc;
+
+use xpupool_amdgpu::interp::{self, ExecError, Program};
+use xpupool_protocol::api::{FunctionInfo, LaunchDims, ModuleInfo};
+use xpupool_protocol::{code, CuError};
+
+use super::{memory, Function, LoadedModule, MockSession};
+
+/// A loaded code object: the program and where its image lies.
+pub(super) struct AmdCode {
+    program: Program,
+    base: u64,
+}
+
+/// `CU_FUNC_ATTRIBUTE_*` indices the HIP client reads (hipFuncGetAttributes).
+const MAX_THREADS: u32 = 0;
+const SHARED_BYTES: u32 = 1;
+const LOCAL_BYTES: u32 = 3;
+
+/// Whether `image` is an AMD GPU code object (ELF for machine 224).
+pub(super) fn is_code_object(image: &[u8]) -> bool {
+    image.len() > 20 && image.starts_with(b"\x7fELF") && image[18..20] == 224u16.to_le_bytes()
+}
+
+struct View<'a>(&'a memory::View<'a>);
+
+impl interp::Memory for View<'_> {
+    fn translate(&self, addr: u64, len: usize) -> Option<*mut u8> {
+        self.0.translate(addr, len as u64)
+    }
+}
+
+fn exec_error(e: ExecError) -> CuError {
+    let code = match &e {
+        ExecError::NotFound(_) => code::NOT_FOUND,
+        ExecError::Unsupported { .. } => code::NO_BINARY_FOR_GPU,
+        ExecError::BadLaunch { .. } => code::INVALID_VALUE,
+        ExecError::Fault { .. } => code::ILLEGAL_ADDRESS,
+    };
+    CuError::new(code, e.to_string())
+}
+
+impl MockSession {
+    pub(super) fn load_amdgpu(&mut self, device: u32, image: &[u8]) -> Result<ModuleInfo, CuError> {
+        let program = Program::load(image)
+            .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("AMD GPU code object: {e}")))?;
+        let bytes = program.layout().image.len() as u64;
+        let charge = crate::quota::allocation_charge(bytes.max(1)).unwrap_or(u64::MAX);
+        let base = self.memory.alloc(device, bytes.max(1))?;
+        if let Err(e) = self.memory.write(base, &program.layout().relocated(base)) {
+            let _ = self.memory.free(base);
+            return Err(e);
+        }
+        let handle = self.handle(0x4d4f);
+        let mut loaded = LoadedModule {
+            ptx: None,
+            amd: None,
+            image: Some(base),
+            device,
+            globals: program
+                .layout()
+                .variables()
+                .map(|v| (v.name.clone(), (base + v.value, v.size)))
+                .collect(),
+            functions: Vec::new(),
+            heap: None,
+        };
+        let mut info = ModuleInfo {
+            handle,
+            functions: Vec::new(),
+            no_code: None,
+            device_bytes: charge,
+        };
+        for kernel in program.kernels() {
+            let f = self.handle(0x4655);
+            self.functions.insert(
+                f,
+                Function {
+                    module: handle,
+                    name: kernel.name.clone(),
+                    max_dynamic_shared: None,
+                },
+            );
+            loaded.functions.push(f);
+            let params = kernel.explicit_args();
+            info.functions.push(FunctionInfo {
+                name: kernel.name.clone(),
+                handle: f,
+                param_bytes: params.iter().map(|&(o, s)| o + s).max().unwrap_or(0),
+                params,
+                unusable: program
+                    .unsupported(&kernel.name)
+                    .filter(|_| !self.skip_kernels)
+                    .map(str::to_owned),
+                attributes: vec![
+                    (MAX_THREADS, kernel.max_flat_workgroup_size.min(1024) as i32),
+                    (SHARED_BYTES, kernel.group_segment_size as i32),
+                    (LOCAL_BYTES, kernel.private_segment_size as i32),
+                ],
+            });
+        }
+        tracing::debug!(
+            module = handle,
+            functions = info.functions.len(),
+            bytes,
+            "AMD GPU code object loaded"
+        );
+        loaded.amd = Some(Arc::new(AmdCode { program, base }));
+        self.modules.insert(handle, loaded);
+        Ok(info)
+    }
+
+    /// Runs `name` of a loaded code object to its end.
+    pub(super) fn run_amdgpu(
+        &mut self,
+        code: &AmdCode,
+        name: &str,
+        dims: &LaunchDims,
+        params: &[u8],
+    ) -> Result<(), CuError> {
+        let running = crate::scheduler::current();
+        let checkpoint = || {
+            if let Some(r) = &running {
+                r.checkpoint();
+            }
+        };
+        let launch = interp::Launch {
+            grid: dims.grid,
+            block: dims.block,
+            dynamic_lds: dims.shared_bytes,
+            args: params,
+            load_base: code.base,
+            workers: self.workers,
+            between_blocks: Some(&checkpoint),
+        };
+        let result = self
+            .memory
+            .with_view(|view| interp::launch(&code.program, name, &launch, &View(view)));
+        result.map_err(|e| {
+            let error = exec_error(e);
+            tracing::warn!(error = %error, "kernel failed");
+            if super::is_sticky(error.code) {
+                self.sticky = Some(error.clone());
+            }
+            error
+        })
+    }
+}
