@@ -4,6 +4,8 @@
 #   etcd-server        etcd, which tests/pool starts for the managers' shared state
 #   libamdhip64-dev    HIP's headers and the real libamdhip64.so.5, which tests/hip builds
 #                      its loader test against (scripts/run-hip-tests.sh)
+#   hipcc              the HIP compiler (clang with the ROCm device libraries), which
+#                      scripts/build-hip-tests.sh builds tests/hip/*.hip with
 # Idempotent; uses sudo when not root. Prints nothing when all are there.
 #   --build-only   only what the build needs (protoc)
 set -euo pipefail
@@ -12,6 +14,7 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 if [ "${1:-}" != "--build-only" ]; then
     command -v etcd >/dev/null || missing+=(etcd-server)
     [ -f /usr/include/hip/hip_runtime_api.h ] || missing+=(libamdhip64-dev)
+    command -v hipcc >/dev/null || missing+=(hipcc)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""

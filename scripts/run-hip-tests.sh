@@ -4,9 +4,15 @@
 # symbols in the real nodes, then builds tests/hip/loader.c against Debian's HIP headers
 # and real libamdhip64.so.5 (libamdhip64-dev, which scripts/install-system-packages.sh
 # installs) and runs it on the
-# stand-in; and tests/hip/memory.c, streams.c and device.c through `xpupool run`. Needs the core and the CLI
-# built: cargo build --release.
+# stand-in; and tests/hip/memory.c, streams.c and device.c through `xpupool run`. Then
+# builds the hipcc programs tests/hip/*.hip (scripts/build-hip-tests.sh) and runs each
+# through `xpupool run`, its kernels on the mock's gfx90a interpreter (each checks its
+# results against the CPU, prints one "ok ..." line and exits non-zero on a wrong one;
+# HIP_KERNEL_TESTS narrows the list). Needs the core and the CLI built:
+# cargo build --release.
 set -euo pipefail
+# The tests/hip/<name>.hip programs to run.
+HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-vadd params reduce wave grid2d dynshared constant module errors}"
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-system-packages.sh"
 libs=$("$root/scripts/build-hip-libs.sh")
@@ -36,4 +42,13 @@ for test in memory streams device; do
         /usr/lib/x86_64-linux-gnu/libamdhip64.so.5 -Wl,--allow-shlib-undefined
     if "$bin" run -- "$build/$test"; then :; else failed=1; fi
 done
+if [ -n "$HIP_KERNEL_TESTS" ]; then
+    "$root/scripts/build-hip-tests.sh" || failed=1
+    for test in $HIP_KERNEL_TESTS; do
+        if "$bin" run -- "$build/$test"; then :; else
+            echo "FAIL  $test (tests/hip/$test.hip)"
+            failed=1
+        fi
+    done
+fi
 exit $failed

@@ -14,8 +14,24 @@
 //! get, handle, name, UUID, total memory; properties and attributes in
 //! [`device`]: a gfx90a device), `hipMalloc`, `hipFree`, `hipMemcpy` (any direction: `hipMemcpyDefault` by the device ranges), `hipMemset`,
 //! `hipMemGetInfo`, `hipDeviceSynchronize`; streams, events, and copies and
-//! memsets in a stream ([`stream`]). Every other entry point logs its name
-//! once and answers `hipErrorNotSupported` (or NULL, or nothing, as it returns).
+//! memsets in a stream ([`stream`]); device code ([`module`]): what hipcc's
+//! constructors register (`__hipRegisterFatBinary`, `__hipRegisterFunction`,
+//! `__hipRegisterVar`, `__hipUnregisterFatBinary`; loaded lazily, only the code
+//! object for the device's target ID, `image`), the module API (`hipModuleLoad`,
+//! `hipModuleLoadData`, `hipModuleLoadDataEx`, `hipModuleGetFunction`,
+//! `hipModuleGetGlobal`, `hipModuleUnload`) and the symbol calls
+//! (`hipMemcpyToSymbol`, `hipMemcpyFromSymbol` and their `Async` forms,
+//! `hipGetSymbolAddress`, `hipGetSymbolSize`); launches ([`launch`]):
+//! `__hipPushCallConfiguration`/`__hipPopCallConfiguration`, `hipLaunchKernel`
+//! (so `<<<…>>>` and `hipLaunchKernelGGL`), `hipModuleLaunchKernel` (by
+//! `kernelParams` or the `extra` buffer) and `hipExtModuleLaunchKernel` /
+//! `hipHccModuleLaunchKernel` (whole blocks only), arguments packed by the
+//! layout the server reads from the code object's metadata. Not yet:
+//! `__managed__` variables (`__hipRegisterManagedVar` says so), textures and
+//! surfaces, `hipFuncGetAttributes`, cooperative launches. Every other entry
+//! point logs its name once and answers `hipErrorNotSupported` (or NULL, or
+//! nothing, as it returns). No entry point lets a panic unwind into its caller
+//! ([`memory::call`]).
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -24,7 +40,10 @@ use std::sync::Mutex;
 
 pub mod device;
 mod half;
+mod image;
+pub mod launch;
 pub mod memory;
+pub mod module;
 pub mod stream;
 
 #[allow(non_snake_case, unreachable_pub, clippy::missing_safety_doc)]

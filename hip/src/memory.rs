@@ -15,12 +15,14 @@ use crate::{record, HipError, HIP_ERROR_INVALID_VALUE, HIP_SUCCESS};
 const HIP_ERROR_OUT_OF_MEMORY: HipError = 2;
 const HIP_ERROR_NO_DEVICE: HipError = 100;
 const HIP_ERROR_INVALID_DEVICE: HipError = 101;
-const HIP_ERROR_INVALID_MEMCPY_DIRECTION: HipError = 21;
-const HIP_ERROR_UNKNOWN: HipError = 999;
+pub(crate) const HIP_ERROR_INVALID_MEMCPY_DIRECTION: HipError = 21;
+pub(crate) const HIP_ERROR_UNKNOWN: HipError = 999;
+
+/// The connection to the pool server (`None`: it could not be opened).
+static CONNECTION: OnceLock<Option<Connection>> = OnceLock::new();
 
 /// The connection to the pool server, opened at the first call that needs it.
 pub(crate) fn connection() -> Result<&'static Connection, HipError> {
-    static CONNECTION: OnceLock<Option<Connection>> = OnceLock::new();
     CONNECTION
         .get_or_init(|| match Connection::open_from_env() {
             Ok(c) => Some(c),
@@ -31,6 +33,12 @@ pub(crate) fn connection() -> Result<&'static Connection, HipError> {
         })
         .as_ref()
         .ok_or(HIP_ERROR_NO_DEVICE)
+}
+
+/// The connection if a call has opened it: what clean-up at exit uses, which must
+/// not open one.
+pub(crate) fn connection_opened() -> Option<&'static Connection> {
+    CONNECTION.get().and_then(Option::as_ref)
 }
 
 /// The device ranges this process holds, kept out of its own memory: how a
@@ -57,9 +65,33 @@ pub(crate) fn hip_code(e: &CuError) -> HipError {
     }
 }
 
-/// Runs a call's body and keeps its result as the thread's last.
+/// Runs a call's body and keeps its result as the thread's last. A panic (a bug
+/// here) does not unwind into the C caller: it is `hipErrorUnknown`.
 pub(crate) fn call(body: impl FnOnce() -> Result<(), HipError>) -> HipError {
-    record(body().err().unwrap_or(HIP_SUCCESS))
+    record(
+        guard(body)
+            .unwrap_or(Err(HIP_ERROR_UNKNOWN))
+            .err()
+            .unwrap_or(HIP_SUCCESS),
+    )
+}
+
+/// Runs `body`, catching a panic (`None`, said on stderr): for entry points that
+/// return no `hipError_t`.
+pub(crate) fn guard<T>(body: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            eprintln!("xpupool: internal error in the HIP stand-in (a panic); the call failed");
+            None
+        }
+    }
+}
+
+/// Whether `p` is in a device allocation this process holds (how
+/// `hipMemcpyDefault` tells the sides apart).
+pub(crate) fn on_device(p: *const c_void) -> Result<bool, HipError> {
+    Ok(device_ranges()?.find(p as u64).is_some())
 }
 
 pub(crate) fn put<T>(out: *mut T, value: T) -> Result<(), HipError> {
@@ -225,11 +257,11 @@ pub extern "C" fn hip_free(ptr: *mut c_void) -> HipError {
 
 /// `hipMemcpyKind`.
 const HOST_TO_HOST: c_int = 0;
-const HOST_TO_DEVICE: c_int = 1;
-const DEVICE_TO_HOST: c_int = 2;
-const DEVICE_TO_DEVICE: c_int = 3;
+pub(crate) const HOST_TO_DEVICE: c_int = 1;
+pub(crate) const DEVICE_TO_HOST: c_int = 2;
+pub(crate) const DEVICE_TO_DEVICE: c_int = 3;
 /// Either side may be either: told apart by the device ranges this process holds.
-const DEFAULT: c_int = 4;
+pub(crate) const DEFAULT: c_int = 4;
 
 #[export_name = "xph_hipMemcpy"]
 pub extern "C" fn hip_memcpy(
