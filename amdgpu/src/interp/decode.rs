@@ -21,6 +21,8 @@ pub(crate) enum Format {
     Ds,
     Flat,
     Global,
+    /// Buffer instructions: run on the private segment only.
+    Mubuf,
 }
 
 /// Operand encodings with a meaning of their own.
@@ -179,9 +181,9 @@ pub(crate) fn decode(code: &[u8], base: u64, at: usize) -> Result<Instr, DecodeE
                     })
                 }
             },
+            0x38 => (Format::Mubuf, opcodes::MUBUF, (w >> 18) & 0x7f),
             other => {
                 let family = match other {
-                    0x38 => "MUBUF (buffer)",
                     0x3A => "MTBUF (typed buffer)",
                     0x3C => "MIMG (image)",
                     0x32 => "VINTRP",
@@ -304,6 +306,30 @@ pub(crate) fn decode(code: &[u8], base: u64, at: usize) -> Result<Instr, DecodeE
                 src::VGPR0 + ((w1 >> 16) & 0xff) as u16,
             ];
             i.dst = ((w1 >> 24) & 0xff) as u16;
+        }
+        Format::Mubuf => {
+            let w1 = word(1)?;
+            i.len = 8;
+            i.imm = i64::from(w & 0xfff);
+            // op_sel bit 0: OFFEN, the VGPR offset is added.
+            i.op_sel = ((w >> 12) & 1) as u8;
+            i.glc = (w >> 14) & 1 == 1;
+            if (w >> 13) & 1 == 1 {
+                i.unsupported_form = Some("indexed buffer access");
+            }
+            if (w >> 16) & 1 == 1 {
+                i.unsupported_form = Some("loads into LDS");
+            }
+            if (w1 >> 23) & 1 == 1 {
+                i.unsupported_form = Some("AccVGPR operands");
+            }
+            i.src = [
+                src::VGPR0 + (w1 & 0xff) as u16,
+                src::VGPR0 + ((w1 >> 8) & 0xff) as u16,
+                (((w1 >> 16) & 0x1f) * 4) as u16,
+            ];
+            i.dst = ((w1 >> 8) & 0xff) as u16;
+            i.imm2 = (w1 >> 24) & 0xff;
         }
         Format::Flat | Format::Global => {
             let w1 = word(1)?;

@@ -33,6 +33,9 @@ pub(crate) const LANES: usize = 64;
 /// half is `SHARED_HI` is LDS; `PRIVATE_HI`, private memory.
 pub(crate) const SHARED_HI: u32 = 0x1000_0000;
 pub(crate) const PRIVATE_HI: u32 = 0x2000_0000;
+/// The base a wave's private segment buffer resource (its first user SGPRs)
+/// holds: 48 bits, as a buffer resource's base is.
+pub(crate) const PRIVATE_RESOURCE: u64 = 0xF000_0000_0000;
 
 /// One wave's registers.
 pub(crate) struct Wave {
@@ -43,6 +46,8 @@ pub(crate) struct Wave {
     /// The next instruction's address (relative to the code object).
     pub(crate) pc: u64,
     pub(crate) hwreg: [u32; 32],
+    /// Private memory, `private.len() / 64` bytes per lane.
+    pub(crate) private: Vec<u8>,
 }
 
 impl Wave {
@@ -54,6 +59,7 @@ impl Wave {
             vgprs,
             pc: 0,
             hwreg: [0; 32],
+            private: Vec::new(),
         }
     }
 
@@ -210,6 +216,55 @@ impl Ctx<'_> {
             x = -x;
         }
         Ok(x)
+    }
+
+    /// A half-precision source (VOP3 `op_sel` picks the high half), widened.
+    fn f16_src(&self, i: &Instr, n: usize, lane: usize) -> Result<f32, Fault> {
+        let enc = i.src[n];
+        let bits = match inline_f32(enc) {
+            Some(_) if enc == 248 => 0x3118,
+            Some(x) => f32_to_f16(x),
+            None => {
+                let v = self.src(i, n, lane)?;
+                let high = i.format == Format::Vop3 && i.op_sel >> n & 1 == 1;
+                (if high { v >> 16 } else { v }) as u16
+            }
+        };
+        let mut x = f16_to_f32(bits);
+        if i.abs >> n & 1 == 1 {
+            x = x.abs();
+        }
+        if i.neg >> n & 1 == 1 {
+            x = -x;
+        }
+        Ok(x)
+    }
+
+    /// Writes a half-precision result: the low half, the high half zeroed (the
+    /// high half kept, and written, when VOP3 `op_sel` names the destination's).
+    fn set_f16(&mut self, i: &Instr, lane: usize, x: f32) -> Result<(), Fault> {
+        let h = u32::from(f32_to_f16(Self::omod_f32(i, x)));
+        let v = if i.format == Format::Vop3 && i.op_sel & 8 != 0 {
+            (self.vget(i.dst.into(), lane)? & 0xffff) | h << 16
+        } else {
+            h
+        };
+        self.vset(i.dst.into(), lane, v)
+    }
+
+    fn f16_op(
+        &mut self,
+        i: &Instr,
+        arity: usize,
+        f: impl Fn([f32; 3]) -> f32,
+    ) -> Result<Flow, Fault> {
+        self.each(|c, l| {
+            let mut a = [0f32; 3];
+            for (n, x) in a.iter_mut().enumerate().take(arity) {
+                *x = c.f16_src(i, n, l)?;
+            }
+            c.set_f16(i, l, f(a))
+        })
     }
 
     fn f64_src(&self, i: &Instr, n: usize, lane: usize) -> Result<f64, Fault> {
@@ -403,7 +458,12 @@ impl Ctx<'_> {
 
     // ---- memory ----
 
-    fn read_global(&self, addr: u64, out: &mut [u8]) -> Result<(), Fault> {
+    fn read_global(&self, addr: u64, lane: usize, out: &mut [u8]) -> Result<(), Fault> {
+        if addr >> 32 == u64::from(PRIVATE_HI) {
+            let at = self.private_range(lane, addr & 0xffff_ffff, out.len())?;
+            out.copy_from_slice(&self.w.private[at..at + out.len()]);
+            return Ok(());
+        }
         if addr >> 32 == u64::from(SHARED_HI) {
             let at = (addr & 0xffff_ffff) as usize;
             let lds = self.lds.get(at..at + out.len()).ok_or_else(|| {
@@ -419,7 +479,12 @@ impl Ctx<'_> {
         self.env.read(addr, out)
     }
 
-    fn write_global(&mut self, addr: u64, data: &[u8]) -> Result<(), Fault> {
+    fn write_global(&mut self, addr: u64, lane: usize, data: &[u8]) -> Result<(), Fault> {
+        if addr >> 32 == u64::from(PRIVATE_HI) {
+            let at = self.private_range(lane, addr & 0xffff_ffff, data.len())?;
+            self.w.private[at..at + data.len()].copy_from_slice(data);
+            return Ok(());
+        }
         if addr >> 32 == u64::from(SHARED_HI) {
             let at = (addr & 0xffff_ffff) as usize;
             let n = self.lds.len();
@@ -466,11 +531,41 @@ impl Ctx<'_> {
         } else {
             self.src64(i, 0, lane, Wide::Int)?
         };
-        let addr = base.wrapping_add(i.imm as u64);
-        if addr >> 32 == u64::from(PRIVATE_HI) {
-            return Err("private (scratch) memory through a flat address is not supported".into());
+        Ok(base.wrapping_add(i.imm as u64))
+    }
+
+    /// Where `len` bytes at `offset` of `lane`'s private memory are in the wave's.
+    fn private_range(&self, lane: usize, offset: u64, len: usize) -> Result<usize, Fault> {
+        let per_lane = self.w.private.len() / LANES;
+        if offset.saturating_add(len as u64) > per_lane as u64 {
+            return Err(format!(
+                "a private access of {len} bytes at {offset:#x}, past the {per_lane} bytes per work-item the kernel declared"
+            ));
         }
-        Ok(addr)
+        Ok(lane * per_lane + offset as usize)
+    }
+
+    /// A MUBUF instruction's private offset in `lane`: its buffer resource must
+    /// be the private segment's (as the wave was given it), whose base and
+    /// `soffset` count wave-scaled bytes (64 per work-item byte); the VGPR offset
+    /// and the immediate count a work-item's bytes.
+    fn scratch_offset(&self, i: &Instr, lane: usize) -> Result<u64, Fault> {
+        let base =
+            u64::from(self.sreg(i.src[2])?) | u64::from(self.sreg(i.src[2] + 1)? & 0xffff) << 32;
+        let wave = base
+            .checked_sub(PRIVATE_RESOURCE)
+            .ok_or_else(|| format!("a buffer resource with base {base:#x}: only the private segment's is supported"))?
+            .wrapping_add(u64::from(self.scalar(i, i.imm2 as u16)?));
+        if wave % LANES as u64 != 0 {
+            return Err(format!(
+                "a private segment offset of {wave:#x} wave bytes, not a whole work-item byte"
+            ));
+        }
+        let mut offset = wave / LANES as u64 + i.imm as u64;
+        if i.op_sel & 1 == 1 {
+            offset = offset.wrapping_add(u64::from(self.src(i, 0, lane)?));
+        }
+        Ok(offset)
     }
 
     fn ds_address(&self, i: &Instr, lane: usize) -> Result<u64, Fault> {
@@ -716,6 +811,43 @@ fn f32_to_f16(x: f32) -> u16 {
     sign | h as u16
 }
 
+/// Single to half, rounding toward zero (`v_cvt_pkrtz_f16_f32`).
+fn f32_to_f16_rtz(x: f32) -> u16 {
+    let h = f32_to_f16(x);
+    // Rounding to nearest went away from zero: step back one toward it.
+    if x.is_finite() && f16_to_f32(h).abs() > x.abs() {
+        h - 1
+    } else {
+        h
+    }
+}
+
+/// `v_trig_preop_f64`: 53 bits of 2/pi from bit `53 * segment` on (further for
+/// large inputs), scaled to where they sit in 2/pi.
+fn trig_preop(x: f64, segment: u32) -> f64 {
+    let exponent = ((x.to_bits() >> 52) & 0x7ff) as u32;
+    let mut shift = (segment & 31) * 53;
+    if exponent > 1077 {
+        shift += exponent - 1077;
+    }
+    // The table holds 1201 fraction bits of 2/pi; past them, zeros.
+    let bit = |k: u32| -> u64 {
+        if k > 1200 {
+            return 0;
+        }
+        super::two_over_pi::TWO_OVER_PI[(k / 64) as usize] >> (63 - k % 64) & 1
+    };
+    let mut bits = 0u64;
+    for k in shift..shift + 53 {
+        bits = bits << 1 | bit(k);
+    }
+    let mut scale = -53 - shift as i32;
+    if exponent >= 1968 {
+        scale += 128;
+    }
+    ldexp64(bits as f64, scale)
+}
+
 fn cvt_i32(x: f64) -> u32 {
     if x.is_nan() {
         0
@@ -866,7 +998,7 @@ fn global_load(c: &mut Ctx<'_>, i: &Instr, bytes: usize, sign: bool) -> Result<F
     c.each(|c, l| {
         let addr = c.flat_address(i, l)?;
         let mut buf = [0u8; 16];
-        c.read_global(addr, &mut buf[..bytes])?;
+        c.read_global(addr, l, &mut buf[..bytes])?;
         match bytes {
             1 => c.vset(
                 i.dst.into(),
@@ -907,7 +1039,61 @@ fn global_store(c: &mut Ctx<'_>, i: &Instr, bytes: usize) -> Result<Flow, Fault>
         for n in 0..bytes.div_ceil(4) {
             buf[n * 4..n * 4 + 4].copy_from_slice(&c.vget(data + n, l)?.to_le_bytes());
         }
-        c.write_global(addr, &buf[..bytes])
+        c.write_global(addr, l, &buf[..bytes])
+    })
+}
+
+/// `buffer_load_*` / `buffer_store_*` on the private segment.
+fn scratch_rw(
+    c: &mut Ctx<'_>,
+    i: &Instr,
+    read: bool,
+    bytes: usize,
+    sign: bool,
+) -> Result<Flow, Fault> {
+    let data = usize::from(i.src[1] - src::VGPR0);
+    c.each(|c, l| {
+        let at = c.private_range(l, c.scratch_offset(i, l)?, bytes)?;
+        if read {
+            let mut buf = [0u8; 16];
+            buf[..bytes].copy_from_slice(&c.w.private[at..at + bytes]);
+            match bytes {
+                1 => c.vset(
+                    data,
+                    l,
+                    if sign {
+                        buf[0] as i8 as i32 as u32
+                    } else {
+                        u32::from(buf[0])
+                    },
+                ),
+                2 => {
+                    let h = u16::from_le_bytes([buf[0], buf[1]]);
+                    c.vset(
+                        data,
+                        l,
+                        if sign {
+                            h as i16 as i32 as u32
+                        } else {
+                            u32::from(h)
+                        },
+                    )
+                }
+                _ => {
+                    for n in 0..bytes / 4 {
+                        c.vset(data + n, l, le_u32(&buf[n * 4..]))?;
+                    }
+                    Ok(())
+                }
+            }
+        } else {
+            for n in 0..bytes.div_ceil(4) {
+                let word = c.vget(data + n, l)?.to_le_bytes();
+                let take = (bytes - n * 4).min(4);
+                c.w.private[at + n * 4..at + n * 4 + take].copy_from_slice(&word[..take]);
+            }
+            Ok(())
+        }
     })
 }
 
@@ -1292,6 +1478,7 @@ pub(crate) fn semantics(i: &Instr) -> Option<Exec> {
         }
         Format::Ds => ds_semantics(i.name),
         Format::Flat | Format::Global => flat_semantics(i.name),
+        Format::Mubuf => mubuf_semantics(i.name),
     }
 }
 
@@ -1822,6 +2009,92 @@ fn vector_semantics(name: &str) -> Option<Exec> {
             })
         }),
         "v_div_fixup_f64" => op!(|c, i| c.f64_op(i, 3, |a| div_fixup_f64(a[0], a[1], a[2]))),
+        "v_trig_preop_f64" => op!(|c, i| {
+            c.each(|c, l| {
+                let x = c.f64_src(i, 0, l)?;
+                let segment = c.src(i, 1, l)?;
+                c.vset64(i.dst.into(), l, trig_preop(x, segment).to_bits())
+            })
+        }),
+        // half precision: computed in f32 (exact for one add or multiply of
+        // halves), fused ones in f64, then rounded to half
+        "v_add_f16" => op!(|c, i| c.f16_op(i, 2, |a| a[0] + a[1])),
+        "v_sub_f16" => op!(|c, i| c.f16_op(i, 2, |a| a[0] - a[1])),
+        "v_subrev_f16" => op!(|c, i| c.f16_op(i, 2, |a| a[1] - a[0])),
+        "v_mul_f16" => op!(|c, i| c.f16_op(i, 2, |a| a[0] * a[1])),
+        "v_min_f16" => op!(|c, i| c.f16_op(i, 2, |a| fmin(a[0], a[1]))),
+        "v_max_f16" => op!(|c, i| c.f16_op(i, 2, |a| fmax(a[0], a[1]))),
+        "v_fma_f16" | "v_mad_f16" => op!(|c, i| c.f16_op(i, 3, |a| f64::from(a[0])
+            .mul_add(f64::from(a[1]), f64::from(a[2]))
+            as f32)),
+        "v_mac_f16" | "v_fmac_f16" => op!(|c, i| {
+            c.each(|c, l| {
+                let (a, b) = (c.f16_src(i, 0, l)?, c.f16_src(i, 1, l)?);
+                let d = f16_to_f32(c.vget(i.dst.into(), l)? as u16);
+                c.set_f16(
+                    i,
+                    l,
+                    f64::from(a).mul_add(f64::from(b), f64::from(d)) as f32,
+                )
+            })
+        }),
+        "v_ldexp_f16" => op!(|c, i| c.each(|c, l| {
+            let x = c.f16_src(i, 0, l)?;
+            let e = c.src(i, 1, l)? as i16 as i32;
+            c.set_f16(i, l, ldexp64(f64::from(x), e) as f32)
+        })),
+        "v_sqrt_f16" => op!(|c, i| c.f16_op(i, 1, |a| a[0].sqrt())),
+        "v_rcp_f16" => op!(|c, i| c.f16_op(i, 1, |a| 1.0 / a[0])),
+        "v_rsq_f16" => op!(|c, i| c.f16_op(i, 1, |a| 1.0 / a[0].sqrt())),
+        "v_exp_f16" => op!(|c, i| c.f16_op(i, 1, |a| a[0].exp2())),
+        "v_log_f16" => op!(|c, i| c.f16_op(i, 1, |a| a[0].log2())),
+        "v_floor_f16" => op!(|c, i| c.f16_op(i, 1, |a| a[0].floor())),
+        "v_ceil_f16" => op!(|c, i| c.f16_op(i, 1, |a| a[0].ceil())),
+        "v_trunc_f16" => op!(|c, i| c.f16_op(i, 1, |a| a[0].trunc())),
+        "v_rndne_f16" => op!(|c, i| c.f16_op(i, 1, |a| a[0].round_ties_even())),
+        "v_fract_f16" => op!(|c, i| c.f16_op(i, 1, |a| fract32(a[0]))),
+        "v_max3_f16" => op!(|c, i| c.f16_op(i, 3, |a| fmax(fmax(a[0], a[1]), a[2]))),
+        "v_min3_f16" => op!(|c, i| c.f16_op(i, 3, |a| fmin(fmin(a[0], a[1]), a[2]))),
+        "v_med3_f16" => op!(|c, i| c.f16_op(i, 3, |a| med3(a[0], a[1], a[2]))),
+        "v_div_fixup_f16" => op!(|c, i| c.f16_op(i, 3, |a| div_fixup_f32(a[0], a[1], a[2]))),
+        "v_cvt_f16_u16" => op!(|c, i| c.each(|c, l| {
+            let v = c.src(i, 0, l)? as u16;
+            c.set_f16(i, l, f32::from(v))
+        })),
+        "v_cvt_f16_i16" => op!(|c, i| c.each(|c, l| {
+            let v = c.src(i, 0, l)? as i16;
+            c.set_f16(i, l, f32::from(v))
+        })),
+        "v_cvt_u16_f16" => op!(|c, i| c.each(|c, l| {
+            let x = c.f16_src(i, 0, l)?;
+            c.vset(i.dst.into(), l, cvt_u32(f64::from(x)).min(0xffff))
+        })),
+        "v_cvt_i16_f16" => op!(|c, i| c.each(|c, l| {
+            let x = c.f16_src(i, 0, l)?;
+            let v = (cvt_i32(f64::from(x)) as i32).clamp(-32768, 32767) as i16;
+            c.vset(i.dst.into(), l, u32::from(v as u16))
+        })),
+        "v_cvt_pkrtz_f16_f32" => op!(|c, i| c.each(|c, l| {
+            let (a, b) = (c.f32_src(i, 0, l)?, c.f32_src(i, 1, l)?);
+            c.vset(
+                i.dst.into(),
+                l,
+                u32::from(f32_to_f16_rtz(a)) | u32::from(f32_to_f16_rtz(b)) << 16,
+            )
+        })),
+        "v_pack_b32_f16" => op!(|c, i| c.each(|c, l| {
+            let (a, b) = (c.f16_src(i, 0, l)?, c.f16_src(i, 1, l)?);
+            c.vset(
+                i.dst.into(),
+                l,
+                u32::from(f32_to_f16(a)) | u32::from(f32_to_f16(b)) << 16,
+            )
+        })),
+        "v_cmp_class_f16" | "v_cmpx_class_f16" => op!(|c, i| {
+            c.compare(i, |c, l| {
+                Ok(class_f32(c.f16_src(i, 0, l)?, c.src(i, 1, l)?))
+            })
+        }),
         "v_div_fmas_f64" => op!(|c, i| c.f64_op(i, 3, |a| a[0].mul_add(a[1], a[2]))),
         "v_div_scale_f64" => op!(|c, i| {
             c.each(|c, l| {
@@ -2166,6 +2439,20 @@ fn compare_semantics(name: &str) -> Option<Exec> {
         })
     }
     match ty {
+        "f16" => {
+            float_cond(cond)?;
+            op!(|c, i| {
+                let (cond, _) = i.name.rsplit_once('_').expect("checked at decode");
+                let cond = cond.rsplit_once('_').map_or(cond, |(_, k)| k);
+                let test = float_cond(cond).expect("checked at decode");
+                c.compare(i, |c, l| {
+                    Ok(test(
+                        f64::from(c.f16_src(i, 0, l)?),
+                        f64::from(c.f16_src(i, 1, l)?),
+                    ))
+                })
+            })
+        }
         "f32" => {
             float_cond(cond)?;
             op!(|c, i| {
@@ -2322,6 +2609,29 @@ fn ds_atomic_of(name: &str) -> Option<(AtomicFn, bool, bool)> {
         (o, _) => o,
     };
     atomic_fn(key, wide).map(|f| (f, wide, ret))
+}
+
+fn mubuf_semantics(name: &str) -> Option<Exec> {
+    match name {
+        "buffer_load_ubyte" => op!(|c, i| scratch_rw(c, i, true, 1, false)),
+        "buffer_load_sbyte" => op!(|c, i| scratch_rw(c, i, true, 1, true)),
+        "buffer_load_ushort" => op!(|c, i| scratch_rw(c, i, true, 2, false)),
+        "buffer_load_sshort" => op!(|c, i| scratch_rw(c, i, true, 2, true)),
+        "buffer_load_dword" => op!(|c, i| scratch_rw(c, i, true, 4, false)),
+        "buffer_load_dwordx2" => op!(|c, i| scratch_rw(c, i, true, 8, false)),
+        "buffer_load_dwordx3" => op!(|c, i| scratch_rw(c, i, true, 12, false)),
+        "buffer_load_dwordx4" => op!(|c, i| scratch_rw(c, i, true, 16, false)),
+        "buffer_store_byte" => op!(|c, i| scratch_rw(c, i, false, 1, false)),
+        "buffer_store_short" => op!(|c, i| scratch_rw(c, i, false, 2, false)),
+        "buffer_store_dword" => op!(|c, i| scratch_rw(c, i, false, 4, false)),
+        "buffer_store_dwordx2" => op!(|c, i| scratch_rw(c, i, false, 8, false)),
+        "buffer_store_dwordx3" => op!(|c, i| scratch_rw(c, i, false, 12, false)),
+        "buffer_store_dwordx4" => op!(|c, i| scratch_rw(c, i, false, 16, false)),
+        "buffer_wbl2" | "buffer_invl2" | "buffer_wbinvl1" | "buffer_wbinvl1_vol" => {
+            op!(|_c, _i| Ok(Flow::Next))
+        }
+        _ => None,
+    }
 }
 
 fn flat_semantics(name: &str) -> Option<Exec> {

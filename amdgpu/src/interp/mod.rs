@@ -18,6 +18,7 @@
 mod decode;
 mod exec;
 mod opcodes;
+mod two_over_pi;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,6 +40,8 @@ pub trait Memory: Sync {
 
 /// Most LDS a workgroup has on gfx90a.
 pub const MAX_LDS_BYTES: u32 = 64 * 1024;
+/// Most private memory per work-item (a wave's 64 lanes take 64 times this).
+pub const MAX_PRIVATE_BYTES: u32 = 16 * 1024;
 /// Most work-items in a workgroup.
 pub const MAX_WORKGROUP_SIZE: u32 = 1024;
 /// Where a launch's kernarg segment and dispatch packet appear to its waves
@@ -322,7 +325,10 @@ fn kernarg(info: &KernelInfo, launch: &Launch<'_>, lds_dynamic: u32) -> Result<V
             launch.args.len()
         ));
     }
-    let mut seg = vec![0u8; info.kernarg_size.max(explicit_end) as usize];
+    // Code may load whole dwordx4/x8 at the end of the segment (a device's
+    // kernarg allocations are padded): zeros follow it.
+    let mut seg =
+        vec![0u8; info.kernarg_size.max(explicit_end).next_multiple_of(64) as usize + 256];
     seg[..launch.args.len()].copy_from_slice(launch.args);
     for arg in &info.args {
         let ArgKind::Hidden(kind) = &arg.kind else {
@@ -432,6 +438,12 @@ pub fn launch(
             "{threads} work-items in a workgroup; the kernel allows {most}"
         )));
     }
+    if k.info.private_segment_size > MAX_PRIVATE_BYTES {
+        return Err(bad(format!(
+            "{} bytes of private memory per work-item; the interpreter gives at most {MAX_PRIVATE_BYTES}",
+            k.info.private_segment_size
+        )));
+    }
     let lds = k.info.group_segment_size.saturating_add(launch.dynamic_lds);
     if lds > MAX_LDS_BYTES {
         return Err(bad(format!(
@@ -503,8 +515,11 @@ fn initial_wave(
         *s += 2;
     };
     if d.properties & 1 != 0 {
-        // Private segment buffer descriptor: private memory is not run; a zero
-        // descriptor makes any use of it fault on address 0.
+        // The private segment buffer resource: its base is the marker buffer
+        // instructions reach the wave's private memory by.
+        w.s[0] = exec::PRIVATE_RESOURCE as u32;
+        w.s[1] = (exec::PRIVATE_RESOURCE >> 32) as u32;
+        w.s[2] = u32::MAX;
         s += 4;
     }
     if d.properties & 2 != 0 {
@@ -562,6 +577,7 @@ fn initial_wave(
         (1u64 << live) - 1
     });
     w.pc = k.entry;
+    w.private = vec![0; k.info.private_segment_size as usize * LANES];
     let _ = d.rsrc3;
     w
 }
