@@ -12,7 +12,7 @@
 # cargo build --release.
 set -euo pipefail
 # The tests/hip/<name>.hip programs to run.
-HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-vadd params reduce wave grid2d dynshared constant math module errors}"
+HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-vadd params reduce wave grid2d dynshared constant math subword module errors}"
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-system-packages.sh"
 libs=$("$root/scripts/build-hip-libs.sh")

@@ -36,6 +36,35 @@ pub(crate) mod src {
     pub(crate) const OFF: u16 = 0x7F;
 }
 
+/// SDWA: sub-dword operands and result of a VOP1/VOP2/VOPC instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sdwa {
+    /// Selects: 0-3 a byte, 4-5 a word, 6 the dword.
+    pub(crate) dst_sel: u8,
+    /// 0: zeros around the result, 1: its sign extended, 2: the old bits kept.
+    pub(crate) dst_unused: u8,
+    pub(crate) sel: [u8; 2],
+    pub(crate) sext: [bool; 2],
+}
+
+/// DPP: source 0 read from another lane of the row (or wave).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Dpp {
+    pub(crate) ctrl: u16,
+    /// A lane whose source is out of range or disabled reads 0 (else it is not written).
+    pub(crate) bound_ctrl: bool,
+    pub(crate) bank_mask: u8,
+    pub(crate) row_mask: u8,
+}
+
+/// The extra dword some VOP1/VOP2/VOPC forms carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extra {
+    None,
+    Sdwa(Sdwa),
+    Dpp(Dpp),
+}
+
 /// One decoded instruction. Sources are 9-bit operand encodings (VGPR n is
 /// 256 + n); which fields mean something depends on the format.
 #[derive(Debug, Clone)]
@@ -66,7 +95,9 @@ pub(crate) struct Instr {
     pub(crate) omod: u8,
     /// A FLAT atomic's GLC bit: it returns the value before.
     pub(crate) glc: bool,
-    /// A FLAT/DS instruction's AccVGPR bit; SDWA/DPP forms (unsupported).
+    /// SDWA or DPP, for the VOP1/VOP2/VOPC forms that have them.
+    pub(crate) extra: Extra,
+    /// A form the interpreter does not run (AccVGPR operands, GDS, …).
     pub(crate) unsupported_form: Option<&'static str>,
 }
 
@@ -122,6 +153,7 @@ impl Instr {
             clamp: false,
             omod: 0,
             glc: false,
+            extra: Extra::None,
             unsupported_form: None,
         }
     }
@@ -357,12 +389,55 @@ pub(crate) fn decode(code: &[u8], base: u64, at: usize) -> Result<Instr, DecodeE
     if matches!(format, Format::Vop1 | Format::Vop2 | Format::Vopc) {
         match i.src[0] {
             src::SDWA => {
-                i.unsupported_form = Some("SDWA");
+                let e = word(1)?;
                 i.len = 8;
+                let bit = |b: u32| (e >> b) & 1 == 1;
+                let field = |at: u32, bits: u32| ((e >> at) & ((1 << bits) - 1)) as u8;
+                i.src[0] = if bit(23) {
+                    (e & 0xff) as u16
+                } else {
+                    src::VGPR0 + (e & 0xff) as u16
+                };
+                if bit(31) {
+                    i.src[1] -= src::VGPR0;
+                }
+                i.neg = u8::from(bit(20)) | u8::from(bit(28)) << 1;
+                i.abs = u8::from(bit(21)) | u8::from(bit(29)) << 1;
+                let mut dst_sel = field(8, 3);
+                let mut dst_unused = field(11, 2);
+                if format == Format::Vopc {
+                    if bit(15) {
+                        i.sdst = u16::from(field(8, 7));
+                    }
+                    dst_sel = 6;
+                    dst_unused = 0;
+                } else {
+                    i.clamp = bit(13);
+                    i.omod = field(14, 2);
+                }
+                i.extra = Extra::Sdwa(Sdwa {
+                    dst_sel,
+                    dst_unused,
+                    sel: [field(16, 3), field(24, 3)],
+                    sext: [bit(19), bit(27)],
+                });
+                if dst_sel > 6 || dst_unused > 2 || field(16, 3) > 6 || field(24, 3) > 6 {
+                    i.unsupported_form = Some("an SDWA select out of range");
+                }
             }
             src::DPP => {
-                i.unsupported_form = Some("DPP");
+                let e = word(1)?;
                 i.len = 8;
+                let bit = |b: u32| (e >> b) & 1 == 1;
+                i.src[0] = src::VGPR0 + (e & 0xff) as u16;
+                i.neg = u8::from(bit(20)) | u8::from(bit(22)) << 1;
+                i.abs = u8::from(bit(21)) | u8::from(bit(23)) << 1;
+                i.extra = Extra::Dpp(Dpp {
+                    ctrl: ((e >> 8) & 0x1ff) as u16,
+                    bound_ctrl: bit(19),
+                    bank_mask: ((e >> 24) & 0xf) as u8,
+                    row_mask: ((e >> 28) & 0xf) as u8,
+                });
             }
             _ => {}
         }

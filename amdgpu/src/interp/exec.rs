@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::decode::{src, Format, Instr};
+use super::decode::{src, Dpp, Extra, Format, Instr, Sdwa};
 use super::Env;
 
 /// What the wave does after an instruction.
@@ -78,6 +78,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) w: &'a mut Wave,
     pub(crate) lds: &'a mut [u8],
     pub(crate) env: &'a Env<'a>,
+    /// A DPP instruction's source 0 as it was before it ran, and EXEC then
+    /// (the lanes it may read from).
+    pub(crate) dpp_source: [u32; 2 * LANES],
+    pub(crate) dpp_exec: u64,
 }
 
 fn lanes(mask: u64) -> impl Iterator<Item = usize> {
@@ -190,10 +194,50 @@ impl Ctx<'_> {
     /// Source `n`'s 32-bit value in `lane`.
     pub(crate) fn src(&self, i: &Instr, n: usize, lane: usize) -> Result<u32, Fault> {
         let enc = i.src[n];
-        if enc >= src::VGPR0 {
-            self.vget(usize::from(enc - src::VGPR0), lane)
+        let v = if enc >= src::VGPR0 {
+            match self.source_lane(i, n, lane) {
+                Some(l) if self.dpp_reads(i, n) => self.dpp_source[l],
+                Some(l) => self.vget(usize::from(enc - src::VGPR0), l)?,
+                None => 0,
+            }
         } else {
-            self.scalar(i, enc)
+            self.scalar(i, enc)?
+        };
+        Ok(match &i.extra {
+            Extra::Sdwa(s) if n < 2 => sdwa_select(s.sel[n], s.sext[n], v),
+            _ => v,
+        })
+    }
+
+    /// Whether source `n` is DPP's, read from the snapshot taken before the
+    /// instruction (every lane reads the values from before any lane wrote).
+    fn dpp_reads(&self, i: &Instr, n: usize) -> bool {
+        n == 0 && matches!(i.extra, Extra::Dpp(_))
+    }
+
+    /// Takes DPP's snapshot of source 0 (two registers, for 64-bit sources).
+    pub(crate) fn snapshot_dpp_source(&mut self, i: &Instr) -> Result<(), Fault> {
+        let r = usize::from(i.src[0] - src::VGPR0);
+        self.dpp_exec = self.w.exec();
+        for l in 0..LANES {
+            self.dpp_source[l] = self.vget(r, l)?;
+            self.dpp_source[LANES + l] = if r + 1 < self.w.vgprs {
+                self.vget(r + 1, l)?
+            } else {
+                0
+            };
+        }
+        Ok(())
+    }
+
+    /// The lane a VGPR source is read from: `lane`, or under DPP (source 0) the
+    /// lane its control names (`None`: out of range or disabled, which reads 0).
+    fn source_lane(&self, i: &Instr, n: usize, lane: usize) -> Option<usize> {
+        match &i.extra {
+            Extra::Dpp(d) if n == 0 => {
+                dpp_source(d.ctrl, lane).filter(|&l| self.dpp_exec >> l & 1 == 1)
+            }
+            _ => Some(lane),
         }
     }
 
@@ -201,6 +245,13 @@ impl Ctx<'_> {
         let enc = i.src[n];
         if enc >= src::VGPR0 {
             let r = usize::from(enc - src::VGPR0);
+            let Some(lane) = self.source_lane(i, n, lane) else {
+                return Ok(0);
+            };
+            if self.dpp_reads(i, n) {
+                return Ok(u64::from(self.dpp_source[lane])
+                    | u64::from(self.dpp_source[LANES + lane]) << 32);
+            }
             Ok(u64::from(self.vget(r, lane)?) | u64::from(self.vget(r + 1, lane)?) << 32)
         } else {
             self.scalar64(i, enc, wide)
@@ -264,6 +315,103 @@ impl Ctx<'_> {
                 *x = c.f16_src(i, n, l)?;
             }
             c.set_f16(i, l, f(a))
+        })
+    }
+
+    /// A 16-bit integer source (VOP3 `op_sel` picks the high half).
+    fn u16_src(&self, i: &Instr, n: usize, lane: usize) -> Result<u32, Fault> {
+        let v = self.src(i, n, lane)?;
+        let high = i.format == Format::Vop3 && i.op_sel >> n & 1 == 1;
+        Ok(if high { v >> 16 } else { v & 0xffff })
+    }
+
+    /// A 16-bit integer op: the low half of the result, the high half zeroed
+    /// (or, under VOP3 `op_sel` of the destination, the high half written).
+    fn u16_op(
+        &mut self,
+        i: &Instr,
+        arity: usize,
+        f: impl Fn([u32; 3]) -> u32,
+    ) -> Result<Flow, Fault> {
+        self.each(|c, l| {
+            let mut a = [0u32; 3];
+            for (n, x) in a.iter_mut().enumerate().take(arity) {
+                *x = c.u16_src(i, n, l)?;
+            }
+            let h = f(a) & 0xffff;
+            let v = if i.format == Format::Vop3 && i.op_sel & 8 != 0 {
+                (c.vget(i.dst.into(), l)? & 0xffff) | h << 16
+            } else {
+                h
+            };
+            c.vset(i.dst.into(), l, v)
+        })
+    }
+
+    /// One half of a packed (VOP3P) source: `op_sel` picks it for the low
+    /// result, `op_sel_hi` for the high one. Inline constants are the low half.
+    fn packed_half(&self, i: &Instr, n: usize, lane: usize, high: bool) -> Result<u16, Fault> {
+        let enc = i.src[n];
+        if let Some(x) = inline_f32(enc) {
+            let bits = if enc == 248 { 0x3118 } else { f32_to_f16(x) };
+            return Ok(if i.name.ends_with("f16") {
+                bits
+            } else {
+                self.scalar(i, enc)? as u16
+            });
+        }
+        let v = self.src(i, n, lane)?;
+        let sel = if high {
+            i.op_sel_hi >> n & 1
+        } else {
+            i.op_sel >> n & 1
+        };
+        Ok((v >> (16 * u32::from(sel))) as u16)
+    }
+
+    fn packed_u16(
+        &mut self,
+        i: &Instr,
+        arity: usize,
+        f: impl Fn([u32; 3]) -> u32,
+    ) -> Result<Flow, Fault> {
+        self.each(|c, l| {
+            let mut out = 0u32;
+            for half in 0..2 {
+                let mut a = [0u32; 3];
+                for (n, x) in a.iter_mut().enumerate().take(arity) {
+                    *x = u32::from(c.packed_half(i, n, l, half == 1)?);
+                }
+                out |= (f(a) & 0xffff) << (16 * half);
+            }
+            c.vset(i.dst.into(), l, out)
+        })
+    }
+
+    fn packed_f16(
+        &mut self,
+        i: &Instr,
+        arity: usize,
+        f: impl Fn([f32; 3]) -> f32,
+    ) -> Result<Flow, Fault> {
+        self.each(|c, l| {
+            let mut out = 0u32;
+            for half in 0..2 {
+                let neg = if half == 0 { i.neg } else { i.neg_hi };
+                let mut a = [0f32; 3];
+                for (n, x) in a.iter_mut().enumerate().take(arity) {
+                    *x = f16_to_f32(c.packed_half(i, n, l, half == 1)?);
+                    if neg >> n & 1 == 1 {
+                        *x = -*x;
+                    }
+                }
+                let mut r = f(a);
+                if i.clamp {
+                    r = r.clamp(0.0, 1.0);
+                }
+                out |= u32::from(f32_to_f16(r)) << (16 * half);
+            }
+            c.vset(i.dst.into(), l, out)
         })
     }
 
@@ -571,6 +719,98 @@ impl Ctx<'_> {
     fn ds_address(&self, i: &Instr, lane: usize) -> Result<u64, Fault> {
         Ok(u64::from(self.src(i, 0, lane)?))
     }
+}
+
+/// An SDWA source select: a byte or word of `v` (sign-extended or not), or all of it.
+fn sdwa_select(sel: u8, sext: bool, v: u32) -> u32 {
+    match sel {
+        0..=3 => {
+            let b = (v >> (8 * u32::from(sel))) & 0xff;
+            if sext {
+                b as u8 as i8 as i32 as u32
+            } else {
+                b
+            }
+        }
+        4 | 5 => {
+            let h = (v >> (16 * u32::from(sel - 4))) & 0xffff;
+            if sext {
+                h as u16 as i16 as i32 as u32
+            } else {
+                h
+            }
+        }
+        _ => v,
+    }
+}
+
+/// An SDWA result placed in its destination: `result`'s low byte or word at
+/// the selected place, the other bits zero, the sign, or `old`'s.
+pub(crate) fn sdwa_place(s: &Sdwa, old: u32, result: u32) -> u32 {
+    let (shift, bits) = match s.dst_sel {
+        0..=3 => (8 * u32::from(s.dst_sel), 8),
+        4 | 5 => (16 * u32::from(s.dst_sel - 4), 16),
+        _ => return result,
+    };
+    let field_mask = ((1u64 << bits) - 1) as u32;
+    let field = (result & field_mask) << shift;
+    let mask = field_mask << shift;
+    match s.dst_unused {
+        2 => (old & !mask) | field,
+        1 => {
+            // Sign-extend upward from the field's top bit.
+            let top = (result >> (bits - 1)) & 1 == 1;
+            let above = if shift + bits >= 32 {
+                0
+            } else {
+                u32::MAX << (shift + bits)
+            };
+            field | if top { above } else { 0 }
+        }
+        _ => field,
+    }
+}
+
+/// The lane DPP control `ctrl` reads for `lane` (`None`: out of its row or the wave).
+pub(crate) fn dpp_source(ctrl: u16, lane: usize) -> Option<usize> {
+    let row = lane & !15;
+    let in_row = lane & 15;
+    let within = |k: isize| -> Option<usize> { (0..16).contains(&k).then(|| row + k as usize) };
+    match ctrl {
+        0x000..=0x0ff => Some((lane & !3) + ((ctrl as usize >> ((lane & 3) * 2)) & 3)),
+        0x101..=0x10f => within(in_row as isize + (ctrl - 0x100) as isize),
+        0x111..=0x11f => within(in_row as isize - (ctrl - 0x110) as isize),
+        0x121..=0x12f => Some(row + (in_row + 16 - (ctrl - 0x120) as usize) % 16),
+        0x130 => (lane + 1 < LANES).then_some(lane + 1),
+        0x134 => Some((lane + 1) % LANES),
+        0x138 => lane.checked_sub(1),
+        0x13c => Some((lane + LANES - 1) % LANES),
+        0x140 => Some(row + 15 - in_row),
+        0x141 => Some((lane & !7) + 7 - (lane & 7)),
+        // row_bcast15: lane 15 of the previous row, to the rows after the first.
+        0x142 => (row > 0).then(|| row - 1),
+        // row_bcast31: lane 31 to rows 2 and 3.
+        0x143 => (row >= 32).then_some(31),
+        _ => None,
+    }
+}
+
+/// The lanes a DPP instruction writes: row and bank masks, and, without
+/// `bound_ctrl`, not the lanes whose source is out of range or disabled.
+pub(crate) fn dpp_write_mask(d: &Dpp, exec: u64) -> u64 {
+    let mut mask = 0u64;
+    for lane in 0..LANES {
+        let row = lane / 16;
+        let bank = (lane % 16) / 4;
+        if d.row_mask >> row & 1 == 0 || d.bank_mask >> bank & 1 == 0 {
+            continue;
+        }
+        let valid = dpp_source(d.ctrl, lane).is_some_and(|l| exec >> l & 1 == 1);
+        if valid || d.bound_ctrl {
+            mask |= 1 << lane;
+        }
+    }
+    mask
 }
 
 /// Reads `T` (a plain integer type) from little-endian bytes.
@@ -2090,6 +2330,70 @@ fn vector_semantics(name: &str) -> Option<Exec> {
                 u32::from(f32_to_f16(a)) | u32::from(f32_to_f16(b)) << 16,
             )
         })),
+        // 16-bit integers
+        "v_add_u16" | "v_add_i16" => op!(|c, i| c.u16_op(i, 2, |a| a[0].wrapping_add(a[1]))),
+        "v_sub_u16" | "v_sub_i16" => op!(|c, i| c.u16_op(i, 2, |a| a[0].wrapping_sub(a[1]))),
+        "v_subrev_u16" => op!(|c, i| c.u16_op(i, 2, |a| a[1].wrapping_sub(a[0]))),
+        "v_mul_lo_u16" => op!(|c, i| c.u16_op(i, 2, |a| a[0].wrapping_mul(a[1]))),
+        "v_lshlrev_b16" => op!(|c, i| c.u16_op(i, 2, |a| a[1] << (a[0] & 15))),
+        "v_lshrrev_b16" => op!(|c, i| c.u16_op(i, 2, |a| a[1] >> (a[0] & 15))),
+        "v_ashrrev_i16" => op!(
+            |c, i| c.u16_op(i, 2, |a| ((a[1] as u16 as i16) >> (a[0] & 15)) as u16
+                as u32)
+        ),
+        "v_max_u16" => op!(|c, i| c.u16_op(i, 2, |a| a[0].max(a[1]))),
+        "v_min_u16" => op!(|c, i| c.u16_op(i, 2, |a| a[0].min(a[1]))),
+        "v_max_i16" => {
+            op!(|c, i| c.u16_op(
+                i,
+                2,
+                |a| (a[0] as u16 as i16).max(a[1] as u16 as i16) as u16 as u32
+            ))
+        }
+        "v_min_i16" => {
+            op!(|c, i| c.u16_op(
+                i,
+                2,
+                |a| (a[0] as u16 as i16).min(a[1] as u16 as i16) as u16 as u32
+            ))
+        }
+        "v_mad_u16" | "v_mad_legacy_u16" => {
+            op!(|c, i| c.u16_op(i, 3, |a| a[0].wrapping_mul(a[1]).wrapping_add(a[2])))
+        }
+        "v_mad_i16" | "v_mad_legacy_i16" => {
+            op!(|c, i| c.u16_op(i, 3, |a| a[0].wrapping_mul(a[1]).wrapping_add(a[2])))
+        }
+        // packed 16-bit
+        "v_pk_add_f16" => op!(|c, i| c.packed_f16(i, 2, |a| a[0] + a[1])),
+        "v_pk_mul_f16" => op!(|c, i| c.packed_f16(i, 2, |a| a[0] * a[1])),
+        "v_pk_min_f16" => op!(|c, i| c.packed_f16(i, 2, |a| fmin(a[0], a[1]))),
+        "v_pk_max_f16" => op!(|c, i| c.packed_f16(i, 2, |a| fmax(a[0], a[1]))),
+        "v_pk_fma_f16" => op!(|c, i| c.packed_f16(i, 3, |a| f64::from(a[0])
+            .mul_add(f64::from(a[1]), f64::from(a[2]))
+            as f32)),
+        "v_pk_add_u16" | "v_pk_add_i16" => {
+            op!(|c, i| c.packed_u16(i, 2, |a| a[0].wrapping_add(a[1])))
+        }
+        "v_pk_sub_u16" | "v_pk_sub_i16" => {
+            op!(|c, i| c.packed_u16(i, 2, |a| a[0].wrapping_sub(a[1])))
+        }
+        "v_pk_mul_lo_u16" => op!(|c, i| c.packed_u16(i, 2, |a| a[0].wrapping_mul(a[1]))),
+        "v_pk_mad_u16" | "v_pk_mad_i16" => {
+            op!(|c, i| c.packed_u16(i, 3, |a| a[0].wrapping_mul(a[1]).wrapping_add(a[2])))
+        }
+        "v_pk_lshlrev_b16" => op!(|c, i| c.packed_u16(i, 2, |a| a[1] << (a[0] & 15))),
+        "v_pk_lshrrev_b16" => op!(|c, i| c.packed_u16(i, 2, |a| a[1] >> (a[0] & 15))),
+        "v_pk_ashrrev_i16" => op!(|c, i| c
+            .packed_u16(i, 2, |a| ((a[1] as u16 as i16) >> (a[0] & 15)) as u16
+                as u32)),
+        "v_pk_max_u16" => op!(|c, i| c.packed_u16(i, 2, |a| a[0].max(a[1]))),
+        "v_pk_min_u16" => op!(|c, i| c.packed_u16(i, 2, |a| a[0].min(a[1]))),
+        "v_pk_max_i16" => op!(|c, i| c.packed_u16(i, 2, |a| (a[0] as u16 as i16)
+            .max(a[1] as u16 as i16)
+            as u16 as u32)),
+        "v_pk_min_i16" => op!(|c, i| c.packed_u16(i, 2, |a| (a[0] as u16 as i16)
+            .min(a[1] as u16 as i16)
+            as u16 as u32)),
         "v_cmp_class_f16" | "v_cmpx_class_f16" => op!(|c, i| {
             c.compare(i, |c, l| {
                 Ok(class_f32(c.f16_src(i, 0, l)?, c.src(i, 1, l)?))
@@ -2476,6 +2780,25 @@ fn compare_semantics(name: &str) -> Option<Exec> {
                 c.compare(i, |c, l| Ok(test(c.f64_src(i, 0, l)?, c.f64_src(i, 1, l)?)))
             })
         }
+        "i16" | "u16" => {
+            int_cond::<u32>(cond)?;
+            op!(|c, i| {
+                let (head, ty) = i.name.rsplit_once('_').expect("checked at decode");
+                let cond = head.rsplit_once('_').map_or(head, |(_, k)| k);
+                if ty == "i16" {
+                    let t = int_cond::<i16>(cond).expect("checked");
+                    c.compare(i, |c, l| {
+                        Ok(t(
+                            c.u16_src(i, 0, l)? as u16 as i16,
+                            c.u16_src(i, 1, l)? as u16 as i16,
+                        ))
+                    })
+                } else {
+                    let t = int_cond::<u32>(cond).expect("checked");
+                    c.compare(i, |c, l| Ok(t(c.u16_src(i, 0, l)?, c.u16_src(i, 1, l)?)))
+                }
+            })
+        }
         "i32" | "u32" | "i64" | "u64" => {
             int_cond::<u32>(cond)?;
             op!(|c, i| {
@@ -2672,5 +2995,117 @@ fn flat_semantics(name: &str) -> Option<Exec> {
                 global_atomic(c, i, f, wide, false)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpp_controls_name_the_lanes_the_isa_says() {
+        // quad_perm [3,2,1,0]
+        assert_eq!(dpp_source(0x1b, 5), Some(6));
+        // row_shl:1 / row_shr:1 stop at the row's edge
+        assert_eq!(dpp_source(0x101, 15), None);
+        assert_eq!(dpp_source(0x101, 14), Some(15));
+        assert_eq!(dpp_source(0x111, 16), None);
+        assert_eq!(dpp_source(0x111, 17), Some(16));
+        // row_ror:4 wraps within the row
+        assert_eq!(dpp_source(0x124, 33), Some(45));
+        // wave_shr:1, wave_rol:1
+        assert_eq!(dpp_source(0x138, 0), None);
+        assert_eq!(dpp_source(0x134, 63), Some(0));
+        // row_mirror, row_half_mirror, row_bcast15, row_bcast31
+        assert_eq!(dpp_source(0x140, 18), Some(29));
+        assert_eq!(dpp_source(0x141, 9), Some(14));
+        assert_eq!(dpp_source(0x142, 20), Some(15));
+        assert_eq!(dpp_source(0x142, 3), None);
+        assert_eq!(dpp_source(0x143, 40), Some(31));
+        assert_eq!(dpp_source(0x143, 20), None);
+    }
+
+    #[test]
+    fn dpp_writes_only_lanes_with_a_source_unless_bound_ctrl() {
+        let d = Dpp {
+            ctrl: 0x111,
+            bound_ctrl: false,
+            bank_mask: 0xf,
+            row_mask: 0xf,
+        };
+        let mask = dpp_write_mask(&d, u64::MAX);
+        assert_eq!(
+            mask & 0x1_0001_0001_0001,
+            0,
+            "each row's lane 0 has no source"
+        );
+        assert_eq!(mask.count_ones(), 60);
+        // A disabled source lane is no source either.
+        assert_eq!(dpp_write_mask(&d, !2) >> 2 & 1, 0);
+        let bound = Dpp {
+            bound_ctrl: true,
+            ..d
+        };
+        assert_eq!(dpp_write_mask(&bound, u64::MAX), u64::MAX);
+        let rows = Dpp {
+            row_mask: 0b0010,
+            bank_mask: 0b0001,
+            ..bound
+        };
+        assert_eq!(dpp_write_mask(&rows, u64::MAX), 0xf << 16);
+    }
+
+    #[test]
+    fn sdwa_selects_and_places_bytes_and_words() {
+        assert_eq!(sdwa_select(1, false, 0x1234_80ff), 0x80);
+        assert_eq!(sdwa_select(1, true, 0x1234_80ff), 0xffff_ff80);
+        assert_eq!(sdwa_select(5, false, 0x8234_0000), 0x8234);
+        assert_eq!(sdwa_select(5, true, 0x8234_0000), 0xffff_8234);
+        let s = |dst_sel, dst_unused| Sdwa {
+            dst_sel,
+            dst_unused,
+            sel: [6, 6],
+            sext: [false, false],
+        };
+        assert_eq!(sdwa_place(&s(1, 0), 0xaaaa_aaaa, 0x1ff), 0x0000_ff00);
+        assert_eq!(sdwa_place(&s(1, 2), 0xaaaa_aaaa, 0x1ff), 0xaaaa_ffaa);
+        assert_eq!(sdwa_place(&s(1, 1), 0xaaaa_aaaa, 0x180), 0xffff_8000);
+        assert_eq!(sdwa_place(&s(4, 2), 0xaaaa_aaaa, 0x1234_5678), 0xaaaa_5678);
+        assert_eq!(sdwa_place(&s(6, 0), 0, 0x1234_5678), 0x1234_5678);
+    }
+
+    #[test]
+    fn halves_convert_as_ieee_says() {
+        for (h, f) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x7bff, 65504.0),
+            (0x3555, 0.333_251_95),
+        ] {
+            assert_eq!(f16_to_f32(h), f);
+            assert_eq!(f32_to_f16(f), h);
+        }
+        // Ties to even, overflow to infinity, NaN stays NaN.
+        assert_eq!(f32_to_f16(1.0 + 1.0 / 2048.0), 0x3c00);
+        assert_eq!(f32_to_f16(1.0 + 3.0 / 2048.0), 0x3c02);
+        assert_eq!(f32_to_f16(70000.0), 0x7c00);
+        assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
+        assert_eq!(f32_to_f16_rtz(1.0 + 3.0 / 2048.0), 0x3c01);
+    }
+
+    #[test]
+    fn trig_preop_segments_are_two_over_pi() {
+        let two_over_pi = 2.0 / std::f64::consts::PI;
+        let s0 = trig_preop(1.0, 0);
+        // The first 53 bits, truncated: within an ulp below the rounded value.
+        assert!(
+            s0 <= two_over_pi && two_over_pi - s0 <= f64::EPSILON,
+            "{s0}"
+        );
+        let s1 = trig_preop(1.0, 1);
+        assert!(s1 > 0.0 && s1 < 2f64.powi(-52), "{s1}");
+        // Together the segments carry 2/pi far past double precision.
+        assert!((s0 - two_over_pi).abs() + s1 < 2f64.powi(-50));
     }
 }

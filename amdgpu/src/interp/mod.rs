@@ -28,7 +28,7 @@ use std::time::Instant;
 use crate::code_object::{read_code_object, ArgKind, KernelInfo};
 use crate::loader::{layout, Layout};
 use crate::AmdgpuError;
-use decode::{decode, Instr};
+use decode::{decode, Extra, Instr};
 use exec::{Ctx, Exec, Flow, Wave, LANES};
 
 /// Device memory as the interpreter reaches it.
@@ -640,12 +640,52 @@ fn run_wave(
         .at
         .get(&w.pc)
         .ok_or_else(|| format!("no instruction at {:#x}", w.pc))?;
-    let mut ctx = Ctx { w, lds, env };
+    let mut ctx = Ctx {
+        w,
+        lds,
+        env,
+        dpp_source: [0; 2 * LANES],
+        dpp_exec: 0,
+    };
     loop {
         let i = &program.code[index];
         let run = program.runs[index]
             .ok_or_else(|| format!("{} at {:#x} cannot be run", i.name, i.at))?;
-        let flow = run(&mut ctx, i).map_err(|e| format!("{} at {:#x}: {e}", i.name, i.at))?;
+        let flow = match &i.extra {
+            Extra::None => run(&mut ctx, i),
+            Extra::Dpp(d) => {
+                // Lanes DPP does not write are out of EXEC while it runs.
+                let exec = ctx.w.exec();
+                ctx.snapshot_dpp_source(i)
+                    .map_err(|e| format!("{} at {:#x}: {e}", i.name, i.at))?;
+                ctx.w.set_exec(exec & exec::dpp_write_mask(d, exec));
+                let flow = run(&mut ctx, i);
+                if !i.name.starts_with("v_cmpx") {
+                    ctx.w.set_exec(exec);
+                }
+                flow
+            }
+            Extra::Sdwa(s) => {
+                let dst = usize::from(i.dst);
+                let old: Vec<u32> = if i.format == decode::Format::Vopc || dst >= ctx.w.vgprs {
+                    Vec::new()
+                } else {
+                    ctx.w.v[dst * LANES..(dst + 1) * LANES].to_vec()
+                };
+                let flow = run(&mut ctx, i);
+                if !old.is_empty() {
+                    let exec = ctx.w.exec();
+                    for (lane, &was) in old.iter().enumerate() {
+                        if exec >> lane & 1 == 1 {
+                            let at = dst * LANES + lane;
+                            ctx.w.v[at] = exec::sdwa_place(s, was, ctx.w.v[at]);
+                        }
+                    }
+                }
+                flow
+            }
+        }
+        .map_err(|e| format!("{} at {:#x}: {e}", i.name, i.at))?;
         let next = match flow {
             Flow::Next => i.at + u64::from(i.len),
             Flow::Jump(target) => target,
