@@ -10,9 +10,12 @@
 #   3. runs each through xpupool against the mock backend; they check their own
 #      results against CPU references;
 #   3b. makes the HIP stand-in's per-SONAME libraries and runs tests/hip on them
-#      (Debian's libamdhip64-dev is installed for its headers and real library);
+#      (Debian's libamdhip64-dev is installed for its headers and real library), and
+#      the HIP programs built with Debian's hipcc, their kernels on the mock's gfx90a
+#      interpreter;
 #   4. runs the unmodified PyTorch wheel (and pynvml) through xpupool: tests/python,
-#      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV);
+#      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV); then the
+#      AMD SMI / ROCm SMI stand-in (tests/amdsmi: C, and the amdsmi Python package);
 #   5. runs tests/tenancy: servers with several tenants (server.toml), their shares,
 #      priorities, ledgers, devices and metrics, with the programs of step 2;
 #   6. runs tests/pool: a pool manager with three servers, placement by each policy,
@@ -63,6 +66,9 @@ scripts/run-hip-tests.sh
 
 echo "== PyTorch and NVML through xpupool (tests/python)"
 scripts/run-python-tests.sh
+
+echo "== the AMD SMI / ROCm SMI stand-in (tests/amdsmi)"
+scripts/run-amdsmi-tests.sh
 
 echo "== many tenants on one server (tests/tenancy)"
 XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-tenancy-tests.sh
