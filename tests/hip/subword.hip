@@ -43,6 +43,21 @@ __global__ void calls(float* o, const int* k) {
     o[threadIdx.x] = pick(o[threadIdx.x], k[threadIdx.x]);
 }
 
+/* Wave 0 spins on a flag in LDS that wave 1 sets: the waves of a workgroup must
+ * take turns, not run each to its end. */
+__global__ void spin(int* out) {
+    __shared__ volatile int flag;
+    if (threadIdx.x == 0) flag = 0;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int waited = 0;
+        while (flag != 42) waited++;
+        out[0] = flag;
+        out[1] = waited > 0;
+    }
+    if (threadIdx.x == 64) flag = 42;
+}
+
 static void* up(const void* host, size_t bytes) {
     void* d = NULL;
     if (hipMalloc(&d, bytes) != hipSuccess) return NULL;
@@ -113,7 +128,13 @@ int main(void) {
         float want = o[i] * (k[i] & 7) + k[i];
         EXPECT(got[i] == want, "calls[%d] = %g, want %g", i, got[i], want);
     }
+    int* dspin = (int*)up(NULL, 2 * sizeof(int));
+    spin<<<1, 128>>>(dspin);
+    CHECK(hipGetLastError());
+    int spun[2];
+    CHECK(hipMemcpy(spun, dspin, sizeof spun, hipMemcpyDeviceToHost));
+    EXPECT(spun[0] == 42, "spin read %d", spun[0]);
     if (failures) return 1;
-    printf("ok subword: bytes, shorts, half2, DPP lane moves, a call with a private array\n");
+    printf("ok subword: bytes, shorts, half2, DPP lane moves, a call with a private array, a wave waiting on another\n");
     return 0;
 }

@@ -37,6 +37,16 @@ pub(crate) const PRIVATE_HI: u32 = 0x2000_0000;
 /// holds: 48 bits, as a buffer resource's base is.
 pub(crate) const PRIVATE_RESOURCE: u64 = 0xF000_0000_0000;
 
+/// `HW_REG_SH_MEM_BASES`: the apertures' top 16 bits (shared in 31:16, private
+/// in 15:0), which code reads with `s_getreg_b32` to make flat addresses.
+const HW_REG_SH_MEM_BASES: usize = 15;
+
+fn initial_hwregs() -> [u32; 32] {
+    let mut r = [0; 32];
+    r[HW_REG_SH_MEM_BASES] = (SHARED_HI >> 16) << 16 | PRIVATE_HI >> 16;
+    r
+}
+
 /// One wave's registers.
 pub(crate) struct Wave {
     pub(crate) s: [u32; 128],
@@ -58,7 +68,7 @@ impl Wave {
             v: vec![0; vgprs * LANES],
             vgprs,
             pc: 0,
-            hwreg: [0; 32],
+            hwreg: initial_hwregs(),
             private: Vec::new(),
         }
     }

@@ -40,6 +40,8 @@ pub trait Memory: Sync {
 
 /// Most LDS a workgroup has on gfx90a.
 pub const MAX_LDS_BYTES: u32 = 64 * 1024;
+/// Loop iterations a wave runs before the other waves of its workgroup get a turn.
+const YIELD_AFTER_BACK_EDGES: u32 = 1 << 14;
 /// Most private memory per work-item (a wave's 64 lanes take 64 times this).
 pub const MAX_PRIVATE_BYTES: u32 = 16 * 1024;
 /// Most work-items in a workgroup.
@@ -620,10 +622,13 @@ fn run_group(
         if states.iter().all(|&s| s == State::Done) {
             return Ok(());
         }
-        // Every wave still alive is at the barrier: it opens.
-        for s in states.iter_mut() {
-            if *s == State::Barrier {
-                *s = State::Running;
+        // Once every wave still alive is at the barrier, it opens (a wave that
+        // yielded in a loop runs on first).
+        if !states.contains(&State::Running) {
+            for s in states.iter_mut() {
+                if *s == State::Barrier {
+                    *s = State::Running;
+                }
             }
         }
     }
@@ -640,6 +645,7 @@ fn run_wave(
         .at
         .get(&w.pc)
         .ok_or_else(|| format!("no instruction at {:#x}", w.pc))?;
+    let mut back_edges = 0u32;
     let mut ctx = Ctx {
         w,
         lds,
@@ -688,7 +694,18 @@ fn run_wave(
         .map_err(|e| format!("{} at {:#x}: {e}", i.name, i.at))?;
         let next = match flow {
             Flow::Next => i.at + u64::from(i.len),
-            Flow::Jump(target) => target,
+            Flow::Jump(target) => {
+                if target <= i.at {
+                    // A loop's back edge: now and then let the workgroup's other
+                    // waves run, so one spinning on a flag another sets cannot hang.
+                    back_edges += 1;
+                    if back_edges == YIELD_AFTER_BACK_EDGES {
+                        ctx.w.pc = target;
+                        return Ok(State::Running);
+                    }
+                }
+                target
+            }
             Flow::End => return Ok(State::Done),
             Flow::Barrier => {
                 ctx.w.pc = i.at + u64::from(i.len);
