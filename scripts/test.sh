@@ -43,10 +43,16 @@ echo "== generated code is what the headers give"
 # toolkit's headers (vendor-headers/); regenerated here, they must not change.
 python3 vendor-headers/gen_procaddr.py
 python3 vendor-headers/gen_errors.py
+# The gfx90a opcode tables come from LLVM's disassembler (llvm-mc-15, which hipcc
+# brings), 2/pi's bits from exact arithmetic.
+if command -v llvm-mc-15 >/dev/null; then
+    python3 amdgpu/gen/opcodes.py > amdgpu/src/interp/opcodes.rs
+fi
+python3 amdgpu/gen/two_over_pi.py > amdgpu/src/interp/two_over_pi.rs
 if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1 \
-    && ! git -C "$root" diff --quiet -- shim/src/generated vendor-headers; then
-    git -C "$root" diff --stat -- shim/src/generated vendor-headers >&2
-    echo "generated code differs from the headers: commit what vendor-headers/*.py write" >&2
+    && ! git -C "$root" diff --quiet -- shim/src/generated vendor-headers amdgpu/src/interp; then
+    git -C "$root" diff --stat -- shim/src/generated vendor-headers amdgpu/src/interp >&2
+    echo "generated code differs from what its scripts write: commit what vendor-headers/*.py and amdgpu/gen/*.py write" >&2
     exit 1
 fi
 
