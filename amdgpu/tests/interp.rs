@@ -218,3 +218,28 @@ fn a_wave32_code_object_is_refused_at_launch_naming_why() {
     );
     assert!(matches!(r, Err(ExecError::Unsupported { .. })), "{r:?}");
 }
+
+#[test]
+fn every_truncation_and_corruption_of_a_code_object_loads_or_is_an_error_never_a_panic() {
+    let bytes = fixture("bundle-v4.hipfb");
+    let entries = parse_bundle(&bytes).unwrap();
+    let co = code_object_for(&entries, "gfx90a:sramecc+:xnack-")
+        .unwrap()
+        .data
+        .clone();
+    for cut in (0..co.len()).step_by(5) {
+        let _ = Program::load(&co[..cut]);
+    }
+    let mut flipped = co.clone();
+    let mem = Region::new(1 << 16);
+    for at in (0..co.len()).step_by(3) {
+        flipped[at] ^= 0x5a;
+        // Corrupted code may decode to other instructions: loading and running
+        // them is an error or a result, never a panic or a hang.
+        if let Ok(p) = Program::load(&flipped) {
+            let _ = run(&p, "vadd", [1, 1, 1], [64, 1, 1], &vadd_args(BASE, BASE + 0x1000, BASE + 0x2000, 64, 1.0), &mem);
+        }
+        flipped[at] ^= 0x5a;
+    }
+    assert!(Program::load(&flipped).is_ok());
+}

@@ -139,9 +139,17 @@ impl MockSession {
             workers: self.workers,
             between_blocks: Some(&checkpoint),
         };
-        let result = self
-            .memory
-            .with_view(|view| interp::launch(&code.program, name, &launch, &View(view)));
+        // A bug in the interpreter ends this launch, not the server.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.memory
+                .with_view(|view| interp::launch(&code.program, name, &launch, &View(view)))
+        }))
+        .unwrap_or_else(|_| {
+            Err(ExecError::Unsupported {
+                kernel: name.to_string(),
+                what: "the interpreter failed (a bug: see the server's log)".into(),
+            })
+        });
         result.map_err(|e| {
             let error = exec_error(e);
             tracing::warn!(error = %error, "kernel failed");
