@@ -11,8 +11,10 @@
 # HIP_KERNEL_TESTS narrows the list). Needs the core and the CLI built:
 # cargo build --release.
 set -euo pipefail
-# The tests/hip/<name>.hip programs to run.
-HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-vadd params reduce wave grid2d dynshared constant math subword module errors}"
+# Every tests/hip/<name>.hip program but module_kernels.hip (the code object
+# module.hip loads), unless HIP_KERNEL_TESTS names some.
+all_hip=$(cd "$(dirname "$0")/../tests/hip" && ls *.hip | sed 's/\.hip$//' | grep -vx module_kernels | tr '\n' ' ')
+HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-$all_hip}"
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-system-packages.sh"
 libs=$("$root/scripts/build-hip-libs.sh")

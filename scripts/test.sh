@@ -12,7 +12,8 @@
 #   3b. makes the HIP stand-in's per-SONAME libraries and runs tests/hip on them
 #      (Debian's libamdhip64-dev is installed for its headers and real library), and
 #      the HIP programs built with Debian's hipcc, their kernels on the mock's gfx90a
-#      interpreter;
+#      interpreter, then again through the hip backend (on xpupool's own
+#      libamdhip64, a mock server behind it);
 #   4. runs the unmodified PyTorch wheel (and pynvml) through xpupool: tests/python,
 #      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV); then the
 #      AMD SMI / ROCm SMI stand-in (tests/amdsmi: C, and the amdsmi Python package);
@@ -67,8 +68,11 @@ echo "== CUDA test programs"
 scripts/build-cuda-tests.sh
 XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-cuda-tests.sh
 
-echo "== the HIP stand-in's libraries and loader test (tests/hip)"
+echo "== the HIP stand-in's libraries and loader test, and HIP programs (tests/hip)"
 scripts/run-hip-tests.sh
+
+echo "== the hip backend: tests/hip through a server on xpupool's own libamdhip64, a mock server behind it"
+scripts/run-hip-backend-tests.sh
 
 echo "== PyTorch and NVML through xpupool (tests/python)"
 scripts/run-python-tests.sh

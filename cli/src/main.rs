@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use xpupool_server::cuda::CudaBackend;
 use xpupool_server::embedded::EmbeddedServer;
+use xpupool_server::hip::HipBackend;
 use xpupool_server::worker::IsolatedBackend;
 use xpupool_server::{tls, Backend, MockBackend, Server, ServerConfig, TokenEntry};
 
@@ -153,8 +154,8 @@ struct RunArgs {
     #[command(flatten)]
     needs: pool::JobNeeds,
     /// Backend of the embedded server: `auto` (cuda when an NVIDIA driver is
-    /// installed and works, else mock), `cuda` or `mock`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "mock"])]
+    /// installed and works, else mock), `cuda`, `hip` or `mock`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "hip", "mock"])]
     backend: String,
     /// Device memory of each embedded mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
@@ -185,9 +186,10 @@ struct ServerArgs {
     /// without one.
     #[arg(long, conflicts_with_all = ["tokens", "token_files", "memory_limit"])]
     config: Option<PathBuf>,
-    /// Backend: `cuda` (this host's NVIDIA GPUs) or `mock` (CPU interpreter; works
-    /// everywhere). Default: the config's, else mock.
-    #[arg(long, value_parser = ["cuda", "mock"])]
+    /// Backend: `cuda` (this host's NVIDIA GPUs), `hip` (its AMD GPUs, through
+    /// libamdhip64; XPUPOOL_HIP_LIBRARY may name it) or `mock` (CPU interpreter;
+    /// works everywhere). Default: the config's, else mock.
+    #[arg(long, value_parser = ["cuda", "hip", "mock"])]
     backend: Option<String>,
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     #[arg(long)]
@@ -203,7 +205,7 @@ struct ServerArgs {
     no_unix_socket: bool,
     /// Where sessions run: `process` (each in its own worker process, so one tenant's
     /// fault cannot reach another), `none` (in the server), or `auto` (process for
-    /// cuda, none for mock).
+    /// cuda and hip, none for mock).
     #[arg(long, value_parser = ["auto", "process", "none"])]
     isolation: Option<String>,
     /// Address to listen on (UDP, QUIC). Default: the config's, else 127.0.0.1:7800.
@@ -306,7 +308,10 @@ fn backend(name: &str, mock: Mock) -> Result<Arc<dyn Backend>> {
         "cuda" => Ok(Arc::new(CudaBackend::open().context(
             "the cuda backend needs NVIDIA's driver (libcuda.so.1) and a GPU; use --backend mock without one",
         )?)),
-        other => bail!("unknown backend {other:?} (available: cuda, mock)"),
+        "hip" => Ok(Arc::new(HipBackend::open().context(
+            "the hip backend needs ROCm's HIP runtime (libamdhip64.so) and a GPU; use --backend mock without one",
+        )?)),
+        other => bail!("unknown backend {other:?} (available: cuda, hip, mock)"),
     }
 }
 
@@ -314,7 +319,7 @@ fn backend(name: &str, mock: Mock) -> Result<Arc<dyn Backend>> {
 /// process (`xpupool server-worker`), as `isolation` (`auto`, `process`, `none`) says.
 fn serving_backend(name: &str, mock: Mock, isolation: &str) -> Result<Arc<dyn Backend>> {
     let isolate = match isolation {
-        "auto" => name == "cuda",
+        "auto" => name == "cuda" || name == "hip",
         "process" => true,
         _ => false,
     };
@@ -399,6 +404,26 @@ fn shim_dir(shim: &Path) -> Result<tempdir::Dir> {
             }
         }
         None => tracing::warn!("xpupool's libnvidia_ml.so was not found beside the executable (build it with `cargo build --release`, or set XPUPOOL_NVML); NVML queries will not see the pooled device"),
+    }
+    // The AMD SMI / ROCm SMI stand-in (amdsmi/), when built, under the names callers load.
+    let beside = std::env::current_exe().map(|exe| exe.with_file_name("libamd_smi.so"));
+    let amdsmi = std::env::var_os("XPUPOOL_AMDSMI")
+        .map(PathBuf::from)
+        .or(beside.ok());
+    if let Some(target) = amdsmi.and_then(|lib| lib.canonicalize().ok()) {
+        for name in [
+            "libamd_smi.so",
+            "libamd_smi.so.24",
+            "libamd_smi.so.25",
+            "libamd_smi.so.26",
+            "librocm_smi64.so",
+            "librocm_smi64.so.1",
+            "librocm_smi64.so.5",
+            "librocm_smi64.so.6",
+            "librocm_smi64.so.7",
+        ] {
+            let _ = std::os::unix::fs::symlink(&target, dir.path().join(name));
+        }
     }
     Ok(dir)
 }

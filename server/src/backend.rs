@@ -1,4 +1,4 @@
-//! The trait every backend (`mock`, `cuda`; `hip` and `acl` later) implements.
+//! The trait every backend (`mock`, `cuda`, `hip`; `acl` later) implements.
 
 use serde_bytes::ByteBuf;
 use xpupool_protocol::api::dispatch;
@@ -8,7 +8,7 @@ pub use crate::tenancy::{SessionSlot, Tenant};
 
 /// A source of devices and of per-client sessions on them.
 pub trait Backend: Send + Sync + 'static {
-    /// Short name (`mock`, `cuda`, …), reported to clients and in logs.
+    /// Short name (`mock`, `cuda`, `hip`, …), reported to clients and in logs.
     fn name(&self) -> &'static str;
     /// The driver version clients report (`cuDriverGetVersion`).
     fn driver_version(&self) -> i32;

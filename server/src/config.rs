@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:7800"
-//! backend = "mock"                  # or "cuda"
+//! backend = "mock"                  # or "cuda", "hip"
 //! metrics_listen = "127.0.0.1:9400"
 //! [mock]
 //! devices = 2
@@ -107,7 +107,7 @@ pub struct MockSettings {
 pub struct ServerSettings {
     /// Where to listen (QUIC).
     pub listen: Option<SocketAddr>,
-    /// `cuda` or `mock`.
+    /// `cuda`, `hip` or `mock`.
     pub backend: Option<String>,
     /// Where to serve Prometheus metrics.
     pub metrics_listen: Option<SocketAddr>,
@@ -281,7 +281,7 @@ impl ServerSettings {
                 other => Ok(other.as_ref().map(|v| v.get_ref().clone())),
             }
         };
-        let backend = one_of("backend", &file.backend, &["cuda", "mock"])?;
+        let backend = one_of("backend", &file.backend, &["cuda", "hip", "mock"])?;
         let isolation = one_of("isolation", &file.isolation, &["auto", "process", "none"])?;
         let size = |field: &str, value: &Spanned<Size>| -> Result<u64, String> {
             value
@@ -314,9 +314,9 @@ impl ServerSettings {
                 Some(MockSettings { devices, memory })
             }
         };
-        if mock.is_some() && backend.as_deref() == Some("cuda") {
+        if let (Some(_), Some(b @ ("cuda" | "hip"))) = (&mock, backend.as_deref()) {
             return Err(format!(
-                "{}: [mock]: a [mock] table with backend = \"cuda\"",
+                "{}: [mock]: a [mock] table with backend = \"{b}\"",
                 path.display()
             ));
         }
@@ -625,6 +625,20 @@ sm_limit = 0.5
                 "{text}\ngave: {e}\nnot:  {expected}"
             );
         }
+    }
+
+    #[test]
+    fn the_backends_are_cuda_hip_and_mock() {
+        for name in ["cuda", "hip", "mock"] {
+            let s = parse(&format!("backend = \"{name}\"\n")).unwrap();
+            assert_eq!(s.backend.as_deref(), Some(name));
+        }
+        let e = parse("backend = \"opencl\"\n").err().unwrap();
+        assert!(e.contains("is not one of cuda, hip, mock"), "{e}");
+        let e = parse("backend = \"hip\"\n[mock]\ndevices = 2\n")
+            .err()
+            .unwrap();
+        assert!(e.contains("a [mock] table with backend = \"hip\""), "{e}");
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //! gives it a session on a [`Backend`]. Every handle and device pointer a request
 //! names is checked against that session's own tables, and everything a session
 //! holds is freed when its client disconnects or dies. Backends: [`mock`] (a CPU
-//! stand-in that interprets PTX) and [`cuda`] (NVIDIA's driver, each session in its
-//! own [`worker`] process); `hip` and `acl` later.
+//! stand-in that interprets PTX and gfx90a code), [`cuda`] (NVIDIA's driver) and
+//! [`hip`] (AMD's HIP runtime), the last two with each session in its own
+//! [`worker`] process; `acl` later.
 
 pub mod backend;
 pub mod config;
 pub mod cuda;
 pub mod embedded;
+pub mod hip;
 pub mod membership;
 pub mod metrics;
 pub mod mock;

@@ -152,6 +152,7 @@ impl Backend for IsolatedBackend {
     fn name(&self) -> &'static str {
         match self.ready.name.as_str() {
             "cuda" => "cuda",
+            "hip" => "hip",
             "mock" => "mock",
             _ => "isolated",
         }
