@@ -237,7 +237,14 @@ fn every_truncation_and_corruption_of_a_code_object_loads_or_is_an_error_never_a
         // Corrupted code may decode to other instructions: loading and running
         // them is an error or a result, never a panic or a hang.
         if let Ok(p) = Program::load(&flipped) {
-            let _ = run(&p, "vadd", [1, 1, 1], [64, 1, 1], &vadd_args(BASE, BASE + 0x1000, BASE + 0x2000, 64, 1.0), &mem);
+            let _ = run(
+                &p,
+                "vadd",
+                [1, 1, 1],
+                [64, 1, 1],
+                &vadd_args(BASE, BASE + 0x1000, BASE + 0x2000, 64, 1.0),
+                &mem,
+            );
         }
         flipped[at] ^= 0x5a;
     }
