@@ -21,6 +21,7 @@ pub mod quota;
 pub mod scheduler;
 pub mod server;
 pub mod tenancy;
+mod timing;
 pub mod tls;
 pub mod worker;
 

@@ -1,161 +1,52 @@
-//! Device time of a session's kernels, measured as issue 10 asks of the cuda
-//! backend: a pair of timing events around each launch it forwards, read once the
-//! second has completed (`cuEventQuery`, never waiting), so nothing is guessed
-//! from NVML's coarse samples. Kernels of different streams that overlap are each
-//! counted whole, as a busy time per kernel is. The first event completes when
-//! the stream reaches the kernel, so time the kernel then waits for the device
-//! (another process's work time-sliced in) counts as its own: under contention a
-//! tenant's measured time is its kernels' span on the device, not their share.
-//!
-//! Bounded: at most [`MAX_PENDING`] launches of one stream, and
-//! [`MAX_PENDING_ALL`] in all, wait to be read; past that a launch goes untimed (counted, and logged once) rather than queueing
-//! without end. Each stream's launches complete in order, so one stream's long
-//! kernel holds up the reading of that stream only. Events are pooled.
-
-use std::collections::{HashMap, VecDeque};
+//! The cuda backend's kernel timing ([`crate::timing`]) on the driver's events.
 
 use xpupool_cuda_types::{CUevent, CUstream, CUDA_ERROR_NOT_READY, CUDA_SUCCESS};
 
 use super::driver::Driver;
-
-/// Launches of one stream whose events may wait to be read.
-const MAX_PENDING: usize = 4096;
-/// Launches of all the session's streams together.
-const MAX_PENDING_ALL: usize = 16384;
+use crate::timing::TimingEvents;
 
 /// One session's kernel timing.
-#[derive(Default)]
-pub(crate) struct KernelTimes {
-    /// Events ready for reuse.
-    pool: Vec<CUevent>,
-    /// By stream: `(start, end)` of launches not yet read, oldest first.
-    pending: HashMap<usize, VecDeque<(CUevent, CUevent)>>,
-    /// Nanoseconds of the launches read so far.
-    busy_ns: u64,
-    /// Launches not timed (the queue was full, or events could not be made).
-    untimed: u64,
-}
+pub(crate) type KernelTimes = crate::timing::KernelTimes<Driver>;
 
-// SAFETY: the events are driver handles used only by the session's own thread.
-unsafe impl Send for KernelTimes {}
+impl TimingEvents for Driver {
+    type Event = CUevent;
+    type Stream = CUstream;
 
-impl KernelTimes {
-    /// Records the start of a launch on `stream`: the pair to finish with
-    /// [`KernelTimes::after`], or `None` if this launch goes untimed.
-    pub(crate) fn before(&mut self, d: &Driver, stream: CUstream) -> Option<(CUevent, CUevent)> {
-        self.collect(d);
-        let all: usize = self.pending.values().map(VecDeque::len).sum();
-        if all >= MAX_PENDING_ALL
-            || self
-                .pending
-                .get(&(stream as usize))
-                .is_some_and(|q| q.len() >= MAX_PENDING)
-        {
-            self.untimed(1);
-            return None;
-        }
-        let start = self.event(d)?;
-        let Some(end) = self.event(d) else {
-            self.pool.push(start);
-            return None;
-        };
-        // SAFETY: an event of this session and a stream it checked.
-        if unsafe { (d.cuEventRecord)(start, stream) } != CUDA_SUCCESS {
-            self.pool.extend([start, end]);
-            self.untimed(1);
-            return None;
-        }
-        Some((start, end))
-    }
-
-    /// Ends a launch's timing: its end event recorded if it was launched.
-    pub(crate) fn after(
-        &mut self,
-        d: &Driver,
-        stream: CUstream,
-        pair: (CUevent, CUevent),
-        launched: bool,
-    ) {
-        // SAFETY: as in `before`.
-        if launched && unsafe { (d.cuEventRecord)(pair.1, stream) } == CUDA_SUCCESS {
-            self.pending
-                .entry(stream as usize)
-                .or_default()
-                .push_back(pair);
-        } else {
-            self.pool.extend([pair.0, pair.1]);
-        }
-    }
-
-    /// Reads the launches that have completed, each stream's oldest first,
-    /// without waiting: the nanoseconds of all launches read so far.
-    pub(crate) fn collect(&mut self, d: &Driver) -> u64 {
-        for queue in self.pending.values_mut() {
-            while let Some(&(start, end)) = queue.front() {
-                // SAFETY: an event of this session, recorded.
-                match unsafe { (d.cuEventQuery)(end) } {
-                    CUDA_ERROR_NOT_READY => break,
-                    CUDA_SUCCESS => self.busy_ns += elapsed_ns(d, start, end),
-                    // A failed launch or a broken context: this one is not counted.
-                    _ => {}
-                }
-                queue.pop_front();
-                self.pool.extend([start, end]);
-            }
-        }
-        self.pending.retain(|_, queue| !queue.is_empty());
-        self.busy_ns
-    }
-
-    /// Destroys every event (the session is ending; its work is done or failed).
-    pub(crate) fn destroy(&mut self, d: &Driver) {
-        self.collect(d);
-        let pending: Vec<CUevent> = self
-            .pending
-            .drain()
-            .flat_map(|(_, queue)| queue.into_iter().flat_map(|(a, b)| [a, b]))
-            .collect();
-        for event in self.pool.drain(..).chain(pending) {
-            // SAFETY: an event of this session, destroyed once.
-            unsafe { (d.cuEventDestroy_v2)(event) };
-        }
-    }
-
-    fn event(&mut self, d: &Driver) -> Option<CUevent> {
-        if let Some(event) = self.pool.pop() {
-            return Some(event);
-        }
+    fn create_event(&self) -> Option<CUevent> {
         let mut event: CUevent = std::ptr::null_mut();
         // SAFETY: an out-pointer; the session's context is current. Flags 0: a
         // timing event.
-        if unsafe { (d.cuEventCreate)(&mut event, 0) } == CUDA_SUCCESS {
-            Some(event)
-        } else {
-            self.untimed(1);
-            None
+        (unsafe { (self.cuEventCreate)(&mut event, 0) } == CUDA_SUCCESS).then_some(event)
+    }
+
+    fn record_event(&self, event: CUevent, stream: CUstream) -> bool {
+        // SAFETY: an event of this session and a stream it checked.
+        unsafe { (self.cuEventRecord)(event, stream) == CUDA_SUCCESS }
+    }
+
+    fn event_done(&self, event: CUevent) -> Option<bool> {
+        // SAFETY: an event of this session, recorded.
+        match unsafe { (self.cuEventQuery)(event) } {
+            CUDA_SUCCESS => Some(true),
+            CUDA_ERROR_NOT_READY => Some(false),
+            _ => None,
         }
     }
 
-    fn untimed(&mut self, n: u64) {
-        if self.untimed == 0 {
-            tracing::warn!("a launch went untimed (its busy time is not counted): too many launches wait to be read, or no event could be made");
-        }
-        self.untimed += n;
+    fn elapsed_ms(&self, start: CUevent, end: CUevent) -> Option<f32> {
+        // Driver::load made sure one of the two exists.
+        let elapsed = self.cuEventElapsedTime_v2.or(self.cuEventElapsedTime)?;
+        let mut ms = 0f32;
+        // SAFETY: two completed timing events of this session.
+        (unsafe { elapsed(&mut ms, start, end) } == CUDA_SUCCESS).then_some(ms)
     }
-}
 
-/// Nanoseconds between two completed timing events (0 if the driver cannot say).
-fn elapsed_ns(d: &Driver, start: CUevent, end: CUevent) -> u64 {
-    let mut ms = 0f32;
-    // Driver::load made sure one of the two exists.
-    let Some(elapsed) = d.cuEventElapsedTime_v2.or(d.cuEventElapsedTime) else {
-        return 0;
-    };
-    // SAFETY: two completed timing events of this session.
-    let r = unsafe { elapsed(&mut ms, start, end) };
-    if r == CUDA_SUCCESS && ms.is_finite() && ms > 0.0 {
-        (f64::from(ms) * 1e6) as u64
-    } else {
-        0
+    fn destroy_event(&self, event: CUevent) {
+        // SAFETY: an event of this session, destroyed once.
+        unsafe { (self.cuEventDestroy_v2)(event) };
+    }
+
+    fn stream_key(stream: CUstream) -> usize {
+        stream as usize
     }
 }
