@@ -726,6 +726,60 @@ impl Ctx<'_> {
         Ok(offset)
     }
 
+    /// A compare's float operand of type `ty` (`f16`, `f32`, `f64`), widened.
+    fn float_operand(&self, i: &Instr, n: usize, lane: usize, ty: &str) -> Result<f64, Fault> {
+        Ok(match ty {
+            "f16" => f64::from(self.f16_src(i, n, lane)?),
+            "f32" => f64::from(self.f32_src(i, n, lane)?),
+            _ => self.f64_src(i, n, lane)?,
+        })
+    }
+
+    /// A compare's integer operand of type `ty`, widened by its signedness.
+    fn int_operand(&self, i: &Instr, n: usize, lane: usize, ty: &str) -> Result<i128, Fault> {
+        Ok(match ty {
+            "i16" => i128::from(self.u16_src(i, n, lane)? as u16 as i16),
+            "u16" => i128::from(self.u16_src(i, n, lane)?),
+            "i32" => i128::from(self.src(i, n, lane)? as i32),
+            "u32" => i128::from(self.src(i, n, lane)?),
+            "i64" => i128::from(self.src64(i, n, lane, Wide::Int)? as i64),
+            _ => i128::from(self.src64(i, n, lane, Wide::Int)?),
+        })
+    }
+
+    /// Writes loaded bytes to VGPRs from `dst` on: a byte or a short widened
+    /// (sign-extended or not), else whole dwords.
+    fn put_loaded(
+        &mut self,
+        dst: usize,
+        lane: usize,
+        bytes: &[u8],
+        sign: bool,
+    ) -> Result<(), Fault> {
+        let value = match *bytes {
+            [b] if sign => b as i8 as i32 as u32,
+            [b] => u32::from(b),
+            [a, b] if sign => i16::from_le_bytes([a, b]) as i32 as u32,
+            [a, b] => u32::from(u16::from_le_bytes([a, b])),
+            _ => {
+                for (n, word) in bytes.chunks(4).enumerate() {
+                    self.vset(dst + n, lane, le_u32(word))?;
+                }
+                return Ok(());
+            }
+        };
+        self.vset(dst, lane, value)
+    }
+
+    /// The bytes a store of `bytes` takes from VGPRs from `data` on.
+    fn gather_stored(&self, data: usize, lane: usize, bytes: usize) -> Result<[u8; 16], Fault> {
+        let mut buf = [0u8; 16];
+        for n in 0..bytes.div_ceil(4) {
+            buf[n * 4..n * 4 + 4].copy_from_slice(&self.vget(data + n, lane)?.to_le_bytes());
+        }
+        Ok(buf)
+    }
+
     fn ds_address(&self, i: &Instr, lane: usize) -> Result<u64, Fault> {
         Ok(u64::from(self.src(i, 0, lane)?))
     }
@@ -1249,35 +1303,7 @@ fn global_load(c: &mut Ctx<'_>, i: &Instr, bytes: usize, sign: bool) -> Result<F
         let addr = c.flat_address(i, l)?;
         let mut buf = [0u8; 16];
         c.read_global(addr, l, &mut buf[..bytes])?;
-        match bytes {
-            1 => c.vset(
-                i.dst.into(),
-                l,
-                if sign {
-                    buf[0] as i8 as i32 as u32
-                } else {
-                    u32::from(buf[0])
-                },
-            ),
-            2 => {
-                let h = u16::from_le_bytes([buf[0], buf[1]]);
-                c.vset(
-                    i.dst.into(),
-                    l,
-                    if sign {
-                        h as i16 as i32 as u32
-                    } else {
-                        u32::from(h)
-                    },
-                )
-            }
-            _ => {
-                for n in 0..bytes / 4 {
-                    c.vset(usize::from(i.dst) + n, l, le_u32(&buf[n * 4..]))?;
-                }
-                Ok(())
-            }
-        }
+        c.put_loaded(usize::from(i.dst), l, &buf[..bytes], sign)
     })
 }
 
@@ -1285,10 +1311,7 @@ fn global_store(c: &mut Ctx<'_>, i: &Instr, bytes: usize) -> Result<Flow, Fault>
     let data = usize::from(i.src[1] - src::VGPR0);
     c.each(|c, l| {
         let addr = c.flat_address(i, l)?;
-        let mut buf = [0u8; 16];
-        for n in 0..bytes.div_ceil(4) {
-            buf[n * 4..n * 4 + 4].copy_from_slice(&c.vget(data + n, l)?.to_le_bytes());
-        }
+        let buf = c.gather_stored(data, l, bytes)?;
         c.write_global(addr, l, &buf[..bytes])
     })
 }
@@ -1307,41 +1330,10 @@ fn scratch_rw(
         if read {
             let mut buf = [0u8; 16];
             buf[..bytes].copy_from_slice(&c.w.private[at..at + bytes]);
-            match bytes {
-                1 => c.vset(
-                    data,
-                    l,
-                    if sign {
-                        buf[0] as i8 as i32 as u32
-                    } else {
-                        u32::from(buf[0])
-                    },
-                ),
-                2 => {
-                    let h = u16::from_le_bytes([buf[0], buf[1]]);
-                    c.vset(
-                        data,
-                        l,
-                        if sign {
-                            h as i16 as i32 as u32
-                        } else {
-                            u32::from(h)
-                        },
-                    )
-                }
-                _ => {
-                    for n in 0..bytes / 4 {
-                        c.vset(data + n, l, le_u32(&buf[n * 4..]))?;
-                    }
-                    Ok(())
-                }
-            }
+            c.put_loaded(data, l, &buf[..bytes], sign)
         } else {
-            for n in 0..bytes.div_ceil(4) {
-                let word = c.vget(data + n, l)?.to_le_bytes();
-                let take = (bytes - n * 4).min(4);
-                c.w.private[at + n * 4..at + n * 4 + take].copy_from_slice(&word[..take]);
-            }
+            let buf = c.gather_stored(data, l, bytes)?;
+            c.w.private[at..at + bytes].copy_from_slice(&buf[..bytes]);
             Ok(())
         }
     })
@@ -1541,42 +1533,12 @@ fn ds_rw(c: &mut Ctx<'_>, i: &Instr, read: bool, bytes: usize, sign: bool) -> Re
     let data = usize::from(i.src[1] - src::VGPR0);
     c.each(|c, l| {
         let at = c.ds_address(i, l)? + offset;
-        let mut buf = [0u8; 16];
         if read {
+            let mut buf = [0u8; 16];
             c.lds_read(at, &mut buf[..bytes])?;
-            match bytes {
-                1 => c.vset(
-                    i.dst.into(),
-                    l,
-                    if sign {
-                        buf[0] as i8 as i32 as u32
-                    } else {
-                        u32::from(buf[0])
-                    },
-                ),
-                2 => {
-                    let h = u16::from_le_bytes([buf[0], buf[1]]);
-                    c.vset(
-                        i.dst.into(),
-                        l,
-                        if sign {
-                            h as i16 as i32 as u32
-                        } else {
-                            u32::from(h)
-                        },
-                    )
-                }
-                _ => {
-                    for n in 0..bytes / 4 {
-                        c.vset(usize::from(i.dst) + n, l, le_u32(&buf[n * 4..]))?;
-                    }
-                    Ok(())
-                }
-            }
+            c.put_loaded(usize::from(i.dst), l, &buf[..bytes], sign)
         } else {
-            for n in 0..bytes.div_ceil(4) {
-                buf[n * 4..n * 4 + 4].copy_from_slice(&c.vget(data + n, l)?.to_le_bytes());
-            }
+            let buf = c.gather_stored(data, l, bytes)?;
             c.lds_write(at, &buf[..bytes])
         }
     })
@@ -2712,142 +2674,81 @@ fn sext24(v: u32) -> i64 {
 
 /// `v_cmp[x]_<cond>_<type>`.
 fn compare_semantics(name: &str) -> Option<Exec> {
-    let rest = name
-        .strip_prefix("v_cmpx_")
-        .or_else(|| name.strip_prefix("v_cmp_"))?;
-    let (cond, ty) = rest.rsplit_once('_')?;
-    // Float conditions, their names as in the ISA ("n" forms are true on NaN).
-    fn float_cond(cond: &str) -> Option<fn(f64, f64) -> bool> {
-        use std::cmp::Ordering::{Equal, Greater, Less};
-        Some(match cond {
-            "f" => |_, _| false,
-            "lt" => |a, b| matches!(a.partial_cmp(&b), Some(Less)),
-            "eq" => |a, b| matches!(a.partial_cmp(&b), Some(Equal)),
-            "le" => |a, b| matches!(a.partial_cmp(&b), Some(Less | Equal)),
-            "gt" => |a, b| matches!(a.partial_cmp(&b), Some(Greater)),
-            "lg" => |a, b| matches!(a.partial_cmp(&b), Some(Less | Greater)),
-            "ge" => |a, b| matches!(a.partial_cmp(&b), Some(Greater | Equal)),
-            "o" => |a, b| a.partial_cmp(&b).is_some(),
-            "u" => |a, b| a.partial_cmp(&b).is_none(),
-            "nge" => |a, b| !matches!(a.partial_cmp(&b), Some(Greater | Equal)),
-            "nlg" => |a, b| !matches!(a.partial_cmp(&b), Some(Less | Greater)),
-            "ngt" => |a, b| !matches!(a.partial_cmp(&b), Some(Greater)),
-            "nle" => |a, b| !matches!(a.partial_cmp(&b), Some(Less | Equal)),
-            "neq" => |a, b| !matches!(a.partial_cmp(&b), Some(Equal)),
-            "nlt" => |a, b| !matches!(a.partial_cmp(&b), Some(Less)),
-            "tru" => |_, _| true,
-            _ => return None,
-        })
+    let (cond, ty) = compare_parts(name)?;
+    let known = match ty {
+        "f16" | "f32" | "f64" => float_cond(cond).is_some(),
+        "i16" | "u16" | "i32" | "u32" | "i64" | "u64" => int_cond(cond).is_some(),
+        _ => false,
+    };
+    if !known {
+        return None;
     }
-    fn int_cond<T: PartialOrd>(cond: &str) -> Option<fn(T, T) -> bool> {
-        Some(match cond {
-            "f" => |_, _| false,
-            "lt" => |a, b| a < b,
-            "eq" => |a, b| a == b,
-            "le" => |a, b| a <= b,
-            "gt" => |a, b| a > b,
-            "ne" | "lg" => |a, b| a != b,
-            "ge" => |a, b| a >= b,
-            "t" => |_, _| true,
-            _ => return None,
-        })
-    }
-    match ty {
-        "f16" => {
-            float_cond(cond)?;
-            op!(|c, i| {
-                let (cond, _) = i.name.rsplit_once('_').expect("checked at decode");
-                let cond = cond.rsplit_once('_').map_or(cond, |(_, k)| k);
-                let test = float_cond(cond).expect("checked at decode");
+    op!(|c, i| {
+        let (cond, ty) = compare_parts(i.name).expect("checked at decode");
+        match float_cond(cond).filter(|_| ty.starts_with('f')) {
+            Some(test) => c.compare(i, |c, l| {
+                Ok(test(
+                    c.float_operand(i, 0, l, ty)?,
+                    c.float_operand(i, 1, l, ty)?,
+                ))
+            }),
+            None => {
+                let test = int_cond(cond).expect("checked at decode");
                 c.compare(i, |c, l| {
                     Ok(test(
-                        f64::from(c.f16_src(i, 0, l)?),
-                        f64::from(c.f16_src(i, 1, l)?),
+                        c.int_operand(i, 0, l, ty)?,
+                        c.int_operand(i, 1, l, ty)?,
                     ))
                 })
-            })
+            }
         }
-        "f32" => {
-            float_cond(cond)?;
-            op!(|c, i| {
-                let (cond, _) = i.name.rsplit_once('_').expect("checked at decode");
-                let cond = cond.rsplit_once('_').map_or(cond, |(_, k)| k);
-                let test = float_cond(cond).expect("checked at decode");
-                c.compare(i, |c, l| {
-                    Ok(test(
-                        f64::from(c.f32_src(i, 0, l)?),
-                        f64::from(c.f32_src(i, 1, l)?),
-                    ))
-                })
-            })
-        }
-        "f64" => {
-            float_cond(cond)?;
-            op!(|c, i| {
-                let (cond, _) = i.name.rsplit_once('_').expect("checked at decode");
-                let cond = cond.rsplit_once('_').map_or(cond, |(_, k)| k);
-                let test = float_cond(cond).expect("checked at decode");
-                c.compare(i, |c, l| Ok(test(c.f64_src(i, 0, l)?, c.f64_src(i, 1, l)?)))
-            })
-        }
-        "i16" | "u16" => {
-            int_cond::<u32>(cond)?;
-            op!(|c, i| {
-                let (head, ty) = i.name.rsplit_once('_').expect("checked at decode");
-                let cond = head.rsplit_once('_').map_or(head, |(_, k)| k);
-                if ty == "i16" {
-                    let t = int_cond::<i16>(cond).expect("checked");
-                    c.compare(i, |c, l| {
-                        Ok(t(
-                            c.u16_src(i, 0, l)? as u16 as i16,
-                            c.u16_src(i, 1, l)? as u16 as i16,
-                        ))
-                    })
-                } else {
-                    let t = int_cond::<u32>(cond).expect("checked");
-                    c.compare(i, |c, l| Ok(t(c.u16_src(i, 0, l)?, c.u16_src(i, 1, l)?)))
-                }
-            })
-        }
-        "i32" | "u32" | "i64" | "u64" => {
-            int_cond::<u32>(cond)?;
-            op!(|c, i| {
-                let (head, ty) = i.name.rsplit_once('_').expect("checked at decode");
-                let cond = head.rsplit_once('_').map_or(head, |(_, k)| k);
-                match ty {
-                    "i32" => {
-                        let t = int_cond::<i32>(cond).expect("checked");
-                        c.compare(i, |c, l| {
-                            Ok(t(c.src(i, 0, l)? as i32, c.src(i, 1, l)? as i32))
-                        })
-                    }
-                    "u32" => {
-                        let t = int_cond::<u32>(cond).expect("checked");
-                        c.compare(i, |c, l| Ok(t(c.src(i, 0, l)?, c.src(i, 1, l)?)))
-                    }
-                    "i64" => {
-                        let t = int_cond::<i64>(cond).expect("checked");
-                        c.compare(i, |c, l| {
-                            Ok(t(
-                                c.src64(i, 0, l, Wide::Int)? as i64,
-                                c.src64(i, 1, l, Wide::Int)? as i64,
-                            ))
-                        })
-                    }
-                    _ => {
-                        let t = int_cond::<u64>(cond).expect("checked");
-                        c.compare(i, |c, l| {
-                            Ok(t(
-                                c.src64(i, 0, l, Wide::Int)?,
-                                c.src64(i, 1, l, Wide::Int)?,
-                            ))
-                        })
-                    }
-                }
-            })
-        }
-        _ => None,
-    }
+    })
+}
+
+/// `(condition, type)` of a `v_cmp[x]_<condition>_<type>` name.
+fn compare_parts(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix("v_cmpx_")
+        .or_else(|| name.strip_prefix("v_cmp_"))?
+        .rsplit_once('_')
+}
+
+/// Float conditions, named as in the ISA ("n" forms hold on NaN).
+fn float_cond(cond: &str) -> Option<fn(f64, f64) -> bool> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    Some(match cond {
+        "f" => |_, _| false,
+        "lt" => |a, b| matches!(a.partial_cmp(&b), Some(Less)),
+        "eq" => |a, b| matches!(a.partial_cmp(&b), Some(Equal)),
+        "le" => |a, b| matches!(a.partial_cmp(&b), Some(Less | Equal)),
+        "gt" => |a, b| matches!(a.partial_cmp(&b), Some(Greater)),
+        "lg" => |a, b| matches!(a.partial_cmp(&b), Some(Less | Greater)),
+        "ge" => |a, b| matches!(a.partial_cmp(&b), Some(Greater | Equal)),
+        "o" => |a, b| a.partial_cmp(&b).is_some(),
+        "u" => |a, b| a.partial_cmp(&b).is_none(),
+        "nge" => |a, b| !matches!(a.partial_cmp(&b), Some(Greater | Equal)),
+        "nlg" => |a, b| !matches!(a.partial_cmp(&b), Some(Less | Greater)),
+        "ngt" => |a, b| !matches!(a.partial_cmp(&b), Some(Greater)),
+        "nle" => |a, b| !matches!(a.partial_cmp(&b), Some(Less | Equal)),
+        "neq" => |a, b| !matches!(a.partial_cmp(&b), Some(Equal)),
+        "nlt" => |a, b| !matches!(a.partial_cmp(&b), Some(Less)),
+        "tru" => |_, _| true,
+        _ => return None,
+    })
+}
+
+/// Integer conditions, on values widened to i128 as their type says.
+fn int_cond(cond: &str) -> Option<fn(i128, i128) -> bool> {
+    Some(match cond {
+        "f" => |_, _| false,
+        "lt" => |a, b| a < b,
+        "eq" => |a, b| a == b,
+        "le" => |a, b| a <= b,
+        "gt" => |a, b| a > b,
+        "ne" | "lg" => |a, b| a != b,
+        "ge" => |a, b| a >= b,
+        "t" => |_, _| true,
+        _ => return None,
+    })
 }
 
 fn ds_semantics(name: &str) -> Option<Exec> {
