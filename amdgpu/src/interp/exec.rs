@@ -986,50 +986,37 @@ fn smem_load(c: &mut Ctx<'_>, i: &Instr, dwords: usize, buffer: bool) -> Result<
     Ok(Flow::Next)
 }
 
-fn bfe_u32(v: u32, ctl: u32) -> u32 {
-    let off = ctl & 31;
-    let width = (ctl >> 16) & 0x7f;
+/// A bit-field extract of a `bits`-wide value: offset in `ctl`'s low bits,
+/// width in bits 22:16, sign-extended or not.
+fn bfe(v: u64, ctl: u32, bits: u32, signed: bool) -> u64 {
+    let off = ctl & (bits - 1);
+    let width = ((ctl >> 16) & 0x7f).min(bits - off);
     if width == 0 {
-        0
-    } else if width >= 32 {
-        v >> off
-    } else {
-        (v >> off) & ((1u32 << width) - 1)
+        return 0;
     }
+    let field = (v >> off) << (64 - width);
+    let widened = if signed {
+        ((field as i64) >> (64 - width)) as u64
+    } else {
+        field >> (64 - width)
+    };
+    widened & (u64::MAX >> (64 - bits))
+}
+
+fn bfe_u32(v: u32, ctl: u32) -> u32 {
+    bfe(u64::from(v), ctl, 32, false) as u32
 }
 
 fn bfe_i32(v: u32, ctl: u32) -> u32 {
-    let off = ctl & 31;
-    let width = ((ctl >> 16) & 0x7f).min(32);
-    if width == 0 {
-        return 0;
-    }
-    let x = (v >> off) as i32;
-    let shift = 32 - width.min(32 - off);
-    ((x << shift) >> shift) as u32
+    bfe(u64::from(v), ctl, 32, true) as u32
 }
 
 fn bfe_u64(v: u64, ctl: u32) -> u64 {
-    let off = ctl & 63;
-    let width = (ctl >> 16) & 0x7f;
-    if width == 0 {
-        0
-    } else if width >= 64 {
-        v >> off
-    } else {
-        (v >> off) & ((1u64 << width) - 1)
-    }
+    bfe(v, ctl, 64, false)
 }
 
 fn bfe_i64(v: u64, ctl: u32) -> u64 {
-    let off = ctl & 63;
-    let width = ((ctl >> 16) & 0x7f).min(64);
-    if width == 0 {
-        return 0;
-    }
-    let x = (v >> off) as i64;
-    let shift = 64 - width.min(64 - off);
-    ((x << shift) >> shift) as u64
+    bfe(v, ctl, 64, true)
 }
 
 fn add_i32(a: u32, b: u32) -> (u32, Option<bool>) {
@@ -3003,6 +2990,22 @@ mod tests {
         assert_eq!(f32_to_f16(70000.0), 0x7c00);
         assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
         assert_eq!(f32_to_f16_rtz(1.0 + 3.0 / 2048.0), 0x3c01);
+    }
+
+    #[test]
+    fn bit_field_extracts_clip_at_the_top_and_extend_signs() {
+        assert_eq!(bfe_u32(0xabcd_1234, 8 | 8 << 16), 0x12);
+        assert_eq!(bfe_i32(0xabcd_1284, 8 << 16), 0xffff_ff84);
+        assert_eq!(
+            bfe_u32(0xabcd_1234, 28 | 8 << 16),
+            0xa,
+            "the width clips at bit 31"
+        );
+        assert_eq!(bfe_i32(0xabcd_1234, 28 | 8 << 16), 0xffff_fffa);
+        assert_eq!(bfe_u32(0xabcd_1234, 4), 0, "width 0");
+        assert_eq!(bfe_u32(0xabcd_1234, 32 << 16), 0xabcd_1234);
+        assert_eq!(bfe_i64(0x8000_0000_0000_0000, 60 | 4 << 16), u64::MAX - 7);
+        assert_eq!(bfe_u64(u64::MAX, 1 | 64 << 16), u64::MAX >> 1);
     }
 
     #[test]
