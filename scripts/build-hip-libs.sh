@@ -15,7 +15,8 @@ out="$target/hip"
 core="$target/libxpupool_hip.so"
 [ -f "$core" ] || { echo "the HIP core is not built: cargo build --release -p xpupool-hip" >&2; exit 2; }
 mkdir -p "$out"
-cp "$core" "$out/libxpupool_hip.so"
+# A link, not a copy: a rebuilt core is what the next program loads.
+ln -sfn ../libxpupool_hip.so "$out/libxpupool_hip.so"
 python3 - "$root/vendor-headers/hip-symbols-5.2.3.tsv" "$out" <<'PY'
 import sys
 table, out = sys.argv[1], sys.argv[2]

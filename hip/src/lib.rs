@@ -38,6 +38,7 @@ use std::collections::HashSet;
 use std::ffi::{c_char, c_int};
 use std::sync::Mutex;
 
+pub mod attributes;
 pub mod device;
 mod half;
 mod image;

@@ -37,9 +37,27 @@ int main(void) {
     CHECK(hipMemcpy(din, in, sizeof in, hipMemcpyHostToDevice));
     if (run(n / 256, 256, din, dout, out)) return 1;
     if (run(n / 1024, 1024, din, dout, out)) return 1;
+    /* What the kernel needs, and how many blocks a compute unit holds: 2048
+     * work-items, 64 KiB of LDS, 32 workgroups. */
+    hipFuncAttributes attr;
+    CHECK(hipFuncGetAttributes(&attr, (const void*)reverse_blocks));
+    EXPECT(attr.maxThreadsPerBlock == 1024 && attr.sharedSizeBytes == 0, "attributes %d threads, %zu shared",
+           attr.maxThreadsPerBlock, attr.sharedSizeBytes);
+    int blocks = -1, grid = -1, block = -1;
+    CHECK(hipOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, reverse_blocks, 256, 256 * sizeof(int)));
+    EXPECT(blocks == 8, "%d blocks of 256 per compute unit", blocks);
+    CHECK(hipOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, reverse_blocks, 256, 20 * 1024));
+    EXPECT(blocks == 3, "%d blocks of 256 with 20 KiB each", blocks);
+    CHECK(hipOccupancyMaxPotentialBlockSize(&grid, &block, reverse_blocks, 0, 0));
+    hipDeviceProp_t prop;
+    CHECK(hipGetDeviceProperties(&prop, 0));
+    EXPECT(block > 0 && block % 64 == 0 && grid == prop.multiProcessorCount * (2048 / block),
+           "potential block %d, grid %d (%d compute units)", block, grid, prop.multiProcessorCount);
+    EXPECT(hipFuncGetAttributes(&attr, (const void*)main) == hipErrorInvalidDeviceFunction,
+           "a host function has no attributes");
     CHECK(hipFree(din));
     CHECK(hipFree(dout));
     if (failures) return 1;
-    printf("ok dynshared: blocks of 256 and 1024 reversed in dynamic shared memory\n");
+    printf("ok dynshared: blocks of 256 and 1024 reversed in dynamic shared memory; attributes and occupancy\n");
     return 0;
 }
