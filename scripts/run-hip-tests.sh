@@ -15,6 +15,9 @@ set -euo pipefail
 # module.hip loads), unless HIP_KERNEL_TESTS names some.
 all_hip=$(cd "$(dirname "$0")/../tests/hip" && ls *.hip | sed 's/\.hip$//' | grep -vx module_kernels | tr '\n' ' ')
 HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-$all_hip}"
+# A kernel the interpreter runs longer than this fails (tests/hip/timeout.hip
+# checks that; a test that would hang fails instead).
+export XPUPOOL_KERNEL_TIME_LIMIT="${XPUPOOL_KERNEL_TIME_LIMIT:-3}"
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/install-system-packages.sh"
 libs=$("$root/scripts/build-hip-libs.sh")

@@ -20,8 +20,8 @@ MC = "llvm-mc-15"
 V0 = 256  # v0 as a 9-bit source
 
 
-def vop3(src2):
-    return lambda op: [0xD0000000 | op << 16 | 4, V0 | (V0 + 2) << 9 | src2 << 18]
+def vop3(src2, src1=V0 + 2):
+    return lambda op: [0xD0000000 | op << 16 | 4, V0 | src1 << 9 | src2 << 18]
 
 
 def ds(vdst, data1, data0):
@@ -42,7 +42,7 @@ FORMATS = [
     ("VOP2", 0x3E, [lambda op: [op << 25 | 4 << 17 | 2 << 9 | V0]]),
     ("VOP1", 256, [lambda op: [0x7E000000 | 4 << 17 | op << 9 | V0]]),
     ("VOPC", 256, [lambda op: [0x7C000000 | op << 17 | 2 << 9 | V0]]),
-    ("VOP3", 1024, [vop3(0), vop3(V0 + 4), vop3(4)]),
+    ("VOP3", 1024, [vop3(0), vop3(V0 + 4), vop3(4), vop3(0, 0)]),
     ("VOP3P", 128, [
         lambda op: [0xD3800000 | op << 16 | 4, V0 | (V0 + 2) << 9 | (V0 + 4) << 18 | 3 << 27],
         lambda op: [0xD3800000 | op << 16 | 4, V0 | (V0 + 2) << 9 | 3 << 27],

@@ -76,6 +76,7 @@ fn run(
             load_base: BASE,
             workers: 2,
             between_blocks: None,
+            deadline: Some(std::time::Instant::now() + std::time::Duration::from_secs(60)),
         },
         mem,
     )

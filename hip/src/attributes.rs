@@ -58,9 +58,9 @@ fn attribute(info: &FunctionInfo, which: c_int) -> Option<c_int> {
     };
     match which {
         MAX_THREADS_PER_BLOCK => Some(given(which).unwrap_or(1024)),
-        MAX_DYNAMIC_SHARED_SIZE_BYTES => Some(
-            given(which).unwrap_or(CU_LDS as c_int - given(SHARED_SIZE_BYTES).unwrap_or(0)),
-        ),
+        MAX_DYNAMIC_SHARED_SIZE_BYTES => {
+            Some(given(which).unwrap_or(CU_LDS as c_int - given(SHARED_SIZE_BYTES).unwrap_or(0)))
+        }
         PREFERRED_SHARED_MEMORY_CARVEOUT => Some(given(which).unwrap_or(-1)),
         0..ATTRIBUTE_MAX => Some(given(which).unwrap_or(0)),
         _ => None,
@@ -99,7 +99,11 @@ pub fn blocks_per_cu(info: &FunctionInfo, block: u64, dynamic: u64) -> u64 {
 /// The block size that fills a compute unit best (the largest of those that
 /// do, in whole waves, up to `limit`), and the grid that fills the device.
 pub fn potential_block_size(info: &FunctionInfo, dynamic: u64, limit: u64, cus: u64) -> (u64, u64) {
-    let most = (attributes(info).maxThreadsPerBlock.max(0) as u64).min(if limit == 0 { u64::MAX } else { limit });
+    let most = (attributes(info).maxThreadsPerBlock.max(0) as u64).min(if limit == 0 {
+        u64::MAX
+    } else {
+        limit
+    });
     let mut best = (0, 0);
     let mut size = most - most % WAVE;
     if size == 0 {
@@ -123,7 +127,10 @@ fn cus() -> Result<u64, HipError> {
 }
 
 #[export_name = "xph_hipFuncGetAttributes"]
-pub extern "C" fn hip_func_get_attributes(out: *mut FuncAttributes, stub: *const c_void) -> HipError {
+pub extern "C" fn hip_func_get_attributes(
+    out: *mut FuncAttributes,
+    stub: *const c_void,
+) -> HipError {
     call(|| {
         let (c, d) = device()?;
         let info = stub_function(stub)?.runnable(c, d)?;
@@ -132,7 +139,11 @@ pub extern "C" fn hip_func_get_attributes(out: *mut FuncAttributes, stub: *const
 }
 
 #[export_name = "xph_hipFuncGetAttribute"]
-pub extern "C" fn hip_func_get_attribute(out: *mut c_int, which: c_int, f: *mut c_void) -> HipError {
+pub extern "C" fn hip_func_get_attribute(
+    out: *mut c_int,
+    which: c_int,
+    f: *mut c_void,
+) -> HipError {
     call(|| {
         let (c, d) = device()?;
         let info = handle_function(f)?.runnable(c, d)?;
@@ -214,11 +225,19 @@ mod tests {
         let k = kernel(1024, 0);
         assert_eq!(blocks_per_cu(&k, 256, 0), 8, "2048 work-items of 256");
         assert_eq!(blocks_per_cu(&k, 1024, 0), 2);
-        assert_eq!(blocks_per_cu(&k, 32, 0), 32, "a half wave still takes a wave; 32 groups at most");
+        assert_eq!(
+            blocks_per_cu(&k, 32, 0),
+            32,
+            "a half wave still takes a wave; 32 groups at most"
+        );
         assert_eq!(blocks_per_cu(&k, 256, 20 * 1024), 3, "LDS: 64 KiB / 20 KiB");
         assert_eq!(blocks_per_cu(&k, 2048, 0), 0, "more than the kernel allows");
         let (block, grid) = potential_block_size(&k, 0, 0, 104);
-        assert_eq!(blocks_per_cu(&k, block, 0) * block, 2048, "a full compute unit");
+        assert_eq!(
+            blocks_per_cu(&k, block, 0) * block,
+            2048,
+            "a full compute unit"
+        );
         assert_eq!(grid, blocks_per_cu(&k, block, 0) * 104);
         let (limited, _) = potential_block_size(&k, 0, 100, 104);
         assert!(limited <= 100 && limited > 0);

@@ -96,6 +96,8 @@ pub mod code {
     pub const ILLEGAL_ADDRESS: u32 = 700;
     /// CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES
     pub const LAUNCH_OUT_OF_RESOURCES: u32 = 701;
+    /// CUDA_ERROR_LAUNCH_TIMEOUT (hipErrorLaunchTimeOut has the same number)
+    pub const LAUNCH_TIMEOUT: u32 = 702;
     /// CUDA_ERROR_ASSERT
     pub const ASSERT: u32 = 710;
     /// CUDA_ERROR_ILLEGAL_INSTRUCTION

@@ -398,8 +398,9 @@ pub(crate) fn decode(code: &[u8], base: u64, at: usize) -> Result<Instr, DecodeE
                 } else {
                     src::VGPR0 + (e & 0xff) as u16
                 };
-                if bit(31) {
-                    i.src[1] -= src::VGPR0;
+                if bit(31) && format != Format::Vop1 {
+                    // Source 1 is the SGPR the VSRC1 field names.
+                    i.src[1] = i.src[1].saturating_sub(src::VGPR0);
                 }
                 i.neg = u8::from(bit(20)) | u8::from(bit(28)) << 1;
                 i.abs = u8::from(bit(21)) | u8::from(bit(29)) << 1;
@@ -432,8 +433,14 @@ pub(crate) fn decode(code: &[u8], base: u64, at: usize) -> Result<Instr, DecodeE
                 i.src[0] = src::VGPR0 + (e & 0xff) as u16;
                 i.neg = u8::from(bit(20)) | u8::from(bit(22)) << 1;
                 i.abs = u8::from(bit(21)) | u8::from(bit(23)) << 1;
+                let ctrl = ((e >> 8) & 0x1ff) as u16;
+                let known = matches!(ctrl, 0x000..=0x0ff | 0x101..=0x10f | 0x111..=0x11f | 0x121..=0x12f
+                    | 0x130 | 0x134 | 0x138 | 0x13c | 0x140..=0x143);
+                if !known {
+                    i.unsupported_form = Some("a DPP control the interpreter does not know");
+                }
                 i.extra = Extra::Dpp(Dpp {
-                    ctrl: ((e >> 8) & 0x1ff) as u16,
+                    ctrl,
                     bound_ctrl: bit(19),
                     bank_mask: ((e >> 24) & 0xf) as u8,
                     row_mask: ((e >> 28) & 0xf) as u8,

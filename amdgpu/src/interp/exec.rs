@@ -125,6 +125,8 @@ fn inline_f64(enc: u16) -> Option<f64> {
 pub(crate) enum Wide {
     Int,
     Float,
+    /// Two 32-bit halves (v_pk_mov_b32, v_pk_*_f32).
+    Pair,
 }
 
 impl Ctx<'_> {
@@ -163,13 +165,18 @@ impl Ctx<'_> {
             0..=127 => u64::from(self.sreg(enc)?) | u64::from(self.sreg(enc + 1)?) << 32,
             128..=208 => self.scalar(i, enc)? as i32 as i64 as u64,
             235..=238 => u64::from(self.scalar(i, enc)?) << 32,
+            // A 64-bit operand's float constant is the double, integer or not;
+            // a pair of singles (gfx90a's packed f32) has the single in each half.
             240..=248 => match wide {
-                Wide::Float => inline_f64(enc).unwrap_or(0.0).to_bits(),
-                Wide::Int => u64::from(self.scalar(i, enc)?),
+                Wide::Float | Wide::Int => inline_f64(enc).unwrap_or(0.0).to_bits(),
+                Wide::Pair => {
+                    let bits = u64::from(self.scalar(i, enc)?);
+                    bits | bits << 32
+                }
             },
             src::LITERAL => match wide {
                 Wide::Float => u64::from(i.literal) << 32,
-                Wide::Int => u64::from(i.literal),
+                Wide::Int | Wide::Pair => u64::from(i.literal),
             },
             _ => u64::from(self.scalar(i, enc)?),
         })
@@ -281,17 +288,9 @@ impl Ctx<'_> {
 
     /// A half-precision source (VOP3 `op_sel` picks the high half), widened.
     fn f16_src(&self, i: &Instr, n: usize, lane: usize) -> Result<f32, Fault> {
-        let enc = i.src[n];
-        let bits = match inline_f32(enc) {
-            Some(_) if enc == 248 => 0x3118,
-            Some(x) => f32_to_f16(x),
-            None => {
-                let v = self.src(i, n, lane)?;
-                let high = i.format == Format::Vop3 && i.op_sel >> n & 1 == 1;
-                (if high { v >> 16 } else { v }) as u16
-            }
-        };
-        let mut x = f16_to_f32(bits);
+        let v = self.src16_word(i, n, lane, true)?;
+        let high = i.format == Format::Vop3 && i.op_sel >> n & 1 == 1;
+        let mut x = f16_to_f32((if high { v >> 16 } else { v }) as u16);
         if i.abs >> n & 1 == 1 {
             x = x.abs();
         }
@@ -328,6 +327,19 @@ impl Ctx<'_> {
         })
     }
 
+    /// The 32-bit word a 16-bit operand's halves are picked from. Inline
+    /// constants as the hardware makes them: integers sign-extended to 32 bits;
+    /// float constants the half value in the low 16 bits (zeros above) for half
+    /// operations, the single's bits for integer ones.
+    fn src16_word(&self, i: &Instr, n: usize, lane: usize, half: bool) -> Result<u32, Fault> {
+        let enc = i.src[n];
+        match inline_f32(enc) {
+            Some(_) if half && enc == 248 => Ok(0x3118),
+            Some(x) if half => Ok(u32::from(f32_to_f16(x))),
+            _ => self.src(i, n, lane),
+        }
+    }
+
     /// A 16-bit integer source (VOP3 `op_sel` picks the high half).
     fn u16_src(&self, i: &Instr, n: usize, lane: usize) -> Result<u32, Fault> {
         let v = self.src(i, n, lane)?;
@@ -361,16 +373,7 @@ impl Ctx<'_> {
     /// One half of a packed (VOP3P) source: `op_sel` picks it for the low
     /// result, `op_sel_hi` for the high one. Inline constants are the low half.
     fn packed_half(&self, i: &Instr, n: usize, lane: usize, high: bool) -> Result<u16, Fault> {
-        let enc = i.src[n];
-        if let Some(x) = inline_f32(enc) {
-            let bits = if enc == 248 { 0x3118 } else { f32_to_f16(x) };
-            return Ok(if i.name.ends_with("f16") {
-                bits
-            } else {
-                self.scalar(i, enc)? as u16
-            });
-        }
-        let v = self.src(i, n, lane)?;
+        let v = self.src16_word(i, n, lane, i.name.ends_with("f16"))?;
         let sel = if high {
             i.op_sel_hi >> n & 1
         } else {
@@ -558,6 +561,26 @@ impl Ctx<'_> {
                 }
             }
             c.vset64(i.dst.into(), l, f(a))
+        })
+    }
+
+    /// A single-precision result from one float source (modifiers applied).
+    fn f32_from(
+        &mut self,
+        i: &Instr,
+        read: fn(&Self, &Instr, usize) -> Result<f32, Fault>,
+    ) -> Result<Flow, Fault> {
+        self.each(|c, l| {
+            let x = read(c, i, l)?;
+            c.vset(i.dst.into(), l, Self::omod_f32(i, x).to_bits())
+        })
+    }
+
+    /// An integer result from a single-precision source (modifiers applied).
+    fn u32_from_f32(&mut self, i: &Instr, f: fn(f32) -> u32) -> Result<Flow, Fault> {
+        self.each(|c, l| {
+            let x = c.f32_src(i, 0, l)?;
+            c.vset(i.dst.into(), l, f(x))
         })
     }
 
@@ -1174,6 +1197,42 @@ fn class_f64(x: f64, mask: u32) -> bool {
         (Subnormal, false) => 7,
         (Normal, false) => 8,
         (Infinite, false) => 9,
+    };
+    mask >> bit & 1 == 1
+}
+
+fn class_f16(h: u16, mask: u32) -> bool {
+    let (negative, exp, mant) = (h >> 15 == 1, (h >> 10) & 0x1f, h & 0x3ff);
+    let bit = match (exp, mant) {
+        (31, m) if m != 0 => u32::from(m & 0x200 != 0),
+        (31, _) => {
+            if negative {
+                2
+            } else {
+                9
+            }
+        }
+        (0, 0) => {
+            if negative {
+                5
+            } else {
+                6
+            }
+        }
+        (0, _) => {
+            if negative {
+                4
+            } else {
+                7
+            }
+        }
+        _ => {
+            if negative {
+                3
+            } else {
+                8
+            }
+        }
     };
     mask >> bit & 1 == 1
 }
@@ -2179,7 +2238,7 @@ fn vector_semantics(name: &str) -> Option<Exec> {
         } else {
             a[0]
         })),
-        "v_frexp_exp_i32_f32" => op!(|c, i| c.map32(i, |a| frexp_exp32(f32::from_bits(a)))),
+        "v_frexp_exp_i32_f32" => op!(|c, i| c.u32_from_f32(i, frexp_exp32)),
         "v_cmp_class_f32" | "v_cmpx_class_f32" => op!(|c, i| {
             c.compare(i, |c, l| {
                 Ok(class_f32(c.f32_src(i, 0, l)?, c.src(i, 1, l)?))
@@ -2290,9 +2349,10 @@ fn vector_semantics(name: &str) -> Option<Exec> {
             )
         })),
         // 16-bit integers
-        "v_add_u16" | "v_add_i16" => op!(|c, i| c.u16_op(i, 2, |a| a[0].wrapping_add(a[1]))),
-        "v_sub_u16" | "v_sub_i16" => op!(|c, i| c.u16_op(i, 2, |a| a[0].wrapping_sub(a[1]))),
-        "v_subrev_u16" => op!(|c, i| c.u16_op(i, 2, |a| a[1].wrapping_sub(a[0]))),
+        "v_add_u16" | "v_add_i16" | "v_sub_u16" | "v_sub_i16" | "v_subrev_u16" => op!(|c, i| {
+            let f = int_add_sub(i.name, i.clamp, 16);
+            c.u16_op(i, 2, |a| f(a[0], a[1]))
+        }),
         "v_mul_lo_u16" => op!(|c, i| c.u16_op(i, 2, |a| a[0].wrapping_mul(a[1]))),
         "v_lshlrev_b16" => op!(|c, i| c.u16_op(i, 2, |a| a[1] << (a[0] & 15))),
         "v_lshrrev_b16" => op!(|c, i| c.u16_op(i, 2, |a| a[1] >> (a[0] & 15))),
@@ -2355,7 +2415,17 @@ fn vector_semantics(name: &str) -> Option<Exec> {
             as u16 as u32)),
         "v_cmp_class_f16" | "v_cmpx_class_f16" => op!(|c, i| {
             c.compare(i, |c, l| {
-                Ok(class_f32(c.f16_src(i, 0, l)?, c.src(i, 1, l)?))
+                // Classified from the half's own bits (its NaNs and subnormals).
+                let v = c.src16_word(i, 0, l, true)?;
+                let high = i.format == Format::Vop3 && i.op_sel & 1 == 1;
+                let mut bits = (if high { v >> 16 } else { v }) as u16;
+                if i.abs & 1 == 1 {
+                    bits &= 0x7fff;
+                }
+                if i.neg & 1 == 1 {
+                    bits ^= 0x8000;
+                }
+                Ok(class_f16(bits, c.src(i, 1, l)?))
             })
         }),
         "v_div_fmas_f64" => op!(|c, i| c.f64_op(i, 3, |a| a[0].mul_add(a[1], a[2]))),
@@ -2434,23 +2504,21 @@ fn vector_semantics(name: &str) -> Option<Exec> {
             let x = c.f32_src(i, 0, l)?;
             c.vset(i.dst.into(), l, u32::from(f32_to_f16(x)))
         })),
-        "v_cvt_f32_f16" => op!(|c, i| c.map32(i, |a| f16_to_f32(a as u16).to_bits())),
+        "v_cvt_f32_f16" => op!(|c, i| c.f32_from(i, |c, i, l| c.f16_src(i, 0, l))),
         "v_cvt_f32_ubyte0" => op!(|c, i| c.map32(i, |a| ((a & 0xff) as f32).to_bits())),
         "v_cvt_f32_ubyte1" => op!(|c, i| c.map32(i, |a| (((a >> 8) & 0xff) as f32).to_bits())),
         "v_cvt_f32_ubyte2" => op!(|c, i| c.map32(i, |a| (((a >> 16) & 0xff) as f32).to_bits())),
         "v_cvt_f32_ubyte3" => op!(|c, i| c.map32(i, |a| ((a >> 24) as f32).to_bits())),
         "v_cvt_rpi_i32_f32" => {
-            op!(|c, i| c.map32(i, |a| cvt_i32(f64::from((f32::from_bits(a) + 0.5).floor()))))
+            op!(|c, i| c.u32_from_f32(i, |x| cvt_i32(f64::from((x + 0.5).floor()))))
         }
-        "v_cvt_flr_i32_f32" => {
-            op!(|c, i| c.map32(i, |a| cvt_i32(f64::from(f32::from_bits(a).floor()))))
-        }
+        "v_cvt_flr_i32_f32" => op!(|c, i| c.u32_from_f32(i, |x| cvt_i32(f64::from(x.floor())))),
         // integer
-        "v_add_u32" => op!(|c, i| c.u32_op(i, 2, |a| a[0].wrapping_add(a[1]))),
-        "v_sub_u32" => op!(|c, i| c.u32_op(i, 2, |a| a[0].wrapping_sub(a[1]))),
-        "v_subrev_u32" => op!(|c, i| c.u32_op(i, 2, |a| a[1].wrapping_sub(a[0]))),
-        "v_add_i32" => op!(|c, i| c.u32_op(i, 2, |a| a[0].wrapping_add(a[1]))),
-        "v_sub_i32" => op!(|c, i| c.u32_op(i, 2, |a| a[0].wrapping_sub(a[1]))),
+        // With VOP3's clamp, integer adds and subtracts saturate.
+        "v_add_u32" | "v_sub_u32" | "v_subrev_u32" | "v_add_i32" | "v_sub_i32" => op!(|c, i| {
+            let f = int_add_sub(i.name, i.clamp, 32);
+            c.u32_op(i, 2, |a| f(a[0], a[1]))
+        }),
         "v_add_co_u32" => op!(|c, i| c.carry_op(i, false, |a, b, _| a.overflowing_add(b))),
         "v_sub_co_u32" => op!(|c, i| c.carry_op(i, false, |a, b, _| a.overflowing_sub(b))),
         "v_subrev_co_u32" => op!(|c, i| c.carry_op(i, false, |a, b, _| b.overflowing_sub(a))),
@@ -2543,11 +2611,12 @@ fn vector_semantics(name: &str) -> Option<Exec> {
         "v_ffbh_i32" => op!(|c, i| c.map32(i, leading_signed)),
         "v_ffbl_b32" => op!(|c, i| c.map32(i, |a| first_one(u64::from(a), 32))),
         "v_bcnt_u32_b32" => op!(|c, i| c.u32_op(i, 2, |a| a[0].count_ones() + a[1])),
+        // The width is S2[4:0]: a width of 32 is 0.
         "v_bfe_u32" => {
-            op!(|c, i| c.u32_op(i, 3, |a| bfe_u32(a[0], (a[1] & 31) | (a[2] & 0x7f) << 16)))
+            op!(|c, i| c.u32_op(i, 3, |a| bfe_u32(a[0], (a[1] & 31) | (a[2] & 31) << 16)))
         }
         "v_bfe_i32" => {
-            op!(|c, i| c.u32_op(i, 3, |a| bfe_i32(a[0], (a[1] & 31) | (a[2] & 0x7f) << 16)))
+            op!(|c, i| c.u32_op(i, 3, |a| bfe_i32(a[0], (a[1] & 31) | (a[2] & 31) << 16)))
         }
         "v_bfi_b32" => op!(|c, i| c.u32_op(i, 3, |a| (a[0] & a[1]) | (!a[0] & a[2]))),
         "v_bfm_b32" => op!(
@@ -2610,8 +2679,8 @@ fn vector_semantics(name: &str) -> Option<Exec> {
         // gfx90a packed f32
         "v_pk_mov_b32" => op!(|c, i| c.each(|c, l| {
             // D.lo = op_sel[0] ? S0.hi : S0.lo; D.hi = op_sel[1] ? S1.hi : S1.lo
-            let s0 = c.src64(i, 0, l, Wide::Int)?;
-            let s1 = c.src64(i, 1, l, Wide::Int)?;
+            let s0 = c.src64(i, 0, l, Wide::Pair)?;
+            let s1 = c.src64(i, 1, l, Wide::Pair)?;
             let lo = if i.op_sel & 1 == 1 {
                 s0 >> 32
             } else {
@@ -2630,7 +2699,7 @@ fn vector_semantics(name: &str) -> Option<Exec> {
             for half in 0..2 {
                 let mut a = [0f32; 3];
                 for (n, x) in a.iter_mut().enumerate().take(arity) {
-                    let v = c.src64(i, n, l, Wide::Int)?;
+                    let v = c.src64(i, n, l, Wide::Pair)?;
                     let sel = if half == 0 {
                         i.op_sel >> n & 1
                     } else {
@@ -2652,6 +2721,41 @@ fn vector_semantics(name: &str) -> Option<Exec> {
             c.vset64(i.dst.into(), l, out)
         })),
         _ => compare_semantics(name),
+    }
+}
+
+/// An integer add or subtract of `bits`-wide values (`v_{add,sub,subrev}_{u,i}{32,16}`),
+/// saturating when clamped, wrapping otherwise.
+fn int_add_sub(name: &str, clamp: bool, bits: u32) -> impl Fn(u32, u32) -> u32 {
+    let signed = name.contains("_i");
+    let (sub, rev) = (name.contains("sub"), name.contains("subrev"));
+    let mask = u64::MAX >> (64 - bits);
+    move |a: u32, b: u32| {
+        let (a, b) = if rev { (b, a) } else { (a, b) };
+        let widen = |x: u32| -> i64 {
+            let x = u64::from(x) & mask;
+            if signed && x >> (bits - 1) & 1 == 1 {
+                (x | !mask) as i64
+            } else {
+                x as i64
+            }
+        };
+        let r = if sub {
+            widen(a) - widen(b)
+        } else {
+            widen(a) + widen(b)
+        };
+        let r = if clamp {
+            let (lo, hi) = if signed {
+                (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1)
+            } else {
+                (0, mask as i64)
+            };
+            r.clamp(lo, hi)
+        } else {
+            r
+        };
+        (r as u64 & mask) as u32
     }
 }
 
@@ -2990,6 +3094,92 @@ mod tests {
         assert_eq!(f32_to_f16(70000.0), 0x7c00);
         assert!(f16_to_f32(f32_to_f16(f32::NAN)).is_nan());
         assert_eq!(f32_to_f16_rtz(1.0 + 3.0 / 2048.0), 0x3c01);
+    }
+
+    struct NoMemory;
+    impl super::super::Memory for NoMemory {
+        fn translate(&self, _: u64, _: usize) -> Option<*mut u8> {
+            None
+        }
+    }
+
+    /// Runs the instruction `bytes` encode on a wave whose VGPR n holds `v[n]`
+    /// in every lane; returns the wave.
+    fn run_one(bytes: &[u8], v: &[u32]) -> Wave {
+        let i = super::super::decode::decode(bytes, 0, 0).expect("decodes");
+        let run = semantics(&i).expect("runs");
+        let mem = NoMemory;
+        let env = Env {
+            mem: &mem,
+            kernarg: Vec::new(),
+            packet: [0; 64],
+            code_base: 0,
+            started: std::time::Instant::now(),
+        };
+        let mut w = Wave::new(8);
+        w.set_exec(u64::MAX);
+        for (r, &x) in v.iter().enumerate() {
+            for l in 0..LANES {
+                w.v[r * LANES + l] = x;
+            }
+        }
+        let mut lds = [0u8; 0];
+        let mut c = Ctx {
+            w: &mut w,
+            lds: &mut lds,
+            env: &env,
+            dpp_source: [0; 2 * LANES],
+            dpp_exec: 0,
+        };
+        run(&mut c, &i).expect("no fault");
+        w
+    }
+
+    #[test]
+    fn a_64_bit_operands_float_constant_is_the_double() {
+        // s_mov_b64 s[0:1], 1.0
+        let w = run_one(&[0xf2, 0x01, 0x80, 0xbe], &[]);
+        assert_eq!(u64::from(w.s[0]) | u64::from(w.s[1]) << 32, 1f64.to_bits());
+    }
+
+    #[test]
+    fn clamped_integer_adds_and_subtracts_saturate() {
+        // v_add_u32_e64 v1, v2, v3 clamp; v_sub_u32_e64 v1, v2, v3 clamp
+        let add = run_one(
+            &[0x01, 0x80, 0x34, 0xd1, 0x02, 0x07, 0x02, 0x00],
+            &[0, 0, 0xffff_fff0, 0x20],
+        );
+        assert_eq!(add.v[LANES], u32::MAX);
+        let sub = run_one(
+            &[0x01, 0x80, 0x35, 0xd1, 0x02, 0x07, 0x02, 0x00],
+            &[0, 0, 5, 9],
+        );
+        assert_eq!(sub.v[LANES], 0);
+        assert_eq!(
+            int_add_sub("v_sub_i32", true, 32)(i32::MIN as u32, 1),
+            i32::MIN as u32
+        );
+        assert_eq!(int_add_sub("v_add_i16", true, 16)(0x7fff, 1), 0x7fff);
+        assert_eq!(int_add_sub("v_subrev_u16", false, 16)(1, 0), 0xffff);
+    }
+
+    #[test]
+    fn conversions_apply_source_modifiers() {
+        // v_cvt_f32_f16_e64 v1, -v2 with v2 = 1.5 (half)
+        let w = run_one(
+            &[0x01, 0x00, 0x4b, 0xd1, 0x02, 0x01, 0x00, 0x20],
+            &[0, 0, 0x3e00],
+        );
+        assert_eq!(f32::from_bits(w.v[LANES]), -1.5);
+    }
+
+    #[test]
+    fn half_classes_come_from_the_halfs_bits() {
+        assert!(class_f16(0x0001, 1 << 7), "a positive subnormal half");
+        assert!(class_f16(0x7d00, 1 << 0), "a signalling NaN");
+        assert!(class_f16(0x7e00, 1 << 1), "a quiet NaN");
+        assert!(class_f16(0xfc00, 1 << 2), "negative infinity");
+        assert!(!class_f16(0x3c00, 1 << 7));
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub trait Memory: Sync {
 
 /// Most LDS a workgroup has on gfx90a.
 pub const MAX_LDS_BYTES: u32 = 64 * 1024;
+/// Undecodable words a code object may have before it is refused outright.
+const MAX_UNDECODABLE_WORDS: usize = 1 << 16;
+/// The largest kernarg segment run (HIP's are 4 KiB of arguments and 256 bytes
+/// of hidden ones at most).
+pub const MAX_KERNARG_BYTES: u32 = 64 * 1024;
 /// Loop iterations a wave runs before the other waves of its workgroup get a turn.
 const YIELD_AFTER_BACK_EDGES: u32 = 1 << 14;
 /// Most private memory per work-item (a wave's 64 lanes take 64 times this).
@@ -92,6 +97,10 @@ pub struct Launch<'a> {
     pub workers: usize,
     /// Called before each workgroup: where a scheduler may pause the kernel.
     pub between_blocks: Option<&'a (dyn Fn() + Sync)>,
+    /// When the launch gives up (a kernel that never ends fails then, as a
+    /// device's watchdog would end it); checked between workgroups and as
+    /// waves take turns.
+    pub deadline: Option<Instant>,
 }
 
 /// Why a launch failed.
@@ -103,6 +112,8 @@ pub enum ExecError {
     Unsupported { kernel: String, what: String },
     #[error("{kernel}: {why}")]
     BadLaunch { kernel: String, why: String },
+    #[error("{kernel}: still running after its time limit")]
+    TimedOut { kernel: String },
     #[error("{kernel}: workgroup {group:?}, wave {wave}: {what}")]
     Fault {
         kernel: String,
@@ -118,7 +129,9 @@ impl Program {
         let object = read_code_object(bytes)?;
         let layout = layout(bytes)?;
         let mut code = Vec::new();
-        let mut errors: Vec<(u64, String)> = Vec::new();
+        // Words that do not decode: their addresses, and why for the first few.
+        let mut bad: Vec<u64> = Vec::new();
+        let mut why: HashMap<u64, String> = HashMap::new();
         for &(start, len) in &layout.code {
             let bytes = &layout.image[start as usize..(start + len) as usize];
             let mut at = 0usize;
@@ -129,12 +142,23 @@ impl Program {
                         code.push(i);
                     }
                     Err(e) => {
-                        errors.push((e.at, e.what));
+                        if bad.len() >= MAX_UNDECODABLE_WORDS {
+                            return Err(AmdgpuError::NotAnImage(format!(
+                                "more than {MAX_UNDECODABLE_WORDS} words of its code are not gfx90a instructions"
+                            )));
+                        }
+                        if why.len() < 64 {
+                            why.insert(e.at, e.what);
+                        }
+                        bad.push(e.at);
                         at += 4;
                     }
                 }
             }
         }
+        // Segments come in address order in a well-formed object; make sure.
+        code.sort_by_key(|i: &Instr| i.at);
+        bad.sort_unstable();
         let runs: Vec<Option<Exec>> = code.iter().map(exec::semantics).collect();
         let at = code.iter().enumerate().map(|(n, i)| (i.at, n)).collect();
         let mut kernels = Vec::new();
@@ -171,6 +195,12 @@ impl Program {
                 })
                 .unwrap_or(entry);
             let mut problems: Vec<String> = Vec::new();
+            if info.kernarg_size > MAX_KERNARG_BYTES {
+                problems.push(format!(
+                    "a kernarg segment of {} bytes (at most {MAX_KERNARG_BYTES})",
+                    info.kernarg_size
+                ));
+            }
             if info.wavefront_size != 64 {
                 problems.push(format!("wave{} (only wave64 is run)", info.wavefront_size));
             }
@@ -184,8 +214,11 @@ impl Program {
             {
                 problems.push(format!("its entry {entry:#x} is not in the code"));
             }
-            for (n, i) in code.iter().enumerate() {
-                if (entry..end).contains(&i.at) && runs[n].is_none() {
+            // Code and bad words are in address order: the kernel's are a range.
+            let first = code.partition_point(|i| i.at < entry);
+            let last = code.partition_point(|i| i.at < end);
+            for (i, run) in code[first..last].iter().zip(&runs[first..last]) {
+                if run.is_none() && problems.len() < 8 {
                     let form = i
                         .unsupported_form
                         .map(|f| format!(" ({f})"))
@@ -193,10 +226,18 @@ impl Program {
                     problems.push(format!("instruction {}{form} at {:#x}", i.name, i.at));
                 }
             }
-            for (addr, what) in &errors {
-                if (entry..end).contains(addr) {
-                    problems.push(format!("at {addr:#x}: {what}"));
-                }
+            let (first, last) = (
+                bad.partition_point(|&a| a < entry),
+                bad.partition_point(|&a| a < end),
+            );
+            for addr in bad[first..last].iter().take(8) {
+                let what = why
+                    .get(addr)
+                    .map_or("not a gfx90a instruction", String::as_str);
+                problems.push(format!("at {addr:#x}: {what}"));
+            }
+            if last - first > 8 {
+                problems.push(format!("{} words that do not decode", last - first));
             }
             problems.dedup();
             let unsupported = (!problems.is_empty()).then(|| {
@@ -476,6 +517,14 @@ pub fn launch(
                 if let Some(pause) = launch.between_blocks {
                     pause();
                 }
+                if launch.deadline.is_some_and(|d| Instant::now() >= d) {
+                    stop.store(true, Ordering::Relaxed);
+                    let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
+                    f.get_or_insert(ExecError::TimedOut {
+                        kernel: kernel.to_string(),
+                    });
+                    return;
+                }
                 let group = [
                     (n % u64::from(launch.grid[0])) as u32,
                     (n / u64::from(launch.grid[0]) % u64::from(launch.grid[1])) as u32,
@@ -621,6 +670,11 @@ fn run_group(
         }
         if states.iter().all(|&s| s == State::Done) {
             return Ok(());
+        }
+        if launch.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(ExecError::TimedOut {
+                kernel: k.info.name.clone(),
+            });
         }
         // Once every wave still alive is at the barrier, it opens (a wave that
         // yielded in a loop runs on first).

@@ -4,7 +4,8 @@
 //! image keeps its shape), lists its kernels with their explicit arguments, and
 //! runs them on the gfx90a interpreter (`xpupool-amdgpu`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use xpupool_amdgpu::interp::{self, ExecError, Program};
 use xpupool_protocol::api::{FunctionInfo, LaunchDims, ModuleInfo};
@@ -22,6 +23,21 @@ pub(super) struct AmdCode {
 const MAX_THREADS: u32 = 0;
 const SHARED_BYTES: u32 = 1;
 const LOCAL_BYTES: u32 = 3;
+
+/// How long one kernel may run on the interpreter before its launch fails
+/// with `LAUNCH_TIMEOUT` (as a device's watchdog ends a kernel that never
+/// does): `XPUPOOL_KERNEL_TIME_LIMIT` seconds, by default 600.
+fn kernel_time_limit() -> Duration {
+    static LIMIT: OnceLock<Duration> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let seconds = std::env::var("XPUPOOL_KERNEL_TIME_LIMIT")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .unwrap_or(600.0);
+        Duration::from_secs_f64(seconds)
+    })
+}
 
 /// Whether `image` is an AMD GPU code object (ELF for machine 224).
 pub(super) fn is_code_object(image: &[u8]) -> bool {
@@ -42,6 +58,7 @@ fn exec_error(e: ExecError) -> CuError {
         ExecError::Unsupported { .. } => code::NO_BINARY_FOR_GPU,
         ExecError::BadLaunch { .. } => code::INVALID_VALUE,
         ExecError::Fault { .. } => code::ILLEGAL_ADDRESS,
+        ExecError::TimedOut { .. } => code::LAUNCH_TIMEOUT,
     };
     CuError::new(code, e.to_string())
 }
@@ -138,6 +155,7 @@ impl MockSession {
             load_base: code.base,
             workers: self.workers,
             between_blocks: Some(&checkpoint),
+            deadline: Some(Instant::now() + kernel_time_limit()),
         };
         // A bug in the interpreter ends this launch, not the server.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -836,6 +836,7 @@ fn is_sticky(code: u32) -> bool {
     matches!(
         code,
         code::ILLEGAL_ADDRESS
+            | code::LAUNCH_TIMEOUT
             | code::MISALIGNED_ADDRESS
             | code::ASSERT
             | code::ILLEGAL_INSTRUCTION
