@@ -62,7 +62,7 @@ fn attribute(info: &FunctionInfo, which: c_int) -> Option<c_int> {
             Some(given(which).unwrap_or(CU_LDS as c_int - given(SHARED_SIZE_BYTES).unwrap_or(0)))
         }
         PREFERRED_SHARED_MEMORY_CARVEOUT => Some(given(which).unwrap_or(-1)),
-        0..ATTRIBUTE_MAX => Some(given(which).unwrap_or(0)),
+        _ if (0..ATTRIBUTE_MAX).contains(&which) => Some(given(which).unwrap_or(0)),
         _ => None,
     }
 }
