@@ -40,6 +40,7 @@ use std::sync::Mutex;
 
 pub mod attributes;
 pub mod device;
+pub mod device_r0600;
 mod half;
 mod image;
 pub mod launch;
