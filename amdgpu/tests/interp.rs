@@ -251,3 +251,31 @@ fn every_truncation_and_corruption_of_a_code_object_loads_or_is_an_error_never_a
     }
     assert!(Program::load(&flipped).is_ok());
 }
+
+#[test]
+fn the_instruction_list_says_what_runs() {
+    let all = xpupool_amdgpu::interp::instructions();
+    let runs = |name: &str| {
+        all.iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("{name} is not a gfx90a mnemonic"))
+            .1
+    };
+    for name in [
+        "v_add_f32",
+        "v_fma_f64",
+        "s_and_saveexec_b64",
+        "ds_bpermute_b32",
+        "global_atomic_cmpswap_x2",
+        "buffer_store_dword",
+        "v_trig_preop_f64",
+        "v_pk_fma_f32",
+    ] {
+        assert!(runs(name), "{name} should run");
+    }
+    // Matrix cores and buffer atomics are not interpreted: such kernels are refused.
+    for name in ["v_mfma_f32_32x32x8f16", "buffer_atomic_add"] {
+        assert!(!runs(name), "{name} should be refused");
+    }
+    assert!(all.len() > 900, "{} mnemonics", all.len());
+}

@@ -133,7 +133,7 @@ fn is_vop3b(name: &str) -> bool {
 }
 
 impl Instr {
-    fn new(format: Format, name: &'static str, at: u64) -> Instr {
+    pub(crate) fn new(format: Format, name: &'static str, at: u64) -> Instr {
         Instr {
             format,
             name,

@@ -284,6 +284,41 @@ impl Program {
     }
 }
 
+/// Every gfx90a mnemonic of the formats decoded, and whether the interpreter
+/// runs it (in its plain form: SDWA, DPP and AccVGPR forms aside).
+pub fn instructions() -> Vec<(&'static str, bool)> {
+    use decode::Format as F;
+    let tables: [(F, &[(u16, &'static str)]); 15] = [
+        (F::Sop2, opcodes::SOP2),
+        (F::Sopk, opcodes::SOPK),
+        (F::Sop1, opcodes::SOP1),
+        (F::Sopc, opcodes::SOPC),
+        (F::Sopp, opcodes::SOPP),
+        (F::Smem, opcodes::SMEM),
+        (F::Vop2, opcodes::VOP2),
+        (F::Vop1, opcodes::VOP1),
+        (F::Vopc, opcodes::VOPC),
+        (F::Vop3, opcodes::VOP3),
+        (F::Vop3p, opcodes::VOP3P),
+        (F::Ds, opcodes::DS),
+        (F::Flat, opcodes::FLAT),
+        (F::Global, opcodes::GLOBAL),
+        (F::Mubuf, opcodes::MUBUF),
+    ];
+    let mut all: Vec<(&'static str, bool)> = Vec::new();
+    for (format, table) in tables {
+        for &(_, name) in table {
+            let runs = exec::semantics(&Instr::new(format, name, 0)).is_some();
+            match all.iter_mut().find(|(n, _)| *n == name) {
+                Some(entry) => entry.1 |= runs,
+                None => all.push((name, runs)),
+            }
+        }
+    }
+    all.sort_unstable();
+    all
+}
+
 /// What every wave of a launch reads: memory, the kernarg segment and the
 /// dispatch packet.
 pub(crate) struct Env<'a> {
