@@ -47,6 +47,12 @@ check() { # name, command...
     local name=$1; shift
     local start=$SECONDS
     if timeout "$timeout_s" "$@" >"$logs/$name.log" 2>&1; then
+        if grep -q 'internal error in the HIP stand-in' "$logs/$name.log"; then
+            # A panic the stand-in caught (at exit, say) is a bug, not a pass.
+            fail "$name" "the HIP stand-in panicked"
+            grep -m3 'internal error' "$logs/$name.log" | sed 's/^/      | /'
+            return
+        fi
         passed=$((passed + 1)); echo "ok    $name ($((SECONDS - start)) s)"
     else
         fail "$name" "$((SECONDS - start)) s"

@@ -59,7 +59,8 @@ fn attribute(info: &FunctionInfo, which: c_int) -> Option<c_int> {
     match which {
         MAX_THREADS_PER_BLOCK => Some(given(which).unwrap_or(1024)),
         MAX_DYNAMIC_SHARED_SIZE_BYTES => {
-            Some(given(which).unwrap_or(CU_LDS as c_int - given(SHARED_SIZE_BYTES).unwrap_or(0)))
+            let fixed = given(SHARED_SIZE_BYTES).unwrap_or(0).max(0);
+            Some(given(which).unwrap_or((CU_LDS as c_int).saturating_sub(fixed)))
         }
         PREFERRED_SHARED_MEMORY_CARVEOUT => Some(given(which).unwrap_or(-1)),
         _ if (0..ATTRIBUTE_MAX).contains(&which) => Some(given(which).unwrap_or(0)),
@@ -91,7 +92,7 @@ pub fn blocks_per_cu(info: &FunctionInfo, block: u64, dynamic: u64) -> u64 {
     }
     let waves = block.div_ceil(WAVE);
     let by_threads = CU_THREADS / WAVE / waves;
-    let lds = a.sharedSizeBytes as u64 + dynamic;
+    let lds = (a.sharedSizeBytes as u64).saturating_add(dynamic);
     let by_lds = CU_LDS.checked_div(lds).unwrap_or(u64::MAX);
     by_threads.min(by_lds).min(CU_GROUPS)
 }

@@ -58,8 +58,11 @@ pub extern "C" fn hip_push_call_configuration(
             shared,
             stream,
         };
-        CONFIGS.with_borrow_mut(|c| c.push(config));
-        Ok(())
+        // After the thread's locals are gone (a launch from a destructor), a
+        // clear error rather than a panic.
+        CONFIGS
+            .try_with(|c| c.borrow_mut().push(config))
+            .map_err(|_| HIP_ERROR_NOT_INITIALIZED)
     })
 }
 
@@ -75,7 +78,8 @@ pub extern "C" fn hip_pop_call_configuration(
             return Err(HIP_ERROR_INVALID_VALUE);
         }
         let config = CONFIGS
-            .with_borrow_mut(Vec::pop)
+            .try_with(|c| c.borrow_mut().pop())
+            .map_err(|_| HIP_ERROR_NOT_INITIALIZED)?
             .ok_or(HIP_ERROR_INVALID_CONFIGURATION)?;
         put(grid, config.grid)?;
         put(block, config.block)?;
@@ -83,6 +87,9 @@ pub extern "C" fn hip_pop_call_configuration(
         put(stream, config.stream)
     })
 }
+
+/// `hipErrorNotInitialized`.
+const HIP_ERROR_NOT_INITIALIZED: HipError = 3;
 
 /// `HIP_LAUNCH_PARAM_*`: the keys of the `extra` list.
 pub(crate) const LAUNCH_PARAM_BUFFER_POINTER: usize = 1;
@@ -179,6 +186,26 @@ pub(crate) fn dims(grid: [u32; 3], block: [u32; 3], shared: usize) -> Result<Lau
 }
 
 /// Launches `f` on the current device, in `stream` (its handle is the server's).
+/// A launch checked and its arguments packed, ready to send.
+fn launch_request(
+    f: &Function,
+    dims: LaunchDims,
+    stream: *mut c_void,
+    params: *const *const c_void,
+    extra: *const *const c_void,
+) -> Result<(&'static xpupool_client::Connection, Request), HipError> {
+    let (c, d) = device()?;
+    let info = f.runnable(c, d)?;
+    let params = pack(&info, params, extra)?;
+    let request = Request::LaunchKernel {
+        function: info.handle,
+        dims,
+        stream: stream as u64,
+        params: ByteBuf::from(params),
+    };
+    Ok((c, request))
+}
+
 fn launch(
     f: &Function,
     dims: LaunchDims,
@@ -186,18 +213,10 @@ fn launch(
     params: *const *const c_void,
     extra: *const *const c_void,
 ) -> Result<(), HipError> {
-    let (c, d) = device()?;
-    let info = f.runnable(c, d)?;
-    let params = pack(&info, params, extra)?;
+    let (c, request) = launch_request(f, dims, stream, params, extra)?;
     // Sent without waiting: what the kernel does wrong is reported by the next
     // synchronising call, as on a device.
-    c.post(Request::LaunchKernel {
-        function: info.handle,
-        dims,
-        stream: stream as u64,
-        params: ByteBuf::from(params),
-    })
-    .map_err(|e| hip_code(&e))
+    c.post(request).map_err(|e| hip_code(&e))
 }
 
 #[export_name = "xph_hipLaunchKernel"]
@@ -288,8 +307,10 @@ fn ext_launch(
             })
             .map_err(|e| hip_code(&e))
         };
+        // Checked and packed first: a refused launch records neither event.
+        let (c, request) = launch_request(&f, dims, stream, params.cast(), extra.cast())?;
         record(start)?;
-        launch(&f, dims, stream, params.cast(), extra.cast())?;
+        c.post(request).map_err(|e| hip_code(&e))?;
         record(stop)
     })
 }

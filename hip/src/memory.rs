@@ -25,7 +25,13 @@ static CONNECTION: OnceLock<Option<Connection>> = OnceLock::new();
 pub(crate) fn connection() -> Result<&'static Connection, HipError> {
     CONNECTION
         .get_or_init(|| match Connection::open_from_env() {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                // Registered after hipcc's module destructors (static
+                // initialisation), so it runs before them at exit.
+                // SAFETY: a plain extern "C" function with no captured state.
+                unsafe { libc::atexit(at_exit) };
+                Some(c)
+            }
             Err(e) => {
                 eprintln!("xpupool: no device: {e:#}");
                 None
@@ -35,9 +41,24 @@ pub(crate) fn connection() -> Result<&'static Connection, HipError> {
         .ok_or(HIP_ERROR_NO_DEVICE)
 }
 
-/// The connection if a call has opened it: what clean-up at exit uses, which must
-/// not open one.
+/// Set once the process is exiting: clean-up then talks to no server.
+static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// At exit: the session is closed politely (the server frees it at once), and
+/// the module destructors hipcc registered, which run after, unload nothing.
+extern "C" fn at_exit() {
+    EXITING.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(c) = CONNECTION.get().and_then(Option::as_ref) {
+        let _ = guard(|| c.close());
+    }
+}
+
+/// The connection if a call has opened it and the process is not exiting: what
+/// clean-up uses, which must not open one.
 pub(crate) fn connection_opened() -> Option<&'static Connection> {
+    if EXITING.load(std::sync::atomic::Ordering::Acquire) {
+        return None;
+    }
     CONNECTION.get().and_then(Option::as_ref)
 }
 
@@ -86,6 +107,20 @@ pub(crate) fn guard<T>(body: impl FnOnce() -> T) -> Option<T> {
             None
         }
     }
+}
+
+/// A copy of `size` bytes at device address `at`: refused before any host byte is
+/// touched if it runs past the allocation it starts in (or past isize::MAX).
+fn within_allocation(at: u64, size: usize) -> Result<(), HipError> {
+    if size > isize::MAX as usize {
+        return Err(HIP_ERROR_INVALID_VALUE);
+    }
+    if let Some((base, len)) = device_ranges()?.find(at) {
+        if at - base + size as u64 > len {
+            return Err(HIP_ERROR_INVALID_VALUE);
+        }
+    }
+    Ok(())
 }
 
 /// Whether `p` is in a device allocation this process holds (how
@@ -314,7 +349,9 @@ pub(crate) fn copy(
                 Ok(())
             }
             HOST_TO_DEVICE => {
-                // SAFETY: the API contract: `size` readable host bytes at `src`.
+                within_allocation(dst as u64, size)?;
+                // SAFETY: the API contract: `size` readable host bytes at `src`
+                // (at most isize::MAX, checked above).
                 let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
                 c.copy_to_device(dst as u64, bytes, stream).map_err(code)?;
                 if wait {
@@ -323,6 +360,7 @@ pub(crate) fn copy(
                 Ok(())
             }
             DEVICE_TO_HOST => {
+                within_allocation(src as u64, size)?;
                 // SAFETY: the API contract: `size` writable host bytes at `dst`.
                 let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), size) };
                 c.copy_from_device(src as u64, out, stream).map_err(code)

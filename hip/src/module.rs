@@ -61,7 +61,7 @@ pub(crate) struct Module {
     /// is none; made once.
     wire: OnceLock<Result<Wire, HipError>>,
     /// The server's module on each device it was loaded on (or why it was not).
-    loaded: Mutex<HashMap<u32, Result<Arc<Loaded>, HipError>>>,
+    loaded: Mutex<HashMap<u32, Arc<Loaded>>>,
     /// The kernels its code object's metadata names (empty if unreadable): what
     /// `hipModuleGetFunction` checks names against when the server cannot list them.
     names: OnceLock<Vec<String>>,
@@ -136,12 +136,14 @@ impl Module {
     /// The module on `device`, loaded there at its first use.
     pub(crate) fn loaded(&self, c: &Connection, device: u32) -> Result<Arc<Loaded>, HipError> {
         let mut loaded = lock(&self.loaded);
-        if let Some(outcome) = loaded.get(&device) {
-            return outcome.clone();
+        if let Some(ready) = loaded.get(&device) {
+            return Ok(ready.clone());
         }
-        let outcome = self.load(c, device);
-        loaded.insert(device, outcome.clone());
-        outcome
+        // Only a load that worked is kept: a refusal (a full device, a lost
+        // connection) is tried again at the next use.
+        let ready = self.load(c, device)?;
+        loaded.insert(device, ready.clone());
+        Ok(ready)
     }
 
     fn load(&self, c: &Connection, device: u32) -> Result<Arc<Loaded>, HipError> {
@@ -174,11 +176,9 @@ impl Module {
             return Ok(());
         };
         let mut result = Ok(());
-        for (_, outcome) in loaded {
-            if let Ok(l) = outcome {
-                if let Err(e) = c.module_unload(l.server) {
-                    result = result.and(Err(hip_code(&e)));
-                }
+        for (_, l) in loaded {
+            if let Err(e) = c.module_unload(l.server) {
+                result = result.and(Err(hip_code(&e)));
             }
         }
         result
@@ -208,6 +208,9 @@ pub(crate) struct Function {
     warned: AtomicBool,
 }
 
+/// The most argument bytes a kernel may have (a kernarg segment's 64 KiB).
+const MAX_PARAM_BYTES: u32 = 64 * 1024;
+
 impl Function {
     fn new(module: Arc<Module>, name: String) -> Self {
         Self {
@@ -231,7 +234,13 @@ impl Function {
             return outcome.clone();
         }
         let outcome = self.bind(c, device);
-        lock(&self.bound).insert(device, outcome.clone());
+        // What the loaded module says is kept; a failed load is tried again.
+        if matches!(
+            outcome,
+            Ok(_) | Err(HIP_ERROR_NO_BINARY_FOR_GPU | HIP_ERROR_INVALID_DEVICE_FUNCTION)
+        ) {
+            lock(&self.bound).insert(device, outcome.clone());
+        }
         outcome
     }
 
@@ -255,6 +264,17 @@ impl Function {
         };
         if let Some(why) = &info.unusable {
             say(why);
+            return Err(HIP_ERROR_NO_BINARY_FOR_GPU);
+        }
+        // Arguments are packed into a buffer of this size at each launch: a
+        // kernel claiming more than any kernarg segment holds is not run.
+        if info.param_bytes > MAX_PARAM_BYTES
+            || info
+                .params
+                .iter()
+                .any(|&(o, s)| o.saturating_add(s) > info.param_bytes)
+        {
+            say(&format!("its arguments claim {} bytes", info.param_bytes));
             return Err(HIP_ERROR_NO_BINARY_FOR_GPU);
         }
         Ok(info.clone())
@@ -323,6 +343,17 @@ fn c_str<'a>(p: *const c_char) -> Result<&'a str, HipError> {
     unsafe { CStr::from_ptr(p) }
         .to_str()
         .map_err(|_| HIP_ERROR_INVALID_VALUE)
+}
+
+/// A NUL-terminated path, any bytes (not only UTF-8).
+fn c_path<'a>(p: *const c_char) -> Result<&'a std::path::Path, HipError> {
+    use std::os::unix::ffi::OsStrExt;
+    if p.is_null() {
+        return Err(HIP_ERROR_INVALID_VALUE);
+    }
+    // SAFETY: the API contract: a NUL-terminated string.
+    let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
+    Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)))
 }
 
 /// Registers a module, returning its handle.
@@ -513,13 +544,16 @@ pub extern "C" fn hip_module_load(out: *mut *mut c_void, path: *const c_char) ->
         if out.is_null() {
             return Err(HIP_ERROR_INVALID_VALUE);
         }
-        let path = c_str(path)?;
+        let path = c_path(path)?;
         let bytes = std::fs::read(path).map_err(|e| {
-            eprintln!("xpupool: hipModuleLoad({path}): {e}");
+            eprintln!("xpupool: hipModuleLoad({}): {e}", path.display());
             HIP_ERROR_FILE_NOT_FOUND
         })?;
         let len = xpupool_amdgpu::image_len(&bytes).map_err(|e| {
-            eprintln!("xpupool: hipModuleLoad({path}): not a code object or bundle: {e}");
+            eprintln!(
+                "xpupool: hipModuleLoad({}): not a code object or bundle: {e}",
+                path.display()
+            );
             HIP_ERROR_INVALID_IMAGE
         })?;
         load_module(out, bytes[..len].to_vec())
