@@ -28,6 +28,7 @@ pub(crate) struct Env<'a> {
     pub(crate) workers: usize,
     /// A cooperative launch's grid-sync workspace (0: none).
     pub(crate) grid_workspace: u64,
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl Env<'_> {
@@ -214,6 +215,7 @@ pub(crate) fn run(
         start: Instant::now(),
         workers,
         grid_workspace: l.grid_workspace,
+        deadline: l.deadline,
     };
     let next = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
@@ -787,6 +789,9 @@ impl<'a> Block<'a> {
             }
             if self.th.iter().all(|t| t.st == St::Exit) {
                 return Ok(());
+            }
+            if self.env.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ExecError::TimedOut(self.env.prog.name.clone()));
             }
             let runnable = self.th.iter().any(|t| t.st == St::Run);
             let released = self.resolve_warps(false)? | self.resolve_barriers();

@@ -97,6 +97,9 @@ pub enum ExecError {
     /// Threads wait on a barrier or warp operation that can never complete.
     #[error("deadlock: {0}")]
     Deadlock(String),
+    /// The kernel was still running at the launch's deadline.
+    #[error("{0}: still running after its time limit")]
+    TimedOut(String),
 }
 
 /// Layout of one kernel parameter inside the packed parameter buffer.
@@ -255,6 +258,10 @@ pub struct Launch<'a> {
     /// a grid-wide barrier all get there. 0 for an ordinary launch (a grid sync
     /// in it traps, as on a device).
     pub grid_workspace: u64,
+    /// When the launch gives up: a kernel still running then fails with
+    /// [`ExecError::TimedOut`], as a device's watchdog would end it (checked
+    /// between blocks and as a block's threads take turns). `None`: never.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Parses PTX text. Kernels using unsupported features are still listed (with

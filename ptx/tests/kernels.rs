@@ -802,9 +802,53 @@ fn invalid_launches() {
         workers: 1,
         between_blocks: None,
         grid_workspace: 0,
+        deadline: None,
     };
     let e = xpupool_ptx::launch(m, "vadd_i32", &l, &mem).unwrap_err();
     assert!(matches!(e, ExecError::InvalidLaunch(_)), "{e}");
     let e = xpupool_ptx::launch(m, "nope", &l, &mem).unwrap_err();
     assert!(matches!(e, ExecError::KernelNotFound(_)), "{e}");
+}
+
+#[test]
+fn a_kernel_that_never_ends_fails_at_its_deadline() {
+    let src = r#"
+.version 7.0
+.target sm_70
+.address_size 64
+.visible .entry spin(.param .u64 flag)
+{
+    .reg .pred %p;
+    .reg .u32 %r;
+    .reg .u64 %a;
+    ld.param.u64 %a, [flag];
+LOOP:
+    ld.volatile.global.u32 %r, [%a];
+    setp.eq.u32 %p, %r, 0;
+    @%p bra LOOP;
+    ret;
+}
+"#;
+    let m = xpupool_ptx::parse_module(src).unwrap();
+    let mem = DevMem::new();
+    let flag = mem.alloc(4);
+    let symbols = |_: &str| None;
+    let started = std::time::Instant::now();
+    let l = xpupool_ptx::Launch {
+        grid: [2, 1, 1],
+        block: [32, 1, 1],
+        dynamic_shared_bytes: 0,
+        params: &flag.to_le_bytes(),
+        symbols: &symbols,
+        workers: 2,
+        between_blocks: None,
+        grid_workspace: 0,
+        deadline: Some(started + std::time::Duration::from_millis(300)),
+    };
+    let e = xpupool_ptx::launch(&m, "spin", &l, &mem).unwrap_err();
+    assert!(
+        matches!(e, ExecError::TimedOut(ref k) if k == "spin"),
+        "{e}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

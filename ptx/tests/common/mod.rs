@@ -191,6 +191,7 @@ pub fn run_with(
         workers: c.workers,
         between_blocks: None,
         grid_workspace: 0,
+        deadline: None,
     };
     launch(m, name, &l, mem)
 }

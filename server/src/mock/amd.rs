@@ -24,10 +24,11 @@ const MAX_THREADS: u32 = 0;
 const SHARED_BYTES: u32 = 1;
 const LOCAL_BYTES: u32 = 3;
 
-/// How long one kernel may run on the interpreter before its launch fails
-/// with `LAUNCH_TIMEOUT` (as a device's watchdog ends a kernel that never
-/// does): `XPUPOOL_KERNEL_TIME_LIMIT` seconds, by default 600.
-fn kernel_time_limit() -> Duration {
+/// How long one kernel may run on either of the mock's interpreters (PTX and
+/// gfx90a) before its launch fails with `LAUNCH_TIMEOUT`, as a device's watchdog
+/// ends a kernel that never does: `XPUPOOL_KERNEL_TIME_LIMIT` seconds, by
+/// default 600.
+pub(super) fn kernel_time_limit() -> Duration {
     static LIMIT: OnceLock<Duration> = OnceLock::new();
     *LIMIT.get_or_init(|| {
         let seconds = std::env::var("XPUPOOL_KERNEL_TIME_LIMIT")

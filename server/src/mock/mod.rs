@@ -516,6 +516,7 @@ impl MockSession {
             workers: self.workers,
             between_blocks: Some(&checkpoint),
             grid_workspace: workspace.unwrap_or(0),
+            deadline: Some(Instant::now() + amd::kernel_time_limit()),
         };
         let started = Instant::now();
         let heap = &self.heap;
@@ -819,6 +820,7 @@ fn exec_error(kernel: &str, e: ExecError) -> CuError {
         ExecError::Trap => code::ILLEGAL_INSTRUCTION,
         ExecError::KernelNotFound(_) => code::NOT_FOUND,
         ExecError::Unsupported(_) | ExecError::Deadlock(_) => code::LAUNCH_FAILED,
+        ExecError::TimedOut(_) => code::LAUNCH_TIMEOUT,
     };
     CuError::new(code, format!("{kernel}: {e}"))
 }
