@@ -358,10 +358,16 @@ fn c_path<'a>(p: *const c_char) -> Result<&'a std::path::Path, HipError> {
 
 /// Registers a module, returning its handle.
 fn register(module: Module) -> usize {
-    let module = Arc::new(module);
-    let handle = Arc::as_ptr(&module) as usize;
-    tables().modules.insert(handle, module);
+    let handle = next_handle();
+    tables().modules.insert(handle, Arc::new(module));
     handle
+}
+
+/// A handle never handed out before (an address would be reused once freed,
+/// and a stale handle would then name someone else's module or kernel).
+fn next_handle() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0x10_0000);
+    NEXT.fetch_add(16, Ordering::Relaxed)
 }
 
 // ---------------------------------------------------------------------------
@@ -609,7 +615,7 @@ pub extern "C" fn hip_module_get_function(
             return Err(HIP_ERROR_NOT_FOUND);
         }
         let function = Arc::new(Function::new(m.clone(), name.to_owned()));
-        let handle = Arc::as_ptr(&function) as usize;
+        let handle = next_handle();
         tables().functions.insert(handle, function);
         lock(&m.kernels).insert(name.to_owned(), handle);
         put(out, handle as *mut c_void)
