@@ -1178,85 +1178,38 @@ fn cvt_u32(x: f64) -> u32 {
     }
 }
 
-fn class_f64(x: f64, mask: u32) -> bool {
-    use std::num::FpCategory::*;
-    let bit = match (x.classify(), x.is_sign_negative()) {
-        (Nan, _) => {
-            // Signalling NaN: quiet bit clear.
-            if x.to_bits() & (1 << 51) == 0 {
-                0
-            } else {
-                1
-            }
+/// `v_cmp_class_*`: whether `mask` has the bit of the class of the IEEE value
+/// `bits` (`exp_bits` of exponent, `mant_bits` of mantissa): 0 signalling NaN,
+/// 1 quiet NaN, 2-5 negative infinity, normal, subnormal, zero, 6-9 the positive
+/// ones in the opposite order.
+fn class_of(bits: u64, exp_bits: u32, mant_bits: u32, mask: u32) -> bool {
+    let negative = bits >> (exp_bits + mant_bits) & 1 == 1;
+    let exp = (bits >> mant_bits) & ((1 << exp_bits) - 1);
+    let mant = bits & ((1 << mant_bits) - 1);
+    let all_ones = (1 << exp_bits) - 1;
+    let (neg, pos) = match (exp, mant) {
+        (e, m) if e == all_ones && m != 0 => {
+            let quiet = u32::from(m >> (mant_bits - 1) & 1 == 1);
+            (quiet, quiet)
         }
-        (Infinite, true) => 2,
-        (Normal, true) => 3,
-        (Subnormal, true) => 4,
-        (Zero, true) => 5,
-        (Zero, false) => 6,
-        (Subnormal, false) => 7,
-        (Normal, false) => 8,
-        (Infinite, false) => 9,
+        (e, _) if e == all_ones => (2, 9),
+        (0, 0) => (5, 6),
+        (0, _) => (4, 7),
+        _ => (3, 8),
     };
-    mask >> bit & 1 == 1
+    mask >> (if negative { neg } else { pos }) & 1 == 1
 }
 
 fn class_f16(h: u16, mask: u32) -> bool {
-    let (negative, exp, mant) = (h >> 15 == 1, (h >> 10) & 0x1f, h & 0x3ff);
-    let bit = match (exp, mant) {
-        (31, m) if m != 0 => u32::from(m & 0x200 != 0),
-        (31, _) => {
-            if negative {
-                2
-            } else {
-                9
-            }
-        }
-        (0, 0) => {
-            if negative {
-                5
-            } else {
-                6
-            }
-        }
-        (0, _) => {
-            if negative {
-                4
-            } else {
-                7
-            }
-        }
-        _ => {
-            if negative {
-                3
-            } else {
-                8
-            }
-        }
-    };
-    mask >> bit & 1 == 1
+    class_of(u64::from(h), 5, 10, mask)
 }
 
 fn class_f32(x: f32, mask: u32) -> bool {
-    use std::num::FpCategory::*;
-    let bit = match (x.classify(), x.is_sign_negative()) {
-        (Nan, _) => {
-            if x.to_bits() & (1 << 22) == 0 {
-                0
-            } else {
-                1
-            }
-        }
-        (Infinite, true) => 2,
-        (Normal, true) => 3,
-        (Subnormal, true) => 4,
-        (Zero, true) => 5,
-        (Zero, false) => 6,
-        (Subnormal, false) => 7,
-        (Normal, false) => 8,
-        (Infinite, false) => 9,
-    };
-    mask >> bit & 1 == 1
+    class_of(u64::from(x.to_bits()), 8, 23, mask)
+}
+
+fn class_f64(x: f64, mask: u32) -> bool {
+    class_of(x.to_bits(), 11, 52, mask)
 }
 
 /// `v_div_fixup`: the quotient `q` of `n / d`, with IEEE's answers where the
@@ -3180,6 +3133,9 @@ mod tests {
         assert!(class_f16(0x7e00, 1 << 1), "a quiet NaN");
         assert!(class_f16(0xfc00, 1 << 2), "negative infinity");
         assert!(!class_f16(0x3c00, 1 << 7));
+        assert!(class_f32(-0.0, 1 << 5) && class_f32(f32::MIN_POSITIVE / 2.0, 1 << 7));
+        assert!(class_f64(f64::NEG_INFINITY, 1 << 2) && class_f64(-1.0, 1 << 3));
+        assert!(class_f64(f64::NAN, 1 << 1) && !class_f64(f64::NAN, 1 << 0));
     }
 
     #[test]
