@@ -180,8 +180,15 @@ unsafe fn bundle_extent(raw: &Raw) -> Result<u64, String> {
     }
     let mut at = 32u64;
     let mut end = at;
+    // Headers come before every entry's data: reading on past the first data
+    // offset seen would be reading garbage (and, for a hostile count, far).
+    let mut first_data = MAX_IMAGE;
     for _ in 0..count {
-        // SAFETY: entry headers follow one another, as the count says.
+        if at + 24 > first_data {
+            return Err(invalid("bundle headers run into an entry's data"));
+        }
+        // SAFETY: entry headers follow one another, as the count says, and all
+        // lie before the first entry's data, which lies in the image.
         let (offset, size, id_len) = unsafe { (raw.u64(at), raw.u64(at + 8), raw.u64(at + 16)) };
         if id_len > MAX_ID {
             return Err(format!("a bundle entry id of {id_len} bytes"));
@@ -191,7 +198,13 @@ unsafe fn bundle_extent(raw: &Raw) -> Result<u64, String> {
             .checked_add(size)
             .filter(|&e| e <= MAX_IMAGE)
             .ok_or_else(|| invalid("bundle entry out of range"))?;
+        if size > 0 {
+            first_data = first_data.min(offset);
+        }
         end = end.max(entry_end).max(at);
+    }
+    if at > first_data {
+        return Err(invalid("bundle headers run into an entry's data"));
     }
     Ok(end)
 }
@@ -314,6 +327,15 @@ pub(crate) mod tests {
             assert_eq!(image_at(elf_memory.as_ptr()).unwrap(), &code[..]);
             let garbage = *b"garbage!\0";
             assert!(image_at(garbage.as_ptr()).is_err());
+            // A bundle claiming 60000 entries whose second header would lie in
+            // its first entry's data: refused there, not read on for megabytes.
+            let mut hostile = b"__CLANG_OFFLOAD_BUNDLE__".to_vec();
+            hostile.extend(60000u64.to_le_bytes());
+            hostile.extend(64u64.to_le_bytes()); // offset
+            hostile.extend(8u64.to_le_bytes()); // size
+            hostile.extend(0u64.to_le_bytes()); // id length
+            hostile.extend([0u8; 16]);
+            assert!(image_at(hostile.as_ptr()).is_err());
             assert!(image_at(std::ptr::null()).is_err());
         }
         // The device's entry, not the first gfx90a one (xnack+ is not the device's).
