@@ -3,13 +3,16 @@
  * (hipErrorInvalidConfiguration, by <<<>>>, hipLaunchKernelGGL and hipLaunchKernel),
  * garbage given to hipModuleLoadData, a file that is not there, bogus module and
  * function handles (hipErrorInvalidHandle), a kernel name a module does not have
- * (hipErrorNotFound), an unregistered symbol (hipErrorInvalidSymbol). */
+ * (hipErrorNotFound), an unregistered symbol (hipErrorInvalidSymbol), a kernel calling
+ * printf (hipErrorNoBinaryForGpu: no host call service). */
 #define TEST_NAME "errors"
 #include <hip/hip_runtime.h>
 #include "check.h"
 #include <string.h>
 
 __global__ void k(int* out) { out[threadIdx.x] = 1; }
+/* printf calls the runtime's host service, which the pool does not offer. */
+__global__ void says(int* out) { printf("out %d\n", out[threadIdx.x]); }
 
 static void not_a_kernel(void) {}
 static int not_a_symbol;
@@ -22,6 +25,14 @@ int main(int argc, char** argv) {
     EXPECT(hipLaunchKernel((const void*)not_a_kernel, dim3(1), dim3(1), args, 0, 0) == hipErrorInvalidDeviceFunction,
            "an unregistered stub");
     EXPECT(hipGetLastError() == hipErrorInvalidDeviceFunction, "and it is the last error");
+
+    says<<<1, 1>>>(out);
+    /* Refused at launch by the client (it knows from the server that the kernel
+     * cannot run), or, behind a hip backend that lists it, at the next
+     * synchronisation. */
+    hipError_t e = hipGetLastError();
+    if (e == hipSuccess) e = hipDeviceSynchronize();
+    EXPECT(e == hipErrorNoBinaryForGpu, "a kernel calling printf is refused: %s", hipGetErrorName(e));
 
     k<<<1, 0>>>(out);
     EXPECT(hipGetLastError() == hipErrorInvalidConfiguration, "a block of 0 threads by <<<>>>");

@@ -201,6 +201,24 @@ impl Program {
                     info.kernarg_size
                 ));
             }
+            // printf and malloc in a kernel call the runtime's host-side service
+            // through a buffer it passes (hostcall, or v5's printf buffer and heap):
+            // nothing here answers them.
+            let services = [
+                "hidden_hostcall_buffer",
+                "hidden_printf_buffer",
+                "hidden_heap_v1",
+            ];
+            if info
+                .args
+                .iter()
+                .any(|a| matches!(&a.kind, ArgKind::Hidden(k) if services.contains(&k.as_str())))
+            {
+                problems.push(
+                    "device printf or malloc (the runtime's host call service) is not supported"
+                        .into(),
+                );
+            }
             if info.wavefront_size != 64 {
                 problems.push(format!("wave{} (only wave64 is run)", info.wavefront_size));
             }
