@@ -162,6 +162,7 @@ impl Program {
         let runs: Vec<Option<Exec>> = code.iter().map(exec::semantics).collect();
         let at = code.iter().enumerate().map(|(n, i)| (i.at, n)).collect();
         let mut kernels = Vec::new();
+        let version = object.version;
         for info in object.kernels {
             let kd = layout.symbol(&info.symbol).ok_or_else(|| {
                 AmdgpuError::Metadata(format!(
@@ -202,18 +203,12 @@ impl Program {
                 ));
             }
             // printf and malloc in a kernel call the runtime's host-side service
-            // through a buffer it passes (hostcall, or v5's printf buffer and heap):
-            // nothing here answers them.
-            let services = [
-                "hidden_hostcall_buffer",
-                "hidden_printf_buffer",
-                "hidden_heap_v1",
-            ];
-            if info
-                .args
-                .iter()
-                .any(|a| matches!(&a.kind, ArgKind::Hidden(k) if services.contains(&k.as_str())))
-            {
+            // through a buffer it passes: nothing here answers them. Code objects
+            // v4 list that argument only for kernels that use it; v5's fixed
+            // block of hidden arguments lists it for every kernel, so there a
+            // kernel that calls the service faults on its null buffer instead.
+            let hostcall = |a: &crate::KernelArg| matches!(&a.kind, ArgKind::Hidden(k) if k == "hidden_hostcall_buffer");
+            if version == 4 && info.args.iter().any(hostcall) {
                 problems.push(
                     "device printf or malloc (the runtime's host call service) is not supported"
                         .into(),
