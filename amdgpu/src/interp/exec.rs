@@ -286,30 +286,46 @@ impl Ctx<'_> {
         Ok(x)
     }
 
-    /// A half-precision source (VOP3 `op_sel` picks the high half), widened.
-    fn f16_src(&self, i: &Instr, n: usize, lane: usize) -> Result<f32, Fault> {
-        let v = self.src16_word(i, n, lane, true)?;
+    /// The half of `word` a 16-bit source `n` reads: the high one when VOP3's
+    /// `op_sel` says so.
+    fn half_of(i: &Instr, n: usize, word: u32) -> u16 {
         let high = i.format == Format::Vop3 && i.op_sel >> n & 1 == 1;
-        let mut x = f16_to_f32((if high { v >> 16 } else { v }) as u16);
-        if i.abs >> n & 1 == 1 {
-            x = x.abs();
-        }
-        if i.neg >> n & 1 == 1 {
-            x = -x;
-        }
-        Ok(x)
+        (if high { word >> 16 } else { word }) as u16
     }
 
-    /// Writes a half-precision result: the low half, the high half zeroed (the
-    /// high half kept, and written, when VOP3 `op_sel` names the destination's).
-    fn set_f16(&mut self, i: &Instr, lane: usize, x: f32) -> Result<(), Fault> {
-        let h = u32::from(f32_to_f16(Self::omod_f32(i, x)));
+    /// A half-precision source's bits, its `abs` and `neg` applied (to the sign
+    /// bit, as the hardware does, NaNs included).
+    fn f16_bits(&self, i: &Instr, n: usize, lane: usize) -> Result<u16, Fault> {
+        let mut bits = Self::half_of(i, n, self.src16_word(i, n, lane, true)?);
+        if i.abs >> n & 1 == 1 {
+            bits &= 0x7fff;
+        }
+        if i.neg >> n & 1 == 1 {
+            bits ^= 0x8000;
+        }
+        Ok(bits)
+    }
+
+    /// A half-precision source, widened.
+    fn f16_src(&self, i: &Instr, n: usize, lane: usize) -> Result<f32, Fault> {
+        Ok(f16_to_f32(self.f16_bits(i, n, lane)?))
+    }
+
+    /// Writes a 16-bit result: the low half, the high half zeroed (the high half
+    /// kept, and written, when VOP3 `op_sel` names the destination's).
+    fn set16(&mut self, i: &Instr, lane: usize, h: u16) -> Result<(), Fault> {
+        let h = u32::from(h);
         let v = if i.format == Format::Vop3 && i.op_sel & 8 != 0 {
             (self.vget(i.dst.into(), lane)? & 0xffff) | h << 16
         } else {
             h
         };
         self.vset(i.dst.into(), lane, v)
+    }
+
+    /// Writes a half-precision result.
+    fn set_f16(&mut self, i: &Instr, lane: usize, x: f32) -> Result<(), Fault> {
+        self.set16(i, lane, f32_to_f16(Self::omod_f32(i, x)))
     }
 
     fn f16_op(
@@ -319,10 +335,7 @@ impl Ctx<'_> {
         f: impl Fn([f32; 3]) -> f32,
     ) -> Result<Flow, Fault> {
         self.each(|c, l| {
-            let mut a = [0f32; 3];
-            for (n, x) in a.iter_mut().enumerate().take(arity) {
-                *x = c.f16_src(i, n, l)?;
-            }
+            let a = c.sources(i, l, arity, Self::f16_src)?;
             c.set_f16(i, l, f(a))
         })
     }
@@ -342,9 +355,7 @@ impl Ctx<'_> {
 
     /// A 16-bit integer source (VOP3 `op_sel` picks the high half).
     fn u16_src(&self, i: &Instr, n: usize, lane: usize) -> Result<u32, Fault> {
-        let v = self.src(i, n, lane)?;
-        let high = i.format == Format::Vop3 && i.op_sel >> n & 1 == 1;
-        Ok(if high { v >> 16 } else { v & 0xffff })
+        Ok(u32::from(Self::half_of(i, n, self.src(i, n, lane)?)))
     }
 
     /// A 16-bit integer op: the low half of the result, the high half zeroed
@@ -356,17 +367,8 @@ impl Ctx<'_> {
         f: impl Fn([u32; 3]) -> u32,
     ) -> Result<Flow, Fault> {
         self.each(|c, l| {
-            let mut a = [0u32; 3];
-            for (n, x) in a.iter_mut().enumerate().take(arity) {
-                *x = c.u16_src(i, n, l)?;
-            }
-            let h = f(a) & 0xffff;
-            let v = if i.format == Format::Vop3 && i.op_sel & 8 != 0 {
-                (c.vget(i.dst.into(), l)? & 0xffff) | h << 16
-            } else {
-                h
-            };
-            c.vset(i.dst.into(), l, v)
+            let a = c.sources(i, l, arity, Self::u16_src)?;
+            c.set16(i, l, f(a) as u16)
         })
     }
 
@@ -506,10 +508,7 @@ impl Ctx<'_> {
         f: impl Fn([u32; 3]) -> u32,
     ) -> Result<Flow, Fault> {
         self.each(|c, l| {
-            let mut a = [0u32; 3];
-            for (n, x) in a.iter_mut().enumerate().take(arity) {
-                *x = c.src(i, n, l)?;
-            }
+            let a = c.sources(i, l, arity, Self::src)?;
             c.vset(i.dst.into(), l, f(a))
         })
     }
@@ -521,10 +520,7 @@ impl Ctx<'_> {
         f: impl Fn([f32; 3]) -> f32,
     ) -> Result<Flow, Fault> {
         self.each(|c, l| {
-            let mut a = [0f32; 3];
-            for (n, x) in a.iter_mut().enumerate().take(arity) {
-                *x = c.f32_src(i, n, l)?;
-            }
+            let a = c.sources(i, l, arity, Self::f32_src)?;
             c.vset(i.dst.into(), l, Self::omod_f32(i, f(a)).to_bits())
         })
     }
@@ -536,12 +532,43 @@ impl Ctx<'_> {
         f: impl Fn([f64; 3]) -> f64,
     ) -> Result<Flow, Fault> {
         self.each(|c, l| {
-            let mut a = [0f64; 3];
-            for (n, x) in a.iter_mut().enumerate().take(arity) {
-                *x = c.f64_src(i, n, l)?;
-            }
+            let a = c.sources(i, l, arity, Self::f64_src)?;
             c.vset64(i.dst.into(), l, Self::omod_f64(i, f(a)).to_bits())
         })
+    }
+
+    /// The first `arity` sources of `lane`, each read by `read`.
+    fn sources<T: Copy + Default>(
+        &self,
+        i: &Instr,
+        lane: usize,
+        arity: usize,
+        read: fn(&Self, &Instr, usize, usize) -> Result<T, Fault>,
+    ) -> Result<[T; 3], Fault> {
+        let mut a = [T::default(); 3];
+        for (n, x) in a.iter_mut().enumerate().take(arity) {
+            *x = read(self, i, n, lane)?;
+        }
+        Ok(a)
+    }
+
+    /// VGPR `r` of `lane`, or the pair from `r` (low first) when `wide`.
+    fn vget_wide(&self, r: usize, lane: usize, wide: bool) -> Result<u64, Fault> {
+        let low = u64::from(self.vget(r, lane)?);
+        Ok(if wide {
+            low | u64::from(self.vget(r + 1, lane)?) << 32
+        } else {
+            low
+        })
+    }
+
+    /// Writes `value` to VGPR `r` of `lane`, or to the pair from `r` when `wide`.
+    fn vset_wide(&mut self, r: usize, lane: usize, value: u64, wide: bool) -> Result<(), Fault> {
+        if wide {
+            self.vset64(r, lane, value)
+        } else {
+            self.vset(r, lane, value as u32)
+        }
     }
 
     /// A 64-bit result from 32- or 64-bit sources.
@@ -1503,13 +1530,7 @@ fn global_atomic(
     let words = if wide { 2 } else { 1 };
     c.each(|c, l| {
         let addr = c.flat_address(i, l)?;
-        let get = |c: &Ctx<'_>, r: usize| -> Result<u64, Fault> {
-            Ok(if wide {
-                u64::from(c.vget(r, l)?) | u64::from(c.vget(r + 1, l)?) << 32
-            } else {
-                u64::from(c.vget(r, l)?)
-            })
-        };
+        let get = |c: &Ctx<'_>, r: usize| c.vget_wide(r, l, wide);
         let value = get(c, data)?;
         let old = if cmpswap {
             let compare = get(c, data + words)?;
@@ -1518,10 +1539,7 @@ fn global_atomic(
             rmw(c, addr, wide, &|o| op(o, value, wide))?
         };
         if i.glc {
-            c.vset(i.dst.into(), l, old as u32)?;
-            if wide {
-                c.vset(usize::from(i.dst) + 1, l, (old >> 32) as u32)?;
-            }
+            c.vset_wide(i.dst.into(), l, old, wide)?;
         }
         Ok(())
     })
@@ -1591,13 +1609,7 @@ fn ds_atomic(
     let data1 = usize::from(i.src[2] - src::VGPR0);
     c.each(|c, l| {
         let at = c.ds_address(i, l)? + offset;
-        let get = |c: &Ctx<'_>, r: usize| -> Result<u64, Fault> {
-            Ok(if wide {
-                u64::from(c.vget(r, l)?) | u64::from(c.vget(r + 1, l)?) << 32
-            } else {
-                u64::from(c.vget(r, l)?)
-            })
-        };
+        let get = |c: &Ctx<'_>, r: usize| c.vget_wide(r, l, wide);
         let d0 = get(c, data0)?;
         let old = if cmpst {
             // MEM = MEM == DATA0 ? DATA1 : MEM
@@ -1607,10 +1619,7 @@ fn ds_atomic(
             rmw_lds(c, at, wide, &|o| op(o, d0, wide))?
         };
         if ret {
-            c.vset(i.dst.into(), l, old as u32)?;
-            if wide {
-                c.vset(usize::from(i.dst) + 1, l, (old >> 32) as u32)?;
-            }
+            c.vset_wide(i.dst.into(), l, old, wide)?;
         }
         Ok(())
     })
@@ -2369,16 +2378,7 @@ fn vector_semantics(name: &str) -> Option<Exec> {
         "v_cmp_class_f16" | "v_cmpx_class_f16" => op!(|c, i| {
             c.compare(i, |c, l| {
                 // Classified from the half's own bits (its NaNs and subnormals).
-                let v = c.src16_word(i, 0, l, true)?;
-                let high = i.format == Format::Vop3 && i.op_sel & 1 == 1;
-                let mut bits = (if high { v >> 16 } else { v }) as u16;
-                if i.abs & 1 == 1 {
-                    bits &= 0x7fff;
-                }
-                if i.neg & 1 == 1 {
-                    bits ^= 0x8000;
-                }
-                Ok(class_f16(bits, c.src(i, 1, l)?))
+                Ok(class_f16(c.f16_bits(i, 0, l)?, c.src(i, 1, l)?))
             })
         }),
         "v_div_fmas_f64" => op!(|c, i| c.f64_op(i, 3, |a| a[0].mul_add(a[1], a[2]))),
