@@ -10,19 +10,29 @@
 # exits non-zero if any compile fails (after trying all of them).
 #
 # Options: -f / --force  rebuild everything.
+#          --list        print the programs' names (what the test scripts run), build nothing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 force=0
+src="$root/tests/hip"
+# The programs: every tests/hip/*.hip but module_kernels.hip, the code object
+# module.hip loads.
+programs() {
+    for source in "$src"/*.hip; do
+        name=$(basename "$source" .hip)
+        [ "$name" = module_kernels ] || echo "$name"
+    done
+}
 while [ $# -gt 0 ]; do
     case "$1" in
         -f|--force) force=1 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --list) programs | tr '\n' ' '; echo; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
     shift
 done
 command -v hipcc >/dev/null || "$root/scripts/install-system-packages.sh"
-src="$root/tests/hip"
 out="$src/build"
 mkdir -p "$out"
 ARCH=gfx90a
@@ -51,9 +61,7 @@ build() { # output, source, hipcc flags...
 }
 
 build "$out/module_kernels.co" "$src/module_kernels.hip" --genco
-for source in "$src"/*.hip; do
-    name=$(basename "$source" .hip)
-    [ "$name" = module_kernels ] && continue
-    build "$out/$name" "$source"
+for name in $(programs); do
+    build "$out/$name" "$src/$name.hip"
 done
 exit $failed

@@ -15,10 +15,8 @@
 #   XPUPOOL_BIN   the xpupool binary (default: $CARGO_TARGET_DIR or target/, then release/xpupool)
 #   TEST_TIMEOUT  seconds per program (default 300)
 set -uo pipefail
-# Every tests/hip/<name>.hip program but module_kernels.hip (the code object
-# module.hip loads), unless HIP_KERNEL_TESTS names some.
-all_hip=$(cd "$(dirname "$0")/../tests/hip" && ls *.hip | sed 's/\.hip$//' | grep -vx module_kernels | tr '\n' ' ')
-HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-$all_hip}"
+# Every tests/hip program (build-hip-tests.sh --list), unless HIP_KERNEL_TESTS names some.
+HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-$("$(dirname "$0")/build-hip-tests.sh" --list)}"
 # A kernel the interpreter runs longer than this fails (tests/hip/timeout.hip
 # checks that; a test that would hang fails instead).
 export XPUPOOL_KERNEL_TIME_LIMIT="${XPUPOOL_KERNEL_TIME_LIMIT:-3}"

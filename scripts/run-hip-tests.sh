@@ -11,10 +11,8 @@
 # HIP_KERNEL_TESTS narrows the list). Needs the core and the CLI built:
 # cargo build --release.
 set -euo pipefail
-# Every tests/hip/<name>.hip program but module_kernels.hip (the code object
-# module.hip loads), unless HIP_KERNEL_TESTS names some.
-all_hip=$(cd "$(dirname "$0")/../tests/hip" && ls *.hip | sed 's/\.hip$//' | grep -vx module_kernels | tr '\n' ' ')
-HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-$all_hip}"
+# Every tests/hip program (build-hip-tests.sh --list), unless HIP_KERNEL_TESTS names some.
+HIP_KERNEL_TESTS="${HIP_KERNEL_TESTS-$("$(dirname "$0")/build-hip-tests.sh" --list)}"
 # A kernel the interpreter runs longer than this fails (tests/hip/timeout.hip
 # checks that; a test that would hang fails instead).
 export XPUPOOL_KERNEL_TIME_LIMIT="${XPUPOOL_KERNEL_TIME_LIMIT:-3}"
