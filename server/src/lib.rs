@@ -9,6 +9,7 @@
 //! [`worker`] process; `acl` later.
 
 pub mod backend;
+mod checks;
 pub mod config;
 pub mod cuda;
 pub mod embedded;

@@ -20,6 +20,7 @@ use xpupool_protocol::{code, Api, CuError};
 use super::module::{self, Kernel};
 use super::timing::KernelTimes;
 use super::Shared;
+use crate::checks::{end_of, invalid_handle, invalid_value, memset_element, only_device_zero};
 
 /// `CU_STREAM_LEGACY`.
 const STREAM_LEGACY: u64 = 1;
@@ -80,23 +81,6 @@ pub(crate) struct CudaSession {
     events: HashSet<u64>,
     /// Device time of its kernels ([`Request::SessionBusy`]).
     times: KernelTimes,
-}
-
-fn invalid_handle(what: &str, handle: u64) -> CuError {
-    CuError::new(
-        code::INVALID_HANDLE,
-        format!("{what} {handle:#x} does not belong to this session"),
-    )
-}
-
-fn invalid_value(message: impl Into<String>) -> CuError {
-    CuError::new(code::INVALID_VALUE, message)
-}
-
-/// `base + offset`, or an error instead of wrapping.
-fn end_of(base: u64, len: u64) -> Result<u64, CuError> {
-    base.checked_add(len)
-        .ok_or_else(|| invalid_value(format!("[{base:#x}, +{len}) wraps around")))
 }
 
 /// A 3-D copy of `region`'s extent, both sides still to be filled in.
@@ -1198,9 +1182,7 @@ impl Api for CudaSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(u64::from(elem_size)) {
-            return Err(invalid_value("memset element size or alignment"));
-        }
+        memset_element(dst, elem_size)?;
         let len = count
             .checked_mul(u64::from(elem_size))
             .ok_or_else(|| invalid_value("memset too large"))?;
@@ -1233,9 +1215,7 @@ impl Api for CudaSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(u64::from(elem_size)) {
-            return Err(invalid_value("memset element size or alignment"));
-        }
+        memset_element(dst, elem_size)?;
         let row = width
             .checked_mul(u64::from(elem_size))
             .ok_or_else(|| invalid_value("memset2D too large"))?;
@@ -1586,17 +1566,6 @@ fn ipc_bytes(handle: &[u8]) -> Result<[std::ffi::c_char; 64], CuError> {
         .try_into()
         .map_err(|_| invalid_value("an IPC handle of the wrong size"))?;
     Ok(bytes.map(|b| b as std::ffi::c_char))
-}
-
-fn only_device_zero(device: u32) -> Result<(), CuError> {
-    if device == 0 {
-        Ok(())
-    } else {
-        Err(CuError::new(
-            code::INVALID_DEVICE,
-            format!("device {device}"),
-        ))
-    }
 }
 
 impl Drop for CudaSession {

@@ -18,6 +18,7 @@ use super::runtime::{
 };
 use super::timing::KernelTimes;
 use super::Shared;
+use crate::checks::{end_of, invalid_handle, invalid_value, memset_element, only_device_zero};
 
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` (`hipStreamPerThread`): both
 /// the runtime's null stream here, as the cuda backend maps them (server threads
@@ -67,39 +68,11 @@ pub(crate) struct HipSession {
     times: KernelTimes,
 }
 
-fn invalid_handle(what: &str, handle: u64) -> CuError {
-    CuError::new(
-        code::INVALID_HANDLE,
-        format!("{what} {handle:#x} does not belong to this session"),
-    )
-}
-
-fn invalid_value(message: impl Into<String>) -> CuError {
-    CuError::new(code::INVALID_VALUE, message)
-}
-
 fn unsupported(operation: &str) -> CuError {
     CuError::new(
         code::NOT_SUPPORTED,
         format!("{operation} is not supported by the hip backend"),
     )
-}
-
-/// `base + len`, or an error instead of wrapping.
-fn end_of(base: u64, len: u64) -> Result<u64, CuError> {
-    base.checked_add(len)
-        .ok_or_else(|| invalid_value(format!("[{base:#x}, +{len}) wraps around")))
-}
-
-fn only_device_zero(device: u32) -> Result<(), CuError> {
-    if device == 0 {
-        Ok(())
-    } else {
-        Err(CuError::new(
-            code::INVALID_DEVICE,
-            format!("device {device}"),
-        ))
-    }
 }
 
 /// Whether `image` is an AMD GPU code object (ELF for machine 224, `EM_AMDGPU`).
@@ -439,9 +412,7 @@ impl Api for HipSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(u64::from(elem_size)) {
-            return Err(invalid_value("memset element size or alignment"));
-        }
+        memset_element(dst, elem_size)?;
         let len = count
             .checked_mul(u64::from(elem_size))
             .ok_or_else(|| invalid_value("memset too large"))?;
@@ -464,9 +435,7 @@ impl Api for HipSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        if !matches!(elem_size, 1 | 2 | 4) || !dst.is_multiple_of(u64::from(elem_size)) {
-            return Err(invalid_value("memset element size or alignment"));
-        }
+        memset_element(dst, elem_size)?;
         let (row, span) = rows_span(elem_size, pitch, width, height)?;
         if width == 0 || height == 0 {
             return Ok(());

@@ -484,12 +484,7 @@ impl SessionMemory {
         elem_size: u8,
         count: u64,
     ) -> Result<(), CuError> {
-        if !matches!(elem_size, 1 | 2 | 4) || !address.is_multiple_of(elem_size as u64) {
-            return Err(CuError::new(
-                code::INVALID_VALUE,
-                "memset element size or alignment",
-            ));
-        }
+        crate::checks::memset_element(address, elem_size)?;
         let pattern = &value.to_le_bytes()[..elem_size as usize];
         let len = count
             .checked_mul(elem_size as u64)

@@ -30,6 +30,7 @@ use xpupool_protocol::{code, Api, CuError, DeviceInfo};
 use xpupool_ptx::{ExecError, Launch};
 
 use crate::backend::{Backend, DirectCopy, Session, Tenant};
+use crate::checks::invalid_handle;
 use memory::{DeviceMemory, SessionMemory};
 
 /// `CU_EVENT_DISABLE_TIMING`
@@ -399,13 +400,6 @@ struct MockSession {
     sticky: Option<CuError>,
     /// Device `malloc`'s heap.
     heap: heap::Heap,
-}
-
-fn invalid_handle(what: &str, handle: u64) -> CuError {
-    CuError::new(
-        code::INVALID_HANDLE,
-        format!("{what} {handle:#x} does not belong to this session"),
-    )
 }
 
 impl MockSession {

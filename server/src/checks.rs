@@ -1,0 +1,43 @@
+//! The checks and errors every backend's session shares: handles that are not
+//! the session's, values out of range, address ranges that wrap, the one device
+//! served, a memset's element.
+
+use xpupool_protocol::{code, CuError};
+
+pub(crate) fn invalid_handle(what: &str, handle: u64) -> CuError {
+    CuError::new(
+        code::INVALID_HANDLE,
+        format!("{what} {handle:#x} does not belong to this session"),
+    )
+}
+
+pub(crate) fn invalid_value(message: impl Into<String>) -> CuError {
+    CuError::new(code::INVALID_VALUE, message)
+}
+
+/// `base + len`, or an error instead of wrapping.
+pub(crate) fn end_of(base: u64, len: u64) -> Result<u64, CuError> {
+    base.checked_add(len)
+        .ok_or_else(|| invalid_value(format!("[{base:#x}, +{len}) wraps around")))
+}
+
+/// Device 0, the one a cuda or hip backend serves.
+pub(crate) fn only_device_zero(device: u32) -> Result<(), CuError> {
+    if device == 0 {
+        Ok(())
+    } else {
+        Err(CuError::new(
+            code::INVALID_DEVICE,
+            format!("device {device}"),
+        ))
+    }
+}
+
+/// A memset's element: 1, 2 or 4 bytes, and `dst` aligned to it.
+pub(crate) fn memset_element(dst: u64, elem_size: u8) -> Result<(), CuError> {
+    if matches!(elem_size, 1 | 2 | 4) && dst.is_multiple_of(u64::from(elem_size)) {
+        Ok(())
+    } else {
+        Err(invalid_value("memset element size or alignment"))
+    }
+}
