@@ -166,13 +166,13 @@ const RSMI_CODES: xpupool_cabi::Codes<RsmiStatus> = xpupool_cabi::Codes {
 
 /// Runs one exported AMD SMI call.
 pub(crate) fn amdsmi(name: &'static str, body: impl FnOnce() -> Res) -> AmdsmiStatus {
-    crate::log::init();
+    xpupool_cabi::init_logging();
     xpupool_cabi::enter(name, AMDSMI_CODES, || body().map_err(Fail::amdsmi))
 }
 
 /// Runs one exported ROCm SMI call.
 pub(crate) fn rsmi(name: &'static str, body: impl FnOnce() -> Res) -> RsmiStatus {
-    crate::log::init();
+    xpupool_cabi::init_logging();
     xpupool_cabi::enter(name, RSMI_CODES, || body().map_err(Fail::rsmi))
 }
 

@@ -23,7 +23,6 @@
 mod amdsmi;
 mod boundary;
 mod format;
-mod log;
 mod rsmi;
 mod state;
 mod types;

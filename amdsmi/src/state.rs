@@ -145,7 +145,7 @@ pub(crate) fn smi(api: Api) -> Res<&'static Smi> {
 }
 
 fn connect() -> Result<Smi, ()> {
-    crate::log::init();
+    xpupool_cabi::init_logging();
     match Connection::open_from_env() {
         Ok(conn) => {
             let welcome = &conn.welcome;

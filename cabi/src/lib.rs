@@ -1,9 +1,10 @@
-//! What xpupool's C-ABI stand-ins (`libcuda.so.1`, `libnvidia-ml.so.1`) share.
+//! What xpupool's C-ABI stand-ins (`libcuda.so.1`, `libnvidia-ml.so.1`, `libamd_smi.so`) share.
 //!
 //! - [`enter`]: every exported call runs through it; it turns a `Result` into the
 //!   library's status code and catches panics, so nothing unwinds into C.
 //! - [`first_time`]: for logging an unsupported entry point once.
 //! - [`put`] and [`c_str`]: the argument checks every entry point needs.
+//! - [`init_logging`]: the library's log, to stderr, filtered by `XPUPOOL_LOG`.
 //! - [`build`]: used by the libraries' build scripts to export a stub for every
 //!   entry point nobody has written, and a symbol table of everything exported.
 
@@ -11,7 +12,7 @@ pub mod build;
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 
 /// The status codes one library answers with.
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +82,21 @@ pub fn c_str<'a, C: Copy>(ptr: *const std::ffi::c_char, invalid: C) -> Result<&'
     unsafe { std::ffi::CStr::from_ptr(ptr) }
         .to_str()
         .map_err(|_| invalid)
+}
+
+/// Starts the library's logging once: to stderr, filtered by `XPUPOOL_LOG`
+/// (default: warnings).
+pub fn init_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("XPUPOOL_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+    });
 }
 
 #[cfg(test)]

@@ -69,7 +69,7 @@ const CODES: xpupool_cabi::Codes<NvmlReturn> = xpupool_cabi::Codes {
 
 /// Runs one exported call.
 pub(crate) fn enter(name: &'static str, body: impl FnOnce() -> Res) -> NvmlReturn {
-    crate::log::init();
+    xpupool_cabi::init_logging();
     xpupool_cabi::enter(name, CODES, body)
 }
 

@@ -17,7 +17,6 @@
 mod api;
 mod boundary;
 mod format;
-mod log;
 mod state;
 mod types;
 

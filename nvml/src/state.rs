@@ -130,7 +130,7 @@ pub(crate) fn nvml() -> Res<&'static Nvml> {
 }
 
 fn connect() -> Result<Nvml, ()> {
-    crate::log::init();
+    xpupool_cabi::init_logging();
     let connection = Connection::open_from_env();
     match connection {
         Ok(conn) => {
