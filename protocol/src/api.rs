@@ -601,6 +601,18 @@ pub struct FunctionInfo {
     pub attributes: Vec<(u32, i32)>,
 }
 
+/// A session's kernels as its backend measured them ([`Request::SessionBusy`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionWork {
+    /// Nanoseconds of device time of the launches that completed.
+    pub busy_ns: u64,
+    /// Launches that completed and were timed.
+    pub completed: u64,
+    /// Launches forwarded that have not completed (timed ones: a launch that
+    /// went untimed is not counted anywhere).
+    pub pending: u64,
+}
+
 /// How busy one device is and what one tenant holds on it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeviceUsage {
@@ -822,12 +834,13 @@ declare_api! {
     /// (`cuLaunchKernelEx` with a cluster dimension; a device of compute
     /// capability 9.0 or newer). The grid is a whole number of clusters.
     fn launch_clustered(function: u64 as Function, dims: LaunchDims, cluster: [u32; 3], stream: u64 as Stream, params: ByteBuf as Data) -> () = LaunchClustered @ 57 [POSTED];
-    /// Nanoseconds of device time the session's kernels took so far, as far as
-    /// the backend has measured (the cuda backend: events around each launch,
-    /// read once they complete). The tenancy layer reads it for busy time and
-    /// utilisation where kernels run asynchronously; a backend whose kernels the
+    /// The device time the session's kernels took so far, as far as the backend
+    /// has measured (the cuda backend: events around each launch, read once they
+    /// complete), and how many of its launches have not completed. The tenancy
+    /// layer reads it for busy time and utilisation, and to pace launches under
+    /// contention, where kernels run asynchronously; a backend whose kernels the
     /// server's scheduler times itself (the mock) refuses it.
-    fn session_busy() -> u64 = SessionBusy @ 58;
+    fn session_busy() -> SessionWork = SessionBusy @ 58;
     /// One of a function's attributes (`CU_FUNC_ATTRIBUTE_*` 0..=9) that its
     /// module's load did not report: with lazy loading, the device-dependent ones
     /// of a function not loaded yet, which the backend loads to answer.

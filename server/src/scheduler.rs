@@ -27,6 +27,14 @@
 //! Only kernels are scheduled; a waiting launch holds up its own stream (it is the
 //! next thing on it) and nothing else, and a synchronising call waits for it as for
 //! any earlier work, so holding back can neither reorder a stream nor deadlock.
+//!
+//! That is for backends whose launches return when the kernel is done (the mock).
+//! Where kernels run asynchronously (cuda, hip) the same accounts and choice hold
+//! back launches instead, through a lease on the device ([`lease`]).
+
+mod lease;
+
+pub use lease::Presence;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -117,6 +125,9 @@ struct State {
     samples: Vec<(Instant, u64)>,
     /// The device kept for a tenant until then, its class ([`ANTICIPATION`]).
     reserved: Option<(String, Priority, Instant)>,
+    /// Where kernels run asynchronously: the tenant whose sessions may launch
+    /// ([`lease`]).
+    lease: Option<lease::Lease>,
 }
 
 /// One device's scheduler.
@@ -240,6 +251,14 @@ impl DeviceScheduler {
         account.decay(now);
         account.recent += seconds;
         account.vtime += seconds / claimant.share.max(1e-3);
+        let vtime = account.vtime;
+        if state
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.tenant == claimant.tenant)
+        {
+            state.vclock = state.vclock.max(vtime);
+        }
     }
 
     /// The fraction of the last second the device ran kernels.

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use xpupool_protocol::api::{
-    Arg, DeviceFigures, DeviceUsage, GraphNode, ModuleInfo, ServerStatus, TenantFigures,
-    MAX_GRAPH_NODES, OPERATIONS,
+    Arg, DeviceFigures, DeviceUsage, GraphNode, ModuleInfo, ServerStatus, SessionWork,
+    TenantFigures, MAX_GRAPH_NODES, OPERATIONS,
 };
 use xpupool_protocol::{code, CuError, DeviceInfo, Reply, Request};
 
@@ -944,13 +944,17 @@ impl TenantSession {
                 let running = Arc::new(scheduler.acquire(&claimant));
                 crate::scheduler::with_current(running, || self.inner.handle(request))
             }
-            (Some(d), _) => {
+            (Some(d), scheduler) => {
                 self.tenant
                     .usage(d)
                     .launches
                     .fetch_add(1, Ordering::Relaxed);
                 // Read at the next request (handle_on_host) from now on.
                 self.busy.device = Some(d);
+                let _launching = scheduler.map(|scheduler| {
+                    let claimant = self.tenant.claimant(d);
+                    scheduler.admit(&claimant, &mut || self.read_work())
+                });
                 self.inner.handle(request)
             }
             // Not a function of this session: the backend says so.
@@ -962,22 +966,34 @@ impl TenantSession {
     /// most every [`BUSY_POLL`] unless `now`) and adds what is new to the
     /// tenant's busy time and the device's, through its scheduler's accounts.
     fn poll_busy(&mut self, now: bool) {
-        let Some(device) = self.busy.device else {
-            return;
-        };
         if self.busy.off || (!now && self.busy.at.elapsed() < BUSY_POLL) {
             return;
         }
+        self.read_work();
+    }
+
+    /// Asks the backend how this session's launches stand, and adds the device
+    /// time it measured since the last ask to the tenant's and the device's
+    /// accounts; `None` if it has launched nothing yet or the backend cannot say.
+    fn read_work(&mut self) -> Option<SessionWork> {
+        let device = self.busy.device?;
+        if self.busy.off {
+            return None;
+        }
         self.busy.at = Instant::now();
         match self.inner.handle(Request::SessionBusy {}) {
-            Ok(Reply::SessionBusy(total)) => {
-                let new = total.saturating_sub(self.busy.seen);
-                self.busy.seen = self.busy.seen.max(total);
+            Ok(Reply::SessionBusy(work)) => {
+                let new = work.busy_ns.saturating_sub(self.busy.seen);
+                self.busy.seen = self.busy.seen.max(work.busy_ns);
                 if let Some(scheduler) = self.host.scheduler(device) {
                     scheduler.record(&self.tenant.claimant(device), new);
                 }
+                Some(work)
             }
-            Ok(_) | Err(_) => self.busy.off = true,
+            Ok(_) | Err(_) => {
+                self.busy.off = true;
+                None
+            }
         }
     }
 
@@ -1028,6 +1044,12 @@ impl Session for TenantSession {
             }
             Ok(())
         })?;
+        // Where launches are paced (kernels that run asynchronously), a session
+        // in a request is not quiet: its tenant keeps the device's lease.
+        let _present = self.busy.device.and_then(|d| {
+            let scheduler = self.host.scheduler(d)?;
+            Some(scheduler.present(&self.tenant.claimant(d)))
+        });
         // What a synchronising call waited for has finished: read it now (at
         // most every BUSY_POLL: a read is a round trip to the session's worker).
         let synchronizes = request.synchronizes();

@@ -14,6 +14,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use xpupool_protocol::api::SessionWork;
+
 /// Launches of one stream whose events may wait to be read.
 const MAX_PENDING: usize = 4096;
 /// Launches of all the session's streams together.
@@ -49,6 +51,8 @@ pub(crate) struct KernelTimes<T: TimingEvents> {
     pending: HashMap<usize, VecDeque<Pair<T>>>,
     /// Nanoseconds of the launches read so far.
     busy_ns: u64,
+    /// Launches read so far.
+    completed: u64,
     /// Launches not timed (the queue was full, or events could not be made).
     untimed: u64,
 }
@@ -59,6 +63,7 @@ impl<T: TimingEvents> Default for KernelTimes<T> {
             pool: Vec::new(),
             pending: HashMap::new(),
             busy_ns: 0,
+            completed: 0,
             untimed: 0,
         }
     }
@@ -115,13 +120,17 @@ impl<T: TimingEvents> KernelTimes<T> {
     }
 
     /// Reads the launches that have completed, each stream's oldest first,
-    /// without waiting: the nanoseconds of all launches read so far.
-    pub(crate) fn collect(&mut self, d: &T) -> u64 {
+    /// without waiting: the time of all launches read so far, and how many
+    /// have not completed.
+    pub(crate) fn collect(&mut self, d: &T) -> SessionWork {
         for queue in self.pending.values_mut() {
             while let Some(&(start, end)) = queue.front() {
                 match d.event_done(end) {
                     Some(false) => break,
-                    Some(true) => self.busy_ns += elapsed_ns(d, start, end),
+                    Some(true) => {
+                        self.busy_ns += elapsed_ns(d, start, end);
+                        self.completed += 1;
+                    }
                     // A failed launch or a broken context: this one is not counted.
                     None => {}
                 }
@@ -130,7 +139,11 @@ impl<T: TimingEvents> KernelTimes<T> {
             }
         }
         self.pending.retain(|_, queue| !queue.is_empty());
-        self.busy_ns
+        SessionWork {
+            busy_ns: self.busy_ns,
+            completed: self.completed,
+            pending: self.pending.values().map(|q| q.len() as u64).sum(),
+        }
     }
 
     /// Destroys every event (the session is ending; its work is done or failed).
@@ -220,17 +233,26 @@ mod tests {
         t.after(&d, 7, first, true);
         let second = t.before(&d, 7).unwrap();
         t.after(&d, 7, second, true);
-        assert_eq!(t.collect(&d), 0, "nothing has completed");
+        let work = |busy_ns, completed, pending| SessionWork {
+            busy_ns,
+            completed,
+            pending,
+        };
+        assert_eq!(t.collect(&d), work(0, 0, 2), "nothing has completed");
         *d.done_upto.borrow_mut() = first.1;
-        assert_eq!(t.collect(&d), 1_000_000, "the first launch: 1 ms");
+        assert_eq!(
+            t.collect(&d),
+            work(1_000_000, 1, 1),
+            "the first launch: 1 ms"
+        );
         *d.done_upto.borrow_mut() = usize::MAX;
-        assert_eq!(t.collect(&d), 2_000_000);
+        assert_eq!(t.collect(&d), work(2_000_000, 2, 0));
         // A launch that did not happen is not counted, and its events go back.
         let made = *d.made.borrow();
         let third = t.before(&d, 7).unwrap();
         t.after(&d, 7, third, false);
         assert_eq!(*d.made.borrow(), made, "pooled events are reused");
-        assert_eq!(t.collect(&d), 2_000_000);
+        assert_eq!(t.collect(&d), work(2_000_000, 2, 0));
         t.destroy(&d);
         assert_eq!(*d.destroyed.borrow(), made);
     }

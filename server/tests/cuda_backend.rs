@@ -445,7 +445,11 @@ fn the_device_time_of_kernels_is_measured_with_events() {
     let _serial = serial();
     let front = Front::start(None);
     let c = front.connect();
-    assert_eq!(c.session_busy().unwrap(), 0, "nothing launched yet");
+    assert_eq!(
+        c.session_busy().unwrap(),
+        Default::default(),
+        "nothing launched yet"
+    );
     let n = 4096u32;
     let out = c.mem_alloc(0, u64::from(n) * 4).unwrap();
     let module = c.module_load(0, ptx_image(SCALE_PTX)).unwrap();
@@ -463,10 +467,12 @@ fn the_device_time_of_kernels_is_measured_with_events() {
     }
     c.stream_synchronize(stream).unwrap();
     let wall = started.elapsed().as_nanos() as u64;
-    let busy = c.session_busy().unwrap();
+    let work = c.session_busy().unwrap();
+    assert_eq!((work.completed, work.pending), (20, 0), "{work:?}");
+    let busy = work.busy_ns;
     assert!(busy > 0, "20 kernels took no device time");
     assert!(busy <= wall, "{busy} ns of kernels in {wall} ns");
-    assert_eq!(c.session_busy().unwrap(), busy, "nothing new ran");
+    assert_eq!(c.session_busy().unwrap(), work, "nothing new ran");
     // The tenancy layer adds it to the tenant's busy time.
     let status = c.server_status().unwrap();
     let seconds: f64 = status.tenants.iter().map(|t| t.busy_seconds).sum();

@@ -8,19 +8,18 @@
 //! values (modules excepted: a session-local number, since a module the driver could
 //! not load still needs one); they are opaque to clients and never trusted.
 //!
-//! **Isolation (docs/DESIGN.md §3.7) is not done yet.** Sessions run in this process, in one
-//! shared context: a kernel fault poisons the context for every tenant, and a kernel
-//! given a forged pointer argument (which cannot be checked) can read or write another
-//! tenant's memory. Next: run each session in a worker process of its own (spawned by
-//! the server, speaking the same `Api` over a pipe or shared-memory ring), with the
-//! parent keeping admission, the memory ledger and metrics; then a fault ends one
-//! worker, and the driver frees its memory when the process exits.
+//! **Isolation** (docs/DESIGN.md §3.7): sessions of one process share the device's
+//! primary context, so a kernel fault would poison it for all of them and a kernel
+//! given a forged pointer argument (which cannot be checked) could reach another
+//! session's memory. The server therefore runs each session of this backend in a
+//! worker process of its own by default (`worker.rs`, `--isolation auto`); in one
+//! process (`--isolation none`) it is for tests and a single trusted tenant.
 //!
 //! Also not done: one device per server (device 0: the protocol names devices now,
 //! the backend does not yet keep a context per device), SM ceilings (green
-//! contexts), and measuring kernel time with events for the compute-share
-//! scheduler (launches return before their kernels end, so they are counted, not
-//! scheduled).
+//! contexts). Kernel time is measured with events around each launch
+//! (`timing.rs`); the server's scheduler paces launches with it
+//! (`scheduler/lease.rs`).
 
 mod driver;
 mod module;

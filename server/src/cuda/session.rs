@@ -1430,7 +1430,7 @@ impl Api for CudaSession {
         module::function_attribute(&self.shared.driver, function as CUfunction, attribute)
     }
 
-    fn session_busy(&mut self) -> Result<u64, CuError> {
+    fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
         self.shared.enter()?;
         Ok(self.times.collect(&self.shared.driver))
     }

@@ -746,7 +746,7 @@ impl Api for HipSession {
         Err(unsupported("a clustered launch"))
     }
 
-    fn session_busy(&mut self) -> Result<u64, CuError> {
+    fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
         self.shared.enter()?;
         Ok(self.times.collect(&self.shared.runtime))
     }

@@ -1186,7 +1186,7 @@ impl Api for MockSession {
         ))
     }
 
-    fn session_busy(&mut self) -> Result<u64, CuError> {
+    fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
         // Kernels run inside the launch here, timed by the server's scheduler.
         Err(CuError::new(
             code::NOT_SUPPORTED,
