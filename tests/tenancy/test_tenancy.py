@@ -204,11 +204,11 @@ def test_shares_70_30_and_alone(servers):
     assert alone_fraction(s, "b") >= 0.95
 
 
-def cuda_backend_over_a_mock(servers, tenants):
+def cuda_backend_over_a_mock(servers, tenants, devices=1):
     """A pool server whose backend is `cuda`, with xpupool's own libcuda.so.1 as
-    the host's driver and a mock server behind it (the chain CI tests the cuda
-    backend with): its kernels run asynchronously, as on a GPU."""
-    back = servers({"chain": {}}, memory="4GiB")
+    the host's driver and a mock server of `devices` devices behind it (the chain
+    CI tests the cuda backend with): its kernels run asynchronously, as on a GPU."""
+    back = servers({"chain": {}}, devices=devices, memory="4GiB")
     return servers(tenants, backend="cuda", env={
         "XPUPOOL_CUDA_DRIVER": str(Path(BIN).parent / "libcuda.so"),
         "XPUPOOL_NVML_LIBRARY": str(Path(BIN).parent / "libnvidia_ml.so"),
@@ -335,6 +335,22 @@ def test_two_devices_and_a_tenant_limited_to_one(servers):
     assert "devices=1" in out, out
     # Its device 0 is the host's device 1: the second mock device's PCI bus.
     both = s.check("both", TWO, "count")
+    bus = lambda text, d: re.search(rf"device {d}: .* pci bus (\d+)", text).group(1)
+    assert bus(out, 0) == bus(both, 1), (out, both)
+
+
+def test_two_devices_through_the_cuda_backend(servers):
+    """The cuda backend offers every device the driver reports, with a context
+    per device, and peer copies between them."""
+    s = cuda_backend_over_a_mock(servers, {
+        "both": {"memory_limit": '"64MiB"'},
+        "second": {"devices": "[1]"},
+    }, devices=2)
+    s.check("both", TWO)
+    out = s.check("second", TWO, "count")
+    assert "devices=1" in out, out
+    both = s.check("both", TWO, "count")
+    assert "devices=2" in both, both
     bus = lambda text, d: re.search(rf"device {d}: .* pci bus (\d+)", text).group(1)
     assert bus(out, 0) == bus(both, 1), (out, both)
 

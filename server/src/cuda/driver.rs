@@ -122,6 +122,8 @@ entry_points! {
         cuIpcGetEventHandle: fn(*mut CUipcEventHandle, CUevent);
         cuIpcOpenEventHandle: fn(*mut CUevent, CUipcEventHandle);
         cuMemGetAddressRange_v2: fn(*mut CUdeviceptr, *mut usize, CUdeviceptr);
+        // Copies between two devices.
+        cuMemcpyPeerAsync: fn(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, usize, CUstream);
         // CUDA 12.4: function enumeration and parameter layouts.
         cuModuleGetFunctionCount: fn(*mut c_uint, CUmodule);
         cuModuleEnumerateFunctions: fn(*mut CUfunction, c_uint, CUmodule);

@@ -1,7 +1,7 @@
 //! The `cuda` backend: sessions on the host's NVIDIA driver (`libcuda.so.1`, loaded
 //! with `libloading`; `XPUPOOL_CUDA_DRIVER` may name another path).
 //!
-//! All sessions share device 0's primary context, each with its own tables of
+//! All sessions share each device's primary context, each with its own tables of
 //! allocations, modules, functions, streams and events: every pointer and handle a
 //! request names is checked against them before the driver sees it, and everything
 //! is freed when the session ends. Handles given to clients are the driver's own
@@ -15,9 +15,12 @@
 //! worker process of its own by default (`worker.rs`, `--isolation auto`); in one
 //! process (`--isolation none`) it is for tests and a single trusted tenant.
 //!
-//! Also not done: one device per server (device 0: the protocol names devices now,
-//! the backend does not yet keep a context per device), SM ceilings (green
-//! contexts). Kernel time is measured with events around each launch
+//! Every device the driver reports is served, each through its primary context:
+//! a session enters the context of the device a request concerns (the device it
+//! names, or that of the stream, function, event or memory it names), and copies
+//! between two devices' memory go through `cuMemcpyPeerAsync`.
+//!
+//! Not done: SM ceilings (green contexts). Kernel time is measured with events around each launch
 //! (`timing.rs`); the server's scheduler paces launches with it
 //! (`scheduler/lease.rs`).
 
@@ -45,7 +48,7 @@ use module::Kernel;
 /// Images remembered at most (their kernel lists are small; the bytes are not kept).
 const MAX_CACHED_IMAGES: usize = 4096;
 
-/// The host's CUDA driver, serving device 0.
+/// The host's CUDA driver, serving every device it reports.
 pub struct CudaBackend {
     shared: Arc<Shared>,
     /// NVML for power figures, loaded at the first ask (`None`: not available).
@@ -55,25 +58,42 @@ pub struct CudaBackend {
 /// What every session of the backend shares.
 pub(crate) struct Shared {
     driver: Driver,
-    device: CUdevice,
-    /// The device's primary context, retained for the backend's lifetime.
-    context: usize,
-    /// The device as the driver reports it (memory not yet clamped to a tenant).
-    info: DeviceInfo,
-    /// Compute capability as an SM number (90 for 9.0).
-    sm: u32,
+    /// The host's devices, by ordinal.
+    devices: Vec<Device>,
     version: i32,
     /// Kernels of images loaded before, by SHA-256 of their wire bytes, so a second
     /// load of the same image (by any session) skips introspection.
     images: Mutex<HashMap<[u8; 32], Arc<Vec<Kernel>>>>,
 }
 
+/// One of the host's devices.
+pub(crate) struct Device {
+    device: CUdevice,
+    /// Its primary context, retained for the backend's lifetime.
+    context: usize,
+    /// The device as the driver reports it (memory not yet clamped to a tenant).
+    info: DeviceInfo,
+    /// Compute capability as an SM number (90 for 9.0).
+    sm: u32,
+}
+
 impl Shared {
-    /// Makes the device's primary context current on the calling thread (each
-    /// request runs on whatever blocking thread the server picks).
-    pub(crate) fn enter(&self) -> Result<(), CuError> {
+    /// Device `ordinal`, or `CUDA_ERROR_INVALID_DEVICE`.
+    pub(crate) fn device(&self, ordinal: u32) -> Result<&Device, CuError> {
+        self.devices.get(ordinal as usize).ok_or_else(|| {
+            CuError::new(
+                xpupool_protocol::code::INVALID_DEVICE,
+                format!("device {ordinal} (the host has {})", self.devices.len()),
+            )
+        })
+    }
+
+    /// Makes device `ordinal`'s primary context current on the calling thread
+    /// (each request runs on whatever blocking thread the server picks).
+    pub(crate) fn enter(&self, ordinal: u32) -> Result<(), CuError> {
+        let context = self.device(ordinal)?.context;
         // SAFETY: a context retained by this backend.
-        let r = unsafe { (self.driver.cuCtxSetCurrent)(self.context as CUcontext) };
+        let r = unsafe { (self.driver.cuCtxSetCurrent)(context as CUcontext) };
         self.driver.check(r, "cuCtxSetCurrent")
     }
 
@@ -96,8 +116,72 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // SAFETY: releases the retain taken in `open_library`.
-        unsafe { (self.driver.cuDevicePrimaryCtxRelease_v2)(self.device) };
+        for d in &self.devices {
+            // SAFETY: releases the retain taken in `open_library`.
+            unsafe { (self.driver.cuDevicePrimaryCtxRelease_v2)(d.device) };
+        }
+    }
+}
+
+/// Device `ordinal` of the driver: what it reports, and its primary context retained.
+fn open_device(driver: &Driver, ordinal: i32) -> Result<Device> {
+    // SAFETY: every call below passes valid out-pointers and values the driver
+    // handed out.
+    unsafe {
+        let mut device: CUdevice = 0;
+        driver.require((driver.cuDeviceGet)(&mut device, ordinal), "cuDeviceGet")?;
+        let mut name = [0 as c_char; 256];
+        driver.require(
+            (driver.cuDeviceGetName)(name.as_mut_ptr(), name.len() as i32, device),
+            "cuDeviceGetName",
+        )?;
+        let name = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let mut uuid = CUuuid::default();
+        driver.require(
+            (driver.cuDeviceGetUuid_v2)(&mut uuid, device),
+            "cuDeviceGetUuid_v2",
+        )?;
+        let mut total = 0usize;
+        driver.require(
+            (driver.cuDeviceTotalMem_v2)(&mut total, device),
+            "cuDeviceTotalMem_v2",
+        )?;
+        // Every attribute the device answers; deprecated or unknown ones fail
+        // and are left out (the client reads those as 0).
+        let attributes: Vec<(u32, i32)> = (1..CU_DEVICE_ATTRIBUTE_MAX)
+            .filter_map(|attribute| {
+                let mut value = 0;
+                let r = (driver.cuDeviceGetAttribute)(&mut value, attribute, device);
+                (r == CUDA_SUCCESS).then_some((attribute, value))
+            })
+            .collect();
+        let attr = |a| {
+            attributes
+                .iter()
+                .find(|&&(x, _)| x == a)
+                .map_or(0, |&(_, v)| v as u32)
+        };
+        let sm = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) * 10
+            + attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+        let mut context: CUcontext = std::ptr::null_mut();
+        driver.require(
+            (driver.cuDevicePrimaryCtxRetain)(&mut context, device),
+            "cuDevicePrimaryCtxRetain",
+        )?;
+        tracing::info!(ordinal, device = %name, sm, memory = total, "cuda backend: device ready");
+        Ok(Device {
+            info: DeviceInfo {
+                name,
+                uuid: uuid.bytes.map(|b| b as u8),
+                total_memory: total as u64,
+                attributes,
+            },
+            device,
+            context: context as usize,
+            sm,
+        })
     }
 }
 
@@ -105,12 +189,12 @@ impl CudaBackend {
     /// The host's NVML for this backend's devices, loaded on first use.
     fn nvml(&self) -> Option<&power::Power> {
         self.power
-            .get_or_init(|| power::load_for(std::slice::from_ref(&self.shared.info)))
+            .get_or_init(|| power::load_for(&self.devices()))
             .as_ref()
     }
 
     /// Loads the driver (`XPUPOOL_CUDA_DRIVER`, else `libcuda.so.1`), initialises it
-    /// and retains device 0's primary context. Fails with the reason if there is no
+    /// and retains each device's primary context. Fails with the reason if there is no
     /// driver, `cuInit` fails or there is no device.
     pub fn open() -> Result<Self> {
         let path = std::env::var_os("XPUPOOL_CUDA_DRIVER")
@@ -139,62 +223,19 @@ impl CudaBackend {
             if count < 1 {
                 bail!("the CUDA driver {shown} reports no devices");
             }
-            let mut device: CUdevice = 0;
-            driver.require((driver.cuDeviceGet)(&mut device, 0), "cuDeviceGet")?;
-            let mut name = [0 as c_char; 256];
-            driver.require(
-                (driver.cuDeviceGetName)(name.as_mut_ptr(), name.len() as i32, device),
-                "cuDeviceGetName",
-            )?;
-            let name = std::ffi::CStr::from_ptr(name.as_ptr())
-                .to_string_lossy()
-                .into_owned();
-            let mut uuid = CUuuid::default();
-            driver.require(
-                (driver.cuDeviceGetUuid_v2)(&mut uuid, device),
-                "cuDeviceGetUuid_v2",
-            )?;
-            let mut total = 0usize;
-            driver.require(
-                (driver.cuDeviceTotalMem_v2)(&mut total, device),
-                "cuDeviceTotalMem_v2",
-            )?;
-            // Every attribute the device answers; deprecated or unknown ones fail
-            // and are left out (the client reads those as 0).
-            let attributes: Vec<(u32, i32)> = (1..CU_DEVICE_ATTRIBUTE_MAX)
-                .filter_map(|attribute| {
-                    let mut value = 0;
-                    let r = (driver.cuDeviceGetAttribute)(&mut value, attribute, device);
-                    (r == CUDA_SUCCESS).then_some((attribute, value))
-                })
-                .collect();
-            let attr = |a| {
-                attributes
-                    .iter()
-                    .find(|&&(x, _)| x == a)
-                    .map_or(0, |&(_, v)| v as u32)
-            };
-            let sm = attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR) * 10
-                + attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
-            let mut context: CUcontext = std::ptr::null_mut();
-            driver.require(
-                (driver.cuDevicePrimaryCtxRetain)(&mut context, device),
-                "cuDevicePrimaryCtxRetain",
-            )?;
-            tracing::info!(device = %name, sm, driver_version = version, memory = total, "cuda backend ready");
+            let devices = (0..count)
+                .map(|ordinal| open_device(&driver, ordinal))
+                .collect::<Result<Vec<_>>>()?;
+            tracing::info!(
+                devices = devices.len(),
+                driver_version = version,
+                "cuda backend ready"
+            );
             Ok(Self {
                 power: std::sync::OnceLock::new(),
                 shared: Arc::new(Shared {
-                    info: DeviceInfo {
-                        name,
-                        uuid: uuid.bytes.map(|b| b as u8),
-                        total_memory: total as u64,
-                        attributes,
-                    },
                     driver,
-                    device,
-                    context: context as usize,
-                    sm,
+                    devices,
                     version,
                     images: Mutex::new(HashMap::new()),
                 }),
@@ -236,7 +277,7 @@ impl Backend for CudaBackend {
     }
 
     fn devices(&self) -> Vec<DeviceInfo> {
-        vec![self.shared.info.clone()]
+        self.shared.devices.iter().map(|d| d.info.clone()).collect()
     }
 
     /// The driver's addresses lie in no fixed range, so there is none to report:

@@ -1,13 +1,14 @@
 //! One client's session on the real driver: its own tables, checked before every call.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 use xpupool_cuda_types::{
-    CUevent, CUfunction, CUmodule, CUstream, CUDA_ERROR_NO_BINARY_FOR_GPU, CUDA_SUCCESS,
+    CUcontext, CUevent, CUfunction, CUmodule, CUstream, CUDA_ERROR_NO_BINARY_FOR_GPU, CUDA_SUCCESS,
     CU_LAUNCH_PARAM_BUFFER_POINTER_AS_INT, CU_LAUNCH_PARAM_BUFFER_SIZE_AS_INT,
     CU_LAUNCH_PARAM_END_AS_INT,
 };
@@ -20,7 +21,7 @@ use xpupool_protocol::{code, Api, CuError};
 use super::module::{self, Kernel};
 use super::timing::KernelTimes;
 use super::Shared;
-use crate::checks::{end_of, invalid_handle, invalid_value, memset_element, only_device_zero};
+use crate::checks::{end_of, invalid_handle, invalid_value, memset_element};
 
 /// `CU_STREAM_LEGACY`.
 const STREAM_LEGACY: u64 = 1;
@@ -44,6 +45,8 @@ enum LaunchKind {
 const STREAM_PER_THREAD: u64 = 2;
 
 struct Module {
+    /// The device it was loaded for.
+    device: u32,
     /// The driver's module; `None` when it had no code for the device.
     raw: Option<u64>,
     functions: Vec<u64>,
@@ -52,6 +55,7 @@ struct Module {
 }
 
 struct Function {
+    device: u32,
     param_bytes: u32,
     /// Why its parameters are unknown, for a kernel that cannot be launched
     /// (the client is told at load; one that launches it anyway is refused).
@@ -62,25 +66,32 @@ pub(crate) struct CudaSession {
     shared: Arc<Shared>,
     /// Allocations: base → size.
     allocations: BTreeMap<u64, u64>,
+    /// The device of each allocation, opened allocation and mapping, by its base.
+    homes: HashMap<u64, u32>,
+    /// Devices whose context this session has used (bit per ordinal).
+    used: Cell<u128>,
     /// Virtual memory: reservations (start → size), physical allocations
     /// (handle → size) and mappings (start → size).
     reservations: BTreeMap<u64, u64>,
-    physical: HashMap<u64, u64>,
+    /// Physical allocations: handle → (size, device).
+    physical: HashMap<u64, (u64, u32)>,
     mappings: BTreeMap<u64, u64>,
     /// Other processes' allocations opened by IPC: address → size.
     opened: BTreeMap<u64, u64>,
-    /// Texture and surface objects.
-    textures: HashSet<u64>,
-    surfaces: HashSet<u64>,
-    /// CUDA arrays: handle → what they are.
-    arrays: HashMap<u64, ArrayDesc>,
+    /// Texture and surface objects, and the devices they were made on.
+    textures: HashMap<u64, u32>,
+    surfaces: HashMap<u64, u32>,
+    /// CUDA arrays: handle → what they are, and their device.
+    arrays: HashMap<u64, (ArrayDesc, u32)>,
     modules: HashMap<u64, Module>,
     next_module: u64,
     functions: HashMap<u64, Function>,
-    streams: HashSet<u64>,
-    events: HashSet<u64>,
-    /// Device time of its kernels ([`Request::SessionBusy`]).
-    times: KernelTimes,
+    /// Streams and events, and their devices.
+    streams: HashMap<u64, u32>,
+    events: HashMap<u64, u32>,
+    /// Device time of its kernels ([`Request::SessionBusy`]), by device (a
+    /// timing event belongs to one device's context).
+    times: HashMap<u32, KernelTimes>,
 }
 
 /// A 3-D copy of `region`'s extent, both sides still to be filled in.
@@ -112,7 +123,7 @@ fn place_array(p: &mut xpupool_cuda_types::CUDA_MEMCPY3D, array: u64, at: [u64; 
 impl CudaSession {
     /// Checks that `region` lies inside array `array` of this session.
     fn array_box(&self, array: u64, region: &ArrayBox) -> Result<(), CuError> {
-        let desc = self
+        let (desc, _) = self
             .arrays
             .get(&array)
             .ok_or_else(|| invalid_handle("array", array))?;
@@ -123,13 +134,34 @@ impl CudaSession {
         }
     }
 
+    /// The device a copy to or from `array` on `stream` goes to: the stream's,
+    /// or for a default stream, the array's.
+    fn array_device(&self, array: u64, stream: u64) -> u32 {
+        self.streams
+            .get(&stream)
+            .or_else(|| self.arrays.get(&array).map(|(_, device)| device))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The devices whose stream `stream` names: a stream's own, or for a
+    /// default stream, each device the session has used (the client's default
+    /// stream is one per device there).
+    fn stream_devices(&self, stream: u64) -> Vec<u32> {
+        match self.streams.get(&stream) {
+            Some(&device) => vec![device],
+            None => self.used_devices(),
+        }
+    }
+
     fn copy_3d(
         &self,
         p: &xpupool_cuda_types::CUDA_MEMCPY3D,
         stream: CUstream,
+        device: u32,
     ) -> Result<(), CuError> {
         let copy = self.vmm(self.shared.driver.cuMemcpy3DAsync_v2, "cuMemcpy3DAsync_v2")?;
-        self.shared.enter()?;
+        self.enter(device)?;
         // SAFETY: a description whose arrays, device ranges and host buffers the
         // caller checked (host buffers outlive the copy).
         let r = unsafe { copy(p, stream) };
@@ -197,24 +229,85 @@ impl CudaSession {
         Self {
             shared,
             allocations: BTreeMap::new(),
+            homes: HashMap::new(),
+            used: Cell::new(0),
             reservations: BTreeMap::new(),
             physical: HashMap::new(),
             mappings: BTreeMap::new(),
             opened: BTreeMap::new(),
-            textures: HashSet::new(),
-            surfaces: HashSet::new(),
+            textures: HashMap::new(),
+            surfaces: HashMap::new(),
             arrays: HashMap::new(),
             modules: HashMap::new(),
             next_module: 0,
             functions: HashMap::new(),
-            streams: HashSet::new(),
-            events: HashSet::new(),
-            times: KernelTimes::default(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+            times: HashMap::new(),
         }
     }
 
     fn check(&self, r: u32, what: &str) -> Result<(), CuError> {
         self.shared.driver.check(r, what)
+    }
+
+    /// Makes device `device`'s context current for the calls that follow.
+    fn enter(&self, device: u32) -> Result<(), CuError> {
+        self.shared.enter(device)?;
+        self.used
+            .set(self.used.get() | 1u128.checked_shl(device).unwrap_or(0));
+        Ok(())
+    }
+
+    /// The devices whose context this session has used (device 0 if none).
+    fn used_devices(&self) -> Vec<u32> {
+        let used: Vec<u32> = (0..128).filter(|d| self.used.get() >> d & 1 == 1).collect();
+        if used.is_empty() {
+            vec![0]
+        } else {
+            used
+        }
+    }
+
+    /// The device that memory at `address` is on: that of the allocation,
+    /// opened allocation, mapping or module variable of this session holding
+    /// it, else device 0 (the caller checked the range already).
+    fn home(&self, address: u64) -> u32 {
+        let base = |ranges: &BTreeMap<u64, u64>| {
+            ranges
+                .range(..=address)
+                .next_back()
+                .filter(|(&base, &size)| address < base.saturating_add(size))
+                .map(|(&base, _)| base)
+        };
+        if let Some(device) = base(&self.allocations)
+            .or_else(|| base(&self.opened))
+            .or_else(|| base(&self.mappings))
+            .and_then(|b| self.homes.get(&b))
+        {
+            return *device;
+        }
+        self.modules
+            .values()
+            .find(|m| base(&m.globals).is_some())
+            .map_or(0, |m| m.device)
+    }
+
+    /// The device work on `stream` goes to: the stream's, or for a default
+    /// stream, the device of the memory at `address`.
+    fn device_for(&self, stream: u64, address: u64) -> u32 {
+        self.streams
+            .get(&stream)
+            .copied()
+            .unwrap_or_else(|| self.home(address))
+    }
+
+    /// The device of one of this session's functions.
+    fn function_device(&self, function: u64) -> Result<u32, CuError> {
+        self.functions
+            .get(&function)
+            .map(|f| f.device)
+            .ok_or_else(|| invalid_handle("function", function))
     }
 
     /// The driver's stream for a client stream handle: one of the session's, or a
@@ -226,13 +319,13 @@ impl CudaSession {
         match stream {
             0 | STREAM_LEGACY => Ok(stream as CUstream),
             STREAM_PER_THREAD => Ok(STREAM_LEGACY as CUstream),
-            s if self.streams.contains(&s) => Ok(s as CUstream),
+            s if self.streams.contains_key(&s) => Ok(s as CUstream),
             s => Err(invalid_handle("stream", s)),
         }
     }
 
     fn event(&self, event: u64) -> Result<CUevent, CuError> {
-        if self.events.contains(&event) {
+        if self.events.contains_key(&event) {
             Ok(event as CUevent)
         } else {
             Err(invalid_handle("event", event))
@@ -327,11 +420,12 @@ impl CudaSession {
                 f.param_bytes
             )));
         }
+        let device = f.device;
         let launch_ex = match kind {
             LaunchKind::Plain => None,
             _ => Some(self.vmm(self.shared.driver.cuLaunchKernelEx, "cuLaunchKernelEx")?),
         };
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut buffer = params.into_vec();
         let mut size = buffer.len();
         let mut extra = [
@@ -348,7 +442,8 @@ impl CudaSession {
         };
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
-        let timed = self.times.before(&self.shared.driver, s);
+        let times = self.times.entry(device).or_default();
+        let timed = times.before(&self.shared.driver, s);
         let r = if let Some(launch_ex) = launch_ex {
             let mut attribute = xpupool_cuda_types::CUlaunchAttribute::default();
             match kind {
@@ -399,8 +494,9 @@ impl CudaSession {
             }
         };
         if let Some(pair) = timed {
-            self.times
-                .after(&self.shared.driver, s, pair, r == CUDA_SUCCESS);
+            if let Some(times) = self.times.get_mut(&device) {
+                times.after(&self.shared.driver, s, pair, r == CUDA_SUCCESS);
+            }
         }
         match launch_ex {
             Some(_) => self.check(r, "cuLaunchKernelEx"),
@@ -418,6 +514,7 @@ impl CudaSession {
         for f in &module.functions {
             self.functions.remove(f);
         }
+        self.enter(module.device)?;
         match module.raw {
             // SAFETY: a module this session loaded; its functions are gone from the table.
             Some(raw) => {
@@ -430,12 +527,14 @@ impl CudaSession {
 
     /// Records a module the driver has no code for: it can be unloaded, and the
     /// client answers every function look-up with `NO_BINARY_FOR_GPU` and the reason.
-    fn no_code_module(&mut self, handle: u64, image: &Image) -> ModuleInfo {
-        let reason = module::no_code_reason(image, self.shared.sm);
+    fn no_code_module(&mut self, device: u32, handle: u64, image: &Image) -> ModuleInfo {
+        let sm = self.shared.device(device).map_or(0, |d| d.sm);
+        let reason = module::no_code_reason(image, sm);
         tracing::info!(%reason, "module has no code for this device");
         self.modules.insert(
             handle,
             Module {
+                device,
                 raw: None,
                 functions: Vec::new(),
                 globals: BTreeMap::new(),
@@ -485,18 +584,19 @@ impl crate::backend::DirectCopy for CudaSession {}
 
 impl Api for CudaSession {
     fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
-        only_device_zero(device)?;
+        self.shared.device(device)?;
         if bytes == 0 {
             return Err(invalid_value("zero-byte allocation"));
         }
         let len = usize::try_from(bytes)
             .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut address = 0;
-        // SAFETY: an out-pointer; the primary context is current.
+        // SAFETY: an out-pointer; the device's primary context is current.
         let r = unsafe { (self.shared.driver.cuMemAlloc_v2)(&mut address, len) };
         self.check(r, "cuMemAlloc_v2")?;
         self.allocations.insert(address, bytes);
+        self.homes.insert(address, device);
         Ok(address)
     }
 
@@ -504,11 +604,12 @@ impl Api for CudaSession {
         self.allocations.get(&ptr).ok_or_else(|| {
             invalid_value(format!("{ptr:#x} is not an allocation of this session"))
         })?;
-        self.shared.enter()?;
+        self.enter(self.home(ptr))?;
         // SAFETY: an allocation of this session, freed once (removed below).
         let r = unsafe { (self.shared.driver.cuMemFree_v2)(ptr) };
         self.check(r, "cuMemFree_v2")?;
         self.allocations.remove(&ptr);
+        self.homes.remove(&ptr);
         Ok(())
     }
 
@@ -518,14 +619,10 @@ impl Api for CudaSession {
         size: u64,
         alignment: u64,
     ) -> Result<u64, CuError> {
-        only_device_zero(device)?;
+        let capacity = self.shared.device(device)?.info.total_memory;
         self.vmm_count()?;
         let reserved: u64 = self.reservations.values().sum();
-        let most = self
-            .shared
-            .info
-            .total_memory
-            .saturating_mul(RESERVE_PER_CAPACITY);
+        let most = capacity.saturating_mul(RESERVE_PER_CAPACITY);
         if reserved.saturating_add(size) > most {
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
@@ -540,7 +637,7 @@ impl Api for CudaSession {
             self.shared.driver.cuMemAddressReserve,
             "cuMemAddressReserve",
         )?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut start = 0;
         // SAFETY: an out-pointer; sizes checked by the driver.
         let r = unsafe { reserve(&mut start, len, align, 0, 0) };
@@ -566,7 +663,7 @@ impl Api for CudaSession {
             )));
         }
         let free = self.vmm(self.shared.driver.cuMemAddressFree, "cuMemAddressFree")?;
-        self.shared.enter()?;
+        self.enter(self.used_devices()[0])?;
         // SAFETY: a reservation of this session with nothing mapped, freed once.
         let r = unsafe { free(ptr, size as usize) };
         self.check(r, "cuMemAddressFree")?;
@@ -575,7 +672,7 @@ impl Api for CudaSession {
     }
 
     fn mem_create(&mut self, device: u32, size: u64) -> Result<u64, CuError> {
-        only_device_zero(device)?;
+        let ordinal = self.shared.device(device)?.device;
         self.vmm_count()?;
         let len = usize::try_from(size)
             .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
@@ -585,13 +682,13 @@ impl Api for CudaSession {
             ..Default::default()
         };
         prop.location.type_ = xpupool_cuda_types::CU_MEM_LOCATION_TYPE_DEVICE;
-        prop.location.__bindgen_anon_1.id = self.shared.device;
-        self.shared.enter()?;
+        prop.location.__bindgen_anon_1.id = ordinal;
+        self.enter(device)?;
         let mut handle = 0;
         // SAFETY: an out-pointer and a filled property block.
         let r = unsafe { create(&mut handle, len, &prop, 0) };
         self.check(r, "cuMemCreate")?;
-        self.physical.insert(handle, size);
+        self.physical.insert(handle, (size, device));
         Ok(handle)
     }
 
@@ -600,7 +697,7 @@ impl Api for CudaSession {
             return Err(invalid_handle("physical allocation", handle));
         }
         let release = self.vmm(self.shared.driver.cuMemRelease, "cuMemRelease")?;
-        self.shared.enter()?;
+        self.enter(self.physical[&handle].1)?;
         // SAFETY: a handle of this session, released once (its mappings keep the memory).
         let r = unsafe { release(handle) };
         self.check(r, "cuMemRelease")?;
@@ -609,9 +706,9 @@ impl Api for CudaSession {
     }
 
     fn mem_map(&mut self, ptr: u64, size: u64, offset: u64, handle: u64) -> Result<(), CuError> {
-        if !self.physical.contains_key(&handle) {
+        let Some(&(_, device)) = self.physical.get(&handle) else {
             return Err(invalid_handle("physical allocation", handle));
-        }
+        };
         self.vmm_count()?;
         let end = end_of(ptr, size)?;
         let reserved = self
@@ -625,11 +722,12 @@ impl Api for CudaSession {
             )));
         }
         let map = self.vmm(self.shared.driver.cuMemMap, "cuMemMap")?;
-        self.shared.enter()?;
+        self.enter(device)?;
         // SAFETY: inside a reservation of this session; the driver checks the rest.
         let r = unsafe { map(ptr, size as usize, offset as usize, handle, 0) };
         self.check(r, "cuMemMap")?;
         self.mappings.insert(ptr, size);
+        self.homes.insert(ptr, device);
         Ok(())
     }
 
@@ -643,12 +741,13 @@ impl Api for CudaSession {
             )));
         }
         let unmap = self.vmm(self.shared.driver.cuMemUnmap, "cuMemUnmap")?;
-        self.shared.enter()?;
+        self.enter(self.home(ptr))?;
         // SAFETY: whole mappings of this session.
         let r = unsafe { unmap(ptr, size as usize) };
         self.check(r, "cuMemUnmap")?;
         for b in inside {
             self.mappings.remove(&b);
+            self.homes.remove(&b);
         }
         Ok(())
     }
@@ -660,7 +759,7 @@ impl Api for CudaSession {
         device: u32,
         flags: u32,
     ) -> Result<(), CuError> {
-        only_device_zero(device)?;
+        let ordinal = self.shared.device(device)?.device;
         if !self.mapped_run(ptr, end_of(ptr, size)?) {
             return Err(invalid_value(format!(
                 "[{ptr:#x}, +{size}) is not mapped by this session"
@@ -672,8 +771,8 @@ impl Api for CudaSession {
             ..Default::default()
         };
         desc.location.type_ = xpupool_cuda_types::CU_MEM_LOCATION_TYPE_DEVICE;
-        desc.location.__bindgen_anon_1.id = self.shared.device;
-        self.shared.enter()?;
+        desc.location.__bindgen_anon_1.id = ordinal;
+        self.enter(self.home(ptr))?;
         // SAFETY: mappings of this session and one filled descriptor.
         let r = unsafe { set(ptr, size as usize, &desc, 1) };
         self.check(r, "cuMemSetAccess")
@@ -686,7 +785,7 @@ impl Api for CudaSession {
             )));
         }
         let get = self.vmm(self.shared.driver.cuIpcGetMemHandle, "cuIpcGetMemHandle")?;
-        self.shared.enter()?;
+        self.enter(self.home(ptr))?;
         let mut handle = xpupool_cuda_types::CUipcMemHandle { reserved: [0; 64] };
         // SAFETY: an out-pointer; an allocation of this session.
         let r = unsafe { get(&mut handle, ptr) };
@@ -701,7 +800,7 @@ impl Api for CudaSession {
     }
 
     fn ipc_open_mem_handle(&mut self, device: u32, handle: ByteBuf) -> Result<(u64, u64), CuError> {
-        only_device_zero(device)?;
+        self.shared.device(device)?;
         self.vmm_count()?;
         let handle = ipc_bytes(&handle)?;
         let open = self.vmm(
@@ -712,7 +811,7 @@ impl Api for CudaSession {
             self.shared.driver.cuMemGetAddressRange_v2,
             "cuMemGetAddressRange_v2",
         )?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut ptr = 0;
         // SAFETY: an out-pointer and a handle of the right size.
         let r = unsafe {
@@ -728,6 +827,7 @@ impl Api for CudaSession {
         let r = unsafe { range(&mut base, &mut size, ptr) };
         self.check(r, "cuMemGetAddressRange_v2")?;
         self.opened.insert(ptr, size as u64);
+        self.homes.insert(ptr, device);
         Ok((ptr, size as u64))
     }
 
@@ -741,21 +841,23 @@ impl Api for CudaSession {
             self.shared.driver.cuIpcCloseMemHandle,
             "cuIpcCloseMemHandle",
         )?;
-        self.shared.enter()?;
+        self.enter(self.home(ptr))?;
         // SAFETY: an address this session opened, closed once.
         let r = unsafe { close(ptr) };
         self.check(r, "cuIpcCloseMemHandle")?;
         self.opened.remove(&ptr);
+        self.homes.remove(&ptr);
         Ok(())
     }
 
     fn ipc_get_event_handle(&mut self, event: u64) -> Result<ByteBuf, CuError> {
+        let device = self.events.get(&event).copied().unwrap_or(0);
         let event = self.event(event)?;
         let get = self.vmm(
             self.shared.driver.cuIpcGetEventHandle,
             "cuIpcGetEventHandle",
         )?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut handle = xpupool_cuda_types::CUipcEventHandle { reserved: [0; 64] };
         // SAFETY: an out-pointer; an event of this session.
         let r = unsafe { get(&mut handle, event) };
@@ -770,13 +872,13 @@ impl Api for CudaSession {
     }
 
     fn ipc_open_event_handle(&mut self, device: u32, handle: ByteBuf) -> Result<u64, CuError> {
-        only_device_zero(device)?;
+        self.shared.device(device)?;
         let handle = ipc_bytes(&handle)?;
         let open = self.vmm(
             self.shared.driver.cuIpcOpenEventHandle,
             "cuIpcOpenEventHandle",
         )?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut event: CUevent = std::ptr::null_mut();
         // SAFETY: an out-pointer and a handle of the right size.
         let r = unsafe {
@@ -786,7 +888,7 @@ impl Api for CudaSession {
             )
         };
         self.check(r, "cuIpcOpenEventHandle")?;
-        self.events.insert(event as u64);
+        self.events.insert(event as u64, device);
         Ok(event as u64)
     }
 
@@ -796,7 +898,7 @@ impl Api for CudaSession {
         desc: xpupool_protocol::api::TextureDesc,
     ) -> Result<u64, CuError> {
         use xpupool_cuda_types as cu;
-        only_device_zero(device)?;
+        self.shared.device(device)?;
         if self.textures.len() + self.surfaces.len() >= MAX_VMM_OBJECTS {
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
@@ -818,22 +920,22 @@ impl Api for CudaSession {
         };
         sampling.borderColor = desc.border;
         let create = self.vmm(self.shared.driver.cuTexObjectCreate, "cuTexObjectCreate")?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut handle = 0u64;
         // SAFETY: an out-pointer and two filled descriptors over memory of this
         // session (checked above).
         let r = unsafe { create(&mut handle, &resource, &sampling, std::ptr::null()) };
         self.check(r, "cuTexObjectCreate")?;
-        self.textures.insert(handle);
+        self.textures.insert(handle, device);
         Ok(handle)
     }
 
     fn tex_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
-        if !self.textures.contains(&handle) {
+        let Some(&device) = self.textures.get(&handle) else {
             return Err(invalid_handle("texture object", handle));
-        }
+        };
         let destroy = self.vmm(self.shared.driver.cuTexObjectDestroy, "cuTexObjectDestroy")?;
-        self.shared.enter()?;
+        self.enter(device)?;
         // SAFETY: a texture object of this session, destroyed once.
         let r = unsafe { destroy(handle) };
         self.check(r, "cuTexObjectDestroy")?;
@@ -846,7 +948,7 @@ impl Api for CudaSession {
         device: u32,
         desc: xpupool_protocol::api::TextureDesc,
     ) -> Result<u64, CuError> {
-        only_device_zero(device)?;
+        self.shared.device(device)?;
         if desc.array == 0 {
             return Err(invalid_value("a surface over memory that is not an array"));
         }
@@ -858,24 +960,24 @@ impl Api for CudaSession {
         }
         let resource = self.resource(&desc)?;
         let create = self.vmm(self.shared.driver.cuSurfObjectCreate, "cuSurfObjectCreate")?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut handle = 0u64;
         // SAFETY: an out-pointer and a description of an array of this session.
         let r = unsafe { create(&mut handle, &resource) };
         self.check(r, "cuSurfObjectCreate")?;
-        self.surfaces.insert(handle);
+        self.surfaces.insert(handle, device);
         Ok(handle)
     }
 
     fn surf_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
-        if !self.surfaces.contains(&handle) {
+        let Some(&device) = self.surfaces.get(&handle) else {
             return Err(invalid_handle("surface object", handle));
-        }
+        };
         let destroy = self.vmm(
             self.shared.driver.cuSurfObjectDestroy,
             "cuSurfObjectDestroy",
         )?;
-        self.shared.enter()?;
+        self.enter(device)?;
         // SAFETY: a surface object of this session, destroyed once.
         let r = unsafe { destroy(handle) };
         self.check(r, "cuSurfObjectDestroy")?;
@@ -885,7 +987,7 @@ impl Api for CudaSession {
 
     fn array_create(&mut self, device: u32, desc: ArrayDesc) -> Result<u64, CuError> {
         use xpupool_cuda_types as cu;
-        only_device_zero(device)?;
+        self.shared.device(device)?;
         desc.check().map_err(invalid_value)?;
         if self.arrays.len() >= MAX_VMM_OBJECTS {
             return Err(CuError::new(code::OUT_OF_MEMORY, "too many arrays"));
@@ -900,12 +1002,12 @@ impl Api for CudaSession {
             NumChannels: u32::from(desc.channels),
             Flags: desc.flags,
         };
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut array: cu::CUarray = std::ptr::null_mut();
         // SAFETY: an out-pointer and a checked description.
         let r = unsafe { create(&mut array, &descriptor) };
         self.check(r, "cuArray3DCreate_v2")?;
-        self.arrays.insert(array as u64, desc);
+        self.arrays.insert(array as u64, (desc, device));
         Ok(array as u64)
     }
 
@@ -915,7 +1017,7 @@ impl Api for CudaSession {
         inputs: Vec<xpupool_protocol::api::LinkInput>,
     ) -> Result<ByteBuf, CuError> {
         use xpupool_cuda_types as cu;
-        only_device_zero(device)?;
+        self.shared.device(device)?;
         if inputs.is_empty()
             || inputs.len() > xpupool_protocol::api::MAX_LINK_INPUTS
             || inputs
@@ -929,7 +1031,7 @@ impl Api for CudaSession {
         let add = self.vmm(d.cuLinkAddData_v2, "cuLinkAddData_v2")?;
         let complete = self.vmm(d.cuLinkComplete, "cuLinkComplete")?;
         let destroy = self.vmm(d.cuLinkDestroy, "cuLinkDestroy")?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut state: cu::CUlinkState = std::ptr::null_mut();
         // SAFETY: an out-pointer; no options.
         let r = unsafe { create(0, std::ptr::null_mut(), std::ptr::null_mut(), &mut state) };
@@ -972,13 +1074,13 @@ impl Api for CudaSession {
     }
 
     fn array_destroy(&mut self, array: u64) -> Result<(), CuError> {
-        if !self.arrays.contains_key(&array) {
+        let Some(&(_, device)) = self.arrays.get(&array) else {
             return Err(invalid_handle("array", array));
-        }
+        };
         let destroy = self.vmm(self.shared.driver.cuArrayDestroy, "cuArrayDestroy")?;
         // After the work already sent, which may still use it.
         self.synchronize()?;
-        self.shared.enter()?;
+        self.enter(device)?;
         // SAFETY: an array of this session, destroyed once.
         let r = unsafe { destroy(array as xpupool_cuda_types::CUarray) };
         self.check(r, "cuArrayDestroy")?;
@@ -1008,7 +1110,7 @@ impl Api for CudaSession {
         p.srcHeight = region.extent[1] as usize;
         place_array(&mut p, array, region.at, true);
         // `data` lives until the stream is synchronized.
-        self.copy_3d(&p, s)?;
+        self.copy_3d(&p, s, self.array_device(array, stream))?;
         self.synchronize_stream(s)
     }
 
@@ -1032,7 +1134,7 @@ impl Api for CudaSession {
         p.dstHeight = region.extent[1] as usize;
         place_array(&mut p, array, region.at, false);
         // `out` lives until the stream is synchronized.
-        self.copy_3d(&p, s)?;
+        self.copy_3d(&p, s, self.array_device(array, stream))?;
         self.synchronize_stream(s)?;
         Ok(ByteBuf::from(out))
     }
@@ -1079,7 +1181,7 @@ impl Api for CudaSession {
             p.dstHeight = height as usize;
         }
         place_array(&mut p, array, region.at, to_array);
-        self.copy_3d(&p, s)
+        self.copy_3d(&p, s, self.array_device(array, stream))
     }
 
     fn memcpy_array_array(
@@ -1102,14 +1204,13 @@ impl Api for CudaSession {
         let mut p = copy_3d(&region);
         place_array(&mut p, src, region.at, false);
         place_array(&mut p, dst, dst_at, true);
-        self.copy_3d(&p, s)
+        self.copy_3d(&p, s, self.array_device(dst, stream))
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
-        only_device_zero(device)?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: two out-pointers; the primary context is current.
+        // SAFETY: two out-pointers; the device's primary context is current.
         let r = unsafe { (self.shared.driver.cuMemGetInfo_v2)(&mut free, &mut total) };
         self.check(r, "cuMemGetInfo_v2")?;
         Ok((free as u64, total as u64))
@@ -1121,7 +1222,7 @@ impl Api for CudaSession {
         if data.is_empty() {
             return Ok(());
         }
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         // SAFETY: `dst` is inside this session's memory for `data.len()` bytes; `data`
         // lives until the stream is synchronized below.
         let r = unsafe {
@@ -1141,7 +1242,7 @@ impl Api for CudaSession {
         if len == 0 {
             return Ok(ByteBuf::from(out));
         }
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, src))?;
         // SAFETY: `src` is inside this session's memory for `len` bytes; `out` has
         // `len` bytes and outlives the synchronize below.
         let r = unsafe {
@@ -1167,7 +1268,17 @@ impl Api for CudaSession {
         if len == 0 {
             return Ok(());
         }
-        self.shared.enter()?;
+        let (to, from) = (self.home(dst), self.home(src));
+        self.enter(self.device_for(stream, dst))?;
+        if to != from {
+            // Between two devices: a peer copy, with each side's context.
+            let peer = self.vmm(self.shared.driver.cuMemcpyPeerAsync, "cuMemcpyPeerAsync")?;
+            let context = |d: u32| self.shared.device(d).map(|d| d.context as CUcontext);
+            let (to_context, from_context) = (context(to)?, context(from)?);
+            // SAFETY: both ranges are inside this session's memory, on those devices.
+            let r = unsafe { peer(dst, to_context, src, from_context, len as usize, s) };
+            return self.check(r, "cuMemcpyPeerAsync");
+        }
         // SAFETY: both ranges are inside this session's memory.
         let r = unsafe { (self.shared.driver.cuMemcpyDtoDAsync_v2)(dst, src, len as usize, s) };
         self.check(r, "cuMemcpyDtoDAsync_v2")
@@ -1190,7 +1301,7 @@ impl Api for CudaSession {
         if count == 0 {
             return Ok(());
         }
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         let d = &self.shared.driver;
         let n = count as usize;
         // SAFETY: `count` elements at `dst` are inside this session's memory.
@@ -1231,7 +1342,7 @@ impl Api for CudaSession {
             .and_then(|v| v.checked_add(row))
             .ok_or_else(|| invalid_value("memset2D too large"))?;
         self.range(dst, span)?;
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         let d = &self.shared.driver;
         let (p, w, h) = (pitch as usize, width as usize, height as usize);
         // SAFETY: every row lies inside one allocation of this session (checked above).
@@ -1256,12 +1367,12 @@ impl Api for CudaSession {
     }
 
     fn module_load(&mut self, device: u32, image: ByteBuf) -> Result<ModuleInfo, CuError> {
-        only_device_zero(device)?;
+        self.shared.device(device)?;
         let key: [u8; 32] = Sha256::digest(&image).into();
         let image = Image::from_wire(&image)
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("module image: {e}")))?;
         let words = module::driver_image(&image)?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut raw: CUmodule = std::ptr::null_mut();
         // SAFETY: a complete image in one of the formats the driver accepts,
         // NUL-terminated and 8-byte aligned; the driver copies what it keeps.
@@ -1270,7 +1381,7 @@ impl Api for CudaSession {
         self.next_module += 1;
         let handle = (0x4d4f << 48) | self.next_module;
         if r == CUDA_ERROR_NO_BINARY_FOR_GPU {
-            return Ok(self.no_code_module(handle, &image));
+            return Ok(self.no_code_module(device, handle, &image));
         }
         self.check(r, "cuModuleLoadData")?;
         let kernels = match self.kernels(raw, &image, key) {
@@ -1287,9 +1398,10 @@ impl Api for CudaSession {
             // libcuda does this). Say so now, as the driver does at load.
             // SAFETY: the module just loaded, not yet known to anyone.
             unsafe { (self.shared.driver.cuModuleUnload)(raw) };
-            return Ok(self.no_code_module(handle, &image));
+            return Ok(self.no_code_module(device, handle, &image));
         }
         let mut loaded = Module {
+            device,
             raw: Some(raw as u64),
             functions: Vec::with_capacity(kernels.len()),
             globals: BTreeMap::new(),
@@ -1301,6 +1413,7 @@ impl Api for CudaSession {
             self.functions.insert(
                 f as u64,
                 Function {
+                    device,
                     param_bytes,
                     unusable: unusable.clone(),
                 },
@@ -1340,7 +1453,7 @@ impl Api for CudaSession {
             || CuError::new(code::NOT_FOUND, format!("no global {name:?} in the module"));
         let raw = loaded.raw.ok_or_else(not_found)?;
         let c_name = CString::new(name.clone()).map_err(|_| not_found())?;
-        self.shared.enter()?;
+        self.enter(loaded.device)?;
         let (mut address, mut size) = (0u64, 0usize);
         // SAFETY: a module of this session, a C string and two out-pointers.
         let r = unsafe {
@@ -1367,7 +1480,6 @@ impl Api for CudaSession {
             .modules
             .remove(&module)
             .ok_or_else(|| invalid_handle("module", module))?;
-        self.shared.enter()?;
         self.unload(loaded)
     }
 
@@ -1377,10 +1489,7 @@ impl Api for CudaSession {
         attribute: u32,
         value: i32,
     ) -> Result<(), CuError> {
-        if !self.functions.contains_key(&function) {
-            return Err(invalid_handle("function", function));
-        }
-        self.shared.enter()?;
+        self.enter(self.function_device(function)?)?;
         // SAFETY: a function of this session; the driver validates attribute and value.
         let r = unsafe {
             (self.shared.driver.cuFuncSetAttribute)(function as CUfunction, attribute, value)
@@ -1420,39 +1529,43 @@ impl Api for CudaSession {
     }
 
     fn function_get_attribute(&mut self, function: u64, attribute: u32) -> Result<i32, CuError> {
-        if !self.functions.contains_key(&function) {
-            return Err(invalid_handle("function", function));
-        }
+        let device = self.function_device(function)?;
         if attribute > 9 {
             return Err(invalid_value(format!("function attribute {attribute}")));
         }
-        self.shared.enter()?;
+        self.enter(device)?;
         module::function_attribute(&self.shared.driver, function as CUfunction, attribute)
     }
 
     fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
-        self.shared.enter()?;
-        Ok(self.times.collect(&self.shared.driver))
+        let mut all = xpupool_protocol::api::SessionWork::default();
+        for (&device, times) in &mut self.times {
+            self.shared.enter(device)?;
+            let work = times.collect(&self.shared.driver);
+            all.busy_ns += work.busy_ns;
+            all.completed += work.completed;
+            all.pending += work.pending;
+        }
+        Ok(all)
     }
 
     fn stream_create(&mut self, device: u32, flags: u32, priority: i32) -> Result<u64, CuError> {
-        only_device_zero(device)?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut stream: CUstream = std::ptr::null_mut();
-        // SAFETY: an out-pointer; the primary context is current.
+        // SAFETY: an out-pointer; the device's primary context is current.
         let r = unsafe {
             (self.shared.driver.cuStreamCreateWithPriority)(&mut stream, flags, priority)
         };
         self.check(r, "cuStreamCreateWithPriority")?;
-        self.streams.insert(stream as u64);
+        self.streams.insert(stream as u64, device);
         Ok(stream as u64)
     }
 
     fn stream_destroy(&mut self, stream: u64) -> Result<(), CuError> {
-        if !self.streams.contains(&stream) {
+        let Some(&device) = self.streams.get(&stream) else {
             return Err(invalid_handle("stream", stream));
-        }
-        self.shared.enter()?;
+        };
+        self.enter(device)?;
         // SAFETY: a stream of this session, destroyed once (removed below).
         let r = unsafe { (self.shared.driver.cuStreamDestroy_v2)(stream as CUstream) };
         self.check(r, "cuStreamDestroy_v2")?;
@@ -1462,41 +1575,51 @@ impl Api for CudaSession {
 
     fn stream_synchronize(&mut self, stream: u64) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        self.shared.enter()?;
-        self.synchronize_stream(s)
+        for device in self.stream_devices(stream) {
+            self.enter(device)?;
+            self.synchronize_stream(s)?;
+        }
+        Ok(())
     }
 
     fn stream_query(&mut self, stream: u64) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        self.shared.enter()?;
-        // SAFETY: a checked stream.
-        let r = unsafe { (self.shared.driver.cuStreamQuery)(s) };
-        self.check(r, "cuStreamQuery")
+        for device in self.stream_devices(stream) {
+            self.enter(device)?;
+            // SAFETY: a checked stream.
+            let r = unsafe { (self.shared.driver.cuStreamQuery)(s) };
+            self.check(r, "cuStreamQuery")?;
+        }
+        Ok(())
     }
 
     fn stream_wait_event(&mut self, stream: u64, event: u64, flags: u32) -> Result<(), CuError> {
         let s = self.stream(stream)?;
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(
+            self.streams
+                .get(&stream)
+                .copied()
+                .unwrap_or(self.events[&event]),
+        )?;
         // SAFETY: a checked stream and event.
         let r = unsafe { (self.shared.driver.cuStreamWaitEvent)(s, e, flags) };
         self.check(r, "cuStreamWaitEvent")
     }
 
     fn event_create(&mut self, device: u32, flags: u32) -> Result<u64, CuError> {
-        only_device_zero(device)?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut event: CUevent = std::ptr::null_mut();
-        // SAFETY: an out-pointer; the primary context is current.
+        // SAFETY: an out-pointer; the device's primary context is current.
         let r = unsafe { (self.shared.driver.cuEventCreate)(&mut event, flags) };
         self.check(r, "cuEventCreate")?;
-        self.events.insert(event as u64);
+        self.events.insert(event as u64, device);
         Ok(event as u64)
     }
 
     fn event_destroy(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.events[&event])?;
         // SAFETY: an event of this session, destroyed once (removed below).
         let r = unsafe { (self.shared.driver.cuEventDestroy_v2)(e) };
         self.check(r, "cuEventDestroy_v2")?;
@@ -1507,7 +1630,7 @@ impl Api for CudaSession {
     fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
         let s = self.stream(stream)?;
-        self.shared.enter()?;
+        self.enter(self.events[&event])?;
         // SAFETY: a checked event and stream.
         let r = unsafe { (self.shared.driver.cuEventRecord)(e, s) };
         self.check(r, "cuEventRecord")
@@ -1515,7 +1638,7 @@ impl Api for CudaSession {
 
     fn event_synchronize(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.events[&event])?;
         // SAFETY: a checked event.
         let r = unsafe { (self.shared.driver.cuEventSynchronize)(e) };
         self.check(r, "cuEventSynchronize")
@@ -1523,7 +1646,7 @@ impl Api for CudaSession {
 
     fn event_query(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.events[&event])?;
         // SAFETY: a checked event.
         let r = unsafe { (self.shared.driver.cuEventQuery)(e) };
         self.check(r, "cuEventQuery")
@@ -1531,7 +1654,7 @@ impl Api for CudaSession {
 
     fn event_elapsed_time(&mut self, start: u64, end: u64) -> Result<f32, CuError> {
         let (a, b) = (self.event(start)?, self.event(end)?);
-        self.shared.enter()?;
+        self.enter(self.events[&end])?;
         let d = &self.shared.driver;
         let elapsed = d
             .cuEventElapsedTime_v2
@@ -1548,9 +1671,12 @@ impl Api for CudaSession {
     /// per-thread one as mapped here) and each stream it created. Not
     /// `cuCtxSynchronize`, which would also wait for every other session's work.
     fn synchronize(&mut self) -> Result<(), CuError> {
-        self.shared.enter()?;
-        self.synchronize_stream(STREAM_LEGACY as CUstream)?;
-        for &s in &self.streams {
+        for device in self.used_devices() {
+            self.enter(device)?;
+            self.synchronize_stream(STREAM_LEGACY as CUstream)?;
+        }
+        for (&s, &device) in &self.streams {
+            self.enter(device)?;
             self.synchronize_stream(s as CUstream)?;
         }
         Ok(())
@@ -1559,7 +1685,6 @@ impl Api for CudaSession {
     xpupool_protocol::server_only_operations!();
 }
 
-/// The cuda backend serves device 0 only, so far (see the module's notes).
 /// An IPC handle's bytes as the driver's structure holds them.
 fn ipc_bytes(handle: &[u8]) -> Result<[std::ffi::c_char; 64], CuError> {
     let bytes: [u8; 64] = handle
@@ -1570,57 +1695,73 @@ fn ipc_bytes(handle: &[u8]) -> Result<[std::ffi::c_char; 64], CuError> {
 
 impl Drop for CudaSession {
     fn drop(&mut self) {
-        if let Err(e) = self.shared.enter() {
-            tracing::error!(error = %e.message, "cuda session teardown: no context");
-        }
         // Let in-flight work end before its memory goes; a poisoned context fails
         // these and everything after, which is logged and otherwise ignored.
         if let Err(e) = self.synchronize() {
             tracing::warn!(error = %e.message, "cuda session teardown: synchronize");
         }
-        self.times.destroy(&self.shared.driver);
-        let d = &self.shared.driver;
         let mut failures = Vec::new();
-        for event in std::mem::take(&mut self.events) {
+        // Each thing is destroyed in its own device's context.
+        let enter = |failures: &mut Vec<u32>, device: u32| {
+            if let Err(e) = self.shared.enter(device) {
+                failures.push(e.code);
+            }
+        };
+        for (device, mut times) in std::mem::take(&mut self.times) {
+            enter(&mut failures, device);
+            times.destroy(&self.shared.driver);
+        }
+        let d = &self.shared.driver;
+        for (event, device) in std::mem::take(&mut self.events) {
+            enter(&mut failures, device);
             // SAFETY: an event of this session, destroyed once.
             failures.push(unsafe { (d.cuEventDestroy_v2)(event as CUevent) });
         }
-        for stream in std::mem::take(&mut self.streams) {
+        for (stream, device) in std::mem::take(&mut self.streams) {
+            enter(&mut failures, device);
             // SAFETY: a stream of this session, destroyed once.
             failures.push(unsafe { (d.cuStreamDestroy_v2)(stream as CUstream) });
         }
         for (_, module) in std::mem::take(&mut self.modules) {
             if let Some(raw) = module.raw {
+                enter(&mut failures, module.device);
                 // SAFETY: a module of this session, unloaded once.
                 failures.push(unsafe { (d.cuModuleUnload)(raw as CUmodule) });
             }
         }
         self.functions.clear();
         // Texture and surface objects, before the memory and arrays they read.
-        for texture in std::mem::take(&mut self.textures) {
+        for (texture, device) in std::mem::take(&mut self.textures) {
             if let Some(destroy) = d.cuTexObjectDestroy {
+                enter(&mut failures, device);
                 // SAFETY: a texture object of this session, destroyed once.
                 failures.push(unsafe { destroy(texture) });
             }
         }
-        for surface in std::mem::take(&mut self.surfaces) {
+        for (surface, device) in std::mem::take(&mut self.surfaces) {
             if let Some(destroy) = d.cuSurfObjectDestroy {
+                enter(&mut failures, device);
                 // SAFETY: a surface object of this session, destroyed once.
                 failures.push(unsafe { destroy(surface) });
             }
         }
-        for (array, _) in std::mem::take(&mut self.arrays) {
+        for (array, (_, device)) in std::mem::take(&mut self.arrays) {
             if let Some(destroy) = d.cuArrayDestroy {
+                enter(&mut failures, device);
                 // SAFETY: an array of this session, destroyed once.
                 failures.push(unsafe { destroy(array as xpupool_cuda_types::CUarray) });
             }
         }
+        let homes = std::mem::take(&mut self.homes);
+        let home = |address: u64| homes.get(&address).copied().unwrap_or(0);
         for (address, _) in std::mem::take(&mut self.allocations) {
+            enter(&mut failures, home(address));
             // SAFETY: an allocation of this session, freed once.
             failures.push(unsafe { (d.cuMemFree_v2)(address) });
         }
         for (address, _) in std::mem::take(&mut self.opened) {
             if let Some(close) = d.cuIpcCloseMemHandle {
+                enter(&mut failures, home(address));
                 // SAFETY: an allocation this session opened, closed once.
                 failures.push(unsafe { close(address) });
             }
@@ -1628,12 +1769,14 @@ impl Drop for CudaSession {
         // Virtual memory: mappings, then handles, then the reservations.
         for (address, size) in std::mem::take(&mut self.mappings) {
             if let Some(unmap) = d.cuMemUnmap {
+                enter(&mut failures, home(address));
                 // SAFETY: a mapping of this session, unmapped once.
                 failures.push(unsafe { unmap(address, size as usize) });
             }
         }
-        for (handle, _) in std::mem::take(&mut self.physical) {
+        for (handle, (_, device)) in std::mem::take(&mut self.physical) {
             if let Some(release) = d.cuMemRelease {
+                enter(&mut failures, device);
                 // SAFETY: a handle of this session, released once.
                 failures.push(unsafe { release(handle) });
             }
