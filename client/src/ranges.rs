@@ -32,6 +32,8 @@ pub struct Taken;
 struct Inner {
     /// Base → (size, whether `cuMemFree` takes it).
     ranges: BTreeMap<u64, (u64, bool)>,
+    /// Base → the device a range is on, where it is not device 0.
+    devices: std::collections::HashMap<u64, u32>,
     /// Address reservations (`cuMemAddressReserve`): start → size. Mappings lie inside.
     holds: BTreeMap<u64, u64>,
     /// What is reserved here, in disjoint runs of pages: start → end.
@@ -238,6 +240,7 @@ impl DeviceRanges {
     pub fn remove(&self, base: u64) -> Option<(u64, bool)> {
         let mut inner = lock(&self.inner);
         let found = inner.ranges.remove(&base)?;
+        inner.devices.remove(&base);
         if self.reserve {
             inner.release(base, found.0);
         }
@@ -252,6 +255,7 @@ impl DeviceRanges {
             return None;
         };
         inner.ranges.remove(&base);
+        inner.devices.remove(&base);
         if self.reserve {
             inner.release(base, size);
         }
@@ -291,6 +295,21 @@ impl DeviceRanges {
             inner.release(start, size);
         }
         true
+    }
+
+    /// Records that the range at `base` is on device `device` (ranges are on
+    /// device 0 until said otherwise).
+    pub fn set_device(&self, base: u64, device: u32) {
+        let mut inner = lock(&self.inner);
+        if device != 0 && inner.ranges.contains_key(&base) {
+            inner.devices.insert(base, device);
+        }
+    }
+
+    /// The device of the range containing `address`, if there is one.
+    pub fn device_of(&self, address: u64) -> Option<u32> {
+        let (base, _) = self.find(address)?;
+        Some(lock(&self.inner).devices.get(&base).copied().unwrap_or(0))
     }
 
     /// The range containing `address`: (base, size).
@@ -450,6 +469,13 @@ mod tests {
         ranges.hold(hold, 4 * p).unwrap();
         ranges.add(hold + p, p, false).unwrap();
         ranges.remove(hold + p);
+        // A range's device, forgotten with it.
+        assert_eq!(ranges.device_of(base + 5 * p + 64), Some(0));
+        ranges.set_device(base + 5 * p, 3);
+        assert_eq!(ranges.device_of(base + 5 * p + 64), Some(3));
+        assert_eq!(ranges.device_of(base + 5 * p + 128), None, "past its end");
+        assert!(ranges.remove_freeable(base + 5 * p).is_some());
+        assert_eq!(ranges.device_of(base + 5 * p + 64), None);
         assert!(!free_here(hold + p), "still held");
         assert!(
             !ranges.take_hold(hold, 3 * p),

@@ -2,7 +2,8 @@
 //
 //   two_devices            fills device 0 up to the tenant's limit, then works on
 //                          device 1 (its own memory), copies device 0 -> device 1
-//                          with cudaMemcpyPeer and runs a kernel on device 1
+//                          with cudaMemcpyPeer and runs a kernel on device 1;
+//                          each allocation's cudaPointerGetAttributes names its device
 //   two_devices count      prints "devices=N" and each device's name and memory
 //
 // Exit status: 0 PASS, 1 wrong result, 2 a CUDA call failed.
@@ -73,6 +74,12 @@ int main(int argc, char** argv) {
     std::vector<int> want(n);
     for (int i = 0; i < n; ++i) want[i] = host[i] + 1;
     compare_exact("device 1 after the peer copy and its kernel", want.data(), back.data(), n);
+    // Each allocation says which device it is on.
+    cudaPointerAttributes a0, a1;
+    CHECK(cudaPointerGetAttributes(&a0, on0));
+    CHECK(cudaPointerGetAttributes(&a1, on1 + 5));
+    expect_true(a0.type == cudaMemoryTypeDevice && a0.device == 0, "an allocation of device 0 is on device 0");
+    expect_true(a1.type == cudaMemoryTypeDevice && a1.device == 1, "an allocation of device 1 is on device 1");
     int current = -1;
     CHECK(cudaGetDevice(&current));
     expect_true(current == 1, "cudaGetDevice says 1");

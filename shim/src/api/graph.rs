@@ -109,6 +109,7 @@ impl GraphMemory {
             },
             CUDA_ERROR_OUT_OF_MEMORY,
         )?;
+        d.device_ranges.set_device(address, device as u32);
         let memory = Arc::new(Self {
             address,
             bytes,

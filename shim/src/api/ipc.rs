@@ -39,6 +39,7 @@ fn open_mem(out: *mut CUdeviceptr, handle: CUipcMemHandle, flags: c_uint) -> Res
     // Copies and launches into it are checked as into an allocation; cuMemFree
     // does not take it (cuIpcCloseMemHandle does).
     d.device_ranges.add_given(ptr, size, false);
+    d.device_ranges.set_device(ptr, device as u32);
     lock(opened()).insert(ptr, size);
     put(out, ptr)
 }

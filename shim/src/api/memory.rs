@@ -40,6 +40,7 @@ fn alloc(out: *mut CUdeviceptr, bytes: usize) -> Res {
         },
         CUDA_ERROR_OUT_OF_MEMORY,
     )?;
+    d.device_ranges.set_device(address, device as u32);
     put(out, address)
 }
 
@@ -578,9 +579,12 @@ fn pointer_attribute(
             _ => put(data.cast::<u64>(), 0),
         };
     }
+    // Device memory is on the device it was made on; pinned host memory is
+    // reported as device 0's, as the context that made it.
+    let ordinal = d.device_ranges.device_of(ptr).unwrap_or(0);
     let ctx = d
         .primary
-        .first()
+        .get(ordinal as usize)
         .map_or(0, |c| std::sync::Arc::as_ptr(c) as usize);
     let (base, size, memory_type) = match (device, host) {
         (Some((base, size)), _) => (base, size, CU_MEMORYTYPE_DEVICE),
@@ -610,7 +614,7 @@ fn pointer_attribute(
         CU_POINTER_ATTRIBUTE_IS_MANAGED => {
             put(data.cast::<u32>(), super::managed::contains(ptr) as u32)
         }
-        CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => put(data.cast::<i32>(), 0),
+        CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => put(data.cast::<i32>(), ordinal as i32),
         CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE => put(data.cast::<u32>(), 0),
         CU_POINTER_ATTRIBUTE_RANGE_START_ADDR | CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR => {
             put(data.cast::<u64>(), base)

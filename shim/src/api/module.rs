@@ -140,6 +140,7 @@ fn global(out: *mut CUdeviceptr, bytes: *mut usize, module: usize, name: *const 
                 .module_get_global(server, name.to_owned())
                 .map_err(fail)?;
             d.device_ranges.add_given(g.address, g.size.max(1), false);
+            d.device_ranges.set_device(g.address, key.0 as u32);
             lock(&m.globals).insert(key, g.clone());
             g
         }

@@ -145,6 +145,7 @@ fn alloc_async(
         },
         CUDA_ERROR_OUT_OF_MEMORY,
     )?;
+    d.device_ranges.set_device(address, device as u32);
     let mut table = lock(pools());
     table.allocations.insert(address, (pool, bytes as u64));
     if let Some(p) = table.pools.get_mut(&pool) {

@@ -178,14 +178,15 @@ export! {
         }
         let d = driver()?;
         let mut t = lock(table());
-        if !t.physical.contains_key(&handle) {
+        let Some(device) = t.physical.get(&handle).map(|p| p.device) else {
             return Err(CUDA_ERROR_INVALID_VALUE);
-        }
+        };
         d.conn.mem_map(ptr, size as u64, offset as u64, handle).map_err(fail)?;
         t.mappings.insert(ptr, Mapping { size: size as u64, handle, access: CU_MEM_ACCESS_FLAGS_PROT_NONE });
         // Copies and launches into it are checked as into an allocation (one
         // cuMemFree does not take).
         d.device_ranges.add_given(ptr, size as u64, false);
+        d.device_ranges.set_device(ptr, device as u32);
         Ok(())
     }
 
