@@ -6,7 +6,8 @@
 #   1. every CUDA test program natively and through xpupool (cuda backend), side by side;
 #   2. tenancy on the cuda backend: a server with two tenants (0.7 high / 0.3 with an
 #      SM ceiling of 0.5 through a green context), their busy-time shares under
-#      contention, the devices each sees, a high-priority tenant's latency beside the
+#      contention, each one's launch rate alone (b's green context halves it), the
+#      devices each sees, a high-priority tenant's latency beside the
 #      other's load, and the metrics, with the ledger's drift from the driver's figures;
 #   3. tests/python/train_small.py natively and through xpupool: both loss curves,
 #      whether they are identical, and the median step times;
@@ -90,7 +91,7 @@ check1() {
 }
 
 check2() {
-    section "tenancy on the $backend backend: two tenants, shares, devices, metrics and drift" 75
+    section "tenancy on the $backend backend: two tenants, shares, SM ceiling, devices, metrics and drift" 85
     tb=$root/tests/tenancy/build
     if [ -x "$tb/spin" ]; then
         for t in a b; do head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$out/$t.token"; done
@@ -121,6 +122,10 @@ TOML
         client a "$tb/two_devices" count 2>&1 | sed 's/^/a: /'
         client b "$tb/two_devices" count 2>&1 | sed 's/^/b: /'
         client a "$tb/spin" latency 50 "$((iters / 20))" 2>&1 | sed 's/^/a alone: /'
+        # Each alone for 3 s: b's green context of half the SMs runs spin's
+        # 128-block kernels at about half a's rate.
+        client a "$tb/spin" load 3 "$iters" 2>&1 | tail -1 | sed 's/^/a alone, all SMs: /'
+        client b "$tb/spin" load 3 "$iters" 2>&1 | tail -1 | sed 's/^/b alone, sm_limit 0.5 (expect about half of a): /'
         # Both saturating for 8 s, kernels of about a millisecond: busy-time shares.
         a0=$(busy a); b0=$(busy b)
         client a "$tb/spin" load 8 "$iters" >"$L/tenancy-a-load.log" 2>&1 & pa=$!

@@ -739,9 +739,20 @@ fn serve(args: ServerArgs) -> Result<ExitCode> {
             mock.memory_mib
         );
     }
-    if backend.name() == "cuda" {
+    if backend.name() == "cuda" && tokens.iter().any(|t| t.policy.sm_limit.is_some()) {
+        let version = backend.driver_version();
+        let how = if xpupool_server::worker::mps_running() {
+            Some("the MPS daemon's active thread percentage for each session's worker".to_owned())
+        } else if version >= 12040 {
+            Some(format!("a green context per session (driver {}.{}); a session whose device refuses one says so, and has its time share only", version / 1000, version % 1000 / 10))
+        } else {
+            None
+        };
         for t in tokens.iter().filter(|t| t.policy.sm_limit.is_some()) {
-            eprintln!("xpupool: warning: tenant {}: sm_limit is not enforced by the cuda backend yet (no green contexts); its compute share still applies", t.tenant);
+            match &how {
+                Some(how) => eprintln!("xpupool: tenant {}: sm_limit through {how}", t.tenant),
+                None => eprintln!("xpupool: warning: tenant {}: sm_limit is not enforced (no MPS daemon, and driver {version} has no green contexts, which need CUDA 12.4); its compute share still applies", t.tenant),
+            }
         }
     }
     // Threads for blocking work (admitting a session, ending one) go once idle

@@ -113,7 +113,7 @@ impl IsolatedBackend {
     /// Starts one worker to learn the backend's devices, and keeps `command` (program
     /// and arguments) to start one per session.
     pub fn new(command: Vec<OsString>) -> Result<Self> {
-        let (mut child, _, mut stdout) = spawn(&command)?;
+        let (mut child, _, mut stdout) = spawn(&command, &[])?;
         let ready = read_ready(&mut stdout);
         let _ = child.kill();
         let _ = child.wait();
@@ -126,10 +126,11 @@ impl IsolatedBackend {
     }
 }
 
-fn spawn(command: &[OsString]) -> Result<(Child, ChildStdin, ChildStdout)> {
+fn spawn(command: &[OsString], env: &[(&str, String)]) -> Result<(Child, ChildStdin, ChildStdout)> {
     let (program, args) = command.split_first().context("empty worker command")?;
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -138,6 +139,16 @@ fn spawn(command: &[OsString]) -> Result<(Child, ChildStdin, ChildStdout)> {
     let stdin = child.stdin.take().context("worker stdin")?;
     let stdout = child.stdout.take().context("worker stdout")?;
     Ok((child, stdin, stdout))
+}
+
+/// Whether the host runs an MPS control daemon: its pipe directory
+/// (`CUDA_MPS_PIPE_DIRECTORY`, by default `/tmp/nvidia-mps`) has its `control`
+/// socket.
+pub fn mps_running() -> bool {
+    let dir = std::env::var_os("CUDA_MPS_PIPE_DIRECTORY")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/tmp/nvidia-mps".into());
+    std::path::Path::new(&dir).join("control").exists()
 }
 
 fn read_ready(stdout: &mut ChildStdout) -> Result<Ready> {
@@ -194,11 +205,18 @@ impl Backend for IsolatedBackend {
             CuError::new(code::UNKNOWN, format!("starting a session worker: {e:#}"))
         };
         let mut command = self.command.clone();
+        let mut env = Vec::new();
         if let Some(fraction) = tenant.policy().sm_limit {
             command.push("--sm-limit".into());
             command.push(fraction.to_string().into());
+            // On a host running MPS, the ceiling is the worker's active thread
+            // percentage (it is read when the worker's CUDA starts).
+            if self.ready.name == "cuda" && mps_running() {
+                let percent = ((fraction * 100.0).ceil() as u32).clamp(1, 100);
+                env.push((crate::cuda::MPS_PERCENTAGE, percent.to_string()));
+            }
         }
-        let (child, stdin, mut stdout) = spawn(&command).map_err(unavailable)?;
+        let (child, stdin, mut stdout) = spawn(&command, &env).map_err(unavailable)?;
         let pid = child.id();
         self.workers
             .lock()

@@ -204,7 +204,7 @@ def test_shares_70_30_and_alone(servers):
     assert alone_fraction(s, "b") >= 0.95
 
 
-def cuda_backend_over_a_mock(servers, tenants, devices=1):
+def cuda_backend_over_a_mock(servers, tenants, devices=1, env=None):
     """A pool server whose backend is `cuda`, with xpupool's own libcuda.so.1 as
     the host's driver and a mock server of `devices` devices behind it (the chain
     CI tests the cuda backend with): its kernels run asynchronously, as on a GPU."""
@@ -215,6 +215,7 @@ def cuda_backend_over_a_mock(servers, tenants, devices=1):
         "XPUPOOL_SERVER": back.addr,
         "XPUPOOL_SERVER_FINGERPRINT": back.fingerprint,
         "XPUPOOL_TOKEN": token("chain"),
+        **(env or {}),
     })
 
 
@@ -353,6 +354,46 @@ def test_two_devices_through_the_cuda_backend(servers):
     assert "devices=2" in both, both
     bus = lambda text, d: re.search(rf"device {d}: .* pci bus (\d+)", text).group(1)
     assert bus(out, 0) == bus(both, 1), (out, both)
+
+
+def worker_environments(server):
+    """The environment of each session worker the server runs now."""
+    # Each thread's children: workers are started from the server's worker threads.
+    children = [pid for task in Path(f"/proc/{server.proc.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    return [dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+            for pid in children]
+
+
+def test_sm_limit_on_the_cuda_backend_says_how_it_is_applied(servers):
+    """Green contexts where the driver has them; here the driver (xpupool's own
+    stand-in) has none, so each capped session says so and runs on its time share."""
+    s = cuda_backend_over_a_mock(servers, {"capped": {"sm_limit": 0.5}, "free": {}})
+    start = (s.dir / "server.out").read_text()
+    assert "tenant capped: sm_limit through a green context per session" in start, start
+    s.check("capped", SPIN)
+    s.check("free", SPIN)
+    log = (s.dir / "server.out").read_text()
+    refused = [line for line in log.splitlines() if "sm_limit 0.5 is not enforced for this session" in line]
+    assert len(refused) == 1 and "cuDeviceGetDevResource" in refused[0], log
+
+
+def test_sm_limit_on_the_cuda_backend_with_an_mps_daemon(servers, tmp_path):
+    """On a host running MPS, a capped tenant's session worker starts with its
+    active thread percentage."""
+    pipe = tmp_path / "mps"
+    pipe.mkdir()
+    (pipe / "control").touch()
+    s = cuda_backend_over_a_mock(servers, {"capped": {"sm_limit": 0.3}, "free": {}},
+                                 env={"CUDA_MPS_PIPE_DIRECTORY": str(pipe)})
+    start = (s.dir / "server.out").read_text()
+    assert "tenant capped: sm_limit through the MPS daemon" in start, start
+    for tenant, want in [("capped", "30"), ("free", None)]:
+        p = s.run(tenant, SPIN, "load", "3", LOAD_ITERS)
+        s.wait_running(tenant)
+        found = [e.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") for e in worker_environments(s)]
+        finish([p])
+        assert found == [want], (tenant, found)
 
 
 def test_metrics_report_every_tenant_and_device(servers):

@@ -6,11 +6,12 @@ use std::ffi::{c_char, c_int, c_uint, c_void, CStr, OsStr};
 
 use anyhow::{bail, Context as _, Result};
 use xpupool_cuda_types::{
-    CUarray, CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUevent, CUfunction,
-    CUfunction_attribute, CUipcEventHandle, CUipcMemHandle, CUjitInputType, CUjit_option,
-    CUlaunchConfig, CUlinkState, CUmemAccessDesc, CUmemAllocationProp,
-    CUmemGenericAllocationHandle, CUmodule, CUresult, CUstream, CUuuid, CUDA_ARRAY3D_DESCRIPTOR,
-    CUDA_MEMCPY3D, CUDA_RESOURCE_DESC, CUDA_SUCCESS, CUDA_TEXTURE_DESC,
+    CUarray, CUcontext, CUdevResource, CUdevResourceDesc, CUdevResourceType, CUdevice,
+    CUdevice_attribute, CUdeviceptr, CUevent, CUfunction, CUfunction_attribute, CUgreenCtx,
+    CUipcEventHandle, CUipcMemHandle, CUjitInputType, CUjit_option, CUlaunchConfig, CUlinkState,
+    CUmemAccessDesc, CUmemAllocationProp, CUmemGenericAllocationHandle, CUmodule, CUresult,
+    CUstream, CUuuid, CUDA_ARRAY3D_DESCRIPTOR, CUDA_MEMCPY3D, CUDA_RESOURCE_DESC, CUDA_SUCCESS,
+    CUDA_TEXTURE_DESC,
 };
 use xpupool_protocol::CuError;
 
@@ -122,6 +123,15 @@ entry_points! {
         cuIpcGetEventHandle: fn(*mut CUipcEventHandle, CUevent);
         cuIpcOpenEventHandle: fn(*mut CUevent, CUipcEventHandle);
         cuMemGetAddressRange_v2: fn(*mut CUdeviceptr, *mut usize, CUdeviceptr);
+        // CUDA 12.4: green contexts (SM ceilings).
+        cuDeviceGetDevResource: fn(CUdevice, *mut CUdevResource, CUdevResourceType);
+        cuDevSmResourceSplitByCount: fn(
+            *mut CUdevResource, *mut c_uint, *const CUdevResource, *mut CUdevResource, c_uint, c_uint,
+        );
+        cuDevResourceGenerateDesc: fn(*mut CUdevResourceDesc, *mut CUdevResource, c_uint);
+        cuGreenCtxCreate: fn(*mut CUgreenCtx, CUdevResourceDesc, CUdevice, c_uint);
+        cuCtxFromGreenCtx: fn(*mut CUcontext, CUgreenCtx);
+        cuGreenCtxDestroy: fn(CUgreenCtx);
         // Copies between two devices.
         cuMemcpyPeerAsync: fn(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, usize, CUstream);
         // CUDA 12.4: function enumeration and parameter layouts.

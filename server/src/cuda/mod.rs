@@ -20,11 +20,12 @@
 //! names, or that of the stream, function, event or memory it names), and copies
 //! between two devices' memory go through `cuMemcpyPeerAsync`.
 //!
-//! Not done: SM ceilings (green contexts). Kernel time is measured with events around each launch
+//! SM ceilings (`sm_limit`) are green contexts per session (`green.rs`), or MPS. Kernel time is measured with events around each launch
 //! (`timing.rs`); the server's scheduler paces launches with it
 //! (`scheduler/lease.rs`).
 
 mod driver;
+mod green;
 mod module;
 pub(crate) mod power;
 mod session;
@@ -44,6 +45,10 @@ use xpupool_protocol::{CuError, DeviceInfo};
 use crate::backend::{Backend, Session, Tenant};
 use driver::Driver;
 use module::Kernel;
+
+/// Set (by the server, for a session's worker) where the host runs MPS: the
+/// session's SM ceiling as MPS applies it, instead of a green context.
+pub const MPS_PERCENTAGE: &str = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE";
 
 /// Images remembered at most (their kernel lists are small; the bytes are not kept).
 const MAX_CACHED_IMAGES: usize = 4096;
@@ -92,7 +97,12 @@ impl Shared {
     /// (each request runs on whatever blocking thread the server picks).
     pub(crate) fn enter(&self, ordinal: u32) -> Result<(), CuError> {
         let context = self.device(ordinal)?.context;
-        // SAFETY: a context retained by this backend.
+        self.set_current(context)
+    }
+
+    /// Makes `context` (of this backend: a primary or a green one) current.
+    pub(crate) fn set_current(&self, context: usize) -> Result<(), CuError> {
+        // SAFETY: a context this backend retained or made.
         let r = unsafe { (self.driver.cuCtxSetCurrent)(context as CUcontext) };
         self.driver.check(r, "cuCtxSetCurrent")
     }
@@ -300,9 +310,28 @@ impl Backend for CudaBackend {
     }
 
     fn open_session(&self, tenant: &Tenant) -> Result<Box<dyn Session>, CuError> {
-        if tenant.policy().sm_limit.is_some() {
-            tracing::warn!(tenant = %tenant.name, "sm_limit is not enforced by the cuda backend yet (no green contexts); the tenant's compute share still applies");
-        }
-        Ok(Box::new(session::CudaSession::new(self.shared.clone())))
+        let green = match tenant.policy().sm_limit {
+            Some(fraction) if std::env::var_os(MPS_PERCENTAGE).is_some() => {
+                tracing::info!(tenant = %tenant.name, fraction, "sm_limit: MPS active thread percentage {}", std::env::var(MPS_PERCENTAGE).unwrap_or_default());
+                Vec::new()
+            }
+            Some(fraction) => match green::create(&self.shared, fraction) {
+                Ok(green) => {
+                    for (device, g) in green.iter().enumerate() {
+                        tracing::info!(tenant = %tenant.name, device, sms = g.sms, of = g.of, "sm_limit: a green context");
+                    }
+                    green
+                }
+                Err(why) => {
+                    tracing::warn!(tenant = %tenant.name, "sm_limit {fraction} is not enforced for this session: {why}; the tenant's compute share still applies");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        Ok(Box::new(session::CudaSession::new(
+            self.shared.clone(),
+            green,
+        )))
     }
 }

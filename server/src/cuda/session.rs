@@ -18,6 +18,7 @@ use xpupool_protocol::api::{
 };
 use xpupool_protocol::{code, Api, CuError};
 
+use super::green::Green;
 use super::module::{self, Kernel};
 use super::timing::KernelTimes;
 use super::Shared;
@@ -64,6 +65,9 @@ struct Function {
 
 pub(crate) struct CudaSession {
     shared: Arc<Shared>,
+    /// Its green context on each device, under an SM ceiling (else empty: the
+    /// primary contexts).
+    green: Vec<Green>,
     /// Allocations: base → size.
     allocations: BTreeMap<u64, u64>,
     /// The device of each allocation, opened allocation and mapping, by its base.
@@ -225,9 +229,10 @@ impl CudaSession {
         Ok(resource)
     }
 
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, green: Vec<Green>) -> Self {
         Self {
             shared,
+            green,
             allocations: BTreeMap::new(),
             homes: HashMap::new(),
             used: Cell::new(0),
@@ -253,7 +258,7 @@ impl CudaSession {
 
     /// Makes device `device`'s context current for the calls that follow.
     fn enter(&self, device: u32) -> Result<(), CuError> {
-        self.shared.enter(device)?;
+        make_current(&self.shared, &self.green, device)?;
         self.used
             .set(self.used.get() | 1u128.checked_shl(device).unwrap_or(0));
         Ok(())
@@ -1685,6 +1690,15 @@ impl Api for CudaSession {
     xpupool_protocol::server_only_operations!();
 }
 
+/// Makes the session's context of `device` current: its green context there,
+/// or the device's primary context.
+fn make_current(shared: &Shared, green: &[Green], device: u32) -> Result<(), CuError> {
+    match green.get(device as usize) {
+        Some(g) => shared.set_current(g.context),
+        None => shared.enter(device),
+    }
+}
+
 /// An IPC handle's bytes as the driver's structure holds them.
 fn ipc_bytes(handle: &[u8]) -> Result<[std::ffi::c_char; 64], CuError> {
     let bytes: [u8; 64] = handle
@@ -1703,7 +1717,7 @@ impl Drop for CudaSession {
         let mut failures = Vec::new();
         // Each thing is destroyed in its own device's context.
         let enter = |failures: &mut Vec<u32>, device: u32| {
-            if let Err(e) = self.shared.enter(device) {
+            if let Err(e) = make_current(&self.shared, &self.green, device) {
                 failures.push(e.code);
             }
         };
@@ -1786,6 +1800,9 @@ impl Drop for CudaSession {
                 // SAFETY: a reservation of this session, freed once.
                 failures.push(unsafe { free(address, size as usize) });
             }
+        }
+        for g in std::mem::take(&mut self.green) {
+            g.destroy(&self.shared);
         }
         failures.retain(|&r| r != CUDA_SUCCESS);
         if let Some(&first) = failures.first() {
