@@ -50,9 +50,14 @@ if command -v llvm-mc-15 >/dev/null; then
     python3 amdgpu/gen/opcodes.py > amdgpu/src/interp/opcodes.rs
 fi
 python3 amdgpu/gen/two_over_pi.py > amdgpu/src/interp/two_over_pi.rs
+# The HIP functions' C signatures, from Debian's HIP headers (libamdhip64-dev) read
+# with clang-15; the libamdhip64 stand-in's exports are checked against them.
+if command -v clang-15 >/dev/null && [ -e /usr/include/hip/hip_runtime_api.h ]; then
+    python3 vendor-headers/gen_hip_prototypes.py
+fi
 if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1 \
-    && ! git -C "$root" diff --quiet -- shim/src/generated vendor-headers amdgpu/src/interp; then
-    git -C "$root" diff --stat -- shim/src/generated vendor-headers amdgpu/src/interp >&2
+    && ! git -C "$root" diff --quiet -- shim/src/generated vendor-headers amdgpu/src/interp hip/src/generated; then
+    git -C "$root" diff --stat -- shim/src/generated vendor-headers amdgpu/src/interp hip/src/generated >&2
     echo "generated code differs from what its scripts write: commit what vendor-headers/*.py and amdgpu/gen/*.py write" >&2
     exit 1
 fi

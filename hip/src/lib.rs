@@ -31,7 +31,9 @@
 //! surfaces, `hipFuncGetAttributes`, cooperative launches. Every other entry
 //! point logs its name once and answers `hipErrorNotSupported` (or NULL, or
 //! nothing, as it returns). No entry point lets a panic unwind into its caller
-//! ([`memory::call`]).
+//! ([`memory::call`]). Each implemented function whose name HIP's headers
+//! declare is checked against the header's signature when this crate compiles
+//! (`generated/prototypes.rs`, from vendor-headers/gen_hip_prototypes.py).
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -54,6 +56,14 @@ mod stubs {
 }
 
 include!(concat!(env!("OUT_DIR"), "/errors.rs"));
+
+/// The C signatures HIP's headers give its functions (generated).
+pub(crate) mod generated {
+    pub(crate) mod prototypes;
+}
+
+// Each export checked against its header's signature (hip/build.rs).
+include!(concat!(env!("OUT_DIR"), "/checks.rs"));
 
 /// `hipError_t`.
 pub type HipError = c_int;

@@ -14,10 +14,11 @@
 //! [`QUANTUM`] before it is compared with the waiters again, or gives way at once
 //! to a waiter of a higher class.
 //!
-//! Under contention a holder also keeps little work in flight (about
-//! [`IN_FLIGHT_TIME`] by its kernels' measured time), so that what it queued
-//! before giving way drains quickly and a `high` waiter is not held up behind a
-//! deep queue; alone, a tenant is never held back (work-conserving).
+//! Under contention with waiters of its class or a higher one, a holder also
+//! keeps little work in flight (about [`IN_FLIGHT_TIME`] by its kernels'
+//! measured time), so that what it queued before giving way drains quickly and a
+//! `high` waiter is not held up behind a deep queue; alone, or ahead of every
+//! waiter's class, a tenant is never held back (work-conserving).
 //!
 //! A holder none of whose sessions has been at the server for [`HOLDER_QUIET`]
 //! while others wait (the client does host work, or the session ended), or that
@@ -273,6 +274,10 @@ fn step(state: &mut State, claimant: &Claimant, ticket: &mut Option<u64>, now: I
         class(state, &holding, now),
         -state.accounts.get(&holding.tenant).map_or(0.0, |a| a.vtime),
     );
+    if best.0 < mine.0 {
+        // Waiters of a lower class never go before it: nothing to pace for.
+        return Step::Go;
+    }
     let outranked = best.0 > mine.0;
     let turn_over = now.saturating_duration_since(granted) >= QUANTUM && best > mine;
     if outranked || turn_over {
