@@ -12,6 +12,7 @@ pub mod backend;
 mod checks;
 pub mod config;
 pub mod cuda;
+mod dynlib;
 pub mod embedded;
 pub mod hip;
 pub mod membership;

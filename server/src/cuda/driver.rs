@@ -15,33 +15,9 @@ use xpupool_cuda_types::{
 };
 use xpupool_protocol::CuError;
 
-/// Declares the entry-point table: required symbols are plain function pointers,
-/// optional ones (newer than the oldest driver we accept) are `Option`s.
-macro_rules! entry_points {
-    (
-        required { $($name:ident: fn($($arg:ty),* $(,)?);)* }
-        optional { $($opt:ident: fn($($oarg:ty),* $(,)?);)* }
-    ) => {
-        /// The driver's entry points (names as the library exports them).
-        #[allow(non_snake_case)]
-        pub(crate) struct Driver {
-            $( pub(crate) $name: unsafe extern "C" fn($($arg),*) -> CUresult, )*
-            $( pub(crate) $opt: Option<unsafe extern "C" fn($($oarg),*) -> CUresult>, )*
-        }
-
-        impl Driver {
-            fn resolve(lib: &'static libloading::Library) -> Result<Self> {
-                Ok(Self {
-                    $( $name: symbol(lib, stringify!($name))?
-                        .with_context(|| format!("the driver has no {}", stringify!($name)))?, )*
-                    $( $opt: symbol(lib, stringify!($opt))?, )*
-                })
-            }
-        }
-    };
-}
-
-entry_points! {
+crate::dynlib::entry_points! {
+    /// The driver's entry points (names as the library exports them).
+    pub(crate) struct Driver -> CUresult;
     required {
         cuInit: fn(c_uint);
         cuDriverGetVersion: fn(*mut c_int);
@@ -145,35 +121,16 @@ entry_points! {
         cuEventElapsedTime_v2: fn(*mut f32, CUevent, CUevent);
         cuEventElapsedTime: fn(*mut f32, CUevent, CUevent);
     }
-}
-
-/// Looks up one symbol as a function pointer of type `T`.
-fn symbol<T: Copy>(lib: &'static libloading::Library, name: &str) -> Result<Option<T>> {
-    let mut c_name = name.as_bytes().to_vec();
-    c_name.push(0);
-    // SAFETY: `T` is the C signature `cuda.h` declares for `name`; the library stays
-    // loaded for the life of the process (it is leaked in `Driver::load`).
-    match unsafe { lib.get::<T>(&c_name) } {
-        Ok(sym) => Ok(Some(*sym)),
-        Err(libloading::Error::DlSym { .. }) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("looking up {name}")),
-    }
+    other {}
 }
 
 impl Driver {
     /// Loads the driver library at `path` and resolves every entry point.
     pub(crate) fn load(path: &OsStr) -> Result<Self> {
-        // SAFETY: loading the CUDA driver runs its initialisers, which is what
-        // loading it is for. The handle is leaked: libcuda (and xpupool's stand-in)
-        // start threads and register exit handlers, so it must never be unloaded.
-        let lib = unsafe { libloading::Library::new(path) }.with_context(|| {
-            format!(
-                "could not load the CUDA driver {} (is the NVIDIA driver installed? \
-                 XPUPOOL_CUDA_DRIVER may name its libcuda.so.1)",
-                path.to_string_lossy()
-            )
-        })?;
-        let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+        let lib = crate::dynlib::load(
+            path,
+            "is the NVIDIA driver installed? XPUPOOL_CUDA_DRIVER may name its libcuda.so.1",
+        )?;
         let driver = Self::resolve(lib)
             .with_context(|| format!("{} is not a usable CUDA driver", path.to_string_lossy()))?;
         if driver.cuEventElapsedTime_v2.is_none() && driver.cuEventElapsedTime.is_none() {

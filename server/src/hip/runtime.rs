@@ -34,36 +34,9 @@ pub(crate) const LAUNCH_PARAM_BUFFER_POINTER: usize = 1;
 pub(crate) const LAUNCH_PARAM_BUFFER_SIZE: usize = 2;
 pub(crate) const LAUNCH_PARAM_END: usize = 3;
 
-/// Declares the entry-point table: required symbols are plain function pointers,
-/// optional ones `Option`s.
-macro_rules! entry_points {
-    (
-        required { $($name:ident: fn($($arg:ty),* $(,)?);)* }
-        optional { $($opt:ident: fn($($oarg:ty),* $(,)?);)* }
-    ) => {
-        /// The runtime's entry points (names as the library exports them).
-        #[allow(non_snake_case)]
-        pub(crate) struct Runtime {
-            $( pub(crate) $name: unsafe extern "C" fn($($arg),*) -> HipError, )*
-            $( pub(crate) $opt: Option<unsafe extern "C" fn($($oarg),*) -> HipError>, )*
-            pub(crate) hipGetErrorName: unsafe extern "C" fn(HipError) -> *const c_char,
-        }
-
-        impl Runtime {
-            fn resolve(lib: &'static libloading::Library) -> Result<Self> {
-                Ok(Self {
-                    $( $name: symbol(lib, stringify!($name))?
-                        .with_context(|| format!("the runtime has no {}", stringify!($name)))?, )*
-                    $( $opt: symbol(lib, stringify!($opt))?, )*
-                    hipGetErrorName: symbol(lib, "hipGetErrorName")?
-                        .context("the runtime has no hipGetErrorName")?,
-                })
-            }
-        }
-    };
-}
-
-entry_points! {
+crate::dynlib::entry_points! {
+    /// The runtime's entry points (names as the library exports them).
+    pub(crate) struct Runtime -> HipError;
     required {
         hipInit: fn(c_uint);
         hipDriverGetVersion: fn(*mut c_int);
@@ -106,36 +79,18 @@ entry_points! {
         // CU_FUNC_ATTRIBUTE_* numbering; the code object's metadata answers otherwise.
         hipFuncGetAttribute: fn(*mut c_int, c_int, Handle);
     }
-}
-
-/// Looks up one symbol as a function pointer of type `T`.
-fn symbol<T: Copy>(lib: &'static libloading::Library, name: &str) -> Result<Option<T>> {
-    let mut c_name = name.as_bytes().to_vec();
-    c_name.push(0);
-    // SAFETY: `T` is the C signature hip_runtime_api.h declares for `name`; the
-    // library stays loaded for the life of the process (leaked in `Runtime::load`).
-    match unsafe { lib.get::<T>(&c_name) } {
-        Ok(sym) => Ok(Some(*sym)),
-        Err(libloading::Error::DlSym { .. }) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("looking up {name}")),
+    other {
+        hipGetErrorName: fn(HipError) -> *const c_char;
     }
 }
 
 impl Runtime {
     /// Loads the runtime library at `path` and resolves every entry point.
     pub(crate) fn load(path: &OsStr) -> Result<Self> {
-        // SAFETY: loading the HIP runtime runs its initialisers, which is what
-        // loading it is for. The handle is leaked: the runtime (and xpupool's
-        // stand-in) start threads and register exit handlers, so it must never be
-        // unloaded.
-        let lib = unsafe { libloading::Library::new(path) }.with_context(|| {
-            format!(
-                "could not load the HIP runtime {} (is ROCm installed? \
-                 XPUPOOL_HIP_LIBRARY may name its libamdhip64.so)",
-                path.to_string_lossy()
-            )
-        })?;
-        let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+        let lib = crate::dynlib::load(
+            path,
+            "is ROCm installed? XPUPOOL_HIP_LIBRARY may name its libamdhip64.so",
+        )?;
         Self::resolve(lib)
             .with_context(|| format!("{} is not a usable HIP runtime", path.to_string_lossy()))
     }
