@@ -29,7 +29,16 @@ pub(crate) struct Env<'a> {
     /// A cooperative launch's grid-sync workspace (0: none).
     pub(crate) grid_workspace: u64,
     pub(crate) deadline: Option<Instant>,
+    /// The scheduler's checkpoint, also reached inside a long block
+    /// ([`CHECKPOINT_EVERY`]).
+    pub(crate) checkpoint: Option<&'a (dyn Fn() + Sync)>,
 }
+
+/// How often a block being run reaches the scheduler's checkpoint between its
+/// threads: a `high` tenant's kernel waits about this long for a running one
+/// to pause, rather than for its whole block (its threads all run on this
+/// worker, so pausing it pauses the block whole).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_micros(200);
 
 impl Env<'_> {
     pub(crate) fn illegal(
@@ -216,6 +225,7 @@ pub(crate) fn run(
         workers,
         grid_workspace: l.grid_workspace,
         deadline: l.deadline,
+        checkpoint: l.between_blocks,
     };
     let next = AtomicU64::new(0);
     let abort = AtomicBool::new(false);
@@ -781,10 +791,17 @@ impl<'a> Block<'a> {
             th.st = St::Run;
             th.stack.clear();
         }
+        let mut checked = Instant::now();
         loop {
             for t in 0..self.nt {
                 if self.th[t].st == St::Run {
                     self.run_thread(t)?;
+                    if let Some(checkpoint) = self.env.checkpoint {
+                        if checked.elapsed() >= CHECKPOINT_EVERY {
+                            checkpoint();
+                            checked = Instant::now();
+                        }
+                    }
                 }
             }
             if self.th.iter().all(|t| t.st == St::Exit) {

@@ -506,11 +506,11 @@ impl Drop for Running {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    fn claimant(name: &str, share: f64, priority: Priority) -> Claimant {
+    pub(super) fn claimant(name: &str, share: f64, priority: Priority) -> Claimant {
         Claimant {
             tenant: name.to_owned(),
             share,

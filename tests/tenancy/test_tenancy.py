@@ -241,38 +241,29 @@ def latency(server, tenant, count=60):
     return float(re.search(r"median_us=(\d+)", out).group(1))
 
 
-def test_high_priority_latency_next_to_a_saturating_load(servers):
-    s = servers({
+@pytest.mark.parametrize("backend", ["mock", "cuda"])
+def test_high_priority_latency_next_to_a_saturating_load(servers, backend):
+    """On the mock a running kernel gives way between its blocks; on the cuda
+    backend a `high` waiter takes the device's lease once the holder's few
+    launches in flight complete."""
+    tenants = {
         "urgent": {"compute_share": 0.5, "priority": '"high"'},
         "batch": {"compute_share": 0.5},
-    })
-    alone = latency(s, "urgent")
-    load = s.run("batch", SPIN, "load", "30", LOAD_ITERS)
-    s.wait_running("batch")
-    time.sleep(0.5)
-    loaded = latency(s, "urgent")
-    kill(load)
-    load.wait()
-    print(f"\nhigh-priority median kernel latency: {alone:.0f} us alone, {loaded:.0f} us next to"
-          f" a saturating normal tenant ({loaded / alone:.2f}x)")
-    assert loaded <= 1.2 * alone, (alone, loaded)
-
-
-def test_high_priority_latency_through_the_cuda_backend(servers):
-    """A `high` waiter takes the device's lease once the holder's few launches in
-    flight complete."""
-    s = cuda_backend_over_a_mock(servers, {
-        "urgent": {"compute_share": 0.5, "priority": '"high"'},
-        "batch": {"compute_share": 0.5},
-    })
-    alone = latency(s, "urgent")
-    load = s.run("batch", SPIN, "load", "30", LOAD_ITERS)
-    s.wait_running("batch")
-    time.sleep(0.5)
-    loaded = latency(s, "urgent")
-    kill(load)
-    load.wait()
-    print(f"\ncuda backend: high-priority median kernel latency {alone:.0f} us alone, {loaded:.0f} us"
+    }
+    s = servers(tenants) if backend == "mock" else cuda_backend_over_a_mock(servers, tenants)
+    # Alone and loaded in turns, twice: this machine's own speed drifts by more
+    # than the 20% asked over a few seconds, so each is the mean of two medians
+    # taken around the other's.
+    alone = loaded = 0.0
+    for _ in range(2):
+        alone += latency(s, "urgent") / 2
+        load = s.run("batch", SPIN, "load", "30", LOAD_ITERS)
+        s.wait_running("batch")
+        time.sleep(0.5)
+        loaded += latency(s, "urgent") / 2
+        kill(load)
+        load.wait()
+    print(f"\n{backend} backend: high-priority median kernel latency {alone:.0f} us alone, {loaded:.0f} us"
           f" next to a saturating normal tenant ({loaded / alone:.2f}x)")
     assert loaded <= 1.2 * alone, (alone, loaded)
 

@@ -357,17 +357,9 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Condvar, Mutex};
 
+    use super::super::tests::claimant;
     use super::super::Priority;
     use super::*;
-
-    fn claimant(name: &str, share: f64, priority: Priority) -> Claimant {
-        Claimant {
-            tenant: name.to_owned(),
-            share,
-            priority,
-            usage: Arc::default(),
-        }
-    }
 
     /// A device that runs queued kernels one after another, as a GPU runs one
     /// process's work at a time, and what each tenant's session would measure.
