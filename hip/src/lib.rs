@@ -59,6 +59,7 @@ include!(concat!(env!("OUT_DIR"), "/errors.rs"));
 
 /// The C signatures HIP's headers give its functions (generated).
 pub(crate) mod generated {
+    #[rustfmt::skip]
     pub(crate) mod prototypes;
 }
 

@@ -13,61 +13,22 @@
 use std::ffi::{c_char, c_int, c_uint, c_void};
 
 pub(crate) type hipApiName = unsafe extern "C" fn(u32) -> *const c_char;
-pub(crate) type hipArray3DCreate =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipArrayCreate =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipArray3DCreate = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipArrayCreate = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
 pub(crate) type hipArrayDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipBindTexture = unsafe extern "C" fn(
-    *mut usize,
-    *const c_void,
-    *const c_void,
-    *const crate::ChannelFormatDesc,
-    usize,
-) -> crate::HipError;
-pub(crate) type hipBindTexture2D = unsafe extern "C" fn(
-    *mut usize,
-    *const c_void,
-    *const c_void,
-    *const crate::ChannelFormatDesc,
-    usize,
-    usize,
-    usize,
-) -> crate::HipError;
-pub(crate) type hipBindTextureToArray = unsafe extern "C" fn(
-    *const c_void,
-    *const c_void,
-    *const crate::ChannelFormatDesc,
-) -> crate::HipError;
-pub(crate) type hipBindTextureToMipmappedArray = unsafe extern "C" fn(
-    *const c_void,
-    *const c_void,
-    *const crate::ChannelFormatDesc,
-) -> crate::HipError;
-pub(crate) type hipChooseDevice =
-    unsafe extern "C" fn(*mut c_int, *const crate::device::DeviceProp) -> crate::HipError;
-pub(crate) type hipConfigureCall = unsafe extern "C" fn(
-    crate::launch::Dim3,
-    crate::launch::Dim3,
-    usize,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipCreateChannelDesc =
-    unsafe extern "C" fn(c_int, c_int, c_int, c_int, c_int) -> crate::ChannelFormatDesc;
-pub(crate) type hipCreateTextureObject = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *const c_void,
-    *const c_void,
-    *const c_void,
-) -> crate::HipError;
-pub(crate) type hipCtxCreate =
-    unsafe extern "C" fn(*mut *mut c_void, c_uint, c_int) -> crate::HipError;
+pub(crate) type hipBindTexture = unsafe extern "C" fn(*mut usize, *const c_void, *const c_void, *const crate::ChannelFormatDesc, usize) -> crate::HipError;
+pub(crate) type hipBindTexture2D = unsafe extern "C" fn(*mut usize, *const c_void, *const c_void, *const crate::ChannelFormatDesc, usize, usize, usize) -> crate::HipError;
+pub(crate) type hipBindTextureToArray = unsafe extern "C" fn(*const c_void, *const c_void, *const crate::ChannelFormatDesc) -> crate::HipError;
+pub(crate) type hipBindTextureToMipmappedArray = unsafe extern "C" fn(*const c_void, *const c_void, *const crate::ChannelFormatDesc) -> crate::HipError;
+pub(crate) type hipChooseDevice = unsafe extern "C" fn(*mut c_int, *const crate::device::DeviceProp) -> crate::HipError;
+pub(crate) type hipConfigureCall = unsafe extern "C" fn(crate::launch::Dim3, crate::launch::Dim3, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipCreateChannelDesc = unsafe extern "C" fn(c_int, c_int, c_int, c_int, c_int) -> crate::ChannelFormatDesc;
+pub(crate) type hipCreateTextureObject = unsafe extern "C" fn(*mut *mut c_void, *const c_void, *const c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipCtxCreate = unsafe extern "C" fn(*mut *mut c_void, c_uint, c_int) -> crate::HipError;
 pub(crate) type hipCtxDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipCtxDisablePeerAccess = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipCtxEnablePeerAccess =
-    unsafe extern "C" fn(*mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipCtxGetApiVersion =
-    unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
+pub(crate) type hipCtxEnablePeerAccess = unsafe extern "C" fn(*mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipCtxGetApiVersion = unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
 pub(crate) type hipCtxGetCacheConfig = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
 pub(crate) type hipCtxGetCurrent = unsafe extern "C" fn(*mut *mut c_void) -> crate::HipError;
 pub(crate) type hipCtxGetDevice = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
@@ -82,41 +43,28 @@ pub(crate) type hipCtxSynchronize = unsafe extern "C" fn() -> crate::HipError;
 pub(crate) type hipDestroyExternalMemory = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipDestroyExternalSemaphore = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipDestroyTextureObject = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipDeviceCanAccessPeer =
-    unsafe extern "C" fn(*mut c_int, c_int, c_int) -> crate::HipError;
-pub(crate) type hipDeviceComputeCapability =
-    unsafe extern "C" fn(*mut c_int, *mut c_int, c_int) -> crate::HipError;
+pub(crate) type hipDeviceCanAccessPeer = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> crate::HipError;
+pub(crate) type hipDeviceComputeCapability = unsafe extern "C" fn(*mut c_int, *mut c_int, c_int) -> crate::HipError;
 pub(crate) type hipDeviceDisablePeerAccess = unsafe extern "C" fn(c_int) -> crate::HipError;
 pub(crate) type hipDeviceEnablePeerAccess = unsafe extern "C" fn(c_int, c_uint) -> crate::HipError;
 pub(crate) type hipDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> crate::HipError;
-pub(crate) type hipDeviceGetAttribute =
-    unsafe extern "C" fn(*mut c_int, c_int, c_int) -> crate::HipError;
-pub(crate) type hipDeviceGetByPCIBusId =
-    unsafe extern "C" fn(*mut c_int, *const c_char) -> crate::HipError;
+pub(crate) type hipDeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> crate::HipError;
+pub(crate) type hipDeviceGetByPCIBusId = unsafe extern "C" fn(*mut c_int, *const c_char) -> crate::HipError;
 pub(crate) type hipDeviceGetCacheConfig = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
-pub(crate) type hipDeviceGetDefaultMemPool =
-    unsafe extern "C" fn(*mut *mut c_void, c_int) -> crate::HipError;
+pub(crate) type hipDeviceGetDefaultMemPool = unsafe extern "C" fn(*mut *mut c_void, c_int) -> crate::HipError;
 pub(crate) type hipDeviceGetLimit = unsafe extern "C" fn(*mut usize, c_int) -> crate::HipError;
-pub(crate) type hipDeviceGetMemPool =
-    unsafe extern "C" fn(*mut *mut c_void, c_int) -> crate::HipError;
-pub(crate) type hipDeviceGetName =
-    unsafe extern "C" fn(*mut c_char, c_int, c_int) -> crate::HipError;
-pub(crate) type hipDeviceGetP2PAttribute =
-    unsafe extern "C" fn(*mut c_int, c_int, c_int, c_int) -> crate::HipError;
-pub(crate) type hipDeviceGetPCIBusId =
-    unsafe extern "C" fn(*mut c_char, c_int, c_int) -> crate::HipError;
+pub(crate) type hipDeviceGetMemPool = unsafe extern "C" fn(*mut *mut c_void, c_int) -> crate::HipError;
+pub(crate) type hipDeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> crate::HipError;
+pub(crate) type hipDeviceGetP2PAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int, c_int) -> crate::HipError;
+pub(crate) type hipDeviceGetPCIBusId = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> crate::HipError;
 pub(crate) type hipDeviceGetSharedMemConfig = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
-pub(crate) type hipDeviceGetStreamPriorityRange =
-    unsafe extern "C" fn(*mut c_int, *mut c_int) -> crate::HipError;
+pub(crate) type hipDeviceGetStreamPriorityRange = unsafe extern "C" fn(*mut c_int, *mut c_int) -> crate::HipError;
 pub(crate) type hipDeviceGetUuid = unsafe extern "C" fn(*mut [u8; 16], c_int) -> crate::HipError;
-pub(crate) type hipDevicePrimaryCtxGetState =
-    unsafe extern "C" fn(c_int, *mut c_uint, *mut c_int) -> crate::HipError;
+pub(crate) type hipDevicePrimaryCtxGetState = unsafe extern "C" fn(c_int, *mut c_uint, *mut c_int) -> crate::HipError;
 pub(crate) type hipDevicePrimaryCtxRelease = unsafe extern "C" fn(c_int) -> crate::HipError;
 pub(crate) type hipDevicePrimaryCtxReset = unsafe extern "C" fn(c_int) -> crate::HipError;
-pub(crate) type hipDevicePrimaryCtxRetain =
-    unsafe extern "C" fn(*mut *mut c_void, c_int) -> crate::HipError;
-pub(crate) type hipDevicePrimaryCtxSetFlags =
-    unsafe extern "C" fn(c_int, c_uint) -> crate::HipError;
+pub(crate) type hipDevicePrimaryCtxRetain = unsafe extern "C" fn(*mut *mut c_void, c_int) -> crate::HipError;
+pub(crate) type hipDevicePrimaryCtxSetFlags = unsafe extern "C" fn(c_int, c_uint) -> crate::HipError;
 pub(crate) type hipDeviceReset = unsafe extern "C" fn() -> crate::HipError;
 pub(crate) type hipDeviceSetCacheConfig = unsafe extern "C" fn(c_int) -> crate::HipError;
 pub(crate) type hipDeviceSetMemPool = unsafe extern "C" fn(c_int, *mut c_void) -> crate::HipError;
@@ -126,840 +74,312 @@ pub(crate) type hipDeviceTotalMem = unsafe extern "C" fn(*mut usize, c_int) -> c
 pub(crate) type hipDriverGetVersion = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
 pub(crate) type hipDrvMemcpy2DUnaligned = unsafe extern "C" fn(*const c_void) -> crate::HipError;
 pub(crate) type hipDrvMemcpy3D = unsafe extern "C" fn(*const c_void) -> crate::HipError;
-pub(crate) type hipDrvMemcpy3DAsync =
-    unsafe extern "C" fn(*const c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipDrvPointerGetAttributes =
-    unsafe extern "C" fn(c_uint, *mut c_int, *mut *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipDrvMemcpy3DAsync = unsafe extern "C" fn(*const c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipDrvPointerGetAttributes = unsafe extern "C" fn(c_uint, *mut c_int, *mut *mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipEventCreate = unsafe extern "C" fn(*mut *mut c_void) -> crate::HipError;
-pub(crate) type hipEventCreateWithFlags =
-    unsafe extern "C" fn(*mut *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipEventCreateWithFlags = unsafe extern "C" fn(*mut *mut c_void, c_uint) -> crate::HipError;
 pub(crate) type hipEventDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipEventElapsedTime =
-    unsafe extern "C" fn(*mut f32, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipEventElapsedTime = unsafe extern "C" fn(*mut f32, *mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipEventQuery = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipEventRecord = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipEventSynchronize = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipExtGetLinkTypeAndHopCount =
-    unsafe extern "C" fn(c_int, c_int, *mut u32, *mut u32) -> crate::HipError;
-pub(crate) type hipExtLaunchKernel = unsafe extern "C" fn(
-    *const c_void,
-    crate::launch::Dim3,
-    crate::launch::Dim3,
-    *mut *mut c_void,
-    usize,
-    *mut c_void,
-    *mut c_void,
-    *mut c_void,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipExtLaunchMultiKernelMultiDevice =
-    unsafe extern "C" fn(*mut c_void, c_int, c_uint) -> crate::HipError;
-pub(crate) type hipExtMallocWithFlags =
-    unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> crate::HipError;
-pub(crate) type hipExtStreamCreateWithCUMask =
-    unsafe extern "C" fn(*mut *mut c_void, u32, *const u32) -> crate::HipError;
-pub(crate) type hipExtStreamGetCUMask =
-    unsafe extern "C" fn(*mut c_void, u32, *mut u32) -> crate::HipError;
-pub(crate) type hipExternalMemoryGetMappedBuffer =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipExtGetLinkTypeAndHopCount = unsafe extern "C" fn(c_int, c_int, *mut u32, *mut u32) -> crate::HipError;
+pub(crate) type hipExtLaunchKernel = unsafe extern "C" fn(*const c_void, crate::launch::Dim3, crate::launch::Dim3, *mut *mut c_void, usize, *mut c_void, *mut c_void, *mut c_void, c_int) -> crate::HipError;
+pub(crate) type hipExtLaunchMultiKernelMultiDevice = unsafe extern "C" fn(*mut c_void, c_int, c_uint) -> crate::HipError;
+pub(crate) type hipExtMallocWithFlags = unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> crate::HipError;
+pub(crate) type hipExtStreamCreateWithCUMask = unsafe extern "C" fn(*mut *mut c_void, u32, *const u32) -> crate::HipError;
+pub(crate) type hipExtStreamGetCUMask = unsafe extern "C" fn(*mut c_void, u32, *mut u32) -> crate::HipError;
+pub(crate) type hipExternalMemoryGetMappedBuffer = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_void) -> crate::HipError;
 pub(crate) type hipFree = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipFreeArray = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipFreeAsync = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipFreeHost = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipFreeMipmappedArray = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipFuncGetAttribute =
-    unsafe extern "C" fn(*mut c_int, c_int, *mut c_void) -> crate::HipError;
-pub(crate) type hipFuncGetAttributes =
-    unsafe extern "C" fn(*mut crate::attributes::FuncAttributes, *const c_void) -> crate::HipError;
-pub(crate) type hipFuncSetAttribute =
-    unsafe extern "C" fn(*const c_void, c_int, c_int) -> crate::HipError;
-pub(crate) type hipFuncSetCacheConfig =
-    unsafe extern "C" fn(*const c_void, c_int) -> crate::HipError;
-pub(crate) type hipFuncSetSharedMemConfig =
-    unsafe extern "C" fn(*const c_void, c_int) -> crate::HipError;
-pub(crate) type hipGLGetDevices =
-    unsafe extern "C" fn(*mut c_uint, *mut c_int, c_uint, c_int) -> crate::HipError;
-pub(crate) type hipGetChannelDesc =
-    unsafe extern "C" fn(*mut crate::ChannelFormatDesc, *const c_void) -> crate::HipError;
+pub(crate) type hipFuncGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipFuncGetAttributes = unsafe extern "C" fn(*mut crate::attributes::FuncAttributes, *const c_void) -> crate::HipError;
+pub(crate) type hipFuncSetAttribute = unsafe extern "C" fn(*const c_void, c_int, c_int) -> crate::HipError;
+pub(crate) type hipFuncSetCacheConfig = unsafe extern "C" fn(*const c_void, c_int) -> crate::HipError;
+pub(crate) type hipFuncSetSharedMemConfig = unsafe extern "C" fn(*const c_void, c_int) -> crate::HipError;
+pub(crate) type hipGLGetDevices = unsafe extern "C" fn(*mut c_uint, *mut c_int, c_uint, c_int) -> crate::HipError;
+pub(crate) type hipGetChannelDesc = unsafe extern "C" fn(*mut crate::ChannelFormatDesc, *const c_void) -> crate::HipError;
 pub(crate) type hipGetDevice = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
 pub(crate) type hipGetDeviceCount = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
 pub(crate) type hipGetDeviceFlags = unsafe extern "C" fn(*mut c_uint) -> crate::HipError;
-pub(crate) type hipGetDeviceProperties =
-    unsafe extern "C" fn(*mut crate::device::DeviceProp, c_int) -> crate::HipError;
+pub(crate) type hipGetDeviceProperties = unsafe extern "C" fn(*mut crate::device::DeviceProp, c_int) -> crate::HipError;
 pub(crate) type hipGetErrorName = unsafe extern "C" fn(crate::HipError) -> *const c_char;
 pub(crate) type hipGetErrorString = unsafe extern "C" fn(crate::HipError) -> *const c_char;
 pub(crate) type hipGetLastError = unsafe extern "C" fn() -> crate::HipError;
-pub(crate) type hipGetMipmappedArrayLevel =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void, c_uint) -> crate::HipError;
+pub(crate) type hipGetMipmappedArrayLevel = unsafe extern "C" fn(*mut *mut c_void, *const c_void, c_uint) -> crate::HipError;
 pub(crate) type hipGetStreamDeviceId = unsafe extern "C" fn(*mut c_void) -> c_int;
-pub(crate) type hipGetSymbolAddress =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipGetSymbolSize =
-    unsafe extern "C" fn(*mut usize, *const c_void) -> crate::HipError;
-pub(crate) type hipGetTextureAlignmentOffset =
-    unsafe extern "C" fn(*mut usize, *const c_void) -> crate::HipError;
-pub(crate) type hipGetTextureObjectResourceDesc =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGetTextureObjectResourceViewDesc =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGetTextureObjectTextureDesc =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGetTextureReference =
-    unsafe extern "C" fn(*mut *const c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipGraphAddChildGraphNode = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipGraphAddDependencies = unsafe extern "C" fn(
-    *mut c_void,
-    *const *mut c_void,
-    *const *mut c_void,
-    usize,
-) -> crate::HipError;
-pub(crate) type hipGraphAddEmptyNode = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-) -> crate::HipError;
-pub(crate) type hipGraphAddEventRecordNode = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipGraphAddEventWaitNode = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipGraphAddHostNode = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *const c_void,
-) -> crate::HipError;
-pub(crate) type hipGraphAddKernelNode = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *const c_void,
-) -> crate::HipError;
-pub(crate) type hipGraphAddMemcpyNode = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *const c_void,
-) -> crate::HipError;
-pub(crate) type hipGraphAddMemcpyNode1D = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *mut c_void,
-    *const c_void,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipGraphAddMemcpyNodeFromSymbol = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *mut c_void,
-    *const c_void,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipGraphAddMemcpyNodeToSymbol = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *const c_void,
-    *const c_void,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipGraphAddMemsetNode = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *const *mut c_void,
-    usize,
-    *const c_void,
-) -> crate::HipError;
-pub(crate) type hipGraphChildGraphNodeGetGraph =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphClone =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGetSymbolAddress = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGetSymbolSize = unsafe extern "C" fn(*mut usize, *const c_void) -> crate::HipError;
+pub(crate) type hipGetTextureAlignmentOffset = unsafe extern "C" fn(*mut usize, *const c_void) -> crate::HipError;
+pub(crate) type hipGetTextureObjectResourceDesc = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGetTextureObjectResourceViewDesc = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGetTextureObjectTextureDesc = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGetTextureReference = unsafe extern "C" fn(*mut *const c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphAddChildGraphNode = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphAddDependencies = unsafe extern "C" fn(*mut c_void, *const *mut c_void, *const *mut c_void, usize) -> crate::HipError;
+pub(crate) type hipGraphAddEmptyNode = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize) -> crate::HipError;
+pub(crate) type hipGraphAddEventRecordNode = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphAddEventWaitNode = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphAddHostNode = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphAddKernelNode = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphAddMemcpyNode = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphAddMemcpyNode1D = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *mut c_void, *const c_void, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphAddMemcpyNodeFromSymbol = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *mut c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphAddMemcpyNodeToSymbol = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *const c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphAddMemsetNode = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const *mut c_void, usize, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphChildGraphNodeGetGraph = unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphClone = unsafe extern "C" fn(*mut *mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipGraphCreate = unsafe extern "C" fn(*mut *mut c_void, c_uint) -> crate::HipError;
 pub(crate) type hipGraphDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipGraphDestroyNode = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipGraphEventRecordNodeGetEvent =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphEventRecordNodeSetEvent =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphEventWaitNodeGetEvent =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphEventWaitNodeSetEvent =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphExecChildGraphNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphEventRecordNodeGetEvent = unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphEventRecordNodeSetEvent = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphEventWaitNodeGetEvent = unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphEventWaitNodeSetEvent = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphExecChildGraphNodeSetParams = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipGraphExecDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipGraphExecEventRecordNodeSetEvent =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphExecEventWaitNodeSetEvent =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphExecHostNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipGraphExecKernelNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipGraphExecMemcpyNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphExecMemcpyNodeSetParams1D = unsafe extern "C" fn(
-    *mut c_void,
-    *mut c_void,
-    *mut c_void,
-    *const c_void,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipGraphExecMemcpyNodeSetParamsFromSymbol = unsafe extern "C" fn(
-    *mut c_void,
-    *mut c_void,
-    *mut c_void,
-    *const c_void,
-    usize,
-    usize,
-    c_int,
-)
-    -> crate::HipError;
-pub(crate) type hipGraphExecMemcpyNodeSetParamsToSymbol = unsafe extern "C" fn(
-    *mut c_void,
-    *mut c_void,
-    *const c_void,
-    *const c_void,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipGraphExecMemsetNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipGraphExecUpdate =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *mut *mut c_void, *mut c_int) -> crate::HipError;
-pub(crate) type hipGraphGetEdges = unsafe extern "C" fn(
-    *mut c_void,
-    *mut *mut c_void,
-    *mut *mut c_void,
-    *mut usize,
-) -> crate::HipError;
-pub(crate) type hipGraphGetNodes =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
-pub(crate) type hipGraphGetRootNodes =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
-pub(crate) type hipGraphHostNodeGetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphHostNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipGraphInstantiate = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut c_void,
-    *mut *mut c_void,
-    *mut c_char,
-    usize,
-) -> crate::HipError;
-pub(crate) type hipGraphInstantiateWithFlags =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, u64) -> crate::HipError;
-pub(crate) type hipGraphKernelNodeGetAttribute =
-    unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphKernelNodeGetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphKernelNodeSetAttribute =
-    unsafe extern "C" fn(*mut c_void, c_int, *const c_void) -> crate::HipError;
-pub(crate) type hipGraphKernelNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphExecEventRecordNodeSetEvent = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphExecEventWaitNodeSetEvent = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphExecHostNodeSetParams = unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphExecKernelNodeSetParams = unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphExecMemcpyNodeSetParams = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphExecMemcpyNodeSetParams1D = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void, *const c_void, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphExecMemcpyNodeSetParamsFromSymbol = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphExecMemcpyNodeSetParamsToSymbol = unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphExecMemsetNodeSetParams = unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphExecUpdate = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut *mut c_void, *mut c_int) -> crate::HipError;
+pub(crate) type hipGraphGetEdges = unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
+pub(crate) type hipGraphGetNodes = unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
+pub(crate) type hipGraphGetRootNodes = unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
+pub(crate) type hipGraphHostNodeGetParams = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphHostNodeSetParams = unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphInstantiate = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *mut *mut c_void, *mut c_char, usize) -> crate::HipError;
+pub(crate) type hipGraphInstantiateWithFlags = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, u64) -> crate::HipError;
+pub(crate) type hipGraphKernelNodeGetAttribute = unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphKernelNodeGetParams = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphKernelNodeSetAttribute = unsafe extern "C" fn(*mut c_void, c_int, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphKernelNodeSetParams = unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
 pub(crate) type hipGraphLaunch = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphMemcpyNodeGetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphMemcpyNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipGraphMemcpyNodeSetParams1D =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void, usize, c_int) -> crate::HipError;
-pub(crate) type hipGraphMemcpyNodeSetParamsFromSymbol = unsafe extern "C" fn(
-    *mut c_void,
-    *mut c_void,
-    *const c_void,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipGraphMemcpyNodeSetParamsToSymbol = unsafe extern "C" fn(
-    *mut c_void,
-    *const c_void,
-    *const c_void,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipGraphMemsetNodeGetParams =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphMemsetNodeSetParams =
-    unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipGraphNodeFindInClone =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphNodeGetDependencies =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
-pub(crate) type hipGraphNodeGetDependentNodes =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
-pub(crate) type hipGraphNodeGetType =
-    unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
-pub(crate) type hipGraphRemoveDependencies = unsafe extern "C" fn(
-    *mut c_void,
-    *const *mut c_void,
-    *const *mut c_void,
-    usize,
-) -> crate::HipError;
-pub(crate) type hipGraphicsGLRegisterBuffer =
-    unsafe extern "C" fn(*mut *mut c_void, c_uint, c_uint) -> crate::HipError;
-pub(crate) type hipGraphicsGLRegisterImage =
-    unsafe extern "C" fn(*mut *mut c_void, c_uint, c_uint, c_uint) -> crate::HipError;
-pub(crate) type hipGraphicsMapResources =
-    unsafe extern "C" fn(c_int, *mut *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphicsResourceGetMappedPointer =
-    unsafe extern "C" fn(*mut *mut c_void, *mut usize, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphicsSubResourceGetMappedArray =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint, c_uint) -> crate::HipError;
-pub(crate) type hipGraphicsUnmapResources =
-    unsafe extern "C" fn(c_int, *mut *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipGraphicsUnregisterResource =
-    unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipHostAlloc =
-    unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> crate::HipError;
+pub(crate) type hipGraphMemcpyNodeGetParams = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphMemcpyNodeSetParams = unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphMemcpyNodeSetParams1D = unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphMemcpyNodeSetParamsFromSymbol = unsafe extern "C" fn(*mut c_void, *mut c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphMemcpyNodeSetParamsToSymbol = unsafe extern "C" fn(*mut c_void, *const c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipGraphMemsetNodeGetParams = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphMemsetNodeSetParams = unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipGraphNodeFindInClone = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphNodeGetDependencies = unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
+pub(crate) type hipGraphNodeGetDependentNodes = unsafe extern "C" fn(*mut c_void, *mut *mut c_void, *mut usize) -> crate::HipError;
+pub(crate) type hipGraphNodeGetType = unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
+pub(crate) type hipGraphRemoveDependencies = unsafe extern "C" fn(*mut c_void, *const *mut c_void, *const *mut c_void, usize) -> crate::HipError;
+pub(crate) type hipGraphicsGLRegisterBuffer = unsafe extern "C" fn(*mut *mut c_void, c_uint, c_uint) -> crate::HipError;
+pub(crate) type hipGraphicsGLRegisterImage = unsafe extern "C" fn(*mut *mut c_void, c_uint, c_uint, c_uint) -> crate::HipError;
+pub(crate) type hipGraphicsMapResources = unsafe extern "C" fn(c_int, *mut *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphicsResourceGetMappedPointer = unsafe extern "C" fn(*mut *mut c_void, *mut usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphicsSubResourceGetMappedArray = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint, c_uint) -> crate::HipError;
+pub(crate) type hipGraphicsUnmapResources = unsafe extern "C" fn(c_int, *mut *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipGraphicsUnregisterResource = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
+pub(crate) type hipHostAlloc = unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> crate::HipError;
 pub(crate) type hipHostFree = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipHostGetDevicePointer =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipHostGetDevicePointer = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint) -> crate::HipError;
 pub(crate) type hipHostGetFlags = unsafe extern "C" fn(*mut c_uint, *mut c_void) -> crate::HipError;
-pub(crate) type hipHostMalloc =
-    unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> crate::HipError;
-pub(crate) type hipHostRegister =
-    unsafe extern "C" fn(*mut c_void, usize, c_uint) -> crate::HipError;
+pub(crate) type hipHostMalloc = unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> crate::HipError;
+pub(crate) type hipHostRegister = unsafe extern "C" fn(*mut c_void, usize, c_uint) -> crate::HipError;
 pub(crate) type hipHostUnregister = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipImportExternalMemory =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipImportExternalSemaphore =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipImportExternalMemory = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipImportExternalSemaphore = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
 pub(crate) type hipInit = unsafe extern "C" fn(c_uint) -> crate::HipError;
 pub(crate) type hipIpcCloseMemHandle = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipIpcGetEventHandle =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipIpcGetMemHandle =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipIpcGetEventHandle = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipIpcGetMemHandle = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipKernelNameRef = unsafe extern "C" fn(*mut c_void) -> *const c_char;
-pub(crate) type hipKernelNameRefByPtr =
-    unsafe extern "C" fn(*const c_void, *mut c_void) -> *const c_char;
+pub(crate) type hipKernelNameRefByPtr = unsafe extern "C" fn(*const c_void, *mut c_void) -> *const c_char;
 pub(crate) type hipLaunchByPtr = unsafe extern "C" fn(*const c_void) -> crate::HipError;
-pub(crate) type hipLaunchCooperativeKernel = unsafe extern "C" fn(
-    *const c_void,
-    crate::launch::Dim3,
-    crate::launch::Dim3,
-    *mut *mut c_void,
-    c_uint,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipLaunchCooperativeKernelMultiDevice =
-    unsafe extern "C" fn(*mut c_void, c_int, c_uint) -> crate::HipError;
-pub(crate) type hipLaunchCooperativeKernel_spt = unsafe extern "C" fn(
-    *const c_void,
-    crate::launch::Dim3,
-    crate::launch::Dim3,
-    *mut *mut c_void,
-    u32,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipLaunchHostFunc =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipLaunchKernel = unsafe extern "C" fn(
-    *const c_void,
-    crate::launch::Dim3,
-    crate::launch::Dim3,
-    *mut *mut c_void,
-    usize,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipLaunchKernel_spt = unsafe extern "C" fn(
-    *const c_void,
-    crate::launch::Dim3,
-    crate::launch::Dim3,
-    *mut *mut c_void,
-    usize,
-    *mut c_void,
-) -> crate::HipError;
+pub(crate) type hipLaunchCooperativeKernel = unsafe extern "C" fn(*const c_void, crate::launch::Dim3, crate::launch::Dim3, *mut *mut c_void, c_uint, *mut c_void) -> crate::HipError;
+pub(crate) type hipLaunchCooperativeKernelMultiDevice = unsafe extern "C" fn(*mut c_void, c_int, c_uint) -> crate::HipError;
+pub(crate) type hipLaunchCooperativeKernel_spt = unsafe extern "C" fn(*const c_void, crate::launch::Dim3, crate::launch::Dim3, *mut *mut c_void, u32, *mut c_void) -> crate::HipError;
+pub(crate) type hipLaunchHostFunc = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipLaunchKernel = unsafe extern "C" fn(*const c_void, crate::launch::Dim3, crate::launch::Dim3, *mut *mut c_void, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipLaunchKernel_spt = unsafe extern "C" fn(*const c_void, crate::launch::Dim3, crate::launch::Dim3, *mut *mut c_void, usize, *mut c_void) -> crate::HipError;
 pub(crate) type hipMalloc = unsafe extern "C" fn(*mut *mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMallocArray = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *const crate::ChannelFormatDesc,
-    usize,
-    usize,
-    c_uint,
-) -> crate::HipError;
-pub(crate) type hipMallocAsync =
-    unsafe extern "C" fn(*mut *mut c_void, usize, *mut c_void) -> crate::HipError;
-pub(crate) type hipMallocFromPoolAsync =
-    unsafe extern "C" fn(*mut *mut c_void, usize, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMallocArray = unsafe extern "C" fn(*mut *mut c_void, *const crate::ChannelFormatDesc, usize, usize, c_uint) -> crate::HipError;
+pub(crate) type hipMallocAsync = unsafe extern "C" fn(*mut *mut c_void, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMallocFromPoolAsync = unsafe extern "C" fn(*mut *mut c_void, usize, *mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipMallocHost = unsafe extern "C" fn(*mut *mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMallocManaged =
-    unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> crate::HipError;
-pub(crate) type hipMallocPitch =
-    unsafe extern "C" fn(*mut *mut c_void, *mut usize, usize, usize) -> crate::HipError;
+pub(crate) type hipMallocManaged = unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> crate::HipError;
+pub(crate) type hipMallocPitch = unsafe extern "C" fn(*mut *mut c_void, *mut usize, usize, usize) -> crate::HipError;
 pub(crate) type hipMemAddressFree = unsafe extern "C" fn(*mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMemAddressReserve =
-    unsafe extern "C" fn(*mut *mut c_void, usize, usize, *mut c_void, u64) -> crate::HipError;
-pub(crate) type hipMemAdvise =
-    unsafe extern "C" fn(*const c_void, usize, c_int, c_int) -> crate::HipError;
+pub(crate) type hipMemAddressReserve = unsafe extern "C" fn(*mut *mut c_void, usize, usize, *mut c_void, u64) -> crate::HipError;
+pub(crate) type hipMemAdvise = unsafe extern "C" fn(*const c_void, usize, c_int, c_int) -> crate::HipError;
 pub(crate) type hipMemAllocHost = unsafe extern "C" fn(*mut *mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMemAllocPitch =
-    unsafe extern "C" fn(*mut *mut c_void, *mut usize, usize, usize, c_uint) -> crate::HipError;
-pub(crate) type hipMemCreate =
-    unsafe extern "C" fn(*mut *mut c_void, usize, *const c_void, u64) -> crate::HipError;
-pub(crate) type hipMemExportToShareableHandle =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, c_int, u64) -> crate::HipError;
-pub(crate) type hipMemGetAccess =
-    unsafe extern "C" fn(*mut u64, *const c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemGetAddressRange =
-    unsafe extern "C" fn(*mut *mut c_void, *mut usize, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemGetAllocationGranularity =
-    unsafe extern "C" fn(*mut usize, *const c_void, c_int) -> crate::HipError;
-pub(crate) type hipMemGetAllocationPropertiesFromHandle =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemAllocPitch = unsafe extern "C" fn(*mut *mut c_void, *mut usize, usize, usize, c_uint) -> crate::HipError;
+pub(crate) type hipMemCreate = unsafe extern "C" fn(*mut *mut c_void, usize, *const c_void, u64) -> crate::HipError;
+pub(crate) type hipMemExportToShareableHandle = unsafe extern "C" fn(*mut c_void, *mut c_void, c_int, u64) -> crate::HipError;
+pub(crate) type hipMemGetAccess = unsafe extern "C" fn(*mut u64, *const c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemGetAddressRange = unsafe extern "C" fn(*mut *mut c_void, *mut usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemGetAllocationGranularity = unsafe extern "C" fn(*mut usize, *const c_void, c_int) -> crate::HipError;
+pub(crate) type hipMemGetAllocationPropertiesFromHandle = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> crate::HipError;
-pub(crate) type hipMemImportFromShareableHandle =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_int) -> crate::HipError;
-pub(crate) type hipMemMap =
-    unsafe extern "C" fn(*mut c_void, usize, usize, *mut c_void, u64) -> crate::HipError;
-pub(crate) type hipMemMapArrayAsync =
-    unsafe extern "C" fn(*mut c_void, c_uint, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemPoolCreate =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipMemImportFromShareableHandle = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_int) -> crate::HipError;
+pub(crate) type hipMemMap = unsafe extern "C" fn(*mut c_void, usize, usize, *mut c_void, u64) -> crate::HipError;
+pub(crate) type hipMemMapArrayAsync = unsafe extern "C" fn(*mut c_void, c_uint, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemPoolCreate = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
 pub(crate) type hipMemPoolDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipMemPoolExportPointer =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemPoolExportToShareableHandle =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, c_int, c_uint) -> crate::HipError;
-pub(crate) type hipMemPoolGetAccess =
-    unsafe extern "C" fn(*mut c_int, *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemPoolGetAttribute =
-    unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemPoolImportFromShareableHandle =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_int, c_uint) -> crate::HipError;
-pub(crate) type hipMemPoolImportPointer =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemPoolSetAccess =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> crate::HipError;
-pub(crate) type hipMemPoolSetAttribute =
-    unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemPoolExportPointer = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemPoolExportToShareableHandle = unsafe extern "C" fn(*mut c_void, *mut c_void, c_int, c_uint) -> crate::HipError;
+pub(crate) type hipMemPoolGetAccess = unsafe extern "C" fn(*mut c_int, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemPoolGetAttribute = unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemPoolImportFromShareableHandle = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_int, c_uint) -> crate::HipError;
+pub(crate) type hipMemPoolImportPointer = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemPoolSetAccess = unsafe extern "C" fn(*mut c_void, *const c_void, usize) -> crate::HipError;
+pub(crate) type hipMemPoolSetAttribute = unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemPoolTrimTo = unsafe extern "C" fn(*mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMemPrefetchAsync =
-    unsafe extern "C" fn(*const c_void, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemPrefetchAsync = unsafe extern "C" fn(*const c_void, usize, c_int, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemPtrGetInfo = unsafe extern "C" fn(*mut c_void, *mut usize) -> crate::HipError;
-pub(crate) type hipMemRangeGetAttribute =
-    unsafe extern "C" fn(*mut c_void, usize, c_int, *const c_void, usize) -> crate::HipError;
-pub(crate) type hipMemRangeGetAttributes = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut usize,
-    *mut c_int,
-    usize,
-    *const c_void,
-    usize,
-) -> crate::HipError;
+pub(crate) type hipMemRangeGetAttribute = unsafe extern "C" fn(*mut c_void, usize, c_int, *const c_void, usize) -> crate::HipError;
+pub(crate) type hipMemRangeGetAttributes = unsafe extern "C" fn(*mut *mut c_void, *mut usize, *mut c_int, usize, *const c_void, usize) -> crate::HipError;
 pub(crate) type hipMemRelease = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipMemRetainAllocationHandle =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemSetAccess =
-    unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize) -> crate::HipError;
+pub(crate) type hipMemRetainAllocationHandle = unsafe extern "C" fn(*mut *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemSetAccess = unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize) -> crate::HipError;
 pub(crate) type hipMemUnmap = unsafe extern "C" fn(*mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMemcpy =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> crate::HipError;
-pub(crate) type hipMemcpy2D = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipMemcpy2DAsync = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    c_int,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipMemcpy2DFromArray = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipMemcpy2DFromArrayAsync = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    usize,
-    c_int,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipMemcpy2DFromArray_spt = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipMemcpy2DToArray = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipMemcpy2DToArrayAsync = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    c_int,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipMemcpy2DToArray_spt = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
-pub(crate) type hipMemcpy2D_spt = unsafe extern "C" fn(
-    *mut c_void,
-    usize,
-    *const c_void,
-    usize,
-    usize,
-    usize,
-    c_int,
-) -> crate::HipError;
+pub(crate) type hipMemcpy = unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpy2D = unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpy2DAsync = unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize, usize, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpy2DFromArray = unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize, usize, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpy2DFromArrayAsync = unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize, usize, usize, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpy2DFromArray_spt = unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize, usize, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpy2DToArray = unsafe extern "C" fn(*mut c_void, usize, usize, *const c_void, usize, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpy2DToArrayAsync = unsafe extern "C" fn(*mut c_void, usize, usize, *const c_void, usize, usize, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpy2DToArray_spt = unsafe extern "C" fn(*mut c_void, usize, usize, *const c_void, usize, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpy2D_spt = unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize, usize, usize, c_int) -> crate::HipError;
 pub(crate) type hipMemcpy3D = unsafe extern "C" fn(*const c_void) -> crate::HipError;
-pub(crate) type hipMemcpy3DAsync =
-    unsafe extern "C" fn(*const c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpy3DAsync = unsafe extern "C" fn(*const c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemcpy3D_spt = unsafe extern "C" fn(*const c_void) -> crate::HipError;
-pub(crate) type hipMemcpyAsync =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemcpyAsync_spt =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemcpyAtoH =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, usize, usize) -> crate::HipError;
-pub(crate) type hipMemcpyDtoD =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMemcpyDtoDAsync =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, usize, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemcpyDtoH =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMemcpyDtoHAsync =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, usize, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemcpyFromArray =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize, usize, usize, c_int) -> crate::HipError;
-pub(crate) type hipMemcpyFromSymbol =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
-pub(crate) type hipMemcpyFromSymbolAsync = unsafe extern "C" fn(
-    *mut c_void,
-    *const c_void,
-    usize,
-    usize,
-    c_int,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipMemcpyFromSymbol_spt =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
-pub(crate) type hipMemcpyHtoA =
-    unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize) -> crate::HipError;
-pub(crate) type hipMemcpyHtoD =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> crate::HipError;
-pub(crate) type hipMemcpyHtoDAsync =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyAsync = unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyAsync_spt = unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyAtoH = unsafe extern "C" fn(*mut c_void, *mut c_void, usize, usize) -> crate::HipError;
+pub(crate) type hipMemcpyDtoD = unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> crate::HipError;
+pub(crate) type hipMemcpyDtoDAsync = unsafe extern "C" fn(*mut c_void, *mut c_void, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyDtoH = unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> crate::HipError;
+pub(crate) type hipMemcpyDtoHAsync = unsafe extern "C" fn(*mut c_void, *mut c_void, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyFromArray = unsafe extern "C" fn(*mut c_void, *const c_void, usize, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpyFromSymbol = unsafe extern "C" fn(*mut c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpyFromSymbolAsync = unsafe extern "C" fn(*mut c_void, *const c_void, usize, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyFromSymbol_spt = unsafe extern "C" fn(*mut c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpyHtoA = unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize) -> crate::HipError;
+pub(crate) type hipMemcpyHtoD = unsafe extern "C" fn(*mut c_void, *mut c_void, usize) -> crate::HipError;
+pub(crate) type hipMemcpyHtoDAsync = unsafe extern "C" fn(*mut c_void, *mut c_void, usize, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemcpyParam2D = unsafe extern "C" fn(*const c_void) -> crate::HipError;
-pub(crate) type hipMemcpyParam2DAsync =
-    unsafe extern "C" fn(*const c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemcpyPeer =
-    unsafe extern "C" fn(*mut c_void, c_int, *const c_void, c_int, usize) -> crate::HipError;
-pub(crate) type hipMemcpyPeerAsync = unsafe extern "C" fn(
-    *mut c_void,
-    c_int,
-    *const c_void,
-    c_int,
-    usize,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipMemcpyToArray =
-    unsafe extern "C" fn(*mut c_void, usize, usize, *const c_void, usize, c_int) -> crate::HipError;
-pub(crate) type hipMemcpyToSymbol =
-    unsafe extern "C" fn(*const c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
-pub(crate) type hipMemcpyToSymbolAsync = unsafe extern "C" fn(
-    *const c_void,
-    *const c_void,
-    usize,
-    usize,
-    c_int,
-    *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipMemcpyToSymbol_spt =
-    unsafe extern "C" fn(*const c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
-pub(crate) type hipMemcpyWithStream =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemcpy_spt =
-    unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpyParam2DAsync = unsafe extern "C" fn(*const c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyPeer = unsafe extern "C" fn(*mut c_void, c_int, *const c_void, c_int, usize) -> crate::HipError;
+pub(crate) type hipMemcpyPeerAsync = unsafe extern "C" fn(*mut c_void, c_int, *const c_void, c_int, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyToArray = unsafe extern "C" fn(*mut c_void, usize, usize, *const c_void, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpyToSymbol = unsafe extern "C" fn(*const c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpyToSymbolAsync = unsafe extern "C" fn(*const c_void, *const c_void, usize, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpyToSymbol_spt = unsafe extern "C" fn(*const c_void, *const c_void, usize, usize, c_int) -> crate::HipError;
+pub(crate) type hipMemcpyWithStream = unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemcpy_spt = unsafe extern "C" fn(*mut c_void, *const c_void, usize, c_int) -> crate::HipError;
 pub(crate) type hipMemset = unsafe extern "C" fn(*mut c_void, c_int, usize) -> crate::HipError;
-pub(crate) type hipMemset2D =
-    unsafe extern "C" fn(*mut c_void, usize, c_int, usize, usize) -> crate::HipError;
-pub(crate) type hipMemset2DAsync =
-    unsafe extern "C" fn(*mut c_void, usize, c_int, usize, usize, *mut c_void) -> crate::HipError;
-pub(crate) type hipMemset2D_spt =
-    unsafe extern "C" fn(*mut c_void, usize, c_int, usize, usize) -> crate::HipError;
-pub(crate) type hipMemsetAsync =
-    unsafe extern "C" fn(*mut c_void, c_int, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemset2D = unsafe extern "C" fn(*mut c_void, usize, c_int, usize, usize) -> crate::HipError;
+pub(crate) type hipMemset2DAsync = unsafe extern "C" fn(*mut c_void, usize, c_int, usize, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemset2D_spt = unsafe extern "C" fn(*mut c_void, usize, c_int, usize, usize) -> crate::HipError;
+pub(crate) type hipMemsetAsync = unsafe extern "C" fn(*mut c_void, c_int, usize, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemsetD16 = unsafe extern "C" fn(*mut c_void, u16, usize) -> crate::HipError;
-pub(crate) type hipMemsetD16Async =
-    unsafe extern "C" fn(*mut c_void, u16, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemsetD16Async = unsafe extern "C" fn(*mut c_void, u16, usize, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemsetD32 = unsafe extern "C" fn(*mut c_void, c_int, usize) -> crate::HipError;
-pub(crate) type hipMemsetD32Async =
-    unsafe extern "C" fn(*mut c_void, c_int, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemsetD32Async = unsafe extern "C" fn(*mut c_void, c_int, usize, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemsetD8 = unsafe extern "C" fn(*mut c_void, u8, usize) -> crate::HipError;
-pub(crate) type hipMemsetD8Async =
-    unsafe extern "C" fn(*mut c_void, u8, usize, *mut c_void) -> crate::HipError;
+pub(crate) type hipMemsetD8Async = unsafe extern "C" fn(*mut c_void, u8, usize, *mut c_void) -> crate::HipError;
 pub(crate) type hipMemset_spt = unsafe extern "C" fn(*mut c_void, c_int, usize) -> crate::HipError;
-pub(crate) type hipMipmappedArrayCreate =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipMipmappedArrayCreate = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint) -> crate::HipError;
 pub(crate) type hipMipmappedArrayDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipMipmappedArrayGetLevel =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipModuleGetFunction =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> crate::HipError;
-pub(crate) type hipModuleGetGlobal = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *mut usize,
-    *mut c_void,
-    *const c_char,
-) -> crate::HipError;
-pub(crate) type hipModuleGetTexRef =
-    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> crate::HipError;
-pub(crate) type hipModuleLaunchKernel = unsafe extern "C" fn(
-    *mut c_void,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    *mut c_void,
-    *mut *mut c_void,
-    *mut *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipModuleLoad =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_char) -> crate::HipError;
-pub(crate) type hipModuleLoadData =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipModuleLoadDataEx = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *const c_void,
-    c_uint,
-    *mut c_int,
-    *mut *mut c_void,
-) -> crate::HipError;
-pub(crate) type hipModuleOccupancyMaxActiveBlocksPerMultiprocessor =
-    unsafe extern "C" fn(*mut c_int, *mut c_void, c_int, usize) -> crate::HipError;
-pub(crate) type hipModuleOccupancyMaxActiveBlocksPerMultiprocessorWithFlags =
-    unsafe extern "C" fn(*mut c_int, *mut c_void, c_int, usize, c_uint) -> crate::HipError;
-pub(crate) type hipModuleOccupancyMaxPotentialBlockSize =
-    unsafe extern "C" fn(*mut c_int, *mut c_int, *mut c_void, usize, c_int) -> crate::HipError;
-pub(crate) type hipModuleOccupancyMaxPotentialBlockSizeWithFlags =
-    unsafe extern "C" fn(
-        *mut c_int,
-        *mut c_int,
-        *mut c_void,
-        usize,
-        c_int,
-        c_uint,
-    ) -> crate::HipError;
+pub(crate) type hipMipmappedArrayGetLevel = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipModuleGetFunction = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> crate::HipError;
+pub(crate) type hipModuleGetGlobal = unsafe extern "C" fn(*mut *mut c_void, *mut usize, *mut c_void, *const c_char) -> crate::HipError;
+pub(crate) type hipModuleGetTexRef = unsafe extern "C" fn(*mut *mut c_void, *mut c_void, *const c_char) -> crate::HipError;
+pub(crate) type hipModuleLaunchKernel = unsafe extern "C" fn(*mut c_void, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, *mut c_void, *mut *mut c_void, *mut *mut c_void) -> crate::HipError;
+pub(crate) type hipModuleLoad = unsafe extern "C" fn(*mut *mut c_void, *const c_char) -> crate::HipError;
+pub(crate) type hipModuleLoadData = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipModuleLoadDataEx = unsafe extern "C" fn(*mut *mut c_void, *const c_void, c_uint, *mut c_int, *mut *mut c_void) -> crate::HipError;
+pub(crate) type hipModuleOccupancyMaxActiveBlocksPerMultiprocessor = unsafe extern "C" fn(*mut c_int, *mut c_void, c_int, usize) -> crate::HipError;
+pub(crate) type hipModuleOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = unsafe extern "C" fn(*mut c_int, *mut c_void, c_int, usize, c_uint) -> crate::HipError;
+pub(crate) type hipModuleOccupancyMaxPotentialBlockSize = unsafe extern "C" fn(*mut c_int, *mut c_int, *mut c_void, usize, c_int) -> crate::HipError;
+pub(crate) type hipModuleOccupancyMaxPotentialBlockSizeWithFlags = unsafe extern "C" fn(*mut c_int, *mut c_int, *mut c_void, usize, c_int, c_uint) -> crate::HipError;
 pub(crate) type hipModuleUnload = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipOccupancyMaxActiveBlocksPerMultiprocessor =
-    unsafe extern "C" fn(*mut c_int, *const c_void, c_int, usize) -> crate::HipError;
-pub(crate) type hipOccupancyMaxActiveBlocksPerMultiprocessorWithFlags =
-    unsafe extern "C" fn(*mut c_int, *const c_void, c_int, usize, c_uint) -> crate::HipError;
-pub(crate) type hipOccupancyMaxPotentialBlockSize =
-    unsafe extern "C" fn(*mut c_int, *mut c_int, *const c_void, usize, c_int) -> crate::HipError;
+pub(crate) type hipOccupancyMaxActiveBlocksPerMultiprocessor = unsafe extern "C" fn(*mut c_int, *const c_void, c_int, usize) -> crate::HipError;
+pub(crate) type hipOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = unsafe extern "C" fn(*mut c_int, *const c_void, c_int, usize, c_uint) -> crate::HipError;
+pub(crate) type hipOccupancyMaxPotentialBlockSize = unsafe extern "C" fn(*mut c_int, *mut c_int, *const c_void, usize, c_int) -> crate::HipError;
 pub(crate) type hipPeekAtLastError = unsafe extern "C" fn() -> crate::HipError;
-pub(crate) type hipPointerGetAttribute =
-    unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> crate::HipError;
-pub(crate) type hipPointerGetAttributes =
-    unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipPointerGetAttribute = unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> crate::HipError;
+pub(crate) type hipPointerGetAttributes = unsafe extern "C" fn(*mut c_void, *const c_void) -> crate::HipError;
 pub(crate) type hipProfilerStart = unsafe extern "C" fn() -> crate::HipError;
 pub(crate) type hipProfilerStop = unsafe extern "C" fn() -> crate::HipError;
-pub(crate) type hipRegisterActivityCallback =
-    unsafe extern "C" fn(u32, *mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipRegisterApiCallback =
-    unsafe extern "C" fn(u32, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipRegisterActivityCallback = unsafe extern "C" fn(u32, *mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipRegisterApiCallback = unsafe extern "C" fn(u32, *mut c_void, *mut c_void) -> crate::HipError;
 pub(crate) type hipRemoveActivityCallback = unsafe extern "C" fn(u32) -> crate::HipError;
 pub(crate) type hipRemoveApiCallback = unsafe extern "C" fn(u32) -> crate::HipError;
 pub(crate) type hipRuntimeGetVersion = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
 pub(crate) type hipSetDevice = unsafe extern "C" fn(c_int) -> crate::HipError;
 pub(crate) type hipSetDeviceFlags = unsafe extern "C" fn(c_uint) -> crate::HipError;
-pub(crate) type hipSetupArgument =
-    unsafe extern "C" fn(*const c_void, usize, usize) -> crate::HipError;
-pub(crate) type hipSignalExternalSemaphoresAsync =
-    unsafe extern "C" fn(*const *mut c_void, *const c_void, c_uint, *mut c_void) -> crate::HipError;
-pub(crate) type hipStreamAddCallback =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipStreamAttachMemAsync =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, usize, c_uint) -> crate::HipError;
+pub(crate) type hipSetupArgument = unsafe extern "C" fn(*const c_void, usize, usize) -> crate::HipError;
+pub(crate) type hipSignalExternalSemaphoresAsync = unsafe extern "C" fn(*const *mut c_void, *const c_void, c_uint, *mut c_void) -> crate::HipError;
+pub(crate) type hipStreamAddCallback = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipStreamAttachMemAsync = unsafe extern "C" fn(*mut c_void, *mut c_void, usize, c_uint) -> crate::HipError;
 pub(crate) type hipStreamBeginCapture = unsafe extern "C" fn(*mut c_void, c_int) -> crate::HipError;
 pub(crate) type hipStreamCreate = unsafe extern "C" fn(*mut *mut c_void) -> crate::HipError;
-pub(crate) type hipStreamCreateWithFlags =
-    unsafe extern "C" fn(*mut *mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipStreamCreateWithPriority =
-    unsafe extern "C" fn(*mut *mut c_void, c_uint, c_int) -> crate::HipError;
+pub(crate) type hipStreamCreateWithFlags = unsafe extern "C" fn(*mut *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipStreamCreateWithPriority = unsafe extern "C" fn(*mut *mut c_void, c_uint, c_int) -> crate::HipError;
 pub(crate) type hipStreamDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipStreamEndCapture =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> crate::HipError;
-pub(crate) type hipStreamGetCaptureInfo =
-    unsafe extern "C" fn(*mut c_void, *mut c_int, *mut u64) -> crate::HipError;
-pub(crate) type hipStreamGetCaptureInfo_v2 = unsafe extern "C" fn(
-    *mut c_void,
-    *mut c_int,
-    *mut u64,
-    *mut *mut c_void,
-    *mut *const *mut c_void,
-    *mut usize,
-) -> crate::HipError;
-pub(crate) type hipStreamGetFlags =
-    unsafe extern "C" fn(*mut c_void, *mut c_uint) -> crate::HipError;
-pub(crate) type hipStreamGetFlags_spt =
-    unsafe extern "C" fn(*mut c_void, *mut c_uint) -> crate::HipError;
-pub(crate) type hipStreamGetPriority =
-    unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
-pub(crate) type hipStreamGetPriority_spt =
-    unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
-pub(crate) type hipStreamIsCapturing =
-    unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
+pub(crate) type hipStreamEndCapture = unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> crate::HipError;
+pub(crate) type hipStreamGetCaptureInfo = unsafe extern "C" fn(*mut c_void, *mut c_int, *mut u64) -> crate::HipError;
+pub(crate) type hipStreamGetCaptureInfo_v2 = unsafe extern "C" fn(*mut c_void, *mut c_int, *mut u64, *mut *mut c_void, *mut *const *mut c_void, *mut usize) -> crate::HipError;
+pub(crate) type hipStreamGetFlags = unsafe extern "C" fn(*mut c_void, *mut c_uint) -> crate::HipError;
+pub(crate) type hipStreamGetFlags_spt = unsafe extern "C" fn(*mut c_void, *mut c_uint) -> crate::HipError;
+pub(crate) type hipStreamGetPriority = unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
+pub(crate) type hipStreamGetPriority_spt = unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
+pub(crate) type hipStreamIsCapturing = unsafe extern "C" fn(*mut c_void, *mut c_int) -> crate::HipError;
 pub(crate) type hipStreamQuery = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipStreamQuery_spt = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipStreamSynchronize = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
 pub(crate) type hipStreamSynchronize_spt = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipStreamUpdateCaptureDependencies =
-    unsafe extern "C" fn(*mut c_void, *mut *mut c_void, usize, c_uint) -> crate::HipError;
-pub(crate) type hipStreamWaitEvent =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipStreamWaitEvent_spt =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipStreamWaitValue32 =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, u32, c_uint, u32) -> crate::HipError;
-pub(crate) type hipStreamWaitValue64 =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, u64, c_uint, u64) -> crate::HipError;
-pub(crate) type hipStreamWriteValue32 =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, u32, c_uint) -> crate::HipError;
-pub(crate) type hipStreamWriteValue64 =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, u64, c_uint) -> crate::HipError;
-pub(crate) type hipTexObjectCreate = unsafe extern "C" fn(
-    *mut *mut c_void,
-    *const c_void,
-    *const c_void,
-    *const c_void,
-) -> crate::HipError;
+pub(crate) type hipStreamUpdateCaptureDependencies = unsafe extern "C" fn(*mut c_void, *mut *mut c_void, usize, c_uint) -> crate::HipError;
+pub(crate) type hipStreamWaitEvent = unsafe extern "C" fn(*mut c_void, *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipStreamWaitEvent_spt = unsafe extern "C" fn(*mut c_void, *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipStreamWaitValue32 = unsafe extern "C" fn(*mut c_void, *mut c_void, u32, c_uint, u32) -> crate::HipError;
+pub(crate) type hipStreamWaitValue64 = unsafe extern "C" fn(*mut c_void, *mut c_void, u64, c_uint, u64) -> crate::HipError;
+pub(crate) type hipStreamWriteValue32 = unsafe extern "C" fn(*mut c_void, *mut c_void, u32, c_uint) -> crate::HipError;
+pub(crate) type hipStreamWriteValue64 = unsafe extern "C" fn(*mut c_void, *mut c_void, u64, c_uint) -> crate::HipError;
+pub(crate) type hipTexObjectCreate = unsafe extern "C" fn(*mut *mut c_void, *const c_void, *const c_void, *const c_void) -> crate::HipError;
 pub(crate) type hipTexObjectDestroy = unsafe extern "C" fn(*mut c_void) -> crate::HipError;
-pub(crate) type hipTexObjectGetResourceDesc =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipTexObjectGetResourceViewDesc =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipTexObjectGetTextureDesc =
-    unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetAddress =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetAddressMode =
-    unsafe extern "C" fn(*mut c_int, *const c_void, c_int) -> crate::HipError;
-pub(crate) type hipTexRefGetFilterMode =
-    unsafe extern "C" fn(*mut c_int, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetFlags =
-    unsafe extern "C" fn(*mut c_uint, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetFormat =
-    unsafe extern "C" fn(*mut c_int, *mut c_int, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetMaxAnisotropy =
-    unsafe extern "C" fn(*mut c_int, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetMipMappedArray =
-    unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetMipmapFilterMode =
-    unsafe extern "C" fn(*mut c_int, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetMipmapLevelBias =
-    unsafe extern "C" fn(*mut f32, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefGetMipmapLevelClamp =
-    unsafe extern "C" fn(*mut f32, *mut f32, *const c_void) -> crate::HipError;
-pub(crate) type hipTexRefSetAddress =
-    unsafe extern "C" fn(*mut usize, *mut c_void, *mut c_void, usize) -> crate::HipError;
-pub(crate) type hipTexRefSetAddress2D =
-    unsafe extern "C" fn(*mut c_void, *const c_void, *mut c_void, usize) -> crate::HipError;
-pub(crate) type hipTexRefSetAddressMode =
-    unsafe extern "C" fn(*mut c_void, c_int, c_int) -> crate::HipError;
-pub(crate) type hipTexRefSetArray =
-    unsafe extern "C" fn(*mut c_void, *const c_void, c_uint) -> crate::HipError;
-pub(crate) type hipTexRefSetBorderColor =
-    unsafe extern "C" fn(*mut c_void, *mut f32) -> crate::HipError;
-pub(crate) type hipTexRefSetFilterMode =
-    unsafe extern "C" fn(*mut c_void, c_int) -> crate::HipError;
+pub(crate) type hipTexObjectGetResourceDesc = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipTexObjectGetResourceViewDesc = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipTexObjectGetTextureDesc = unsafe extern "C" fn(*mut c_void, *mut c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetAddress = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetAddressMode = unsafe extern "C" fn(*mut c_int, *const c_void, c_int) -> crate::HipError;
+pub(crate) type hipTexRefGetFilterMode = unsafe extern "C" fn(*mut c_int, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetFlags = unsafe extern "C" fn(*mut c_uint, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetFormat = unsafe extern "C" fn(*mut c_int, *mut c_int, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetMaxAnisotropy = unsafe extern "C" fn(*mut c_int, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetMipMappedArray = unsafe extern "C" fn(*mut *mut c_void, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetMipmapFilterMode = unsafe extern "C" fn(*mut c_int, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetMipmapLevelBias = unsafe extern "C" fn(*mut f32, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefGetMipmapLevelClamp = unsafe extern "C" fn(*mut f32, *mut f32, *const c_void) -> crate::HipError;
+pub(crate) type hipTexRefSetAddress = unsafe extern "C" fn(*mut usize, *mut c_void, *mut c_void, usize) -> crate::HipError;
+pub(crate) type hipTexRefSetAddress2D = unsafe extern "C" fn(*mut c_void, *const c_void, *mut c_void, usize) -> crate::HipError;
+pub(crate) type hipTexRefSetAddressMode = unsafe extern "C" fn(*mut c_void, c_int, c_int) -> crate::HipError;
+pub(crate) type hipTexRefSetArray = unsafe extern "C" fn(*mut c_void, *const c_void, c_uint) -> crate::HipError;
+pub(crate) type hipTexRefSetBorderColor = unsafe extern "C" fn(*mut c_void, *mut f32) -> crate::HipError;
+pub(crate) type hipTexRefSetFilterMode = unsafe extern "C" fn(*mut c_void, c_int) -> crate::HipError;
 pub(crate) type hipTexRefSetFlags = unsafe extern "C" fn(*mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipTexRefSetFormat =
-    unsafe extern "C" fn(*mut c_void, c_int, c_int) -> crate::HipError;
-pub(crate) type hipTexRefSetMaxAnisotropy =
-    unsafe extern "C" fn(*mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipTexRefSetMipmapFilterMode =
-    unsafe extern "C" fn(*mut c_void, c_int) -> crate::HipError;
-pub(crate) type hipTexRefSetMipmapLevelBias =
-    unsafe extern "C" fn(*mut c_void, f32) -> crate::HipError;
-pub(crate) type hipTexRefSetMipmapLevelClamp =
-    unsafe extern "C" fn(*mut c_void, f32, f32) -> crate::HipError;
-pub(crate) type hipTexRefSetMipmappedArray =
-    unsafe extern "C" fn(*mut c_void, *mut c_void, c_uint) -> crate::HipError;
-pub(crate) type hipThreadExchangeStreamCaptureMode =
-    unsafe extern "C" fn(*mut c_int) -> crate::HipError;
+pub(crate) type hipTexRefSetFormat = unsafe extern "C" fn(*mut c_void, c_int, c_int) -> crate::HipError;
+pub(crate) type hipTexRefSetMaxAnisotropy = unsafe extern "C" fn(*mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipTexRefSetMipmapFilterMode = unsafe extern "C" fn(*mut c_void, c_int) -> crate::HipError;
+pub(crate) type hipTexRefSetMipmapLevelBias = unsafe extern "C" fn(*mut c_void, f32) -> crate::HipError;
+pub(crate) type hipTexRefSetMipmapLevelClamp = unsafe extern "C" fn(*mut c_void, f32, f32) -> crate::HipError;
+pub(crate) type hipTexRefSetMipmappedArray = unsafe extern "C" fn(*mut c_void, *mut c_void, c_uint) -> crate::HipError;
+pub(crate) type hipThreadExchangeStreamCaptureMode = unsafe extern "C" fn(*mut c_int) -> crate::HipError;
 pub(crate) type hipUnbindTexture = unsafe extern "C" fn(*const c_void) -> crate::HipError;
-pub(crate) type hipWaitExternalSemaphoresAsync =
-    unsafe extern "C" fn(*const *mut c_void, *const c_void, c_uint, *mut c_void) -> crate::HipError;
+pub(crate) type hipWaitExternalSemaphoresAsync = unsafe extern "C" fn(*const *mut c_void, *const c_void, c_uint, *mut c_void) -> crate::HipError;
