@@ -177,23 +177,7 @@ impl DeviceScheduler {
     pub fn acquire(self: &Arc<Self>, claimant: &Claimant) -> Running {
         let now = Instant::now();
         let mut state = self.lock();
-        let vclock = state.vclock;
-        let account = account(&mut state, &claimant.tenant, now);
-        if account.active == 0 {
-            account.vtime = account.vtime.max(vclock);
-        }
-        account.active += 1;
-        let ticket = state.next;
-        state.next += 1;
-        state.tickets.insert(
-            ticket,
-            Ticket {
-                claimant: claimant.clone(),
-                since: None,
-                waiting_since: now,
-                paused: false,
-            },
-        );
+        let ticket = enqueue(&mut state, claimant, now, true);
         let mut state = self.wait_for_turn(state, ticket);
         start(&mut state, ticket);
         drop(state);
@@ -280,6 +264,29 @@ impl DeviceScheduler {
         }
         ((busy - busy_then) as f64 / span.as_nanos() as f64).clamp(0.0, 1.0)
     }
+}
+
+/// Queues a waiting ticket for `claimant`. A tenant with no ticket before starts
+/// at the current virtual time if `from_idle` (so idling banks no credit).
+fn enqueue(state: &mut State, claimant: &Claimant, now: Instant, from_idle: bool) -> u64 {
+    let vclock = state.vclock;
+    let account = account(state, &claimant.tenant, now);
+    if account.active == 0 && from_idle {
+        account.vtime = account.vtime.max(vclock);
+    }
+    account.active += 1;
+    let ticket = state.next;
+    state.next += 1;
+    state.tickets.insert(
+        ticket,
+        Ticket {
+            claimant: claimant.clone(),
+            since: None,
+            waiting_since: now,
+            paused: false,
+        },
+    );
+    ticket
 }
 
 /// `tenant`'s account, made (at the current virtual time) if it has none.

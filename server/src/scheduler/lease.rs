@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use xpupool_protocol::api::SessionWork;
 
-use super::{account, choose, class, Claimant, DeviceScheduler, State, Ticket};
+use super::{choose, class, Claimant, DeviceScheduler, State};
 
 /// How long a tenant keeps the lease when others wait before it is compared with
 /// them again.
@@ -311,30 +311,13 @@ fn best_waiter(state: &mut State, tenant: &str, now: Instant) -> Option<(super::
 }
 
 /// Queues a waiting ticket for `claimant`; a tenant coming back from idle starts
-/// at the current virtual time.
+/// at the current virtual time (one that holds the lease is not idle).
 fn enqueue(state: &mut State, claimant: &Claimant, now: Instant) -> u64 {
-    let vclock = state.vclock;
     let holds = state
         .lease
         .as_ref()
         .is_some_and(|l| l.tenant == claimant.tenant);
-    let account = account(state, &claimant.tenant, now);
-    if account.active == 0 && !holds {
-        account.vtime = account.vtime.max(vclock);
-    }
-    account.active += 1;
-    let ticket = state.next;
-    state.next += 1;
-    state.tickets.insert(
-        ticket,
-        Ticket {
-            claimant: claimant.clone(),
-            since: None,
-            waiting_since: now,
-            paused: false,
-        },
-    );
-    ticket
+    super::enqueue(state, claimant, now, !holds)
 }
 
 /// Takes a waiting ticket off the queue: its tenant has the lease. The time it
