@@ -236,11 +236,7 @@ impl DeviceScheduler {
         account.recent += seconds;
         account.vtime += seconds / claimant.share.max(1e-3);
         let vtime = account.vtime;
-        if state
-            .lease
-            .as_ref()
-            .is_some_and(|l| l.tenant == claimant.tenant)
-        {
+        if lease::holder(&mut state, claimant).is_some() {
             state.vclock = state.vclock.max(vtime);
         }
     }
@@ -356,24 +352,42 @@ fn choose(state: &mut State) -> Option<u64> {
         })
         .map(|(&id, t)| (id, t.claimant.clone()))
         .collect();
-    let mut best: Option<(Priority, f64, u64)> = None;
+    let mut best: Option<((Priority, f64), std::cmp::Reverse<u64>)> = None;
     for (id, claimant) in candidates {
-        let class = class(state, &claimant, now);
-        let vtime = state
-            .accounts
-            .get(&claimant.tenant)
-            .map_or(0.0, |a| a.vtime);
-        let better = match best {
-            None => true,
-            Some((c, v, i)) => {
-                (class, -vtime, std::cmp::Reverse(id)) > (c, -v, std::cmp::Reverse(i))
-            }
-        };
-        if better {
-            best = Some((class, vtime, id));
+        let this = (rank(state, &claimant, now), std::cmp::Reverse(id));
+        if best.is_none_or(|b| this > b) {
+            best = Some(this);
         }
     }
-    best.map(|(_, _, id)| id)
+    best.map(|(_, std::cmp::Reverse(id))| id)
+}
+
+/// Where `claimant` stands for the device: its class, then its virtual time
+/// negated (greater goes first).
+fn rank(state: &mut State, claimant: &Claimant, now: Instant) -> (Priority, f64) {
+    let vtime = state
+        .accounts
+        .get(&claimant.tenant)
+        .map_or(0.0, |a| a.vtime);
+    (class(state, claimant, now), -vtime)
+}
+
+/// The rank of the best-placed waiting claimant of a tenant other than `tenant`.
+fn best_waiting(state: &mut State, tenant: &str, now: Instant) -> Option<(Priority, f64)> {
+    let waiting: Vec<Claimant> = state
+        .tickets
+        .values()
+        .filter(|t| t.since.is_none() && t.claimant.tenant != tenant)
+        .map(|t| t.claimant.clone())
+        .collect();
+    let mut best: Option<(Priority, f64)> = None;
+    for c in waiting {
+        let this = rank(state, &c, now);
+        if best.is_none_or(|b| this > b) {
+            best = Some(this);
+        }
+    }
+    best
 }
 
 /// Gives the device to `ticket`, counting the time it waited as throttled if the
@@ -399,28 +413,14 @@ fn start(state: &mut State, ticket: u64) {
 /// After a kernel of `claimant` ended: keeps the device for its tenant for
 /// [`ANTICIPATION`] if others wait and it is still the one to go next.
 fn anticipate(state: &mut State, claimant: &Claimant, now: Instant) {
-    let waiting: Vec<Claimant> = state
-        .tickets
-        .values()
-        .filter(|t| t.since.is_none() && t.claimant.tenant != claimant.tenant)
-        .map(|t| t.claimant.clone())
-        .collect();
-    if waiting.is_empty() {
+    let Some(best) = best_waiting(state, &claimant.tenant, now) else {
+        return;
+    };
+    let mine = rank(state, claimant, now);
+    if best > mine {
         return;
     }
-    let mine = class(state, claimant, now);
-    let my_vtime = state
-        .accounts
-        .get(&claimant.tenant)
-        .map_or(0.0, |a| a.vtime);
-    for other in &waiting {
-        let theirs = class(state, other, now);
-        let their_vtime = state.accounts.get(&other.tenant).map_or(0.0, |a| a.vtime);
-        if theirs > mine || (theirs == mine && their_vtime < my_vtime) {
-            return;
-        }
-    }
-    state.reserved = Some((claimant.tenant.clone(), mine, now + ANTICIPATION));
+    state.reserved = Some((claimant.tenant.clone(), mine.0, now + ANTICIPATION));
 }
 
 /// Takes `ticket` off the device, charging the time it ran since it started.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use xpupool_protocol::api::SessionWork;
 
-use super::{choose, class, Claimant, DeviceScheduler, State};
+use super::{best_waiting, choose, rank, Claimant, DeviceScheduler, State};
 
 /// How long a tenant keeps the lease when others wait before it is compared with
 /// them again.
@@ -59,7 +59,6 @@ const WAITER_TICK: Duration = Duration::from_millis(1);
 /// The device's lease.
 pub(super) struct Lease {
     /// Whose it is.
-    pub(super) tenant: String,
     claimant: Claimant,
     granted: Instant,
     /// When a request of one of its sessions last began or ended.
@@ -161,11 +160,7 @@ impl DeviceScheduler {
                     }
                     draining = None;
                     state = self.lock();
-                    if state
-                        .lease
-                        .as_ref()
-                        .is_some_and(|l| l.tenant == claimant.tenant)
-                    {
+                    if holder(&mut state, claimant).is_some() {
                         state.lease = None;
                         self.changed.notify_all();
                     }
@@ -224,8 +219,11 @@ fn leave(state: &mut State, claimant: &Claimant, generation: Option<u64>) {
 }
 
 /// The lease, if `claimant`'s tenant holds it.
-fn holder<'s>(state: &'s mut State, claimant: &Claimant) -> Option<&'s mut Lease> {
-    state.lease.as_mut().filter(|l| l.tenant == claimant.tenant)
+pub(super) fn holder<'s>(state: &'s mut State, claimant: &Claimant) -> Option<&'s mut Lease> {
+    state
+        .lease
+        .as_mut()
+        .filter(|l| l.claimant.tenant == claimant.tenant)
 }
 
 /// Decides what a session of `claimant` at the gate does now.
@@ -233,7 +231,7 @@ fn step(state: &mut State, claimant: &Claimant, ticket: &mut Option<u64>, now: I
     // A holder gone quiet while others wait loses the lease.
     if state.lease.as_ref().is_some_and(|l| {
         let quiet = now.saturating_duration_since(l.seen);
-        l.tenant != claimant.tenant
+        l.claimant.tenant != claimant.tenant
             && (quiet >= HOLDER_STUCK || (l.inside == 0 && quiet >= HOLDER_QUIET))
     }) {
         state.lease = None;
@@ -245,7 +243,6 @@ fn step(state: &mut State, claimant: &Claimant, ticket: &mut Option<u64>, now: I
         }
         tracing::trace!(tenant = %claimant.tenant, "lease granted");
         state.lease = Some(Lease {
-            tenant: claimant.tenant.clone(),
             claimant: claimant.clone(),
             granted: now,
             seen: now,
@@ -267,13 +264,10 @@ fn step(state: &mut State, claimant: &Claimant, ticket: &mut Option<u64>, now: I
         dequeue(state, t, now);
     }
     // Under contention: give way, or pace.
-    let Some(best) = best_waiter(state, &claimant.tenant, now) else {
+    let Some(best) = best_waiting(state, &claimant.tenant, now) else {
         return Step::Go;
     };
-    let mine = (
-        class(state, &holding, now),
-        -state.accounts.get(&holding.tenant).map_or(0.0, |a| a.vtime),
-    );
+    let mine = rank(state, &holding, now);
     if best.0 < mine.0 {
         // Waiters of a lower class never go before it: nothing to pace for.
         return Step::Go;
@@ -288,35 +282,10 @@ fn step(state: &mut State, claimant: &Claimant, ticket: &mut Option<u64>, now: I
     }
 }
 
-/// The best-placed waiter of a tenant other than `tenant`: its class and its
-/// negated virtual time (greater goes first).
-fn best_waiter(state: &mut State, tenant: &str, now: Instant) -> Option<(super::Priority, f64)> {
-    let waiting: Vec<Claimant> = state
-        .tickets
-        .values()
-        .filter(|t| t.since.is_none() && t.claimant.tenant != tenant)
-        .map(|t| t.claimant.clone())
-        .collect();
-    let mut best = None;
-    for c in waiting {
-        let rank = (
-            class(state, &c, now),
-            -state.accounts.get(&c.tenant).map_or(0.0, |a| a.vtime),
-        );
-        if best.is_none_or(|b| rank > b) {
-            best = Some(rank);
-        }
-    }
-    best
-}
-
 /// Queues a waiting ticket for `claimant`; a tenant coming back from idle starts
 /// at the current virtual time (one that holds the lease is not idle).
 fn enqueue(state: &mut State, claimant: &Claimant, now: Instant) -> u64 {
-    let holds = state
-        .lease
-        .as_ref()
-        .is_some_and(|l| l.tenant == claimant.tenant);
+    let holds = holder(state, claimant).is_some();
     super::enqueue(state, claimant, now, !holds)
 }
 
