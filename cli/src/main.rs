@@ -388,6 +388,41 @@ fn hip_dir() -> Option<PathBuf> {
     dir.join("libamdhip64.so.5").exists().then_some(dir)
 }
 
+/// The folder of xpupool's CANN stand-in (`libascendcl.so`, `libopapi.so`, …,
+/// made by scripts/build-acl-libs.sh beside this executable, or
+/// `XPUPOOL_ACL_DIR`), if it is there: torch_npu opens CANN's libraries by bare
+/// name, so they are found on LD_LIBRARY_PATH, before any CANN install's.
+fn acl_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("XPUPOOL_ACL_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe().ok()?.parent()?.join("acl"),
+    };
+    dir.join("libascendcl.so").exists().then_some(dir)
+}
+
+/// Whether `program` is a Python whose environment has torch_npu: torch_npu
+/// refuses to start beside a second accelerator, so such a job sees no CUDA
+/// device (a CUDA job cannot run in that environment with torch_npu loaded).
+fn is_torch_npu_python(program: &std::ffi::OsStr) -> bool {
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !name.starts_with("python") {
+        return false;
+    }
+    std::process::Command::new(program)
+        .args([
+            "-c",
+            "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('torch_npu') else 1)",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// A folder holding `libcuda.so.1` → the shim and, when it is built,
 /// `libnvidia-ml.so.1` → the NVML stand-in, for LD_LIBRARY_PATH.
 fn shim_dir(shim: &Path) -> Result<tempdir::Dir> {
@@ -486,6 +521,21 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(hip) = hip_dir() {
         libraries.push(":");
         libraries.push(hip);
+    }
+    if let Some(acl) = acl_dir() {
+        libraries.push(":");
+        libraries.push(&acl);
+        if std::env::var_os("CUDA_VISIBLE_DEVICES").is_none()
+            && is_torch_npu_python(&args.program[0])
+        {
+            eprintln!("xpupool: a torch_npu job: its CUDA stand-in shows no device (CUDA_VISIBLE_DEVICES=)");
+            command.env("CUDA_VISIBLE_DEVICES", "");
+        }
+        // torch_npu's operator plugin looks for CANN's split operator libraries
+        // under ASCEND_HOME_PATH: there, it finds the stand-in's.
+        command
+            .env("ASCEND_HOME_PATH", &acl)
+            .env("ASCEND_OPP_PATH", acl.join("opp"));
     }
     command.env(
         "LD_LIBRARY_PATH",

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::aclnn::{AclnnArg, AclnnPlan};
 use crate::CuError;
 
 /// What a declaration says of its operation beyond its signature, so that no list
@@ -845,6 +846,17 @@ declare_api! {
     /// module's load did not report: with lazy loading, the device-dependent ones
     /// of a function not loaded yet, which the backend loads to answer.
     fn function_get_attribute(function: u64 as Function, attribute: u32) -> i32 = FunctionGetAttribute @ 59;
+    /// An aclnn operator's first phase (`aclnnXxxGetWorkspaceSize`): the server
+    /// checks the operator and its parameters, and keeps an executor for the
+    /// second phase; a backend without the operator refuses it (NOT_SUPPORTED,
+    /// naming it).
+    fn aclnn_prepare(device: u32 as Device, operator: String, args: Vec<AclnnArg>) -> AclnnPlan = AclnnPrepare @ 60;
+    /// An aclnn operator's second phase (`aclnnXxx`): runs the executor, once, in
+    /// a stream, with its workspace (device memory of the size the first phase
+    /// asked).
+    fn aclnn_run(executor: u64 as Handle("aclnn executor"), workspace: u64, workspace_size: u64, stream: u64 as Stream) -> () = AclnnRun @ 61 [POSTED];
+    /// Drops an executor its second phase will not run (`aclDestroyAclOpExecutor`).
+    fn aclnn_destroy(executor: u64 as Handle("aclnn executor")) -> () = AclnnDestroy @ 62 [POSTED];
 }
 
 /// One input of [`Request::Link`].

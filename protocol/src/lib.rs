@@ -10,6 +10,7 @@
 //! Messages are framed as a little-endian `u32` length followed by a bincode body
 //! ([`frame`]); lengths are bounded by [`MAX_FRAME`], and decoding never panics.
 
+pub mod aclnn;
 pub mod api;
 pub mod frame;
 mod handshake;

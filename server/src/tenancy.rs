@@ -370,6 +370,7 @@ impl Host {
             exported_events: HashMap::new(),
             modules: HashMap::new(),
             functions: HashMap::new(),
+            executors: HashMap::new(),
             graphs: HashMap::new(),
             next_graph: 1,
             held,
@@ -456,6 +457,9 @@ pub struct TenantSession {
     modules: HashMap<u64, (u32, u64, Vec<u64>)>,
     /// Function → host device.
     functions: HashMap<u64, u32>,
+    /// aclnn executor between its two phases → host device (the backend bounds
+    /// how many a session holds).
+    executors: HashMap<u64, u32>,
     /// Graphs kept for the client ([`Request::GraphCreate`]).
     graphs: HashMap<u64, Arc<Vec<GraphNode>>>,
     next_graph: u64,
@@ -692,7 +696,27 @@ impl TenantSession {
             }
             request @ (Request::LaunchKernel { function, .. }
             | Request::LaunchCooperative { function, .. }
-            | Request::LaunchClustered { function, .. }) => self.launch(request, function),
+            | Request::LaunchClustered { function, .. }) => {
+                let device = self.functions.get(&function).copied();
+                self.launch(request, device)
+            }
+            request @ Request::AclnnPrepare { device: host, .. } => {
+                let reply = self.inner.handle(request)?;
+                if let Reply::AclnnPrepare(plan) = &reply {
+                    self.executors.insert(plan.executor, host);
+                }
+                Ok(reply)
+            }
+            // An operator's second phase is the device's work as a kernel is:
+            // scheduled, timed and counted the same way.
+            request @ Request::AclnnRun { executor, .. } => {
+                let device = self.executors.remove(&executor);
+                self.launch(request, device)
+            }
+            Request::AclnnDestroy { executor } => {
+                self.executors.remove(&executor);
+                self.inner.handle(Request::AclnnDestroy { executor })
+            }
             Request::GraphCreate { nodes } => self.graph_create(nodes).map(Reply::GraphCreate),
             Request::GraphLaunch { graph, stream } => {
                 let nodes = self.graphs.get(&graph).cloned().ok_or_else(|| {
@@ -935,8 +959,9 @@ impl TenantSession {
         Ok(())
     }
 
-    fn launch(&mut self, request: Request, function: u64) -> Result<Reply, CuError> {
-        let device = self.functions.get(&function).copied();
+    /// A launch on `device` (`None`: its function or executor is not this
+    /// session's, which the backend says).
+    fn launch(&mut self, request: Request, device: Option<u32>) -> Result<Reply, CuError> {
         let scheduler = device.and_then(|d| self.host.scheduler(d).cloned());
         match (device, scheduler) {
             (Some(d), Some(scheduler)) if self.scheduled => {
@@ -957,7 +982,7 @@ impl TenantSession {
                 });
                 self.inner.handle(request)
             }
-            // Not a function of this session: the backend says so.
+            // Not a function or executor of this session: the backend says so.
             (None, _) => self.inner.handle(request),
         }
     }

@@ -431,6 +431,13 @@ pub(crate) fn driver() -> Res<&'static Driver> {
 pub(crate) fn initialise() -> Res<&'static Driver> {
     let outcome = DRIVER.get_or_init(|| {
         crate::log::init();
+        // `CUDA_VISIBLE_DEVICES` empty (or `-1`) hides every device, as NVIDIA's
+        // driver does: no connection is opened. (`xpupool run` sets it for a
+        // torch_npu job, which refuses to start beside a second accelerator.)
+        if std::env::var("CUDA_VISIBLE_DEVICES").is_ok_and(|v| matches!(v.trim(), "" | "-1")) {
+            tracing::info!("CUDA_VISIBLE_DEVICES hides every device");
+            return Err(CUDA_ERROR_NO_DEVICE);
+        }
         let connection = Connection::open_from_env();
         match connection {
             Ok(conn) => {

@@ -12,6 +12,7 @@
 //! programs whose kernels the interpreter cannot run (`xpupool run --kernels skip`);
 //! results computed by kernels are wrong under it, and no test uses it.
 
+mod aclnn;
 mod amd;
 mod device;
 mod heap;
@@ -182,6 +183,7 @@ impl Backend for MockBackend {
             events: HashMap::new(),
             sticky: None,
             heap: heap::Heap::default(),
+            executors: aclnn::Executors::default(),
         }))
     }
 }
@@ -400,6 +402,8 @@ struct MockSession {
     sticky: Option<CuError>,
     /// Device `malloc`'s heap.
     heap: heap::Heap,
+    /// aclnn operators between their two phases.
+    executors: aclnn::Executors,
 }
 
 impl MockSession {
@@ -1176,6 +1180,40 @@ impl Api for MockSession {
         params: ByteBuf,
     ) -> Result<(), CuError> {
         self.run_kernel(function, dims, stream, params, true)
+    }
+
+    fn aclnn_prepare(
+        &mut self,
+        device: u32,
+        operator: String,
+        args: Vec<xpupool_protocol::aclnn::AclnnArg>,
+    ) -> Result<xpupool_protocol::aclnn::AclnnPlan, CuError> {
+        self.healthy()?;
+        self.device(device)?;
+        let prepared = aclnn::prepare(&operator, args)?;
+        let executor = self.handle(0xac);
+        self.executors.insert(executor, prepared)?;
+        // The stand-in device's operators need no workspace.
+        Ok(xpupool_protocol::aclnn::AclnnPlan {
+            workspace_size: 0,
+            executor,
+        })
+    }
+
+    fn aclnn_run(
+        &mut self,
+        executor: u64,
+        _workspace: u64,
+        _workspace_size: u64,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let prepared = self.executors.take(executor)?;
+        self.stream(stream)?;
+        aclnn::run(&prepared, &self.memory)
+    }
+
+    fn aclnn_destroy(&mut self, executor: u64) -> Result<(), CuError> {
+        self.executors.take(executor).map(|_| ())
     }
 
     fn function_get_attribute(&mut self, function: u64, attribute: u32) -> Result<i32, CuError> {
