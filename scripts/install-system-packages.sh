@@ -6,6 +6,7 @@
 #                      its loader test against (scripts/run-hip-tests.sh)
 #   hipcc              the HIP compiler (clang with the ROCm device libraries), which
 #                      scripts/build-hip-tests.sh builds tests/hip/*.hip with
+#   g++                tests/npu/cpu_torch.cpp (scripts/install-npu-env.sh)
 # Idempotent; uses sudo when not root. Prints nothing when all are there.
 #   --build-only   only what the build needs (protoc)
 set -euo pipefail
@@ -15,6 +16,7 @@ if [ "${1:-}" != "--build-only" ]; then
     command -v etcd >/dev/null || missing+=(etcd-server)
     [ -f /usr/include/hip/hip_runtime_api.h ] || missing+=(libamdhip64-dev)
     command -v hipcc >/dev/null || missing+=(hipcc)
+    command -v g++ >/dev/null || missing+=(g++)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""

@@ -17,6 +17,9 @@
 #   4. runs the unmodified PyTorch wheel (and pynvml) through xpupool: tests/python,
 #      in a venv made by scripts/install-python-env.sh (XPUPOOL_PY_ENV); then the
 #      AMD SMI / ROCm SMI stand-in (tests/amdsmi: C, and the amdsmi Python package);
+#   4b. runs torch_npu 2.14.0 (PyPI) through xpupool on the mock's stand-in Ascend
+#      device, and checks the CANN stand-in's libraries (tests/npu), in a venv made
+#      by scripts/install-npu-env.sh (XPUPOOL_NPU_ENV);
 #   5. runs tests/tenancy: servers with several tenants (server.toml), their shares,
 #      priorities, ledgers, devices and metrics, with the programs of step 2;
 #   6. runs tests/pool: a pool manager with three servers, placement by each policy,
@@ -84,6 +87,9 @@ scripts/run-python-tests.sh
 
 echo "== the AMD SMI / ROCm SMI stand-in (tests/amdsmi)"
 scripts/run-amdsmi-tests.sh
+
+echo "== torch_npu through xpupool on the mock's stand-in Ascend device (tests/npu)"
+XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-npu-tests.sh
 
 echo "== many tenants on one server (tests/tenancy)"
 XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-tenancy-tests.sh

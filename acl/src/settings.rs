@@ -167,3 +167,36 @@ pub extern "C" fn aclrtGetPrimaryCtxState(
         put(active, i32::from(on))
     })
 }
+
+/// `aclAppLog(level, func, file, line, fmt, ...)`: torch_npu's log lines to CANN's
+/// log. Errors (level 3) are said on stderr, with the unformatted text (the
+/// arguments of a C variadic call cannot be read here); the rest is dropped, as
+/// CANN drops what its log level hides.
+///
+/// # Safety
+/// `file` and `fmt` are NULL or NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn aclAppLog(
+    level: c_int,
+    _func: *const c_char,
+    file: *const c_char,
+    line: u32,
+    fmt: *const c_char,
+) {
+    if level < 3 || fmt.is_null() {
+        return;
+    }
+    let text = |p: *const c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: the caller's NUL-terminated string.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    eprintln!(
+        "xpupool: CANN log (error) from {}:{line}: {}",
+        text(file),
+        text(fmt).trim_end()
+    );
+}

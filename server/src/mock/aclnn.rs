@@ -78,6 +78,16 @@ fn round(dtype: i32, x: f64) -> f64 {
     }
 }
 
+/// An elementwise result stored as `dtype`: PyTorch's CPU kernels compute the
+/// half types in f32 (their "opmath" type) and round that, so they are rounded
+/// to f32 first.
+fn round_result(dtype: i32, x: f64) -> f64 {
+    match dtype {
+        dt::FLOAT16 | dt::BF16 => round(dtype, x as f32 as f64),
+        _ => round(dtype, x),
+    }
+}
+
 /// Wraps `v` to `dtype`'s range, as C's conversion to it does.
 fn from_i64(dtype: i32, v: i64) -> i64 {
     match dtype {
@@ -601,7 +611,7 @@ fn elementwise(
         for (r, c) in row.iter_mut().zip(&columns) {
             *r = c[i];
         }
-        result.push(round(out.dtype, f(&row)));
+        result.push(round_result(out.dtype, f(&row)));
     }
     store(memory, out, &values_of(out.dtype, result))
 }

@@ -1,0 +1,98 @@
+"""The CANN libraries xpupool stands in for, as a loader and torch_npu's lookups see
+them: each loads with RTLD_NOW, exports every function torch_npu imports (so
+`import torch_npu` resolves), finds the functions torch_npu looks up by handle,
+and a function the stand-in does not have is NULL there, as it is in a CANN
+release without it. xpupool run points ASCEND_HOME_PATH at their folder."""
+
+import ctypes
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ACL = Path(os.environ["ASCEND_HOME_PATH"])
+LIBRARIES = ["libascendcl.so", "libacl_rt.so", "libruntime.so", "libhccl.so", "libopapi.so",
+             "libnnopbase.so", "libcust_opapi.so", "libacl_op_compiler.so", "libge_runner.so",
+             "libgraph.so", "libacl_tdt_channel.so", "libascend_hal.so", "libdcmi.so",
+             "libmsprofiler.so", "libprofapi.so"]
+
+
+def table(name):
+    rows = [l.split("\t") for l in (ROOT / "vendor-headers" / name).read_text().splitlines()
+            if not l.startswith("#")]
+    return [r[0] for r in rows[1:]]
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_each_library_loads_with_rtld_now_under_its_soname(name):
+    lib = ctypes.CDLL(str(ACL / name), mode=os.RTLD_NOW)
+    assert lib.aclrtGetDeviceCount  # every one reaches the one core
+
+
+def test_every_function_torch_npu_imports_is_exported():
+    lib = ctypes.CDLL(str(ACL / "libascendcl.so"), mode=os.RTLD_NOW)
+    names = table("acl-symbols-torch_npu-2.14.0.tsv")
+    assert len(names) == 103
+    missing = [n for n in names if not hasattr(lib, n)]
+    assert not missing, missing
+
+
+def test_every_operator_of_the_header_table_has_both_phases_in_libopapi():
+    lib = ctypes.CDLL(str(ACL / "libopapi.so"), mode=os.RTLD_LAZY)
+    ops = table("aclnn-ops.tsv")
+    assert len(ops) > 700
+    missing = [op for op in ops if not (hasattr(lib, op + "GetWorkspaceSize") and hasattr(lib, op))]
+    assert not missing, missing[:10]
+
+
+@pytest.mark.parametrize("library, name", [
+    ("libascendcl.so", "aclrtSynchronizeDeviceWithTimeout"),
+    ("libascendcl.so", "aclrtSetDeviceSatMode"),
+    ("libascendcl.so", "aclrtGetDeviceInfo"),
+    ("libascendcl.so", "aclrtMemsetAsync"),
+    ("libacl_op_compiler.so", "aclSetCompileopt"),
+    ("libopapi.so", "aclCreateTensor"),
+    ("libopapi.so", "aclDestroyTensorList"),
+    ("libopapi.so", "aclnnAddGetWorkspaceSize"),
+])
+def test_functions_torch_npu_looks_up_by_handle_are_found(library, name):
+    assert hasattr(ctypes.CDLL(str(ACL / library), mode=os.RTLD_LAZY), name)
+
+
+@pytest.mark.parametrize("library, name", [
+    ("libascendcl.so", "aclrtLaunchCallback"),
+    ("libhccl.so", "HcclCommInitRootInfo"),
+    ("libopapi.so", "aclnnNoSuchOperatorGetWorkspaceSize"),
+])
+def test_a_function_the_stand_in_lacks_is_null(library, name):
+    lib = ctypes.CDLL(str(ACL / library), mode=os.RTLD_LAZY)
+    with pytest.raises(AttributeError):
+        getattr(lib, name)
+
+
+def test_an_unimplemented_import_answers_not_supported_and_says_why():
+    lib = ctypes.CDLL(str(ACL / "libascendcl.so"), mode=os.RTLD_NOW)
+    assert lib.aclopCompileAndExecute() == 200001  # ACL_ERROR_API_NOT_SUPPORT
+    lib.aclGetRecentErrMsg.restype = ctypes.c_char_p
+    assert b"aclopCompileAndExecute is not implemented" in lib.aclGetRecentErrMsg()
+
+
+def test_hostile_descriptors_are_refused_not_followed():
+    lib = ctypes.CDLL(str(ACL / "libopapi.so"), mode=os.RTLD_NOW)
+    lib.aclCreateTensor.restype = ctypes.c_void_p
+    lib.aclCreateIntArray.restype = ctypes.c_void_p
+    dims = (ctypes.c_int64 * 2)(4, 4)
+    # More dimensions than CANN allows, a negative one, an array too long: no descriptor.
+    assert lib.aclCreateTensor(dims, ctypes.c_uint64(129), 0, None, ctypes.c_int64(0), 2, dims,
+                               ctypes.c_uint64(2), ctypes.c_void_p(0x1000)) is None
+    bad = (ctypes.c_int64 * 2)(4, -1)
+    assert lib.aclCreateTensor(bad, ctypes.c_uint64(2), 0, None, ctypes.c_int64(0), 2, bad,
+                               ctypes.c_uint64(2), ctypes.c_void_p(0x1000)) is None
+    assert lib.aclCreateIntArray(dims, ctypes.c_uint64(1 << 40)) is None
+    # A pointer that is no descriptor of the stand-in's is refused, not read.
+    ws, ex = ctypes.c_uint64(), ctypes.c_void_p()
+    status = lib.aclnnReluGetWorkspaceSize(ctypes.c_void_p(0xdead0), ctypes.c_void_p(0xdead8),
+                                           ctypes.byref(ws), ctypes.byref(ex))
+    assert status == 161002  # ACLNN_ERR_PARAM_INVALID
+    assert lib.aclDestroyTensor(ctypes.c_void_p(0xdead0)) == 161002

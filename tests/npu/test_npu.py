@@ -1,0 +1,162 @@
+"""torch_npu 2.14.0 (unmodified, from PyPI) through xpupool, on the mock's stand-in
+Ascend device: no NPU and no CANN install on this machine.
+
+Run under `xpupool run --memory-limit 1GiB` with XPUPOOL_EXPECT_MEMORY_LIMIT set to
+the limit in bytes (scripts/run-npu-tests.sh). Results are compared with CPU
+PyTorch's: equal where the operation is exact, within the stated tolerance where
+the order of a reduction differs (the stand-in accumulates in f64)."""
+
+import os
+
+import pytest
+import torch
+import torch_npu  # noqa: F401  (registers the npu device)
+
+LIMIT = int(os.environ.get("XPUPOOL_EXPECT_MEMORY_LIMIT", "0"))
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+          torch.int16, torch.int8, torch.uint8, torch.bool]
+
+
+def sample(dtype, shape=(5, 7), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 50
+    return x.to(dtype)
+
+
+def test_the_device_is_available_with_its_properties():
+    assert torch.npu.is_available()
+    assert torch.npu.device_count() == 1
+    props = torch.npu.get_device_properties(0)
+    assert props.name == "Ascend910B3"
+    assert torch.npu.get_device_name(0) == "Ascend910B3"
+    assert props.total_memory == LIMIT
+
+
+def test_mem_get_info_shows_the_limit_and_follows_allocations():
+    free, total = torch.npu.mem_get_info()
+    assert total == LIMIT and free <= total
+    x = torch.empty(64 << 20, dtype=torch.uint8, device="npu")
+    torch.npu.synchronize()
+    after, _ = torch.npu.mem_get_info()
+    assert after <= free - (64 << 20)
+    del x
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_copies_in_every_direction(dtype):
+    x = sample(dtype)
+    on = x.npu()                                  # host to device
+    assert on.device.type == "npu"
+    assert torch.equal(on.cpu(), x)               # device to host
+    assert torch.equal(on.clone().cpu(), x)       # device to device
+    t = on.t()                                    # a strided view, made contiguous on the device
+    assert torch.equal(t.contiguous().cpu(), x.t().contiguous())
+    assert torch.equal(on[1:4, 2:5].cpu(), x[1:4, 2:5])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_casts_on_the_device_equal_cpus(dtype):
+    x = sample(torch.float32)
+    assert torch.equal(x.npu().to(dtype).cpu(), x.to(dtype))
+    y = sample(dtype)
+    assert torch.equal(y.npu().float().cpu(), y.float())
+
+
+EXACT = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "add with alpha": lambda a, b: torch.add(a, b, alpha=0.3),
+    "sub with alpha": lambda a, b: torch.sub(a, b, alpha=2.5),
+    "add a scalar": lambda a, b: a + 1.5,
+    "multiply by a scalar": lambda a, b: a * -0.75,
+    "divide by a scalar": lambda a, b: a / 3.0,
+    "broadcast a row": lambda a, b: a + b[0],
+    "broadcast a column": lambda a, b: a * b[:, :1],
+    "relu": lambda a, b: torch.relu(a),
+    "neg": lambda a, b: -a,
+    "abs": lambda a, b: a.abs(),
+    "in place": lambda a, b: a.clone().add_(b).mul_(2.0),
+    "fill": lambda a, b: torch.full_like(a, 3.25),
+    "zeros and ones": lambda a, b: torch.zeros_like(a) + torch.ones_like(b),
+}
+
+
+@pytest.mark.parametrize("name", EXACT)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_elementwise_results_equal_cpus(name, dtype):
+    a, b = sample(dtype, seed=1), sample(dtype, seed=2)
+    f = EXACT[name]
+    got, want = f(a.npu(), b.npu()).cpu(), f(a, b)
+    if "alpha" in name and dtype != torch.float32:
+        # CPU PyTorch rounds alpha × other to the half type in some lanes of its
+        # vector loop and not in others (its tail): one unit in the last place.
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(got, want, rtol=eps, atol=0)
+    else:
+        assert torch.equal(got, want)
+
+
+def test_integer_arithmetic_equals_cpus():
+    a = torch.arange(-20, 20, dtype=torch.int64).reshape(5, 8)
+    b = torch.arange(1, 41, dtype=torch.int64).reshape(5, 8)
+    for f in (lambda x, y: x + y, lambda x, y: x * y - 7, lambda x, y: x.sum()):
+        assert torch.equal(f(a.npu(), b.npu()).cpu(), f(a, b))
+
+
+def test_matrix_products_and_reductions_within_tolerance():
+    a, b = sample(torch.float32, (16, 32), 3), sample(torch.float32, (32, 8), 4)
+    bias = sample(torch.float32, (8,), 5)
+    for f in (lambda x, y, z: x @ y, lambda x, y, z: torch.addmm(z, x, y),
+              lambda x, y, z: torch.nn.functional.linear(x, y.t(), z),
+              lambda x, y, z: x.sum(0), lambda x, y, z: x.sum(), lambda x, y, z: x.mean(1)):
+        want = f(a, b, bias)
+        got = f(a.npu(), b.npu(), bias.npu()).cpu()
+        # CPU PyTorch accumulates 32 f32 products (values near 50² here) in f32:
+        # a few units of f32's epsilon relative, which the stand-in's f64 sum has not.
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sqrt", "exp", "sigmoid", "tanh"])
+def test_transcendental_functions_within_a_unit_or_two_of_cpus(name):
+    x = sample(torch.float32, seed=6) / 40
+    x = x.abs() if name == "sqrt" else x
+    f = getattr(torch, name)
+    # PyTorch's vectorised CPU kernels have their own approximations.
+    torch.testing.assert_close(f(x.npu()).cpu(), f(x), rtol=3e-7, atol=1e-7)
+
+
+def test_out_of_memory_past_the_limit_is_torch_npus_error_and_recoverable():
+    with pytest.raises(torch.OutOfMemoryError, match="NPU out of memory"):
+        torch.empty(LIMIT + (1 << 20), dtype=torch.uint8, device="npu")
+    assert torch.equal((torch.ones(4, device="npu") * 2).cpu(), torch.full((4,), 2.0))
+
+
+def test_an_operator_the_device_lacks_is_a_clear_error_and_the_process_goes_on():
+    x = torch.arange(10, dtype=torch.float32).npu()
+    with pytest.raises(RuntimeError, match="aclnnCumsum"):
+        torch.cumsum(x, 0)
+    assert torch.equal((x + 1).cpu(), torch.arange(1, 11, dtype=torch.float32))
+
+
+def train(device, steps=20):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 8, generator=g).to(device), torch.randn(64, 1, generator=g).to(device)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_a_small_mlp_trains_as_on_the_cpu():
+    cpu, npu = train("cpu"), train("npu")
+    assert npu[-1] < npu[0]
+    assert max(abs(a - b) for a, b in zip(cpu, npu)) < 1e-5, (cpu, npu)
