@@ -148,10 +148,17 @@ pub(crate) fn guard<T>(body: impl FnOnce() -> T) -> Option<T> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
         Ok(v) => Some(v),
         Err(_) => {
-            eprintln!("xpupool: internal error in the CANN stand-in (a panic); the call failed");
+            say("internal error in the CANN stand-in (a panic); the call failed");
             None
         }
     }
+}
+
+/// Says `what` on stderr, if it can: a closed stderr (EPIPE) is no reason to
+/// fail, and `eprintln!` would panic, which across `extern "C"` aborts.
+pub(crate) fn say(what: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "xpupool: {what}");
 }
 
 /// Says once per entry point that it is not implemented.
@@ -159,7 +166,9 @@ pub(crate) fn log_once(name: &'static str) {
     static SEEN: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
     if seen.get_or_insert_with(HashSet::new).insert(name) {
-        eprintln!("xpupool: {name} is not implemented yet (the CANN stand-in answers ACL_ERROR_API_NOT_SUPPORT)");
+        say(&format!(
+            "{name} is not implemented yet (the CANN stand-in answers ACL_ERROR_API_NOT_SUPPORT)"
+        ));
     }
 }
 

@@ -81,6 +81,12 @@ fn destroy(p: *const c_void) -> i32 {
         unsafe { Box::from_raw(p as *mut Desc) }
     };
     if let Desc::TensorList(items) | Desc::ScalarList(items) = *desc {
+        if let Some(taken) = OWNED.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            for item in &items {
+                taken.remove(&(*item as usize));
+            }
+        }
+        // Its items are leaves (never lists): no recursion past this level.
         for item in items {
             destroy(item.cast());
         }
@@ -130,7 +136,7 @@ pub extern "C" fn aclCreateTensor(
             _ => {
                 let mut s = vec![1i64; dims.len()];
                 for i in (0..dims.len().saturating_sub(1)).rev() {
-                    s[i] = s[i + 1] * dims[i + 1].max(1);
+                    s[i] = s[i + 1].saturating_mul(dims[i + 1].max(1));
                 }
                 s
             }
@@ -199,22 +205,34 @@ pub extern "C" fn aclCreateBoolArray(value: *const u8, size: u64) -> *mut c_void
     .unwrap_or(null())
 }
 
+/// Descriptors a list owns: each is in one list at most.
+static OWNED: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
 fn list(items: *const *const c_void, size: u64, tensors: bool) -> *mut c_void {
     guard(|| {
         let Some(items) = slice(items, size, MAX_LIST) else {
             return null();
         };
         let owned: Vec<*mut Desc> = items.iter().map(|&p| p as *mut Desc).collect();
-        let all_live = owned.iter().all(|&p| {
-            p.is_null()
-                || with_desc(p.cast(), |d| matches!(d, Desc::Tensor(_)) == tensors)
-                    .ok()
-                    .flatten()
-                    == Some(true)
+        // Only live tensors (or scalars) no other list owns: a list never holds a
+        // list, and destroying one list never frees another's items.
+        let leaf = |p: *mut Desc| {
+            with_desc(p.cast(), |d| match d {
+                Desc::Tensor(_) => tensors,
+                Desc::Scalar(..) => !tensors,
+                _ => false,
+            }) == Ok(Some(true))
+        };
+        let mut taken = OWNED.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = taken.get_or_insert_with(HashSet::new);
+        let mut unique = HashSet::new();
+        let ok = owned.iter().all(|&p| {
+            p.is_null() || (leaf(p) && !taken.contains(&(p as usize)) && unique.insert(p as usize))
         });
-        if !all_live {
+        if !ok {
             return null();
         }
+        taken.extend(unique);
         make(if tensors {
             Desc::TensorList(owned)
         } else {
@@ -486,3 +504,86 @@ mod operators {
 
 /// How many operators the library exports.
 pub const OPERATORS: &str = env!("XPUPOOL_ACLNN_OPERATORS");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(data: u64) -> *mut c_void {
+        let dims = [2i64, 3];
+        aclCreateTensor(
+            dims.as_ptr(),
+            2,
+            0,
+            std::ptr::null(),
+            0,
+            2,
+            dims.as_ptr(),
+            2,
+            data as *mut c_void,
+        )
+    }
+
+    #[test]
+    fn a_descriptor_belongs_to_one_list_and_lists_never_nest() {
+        let (a, b) = (tensor(0x1000), tensor(0x2000));
+        let items = [a as *const c_void, b as *const c_void];
+        let list = aclCreateTensorList(items.as_ptr(), 2);
+        assert!(!list.is_null());
+        // In a second list, twice in one, or a list inside a list: refused.
+        assert!(aclCreateTensorList(items.as_ptr(), 1).is_null());
+        let c = tensor(0x3000);
+        assert!(
+            aclCreateTensorList([c as *const c_void, c as *const c_void].as_ptr(), 2).is_null()
+        );
+        assert!(aclCreateScalarList([list as *const c_void].as_ptr(), 1).is_null());
+        assert!(aclCreateTensorList([list as *const c_void].as_ptr(), 1).is_null());
+        // The list's tensors are sent by value, and destroyed with it.
+        match arg::tensor_list(list).unwrap() {
+            AclnnArg::TensorList(l) => {
+                assert_eq!(l.len(), 2);
+                assert_eq!(l[1].as_ref().unwrap().data, 0x2000);
+                assert_eq!(
+                    l[0].as_ref().unwrap().strides,
+                    [3, 1],
+                    "contiguous when NULL"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(aclDestroyTensorList(list), ACLNN_SUCCESS);
+        assert_eq!(
+            aclDestroyTensor(a),
+            ACLNN_ERR_PARAM_INVALID,
+            "gone with its list"
+        );
+        assert_eq!(
+            aclDestroyTensorList(list),
+            ACLNN_ERR_PARAM_INVALID,
+            "destroyed once"
+        );
+        // c is free to join a list now.
+        let again = aclCreateTensorList([c as *const c_void].as_ptr(), 1);
+        assert!(!again.is_null());
+        assert_eq!(aclDestroyTensorList(again), ACLNN_SUCCESS);
+    }
+
+    #[test]
+    fn descriptors_of_the_wrong_kind_are_refused_not_read() {
+        let t = tensor(0x1000);
+        assert!(matches!(arg::tensor(t), Ok(AclnnArg::Tensor(_))));
+        assert_eq!(arg::scalar(t).unwrap_err(), ACLNN_ERR_PARAM_INVALID);
+        assert!(matches!(arg::tensor(std::ptr::null()), Ok(AclnnArg::Null)));
+        let value = 2.5f32;
+        let s = aclCreateScalar((&value as *const f32).cast_mut().cast(), 0);
+        assert!(
+            matches!(arg::scalar(s), Ok(AclnnArg::Scalar(0, ref b)) if b.as_slice() == value.to_le_bytes())
+        );
+        assert!(
+            aclCreateScalar((&value as *const f32).cast_mut().cast(), 99).is_null(),
+            "an unknown type"
+        );
+        assert_eq!(aclDestroyScalar(s), ACLNN_SUCCESS);
+        assert_eq!(aclDestroyTensor(t), ACLNN_SUCCESS);
+    }
+}

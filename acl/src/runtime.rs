@@ -34,7 +34,7 @@ pub(crate) fn connection() -> Result<&'static Connection, Failure> {
                 Some(c)
             }
             Err(e) => {
-                eprintln!("xpupool: no device: {e:#}");
+                say(&format!("no device: {e:#}"));
                 None
             }
         })
@@ -254,13 +254,13 @@ pub extern "C" fn aclrtCreateContext(out: *mut *mut c_void, device: i32) -> AclE
 
 #[no_mangle]
 pub extern "C" fn aclrtDestroyContext(context: *mut c_void) -> AclError {
-    call(|| device_info(context as i64 - 1).map(|_| ()))
+    call(|| device_info((context as i64).wrapping_sub(1)).map(|_| ()))
 }
 
 #[no_mangle]
 pub extern "C" fn aclrtSetCurrentContext(context: *mut c_void) -> AclError {
     call(|| {
-        let (_, d, _) = device_info(context as i64 - 1)
+        let (_, d, _) = device_info((context as i64).wrapping_sub(1))
             .map_err(|_| Failure::new(ACL_ERROR_RT_CONTEXT_NULL, "not a context"))?;
         CURRENT.set(Some(d));
         Ok(())
@@ -411,8 +411,20 @@ const DEFAULT: c_int = 4;
 /// touched if it runs past the allocation it starts in.
 fn within_allocation(at: u64, size: usize) -> Result<(), Failure> {
     let held = device_ranges()?;
+    if size > isize::MAX as usize {
+        return Err(Failure::new(
+            ACL_ERROR_INVALID_PARAM,
+            "a copy past the address space",
+        ));
+    }
     match held.find(at) {
-        Some((base, len)) if at - base + size as u64 <= len => Ok(()),
+        Some((base, len))
+            if (at - base)
+                .checked_add(size as u64)
+                .is_some_and(|end| end <= len) =>
+        {
+            Ok(())
+        }
         Some(_) => Err(Failure::new(
             ACL_ERROR_INVALID_PARAM,
             "a copy runs past its allocation",

@@ -194,9 +194,9 @@ pub unsafe extern "C" fn aclAppLog(
             unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
         }
     };
-    eprintln!(
-        "xpupool: CANN log (error) from {}:{line}: {}",
+    say(&format!(
+        "CANN log (error) from {}:{line}: {}",
         text(file),
         text(fmt).trim_end()
-    );
+    ));
 }

@@ -72,6 +72,7 @@ EXACT = {
     "add a scalar": lambda a, b: a + 1.5,
     "multiply by a scalar": lambda a, b: a * -0.75,
     "divide by a scalar": lambda a, b: a / 3.0,
+    "multiply by a tenth": lambda a, b: a * 0.1,
     "broadcast a row": lambda a, b: a + b[0],
     "broadcast a column": lambda a, b: a * b[:, :1],
     "relu": lambda a, b: torch.relu(a),
@@ -103,6 +104,10 @@ def test_integer_arithmetic_equals_cpus():
     b = torch.arange(1, 41, dtype=torch.int64).reshape(5, 8)
     for f in (lambda x, y: x + y, lambda x, y: x * y - 7, lambda x, y: x.sum()):
         assert torch.equal(f(a.npu(), b.npu()).cpu(), f(a, b))
+    # Beyond f64's 53 bits, exactly; and wrapping as C's int64 does.
+    big = torch.full((3,), 2**60 + 1, dtype=torch.int64)
+    assert torch.equal(torch.full((3,), 2**60 + 1, dtype=torch.int64, device="npu").cpu(), big)
+    assert torch.equal((big.npu() * 8 + 3).cpu(), big * 8 + 3)
 
 
 def test_matrix_products_and_reductions_within_tolerance():

@@ -18,12 +18,21 @@ use super::memory::SessionMemory;
 pub(super) const MAX_EXECUTORS: usize = 4096;
 /// Elements one tensor of an operator may have here: the values are held as
 /// f64 or i64 (8 bytes each) while the operator runs.
-const MAX_ELEMENTS: u64 = 1 << 27;
+const MAX_ELEMENTS: u64 = 1 << 24;
+/// Elements all the tensors of one operator may have together (its memory and
+/// its time on the CPU are about proportional).
+const MAX_WORK: u64 = 1 << 26;
+/// Multiply-adds of one matrix product (a few seconds of the CPU).
+const MAX_PRODUCT: u64 = 1 << 31;
+/// Bytes of parameters a session's waiting executors may hold together.
+const MAX_HELD_BYTES: u64 = 64 << 20;
 
 /// An operator the stand-in device runs, and the parameters of its first phase.
 pub(super) struct Prepared {
     op: Op,
     args: Vec<AclnnArg>,
+    /// About how many bytes its parameters take here.
+    bytes: u64,
 }
 
 /// `aclDataType` values.
@@ -69,12 +78,22 @@ fn invalid(why: impl Into<String>) -> CuError {
 fn round(dtype: i32, x: f64) -> f64 {
     match dtype {
         dt::FLOAT => x as f32 as f64,
-        dt::FLOAT16 => f16_to_f64(f64_to_f16(x)),
+        // As c10::Half and c10::BFloat16 are made: from a float.
+        dt::FLOAT16 => f16_to_f64(f64_to_f16(x as f32 as f64)),
         dt::BF16 => bf16_to_f64(f64_to_bf16(x)),
         dt::DOUBLE => x,
         // Integers: toward zero, saturating, as a cast.
         dt::BOOL => f64::from(u8::from(x != 0.0)),
         _ => from_i64(dtype, x as i64) as f64,
+    }
+}
+
+/// A scalar operand as PyTorch's CPU kernels take it for an output of `dtype`:
+/// the half types compute in f32 (their "opmath" type), so their scalars are f32.
+fn opmath(dtype: i32, x: f64) -> f64 {
+    match dtype {
+        dt::FLOAT16 | dt::BF16 => x as f32 as f64,
+        _ => round(dtype, x),
     }
 }
 
@@ -228,71 +247,114 @@ fn offsets(t: &TensorDesc) -> Result<Vec<u64>, CuError> {
     Ok(out)
 }
 
-/// The span of device memory a view touches: `(first byte, bytes)`.
-fn span(t: &TensorDesc, offsets: &[u64]) -> Result<(u64, u64), CuError> {
+/// The bytes of a view's elements, packed in row-major order. A view whose
+/// elements lie close together is read in one piece; a sparse one (strides far
+/// wider than its elements) element by element, so a view never costs more
+/// than its own elements.
+fn gather(memory: &SessionMemory, t: &TensorDesc, at: &[u64]) -> Result<Vec<u8>, CuError> {
     let size = elem_size(t.dtype)
-        .ok_or_else(|| unsupported(format!("aclDataType {} on the stand-in device", t.dtype)))?
-        as u64;
-    let (Some(&lo), Some(&hi)) = (offsets.iter().min(), offsets.iter().max()) else {
-        return Ok((t.data, 0));
+        .ok_or_else(|| unsupported(format!("aclDataType {} on the stand-in device", t.dtype)))?;
+    let mut packed = vec![0u8; at.len() * size];
+    let (Some(&lo), Some(&hi)) = (at.iter().min(), at.iter().max()) else {
+        return Ok(packed);
     };
-    let start = lo
-        .checked_mul(size)
-        .and_then(|b| t.data.checked_add(b))
-        .ok_or_else(|| invalid("a tensor past the address space"))?;
-    Ok((start, (hi - lo + 1) * size))
+    let address = |o: u64| {
+        o.checked_mul(size as u64)
+            .and_then(|b| t.data.checked_add(b))
+            .ok_or_else(|| invalid("a tensor past the address space"))
+    };
+    let span = (hi - lo)
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(size as u64));
+    match span {
+        Some(bytes) if bytes <= 4 * packed.len() as u64 + 4096 => {
+            let raw = memory.read(address(lo)?, bytes)?;
+            for (chunk, &o) in packed.chunks_exact_mut(size).zip(at) {
+                let from = ((o - lo) as usize) * size;
+                chunk.copy_from_slice(&raw[from..from + size]);
+            }
+        }
+        _ => {
+            for (chunk, &o) in packed.chunks_exact_mut(size).zip(at) {
+                memory.read_into(address(o)?, chunk)?;
+            }
+        }
+    }
+    Ok(packed)
+}
+
+/// Writes packed element bytes back where [`gather`] read them.
+fn scatter(
+    memory: &SessionMemory,
+    t: &TensorDesc,
+    at: &[u64],
+    packed: &[u8],
+) -> Result<(), CuError> {
+    let size = packed.len() / at.len().max(1);
+    let address = |o: u64| {
+        o.checked_mul(size as u64)
+            .and_then(|b| t.data.checked_add(b))
+            .ok_or_else(|| invalid("a tensor past the address space"))
+    };
+    let (Some(&lo), Some(&hi)) = (at.iter().min(), at.iter().max()) else {
+        return Ok(());
+    };
+    let span = (hi - lo)
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(size as u64));
+    match span {
+        Some(bytes) if bytes <= 4 * packed.len() as u64 + 4096 => {
+            // Read first: a strided view leaves the bytes between its elements as they are.
+            let start = address(lo)?;
+            let mut raw = memory.read(start, bytes)?;
+            for (chunk, &o) in packed.chunks_exact(size).zip(at) {
+                let to = ((o - lo) as usize) * size;
+                raw[to..to + size].copy_from_slice(chunk);
+            }
+            memory.write(start, &raw)
+        }
+        _ => {
+            for (chunk, &o) in packed.chunks_exact(size).zip(at) {
+                memory.write(address(o)?, chunk)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn load(memory: &SessionMemory, t: &TensorDesc) -> Result<Values, CuError> {
     let at = offsets(t)?;
-    let (start, bytes) = span(t, &at)?;
-    if bytes == 0 {
-        return Ok(if is_float(t.dtype) {
-            Values::F(vec![])
-        } else {
-            Values::I(vec![])
-        });
-    }
-    let raw = memory.read(start, bytes)?;
+    let raw = gather(memory, t, &at)?;
     let size = elem_size(t.dtype).unwrap_or(1);
-    let lo = at.iter().min().copied().unwrap_or(0);
-    let elem = |o: u64| &raw[(o - lo) as usize * size..][..size];
+    let elems = raw.chunks_exact(size);
     let le2 = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
     let le4 = |b: &[u8]| [b[0], b[1], b[2], b[3]];
     let le8 = |b: &[u8]| [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
     Ok(match t.dtype {
         dt::FLOAT => Values::F(
-            at.iter()
-                .map(|&o| f64::from(f32::from_le_bytes(le4(elem(o)))))
+            elems
+                .map(|e| f64::from(f32::from_le_bytes(le4(e))))
                 .collect(),
         ),
-        dt::DOUBLE => Values::F(
-            at.iter()
-                .map(|&o| f64::from_le_bytes(le8(elem(o))))
-                .collect(),
-        ),
-        dt::FLOAT16 => Values::F(at.iter().map(|&o| f16_to_f64(le2(elem(o)))).collect()),
-        dt::BF16 => Values::F(at.iter().map(|&o| bf16_to_f64(le2(elem(o)))).collect()),
-        dt::INT8 => Values::I(at.iter().map(|&o| i64::from(elem(o)[0] as i8)).collect()),
-        dt::UINT8 => Values::I(at.iter().map(|&o| i64::from(elem(o)[0])).collect()),
-        dt::BOOL => Values::I(at.iter().map(|&o| i64::from(elem(o)[0] != 0)).collect()),
-        dt::INT16 => Values::I(at.iter().map(|&o| i64::from(le2(elem(o)) as i16)).collect()),
-        dt::UINT16 => Values::I(at.iter().map(|&o| i64::from(le2(elem(o)))).collect()),
+        dt::DOUBLE => Values::F(elems.map(|e| f64::from_le_bytes(le8(e))).collect()),
+        dt::FLOAT16 => Values::F(elems.map(|e| f16_to_f64(le2(e))).collect()),
+        dt::BF16 => Values::F(elems.map(|e| bf16_to_f64(le2(e))).collect()),
+        dt::INT8 => Values::I(elems.map(|e| i64::from(e[0] as i8)).collect()),
+        dt::UINT8 => Values::I(elems.map(|e| i64::from(e[0])).collect()),
+        dt::BOOL => Values::I(elems.map(|e| i64::from(e[0] != 0)).collect()),
+        dt::INT16 => Values::I(elems.map(|e| i64::from(le2(e) as i16)).collect()),
+        dt::UINT16 => Values::I(elems.map(|e| i64::from(le2(e))).collect()),
         dt::INT32 => Values::I(
-            at.iter()
-                .map(|&o| i64::from(i32::from_le_bytes(le4(elem(o)))))
+            elems
+                .map(|e| i64::from(i32::from_le_bytes(le4(e))))
                 .collect(),
         ),
         dt::UINT32 => Values::I(
-            at.iter()
-                .map(|&o| i64::from(u32::from_le_bytes(le4(elem(o)))))
+            elems
+                .map(|e| i64::from(u32::from_le_bytes(le4(e))))
                 .collect(),
         ),
-        dt::INT64 | dt::UINT64 => Values::I(
-            at.iter()
-                .map(|&o| i64::from_le_bytes(le8(elem(o))))
-                .collect(),
-        ),
+        dt::INT64 | dt::UINT64 => Values::I(elems.map(|e| i64::from_le_bytes(le8(e))).collect()),
         other => {
             return Err(unsupported(format!(
                 "aclDataType {other} on the stand-in device"
@@ -311,16 +373,10 @@ fn store(memory: &SessionMemory, t: &TensorDesc, values: &Values) -> Result<(), 
             at.len()
         )));
     }
-    let (start, bytes) = span(t, &at)?;
-    if bytes == 0 {
-        return Ok(());
-    }
-    // Read first: a strided view leaves the bytes between its elements as they are.
-    let mut raw = memory.read(start, bytes)?;
-    let size = elem_size(t.dtype).unwrap_or(1);
-    let lo = at.iter().min().copied().unwrap_or(0);
-    for (i, &o) in at.iter().enumerate() {
-        let out = &mut raw[(o - lo) as usize * size..][..size];
+    let size = elem_size(t.dtype)
+        .ok_or_else(|| unsupported(format!("aclDataType {} on the stand-in device", t.dtype)))?;
+    let mut packed = vec![0u8; at.len() * size];
+    for (i, out) in packed.chunks_exact_mut(size).enumerate() {
         let int = |v: &Values| match v {
             Values::I(v) => v[i],
             Values::F(v) => v[i] as i64,
@@ -337,7 +393,7 @@ fn store(memory: &SessionMemory, t: &TensorDesc, values: &Values) -> Result<(), 
             _ => out.copy_from_slice(&int(values).to_le_bytes()),
         }
     }
-    memory.write(start, &raw)
+    scatter(memory, t, &at, &packed)
 }
 
 /// `values` of shape `from`, broadcast to shape `to` (NumPy's rules).
@@ -378,6 +434,27 @@ fn broadcast(values: &Values, from: &[i64], to: &[i64]) -> Result<Values, CuErro
     Ok(match values {
         Values::F(v) => Values::F(source.iter().map(|&i| v[i]).collect()),
         Values::I(v) => Values::I(source.iter().map(|&i| v[i]).collect()),
+    })
+}
+
+/// An integer scalar's value, exactly.
+fn scalar_int(dtype: i32, bytes: &[u8]) -> Result<i64, CuError> {
+    let size =
+        elem_size(dtype).ok_or_else(|| unsupported(format!("a scalar of aclDataType {dtype}")))?;
+    if bytes.len() < size {
+        return Err(invalid(format!(
+            "a scalar of aclDataType {dtype} in {} bytes",
+            bytes.len()
+        )));
+    }
+    let mut b = [0u8; 8];
+    b[..size].copy_from_slice(&bytes[..size]);
+    Ok(match dtype {
+        dt::INT8 => i64::from(b[0] as i8),
+        dt::INT16 => i64::from(i16::from_le_bytes([b[0], b[1]])),
+        dt::INT32 => i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        dt::BOOL => i64::from(b[0] != 0),
+        _ => i64::from_le_bytes(b),
     })
 }
 
@@ -545,8 +622,11 @@ pub(super) fn prepare(name: &str, args: Vec<AclnnArg>) -> Result<Prepared, CuErr
         ))
     })?;
     if args.len() != kinds.len() || !kinds.chars().zip(&args).all(|(k, a)| fits(k, a)) {
+        let given: Vec<&str> = args.iter().take(16).map(kind_name).collect();
         return Err(invalid(format!(
-            "{name}: parameters {args:?} are not those its header declares"
+            "{name}: parameters ({}{}) are not those its header declares",
+            given.join(", "),
+            if args.len() > 16 { ", …" } else { "" }
         )));
     }
     for a in &args {
@@ -566,7 +646,231 @@ pub(super) fn prepare(name: &str, args: Vec<AclnnArg>) -> Result<Prepared, CuErr
             })?;
         }
     }
-    Ok(Prepared { op, args })
+    let mut work = 0u64;
+    for t in args.iter().flat_map(tensors_of) {
+        work += numel(&t.dims)?;
+    }
+    if work > MAX_WORK {
+        return Err(invalid(format!(
+            "{name}: {work} elements in all (at most {MAX_WORK} on the stand-in device)"
+        )));
+    }
+    validate(op, &args).map_err(|e| CuError::new(e.code, format!("{name}: {}", e.message)))?;
+    let bytes = args.iter().map(arg_bytes).sum();
+    Ok(Prepared { op, args, bytes })
+}
+
+fn kind_name(a: &AclnnArg) -> &'static str {
+    match a {
+        AclnnArg::Null => "NULL",
+        AclnnArg::Tensor(_) => "tensor",
+        AclnnArg::Scalar(..) => "scalar",
+        AclnnArg::IntArray(_) => "int array",
+        AclnnArg::FloatArray(_) => "float array",
+        AclnnArg::BoolArray(_) => "bool array",
+        AclnnArg::TensorList(_) => "tensor list",
+        AclnnArg::ScalarList(_) => "scalar list",
+        AclnnArg::F64(_) | AclnnArg::F32(_) => "float",
+        AclnnArg::I64(_) | AclnnArg::U64(_) | AclnnArg::I32(_) | AclnnArg::I8(_) => "integer",
+        AclnnArg::Bool(_) => "bool",
+        AclnnArg::Str(_) => "string",
+    }
+}
+
+/// The tensors a parameter holds.
+fn tensors_of(a: &AclnnArg) -> Vec<&TensorDesc> {
+    match a {
+        AclnnArg::Tensor(t) => vec![t],
+        AclnnArg::TensorList(l) => l.iter().flatten().collect(),
+        _ => vec![],
+    }
+}
+
+/// About how many bytes a parameter takes here.
+fn arg_bytes(a: &AclnnArg) -> u64 {
+    let tensor =
+        |t: &TensorDesc| 64 + 8 * (t.dims.len() + t.strides.len() + t.storage_dims.len()) as u64;
+    32 + match a {
+        AclnnArg::Tensor(t) => tensor(t),
+        AclnnArg::TensorList(l) => l.iter().map(|t| 8 + t.as_ref().map_or(0, tensor)).sum(),
+        AclnnArg::ScalarList(l) => 32 * l.len() as u64,
+        AclnnArg::IntArray(v) => 8 * v.len() as u64,
+        AclnnArg::FloatArray(v) => 4 * v.len() as u64,
+        AclnnArg::BoolArray(v) => v.len() as u64,
+        AclnnArg::Str(v) => v.len() as u64,
+        _ => 0,
+    }
+}
+
+/// Whether shape `from` broadcasts to shape `to` (NumPy's rules).
+fn broadcasts(from: &[i64], to: &[i64]) -> bool {
+    from.len() <= to.len()
+        && from
+            .iter()
+            .zip(&to[to.len() - from.len()..])
+            .all(|(&f, &t)| f == 1 || f == t)
+}
+
+fn fits_in(inputs: &[&TensorDesc], out: &TensorDesc) -> Result<(), CuError> {
+    match inputs.iter().find(|t| !broadcasts(&t.dims, &out.dims)) {
+        Some(t) => Err(invalid(format!(
+            "shape {:?} does not broadcast to the output's {:?}",
+            t.dims, out.dims
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The axes a reduction over `dims` of a tensor of `rank` dimensions keeps out
+/// (every one when `dims` is empty).
+fn reduced_axes(dims: &[i64], rank: usize) -> Result<Vec<bool>, CuError> {
+    let mut axes = vec![dims.is_empty(); rank];
+    for &d in dims {
+        let at = if d < 0 {
+            d.checked_add(rank as i64)
+        } else {
+            Some(d)
+        };
+        match at {
+            Some(a) if (0..rank as i64).contains(&a) => axes[a as usize] = true,
+            // A scalar's dimension 0 (or -1) is itself.
+            Some(0) | Some(-1) if rank == 0 => {}
+            _ => return Err(invalid(format!("dimension {d} of a tensor of {rank}"))),
+        }
+    }
+    Ok(axes)
+}
+
+/// The first phase's checks of shapes and types: what CANN refuses before any
+/// work is queued.
+fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
+    match op {
+        Op::Fill(_) => Ok(()),
+        Op::Binary(_, form) => {
+            let this = tensor(a, 0);
+            let out = if form.in_place {
+                this
+            } else {
+                tensor(a, a.len() - 1)
+            };
+            if form.scalar_other {
+                fits_in(&[this], out)
+            } else {
+                fits_in(&[this, tensor(a, 1)], out)
+            }
+        }
+        Op::Foreach(_, scalar_other) => {
+            let list = |i: usize| match &a[i] {
+                AclnnArg::TensorList(l) => l
+                    .iter()
+                    .map(|t| {
+                        t.as_ref()
+                            .ok_or_else(|| invalid("a NULL tensor in a foreach list"))
+                    })
+                    .collect::<Result<Vec<_>, _>>(),
+                other => unreachable!("checked by prepare: {other:?}"),
+            };
+            let (xs, outs) = (list(0)?, list(a.len() - 1)?);
+            if outs.len() != xs.len() {
+                return Err(invalid("foreach lists of different lengths"));
+            }
+            let others = if scalar_other { None } else { Some(list(1)?) };
+            if others.as_ref().is_some_and(|o| o.len() != xs.len()) {
+                return Err(invalid("foreach lists of different lengths"));
+            }
+            for (i, (x, out)) in xs.iter().zip(&outs).enumerate() {
+                match &others {
+                    Some(o) => fits_in(&[x, o[i]], out)?,
+                    None => fits_in(&[x], out)?,
+                }
+            }
+            Ok(())
+        }
+        Op::Unary(u) => {
+            let this = tensor(a, 0);
+            fits_in(
+                &[this],
+                if u == Unary::InplaceRelu {
+                    this
+                } else {
+                    tensor(a, 1)
+                },
+            )
+        }
+        Op::Cast => {
+            if int_arg(a, 1) != i64::from(tensor(a, 2).dtype) {
+                return Err(invalid("the type asked is not the output's"));
+            }
+            fits_in(&[tensor(a, 0)], tensor(a, 2))
+        }
+        Op::InplaceCopy => fits_in(&[tensor(a, 1)], tensor(a, 0)),
+        Op::Mm | Op::Addmm => {
+            let (x, w, out) = match op {
+                Op::Mm => (tensor(a, 0), tensor(a, 1), tensor(a, 2)),
+                _ => (tensor(a, 1), tensor(a, 2), tensor(a, 5)),
+            };
+            let (&[m, k], &[k2, n]) = (&x.dims[..], &w.dims[..]) else {
+                return Err(unsupported(format!(
+                    "matrix products of shapes {:?} and {:?} on the stand-in device (2-D only)",
+                    x.dims, w.dims
+                )));
+            };
+            if k != k2 || out.dims != [m, n] {
+                return Err(invalid(format!(
+                    "a product of {:?} and {:?} into {:?}",
+                    x.dims, w.dims, out.dims
+                )));
+            }
+            let product = (m as u64).saturating_mul(k as u64).saturating_mul(n as u64);
+            if product > MAX_PRODUCT {
+                return Err(invalid(format!(
+                    "a product of {product} multiply-adds (at most {MAX_PRODUCT} on the stand-in device)"
+                )));
+            }
+            if op == Op::Addmm {
+                fits_in(&[tensor(a, 0)], out)?;
+            }
+            Ok(())
+        }
+        Op::ThresholdBackward => fits_in(&[tensor(a, 0), tensor(a, 1)], tensor(a, 3)),
+        Op::MseLoss => {
+            let (x, y, out) = (tensor(a, 0), tensor(a, 1), tensor(a, 3));
+            let shape = broadcast_shape(&x.dims, &y.dims)?;
+            match int_arg(a, 2) {
+                0 if out.dims == shape => Ok(()),
+                1 | 2 if numel(&out.dims)? == 1 => Ok(()),
+                r => Err(invalid(format!(
+                    "reduction {r} of {shape:?} into {:?}",
+                    out.dims
+                ))),
+            }
+        }
+        Op::MseLossBackward => match int_arg(a, 3) {
+            0..=2 => fits_in(&[tensor(a, 0), tensor(a, 1), tensor(a, 2)], tensor(a, 4)),
+            r => Err(invalid(format!("reduction {r}"))),
+        },
+        Op::Reduce(_) => {
+            let (x, out) = (tensor(a, 0), tensor(a, 4));
+            let dims = match &a[1] {
+                AclnnArg::IntArray(d) => d.as_slice(),
+                _ => &[],
+            };
+            let axes = reduced_axes(dims, x.dims.len())?;
+            let kept: Vec<i64> = x
+                .dims
+                .iter()
+                .zip(&axes)
+                .map(|(&d, &r)| if r { 1 } else { d })
+                .collect();
+            if numel(&kept)? != numel(&out.dims)? {
+                return Err(invalid(format!(
+                    "a reduction of {:?} over {dims:?} into {:?}",
+                    x.dims, out.dims
+                )));
+            }
+            Ok(())
+        }
+    }
 }
 
 fn tensor(args: &[AclnnArg], i: usize) -> &TensorDesc {
@@ -631,13 +935,24 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
     match p.op {
         Op::Fill(fill) => {
             let t = tensor(a, 0);
-            let v = match fill {
-                Fill::One => 1.0,
-                Fill::Zero => 0.0,
-                Fill::Scalar => scalar_arg(a, 1)?,
-            };
             let n = numel(&t.dims)? as usize;
-            store(memory, t, &values_of(t.dtype, vec![round(t.dtype, v); n]))
+            let values = match (fill, &a.get(1)) {
+                // An integer tensor filled with an integer scalar: exactly, in i64.
+                (Fill::Scalar, Some(AclnnArg::Scalar(sd, bytes)))
+                    if !is_float(t.dtype) && !is_float(*sd) =>
+                {
+                    Values::I(vec![from_i64(t.dtype, scalar_int(*sd, bytes)?); n])
+                }
+                _ => {
+                    let v = match fill {
+                        Fill::One => 1.0,
+                        Fill::Zero => 0.0,
+                        Fill::Scalar => scalar_arg(a, 1)?,
+                    };
+                    values_of(t.dtype, vec![round(t.dtype, v); n])
+                }
+            };
+            store(memory, t, &values)
         }
         Op::Binary(op, form) => {
             let this = tensor(a, 0);
@@ -777,12 +1092,16 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
         Op::MseLossBackward => {
             let (g, x, y, out) = (tensor(a, 0), tensor(a, 1), tensor(a, 2), tensor(a, 4));
             let n = numel(&out.dims)? as f64;
-            let scale = match int_arg(a, 3) {
-                1 => 2.0 / n,
-                0 | 2 => 2.0,
-                r => return Err(invalid(format!("aclnnMseLossBackward: reduction {r}"))),
-            };
             let dtype = out.dtype;
+            // ATen's norm, a scalar of the type it multiplies.
+            let scale = opmath(
+                dtype,
+                match int_arg(a, 3) {
+                    1 => 2.0 / n,
+                    0 | 2 => 2.0,
+                    r => return Err(invalid(format!("aclnnMseLossBackward: reduction {r}"))),
+                },
+            );
             elementwise(memory, &[g, x, y], out, |v| {
                 let d = round(dtype, v[1] - v[2]);
                 round(dtype, round(dtype, scale * d) * v[0])
@@ -816,7 +1135,10 @@ fn binary(
     out: &TensorDesc,
 ) -> Result<(), CuError> {
     let dtype = out.dtype;
-    let alpha = alpha.map(|a| round(dtype, a));
+    if !is_float(dtype) {
+        return integer_binary(memory, op, this, other, alpha, out);
+    }
+    let alpha = alpha.map(|a| opmath(dtype, a));
     let apply = move |x: f64, y: f64| -> f64 {
         // As PyTorch's CPU kernels, a fused multiply-add: alpha × other is exact
         // in f64 for the narrower float types, rounded once with the sum.
@@ -831,11 +1153,56 @@ fn binary(
     };
     match other {
         Other::Scalar(y) => {
-            let y = round(dtype, y);
+            let y = opmath(dtype, y);
             elementwise(memory, &[this], out, |v| apply(v[0], y))
         }
         Other::Tensor(t) => elementwise(memory, &[this, t], out, |v| apply(v[0], v[1])),
     }
+}
+
+/// [`binary`] into an integer (or bool) output: in i64, wrapping as C's integer
+/// arithmetic does, then to the output's width; division floors, and by zero is
+/// refused (PyTorch raises ZeroDivisionError).
+fn integer_binary(
+    memory: &SessionMemory,
+    op: Binary,
+    this: &TensorDesc,
+    other: Other<'_>,
+    alpha: Option<f64>,
+    out: &TensorDesc,
+) -> Result<(), CuError> {
+    let ints = |t: &TensorDesc| -> Result<Vec<i64>, CuError> {
+        Ok(match broadcast(&load(memory, t)?, &t.dims, &out.dims)? {
+            Values::I(v) => v,
+            Values::F(v) => v.into_iter().map(|x| x as i64).collect(),
+        })
+    };
+    let xs = ints(this)?;
+    let ys = match other {
+        Other::Tensor(t) => ints(t)?,
+        Other::Scalar(y) => vec![y as i64; xs.len()],
+    };
+    let alpha = alpha.map_or(1, |a| a as i64);
+    let result = xs
+        .iter()
+        .zip(&ys)
+        .map(|(&x, &y)| {
+            let y = y.wrapping_mul(alpha);
+            Ok(from_i64(
+                out.dtype,
+                match op {
+                    Binary::Add => x.wrapping_add(y),
+                    Binary::Sub => x.wrapping_sub(y),
+                    Binary::Mul => x.wrapping_mul(y),
+                    Binary::Div if y == 0 => return Err(invalid("integer division by zero")),
+                    Binary::Div => {
+                        x.wrapping_div(y) - i64::from((x % y != 0) && ((x < 0) != (y < 0)))
+                    }
+                },
+            ))
+        })
+        .collect::<Result<Vec<_>, CuError>>()?;
+    store(memory, out, &Values::I(result))
 }
 
 /// `out[i] = src[i]` converted to `out`'s type, with `src` broadcast.
@@ -927,7 +1294,10 @@ fn mm(
                     } else {
                         round(dtype, alpha * dot)
                     };
-                    let base = if *beta == 1.0 {
+                    // beta 0 ignores the bias, NaN and infinity in it too.
+                    let base = if *beta == 0.0 {
+                        0.0
+                    } else if *beta == 1.0 {
                         b[i * n + j]
                     } else {
                         round(dtype, beta * b[i * n + j])
@@ -949,20 +1319,7 @@ fn reduce(
     out: &TensorDesc,
     r: Reduce,
 ) -> Result<(), CuError> {
-    let rank = x.dims.len() as i64;
-    let mut axes = vec![false; x.dims.len()];
-    for &d in dims {
-        let d = if d < 0 { d + rank } else { d };
-        if !(0..rank.max(1)).contains(&d) {
-            return Err(invalid(format!("dimension {d} of a tensor of {rank}")));
-        }
-        if rank > 0 {
-            axes[d as usize] = true;
-        }
-    }
-    if dims.is_empty() {
-        axes.iter_mut().for_each(|a| *a = true);
-    }
+    let axes = reduced_axes(dims, x.dims.len())?;
     let values = load(memory, x)?.f64s();
     let kept: Vec<i64> = x
         .dims
@@ -1001,11 +1358,8 @@ fn reduce(
         .map(|(&s, &c)| {
             round(
                 out.dtype,
-                if r == Reduce::Mean {
-                    s / c.max(1) as f64
-                } else {
-                    s
-                },
+                // The mean of nothing is 0/0, NaN, as PyTorch's.
+                if r == Reduce::Mean { s / c as f64 } else { s },
             )
         })
         .collect();
@@ -1016,30 +1370,46 @@ fn reduce(
 #[derive(Default)]
 pub(super) struct Executors {
     held: HashMap<u64, Prepared>,
+    /// Bytes their parameters take.
+    bytes: u64,
 }
 
 impl Executors {
     pub(super) fn insert(&mut self, handle: u64, p: Prepared) -> Result<(), CuError> {
-        if self.held.len() >= MAX_EXECUTORS {
+        if self.held.len() >= MAX_EXECUTORS || self.bytes + p.bytes > MAX_HELD_BYTES {
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
-                format!("{MAX_EXECUTORS} aclnn executors wait for their second phase"),
+                format!(
+                    "{} aclnn executors of {} bytes wait for their second phase (at most {MAX_EXECUTORS}, {MAX_HELD_BYTES} bytes)",
+                    self.held.len(),
+                    self.bytes
+                ),
             ));
         }
+        self.bytes += p.bytes;
         self.held.insert(handle, p);
         Ok(())
     }
 
+    /// Whether `handle` is a waiting executor.
+    pub(super) fn has(&self, handle: u64) -> bool {
+        self.held.contains_key(&handle)
+    }
+
     pub(super) fn take(&mut self, handle: u64) -> Result<Prepared, CuError> {
-        self.held
+        let p = self
+            .held
             .remove(&handle)
-            .ok_or_else(|| crate::checks::invalid_handle("aclnn executor", handle))
+            .ok_or_else(|| crate::checks::invalid_handle("aclnn executor", handle))?;
+        self.bytes -= p.bytes;
+        Ok(p)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_bytes::ByteBuf;
 
     #[test]
     fn halves_round_to_nearest_even() {
@@ -1070,6 +1440,200 @@ mod tests {
         let b = broadcast(&v, &[2], &[3, 2]).unwrap().f64s();
         assert_eq!(b, [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
         assert!(broadcast(&v, &[2], &[3]).is_err());
+    }
+
+    fn f32_tensor(dims: &[i64], strides: &[i64], data: u64) -> TensorDesc {
+        TensorDesc {
+            dtype: dt::FLOAT,
+            dims: dims.to_vec(),
+            strides: strides.to_vec(),
+            offset: 0,
+            format: 2,
+            storage_dims: dims.to_vec(),
+            data,
+        }
+    }
+
+    fn memory() -> (SessionMemory, u64) {
+        let memory = SessionMemory::new(super::super::memory::DeviceMemory::devices(1, 1 << 20));
+        let base = memory.alloc(0, 4096).unwrap();
+        (memory, base)
+    }
+
+    fn run_op(memory: &SessionMemory, name: &str, args: Vec<AclnnArg>) -> Result<(), CuError> {
+        run(&prepare(name, args)?, memory)
+    }
+
+    #[test]
+    fn an_elementwise_operator_reads_and_writes_strided_views() {
+        let (memory, base) = memory();
+        let values: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        memory.write(base, &values).unwrap();
+        // x is 2×4 row-major; out its transpose's layout (4×2 viewed as 2×4 with strides 1, 2).
+        let x = f32_tensor(&[2, 4], &[4, 1], base);
+        let out = f32_tensor(&[2, 4], &[1, 2], base + 256);
+        let two = AclnnArg::Scalar(dt::FLOAT, ByteBuf::from(2f32.to_le_bytes().to_vec()));
+        run_op(
+            &memory,
+            "aclnnMuls",
+            vec![AclnnArg::Tensor(x), two, AclnnArg::Tensor(out)],
+        )
+        .unwrap();
+        let got: Vec<f32> = memory
+            .read(base + 256, 32)
+            .unwrap()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(got, [0.0, 8.0, 2.0, 10.0, 4.0, 12.0, 6.0, 14.0]);
+    }
+
+    #[test]
+    fn views_that_overflow_or_leave_their_allocation_fail_without_panicking() {
+        let (memory, base) = memory();
+        for stride in [(1i64 << 62) - 1, 1 << 62, 1 << 40, 2000] {
+            let x = f32_tensor(&[2], &[stride], base);
+            let e = run_op(&memory, "aclnnInplaceOne", vec![AclnnArg::Tensor(x)]).err();
+            assert!(e.is_some(), "stride {stride} was written");
+        }
+        // A negative stride reaching before the storage.
+        let x = f32_tensor(&[2], &[-1], base);
+        assert!(run_op(&memory, "aclnnInplaceOne", vec![AclnnArg::Tensor(x)]).is_err());
+        // Memory that is not the session's.
+        let x = f32_tensor(&[4], &[1], base + (1 << 30));
+        assert!(run_op(&memory, "aclnnInplaceOne", vec![AclnnArg::Tensor(x)]).is_err());
+    }
+
+    #[test]
+    fn shapes_are_checked_and_work_is_bounded_at_the_first_phase() {
+        let t = |dims: &[i64]| AclnnArg::Tensor(f32_tensor(dims, &vec![0; dims.len()], 0x1000));
+        let e = prepare("aclnnMul", vec![t(&[3]), t(&[4]), t(&[4])])
+            .err()
+            .unwrap();
+        assert!(e.message.contains("does not broadcast"), "{}", e.message);
+        let e = prepare(
+            "aclnnMm",
+            vec![t(&[2, 3]), t(&[4, 2]), t(&[2, 2]), AclnnArg::I8(0)],
+        )
+        .err()
+        .unwrap();
+        assert!(e.message.contains("a product of"), "{}", e.message);
+        let e = prepare(
+            "aclnnMm",
+            vec![t(&[2, 3, 4]), t(&[4, 2]), t(&[2, 2]), AclnnArg::I8(0)],
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, code::NOT_SUPPORTED);
+        // Stride-0 views of one element: each tensor within bounds, the product not.
+        let big = [1 << 12, 1 << 12];
+        let e = prepare("aclnnMm", vec![t(&big), t(&big), t(&big), AclnnArg::I8(0)])
+            .err()
+            .unwrap();
+        assert!(e.message.contains("multiply-adds"), "{}", e.message);
+        let many = || {
+            AclnnArg::TensorList(vec![
+                Some(f32_tensor(&[1 << 12, 1 << 12], &[0, 0], 0x1000));
+                3
+            ])
+        };
+        let two = AclnnArg::Scalar(dt::FLOAT, ByteBuf::from(2f32.to_le_bytes().to_vec()));
+        let e = prepare("aclnnForeachMulScalarV2", vec![many(), two, many()])
+            .err()
+            .unwrap();
+        assert!(e.message.contains("elements in all"), "{}", e.message);
+        let e = prepare(
+            "aclnnReduceSum",
+            vec![
+                t(&[2, 3]),
+                AclnnArg::IntArray(vec![i64::MIN]),
+                AclnnArg::Bool(false),
+                AclnnArg::I32(0),
+                t(&[2]),
+            ],
+        )
+        .err()
+        .unwrap();
+        assert!(e.message.contains("dimension"), "{}", e.message);
+    }
+
+    #[test]
+    fn waiting_executors_are_bounded_in_number_and_bytes() {
+        let mut held = Executors::default();
+        let list = AclnnArg::TensorList(vec![Some(f32_tensor(&[1; 100], &[1; 100], 0x1000)); 4000]);
+        let big = || {
+            prepare(
+                "aclnnForeachAddScalarV2",
+                vec![
+                    list.clone(),
+                    AclnnArg::Scalar(dt::FLOAT, ByteBuf::from(vec![0; 4])),
+                    list.clone(),
+                ],
+            )
+            .unwrap()
+        };
+        let mut refused = None;
+        for i in 0..100 {
+            if let Err(e) = held.insert(i, big()) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (i, e) = refused.expect("64 MiB of parameters is the most held");
+        assert!(i > 0 && e.code == code::OUT_OF_MEMORY, "{i}: {}", e.message);
+        held.take(0).unwrap();
+        held.insert(1000, big()).unwrap();
+        assert!(held.take(0).is_err(), "taken once");
+    }
+
+    #[test]
+    fn integer_arithmetic_wraps_as_cs_and_division_by_zero_is_refused() {
+        let (memory, base) = memory();
+        let i64s = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        memory
+            .write(base, &i64s(&[i64::MAX, -7, (1 << 53) + 1]))
+            .unwrap();
+        memory.write(base + 64, &i64s(&[1, 2, 1])).unwrap();
+        let t = |at: u64| {
+            AclnnArg::Tensor(TensorDesc {
+                dtype: dt::INT64,
+                ..f32_tensor(&[3], &[1], at)
+            })
+        };
+        let one = AclnnArg::Scalar(dt::INT64, ByteBuf::from(1i64.to_le_bytes().to_vec()));
+        run_op(
+            &memory,
+            "aclnnAdd",
+            vec![t(base), t(base + 64), one, t(base + 128)],
+        )
+        .unwrap();
+        let got: Vec<i64> = memory
+            .read(base + 128, 24)
+            .unwrap()
+            .chunks(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, [i64::MIN, -5, (1 << 53) + 2]);
+        run_op(
+            &memory,
+            "aclnnDiv",
+            vec![t(base), t(base + 64), t(base + 128)],
+        )
+        .unwrap();
+        let got: Vec<i64> = memory
+            .read(base + 128, 24)
+            .unwrap()
+            .chunks(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, [i64::MAX, -4, (1 << 53) + 1], "floor division");
+        memory.write(base + 64, &i64s(&[0, 0, 0])).unwrap();
+        assert!(run_op(
+            &memory,
+            "aclnnDiv",
+            vec![t(base), t(base + 64), t(base + 128)]
+        )
+        .is_err());
     }
 
     #[test]

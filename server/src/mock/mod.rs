@@ -1207,8 +1207,12 @@ impl Api for MockSession {
         _workspace_size: u64,
         stream: u64,
     ) -> Result<(), CuError> {
-        let prepared = self.executors.take(executor)?;
+        // An executor is used up by its run, not by a run refused before it starts.
+        if !self.executors.has(executor) {
+            return Err(invalid_handle("aclnn executor", executor));
+        }
         self.stream(stream)?;
+        let prepared = self.executors.take(executor)?;
         aclnn::run(&prepared, &self.memory)
     }
 
