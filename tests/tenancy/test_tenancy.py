@@ -419,6 +419,26 @@ def test_metrics_report_every_tenant_and_device(servers):
     assert s.value(m, "xpupool_tenant_kernel_launches_total", tenant="a") >= 2
 
 
+def test_an_ascend_tenants_operators_are_counted_timed_and_its_memory_limited(servers):
+    # torch_npu's venv (scripts/install-npu-env.sh; run-tenancy-tests.sh names it).
+    python = os.environ["XPUPOOL_NPU_PYTHON"]
+    preload = str(Path(python).parents[1] / "cpu_torch.so")
+    s = servers({"npu": {"memory_limit": '"512MiB"'}})
+    steps = 300
+    p = s.run("npu", python, str(ROOT / "tests/tenancy/npu_steps.py"), str(steps), str(512 << 20),
+              env={**os.environ, "LD_PRELOAD": preload})
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0 and "PASS" in out, out
+    m = s.scrape()
+    # Each operator's second phase is a launch to the scheduler, with its time.
+    launches = s.value(m, "xpupool_tenant_kernel_launches_total", tenant="npu")
+    busy = s.value(m, "xpupool_tenant_busy_seconds_total", tenant="npu")
+    oom = s.value(m, "xpupool_tenant_oom_total", tenant="npu")
+    print(f"\nAscend tenant: {launches:.0f} launches counted for {steps} operators, "
+          f"{busy * 1e3:.1f} ms busy, {oom:.0f} refused allocation(s)")
+    assert launches >= steps and busy > 0 and oom >= 1
+
+
 def test_status_shows_the_tenants_view(servers):
     s = servers({"a": {"memory_limit": '"1GiB"', "compute_share": 0.5}}, devices=2)
     out = subprocess.run(
