@@ -193,10 +193,10 @@ impl Values {
         }
     }
 
-    fn f64s(&self) -> Vec<f64> {
+    fn f64s(self) -> Vec<f64> {
         match self {
-            Values::F(v) => v.clone(),
-            Values::I(v) => v.iter().map(|&x| x as f64).collect(),
+            Values::F(v) => v,
+            Values::I(v) => v.into_iter().map(|x| x as f64).collect(),
         }
     }
 
@@ -303,6 +303,10 @@ fn scatter(
         .checked_add(1)
         .and_then(|n| n.checked_mul(size as u64));
     match span {
+        // A dense view in order (the common case) is written as it is.
+        Some(bytes) if bytes == packed.len() as u64 && at.windows(2).all(|w| w[1] == w[0] + 1) => {
+            memory.write(address(lo)?, packed)
+        }
         Some(bytes) if bytes <= 4 * packed.len() as u64 + 4096 => {
             // Read first: a strided view leaves the bytes between its elements as they are.
             let start = address(lo)?;
@@ -397,9 +401,9 @@ fn store(memory: &SessionMemory, t: &TensorDesc, values: &Values) -> Result<(), 
 }
 
 /// `values` of shape `from`, broadcast to shape `to` (NumPy's rules).
-fn broadcast(values: &Values, from: &[i64], to: &[i64]) -> Result<Values, CuError> {
+fn broadcast(values: Values, from: &[i64], to: &[i64]) -> Result<Values, CuError> {
     if from == to {
-        return Ok(values.clone());
+        return Ok(values);
     }
     if from.len() > to.len() {
         return Err(invalid(format!(
@@ -906,7 +910,7 @@ fn elementwise(
 ) -> Result<(), CuError> {
     let columns = inputs
         .iter()
-        .map(|t| Ok(broadcast(&load(memory, t)?, &t.dims, &out.dims)?.f64s()))
+        .map(|t| Ok(broadcast(load(memory, t)?, &t.dims, &out.dims)?.f64s()))
         .collect::<Result<Vec<_>, CuError>>()?;
     let n = numel(&out.dims)? as usize;
     let mut row = vec![0.0; columns.len()];
@@ -1071,8 +1075,8 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
             let (x, y, out) = (tensor(a, 0), tensor(a, 1), tensor(a, 3));
             let dtype = out.dtype;
             let shape = broadcast_shape(&x.dims, &y.dims)?;
-            let xs = broadcast(&load(memory, x)?, &x.dims, &shape)?.f64s();
-            let ys = broadcast(&load(memory, y)?, &y.dims, &shape)?.f64s();
+            let xs = broadcast(load(memory, x)?, &x.dims, &shape)?.f64s();
+            let ys = broadcast(load(memory, y)?, &y.dims, &shape)?.f64s();
             let sq: Vec<f64> = xs
                 .iter()
                 .zip(&ys)
@@ -1172,7 +1176,7 @@ fn integer_binary(
     out: &TensorDesc,
 ) -> Result<(), CuError> {
     let ints = |t: &TensorDesc| -> Result<Vec<i64>, CuError> {
-        Ok(match broadcast(&load(memory, t)?, &t.dims, &out.dims)? {
+        Ok(match broadcast(load(memory, t)?, &t.dims, &out.dims)? {
             Values::I(v) => v,
             Values::F(v) => v.into_iter().map(|x| x as i64).collect(),
         })
@@ -1207,7 +1211,7 @@ fn integer_binary(
 
 /// `out[i] = src[i]` converted to `out`'s type, with `src` broadcast.
 fn copy_into(memory: &SessionMemory, src: &TensorDesc, out: &TensorDesc) -> Result<(), CuError> {
-    let values = broadcast(&load(memory, src)?, &src.dims, &out.dims)?;
+    let values = broadcast(load(memory, src)?, &src.dims, &out.dims)?;
     let converted = match (values, is_float(out.dtype)) {
         (Values::F(v), true) => Values::F(v.into_iter().map(|x| round(out.dtype, x)).collect()),
         (Values::F(v), false) => Values::I(
@@ -1275,7 +1279,7 @@ fn mm(
     let ws = load(memory, w)?.f64s();
     let bias = match bias {
         Some((b, beta, alpha)) => Some((
-            broadcast(&load(memory, b)?, &b.dims, &out.dims)?.f64s(),
+            broadcast(load(memory, b)?, &b.dims, &out.dims)?.f64s(),
             beta,
             alpha,
         )),
@@ -1435,11 +1439,11 @@ mod tests {
     #[test]
     fn broadcasting_follows_numpys_rules() {
         let v = Values::F(vec![1.0, 2.0]);
-        let b = broadcast(&v, &[2, 1], &[2, 3]).unwrap().f64s();
+        let b = broadcast(v.clone(), &[2, 1], &[2, 3]).unwrap().f64s();
         assert_eq!(b, [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
-        let b = broadcast(&v, &[2], &[3, 2]).unwrap().f64s();
+        let b = broadcast(v.clone(), &[2], &[3, 2]).unwrap().f64s();
         assert_eq!(b, [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
-        assert!(broadcast(&v, &[2], &[3]).is_err());
+        assert!(broadcast(v.clone(), &[2], &[3]).is_err());
     }
 
     fn f32_tensor(dims: &[i64], strides: &[i64], data: u64) -> TensorDesc {
