@@ -165,3 +165,43 @@ def test_a_small_mlp_trains_as_on_the_cpu():
     cpu, npu = train("cpu"), train("npu")
     assert npu[-1] < npu[0]
     assert max(abs(a - b) for a, b in zip(cpu, npu)) < 1e-5, (cpu, npu)
+
+
+def classify(device, optimizer, steps=20):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device)
+    opt = optimizer(model.parameters())
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 8, generator=g).to(device)
+    y = torch.randint(0, 4, (64,), generator=g).to(device)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    accuracy = (model(x).argmax(1) == y).float().mean().item()
+    return losses, accuracy
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    lambda p: torch.optim.Adam(p, lr=0.01),
+], ids=["sgd with momentum", "adam"])
+def test_a_classifier_trains_with_cross_entropy_as_on_the_cpu(optimizer):
+    (cpu, cpu_accuracy), (npu, npu_accuracy) = classify("cpu", optimizer), classify("npu", optimizer)
+    assert npu[-1] < npu[0]
+    assert max(abs(a - b) for a, b in zip(cpu, npu)) < 1e-5, (cpu, npu)
+    assert npu_accuracy == cpu_accuracy
+
+
+def test_softmax_and_its_kin_along_a_dimension():
+    x = sample(torch.float32, (4, 6, 5), 7) / 20
+    for dim in (0, 1, -1):
+        for f in (torch.softmax, torch.log_softmax):
+            torch.testing.assert_close(f(x.npu(), dim).cpu(), f(x, dim), rtol=1e-6, atol=1e-6)
+        assert torch.equal(x.npu().argmax(dim).cpu(), x.argmax(dim))
+        values, indices = x.npu().max(dim)
+        assert torch.equal(values.cpu(), x.max(dim).values) and torch.equal(indices.cpu(), x.max(dim).indices)
+    assert torch.equal((x.npu() == x.npu()[0]).cpu(), x == x[0])

@@ -505,6 +505,78 @@ enum Op {
     MseLoss,
     MseLossBackward,
     Reduce(Reduce),
+    /// Along one dimension: softmax, log-softmax, their backward, argmax, max.
+    Along(Along),
+    /// Cross-entropy's second half, and its backward.
+    NllLoss,
+    NllLossBackward,
+    /// Elementwise equality, into a bool tensor; with a scalar.
+    Eq(bool),
+    /// Another elementwise function over lists of tensors (optimizers' steps).
+    ForeachMap(Fm),
+    /// The same function over single tensors; in place into the first.
+    Map(Fm, bool),
+}
+
+/// The functions of [`Op::ForeachMap`]: of each input list's element, and the
+/// scalars, in the order the header gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fm {
+    LerpScalar,
+    LerpList,
+    MulList,
+    DivList,
+    DivScalar,
+    SubList,
+    SubScalar,
+    Addcmul,
+    Addcdiv,
+    Sqrt,
+    MaximumScalar,
+    PowScalar,
+}
+
+impl Fm {
+    fn apply(self, v: &[f64], s: &[f64]) -> f64 {
+        let lerp = |x: f64, y: f64, w: f64| {
+            // As PyTorch's: from the nearer end.
+            if w.abs() < 0.5 {
+                x + w * (y - x)
+            } else {
+                y - (y - x) * (1.0 - w)
+            }
+        };
+        match self {
+            Fm::LerpScalar => lerp(v[0], v[1], s[0]),
+            Fm::LerpList => lerp(v[0], v[1], v[2]),
+            Fm::MulList => v[0] * v[1],
+            Fm::DivList => v[0] / v[1],
+            Fm::DivScalar => v[0] / s[0],
+            Fm::SubList => v[0] - s[0] * v[1],
+            Fm::SubScalar => v[0] - s[0],
+            Fm::Addcmul => v[0] + s[0] * v[1] * v[2],
+            Fm::Addcdiv => v[0] + s[0] * v[1] / v[2],
+            Fm::Sqrt => v[0].sqrt(),
+            Fm::MaximumScalar => {
+                if v[0].is_nan() || v[0] > s[0] {
+                    v[0]
+                } else {
+                    s[0]
+                }
+            }
+            Fm::PowScalar => v[0].powf(s[0]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Along {
+    Softmax,
+    LogSoftmax,
+    SoftmaxBackward,
+    LogSoftmaxBackward,
+    ArgMax,
+    MaxDim,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -598,17 +670,46 @@ fn operator(name: &str) -> Option<(Op, &'static str)> {
         "aclnnMseLoss" => (Op::MseLoss, "TTIT"),
         "aclnnMseLossBackward" => (Op::MseLossBackward, "TTTIT"),
         "aclnnReduceSum" => (Op::Reduce(Reduce::Sum), "TABIT"),
+        "aclnnSoftmax" => (Op::Along(Along::Softmax), "TIT"),
+        "aclnnLogSoftmax" => (Op::Along(Along::LogSoftmax), "TIT"),
+        "aclnnSoftmaxBackward" => (Op::Along(Along::SoftmaxBackward), "TTIT"),
+        "aclnnLogSoftmaxBackward" => (Op::Along(Along::LogSoftmaxBackward), "TTIT"),
+        "aclnnArgMax" => (Op::Along(Along::ArgMax), "TIBT"),
+        "aclnnMaxDim" => (Op::Along(Along::MaxDim), "TIBTT"),
+        "aclnnNLLLoss" => (Op::NllLoss, "TTUIITT"),
+        "aclnnNLLLossBackward" => (Op::NllLossBackward, "TTTUIITT"),
+        "aclnnEqTensor" => (Op::Eq(false), "TTT"),
+        "aclnnAddcmul" => (Op::Map(Fm::Addcmul, false), "TTTST"),
+        "aclnnInplaceAddcmul" => (Op::Map(Fm::Addcmul, true), "TTTS"),
+        "aclnnAddcdiv" => (Op::Map(Fm::Addcdiv, false), "TTTST"),
+        "aclnnInplaceAddcdiv" => (Op::Map(Fm::Addcdiv, true), "TTTS"),
+        "aclnnLerp" => (Op::Map(Fm::LerpList, false), "TTTT"),
+        "aclnnInplaceLerp" => (Op::Map(Fm::LerpList, true), "TTT"),
+        "aclnnForeachLerpScalar" => (Op::ForeachMap(Fm::LerpScalar), "LLSL"),
+        "aclnnForeachLerpList" => (Op::ForeachMap(Fm::LerpList), "LLLL"),
+        "aclnnForeachMulList" => (Op::ForeachMap(Fm::MulList), "LLL"),
+        "aclnnForeachDivList" => (Op::ForeachMap(Fm::DivList), "LLL"),
+        "aclnnForeachDivScalarV2" => (Op::ForeachMap(Fm::DivScalar), "LSL"),
+        "aclnnForeachSubListV2" => (Op::ForeachMap(Fm::SubList), "LLSL"),
+        "aclnnForeachSubScalarV2" => (Op::ForeachMap(Fm::SubScalar), "LSL"),
+        "aclnnForeachAddcmulScalarV2" => (Op::ForeachMap(Fm::Addcmul), "LLLSL"),
+        "aclnnForeachAddcdivScalarV2" => (Op::ForeachMap(Fm::Addcdiv), "LLLSL"),
+        "aclnnForeachSqrt" => (Op::ForeachMap(Fm::Sqrt), "LL"),
+        "aclnnForeachMaximumScalarV2" => (Op::ForeachMap(Fm::MaximumScalar), "LSL"),
+        "aclnnForeachPowScalarV2" => (Op::ForeachMap(Fm::PowScalar), "LSL"),
+        "aclnnEqScalar" => (Op::Eq(true), "TST"),
         "aclnnMean" => (Op::Reduce(Reduce::Mean), "TABIT"),
         _ => return None,
     })
 }
 
 /// Whether `arg` is of the kind `k` stands for: T tensor, S scalar, I an
-/// integer, A an int array, B a bool, L a tensor list.
+/// integer, A an int array, B a bool, L a tensor list, U a tensor or NULL.
 fn fits(k: char, arg: &AclnnArg) -> bool {
     matches!(
         (k, arg),
-        ('T', AclnnArg::Tensor(_))
+        ('T' | 'U', AclnnArg::Tensor(_))
+            | ('U', AclnnArg::Null)
             | ('S', AclnnArg::Scalar(..))
             | ('I', AclnnArg::I64(_) | AclnnArg::I32(_) | AclnnArg::I8(_))
             | ('A', AclnnArg::IntArray(_))
@@ -853,6 +954,86 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
             0..=2 => fits_in(&[tensor(a, 0), tensor(a, 1), tensor(a, 2)], tensor(a, 4)),
             r => Err(invalid(format!("reduction {r}"))),
         },
+        Op::Along(along) => {
+            let x = tensor(a, 0);
+            let (dim, out) = match along {
+                Along::SoftmaxBackward | Along::LogSoftmaxBackward => (int_arg(a, 2), tensor(a, 3)),
+                Along::ArgMax | Along::MaxDim => (int_arg(a, 1), tensor(a, 3)),
+                _ => (int_arg(a, 1), tensor(a, 2)),
+            };
+            let (outer, size, inner) = split_at_dim(&x.dims, dim)?;
+            let want = match along {
+                Along::ArgMax | Along::MaxDim => outer * inner,
+                _ => outer * size * inner,
+            };
+            if numel(&out.dims)? != want {
+                return Err(invalid(format!(
+                    "{:?} along {dim} of {:?} into {:?}",
+                    along, x.dims, out.dims
+                )));
+            }
+            if matches!(along, Along::SoftmaxBackward | Along::LogSoftmaxBackward)
+                && tensor(a, 1).dims != x.dims
+            {
+                return Err(invalid("a gradient and an output of different shapes"));
+            }
+            if along == Along::MaxDim && numel(&tensor(a, 4).dims)? != want {
+                return Err(invalid("max's indices of another shape than its values"));
+            }
+            Ok(())
+        }
+        Op::NllLoss | Op::NllLossBackward => {
+            let backward = op == Op::NllLossBackward;
+            let at = usize::from(backward);
+            let (x, target) = (tensor(a, at), tensor(a, at + 1));
+            let (n, c) = match x.dims[..] {
+                [n, c] => (n, c),
+                [c] => (1, c),
+                _ => {
+                    return Err(invalid(format!(
+                        "nll_loss of an input of shape {:?}",
+                        x.dims
+                    )))
+                }
+            };
+            if numel(&target.dims)? != n as u64 {
+                return Err(invalid(format!(
+                    "nll_loss of {:?} with targets {:?}",
+                    x.dims, target.dims
+                )));
+            }
+            if let AclnnArg::Tensor(w) = &a[at + 2] {
+                if numel(&w.dims)? != c as u64 {
+                    return Err(invalid(format!(
+                        "nll_loss of {c} classes with {:?} weights",
+                        w.dims
+                    )));
+                }
+            }
+            match int_arg(a, at + 3) {
+                0..=2 => Ok(()),
+                r => Err(invalid(format!("reduction {r}"))),
+            }
+        }
+        Op::Map(_, in_place) => {
+            let (inputs, out) = map_tensors(a, in_place);
+            fits_in(&inputs, out)
+        }
+        Op::ForeachMap(_) => {
+            let (inputs, outs) = foreach_lists(a)?;
+            for (i, out) in outs.iter().enumerate() {
+                let row: Vec<&TensorDesc> = inputs.iter().map(|l| l[i]).collect();
+                fits_in(&row, out)?;
+            }
+            Ok(())
+        }
+        Op::Eq(scalar_other) => {
+            if scalar_other {
+                fits_in(&[tensor(a, 0)], tensor(a, 2))
+            } else {
+                fits_in(&[tensor(a, 0), tensor(a, 1)], tensor(a, 2))
+            }
+        }
         Op::Reduce(_) => {
             let (x, out) = (tensor(a, 0), tensor(a, 4));
             let dims = match &a[1] {
@@ -1111,6 +1292,57 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
                 round(dtype, round(dtype, scale * d) * v[0])
             })
         }
+        Op::Along(along) => along_dim(memory, along, a),
+        Op::Map(f, in_place) => {
+            let (inputs, out) = map_tensors(a, in_place);
+            let s = scalars(a)?
+                .into_iter()
+                .map(|x| opmath(out.dtype, x))
+                .collect::<Vec<_>>();
+            elementwise(memory, &inputs, out, |v| f.apply(v, &s))
+        }
+        Op::ForeachMap(f) => {
+            let (inputs, outs) = foreach_lists(a)?;
+            let scalars = a
+                .iter()
+                .filter_map(|x| match x {
+                    AclnnArg::Scalar(d, b) => Some(scalar(*d, b)),
+                    _ => None,
+                })
+                .collect::<Result<Vec<f64>, CuError>>()?;
+            for (i, out) in outs.into_iter().enumerate() {
+                let row: Vec<&TensorDesc> = inputs.iter().map(|l| l[i]).collect();
+                let s: Vec<f64> = scalars.iter().map(|&x| opmath(out.dtype, x)).collect();
+                elementwise(memory, &row, out, |v| f.apply(v, &s))?;
+            }
+            Ok(())
+        }
+        Op::NllLoss => nll_loss(memory, a),
+        Op::NllLossBackward => nll_loss_backward(memory, a),
+        Op::Eq(scalar_other) => {
+            let out = tensor(a, 2);
+            let x = broadcast(load(memory, tensor(a, 0))?, &tensor(a, 0).dims, &out.dims)?;
+            let y = if scalar_other {
+                let n = x.len();
+                match &a[1] {
+                    AclnnArg::Scalar(d, b) if !is_float(*d) => {
+                        Values::I(vec![scalar_int(*d, b)?; n])
+                    }
+                    _ => Values::F(vec![scalar_arg(a, 1)?; n]),
+                }
+            } else {
+                broadcast(load(memory, tensor(a, 1))?, &tensor(a, 1).dims, &out.dims)?
+            };
+            let equal: Vec<i64> = match (&x, &y) {
+                (Values::I(p), Values::I(q)) => {
+                    p.iter().zip(q).map(|(p, q)| i64::from(p == q)).collect()
+                }
+                _ => (0..x.len())
+                    .map(|i| i64::from(x.get_f(i) == y.get_f(i)))
+                    .collect(),
+            };
+            store(memory, out, &Values::I(equal))
+        }
         Op::Reduce(r) => {
             let (x, out) = (tensor(a, 0), tensor(a, 4));
             let dims = match &a[1] {
@@ -1120,6 +1352,287 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
             reduce(memory, x, &dims, out, r)
         }
     }
+}
+
+/// The tensors of a [`Op::Map`]: its inputs, and its output (the last, or
+/// in place the first).
+fn map_tensors(a: &[AclnnArg], in_place: bool) -> (Vec<&TensorDesc>, &TensorDesc) {
+    let mut all: Vec<&TensorDesc> = a.iter().flat_map(tensors_of).collect();
+    let out = if in_place {
+        all[0]
+    } else {
+        all.pop().expect("checked by prepare: tensors")
+    };
+    (all, out)
+}
+
+/// The scalars among an operator's parameters, in order.
+fn scalars(a: &[AclnnArg]) -> Result<Vec<f64>, CuError> {
+    a.iter()
+        .filter_map(|x| match x {
+            AclnnArg::Scalar(d, b) => Some(scalar(*d, b)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The input lists of a foreach operator and its output list (the last), each
+/// of the same length, with no NULL entry.
+#[allow(clippy::type_complexity)]
+fn foreach_lists(a: &[AclnnArg]) -> Result<(Vec<Vec<&TensorDesc>>, Vec<&TensorDesc>), CuError> {
+    let mut lists = a
+        .iter()
+        .filter_map(|x| match x {
+            AclnnArg::TensorList(l) => Some(
+                l.iter()
+                    .map(|t| {
+                        t.as_ref()
+                            .ok_or_else(|| invalid("a NULL tensor in a foreach list"))
+                    })
+                    .collect::<Result<Vec<_>, _>>(),
+            ),
+            _ => None,
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = lists
+        .pop()
+        .ok_or_else(|| invalid("a foreach operator without lists"))?;
+    if lists.iter().any(|l| l.len() != out.len()) {
+        return Err(invalid("foreach lists of different lengths"));
+    }
+    Ok((lists, out))
+}
+
+/// `(outer, size, inner)` of a row-major tensor of shape `dims` split at `dim`.
+fn split_at_dim(dims: &[i64], dim: i64) -> Result<(u64, u64, u64), CuError> {
+    let rank = dims.len().max(1) as i64;
+    let d = if dim < 0 {
+        dim.checked_add(rank)
+    } else {
+        Some(dim)
+    }
+    .filter(|d| (0..rank).contains(d))
+    .ok_or_else(|| invalid(format!("dimension {dim} of a tensor of {}", dims.len())))?
+        as usize;
+    if dims.is_empty() {
+        return Ok((1, 1, 1));
+    }
+    Ok((numel(&dims[..d])?, dims[d] as u64, numel(&dims[d + 1..])?))
+}
+
+/// Softmax and its kin, each group along the dimension at a time; in f64, each
+/// result rounded to the output's type.
+fn along_dim(memory: &SessionMemory, along: Along, a: &[AclnnArg]) -> Result<(), CuError> {
+    let x = tensor(a, 0);
+    let dim = match along {
+        Along::SoftmaxBackward | Along::LogSoftmaxBackward => int_arg(a, 2),
+        _ => int_arg(a, 1),
+    };
+    let (outer, size, inner) = split_at_dim(&x.dims, dim)?;
+    let (outer, size, inner) = (outer as usize, size as usize, inner as usize);
+    let xs = load(memory, x)?.f64s();
+    let at = |o: usize, k: usize, i: usize| (o * size + k) * inner + i;
+    match along {
+        Along::ArgMax | Along::MaxDim => {
+            let (mut values, mut indices) = (
+                Vec::with_capacity(outer * inner),
+                Vec::with_capacity(outer * inner),
+            );
+            for o in 0..outer {
+                for i in 0..inner {
+                    // The first of equal maxima; NaN is the maximum, as PyTorch's.
+                    let mut best = 0;
+                    for k in 1..size {
+                        let (v, b) = (xs[at(o, k, i)], xs[at(o, best, i)]);
+                        if !b.is_nan() && (v > b || v.is_nan()) {
+                            best = k;
+                        }
+                    }
+                    values.push(xs[at(o, best, i)]);
+                    indices.push(best as i64);
+                }
+            }
+            if along == Along::ArgMax {
+                return store(memory, tensor(a, 3), &Values::I(indices));
+            }
+            let out = tensor(a, 3);
+            store(memory, out, &values_of(out.dtype, values))?;
+            store(memory, tensor(a, 4), &Values::I(indices))
+        }
+        Along::Softmax | Along::LogSoftmax => {
+            let out = tensor(a, 2);
+            let mut result = vec![0.0; xs.len()];
+            for o in 0..outer {
+                for i in 0..inner {
+                    let m = (0..size)
+                        .map(|k| xs[at(o, k, i)])
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = (0..size).map(|k| (xs[at(o, k, i)] - m).exp()).sum();
+                    for k in 0..size {
+                        let v = xs[at(o, k, i)] - m;
+                        result[at(o, k, i)] = if along == Along::Softmax {
+                            v.exp() / sum
+                        } else {
+                            v - sum.ln()
+                        };
+                    }
+                }
+            }
+            store(
+                memory,
+                out,
+                &values_of(
+                    out.dtype,
+                    result.into_iter().map(|v| round(out.dtype, v)).collect(),
+                ),
+            )
+        }
+        Along::SoftmaxBackward | Along::LogSoftmaxBackward => {
+            // x is the gradient, a[1] the forward's output.
+            let ys = load(memory, tensor(a, 1))?.f64s();
+            let out = tensor(a, 3);
+            let mut result = vec![0.0; xs.len()];
+            for o in 0..outer {
+                for i in 0..inner {
+                    let idx = |k| at(o, k, i);
+                    if along == Along::SoftmaxBackward {
+                        let dot: f64 = (0..size).map(|k| xs[idx(k)] * ys[idx(k)]).sum();
+                        for k in 0..size {
+                            result[idx(k)] = ys[idx(k)] * (xs[idx(k)] - dot);
+                        }
+                    } else {
+                        let sum: f64 = (0..size).map(|k| xs[idx(k)]).sum();
+                        for k in 0..size {
+                            result[idx(k)] = xs[idx(k)] - ys[idx(k)].exp() * sum;
+                        }
+                    }
+                }
+            }
+            store(
+                memory,
+                out,
+                &values_of(
+                    out.dtype,
+                    result.into_iter().map(|v| round(out.dtype, v)).collect(),
+                ),
+            )
+        }
+    }
+}
+
+/// The targets of an nll_loss, each checked to be a class (or the ignored index).
+fn targets(
+    memory: &SessionMemory,
+    t: &TensorDesc,
+    classes: i64,
+    ignore: i64,
+) -> Result<Vec<i64>, CuError> {
+    let ts = match load(memory, t)? {
+        Values::I(v) => v,
+        Values::F(_) => return Err(invalid("nll_loss's targets are not integers")),
+    };
+    match ts
+        .iter()
+        .find(|&&c| c != ignore && !(0..classes).contains(&c))
+    {
+        Some(c) => Err(invalid(format!(
+            "target {c} is out of bounds ({classes} classes)"
+        ))),
+        None => Ok(ts),
+    }
+}
+
+/// `(inputs as f64, classes, weight per class)` of an nll_loss from parameter `at` on.
+fn nll_inputs(
+    memory: &SessionMemory,
+    a: &[AclnnArg],
+    at: usize,
+) -> Result<(Vec<f64>, usize, Vec<f64>), CuError> {
+    let x = tensor(a, at);
+    let classes = *x.dims.last().unwrap_or(&1) as usize;
+    let xs = load(memory, x)?.f64s();
+    let weight = match &a[at + 2] {
+        AclnnArg::Tensor(w) => load(memory, w)?.f64s(),
+        _ => vec![1.0; classes],
+    };
+    Ok((xs, classes, weight))
+}
+
+/// `aclnnNLLLoss(self, target, weight, reduction, ignoreIndex, out, totalWeight)`.
+fn nll_loss(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuError> {
+    let (xs, classes, weight) = nll_inputs(memory, a, 0)?;
+    let (reduction, ignore) = (int_arg(a, 3), int_arg(a, 4));
+    let ts = targets(memory, tensor(a, 1), classes as i64, ignore)?;
+    let (out, total) = (tensor(a, 5), tensor(a, 6));
+    let dtype = out.dtype;
+    let mut losses = Vec::with_capacity(ts.len());
+    let mut total_weight = 0.0;
+    for (i, &t) in ts.iter().enumerate() {
+        if t == ignore {
+            losses.push(0.0);
+            continue;
+        }
+        let w = weight[t as usize];
+        total_weight += w;
+        losses.push(-w * xs[i * classes + t as usize]);
+    }
+    if reduction == 0 {
+        store(
+            memory,
+            out,
+            &values_of(dtype, losses.into_iter().map(|v| round(dtype, v)).collect()),
+        )?;
+    } else {
+        let sum: f64 = losses.iter().sum();
+        let loss = if reduction == 1 {
+            sum / total_weight
+        } else {
+            sum
+        };
+        store(memory, out, &values_of(dtype, vec![round(dtype, loss)]))?;
+    }
+    let n = numel(&total.dims)? as usize;
+    store(
+        memory,
+        total,
+        &values_of(total.dtype, vec![round(total.dtype, total_weight); n]),
+    )
+}
+
+/// `aclnnNLLLossBackward(gradOutput, self, target, weight, reduction,
+/// ignoreIndex, totalWeight, out)`.
+fn nll_loss_backward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuError> {
+    let (_, classes, weight) = nll_inputs(memory, a, 1)?;
+    let (reduction, ignore) = (int_arg(a, 4), int_arg(a, 5));
+    let ts = targets(memory, tensor(a, 2), classes as i64, ignore)?;
+    let grads = load(memory, tensor(a, 0))?.f64s();
+    let total_weight = load(memory, tensor(a, 6))?
+        .f64s()
+        .first()
+        .copied()
+        .unwrap_or(1.0);
+    let out = tensor(a, 7);
+    let mut result = vec![0.0; ts.len() * classes];
+    for (i, &t) in ts.iter().enumerate() {
+        if t == ignore {
+            continue;
+        }
+        let g = if reduction == 0 {
+            grads.get(i).copied().unwrap_or(0.0)
+        } else {
+            grads.first().copied().unwrap_or(0.0)
+        };
+        let scale = if reduction == 1 { total_weight } else { 1.0 };
+        result[i * classes + t as usize] = -weight[t as usize] * g / scale;
+    }
+    store(
+        memory,
+        out,
+        &values_of(
+            out.dtype,
+            result.into_iter().map(|v| round(out.dtype, v)).collect(),
+        ),
+    )
 }
 
 /// A binary operator's second operand.
@@ -1638,6 +2151,34 @@ mod tests {
             vec![t(base), t(base + 64), t(base + 128)]
         )
         .is_err());
+    }
+
+    #[test]
+    fn nll_loss_refuses_a_target_outside_its_classes() {
+        let (memory, base) = memory();
+        memory.write(base, &[0u8; 64]).unwrap();
+        memory.write(base + 64, &7i64.to_le_bytes()).unwrap();
+        let x = AclnnArg::Tensor(f32_tensor(&[1, 4], &[4, 1], base));
+        let target = AclnnArg::Tensor(TensorDesc {
+            dtype: dt::INT64,
+            ..f32_tensor(&[1], &[1], base + 64)
+        });
+        let out = || AclnnArg::Tensor(f32_tensor(&[], &[], base + 128));
+        let args = vec![
+            x,
+            target,
+            AclnnArg::Null,
+            AclnnArg::I64(1),
+            AclnnArg::I64(-100),
+            out(),
+            out(),
+        ];
+        let e = run_op(&memory, "aclnnNLLLoss", args).unwrap_err();
+        assert!(
+            e.message.contains("target 7 is out of bounds"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
