@@ -252,40 +252,26 @@ pub extern "C" fn aclCreateScalarList(value: *const *const c_void, size: u64) ->
     list(value, size, false)
 }
 
-#[no_mangle]
-pub extern "C" fn aclDestroyTensor(p: *const c_void) -> i32 {
-    guard(|| destroy(p)).unwrap_or(ACLNN_ERR_PARAM_INVALID)
+/// `aclDestroyTensor` and its kin: each frees a descriptor of its kind (a list
+/// its items too).
+macro_rules! destroyers {
+    ($($name:ident),*) => {$(
+        #[no_mangle]
+        pub extern "C" fn $name(p: *const c_void) -> i32 {
+            guard(|| destroy(p)).unwrap_or(ACLNN_ERR_PARAM_INVALID)
+        }
+    )*};
 }
 
-#[no_mangle]
-pub extern "C" fn aclDestroyScalar(p: *const c_void) -> i32 {
-    guard(|| destroy(p)).unwrap_or(ACLNN_ERR_PARAM_INVALID)
-}
-
-#[no_mangle]
-pub extern "C" fn aclDestroyIntArray(p: *const c_void) -> i32 {
-    guard(|| destroy(p)).unwrap_or(ACLNN_ERR_PARAM_INVALID)
-}
-
-#[no_mangle]
-pub extern "C" fn aclDestroyFloatArray(p: *const c_void) -> i32 {
-    guard(|| destroy(p)).unwrap_or(ACLNN_ERR_PARAM_INVALID)
-}
-
-#[no_mangle]
-pub extern "C" fn aclDestroyBoolArray(p: *const c_void) -> i32 {
-    guard(|| destroy(p)).unwrap_or(ACLNN_ERR_PARAM_INVALID)
-}
-
-#[no_mangle]
-pub extern "C" fn aclDestroyTensorList(p: *const c_void) -> i32 {
-    guard(|| destroy(p)).unwrap_or(ACLNN_ERR_PARAM_INVALID)
-}
-
-#[no_mangle]
-pub extern "C" fn aclDestroyScalarList(p: *const c_void) -> i32 {
-    guard(|| destroy(p)).unwrap_or(ACLNN_ERR_PARAM_INVALID)
-}
+destroyers!(
+    aclDestroyTensor,
+    aclDestroyScalar,
+    aclDestroyIntArray,
+    aclDestroyFloatArray,
+    aclDestroyBoolArray,
+    aclDestroyTensorList,
+    aclDestroyScalarList
+);
 
 /// What the generated first phases make of each kind of parameter (each kind
 /// the header table may hold, whether or not its operators use it now).
@@ -316,49 +302,43 @@ pub(crate) mod arg {
         }
     }
 
-    pub(crate) fn tensor(p: *const c_void) -> Res {
-        described(p, |d| match d {
-            Desc::Tensor(t) => Some(AclnnArg::Tensor(t.clone())),
-            _ => None,
-        })
+    /// One function per kind of descriptor the header's parameters take by
+    /// value: its contents, sent.
+    macro_rules! by_value {
+        ($($name:ident: $desc:pat => $arg:expr;)*) => {$(
+            pub(crate) fn $name(p: *const c_void) -> Res {
+                described(p, |d| match d {
+                    $desc => Some($arg),
+                    _ => None,
+                })
+            }
+        )*};
     }
 
-    pub(crate) fn scalar(p: *const c_void) -> Res {
-        described(p, |d| match d {
-            Desc::Scalar(t, b) => Some(AclnnArg::Scalar(*t, ByteBuf::from(b.clone()))),
-            _ => None,
-        })
+    by_value! {
+        tensor: Desc::Tensor(t) => AclnnArg::Tensor(t.clone());
+        scalar: Desc::Scalar(t, b) => AclnnArg::Scalar(*t, ByteBuf::from(b.clone()));
+        int_array: Desc::IntArray(v) => AclnnArg::IntArray(v.clone());
+        float_array: Desc::FloatArray(v) => AclnnArg::FloatArray(v.clone());
+        bool_array: Desc::BoolArray(v) => AclnnArg::BoolArray(v.clone());
     }
 
-    pub(crate) fn int_array(p: *const c_void) -> Res {
-        described(p, |d| match d {
-            Desc::IntArray(v) => Some(AclnnArg::IntArray(v.clone())),
+    /// The items of a tensor (or scalar) list descriptor; `None` for NULL.
+    fn items(p: *const c_void, tensors: bool) -> Result<Option<Vec<*mut Desc>>, i32> {
+        match with_desc(p, |d| match d {
+            Desc::TensorList(items) if tensors => Some(items.clone()),
+            Desc::ScalarList(items) if !tensors => Some(items.clone()),
             _ => None,
-        })
-    }
-
-    pub(crate) fn float_array(p: *const c_void) -> Res {
-        described(p, |d| match d {
-            Desc::FloatArray(v) => Some(AclnnArg::FloatArray(v.clone())),
-            _ => None,
-        })
-    }
-
-    pub(crate) fn bool_array(p: *const c_void) -> Res {
-        described(p, |d| match d {
-            Desc::BoolArray(v) => Some(AclnnArg::BoolArray(v.clone())),
-            _ => None,
-        })
+        })? {
+            None => Ok(None),
+            Some(None) => Err(ACLNN_ERR_PARAM_INVALID),
+            Some(Some(items)) => Ok(Some(items)),
+        }
     }
 
     pub(crate) fn tensor_list(p: *const c_void) -> Res {
-        let items = match with_desc(p, |d| match d {
-            Desc::TensorList(items) => Some(items.clone()),
-            _ => None,
-        })? {
-            None => return Ok(AclnnArg::Null),
-            Some(None) => return Err(ACLNN_ERR_PARAM_INVALID),
-            Some(Some(items)) => items,
+        let Some(items) = items(p, true)? else {
+            return Ok(AclnnArg::Null);
         };
         items
             .into_iter()
@@ -368,13 +348,8 @@ pub(crate) mod arg {
     }
 
     pub(crate) fn scalar_list(p: *const c_void) -> Res {
-        let items = match with_desc(p, |d| match d {
-            Desc::ScalarList(items) => Some(items.clone()),
-            _ => None,
-        })? {
-            None => return Ok(AclnnArg::Null),
-            Some(None) => return Err(ACLNN_ERR_PARAM_INVALID),
-            Some(Some(items)) => items,
+        let Some(items) = items(p, false)? else {
+            return Ok(AclnnArg::Null);
         };
         items
             .into_iter()

@@ -8,6 +8,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+use xpupool_client::copy::{transfer, Direction};
 use xpupool_client::ranges::{self, DeviceRanges};
 use xpupool_client::Connection;
 use xpupool_protocol::{Calls, DeviceInfo, Request};
@@ -400,13 +401,6 @@ pub unsafe extern "C" fn aclrtFreeHost(ptr: *mut c_void) -> AclError {
     ACL_SUCCESS
 }
 
-/// `aclrtMemcpyKind`.
-const HOST_TO_HOST: c_int = 0;
-const HOST_TO_DEVICE: c_int = 1;
-const DEVICE_TO_HOST: c_int = 2;
-const DEVICE_TO_DEVICE: c_int = 3;
-const DEFAULT: c_int = 4;
-
 /// A copy of `size` bytes at device address `at`: refused before any host byte is
 /// touched if it runs past the allocation it starts in.
 fn within_allocation(at: u64, size: usize) -> Result<(), Failure> {
@@ -436,8 +430,9 @@ fn within_allocation(at: u64, size: usize) -> Result<(), Failure> {
     }
 }
 
-/// A copy in `stream`; with `wait`, done before it returns. Copies to the host
-/// always wait (the bytes are delivered before the call returns).
+/// A copy in `stream` of `aclrtMemcpyKind` `kind` (host to host 0, host to
+/// device 1, device to host 2, device to device 3, by the addresses 4); with
+/// `wait`, done before it returns. Copies to the host always wait.
 fn copy(
     dst: *mut c_void,
     dst_max: usize,
@@ -458,61 +453,25 @@ fn copy(
             ));
         }
         let c = connection()?;
-        let kind = match kind {
-            DEFAULT => {
-                let held = device_ranges()?;
-                let on_device = |p: u64| held.find(p).is_some();
-                match (on_device(src as u64), on_device(dst as u64)) {
-                    (false, false) => HOST_TO_HOST,
-                    (false, true) => HOST_TO_DEVICE,
-                    (true, false) => DEVICE_TO_HOST,
-                    (true, true) => DEVICE_TO_DEVICE,
-                }
-            }
-            kind => kind,
-        };
-        match kind {
-            HOST_TO_HOST => {
-                c.stream_synchronize(stream)?;
-                // SAFETY: the API contract: `size` readable and writable host bytes.
-                unsafe { std::ptr::copy(src.cast::<u8>(), dst.cast::<u8>(), size) };
-            }
-            HOST_TO_DEVICE => {
-                within_allocation(dst as u64, size)?;
-                // SAFETY: the API contract: `size` readable host bytes at `src`.
-                let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
-                c.copy_to_device(dst as u64, bytes, stream)?;
-                if wait {
-                    c.stream_synchronize(stream)?;
-                }
-            }
-            DEVICE_TO_HOST => {
-                within_allocation(src as u64, size)?;
-                // SAFETY: the API contract: `size` writable host bytes at `dst`.
-                let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), size) };
-                c.copy_from_device(src as u64, out, stream)?;
-            }
-            DEVICE_TO_DEVICE => {
-                within_allocation(src as u64, size)?;
-                within_allocation(dst as u64, size)?;
-                c.post(Request::MemcpyDtoD {
-                    dst: dst as u64,
-                    src: src as u64,
-                    len: size as u64,
-                    stream,
-                })?;
-                if wait {
-                    c.stream_synchronize(stream)?;
-                }
-            }
-            other => {
-                return Err(Failure::new(
-                    ACL_ERROR_INVALID_PARAM,
-                    format!("aclrtMemcpyKind {other}"),
-                ))
-            }
+        let direction = Direction::of_kind(kind, device_ranges()?, dst as u64, src as u64)
+            .ok_or_else(|| {
+                Failure::new(ACL_ERROR_INVALID_PARAM, format!("aclrtMemcpyKind {kind}"))
+            })?;
+        if matches!(
+            direction,
+            Direction::DeviceToHost | Direction::DeviceToDevice
+        ) {
+            within_allocation(src as u64, size)?;
         }
-        Ok(())
+        if matches!(
+            direction,
+            Direction::HostToDevice | Direction::DeviceToDevice
+        ) {
+            within_allocation(dst as u64, size)?;
+        }
+        // SAFETY: the API contract: `size` bytes on each host side (at most
+        // isize::MAX, checked above).
+        Ok(unsafe { transfer(c, direction, dst, src, size, stream, wait) }?)
     })
 }
 

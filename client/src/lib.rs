@@ -5,6 +5,7 @@
 //! ACL later) talks to the server through [`Connection`], whose [`Calls`] methods are
 //! one round trip each.
 
+pub mod copy;
 pub mod pool;
 pub mod ranges;
 pub mod trace;

@@ -6,6 +6,7 @@ use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::OnceLock;
 
+use xpupool_client::copy::{transfer, Direction};
 use xpupool_client::ranges::{self, DeviceRanges};
 use xpupool_client::Connection;
 use xpupool_protocol::{Calls, CuError};
@@ -291,7 +292,6 @@ pub extern "C" fn hip_free(ptr: *mut c_void) -> HipError {
 }
 
 /// `hipMemcpyKind`.
-const HOST_TO_HOST: c_int = 0;
 pub(crate) const HOST_TO_DEVICE: c_int = 1;
 pub(crate) const DEVICE_TO_HOST: c_int = 2;
 pub(crate) const DEVICE_TO_DEVICE: c_int = 3;
@@ -327,59 +327,16 @@ pub(crate) fn copy(
             return Err(HIP_ERROR_INVALID_VALUE);
         }
         let c = connection()?;
-        let code = |e: CuError| hip_code(&e);
-        let kind = match kind {
-            DEFAULT => {
-                let held = device_ranges()?;
-                let on_device = |p: u64| held.find(p).is_some();
-                match (on_device(src as u64), on_device(dst as u64)) {
-                    (false, false) => HOST_TO_HOST,
-                    (false, true) => HOST_TO_DEVICE,
-                    (true, false) => DEVICE_TO_HOST,
-                    (true, true) => DEVICE_TO_DEVICE,
-                }
-            }
-            kind => kind,
-        };
-        match kind {
-            HOST_TO_HOST => {
-                c.stream_synchronize(stream).map_err(code)?;
-                // SAFETY: the API contract: `size` readable and writable host bytes.
-                unsafe { std::ptr::copy(src.cast::<u8>(), dst.cast::<u8>(), size) };
-                Ok(())
-            }
-            HOST_TO_DEVICE => {
-                within_allocation(dst as u64, size)?;
-                // SAFETY: the API contract: `size` readable host bytes at `src`
-                // (at most isize::MAX, checked above).
-                let bytes = unsafe { std::slice::from_raw_parts(src.cast::<u8>(), size) };
-                c.copy_to_device(dst as u64, bytes, stream).map_err(code)?;
-                if wait {
-                    c.stream_synchronize(stream).map_err(code)?;
-                }
-                Ok(())
-            }
-            DEVICE_TO_HOST => {
-                within_allocation(src as u64, size)?;
-                // SAFETY: the API contract: `size` writable host bytes at `dst`.
-                let out = unsafe { std::slice::from_raw_parts_mut(dst.cast::<u8>(), size) };
-                c.copy_from_device(src as u64, out, stream).map_err(code)
-            }
-            DEVICE_TO_DEVICE => {
-                let request = xpupool_protocol::Request::MemcpyDtoD {
-                    dst: dst as u64,
-                    src: src as u64,
-                    len: size as u64,
-                    stream,
-                };
-                c.post(request).map_err(code)?;
-                if wait {
-                    c.stream_synchronize(stream).map_err(code)?;
-                }
-                Ok(())
-            }
-            _ => Err(HIP_ERROR_INVALID_MEMCPY_DIRECTION),
+        let direction = Direction::of_kind(kind, device_ranges()?, dst as u64, src as u64)
+            .ok_or(HIP_ERROR_INVALID_MEMCPY_DIRECTION)?;
+        match direction {
+            Direction::HostToDevice => within_allocation(dst as u64, size)?,
+            Direction::DeviceToHost => within_allocation(src as u64, size)?,
+            _ => {}
         }
+        // SAFETY: the API contract: `size` bytes on each host side (at most
+        // isize::MAX where a host side is read or written, checked above).
+        unsafe { transfer(c, direction, dst, src, size, stream, wait) }.map_err(|e| hip_code(&e))
     })
 }
 

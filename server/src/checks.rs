@@ -41,3 +41,36 @@ pub(crate) fn memset_element(dst: u64, elem_size: u8) -> Result<(), CuError> {
         Err(invalid_value("memset element size or alignment"))
     }
 }
+
+/// What a backend without Ascend's operators answers to the first phase of one.
+pub(crate) fn no_aclnn(backend: &str, operator: &str) -> CuError {
+    CuError::new(
+        code::NOT_SUPPORTED,
+        format!("{operator}: the {backend} backend runs no Ascend operators"),
+    )
+}
+
+/// The aclnn methods of an [`Api`](xpupool_protocol::Api) implementation whose
+/// backend runs no Ascend operators: the first phase is refused by name, and
+/// no executor exists.
+macro_rules! no_aclnn_methods {
+    ($backend:literal) => {
+        fn aclnn_prepare(
+            &mut self,
+            _device: u32,
+            operator: String,
+            _args: Vec<xpupool_protocol::aclnn::AclnnArg>,
+        ) -> Result<xpupool_protocol::aclnn::AclnnPlan, CuError> {
+            Err($crate::checks::no_aclnn($backend, &operator))
+        }
+
+        fn aclnn_run(&mut self, executor: u64, _: u64, _: u64, _: u64) -> Result<(), CuError> {
+            Err($crate::checks::invalid_handle("aclnn executor", executor))
+        }
+
+        fn aclnn_destroy(&mut self, executor: u64) -> Result<(), CuError> {
+            Err($crate::checks::invalid_handle("aclnn executor", executor))
+        }
+    };
+}
+pub(crate) use no_aclnn_methods;

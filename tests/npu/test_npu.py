@@ -145,20 +145,25 @@ def test_an_operator_the_device_lacks_is_a_clear_error_and_the_process_goes_on()
     assert torch.equal((x + 1).cpu(), torch.arange(1, 11, dtype=torch.float32))
 
 
+def fit(model, opt, x, y, loss_fn, steps):
+    """The losses of `steps` steps of training."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def train(device, steps=20):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(64, 8, generator=g).to(device), torch.randn(64, 1, generator=g).to(device)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return fit(model, opt, x, y, torch.nn.functional.mse_loss, steps)
 
 
 def test_a_small_mlp_trains_as_on_the_cpu():
@@ -170,17 +175,10 @@ def test_a_small_mlp_trains_as_on_the_cpu():
 def classify(device, optimizer, steps=20):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device)
-    opt = optimizer(model.parameters())
     g = torch.Generator().manual_seed(2)
     x = torch.randn(64, 8, generator=g).to(device)
     y = torch.randint(0, 4, (64,), generator=g).to(device)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(model, optimizer(model.parameters()), x, y, torch.nn.functional.cross_entropy, steps)
     accuracy = (model(x).argmax(1) == y).float().mean().item()
     return losses, accuracy
 

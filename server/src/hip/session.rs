@@ -639,37 +639,7 @@ impl Api for HipSession {
         }
     }
 
-    fn aclnn_prepare(
-        &mut self,
-        _device: u32,
-        operator: String,
-        _args: Vec<xpupool_protocol::aclnn::AclnnArg>,
-    ) -> Result<xpupool_protocol::aclnn::AclnnPlan, CuError> {
-        Err(CuError::new(
-            code::NOT_SUPPORTED,
-            format!("{operator}: the hip backend runs no Ascend operators"),
-        ))
-    }
-
-    fn aclnn_run(
-        &mut self,
-        executor: u64,
-        _workspace: u64,
-        _size: u64,
-        _stream: u64,
-    ) -> Result<(), CuError> {
-        Err(CuError::new(
-            code::INVALID_HANDLE,
-            format!("no aclnn executor {executor:#x}"),
-        ))
-    }
-
-    fn aclnn_destroy(&mut self, executor: u64) -> Result<(), CuError> {
-        Err(CuError::new(
-            code::INVALID_HANDLE,
-            format!("no aclnn executor {executor:#x}"),
-        ))
-    }
+    crate::checks::no_aclnn_methods!("hip");
 
     fn function_get_attribute(&mut self, function: u64, attribute: u32) -> Result<i32, CuError> {
         let f = self

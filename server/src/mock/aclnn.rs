@@ -865,29 +865,15 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
             }
         }
         Op::Foreach(_, scalar_other) => {
-            let list = |i: usize| match &a[i] {
-                AclnnArg::TensorList(l) => l
-                    .iter()
-                    .map(|t| {
-                        t.as_ref()
-                            .ok_or_else(|| invalid("a NULL tensor in a foreach list"))
-                    })
-                    .collect::<Result<Vec<_>, _>>(),
-                other => unreachable!("checked by prepare: {other:?}"),
-            };
-            let (xs, outs) = (list(0)?, list(a.len() - 1)?);
-            if outs.len() != xs.len() {
-                return Err(invalid("foreach lists of different lengths"));
+            let (inputs, outs) = foreach_lists(a)?;
+            if inputs.len() != if scalar_other { 1 } else { 2 } {
+                return Err(invalid(
+                    "a foreach operator's lists are not those its header declares",
+                ));
             }
-            let others = if scalar_other { None } else { Some(list(1)?) };
-            if others.as_ref().is_some_and(|o| o.len() != xs.len()) {
-                return Err(invalid("foreach lists of different lengths"));
-            }
-            for (i, (x, out)) in xs.iter().zip(&outs).enumerate() {
-                match &others {
-                    Some(o) => fits_in(&[x, o[i]], out)?,
-                    None => fits_in(&[x], out)?,
-                }
+            for (i, out) in outs.iter().enumerate() {
+                let row: Vec<&TensorDesc> = inputs.iter().map(|l| l[i]).collect();
+                fits_in(&row, out)?;
             }
             Ok(())
         }
@@ -914,18 +900,7 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
                 Op::Mm => (tensor(a, 0), tensor(a, 1), tensor(a, 2)),
                 _ => (tensor(a, 1), tensor(a, 2), tensor(a, 5)),
             };
-            let (&[m, k], &[k2, n]) = (&x.dims[..], &w.dims[..]) else {
-                return Err(unsupported(format!(
-                    "matrix products of shapes {:?} and {:?} on the stand-in device (2-D only)",
-                    x.dims, w.dims
-                )));
-            };
-            if k != k2 || out.dims != [m, n] {
-                return Err(invalid(format!(
-                    "a product of {:?} and {:?} into {:?}",
-                    x.dims, w.dims, out.dims
-                )));
-            }
+            let (m, k, n) = product_shape(x, w, out)?;
             let product = (m as u64).saturating_mul(k as u64).saturating_mul(n as u64);
             if product > MAX_PRODUCT {
                 return Err(invalid(format!(
@@ -1159,32 +1134,18 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
             binary(memory, op, this, other, alpha, out)
         }
         Op::Foreach(op, scalar_other) => {
-            let list = |i: usize| match &a[i] {
-                AclnnArg::TensorList(l) => l
-                    .iter()
-                    .map(|t| {
-                        t.as_ref()
-                            .ok_or_else(|| invalid("a NULL tensor in a foreach list"))
-                    })
-                    .collect::<Result<Vec<_>, _>>(),
-                other => unreachable!("checked by prepare: {other:?}"),
-            };
-            let (xs, outs) = (list(0)?, list(a.len() - 1)?);
-            let (others, alpha) = if scalar_other {
-                (vec![Other::Scalar(scalar_arg(a, 1)?); xs.len()], None)
+            let (inputs, outs) = foreach_lists(a)?;
+            let alpha = if !scalar_other && op == Binary::Add {
+                Some(scalar_arg(a, 2)?)
             } else {
-                let alpha = if op == Binary::Add {
-                    Some(scalar_arg(a, 2)?)
-                } else {
-                    None
-                };
-                (list(1)?.into_iter().map(Other::Tensor).collect(), alpha)
+                None
             };
-            if others.len() != xs.len() || outs.len() != xs.len() {
-                return Err(invalid("foreach lists of different lengths"));
-            }
-            for ((x, other), out) in xs.into_iter().zip(others).zip(outs) {
-                binary(memory, op, x, other, alpha, out)?;
+            for (i, out) in outs.into_iter().enumerate() {
+                let other = match inputs.get(1) {
+                    Some(ys) => Other::Tensor(ys[i]),
+                    None => Other::Scalar(scalar_arg(a, 1)?),
+                };
+                binary(memory, op, inputs[0][i], other, alpha, out)?;
             }
             Ok(())
         }
@@ -1303,13 +1264,7 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
         }
         Op::ForeachMap(f) => {
             let (inputs, outs) = foreach_lists(a)?;
-            let scalars = a
-                .iter()
-                .filter_map(|x| match x {
-                    AclnnArg::Scalar(d, b) => Some(scalar(*d, b)),
-                    _ => None,
-                })
-                .collect::<Result<Vec<f64>, CuError>>()?;
+            let scalars = scalars(a)?;
             for (i, out) in outs.into_iter().enumerate() {
                 let row: Vec<&TensorDesc> = inputs.iter().map(|l| l[i]).collect();
                 let s: Vec<f64> = scalars.iter().map(|&x| opmath(out.dtype, x)).collect();
@@ -1767,14 +1722,12 @@ fn broadcast_shape(a: &[i64], b: &[i64]) -> Result<Vec<i64>, CuError> {
         .collect()
 }
 
-/// `out = beta × bias + alpha × (x @ w)` (or `x @ w`), over 2-D operands.
-fn mm(
-    memory: &SessionMemory,
+/// `(m, k, n)` of a product of `x` (m×k) and `w` (k×n) into `out` (m×n).
+fn product_shape(
     x: &TensorDesc,
     w: &TensorDesc,
-    bias: Option<(&TensorDesc, f64, f64)>,
     out: &TensorDesc,
-) -> Result<(), CuError> {
+) -> Result<(i64, i64, i64), CuError> {
     let (&[m, k], &[k2, n]) = (&x.dims[..], &w.dims[..]) else {
         return Err(unsupported(format!(
             "matrix products of shapes {:?} and {:?} on the stand-in device (2-D only)",
@@ -1787,6 +1740,18 @@ fn mm(
             x.dims, w.dims, out.dims
         )));
     }
+    Ok((m, k, n))
+}
+
+/// `out = beta × bias + alpha × (x @ w)` (or `x @ w`), over 2-D operands.
+fn mm(
+    memory: &SessionMemory,
+    x: &TensorDesc,
+    w: &TensorDesc,
+    bias: Option<(&TensorDesc, f64, f64)>,
+    out: &TensorDesc,
+) -> Result<(), CuError> {
+    let (m, k, n) = product_shape(x, w, out)?;
     let (m, k, n) = (m as usize, k as usize, n as usize);
     let xs = load(memory, x)?.f64s();
     let ws = load(memory, w)?.f64s();
