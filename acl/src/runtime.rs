@@ -403,7 +403,7 @@ pub unsafe extern "C" fn aclrtFreeHost(ptr: *mut c_void) -> AclError {
 
 /// A copy of `size` bytes at device address `at`: refused before any host byte is
 /// touched if it runs past the allocation it starts in.
-fn within_allocation(at: u64, size: usize) -> Result<(), Failure> {
+pub(crate) fn within_allocation(at: u64, size: usize) -> Result<(), Failure> {
     let held = device_ranges()?;
     if size > isize::MAX as usize {
         return Err(Failure::new(

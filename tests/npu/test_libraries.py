@@ -62,7 +62,7 @@ def test_functions_torch_npu_looks_up_by_handle_are_found(library, name):
 
 @pytest.mark.parametrize("library, name", [
     ("libascendcl.so", "aclrtLaunchCallback"),
-    ("libhccl.so", "HcclCommInitRootInfo"),
+    ("libhccl.so", "HcclSend"),
     ("libopapi.so", "aclnnNoSuchOperatorGetWorkspaceSize"),
 ])
 def test_a_function_the_stand_in_lacks_is_null(library, name):
@@ -96,3 +96,16 @@ def test_hostile_descriptors_are_refused_not_followed():
                                            ctypes.byref(ws), ctypes.byref(ex))
     assert status == 161002  # ACLNN_ERR_PARAM_INVALID
     assert lib.aclDestroyTensor(ctypes.c_void_p(0xdead0)) == 161002
+
+
+def test_hccl_makes_one_rank_communicators_and_refuses_more():
+    lib = ctypes.CDLL(str(ACL / "libhccl.so"), mode=os.RTLD_NOW)
+    root = ctypes.create_string_buffer(4108)
+    assert lib.HcclGetRootInfo(root) == 0
+    comm = ctypes.c_void_p()
+    assert lib.HcclCommInitRootInfo(2, root, 0, ctypes.byref(comm)) == 5  # HCCL_E_NOT_SUPPORT
+    assert lib.HcclCommInitRootInfo(1, root, 0, ctypes.byref(comm)) == 0
+    size = ctypes.c_uint32()
+    assert lib.HcclGetRankSize(comm, ctypes.byref(size)) == 0 and size.value == 1
+    assert lib.HcclCommDestroy(comm) == 0
+    assert lib.HcclCommDestroy(comm) == 1  # HCCL_E_PARA: not a communicator any more

@@ -203,3 +203,46 @@ def test_softmax_and_its_kin_along_a_dimension():
         values, indices = x.npu().max(dim)
         assert torch.equal(values.cpu(), x.max(dim).values) and torch.equal(indices.cpu(), x.max(dim).indices)
     assert torch.equal((x.npu() == x.npu()[0]).cpu(), x == x[0])
+
+
+def test_arange_concatenation_and_padding_equal_cpus():
+    assert torch.equal(torch.arange(2.0, 9.5, 0.5, device="npu").cpu(), torch.arange(2.0, 9.5, 0.5))
+    assert torch.equal(torch.arange(10, device="npu").cpu(), torch.arange(10))
+    a, b = sample(torch.float32, (2, 3), 8), sample(torch.float32, (2, 5), 9)
+    for dim, (x, y) in [(1, (a, b)), (0, (a, a))]:
+        assert torch.equal(torch.cat([x.npu(), y.npu()], dim).cpu(), torch.cat([x, y], dim))
+    pad = (1, 2, 0, 3)
+    assert torch.equal(torch.nn.functional.pad(a.npu(), pad, value=-1.5).cpu(),
+                       torch.nn.functional.pad(a, pad, value=-1.5))
+
+
+def test_one_rank_hccl_collectives_and_ddp_train_as_on_the_cpu():
+    import socket
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("hccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        x = torch.arange(4.0, device="npu")
+        dist.all_reduce(x)
+        dist.broadcast(x, 0)
+        dist.barrier()
+        gathered = torch.empty(4, device="npu")
+        dist.all_gather_into_tensor(gathered, x)
+        assert torch.equal(gathered.cpu(), torch.arange(4.0))
+
+        def step(device, wrap):
+            torch.manual_seed(0)
+            model = torch.nn.Linear(4, 2).to(device)
+            model = wrap(model)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            x = torch.linspace(-1, 1, 32).reshape(8, 4).to(device)
+            return fit(model, opt, x, None, lambda out, _: out.pow(2).mean(), 5)
+
+        cpu = step("cpu", lambda m: m)
+        ddp = step("npu", torch.nn.parallel.DistributedDataParallel)
+        assert max(abs(a - b) for a, b in zip(cpu, ddp)) < 1e-6, (cpu, ddp)
+    finally:
+        dist.destroy_process_group()

@@ -516,6 +516,9 @@ enum Op {
     ForeachMap(Fm),
     /// The same function over single tensors; in place into the first.
     Map(Fm, bool),
+    Arange,
+    ConstantPadNd,
+    Cat,
 }
 
 /// The functions of [`Op::ForeachMap`]: of each input list's element, and the
@@ -679,6 +682,10 @@ fn operator(name: &str) -> Option<(Op, &'static str)> {
         "aclnnNLLLoss" => (Op::NllLoss, "TTUIITT"),
         "aclnnNLLLossBackward" => (Op::NllLossBackward, "TTTUIITT"),
         "aclnnEqTensor" => (Op::Eq(false), "TTT"),
+        "aclnnArange" => (Op::Arange, "SSST"),
+        "aclnnCat" => (Op::Cat, "LIT"),
+        "aclnnConstantPadNd" => (Op::ConstantPadNd, "TAST"),
+        "aclnnPowTensorScalar" => (Op::Map(Fm::PowScalar, false), "TST"),
         "aclnnAddcmul" => (Op::Map(Fm::Addcmul, false), "TTTST"),
         "aclnnInplaceAddcmul" => (Op::Map(Fm::Addcmul, true), "TTTS"),
         "aclnnAddcdiv" => (Op::Map(Fm::Addcdiv, false), "TTTST"),
@@ -994,6 +1001,9 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
             let (inputs, out) = map_tensors(a, in_place);
             fits_in(&inputs, out)
         }
+        Op::Arange => Ok(()),
+        Op::Cat => cat_parts(a).map(|_| ()),
+        Op::ConstantPadNd => padded_shape(a).map(|_| ()),
         Op::ForeachMap(_) => {
             let (inputs, outs) = foreach_lists(a)?;
             for (i, out) in outs.iter().enumerate() {
@@ -1254,6 +1264,62 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
             })
         }
         Op::Along(along) => along_dim(memory, along, a),
+        Op::Arange => {
+            let (start, step, out) = (scalar_arg(a, 0)?, scalar_arg(a, 2)?, tensor(a, 3));
+            let n = numel(&out.dims)? as usize;
+            // As PyTorch's: start + i × step, each in the output's type.
+            let values = (0..n)
+                .map(|i| round(out.dtype, start + i as f64 * step))
+                .collect();
+            store(memory, out, &values_of(out.dtype, values))
+        }
+        Op::Cat => {
+            let (parts, out, dim) = cat_parts(a)?;
+            let (outer, _, inner) = split_at_dim(&out.dims, dim)?;
+            let loaded = parts
+                .iter()
+                .map(|t| Ok((load(memory, t)?, split_at_dim(&t.dims, dim)?.1)))
+                .collect::<Result<Vec<_>, CuError>>()?;
+            let mut result = Vec::with_capacity(numel(&out.dims)? as usize);
+            for o in 0..outer as usize {
+                for (values, size) in &loaded {
+                    let run = *size as usize * inner as usize;
+                    result.extend((o * run..(o + 1) * run).map(|i| values.get_f(i)));
+                }
+            }
+            let result = result.into_iter().map(|v| round(out.dtype, v)).collect();
+            store(memory, out, &values_of(out.dtype, result))
+        }
+        Op::ConstantPadNd => {
+            let (x, out) = (tensor(a, 0), tensor(a, 3));
+            let before = padded_shape(a)?;
+            let xs = load(memory, x)?;
+            let value = scalar_arg(a, 2)?;
+            let n = numel(&out.dims)? as usize;
+            let rank = out.dims.len();
+            let mut index = vec![0i64; rank];
+            let mut result = Vec::with_capacity(n);
+            for _ in 0..n {
+                // The source element, if this one is inside the input.
+                let mut at = Some(0usize);
+                for d in 0..rank {
+                    let i = index[d] - before[d];
+                    at = at
+                        .filter(|_| (0..x.dims[d]).contains(&i))
+                        .map(|a| a * x.dims[d] as usize + i as usize);
+                }
+                result.push(at.map_or(value, |i| xs.get_f(i)));
+                for d in (0..rank).rev() {
+                    index[d] += 1;
+                    if index[d] < out.dims[d] {
+                        break;
+                    }
+                    index[d] = 0;
+                }
+            }
+            let result = result.into_iter().map(|v| round(out.dtype, v)).collect();
+            store(memory, out, &values_of(out.dtype, result))
+        }
         Op::Map(f, in_place) => {
             let (inputs, out) = map_tensors(a, in_place);
             let s = scalars(a)?
@@ -1307,6 +1373,85 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
             reduce(memory, x, &dims, out, r)
         }
     }
+}
+
+/// A `Cat`'s non-empty parts, its output and the dimension (normalised), its
+/// shapes checked: equal but along the dimension, whose sizes add up.
+#[allow(clippy::type_complexity)]
+fn cat_parts(a: &[AclnnArg]) -> Result<(Vec<&TensorDesc>, &TensorDesc, i64), CuError> {
+    let (lists, out) = (foreach_lists(&a[..1])?, tensor(a, 2));
+    // PyTorch leaves out 1-D empty tensors from a concatenation.
+    let parts: Vec<&TensorDesc> = lists.1.into_iter().filter(|t| t.dims != [0]).collect();
+    let rank = out.dims.len() as i64;
+    let dim = int_arg(a, 1);
+    let dim = if dim < 0 {
+        dim.checked_add(rank)
+    } else {
+        Some(dim)
+    }
+    .filter(|d| (0..rank).contains(d))
+    .ok_or_else(|| invalid(format!("dimension {dim} of a tensor of {rank}")))?;
+    let mut total = 0i64;
+    for t in &parts {
+        let same = t.dims.len() == out.dims.len()
+            && t.dims
+                .iter()
+                .zip(&out.dims)
+                .enumerate()
+                .all(|(d, (x, y))| d as i64 == dim || x == y);
+        if !same {
+            return Err(invalid(format!(
+                "{:?} concatenated into {:?} along {dim}",
+                t.dims, out.dims
+            )));
+        }
+        total = total.saturating_add(t.dims[dim as usize]);
+    }
+    if total != out.dims[dim as usize] {
+        return Err(invalid(format!(
+            "parts of {total} along {dim} into {:?}",
+            out.dims
+        )));
+    }
+    Ok((parts, out, dim))
+}
+
+/// The padding before each dimension of a `ConstantPadNd`, its output's shape
+/// checked: `pad` pairs (before, after) from the last dimension, negative ones
+/// refused (cropping is not done here).
+fn padded_shape(a: &[AclnnArg]) -> Result<Vec<i64>, CuError> {
+    let (x, out) = (tensor(a, 0), tensor(a, 3));
+    let pad = match &a[1] {
+        AclnnArg::IntArray(p) => p,
+        other => unreachable!("checked by prepare: {other:?}"),
+    };
+    let rank = x.dims.len();
+    if pad.len() % 2 != 0
+        || pad.len() / 2 > rank
+        || pad.iter().any(|&p| p < 0)
+        || out.dims.len() != rank
+    {
+        return Err(invalid(format!(
+            "padding {pad:?} of a tensor of {rank} dimensions"
+        )));
+    }
+    let mut before = vec![0i64; rank];
+    let mut shape = x.dims.clone();
+    for (k, pair) in pad.chunks(2).enumerate() {
+        let d = rank - 1 - k;
+        before[d] = pair[0];
+        shape[d] = shape[d]
+            .checked_add(pair[0])
+            .and_then(|s| s.checked_add(pair[1]))
+            .ok_or_else(|| invalid("padding past i64"))?;
+    }
+    if shape != out.dims {
+        return Err(invalid(format!(
+            "{:?} padded by {pad:?} into {:?}",
+            x.dims, out.dims
+        )));
+    }
+    Ok(before)
 }
 
 /// The tensors of a [`Op::Map`]: its inputs, and its output (the last, or
