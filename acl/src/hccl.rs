@@ -59,8 +59,10 @@ fn type_size(dtype: i32) -> Option<u64> {
     })
 }
 
+/// # Safety
+/// `root` is NULL or an `HcclRootInfo` (4108 writable bytes).
 #[no_mangle]
-pub extern "C" fn HcclGetRootInfo(root: *mut u8) -> HcclResult {
+pub unsafe extern "C" fn HcclGetRootInfo(root: *mut u8) -> HcclResult {
     result(|| {
         if root.is_null() {
             return Err(HCCL_E_PTR);
@@ -172,8 +174,10 @@ pub extern "C" fn HcclGetCommName(comm: *mut c_void, name: *mut c_char) -> HcclR
     })
 }
 
+/// # Safety
+/// `error` is NULL or a writable `HcclResult`.
 #[no_mangle]
-pub extern "C" fn HcclGetCommAsyncError(comm: *mut c_void, error: *mut i32) -> HcclResult {
+pub unsafe extern "C" fn HcclGetCommAsyncError(comm: *mut c_void, error: *mut i32) -> HcclResult {
     result(|| {
         live(comm)?;
         if error.is_null() {
@@ -288,7 +292,8 @@ mod tests {
     #[test]
     fn one_rank_is_a_communicator_and_more_are_refused() {
         let mut root = vec![0u8; ROOT_INFO_BYTES];
-        assert_eq!(HcclGetRootInfo(root.as_mut_ptr()), HCCL_SUCCESS);
+        // SAFETY: 4108 writable bytes.
+        assert_eq!(unsafe { HcclGetRootInfo(root.as_mut_ptr()) }, HCCL_SUCCESS);
         let mut comm = std::ptr::null_mut();
         assert_eq!(
             HcclCommInitRootInfo(2, root.as_ptr(), 0, &mut comm),
