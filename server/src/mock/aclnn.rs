@@ -944,9 +944,17 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
                 _ => (int_arg(a, 1), tensor(a, 2)),
             };
             let (outer, size, inner) = split_at_dim(&x.dims, dim)?;
+            // The groups are looped over even when they are empty: bounded too.
+            let groups = outer
+                .checked_mul(inner)
+                .filter(|&g| g <= MAX_ELEMENTS)
+                .ok_or_else(|| invalid(format!("{:?} has too many groups along {dim}", x.dims)))?;
+            if matches!(along, Along::ArgMax | Along::MaxDim) && size == 0 && groups > 0 {
+                return Err(invalid("the maximum of an empty dimension"));
+            }
             let want = match along {
-                Along::ArgMax | Along::MaxDim => outer * inner,
-                _ => outer * size * inner,
+                Along::ArgMax | Along::MaxDim => groups,
+                _ => groups * size,
             };
             if numel(&out.dims)? != want {
                 return Err(invalid(format!(
@@ -978,11 +986,26 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
                     )))
                 }
             };
-            if numel(&target.dims)? != n as u64 {
+            if numel(&target.dims)? != n as u64 || c as u64 > MAX_ELEMENTS {
                 return Err(invalid(format!(
                     "nll_loss of {:?} with targets {:?}",
                     x.dims, target.dims
                 )));
+            }
+            let per_item = if int_arg(a, at + 3) == 0 { n as u64 } else { 1 };
+            let (loss, total) = if backward {
+                (tensor(a, 0), tensor(a, 6))
+            } else {
+                (tensor(a, 5), tensor(a, 6))
+            };
+            if numel(&loss.dims)? != per_item || numel(&total.dims)? != 1 {
+                return Err(invalid(format!(
+                    "nll_loss with a loss of {:?} and a total weight of {:?}",
+                    loss.dims, total.dims
+                )));
+            }
+            if backward && tensor(a, 7).dims != x.dims {
+                return Err(invalid("nll_loss's gradient is not of its input's shape"));
             }
             if let AclnnArg::Tensor(w) = &a[at + 2] {
                 if numel(&w.dims)? != c as u64 {
@@ -1381,7 +1404,12 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
 fn cat_parts(a: &[AclnnArg]) -> Result<(Vec<&TensorDesc>, &TensorDesc, i64), CuError> {
     let (lists, out) = (foreach_lists(&a[..1])?, tensor(a, 2));
     // PyTorch leaves out 1-D empty tensors from a concatenation.
-    let parts: Vec<&TensorDesc> = lists.1.into_iter().filter(|t| t.dims != [0]).collect();
+    // Parts with no elements add nothing (and are not looped over).
+    let parts: Vec<&TensorDesc> = lists
+        .1
+        .into_iter()
+        .filter(|t| t.dims != [0] && !t.dims.contains(&0))
+        .collect();
     let rank = out.dims.len() as i64;
     let dim = int_arg(a, 1);
     let dim = if dim < 0 {
@@ -1405,7 +1433,12 @@ fn cat_parts(a: &[AclnnArg]) -> Result<(Vec<&TensorDesc>, &TensorDesc, i64), CuE
                 t.dims, out.dims
             )));
         }
-        total = total.saturating_add(t.dims[dim as usize]);
+        total = total
+            .checked_add(t.dims[dim as usize])
+            .ok_or_else(|| invalid("parts past i64 along the dimension"))?;
+    }
+    if out.dims.contains(&0) {
+        return Ok((vec![], out, dim));
     }
     if total != out.dims[dim as usize] {
         return Err(invalid(format!(
@@ -1531,6 +1564,9 @@ fn along_dim(memory: &SessionMemory, along: Along, a: &[AclnnArg]) -> Result<(),
     let (outer, size, inner) = split_at_dim(&x.dims, dim)?;
     let (outer, size, inner) = (outer as usize, size as usize, inner as usize);
     let xs = load(memory, x)?.f64s();
+    if xs.is_empty() {
+        return Ok(());
+    }
     let at = |o: usize, k: usize, i: usize| (o * size + k) * inner + i;
     match along {
         Along::ArgMax | Along::MaxDim => {
@@ -2261,6 +2297,53 @@ mod tests {
             vec![t(base), t(base + 64), t(base + 128)]
         )
         .is_err());
+    }
+
+    #[test]
+    fn empty_tensors_with_huge_other_dimensions_cost_nothing() {
+        let t = |dims: &[i64]| AclnnArg::Tensor(f32_tensor(dims, &vec![1; dims.len()], 0x1000));
+        let big = 1 << 24;
+        // Groups of an empty dimension: too many to loop over, or no maximum.
+        assert!(prepare(
+            "aclnnSoftmax",
+            vec![t(&[big, 0, big]), AclnnArg::I64(1), t(&[0])]
+        )
+        .is_err());
+        let e = prepare(
+            "aclnnArgMax",
+            vec![t(&[3, 0]), AclnnArg::I64(1), AclnnArg::Bool(false), t(&[3])],
+        )
+        .err()
+        .unwrap();
+        assert!(e.message.contains("empty dimension"), "{}", e.message);
+        // Classes by the million with nothing to classify.
+        let nll = vec![
+            t(&[0, 1 << 40]),
+            t(&[0]),
+            AclnnArg::Null,
+            AclnnArg::I64(1),
+            AclnnArg::I64(-100),
+            t(&[]),
+            t(&[]),
+        ];
+        assert!(prepare("aclnnNLLLoss", nll).is_err());
+        // Concatenating empty parts is done at once, whatever their count.
+        let (memory, _) = memory();
+        let parts = AclnnArg::TensorList(vec![Some(f32_tensor(&[big, 0], &[1, 1], 0x1000)); 4096]);
+        let started = std::time::Instant::now();
+        run_op(
+            &memory,
+            "aclnnCat",
+            vec![parts, AclnnArg::I64(1), t(&[big, 0])],
+        )
+        .unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Parts whose sizes overflow i64 are refused.
+        let parts = AclnnArg::TensorList(vec![
+            Some(f32_tensor(&[1, i64::MAX], &[0, 0], 0x1000)),
+            Some(f32_tensor(&[1, 1], &[0, 0], 0x1000)),
+        ]);
+        assert!(prepare("aclnnCat", vec![parts, AclnnArg::I64(1), t(&[1, i64::MAX])]).is_err());
     }
 
     #[test]
