@@ -752,3 +752,45 @@ pub extern "C" fn aclrtSetDeviceSatMode(mode: c_int) -> AclError {
 pub extern "C" fn aclrtGetDeviceSatMode(mode: *mut c_int) -> AclError {
     call(|| put(mode, 1))
 }
+
+/// `aclrtDeviceGetUuid`: the pooled device's UUID, as the server gives it.
+#[no_mangle]
+pub extern "C" fn aclrtDeviceGetUuid(device: i32, uuid: *mut [u8; 16]) -> AclError {
+    call(|| put(uuid, device_info(device.into())?.2.uuid))
+}
+
+/// `aclrtUtilizationInfo`.
+#[repr(C)]
+pub struct UtilizationInfo {
+    pub cube: i32,
+    pub vector: i32,
+    pub aicpu: i32,
+    pub memory: i32,
+    pub extend: *mut c_void,
+}
+
+/// `aclrtGetDeviceUtilizationRate`: the share of the last second the pooled
+/// device ran any tenant's work, for its cube and vector units alike (the
+/// server measures the device whole); AI CPU 0; memory bandwidth -1, which
+/// CANN answers where it cannot measure it.
+#[no_mangle]
+pub extern "C" fn aclrtGetDeviceUtilizationRate(
+    device: i32,
+    info: *mut UtilizationInfo,
+) -> AclError {
+    call(|| {
+        let (c, d, _) = device_info(device.into())?;
+        let usage = c.device_usage(d)?;
+        let busy = usage.utilization_percent.min(100) as i32;
+        put(
+            info,
+            UtilizationInfo {
+                cube: busy,
+                vector: busy,
+                aicpu: 0,
+                memory: -1,
+                extend: std::ptr::null_mut(),
+            },
+        )
+    })
+}

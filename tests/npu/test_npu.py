@@ -30,6 +30,9 @@ def test_the_device_is_available_with_its_properties():
     assert props.name == "Ascend910B3"
     assert torch.npu.get_device_name(0) == "Ascend910B3"
     assert props.total_memory == LIMIT
+    # The pooled device's own UUID, not zeros.
+    assert str(props.uuid) != "00000000-0000-0000-0000-000000000000"
+    assert 0 <= torch.npu.utilization() <= 100
 
 
 def test_mem_get_info_shows_the_limit_and_follows_allocations():
