@@ -255,28 +255,17 @@ fn gather(memory: &SessionMemory, t: &TensorDesc, at: &[u64]) -> Result<Vec<u8>,
     let size = elem_size(t.dtype)
         .ok_or_else(|| unsupported(format!("aclDataType {} on the stand-in device", t.dtype)))?;
     let mut packed = vec![0u8; at.len() * size];
-    let (Some(&lo), Some(&hi)) = (at.iter().min(), at.iter().max()) else {
-        return Ok(packed);
-    };
-    let address = |o: u64| {
-        o.checked_mul(size as u64)
-            .and_then(|b| t.data.checked_add(b))
-            .ok_or_else(|| invalid("a tensor past the address space"))
-    };
-    let span = (hi - lo)
-        .checked_add(1)
-        .and_then(|n| n.checked_mul(size as u64));
-    match span {
-        Some(bytes) if bytes <= 4 * packed.len() as u64 + 4096 => {
-            let raw = memory.read(address(lo)?, bytes)?;
+    match compact_span(at, size) {
+        Some((lo, bytes)) => {
+            let raw = memory.read(element_address(t, lo, size)?, bytes)?;
             for (chunk, &o) in packed.chunks_exact_mut(size).zip(at) {
                 let from = ((o - lo) as usize) * size;
                 chunk.copy_from_slice(&raw[from..from + size]);
             }
         }
-        _ => {
+        None => {
             for (chunk, &o) in packed.chunks_exact_mut(size).zip(at) {
-                memory.read_into(address(o)?, chunk)?;
+                memory.read_into(element_address(t, o, size)?, chunk)?;
             }
         }
     }
@@ -290,26 +279,20 @@ fn scatter(
     at: &[u64],
     packed: &[u8],
 ) -> Result<(), CuError> {
-    let size = packed.len() / at.len().max(1);
-    let address = |o: u64| {
-        o.checked_mul(size as u64)
-            .and_then(|b| t.data.checked_add(b))
-            .ok_or_else(|| invalid("a tensor past the address space"))
-    };
-    let (Some(&lo), Some(&hi)) = (at.iter().min(), at.iter().max()) else {
+    if at.is_empty() {
         return Ok(());
-    };
-    let span = (hi - lo)
-        .checked_add(1)
-        .and_then(|n| n.checked_mul(size as u64));
-    match span {
+    }
+    let size = packed.len() / at.len();
+    match compact_span(at, size) {
         // A dense view in order (the common case) is written as it is.
-        Some(bytes) if bytes == packed.len() as u64 && at.windows(2).all(|w| w[1] == w[0] + 1) => {
-            memory.write(address(lo)?, packed)
+        Some((lo, bytes))
+            if bytes == packed.len() as u64 && at.windows(2).all(|w| w[1] == w[0] + 1) =>
+        {
+            memory.write(element_address(t, lo, size)?, packed)
         }
-        Some(bytes) if bytes <= 4 * packed.len() as u64 + 4096 => {
+        Some((lo, bytes)) => {
             // Read first: a strided view leaves the bytes between its elements as they are.
-            let start = address(lo)?;
+            let start = element_address(t, lo, size)?;
             let mut raw = memory.read(start, bytes)?;
             for (chunk, &o) in packed.chunks_exact(size).zip(at) {
                 let to = ((o - lo) as usize) * size;
@@ -317,13 +300,29 @@ fn scatter(
             }
             memory.write(start, &raw)
         }
-        _ => {
+        None => {
             for (chunk, &o) in packed.chunks_exact(size).zip(at) {
-                memory.write(address(o)?, chunk)?;
+                memory.write(element_address(t, o, size)?, chunk)?;
             }
             Ok(())
         }
     }
+}
+
+/// The device address of element offset `o` of `t`'s storage.
+fn element_address(t: &TensorDesc, o: u64, size: usize) -> Result<u64, CuError> {
+    o.checked_mul(size as u64)
+        .and_then(|b| t.data.checked_add(b))
+        .ok_or_else(|| invalid("a tensor past the address space"))
+}
+
+/// `(lowest offset, bytes from it through the highest element)` of a view
+/// whose elements lie close enough together to move in one piece (at most four
+/// times their own bytes, and 4 KiB); `None` for a sparse or empty one.
+fn compact_span(at: &[u64], size: usize) -> Option<(u64, u64)> {
+    let (&lo, &hi) = (at.iter().min()?, at.iter().max()?);
+    let bytes = (hi - lo).checked_add(1)?.checked_mul(size as u64)?;
+    (bytes <= 4 * (at.len() * size) as u64 + 4096).then_some((lo, bytes))
 }
 
 fn load(memory: &SessionMemory, t: &TensorDesc) -> Result<Values, CuError> {
@@ -741,15 +740,11 @@ pub(super) fn prepare(name: &str, args: Vec<AclnnArg>) -> Result<Prepared, CuErr
             if args.len() > 16 { ", …" } else { "" }
         )));
     }
+    let mut work = 0u64;
     for a in &args {
         a.check().map_err(|why| invalid(format!("{name}: {why}")))?;
-        let tensors: Vec<&TensorDesc> = match a {
-            AclnnArg::Tensor(t) => vec![t],
-            AclnnArg::TensorList(l) => l.iter().flatten().collect(),
-            _ => vec![],
-        };
-        for t in tensors {
-            numel(&t.dims)?;
+        for t in tensors_of(a) {
+            work += numel(&t.dims)?;
             elem_size(t.dtype).ok_or_else(|| {
                 unsupported(format!(
                     "{name}: aclDataType {} on the stand-in device",
@@ -757,10 +752,6 @@ pub(super) fn prepare(name: &str, args: Vec<AclnnArg>) -> Result<Prepared, CuErr
                 ))
             })?;
         }
-    }
-    let mut work = 0u64;
-    for t in args.iter().flat_map(tensors_of) {
-        work += numel(&t.dims)?;
     }
     if work > MAX_WORK {
         return Err(invalid(format!(
