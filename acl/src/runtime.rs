@@ -6,10 +6,10 @@
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
 use xpupool_client::copy::{transfer, Direction};
 use xpupool_client::ranges::{self, DeviceRanges};
+use xpupool_client::standin::Standin;
 use xpupool_client::Connection;
 use xpupool_protocol::{Calls, DeviceInfo, Request};
 
@@ -19,42 +19,31 @@ use crate::*;
 /// defaults are chosen for.
 pub const SOC_NAME: &str = "Ascend910B3";
 
-/// The connection to the pool server (`None`: it could not be opened).
-static CONNECTION: OnceLock<Option<Connection>> = OnceLock::new();
-/// Set once the process is exiting: clean-up then talks to no server.
-static EXITING: AtomicBool = AtomicBool::new(false);
+/// The connection to the pool server and the device ranges held on it.
+static STANDIN: Standin = Standin::new();
 /// `aclInit` was called (and `aclFinalize` not since).
 static INITIALISED: AtomicBool = AtomicBool::new(false);
 
 pub(crate) fn connection() -> Result<&'static Connection, Failure> {
-    CONNECTION
-        .get_or_init(|| match Connection::open_from_env() {
-            Ok(c) => {
-                // SAFETY: a plain extern "C" function with no captured state.
-                unsafe { libc::atexit(at_exit) };
-                Some(c)
-            }
-            Err(e) => {
-                say(&format!("no device: {e:#}"));
-                None
-            }
-        })
-        .as_ref()
+    STANDIN
+        .connection(at_exit)
         .ok_or_else(|| Failure::new(ACL_ERROR_RT_NO_DEVICE, "no pool server could be reached"))
 }
 
 extern "C" fn at_exit() {
-    EXITING.store(true, Ordering::Release);
-    if let Some(c) = CONNECTION.get().and_then(Option::as_ref) {
+    if let Some(c) = STANDIN.begin_exit() {
         let _ = guard(|| c.close());
     }
 }
 
+/// Whether the process is exiting: clean-up then talks to no server.
+fn exiting() -> bool {
+    STANDIN.exiting()
+}
+
 /// The device ranges this process holds (which pointers are the device's).
 fn device_ranges() -> Result<&'static DeviceRanges, Failure> {
-    static RANGES: OnceLock<DeviceRanges> = OnceLock::new();
-    let c = connection()?;
-    Ok(RANGES.get_or_init(|| ranges::for_server(c.welcome.device_address_range)))
+    Ok(STANDIN.ranges(connection()?))
 }
 
 thread_local! {
@@ -105,9 +94,9 @@ pub extern "C" fn aclFinalize() -> AclError {
         if !INITIALISED.swap(false, Ordering::AcqRel) {
             return Err(ACL_ERROR_UNINITIALIZE.into());
         }
-        match CONNECTION.get().and_then(Option::as_ref) {
-            Some(c) if !EXITING.load(Ordering::Acquire) => Ok(c.synchronize()?),
-            _ => Ok(()),
+        match STANDIN.opened() {
+            Some(c) => Ok(c.synchronize()?),
+            None => Ok(()),
         }
     })
 }
@@ -136,7 +125,7 @@ pub extern "C" fn aclrtSetDevice(device: i32) -> AclError {
 pub extern "C" fn aclrtResetDevice(device: i32) -> AclError {
     call(|| {
         let (c, d, _) = device_info(device.into())?;
-        if !EXITING.load(Ordering::Acquire) {
+        if !exiting() {
             c.synchronize()?;
         }
         if CURRENT.get() == Some(d) {
@@ -350,7 +339,7 @@ pub extern "C" fn aclrtFree(ptr: *mut c_void) -> AclError {
         if ptr.is_null() {
             return Err(Failure::new(ACL_ERROR_INVALID_PARAM, "aclrtFree(NULL)"));
         }
-        if EXITING.load(Ordering::Acquire) {
+        if exiting() {
             return Ok(());
         }
         let c = connection()?;
@@ -583,7 +572,7 @@ pub extern "C" fn aclrtCreateStreamWithConfig(
 #[no_mangle]
 pub extern "C" fn aclrtDestroyStream(stream: *mut c_void) -> AclError {
     call(|| {
-        if EXITING.load(Ordering::Acquire) {
+        if exiting() {
             return Ok(());
         }
         Ok(connection()?.stream_destroy(stream as u64)?)
@@ -726,7 +715,7 @@ pub extern "C" fn aclrtEventElapsedTime(
 #[no_mangle]
 pub extern "C" fn aclrtDestroyEvent(event: *mut c_void) -> AclError {
     call(|| {
-        if EXITING.load(Ordering::Acquire) {
+        if exiting() {
             return Ok(());
         }
         Ok(connection()?.post(Request::EventDestroy {

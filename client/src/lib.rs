@@ -8,6 +8,7 @@
 pub mod copy;
 pub mod pool;
 pub mod ranges;
+pub mod standin;
 pub mod trace;
 
 use std::net::SocketAddr;

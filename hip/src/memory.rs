@@ -4,10 +4,10 @@
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::OnceLock;
 
 use xpupool_client::copy::{transfer, Direction};
 use xpupool_client::ranges::{self, DeviceRanges};
+use xpupool_client::standin::Standin;
 use xpupool_client::Connection;
 use xpupool_protocol::{Calls, CuError};
 
@@ -19,37 +19,20 @@ const HIP_ERROR_INVALID_DEVICE: HipError = 101;
 pub(crate) const HIP_ERROR_INVALID_MEMCPY_DIRECTION: HipError = 21;
 pub(crate) const HIP_ERROR_UNKNOWN: HipError = 999;
 
-/// The connection to the pool server (`None`: it could not be opened).
-static CONNECTION: OnceLock<Option<Connection>> = OnceLock::new();
+/// The connection to the pool server and the device ranges held on it.
+static STANDIN: Standin = Standin::new();
 
 /// The connection to the pool server, opened at the first call that needs it.
+/// Its `atexit` handler is registered after hipcc's module destructors (static
+/// initialisation), so it runs before them at exit.
 pub(crate) fn connection() -> Result<&'static Connection, HipError> {
-    CONNECTION
-        .get_or_init(|| match Connection::open_from_env() {
-            Ok(c) => {
-                // Registered after hipcc's module destructors (static
-                // initialisation), so it runs before them at exit.
-                // SAFETY: a plain extern "C" function with no captured state.
-                unsafe { libc::atexit(at_exit) };
-                Some(c)
-            }
-            Err(e) => {
-                eprintln!("xpupool: no device: {e:#}");
-                None
-            }
-        })
-        .as_ref()
-        .ok_or(HIP_ERROR_NO_DEVICE)
+    STANDIN.connection(at_exit).ok_or(HIP_ERROR_NO_DEVICE)
 }
-
-/// Set once the process is exiting: clean-up then talks to no server.
-static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// At exit: the session is closed politely (the server frees it at once), and
 /// the module destructors hipcc registered, which run after, unload nothing.
 extern "C" fn at_exit() {
-    EXITING.store(true, std::sync::atomic::Ordering::Release);
-    if let Some(c) = CONNECTION.get().and_then(Option::as_ref) {
+    if let Some(c) = STANDIN.begin_exit() {
         let _ = guard(|| c.close());
     }
 }
@@ -57,19 +40,14 @@ extern "C" fn at_exit() {
 /// The connection if a call has opened it and the process is not exiting: what
 /// clean-up uses, which must not open one.
 pub(crate) fn connection_opened() -> Option<&'static Connection> {
-    if EXITING.load(std::sync::atomic::Ordering::Acquire) {
-        return None;
-    }
-    CONNECTION.get().and_then(Option::as_ref)
+    STANDIN.opened()
 }
 
 /// The device ranges this process holds, kept out of its own memory: how a
 /// pointer is told to be the device's (`hipMemcpyDefault`), and which frees
 /// are of allocations.
 fn device_ranges() -> Result<&'static DeviceRanges, HipError> {
-    static RANGES: OnceLock<DeviceRanges> = OnceLock::new();
-    let c = connection()?;
-    Ok(RANGES.get_or_init(|| ranges::for_server(c.welcome.device_address_range)))
+    Ok(STANDIN.ranges(connection()?))
 }
 
 thread_local! {
