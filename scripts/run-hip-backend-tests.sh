@@ -58,11 +58,7 @@ check() { # name, command...
     fi
 }
 
-# Waits until the server whose output is $1 has printed its "token file:" line.
-wait_started() {
-    for _ in $(seq 150); do grep -q '^token file:' "$1" 2>/dev/null && return 0; sleep 0.1; done
-    return 1
-}
+. "$root/scripts/servers.sh"
 
 # The programs: the C ones built here, the hipcc ones where they can be.
 mkdir -p "$build"
@@ -89,31 +85,18 @@ fi
 
 # The mock server behind the stand-in.
 port=$((20000 + RANDOM % 20000))
-"$bin" server --backend mock --listen "127.0.0.1:$port" --state-dir "$logs/mock-state" --mock-memory-mib 4096 \
-    >"$logs/mock-server.out" 2>"$logs/mock-server.err" &
-mock_pid=$!
-wait_started "$logs/mock-server.out"
-cert=$(sed -n 's/^certificate: //p' "$logs/mock-server.out")
-token=$(cat "$logs/mock-state/token" 2>/dev/null)
-if [ -z "$cert" ] || [ -z "$token" ]; then
-    fail mock-server-start; sed 's/^/      | /' "$logs/mock-server.err" | tail -n 20
-    echo "$passed passed, $failed failed"; exit 1
+if ! start_server mock "$logs" --backend mock --listen "127.0.0.1:$port" --mock-memory-mib 4096; then
+    fail mock-server-start; echo "$passed passed, $failed failed"; exit 1
 fi
+mock_pid=$server_pid
 
 # The hip backend, on the stand-in over that mock server.
 hip_port=$((port + 1))
-XPUPOOL_HIP_LIBRARY="$standin" XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$cert" \
-    XPUPOOL_TOKEN="$token" \
-    "$bin" server --backend hip --listen "127.0.0.1:$hip_port" --state-dir "$logs/hip-state" \
-    >"$logs/hip-server.out" 2>"$logs/hip-server.err" &
-hip_pid=$!
-wait_started "$logs/hip-server.out"
-hip_cert=$(sed -n 's/^certificate: //p' "$logs/hip-server.out")
-hip_token=$(cat "$logs/hip-state/token" 2>/dev/null)
-if [ -z "$hip_cert" ] || [ -z "$hip_token" ]; then
-    fail hip-backend-start; sed 's/^/      | /' "$logs/hip-server.err" | tail -n 20
-    echo "$passed passed, $failed failed"; exit 1
+if ! XPUPOOL_HIP_LIBRARY="$standin" XPUPOOL_SERVER="127.0.0.1:$port" XPUPOOL_SERVER_CERT="$server_cert" \
+    XPUPOOL_TOKEN="$server_token" start_server hip "$logs" --backend hip --listen "127.0.0.1:$hip_port"; then
+    fail hip-backend-start; echo "$passed passed, $failed failed"; exit 1
 fi
+hip_pid=$server_pid hip_cert=$server_cert hip_token=$server_token
 passed=$((passed + 1)); echo "ok    hip-backend-start ($(grep -c . "$logs/hip-server.out") lines: $(sed -n 's/^devices: /devices /p' "$logs/hip-server.out"))"
 
 for test in "${programs[@]}"; do

@@ -2,7 +2,11 @@
 //! the session's, values out of range, address ranges that wrap, the one device
 //! served, a memset's element.
 
-use xpupool_protocol::{code, CuError};
+use std::collections::BTreeMap;
+
+pub(crate) use serde_bytes::ByteBuf;
+pub(crate) use xpupool_protocol::api;
+pub(crate) use xpupool_protocol::{code, CuError, MAX_COPY_CHUNK};
 
 pub(crate) fn invalid_handle(what: &str, handle: u64) -> CuError {
     CuError::new(
@@ -19,6 +23,14 @@ pub(crate) fn invalid_value(message: impl Into<String>) -> CuError {
 pub(crate) fn end_of(base: u64, len: u64) -> Result<u64, CuError> {
     base.checked_add(len)
         .ok_or_else(|| invalid_value(format!("[{base:#x}, +{len}) wraps around")))
+}
+
+/// Whether `[address, end)` lies inside one of `ranges` (base → size).
+pub(crate) fn within(ranges: &BTreeMap<u64, u64>, address: u64, end: u64) -> bool {
+    ranges
+        .range(..=address)
+        .next_back()
+        .is_some_and(|(&base, &size)| end <= base.saturating_add(size))
 }
 
 /// Device 0, the one a cuda or hip backend serves.
@@ -74,3 +86,248 @@ macro_rules! no_aclnn_methods {
     };
 }
 pub(crate) use no_aclnn_methods;
+
+/// `width` elements of `elem_size` bytes in each of `height` rows `pitch` apart:
+/// the bytes of a row and the span from the first row's start to the last's end.
+pub(crate) fn rows_span(
+    elem_size: u8,
+    pitch: u64,
+    width: u64,
+    height: u64,
+) -> Result<(u64, u64), CuError> {
+    let row = width
+        .checked_mul(u64::from(elem_size))
+        .ok_or_else(|| invalid_value("memset2D too large"))?;
+    if row > pitch && height > 1 {
+        return Err(invalid_value("memset2D width exceeds pitch"));
+    }
+    let span = height
+        .saturating_sub(1)
+        .checked_mul(pitch)
+        .and_then(|v| v.checked_add(row))
+        .ok_or_else(|| invalid_value("memset2D too large"))?;
+    Ok((row, span))
+}
+
+/// Whether all `elem_size` bytes of `value` are one byte (then a byte fill will do).
+pub(crate) fn uniform_bytes(value: u32, elem_size: u8) -> bool {
+    let bytes = value.to_le_bytes();
+    bytes[..elem_size as usize].iter().all(|&b| b == bytes[0])
+}
+
+/// Fills `bytes` bytes with the `elem_size`-byte `value` by copying the pattern
+/// from the host, a chunk (a whole number of elements) at a time:
+/// `copy(offset, chunk)`. For runtimes without word-wide fills.
+pub(crate) fn fill_by_copies(
+    value: u32,
+    elem_size: u8,
+    bytes: u64,
+    mut copy: impl FnMut(u64, &[u8]) -> Result<(), CuError>,
+) -> Result<(), CuError> {
+    let element = &value.to_le_bytes()[..elem_size as usize];
+    let chunk_len = (bytes as usize).min(MAX_COPY_CHUNK);
+    let chunk: Vec<u8> = element.iter().copied().cycle().take(chunk_len).collect();
+    let mut at = 0u64;
+    while at < bytes {
+        let len = (bytes - at).min(chunk_len as u64) as usize;
+        copy(at, &chunk[..len])?;
+        at += len as u64;
+    }
+    Ok(())
+}
+
+/// The [`Api`](xpupool_protocol::Api) methods of a backend that has no virtual
+/// memory, IPC, textures, surfaces, arrays or linker to offer (HIP's module API
+/// and ACL have none of them in CUDA's terms), and the copies the transport
+/// answers itself. `unsupported(&str) -> CuError` must be in scope: the refusal
+/// that names the backend.
+macro_rules! refused_families {
+    () => {
+        fn memcpy_htod_shared(
+            &mut self,
+            _: u64,
+            _: u64,
+            _: u64,
+            _: u64,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err($crate::checks::api::transport_only("memcpy_htod_shared"))
+        }
+
+        fn memcpy_dtoh_shared(
+            &mut self,
+            _: u64,
+            _: u64,
+            _: u64,
+            _: u64,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err($crate::checks::api::transport_only("memcpy_dtoh_shared"))
+        }
+
+        fn mem_address_reserve(
+            &mut self,
+            _: u32,
+            _: u64,
+            _: u64,
+        ) -> Result<u64, $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemAddressReserve)"))
+        }
+
+        fn mem_address_free(&mut self, _: u64, _: u64) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemAddressFree)"))
+        }
+
+        fn mem_create(&mut self, _: u32, _: u64) -> Result<u64, $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemCreate)"))
+        }
+
+        fn mem_release(&mut self, _: u64) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemRelease)"))
+        }
+
+        fn mem_map(
+            &mut self,
+            _: u64,
+            _: u64,
+            _: u64,
+            _: u64,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemMap)"))
+        }
+
+        fn mem_unmap(&mut self, _: u64, _: u64) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemUnmap)"))
+        }
+
+        fn mem_set_access(
+            &mut self,
+            _: u64,
+            _: u64,
+            _: u32,
+            _: u32,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemSetAccess)"))
+        }
+
+        fn ipc_get_mem_handle(
+            &mut self,
+            _: u64,
+        ) -> Result<$crate::checks::ByteBuf, $crate::checks::CuError> {
+            Err(unsupported("interprocess memory"))
+        }
+
+        fn ipc_open_mem_handle(
+            &mut self,
+            _: u32,
+            _: $crate::checks::ByteBuf,
+        ) -> Result<(u64, u64), $crate::checks::CuError> {
+            Err(unsupported("interprocess memory"))
+        }
+
+        fn ipc_close_mem_handle(&mut self, _: u64) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("interprocess memory"))
+        }
+
+        fn ipc_get_event_handle(
+            &mut self,
+            _: u64,
+        ) -> Result<$crate::checks::ByteBuf, $crate::checks::CuError> {
+            Err(unsupported("interprocess events"))
+        }
+
+        fn ipc_open_event_handle(
+            &mut self,
+            _: u32,
+            _: $crate::checks::ByteBuf,
+        ) -> Result<u64, $crate::checks::CuError> {
+            Err(unsupported("interprocess events"))
+        }
+
+        fn tex_object_create(
+            &mut self,
+            _: u32,
+            _: $crate::checks::api::TextureDesc,
+        ) -> Result<u64, $crate::checks::CuError> {
+            Err(unsupported("texture objects"))
+        }
+
+        fn tex_object_destroy(&mut self, handle: u64) -> Result<(), $crate::checks::CuError> {
+            Err($crate::checks::invalid_handle("texture object", handle))
+        }
+
+        fn surf_object_create(
+            &mut self,
+            _: u32,
+            _: $crate::checks::api::TextureDesc,
+        ) -> Result<u64, $crate::checks::CuError> {
+            Err(unsupported("surface objects"))
+        }
+
+        fn surf_object_destroy(&mut self, handle: u64) -> Result<(), $crate::checks::CuError> {
+            Err($crate::checks::invalid_handle("surface object", handle))
+        }
+
+        fn array_create(
+            &mut self,
+            _: u32,
+            _: $crate::checks::api::ArrayDesc,
+        ) -> Result<u64, $crate::checks::CuError> {
+            Err(unsupported("arrays"))
+        }
+
+        fn array_destroy(&mut self, array: u64) -> Result<(), $crate::checks::CuError> {
+            Err($crate::checks::invalid_handle("array", array))
+        }
+
+        fn memcpy_to_array(
+            &mut self,
+            array: u64,
+            _: $crate::checks::api::ArrayBox,
+            _: $crate::checks::ByteBuf,
+            _: u64,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err($crate::checks::invalid_handle("array", array))
+        }
+
+        fn memcpy_from_array(
+            &mut self,
+            array: u64,
+            _: $crate::checks::api::ArrayBox,
+            _: u64,
+        ) -> Result<$crate::checks::ByteBuf, $crate::checks::CuError> {
+            Err($crate::checks::invalid_handle("array", array))
+        }
+
+        fn memcpy_array_device(
+            &mut self,
+            array: u64,
+            _: $crate::checks::api::ArrayBox,
+            _: u64,
+            _: u64,
+            _: u64,
+            _: bool,
+            _: u64,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err($crate::checks::invalid_handle("array", array))
+        }
+
+        fn memcpy_array_array(
+            &mut self,
+            dst: u64,
+            _: [u64; 3],
+            _: u64,
+            _: $crate::checks::api::ArrayBox,
+            _: u64,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err($crate::checks::invalid_handle("array", dst))
+        }
+
+        fn link(
+            &mut self,
+            _: u32,
+            _: Vec<$crate::checks::api::LinkInput>,
+        ) -> Result<$crate::checks::ByteBuf, $crate::checks::CuError> {
+            Err(unsupported("linking (cuLink*)"))
+        }
+    };
+}
+pub(crate) use refused_families;

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
 use xpupool_fatbin::Image;
-use xpupool_protocol::api::{
-    ArrayBox, ArrayDesc, FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo,
-};
+use xpupool_protocol::api::{FunctionInfo, GlobalInfo, LaunchDims, ModuleInfo};
 use xpupool_protocol::{code, Api, CuError, MAX_COPY_CHUNK};
 
 use super::runtime::{
@@ -18,7 +16,10 @@ use super::runtime::{
 };
 use super::timing::KernelTimes;
 use super::Shared;
-use crate::checks::{end_of, invalid_handle, invalid_value, memset_element, only_device_zero};
+use crate::checks::{
+    end_of, fill_by_copies, invalid_handle, invalid_value, memset_element, only_device_zero,
+    rows_span, uniform_bytes, within,
+};
 
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` (`hipStreamPerThread`): both
 /// the runtime's null stream here, as the cuda backend maps them (server threads
@@ -111,34 +112,6 @@ pub(crate) fn kernel_arguments(params: &[u8], param_bytes: u32) -> Result<Vec<u6
     Ok(words)
 }
 
-/// `width` elements of `elem_size` bytes in each of `height` rows `pitch` apart:
-/// the bytes of a row and the span from the first row's start to the last's end.
-pub(crate) fn rows_span(
-    elem_size: u8,
-    pitch: u64,
-    width: u64,
-    height: u64,
-) -> Result<(u64, u64), CuError> {
-    let row = width
-        .checked_mul(u64::from(elem_size))
-        .ok_or_else(|| invalid_value("memset2D too large"))?;
-    if row > pitch && height > 1 {
-        return Err(invalid_value("memset2D width exceeds pitch"));
-    }
-    let span = height
-        .saturating_sub(1)
-        .checked_mul(pitch)
-        .and_then(|v| v.checked_add(row))
-        .ok_or_else(|| invalid_value("memset2D too large"))?;
-    Ok((row, span))
-}
-
-/// Whether all `elem_size` bytes of `value` are one byte (then a byte fill will do).
-pub(crate) fn uniform_bytes(value: u32, elem_size: u8) -> bool {
-    let bytes = value.to_le_bytes();
-    bytes[..elem_size as usize].iter().all(|&b| b == bytes[0])
-}
-
 impl HipSession {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
@@ -185,13 +158,12 @@ impl HipSession {
     /// variable) of this session.
     fn range(&self, address: u64, len: u64) -> Result<(), CuError> {
         let end = end_of(address, len)?;
-        let inside = |ranges: &BTreeMap<u64, u64>| {
-            ranges
-                .range(..=address)
-                .next_back()
-                .is_some_and(|(&base, &size)| end <= base.saturating_add(size))
-        };
-        if inside(&self.allocations) || self.modules.values().any(|m| inside(&m.globals)) {
+        if within(&self.allocations, address, end)
+            || self
+                .modules
+                .values()
+                .any(|m| within(&m.globals, address, end))
+        {
             Ok(())
         } else {
             Err(invalid_value(format!(
@@ -261,17 +233,9 @@ impl HipSession {
         if r != HIP_ERROR_NOT_SUPPORTED {
             return self.check(r, "hipMemsetD16Async/hipMemsetD32Async");
         }
-        // The pattern, a chunk at a time (a whole number of elements).
-        let element = &value.to_le_bytes()[..elem_size as usize];
-        let chunk_len = (bytes as usize).min(MAX_COPY_CHUNK);
-        let chunk: Vec<u8> = element.iter().copied().cycle().take(chunk_len).collect();
-        let mut at = 0u64;
-        while at < bytes {
-            let len = (bytes - at).min(chunk_len as u64) as usize;
-            self.copy_in(dst + at, chunk.as_ptr(), len, stream)?;
-            at += len as u64;
-        }
-        Ok(())
+        fill_by_copies(value, elem_size, bytes, |at, chunk| {
+            self.copy_in(dst + at, chunk.as_ptr(), chunk.len(), stream)
+        })
     }
 
     fn unload(&mut self, module: Module) -> Result<(), CuError> {
@@ -372,14 +336,6 @@ impl Api for HipSession {
         self.check(r, "hipMemcpyAsync")?;
         self.synchronize_stream(s)?;
         Ok(ByteBuf::from(out))
-    }
-
-    fn memcpy_htod_shared(&mut self, _: u64, _: u64, _: u64, _: u64) -> Result<(), CuError> {
-        Err(xpupool_protocol::api::transport_only("memcpy_htod_shared"))
-    }
-
-    fn memcpy_dtoh_shared(&mut self, _: u64, _: u64, _: u64, _: u64) -> Result<(), CuError> {
-        Err(xpupool_protocol::api::transport_only("memcpy_dtoh_shared"))
     }
 
     fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64) -> Result<(), CuError> {
@@ -878,132 +834,7 @@ impl Api for HipSession {
     }
 
     // What HIP's module API has no counterpart for here.
-
-    fn mem_address_reserve(&mut self, _: u32, _: u64, _: u64) -> Result<u64, CuError> {
-        Err(unsupported("virtual memory (cuMemAddressReserve)"))
-    }
-
-    fn mem_address_free(&mut self, _: u64, _: u64) -> Result<(), CuError> {
-        Err(unsupported("virtual memory (cuMemAddressFree)"))
-    }
-
-    fn mem_create(&mut self, _: u32, _: u64) -> Result<u64, CuError> {
-        Err(unsupported("virtual memory (cuMemCreate)"))
-    }
-
-    fn mem_release(&mut self, _: u64) -> Result<(), CuError> {
-        Err(unsupported("virtual memory (cuMemRelease)"))
-    }
-
-    fn mem_map(&mut self, _: u64, _: u64, _: u64, _: u64) -> Result<(), CuError> {
-        Err(unsupported("virtual memory (cuMemMap)"))
-    }
-
-    fn mem_unmap(&mut self, _: u64, _: u64) -> Result<(), CuError> {
-        Err(unsupported("virtual memory (cuMemUnmap)"))
-    }
-
-    fn mem_set_access(&mut self, _: u64, _: u64, _: u32, _: u32) -> Result<(), CuError> {
-        Err(unsupported("virtual memory (cuMemSetAccess)"))
-    }
-
-    fn ipc_get_mem_handle(&mut self, _: u64) -> Result<ByteBuf, CuError> {
-        Err(unsupported("interprocess memory"))
-    }
-
-    fn ipc_open_mem_handle(&mut self, _: u32, _: ByteBuf) -> Result<(u64, u64), CuError> {
-        Err(unsupported("interprocess memory"))
-    }
-
-    fn ipc_close_mem_handle(&mut self, _: u64) -> Result<(), CuError> {
-        Err(unsupported("interprocess memory"))
-    }
-
-    fn ipc_get_event_handle(&mut self, _: u64) -> Result<ByteBuf, CuError> {
-        Err(unsupported("interprocess events"))
-    }
-
-    fn ipc_open_event_handle(&mut self, _: u32, _: ByteBuf) -> Result<u64, CuError> {
-        Err(unsupported("interprocess events"))
-    }
-
-    fn tex_object_create(
-        &mut self,
-        _: u32,
-        _: xpupool_protocol::api::TextureDesc,
-    ) -> Result<u64, CuError> {
-        Err(unsupported("texture objects"))
-    }
-
-    fn tex_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
-        Err(invalid_handle("texture object", handle))
-    }
-
-    fn surf_object_create(
-        &mut self,
-        _: u32,
-        _: xpupool_protocol::api::TextureDesc,
-    ) -> Result<u64, CuError> {
-        Err(unsupported("surface objects"))
-    }
-
-    fn surf_object_destroy(&mut self, handle: u64) -> Result<(), CuError> {
-        Err(invalid_handle("surface object", handle))
-    }
-
-    fn array_create(&mut self, _: u32, _: ArrayDesc) -> Result<u64, CuError> {
-        Err(unsupported("arrays"))
-    }
-
-    fn array_destroy(&mut self, array: u64) -> Result<(), CuError> {
-        Err(invalid_handle("array", array))
-    }
-
-    fn memcpy_to_array(
-        &mut self,
-        array: u64,
-        _: ArrayBox,
-        _: ByteBuf,
-        _: u64,
-    ) -> Result<(), CuError> {
-        Err(invalid_handle("array", array))
-    }
-
-    fn memcpy_from_array(&mut self, array: u64, _: ArrayBox, _: u64) -> Result<ByteBuf, CuError> {
-        Err(invalid_handle("array", array))
-    }
-
-    fn memcpy_array_device(
-        &mut self,
-        array: u64,
-        _: ArrayBox,
-        _: u64,
-        _: u64,
-        _: u64,
-        _: bool,
-        _: u64,
-    ) -> Result<(), CuError> {
-        Err(invalid_handle("array", array))
-    }
-
-    fn memcpy_array_array(
-        &mut self,
-        dst: u64,
-        _: [u64; 3],
-        _: u64,
-        _: ArrayBox,
-        _: u64,
-    ) -> Result<(), CuError> {
-        Err(invalid_handle("array", dst))
-    }
-
-    fn link(
-        &mut self,
-        _: u32,
-        _: Vec<xpupool_protocol::api::LinkInput>,
-    ) -> Result<ByteBuf, CuError> {
-        Err(unsupported("linking (cuLink*)"))
-    }
+    crate::checks::refused_families!();
 
     xpupool_protocol::server_only_operations!();
 }
