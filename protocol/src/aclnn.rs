@@ -13,6 +13,27 @@ pub const MAX_DIMS: usize = 128;
 pub const MAX_ARGS: usize = 64;
 /// Elements of one array or list parameter.
 pub const MAX_LIST: usize = 4096;
+/// Executors a session may hold between their two phases.
+pub const MAX_EXECUTORS: usize = 4096;
+
+/// The bytes of one element of `aclDataType` `dtype` (`aclDataType` of CANN's
+/// `acl_base.h`), for the types whose elements are whole bytes; `None` for the
+/// others (strings, sub-byte integers, types this list does not know).
+pub fn dtype_size(dtype: i32) -> Option<u64> {
+    Some(match dtype {
+        // INT8, UINT8, BOOL, HIFLOAT8 and the FLOAT8s.
+        2 | 4 | 12 | 34..=36 => 1,
+        // FLOAT16, INT16, UINT16, BF16.
+        1 | 6 | 7 | 27 => 2,
+        // FLOAT, INT32, UINT32, COMPLEX32.
+        0 | 3 | 8 | 33 => 4,
+        // INT64, UINT64, DOUBLE, COMPLEX64.
+        9..=11 | 16 => 8,
+        // COMPLEX128.
+        17 => 16,
+        _ => return None,
+    })
+}
 
 /// An `aclTensor`: a view of device memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +99,40 @@ impl TensorDesc {
         }
         Ok(())
     }
+
+    /// How many bytes from `data` the tensor may touch: its storage's, and as far
+    /// as its view reaches (which a device does not check against the storage).
+    /// An error for a view that reaches before `data`, a type whose elements are
+    /// not whole bytes, or sizes that overflow.
+    pub fn byte_extent(&self) -> Result<u64, String> {
+        self.check()?;
+        let size = dtype_size(self.dtype)
+            .ok_or_else(|| format!("a tensor of aclDataType {}", self.dtype))?;
+        let too_large = || format!("a tensor of shape {:?} is too large", self.dims);
+        let storage = self
+            .storage_dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(too_large)?;
+        // The view's lowest and highest element offsets (none if it is empty).
+        let mut reach = 0u64;
+        if self.dims.iter().all(|&d| d > 0) {
+            let (mut lo, mut hi) = (i128::from(self.offset), i128::from(self.offset));
+            for (&d, &s) in self.dims.iter().zip(&self.strides) {
+                let span = i128::from(d - 1) * i128::from(s);
+                if span < 0 {
+                    lo += span;
+                } else {
+                    hi += span;
+                }
+            }
+            if lo < 0 {
+                return Err("a tensor view reaches before its storage".into());
+            }
+            reach = u64::try_from(hi + 1).map_err(|_| too_large())?;
+        }
+        storage.max(reach).checked_mul(size).ok_or_else(too_large)
+    }
 }
 
 impl AclnnArg {
@@ -126,4 +181,57 @@ pub struct AclnnPlan {
     pub workspace_size: u64,
     /// The server's executor, which the second phase runs (once).
     pub executor: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(dims: &[i64], strides: &[i64], offset: i64, storage: &[i64]) -> TensorDesc {
+        TensorDesc {
+            dtype: 0,
+            dims: dims.to_vec(),
+            strides: strides.to_vec(),
+            offset,
+            format: 2,
+            storage_dims: storage.to_vec(),
+            data: 0x1000,
+        }
+    }
+
+    #[test]
+    fn a_tensors_extent_covers_its_storage_and_its_view() {
+        // A contiguous 2x3 float tensor: 24 bytes.
+        assert_eq!(tensor(&[2, 3], &[3, 1], 0, &[6]).byte_extent(), Ok(24));
+        // A view reaching past a small storage reaches that far.
+        assert_eq!(
+            tensor(&[2, 3], &[100, 1], 5, &[6]).byte_extent(),
+            Ok(4 * 108)
+        );
+        // Negative strides are fine while the view stays at or after `data`.
+        assert_eq!(tensor(&[3], &[-1], 2, &[3]).byte_extent(), Ok(12));
+        assert!(tensor(&[3], &[-1], 1, &[3]).byte_extent().is_err());
+        // An empty view touches only its storage.
+        assert_eq!(
+            tensor(&[0, 1 << 40], &[1, 1 << 40], 0, &[0]).byte_extent(),
+            Ok(0)
+        );
+        // Sizes that overflow are errors, not wrapped.
+        for (dims, strides, storage) in [
+            (&[2i64][..], &[i64::MAX][..], &[1i64][..]),
+            (&[1], &[1], &[1 << 62, 8]),
+            (&[1 << 62], &[4], &[1]),
+        ] {
+            assert!(
+                tensor(dims, strides, 0, storage).byte_extent().is_err(),
+                "{dims:?} {strides:?}"
+            );
+        }
+        // Types without whole-byte elements have no extent.
+        let mut t = tensor(&[1], &[1], 0, &[1]);
+        t.dtype = 29; // INT4
+        assert!(t.byte_extent().is_err());
+        t.dtype = 17; // COMPLEX128
+        assert_eq!(t.byte_extent(), Ok(16));
+    }
 }

@@ -98,6 +98,47 @@ def test_hostile_descriptors_are_refused_not_followed():
     assert lib.aclDestroyTensor(ctypes.c_void_p(0xdead0)) == 161002
 
 
+def test_an_operator_over_memory_that_is_not_the_processes_is_refused_at_its_first_phase():
+    """The server checks every tensor's reach (storage and view) against the
+    session's allocations before an operator is prepared: a tensor over someone
+    else's memory, or one whose strides reach past its allocation, is refused,
+    on the mock as through the acl backend."""
+    lib = ctypes.CDLL(str(ACL / "libopapi.so"), mode=os.RTLD_NOW)
+    lib.aclCreateTensor.restype = ctypes.c_void_p
+    lib.aclGetRecentErrMsg.restype = ctypes.c_char_p
+    assert lib.aclInit(None) in (0, 100002)  # or ACL_ERROR_REPEAT_INITIALIZE
+    assert lib.aclrtSetDevice(0) == 0
+    memory = ctypes.c_void_p()
+    assert lib.aclrtMalloc(ctypes.byref(memory), ctypes.c_size_t(64), 0) == 0
+    dims = (ctypes.c_int64 * 2)(4, 4)
+
+    def tensor(strides, data):
+        strides = (ctypes.c_int64 * 2)(*strides)
+        t = lib.aclCreateTensor(dims, ctypes.c_uint64(2), 0, strides, ctypes.c_int64(0), 2, dims,
+                                ctypes.c_uint64(2), ctypes.c_void_p(data))
+        assert t is not None
+        return ctypes.c_void_p(t)
+
+    def relu(x, y):
+        ws, ex = ctypes.c_uint64(), ctypes.c_void_p()
+        status = lib.aclnnReluGetWorkspaceSize(x, y, ctypes.byref(ws), ctypes.byref(ex))
+        return status, ex
+
+    ok = tensor((4, 1), memory.value)
+    status, executor = relu(ok, ok)
+    assert status == 0 and executor.value
+    assert lib.aclDestroyAclOpExecutor(executor) == 0
+    elsewhere = tensor((4, 1), memory.value + (1 << 30))
+    reaching = tensor((8, 1), memory.value)  # 4x4 floats 8 apart: 112 bytes of 64
+    for bad in (elsewhere, reaching):
+        status, _ = relu(bad, ok)
+        assert status != 0
+        assert b"not inside" in lib.aclGetRecentErrMsg() or b"allocat" in lib.aclGetRecentErrMsg()
+    for t in (ok, elsewhere, reaching):
+        assert lib.aclDestroyTensor(t) == 0
+    assert lib.aclrtFree(memory) == 0
+
+
 def test_hccl_makes_one_rank_communicators_and_refuses_more():
     lib = ctypes.CDLL(str(ACL / "libhccl.so"), mode=os.RTLD_NOW)
     root = ctypes.create_string_buffer(4108)

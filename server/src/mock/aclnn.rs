@@ -9,13 +9,11 @@
 
 use std::collections::HashMap;
 
-use xpupool_protocol::aclnn::{AclnnArg, TensorDesc};
+use xpupool_protocol::aclnn::{dtype_size, AclnnArg, TensorDesc, MAX_EXECUTORS};
 use xpupool_protocol::{code, CuError};
 
 use super::memory::SessionMemory;
 
-/// Executors a session may hold between their two phases.
-pub(super) const MAX_EXECUTORS: usize = 4096;
 /// Elements one tensor of an operator may have here: the values are held as
 /// f64 or i64 (8 bytes each) while the operator runs.
 const MAX_ELEMENTS: u64 = 1 << 24;
@@ -52,14 +50,26 @@ mod dt {
     pub(super) const BF16: i32 = 27;
 }
 
+/// The element size of a type the stand-in device computes in: integers, bool
+/// and the IEEE and brain floats (not the complex or 8-bit float types).
 fn elem_size(dtype: i32) -> Option<usize> {
-    Some(match dtype {
-        dt::FLOAT | dt::INT32 | dt::UINT32 => 4,
-        dt::FLOAT16 | dt::BF16 | dt::INT16 | dt::UINT16 => 2,
-        dt::INT8 | dt::UINT8 | dt::BOOL => 1,
-        dt::INT64 | dt::UINT64 | dt::DOUBLE => 8,
-        _ => return None,
-    })
+    let computed = matches!(
+        dtype,
+        dt::FLOAT
+            | dt::FLOAT16
+            | dt::BF16
+            | dt::DOUBLE
+            | dt::INT8
+            | dt::UINT8
+            | dt::INT16
+            | dt::UINT16
+            | dt::INT32
+            | dt::UINT32
+            | dt::INT64
+            | dt::UINT64
+            | dt::BOOL
+    );
+    dtype_size(dtype).filter(|_| computed).map(|n| n as usize)
 }
 
 fn is_float(dtype: i32) -> bool {
@@ -781,7 +791,7 @@ fn kind_name(a: &AclnnArg) -> &'static str {
 }
 
 /// The tensors a parameter holds.
-fn tensors_of(a: &AclnnArg) -> Vec<&TensorDesc> {
+pub(super) fn tensors_of(a: &AclnnArg) -> Vec<&TensorDesc> {
     match a {
         AclnnArg::Tensor(t) => vec![t],
         AclnnArg::TensorList(l) => l.iter().flatten().collect(),

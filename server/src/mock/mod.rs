@@ -1190,6 +1190,15 @@ impl Api for MockSession {
     ) -> Result<xpupool_protocol::aclnn::AclnnPlan, CuError> {
         self.healthy()?;
         self.device(device)?;
+        // Every tensor's memory is the session's, however far its view reaches.
+        for t in args.iter().flat_map(aclnn::tensors_of) {
+            let bytes = t
+                .byte_extent()
+                .map_err(|e| CuError::new(code::INVALID_VALUE, e))?;
+            if bytes > 0 {
+                self.memory.check_span(t.data, bytes)?;
+            }
+        }
         let prepared = aclnn::prepare(&operator, args)?;
         let executor = self.handle(0xac);
         self.executors.insert(executor, prepared)?;
