@@ -4,6 +4,10 @@
 # backend's stand-in Ascend device. Installs the Python packages on first use
 # (scripts/install-npu-env.sh) and makes the libraries (scripts/build-acl-libs.sh).
 #   XPUPOOL_BIN   the xpupool binary (default: $CARGO_TARGET_DIR or target/, then release/xpupool)
+#   XPUPOOL_NPU_RUN_ARGS  what `xpupool run` is given before the program (default:
+#                 --memory-limit 1GiB, the embedded mock); scripts/run-acl-backend-tests.sh
+#                 names a server instead. XPUPOOL_EXPECT_MEMORY_LIMIT: the device
+#                 memory the tests expect (default 1 GiB).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${XPUPOOL_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/xpupool}
@@ -19,9 +23,10 @@ if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1 \
     echo "vendor-headers/acl-symbols-torch_npu-2.14.0.tsv differs from what gen_acl_symbols.py writes" >&2
     exit 1
 fi
-limit=$((1 << 30))
+limit=${XPUPOOL_EXPECT_MEMORY_LIMIT:-$((1 << 30))}
+read -r -a run_args <<< "${XPUPOOL_NPU_RUN_ARGS:---memory-limit 1GiB}"
 cd "$root/tests/npu"
 # cpu_torch.so: see tests/npu/cpu_torch.cpp (PyPI has no x86-64 CPU build of torch).
 LD_PRELOAD="$(dirname "$(dirname "$python")")/cpu_torch.so${LD_PRELOAD:+ $LD_PRELOAD}" \
 XPUPOOL_EXPECT_MEMORY_LIMIT=$limit XPUPOOL_NO_SKIP=1 \
-    "$bin" run --memory-limit 1GiB -- "$python" -m pytest -q -p no:cacheprovider -rfE .
+    "$bin" run "${run_args[@]}" -- "$python" -m pytest -q -p no:cacheprovider -rfE .

@@ -19,7 +19,8 @@
 #      AMD SMI / ROCm SMI stand-in (tests/amdsmi: C, and the amdsmi Python package);
 #   4b. runs torch_npu 2.14.0 (PyPI) through xpupool on the mock's stand-in Ascend
 #      device, and checks the CANN stand-in's libraries (tests/npu), in a venv made
-#      by scripts/install-npu-env.sh (XPUPOOL_NPU_ENV);
+#      by scripts/install-npu-env.sh (XPUPOOL_NPU_ENV); then again through the acl
+#      backend (on xpupool's own CANN libraries, a mock server behind them);
 #   5. runs tests/tenancy: servers with several tenants (server.toml), their shares,
 #      priorities, ledgers, devices and metrics, with the programs of step 2;
 #   6. runs tests/pool: a pool manager with three servers, placement by each policy,
@@ -67,6 +68,8 @@ fi
 
 echo "== cargo build --release"
 cargo build --release --workspace --all-targets
+# The CANN stand-in's libraries: server/tests/acl_backend.rs loads them as the host's CANN.
+scripts/build-acl-libs.sh >/dev/null
 
 echo "== cargo test --release (with the fault tests, cli/tests/faults.rs, and every fuzz target for XPUPOOL_FUZZ_SECONDS each)"
 export XPUPOOL_FUZZ_SECONDS=${XPUPOOL_FUZZ_SECONDS:-10}
@@ -90,6 +93,9 @@ scripts/run-amdsmi-tests.sh
 
 echo "== torch_npu through xpupool on the mock's stand-in Ascend device (tests/npu)"
 XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-npu-tests.sh
+
+echo "== the acl backend: tests/npu through a server on xpupool's own CANN libraries, a mock server behind it"
+XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-acl-backend-tests.sh
 
 echo "== many tenants on one server (tests/tenancy)"
 XPUPOOL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/xpupool" scripts/run-tenancy-tests.sh

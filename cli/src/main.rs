@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use xpupool_server::acl::AclBackend;
 use xpupool_server::cuda::CudaBackend;
 use xpupool_server::embedded::EmbeddedServer;
 use xpupool_server::hip::HipBackend;
@@ -154,8 +155,8 @@ struct RunArgs {
     #[command(flatten)]
     needs: pool::JobNeeds,
     /// Backend of the embedded server: `auto` (cuda when an NVIDIA driver is
-    /// installed and works, else mock), `cuda`, `hip` or `mock`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cuda", "hip", "mock"])]
+    /// installed and works, else mock), `cuda`, `hip`, `acl` or `mock`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "acl", "cuda", "hip", "mock"])]
     backend: String,
     /// Device memory of each embedded mock device, in MiB.
     #[arg(long, default_value_t = 16384)]
@@ -187,9 +188,10 @@ struct ServerArgs {
     #[arg(long, conflicts_with_all = ["tokens", "token_files", "memory_limit"])]
     config: Option<PathBuf>,
     /// Backend: `cuda` (this host's NVIDIA GPUs), `hip` (its AMD GPUs, through
-    /// libamdhip64; XPUPOOL_HIP_LIBRARY may name it) or `mock` (CPU interpreter;
-    /// works everywhere). Default: the config's, else mock.
-    #[arg(long, value_parser = ["cuda", "hip", "mock"])]
+    /// libamdhip64; XPUPOOL_HIP_LIBRARY may name it), `acl` (its Ascend NPUs,
+    /// through CANN; XPUPOOL_ACL_LIBRARY_DIR may name its lib64 folder) or `mock`
+    /// (CPU interpreter; works everywhere). Default: the config's, else mock.
+    #[arg(long, value_parser = ["acl", "cuda", "hip", "mock"])]
     backend: Option<String>,
     /// Serve Prometheus metrics on this address (`GET /metrics`).
     #[arg(long)]
@@ -311,7 +313,10 @@ fn backend(name: &str, mock: Mock) -> Result<Arc<dyn Backend>> {
         "hip" => Ok(Arc::new(HipBackend::open().context(
             "the hip backend needs ROCm's HIP runtime (libamdhip64.so) and a GPU; use --backend mock without one",
         )?)),
-        other => bail!("unknown backend {other:?} (available: cuda, hip, mock)"),
+        "acl" => Ok(Arc::new(AclBackend::open().context(
+            "the acl backend needs Huawei's CANN (libascendcl.so, libnnopbase.so, libopapi.so) and an NPU; use --backend mock without one",
+        )?)),
+        other => bail!("unknown backend {other:?} (available: acl, cuda, hip, mock)"),
     }
 }
 
@@ -319,7 +324,7 @@ fn backend(name: &str, mock: Mock) -> Result<Arc<dyn Backend>> {
 /// process (`xpupool server-worker`), as `isolation` (`auto`, `process`, `none`) says.
 fn serving_backend(name: &str, mock: Mock, isolation: &str) -> Result<Arc<dyn Backend>> {
     let isolate = match isolation {
-        "auto" => name == "cuda" || name == "hip",
+        "auto" => matches!(name, "acl" | "cuda" | "hip"),
         "process" => true,
         _ => false,
     };

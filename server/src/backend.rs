@@ -1,4 +1,4 @@
-//! The trait every backend (`mock`, `cuda`, `hip`; `acl` later) implements.
+//! The trait every backend (`mock`, `cuda`, `hip`, `acl`) implements.
 
 use serde_bytes::ByteBuf;
 use xpupool_protocol::api::dispatch;

@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:7800"
-//! backend = "mock"                  # or "cuda", "hip"
+//! backend = "mock"                  # or "cuda", "hip", "acl"
 //! metrics_listen = "127.0.0.1:9400"
 //! [mock]
 //! devices = 2
@@ -281,7 +281,7 @@ impl ServerSettings {
                 other => Ok(other.as_ref().map(|v| v.get_ref().clone())),
             }
         };
-        let backend = one_of("backend", &file.backend, &["cuda", "hip", "mock"])?;
+        let backend = one_of("backend", &file.backend, &["acl", "cuda", "hip", "mock"])?;
         let isolation = one_of("isolation", &file.isolation, &["auto", "process", "none"])?;
         let size = |field: &str, value: &Spanned<Size>| -> Result<u64, String> {
             value
@@ -314,7 +314,7 @@ impl ServerSettings {
                 Some(MockSettings { devices, memory })
             }
         };
-        if let (Some(_), Some(b @ ("cuda" | "hip"))) = (&mock, backend.as_deref()) {
+        if let (Some(_), Some(b @ ("acl" | "cuda" | "hip"))) = (&mock, backend.as_deref()) {
             return Err(format!(
                 "{}: [mock]: a [mock] table with backend = \"{b}\"",
                 path.display()
@@ -628,13 +628,13 @@ sm_limit = 0.5
     }
 
     #[test]
-    fn the_backends_are_cuda_hip_and_mock() {
-        for name in ["cuda", "hip", "mock"] {
+    fn the_backends_are_acl_cuda_hip_and_mock() {
+        for name in ["acl", "cuda", "hip", "mock"] {
             let s = parse(&format!("backend = \"{name}\"\n")).unwrap();
             assert_eq!(s.backend.as_deref(), Some(name));
         }
         let e = parse("backend = \"opencl\"\n").err().unwrap();
-        assert!(e.contains("is not one of cuda, hip, mock"), "{e}");
+        assert!(e.contains("is not one of acl, cuda, hip, mock"), "{e}");
         let e = parse("backend = \"hip\"\n[mock]\ndevices = 2\n")
             .err()
             .unwrap();

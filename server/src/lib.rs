@@ -5,9 +5,10 @@
 //! names is checked against that session's own tables, and everything a session
 //! holds is freed when its client disconnects or dies. Backends: [`mock`] (a CPU
 //! stand-in that interprets PTX and gfx90a code), [`cuda`] (NVIDIA's driver) and
-//! [`hip`] (AMD's HIP runtime), the last two with each session in its own
-//! [`worker`] process; `acl` later.
+//! [`hip`] (AMD's HIP runtime) and [`acl`] (Huawei's CANN), the last three with
+//! each session in its own [`worker`] process.
 
+pub mod acl;
 pub mod backend;
 mod checks;
 pub mod config;

@@ -164,6 +164,7 @@ impl Backend for IsolatedBackend {
         match self.ready.name.as_str() {
             "cuda" => "cuda",
             "hip" => "hip",
+            "acl" => "acl",
             "mock" => "mock",
             _ => "isolated",
         }

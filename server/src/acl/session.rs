@@ -1,0 +1,701 @@
+//! One client's session on CANN: its own tables of allocations, streams,
+//! events and waiting executors, checked before every call.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{c_int, c_void};
+use std::sync::Arc;
+
+use serde_bytes::ByteBuf;
+use xpupool_protocol::aclnn::{AclnnArg, AclnnPlan, MAX_EXECUTORS};
+use xpupool_protocol::api::{GlobalInfo, LaunchDims, ModuleInfo};
+use xpupool_protocol::{code, Api, CuError, MAX_COPY_CHUNK};
+
+use super::operators::{self, Parameters};
+use super::runtime::{
+    Handle, ACL_SUCCESS, DEVICE_TO_DEVICE, DEVICE_TO_HOST, EVENT_COMPLETE, EVENT_TIME_LINE, HBM,
+    HOST_TO_DEVICE, HUGE_FIRST, STREAM_COMPLETE,
+};
+use super::timing::KernelTimes;
+use super::Shared;
+use crate::checks::{
+    end_of, fill_by_copies, invalid_handle, invalid_value, memset_element, only_device_zero,
+    rows_span, uniform_bytes, within,
+};
+
+/// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`: the default stream here, as
+/// NULL is.
+const STREAM_LEGACY: u64 = 1;
+const STREAM_PER_THREAD: u64 = 2;
+/// `ACL_EVENT_SYNC`: an event a host may wait for.
+const EVENT_SYNC: u32 = 0x1;
+/// `CU_EVENT_DISABLE_TIMING`.
+const CU_EVENT_DISABLE_TIMING: u32 = 2;
+
+fn unsupported(operation: &str) -> CuError {
+    CuError::new(
+        code::NOT_SUPPORTED,
+        format!("{operation} is not supported by the acl backend"),
+    )
+}
+
+/// The second phase of an aclnn operator (`aclnnXxx`).
+type SecondPhase = unsafe extern "C" fn(*mut c_void, u64, Handle, Handle) -> i32;
+
+/// An executor between its two phases.
+struct Waiting {
+    operator: &'static str,
+    second: SecondPhase,
+    workspace: u64,
+    parameters: Parameters,
+}
+
+pub(crate) struct AclSession {
+    shared: Arc<Shared>,
+    /// Allocations: base → size.
+    allocations: BTreeMap<u64, u64>,
+    streams: HashSet<u64>,
+    events: HashSet<u64>,
+    executors: HashMap<u64, Waiting>,
+    /// Device time of its executions ([`Api::session_busy`]).
+    times: KernelTimes,
+}
+
+impl AclSession {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            allocations: BTreeMap::new(),
+            streams: HashSet::new(),
+            events: HashSet::new(),
+            executors: HashMap::new(),
+            times: KernelTimes::default(),
+        }
+    }
+
+    fn check(&self, r: c_int, what: &str) -> Result<(), CuError> {
+        self.shared.cann.check(r, what)
+    }
+
+    /// The runtime's stream for a client stream handle: one of the session's, or
+    /// the default one.
+    fn stream(&self, stream: u64) -> Result<Handle, CuError> {
+        match stream {
+            0 | STREAM_LEGACY | STREAM_PER_THREAD => Ok(std::ptr::null_mut()),
+            s if self.streams.contains(&s) => Ok(s as Handle),
+            s => Err(invalid_handle("stream", s)),
+        }
+    }
+
+    fn event(&self, event: u64) -> Result<Handle, CuError> {
+        if self.events.contains(&event) {
+            Ok(event as Handle)
+        } else {
+            Err(invalid_handle("event", event))
+        }
+    }
+
+    /// Checks that `[address, address+len)` lies inside one allocation of this session.
+    fn range(&self, address: u64, len: u64) -> Result<(), CuError> {
+        let end = end_of(address, len)?;
+        if within(&self.allocations, address, end) {
+            Ok(())
+        } else {
+            Err(invalid_value(format!(
+                "[{address:#x}, +{len}) is not inside an allocation of this session"
+            )))
+        }
+    }
+
+    fn synchronize_stream(&self, stream: Handle) -> Result<(), CuError> {
+        // SAFETY: a stream checked against this session's table (or the default one).
+        let r = unsafe { (self.shared.cann.runtime.aclrtSynchronizeStream)(stream) };
+        self.check(r, "aclrtSynchronizeStream")
+    }
+
+    /// Copies between the host and checked device memory once `stream` has
+    /// done its work (ACL's asynchronous copies want pinned host memory, which
+    /// a request's buffer is not).
+    fn copy_now(
+        &self,
+        dst: *mut c_void,
+        src: *const c_void,
+        len: usize,
+        kind: c_int,
+        stream: Handle,
+    ) -> Result<(), CuError> {
+        self.synchronize_stream(stream)?;
+        // SAFETY: the caller's ranges: device memory of this session and a host
+        // buffer of `len` bytes that outlives the call.
+        let r = unsafe { (self.shared.cann.runtime.aclrtMemcpy)(dst, len, src, len, kind) };
+        self.check(r, "aclrtMemcpy")
+    }
+
+    /// Fills `count` elements of `elem_size` bytes at `dst` (checked) with
+    /// `value`: bytewise where that is the same, else by copying the pattern.
+    fn fill(
+        &self,
+        dst: u64,
+        value: u32,
+        elem_size: u8,
+        count: u64,
+        stream: Handle,
+    ) -> Result<(), CuError> {
+        let bytes = count * u64::from(elem_size);
+        if uniform_bytes(value, elem_size) {
+            let len = usize::try_from(bytes).map_err(|_| invalid_value("memset too large"))?;
+            // SAFETY: `bytes` at `dst` are inside this session's memory.
+            let r = unsafe {
+                (self.shared.cann.runtime.aclrtMemsetAsync)(
+                    dst as *mut c_void,
+                    len,
+                    (value & 0xff) as i32,
+                    len,
+                    stream,
+                )
+            };
+            return self.check(r, "aclrtMemsetAsync");
+        }
+        fill_by_copies(value, elem_size, bytes, |at, chunk| {
+            self.copy_now(
+                (dst + at) as *mut c_void,
+                chunk.as_ptr().cast(),
+                chunk.len(),
+                HOST_TO_DEVICE,
+                stream,
+            )
+        })
+    }
+
+    /// Drops a waiting executor's descriptors (and the executor itself, if it
+    /// was never run).
+    fn discard(&self, executor: u64, waiting: Waiting, run: bool) {
+        if !run {
+            // SAFETY: an executor this session's first phase made, not run.
+            let r = unsafe {
+                (self.shared.cann.descriptors.aclDestroyAclOpExecutor)(executor as Handle)
+            };
+            if r != ACL_SUCCESS {
+                tracing::warn!(
+                    operator = waiting.operator,
+                    status = r,
+                    "aclDestroyAclOpExecutor failed"
+                );
+            }
+        }
+        waiting.parameters.destroy(&self.shared.cann);
+    }
+}
+
+/// Copies from the transport's memory go through the ordinary copy operations.
+impl crate::backend::DirectCopy for AclSession {}
+
+impl Api for AclSession {
+    fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
+        only_device_zero(device)?;
+        if bytes == 0 {
+            return Err(invalid_value("zero-byte allocation"));
+        }
+        let len = usize::try_from(bytes)
+            .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+        self.shared.enter()?;
+        let mut address: *mut c_void = std::ptr::null_mut();
+        // SAFETY: an out-pointer; the context is current.
+        let r = unsafe { (self.shared.cann.runtime.aclrtMalloc)(&mut address, len, HUGE_FIRST) };
+        self.check(r, "aclrtMalloc")?;
+        if address.is_null() {
+            return Err(CuError::new(code::OUT_OF_MEMORY, "aclrtMalloc gave NULL"));
+        }
+        self.allocations.insert(address as u64, bytes);
+        Ok(address as u64)
+    }
+
+    fn mem_free(&mut self, ptr: u64) -> Result<(), CuError> {
+        if !self.allocations.contains_key(&ptr) {
+            return Err(invalid_value(format!(
+                "{ptr:#x} is not an allocation of this session"
+            )));
+        }
+        self.shared.enter()?;
+        // SAFETY: an allocation of this session, freed once (removed below).
+        let r = unsafe { (self.shared.cann.runtime.aclrtFree)(ptr as *mut c_void) };
+        self.check(r, "aclrtFree")?;
+        self.allocations.remove(&ptr);
+        Ok(())
+    }
+
+    fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
+        only_device_zero(device)?;
+        self.shared.enter()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: two out-pointers; the context is current.
+        let r = unsafe { (self.shared.cann.runtime.aclrtGetMemInfo)(HBM, &mut free, &mut total) };
+        self.check(r, "aclrtGetMemInfo")?;
+        Ok((free as u64, total as u64))
+    }
+
+    fn memcpy_htod(&mut self, dst: u64, data: ByteBuf, stream: u64) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.range(dst, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.shared.enter()?;
+        self.copy_now(
+            dst as *mut c_void,
+            data.as_ptr().cast(),
+            data.len(),
+            HOST_TO_DEVICE,
+            s,
+        )
+    }
+
+    fn memcpy_dtoh(&mut self, src: u64, len: u64, stream: u64) -> Result<ByteBuf, CuError> {
+        let s = self.stream(stream)?;
+        if len > MAX_COPY_CHUNK as u64 {
+            return Err(invalid_value("copy chunk over the protocol limit"));
+        }
+        self.range(src, len)?;
+        let mut out = vec![0u8; len as usize];
+        if len > 0 {
+            self.shared.enter()?;
+            self.copy_now(
+                out.as_mut_ptr().cast(),
+                src as *const c_void,
+                out.len(),
+                DEVICE_TO_HOST,
+                s,
+            )?;
+        }
+        Ok(ByteBuf::from(out))
+    }
+
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: u64) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.range(src, len)?;
+        self.range(dst, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.shared.enter()?;
+        // SAFETY: both ranges are inside this session's memory.
+        let r = unsafe {
+            (self.shared.cann.runtime.aclrtMemcpyAsync)(
+                dst as *mut c_void,
+                len as usize,
+                src as *const c_void,
+                len as usize,
+                DEVICE_TO_DEVICE,
+                s,
+            )
+        };
+        self.check(r, "aclrtMemcpyAsync")
+    }
+
+    fn memset(
+        &mut self,
+        dst: u64,
+        value: u32,
+        elem_size: u8,
+        count: u64,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        memset_element(dst, elem_size)?;
+        let len = count
+            .checked_mul(u64::from(elem_size))
+            .ok_or_else(|| invalid_value("memset too large"))?;
+        self.range(dst, len)?;
+        if count == 0 {
+            return Ok(());
+        }
+        self.shared.enter()?;
+        self.fill(dst, value, elem_size, count, s)
+    }
+
+    fn memset_2d(
+        &mut self,
+        dst: u64,
+        pitch: u64,
+        value: u32,
+        elem_size: u8,
+        width: u64,
+        height: u64,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        memset_element(dst, elem_size)?;
+        let (row, span) = rows_span(elem_size, pitch, width, height)?;
+        if width == 0 || height == 0 {
+            return Ok(());
+        }
+        self.range(dst, span)?;
+        self.shared.enter()?;
+        if row == pitch || height == 1 {
+            return self.fill(dst, value, elem_size, width * height, s);
+        }
+        for r in 0..height {
+            self.fill(dst + r * pitch, value, elem_size, width, s)?;
+        }
+        Ok(())
+    }
+
+    fn module_load_cached(&mut self, _: u32, _: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {
+        Ok(None)
+    }
+
+    fn module_load(&mut self, _: u32, _: ByteBuf) -> Result<ModuleInfo, CuError> {
+        Err(unsupported("loading kernels outside aclnn (modules)"))
+    }
+
+    fn module_get_global(&mut self, module: u64, _: String) -> Result<GlobalInfo, CuError> {
+        Err(invalid_handle("module", module))
+    }
+
+    fn module_unload(&mut self, module: u64) -> Result<(), CuError> {
+        Err(invalid_handle("module", module))
+    }
+
+    fn function_set_attribute(&mut self, function: u64, _: u32, _: i32) -> Result<(), CuError> {
+        Err(invalid_handle("function", function))
+    }
+
+    fn function_get_attribute(&mut self, function: u64, _: u32) -> Result<i32, CuError> {
+        Err(invalid_handle("function", function))
+    }
+
+    fn launch_kernel(
+        &mut self,
+        function: u64,
+        _: LaunchDims,
+        _: u64,
+        _: ByteBuf,
+    ) -> Result<(), CuError> {
+        Err(invalid_handle("function", function))
+    }
+
+    fn launch_cooperative(
+        &mut self,
+        _: u64,
+        _: LaunchDims,
+        _: u64,
+        _: ByteBuf,
+    ) -> Result<(), CuError> {
+        Err(unsupported("a cooperative launch"))
+    }
+
+    fn launch_clustered(
+        &mut self,
+        _: u64,
+        _: LaunchDims,
+        _: [u32; 3],
+        _: u64,
+        _: ByteBuf,
+    ) -> Result<(), CuError> {
+        Err(unsupported("a clustered launch"))
+    }
+
+    fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
+        self.shared.enter()?;
+        Ok(self.times.collect(&self.shared.cann))
+    }
+
+    fn stream_create(&mut self, device: u32, flags: u32, _priority: i32) -> Result<u64, CuError> {
+        only_device_zero(device)?;
+        if flags & !1 != 0 {
+            return Err(invalid_value(format!("stream flags {flags:#x}")));
+        }
+        self.shared.enter()?;
+        let mut stream: Handle = std::ptr::null_mut();
+        // SAFETY: an out-pointer; the context is current.
+        let r = unsafe { (self.shared.cann.runtime.aclrtCreateStream)(&mut stream) };
+        self.check(r, "aclrtCreateStream")?;
+        self.streams.insert(stream as u64);
+        Ok(stream as u64)
+    }
+
+    fn stream_destroy(&mut self, stream: u64) -> Result<(), CuError> {
+        if !self.streams.contains(&stream) {
+            return Err(invalid_handle("stream", stream));
+        }
+        self.shared.enter()?;
+        // SAFETY: a stream of this session, destroyed once (removed below).
+        let r = unsafe { (self.shared.cann.runtime.aclrtDestroyStream)(stream as Handle) };
+        self.check(r, "aclrtDestroyStream")?;
+        self.streams.remove(&stream);
+        Ok(())
+    }
+
+    fn stream_synchronize(&mut self, stream: u64) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.shared.enter()?;
+        self.synchronize_stream(s)
+    }
+
+    fn stream_query(&mut self, stream: u64) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        self.shared.enter()?;
+        let mut status = 0;
+        // SAFETY: a checked stream; an out-pointer.
+        let r = unsafe { (self.shared.cann.runtime.aclrtStreamQuery)(s, &mut status) };
+        self.check(r, "aclrtStreamQuery")?;
+        if status == STREAM_COMPLETE {
+            Ok(())
+        } else {
+            Err(CuError::new(
+                code::NOT_READY,
+                "the stream has work in flight",
+            ))
+        }
+    }
+
+    fn stream_wait_event(&mut self, stream: u64, event: u64, _flags: u32) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        let e = self.event(event)?;
+        self.shared.enter()?;
+        // SAFETY: a checked stream and event.
+        let r = unsafe { (self.shared.cann.runtime.aclrtStreamWaitEvent)(s, e) };
+        self.check(r, "aclrtStreamWaitEvent")
+    }
+
+    fn event_create(&mut self, device: u32, flags: u32) -> Result<u64, CuError> {
+        only_device_zero(device)?;
+        if flags & !3 != 0 {
+            return Err(invalid_value(format!("event flags {flags:#x}")));
+        }
+        let acl_flags = if flags & CU_EVENT_DISABLE_TIMING == 0 {
+            EVENT_SYNC | EVENT_TIME_LINE
+        } else {
+            EVENT_SYNC
+        };
+        self.shared.enter()?;
+        let mut event: Handle = std::ptr::null_mut();
+        // SAFETY: an out-pointer; the context is current.
+        let r =
+            unsafe { (self.shared.cann.runtime.aclrtCreateEventWithFlag)(&mut event, acl_flags) };
+        self.check(r, "aclrtCreateEventWithFlag")?;
+        self.events.insert(event as u64);
+        Ok(event as u64)
+    }
+
+    fn event_destroy(&mut self, event: u64) -> Result<(), CuError> {
+        let e = self.event(event)?;
+        self.shared.enter()?;
+        // SAFETY: an event of this session, destroyed once (removed below).
+        let r = unsafe { (self.shared.cann.runtime.aclrtDestroyEvent)(e) };
+        self.check(r, "aclrtDestroyEvent")?;
+        self.events.remove(&event);
+        Ok(())
+    }
+
+    fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
+        let e = self.event(event)?;
+        let s = self.stream(stream)?;
+        self.shared.enter()?;
+        // SAFETY: a checked event and stream.
+        let r = unsafe { (self.shared.cann.runtime.aclrtRecordEvent)(e, s) };
+        self.check(r, "aclrtRecordEvent")
+    }
+
+    fn event_synchronize(&mut self, event: u64) -> Result<(), CuError> {
+        let e = self.event(event)?;
+        self.shared.enter()?;
+        // SAFETY: a checked event.
+        let r = unsafe { (self.shared.cann.runtime.aclrtSynchronizeEvent)(e) };
+        self.check(r, "aclrtSynchronizeEvent")
+    }
+
+    fn event_query(&mut self, event: u64) -> Result<(), CuError> {
+        let e = self.event(event)?;
+        self.shared.enter()?;
+        let mut status = 0;
+        // SAFETY: a checked event; an out-pointer.
+        let r = unsafe { (self.shared.cann.runtime.aclrtQueryEventStatus)(e, &mut status) };
+        self.check(r, "aclrtQueryEventStatus")?;
+        if status == EVENT_COMPLETE {
+            Ok(())
+        } else {
+            Err(CuError::new(code::NOT_READY, "the event has not completed"))
+        }
+    }
+
+    fn event_elapsed_time(&mut self, start: u64, end: u64) -> Result<f32, CuError> {
+        let (a, b) = (self.event(start)?, self.event(end)?);
+        self.shared.enter()?;
+        let mut ms = 0f32;
+        // SAFETY: checked events and an out-pointer.
+        let r = unsafe { (self.shared.cann.runtime.aclrtEventElapsedTime)(&mut ms, a, b) };
+        self.check(r, "aclrtEventElapsedTime")?;
+        Ok(ms)
+    }
+
+    /// Waits for the session's own work: the default stream and each stream it
+    /// created (not `aclrtSynchronizeDevice`, which would wait for other
+    /// sessions of the same process too).
+    fn synchronize(&mut self) -> Result<(), CuError> {
+        self.shared.enter()?;
+        self.synchronize_stream(std::ptr::null_mut())?;
+        for &s in &self.streams {
+            self.synchronize_stream(s as Handle)?;
+        }
+        Ok(())
+    }
+
+    fn aclnn_prepare(
+        &mut self,
+        device: u32,
+        operator: String,
+        args: Vec<AclnnArg>,
+    ) -> Result<AclnnPlan, CuError> {
+        only_device_zero(device)?;
+        let op = operators::find(&operator).ok_or_else(|| {
+            unsupported(&format!(
+                "{operator:.64}, which no aclnn header xpupool was built with declares,"
+            ))
+        })?;
+        if self.executors.len() >= MAX_EXECUTORS {
+            return Err(CuError::new(
+                code::OUT_OF_MEMORY,
+                format!("{MAX_EXECUTORS} aclnn executors wait for their second phase"),
+            ));
+        }
+        let phases = self
+            .shared
+            .phases(op.name)
+            .ok_or_else(|| unsupported(&format!("{} (the host's libopapi has not it)", op.name)))?;
+        self.shared.enter()?;
+        let inside = |address, len| self.range(address, len);
+        let (values, parameters) = operators::arguments(&self.shared.cann, op, &args, &inside)?;
+        let (mut workspace, mut executor) = (0u64, std::ptr::null_mut());
+        // SAFETY: `phases.first` is the operator's first phase, whose header
+        // declares `op.kinds`; `values` has one of each, and the descriptors they
+        // point at live in `parameters`.
+        let r = unsafe { (op.first_phase)(phases.first, &values, &mut workspace, &mut executor) };
+        let failed = self
+            .check(r, &format!("{}GetWorkspaceSize", op.name))
+            .err()
+            .or_else(|| {
+                executor
+                    .is_null()
+                    .then(|| CuError::new(code::UNKNOWN, format!("{} made no executor", op.name)))
+            });
+        if let Some(e) = failed {
+            parameters.destroy(&self.shared.cann);
+            return Err(e);
+        }
+        // SAFETY: the operator's second phase, of the type every aclnn header declares.
+        let second: SecondPhase = unsafe { std::mem::transmute(phases.second) };
+        let waiting = Waiting {
+            operator: op.name,
+            second,
+            workspace,
+            parameters,
+        };
+        if let Some(stale) = self.executors.insert(executor as u64, waiting) {
+            // CANN handed out an address still listed: the old one was freed.
+            stale.parameters.destroy(&self.shared.cann);
+        }
+        Ok(AclnnPlan {
+            workspace_size: workspace,
+            executor: executor as u64,
+        })
+    }
+
+    fn aclnn_run(
+        &mut self,
+        executor: u64,
+        workspace: u64,
+        workspace_size: u64,
+        stream: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        let w = self
+            .executors
+            .get(&executor)
+            .ok_or_else(|| invalid_handle("aclnn executor", executor))?;
+        if workspace_size < w.workspace {
+            return Err(invalid_value(format!(
+                "{}: a workspace of {workspace_size} bytes for one of {}",
+                w.operator, w.workspace
+            )));
+        }
+        if workspace_size > 0 {
+            self.range(workspace, workspace_size)?;
+        }
+        let Some(w) = self.executors.remove(&executor) else {
+            return Err(invalid_handle("aclnn executor", executor));
+        };
+        self.shared.enter()?;
+        let timed = self.times.before(&self.shared.cann, s);
+        // SAFETY: an executor this session's first phase made, run once (removed
+        // above), with a workspace of this session's memory at least as large as
+        // it asked for.
+        let r = unsafe {
+            (w.second)(
+                workspace as *mut c_void,
+                workspace_size,
+                executor as Handle,
+                s,
+            )
+        };
+        if let Some(pair) = timed {
+            self.times
+                .after(&self.shared.cann, s, pair, r == ACL_SUCCESS);
+        }
+        let result = self.check(r, w.operator);
+        self.discard(executor, w, true);
+        result
+    }
+
+    fn aclnn_destroy(&mut self, executor: u64) -> Result<(), CuError> {
+        let w = self
+            .executors
+            .remove(&executor)
+            .ok_or_else(|| invalid_handle("aclnn executor", executor))?;
+        self.shared.enter()?;
+        self.discard(executor, w, false);
+        Ok(())
+    }
+
+    crate::checks::refused_families!();
+
+    xpupool_protocol::server_only_operations!();
+}
+
+impl Drop for AclSession {
+    fn drop(&mut self) {
+        if let Err(e) = self.shared.enter() {
+            tracing::error!(error = %e.message, "acl session teardown: no context");
+        }
+        // Let in-flight work end before its memory goes; a broken device fails
+        // these and everything after, which is logged and otherwise ignored.
+        if let Err(e) = self.synchronize() {
+            tracing::warn!(error = %e.message, "acl session teardown: synchronize");
+        }
+        self.times.destroy(&self.shared.cann);
+        for (executor, waiting) in std::mem::take(&mut self.executors) {
+            self.discard(executor, waiting, false);
+        }
+        let rt = &self.shared.cann.runtime;
+        let mut failures = Vec::new();
+        for event in std::mem::take(&mut self.events) {
+            // SAFETY: an event of this session, destroyed once.
+            failures.push(unsafe { (rt.aclrtDestroyEvent)(event as Handle) });
+        }
+        for stream in std::mem::take(&mut self.streams) {
+            // SAFETY: a stream of this session, destroyed once.
+            failures.push(unsafe { (rt.aclrtDestroyStream)(stream as Handle) });
+        }
+        for (address, _) in std::mem::take(&mut self.allocations) {
+            // SAFETY: an allocation of this session, freed once.
+            failures.push(unsafe { (rt.aclrtFree)(address as *mut c_void) });
+        }
+        failures.retain(|&r| r != ACL_SUCCESS);
+        if let Some(&first) = failures.first() {
+            tracing::warn!(
+                failures = failures.len(),
+                first,
+                "acl session teardown: some releases failed"
+            );
+        }
+    }
+}

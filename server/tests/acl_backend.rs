@@ -1,0 +1,347 @@
+//! The `acl` backend without an NPU: xpupool's own CANN libraries (the stand-in
+//! made by scripts/build-acl-libs.sh, forwarding to a mock server in this
+//! process) stand in for Huawei's. The chain is client → server with the acl
+//! backend → CANN's C ABI (`libascendcl`, `libnnopbase`, `libopapi`: the
+//! stand-in) → mock server, so every entry point the backend uses, and every
+//! operator it calls through its generated C type, is called through the real
+//! ABI, and the results are the mock's real bytes.
+//!
+//! Needs the stand-in made first (`cargo build --release` and
+//! scripts/build-acl-libs.sh). Its own test binary: it sets process environment
+//! variables (the stand-in reads them at `aclInit`) and the stand-in holds one
+//! connection per process, so the tests share one mock server, one at a time.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use serde_bytes::ByteBuf;
+use xpupool_client::Connection;
+use xpupool_protocol::aclnn::{AclnnArg, TensorDesc, MAX_EXECUTORS};
+use xpupool_protocol::{code, Calls};
+use xpupool_server::acl::AclBackend;
+use xpupool_server::embedded::EmbeddedServer;
+use xpupool_server::MockBackend;
+
+const MOCK_MEMORY: u64 = 256 << 20;
+
+struct World {
+    mock: Arc<MockBackend>,
+    _mock_server: EmbeddedServer,
+    acl: Arc<AclBackend>,
+}
+
+/// The stand-in's folder: beside this test's profile folder (wherever
+/// CARGO_TARGET_DIR puts it), else in the workspace's target/.
+fn standin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(PathBuf::from);
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release");
+    let candidates: Vec<PathBuf> = profile_dir
+        .into_iter()
+        .chain([workspace])
+        .map(|dir| dir.join("acl"))
+        .collect();
+    candidates
+        .iter()
+        .find(|p| p.join("libopapi.so").exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "xpupool's CANN stand-in is not made (looked in {candidates:?}): \
+                 cargo build --release && scripts/build-acl-libs.sh"
+            )
+        })
+}
+
+fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let dir = standin_dir();
+        let mock = Arc::new(MockBackend::new(MOCK_MEMORY));
+        let mock_server = EmbeddedServer::start(mock.clone()).expect("mock server starts");
+        // Read by the stand-in at aclInit, i.e. inside AclBackend::open.
+        std::env::set_var("XPUPOOL_SERVER", mock_server.addr().to_string());
+        std::env::set_var("XPUPOOL_SERVER_CERT", mock_server.cert_path());
+        std::env::set_var("XPUPOOL_TOKEN", mock_server.token());
+        std::env::remove_var("XPUPOOL_SERVER_FINGERPRINT");
+        std::env::set_var("XPUPOOL_ACL_LIBRARY_DIR", &dir);
+        let acl = AclBackend::open()
+            .unwrap_or_else(|e| panic!("acl backend on {}: {e:#}", dir.display()));
+        World {
+            mock,
+            _mock_server: mock_server,
+            acl: Arc::new(acl),
+        }
+    })
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A server whose backend is the acl backend.
+fn front() -> EmbeddedServer {
+    EmbeddedServer::start(world().acl.clone()).expect("acl server starts")
+}
+
+fn mock_memory_settles_at(bytes: u64, why: &str) {
+    let mock = &world().mock;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.used_memory() != bytes && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(mock.used_memory(), bytes, "{why}");
+}
+
+/// A contiguous float32 tensor of `n` elements at `data`.
+fn floats(n: i64, data: u64) -> TensorDesc {
+    TensorDesc {
+        dtype: 0,
+        dims: vec![n],
+        strides: vec![1],
+        offset: 0,
+        format: 2,
+        storage_dims: vec![n],
+        data,
+    }
+}
+
+fn bytes_of(v: &[f32]) -> ByteBuf {
+    ByteBuf::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+}
+
+fn read_floats(c: &Connection, at: u64, n: usize) -> Vec<f32> {
+    let b = c.memcpy_dtoh(at, 4 * n as u64, 0).unwrap();
+    b.chunks_exact(4)
+        .map(|w| f32::from_le_bytes(w.try_into().unwrap()))
+        .collect()
+}
+
+/// `aclnnAdd(self, other, alpha, out)`.
+fn add(a: TensorDesc, b: TensorDesc, alpha: f32, out: TensorDesc) -> Vec<AclnnArg> {
+    vec![
+        AclnnArg::Tensor(a),
+        AclnnArg::Tensor(b),
+        AclnnArg::Scalar(0, ByteBuf::from(alpha.to_le_bytes().to_vec())),
+        AclnnArg::Tensor(out),
+    ]
+}
+
+#[test]
+fn the_device_is_canns_and_operators_run_on_it() {
+    let _serial = serial();
+    let server = front();
+    let c = common::connect(&server);
+    assert_eq!(c.welcome.backend, "acl");
+    let device = &c.welcome.devices[0];
+    assert_eq!(device.name, "Ascend910B3", "the stand-in's aclrtGetSocName");
+    assert_eq!(device.total_memory, MOCK_MEMORY);
+    assert_eq!(c.mem_get_info(0).unwrap().1, MOCK_MEMORY);
+    assert_eq!(c.mem_alloc(1, 16).unwrap_err().code, code::INVALID_DEVICE);
+
+    let n = 1000;
+    let (a, b, out) = (
+        c.mem_alloc(0, 4 * n).unwrap(),
+        c.mem_alloc(0, 4 * n).unwrap(),
+        c.mem_alloc(0, 4 * n).unwrap(),
+    );
+    let xs: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+    let ys: Vec<f32> = (0..n).map(|i| 3.0 - i as f32).collect();
+    c.memcpy_htod(a, bytes_of(&xs), 0).unwrap();
+    c.memcpy_htod(b, bytes_of(&ys), 0).unwrap();
+    let stream = c.stream_create(0, 0, 0).unwrap();
+    let plan = c
+        .aclnn_prepare(
+            0,
+            "aclnnAdd".into(),
+            add(
+                floats(n as i64, a),
+                floats(n as i64, b),
+                2.0,
+                floats(n as i64, out),
+            ),
+        )
+        .unwrap();
+    c.aclnn_run(plan.executor, 0, plan.workspace_size, stream)
+        .unwrap();
+    c.stream_synchronize(stream).unwrap();
+    let want: Vec<f32> = xs.iter().zip(&ys).map(|(x, y)| x + 2.0 * y).collect();
+    assert_eq!(read_floats(&c, out, n as usize), want);
+    // An executor runs once.
+    assert_eq!(
+        c.aclnn_run(plan.executor, 0, 0, stream).unwrap_err().code,
+        code::INVALID_HANDLE
+    );
+
+    // A strided view and a memset pattern the runtime has no word fill for.
+    c.memset(out, 0x3f80_0000, 4, n, 0).unwrap(); // 1.0f
+    let half = TensorDesc {
+        dims: vec![n as i64 / 2],
+        strides: vec![2],
+        ..floats(n as i64, a)
+    };
+    let half_out = TensorDesc {
+        dims: vec![n as i64 / 2],
+        strides: vec![2],
+        ..floats(n as i64, out)
+    };
+    let plan = c
+        .aclnn_prepare(0, "aclnnAdd".into(), add(half.clone(), half, 1.0, half_out))
+        .unwrap();
+    c.aclnn_run(plan.executor, 0, 0, 0).unwrap();
+    let got = read_floats(&c, out, n as usize);
+    for i in 0..n as usize {
+        let want = if i % 2 == 0 { 2.0 * xs[i] } else { 1.0 };
+        assert_eq!(got[i], want, "element {i}");
+    }
+    c.stream_destroy(stream).unwrap();
+    for p in [a, b, out] {
+        c.mem_free(p).unwrap();
+    }
+    mock_memory_settles_at(0, "frees reach the device");
+}
+
+#[test]
+fn hostile_operators_are_refused_before_cann_sees_them() {
+    let _serial = serial();
+    let server = front();
+    let c = common::connect(&server);
+    let a = c.mem_alloc(0, 64).unwrap();
+    let t = floats(16, a);
+    let refused = |operator: &str, args: Vec<AclnnArg>| {
+        c.aclnn_prepare(0, operator.into(), args).unwrap_err()
+    };
+    let e = refused("aclnnNoSuchThing", vec![]);
+    assert_eq!(e.code, code::NOT_SUPPORTED);
+    assert!(e.message.contains("aclnnNoSuchThing"), "{}", e.message);
+    // Too few parameters, and one of the wrong kind.
+    assert_eq!(
+        refused("aclnnAdd", vec![AclnnArg::Tensor(t.clone())]).code,
+        code::INVALID_VALUE
+    );
+    let mut wrong = add(t.clone(), t.clone(), 1.0, t.clone());
+    wrong[2] = AclnnArg::F64(1.0);
+    assert_eq!(refused("aclnnAdd", wrong).code, code::INVALID_VALUE);
+    // Memory that is not the session's, or a view reaching past its allocation,
+    // or one before its storage, or a type of no whole bytes.
+    for bad in [
+        floats(16, a + (1 << 30)),
+        floats(17, a),
+        TensorDesc {
+            strides: vec![1 << 40],
+            dims: vec![2],
+            ..t.clone()
+        },
+        TensorDesc {
+            strides: vec![-1],
+            offset: 0,
+            ..t.clone()
+        },
+        TensorDesc {
+            dtype: 29,
+            ..t.clone()
+        },
+        TensorDesc {
+            dims: vec![1; 129],
+            strides: vec![1; 129],
+            ..t.clone()
+        },
+    ] {
+        let e = refused("aclnnAdd", add(bad.clone(), t.clone(), 1.0, t.clone()));
+        assert_eq!(e.code, code::INVALID_VALUE, "{bad:?}: {}", e.message);
+        // In a list too.
+        let e = refused(
+            "aclnnForeachAddListV2",
+            vec![
+                AclnnArg::TensorList(vec![Some(t.clone()), Some(bad.clone())]),
+                AclnnArg::TensorList(vec![Some(t.clone()), Some(t.clone())]),
+                AclnnArg::Scalar(0, ByteBuf::from(1f32.to_le_bytes().to_vec())),
+                AclnnArg::TensorList(vec![Some(t.clone()), Some(t.clone())]),
+            ],
+        );
+        assert_eq!(
+            e.code,
+            code::INVALID_VALUE,
+            "{bad:?} in a list: {}",
+            e.message
+        );
+    }
+
+    // Another session's memory, which the host's CANN (one process here, as the
+    // stand-in's one connection is) would happily read: refused by the backend.
+    let other = common::connect(&server);
+    let theirs = other.mem_alloc(0, 64).unwrap();
+    let e = refused(
+        "aclnnAdd",
+        add(floats(16, theirs), t.clone(), 1.0, t.clone()),
+    );
+    assert_eq!(e.code, code::INVALID_VALUE, "{}", e.message);
+    assert!(
+        e.message
+            .contains("not inside an allocation of this session"),
+        "{}",
+        e.message
+    );
+
+    // Executors: another session's, a stream not the session's, a workspace too small.
+    let plan = c
+        .aclnn_prepare(
+            0,
+            "aclnnAdd".into(),
+            add(t.clone(), t.clone(), 1.0, t.clone()),
+        )
+        .unwrap();
+    assert_eq!(
+        other.aclnn_run(plan.executor, 0, 0, 0).unwrap_err().code,
+        code::INVALID_HANDLE
+    );
+    assert_eq!(
+        other.aclnn_destroy(plan.executor).unwrap_err().code,
+        code::INVALID_HANDLE
+    );
+    assert_eq!(
+        c.aclnn_run(plan.executor, 0, 0, 0xdead_0000)
+            .unwrap_err()
+            .code,
+        code::INVALID_HANDLE
+    );
+    assert_eq!(
+        c.aclnn_run(plan.executor, a + 4096, 64, 0)
+            .unwrap_err()
+            .code,
+        code::INVALID_VALUE
+    );
+    // Destroyed unrun, it is gone.
+    c.aclnn_destroy(plan.executor).unwrap();
+    assert_eq!(
+        c.aclnn_run(plan.executor, 0, 0, 0).unwrap_err().code,
+        code::INVALID_HANDLE
+    );
+
+    // Executors waiting for their second phase are bounded.
+    let mut held = Vec::new();
+    let full = loop {
+        match c.aclnn_prepare(
+            0,
+            "aclnnRelu".into(),
+            vec![AclnnArg::Tensor(t.clone()), AclnnArg::Tensor(t.clone())],
+        ) {
+            Ok(plan) => held.push(plan.executor),
+            Err(e) => break e,
+        }
+        assert!(held.len() <= MAX_EXECUTORS, "no bound on waiting executors");
+    };
+    assert_eq!(full.code, code::OUT_OF_MEMORY, "{}", full.message);
+    assert_eq!(held.len(), MAX_EXECUTORS);
+    // A session that ends with executors waiting frees them and its memory.
+    drop(other);
+    c.close();
+    mock_memory_settles_at(0, "a closed session's memory is freed");
+}
