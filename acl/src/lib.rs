@@ -31,6 +31,7 @@ pub mod hccl;
 pub mod nn;
 pub mod runtime;
 pub mod settings;
+pub mod vmm;
 
 #[allow(non_snake_case, unreachable_pub, clippy::missing_safety_doc)]
 mod stubs {

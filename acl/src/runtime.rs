@@ -42,13 +42,18 @@ fn exiting() -> bool {
 }
 
 /// The device ranges this process holds (which pointers are the device's).
-fn device_ranges() -> Result<&'static DeviceRanges, Failure> {
+pub(crate) fn device_ranges() -> Result<&'static DeviceRanges, Failure> {
     Ok(STANDIN.ranges(connection()?))
 }
 
 thread_local! {
     /// The thread's device (`aclrtSetDevice`, `aclrtSetCurrentContext`), if any.
     static CURRENT: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// The thread's device, if one is set.
+pub(crate) fn current_device() -> Option<u32> {
+    CURRENT.get()
 }
 
 /// The thread's device, as the server numbers it.
@@ -391,32 +396,33 @@ pub unsafe extern "C" fn aclrtFreeHost(ptr: *mut c_void) -> AclError {
 }
 
 /// A copy of `size` bytes at device address `at`: refused before any host byte is
-/// touched if it runs past the allocation it starts in.
+/// touched if it runs past the allocation it starts in (or, in mapped virtual
+/// memory, past the mappings that follow it without a gap).
 pub(crate) fn within_allocation(at: u64, size: usize) -> Result<(), Failure> {
     let held = device_ranges()?;
-    if size > isize::MAX as usize {
+    let end = at
+        .checked_add(size as u64)
+        .filter(|_| size <= isize::MAX as usize)
+        .ok_or_else(|| Failure::new(ACL_ERROR_INVALID_PARAM, "a copy past the address space"))?;
+    let Some((base, len)) = held.find(at) else {
         return Err(Failure::new(
             ACL_ERROR_INVALID_PARAM,
-            "a copy past the address space",
-        ));
-    }
-    match held.find(at) {
-        Some((base, len))
-            if (at - base)
-                .checked_add(size as u64)
-                .is_some_and(|end| end <= len) =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(Failure::new(
-            ACL_ERROR_INVALID_PARAM,
-            "a copy runs past its allocation",
-        )),
-        None => Err(Failure::new(
-            ACL_ERROR_INVALID_PARAM,
             format!("{at:#x} is not device memory"),
-        )),
+        ));
+    };
+    let mut reached = base + len;
+    while reached < end {
+        match held.find(reached) {
+            Some((next, len)) if next == reached => reached = next + len,
+            _ => {
+                return Err(Failure::new(
+                    ACL_ERROR_INVALID_PARAM,
+                    "a copy runs past its allocation",
+                ))
+            }
+        }
     }
+    Ok(())
 }
 
 /// A copy in `stream` of `aclrtMemcpyKind` `kind` (host to host 0, host to

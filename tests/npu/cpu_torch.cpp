@@ -9,9 +9,10 @@
 //
 // Loaded with LD_PRELOAD, this interposes c10's getMutableKeys() (which
 // torch_npu's inlined registration calls through the PLT): the first time
-// libtorch_npu asks for the device-specific key set, the CUDA build's keys are
-// dropped from it, so torch_npu registers its keys into the set a CPU build
-// would have, and its parser hook replaces CUDA's as it would anyway.
+// libtorch_npu asks for the key set, the CUDA build's keys are dropped from it
+// and c10's own common keys (expandable_segments, max_split_size_mb, …) kept,
+// so torch_npu registers its keys into the set a CPU build would have, and its
+// parser hook replaces CUDA's as it would anyway.
 #include <dlfcn.h>
 #include <string>
 #include <unordered_set>
@@ -35,7 +36,10 @@ Keys& c10::CachingAllocator::AcceleratorAllocatorConfig::getMutableKeys() {
     Dl_info caller;
     if (!cleared && dladdr(__builtin_return_address(0), &caller) && caller.dli_fname &&
         std::string(caller.dli_fname).find("libtorch_npu.so") != std::string::npos) {
-        keys.clear();
+        // c10's own keys (c10/core/AllocatorConfig.cpp), which every build has.
+        keys = {"large_segment_size_mb", "max_split_size_mb", "max_non_split_rounding_mb",
+                "garbage_collection_threshold", "roundup_power2_divisions",
+                "expandable_segments", "pinned_use_background_threads"};
         cleared = true;
     }
     return keys;

@@ -7,6 +7,9 @@ PyTorch's: equal where the operation is exact, within the stated tolerance where
 the order of a reduction differs (the stand-in accumulates in f64)."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -139,6 +142,50 @@ def test_out_of_memory_past_the_limit_is_torch_npus_error_and_recoverable():
     with pytest.raises(torch.OutOfMemoryError, match="NPU out of memory"):
         torch.empty(LIMIT + (1 << 20), dtype=torch.uint8, device="npu")
     assert torch.equal((torch.ones(4, device="npu") * 2).cpu(), torch.full((4,), 2.0))
+
+
+EXPANDABLE = textwrap.dedent("""
+    import torch, torch_npu
+    # What the tenant has free (the suite's own process holds some of its limit).
+    free, _ = torch.npu.mem_get_info()
+    x = torch.arange(3 << 20, dtype=torch.float32, device="npu")
+    assert [s["is_expandable"] for s in torch.npu.memory_snapshot()] == [True]
+    ys = [torch.full((3 << 20,), float(i), device="npu") for i in range(4)]
+    grown = torch.npu.memory_reserved()
+    assert grown >= 5 * (12 << 20), grown  # one segment, mapped further as it grew
+    assert len(torch.npu.memory_snapshot()) == 1
+    assert [y.sum().item() for y in ys] == [i * float(3 << 20) for i in range(4)]
+    # Copies across the mappings of one segment, both ways.
+    big = torch.arange(5 << 20, dtype=torch.float32)
+    assert torch.equal(big.npu().cpu(), big)
+    assert torch.equal(ys[3].cpu(), torch.full((3 << 20,), 3.0))
+    assert (x[-1] + 1).item() == float(3 << 20)
+    del x, ys
+    torch.npu.empty_cache()
+    assert torch.npu.memory_reserved() == 0
+    assert torch.npu.mem_get_info()[0] == free, "unmapped and freed on the server"
+    # Mapping past the limit is torch_npu's own out-of-memory error; then all is well.
+    keep = torch.empty(free * 3 // 4, dtype=torch.uint8, device="npu")
+    try:
+        torch.empty(free // 2, dtype=torch.uint8, device="npu")
+        raise SystemExit("no out-of-memory error past the limit")
+    except torch.OutOfMemoryError:
+        pass
+    del keep
+    assert torch.equal((torch.ones(4, device="npu") * 3).cpu(), torch.full((4,), 3.0))
+    print("expandable segments ok")
+""")
+
+
+def test_expandable_segments_map_device_memory_as_they_grow():
+    """torch_npu's expandable segments (PYTORCH_NPU_ALLOC_CONF) reserve addresses
+    and map physical memory into them as they grow (aclrtReserveMemAddress,
+    aclrtMallocPhysical, aclrtMapMem, …): in a process of its own, since the
+    allocator reads its settings once."""
+    env = dict(os.environ, PYTORCH_NPU_ALLOC_CONF="expandable_segments:True")
+    run = subprocess.run([sys.executable, "-c", EXPANDABLE], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "expandable segments ok" in run.stdout, run.stderr[-3000:]
 
 
 def test_an_operator_the_device_lacks_is_a_clear_error_and_the_process_goes_on():
