@@ -136,9 +136,9 @@ pub(crate) fn fill_by_copies(
     Ok(())
 }
 
-/// The [`Api`](xpupool_protocol::Api) methods of a backend that has no virtual
-/// memory, IPC, textures, surfaces, arrays or linker to offer (HIP's module API
-/// and ACL have none of them in CUDA's terms), and the copies the transport
+/// The [`Api`](xpupool_protocol::Api) methods of a backend that has no IPC,
+/// textures, surfaces, arrays or linker to offer (HIP's module API and ACL have
+/// none of them in CUDA's terms), and the copies the transport
 /// answers itself. `unsupported(&str) -> CuError` must be in scope: the refusal
 /// that names the backend.
 macro_rules! refused_families {
@@ -161,51 +161,6 @@ macro_rules! refused_families {
             _: u64,
         ) -> Result<(), $crate::checks::CuError> {
             Err($crate::checks::api::transport_only("memcpy_dtoh_shared"))
-        }
-
-        fn mem_address_reserve(
-            &mut self,
-            _: u32,
-            _: u64,
-            _: u64,
-        ) -> Result<u64, $crate::checks::CuError> {
-            Err(unsupported("virtual memory (cuMemAddressReserve)"))
-        }
-
-        fn mem_address_free(&mut self, _: u64, _: u64) -> Result<(), $crate::checks::CuError> {
-            Err(unsupported("virtual memory (cuMemAddressFree)"))
-        }
-
-        fn mem_create(&mut self, _: u32, _: u64) -> Result<u64, $crate::checks::CuError> {
-            Err(unsupported("virtual memory (cuMemCreate)"))
-        }
-
-        fn mem_release(&mut self, _: u64) -> Result<(), $crate::checks::CuError> {
-            Err(unsupported("virtual memory (cuMemRelease)"))
-        }
-
-        fn mem_map(
-            &mut self,
-            _: u64,
-            _: u64,
-            _: u64,
-            _: u64,
-        ) -> Result<(), $crate::checks::CuError> {
-            Err(unsupported("virtual memory (cuMemMap)"))
-        }
-
-        fn mem_unmap(&mut self, _: u64, _: u64) -> Result<(), $crate::checks::CuError> {
-            Err(unsupported("virtual memory (cuMemUnmap)"))
-        }
-
-        fn mem_set_access(
-            &mut self,
-            _: u64,
-            _: u64,
-            _: u32,
-            _: u32,
-        ) -> Result<(), $crate::checks::CuError> {
-            Err(unsupported("virtual memory (cuMemSetAccess)"))
         }
 
         fn ipc_get_mem_handle(
@@ -331,3 +286,55 @@ macro_rules! refused_families {
     };
 }
 pub(crate) use refused_families;
+
+/// The virtual-memory methods (`cuMem*`) of a backend without them (HIP's
+/// module API); as [`refused_families`], `unsupported` must be in scope.
+macro_rules! refused_vmm {
+    () => {
+        fn mem_address_reserve(
+            &mut self,
+            _: u32,
+            _: u64,
+            _: u64,
+        ) -> Result<u64, $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemAddressReserve)"))
+        }
+
+        fn mem_address_free(&mut self, _: u64, _: u64) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemAddressFree)"))
+        }
+
+        fn mem_create(&mut self, _: u32, _: u64) -> Result<u64, $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemCreate)"))
+        }
+
+        fn mem_release(&mut self, _: u64) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemRelease)"))
+        }
+
+        fn mem_map(
+            &mut self,
+            _: u64,
+            _: u64,
+            _: u64,
+            _: u64,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemMap)"))
+        }
+
+        fn mem_unmap(&mut self, _: u64, _: u64) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemUnmap)"))
+        }
+
+        fn mem_set_access(
+            &mut self,
+            _: u64,
+            _: u64,
+            _: u32,
+            _: u32,
+        ) -> Result<(), $crate::checks::CuError> {
+            Err(unsupported("virtual memory (cuMemSetAccess)"))
+        }
+    };
+}
+pub(crate) use refused_vmm;

@@ -118,8 +118,16 @@ fn bytes_of(v: &[f32]) -> ByteBuf {
 }
 
 fn read_floats(c: &Connection, at: u64, n: usize) -> Vec<f32> {
-    let b = c.memcpy_dtoh(at, 4 * n as u64, 0).unwrap();
-    b.chunks_exact(4)
+    let mut bytes = Vec::with_capacity(4 * n);
+    while bytes.len() < 4 * n {
+        let len = (4 * n - bytes.len()).min(xpupool_protocol::MAX_COPY_CHUNK);
+        bytes.extend_from_slice(
+            &c.memcpy_dtoh(at + bytes.len() as u64, len as u64, 0)
+                .unwrap(),
+        );
+    }
+    bytes
+        .chunks_exact(4)
         .map(|w| f32::from_le_bytes(w.try_into().unwrap()))
         .collect()
 }
@@ -344,4 +352,94 @@ fn hostile_operators_are_refused_before_cann_sees_them() {
     drop(other);
     c.close();
     mock_memory_settles_at(0, "a closed session's memory is freed");
+}
+
+#[test]
+fn virtual_memory_maps_whole_physical_allocations_into_reservations() {
+    let _serial = serial();
+    let server = front();
+    let c = common::connect(&server);
+    const G: u64 = 2 << 20;
+    let start = c.mem_address_reserve(0, 4 * G, 0).unwrap();
+    let (p, q) = (c.mem_create(0, G).unwrap(), c.mem_create(0, G).unwrap());
+    mock_memory_settles_at(2 * G, "physical allocations reach the device");
+    // ACL maps whole physical allocations, inside a reservation, each once.
+    assert_eq!(
+        c.mem_map(start, G / 2, 0, p).unwrap_err().code,
+        code::NOT_SUPPORTED
+    );
+    assert_eq!(
+        c.mem_map(start + 4 * G, G, 0, p).unwrap_err().code,
+        code::INVALID_VALUE
+    );
+    c.mem_map(start + G, G, 0, p).unwrap();
+    assert_eq!(
+        c.mem_map(start + G, G, 0, q).unwrap_err().code,
+        code::INVALID_VALUE,
+        "overlap"
+    );
+    c.mem_map(start + 2 * G, G, 0, q).unwrap();
+    c.mem_set_access(start + G, 2 * G, 0, 3).unwrap();
+    assert_eq!(
+        c.mem_set_access(start, 2 * G, 0, 3).unwrap_err().code,
+        code::INVALID_VALUE
+    );
+    // Another session can neither map nor release this one's memory.
+    let other = common::connect(&server);
+    assert_eq!(other.mem_release(p).unwrap_err().code, code::INVALID_HANDLE);
+    drop(other);
+
+    // An operator over a tensor that spans both mappings, and copies across them.
+    let n = (G / 4) as i64; // a mapping's floats
+    let at = start + G + G / 2;
+    let xs: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    c.memcpy_htod(at, bytes_of(&xs), 0).unwrap();
+    let plan = c
+        .aclnn_prepare(
+            0,
+            "aclnnAdd".into(),
+            add(floats(n, at), floats(n, at), 0.5, floats(n, at)),
+        )
+        .unwrap();
+    c.aclnn_run(plan.executor, 0, 0, 0).unwrap();
+    let got = read_floats(&c, at, n as usize);
+    assert!(got.iter().zip(&xs).all(|(g, x)| *g == x * 1.5));
+    // Past the mapped part it is refused.
+    let e = c
+        .aclnn_prepare(
+            0,
+            "aclnnAdd".into(),
+            add(
+                floats(n, start + 2 * G),
+                floats(2 * n, start + 2 * G),
+                1.0,
+                floats(n, at),
+            ),
+        )
+        .unwrap_err();
+    assert_eq!(e.code, code::INVALID_VALUE, "{}", e.message);
+
+    // Released while mapped, the physical memory goes when it is unmapped.
+    c.mem_release(p).unwrap();
+    c.mem_release(q).unwrap();
+    assert_eq!(
+        c.mem_address_free(start, 4 * G).unwrap_err().code,
+        code::INVALID_VALUE,
+        "still mapped"
+    );
+    assert_eq!(
+        c.mem_unmap(start + G, G / 2).unwrap_err().code,
+        code::INVALID_VALUE,
+        "part of a mapping"
+    );
+    c.mem_unmap(start + G, 2 * G).unwrap();
+    mock_memory_settles_at(0, "unmapped and released");
+    c.mem_address_free(start, 4 * G).unwrap();
+
+    // A session that ends with memory mapped gives it all back.
+    let start = c.mem_address_reserve(0, 2 * G, 0).unwrap();
+    let h = c.mem_create(0, 2 * G).unwrap();
+    c.mem_map(start, 2 * G, 0, h).unwrap();
+    c.close();
+    mock_memory_settles_at(0, "a closed session's mappings are freed");
 }

@@ -101,10 +101,7 @@ impl AclBackend {
     pub fn open() -> Result<Self> {
         let dir = std::env::var_os("XPUPOOL_ACL_LIBRARY_DIR").filter(|d| !d.is_empty());
         let cann = Cann::load(dir.as_deref())?;
-        let shown = dir.map_or_else(
-            || "CANN".to_owned(),
-            |d| d.to_string_lossy().into_owned(),
-        );
+        let shown = dir.map_or_else(|| "CANN".to_owned(), |d| d.to_string_lossy().into_owned());
         let rt = &cann.runtime;
         // SAFETY: every call below passes valid out-pointers and values the
         // runtime handed out.

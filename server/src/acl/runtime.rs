@@ -31,6 +31,34 @@ pub(crate) const STREAM_COMPLETE: c_int = 0;
 /// `ACL_EVENT_TIME_LINE`: an event that keeps its timestamp.
 pub(crate) const EVENT_TIME_LINE: u32 = 0x8;
 
+/// `aclrtPhysicalMemProp`: device memory of 2 MiB pages.
+#[repr(C)]
+pub(crate) struct PhysicalMemProp {
+    /// `aclrtMemHandleType`: `ACL_MEM_HANDLE_TYPE_NONE`.
+    pub(crate) handle_type: u32,
+    /// `aclrtMemAllocationType`: `ACL_MEM_ALLOCATION_TYPE_PINNED`.
+    pub(crate) allocation_type: u32,
+    /// `aclrtMemAttr`: `ACL_HBM_MEM_HUGE`.
+    pub(crate) mem_attr: u32,
+    /// `aclrtMemLocation`: the device's id and `ACL_MEM_LOCATION_TYPE_DEVICE`.
+    pub(crate) location_id: u32,
+    pub(crate) location_type: u32,
+    pub(crate) reserve: u64,
+}
+
+impl PhysicalMemProp {
+    pub(crate) fn device(id: u32) -> Self {
+        Self {
+            handle_type: 0,
+            allocation_type: 0,
+            mem_attr: 4,
+            location_id: id,
+            location_type: 1,
+            reserve: 0,
+        }
+    }
+}
+
 crate::dynlib::entry_points! {
     /// The ACL runtime's entry points (`libascendcl.so`).
     pub(crate) struct Runtime -> AclError;
@@ -60,6 +88,13 @@ crate::dynlib::entry_points! {
     }
     optional {
         aclrtDeviceGetUuid: fn(i32, *mut [u8; 16]);
+        // Virtual memory (CANN 8 and later).
+        aclrtReserveMemAddress: fn(*mut *mut c_void, usize, usize, *mut c_void, u64);
+        aclrtReleaseMemAddress: fn(*mut c_void);
+        aclrtMallocPhysical: fn(*mut u64, usize, *const PhysicalMemProp, u64);
+        aclrtFreePhysical: fn(u64);
+        aclrtMapMem: fn(*mut c_void, usize, usize, u64, u64);
+        aclrtUnmapMem: fn(*mut c_void);
         // ACL_DEV_ATTR_*: core counts.
         aclrtGetDeviceInfo: fn(u32, c_int, *mut i64);
     }

@@ -12,8 +12,8 @@ use xpupool_protocol::{code, Api, CuError, MAX_COPY_CHUNK};
 
 use super::operators::{self, Parameters};
 use super::runtime::{
-    Handle, ACL_SUCCESS, DEVICE_TO_DEVICE, DEVICE_TO_HOST, EVENT_COMPLETE, EVENT_TIME_LINE, HBM,
-    HOST_TO_DEVICE, HUGE_FIRST, STREAM_COMPLETE,
+    Handle, PhysicalMemProp, ACL_SUCCESS, DEVICE_TO_DEVICE, DEVICE_TO_HOST, EVENT_COMPLETE,
+    EVENT_TIME_LINE, HBM, HOST_TO_DEVICE, HUGE_FIRST, STREAM_COMPLETE,
 };
 use super::timing::KernelTimes;
 use super::Shared;
@@ -28,8 +28,15 @@ const STREAM_LEGACY: u64 = 1;
 const STREAM_PER_THREAD: u64 = 2;
 /// `ACL_EVENT_SYNC`: an event a host may wait for.
 const EVENT_SYNC: u32 = 0x1;
+/// The granularity of reservations and physical allocations (ACL's huge pages).
+const VMM_GRANULARITY: u64 = 2 << 20;
 /// `CU_EVENT_DISABLE_TIMING`.
 const CU_EVENT_DISABLE_TIMING: u32 = 2;
+
+/// What a host whose CANN predates virtual memory answers to it.
+fn no_virtual_memory() -> CuError {
+    unsupported("virtual memory (the host's CANN has no aclrtReserveMemAddress)")
+}
 
 fn unsupported(operation: &str) -> CuError {
     CuError::new(
@@ -40,6 +47,15 @@ fn unsupported(operation: &str) -> CuError {
 
 /// The second phase of an aclnn operator (`aclnnXxx`).
 type SecondPhase = unsafe extern "C" fn(*mut c_void, u64, Handle, Handle) -> i32;
+
+/// A physical allocation (`aclrtMallocPhysical`).
+struct Physical {
+    size: u64,
+    /// Mappings of it.
+    mapped: u32,
+    /// Released by the client while mapped: freed at its last unmapping.
+    released: bool,
+}
 
 /// An executor between its two phases.
 struct Waiting {
@@ -56,6 +72,11 @@ pub(crate) struct AclSession {
     streams: HashSet<u64>,
     events: HashSet<u64>,
     executors: HashMap<u64, Waiting>,
+    /// Address reservations: start → size.
+    reservations: BTreeMap<u64, u64>,
+    physical: HashMap<u64, Physical>,
+    /// Mappings: address → (size, physical handle).
+    mappings: BTreeMap<u64, (u64, u64)>,
     /// Device time of its executions ([`Api::session_busy`]).
     times: KernelTimes,
 }
@@ -68,6 +89,9 @@ impl AclSession {
             streams: HashSet::new(),
             events: HashSet::new(),
             executors: HashMap::new(),
+            reservations: BTreeMap::new(),
+            physical: HashMap::new(),
+            mappings: BTreeMap::new(),
             times: KernelTimes::default(),
         }
     }
@@ -97,13 +121,90 @@ impl AclSession {
     /// Checks that `[address, address+len)` lies inside one allocation of this session.
     fn range(&self, address: u64, len: u64) -> Result<(), CuError> {
         let end = end_of(address, len)?;
-        if within(&self.allocations, address, end) {
+        if within(&self.allocations, address, end) || self.mapped(address, end) {
             Ok(())
         } else {
             Err(invalid_value(format!(
                 "[{address:#x}, +{len}) is not inside an allocation of this session"
             )))
         }
+    }
+
+    /// Whether `[address, end)` is covered by mappings without a gap.
+    fn mapped(&self, address: u64, end: u64) -> bool {
+        let Some((&base, &(size, _))) = self.mappings.range(..=address).next_back() else {
+            return false;
+        };
+        let mut reached = base.saturating_add(size);
+        if reached <= address {
+            return false;
+        }
+        for (&next, &(size, _)) in self.mappings.range(reached..) {
+            if reached >= end || next != reached {
+                break;
+            }
+            reached = next.saturating_add(size);
+        }
+        reached >= end
+    }
+
+    /// The mappings that exactly tile `[ptr, ptr+size)`, in order.
+    fn tiling(&self, ptr: u64, size: u64) -> Result<Vec<u64>, CuError> {
+        let end = end_of(ptr, size)?;
+        let mut at = ptr;
+        let mut found = Vec::new();
+        for (&base, &(len, _)) in self.mappings.range(ptr..end) {
+            if base != at {
+                break;
+            }
+            at = base + len;
+            found.push(base);
+        }
+        if size == 0 || at != end {
+            return Err(invalid_value(format!(
+                "[{ptr:#x}, +{size}) is not whole mappings of this session"
+            )));
+        }
+        Ok(found)
+    }
+
+    /// Unmaps the mapping at `base`, freeing its physical allocation if the
+    /// client released it.
+    fn unmap(&mut self, base: u64) -> Result<(), CuError> {
+        let unmap = self
+            .shared
+            .cann
+            .runtime
+            .aclrtUnmapMem
+            .ok_or_else(no_virtual_memory)?;
+        // SAFETY: a mapping of this session, unmapped once (removed below).
+        let r = unsafe { unmap(base as *mut c_void) };
+        self.check(r, "aclrtUnmapMem")?;
+        let Some((_, handle)) = self.mappings.remove(&base) else {
+            return Ok(());
+        };
+        if let Some(p) = self.physical.get_mut(&handle) {
+            p.mapped = p.mapped.saturating_sub(1);
+            if p.released && p.mapped == 0 {
+                self.free_physical(handle)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn free_physical(&mut self, handle: u64) -> Result<(), CuError> {
+        let free = self
+            .shared
+            .cann
+            .runtime
+            .aclrtFreePhysical
+            .ok_or_else(no_virtual_memory)?;
+        // SAFETY: a physical allocation of this session, mapped nowhere, freed
+        // once (removed below).
+        let r = unsafe { free(handle) };
+        self.check(r, "aclrtFreePhysical")?;
+        self.physical.remove(&handle);
+        Ok(())
     }
 
     fn synchronize_stream(&self, stream: Handle) -> Result<(), CuError> {
@@ -656,6 +757,194 @@ impl Api for AclSession {
         Ok(())
     }
 
+    fn mem_address_reserve(
+        &mut self,
+        device: u32,
+        size: u64,
+        alignment: u64,
+    ) -> Result<u64, CuError> {
+        only_device_zero(device)?;
+        if size == 0
+            || !size.is_multiple_of(VMM_GRANULARITY)
+            || (alignment != 0 && !alignment.is_power_of_two())
+        {
+            return Err(invalid_value(format!(
+                "a reservation of {size} bytes aligned to {alignment}: a non-zero multiple of {VMM_GRANULARITY} is needed"
+            )));
+        }
+        let len = usize::try_from(size)
+            .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "reservation too large"))?;
+        let reserve = self
+            .shared
+            .cann
+            .runtime
+            .aclrtReserveMemAddress
+            .ok_or_else(no_virtual_memory)?;
+        self.shared.enter()?;
+        let mut start: *mut c_void = std::ptr::null_mut();
+        // SAFETY: an out-pointer; alignment 0, no address asked for and flags 0,
+        // as ACL requires.
+        let r = unsafe { reserve(&mut start, len, 0, std::ptr::null_mut(), 0) };
+        self.check(r, "aclrtReserveMemAddress")?;
+        if alignment > VMM_GRANULARITY && !(start as u64).is_multiple_of(alignment) {
+            let release = self
+                .shared
+                .cann
+                .runtime
+                .aclrtReleaseMemAddress
+                .ok_or_else(no_virtual_memory)?;
+            // SAFETY: the reservation just made.
+            unsafe { release(start) };
+            return Err(unsupported(&format!(
+                "a reservation aligned to {alignment} bytes"
+            )));
+        }
+        self.reservations.insert(start as u64, size);
+        Ok(start as u64)
+    }
+
+    fn mem_address_free(&mut self, ptr: u64, size: u64) -> Result<(), CuError> {
+        if self.reservations.get(&ptr) != Some(&size) {
+            return Err(invalid_value(format!(
+                "[{ptr:#x}, +{size}) is not a reservation of this session"
+            )));
+        }
+        let end = end_of(ptr, size)?;
+        if self.mappings.range(ptr..end).next().is_some() {
+            return Err(invalid_value("a reservation with mappings in it"));
+        }
+        let release = self
+            .shared
+            .cann
+            .runtime
+            .aclrtReleaseMemAddress
+            .ok_or_else(no_virtual_memory)?;
+        self.shared.enter()?;
+        // SAFETY: a reservation of this session with nothing mapped, released once.
+        let r = unsafe { release(ptr as *mut c_void) };
+        self.check(r, "aclrtReleaseMemAddress")?;
+        self.reservations.remove(&ptr);
+        Ok(())
+    }
+
+    fn mem_create(&mut self, device: u32, size: u64) -> Result<u64, CuError> {
+        only_device_zero(device)?;
+        if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+            return Err(invalid_value(format!(
+                "a physical allocation of {size} bytes: a non-zero multiple of {VMM_GRANULARITY} is needed"
+            )));
+        }
+        let len = usize::try_from(size)
+            .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
+        let malloc = self
+            .shared
+            .cann
+            .runtime
+            .aclrtMallocPhysical
+            .ok_or_else(no_virtual_memory)?;
+        self.shared.enter()?;
+        let prop = PhysicalMemProp::device(0);
+        let mut handle = 0u64;
+        // SAFETY: an out-pointer and a property structure that live through the call.
+        let r = unsafe { malloc(&mut handle, len, &prop, 0) };
+        self.check(r, "aclrtMallocPhysical")?;
+        self.physical.insert(
+            handle,
+            Physical {
+                size,
+                mapped: 0,
+                released: false,
+            },
+        );
+        Ok(handle)
+    }
+
+    fn mem_release(&mut self, handle: u64) -> Result<(), CuError> {
+        let p = self
+            .physical
+            .get_mut(&handle)
+            .filter(|p| !p.released)
+            .ok_or_else(|| invalid_handle("physical allocation", handle))?;
+        p.released = true;
+        if p.mapped > 0 {
+            return Ok(());
+        }
+        self.shared.enter()?;
+        self.free_physical(handle)
+    }
+
+    fn mem_map(&mut self, ptr: u64, size: u64, offset: u64, handle: u64) -> Result<(), CuError> {
+        let p = self
+            .physical
+            .get(&handle)
+            .filter(|p| !p.released)
+            .ok_or_else(|| invalid_handle("physical allocation", handle))?;
+        if offset != 0 || size != p.size {
+            return Err(unsupported(
+                "mapping part of a physical allocation (ACL maps whole ones)",
+            ));
+        }
+        let end = end_of(ptr, size)?;
+        let inside = self
+            .reservations
+            .range(..=ptr)
+            .next_back()
+            .is_some_and(|(&base, &len)| end <= base.saturating_add(len));
+        let overlaps = self
+            .mappings
+            .range(..end)
+            .next_back()
+            .is_some_and(|(&b, &(l, _))| b.saturating_add(l) > ptr);
+        if !inside || overlaps || !ptr.is_multiple_of(VMM_GRANULARITY) {
+            return Err(invalid_value(format!(
+                "[{ptr:#x}, +{size}) is not a free, aligned part of a reservation of this session"
+            )));
+        }
+        let map = self
+            .shared
+            .cann
+            .runtime
+            .aclrtMapMem
+            .ok_or_else(no_virtual_memory)?;
+        self.shared.enter()?;
+        // SAFETY: an unmapped, aligned part of this session's reservation and a
+        // whole physical allocation of it.
+        let r = unsafe { map(ptr as *mut c_void, size as usize, 0, handle, 0) };
+        self.check(r, "aclrtMapMem")?;
+        self.mappings.insert(ptr, (size, handle));
+        if let Some(p) = self.physical.get_mut(&handle) {
+            p.mapped += 1;
+        }
+        Ok(())
+    }
+
+    fn mem_unmap(&mut self, ptr: u64, size: u64) -> Result<(), CuError> {
+        let found = self.tiling(ptr, size)?;
+        self.shared.enter()?;
+        for base in found {
+            self.unmap(base)?;
+        }
+        Ok(())
+    }
+
+    /// ACL's mappings are readable and writable by their device from the start.
+    fn mem_set_access(
+        &mut self,
+        ptr: u64,
+        size: u64,
+        device: u32,
+        flags: u32,
+    ) -> Result<(), CuError> {
+        only_device_zero(device)?;
+        self.tiling(ptr, size)?;
+        match flags {
+            3 => Ok(()),
+            _ => Err(unsupported(&format!(
+                "access flags {flags} (ACL's mappings are read-write)"
+            ))),
+        }
+    }
+
     crate::checks::refused_families!();
 
     xpupool_protocol::server_only_operations!();
@@ -674,6 +963,29 @@ impl Drop for AclSession {
         self.times.destroy(&self.shared.cann);
         for (executor, waiting) in std::mem::take(&mut self.executors) {
             self.discard(executor, waiting, false);
+        }
+        let mut vmm_failures = Vec::new();
+        for base in self.mappings.keys().copied().collect::<Vec<_>>() {
+            if let Err(e) = self.unmap(base) {
+                vmm_failures.push(e.message);
+            }
+        }
+        for handle in self.physical.keys().copied().collect::<Vec<_>>() {
+            if let Err(e) = self.free_physical(handle) {
+                vmm_failures.push(e.message);
+            }
+        }
+        if let Some(release) = self.shared.cann.runtime.aclrtReleaseMemAddress {
+            for (start, _) in std::mem::take(&mut self.reservations) {
+                // SAFETY: a reservation of this session, nothing mapped in it now.
+                let r = unsafe { release(start as *mut c_void) };
+                if r != ACL_SUCCESS {
+                    vmm_failures.push(format!("aclrtReleaseMemAddress: {r}"));
+                }
+            }
+        }
+        if let Some(first) = vmm_failures.first() {
+            tracing::warn!(failures = vmm_failures.len(), first = %first, "acl session teardown: virtual memory");
         }
         let rt = &self.shared.cann.runtime;
         let mut failures = Vec::new();

@@ -835,6 +835,7 @@ impl Api for HipSession {
 
     // What HIP's module API has no counterpart for here.
     crate::checks::refused_families!();
+    crate::checks::refused_vmm!();
 
     xpupool_protocol::server_only_operations!();
 }
