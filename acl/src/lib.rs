@@ -27,6 +27,7 @@ use std::sync::Mutex;
 
 use xpupool_protocol::{code, CuError};
 
+pub mod callback;
 pub mod hccl;
 pub mod nn;
 pub mod runtime;

@@ -4,7 +4,7 @@
 //! pointers are the server's addresses; contexts are `device + 1`.
 
 use std::cell::Cell;
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use xpupool_client::copy::{transfer, Direction};
@@ -18,6 +18,9 @@ use crate::*;
 /// What `aclrtGetSocName` answers: a 910B's, the device torch_npu's kernels and
 /// defaults are chosen for.
 pub const SOC_NAME: &str = "Ascend910B3";
+/// `CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT`: what the acl backend reports its
+/// AI cores as.
+const MULTIPROCESSOR_COUNT: u32 = 16;
 
 /// The connection to the pool server and the device ranges held on it.
 static STANDIN: Standin = Standin::new();
@@ -68,7 +71,9 @@ pub(crate) fn device() -> Result<(&'static Connection, u32), Failure> {
     Ok((c, d))
 }
 
-fn device_info(device: i64) -> Result<(&'static Connection, u32, &'static DeviceInfo), Failure> {
+pub(crate) fn device_info(
+    device: i64,
+) -> Result<(&'static Connection, u32, &'static DeviceInfo), Failure> {
     let c = connection()?;
     let d = u32::try_from(device)
         .ok()
@@ -153,9 +158,26 @@ pub extern "C" fn aclrtGetDevice(out: *mut i32) -> AclError {
     })
 }
 
+/// The server's first device, where it is a real Ascend device (the acl
+/// backend's): the mock's stand-in device is described as a 910B3 instead.
+fn ascend_device() -> Option<&'static DeviceInfo> {
+    let c = connection().ok()?;
+    c.welcome
+        .devices
+        .first()
+        .filter(|d| d.name.starts_with("Ascend"))
+}
+
+/// The SoC's name: the acl backend's device's, else a 910B3's.
 #[no_mangle]
 pub extern "C" fn aclrtGetSocName() -> *const c_char {
-    c"Ascend910B3".as_ptr()
+    static NAME: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        ascend_device()
+            .and_then(|d| CString::new(d.name.as_str()).ok())
+            .unwrap_or_else(|| CString::new(SOC_NAME).unwrap_or_default())
+    })
+    .as_ptr()
 }
 
 #[no_mangle]
@@ -165,11 +187,16 @@ pub extern "C" fn aclrtGetRunMode(out: *mut c_int) -> AclError {
 }
 
 /// `aclrtDevAttr` values answered, and what.
-fn device_attribute(info: &DeviceInfo, device: u32, attr: i32) -> Option<i64> {
+pub(crate) fn device_attribute(info: &DeviceInfo, device: u32, attr: i32) -> Option<i64> {
     Some(match attr {
-        // AICPU_CORE_NUM, AICORE_CORE_NUM, CUBE_CORE_NUM, VECTOR_CORE_NUM: a 910B3's.
+        // AICPU_CORE_NUM, AICORE_CORE_NUM, CUBE_CORE_NUM, VECTOR_CORE_NUM: a 910B3's,
+        // or the AI cores the acl backend's device reports.
         1 => 6,
-        101 | 102 => 20,
+        101 | 102 => info
+            .attributes
+            .iter()
+            .find(|&&(a, _)| a == MULTIPROCESSOR_COUNT && info.name.starts_with("Ascend"))
+            .map_or(20, |&(_, v)| i64::from(v)),
         201 => 40,
         // TOTAL_GLOBAL_MEM_SIZE: the tenant's memory.
         301 => info.total_memory as i64,

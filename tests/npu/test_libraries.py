@@ -61,7 +61,7 @@ def test_functions_torch_npu_looks_up_by_handle_are_found(library, name):
 
 
 @pytest.mark.parametrize("library, name", [
-    ("libascendcl.so", "aclrtLaunchCallback"),
+    ("libascendcl.so", "aclmdlRICaptureBegin"),
     ("libhccl.so", "HcclSend"),
     ("libopapi.so", "aclnnNoSuchOperatorGetWorkspaceSize"),
 ])
@@ -137,6 +137,58 @@ def test_an_operator_over_memory_that_is_not_the_processes_is_refused_at_its_fir
     for t in (ok, elsewhere, reaching):
         assert lib.aclDestroyTensor(t) == 0
     assert lib.aclrtFree(memory) == 0
+
+
+def test_callbacks_run_in_stream_order_on_the_subscribed_thread():
+    """aclrtLaunchCallback queues a callback for the thread subscribed to the
+    stream, which runs it from aclrtProcessReport once the stream's work before it
+    is done; a blocking one has run when the launch returns. aclrtLaunchHostFunc
+    runs its function before it returns, after the stream's work."""
+    import threading
+    import time
+    lib = ctypes.CDLL(str(ACL / "libascendcl.so"), mode=os.RTLD_NOW)
+    assert lib.aclInit(None) in (0, 100002)
+    assert lib.aclrtSetDevice(0) == 0
+    stream = ctypes.c_void_p()
+    assert lib.aclrtCreateStream(ctypes.byref(stream)) == 0
+    ran = []
+    CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    callback = CALLBACK(lambda data: ran.append((data, threading.get_ident())))
+    lib.aclrtLaunchCallback.argtypes = [CALLBACK, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    lib.aclrtLaunchHostFunc.argtypes = [ctypes.c_void_p, CALLBACK, ctypes.c_void_p]
+    lib.aclrtSubscribeReport.argtypes = [ctypes.c_uint64, ctypes.c_void_p]
+    lib.aclrtUnSubscribeReport.argtypes = [ctypes.c_uint64, ctypes.c_void_p]
+    # Refused: no subscribed thread, a block type ACL lacks, a zero timeout.
+    assert lib.aclrtLaunchCallback(callback, None, 0, stream) == 100000
+    assert lib.aclrtProcessReport(0) == 100000
+    assert lib.aclrtProcessReport(20) == 507012  # ACL_ERROR_RT_REPORT_TIMEOUT
+    stop = threading.Event()
+
+    def report():
+        while not stop.is_set():
+            assert lib.aclrtProcessReport(50) in (0, 507012)
+
+    thread = threading.Thread(target=report)
+    thread.start()
+    try:
+        assert lib.aclrtSubscribeReport(thread.ident, stream) == 0
+        assert lib.aclrtLaunchCallback(callback, None, 2, stream) == 100000
+        memory = ctypes.c_void_p()
+        assert lib.aclrtMalloc(ctypes.byref(memory), ctypes.c_size_t(1 << 20), 0) == 0
+        assert lib.aclrtMemsetAsync(memory, ctypes.c_size_t(1 << 20), 7, ctypes.c_size_t(1 << 20),
+                                    stream) == 0
+        assert lib.aclrtLaunchCallback(callback, ctypes.c_void_p(1), 0, stream) == 0
+        assert lib.aclrtLaunchCallback(callback, ctypes.c_void_p(2), 1, stream) == 0
+        assert [d for d, _ in ran] == [1, 2], "a blocking callback has run when its launch returns"
+        assert all(t == thread.ident for _, t in ran), "on the subscribed thread"
+        assert lib.aclrtLaunchHostFunc(stream, callback, ctypes.c_void_p(3)) == 0
+        assert ran[-1] == (3, threading.get_ident()), "a host function runs before its launch returns"
+        assert lib.aclrtUnSubscribeReport(thread.ident, stream) == 0
+        assert lib.aclrtFree(memory) == 0
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert lib.aclrtDestroyStream(stream) == 0
 
 
 def test_hccl_makes_one_rank_communicators_and_refuses_more():
