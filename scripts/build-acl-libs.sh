@@ -26,6 +26,10 @@ for name in ascendcl acl_rt runtime hccl opapi nnopbase cust_opapi acl_op_compil
         -Wl,--no-as-needed -L"$out" -lxpupool_acl -Wl,-rpath,'$ORIGIN'
 done
 rm -f "$out/empty.c"
+# npu-smi (`npu-smi info`) over the stand-in's libdcmi; `xpupool run` puts bin/ on PATH.
+mkdir -p "$out/bin"
+gcc -O1 -Wall -o "$out/bin/npu-smi" "$root/acl/tools/npu-smi.c" -L"$out" -ldcmi -lxpupool_acl -Wl,-rpath,'$ORIGIN/..'
+
 # The folder is also the process's ASCEND_HOME_PATH (`xpupool run` sets it):
 # torch_npu checks that a CANN install there has runtime/, compiler/ and an
 # operator package (ASCEND_OPP_PATH, opp/), and reads its version from an

@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use xpupool_protocol::{code, CuError};
 
 pub mod callback;
+pub mod dcmi;
 pub mod hccl;
 pub mod nn;
 pub mod runtime;

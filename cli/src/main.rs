@@ -541,6 +541,11 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         command
             .env("ASCEND_HOME_PATH", &acl)
             .env("ASCEND_OPP_PATH", acl.join("opp"));
+        // npu-smi, on the pooled device (scripts count devices with `npu-smi info`).
+        let bin = acl.join("bin");
+        if bin.join("npu-smi").exists() {
+            command.env("PATH", prepend_path("PATH", &bin));
+        }
     }
     command.env(
         "LD_LIBRARY_PATH",

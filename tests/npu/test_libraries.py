@@ -191,6 +191,98 @@ def test_callbacks_run_in_stream_order_on_the_subscribed_thread():
     assert lib.aclrtDestroyStream(stream) == 0
 
 
+class ChipInfoV2(ctypes.Structure):
+    _fields_ = [("chip_type", ctypes.c_char * 32), ("chip_name", ctypes.c_char * 32),
+                ("chip_ver", ctypes.c_char * 32), ("aicore_cnt", ctypes.c_uint),
+                ("npu_name", ctypes.c_char * 32)]
+
+
+class HbmInfo(ctypes.Structure):
+    _fields_ = [("memory_size", ctypes.c_ulonglong), ("freq", ctypes.c_uint),
+                ("memory_usage", ctypes.c_ulonglong), ("temp", ctypes.c_int),
+                ("bandwith_util_rate", ctypes.c_uint)]
+
+
+class ProcMemInfo(ctypes.Structure):
+    _fields_ = [("proc_id", ctypes.c_int), ("proc_mem_usage", ctypes.c_ulong)]
+
+
+def test_dcmi_sees_the_pooled_device_with_the_quota_as_its_memory():
+    """libdcmi (what npu-smi, npu-exporter and torch_npu's CPU binding call): one
+    card per pooled device, a 910B3 chip, the tenant's quota as its HBM, this
+    process among its users; what the pool does not measure is not supported."""
+    limit = int(os.environ["XPUPOOL_EXPECT_MEMORY_LIMIT"])
+    dcmi = ctypes.CDLL(str(ACL / "libdcmi.so"), mode=os.RTLD_NOW)
+    acl = ctypes.CDLL(str(ACL / "libascendcl.so"), mode=os.RTLD_NOW)
+    assert dcmi.dcmi_init() == 0
+    count, cards = ctypes.c_int(), (ctypes.c_int * 64)()
+    assert dcmi.dcmi_get_card_num_list(ctypes.byref(count), cards, 64) == 0
+    assert (count.value, cards[0]) == (1, 0)
+    n = ctypes.c_int()
+    assert dcmi.dcmi_get_device_num_in_card(0, ctypes.byref(n)) == 0 and n.value == 1
+    chip = ChipInfoV2()
+    assert dcmi.dcmi_get_device_chip_info_v2(0, 0, ctypes.byref(chip)) == 0
+    assert (chip.chip_type, chip.chip_name, chip.aicore_cnt) == (b"Ascend", b"910B3", 20)
+    # The quota is its memory, and what this process holds is in use.
+    assert acl.aclInit(None) in (0, 100002) and acl.aclrtSetDevice(0) == 0
+    memory = ctypes.c_void_p()
+    assert acl.aclrtMalloc(ctypes.byref(memory), ctypes.c_size_t(64 << 20), 0) == 0
+    hbm = HbmInfo()
+    assert dcmi.dcmi_get_device_hbm_info(0, 0, ctypes.byref(hbm)) == 0
+    assert hbm.memory_size == limit >> 20 and 64 <= hbm.memory_usage <= hbm.memory_size
+    procs, k = (ProcMemInfo * 32)(), ctypes.c_int(32)
+    assert dcmi.dcmi_get_device_resource_info(0, 0, procs, ctypes.byref(k)) == 0
+    mine = [p.proc_mem_usage for p in procs[:k.value] if p.proc_id == os.getpid()]
+    assert mine and mine[0] >= 64 << 20, [(p.proc_id, p.proc_mem_usage) for p in procs[:k.value]]
+    rate = ctypes.c_uint(1000)
+    assert dcmi.dcmi_get_device_utilization_rate(0, 0, 2, ctypes.byref(rate)) == 0 and rate.value <= 100
+    assert dcmi.dcmi_get_device_utilization_rate(0, 0, 6, ctypes.byref(rate)) == 0
+    assert rate.value == hbm.memory_usage * 100 // hbm.memory_size or rate.value >= 0
+    # The die id is the device's UUID; the CPUs are all of this machine's.
+    uuid, die = (ctypes.c_ubyte * 16)(), (ctypes.c_uint * 5)()
+    assert acl.aclrtDeviceGetUuid(0, uuid) == 0
+    assert dcmi.dcmi_get_device_die_v2(0, 0, 1, die) == 0
+    assert bytes(uuid) == b"".join(w.to_bytes(4, "big") for w in die[:4])
+    cpus, length = ctypes.create_string_buffer(32), ctypes.c_int()
+    assert dcmi.dcmi_get_affinity_cpu_info_by_device_id(0, 0, cpus, ctypes.byref(length)) == 0
+    assert cpus.value == f"0-{os.cpu_count() - 1}".encode() or cpus.value.startswith(b"0-")
+    # Not measured, not there: DCMI_ERR_CODE_NOT_SUPPORT, INVALID_DEVICE_ID.
+    t = ctypes.c_int()
+    assert dcmi.dcmi_get_device_temperature(0, 0, ctypes.byref(t)) == -8255
+    assert dcmi.dcmi_get_device_utilization_rate(0, 0, 1, ctypes.byref(rate)) == -8255
+    assert dcmi.dcmi_get_device_hbm_info(5, 0, ctypes.byref(hbm)) == -8007
+    assert dcmi.dcmi_get_device_hbm_info(0, 1, ctypes.byref(hbm)) == -8007
+    assert dcmi.dcmi_get_device_hbm_info(0, 0, None) == -8001
+    # torch_npu moves to DCMI's second API if any of it is exported.
+    with pytest.raises(AttributeError):
+        dcmi.dcmiv2_init
+    assert acl.aclrtFree(memory) == 0
+
+
+def test_npu_smi_info_shows_the_pooled_device():
+    """`npu-smi info` (on PATH under xpupool run) prints the pooled 910B3, its
+    quota as HBM, and this process among those using it."""
+    import shutil
+    import subprocess
+    limit = int(os.environ["XPUPOOL_EXPECT_MEMORY_LIMIT"])
+    smi = shutil.which("npu-smi")
+    assert smi and Path(smi).parent == ACL / "bin", smi
+    acl = ctypes.CDLL(str(ACL / "libascendcl.so"), mode=os.RTLD_NOW)
+    assert acl.aclInit(None) in (0, 100002) and acl.aclrtSetDevice(0) == 0
+    memory = ctypes.c_void_p()
+    assert acl.aclrtMalloc(ctypes.byref(memory), ctypes.c_size_t(8 << 20), 0) == 0
+    try:
+        out = subprocess.run([smi, "info"], capture_output=True, text=True, timeout=60)
+    finally:
+        assert acl.aclrtFree(memory) == 0
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any("910B3" in l and "| OK" in l for l in lines), out.stdout
+    assert any(f"/ {limit >> 20}" in l for l in lines), out.stdout
+    assert any(f"| {os.getpid()} " in l for l in lines), out.stdout
+    assert subprocess.run([smi, "set"], capture_output=True).returncode == 2
+
+
 def test_hccl_makes_one_rank_communicators_and_refuses_more():
     lib = ctypes.CDLL(str(ACL / "libhccl.so"), mode=os.RTLD_NOW)
     root = ctypes.create_string_buffer(4108)
