@@ -31,6 +31,7 @@ pub mod callback;
 pub mod dcmi;
 pub mod hccl;
 pub mod nn;
+pub mod op;
 pub mod runtime;
 pub mod settings;
 pub mod vmm;

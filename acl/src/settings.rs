@@ -36,9 +36,20 @@ pub unsafe extern "C" fn aclSetCompileopt(opt: c_int, value: *const c_char) -> A
     })
 }
 
+/// `ACL_OP_JIT_COMPILE`.
+const JIT_COMPILE: c_int = 10;
+
+/// An option's value: what was set, else CANN's default where the stand-in
+/// has one. `ACL_OP_JIT_COMPILE` is "disable", as on a 910B with its operators'
+/// kernels installed (nothing is compiled behind the stand-in): torch_npu then
+/// keeps tensors in ND instead of casting weights to the cube's private formats.
 fn compile_option(opt: c_int) -> Option<CString> {
     let options = COMPILE_OPTIONS.lock().unwrap_or_else(|e| e.into_inner());
-    options.as_ref()?.get(&opt).cloned()
+    match options.as_ref().and_then(|o| o.get(&opt)) {
+        Some(v) => Some(v.clone()),
+        None if opt == JIT_COMPILE => Some(c"disable".to_owned()),
+        None => None,
+    }
 }
 
 #[no_mangle]
