@@ -14,6 +14,9 @@ use xpupool_protocol::{code, CuError};
 
 use super::memory::SessionMemory;
 
+#[path = "aclnn_conv.rs"]
+mod conv;
+
 /// Elements one tensor of an operator may have here: the values are held as
 /// f64 or i64 (8 bytes each) while the operator runs.
 const MAX_ELEMENTS: u64 = 1 << 24;
@@ -528,6 +531,12 @@ enum Op {
     Arange,
     ConstantPadNd,
     Cat,
+    /// 2-D convolution and its backward; max pooling and its backward.
+    Conv,
+    ConvBackward,
+    /// With indices, or (true) with torch_npu's mask.
+    MaxPool(bool),
+    MaxPoolBackward(bool),
 }
 
 /// The functions of [`Op::ForeachMap`]: of each input list's element, and the
@@ -715,12 +724,19 @@ fn operator(name: &str) -> Option<(Op, &'static str)> {
         "aclnnForeachPowScalarV2" => (Op::ForeachMap(Fm::PowScalar), "LSL"),
         "aclnnEqScalar" => (Op::Eq(true), "TST"),
         "aclnnMean" => (Op::Reduce(Reduce::Mean), "TABIT"),
+        "aclnnConvolution" => (Op::Conv, "TTUAAABAITI"),
+        "aclnnConvolutionBackward" => (Op::ConvBackward, "TTTaAAABAIMIUUU"),
+        "aclnnMaxPool2dWithIndices" => (Op::MaxPool(false), "TAAAABTT"),
+        "aclnnMaxPool2dWithIndicesBackward" => (Op::MaxPoolBackward(false), "TTTAAAABT"),
+        "aclnnMaxPool2dWithMask" => (Op::MaxPool(true), "TAAAABTT"),
+        "aclnnMaxPool2dWithMaskBackward" => (Op::MaxPoolBackward(true), "TTTAAAABT"),
         _ => return None,
     })
 }
 
 /// Whether `arg` is of the kind `k` stands for: T tensor, S scalar, I an
-/// integer, A an int array, B a bool, L a tensor list, U a tensor or NULL.
+/// integer, A an int array, a an int array or NULL, B a bool, M a bool array,
+/// L a tensor list, U a tensor or NULL.
 fn fits(k: char, arg: &AclnnArg) -> bool {
     matches!(
         (k, arg),
@@ -728,7 +744,9 @@ fn fits(k: char, arg: &AclnnArg) -> bool {
             | ('U', AclnnArg::Null)
             | ('S', AclnnArg::Scalar(..))
             | ('I', AclnnArg::I64(_) | AclnnArg::I32(_) | AclnnArg::I8(_))
-            | ('A', AclnnArg::IntArray(_))
+            | ('A' | 'a', AclnnArg::IntArray(_))
+            | ('a', AclnnArg::Null)
+            | ('M', AclnnArg::BoolArray(_))
             | ('B', AclnnArg::Bool(_))
             | ('L', AclnnArg::TensorList(_))
     )
@@ -1027,6 +1045,10 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
         }
         Op::Arange => Ok(()),
         Op::Cat => cat_parts(a).map(|_| ()),
+        Op::Conv => conv::validate_forward(a),
+        Op::ConvBackward => conv::validate_backward(a),
+        Op::MaxPool(mask) => conv::validate_pool(a, mask),
+        Op::MaxPoolBackward(mask) => conv::validate_pool_backward(a, mask),
         Op::ConstantPadNd => padded_shape(a).map(|_| ()),
         Op::ForeachMap(_) => {
             let (inputs, outs) = foreach_lists(a)?;
@@ -1297,6 +1319,10 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
                 .collect();
             store(memory, out, &values_of(out.dtype, values))
         }
+        Op::Conv => conv::forward(memory, a),
+        Op::ConvBackward => conv::backward(memory, a),
+        Op::MaxPool(mask) => conv::pool(memory, a, mask),
+        Op::MaxPoolBackward(mask) => conv::pool_backward(memory, a, mask),
         Op::Cat => {
             let (parts, out, dim) = cat_parts(a)?;
             let (outer, _, inner) = split_at_dim(&out.dims, dim)?;
