@@ -67,7 +67,9 @@ def kind(param: str):
     param = re.sub(r"\b(const|struct)\b", " ", param)
     # Drop the parameter's name; keep the type and its stars.
     m = re.match(r"\s*(\w+)\s*(\**)\s*\w*\s*(\[\s*\])?\s*$", param)
-    if not m:
+    # An array parameter (`int64_t x[]`) is a pointer, which no kind here
+    # describes: its operator is left out rather than taken to pass a value.
+    if not m or m.group(3):
         return None
     return KINDS.get(m.group(1) + m.group(2))
 

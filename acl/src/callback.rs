@@ -1,18 +1,20 @@
 //! Host functions in stream order. `aclrtLaunchCallback` queues a callback for
 //! the thread a program subscribed to the stream (`aclrtSubscribeReport`); that
 //! thread runs it from `aclrtProcessReport` once the stream's work before it is
-//! done (an event recorded after that work, on the server, says when). A
-//! blocking callback (`ACL_CALLBACK_BLOCK`) holds back the stream's later work:
-//! here the launching thread returns only once it has run, so nothing later is
-//! sent before. `aclrtLaunchHostFunc` runs its function when the stream's work
-//! is done, on the calling thread, before anything later is sent.
+//! done (an event recorded after that work, on the server, says when). Not
+//! done: a blocking callback (`ACL_CALLBACK_BLOCK`) should hold back the
+//! stream's later work on the device until it has run; here later work may run
+//! first (waiting on the launching thread instead could deadlock a program that
+//! holds a lock its callback takes). `aclrtLaunchHostFunc` runs its function
+//! when the stream's work is done, on the calling thread, before anything
+//! later is sent.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::ffi::c_void;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use xpupool_protocol::{Calls, Request};
+use xpupool_protocol::{code, Calls, Request};
 
 use crate::runtime::{connection, device};
 use crate::*;
@@ -31,12 +33,10 @@ const NO_TIMING: u32 = 2;
 type Callback = unsafe extern "C" fn(*mut c_void);
 
 struct Pending {
-    id: u64,
     /// Recorded in the stream after the work the callback follows.
     event: u64,
     f: Callback,
     data: usize,
-    blocking: bool,
 }
 
 #[derive(Default)]
@@ -45,9 +45,6 @@ struct State {
     subscribed: HashMap<u64, u64>,
     /// Thread → its callbacks, in launch order.
     queues: HashMap<u64, VecDeque<Pending>>,
-    next: u64,
-    /// Blocking callbacks that have run, until their launcher sees it.
-    ran: HashSet<u64>,
 }
 
 struct Shared {
@@ -125,11 +122,8 @@ pub extern "C" fn aclrtLaunchCallback(
             event,
             stream: stream as u64,
         })?;
-        let blocking = block == BLOCK;
-        let id = {
+        {
             let mut s = lock();
-            s.next += 1;
-            let id = s.next;
             let queue = s.queues.entry(thread).or_default();
             if queue.len() >= MAX_WAITING {
                 drop(s);
@@ -140,59 +134,35 @@ pub extern "C" fn aclrtLaunchCallback(
                 ));
             }
             queue.push_back(Pending {
-                id,
                 event,
                 f,
                 data: data as usize,
-                blocking,
             });
-            id
-        };
+        }
         shared().changed.notify_all();
-        if !blocking {
-            return Ok(());
-        }
-        if thread == this_thread() {
-            // The launcher is the thread that runs it (and those before it):
-            // nothing else would.
-            while !lock().ran.remove(&id) {
-                run_next(thread, None)?;
-            }
-            return Ok(());
-        }
-        // Later work on the stream is sent only once it has run.
-        let mut s = lock();
-        while !s.ran.remove(&id) {
-            if s.subscribed.get(&(stream as u64)) != Some(&thread) {
-                return Err(invalid(
-                    "the stream's thread unsubscribed before its blocking callback ran",
-                ));
-            }
-            s = shared()
-                .changed
-                .wait_timeout(s, Duration::from_millis(100))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
         Ok(())
     })
 }
 
-/// Runs the oldest callback queued for `thread`, waiting for one until
-/// `deadline` (forever without): whether one ran.
+/// Runs the oldest callback queued for `thread` once the work before it is
+/// done, waiting until `deadline` (forever without): whether one ran. The
+/// device is asked (`event_query`) every millisecond or so, so that no request
+/// is held open while other threads of the program send theirs.
 fn run_next(thread: u64, deadline: Option<Instant>) -> Result<bool, Failure> {
+    let left = |d: Option<Instant>| match d {
+        Some(d) => d
+            .checked_duration_since(Instant::now())
+            .filter(|l| !l.is_zero()),
+        None => Some(Duration::from_secs(1)),
+    };
     let next = {
         let mut s = lock();
         loop {
             if let Some(p) = s.queues.get_mut(&thread).and_then(VecDeque::pop_front) {
                 break p;
             }
-            let wait = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => return Ok(false),
-                },
-                None => Duration::from_secs(1),
+            let Some(wait) = left(deadline) else {
+                return Ok(false);
             };
             s = shared()
                 .changed
@@ -203,16 +173,24 @@ fn run_next(thread: u64, deadline: Option<Instant>) -> Result<bool, Failure> {
     };
     let c = connection()?;
     // The stream's work before it is done (or failed: then it does not run).
-    let reached = c.event_synchronize(next.event);
+    let reached = loop {
+        match c.event_query(next.event) {
+            Ok(()) => break Ok(()),
+            Err(e) if e.code == code::NOT_READY => {}
+            Err(e) => break Err(e),
+        }
+        if left(deadline).is_none() {
+            // Not yet: it stays first in line for the next call.
+            lock().queues.entry(thread).or_default().push_front(next);
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     let _ = c.post(Request::EventDestroy { event: next.event });
     if reached.is_ok() {
         // SAFETY: the program's callback with its own argument, after the work
         // it follows, as ACL runs it.
         unsafe { (next.f)(next.data as *mut c_void) };
-    }
-    if next.blocking {
-        lock().ran.insert(next.id);
-        shared().changed.notify_all();
     }
     reached.map(|()| true).map_err(Failure::from)
 }

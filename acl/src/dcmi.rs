@@ -30,6 +30,8 @@ const UTIL_VECTORCORE: c_int = 12;
 const UTIL_NPU: c_int = 13;
 const UTIL_AICUBE: c_int = 14;
 const MIB: u64 = 1 << 20;
+/// `MAX_PROC_NUM_IN_DEVICE`: the processes one call lists.
+const MAX_PROCESSES: usize = 32;
 
 /// `struct dcmi_chip_info_v2` (`dcmi_chip_info` is its first four fields).
 #[repr(C)]
@@ -427,10 +429,11 @@ pub extern "C" fn dcmi_get_device_die_v2(
     })
 }
 
-/// The tenant's processes on the device and the bytes each holds (at most `*count`).
+/// The tenant's processes on the device and the bytes each holds: at most 32,
+/// DCMI's own limit (`*count` is only an output, as DCMI documents it).
 ///
 /// # Safety
-/// `list` has room for `*count` entries (DCMI's contract).
+/// `list` has room for 32 entries (DCMI's contract).
 #[no_mangle]
 pub unsafe extern "C" fn dcmi_get_device_resource_info(
     card: c_int,
@@ -443,13 +446,11 @@ pub unsafe extern "C" fn dcmi_get_device_resource_info(
         if count.is_null() || list.is_null() {
             return Err(INVALID_PARAMETER);
         }
-        // SAFETY: the caller's count, checked non-NULL.
-        let room = unsafe { *count }.max(0) as usize;
         let c = connection().map_err(|_| DEVICE_NOT_EXIST)?;
         let usage = c.device_usage(d).map_err(|_| INNER_ERR)?;
-        let n = usage.sessions.len().min(room);
+        let n = usage.sessions.len().min(MAX_PROCESSES);
         for (i, &(pid, bytes)) in usage.sessions.iter().take(n).enumerate() {
-            // SAFETY: the caller's list of `*count` entries; `i < *count`.
+            // SAFETY: the caller's list of 32 entries; `i < 32`.
             unsafe {
                 list.add(i).write(ProcMemInfo {
                     proc_id: pid as c_int,

@@ -168,16 +168,22 @@ fn ascend_device() -> Option<&'static DeviceInfo> {
         .filter(|d| d.name.starts_with("Ascend"))
 }
 
-/// The SoC's name: the acl backend's device's, else a 910B3's.
+/// The SoC's name: the acl backend's device's, else a 910B3's (also while no
+/// server is reached; the name is kept once one is).
 #[no_mangle]
 pub extern "C" fn aclrtGetSocName() -> *const c_char {
     static NAME: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        ascend_device()
-            .and_then(|d| CString::new(d.name.as_str()).ok())
-            .unwrap_or_else(|| CString::new(SOC_NAME).unwrap_or_default())
-    })
-    .as_ptr()
+    let found = guard(|| {
+        if connection().is_err() {
+            return None;
+        }
+        let name = ascend_device().map_or(SOC_NAME, |d| d.name.as_str());
+        Some(
+            NAME.get_or_init(|| CString::new(name).unwrap_or_default())
+                .as_ptr(),
+        )
+    });
+    found.flatten().unwrap_or(c"Ascend910B3".as_ptr())
 }
 
 #[no_mangle]

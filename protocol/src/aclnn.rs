@@ -119,11 +119,18 @@ impl TensorDesc {
         if self.dims.iter().all(|&d| d > 0) {
             let (mut lo, mut hi) = (i128::from(self.offset), i128::from(self.offset));
             for (&d, &s) in self.dims.iter().zip(&self.strides) {
+                // Each span fits an i128 (two i64s multiplied); their sum may not.
                 let span = i128::from(d - 1) * i128::from(s);
-                if span < 0 {
-                    lo += span;
+                let sum = if span < 0 {
+                    lo.checked_add(span)
                 } else {
-                    hi += span;
+                    hi.checked_add(span)
+                };
+                let sum = sum.ok_or_else(too_large)?;
+                if span < 0 {
+                    lo = sum;
+                } else {
+                    hi = sum;
                 }
             }
             if lo < 0 {
@@ -135,7 +142,28 @@ impl TensorDesc {
     }
 }
 
+/// Bytes of parameters a session's waiting executors may hold together.
+pub const MAX_HELD_BYTES: u64 = 64 << 20;
+
 impl AclnnArg {
+    /// About how many bytes it takes where a server keeps it (what a session's
+    /// waiting executors are budgeted by).
+    pub fn held_bytes(&self) -> u64 {
+        let tensor = |t: &TensorDesc| {
+            64 + 8 * (t.dims.len() + t.strides.len() + t.storage_dims.len()) as u64
+        };
+        32 + match self {
+            AclnnArg::Tensor(t) => tensor(t),
+            AclnnArg::TensorList(l) => l.iter().map(|t| 8 + t.as_ref().map_or(0, tensor)).sum(),
+            AclnnArg::ScalarList(l) => 32 * l.len() as u64,
+            AclnnArg::IntArray(v) => 8 * v.len() as u64,
+            AclnnArg::FloatArray(v) => 4 * v.len() as u64,
+            AclnnArg::BoolArray(v) => v.len() as u64,
+            AclnnArg::Str(v) => v.len() as u64,
+            _ => 0,
+        }
+    }
+
     /// Whether its sizes are within bounds.
     pub fn check(&self) -> Result<(), String> {
         let list = |n: usize| {
@@ -221,12 +249,27 @@ mod tests {
             (&[2i64][..], &[i64::MAX][..], &[1i64][..]),
             (&[1], &[1], &[1 << 62, 8]),
             (&[1 << 62], &[4], &[1]),
+            (&[i64::MAX; 3][..], &[i64::MAX; 3][..], &[1][..]),
         ] {
             assert!(
                 tensor(dims, strides, 0, storage).byte_extent().is_err(),
                 "{dims:?} {strides:?}"
             );
         }
+        // Sums of spans that would wrap back into range.
+        let mut wrapping = tensor(&[(1 << 62) + 1; 16], &[1 << 62; 16], 0, &[1]);
+        wrapping.dims.push(2);
+        wrapping.strides.push(7);
+        assert!(
+            wrapping.byte_extent().is_err(),
+            "a sum that wraps is refused"
+        );
+        let mut down = tensor(&[(1 << 62) + 1; 16], &[-(1 << 62); 16], 0, &[1]);
+        down.offset = i64::MAX;
+        assert!(
+            down.byte_extent().is_err(),
+            "a negative sum that wraps is refused"
+        );
         // Types without whole-byte elements have no extent.
         let mut t = tensor(&[1], &[1], 0, &[1]);
         t.dtype = 29; // INT4

@@ -443,3 +443,49 @@ fn virtual_memory_maps_whole_physical_allocations_into_reservations() {
     c.close();
     mock_memory_settles_at(0, "a closed session's mappings are freed");
 }
+
+#[test]
+fn an_executor_whose_memory_went_between_its_phases_does_not_run() {
+    let _serial = serial();
+    let server = front();
+    let c = common::connect(&server);
+    let a = c.mem_alloc(0, 64).unwrap();
+    let t = floats(16, a);
+    let plan = c
+        .aclnn_prepare(
+            0,
+            "aclnnAdd".into(),
+            add(t.clone(), t.clone(), 1.0, t.clone()),
+        )
+        .unwrap();
+    c.mem_free(a).unwrap();
+    let e = c.aclnn_run(plan.executor, 0, 0, 0).unwrap_err();
+    assert_eq!(e.code, code::INVALID_VALUE, "{}", e.message);
+    assert!(e.message.contains("was freed after"), "{}", e.message);
+    assert_eq!(
+        c.aclnn_run(plan.executor, 0, 0, 0).unwrap_err().code,
+        code::INVALID_HANDLE
+    );
+
+    // Waiting executors are bounded by their parameters' bytes too: lists of
+    // 4096 tensors reach the budget long before 4096 executors do.
+    let b = c.mem_alloc(0, 64).unwrap();
+    let list = || AclnnArg::TensorList(vec![Some(floats(16, b)); 4096]);
+    let one = AclnnArg::Scalar(0, ByteBuf::from(1f32.to_le_bytes().to_vec()));
+    let mut held = 0;
+    let full = loop {
+        match c.aclnn_prepare(
+            0,
+            "aclnnForeachAddListV2".into(),
+            vec![list(), list(), one.clone(), list()],
+        ) {
+            Ok(_) => held += 1,
+            Err(e) => break e,
+        }
+        assert!(held < MAX_EXECUTORS, "no byte budget on waiting executors");
+    };
+    assert_eq!(full.code, code::OUT_OF_MEMORY, "{}", full.message);
+    assert!(held > 10, "{held} executors");
+    c.close();
+    mock_memory_settles_at(0, "a closed session's memory is freed");
+}

@@ -138,6 +138,9 @@ enum Made {
 #[derive(Default)]
 pub(crate) struct Parameters {
     made: Vec<Made>,
+    /// The memory the tensors reach: `(address, bytes)`, checked again before
+    /// the operator runs (it may have been freed since).
+    spans: Vec<(u64, u64)>,
     strings: Vec<CString>,
     /// Scalars' values (16 bytes each, the largest `aclDataType`), each boxed so
     /// that its address, which a descriptor may keep, stays put as more are added.
@@ -150,6 +153,11 @@ pub(crate) struct Parameters {
 unsafe impl Send for Parameters {}
 
 impl Parameters {
+    /// The memory the tensors reach, as `(address, bytes)`.
+    pub(crate) fn spans(&self) -> &[(u64, u64)] {
+        &self.spans
+    }
+
     /// Destroys every descriptor.
     pub(crate) fn destroy(self, cann: &Cann) {
         let d = &cann.descriptors;
@@ -179,6 +187,7 @@ impl Parameters {
         let bytes = t.byte_extent().map_err(invalid_value)?;
         if bytes > 0 {
             inside(t.data, bytes)?;
+            self.spans.push((t.data, bytes));
         }
         // SAFETY: the shape arrays live through the call (CANN copies them); the
         // memory the tensor describes is the session's, checked above.

@@ -6,7 +6,7 @@ use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
 use serde_bytes::ByteBuf;
-use xpupool_protocol::aclnn::{AclnnArg, AclnnPlan, MAX_EXECUTORS};
+use xpupool_protocol::aclnn::{AclnnArg, AclnnPlan, MAX_EXECUTORS, MAX_HELD_BYTES};
 use xpupool_protocol::api::{GlobalInfo, LaunchDims, ModuleInfo};
 use xpupool_protocol::{code, Api, CuError, MAX_COPY_CHUNK};
 
@@ -60,6 +60,8 @@ struct Physical {
 /// An executor between its two phases.
 struct Waiting {
     operator: &'static str,
+    /// What its parameters take ([`AclnnArg::held_bytes`]).
+    bytes: u64,
     second: SecondPhase,
     workspace: u64,
     parameters: Parameters,
@@ -72,6 +74,8 @@ pub(crate) struct AclSession {
     streams: HashSet<u64>,
     events: HashSet<u64>,
     executors: HashMap<u64, Waiting>,
+    /// Bytes the waiting executors' parameters take together.
+    held: u64,
     /// Address reservations: start → size.
     reservations: BTreeMap<u64, u64>,
     physical: HashMap<u64, Physical>,
@@ -89,6 +93,7 @@ impl AclSession {
             streams: HashSet::new(),
             events: HashSet::new(),
             executors: HashMap::new(),
+            held: 0,
             reservations: BTreeMap::new(),
             physical: HashMap::new(),
             mappings: BTreeMap::new(),
@@ -186,7 +191,10 @@ impl AclSession {
         if let Some(p) = self.physical.get_mut(&handle) {
             p.mapped = p.mapped.saturating_sub(1);
             if p.released && p.mapped == 0 {
-                self.free_physical(handle)?;
+                // The unmapping stands: a failure to free is the runtime's to log.
+                if let Err(e) = self.free_physical(handle) {
+                    tracing::warn!(error = %e.message, "acl: freeing unmapped physical memory");
+                }
             }
         }
         Ok(())
@@ -653,10 +661,15 @@ impl Api for AclSession {
                 "{operator:.64}, which no aclnn header xpupool was built with declares,"
             ))
         })?;
-        if self.executors.len() >= MAX_EXECUTORS {
+        let bytes: u64 = args.iter().map(AclnnArg::held_bytes).sum();
+        if self.executors.len() >= MAX_EXECUTORS || self.held + bytes > MAX_HELD_BYTES {
             return Err(CuError::new(
                 code::OUT_OF_MEMORY,
-                format!("{MAX_EXECUTORS} aclnn executors wait for their second phase"),
+                format!(
+                    "{} aclnn executors of {} bytes wait for their second phase (at most {MAX_EXECUTORS}, {MAX_HELD_BYTES} bytes)",
+                    self.executors.len(),
+                    self.held
+                ),
             ));
         }
         let phases = self
@@ -685,14 +698,17 @@ impl Api for AclSession {
         }
         // SAFETY: the operator's second phase, of the type every aclnn header declares.
         let second: SecondPhase = unsafe { std::mem::transmute(phases.second) };
+        self.held += bytes;
         let waiting = Waiting {
             operator: op.name,
+            bytes,
             second,
             workspace,
             parameters,
         };
         if let Some(stale) = self.executors.insert(executor as u64, waiting) {
             // CANN handed out an address still listed: the old one was freed.
+            self.held -= stale.bytes;
             stale.parameters.destroy(&self.shared.cann);
         }
         Ok(AclnnPlan {
@@ -725,7 +741,21 @@ impl Api for AclSession {
         let Some(w) = self.executors.remove(&executor) else {
             return Err(invalid_handle("aclnn executor", executor));
         };
+        self.held -= w.bytes;
         self.shared.enter()?;
+        // Its memory may have been freed (or unmapped) since the first phase.
+        if let Some(&(address, len)) = w
+            .parameters
+            .spans()
+            .iter()
+            .find(|&&(a, l)| self.range(a, l).is_err())
+        {
+            let operator = w.operator;
+            self.discard(executor, w, false);
+            return Err(invalid_value(format!(
+                "{operator}: [{address:#x}, +{len}) was freed after the operator's first phase"
+            )));
+        }
         let timed = self.times.before(&self.shared.cann, s);
         // SAFETY: an executor this session's first phase made, run once (removed
         // above), with a workspace of this session's memory at least as large as
@@ -752,6 +782,7 @@ impl Api for AclSession {
             .executors
             .remove(&executor)
             .ok_or_else(|| invalid_handle("aclnn executor", executor))?;
+        self.held -= w.bytes;
         self.shared.enter()?;
         self.discard(executor, w, false);
         Ok(())

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use xpupool_protocol::aclnn::{dtype_size, AclnnArg, TensorDesc, MAX_EXECUTORS};
+use xpupool_protocol::aclnn::{dtype_size, AclnnArg, TensorDesc, MAX_EXECUTORS, MAX_HELD_BYTES};
 use xpupool_protocol::{code, CuError};
 
 use super::memory::SessionMemory;
@@ -25,8 +25,6 @@ const MAX_ELEMENTS: u64 = 1 << 24;
 const MAX_WORK: u64 = 1 << 26;
 /// Multiply-adds of one matrix product (a few seconds of the CPU).
 const MAX_PRODUCT: u64 = 1 << 31;
-/// Bytes of parameters a session's waiting executors may hold together.
-const MAX_HELD_BYTES: u64 = 64 << 20;
 
 /// An operator the stand-in device runs, and the parameters of its first phase.
 pub(super) struct Prepared {
@@ -787,7 +785,7 @@ pub(super) fn prepare(name: &str, args: Vec<AclnnArg>) -> Result<Prepared, CuErr
         )));
     }
     validate(op, &args).map_err(|e| CuError::new(e.code, format!("{name}: {}", e.message)))?;
-    let bytes = args.iter().map(arg_bytes).sum();
+    let bytes = args.iter().map(AclnnArg::held_bytes).sum();
     Ok(Prepared { op, args, bytes })
 }
 
@@ -814,22 +812,6 @@ pub(super) fn tensors_of(a: &AclnnArg) -> Vec<&TensorDesc> {
         AclnnArg::Tensor(t) => vec![t],
         AclnnArg::TensorList(l) => l.iter().flatten().collect(),
         _ => vec![],
-    }
-}
-
-/// About how many bytes a parameter takes here.
-fn arg_bytes(a: &AclnnArg) -> u64 {
-    let tensor =
-        |t: &TensorDesc| 64 + 8 * (t.dims.len() + t.strides.len() + t.storage_dims.len()) as u64;
-    32 + match a {
-        AclnnArg::Tensor(t) => tensor(t),
-        AclnnArg::TensorList(l) => l.iter().map(|t| 8 + t.as_ref().map_or(0, tensor)).sum(),
-        AclnnArg::ScalarList(l) => 32 * l.len() as u64,
-        AclnnArg::IntArray(v) => 8 * v.len() as u64,
-        AclnnArg::FloatArray(v) => 4 * v.len() as u64,
-        AclnnArg::BoolArray(v) => v.len() as u64,
-        AclnnArg::Str(v) => v.len() as u64,
-        _ => 0,
     }
 }
 

@@ -11,7 +11,8 @@ use xpupool_protocol::CuError;
 
 use super::super::memory::SessionMemory;
 use super::{
-    invalid, is_float, load, numel, round, store, tensor, unsupported, values_of, MAX_PRODUCT,
+    invalid, is_float, load, numel, round, store, tensor, unsupported, values_of, MAX_ELEMENTS,
+    MAX_PRODUCT,
 };
 
 /// Strides, paddings, dilations and kernel sizes beyond this are refused (the
@@ -53,6 +54,10 @@ fn pair(what: &str, v: Option<&[i64]>, least: i64) -> Result<[i64; 2], CuError> 
 
 /// A 4-D tensor's shape, as unsigned sizes.
 fn nchw(what: &str, t: &TensorDesc) -> Result<[usize; 4], CuError> {
+    // Empty tensors' other dimensions are not bounded by their element count.
+    if t.dims.iter().any(|&d| d > MAX_ELEMENTS as i64) {
+        return Err(invalid(format!("{what} of shape {:?}", t.dims)));
+    }
     match t.dims[..] {
         [n, c, h, w] if is_float(t.dtype) => Ok([n as usize, c as usize, h as usize, w as usize]),
         [..] if !is_float(t.dtype) => Err(unsupported(format!(
@@ -132,6 +137,7 @@ impl Conv {
         let pad = pair("padding", ints(a, at + 1), 0)?;
         let dilation = pair("dilation", ints(a, at + 2), 1)?;
         if groups < 1
+            || groups > MAX_ELEMENTS as i64
             || c as i64 % groups != 0
             || oc as i64 % groups != 0
             || icg as i64 * groups != c as i64
