@@ -56,6 +56,40 @@ impl Exporter {
         Self { host, tenants }
     }
 
+    /// What the tenants' ledgers hold on `device`, together.
+    fn ledger_sum(&self, device: u32) -> u64 {
+        self.tenants
+            .all()
+            .iter()
+            .flat_map(|t| self.host.figures(t))
+            .filter(|f| f.device == device)
+            .map(|f| f.memory_used)
+            .sum()
+    }
+
+    /// What the backend measures on `device` less what the ledgers hold. A
+    /// session charges its ledger before it allocates and refunds it after it
+    /// frees, so a reading between the two would show as drift: where the two
+    /// differ, they are read again (up to 20 times, a millisecond apart) until
+    /// neither has moved since the last reading.
+    fn settled_drift(&self, device: u32, mut ledger: u64, mut measured: u64) -> i64 {
+        if measured == ledger {
+            return 0;
+        }
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(1));
+            let now = (
+                self.ledger_sum(device),
+                self.host.memory_used(device).unwrap_or(measured),
+            );
+            if now == (ledger, measured) {
+                break;
+            }
+            (ledger, measured) = now;
+        }
+        measured as i64 - ledger as i64
+    }
+
     /// The metrics now, in the OpenMetrics text format Prometheus scrapes.
     pub fn render(&self) -> String {
         let mut registry = Registry::with_prefix("xpupool");
@@ -118,9 +152,11 @@ impl Exporter {
                 power.get_or_create(&labels).set(watts);
             }
             if let Some(measured) = self.host.memory_used(device as u32) {
-                drift
-                    .get_or_create(&labels)
-                    .set(measured as i64 - ledger_sum[device] as i64);
+                drift.get_or_create(&labels).set(self.settled_drift(
+                    device as u32,
+                    ledger_sum[device],
+                    measured,
+                ));
             }
         }
 
