@@ -115,6 +115,56 @@ pub(crate) fn uniform_bytes(value: u32, elem_size: u8) -> bool {
     bytes[..elem_size as usize].iter().all(|&b| b == bytes[0])
 }
 
+/// A session's memset of `count` elements of `elem_size` bytes at `dst`: the
+/// element and the range (`range(address, bytes)`) checked, then, unless it is
+/// empty, `fill(dst, count)`.
+pub(crate) fn memset_in(
+    dst: u64,
+    elem_size: u8,
+    count: u64,
+    range: impl Fn(u64, u64) -> Result<(), CuError>,
+    fill: impl FnOnce(u64, u64) -> Result<(), CuError>,
+) -> Result<(), CuError> {
+    memset_element(dst, elem_size)?;
+    let len = count
+        .checked_mul(u64::from(elem_size))
+        .ok_or_else(|| invalid_value("memset too large"))?;
+    range(dst, len)?;
+    if count == 0 {
+        return Ok(());
+    }
+    fill(dst, count)
+}
+
+/// A session's 2-D memset: `height` rows of `width` elements, `pitch` apart,
+/// checked as [`memset_in`]; one `fill(start, elements)` where the rows touch,
+/// else one per row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn memset_2d_in(
+    dst: u64,
+    pitch: u64,
+    elem_size: u8,
+    width: u64,
+    height: u64,
+    range: impl Fn(u64, u64) -> Result<(), CuError>,
+    mut fill: impl FnMut(u64, u64) -> Result<(), CuError>,
+) -> Result<(), CuError> {
+    memset_element(dst, elem_size)?;
+    let (row, span) = rows_span(elem_size, pitch, width, height)?;
+    if width == 0 || height == 0 {
+        return Ok(());
+    }
+    range(dst, span)?;
+    if row == pitch || height == 1 {
+        return fill(dst, width * height);
+    }
+    // Row by row; every row lies inside the range checked above.
+    for r in 0..height {
+        fill(dst + r * pitch, width)?;
+    }
+    Ok(())
+}
+
 /// Fills `bytes` bytes with the `elem_size`-byte `value` by copying the pattern
 /// from the host, a chunk (a whole number of elements) at a time:
 /// `copy(offset, chunk)`. For runtimes without word-wide fills.

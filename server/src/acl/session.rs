@@ -18,8 +18,8 @@ use super::runtime::{
 use super::timing::KernelTimes;
 use super::Shared;
 use crate::checks::{
-    end_of, fill_by_copies, invalid_handle, invalid_value, memset_element, only_device_zero,
-    rows_span, uniform_bytes, within,
+    end_of, fill_by_copies, invalid_handle, invalid_value, memset_2d_in, memset_in,
+    only_device_zero, uniform_bytes, within,
 };
 
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`: the default stream here, as
@@ -409,18 +409,19 @@ impl Api for AclSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        memset_element(dst, elem_size)?;
-        let len = count
-            .checked_mul(u64::from(elem_size))
-            .ok_or_else(|| invalid_value("memset too large"))?;
-        self.range(dst, len)?;
-        if count == 0 {
-            return Ok(());
-        }
-        self.shared.enter()?;
-        self.fill(dst, value, elem_size, count, s)
+        memset_in(
+            dst,
+            elem_size,
+            count,
+            |a, l| self.range(a, l),
+            |at, n| {
+                self.shared.enter()?;
+                self.fill(at, value, elem_size, n, s)
+            },
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn memset_2d(
         &mut self,
         dst: u64,
@@ -432,20 +433,11 @@ impl Api for AclSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        memset_element(dst, elem_size)?;
-        let (row, span) = rows_span(elem_size, pitch, width, height)?;
-        if width == 0 || height == 0 {
-            return Ok(());
-        }
-        self.range(dst, span)?;
         self.shared.enter()?;
-        if row == pitch || height == 1 {
-            return self.fill(dst, value, elem_size, width * height, s);
-        }
-        for r in 0..height {
-            self.fill(dst + r * pitch, value, elem_size, width, s)?;
-        }
-        Ok(())
+        let range = |a, l| self.range(a, l);
+        memset_2d_in(dst, pitch, elem_size, width, height, range, |at, n| {
+            self.fill(at, value, elem_size, n, s)
+        })
     }
 
     fn module_load_cached(&mut self, _: u32, _: [u8; 32]) -> Result<Option<ModuleInfo>, CuError> {

@@ -17,8 +17,8 @@ use super::runtime::{
 use super::timing::KernelTimes;
 use super::Shared;
 use crate::checks::{
-    end_of, fill_by_copies, invalid_handle, invalid_value, memset_element, only_device_zero,
-    rows_span, uniform_bytes, within,
+    end_of, fill_by_copies, invalid_handle, invalid_value, memset_2d_in, memset_in,
+    only_device_zero, uniform_bytes, within,
 };
 
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` (`hipStreamPerThread`): both
@@ -368,18 +368,19 @@ impl Api for HipSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        memset_element(dst, elem_size)?;
-        let len = count
-            .checked_mul(u64::from(elem_size))
-            .ok_or_else(|| invalid_value("memset too large"))?;
-        self.range(dst, len)?;
-        if count == 0 {
-            return Ok(());
-        }
-        self.shared.enter()?;
-        self.fill(dst, value, elem_size, count, s)
+        memset_in(
+            dst,
+            elem_size,
+            count,
+            |a, l| self.range(a, l),
+            |at, n| {
+                self.shared.enter()?;
+                self.fill(at, value, elem_size, n, s)
+            },
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn memset_2d(
         &mut self,
         dst: u64,
@@ -391,21 +392,11 @@ impl Api for HipSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        memset_element(dst, elem_size)?;
-        let (row, span) = rows_span(elem_size, pitch, width, height)?;
-        if width == 0 || height == 0 {
-            return Ok(());
-        }
-        self.range(dst, span)?;
         self.shared.enter()?;
-        if row == pitch || height == 1 {
-            return self.fill(dst, value, elem_size, width * height, s);
-        }
-        // Row by row; every row lies inside the range checked above.
-        for r in 0..height {
-            self.fill(dst + r * pitch, value, elem_size, width, s)?;
-        }
-        Ok(())
+        let range = |a, l| self.range(a, l);
+        memset_2d_in(dst, pitch, elem_size, width, height, range, |at, n| {
+            self.fill(at, value, elem_size, n, s)
+        })
     }
 
     fn module_load_cached(
@@ -886,6 +877,7 @@ impl Drop for HipSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::rows_span;
 
     #[test]
     fn only_amd_code_objects_are_images() {
