@@ -280,11 +280,32 @@ def test_max_pooling_and_its_gradient_equal_cpus(kernel, stride, padding, ceil):
     assert torch.equal(results[1][1], results[0][1])
 
 
+def test_batch_normalisation_trains_and_evaluates_as_on_the_cpu():
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3)
+    x = sample(torch.float32, (4, 3, 5, 5), 5) / 10
+    results = []
+    for device in ("cpu", "npu"):
+        m = torch.nn.BatchNorm2d(3).to(device)
+        m.load_state_dict(bn.state_dict())
+        xi = x.detach().to(device).requires_grad_()
+        y = m(xi)
+        w = torch.arange(y.numel(), dtype=y.dtype, device=device).reshape(y.shape) / y.numel()
+        (y * w).sum().backward()
+        m.eval()
+        z = m(x.to(device))
+        results.append([t.detach().cpu() for t in (y, xi.grad, m.weight.grad, m.bias.grad,
+                                                   m.running_mean, m.running_var, z)])
+    for cpu, npu in zip(*results):
+        torch.testing.assert_close(npu, cpu, rtol=1e-5, atol=1e-5)
+
+
 def cnn(device, steps=10):
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
         torch.nn.Flatten(), torch.nn.Linear(8 * 2 * 2, 3)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(2)

@@ -16,6 +16,8 @@ use super::memory::SessionMemory;
 
 #[path = "aclnn_conv.rs"]
 mod conv;
+#[path = "aclnn_norm.rs"]
+mod norm;
 
 /// Elements one tensor of an operator may have here: the values are held as
 /// f64 or i64 (8 bytes each) while the operator runs.
@@ -535,6 +537,9 @@ enum Op {
     /// With indices, or (true) with torch_npu's mask.
     MaxPool(bool),
     MaxPoolBackward(bool),
+    /// Batch normalisation and its backward.
+    BatchNorm,
+    BatchNormBackward,
 }
 
 /// The functions of [`Op::ForeachMap`]: of each input list's element, and the
@@ -727,14 +732,16 @@ fn operator(name: &str) -> Option<(Op, &'static str)> {
         "aclnnMaxPool2dWithIndices" => (Op::MaxPool(false), "TAAAABTT"),
         "aclnnMaxPool2dWithIndicesBackward" => (Op::MaxPoolBackward(false), "TTTAAAABT"),
         "aclnnMaxPool2dWithMask" => (Op::MaxPool(true), "TAAAABTT"),
+        "aclnnBatchNorm" => (Op::BatchNorm, "TUUUUBFFTUU"),
+        "aclnnBatchNormBackward" => (Op::BatchNormBackward, "TTUUUUUBFMUUU"),
         "aclnnMaxPool2dWithMaskBackward" => (Op::MaxPoolBackward(true), "TTTAAAABT"),
         _ => return None,
     })
 }
 
 /// Whether `arg` is of the kind `k` stands for: T tensor, S scalar, I an
-/// integer, A an int array, a an int array or NULL, B a bool, M a bool array,
-/// L a tensor list, U a tensor or NULL.
+/// integer, F a float, A an int array, a an int array or NULL, B a bool, M a
+/// bool array, L a tensor list, U a tensor or NULL.
 fn fits(k: char, arg: &AclnnArg) -> bool {
     matches!(
         (k, arg),
@@ -745,6 +752,7 @@ fn fits(k: char, arg: &AclnnArg) -> bool {
             | ('A' | 'a', AclnnArg::IntArray(_))
             | ('a', AclnnArg::Null)
             | ('M', AclnnArg::BoolArray(_))
+            | ('F', AclnnArg::F64(_) | AclnnArg::F32(_))
             | ('B', AclnnArg::Bool(_))
             | ('L', AclnnArg::TensorList(_))
     )
@@ -1031,6 +1039,8 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
         Op::ConvBackward => conv::validate_backward(a),
         Op::MaxPool(mask) => conv::validate_pool(a, mask),
         Op::MaxPoolBackward(mask) => conv::validate_pool_backward(a, mask),
+        Op::BatchNorm => norm::validate_forward(a),
+        Op::BatchNormBackward => norm::validate_backward(a),
         Op::ConstantPadNd => padded_shape(a).map(|_| ()),
         Op::ForeachMap(_) => {
             let (inputs, outs) = foreach_lists(a)?;
@@ -1305,6 +1315,8 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
         Op::ConvBackward => conv::backward(memory, a),
         Op::MaxPool(mask) => conv::pool(memory, a, mask),
         Op::MaxPoolBackward(mask) => conv::pool_backward(memory, a, mask),
+        Op::BatchNorm => norm::forward(memory, a),
+        Op::BatchNormBackward => norm::backward(memory, a),
         Op::Cat => {
             let (parts, out, dim) = cat_parts(a)?;
             let (outer, _, inner) = split_at_dim(&out.dims, dim)?;
