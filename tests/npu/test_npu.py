@@ -280,6 +280,19 @@ def test_max_pooling_and_its_gradient_equal_cpus(kernel, stride, padding, ceil):
     assert torch.equal(results[1][1], results[0][1])
 
 
+@pytest.mark.parametrize("size", [(1, 1), (4, 5), (7, 9)], ids=["global", "uneven", "same"])
+def test_adaptive_average_pooling_and_its_gradient_equal_cpus(size):
+    x = sample(torch.float32, (2, 3, 7, 9), 13)
+    results = []
+    for device in ("cpu", "npu"):
+        xi = x.detach().to(device).requires_grad_()
+        y = torch.nn.functional.adaptive_avg_pool2d(xi, size)
+        (y * torch.arange(y.numel(), dtype=y.dtype, device=device).reshape(y.shape)).sum().backward()
+        results.append((y.detach().cpu(), xi.grad.cpu()))
+    for cpu, npu in zip(*results):
+        torch.testing.assert_close(npu, cpu, rtol=1e-6, atol=1e-5)
+
+
 def test_batch_normalisation_trains_and_evaluates_as_on_the_cpu():
     torch.manual_seed(0)
     bn = torch.nn.BatchNorm2d(3)

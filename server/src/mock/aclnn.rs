@@ -537,6 +537,9 @@ enum Op {
     /// With indices, or (true) with torch_npu's mask.
     MaxPool(bool),
     MaxPoolBackward(bool),
+    /// Adaptive average pooling and its backward.
+    AdaptiveAvgPool,
+    AdaptiveAvgPoolBackward,
     /// Batch normalisation and its backward.
     BatchNorm,
     BatchNormBackward,
@@ -733,6 +736,8 @@ fn operator(name: &str) -> Option<(Op, &'static str)> {
         "aclnnMaxPool2dWithIndicesBackward" => (Op::MaxPoolBackward(false), "TTTAAAABT"),
         "aclnnMaxPool2dWithMask" => (Op::MaxPool(true), "TAAAABTT"),
         "aclnnBatchNorm" => (Op::BatchNorm, "TUUUUBFFTUU"),
+        "aclnnAdaptiveAvgPool2d" => (Op::AdaptiveAvgPool, "TAT"),
+        "aclnnAdaptiveAvgPool2dBackward" => (Op::AdaptiveAvgPoolBackward, "TTT"),
         "aclnnBatchNormBackward" => (Op::BatchNormBackward, "TTUUUUUBFMUUU"),
         "aclnnMaxPool2dWithMaskBackward" => (Op::MaxPoolBackward(true), "TTTAAAABT"),
         _ => return None,
@@ -1040,6 +1045,8 @@ fn validate(op: Op, a: &[AclnnArg]) -> Result<(), CuError> {
         Op::MaxPool(mask) => conv::validate_pool(a, mask),
         Op::MaxPoolBackward(mask) => conv::validate_pool_backward(a, mask),
         Op::BatchNorm => norm::validate_forward(a),
+        Op::AdaptiveAvgPool => conv::validate_adaptive(a),
+        Op::AdaptiveAvgPoolBackward => conv::validate_adaptive_backward(a),
         Op::BatchNormBackward => norm::validate_backward(a),
         Op::ConstantPadNd => padded_shape(a).map(|_| ()),
         Op::ForeachMap(_) => {
@@ -1316,6 +1323,8 @@ pub(super) fn run(p: &Prepared, memory: &SessionMemory) -> Result<(), CuError> {
         Op::MaxPool(mask) => conv::pool(memory, a, mask),
         Op::MaxPoolBackward(mask) => conv::pool_backward(memory, a, mask),
         Op::BatchNorm => norm::forward(memory, a),
+        Op::AdaptiveAvgPool => conv::adaptive(memory, a),
+        Op::AdaptiveAvgPoolBackward => conv::adaptive_backward(memory, a),
         Op::BatchNormBackward => norm::backward(memory, a),
         Op::Cat => {
             let (parts, out, dim) = cat_parts(a)?;

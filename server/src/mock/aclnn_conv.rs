@@ -598,6 +598,136 @@ pub(super) fn pool_backward(
     )
 }
 
+/// `aclnnAdaptiveAvgPool2d(self, outputSize, out)`: each output the mean of
+/// its window, rows `[floor(i H / oH), ceil((i + 1) H / oH))` and likewise for
+/// columns, as PyTorch's.
+struct Adaptive {
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Adaptive {
+    fn of(input: &TensorDesc, size: Option<&[i64]>) -> Result<Self, CuError> {
+        let [n, c, h, w] = nchw("an adaptive pooling's input", input)?;
+        let [oh, ow] = pair("output size", size, 1)?;
+        if h == 0 || w == 0 {
+            return Err(invalid("an adaptive pooling of an empty plane"));
+        }
+        let pool = Adaptive {
+            planes: n * c,
+            h,
+            w,
+            oh: oh as usize,
+            ow: ow as usize,
+        };
+        // Each input is read by at most about two windows a dimension, each
+        // output once: bounded as the tensors are, and the outputs by this.
+        if (pool.planes as u64).saturating_mul(pool.oh as u64 * pool.ow as u64) > MAX_PRODUCT {
+            return Err(invalid("an adaptive pooling of too many outputs"));
+        }
+        Ok(pool)
+    }
+
+    fn window(i: usize, size: usize, out: usize) -> (usize, usize) {
+        (i * size / out, ((i + 1) * size).div_ceil(out))
+    }
+
+    /// For each output, in order: `f(output index, plane, rows, columns)`.
+    fn each(&self, mut f: impl FnMut(usize, usize, (usize, usize), (usize, usize))) {
+        for p in 0..self.planes {
+            for oy in 0..self.oh {
+                for ox in 0..self.ow {
+                    let k = (p * self.oh + oy) * self.ow + ox;
+                    f(
+                        k,
+                        p,
+                        Self::window(oy, self.h, self.oh),
+                        Self::window(ox, self.w, self.ow),
+                    );
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn validate_adaptive(a: &[AclnnArg]) -> Result<(), CuError> {
+    let input = tensor(a, 0);
+    let pool = Adaptive::of(input, ints(a, 1))?;
+    let dims = vec![input.dims[0], input.dims[1], pool.oh as i64, pool.ow as i64];
+    same_dims("an adaptive pooling's output", tensor(a, 2), &dims)
+}
+
+pub(super) fn adaptive(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuError> {
+    let input = tensor(a, 0);
+    let pool = Adaptive::of(input, ints(a, 1))?;
+    let x = load(memory, input)?.f64s();
+    let mut out = vec![0.0; pool.planes * pool.oh * pool.ow];
+    let plane = pool.h * pool.w;
+    pool.each(|k, p, (y0, y1), (x0, x1)| {
+        let mut sum = 0.0;
+        for y in y0..y1 {
+            for xx in x0..x1 {
+                sum += x[p * plane + y * pool.w + xx];
+            }
+        }
+        out[k] = sum / ((y1 - y0) * (x1 - x0)) as f64;
+    });
+    let t = tensor(a, 2);
+    store(
+        memory,
+        t,
+        &values_of(
+            t.dtype,
+            out.into_iter().map(|v| round(t.dtype, v)).collect(),
+        ),
+    )
+}
+
+/// `aclnnAdaptiveAvgPool2dBackward(gradOutput, self, gradInput)`.
+pub(super) fn validate_adaptive_backward(a: &[AclnnArg]) -> Result<(), CuError> {
+    let (grad, input) = (tensor(a, 0), tensor(a, 1));
+    let g = nchw("an adaptive pooling's output gradient", grad)?;
+    Adaptive::of(input, Some(&grad.dims[2..]))?;
+    if g[..2] != [input.dims[0] as usize, input.dims[1] as usize] {
+        return Err(invalid(
+            "an adaptive pooling's gradient of another batch or channels",
+        ));
+    }
+    same_dims(
+        "an adaptive pooling's input gradient",
+        tensor(a, 2),
+        &input.dims,
+    )
+}
+
+pub(super) fn adaptive_backward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuError> {
+    let (grad_t, input) = (tensor(a, 0), tensor(a, 1));
+    let pool = Adaptive::of(input, Some(&grad_t.dims[2..]))?;
+    let g = load(memory, grad_t)?.f64s();
+    let plane = pool.h * pool.w;
+    let mut out = vec![0.0; pool.planes * plane];
+    pool.each(|k, p, (y0, y1), (x0, x1)| {
+        let share = g[k] / ((y1 - y0) * (x1 - x0)) as f64;
+        for y in y0..y1 {
+            for xx in x0..x1 {
+                out[p * plane + y * pool.w + xx] += share;
+            }
+        }
+    });
+    let t = tensor(a, 2);
+    store(
+        memory,
+        t,
+        &values_of(
+            t.dtype,
+            out.into_iter().map(|v| round(t.dtype, v)).collect(),
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -833,6 +963,31 @@ mod tests {
         assert!(
             pool(2, 2, t(&[2, 3, 4, 4], 9), false).is_err(),
             "padding over half the kernel"
+        );
+    }
+
+    #[test]
+    fn adaptive_poolings_check_their_sizes() {
+        let adaptive = |input: &[i64], size: &[i64], out: &[i64]| {
+            validate_adaptive(&[t(input, 0), ints(size), t(out, 0)])
+        };
+        assert!(adaptive(&[2, 3, 7, 9], &[1, 1], &[2, 3, 1, 1]).is_ok());
+        assert!(adaptive(&[2, 3, 7, 9], &[4], &[2, 3, 4, 4]).is_ok());
+        assert!(
+            adaptive(&[2, 3, 7, 9], &[0, 1], &[2, 3, 0, 1]).is_err(),
+            "an empty output size"
+        );
+        assert!(
+            adaptive(&[2, 3, 0, 9], &[1, 1], &[2, 3, 1, 1]).is_err(),
+            "an empty plane"
+        );
+        assert!(
+            adaptive(&[2, 3, 7, 9], &[2, 2], &[2, 3, 2, 3]).is_err(),
+            "the wrong output"
+        );
+        assert!(
+            adaptive(&[2, 3, 7, 9], &[1 << 30, 1], &[2, 3, 1, 1]).is_err(),
+            "a size past the bound"
         );
     }
 }
