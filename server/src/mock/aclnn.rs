@@ -1095,6 +1095,65 @@ fn tensor(args: &[AclnnArg], i: usize) -> &TensorDesc {
     }
 }
 
+/// The optional tensor parameter `i` (`None`: NULL).
+fn maybe_tensor(args: &[AclnnArg], i: usize) -> Option<&TensorDesc> {
+    match &args[i] {
+        AclnnArg::Tensor(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// The gradients a backward operator's output mask (three flags, parameter
+/// `mask`) asks for, whose tensors are the parameters from `first` on: each
+/// asked for must be given.
+fn masked_outputs(
+    args: &[AclnnArg],
+    mask: usize,
+    first: usize,
+) -> Result<[Option<&TensorDesc>; 3], CuError> {
+    let flags = match &args[mask] {
+        AclnnArg::BoolArray(m) if m.len() == 3 => [m[0], m[1], m[2]],
+        _ => return Err(invalid("a backward operator's output mask of three flags")),
+    };
+    let mut outs = [None; 3];
+    for (k, wanted) in flags.into_iter().enumerate() {
+        match (wanted, maybe_tensor(args, first + k)) {
+            (true, Some(t)) => outs[k] = Some(t),
+            (true, None) => return Err(invalid("a gradient asked for without its tensor")),
+            (false, _) => {}
+        }
+    }
+    Ok(outs)
+}
+
+/// Stores f64 results in `t`, each rounded once to its type.
+fn store_rounded(memory: &SessionMemory, t: &TensorDesc, v: Vec<f64>) -> Result<(), CuError> {
+    store(
+        memory,
+        t,
+        &values_of(t.dtype, v.into_iter().map(|x| round(t.dtype, x)).collect()),
+    )
+}
+
+/// A row-major `dims` tensor of `dtype` at a fixed address, for the tests of
+/// the first phase.
+#[cfg(test)]
+fn dense(dims: &[i64], dtype: i32) -> AclnnArg {
+    let mut strides = vec![1i64; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * dims[i + 1].max(1);
+    }
+    AclnnArg::Tensor(TensorDesc {
+        dtype,
+        dims: dims.to_vec(),
+        strides,
+        offset: 0,
+        format: 2,
+        storage_dims: dims.to_vec(),
+        data: 0x1000,
+    })
+}
+
 fn scalar_arg(args: &[AclnnArg], i: usize) -> Result<f64, CuError> {
     match &args[i] {
         AclnnArg::Scalar(dtype, bytes) => scalar(*dtype, bytes),

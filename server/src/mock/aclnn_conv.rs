@@ -11,8 +11,8 @@ use xpupool_protocol::CuError;
 
 use super::super::memory::SessionMemory;
 use super::{
-    invalid, is_float, load, numel, round, store, tensor, unsupported, values_of, MAX_ELEMENTS,
-    MAX_PRODUCT,
+    invalid, is_float, load, masked_outputs, maybe_tensor, numel, round, store, store_rounded,
+    tensor, unsupported, values_of, MAX_ELEMENTS, MAX_PRODUCT,
 };
 
 /// Strides, paddings, dilations and kernel sizes beyond this are refused (the
@@ -23,14 +23,6 @@ const MAX_GEOMETRY: i64 = 1 << 20;
 fn ints(a: &[AclnnArg], i: usize) -> Option<&[i64]> {
     match &a[i] {
         AclnnArg::IntArray(v) => Some(v),
-        _ => None,
-    }
-}
-
-/// The optional tensor parameter `i`.
-fn maybe_tensor(a: &[AclnnArg], i: usize) -> Option<&TensorDesc> {
-    match &a[i] {
-        AclnnArg::Tensor(t) => Some(t),
         _ => None,
     }
 }
@@ -269,32 +261,6 @@ pub(super) fn forward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuEr
     )
 }
 
-/// The three outputs `aclnnConvolutionBackward` may compute (its output mask):
-/// gradient of the input, of the weight, of the bias.
-fn backward_outputs(a: &[AclnnArg]) -> Result<[Option<&TensorDesc>; 3], CuError> {
-    let mask = match &a[10] {
-        AclnnArg::BoolArray(m) if m.len() == 3 => [m[0], m[1], m[2]],
-        _ => {
-            return Err(invalid(
-                "a convolution backward's output mask of three flags",
-            ))
-        }
-    };
-    let mut outs = [None; 3];
-    for (k, wanted) in mask.into_iter().enumerate() {
-        match (wanted, maybe_tensor(a, 12 + k)) {
-            (true, Some(t)) => outs[k] = Some(t),
-            (true, None) => {
-                return Err(invalid(
-                    "a convolution gradient asked for without its tensor",
-                ))
-            }
-            (false, _) => {}
-        }
-    }
-    Ok(outs)
-}
-
 /// `aclnnConvolutionBackward(gradOutput, input, weight, biasSizes, stride,
 /// padding, dilation, transposed, outputPadding, groups, outputMask,
 /// cubeMathType, gradInput, gradWeight, gradBias)`.
@@ -307,7 +273,7 @@ pub(super) fn validate_backward(a: &[AclnnArg]) -> Result<(), CuError> {
         tensor(a, 0),
         &conv.out_dims(),
     )?;
-    let [gi, gw, gb] = backward_outputs(a)?;
+    let [gi, gw, gb] = masked_outputs(a, 10, 12)?;
     if let Some(t) = gi {
         nchw("an input gradient", t)?;
         same_dims("an input gradient", t, &input.dims)?;
@@ -328,25 +294,18 @@ pub(super) fn validate_backward(a: &[AclnnArg]) -> Result<(), CuError> {
 pub(super) fn backward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuError> {
     let conv = Conv::of(tensor(a, 1), tensor(a, 2), a, 4)?;
     let grad = load(memory, tensor(a, 0))?.f64s();
-    let [gi, gw, gb] = backward_outputs(a)?;
-    let store_rounded = |t: &TensorDesc, v: Vec<f64>| {
-        store(
-            memory,
-            t,
-            &values_of(t.dtype, v.into_iter().map(|x| round(t.dtype, x)).collect()),
-        )
-    };
+    let [gi, gw, gb] = masked_outputs(a, 10, 12)?;
     if let Some(t) = gi {
         let weight = load(memory, tensor(a, 2))?.f64s();
         let mut out = vec![0.0; numel(&t.dims)? as usize];
         conv.each(|o, i, w| out[i] += grad[o] * weight[w]);
-        store_rounded(t, out)?;
+        store_rounded(memory, t, out)?;
     }
     if let Some(t) = gw {
         let input = load(memory, tensor(a, 1))?.f64s();
         let mut out = vec![0.0; numel(&t.dims)? as usize];
         conv.each(|o, i, w| out[w] += grad[o] * input[i]);
-        store_rounded(t, out)?;
+        store_rounded(memory, t, out)?;
     }
     if let Some(t) = gb {
         let plane = conv.oh * conv.ow;
@@ -354,7 +313,7 @@ pub(super) fn backward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuE
         for (k, g) in grad.iter().enumerate() {
             out[(k / plane) % conv.oc] += g;
         }
-        store_rounded(t, out)?;
+        store_rounded(memory, t, out)?;
     }
     Ok(())
 }
@@ -588,14 +547,7 @@ pub(super) fn pool_backward(
         out[p * plane + at] += g;
     }
     let t = tensor(a, 8);
-    store(
-        memory,
-        t,
-        &values_of(
-            t.dtype,
-            out.into_iter().map(|x| round(t.dtype, x)).collect(),
-        ),
-    )
+    store_rounded(memory, t, out)
 }
 
 /// `aclnnAdaptiveAvgPool2d(self, outputSize, out)`: each output the mean of
@@ -676,14 +628,7 @@ pub(super) fn adaptive(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuE
         out[k] = sum / ((y1 - y0) * (x1 - x0)) as f64;
     });
     let t = tensor(a, 2);
-    store(
-        memory,
-        t,
-        &values_of(
-            t.dtype,
-            out.into_iter().map(|v| round(t.dtype, v)).collect(),
-        ),
-    )
+    store_rounded(memory, t, out)
 }
 
 /// `aclnnAdaptiveAvgPool2dBackward(gradOutput, self, gradInput)`.
@@ -718,14 +663,7 @@ pub(super) fn adaptive_backward(memory: &SessionMemory, a: &[AclnnArg]) -> Resul
         }
     });
     let t = tensor(a, 2);
-    store(
-        memory,
-        t,
-        &values_of(
-            t.dtype,
-            out.into_iter().map(|v| round(t.dtype, v)).collect(),
-        ),
-    )
+    store_rounded(memory, t, out)
 }
 
 #[cfg(test)]
@@ -734,19 +672,7 @@ mod tests {
     use xpupool_protocol::code;
 
     fn t(dims: &[i64], dtype: i32) -> AclnnArg {
-        let mut strides = vec![1i64; dims.len()];
-        for i in (0..dims.len().saturating_sub(1)).rev() {
-            strides[i] = strides[i + 1] * dims[i + 1].max(1);
-        }
-        AclnnArg::Tensor(TensorDesc {
-            dtype,
-            dims: dims.to_vec(),
-            strides,
-            offset: 0,
-            format: 2,
-            storage_dims: dims.to_vec(),
-            data: 0x1000,
-        })
+        super::super::dense(dims, dtype)
     }
 
     fn ints(v: &[i64]) -> AclnnArg {

@@ -9,16 +9,9 @@ use xpupool_protocol::CuError;
 
 use super::super::memory::SessionMemory;
 use super::{
-    invalid, is_float, load, numel, round, store, tensor, unsupported, values_of, MAX_ELEMENTS,
+    invalid, is_float, load, masked_outputs, maybe_tensor, numel, store_rounded, tensor,
+    unsupported, MAX_ELEMENTS,
 };
-
-/// The optional tensor parameter `i`.
-fn maybe(a: &[AclnnArg], i: usize) -> Option<&TensorDesc> {
-    match &a[i] {
-        AclnnArg::Tensor(t) => Some(t),
-        _ => None,
-    }
-}
 
 fn f64_arg(a: &[AclnnArg], i: usize) -> f64 {
     match a[i] {
@@ -85,14 +78,6 @@ fn channel_values(
     }
 }
 
-fn store_rounded(memory: &SessionMemory, t: &TensorDesc, v: Vec<f64>) -> Result<(), CuError> {
-    store(
-        memory,
-        t,
-        &values_of(t.dtype, v.into_iter().map(|x| round(t.dtype, x)).collect()),
-    )
-}
-
 /// Each channel's mean and biased variance over the batch and inner dimensions.
 fn statistics(x: &[f64], (n, c, inner): (usize, usize, usize)) -> (Vec<f64>, Vec<f64>) {
     let count = (n * inner).max(1) as f64;
@@ -114,23 +99,31 @@ fn statistics(x: &[f64], (n, c, inner): (usize, usize, usize)) -> (Vec<f64>, Vec
 /// momentum, eps, output, saveMean, saveInvstd)`.
 pub(super) fn validate_forward(a: &[AclnnArg]) -> Result<(), CuError> {
     let (n, c, inner) = layout(tensor(a, 0))?;
-    per_channel(&[maybe(a, 1), maybe(a, 2), maybe(a, 3), maybe(a, 4)], c)?;
+    per_channel(
+        &[
+            maybe_tensor(a, 1),
+            maybe_tensor(a, 2),
+            maybe_tensor(a, 3),
+            maybe_tensor(a, 4),
+        ],
+        c,
+    )?;
     if tensor(a, 8).dims != tensor(a, 0).dims {
         return Err(invalid(
             "a batch normalisation's output is not its input's shape",
         ));
     }
     if flag(a, 5) {
-        if maybe(a, 9).is_none() || maybe(a, 10).is_none() {
+        if maybe_tensor(a, 9).is_none() || maybe_tensor(a, 10).is_none() {
             return Err(invalid(
                 "batch normalisation in training without its saved statistics",
             ));
         }
-        per_channel(&[maybe(a, 9), maybe(a, 10)], c)?;
+        per_channel(&[maybe_tensor(a, 9), maybe_tensor(a, 10)], c)?;
         if n * inner == 0 {
             return Err(invalid("batch statistics of no values"));
         }
-    } else if maybe(a, 3).is_none() || maybe(a, 4).is_none() {
+    } else if maybe_tensor(a, 3).is_none() || maybe_tensor(a, 4).is_none() {
         return Err(invalid(
             "batch normalisation in evaluation without running statistics",
         ));
@@ -144,14 +137,14 @@ pub(super) fn forward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuEr
     let (n, c, inner) = shape;
     let x = load(memory, input)?.f64s();
     let (training, momentum, eps) = (flag(a, 5), f64_arg(a, 6), f64_arg(a, 7));
-    let weight = channel_values(memory, maybe(a, 1), c, 1.0)?;
-    let bias = channel_values(memory, maybe(a, 2), c, 0.0)?;
+    let weight = channel_values(memory, maybe_tensor(a, 1), c, 1.0)?;
+    let bias = channel_values(memory, maybe_tensor(a, 2), c, 0.0)?;
     let (mean, var) = if training {
         statistics(&x, shape)
     } else {
         (
-            channel_values(memory, maybe(a, 3), c, 0.0)?,
-            channel_values(memory, maybe(a, 4), c, 1.0)?,
+            channel_values(memory, maybe_tensor(a, 3), c, 0.0)?,
+            channel_values(memory, maybe_tensor(a, 4), c, 1.0)?,
         )
     };
     let invstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
@@ -165,7 +158,7 @@ pub(super) fn forward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuEr
         .collect();
     store_rounded(memory, tensor(a, 8), out)?;
     if training {
-        if let (Some(m), Some(i)) = (maybe(a, 9), maybe(a, 10)) {
+        if let (Some(m), Some(i)) = (maybe_tensor(a, 9), maybe_tensor(a, 10)) {
             store_rounded(memory, m, mean.clone())?;
             store_rounded(memory, i, invstd)?;
         }
@@ -176,7 +169,7 @@ pub(super) fn forward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuEr
         } else {
             1.0
         };
-        if let Some(rm) = maybe(a, 3) {
+        if let Some(rm) = maybe_tensor(a, 3) {
             let old = load(memory, rm)?.f64s();
             let new = old
                 .iter()
@@ -185,7 +178,7 @@ pub(super) fn forward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuEr
                 .collect();
             store_rounded(memory, rm, new)?;
         }
-        if let Some(rv) = maybe(a, 4) {
+        if let Some(rv) = maybe_tensor(a, 4) {
             let old = load(memory, rv)?.f64s();
             let new = old
                 .iter()
@@ -200,27 +193,7 @@ pub(super) fn forward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuEr
 
 /// `aclnnBatchNormBackward(gradOut, input, weight, runningMean, runningVar,
 /// saveMean, saveInvstd, training, eps, outputMask, gradInput, gradWeight,
-/// gradBias)`: which gradients its mask asks for, with their tensors.
-fn wanted(a: &[AclnnArg]) -> Result<[Option<&TensorDesc>; 3], CuError> {
-    let mask = match &a[9] {
-        AclnnArg::BoolArray(m) if m.len() == 3 => [m[0], m[1], m[2]],
-        _ => {
-            return Err(invalid(
-                "a batch normalisation backward's output mask of three flags",
-            ))
-        }
-    };
-    let mut out = [None; 3];
-    for (k, want) in mask.into_iter().enumerate() {
-        match (want, maybe(a, 10 + k)) {
-            (true, Some(t)) => out[k] = Some(t),
-            (true, None) => return Err(invalid("a gradient asked for without its tensor")),
-            (false, _) => {}
-        }
-    }
-    Ok(out)
-}
-
+/// gradBias)`.
 pub(super) fn validate_backward(a: &[AclnnArg]) -> Result<(), CuError> {
     let input = tensor(a, 1);
     let (_, c, _) = layout(input)?;
@@ -231,21 +204,21 @@ pub(super) fn validate_backward(a: &[AclnnArg]) -> Result<(), CuError> {
     }
     per_channel(
         &[
-            maybe(a, 2),
-            maybe(a, 3),
-            maybe(a, 4),
-            maybe(a, 5),
-            maybe(a, 6),
+            maybe_tensor(a, 2),
+            maybe_tensor(a, 3),
+            maybe_tensor(a, 4),
+            maybe_tensor(a, 5),
+            maybe_tensor(a, 6),
         ],
         c,
     )?;
-    let [gi, gw, gb] = wanted(a)?;
+    let [gi, gw, gb] = masked_outputs(a, 9, 10)?;
     if gi.is_some_and(|t| t.dims != input.dims) {
         return Err(invalid("an input gradient is not the input's shape"));
     }
     per_channel(&[gw, gb], c)?;
     let stats = if flag(a, 7) { (5, 6) } else { (3, 4) };
-    if maybe(a, stats.0).is_none() || maybe(a, stats.1).is_none() {
+    if maybe_tensor(a, stats.0).is_none() || maybe_tensor(a, stats.1).is_none() {
         return Err(invalid(
             "a batch normalisation backward without the statistics it needs",
         ));
@@ -259,17 +232,17 @@ pub(super) fn backward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuE
     let g = load(memory, tensor(a, 0))?.f64s();
     let x = load(memory, input)?.f64s();
     let training = flag(a, 7);
-    let weight = channel_values(memory, maybe(a, 2), c, 1.0)?;
+    let weight = channel_values(memory, maybe_tensor(a, 2), c, 1.0)?;
     let (mean, invstd) = if training {
         (
-            channel_values(memory, maybe(a, 5), c, 0.0)?,
-            channel_values(memory, maybe(a, 6), c, 1.0)?,
+            channel_values(memory, maybe_tensor(a, 5), c, 0.0)?,
+            channel_values(memory, maybe_tensor(a, 6), c, 1.0)?,
         )
     } else {
         let eps = f64_arg(a, 8);
-        let var = channel_values(memory, maybe(a, 4), c, 1.0)?;
+        let var = channel_values(memory, maybe_tensor(a, 4), c, 1.0)?;
         (
-            channel_values(memory, maybe(a, 3), c, 0.0)?,
+            channel_values(memory, maybe_tensor(a, 3), c, 0.0)?,
             var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect(),
         )
     };
@@ -280,7 +253,7 @@ pub(super) fn backward(memory: &SessionMemory, a: &[AclnnArg]) -> Result<(), CuE
         sum_g[ch(k)] += gv;
         sum_gx[ch(k)] += gv * (xv - mean[ch(k)]) * invstd[ch(k)];
     }
-    let [gi, gw, gb] = wanted(a)?;
+    let [gi, gw, gb] = masked_outputs(a, 9, 10)?;
     if let Some(t) = gi {
         let count = (n * inner).max(1) as f64;
         let out = g
@@ -314,19 +287,7 @@ mod tests {
     use xpupool_protocol::code;
 
     fn t(dims: &[i64]) -> AclnnArg {
-        let mut strides = vec![1i64; dims.len()];
-        for i in (0..dims.len().saturating_sub(1)).rev() {
-            strides[i] = strides[i + 1] * dims[i + 1].max(1);
-        }
-        AclnnArg::Tensor(TensorDesc {
-            dtype: 0,
-            dims: dims.to_vec(),
-            strides,
-            offset: 0,
-            format: 2,
-            storage_dims: dims.to_vec(),
-            data: 0x1000,
-        })
+        super::super::dense(dims, 0)
     }
 
     fn forward_args(input: &[i64], channels: i64, training: bool, saved: bool) -> Vec<AclnnArg> {
