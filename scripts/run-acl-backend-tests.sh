@@ -38,7 +38,7 @@ echo "ok    acl-backend-start ($(sed -n 's/^devices: /devices /p' "$logs/acl-ser
 
 status=0
 export XPUPOOL_TOKEN=$server_token
-XPUPOOL_NPU_RUN_ARGS="--server 127.0.0.1:$acl_port --cert $server_cert" \
+XPUPOOL_NPU_RUN_ARGS="--server 127.0.0.1:$acl_port --cert $server_cert" XPUPOOL_EXPECT_ACL_BACKEND=1 \
     XPUPOOL_EXPECT_MEMORY_LIMIT=$((1 << 30)) XPUPOOL_BIN="$bin" "$root/scripts/run-npu-tests.sh" || status=1
 # The suite's operators ran on the acl backend, each counted and timed as a launch.
 if "$bin" status --server "127.0.0.1:$acl_port" --cert "$server_cert" --json >"$logs/status.json" \

@@ -30,6 +30,7 @@ use xpupool_protocol::{code, CuError};
 pub mod callback;
 pub mod dcmi;
 pub mod hccl;
+pub mod kernel;
 pub mod nn;
 pub mod op;
 pub mod runtime;
@@ -98,6 +99,8 @@ impl From<CuError> for Failure {
 pub(crate) fn acl_code(e: &CuError) -> AclError {
     match e.code {
         code::INVALID_VALUE => ACL_ERROR_INVALID_PARAM,
+        // A kernel binary CANN could not read (rt's RT_ERROR_INVALID_VALUE).
+        code::INVALID_IMAGE => ACL_ERROR_RT_PARAM_INVALID,
         code::OUT_OF_MEMORY => ACL_ERROR_RT_MEMORY_ALLOCATION,
         code::NO_DEVICE => ACL_ERROR_RT_NO_DEVICE,
         code::INVALID_DEVICE => ACL_ERROR_RT_INVALID_DEVICEID,

@@ -20,6 +20,9 @@ pub enum Image {
     Elf(Vec<u8>),
     /// NUL-terminated PTX text (without the NUL).
     Ptx(String),
+    /// An Ascend kernel binary (an AI Core ELF object) and the magic number ACL
+    /// loads it with (`ACL_RT_BINARY_MAGIC_ELF_*`: which cores its kernels run on).
+    Ascend { magic: u32, elf: Vec<u8> },
 }
 
 /// Memory holding an image: a bounds-checked slice, or the whole address space.
@@ -278,6 +281,7 @@ const WIRE_FATBIN: u8 = 1;
 const WIRE_FATBINS: u8 = 2;
 const WIRE_ELF: u8 = 3;
 const WIRE_PTX: u8 = 4;
+const WIRE_ASCEND: u8 = 5;
 
 fn put_blob(out: &mut Vec<u8>, blob: &[u8]) {
     out.extend_from_slice(&(blob.len() as u64).to_le_bytes());
@@ -301,7 +305,8 @@ impl<'a> Reader<'a> {
 
 impl Image {
     /// The PTX and cubin entries, decompressed. A bare cubin or PTX image yields one entry
-    /// (arch from `e_flags` / `.target`, version `(0, 0)` for a cubin, `.version` for PTX).
+    /// (arch from `e_flags` / `.target`, version `(0, 0)` for a cubin, `.version` for PTX);
+    /// an Ascend binary none.
     pub fn entries(&self) -> Result<Vec<Entry>, FatbinError> {
         match self {
             Image::Fatbin(f) => parse_fatbin(f),
@@ -318,6 +323,8 @@ impl Image {
                 version: (0, 0),
                 data: e.clone(),
             }]),
+            // Nothing an NVIDIA device runs.
+            Image::Ascend { .. } => Ok(Vec::new()),
             Image::Ptx(p) => Ok(vec![Entry {
                 kind: EntryKind::Ptx,
                 arch: ptx_target(p).unwrap_or(0),
@@ -351,6 +358,11 @@ impl Image {
                 out.push(WIRE_PTX);
                 put_blob(&mut out, p.as_bytes());
             }
+            Image::Ascend { magic, elf } => {
+                out.push(WIRE_ASCEND);
+                out.extend_from_slice(&magic.to_le_bytes());
+                put_blob(&mut out, elf);
+            }
         }
         out
     }
@@ -383,6 +395,14 @@ impl Image {
                 Image::Fatbins(fs)
             }
             WIRE_ELF => Image::Elf(r.blob()?.to_vec()),
+            WIRE_ASCEND => {
+                let magic = r.b.u32("wire Ascend magic", 1)?;
+                r.pos = 5;
+                Image::Ascend {
+                    magic,
+                    elf: r.blob()?.to_vec(),
+                }
+            }
             WIRE_PTX => Image::Ptx(
                 String::from_utf8(r.blob()?.to_vec()).map_err(|_| FatbinError::InvalidUtf8)?,
             ),

@@ -342,6 +342,10 @@ fn wire_round_trip() {
         Image::Fatbins(vec![]),
         Image::Elf(fixture("kernel.cubin")),
         Image::Ptx(String::from_utf8(fixture("kernel.ptx")).unwrap()),
+        Image::Ascend {
+            magic: 0x4355_4245,
+            elf: fixture("kernel.cubin"),
+        },
     ];
     for image in images {
         let wire = image.to_wire();

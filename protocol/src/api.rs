@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::aclnn::{AclnnArg, AclnnPlan};
-use crate::CuError;
+use crate::{code, CuError};
 
 /// What a declaration says of its operation beyond its signature, so that no list
 /// of operations is kept anywhere else.
@@ -367,7 +367,7 @@ impl Request {
 /// ([`Flags::SERVER`]).
 pub fn server_only(operation: &str) -> CuError {
     CuError::new(
-        crate::code::NOT_SUPPORTED,
+        code::NOT_SUPPORTED,
         format!("{operation} is answered by the server, not a backend"),
     )
 }
@@ -375,14 +375,14 @@ pub fn server_only(operation: &str) -> CuError {
 /// What a backend answers to an operation only the server's transport layer handles.
 pub fn transport_only(operation: &str) -> CuError {
     CuError::new(
-        crate::code::INVALID_VALUE,
+        code::INVALID_VALUE,
         format!("{operation} needs the connection's shared-memory region, which it does not have"),
     )
 }
 
 fn mismatched(method: &str, reply: &Reply) -> CuError {
     CuError::new(
-        crate::code::UNKNOWN,
+        code::UNKNOWN,
         format!("protocol error: {method} answered by {reply:?}"),
     )
 }
@@ -857,6 +857,67 @@ declare_api! {
     fn aclnn_run(executor: u64 as Handle("aclnn executor"), workspace: u64, workspace_size: u64, stream: u64 as Stream) -> () = AclnnRun @ 61 [POSTED];
     /// Drops an executor its second phase will not run (`aclDestroyAclOpExecutor`).
     fn aclnn_destroy(executor: u64 as Handle("aclnn executor")) -> () = AclnnDestroy @ 62 [POSTED];
+    /// Launch `blocks` blocks of a kernel whose arguments are one byte string
+    /// (ACL's `aclrtLaunchKernelWithHostArgs`, `rtKernelLaunch`), in stream
+    /// order: the device takes a copy of `args` and, for each placeholder, writes
+    /// at its `at` the device address of the copy's byte `data`
+    /// ([`check_launch_args`] bounds both).
+    fn launch_with_args(function: u64 as Function, blocks: u32, stream: u64 as Stream, args: ByteBuf as Data, placeholders: Vec<Placeholder>) -> () = LaunchWithArgs @ 63 [POSTED];
+}
+
+/// Where a launch's argument string holds an address into itself
+/// ([`Request::LaunchWithArgs`]), laid out as ACL's `aclrtPlaceHolderInfo`
+/// (`addrOffset`, `dataOffset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
+pub struct Placeholder {
+    /// Byte of the arguments where the 8-byte address goes.
+    pub at: u32,
+    /// Byte of the arguments whose device address it is.
+    pub data: u32,
+}
+
+/// Bytes of one [`Request::LaunchWithArgs`]'s arguments (tiling data included).
+pub const MAX_LAUNCH_ARGS: usize = 1 << 20;
+/// Placeholders one [`Request::LaunchWithArgs`] may have.
+pub const MAX_PLACEHOLDERS: usize = 4096;
+
+/// Refuses arguments or placeholders past the bounds above, and a placeholder
+/// whose address would not fit in the arguments or that points past their end:
+/// what the client checks before sending and every backend before launching.
+pub fn check_launch_args(args: usize, placeholders: &[Placeholder]) -> Result<(), CuError> {
+    let invalid = |what: String| Err(CuError::new(code::INVALID_VALUE, what));
+    if args > MAX_LAUNCH_ARGS {
+        return invalid(format!(
+            "{args} bytes of kernel arguments (at most {MAX_LAUNCH_ARGS})"
+        ));
+    }
+    if placeholders.len() > MAX_PLACEHOLDERS {
+        return invalid(format!(
+            "{} placeholders (at most {MAX_PLACEHOLDERS})",
+            placeholders.len()
+        ));
+    }
+    for p in placeholders {
+        if p.at as usize + 8 > args || p.data as usize >= args {
+            return invalid(format!(
+                "placeholder at byte {} for byte {} of {args} bytes of arguments",
+                p.at, p.data
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The arguments as the device sees them once copied to `base`: each
+/// placeholder's address written in (after [`check_launch_args`]).
+pub fn place_launch_args(args: &[u8], placeholders: &[Placeholder], base: u64) -> Vec<u8> {
+    let mut out = args.to_vec();
+    for p in placeholders {
+        let at = p.at as usize;
+        out[at..at + 8].copy_from_slice(&(base + u64::from(p.data)).to_le_bytes());
+    }
+    out
 }
 
 /// One input of [`Request::Link`].

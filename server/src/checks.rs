@@ -62,9 +62,10 @@ pub(crate) fn no_aclnn(backend: &str, operator: &str) -> CuError {
     )
 }
 
-/// The aclnn methods of an [`Api`](xpupool_protocol::Api) implementation whose
-/// backend runs no Ascend operators: the first phase is refused by name, and
-/// no executor exists.
+/// The Ascend-only methods of an [`Api`](xpupool_protocol::Api) implementation
+/// whose backend runs no Ascend operators or kernels: an operator's first phase
+/// is refused by name, no executor exists, and argument-string launches are
+/// refused.
 macro_rules! no_aclnn_methods {
     ($backend:literal) => {
         fn aclnn_prepare(
@@ -82,6 +83,24 @@ macro_rules! no_aclnn_methods {
 
         fn aclnn_destroy(&mut self, executor: u64) -> Result<(), CuError> {
             Err($crate::checks::invalid_handle("aclnn executor", executor))
+        }
+
+        fn launch_with_args(
+            &mut self,
+            _function: u64,
+            _blocks: u32,
+            _stream: u64,
+            _args: serde_bytes::ByteBuf,
+            _placeholders: Vec<xpupool_protocol::api::Placeholder>,
+        ) -> Result<(), CuError> {
+            Err(CuError::new(
+                code::NOT_SUPPORTED,
+                concat!(
+                    "launches with an argument string are Ascend's; the ",
+                    $backend,
+                    " backend runs none"
+                ),
+            ))
         }
     };
 }

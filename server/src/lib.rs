@@ -9,6 +9,7 @@
 //! each session in its own [`worker`] process.
 
 pub mod acl;
+pub mod ascend_elf;
 pub mod backend;
 mod checks;
 pub mod config;

@@ -696,7 +696,8 @@ impl TenantSession {
             }
             request @ (Request::LaunchKernel { function, .. }
             | Request::LaunchCooperative { function, .. }
-            | Request::LaunchClustered { function, .. }) => {
+            | Request::LaunchClustered { function, .. }
+            | Request::LaunchWithArgs { function, .. }) => {
                 let device = self.functions.get(&function).copied();
                 self.launch(request, device)
             }

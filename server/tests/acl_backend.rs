@@ -489,3 +489,79 @@ fn an_executor_whose_memory_went_between_its_phases_does_not_run() {
     c.close();
     mock_memory_settles_at(0, "a closed session's memory is freed");
 }
+
+/// Kernel binaries outside aclnn through the backend: loaded on CANN with their
+/// magic number and resolved there by name, launched with their argument
+/// strings (the stand-in device then refuses to run AI Core code, naming the
+/// kernel, which shows the launch reached CANN), hostile launches refused before
+/// CANN sees them, and what a session leaves loaded unloaded at its end.
+#[test]
+fn kernel_binaries_load_on_cann_and_hostile_launches_stop_at_the_backend() {
+    use xpupool_protocol::api::Placeholder;
+    let _one = serial();
+    let server = front();
+    let mock_base = world().mock.used_memory();
+    let c = common::connect(&server);
+    let other = common::connect(&server);
+    let wire = |elf| {
+        ByteBuf::from(
+            xpupool_fatbin::Image::Ascend {
+                magic: 0x4141_5246,
+                elf,
+            }
+            .to_wire(),
+        )
+    };
+    let elf = xpupool_server::ascend_elf::sample_object(&["add_custom"]);
+    let module = c.module_load(0, wire(elf.clone())).unwrap();
+    let f = &module.functions[0];
+    assert_eq!(f.name, "add_custom");
+    assert_eq!(f.unusable, None, "CANN resolved it");
+    assert!(
+        world().mock.used_memory() > mock_base,
+        "the binary is on the device behind CANN"
+    );
+    let refused = |conn: &Connection, function, blocks, args: Vec<u8>, holders| match conn
+        .launch_with_args(function, blocks, 0, ByteBuf::from(args), holders)
+    {
+        Err(e) => e.message,
+        Ok(()) => conn.synchronize().unwrap_err().message,
+    };
+    let at = |at, data| Placeholder { at, data };
+    // Stopped at the backend: CANN's own error would name aclrtLaunchKernelWithHostArgs.
+    for (blocks, args, holders) in [
+        (8, vec![0u8; 48], vec![at(44, 0)]),
+        (8, vec![0u8; 48], vec![at(0, 48)]),
+        (0, vec![0u8; 48], vec![]),
+    ] {
+        let message = refused(&c, f.handle, blocks, args, holders);
+        assert!(
+            !message.contains("aclrtLaunchKernelWithHostArgs"),
+            "{message}"
+        );
+    }
+    let message = refused(&other, f.handle, 8, vec![0u8; 48], vec![]);
+    assert!(
+        message.contains("does not belong"),
+        "another session's function: {message}"
+    );
+    let message = c
+        .module_load(0, common::ptx_image(common::SCALE_PTX))
+        .unwrap_err()
+        .message;
+    assert!(message.contains("runs Ascend kernel binaries"), "{message}");
+    // A launch that passes reaches CANN, whose device names the kernel.
+    let message = refused(&c, f.handle, 8, vec![0u8; 48], vec![at(0, 16)]);
+    assert!(
+        message.contains("aclrtLaunchKernelWithHostArgs failed")
+            && message.contains("kernel add_custom")
+            && message.contains("cannot run Ascend AI Core code"),
+        "{message}"
+    );
+    // Unloaded by hand, and at a session's end.
+    c.module_unload(module.handle).unwrap();
+    assert!(c.module_unload(module.handle).is_err());
+    c.module_load(0, wire(elf)).unwrap();
+    drop((c, other));
+    mock_memory_settles_at(mock_base, "the session's binaries went with it");
+}

@@ -755,3 +755,83 @@ fn arrays_are_charged_and_every_copy_is_bounded() {
     assert_eq!(mine.mem_get_info(0).unwrap().0, before);
     assert!(mine.array_destroy(array).is_err(), "destroyed twice");
 }
+
+/// An Ascend kernel binary on the mock: loaded and charged as a device would,
+/// its kernels listed, and every launch checked before the stand-in device
+/// refuses it by name (it runs no AI Core code). Posted launches report at the
+/// next synchronisation.
+#[test]
+fn ascend_launches_are_checked_then_refused_by_name() {
+    use xpupool_protocol::api::Placeholder;
+    use xpupool_server::ascend_elf::sample_object;
+    let server = server(64 << 20, Options::default());
+    let c = common::connect(&server);
+    let wire = |magic, elf| ByteBuf::from(xpupool_fatbin::Image::Ascend { magic, elf }.to_wire());
+    let elf = sample_object(&["add_custom", "dvm_mix_aic"]);
+    let (free_before, _) = c.mem_get_info(0).unwrap();
+    let module = c.module_load(0, wire(0x4355_4245, elf.clone())).unwrap();
+    let names: Vec<_> = module.functions.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["add_custom", "dvm_mix_aic"],
+        "the global functions, no others"
+    );
+    assert!(module.functions[0]
+        .unusable
+        .as_deref()
+        .unwrap()
+        .contains("cannot run Ascend"));
+    assert!(
+        c.mem_get_info(0).unwrap().0 < free_before,
+        "the image is charged"
+    );
+    let f = module.functions[0].handle;
+    let args = ByteBuf::from(vec![0u8; 48]);
+    let at = |at, data| Placeholder { at, data };
+
+    // Refused before anything runs, each with its reason (at the launch, or at
+    // the synchronisation after it where the launch was posted).
+    let refused = |blocks, args: ByteBuf, holders: Vec<Placeholder>, function| match c
+        .launch_with_args(function, blocks, 0, args, holders)
+    {
+        Err(e) => e.message,
+        Ok(()) => c.synchronize().unwrap_err().message,
+    };
+    assert!(refused(8, args.clone(), vec![at(44, 0)], f).contains("placeholder at byte 44"));
+    assert!(refused(8, args.clone(), vec![at(0, 48)], f).contains("placeholder"));
+    assert!(refused(0, args.clone(), vec![], f).contains("0 blocks"));
+    let too_many = vec![at(0, 8); xpupool_protocol::api::MAX_PLACEHOLDERS + 1];
+    assert!(refused(8, args.clone(), too_many, f).contains("placeholders (at most"));
+    let huge = ByteBuf::from(vec![0u8; xpupool_protocol::api::MAX_LAUNCH_ARGS + 1]);
+    assert!(refused(8, huge, vec![], f).contains("bytes of kernel arguments"));
+    assert!(refused(8, args.clone(), vec![], 0xdead).contains("does not belong"));
+    // A PTX kernel is not launched this way.
+    let ptx = c
+        .module_load(0, common::ptx_image(common::SCALE_PTX))
+        .unwrap();
+    let message = refused(1, args.clone(), vec![], ptx.functions[0].handle);
+    assert!(message.contains("not an Ascend kernel"), "{message}");
+
+    // A launch that passes the checks reaches the device, which names it.
+    let message = refused(8, args, vec![at(0, 16), at(8, 40)], f);
+    assert!(
+        message.contains("kernel add_custom (8 blocks, 48 bytes of arguments, 2 placeholders)")
+            && message.contains("cannot run Ascend AI Core code"),
+        "{message}"
+    );
+    assert_eq!(c.synchronize(), Ok(()), "reported once");
+
+    // Not an AI Core object, or an unknown magic: refused at load, nothing charged.
+    let mut cubin = elf.clone();
+    cubin[18] = 190;
+    assert!(c.module_load(0, wire(0x4355_4245, cubin)).is_err());
+    let message = c.module_load(0, wire(0x1234, elf)).unwrap_err().message;
+    assert!(message.contains("magic number 0x1234"), "{message}");
+    c.module_unload(ptx.handle).unwrap();
+    c.module_unload(module.handle).unwrap();
+    assert_eq!(
+        c.mem_get_info(0).unwrap().0,
+        free_before,
+        "unloading refunds it"
+    );
+}

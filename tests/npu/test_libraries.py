@@ -298,3 +298,135 @@ def test_hccl_makes_one_rank_communicators_and_refuses_more():
     assert lib.HcclGetRankSize(comm, ctypes.byref(size)) == 0 and size.value == 1
     assert lib.HcclCommDestroy(comm) == 0
     assert lib.HcclCommDestroy(comm) == 1  # HCCL_E_PARA: not a communicator any more
+
+
+def ai_core_object(kernels):
+    """A minimal AI Core ELF object (e_machine 0x1029) whose global functions are
+    `kernels`, with a local function that is not one."""
+    import struct
+    strtab, symtab = b"\0", bytearray(24)
+    for name, info in [("local_helper", 0x02)] + [(k, 0x12) for k in kernels]:
+        symtab += struct.pack("<IBBHQQ", len(strtab), info, 0, 3, 0, 0)
+        strtab += name.encode() + b"\0"
+    out = bytearray(64)
+    sym_at = len(out); out += symtab
+    str_at = len(out); out += strtab
+    text_at = len(out); out += bytes(32)
+    shoff = len(out)
+
+    def header(kind, at, size, link):
+        return struct.pack("<IIQQQQIIQQ", 0, kind, 0, 0, at, size, link, 0, 0, 24)
+    out += bytes(64) + header(2, sym_at, len(symtab), 2) + header(3, str_at, len(strtab), 0) \
+        + header(1, text_at, 32, 0)
+    out[0:20] = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HH", 2, 0x1029)
+    out[0x28:0x30] = struct.pack("<Q", shoff)
+    out[0x3a:0x3e] = struct.pack("<HH", 64, 4)
+    return bytes(out)
+
+
+class PlaceHolder(ctypes.Structure):
+    _fields_ = [("addrOffset", ctypes.c_uint32), ("dataOffset", ctypes.c_uint32)]
+
+
+class DevBinary(ctypes.Structure):
+    _fields_ = [("magic", ctypes.c_uint32), ("version", ctypes.c_uint32),
+                ("data", ctypes.c_void_p), ("length", ctypes.c_uint64)]
+
+
+def test_kernel_binaries_load_by_name_and_launches_are_checked_and_refused_by_name():
+    """Kernels outside aclnn: an AI Core binary loads (charged to the tenant, as
+    the device holds it), its kernels are found by name (aclrtBinaryGetFunction,
+    rtFunctionRegister), and a launch's argument string and placeholders are
+    checked; one that passes reaches a device that cannot run AI Core code (the
+    stand-in device, under CANN or not) and is refused naming the kernel, never a
+    silent success. Unloading refunds the memory and ends the handles."""
+    lib = ctypes.CDLL(str(ACL / "libascendcl.so"), mode=os.RTLD_NOW)
+    lib.aclGetRecentErrMsg.restype = ctypes.c_char_p
+    assert lib.aclInit(None) in (0, 100002) and lib.aclrtSetDevice(0) == 0
+    stream = ctypes.c_void_p()
+    assert lib.aclrtCreateStream(ctypes.byref(stream)) == 0
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    assert lib.aclrtGetMemInfo(1, ctypes.byref(free), ctypes.byref(total)) == 0
+    free_before = free.value
+    image = ai_core_object(["add_custom", "dvm_mix_aic"])
+    binary = ctypes.c_void_p()
+    assert lib.aclrtBinaryLoadFromData(image, ctypes.c_size_t(len(image)), None,
+                                       ctypes.byref(binary)) == 0
+    assert lib.aclrtGetMemInfo(1, ctypes.byref(free), ctypes.byref(total)) == 0
+    assert free.value < free_before, "the loaded binary is charged"
+    function = ctypes.c_void_p()
+    assert lib.aclrtBinaryGetFunction(binary, b"add_custom", ctypes.byref(function)) == 0
+    for missing in (b"no_such_kernel", b"local_helper"):
+        assert lib.aclrtBinaryGetFunction(binary, missing, ctypes.byref(ctypes.c_void_p())) == 107000
+        assert b"has no kernel" in lib.aclGetRecentErrMsg()
+
+    lib.aclrtLaunchKernelWithHostArgs.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+    args = ctypes.create_string_buffer(48)
+
+    def launch(blocks, holders, fn=function, size=48, cfg=None):
+        array = (PlaceHolder * max(len(holders), 1))(*[PlaceHolder(a, d) for a, d in holders])
+        status = lib.aclrtLaunchKernelWithHostArgs(fn, blocks, stream, cfg, args, size,
+                                                   array if holders else None, len(holders))
+        if status == 0:  # posted: the device's answer comes at the synchronisation
+            status = lib.aclrtSynchronizeStream(stream)
+        return status, lib.aclGetRecentErrMsg() or b""
+
+    # Refused before anything is sent.
+    status, message = launch(8, [(44, 0)])
+    assert status == 107000 and b"placeholder at byte 44" in message, (status, message)
+    assert launch(8, [(0, 48)])[0] == 107000
+    assert launch(0, [])[0] == 107000
+    assert launch(8, [], size=(1 << 20) + 1)[0] == 107000
+    assert launch(8, [], fn=ctypes.c_void_p(0xdead))[0] == 107017
+    attrs = (ctypes.c_uint32 * 5)(1, 1, 0, 0, 0)
+    cfg = (ctypes.c_void_p * 2)(ctypes.addressof(attrs), 1)
+    status, message = launch(8, [], cfg=cfg)
+    assert status == 207000 and b"launch attributes" in message
+    # One that passes every check: the device that cannot run it names the kernel.
+    status, message = launch(8, [(0, 16), (8, 40)])
+    assert status != 0 and b"add_custom" in message and b"cannot run Ascend AI Core code" in message, \
+        (status, message)
+    if os.environ.get("XPUPOOL_EXPECT_ACL_BACKEND"):
+        # Through the acl backend, CANN resolved the kernel and it was launched there.
+        assert b"aclrtLaunchKernelWithHostArgs failed" in message, message
+    assert lib.aclrtSynchronizeStream(stream) == 0, "reported once; the stream goes on"
+
+    # The older path Ascend C's <<<>>> stubs use: a binary, a stub bound to a name.
+    dev = DevBinary(0x43554245, 0, ctypes.cast(ctypes.c_char_p(image), ctypes.c_void_p), len(image))
+    handle = ctypes.c_void_p()
+    assert lib.rtDevBinaryRegister(ctypes.byref(dev), ctypes.byref(handle)) == 0
+    stub = ctypes.create_string_buffer(1)
+    assert lib.rtFunctionRegister(handle, stub, b"dvm_mix_aic", None, 0) == 0
+    assert lib.rtFunctionRegister(handle, stub, b"no_such_kernel", None, 0) == 107000
+    lib.rtKernelLaunch.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+                                   ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p]
+    status = lib.rtKernelLaunch(stub, 4, args, 16, None, stream) or lib.aclrtSynchronizeStream(stream)
+    assert status != 0 and b"dvm_mix_aic" in lib.aclGetRecentErrMsg()
+    assert lib.rtKernelLaunch(ctypes.create_string_buffer(1), 4, args, 16, None, stream) == 107017
+
+    # Options: an unknown magic, AI CPU kernels, a bad lazy-load value; not an AI Core object.
+    def load(data, *options, loaded=None):
+        opts = (ctypes.c_uint32 * max(5 * len(options), 1))(*[w for o in options for w in o])
+        block = (ctypes.c_void_p * 2)(ctypes.addressof(opts), len(options))
+        return lib.aclrtBinaryLoadFromData(data, ctypes.c_size_t(len(data)), block,
+                                           ctypes.byref(ctypes.c_void_p() if loaded is None else loaded))
+    vector = ctypes.c_void_p()
+    assert load(image, (2, 0x41415246, 0, 0, 0), loaded=vector) == 0  # the vector cores' magic
+    assert lib.aclrtBinaryUnLoad(vector) == 0
+    assert load(image, (2, 0x1234, 0, 0, 0)) == 107000
+    assert load(image, (3, 1, 0, 0, 0)) == 207000
+    assert load(image, (1, 7, 0, 0, 0)) == 107000
+    not_ascend = bytearray(image)
+    not_ascend[18] = 190
+    assert load(bytes(not_ascend)) == 107000
+
+    assert lib.rtDevBinaryUnRegister(handle) == 0
+    assert lib.aclrtBinaryUnLoad(binary) == 0
+    assert lib.aclrtBinaryUnLoad(binary) == 107017
+    assert lib.aclrtBinaryGetFunction(binary, b"add_custom", ctypes.byref(ctypes.c_void_p())) == 107017
+    assert launch(8, [])[0] == 107017, "its functions went with it"
+    assert lib.aclrtGetMemInfo(1, ctypes.byref(free), ctypes.byref(total)) == 0
+    assert free.value == free_before, "unloading refunds what loading charged"
+    assert lib.aclrtDestroyStream(stream) == 0

@@ -17,12 +17,15 @@
 //! `auto`), with the parent's tenancy layer keeping the ledger and the compute
 //! shares.
 //!
-//! Not done: one device per server (device 0); kernels outside aclnn
-//! (`aclrtBinaryLoadFromData`, `aclrtLaunchKernel*`), the aclop path and
-//! graphs are refused as NOT_SUPPORTED; the memory used and power drawn are not
+//! Kernel binaries outside aclnn (`kernels.rs`) are loaded with their magic
+//! number and launched with their argument strings and placeholders.
+//!
+//! Not done: one device per server (device 0); the aclop path and graphs are
+//! refused as NOT_SUPPORTED; the memory used and power drawn are not
 //! measured (no DCMI yet). Tested only through xpupool's own stand-in as the
 //! host's CANN (scripts/run-acl-backend-tests.sh): no NPU host was available.
 
+mod kernels;
 mod operators;
 mod runtime;
 mod session;

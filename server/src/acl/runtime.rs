@@ -59,6 +59,25 @@ impl PhysicalMemProp {
     }
 }
 
+/// `aclrtBinaryLoadOption`: an option type and its 16-byte value.
+#[repr(C)]
+pub(crate) struct BinaryLoadOption {
+    /// `aclrtBinaryLoadOptionType`.
+    pub(crate) kind: c_int,
+    /// `aclrtBinaryLoadOptionValue`; the magic number in its first word.
+    pub(crate) value: [u32; 4],
+}
+
+/// `aclrtBinaryLoadOptions`.
+#[repr(C)]
+pub(crate) struct BinaryLoadOptions {
+    pub(crate) options: *mut BinaryLoadOption,
+    pub(crate) count: usize,
+}
+
+/// `ACL_RT_BINARY_LOAD_OPT_MAGIC`.
+pub(crate) const BINARY_LOAD_MAGIC: c_int = 2;
+
 crate::dynlib::entry_points! {
     /// The ACL runtime's entry points (`libascendcl.so`).
     pub(crate) struct Runtime -> AclError;
@@ -97,6 +116,14 @@ crate::dynlib::entry_points! {
         aclrtUnmapMem: fn(*mut c_void);
         // ACL_DEV_ATTR_*: core counts.
         aclrtGetDeviceInfo: fn(u32, c_int, *mut i64);
+        // Kernel binaries outside aclnn.
+        aclrtBinaryLoadFromData: fn(*const c_void, usize, *const BinaryLoadOptions, *mut Handle);
+        aclrtBinaryGetFunction: fn(Handle, *const c_char, *mut Handle);
+        aclrtBinaryUnLoad: fn(Handle);
+        aclrtLaunchKernelWithHostArgs: fn(
+            Handle, u32, Handle, *mut c_void, *mut c_void, usize,
+            *mut xpupool_protocol::api::Placeholder, usize,
+        );
     }
     other {
         aclrtGetSocName: fn() -> *const c_char;

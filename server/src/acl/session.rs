@@ -10,6 +10,7 @@ use xpupool_protocol::aclnn::{AclnnArg, AclnnPlan, MAX_EXECUTORS, MAX_HELD_BYTES
 use xpupool_protocol::api::{GlobalInfo, LaunchDims, ModuleInfo};
 use xpupool_protocol::{code, Api, CuError, MAX_COPY_CHUNK};
 
+use super::kernels::Binaries;
 use super::operators::{self, Parameters};
 use super::runtime::{
     Handle, PhysicalMemProp, ACL_SUCCESS, DEVICE_TO_DEVICE, DEVICE_TO_HOST, EVENT_COMPLETE,
@@ -38,7 +39,7 @@ fn no_virtual_memory() -> CuError {
     unsupported("virtual memory (the host's CANN has no aclrtReserveMemAddress)")
 }
 
-fn unsupported(operation: &str) -> CuError {
+pub(super) fn unsupported(operation: &str) -> CuError {
     CuError::new(
         code::NOT_SUPPORTED,
         format!("{operation} is not supported by the acl backend"),
@@ -68,7 +69,7 @@ struct Waiting {
 }
 
 pub(crate) struct AclSession {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     /// Allocations: base → size.
     allocations: BTreeMap<u64, u64>,
     streams: HashSet<u64>,
@@ -81,8 +82,10 @@ pub(crate) struct AclSession {
     physical: HashMap<u64, Physical>,
     /// Mappings: address → (size, physical handle).
     mappings: BTreeMap<u64, (u64, u64)>,
-    /// Device time of its executions ([`Api::session_busy`]).
-    times: KernelTimes,
+    /// Device time of its executions and launches ([`Api::session_busy`]).
+    pub(super) times: KernelTimes,
+    /// Its kernel binaries outside aclnn.
+    pub(super) binaries: Binaries,
 }
 
 impl AclSession {
@@ -98,16 +101,17 @@ impl AclSession {
             physical: HashMap::new(),
             mappings: BTreeMap::new(),
             times: KernelTimes::default(),
+            binaries: Binaries::default(),
         }
     }
 
-    fn check(&self, r: c_int, what: &str) -> Result<(), CuError> {
+    pub(super) fn check(&self, r: c_int, what: &str) -> Result<(), CuError> {
         self.shared.cann.check(r, what)
     }
 
     /// The runtime's stream for a client stream handle: one of the session's, or
     /// the default one.
-    fn stream(&self, stream: u64) -> Result<Handle, CuError> {
+    pub(super) fn stream(&self, stream: u64) -> Result<Handle, CuError> {
         match stream {
             0 | STREAM_LEGACY | STREAM_PER_THREAD => Ok(std::ptr::null_mut()),
             s if self.streams.contains(&s) => Ok(s as Handle),
@@ -444,8 +448,8 @@ impl Api for AclSession {
         Ok(None)
     }
 
-    fn module_load(&mut self, _: u32, _: ByteBuf) -> Result<ModuleInfo, CuError> {
-        Err(unsupported("loading kernels outside aclnn (modules)"))
+    fn module_load(&mut self, device: u32, image: ByteBuf) -> Result<ModuleInfo, CuError> {
+        self.load_binary(device, &image)
     }
 
     fn module_get_global(&mut self, module: u64, _: String) -> Result<GlobalInfo, CuError> {
@@ -453,7 +457,7 @@ impl Api for AclSession {
     }
 
     fn module_unload(&mut self, module: u64) -> Result<(), CuError> {
-        Err(invalid_handle("module", module))
+        self.unload_binary(module)
     }
 
     fn function_set_attribute(&mut self, function: u64, _: u32, _: i32) -> Result<(), CuError> {
@@ -639,6 +643,17 @@ impl Api for AclSession {
             self.synchronize_stream(s as Handle)?;
         }
         Ok(())
+    }
+
+    fn launch_with_args(
+        &mut self,
+        function: u64,
+        blocks: u32,
+        stream: u64,
+        args: ByteBuf,
+        placeholders: Vec<xpupool_protocol::api::Placeholder>,
+    ) -> Result<(), CuError> {
+        self.launch_args(function, blocks, stream, args.into_vec(), placeholders)
     }
 
     fn aclnn_prepare(
@@ -1010,8 +1025,8 @@ impl Drop for AclSession {
         if let Some(first) = vmm_failures.first() {
             tracing::warn!(failures = vmm_failures.len(), first = %first, "acl session teardown: virtual memory");
         }
+        let mut failures = self.unload_all_binaries();
         let rt = &self.shared.cann.runtime;
-        let mut failures = Vec::new();
         for event in std::mem::take(&mut self.events) {
             // SAFETY: an event of this session, destroyed once.
             failures.push(unsafe { (rt.aclrtDestroyEvent)(event as Handle) });

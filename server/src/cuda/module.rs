@@ -44,6 +44,12 @@ pub(crate) fn driver_image(image: &Image) -> Result<Vec<u64>, CuError> {
             .ok_or_else(|| CuError::new(code::INVALID_IMAGE, "empty fatbin list"))?,
         Image::Elf(e) => e,
         Image::Ptx(p) => p.as_bytes(),
+        Image::Ascend { .. } => {
+            return Err(CuError::new(
+                code::INVALID_IMAGE,
+                "an Ascend kernel binary: the cuda backend runs NVIDIA code",
+            ))
+        }
     };
     let mut words = vec![0u64; bytes.len() / 8 + 1];
     // SAFETY: `words` has at least `bytes.len() + 1` bytes; u64 has no invalid bytes.

@@ -90,7 +90,7 @@ pub(crate) fn code_object(wire: &[u8]) -> Result<Vec<u8>, CuError> {
             "the hip backend runs AMD GPU code objects; this ELF is not one".to_owned(),
         )),
         _ => Err(bad(
-            "the hip backend runs AMD GPU code objects, not PTX, cubins or fatbins".to_owned(),
+            "the hip backend runs AMD GPU code objects, not PTX, cubins, fatbins or Ascend binaries".to_owned(),
         )),
     }
 }

@@ -79,6 +79,7 @@ impl MockSession {
         let mut loaded = LoadedModule {
             ptx: None,
             amd: None,
+            ascend: false,
             image: Some(base),
             device,
             globals: program

@@ -14,6 +14,7 @@
 
 mod aclnn;
 mod amd;
+mod ascend;
 mod device;
 mod heap;
 pub(crate) mod memory;
@@ -220,6 +221,8 @@ struct LoadedModule {
     ptx: Option<Arc<xpupool_ptx::Module>>,
     /// An AMD GPU code object's program, run by the gfx90a interpreter.
     amd: Option<Arc<amd::AmdCode>>,
+    /// Whether it is an Ascend kernel binary (loaded, never run: [`ascend`]).
+    ascend: bool,
     /// The allocation an AMD GPU code object's image lies in (its variables
     /// are inside it).
     image: Option<u64>,
@@ -414,22 +417,15 @@ impl MockSession {
 
     /// Runs a kernel to its end; a cooperative one with every block at once and
     /// a grid-sync workspace, within what the device holds at once.
-    fn run_kernel(
-        &mut self,
-        function: u64,
-        dims: LaunchDims,
-        stream: u64,
-        params: ByteBuf,
-        cooperative: bool,
-    ) -> Result<(), CuError> {
+    /// A function of this session, launched in `stream`: a kernel runs on the
+    /// device its module was loaded on, and a stream of another device is the
+    /// wrong context's, as on a real driver.
+    fn function_in(&self, function: u64, stream: u64) -> Result<&Function, CuError> {
         self.stream(stream)?;
-
         let f = self
             .functions
             .get(&function)
             .ok_or_else(|| invalid_handle("function", function))?;
-        // A kernel runs on the device its module was loaded on; a stream of another
-        // device is the wrong context's, as on a real driver.
         if let Some(&(device, _)) = self.streams.get(&stream) {
             let module_device = self.modules[&f.module].device;
             if device != module_device {
@@ -439,6 +435,18 @@ impl MockSession {
                 ));
             }
         }
+        Ok(f)
+    }
+
+    fn run_kernel(
+        &mut self,
+        function: u64,
+        dims: LaunchDims,
+        stream: u64,
+        params: ByteBuf,
+        cooperative: bool,
+    ) -> Result<(), CuError> {
+        let f = self.function_in(function, stream)?;
         if self.skip_kernels {
             // The same limit as a launch that runs, with the kernel's static shared
             // memory when the module's PTX says what it is.
@@ -1004,6 +1012,9 @@ impl Api for MockSession {
                 return self.load_amdgpu(device, bytes);
             }
         }
+        if let Image::Ascend { magic, elf } = &image {
+            return self.load_ascend(device, *magic, elf);
+        }
         let Code {
             ptx,
             cubin_kernels,
@@ -1014,6 +1025,7 @@ impl Api for MockSession {
         let mut loaded = LoadedModule {
             ptx: None,
             amd: None,
+            ascend: false,
             image: None,
             device,
             globals: HashMap::new(),
@@ -1180,6 +1192,17 @@ impl Api for MockSession {
         params: ByteBuf,
     ) -> Result<(), CuError> {
         self.run_kernel(function, dims, stream, params, true)
+    }
+
+    fn launch_with_args(
+        &mut self,
+        function: u64,
+        blocks: u32,
+        stream: u64,
+        args: ByteBuf,
+        placeholders: Vec<xpupool_protocol::api::Placeholder>,
+    ) -> Result<(), CuError> {
+        self.launch_ascend(function, blocks, stream, &args, &placeholders)
     }
 
     fn aclnn_prepare(

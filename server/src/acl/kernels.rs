@@ -1,0 +1,203 @@
+//! Kernel binaries outside aclnn on CANN: an Ascend binary the client loaded
+//! (`aclrtBinaryLoadFromData`, `rtDevBinaryRegister`) is loaded here with the
+//! same magic number, each of its kernels resolved by name, and launched with
+//! its argument string and placeholders (`aclrtLaunchKernelWithHostArgs`).
+//!
+//! What a kernel does with the addresses in its arguments cannot be checked, as
+//! on the cuda and hip backends: the session's worker process has its own
+//! context, so the device's memory management keeps it to its own memory.
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+
+use xpupool_fatbin::Image;
+use xpupool_protocol::api::{check_launch_args, FunctionInfo, ModuleInfo, Placeholder};
+use xpupool_protocol::{code, CuError};
+
+use super::runtime::{BinaryLoadOption, BinaryLoadOptions, Handle, ACL_SUCCESS, BINARY_LOAD_MAGIC};
+use super::session::{unsupported, AclSession};
+use crate::ascend_elf;
+use crate::checks::{invalid_handle, invalid_value, only_device_zero};
+
+/// The session's loaded binaries (CANN's handle → its functions' handles) and
+/// functions (CANN's handle → its binary's).
+#[derive(Default)]
+pub(super) struct Binaries {
+    binaries: HashMap<u64, Vec<u64>>,
+    functions: HashMap<u64, u64>,
+}
+
+impl Binaries {
+    /// Every binary, for the session's end.
+    pub(super) fn take(&mut self) -> Vec<u64> {
+        self.functions.clear();
+        self.binaries.drain().map(|(b, _)| b).collect()
+    }
+}
+
+fn missing(what: &str) -> CuError {
+    unsupported(&format!("{what} (the host's CANN has no such entry point)"))
+}
+
+impl AclSession {
+    pub(super) fn load_binary(&mut self, device: u32, image: &[u8]) -> Result<ModuleInfo, CuError> {
+        only_device_zero(device)?;
+        let bad = |why: String| CuError::new(code::INVALID_IMAGE, why);
+        let (magic, elf) = match Image::from_wire(image).map_err(|e| bad(format!("module image: {e}")))? {
+            Image::Ascend { magic, elf } => (magic, elf),
+            _ => {
+                return Err(bad(
+                    "the acl backend runs Ascend kernel binaries, not PTX, cubins, fatbins or AMD code objects"
+                        .to_owned(),
+                ))
+            }
+        };
+        ascend_elf::check_magic(magic)?;
+        let kernels = ascend_elf::kernels(&elf)?;
+        let rt = &self.shared.cann.runtime;
+        let load = rt
+            .aclrtBinaryLoadFromData
+            .ok_or_else(|| missing("aclrtBinaryLoadFromData"))?;
+        let get = rt
+            .aclrtBinaryGetFunction
+            .ok_or_else(|| missing("aclrtBinaryGetFunction"))?;
+        self.shared.enter()?;
+        let mut option = BinaryLoadOption {
+            kind: BINARY_LOAD_MAGIC,
+            value: [magic, 0, 0, 0],
+        };
+        let options = BinaryLoadOptions {
+            options: &mut option,
+            count: 1,
+        };
+        let mut bin: Handle = std::ptr::null_mut();
+        // SAFETY: a whole AI Core object (its symbols read above), alive across the
+        // call, which copies what it keeps; one option; an out-pointer.
+        let r = unsafe { load(elf.as_ptr().cast(), elf.len(), &options, &mut bin) };
+        self.check(r, "aclrtBinaryLoadFromData")?;
+        let mut info = ModuleInfo {
+            handle: bin as u64,
+            functions: Vec::with_capacity(kernels.len()),
+            no_code: None,
+            device_bytes: crate::quota::allocation_charge(elf.len().max(1) as u64)
+                .unwrap_or(u64::MAX),
+        };
+        let mut resolved = Vec::new();
+        for name in kernels {
+            let mut f: Handle = std::ptr::null_mut();
+            let r = match CString::new(name.as_str()) {
+                // SAFETY: the binary just loaded, a C string, an out-pointer.
+                Ok(c) => unsafe { get(bin, c.as_ptr(), &mut f) },
+                Err(_) => -1,
+            };
+            let unusable = (r != ACL_SUCCESS || f.is_null()).then(|| {
+                let why = self.check(r, "aclrtBinaryGetFunction").err();
+                format!(
+                    "CANN does not resolve it: {}",
+                    why.map_or_else(|| "a NULL handle".to_owned(), |e| e.message)
+                )
+            });
+            if unusable.is_none() {
+                resolved.push(f as u64);
+                self.binaries.functions.insert(f as u64, bin as u64);
+            }
+            info.functions.push(FunctionInfo {
+                name,
+                handle: if unusable.is_none() { f as u64 } else { 0 },
+                params: Vec::new(),
+                param_bytes: 0,
+                unusable,
+                attributes: Vec::new(),
+            });
+        }
+        self.binaries.binaries.insert(bin as u64, resolved);
+        Ok(info)
+    }
+
+    pub(super) fn unload_binary(&mut self, module: u64) -> Result<(), CuError> {
+        let unload = self
+            .shared
+            .cann
+            .runtime
+            .aclrtBinaryUnLoad
+            .ok_or_else(|| missing("aclrtBinaryUnLoad"))?;
+        let functions = self
+            .binaries
+            .binaries
+            .remove(&module)
+            .ok_or_else(|| invalid_handle("module", module))?;
+        for f in functions {
+            self.binaries.functions.remove(&f);
+        }
+        self.shared.enter()?;
+        // SAFETY: a binary this session loaded, unloaded once (removed above).
+        let r = unsafe { unload(module as Handle) };
+        self.check(r, "aclrtBinaryUnLoad")
+    }
+
+    /// Unloads what the session still has loaded, at its end; the failures.
+    pub(super) fn unload_all_binaries(&mut self) -> Vec<i32> {
+        let Some(unload) = self.shared.cann.runtime.aclrtBinaryUnLoad else {
+            return Vec::new();
+        };
+        let mut failures = Vec::new();
+        for bin in self.binaries.take() {
+            // SAFETY: a binary of this session, unloaded once.
+            failures.push(unsafe { unload(bin as Handle) });
+        }
+        failures
+    }
+
+    pub(super) fn launch_args(
+        &mut self,
+        function: u64,
+        blocks: u32,
+        stream: u64,
+        args: Vec<u8>,
+        mut placeholders: Vec<Placeholder>,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        if !self.binaries.functions.contains_key(&function) {
+            return Err(invalid_handle("function", function));
+        }
+        check_launch_args(args.len(), &placeholders)?;
+        if blocks == 0 {
+            return Err(invalid_value("a launch of 0 blocks"));
+        }
+        let launch = self
+            .shared
+            .cann
+            .runtime
+            .aclrtLaunchKernelWithHostArgs
+            .ok_or_else(|| missing("aclrtLaunchKernelWithHostArgs"))?;
+        self.shared.enter()?;
+        let mut args = args;
+        let timed = self.times.before(&self.shared.cann, s);
+        let holders = if placeholders.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            placeholders.as_mut_ptr()
+        };
+        // SAFETY: a function this session resolved, a stream of this session;
+        // the argument string and placeholders (checked against each other
+        // above, `Placeholder` laid out as `aclrtPlaceHolderInfo`) are alive
+        // across the call, which copies them.
+        let r = unsafe {
+            launch(
+                function as Handle,
+                blocks,
+                s,
+                std::ptr::null_mut(),
+                args.as_mut_ptr().cast::<c_void>(),
+                args.len(),
+                holders,
+                placeholders.len(),
+            )
+        };
+        if let Some(pair) = timed {
+            self.times
+                .after(&self.shared.cann, s, pair, r == ACL_SUCCESS);
+        }
+        self.check(r, "aclrtLaunchKernelWithHostArgs")
+    }
+}

@@ -1,0 +1,112 @@
+//! Ascend kernel binaries on the stand-in device: loaded as a real device loads
+//! them (the image copied into device memory and charged, its kernels listed
+//! for look-ups), but never run. The device cannot execute AI Core code, so each
+//! function is marked unusable and a launch that reaches it is refused, naming
+//! the kernel and what the launch carried, after the same checks a device that
+//! could run it makes.
+
+use std::collections::HashMap;
+
+use xpupool_protocol::api::{check_launch_args, FunctionInfo, ModuleInfo, Placeholder};
+use xpupool_protocol::{code, CuError};
+
+use super::{Function, LoadedModule, MockSession};
+use crate::ascend_elf;
+
+/// Why the stand-in device refuses every Ascend kernel.
+pub(super) const CANNOT_RUN: &str = "the stand-in device cannot run Ascend AI Core code";
+
+impl MockSession {
+    pub(super) fn load_ascend(
+        &mut self,
+        device: u32,
+        magic: u32,
+        image: &[u8],
+    ) -> Result<ModuleInfo, CuError> {
+        ascend_elf::check_magic(magic)?;
+        let kernels = ascend_elf::kernels(image)?;
+        let bytes = image.len() as u64;
+        let charge = crate::quota::allocation_charge(bytes.max(1)).unwrap_or(u64::MAX);
+        let base = self.memory.alloc(device, bytes.max(1))?;
+        if let Err(e) = self.memory.write(base, image) {
+            let _ = self.memory.free(base);
+            return Err(e);
+        }
+        let handle = self.handle(0x4d4f);
+        let mut loaded = LoadedModule {
+            ptx: None,
+            amd: None,
+            ascend: true,
+            image: Some(base),
+            device,
+            globals: HashMap::new(),
+            functions: Vec::new(),
+            heap: None,
+        };
+        let mut info = ModuleInfo {
+            handle,
+            functions: Vec::new(),
+            no_code: None,
+            device_bytes: charge,
+        };
+        for name in kernels {
+            let f = self.handle(0x4655);
+            self.functions.insert(
+                f,
+                Function {
+                    module: handle,
+                    name: name.clone(),
+                    max_dynamic_shared: None,
+                },
+            );
+            loaded.functions.push(f);
+            info.functions.push(FunctionInfo {
+                name,
+                handle: f,
+                params: Vec::new(),
+                param_bytes: 0,
+                unusable: (!self.skip_kernels).then(|| CANNOT_RUN.to_owned()),
+                attributes: Vec::new(),
+            });
+        }
+        self.modules.insert(handle, loaded);
+        Ok(info)
+    }
+
+    /// [`xpupool_protocol::Api::launch_with_args`]: checked as any launch, then
+    /// refused (or, with `--kernels skip`, counted as skipped).
+    pub(super) fn launch_ascend(
+        &mut self,
+        function: u64,
+        blocks: u32,
+        stream: u64,
+        args: &[u8],
+        placeholders: &[Placeholder],
+    ) -> Result<(), CuError> {
+        self.healthy()?;
+        let f = self.function_in(function, stream)?;
+        check_launch_args(args.len(), placeholders)?;
+        if blocks == 0 {
+            return Err(CuError::new(code::INVALID_VALUE, "a launch of 0 blocks"));
+        }
+        let name = f.name.clone();
+        if !self.modules[&f.module].ascend {
+            return Err(CuError::new(
+                code::INVALID_VALUE,
+                format!("{name} is not an Ascend kernel: launch it with its parameters"),
+            ));
+        }
+        if self.skip_kernels {
+            self.skipped += 1;
+            return Ok(());
+        }
+        Err(CuError::new(
+            code::NO_BINARY_FOR_GPU,
+            format!(
+                "kernel {name} ({blocks} blocks, {} bytes of arguments, {} placeholders): {CANNOT_RUN}",
+                args.len(),
+                placeholders.len()
+            ),
+        ))
+    }
+}
