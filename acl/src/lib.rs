@@ -17,7 +17,8 @@
 //! What is implemented ([`runtime`]): initialisation, devices and their
 //! properties (an "Ascend910B3" whose memory is the tenant's quota), contexts,
 //! streams, events, device and pinned host memory, copies and memsets, over the
-//! pool's protocol; errors with ACL's codes and `aclGetRecentErrMsg`. No entry
+//! pool's protocol; errors with ACL's codes and `aclGetRecentErrMsg`. Kernel
+//! binaries outside aclnn and their launches are [`kernel`]'s. No entry
 //! point lets a panic unwind into its caller ([`call`]).
 
 use std::cell::RefCell;
