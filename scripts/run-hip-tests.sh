@@ -62,8 +62,9 @@ done
 if "$bin" run -- "$build/r0600"; then :; else failed=1; fi
 if [ -n "$HIP_KERNEL_TESTS" ]; then
     "$root/scripts/build-hip-tests.sh" || failed=1
+    # Two mock devices, for streamdev's stream of another device.
     for test in $HIP_KERNEL_TESTS; do
-        if "$bin" run -- "$build/$test"; then :; else
+        if "$bin" run --mock-devices 2 -- "$build/$test"; then :; else
             echo "FAIL  $test (tests/hip/$test.hip)"
             failed=1
         fi

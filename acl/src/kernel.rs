@@ -392,7 +392,10 @@ pub unsafe extern "C" fn aclrtLaunchKernelWithHostArgs(
 /// # Safety
 /// `bin` is NULL or an `rtDevBinary_t` whose `data` has `length` readable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn rtDevBinaryRegister(bin: *const DevBinary, out: *mut *mut c_void) -> AclError {
+pub unsafe extern "C" fn rtDevBinaryRegister(
+    bin: *const DevBinary,
+    out: *mut *mut c_void,
+) -> AclError {
     call(|| {
         if bin.is_null() || out.is_null() {
             return Err(invalid("a NULL rtDevBinary_t or handle"));

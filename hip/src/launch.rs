@@ -185,8 +185,9 @@ pub(crate) fn dims(grid: [u32; 3], block: [u32; 3], shared: usize) -> Result<Lau
     })
 }
 
-/// Launches `f` on the current device, in `stream` (its handle is the server's).
-/// A launch checked and its arguments packed, ready to send.
+/// A launch of `f` in `stream` (its handle is the server's), checked and its
+/// arguments packed, ready to send: on the stream's device, or the current one
+/// for the null and per-thread streams.
 fn launch_request(
     f: &Function,
     dims: LaunchDims,
@@ -194,7 +195,8 @@ fn launch_request(
     params: *const *const c_void,
     extra: *const *const c_void,
 ) -> Result<(&'static xpupool_client::Connection, Request), HipError> {
-    let (c, d) = device()?;
+    let (c, current) = device()?;
+    let d = crate::stream::stream_device(stream as u64).unwrap_or(current);
     let info = f.runnable(c, d)?;
     let params = pack(&info, params, extra)?;
     let request = Request::LaunchKernel {

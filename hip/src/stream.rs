@@ -2,7 +2,9 @@
 //! pool's protocol. Handles are the server's: `hipStream_t` 0 is the null stream,
 //! `hipStreamPerThread` (2) the thread's default stream, as on the wire.
 
+use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
+use std::sync::{Mutex, MutexGuard};
 
 use xpupool_protocol::{Calls, CuError, Request};
 
@@ -16,6 +18,20 @@ fn code(e: CuError) -> HipError {
     hip_code(&e)
 }
 
+/// The device of each stream this process created: a kernel launched into a
+/// stream runs on the stream's device, whichever is current (HIP's rule).
+static STREAM_DEVICES: Mutex<Option<HashMap<u64, u32>>> = Mutex::new(None);
+
+fn stream_devices() -> MutexGuard<'static, Option<HashMap<u64, u32>>> {
+    STREAM_DEVICES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The device `stream` was created on; `None` for the null and per-thread
+/// streams (the current device's) and for a handle this process did not make.
+pub(crate) fn stream_device(stream: u64) -> Option<u32> {
+    stream_devices().as_ref()?.get(&stream).copied()
+}
+
 fn create_stream(out: *mut Handle, flags: c_uint, priority: c_int) -> HipError {
     call(|| {
         if out.is_null() || flags & !1 != 0 {
@@ -23,6 +39,9 @@ fn create_stream(out: *mut Handle, flags: c_uint, priority: c_int) -> HipError {
         }
         let (c, d) = device()?;
         let stream = c.stream_create(d, flags, priority).map_err(code)?;
+        stream_devices()
+            .get_or_insert_with(HashMap::new)
+            .insert(stream, d);
         put(out, stream as Handle)
     })
 }
@@ -48,7 +67,13 @@ pub extern "C" fn hip_stream_create_with_priority(
 
 #[export_name = "xph_hipStreamDestroy"]
 pub extern "C" fn hip_stream_destroy(stream: Handle) -> HipError {
-    call(|| connection()?.stream_destroy(stream as u64).map_err(code))
+    call(|| {
+        connection()?.stream_destroy(stream as u64).map_err(code)?;
+        if let Some(devices) = stream_devices().as_mut() {
+            devices.remove(&(stream as u64));
+        }
+        Ok(())
+    })
 }
 
 #[export_name = "xph_hipStreamSynchronize"]
