@@ -79,15 +79,13 @@ if [ -n "$HIP_KERNEL_TESTS" ]; then
             || { fail "build-hip-tests"; sed 's/^/      | /' "$logs/hipcc.log" | tail -n 20; }
     fi
     for test in $HIP_KERNEL_TESTS; do
-        # The hip backend serves one device; streamdev needs two.
-        [ "$test" = streamdev ] && continue
         if [ -x "$build/$test" ]; then programs+=("$test"); else fail "$test" "not built: scripts/build-hip-tests.sh"; fi
     done
 fi
 
 # The mock server behind the stand-in.
 port=$((20000 + RANDOM % 20000))
-if ! start_server mock "$logs" --backend mock --listen "127.0.0.1:$port" --mock-memory-mib 4096; then
+if ! start_server mock "$logs" --backend mock --listen "127.0.0.1:$port" --mock-memory-mib 4096 --mock-devices 2; then
     fail mock-server-start; echo "$passed passed, $failed failed"; exit 1
 fi
 mock_pid=$server_pid

@@ -22,7 +22,12 @@
 //! `auto`), with the parent's tenancy layer keeping the ledger and the compute
 //! shares, as for cuda.
 //!
-//! Not done: one device per server (device 0); what HIP's module API cannot do
+//! Every device the runtime reports is served: each request makes its
+//! device current first (the one it names, or that of the allocation, stream,
+//! event or module it uses), and a kernel runs on its module's device, in a
+//! stream of that device.
+//!
+//! Not done: what HIP's module API cannot do
 //! or the protocol has only in CUDA's terms answers `NOT_SUPPORTED`: virtual
 //! memory, IPC, arrays, textures and surfaces, linking, cooperative and
 //! clustered launches; function attributes are set on nothing (HIP's
@@ -89,35 +94,45 @@ const ATTRIBUTES: &[(c_int, u32)] = &[
     ),
 ];
 
-/// The host's HIP runtime, serving device 0.
+/// The host's HIP runtime, serving each of its devices.
 pub struct HipBackend {
     shared: Arc<Shared>,
 }
 
+/// Devices one backend serves at most (a session's used-device set is 128 bits).
+const MAX_DEVICES: c_int = 128;
+
 /// What every session of the backend shares.
 pub(crate) struct Shared {
     runtime: Runtime,
-    /// The runtime's ordinal of the device served.
-    device: c_int,
-    /// The device as the runtime reports it.
-    info: DeviceInfo,
+    /// The devices as the runtime reports them, by ordinal.
+    devices: Vec<DeviceInfo>,
     version: i32,
 }
 
 impl Shared {
-    /// Makes the served device current on the calling thread (each request runs
-    /// on whatever thread the server picks, and HIP's current device is per thread).
-    pub(crate) fn enter(&self) -> Result<(), CuError> {
+    /// Makes `device` current on the calling thread (each request runs on
+    /// whatever thread the server picks, and HIP's current device is per thread).
+    pub(crate) fn enter(&self, device: u32) -> Result<(), CuError> {
+        if device as usize >= self.devices.len() {
+            return Err(CuError::new(
+                xpupool_protocol::code::INVALID_DEVICE,
+                format!(
+                    "device {device} (the hip backend serves {})",
+                    self.devices.len()
+                ),
+            ));
+        }
         // SAFETY: a device ordinal the runtime reported.
-        let r = unsafe { (self.runtime.hipSetDevice)(self.device) };
+        let r = unsafe { (self.runtime.hipSetDevice)(device as c_int) };
         self.runtime.check(r, "hipSetDevice")
     }
 }
 
 impl HipBackend {
     /// Loads the runtime (`XPUPOOL_HIP_LIBRARY`, else `libamdhip64.so`, `.so.6`,
-    /// `.so.5`), initialises it and describes device 0. Fails with the reason if
-    /// there is no runtime, `hipInit` fails or there is no device.
+    /// `.so.5`), initialises it and describes its devices. Fails with the reason
+    /// if there is no runtime, `hipInit` fails or there is no device.
     pub fn open() -> Result<Self> {
         if let Some(path) = std::env::var_os("XPUPOOL_HIP_LIBRARY").filter(|p| !p.is_empty()) {
             return Self::open_library(&path);
@@ -132,16 +147,14 @@ impl HipBackend {
         bail!("no HIP runtime: {}", reasons.join("; "))
     }
 
-    /// Like [`HipBackend::open`], with the runtime library at `path`.
+    /// As [`HipBackend::open`], with the runtime at `path`.
     pub fn open_library(path: &OsStr) -> Result<Self> {
         Self::start(Runtime::load(path)?, path)
     }
 
     fn start(runtime: Runtime, path: &OsStr) -> Result<Self> {
         let shown = OsString::from(path).to_string_lossy().into_owned();
-        let device: c_int = 0;
-        // SAFETY: every call below passes valid out-pointers and values the
-        // runtime handed out.
+        // SAFETY: the runtime's entry points with out-pointers to locals.
         unsafe {
             runtime
                 .require((runtime.hipInit)(0), "hipInit")
@@ -156,51 +169,67 @@ impl HipBackend {
             if count < 1 {
                 bail!("the HIP runtime {shown} reports no devices");
             }
-            runtime.require((runtime.hipSetDevice)(device), "hipSetDevice")?;
-            let mut name = [0 as c_char; 256];
-            runtime.require(
-                (runtime.hipDeviceGetName)(name.as_mut_ptr(), name.len() as c_int, device),
-                "hipDeviceGetName",
-            )?;
-            let name = std::ffi::CStr::from_ptr(name.as_ptr())
-                .to_string_lossy()
-                .into_owned();
-            let mut uuid = [0u8; 16];
-            if let Some(get_uuid) = runtime.hipDeviceGetUuid {
-                if get_uuid(&mut uuid, device) != HIP_SUCCESS {
-                    uuid = [0; 16];
-                }
+            if count > MAX_DEVICES {
+                tracing::warn!(count, "serving the first {MAX_DEVICES} HIP devices");
             }
-            let mut total = 0usize;
-            runtime.require(
-                (runtime.hipDeviceTotalMem)(&mut total, device),
-                "hipDeviceTotalMem",
-            )?;
-            // Every attribute the device answers, as CUDA numbers it; those it
-            // does not answer are left out (the client reads those as 0).
-            let attributes: Vec<(u32, i32)> = ATTRIBUTES
-                .iter()
-                .filter_map(|&(hip, cuda)| {
-                    let mut value = 0;
-                    let r = (runtime.hipDeviceGetAttribute)(&mut value, hip, device);
-                    (r == HIP_SUCCESS).then_some((cuda, value))
-                })
-                .collect();
-            tracing::info!(device = %name, runtime_version = version, memory = total, library = %shown, "hip backend ready");
+            let devices = (0..count.min(MAX_DEVICES))
+                .map(|device| describe(&runtime, device))
+                .collect::<Result<Vec<_>>>()?;
+            runtime.require((runtime.hipSetDevice)(0), "hipSetDevice")?;
+            for (i, d) in devices.iter().enumerate() {
+                tracing::info!(device = i, name = %d.name, memory = d.total_memory, "hip device");
+            }
+            tracing::info!(devices = devices.len(), runtime_version = version, library = %shown, "hip backend ready");
             Ok(Self {
                 shared: Arc::new(Shared {
-                    info: DeviceInfo {
-                        name,
-                        uuid,
-                        total_memory: total as u64,
-                        attributes,
-                    },
                     runtime,
-                    device,
+                    devices,
                     version,
                 }),
             })
         }
+    }
+}
+
+/// One device as the runtime reports it (`device` is an ordinal below its
+/// device count).
+fn describe(runtime: &Runtime, device: c_int) -> Result<DeviceInfo> {
+    // SAFETY: the runtime's entry points, with a device it counted and
+    // out-pointers to locals.
+    unsafe {
+        let mut name = [0 as c_char; 256];
+        runtime.require(
+            (runtime.hipDeviceGetName)(name.as_mut_ptr(), name.len() as c_int, device),
+            "hipDeviceGetName",
+        )?;
+        let name = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let mut uuid = [0u8; 16];
+        if let Some(get_uuid) = runtime.hipDeviceGetUuid {
+            if get_uuid(&mut uuid, device) != HIP_SUCCESS {
+                uuid = [0; 16];
+            }
+        }
+        let mut total = 0usize;
+        runtime.require(
+            (runtime.hipDeviceTotalMem)(&mut total, device),
+            "hipDeviceTotalMem",
+        )?;
+        let attributes: Vec<(u32, i32)> = ATTRIBUTES
+            .iter()
+            .filter_map(|&(hip, cuda)| {
+                let mut value = 0;
+                let r = (runtime.hipDeviceGetAttribute)(&mut value, hip, device);
+                (r == HIP_SUCCESS).then_some((cuda, value))
+            })
+            .collect();
+        Ok(DeviceInfo {
+            name,
+            uuid,
+            total_memory: total as u64,
+            attributes,
+        })
     }
 }
 
@@ -214,7 +243,7 @@ impl Backend for HipBackend {
     }
 
     fn devices(&self) -> Vec<DeviceInfo> {
-        vec![self.shared.info.clone()]
+        self.shared.devices.clone()
     }
 
     /// The runtime's addresses lie in no fixed range (as the cuda backend's): the

@@ -1,6 +1,7 @@
 //! One client's session on the HIP runtime: its own tables, checked before every call.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, c_void, CString};
 use std::sync::Arc;
 
@@ -17,8 +18,8 @@ use super::runtime::{
 use super::timing::KernelTimes;
 use super::Shared;
 use crate::checks::{
-    end_of, fill_by_copies, invalid_handle, invalid_value, memset_2d_in, memset_in,
-    only_device_zero, uniform_bytes, within,
+    end_of, fill_by_copies, invalid_handle, invalid_value, memset_2d_in, memset_in, uniform_bytes,
+    within,
 };
 
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` (`hipStreamPerThread`): both
@@ -41,6 +42,8 @@ const MAX_KERNELS: usize = 65_536;
 struct Module {
     /// The runtime's module; `None` when it had no code for the device.
     raw: Option<u64>,
+    /// The device it is loaded on.
+    device: u32,
     functions: Vec<u64>,
     /// Module variables looked up so far: address → size (valid copy targets).
     globals: BTreeMap<u64, u64>,
@@ -49,6 +52,8 @@ struct Module {
 struct Function {
     /// The runtime's function; `None` for a kernel it did not find.
     raw: Option<u64>,
+    /// Its module's device.
+    device: u32,
     param_bytes: u32,
     /// Why it cannot be launched (the client is told at load).
     unusable: Option<String>,
@@ -60,13 +65,19 @@ pub(crate) struct HipSession {
     shared: Arc<Shared>,
     /// Allocations: base → size.
     allocations: BTreeMap<u64, u64>,
+    /// Allocations: base → device.
+    homes: HashMap<u64, u32>,
     modules: HashMap<u64, Module>,
     next_handle: u64,
     functions: HashMap<u64, Function>,
-    streams: HashSet<u64>,
-    events: HashSet<u64>,
-    /// Device time of its kernels ([`Api::session_busy`]).
-    times: KernelTimes,
+    /// Streams and events: handle → device.
+    streams: HashMap<u64, u32>,
+    events: HashMap<u64, u32>,
+    /// Device time of its kernels, per device ([`Api::session_busy`]).
+    times: HashMap<u32, KernelTimes>,
+    /// The devices made current so far, a bit each (their null streams are
+    /// the session's too).
+    used: Cell<u128>,
 }
 
 fn unsupported(operation: &str) -> CuError {
@@ -117,13 +128,77 @@ impl HipSession {
         Self {
             shared,
             allocations: BTreeMap::new(),
+            homes: HashMap::new(),
             modules: HashMap::new(),
             next_handle: 0,
             functions: HashMap::new(),
-            streams: HashSet::new(),
-            events: HashSet::new(),
-            times: KernelTimes::default(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+            times: HashMap::new(),
+            used: Cell::new(0),
         }
+    }
+
+    /// Makes `device` current (checked against the backend's), noting it used.
+    fn enter(&self, device: u32) -> Result<(), CuError> {
+        self.shared.enter(device)?;
+        self.used
+            .set(self.used.get() | 1u128.checked_shl(device).unwrap_or(0));
+        Ok(())
+    }
+
+    /// The devices made current so far (device 0 if none).
+    fn used_devices(&self) -> Vec<u32> {
+        let used: Vec<u32> = (0..128).filter(|d| self.used.get() >> d & 1 == 1).collect();
+        if used.is_empty() {
+            vec![0]
+        } else {
+            used
+        }
+    }
+
+    /// The device of the allocation (or module variable) `address` lies in;
+    /// device 0 for an address of none (refused by the range checks anyway).
+    fn home(&self, address: u64) -> u32 {
+        let base = |ranges: &BTreeMap<u64, u64>| {
+            ranges
+                .range(..=address)
+                .next_back()
+                .filter(|(&base, &size)| address < base.saturating_add(size))
+                .map(|(&base, _)| base)
+        };
+        if let Some(&device) = base(&self.allocations).and_then(|b| self.homes.get(&b)) {
+            return device;
+        }
+        self.modules
+            .values()
+            .find(|m| base(&m.globals).is_some())
+            .map_or(0, |m| m.device)
+    }
+
+    /// The device a copy or memset in `stream` over `address` runs on: the
+    /// stream's, or for a null stream the memory's.
+    fn device_for(&self, stream: u64, address: u64) -> u32 {
+        self.streams
+            .get(&stream)
+            .copied()
+            .unwrap_or_else(|| self.home(address))
+    }
+
+    /// The devices whose work `stream` names: its own, or for a null stream
+    /// every device the session used.
+    fn stream_devices(&self, stream: u64) -> Vec<u32> {
+        match self.streams.get(&stream) {
+            Some(&device) => vec![device],
+            None => self.used_devices(),
+        }
+    }
+
+    fn event_device(&self, event: u64) -> Result<u32, CuError> {
+        self.events
+            .get(&event)
+            .copied()
+            .ok_or_else(|| invalid_handle("event", event))
     }
 
     fn check(&self, r: c_int, what: &str) -> Result<(), CuError> {
@@ -141,13 +216,13 @@ impl HipSession {
     fn stream(&self, stream: u64) -> Result<Handle, CuError> {
         match stream {
             0 | STREAM_LEGACY | STREAM_PER_THREAD => Ok(std::ptr::null_mut()),
-            s if self.streams.contains(&s) => Ok(s as Handle),
+            s if self.streams.contains_key(&s) => Ok(s as Handle),
             s => Err(invalid_handle("stream", s)),
         }
     }
 
     fn event(&self, event: u64) -> Result<Handle, CuError> {
-        if self.events.contains(&event) {
+        if self.events.contains_key(&event) {
             Ok(event as Handle)
         } else {
             Err(invalid_handle("event", event))
@@ -259,13 +334,12 @@ impl crate::backend::DirectCopy for HipSession {}
 
 impl Api for HipSession {
     fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
-        only_device_zero(device)?;
         if bytes == 0 {
             return Err(invalid_value("zero-byte allocation"));
         }
         let len = usize::try_from(bytes)
             .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut address: *mut c_void = std::ptr::null_mut();
         // SAFETY: an out-pointer; the device is current.
         let r = unsafe { (self.shared.runtime.hipMalloc)(&mut address, len) };
@@ -274,6 +348,7 @@ impl Api for HipSession {
             return Err(CuError::new(code::OUT_OF_MEMORY, "hipMalloc gave NULL"));
         }
         self.allocations.insert(address as u64, bytes);
+        self.homes.insert(address as u64, device);
         Ok(address as u64)
     }
 
@@ -283,17 +358,17 @@ impl Api for HipSession {
                 "{ptr:#x} is not an allocation of this session"
             )));
         }
-        self.shared.enter()?;
+        self.enter(self.home(ptr))?;
         // SAFETY: an allocation of this session, freed once (removed below).
         let r = unsafe { (self.shared.runtime.hipFree)(ptr as *mut c_void) };
         self.check(r, "hipFree")?;
         self.allocations.remove(&ptr);
+        self.homes.remove(&ptr);
         Ok(())
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
-        only_device_zero(device)?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: two out-pointers; the device is current.
         let r = unsafe { (self.shared.runtime.hipMemGetInfo)(&mut free, &mut total) };
@@ -307,7 +382,7 @@ impl Api for HipSession {
         if data.is_empty() {
             return Ok(());
         }
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         self.copy_in(dst, data.as_ptr(), data.len(), s)
     }
 
@@ -321,7 +396,7 @@ impl Api for HipSession {
         if len == 0 {
             return Ok(ByteBuf::from(out));
         }
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, src))?;
         // SAFETY: `src` is inside this session's memory for `len` bytes; `out` has
         // `len` bytes and outlives the synchronize below.
         let r = unsafe {
@@ -345,7 +420,7 @@ impl Api for HipSession {
         if len == 0 {
             return Ok(());
         }
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         // SAFETY: both ranges are inside this session's memory.
         let r = unsafe {
             (self.shared.runtime.hipMemcpyAsync)(
@@ -374,7 +449,7 @@ impl Api for HipSession {
             count,
             |a, l| self.range(a, l),
             |at, n| {
-                self.shared.enter()?;
+                self.enter(self.device_for(stream, at))?;
                 self.fill(at, value, elem_size, n, s)
             },
         )
@@ -392,7 +467,7 @@ impl Api for HipSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         let range = |a, l| self.range(a, l);
         memset_2d_in(dst, pitch, elem_size, width, height, range, |at, n| {
             self.fill(at, value, elem_size, n, s)
@@ -409,7 +484,7 @@ impl Api for HipSession {
     }
 
     fn module_load(&mut self, device: u32, image: ByteBuf) -> Result<ModuleInfo, CuError> {
-        only_device_zero(device)?;
+        self.shared.enter(device)?;
         let code = code_object(&image)?;
         let meta = xpupool_amdgpu::read_code_object(&code)
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("AMD GPU code object: {e}")))?;
@@ -426,7 +501,7 @@ impl Api for HipSession {
                 code.len(),
             )
         };
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut raw: Handle = std::ptr::null_mut();
         // SAFETY: a whole code object (its metadata read above), alive across the
         // call; the runtime copies what it keeps.
@@ -442,6 +517,7 @@ impl Api for HipSession {
                 handle,
                 Module {
                     raw: None,
+                    device,
                     functions: Vec::new(),
                     globals: BTreeMap::new(),
                 },
@@ -456,6 +532,7 @@ impl Api for HipSession {
         self.check(r, "hipModuleLoadData")?;
         let mut loaded = Module {
             raw: Some(raw as u64),
+            device,
             functions: Vec::with_capacity(meta.kernels.len()),
             globals: BTreeMap::new(),
         };
@@ -494,6 +571,7 @@ impl Api for HipSession {
                 handle,
                 Function {
                     raw: raw_f,
+                    device,
                     param_bytes,
                     unusable: unusable.clone(),
                     attributes: attributes.clone(),
@@ -534,7 +612,7 @@ impl Api for HipSession {
             || CuError::new(code::NOT_FOUND, format!("no global {name:?} in the module"));
         let raw = loaded.raw.ok_or_else(not_found)?;
         let c_name = CString::new(name.clone()).map_err(|_| not_found())?;
-        self.shared.enter()?;
+        self.enter(loaded.device)?;
         let (mut address, mut size): (*mut c_void, usize) = (std::ptr::null_mut(), 0);
         // SAFETY: a module of this session, a C string and two out-pointers.
         let r = unsafe {
@@ -561,7 +639,7 @@ impl Api for HipSession {
             .modules
             .remove(&module)
             .ok_or_else(|| invalid_handle("module", module))?;
-        self.shared.enter()?;
+        self.enter(loaded.device)?;
         self.unload(loaded)
     }
 
@@ -597,7 +675,7 @@ impl Api for HipSession {
             return Err(invalid_value(format!("function attribute {attribute}")));
         }
         if let (Some(raw), Some(get)) = (f.raw, self.shared.runtime.hipFuncGetAttribute) {
-            self.shared.enter()?;
+            self.enter(f.device)?;
             let mut value = 0;
             // SAFETY: a function of this session and an out-pointer.
             if unsafe { get(&mut value, attribute as c_int, raw as Handle) } == HIP_SUCCESS {
@@ -630,6 +708,14 @@ impl Api for HipSession {
             ));
         }
         let raw = f.raw.ok_or_else(|| invalid_handle("function", function))?;
+        let device = f.device;
+        // A kernel runs on its module's device, in a stream of that device.
+        if let Some(&other) = self.streams.get(&stream).filter(|&&d| d != device) {
+            return Err(CuError::new(
+                code::INVALID_HANDLE,
+                format!("the kernel is loaded on device {device}; stream {stream:#x} is device {other}'s"),
+            ));
+        }
         let mut buffer = kernel_arguments(&params, f.param_bytes)?;
         let mut size = f.param_bytes as usize;
         let mut extra = [
@@ -644,10 +730,11 @@ impl Api for HipSession {
         } else {
             extra.as_mut_ptr()
         };
-        self.shared.enter()?;
+        self.enter(device)?;
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
-        let timed = self.times.before(&self.shared.runtime, s);
+        let times = self.times.entry(device).or_default();
+        let timed = times.before(&self.shared.runtime, s);
         // SAFETY: a function of this session and its explicit arguments, packed
         // (the runtime copies them at launch and fills the hidden ones). What the
         // kernel does with pointer arguments cannot be checked: each session runs
@@ -667,9 +754,8 @@ impl Api for HipSession {
                 extra,
             )
         };
-        if let Some(pair) = timed {
-            self.times
-                .after(&self.shared.runtime, s, pair, r == HIP_SUCCESS);
+        if let (Some(pair), Some(times)) = (timed, self.times.get_mut(&device)) {
+            times.after(&self.shared.runtime, s, pair, r == HIP_SUCCESS);
         }
         self.check(r, "hipModuleLaunchKernel")
     }
@@ -696,31 +782,38 @@ impl Api for HipSession {
     }
 
     fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
-        self.shared.enter()?;
-        Ok(self.times.collect(&self.shared.runtime))
+        let mut all = xpupool_protocol::api::SessionWork::default();
+        for (&device, times) in &mut self.times {
+            self.shared.enter(device)?;
+            let work = times.collect(&self.shared.runtime);
+            all.busy_ns += work.busy_ns;
+            all.completed += work.completed;
+            all.pending += work.pending;
+        }
+        Ok(all)
     }
 
     fn stream_create(&mut self, device: u32, flags: u32, priority: i32) -> Result<u64, CuError> {
-        only_device_zero(device)?;
         if flags & !1 != 0 {
             return Err(invalid_value(format!("stream flags {flags:#x}")));
         }
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut stream: Handle = std::ptr::null_mut();
         // SAFETY: an out-pointer; the device is current.
         let r = unsafe {
             (self.shared.runtime.hipStreamCreateWithPriority)(&mut stream, flags, priority)
         };
         self.check(r, "hipStreamCreateWithPriority")?;
-        self.streams.insert(stream as u64);
+        self.streams.insert(stream as u64, device);
         Ok(stream as u64)
     }
 
     fn stream_destroy(&mut self, stream: u64) -> Result<(), CuError> {
-        if !self.streams.contains(&stream) {
-            return Err(invalid_handle("stream", stream));
-        }
-        self.shared.enter()?;
+        let &device = self
+            .streams
+            .get(&stream)
+            .ok_or_else(|| invalid_handle("stream", stream))?;
+        self.enter(device)?;
         // SAFETY: a stream of this session, destroyed once (removed below).
         let r = unsafe { (self.shared.runtime.hipStreamDestroy)(stream as Handle) };
         self.check(r, "hipStreamDestroy")?;
@@ -730,46 +823,56 @@ impl Api for HipSession {
 
     fn stream_synchronize(&mut self, stream: u64) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        self.shared.enter()?;
-        self.synchronize_stream(s)
+        for device in self.stream_devices(stream) {
+            self.enter(device)?;
+            self.synchronize_stream(s)?;
+        }
+        Ok(())
     }
 
     fn stream_query(&mut self, stream: u64) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        self.shared.enter()?;
-        // SAFETY: a checked stream.
-        let r = unsafe { (self.shared.runtime.hipStreamQuery)(s) };
-        self.check(r, "hipStreamQuery")
+        for device in self.stream_devices(stream) {
+            self.enter(device)?;
+            // SAFETY: a checked stream.
+            let r = unsafe { (self.shared.runtime.hipStreamQuery)(s) };
+            self.check(r, "hipStreamQuery")?;
+        }
+        Ok(())
     }
 
     fn stream_wait_event(&mut self, stream: u64, event: u64, flags: u32) -> Result<(), CuError> {
         let s = self.stream(stream)?;
         let e = self.event(event)?;
-        self.shared.enter()?;
+        // The waiting stream's device; the null stream of the event's.
+        let device = match self.streams.get(&stream) {
+            Some(&d) => d,
+            None => self.event_device(event)?,
+        };
+        self.enter(device)?;
         // SAFETY: a checked stream and event.
         let r = unsafe { (self.shared.runtime.hipStreamWaitEvent)(s, e, flags) };
         self.check(r, "hipStreamWaitEvent")
     }
 
     fn event_create(&mut self, device: u32, flags: u32) -> Result<u64, CuError> {
-        only_device_zero(device)?;
         // hipEventDefault, BlockingSync, DisableTiming (CUDA's numbers); not
         // Interprocess (4), whose handles could not be shared anyway.
         if flags & !3 != 0 {
             return Err(invalid_value(format!("event flags {flags:#x}")));
         }
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut event: Handle = std::ptr::null_mut();
         // SAFETY: an out-pointer; the device is current.
         let r = unsafe { (self.shared.runtime.hipEventCreateWithFlags)(&mut event, flags) };
         self.check(r, "hipEventCreateWithFlags")?;
-        self.events.insert(event as u64);
+        self.events.insert(event as u64, device);
         Ok(event as u64)
     }
 
     fn event_destroy(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.event_device(event)?)?;
         // SAFETY: an event of this session, destroyed once (removed below).
         let r = unsafe { (self.shared.runtime.hipEventDestroy)(e) };
         self.check(r, "hipEventDestroy")?;
@@ -780,7 +883,7 @@ impl Api for HipSession {
     fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
         let s = self.stream(stream)?;
-        self.shared.enter()?;
+        self.enter(self.event_device(event)?)?;
         // SAFETY: a checked event and stream.
         let r = unsafe { (self.shared.runtime.hipEventRecord)(e, s) };
         self.check(r, "hipEventRecord")
@@ -788,7 +891,7 @@ impl Api for HipSession {
 
     fn event_synchronize(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.event_device(event)?)?;
         // SAFETY: a checked event.
         let r = unsafe { (self.shared.runtime.hipEventSynchronize)(e) };
         self.check(r, "hipEventSynchronize")
@@ -796,7 +899,7 @@ impl Api for HipSession {
 
     fn event_query(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.event_device(event)?)?;
         // SAFETY: a checked event.
         let r = unsafe { (self.shared.runtime.hipEventQuery)(e) };
         self.check(r, "hipEventQuery")
@@ -804,7 +907,7 @@ impl Api for HipSession {
 
     fn event_elapsed_time(&mut self, start: u64, end: u64) -> Result<f32, CuError> {
         let (a, b) = (self.event(start)?, self.event(end)?);
-        self.shared.enter()?;
+        self.enter(self.event_device(end)?)?;
         let mut ms = 0f32;
         // SAFETY: checked events and an out-pointer.
         let r = unsafe { (self.shared.runtime.hipEventElapsedTime)(&mut ms, a, b) };
@@ -816,9 +919,12 @@ impl Api for HipSession {
     /// created (not `hipDeviceSynchronize`, which would wait for other sessions
     /// of the same process too).
     fn synchronize(&mut self) -> Result<(), CuError> {
-        self.shared.enter()?;
-        self.synchronize_stream(std::ptr::null_mut())?;
-        for &s in &self.streams {
+        for device in self.used_devices() {
+            self.enter(device)?;
+            self.synchronize_stream(std::ptr::null_mut())?;
+        }
+        for (&s, &device) in &self.streams {
+            self.enter(device)?;
             self.synchronize_stream(s as Handle)?;
         }
         Ok(())
@@ -833,33 +939,45 @@ impl Api for HipSession {
 
 impl Drop for HipSession {
     fn drop(&mut self) {
-        if let Err(e) = self.shared.enter() {
-            tracing::error!(error = %e.message, "hip session teardown: no device");
-        }
         // Let in-flight work end before its memory goes; a broken device fails
         // these and everything after, which is logged and otherwise ignored.
         if let Err(e) = self.synchronize() {
             tracing::warn!(error = %e.message, "hip session teardown: synchronize");
         }
-        self.times.destroy(&self.shared.runtime);
-        let rt = &self.shared.runtime;
         let mut failures = Vec::new();
-        for event in std::mem::take(&mut self.events) {
+        // Each thing is destroyed with its own device current.
+        let enter = |failures: &mut Vec<c_int>, device: u32| {
+            if let Err(e) = self.shared.enter(device) {
+                tracing::error!(error = %e.message, "hip session teardown: no device");
+                failures.push(HIP_ERROR_NOT_SUPPORTED);
+            }
+        };
+        let rt = &self.shared.runtime;
+        for (device, mut times) in std::mem::take(&mut self.times) {
+            enter(&mut failures, device);
+            times.destroy(rt);
+        }
+        for (event, device) in std::mem::take(&mut self.events) {
+            enter(&mut failures, device);
             // SAFETY: an event of this session, destroyed once.
             failures.push(unsafe { (rt.hipEventDestroy)(event as Handle) });
         }
-        for stream in std::mem::take(&mut self.streams) {
+        for (stream, device) in std::mem::take(&mut self.streams) {
+            enter(&mut failures, device);
             // SAFETY: a stream of this session, destroyed once.
             failures.push(unsafe { (rt.hipStreamDestroy)(stream as Handle) });
         }
         for (_, module) in std::mem::take(&mut self.modules) {
             if let Some(raw) = module.raw {
+                enter(&mut failures, module.device);
                 // SAFETY: a module of this session, unloaded once.
                 failures.push(unsafe { (rt.hipModuleUnload)(raw as Handle) });
             }
         }
         self.functions.clear();
+        let homes = std::mem::take(&mut self.homes);
         for (address, _) in std::mem::take(&mut self.allocations) {
+            enter(&mut failures, homes.get(&address).copied().unwrap_or(0));
             // SAFETY: an allocation of this session, freed once.
             failures.push(unsafe { (rt.hipFree)(address as *mut c_void) });
         }
@@ -935,6 +1053,9 @@ mod tests {
     fn ranges_wrap_into_errors() {
         assert!(end_of(u64::MAX, 1).is_err());
         assert_eq!(end_of(16, 16).unwrap(), 32);
-        assert_eq!(only_device_zero(1).unwrap_err().code, code::INVALID_DEVICE);
+        assert_eq!(
+            crate::checks::only_device_zero(1).unwrap_err().code,
+            code::INVALID_DEVICE
+        );
     }
 }
