@@ -1,6 +1,6 @@
 //! The checks and errors every backend's session shares: handles that are not
-//! the session's, values out of range, address ranges that wrap, the one device
-//! served, a memset's element.
+//! the session's, values out of range, address ranges that wrap, a memset's
+//! element.
 
 use std::collections::BTreeMap;
 
@@ -31,18 +31,6 @@ pub(crate) fn within(ranges: &BTreeMap<u64, u64>, address: u64, end: u64) -> boo
         .range(..=address)
         .next_back()
         .is_some_and(|(&base, &size)| end <= base.saturating_add(size))
-}
-
-/// Device 0, the one a cuda or hip backend serves.
-pub(crate) fn only_device_zero(device: u32) -> Result<(), CuError> {
-    if device == 0 {
-        Ok(())
-    } else {
-        Err(CuError::new(
-            code::INVALID_DEVICE,
-            format!("device {device}"),
-        ))
-    }
 }
 
 /// A memset's element: 1, 2 or 4 bytes, and `dst` aligned to it.

@@ -21,6 +21,7 @@ pub mod membership;
 pub mod metrics;
 pub mod mock;
 pub mod module_cache;
+mod placement;
 pub mod quota;
 pub mod scheduler;
 pub mod server;

@@ -63,7 +63,8 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let dir = standin_dir();
-        let mock = Arc::new(MockBackend::new(MOCK_MEMORY));
+        // Two devices behind CANN, so the backend serves two.
+        let mock = Arc::new(MockBackend::with_devices(2, MOCK_MEMORY));
         let mock_server = EmbeddedServer::start(mock.clone()).expect("mock server starts");
         // Read by the stand-in at aclInit, i.e. inside AclBackend::open.
         std::env::set_var("XPUPOOL_SERVER", mock_server.addr().to_string());
@@ -152,7 +153,8 @@ fn the_device_is_canns_and_operators_run_on_it() {
     assert_eq!(device.name, "Ascend910B3", "the stand-in's aclrtGetSocName");
     assert_eq!(device.total_memory, MOCK_MEMORY);
     assert_eq!(c.mem_get_info(0).unwrap().1, MOCK_MEMORY);
-    assert_eq!(c.mem_alloc(1, 16).unwrap_err().code, code::INVALID_DEVICE);
+    assert_eq!(c.welcome.devices.len(), 2, "every device CANN reports");
+    assert_eq!(c.mem_alloc(2, 16).unwrap_err().code, code::INVALID_DEVICE);
 
     let n = 1000;
     let (a, b, out) = (
@@ -564,4 +566,68 @@ fn kernel_binaries_load_on_cann_and_hostile_launches_stop_at_the_backend() {
     c.module_load(0, wire(elf)).unwrap();
     drop((c, other));
     mock_memory_settles_at(mock_base, "the session's binaries went with it");
+}
+
+/// The second device: memory, streams, events and operators on device 1 go to
+/// CANN's device 1 (its memory, not device 0's, is what they take), and an
+/// executor or kernel of one device is refused in a stream of the other.
+#[test]
+fn the_second_device_is_served_and_devices_do_not_mix() {
+    let _one = serial();
+    let server = front();
+    let c = common::connect(&server);
+    let free = |d| c.mem_get_info(d).unwrap().0;
+    let (zero, one) = (free(0), free(1));
+    let n = 256u64;
+    let (a, out) = (
+        c.mem_alloc(1, 4 * n).unwrap(),
+        c.mem_alloc(1, 4 * n).unwrap(),
+    );
+    assert_eq!(free(0), zero, "nothing on device 0");
+    assert!(free(1) < one, "device 1's memory");
+    let xs: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    c.memcpy_htod(a, bytes_of(&xs), 0).unwrap();
+    let on_one = c.stream_create(1, 0, 0).unwrap();
+    let on_zero = c.stream_create(0, 0, 0).unwrap();
+    let args = || {
+        add(
+            floats(n as i64, a),
+            floats(n as i64, a),
+            0.5,
+            floats(n as i64, out),
+        )
+    };
+    let plan = c.aclnn_prepare(1, "aclnnAdd".into(), args()).unwrap();
+    let refused = c.aclnn_run(plan.executor, 0, 0, on_zero).unwrap_err();
+    assert!(
+        refused.message.contains("prepared on device 1"),
+        "{}",
+        refused.message
+    );
+    let plan = c.aclnn_prepare(1, "aclnnAdd".into(), args()).unwrap();
+    c.aclnn_run(plan.executor, 0, 0, on_one).unwrap();
+    let done = c.event_create(1, 0).unwrap();
+    c.event_record(done, on_one).unwrap();
+    c.event_synchronize(done).unwrap();
+    let want: Vec<f32> = xs.iter().map(|x| x * 1.5).collect();
+    assert_eq!(read_floats(&c, out, n as usize), want);
+    // A kernel binary on device 1, launched in device 0's stream.
+    let image = xpupool_fatbin::Image::Ascend {
+        magic: 0x4355_4245,
+        elf: xpupool_server::ascend_elf::sample_object(&["k"]),
+    };
+    let module = c.module_load(1, ByteBuf::from(image.to_wire())).unwrap();
+    let message = match c.launch_with_args(
+        module.functions[0].handle,
+        1,
+        on_zero,
+        ByteBuf::from(vec![0u8; 8]),
+        vec![],
+    ) {
+        Err(e) => e.message,
+        Ok(()) => c.synchronize().unwrap_err().message,
+    };
+    assert!(message.contains("loaded on device 1"), "{message}");
+    drop(c);
+    mock_memory_settles_at(0, "the session's memory on both devices went with it");
 }

@@ -17,21 +17,30 @@ use xpupool_protocol::{code, CuError};
 use super::runtime::{BinaryLoadOption, BinaryLoadOptions, Handle, ACL_SUCCESS, BINARY_LOAD_MAGIC};
 use super::session::{unsupported, AclSession};
 use crate::ascend_elf;
-use crate::checks::{invalid_handle, invalid_value, only_device_zero};
+use crate::checks::{invalid_handle, invalid_value};
 
-/// The session's loaded binaries (CANN's handle → its functions' handles) and
-/// functions (CANN's handle → its binary's).
+/// The session's loaded binaries (CANN's handle → its device and its
+/// functions' handles) and functions (CANN's handle → its binary's).
 #[derive(Default)]
 pub(super) struct Binaries {
-    binaries: HashMap<u64, Vec<u64>>,
+    binaries: HashMap<u64, (u32, Vec<u64>)>,
     functions: HashMap<u64, u64>,
 }
 
 impl Binaries {
-    /// Every binary, for the session's end.
-    pub(super) fn take(&mut self) -> Vec<u64> {
+    /// Every binary and its device, for the session's end.
+    pub(super) fn take(&mut self) -> Vec<(u64, u32)> {
         self.functions.clear();
-        self.binaries.drain().map(|(b, _)| b).collect()
+        self.binaries.drain().map(|(b, (d, _))| (b, d)).collect()
+    }
+
+    /// The device of one of the session's functions.
+    fn device_of(&self, function: u64) -> Result<u32, CuError> {
+        self.functions
+            .get(&function)
+            .and_then(|bin| self.binaries.get(bin))
+            .map(|&(device, _)| device)
+            .ok_or_else(|| invalid_handle("function", function))
     }
 }
 
@@ -41,7 +50,7 @@ fn missing(what: &str) -> CuError {
 
 impl AclSession {
     pub(super) fn load_binary(&mut self, device: u32, image: &[u8]) -> Result<ModuleInfo, CuError> {
-        only_device_zero(device)?;
+        self.shared.enter(device)?;
         let bad = |why: String| CuError::new(code::INVALID_IMAGE, why);
         let (magic, elf) = match Image::from_wire(image).map_err(|e| bad(format!("module image: {e}")))? {
             Image::Ascend { magic, elf } => (magic, elf),
@@ -61,7 +70,7 @@ impl AclSession {
         let get = rt
             .aclrtBinaryGetFunction
             .ok_or_else(|| missing("aclrtBinaryGetFunction"))?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut option = BinaryLoadOption {
             kind: BINARY_LOAD_MAGIC,
             value: [magic, 0, 0, 0],
@@ -110,7 +119,9 @@ impl AclSession {
                 attributes: Vec::new(),
             });
         }
-        self.binaries.binaries.insert(bin as u64, resolved);
+        self.binaries
+            .binaries
+            .insert(bin as u64, (device, resolved));
         Ok(info)
     }
 
@@ -121,7 +132,7 @@ impl AclSession {
             .runtime
             .aclrtBinaryUnLoad
             .ok_or_else(|| missing("aclrtBinaryUnLoad"))?;
-        let functions = self
+        let (device, functions) = self
             .binaries
             .binaries
             .remove(&module)
@@ -129,7 +140,7 @@ impl AclSession {
         for f in functions {
             self.binaries.functions.remove(&f);
         }
-        self.shared.enter()?;
+        self.enter(device)?;
         // SAFETY: a binary this session loaded, unloaded once (removed above).
         let r = unsafe { unload(module as Handle) };
         self.check(r, "aclrtBinaryUnLoad")
@@ -141,7 +152,10 @@ impl AclSession {
             return Vec::new();
         };
         let mut failures = Vec::new();
-        for bin in self.binaries.take() {
+        for (bin, device) in self.binaries.take() {
+            if self.shared.enter(device).is_err() {
+                failures.push(-1);
+            }
             // SAFETY: a binary of this session, unloaded once.
             failures.push(unsafe { unload(bin as Handle) });
         }
@@ -157,8 +171,13 @@ impl AclSession {
         mut placeholders: Vec<Placeholder>,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        if !self.binaries.functions.contains_key(&function) {
-            return Err(invalid_handle("function", function));
+        let device = self.binaries.device_of(function)?;
+        // A kernel runs on its binary's device, in a stream of that device.
+        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
+            return Err(CuError::new(
+                code::INVALID_HANDLE,
+                format!("the kernel is loaded on device {device}; stream {stream:#x} is device {other}'s"),
+            ));
         }
         check_launch_args(args.len(), &placeholders)?;
         if blocks == 0 {
@@ -170,9 +189,10 @@ impl AclSession {
             .runtime
             .aclrtLaunchKernelWithHostArgs
             .ok_or_else(|| missing("aclrtLaunchKernelWithHostArgs"))?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut args = args;
-        let timed = self.times.before(&self.shared.cann, s);
+        let times = self.times.entry(device).or_default();
+        let timed = times.before(&self.shared.cann, s);
         let holders = if placeholders.is_empty() {
             std::ptr::null_mut()
         } else {
@@ -194,9 +214,8 @@ impl AclSession {
                 placeholders.len(),
             )
         };
-        if let Some(pair) = timed {
-            self.times
-                .after(&self.shared.cann, s, pair, r == ACL_SUCCESS);
+        if let (Some(pair), Some(times)) = (timed, self.times.get_mut(&device)) {
+            times.after(&self.shared.cann, s, pair, r == ACL_SUCCESS);
         }
         self.check(r, "aclrtLaunchKernelWithHostArgs")
     }

@@ -20,7 +20,11 @@
 //! Kernel binaries outside aclnn (`kernels.rs`) are loaded with their magic
 //! number and launched with their argument strings and placeholders.
 //!
-//! Not done: one device per server (device 0); the aclop path and graphs are
+//! Every device CANN reports is served, each with a context of its own: a
+//! request makes its device's context current first (the device it names, or
+//! that of the allocation, stream, event, executor or binary it uses).
+//!
+//! Not done: the aclop path and graphs are
 //! refused as NOT_SUPPORTED; the memory used and power drawn are not
 //! measured (no DCMI yet). Tested only through xpupool's own stand-in as the
 //! host's CANN (scripts/run-acl-backend-tests.sh): no NPU host was available.
@@ -47,7 +51,7 @@ const REPEAT_INITIALIZE: i32 = 100_002;
 /// `ACL_DEV_ATTR_AICORE_CORE_NUM`.
 const AICORE_CORE_NUM: i32 = 101;
 
-/// The host's CANN, serving device 0.
+/// The host's CANN, serving each of its devices.
 pub struct AclBackend {
     shared: Arc<Shared>,
 }
@@ -65,23 +69,32 @@ unsafe impl Send for Phases {}
 /// What every session of the backend shares.
 pub(crate) struct Shared {
     cann: Cann,
-    /// The context every request runs in (ACL's current context is per thread).
-    context: usize,
-    info: DeviceInfo,
+    /// Each device's context, which its requests run in (ACL's current context
+    /// is per thread), and the device as CANN reports it.
+    devices: Vec<(usize, DeviceInfo)>,
     /// Each operator's phases, looked up once (`None`: the host's libopapi lacks it).
     phases: Mutex<HashMap<&'static str, Option<Phases>>>,
 }
 
-// SAFETY: the context is an opaque handle ACL lets any thread make current.
+// SAFETY: the contexts are opaque handles ACL lets any thread make current.
 unsafe impl Send for Shared {}
 // SAFETY: as above; the table of phases is behind a lock.
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// Makes the served device's context current on the calling thread.
-    pub(crate) fn enter(&self) -> Result<(), CuError> {
-        // SAFETY: the context made at start, never destroyed.
-        let r = unsafe { (self.cann.runtime.aclrtSetCurrentContext)(self.context as Handle) };
+    /// Makes `device`'s context current on the calling thread.
+    pub(crate) fn enter(&self, device: u32) -> Result<(), CuError> {
+        let &(context, _) = self.devices.get(device as usize).ok_or_else(|| {
+            CuError::new(
+                xpupool_protocol::code::INVALID_DEVICE,
+                format!(
+                    "device {device} (the acl backend serves {})",
+                    self.devices.len()
+                ),
+            )
+        })?;
+        // SAFETY: a context made at start, never destroyed.
+        let r = unsafe { (self.cann.runtime.aclrtSetCurrentContext)(context as Handle) };
         self.cann.check(r, "aclrtSetCurrentContext")
     }
 
@@ -99,7 +112,7 @@ impl Shared {
 
 impl AclBackend {
     /// Loads CANN (`XPUPOOL_ACL_LIBRARY_DIR`, else by bare name), initialises it
-    /// and describes device 0. Fails with the reason if a library is missing,
+    /// and describes each device. Fails with the reason if a library is missing,
     /// `aclInit` fails or there is no device.
     pub fn open() -> Result<Self> {
         let dir = std::env::var_os("XPUPOOL_ACL_LIBRARY_DIR").filter(|d| !d.is_empty());
@@ -119,52 +132,80 @@ impl AclBackend {
             if count < 1 {
                 bail!("{shown} reports no devices");
             }
-            cann.require((rt.aclrtSetDevice)(0), "aclrtSetDevice")?;
-            let mut context: Handle = std::ptr::null_mut();
-            cann.require(
-                (rt.aclrtCreateContext)(&mut context, 0),
-                "aclrtCreateContext",
-            )?;
-            let soc = (rt.aclrtGetSocName)();
-            let name = if soc.is_null() {
-                "Ascend".to_owned()
-            } else {
-                CStr::from_ptr(soc).to_string_lossy().into_owned()
-            };
-            let mut uuid = [0u8; 16];
-            if let Some(get_uuid) = rt.aclrtDeviceGetUuid {
-                if get_uuid(0, &mut uuid) != ACL_SUCCESS {
-                    uuid = [0; 16];
-                }
+            if count > MAX_DEVICES {
+                tracing::warn!(count, "serving the first {MAX_DEVICES} devices");
             }
-            let (mut free, mut total) = (0usize, 0usize);
-            cann.require(
-                (rt.aclrtGetMemInfo)(HBM, &mut free, &mut total),
-                "aclrtGetMemInfo",
-            )?;
-            // The AI cores are what kernels are spread over: CUDA's multiprocessors.
-            let mut attributes = Vec::new();
-            if let Some(info) = rt.aclrtGetDeviceInfo {
-                let mut cores = 0i64;
-                if info(0, AICORE_CORE_NUM, &mut cores) == ACL_SUCCESS {
-                    attributes.push((cu::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, cores as i32));
-                }
+            let mut devices = Vec::new();
+            for device in 0..count.min(MAX_DEVICES) {
+                devices.push(describe(&cann, device as i32)?);
             }
-            tracing::info!(device = %name, memory = total, library = %shown, "acl backend ready");
+            for (i, (_, d)) in devices.iter().enumerate() {
+                tracing::info!(device = i, name = %d.name, memory = d.total_memory, "acl device");
+            }
+            tracing::info!(devices = devices.len(), library = %shown, "acl backend ready");
             Ok(Self {
                 shared: Arc::new(Shared {
-                    info: DeviceInfo {
-                        name,
-                        uuid,
-                        total_memory: total as u64,
-                        attributes,
-                    },
                     cann,
-                    context: context as usize,
+                    devices,
                     phases: Mutex::new(HashMap::new()),
                 }),
             })
         }
+    }
+}
+
+/// Devices one backend serves at most (a session's used-device set is 128 bits).
+const MAX_DEVICES: u32 = 128;
+
+/// Sets `device`, makes its context and describes it as CANN reports it.
+///
+/// # Safety
+/// CANN is initialised and `device` is below its device count.
+unsafe fn describe(cann: &Cann, device: i32) -> Result<(usize, DeviceInfo)> {
+    let rt = &cann.runtime;
+    // SAFETY: the caller's device; out-pointers to locals.
+    unsafe {
+        cann.require((rt.aclrtSetDevice)(device), "aclrtSetDevice")?;
+        let mut context: Handle = std::ptr::null_mut();
+        cann.require(
+            (rt.aclrtCreateContext)(&mut context, device),
+            "aclrtCreateContext",
+        )?;
+        let soc = (rt.aclrtGetSocName)();
+        let name = if soc.is_null() {
+            "Ascend".to_owned()
+        } else {
+            CStr::from_ptr(soc).to_string_lossy().into_owned()
+        };
+        let mut uuid = [0u8; 16];
+        if let Some(get_uuid) = rt.aclrtDeviceGetUuid {
+            if get_uuid(device, &mut uuid) != ACL_SUCCESS {
+                uuid = [0; 16];
+            }
+        }
+        // Of the current context's device: the one just made.
+        let (mut free, mut total) = (0usize, 0usize);
+        cann.require(
+            (rt.aclrtGetMemInfo)(HBM, &mut free, &mut total),
+            "aclrtGetMemInfo",
+        )?;
+        // The AI cores are what kernels are spread over: CUDA's multiprocessors.
+        let mut attributes = Vec::new();
+        if let Some(info) = rt.aclrtGetDeviceInfo {
+            let mut cores = 0i64;
+            if info(device as u32, AICORE_CORE_NUM, &mut cores) == ACL_SUCCESS {
+                attributes.push((cu::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, cores as i32));
+            }
+        }
+        Ok((
+            context as usize,
+            DeviceInfo {
+                name,
+                uuid,
+                total_memory: total as u64,
+                attributes,
+            },
+        ))
     }
 }
 
@@ -179,7 +220,7 @@ impl Backend for AclBackend {
     }
 
     fn devices(&self) -> Vec<DeviceInfo> {
-        vec![self.shared.info.clone()]
+        self.shared.devices.iter().map(|(_, d)| d.clone()).collect()
     }
 
     /// The runtime's addresses lie in no fixed range: the client reserves each

@@ -1,7 +1,7 @@
 //! One client's session on CANN: its own tables of allocations, streams,
 //! events and waiting executors, checked before every call.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, c_void};
 use std::sync::Arc;
 
@@ -19,14 +19,11 @@ use super::runtime::{
 use super::timing::KernelTimes;
 use super::Shared;
 use crate::checks::{
-    end_of, fill_by_copies, invalid_handle, invalid_value, memset_2d_in, memset_in,
-    only_device_zero, uniform_bytes, within,
+    end_of, fill_by_copies, invalid_handle, invalid_value, memset_2d_in, memset_in, uniform_bytes,
+    within,
 };
+use crate::placement::Placement;
 
-/// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD`: the default stream here, as
-/// NULL is.
-const STREAM_LEGACY: u64 = 1;
-const STREAM_PER_THREAD: u64 = 2;
 /// `ACL_EVENT_SYNC`: an event a host may wait for.
 const EVENT_SYNC: u32 = 0x1;
 /// The granularity of reservations and physical allocations (ACL's huge pages).
@@ -52,6 +49,7 @@ type SecondPhase = unsafe extern "C" fn(*mut c_void, u64, Handle, Handle) -> i32
 /// A physical allocation (`aclrtMallocPhysical`).
 struct Physical {
     size: u64,
+    device: u32,
     /// Mappings of it.
     mapped: u32,
     /// Released by the client while mapped: freed at its last unmapping.
@@ -61,6 +59,8 @@ struct Physical {
 /// An executor between its two phases.
 struct Waiting {
     operator: &'static str,
+    /// The device it was prepared on, where it runs.
+    device: u32,
     /// What its parameters take ([`AclnnArg::held_bytes`]).
     bytes: u64,
     second: SecondPhase,
@@ -72,18 +72,19 @@ pub(crate) struct AclSession {
     pub(super) shared: Arc<Shared>,
     /// Allocations: base → size.
     allocations: BTreeMap<u64, u64>,
-    streams: HashSet<u64>,
-    events: HashSet<u64>,
+    /// Its streams', events' and allocations' devices, and the devices used.
+    pub(super) place: Placement,
     executors: HashMap<u64, Waiting>,
     /// Bytes the waiting executors' parameters take together.
     held: u64,
-    /// Address reservations: start → size.
-    reservations: BTreeMap<u64, u64>,
+    /// Address reservations: start → (size, device).
+    reservations: BTreeMap<u64, (u64, u32)>,
     physical: HashMap<u64, Physical>,
     /// Mappings: address → (size, physical handle).
     mappings: BTreeMap<u64, (u64, u64)>,
-    /// Device time of its executions and launches ([`Api::session_busy`]).
-    pub(super) times: KernelTimes,
+    /// Device time of its executions and launches, per device
+    /// ([`Api::session_busy`]).
+    pub(super) times: HashMap<u32, KernelTimes>,
     /// Its kernel binaries outside aclnn.
     pub(super) binaries: Binaries,
 }
@@ -93,14 +94,13 @@ impl AclSession {
         Self {
             shared,
             allocations: BTreeMap::new(),
-            streams: HashSet::new(),
-            events: HashSet::new(),
+            place: Placement::default(),
             executors: HashMap::new(),
             held: 0,
             reservations: BTreeMap::new(),
             physical: HashMap::new(),
             mappings: BTreeMap::new(),
-            times: KernelTimes::default(),
+            times: HashMap::new(),
             binaries: Binaries::default(),
         }
     }
@@ -112,19 +112,45 @@ impl AclSession {
     /// The runtime's stream for a client stream handle: one of the session's, or
     /// the default one.
     pub(super) fn stream(&self, stream: u64) -> Result<Handle, CuError> {
-        match stream {
-            0 | STREAM_LEGACY | STREAM_PER_THREAD => Ok(std::ptr::null_mut()),
-            s if self.streams.contains(&s) => Ok(s as Handle),
-            s => Err(invalid_handle("stream", s)),
-        }
+        self.place.stream(stream)
     }
 
     fn event(&self, event: u64) -> Result<Handle, CuError> {
-        if self.events.contains(&event) {
-            Ok(event as Handle)
-        } else {
-            Err(invalid_handle("event", event))
-        }
+        self.place.event(event)
+    }
+
+    /// Makes `device`'s context current (checked against the backend's),
+    /// noting it used.
+    pub(super) fn enter(&self, device: u32) -> Result<(), CuError> {
+        self.shared.enter(device)?;
+        self.place.note(device);
+        Ok(())
+    }
+
+    /// The device of the allocation or mapping `address` lies in; device 0 for
+    /// an address of none (refused by the range checks anyway).
+    fn home(&self, address: u64) -> u32 {
+        self.place
+            .home_in(&self.allocations, address)
+            .or_else(|| {
+                let (_, &(_, handle)) = self
+                    .mappings
+                    .range(..=address)
+                    .next_back()
+                    .filter(|(&b, &(l, _))| address < b.saturating_add(l))?;
+                self.physical.get(&handle).map(|p| p.device)
+            })
+            .unwrap_or(0)
+    }
+
+    /// The device a copy or memset in `stream` over `address` runs on: the
+    /// stream's, or for a default stream the memory's.
+    fn device_for(&self, stream: u64, address: u64) -> u32 {
+        self.place
+            .streams
+            .get(&stream)
+            .copied()
+            .unwrap_or_else(|| self.home(address))
     }
 
     /// Checks that `[address, address+len)` lies inside one allocation of this session.
@@ -186,6 +212,7 @@ impl AclSession {
             .runtime
             .aclrtUnmapMem
             .ok_or_else(no_virtual_memory)?;
+        self.enter(self.home(base))?;
         // SAFETY: a mapping of this session, unmapped once (removed below).
         let r = unsafe { unmap(base as *mut c_void) };
         self.check(r, "aclrtUnmapMem")?;
@@ -211,6 +238,9 @@ impl AclSession {
             .runtime
             .aclrtFreePhysical
             .ok_or_else(no_virtual_memory)?;
+        if let Some(p) = self.physical.get(&handle) {
+            self.enter(p.device)?;
+        }
         // SAFETY: a physical allocation of this session, mapped nowhere, freed
         // once (removed below).
         let r = unsafe { free(handle) };
@@ -304,13 +334,12 @@ impl crate::backend::DirectCopy for AclSession {}
 
 impl Api for AclSession {
     fn mem_alloc(&mut self, device: u32, bytes: u64) -> Result<u64, CuError> {
-        only_device_zero(device)?;
         if bytes == 0 {
             return Err(invalid_value("zero-byte allocation"));
         }
         let len = usize::try_from(bytes)
             .map_err(|_| CuError::new(code::OUT_OF_MEMORY, "allocation too large"))?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut address: *mut c_void = std::ptr::null_mut();
         // SAFETY: an out-pointer; the context is current.
         let r = unsafe { (self.shared.cann.runtime.aclrtMalloc)(&mut address, len, HUGE_FIRST) };
@@ -319,6 +348,7 @@ impl Api for AclSession {
             return Err(CuError::new(code::OUT_OF_MEMORY, "aclrtMalloc gave NULL"));
         }
         self.allocations.insert(address as u64, bytes);
+        self.place.homes.insert(address as u64, device);
         Ok(address as u64)
     }
 
@@ -328,17 +358,17 @@ impl Api for AclSession {
                 "{ptr:#x} is not an allocation of this session"
             )));
         }
-        self.shared.enter()?;
+        self.enter(self.home(ptr))?;
         // SAFETY: an allocation of this session, freed once (removed below).
         let r = unsafe { (self.shared.cann.runtime.aclrtFree)(ptr as *mut c_void) };
         self.check(r, "aclrtFree")?;
         self.allocations.remove(&ptr);
+        self.place.homes.remove(&ptr);
         Ok(())
     }
 
     fn mem_get_info(&mut self, device: u32) -> Result<(u64, u64), CuError> {
-        only_device_zero(device)?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: two out-pointers; the context is current.
         let r = unsafe { (self.shared.cann.runtime.aclrtGetMemInfo)(HBM, &mut free, &mut total) };
@@ -352,7 +382,7 @@ impl Api for AclSession {
         if data.is_empty() {
             return Ok(());
         }
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         self.copy_now(
             dst as *mut c_void,
             data.as_ptr().cast(),
@@ -370,7 +400,7 @@ impl Api for AclSession {
         self.range(src, len)?;
         let mut out = vec![0u8; len as usize];
         if len > 0 {
-            self.shared.enter()?;
+            self.enter(self.device_for(stream, src))?;
             self.copy_now(
                 out.as_mut_ptr().cast(),
                 src as *const c_void,
@@ -389,7 +419,7 @@ impl Api for AclSession {
         if len == 0 {
             return Ok(());
         }
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         // SAFETY: both ranges are inside this session's memory.
         let r = unsafe {
             (self.shared.cann.runtime.aclrtMemcpyAsync)(
@@ -419,7 +449,7 @@ impl Api for AclSession {
             count,
             |a, l| self.range(a, l),
             |at, n| {
-                self.shared.enter()?;
+                self.enter(self.device_for(stream, at))?;
                 self.fill(at, value, elem_size, n, s)
             },
         )
@@ -437,7 +467,7 @@ impl Api for AclSession {
         stream: u64,
     ) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        self.shared.enter()?;
+        self.enter(self.device_for(stream, dst))?;
         let range = |a, l| self.range(a, l);
         memset_2d_in(dst, pitch, elem_size, width, height, range, |at, n| {
             self.fill(at, value, elem_size, n, s)
@@ -500,70 +530,86 @@ impl Api for AclSession {
     }
 
     fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
-        self.shared.enter()?;
-        Ok(self.times.collect(&self.shared.cann))
+        let mut all = xpupool_protocol::api::SessionWork::default();
+        for (&device, times) in &mut self.times {
+            self.shared.enter(device)?;
+            let work = times.collect(&self.shared.cann);
+            all.busy_ns += work.busy_ns;
+            all.completed += work.completed;
+            all.pending += work.pending;
+        }
+        Ok(all)
     }
 
     fn stream_create(&mut self, device: u32, flags: u32, _priority: i32) -> Result<u64, CuError> {
-        only_device_zero(device)?;
         if flags & !1 != 0 {
             return Err(invalid_value(format!("stream flags {flags:#x}")));
         }
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut stream: Handle = std::ptr::null_mut();
         // SAFETY: an out-pointer; the context is current.
         let r = unsafe { (self.shared.cann.runtime.aclrtCreateStream)(&mut stream) };
         self.check(r, "aclrtCreateStream")?;
-        self.streams.insert(stream as u64);
+        self.place.streams.insert(stream as u64, device);
         Ok(stream as u64)
     }
 
     fn stream_destroy(&mut self, stream: u64) -> Result<(), CuError> {
-        if !self.streams.contains(&stream) {
-            return Err(invalid_handle("stream", stream));
-        }
-        self.shared.enter()?;
+        let &device = self
+            .place
+            .streams
+            .get(&stream)
+            .ok_or_else(|| invalid_handle("stream", stream))?;
+        self.enter(device)?;
         // SAFETY: a stream of this session, destroyed once (removed below).
         let r = unsafe { (self.shared.cann.runtime.aclrtDestroyStream)(stream as Handle) };
         self.check(r, "aclrtDestroyStream")?;
-        self.streams.remove(&stream);
+        self.place.streams.remove(&stream);
         Ok(())
     }
 
     fn stream_synchronize(&mut self, stream: u64) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        self.shared.enter()?;
-        self.synchronize_stream(s)
+        for device in self.place.stream_devices(stream) {
+            self.enter(device)?;
+            self.synchronize_stream(s)?;
+        }
+        Ok(())
     }
 
     fn stream_query(&mut self, stream: u64) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        self.shared.enter()?;
-        let mut status = 0;
-        // SAFETY: a checked stream; an out-pointer.
-        let r = unsafe { (self.shared.cann.runtime.aclrtStreamQuery)(s, &mut status) };
-        self.check(r, "aclrtStreamQuery")?;
-        if status == STREAM_COMPLETE {
-            Ok(())
-        } else {
-            Err(CuError::new(
-                code::NOT_READY,
-                "the stream has work in flight",
-            ))
+        for device in self.place.stream_devices(stream) {
+            self.enter(device)?;
+            let mut status = 0;
+            // SAFETY: a checked stream; an out-pointer.
+            let r = unsafe { (self.shared.cann.runtime.aclrtStreamQuery)(s, &mut status) };
+            self.check(r, "aclrtStreamQuery")?;
+            if status != STREAM_COMPLETE {
+                return Err(CuError::new(
+                    code::NOT_READY,
+                    "the stream has work in flight",
+                ));
+            }
         }
+        Ok(())
     }
 
     fn stream_wait_event(&mut self, stream: u64, event: u64, _flags: u32) -> Result<(), CuError> {
         let s = self.stream(stream)?;
         let e = self.event(event)?;
-        self.shared.enter()?;
+        // The waiting stream's device; the default stream of the event's.
+        let device = match self.place.streams.get(&stream) {
+            Some(&d) => d,
+            None => self.place.event_device(event)?,
+        };
+        self.enter(device)?;
         // SAFETY: a checked stream and event.
         let r = unsafe { (self.shared.cann.runtime.aclrtStreamWaitEvent)(s, e) };
         self.check(r, "aclrtStreamWaitEvent")
     }
 
     fn event_create(&mut self, device: u32, flags: u32) -> Result<u64, CuError> {
-        only_device_zero(device)?;
         if flags & !3 != 0 {
             return Err(invalid_value(format!("event flags {flags:#x}")));
         }
@@ -572,30 +618,30 @@ impl Api for AclSession {
         } else {
             EVENT_SYNC
         };
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut event: Handle = std::ptr::null_mut();
         // SAFETY: an out-pointer; the context is current.
         let r =
             unsafe { (self.shared.cann.runtime.aclrtCreateEventWithFlag)(&mut event, acl_flags) };
         self.check(r, "aclrtCreateEventWithFlag")?;
-        self.events.insert(event as u64);
+        self.place.events.insert(event as u64, device);
         Ok(event as u64)
     }
 
     fn event_destroy(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.place.event_device(event)?)?;
         // SAFETY: an event of this session, destroyed once (removed below).
         let r = unsafe { (self.shared.cann.runtime.aclrtDestroyEvent)(e) };
         self.check(r, "aclrtDestroyEvent")?;
-        self.events.remove(&event);
+        self.place.events.remove(&event);
         Ok(())
     }
 
     fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
         let s = self.stream(stream)?;
-        self.shared.enter()?;
+        self.enter(self.place.event_device(event)?)?;
         // SAFETY: a checked event and stream.
         let r = unsafe { (self.shared.cann.runtime.aclrtRecordEvent)(e, s) };
         self.check(r, "aclrtRecordEvent")
@@ -603,7 +649,7 @@ impl Api for AclSession {
 
     fn event_synchronize(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.place.event_device(event)?)?;
         // SAFETY: a checked event.
         let r = unsafe { (self.shared.cann.runtime.aclrtSynchronizeEvent)(e) };
         self.check(r, "aclrtSynchronizeEvent")
@@ -611,7 +657,7 @@ impl Api for AclSession {
 
     fn event_query(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.shared.enter()?;
+        self.enter(self.place.event_device(event)?)?;
         let mut status = 0;
         // SAFETY: a checked event; an out-pointer.
         let r = unsafe { (self.shared.cann.runtime.aclrtQueryEventStatus)(e, &mut status) };
@@ -625,7 +671,7 @@ impl Api for AclSession {
 
     fn event_elapsed_time(&mut self, start: u64, end: u64) -> Result<f32, CuError> {
         let (a, b) = (self.event(start)?, self.event(end)?);
-        self.shared.enter()?;
+        self.enter(self.place.event_device(end)?)?;
         let mut ms = 0f32;
         // SAFETY: checked events and an out-pointer.
         let r = unsafe { (self.shared.cann.runtime.aclrtEventElapsedTime)(&mut ms, a, b) };
@@ -637,9 +683,12 @@ impl Api for AclSession {
     /// created (not `aclrtSynchronizeDevice`, which would wait for other
     /// sessions of the same process too).
     fn synchronize(&mut self) -> Result<(), CuError> {
-        self.shared.enter()?;
-        self.synchronize_stream(std::ptr::null_mut())?;
-        for &s in &self.streams {
+        for device in self.place.used_devices() {
+            self.enter(device)?;
+            self.synchronize_stream(std::ptr::null_mut())?;
+        }
+        for (&s, &device) in &self.place.streams {
+            self.enter(device)?;
             self.synchronize_stream(s as Handle)?;
         }
         Ok(())
@@ -662,7 +711,6 @@ impl Api for AclSession {
         operator: String,
         args: Vec<AclnnArg>,
     ) -> Result<AclnnPlan, CuError> {
-        only_device_zero(device)?;
         let op = operators::find(&operator).ok_or_else(|| {
             unsupported(&format!(
                 "{operator:.64}, which no aclnn header xpupool was built with declares,"
@@ -683,7 +731,7 @@ impl Api for AclSession {
             .shared
             .phases(op.name)
             .ok_or_else(|| unsupported(&format!("{} (the host's libopapi has not it)", op.name)))?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let inside = |address, len| self.range(address, len);
         let (values, parameters) = operators::arguments(&self.shared.cann, op, &args, &inside)?;
         let (mut workspace, mut executor) = (0u64, std::ptr::null_mut());
@@ -708,6 +756,7 @@ impl Api for AclSession {
         self.held += bytes;
         let waiting = Waiting {
             operator: op.name,
+            device,
             bytes,
             second,
             workspace,
@@ -742,6 +791,17 @@ impl Api for AclSession {
                 w.operator, w.workspace
             )));
         }
+        // It runs on the device it was prepared on, in a stream of that device.
+        let device = w.device;
+        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
+            return Err(CuError::new(
+                code::INVALID_HANDLE,
+                format!(
+                    "{} was prepared on device {device}; stream {stream:#x} is device {other}'s",
+                    w.operator
+                ),
+            ));
+        }
         if workspace_size > 0 {
             self.range(workspace, workspace_size)?;
         }
@@ -749,7 +809,7 @@ impl Api for AclSession {
             return Err(invalid_handle("aclnn executor", executor));
         };
         self.held -= w.bytes;
-        self.shared.enter()?;
+        self.enter(device)?;
         // Its memory may have been freed (or unmapped) since the first phase.
         if let Some(&(address, len)) = w
             .parameters
@@ -763,7 +823,8 @@ impl Api for AclSession {
                 "{operator}: [{address:#x}, +{len}) was freed after the operator's first phase"
             )));
         }
-        let timed = self.times.before(&self.shared.cann, s);
+        let times = self.times.entry(device).or_default();
+        let timed = times.before(&self.shared.cann, s);
         // SAFETY: an executor this session's first phase made, run once (removed
         // above), with a workspace of this session's memory at least as large as
         // it asked for.
@@ -775,9 +836,8 @@ impl Api for AclSession {
                 s,
             )
         };
-        if let Some(pair) = timed {
-            self.times
-                .after(&self.shared.cann, s, pair, r == ACL_SUCCESS);
+        if let (Some(pair), Some(times)) = (timed, self.times.get_mut(&device)) {
+            times.after(&self.shared.cann, s, pair, r == ACL_SUCCESS);
         }
         let result = self.check(r, w.operator);
         self.discard(executor, w, true);
@@ -790,7 +850,7 @@ impl Api for AclSession {
             .remove(&executor)
             .ok_or_else(|| invalid_handle("aclnn executor", executor))?;
         self.held -= w.bytes;
-        self.shared.enter()?;
+        self.enter(w.device)?;
         self.discard(executor, w, false);
         Ok(())
     }
@@ -801,7 +861,6 @@ impl Api for AclSession {
         size: u64,
         alignment: u64,
     ) -> Result<u64, CuError> {
-        only_device_zero(device)?;
         if size == 0
             || !size.is_multiple_of(VMM_GRANULARITY)
             || (alignment != 0 && !alignment.is_power_of_two())
@@ -818,7 +877,7 @@ impl Api for AclSession {
             .runtime
             .aclrtReserveMemAddress
             .ok_or_else(no_virtual_memory)?;
-        self.shared.enter()?;
+        self.enter(device)?;
         let mut start: *mut c_void = std::ptr::null_mut();
         // SAFETY: an out-pointer; alignment 0, no address asked for and flags 0,
         // as ACL requires.
@@ -837,16 +896,16 @@ impl Api for AclSession {
                 "a reservation aligned to {alignment} bytes"
             )));
         }
-        self.reservations.insert(start as u64, size);
+        self.reservations.insert(start as u64, (size, device));
         Ok(start as u64)
     }
 
     fn mem_address_free(&mut self, ptr: u64, size: u64) -> Result<(), CuError> {
-        if self.reservations.get(&ptr) != Some(&size) {
+        let Some(&(_, device)) = self.reservations.get(&ptr).filter(|&&(s, _)| s == size) else {
             return Err(invalid_value(format!(
                 "[{ptr:#x}, +{size}) is not a reservation of this session"
             )));
-        }
+        };
         let end = end_of(ptr, size)?;
         if self.mappings.range(ptr..end).next().is_some() {
             return Err(invalid_value("a reservation with mappings in it"));
@@ -857,7 +916,7 @@ impl Api for AclSession {
             .runtime
             .aclrtReleaseMemAddress
             .ok_or_else(no_virtual_memory)?;
-        self.shared.enter()?;
+        self.enter(device)?;
         // SAFETY: a reservation of this session with nothing mapped, released once.
         let r = unsafe { release(ptr as *mut c_void) };
         self.check(r, "aclrtReleaseMemAddress")?;
@@ -866,7 +925,6 @@ impl Api for AclSession {
     }
 
     fn mem_create(&mut self, device: u32, size: u64) -> Result<u64, CuError> {
-        only_device_zero(device)?;
         if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
             return Err(invalid_value(format!(
                 "a physical allocation of {size} bytes: a non-zero multiple of {VMM_GRANULARITY} is needed"
@@ -880,8 +938,8 @@ impl Api for AclSession {
             .runtime
             .aclrtMallocPhysical
             .ok_or_else(no_virtual_memory)?;
-        self.shared.enter()?;
-        let prop = PhysicalMemProp::device(0);
+        self.enter(device)?;
+        let prop = PhysicalMemProp::device(device);
         let mut handle = 0u64;
         // SAFETY: an out-pointer and a property structure that live through the call.
         let r = unsafe { malloc(&mut handle, len, &prop, 0) };
@@ -890,6 +948,7 @@ impl Api for AclSession {
             handle,
             Physical {
                 size,
+                device,
                 mapped: 0,
                 released: false,
             },
@@ -907,7 +966,6 @@ impl Api for AclSession {
         if p.mapped > 0 {
             return Ok(());
         }
-        self.shared.enter()?;
         self.free_physical(handle)
     }
 
@@ -922,12 +980,13 @@ impl Api for AclSession {
                 "mapping part of a physical allocation (ACL maps whole ones)",
             ));
         }
+        let p_device = p.device;
         let end = end_of(ptr, size)?;
         let inside = self
             .reservations
             .range(..=ptr)
             .next_back()
-            .is_some_and(|(&base, &len)| end <= base.saturating_add(len));
+            .is_some_and(|(&base, &(len, _))| end <= base.saturating_add(len));
         let overlaps = self
             .mappings
             .range(..end)
@@ -944,7 +1003,7 @@ impl Api for AclSession {
             .runtime
             .aclrtMapMem
             .ok_or_else(no_virtual_memory)?;
-        self.shared.enter()?;
+        self.enter(p_device)?;
         // SAFETY: an unmapped, aligned part of this session's reservation and a
         // whole physical allocation of it.
         let r = unsafe { map(ptr as *mut c_void, size as usize, 0, handle, 0) };
@@ -958,7 +1017,6 @@ impl Api for AclSession {
 
     fn mem_unmap(&mut self, ptr: u64, size: u64) -> Result<(), CuError> {
         let found = self.tiling(ptr, size)?;
-        self.shared.enter()?;
         for base in found {
             self.unmap(base)?;
         }
@@ -973,8 +1031,13 @@ impl Api for AclSession {
         device: u32,
         flags: u32,
     ) -> Result<(), CuError> {
-        only_device_zero(device)?;
-        self.tiling(ptr, size)?;
+        let found = self.tiling(ptr, size)?;
+        self.shared.enter(device)?;
+        if found.iter().any(|&base| self.home(base) != device) {
+            return Err(unsupported(&format!(
+                "access from device {device} to another device's mapping"
+            )));
+        }
         match flags {
             3 => Ok(()),
             _ => Err(unsupported(&format!(
@@ -990,16 +1053,26 @@ impl Api for AclSession {
 
 impl Drop for AclSession {
     fn drop(&mut self) {
-        if let Err(e) = self.shared.enter() {
-            tracing::error!(error = %e.message, "acl session teardown: no context");
-        }
         // Let in-flight work end before its memory goes; a broken device fails
         // these and everything after, which is logged and otherwise ignored.
         if let Err(e) = self.synchronize() {
             tracing::warn!(error = %e.message, "acl session teardown: synchronize");
         }
-        self.times.destroy(&self.shared.cann);
+        // Each thing is destroyed with its own device's context current.
+        let shared = self.shared.clone();
+        let enter = |failures: &mut Vec<c_int>, device: u32| {
+            if let Err(e) = shared.enter(device) {
+                tracing::error!(error = %e.message, "acl session teardown: no context");
+                failures.push(-1);
+            }
+        };
+        let mut failures = Vec::new();
+        for (device, mut times) in std::mem::take(&mut self.times) {
+            enter(&mut failures, device);
+            times.destroy(&self.shared.cann);
+        }
         for (executor, waiting) in std::mem::take(&mut self.executors) {
+            enter(&mut failures, waiting.device);
             self.discard(executor, waiting, false);
         }
         let mut vmm_failures = Vec::new();
@@ -1014,7 +1087,8 @@ impl Drop for AclSession {
             }
         }
         if let Some(release) = self.shared.cann.runtime.aclrtReleaseMemAddress {
-            for (start, _) in std::mem::take(&mut self.reservations) {
+            for (start, (_, device)) in std::mem::take(&mut self.reservations) {
+                enter(&mut failures, device);
                 // SAFETY: a reservation of this session, nothing mapped in it now.
                 let r = unsafe { release(start as *mut c_void) };
                 if r != ACL_SUCCESS {
@@ -1025,17 +1099,21 @@ impl Drop for AclSession {
         if let Some(first) = vmm_failures.first() {
             tracing::warn!(failures = vmm_failures.len(), first = %first, "acl session teardown: virtual memory");
         }
-        let mut failures = self.unload_all_binaries();
+        failures.extend(self.unload_all_binaries());
         let rt = &self.shared.cann.runtime;
-        for event in std::mem::take(&mut self.events) {
+        for (event, device) in std::mem::take(&mut self.place.events) {
+            enter(&mut failures, device);
             // SAFETY: an event of this session, destroyed once.
             failures.push(unsafe { (rt.aclrtDestroyEvent)(event as Handle) });
         }
-        for stream in std::mem::take(&mut self.streams) {
+        for (stream, device) in std::mem::take(&mut self.place.streams) {
+            enter(&mut failures, device);
             // SAFETY: a stream of this session, destroyed once.
             failures.push(unsafe { (rt.aclrtDestroyStream)(stream as Handle) });
         }
+        let homes = std::mem::take(&mut self.place.homes);
         for (address, _) in std::mem::take(&mut self.allocations) {
+            enter(&mut failures, homes.get(&address).copied().unwrap_or(0));
             // SAFETY: an allocation of this session, freed once.
             failures.push(unsafe { (rt.aclrtFree)(address as *mut c_void) });
         }

@@ -1,6 +1,5 @@
 //! One client's session on the HIP runtime: its own tables, checked before every call.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, c_void, CString};
 use std::sync::Arc;
@@ -21,12 +20,7 @@ use crate::checks::{
     end_of, fill_by_copies, invalid_handle, invalid_value, memset_2d_in, memset_in, uniform_bytes,
     within,
 };
-
-/// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` (`hipStreamPerThread`): both
-/// the runtime's null stream here, as the cuda backend maps them (server threads
-/// are not the client's).
-const STREAM_LEGACY: u64 = 1;
-const STREAM_PER_THREAD: u64 = 2;
+use crate::placement::Placement;
 
 /// `CU_FUNC_ATTRIBUTE_*` the code object's metadata answers.
 const MAX_THREADS_PER_BLOCK: u32 = 0;
@@ -65,19 +59,13 @@ pub(crate) struct HipSession {
     shared: Arc<Shared>,
     /// Allocations: base → size.
     allocations: BTreeMap<u64, u64>,
-    /// Allocations: base → device.
-    homes: HashMap<u64, u32>,
     modules: HashMap<u64, Module>,
     next_handle: u64,
     functions: HashMap<u64, Function>,
-    /// Streams and events: handle → device.
-    streams: HashMap<u64, u32>,
-    events: HashMap<u64, u32>,
+    /// Its streams', events' and allocations' devices, and the devices used.
+    place: Placement,
     /// Device time of its kernels, per device ([`Api::session_busy`]).
     times: HashMap<u32, KernelTimes>,
-    /// The devices made current so far, a bit each (their null streams are
-    /// the session's too).
-    used: Cell<u128>,
 }
 
 fn unsupported(operation: &str) -> CuError {
@@ -128,77 +116,43 @@ impl HipSession {
         Self {
             shared,
             allocations: BTreeMap::new(),
-            homes: HashMap::new(),
             modules: HashMap::new(),
             next_handle: 0,
             functions: HashMap::new(),
-            streams: HashMap::new(),
-            events: HashMap::new(),
+            place: Placement::default(),
             times: HashMap::new(),
-            used: Cell::new(0),
         }
     }
 
     /// Makes `device` current (checked against the backend's), noting it used.
     fn enter(&self, device: u32) -> Result<(), CuError> {
         self.shared.enter(device)?;
-        self.used
-            .set(self.used.get() | 1u128.checked_shl(device).unwrap_or(0));
+        self.place.note(device);
         Ok(())
-    }
-
-    /// The devices made current so far (device 0 if none).
-    fn used_devices(&self) -> Vec<u32> {
-        let used: Vec<u32> = (0..128).filter(|d| self.used.get() >> d & 1 == 1).collect();
-        if used.is_empty() {
-            vec![0]
-        } else {
-            used
-        }
     }
 
     /// The device of the allocation (or module variable) `address` lies in;
     /// device 0 for an address of none (refused by the range checks anyway).
     fn home(&self, address: u64) -> u32 {
-        let base = |ranges: &BTreeMap<u64, u64>| {
-            ranges
-                .range(..=address)
-                .next_back()
-                .filter(|(&base, &size)| address < base.saturating_add(size))
-                .map(|(&base, _)| base)
-        };
-        if let Some(&device) = base(&self.allocations).and_then(|b| self.homes.get(&b)) {
-            return device;
-        }
-        self.modules
-            .values()
-            .find(|m| base(&m.globals).is_some())
-            .map_or(0, |m| m.device)
+        self.place
+            .home_in(&self.allocations, address)
+            .or_else(|| {
+                self.modules
+                    .values()
+                    .find(|m| within(&m.globals, address, address.saturating_add(1)))
+                    .map(|m| m.device)
+            })
+            .unwrap_or(0)
     }
 
     /// The device a copy or memset in `stream` over `address` runs on: the
     /// stream's, or for a null stream the memory's.
     fn device_for(&self, stream: u64, address: u64) -> u32 {
-        self.streams
+        self.place
+            .streams
             .get(&stream)
             .copied()
             .unwrap_or_else(|| self.home(address))
-    }
-
-    /// The devices whose work `stream` names: its own, or for a null stream
-    /// every device the session used.
-    fn stream_devices(&self, stream: u64) -> Vec<u32> {
-        match self.streams.get(&stream) {
-            Some(&device) => vec![device],
-            None => self.used_devices(),
-        }
-    }
-
-    fn event_device(&self, event: u64) -> Result<u32, CuError> {
-        self.events
-            .get(&event)
-            .copied()
-            .ok_or_else(|| invalid_handle("event", event))
     }
 
     fn check(&self, r: c_int, what: &str) -> Result<(), CuError> {
@@ -211,22 +165,12 @@ impl HipSession {
         (tag << 48) | self.next_handle
     }
 
-    /// The runtime's stream for a client stream handle: one of the session's, or
-    /// the null stream.
     fn stream(&self, stream: u64) -> Result<Handle, CuError> {
-        match stream {
-            0 | STREAM_LEGACY | STREAM_PER_THREAD => Ok(std::ptr::null_mut()),
-            s if self.streams.contains_key(&s) => Ok(s as Handle),
-            s => Err(invalid_handle("stream", s)),
-        }
+        self.place.stream(stream)
     }
 
     fn event(&self, event: u64) -> Result<Handle, CuError> {
-        if self.events.contains_key(&event) {
-            Ok(event as Handle)
-        } else {
-            Err(invalid_handle("event", event))
-        }
+        self.place.event(event)
     }
 
     /// Checks that `[address, address+len)` lies inside one allocation (or module
@@ -348,7 +292,7 @@ impl Api for HipSession {
             return Err(CuError::new(code::OUT_OF_MEMORY, "hipMalloc gave NULL"));
         }
         self.allocations.insert(address as u64, bytes);
-        self.homes.insert(address as u64, device);
+        self.place.homes.insert(address as u64, device);
         Ok(address as u64)
     }
 
@@ -363,7 +307,7 @@ impl Api for HipSession {
         let r = unsafe { (self.shared.runtime.hipFree)(ptr as *mut c_void) };
         self.check(r, "hipFree")?;
         self.allocations.remove(&ptr);
-        self.homes.remove(&ptr);
+        self.place.homes.remove(&ptr);
         Ok(())
     }
 
@@ -710,7 +654,7 @@ impl Api for HipSession {
         let raw = f.raw.ok_or_else(|| invalid_handle("function", function))?;
         let device = f.device;
         // A kernel runs on its module's device, in a stream of that device.
-        if let Some(&other) = self.streams.get(&stream).filter(|&&d| d != device) {
+        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
             return Err(CuError::new(
                 code::INVALID_HANDLE,
                 format!("the kernel is loaded on device {device}; stream {stream:#x} is device {other}'s"),
@@ -804,12 +748,13 @@ impl Api for HipSession {
             (self.shared.runtime.hipStreamCreateWithPriority)(&mut stream, flags, priority)
         };
         self.check(r, "hipStreamCreateWithPriority")?;
-        self.streams.insert(stream as u64, device);
+        self.place.streams.insert(stream as u64, device);
         Ok(stream as u64)
     }
 
     fn stream_destroy(&mut self, stream: u64) -> Result<(), CuError> {
         let &device = self
+            .place
             .streams
             .get(&stream)
             .ok_or_else(|| invalid_handle("stream", stream))?;
@@ -817,13 +762,13 @@ impl Api for HipSession {
         // SAFETY: a stream of this session, destroyed once (removed below).
         let r = unsafe { (self.shared.runtime.hipStreamDestroy)(stream as Handle) };
         self.check(r, "hipStreamDestroy")?;
-        self.streams.remove(&stream);
+        self.place.streams.remove(&stream);
         Ok(())
     }
 
     fn stream_synchronize(&mut self, stream: u64) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        for device in self.stream_devices(stream) {
+        for device in self.place.stream_devices(stream) {
             self.enter(device)?;
             self.synchronize_stream(s)?;
         }
@@ -832,7 +777,7 @@ impl Api for HipSession {
 
     fn stream_query(&mut self, stream: u64) -> Result<(), CuError> {
         let s = self.stream(stream)?;
-        for device in self.stream_devices(stream) {
+        for device in self.place.stream_devices(stream) {
             self.enter(device)?;
             // SAFETY: a checked stream.
             let r = unsafe { (self.shared.runtime.hipStreamQuery)(s) };
@@ -845,9 +790,9 @@ impl Api for HipSession {
         let s = self.stream(stream)?;
         let e = self.event(event)?;
         // The waiting stream's device; the null stream of the event's.
-        let device = match self.streams.get(&stream) {
+        let device = match self.place.streams.get(&stream) {
             Some(&d) => d,
-            None => self.event_device(event)?,
+            None => self.place.event_device(event)?,
         };
         self.enter(device)?;
         // SAFETY: a checked stream and event.
@@ -866,24 +811,24 @@ impl Api for HipSession {
         // SAFETY: an out-pointer; the device is current.
         let r = unsafe { (self.shared.runtime.hipEventCreateWithFlags)(&mut event, flags) };
         self.check(r, "hipEventCreateWithFlags")?;
-        self.events.insert(event as u64, device);
+        self.place.events.insert(event as u64, device);
         Ok(event as u64)
     }
 
     fn event_destroy(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.enter(self.event_device(event)?)?;
+        self.enter(self.place.event_device(event)?)?;
         // SAFETY: an event of this session, destroyed once (removed below).
         let r = unsafe { (self.shared.runtime.hipEventDestroy)(e) };
         self.check(r, "hipEventDestroy")?;
-        self.events.remove(&event);
+        self.place.events.remove(&event);
         Ok(())
     }
 
     fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
         let s = self.stream(stream)?;
-        self.enter(self.event_device(event)?)?;
+        self.enter(self.place.event_device(event)?)?;
         // SAFETY: a checked event and stream.
         let r = unsafe { (self.shared.runtime.hipEventRecord)(e, s) };
         self.check(r, "hipEventRecord")
@@ -891,7 +836,7 @@ impl Api for HipSession {
 
     fn event_synchronize(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.enter(self.event_device(event)?)?;
+        self.enter(self.place.event_device(event)?)?;
         // SAFETY: a checked event.
         let r = unsafe { (self.shared.runtime.hipEventSynchronize)(e) };
         self.check(r, "hipEventSynchronize")
@@ -899,7 +844,7 @@ impl Api for HipSession {
 
     fn event_query(&mut self, event: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
-        self.enter(self.event_device(event)?)?;
+        self.enter(self.place.event_device(event)?)?;
         // SAFETY: a checked event.
         let r = unsafe { (self.shared.runtime.hipEventQuery)(e) };
         self.check(r, "hipEventQuery")
@@ -907,7 +852,7 @@ impl Api for HipSession {
 
     fn event_elapsed_time(&mut self, start: u64, end: u64) -> Result<f32, CuError> {
         let (a, b) = (self.event(start)?, self.event(end)?);
-        self.enter(self.event_device(end)?)?;
+        self.enter(self.place.event_device(end)?)?;
         let mut ms = 0f32;
         // SAFETY: checked events and an out-pointer.
         let r = unsafe { (self.shared.runtime.hipEventElapsedTime)(&mut ms, a, b) };
@@ -919,11 +864,11 @@ impl Api for HipSession {
     /// created (not `hipDeviceSynchronize`, which would wait for other sessions
     /// of the same process too).
     fn synchronize(&mut self) -> Result<(), CuError> {
-        for device in self.used_devices() {
+        for device in self.place.used_devices() {
             self.enter(device)?;
             self.synchronize_stream(std::ptr::null_mut())?;
         }
-        for (&s, &device) in &self.streams {
+        for (&s, &device) in &self.place.streams {
             self.enter(device)?;
             self.synchronize_stream(s as Handle)?;
         }
@@ -957,12 +902,12 @@ impl Drop for HipSession {
             enter(&mut failures, device);
             times.destroy(rt);
         }
-        for (event, device) in std::mem::take(&mut self.events) {
+        for (event, device) in std::mem::take(&mut self.place.events) {
             enter(&mut failures, device);
             // SAFETY: an event of this session, destroyed once.
             failures.push(unsafe { (rt.hipEventDestroy)(event as Handle) });
         }
-        for (stream, device) in std::mem::take(&mut self.streams) {
+        for (stream, device) in std::mem::take(&mut self.place.streams) {
             enter(&mut failures, device);
             // SAFETY: a stream of this session, destroyed once.
             failures.push(unsafe { (rt.hipStreamDestroy)(stream as Handle) });
@@ -975,7 +920,7 @@ impl Drop for HipSession {
             }
         }
         self.functions.clear();
-        let homes = std::mem::take(&mut self.homes);
+        let homes = std::mem::take(&mut self.place.homes);
         for (address, _) in std::mem::take(&mut self.allocations) {
             enter(&mut failures, homes.get(&address).copied().unwrap_or(0));
             // SAFETY: an allocation of this session, freed once.
@@ -1053,9 +998,5 @@ mod tests {
     fn ranges_wrap_into_errors() {
         assert!(end_of(u64::MAX, 1).is_err());
         assert_eq!(end_of(16, 16).unwrap(), 32);
-        assert_eq!(
-            crate::checks::only_device_zero(1).unwrap_err().code,
-            code::INVALID_DEVICE
-        );
     }
 }
