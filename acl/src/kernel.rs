@@ -50,6 +50,13 @@ pub struct LoadOptions {
     count: usize,
 }
 
+/// `aclrtLaunchKernelCfg`: launch attributes (20 bytes each) and their count.
+#[repr(C)]
+pub struct LaunchCfg {
+    attrs: *const c_void,
+    count: usize,
+}
+
 /// `rtDevBinary_t`.
 #[repr(C)]
 pub struct DevBinary {
@@ -91,7 +98,11 @@ fn invalid(message: impl Into<String>) -> Failure {
 /// The magic number `options` ask for (the AI Core's if none); other options
 /// are accepted where they change nothing the pool does (lazy loading) and
 /// refused otherwise.
-fn magic_of(options: *const LoadOptions) -> Result<u32, Failure> {
+///
+/// # Safety
+/// `options` is NULL or an `aclrtBinaryLoadOptions` whose `options` holds
+/// `numOpt` of them.
+unsafe fn magic_of(options: *const LoadOptions) -> Result<u32, Failure> {
     if options.is_null() {
         return Ok(MAGIC_AICORE);
     }
@@ -169,7 +180,10 @@ fn load(bytes: Vec<u8>, magic: u32) -> Result<u64, Failure> {
 }
 
 /// Copies `length` bytes at `data`, checked.
-fn bytes_at(data: *const c_void, length: u64) -> Result<Vec<u8>, Failure> {
+///
+/// # Safety
+/// `data` is NULL or has `length` readable bytes (up to [`MAX_BINARY`] are read).
+unsafe fn bytes_at(data: *const c_void, length: u64) -> Result<Vec<u8>, Failure> {
     if data.is_null() {
         return Err(invalid("a NULL binary"));
     }
@@ -186,8 +200,11 @@ fn bytes_at(data: *const c_void, length: u64) -> Result<Vec<u8>, Failure> {
     Ok(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }.to_vec())
 }
 
+/// # Safety
+/// `data` has `length` readable bytes; `options` is NULL or an
+/// `aclrtBinaryLoadOptions`.
 #[no_mangle]
-pub extern "C" fn aclrtBinaryLoadFromData(
+pub unsafe extern "C" fn aclrtBinaryLoadFromData(
     data: *const c_void,
     length: usize,
     options: *const LoadOptions,
@@ -197,9 +214,9 @@ pub extern "C" fn aclrtBinaryLoadFromData(
         if out.is_null() {
             return Err(invalid("a NULL binary handle"));
         }
-        let magic = magic_of(options)?;
-        let module = load(bytes_at(data, length as u64)?, magic)?;
-        put(out, module as *mut c_void)
+        // SAFETY: the caller's options and bytes, as this function's contract says.
+        let (magic, bytes) = unsafe { (magic_of(options)?, bytes_at(data, length as u64)?) };
+        put(out, load(bytes, magic)? as *mut c_void)
     })
 }
 
@@ -215,7 +232,8 @@ pub unsafe extern "C" fn aclrtBinaryLoadFromFile(
         if path.is_null() || out.is_null() {
             return Err(invalid("a NULL path or binary handle"));
         }
-        let magic = magic_of(options)?;
+        // SAFETY: the caller's options, as this function's contract says.
+        let magic = unsafe { magic_of(options)? };
         // SAFETY: a NUL-terminated path, non-NULL.
         let path = unsafe { CStr::from_ptr(path) }
             .to_string_lossy()
@@ -301,7 +319,10 @@ pub extern "C" fn aclrtBinaryUnLoad(bin: *mut c_void) -> AclError {
 
 /// Launches `function` with its argument string: checked, then refused here if
 /// the server said it cannot run it.
-fn launch(
+///
+/// # Safety
+/// `args` is NULL or has `size` readable bytes (up to [`MAX_LAUNCH_ARGS`](xpupool_protocol::api::MAX_LAUNCH_ARGS) are read).
+unsafe fn launch(
     function: u64,
     blocks: u32,
     stream: *mut c_void,
@@ -354,7 +375,7 @@ pub unsafe extern "C" fn aclrtLaunchKernelWithHostArgs(
     function: *mut c_void,
     blocks: u32,
     stream: *mut c_void,
-    cfg: *const c_void,
+    cfg: *const LaunchCfg,
     args: *mut c_void,
     size: usize,
     placeholders: *const Placeholder,
@@ -362,8 +383,8 @@ pub unsafe extern "C" fn aclrtLaunchKernelWithHostArgs(
 ) -> AclError {
     call(|| {
         if !cfg.is_null() {
-            // SAFETY: an `aclrtLaunchKernelCfg` (a pointer and a count), non-NULL.
-            let attrs = unsafe { cfg.cast::<(*const c_void, usize)>().read() }.1;
+            // SAFETY: an `aclrtLaunchKernelCfg`, non-NULL.
+            let attrs = unsafe { cfg.cast::<LaunchCfg>().read() }.count;
             if attrs > 0 {
                 return Err(Failure::new(
                     ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
@@ -385,7 +406,8 @@ pub unsafe extern "C" fn aclrtLaunchKernelWithHostArgs(
             // `aclrtPlaceHolderInfo`, as the caller declares.
             unsafe { std::slice::from_raw_parts(placeholders, count) }.to_vec()
         };
-        launch(function as u64, blocks, stream, args, size, list)
+        // SAFETY: `size` bytes at `args`, as this function's contract says.
+        unsafe { launch(function as u64, blocks, stream, args, size, list) }
     })
 }
 
@@ -400,9 +422,10 @@ pub unsafe extern "C" fn rtDevBinaryRegister(
         if bin.is_null() || out.is_null() {
             return Err(invalid("a NULL rtDevBinary_t or handle"));
         }
-        // SAFETY: the caller's rtDevBinary_t, non-NULL.
-        let b = unsafe { &*bin };
-        let module = load(bytes_at(b.data, b.length)?, b.magic)?;
+        // SAFETY: the caller's rtDevBinary_t, non-NULL, whose `data` has
+        // `length` bytes.
+        let (magic, bytes) = unsafe { ((*bin).magic, bytes_at((*bin).data, (*bin).length)?) };
+        let module = load(bytes, magic)?;
         put(out, module as *mut c_void)
     })
 }
@@ -434,8 +457,10 @@ pub unsafe extern "C" fn rtFunctionRegister(
     })
 }
 
+/// # Safety
+/// `args` has `size` readable bytes.
 #[no_mangle]
-pub extern "C" fn rtKernelLaunch(
+pub unsafe extern "C" fn rtKernelLaunch(
     stub: *const c_void,
     blocks: u32,
     args: *mut c_void,
@@ -450,6 +475,7 @@ pub extern "C" fn rtKernelLaunch(
                 format!("no kernel is registered for stub {stub:p} (rtFunctionRegister)"),
             )
         })?;
-        launch(f, blocks, stream, args, size as usize, Vec::new())
+        // SAFETY: `size` bytes at `args`, as this function's contract says.
+        unsafe { launch(f, blocks, stream, args, size as usize, Vec::new()) }
     })
 }

@@ -68,11 +68,20 @@ pub extern "C" fn hip_stream_create_with_priority(
 #[export_name = "xph_hipStreamDestroy"]
 pub extern "C" fn hip_stream_destroy(stream: Handle) -> HipError {
     call(|| {
-        connection()?.stream_destroy(stream as u64).map_err(code)?;
-        if let Some(devices) = stream_devices().as_mut() {
-            devices.remove(&(stream as u64));
+        // Forgotten before the server hears of it: once it is gone there, its
+        // handle may be another thread's new stream's at once.
+        let device = stream_devices()
+            .as_mut()
+            .and_then(|d| d.remove(&(stream as u64)));
+        let result = connection()?.stream_destroy(stream as u64);
+        if let (Err(e), Some(device)) = (&result, device) {
+            if e.code != xpupool_protocol::code::INVALID_HANDLE {
+                stream_devices()
+                    .get_or_insert_with(HashMap::new)
+                    .insert(stream as u64, device);
+            }
         }
-        Ok(())
+        result.map_err(code)
     })
 }
 

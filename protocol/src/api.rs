@@ -846,6 +846,11 @@ declare_api! {
     /// module's load did not report: with lazy loading, the device-dependent ones
     /// of a function not loaded yet, which the backend loads to answer.
     fn function_get_attribute(function: u64 as Function, attribute: u32) -> i32 = FunctionGetAttribute @ 59;
+
+    // Ascend's own: what CANN has and CUDA and HIP have no counterpart for.
+    // HIP's API maps onto the operations above; CUDA's and HIP's backends refuse
+    // these (`checks::no_aclnn_methods!`).
+
     /// An aclnn operator's first phase (`aclnnXxxGetWorkspaceSize`): the server
     /// checks the operator and its parameters, and keeps an executor for the
     /// second phase; a backend without the operator refuses it (NOT_SUPPORTED,
@@ -884,7 +889,8 @@ pub const MAX_PLACEHOLDERS: usize = 4096;
 
 /// Refuses arguments or placeholders past the bounds above, and a placeholder
 /// whose address would not fit in the arguments or that points past their end:
-/// what the client checks before sending and every backend before launching.
+/// what the client checks before sending and every backend before launching
+/// (CANN refuses the same with `ACL_ERROR_RT_PARAM_INVALID`).
 pub fn check_launch_args(args: usize, placeholders: &[Placeholder]) -> Result<(), CuError> {
     let invalid = |what: String| Err(CuError::new(code::INVALID_VALUE, what));
     if args > MAX_LAUNCH_ARGS {
@@ -907,17 +913,6 @@ pub fn check_launch_args(args: usize, placeholders: &[Placeholder]) -> Result<()
         }
     }
     Ok(())
-}
-
-/// The arguments as the device sees them once copied to `base`: each
-/// placeholder's address written in (after [`check_launch_args`]).
-pub fn place_launch_args(args: &[u8], placeholders: &[Placeholder], base: u64) -> Vec<u8> {
-    let mut out = args.to_vec();
-    for p in placeholders {
-        let at = p.at as usize;
-        out[at..at + 8].copy_from_slice(&(base + u64::from(p.data)).to_le_bytes());
-    }
-    out
 }
 
 /// One input of [`Request::Link`].

@@ -10,6 +10,14 @@ use xpupool_protocol::{code, CuError};
 pub const EM_ASCEND: u16 = 0x1029;
 /// Kernels one binary may have: a bound on what a load's reply carries.
 pub const MAX_KERNELS: usize = 16_384;
+/// Symbols read of one binary's table (a bound on the work a load costs).
+pub const MAX_SYMBOLS: usize = 1 << 16;
+/// Bytes of one kernel's name, and of all of them together.
+pub const MAX_NAME: usize = 4 << 10;
+pub const MAX_NAMES: usize = 1 << 20;
+/// Section indexes from here on are special (`SHN_ABS`, `SHN_COMMON`, …), not
+/// a section a function's code lies in.
+const SHN_LORESERVE: u16 = 0xff00;
 
 /// `ACL_RT_BINARY_MAGIC_ELF_AICORE`, `_VECTOR_CORE` and `_CUBE_CORE`: the
 /// magic numbers ACL loads AI Core objects with (the default the first).
@@ -64,7 +72,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// The kernels of an AI Core binary: its defined global (or weak) function
-/// symbols, in symbol-table order, each once.
+/// symbols, in symbol-table order, each once. Only the first symbol table is
+/// read (an object has one), at most [`MAX_SYMBOLS`] of its symbols, and names
+/// are bounded ([`MAX_NAME`], [`MAX_NAMES`]): what a load costs is bounded
+/// whatever the bytes say.
 pub fn kernels(bytes: &[u8]) -> Result<Vec<String>, CuError> {
     if !is_ascend(bytes) {
         return Err(invalid("not a 64-bit little-endian AI Core ELF object"));
@@ -84,12 +95,16 @@ pub fn kernels(bytes: &[u8]) -> Result<Vec<String>, CuError> {
     let section = |i: usize| &sections[i * SECTION_BYTES..(i + 1) * SECTION_BYTES];
     let mut names = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for i in 0..shnum as usize {
+    let mut name_bytes = 0usize;
+    if let Some(i) = (0..shnum as usize).find(|&i| u32_at(section(i), 4) == SHT_SYMTAB) {
         let sh = section(i);
-        if u32_at(sh, 4) != SHT_SYMTAB {
-            continue;
-        }
         let symbols = slice(bytes, u64_at(sh, 24), u64_at(sh, 32), "symbol table")?;
+        if symbols.len() / SYMBOL_BYTES > MAX_SYMBOLS {
+            return Err(invalid(format!(
+                "{} symbols (at most {MAX_SYMBOLS})",
+                symbols.len() / SYMBOL_BYTES
+            )));
+        }
         let link = u32_at(sh, 40) as usize;
         if link >= shnum as usize {
             return Err(invalid(format!("symbol table names section {link}")));
@@ -103,21 +118,36 @@ pub fn kernels(bytes: &[u8]) -> Result<Vec<String>, CuError> {
         for sym in symbols.chunks_exact(SYMBOL_BYTES) {
             let info = sym[4];
             let binding = info >> 4;
-            let defined = u16_at(sym, 6) != 0;
+            let shndx = u16_at(sym, 6);
+            let defined = shndx != 0 && shndx < SHN_LORESERVE;
             if info & 0xf != STT_FUNC || !(binding == 1 || binding == 2) || !defined {
                 continue;
             }
             let at = u32_at(sym, 0) as usize;
-            let name = strings
+            // The NUL is looked for within MAX_NAME bytes only.
+            let rest = strings
                 .get(at..)
-                .and_then(|rest| rest.iter().position(|&c| c == 0).map(|n| &rest[..n]))
                 .ok_or_else(|| invalid(format!("symbol name at {at} lies past its table")))?;
+            let window = &rest[..rest.len().min(MAX_NAME + 1)];
+            let name = window
+                .iter()
+                .position(|&c| c == 0)
+                .map(|n| &window[..n])
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "the symbol name at {at} is longer than {MAX_NAME} bytes or unterminated"
+                    ))
+                })?;
             let name = String::from_utf8_lossy(name).into_owned();
-            if !name.is_empty() && seen.insert(name.clone()) {
-                names.push(name);
-                if names.len() > MAX_KERNELS {
-                    return Err(invalid(format!("more than {MAX_KERNELS} kernels")));
+            if !name.is_empty() && !seen.contains(&name) {
+                name_bytes += name.len();
+                if names.len() >= MAX_KERNELS || name_bytes > MAX_NAMES {
+                    return Err(invalid(format!(
+                        "more than {MAX_KERNELS} kernels or {MAX_NAMES} bytes of their names"
+                    )));
                 }
+                seen.insert(name.clone());
+                names.push(name);
             }
         }
     }
@@ -215,5 +245,21 @@ mod tests {
         huge[shoff + SECTION_BYTES + 32..shoff + SECTION_BYTES + 40]
             .copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(kernels(&huge).is_err());
+    }
+
+    #[test]
+    fn what_a_load_costs_is_bounded() {
+        let long = "k".repeat(MAX_NAME + 1);
+        let message = kernels(&sample_object(&[&long])).unwrap_err().message;
+        assert!(message.contains("longer than"), "{message}");
+        assert_eq!(kernels(&sample_object(&[&long[1..]])).unwrap().len(), 1);
+        let many: Vec<String> = (0..MAX_KERNELS + 1).map(|i| format!("k{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let message = kernels(&sample_object(&refs)).unwrap_err().message;
+        assert!(message.contains("kernels or"), "{message}");
+        let lots: Vec<String> = (0..MAX_SYMBOLS).map(|i| format!("s{i}")).collect();
+        let refs: Vec<&str> = lots.iter().map(String::as_str).collect();
+        let message = kernels(&sample_object(&refs)).unwrap_err().message;
+        assert!(message.contains("symbols (at most"), "{message}");
     }
 }

@@ -952,7 +952,13 @@ impl TenantSession {
                 ),
             ));
         }
-        let functions: Vec<u64> = info.functions.iter().map(|f| f.handle).collect();
+        // Handle 0 is no function (a kernel the backend could not resolve).
+        let functions: Vec<u64> = info
+            .functions
+            .iter()
+            .map(|f| f.handle)
+            .filter(|&f| f != 0)
+            .collect();
         for &f in &functions {
             self.functions.insert(f, host);
         }

@@ -132,15 +132,18 @@ impl AclSession {
             .runtime
             .aclrtBinaryUnLoad
             .ok_or_else(|| missing("aclrtBinaryUnLoad"))?;
-        let (device, functions) = self
+        let &(device, _) = self
             .binaries
             .binaries
-            .remove(&module)
+            .get(&module)
             .ok_or_else(|| invalid_handle("module", module))?;
-        for f in functions {
-            self.binaries.functions.remove(&f);
-        }
+        // Its device first: a binary left in the table is unloaded at the end.
         self.enter(device)?;
+        if let Some((_, functions)) = self.binaries.binaries.remove(&module) {
+            for f in functions {
+                self.binaries.functions.remove(&f);
+            }
+        }
         // SAFETY: a binary this session loaded, unloaded once (removed above).
         let r = unsafe { unload(module as Handle) };
         self.check(r, "aclrtBinaryUnLoad")

@@ -579,11 +579,17 @@ impl Api for HipSession {
     }
 
     fn module_unload(&mut self, module: u64) -> Result<(), CuError> {
+        let device = self
+            .modules
+            .get(&module)
+            .ok_or_else(|| invalid_handle("module", module))?
+            .device;
+        // Its device first: a module left in the table is unloaded at the end.
+        self.enter(device)?;
         let loaded = self
             .modules
             .remove(&module)
             .ok_or_else(|| invalid_handle("module", module))?;
-        self.enter(loaded.device)?;
         self.unload(loaded)
     }
 
@@ -728,7 +734,11 @@ impl Api for HipSession {
     fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
         let mut all = xpupool_protocol::api::SessionWork::default();
         for (&device, times) in &mut self.times {
-            self.shared.enter(device)?;
+            // A device that cannot be made current is left out, not the others.
+            if let Err(e) = self.shared.enter(device) {
+                tracing::warn!(device, error = %e.message, "kernel times of a device not read");
+                continue;
+            }
             let work = times.collect(&self.shared.runtime);
             all.busy_ns += work.busy_ns;
             all.completed += work.completed;
@@ -789,7 +799,9 @@ impl Api for HipSession {
     fn stream_wait_event(&mut self, stream: u64, event: u64, flags: u32) -> Result<(), CuError> {
         let s = self.stream(stream)?;
         let e = self.event(event)?;
-        // The waiting stream's device; the null stream of the event's.
+        // The waiting stream's device. A default stream is taken to be the
+        // event's device's: the protocol does not carry the client's current
+        // device.
         let device = match self.place.streams.get(&stream) {
             Some(&d) => d,
             None => self.place.event_device(event)?,
@@ -828,7 +840,17 @@ impl Api for HipSession {
     fn event_record(&mut self, event: u64, stream: u64) -> Result<(), CuError> {
         let e = self.event(event)?;
         let s = self.stream(stream)?;
-        self.enter(self.place.event_device(event)?)?;
+        let device = self.place.event_device(event)?;
+        // An event is recorded in a stream of its own device.
+        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
+            return Err(CuError::new(
+                code::INVALID_HANDLE,
+                format!(
+                    "event {event:#x} is device {device}'s; stream {stream:#x} is device {other}'s"
+                ),
+            ));
+        }
+        self.enter(device)?;
         // SAFETY: a checked event and stream.
         let r = unsafe { (self.shared.runtime.hipEventRecord)(e, s) };
         self.check(r, "hipEventRecord")
