@@ -146,6 +146,28 @@ impl<T: TimingEvents> KernelTimes<T> {
         }
     }
 
+    /// What [`KernelTimes::collect`] says of each device's times together,
+    /// each read with its device made current by `enter`; a device that cannot
+    /// be is left out (and said), not the others.
+    pub(crate) fn collect_all(
+        times: &mut HashMap<u32, Self>,
+        d: &T,
+        enter: impl Fn(u32) -> Result<(), xpupool_protocol::CuError>,
+    ) -> SessionWork {
+        let mut all = SessionWork::default();
+        for (&device, times) in times.iter_mut() {
+            if let Err(e) = enter(device) {
+                tracing::warn!(device, error = %e.message, "kernel times of a device not read");
+                continue;
+            }
+            let work = times.collect(d);
+            all.busy_ns += work.busy_ns;
+            all.completed += work.completed;
+            all.pending += work.pending;
+        }
+        all
+    }
+
     /// Destroys every event (the session is ending; its work is done or failed).
     pub(crate) fn destroy(&mut self, d: &T) {
         self.collect(d);

@@ -1545,15 +1545,12 @@ impl Api for CudaSession {
     }
 
     fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
-        let mut all = xpupool_protocol::api::SessionWork::default();
-        for (&device, times) in &mut self.times {
-            self.shared.enter(device)?;
-            let work = times.collect(&self.shared.driver);
-            all.busy_ns += work.busy_ns;
-            all.completed += work.completed;
-            all.pending += work.pending;
-        }
-        Ok(all)
+        let shared = &self.shared;
+        Ok(KernelTimes::collect_all(
+            &mut self.times,
+            &shared.driver,
+            |d| shared.enter(d),
+        ))
     }
 
     fn stream_create(&mut self, device: u32, flags: u32, priority: i32) -> Result<u64, CuError> {

@@ -732,19 +732,12 @@ impl Api for HipSession {
     }
 
     fn session_busy(&mut self) -> Result<xpupool_protocol::api::SessionWork, CuError> {
-        let mut all = xpupool_protocol::api::SessionWork::default();
-        for (&device, times) in &mut self.times {
-            // A device that cannot be made current is left out, not the others.
-            if let Err(e) = self.shared.enter(device) {
-                tracing::warn!(device, error = %e.message, "kernel times of a device not read");
-                continue;
-            }
-            let work = times.collect(&self.shared.runtime);
-            all.busy_ns += work.busy_ns;
-            all.completed += work.completed;
-            all.pending += work.pending;
-        }
-        Ok(all)
+        let shared = &self.shared;
+        Ok(KernelTimes::collect_all(
+            &mut self.times,
+            &shared.runtime,
+            |d| shared.enter(d),
+        ))
     }
 
     fn stream_create(&mut self, device: u32, flags: u32, priority: i32) -> Result<u64, CuError> {

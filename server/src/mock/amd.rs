@@ -11,7 +11,7 @@ use xpupool_amdgpu::interp::{self, ExecError, Program};
 use xpupool_protocol::api::{FunctionInfo, LaunchDims, ModuleInfo};
 use xpupool_protocol::{code, CuError};
 
-use super::{memory, Function, LoadedModule, MockSession};
+use super::{memory, LoadedModule, MockSession};
 
 /// A loaded code object: the program and where its image lies.
 pub(super) struct AmdCode {
@@ -69,12 +69,8 @@ impl MockSession {
         let program = Program::load(image)
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("AMD GPU code object: {e}")))?;
         let bytes = program.layout().image.len() as u64;
-        let charge = crate::quota::allocation_charge(bytes.max(1)).unwrap_or(u64::MAX);
-        let base = self.memory.alloc(device, bytes.max(1))?;
-        if let Err(e) = self.memory.write(base, &program.layout().relocated(base)) {
-            let _ = self.memory.free(base);
-            return Err(e);
-        }
+        let (base, charge) =
+            self.place_image(device, bytes, |base| program.layout().relocated(base))?;
         let handle = self.handle(0x4d4f);
         let mut loaded = LoadedModule {
             ptx: None,
@@ -97,16 +93,7 @@ impl MockSession {
             device_bytes: charge,
         };
         for kernel in program.kernels() {
-            let f = self.handle(0x4655);
-            self.functions.insert(
-                f,
-                Function {
-                    module: handle,
-                    name: kernel.name.clone(),
-                    max_dynamic_shared: None,
-                },
-            );
-            loaded.functions.push(f);
+            let f = self.add_function(&mut loaded, handle, &kernel.name);
             let params = kernel.explicit_args();
             info.functions.push(FunctionInfo {
                 name: kernel.name.clone(),

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use xpupool_protocol::api::{check_launch_args, FunctionInfo, ModuleInfo, Placeholder};
 use xpupool_protocol::{code, CuError};
 
-use super::{Function, LoadedModule, MockSession};
+use super::{LoadedModule, MockSession};
 use crate::ascend_elf;
 
 /// Why the stand-in device refuses every Ascend kernel.
@@ -25,13 +25,7 @@ impl MockSession {
     ) -> Result<ModuleInfo, CuError> {
         ascend_elf::check_magic(magic)?;
         let kernels = ascend_elf::kernels(image)?;
-        let bytes = image.len() as u64;
-        let charge = crate::quota::allocation_charge(bytes.max(1)).unwrap_or(u64::MAX);
-        let base = self.memory.alloc(device, bytes.max(1))?;
-        if let Err(e) = self.memory.write(base, image) {
-            let _ = self.memory.free(base);
-            return Err(e);
-        }
+        let (base, charge) = self.place_image(device, image.len() as u64, |_| image.to_vec())?;
         let handle = self.handle(0x4d4f);
         let mut loaded = LoadedModule {
             ptx: None,
@@ -50,16 +44,7 @@ impl MockSession {
             device_bytes: charge,
         };
         for name in kernels {
-            let f = self.handle(0x4655);
-            self.functions.insert(
-                f,
-                Function {
-                    module: handle,
-                    name: name.clone(),
-                    max_dynamic_shared: None,
-                },
-            );
-            loaded.functions.push(f);
+            let f = self.add_function(&mut loaded, handle, &name);
             info.functions.push(FunctionInfo {
                 name,
                 handle: f,

@@ -417,6 +417,40 @@ impl MockSession {
 
     /// Runs a kernel to its end; a cooperative one with every block at once and
     /// a grid-sync workspace, within what the device holds at once.
+    /// Lists kernel `name` of `module` (being loaded as `loaded`) as one of the
+    /// session's functions; its handle.
+    fn add_function(&mut self, loaded: &mut LoadedModule, module: u64, name: &str) -> u64 {
+        let f = self.handle(0x4655);
+        self.functions.insert(
+            f,
+            Function {
+                module,
+                name: name.to_owned(),
+                max_dynamic_shared: None,
+            },
+        );
+        loaded.functions.push(f);
+        f
+    }
+
+    /// Puts a code image of `bytes` bytes in an allocation of its own on
+    /// `device`, as a device holds a loaded module's code (`image` gives the
+    /// bytes for the address it lands at); its address and what it is charged.
+    fn place_image(
+        &mut self,
+        device: u32,
+        bytes: u64,
+        image: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<(u64, u64), CuError> {
+        let charge = crate::quota::allocation_charge(bytes.max(1)).unwrap_or(u64::MAX);
+        let base = self.memory.alloc(device, bytes.max(1))?;
+        if let Err(e) = self.memory.write(base, &image(base)) {
+            let _ = self.memory.free(base);
+            return Err(e);
+        }
+        Ok((base, charge))
+    }
+
     /// A function of this session, launched in `stream`: a kernel runs on the
     /// device its module was loaded on, and a stream of another device is the
     /// wrong context's, as on a real driver.
@@ -1095,16 +1129,7 @@ impl Api for MockSession {
         }
         if let Some(module) = ptx {
             for kernel in module.kernels() {
-                let f = self.handle(0x4655);
-                self.functions.insert(
-                    f,
-                    Function {
-                        module: handle,
-                        name: kernel.name.clone(),
-                        max_dynamic_shared: None,
-                    },
-                );
-                loaded.functions.push(f);
+                let f = self.add_function(&mut loaded, handle, &kernel.name);
                 info.functions.push(FunctionInfo {
                     name: kernel.name.clone(),
                     handle: f,
@@ -1121,16 +1146,7 @@ impl Api for MockSession {
             loaded.ptx = Some(Arc::new(module));
         }
         for (name, params) in cubin_kernels {
-            let f = self.handle(0x4655);
-            self.functions.insert(
-                f,
-                Function {
-                    module: handle,
-                    name: name.clone(),
-                    max_dynamic_shared: None,
-                },
-            );
-            loaded.functions.push(f);
+            let f = self.add_function(&mut loaded, handle, &name);
             info.functions.push(FunctionInfo {
                 name,
                 handle: f,
