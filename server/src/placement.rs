@@ -80,6 +80,12 @@ impl Placement {
         }
     }
 
+    /// The device a copy or memset in `stream` runs on: the stream's, or for a
+    /// default stream `home`'s (the memory's).
+    pub(crate) fn device_for(&self, stream: u64, home: impl FnOnce() -> u32) -> u32 {
+        self.streams.get(&stream).copied().unwrap_or_else(home)
+    }
+
     /// The device of the allocation among `ranges` (base → size) that
     /// `address` lies in, if any.
     pub(crate) fn home_in(&self, ranges: &BTreeMap<u64, u64>, address: u64) -> Option<u32> {
@@ -112,6 +118,8 @@ mod tests {
         assert_eq!(p.event_device(0x6000).unwrap(), 1);
         assert_eq!(p.stream_devices(0x5000), [2]);
         assert_eq!(p.stream_devices(0), [1, 3]);
+        assert_eq!(p.device_for(0x5000, || 7), 2);
+        assert_eq!(p.device_for(0, || 7), 7);
         let ranges = BTreeMap::from([(0x1000, 0x100), (0x2000, 0x10)]);
         p.homes.insert(0x1000, 4);
         p.homes.insert(0x2000, 5);

@@ -146,11 +146,7 @@ impl AclSession {
     /// The device a copy or memset in `stream` over `address` runs on: the
     /// stream's, or for a default stream the memory's.
     fn device_for(&self, stream: u64, address: u64) -> u32 {
-        self.place
-            .streams
-            .get(&stream)
-            .copied()
-            .unwrap_or_else(|| self.home(address))
+        self.place.device_for(stream, || self.home(address))
     }
 
     /// Checks that `[address, address+len)` lies inside one allocation of this session.

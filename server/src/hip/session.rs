@@ -148,11 +148,7 @@ impl HipSession {
     /// The device a copy or memset in `stream` over `address` runs on: the
     /// stream's, or for a null stream the memory's.
     fn device_for(&self, stream: u64, address: u64) -> u32 {
-        self.place
-            .streams
-            .get(&stream)
-            .copied()
-            .unwrap_or_else(|| self.home(address))
+        self.place.device_for(stream, || self.home(address))
     }
 
     fn check(&self, r: c_int, what: &str) -> Result<(), CuError> {

@@ -73,18 +73,13 @@ impl MockSession {
             self.place_image(device, bytes, |base| program.layout().relocated(base))?;
         let handle = self.handle(0x4d4f);
         let mut loaded = LoadedModule {
-            ptx: None,
-            amd: None,
-            ascend: false,
             image: Some(base),
-            device,
             globals: program
                 .layout()
                 .variables()
                 .map(|v| (v.name.clone(), (base + v.value, v.size)))
                 .collect(),
-            functions: Vec::new(),
-            heap: None,
+            ..LoadedModule::on(device)
         };
         let mut info = ModuleInfo {
             handle,

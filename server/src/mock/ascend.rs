@@ -5,8 +5,6 @@
 //! the kernel and what the launch carried, after the same checks a device that
 //! could run it makes.
 
-use std::collections::HashMap;
-
 use xpupool_protocol::api::{check_launch_args, FunctionInfo, ModuleInfo, Placeholder};
 use xpupool_protocol::{code, CuError};
 
@@ -28,14 +26,9 @@ impl MockSession {
         let (base, charge) = self.place_image(device, image.len() as u64, |_| image.to_vec())?;
         let handle = self.handle(0x4d4f);
         let mut loaded = LoadedModule {
-            ptx: None,
-            amd: None,
             ascend: true,
             image: Some(base),
-            device,
-            globals: HashMap::new(),
-            functions: Vec::new(),
-            heap: None,
+            ..LoadedModule::on(device)
         };
         let mut info = ModuleInfo {
             handle,

@@ -235,6 +235,22 @@ struct LoadedModule {
     heap: Option<u64>,
 }
 
+impl LoadedModule {
+    /// A module on `device` with nothing in it yet.
+    fn on(device: u32) -> Self {
+        Self {
+            ptx: None,
+            amd: None,
+            ascend: false,
+            image: None,
+            device,
+            globals: HashMap::new(),
+            functions: Vec::new(),
+            heap: None,
+        }
+    }
+}
+
 struct Function {
     module: u64,
     name: String,
@@ -1056,16 +1072,7 @@ impl Api for MockSession {
             variables,
         } = self.load_code(&image)?;
         let handle = self.handle(0x4d4f);
-        let mut loaded = LoadedModule {
-            ptx: None,
-            amd: None,
-            ascend: false,
-            image: None,
-            device,
-            globals: HashMap::new(),
-            functions: Vec::new(),
-            heap: None,
-        };
+        let mut loaded = LoadedModule::on(device);
         let mut info = ModuleInfo {
             handle,
             functions: Vec::new(),
