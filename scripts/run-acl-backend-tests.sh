@@ -26,7 +26,7 @@ trap cleanup EXIT
 . "$root/scripts/servers.sh"
 
 port=$((20000 + RANDOM % 20000))
-start_server mock "$logs" --backend mock --listen "127.0.0.1:$port" --mock-memory-mib 1024 \
+start_server mock "$logs" --backend mock --listen "127.0.0.1:$port" --mock-memory-mib 1024 --mock-devices 2 \
     || { echo "FAIL  the mock server did not start"; exit 1; }
 mock_pid=$server_pid
 acl_port=$((port + 1))

@@ -16,6 +16,7 @@ import torch
 import torch_npu
 
 LIMIT = int(os.environ.get("XPUPOOL_EXPECT_MEMORY_LIMIT", "0"))
+DEVICES = int(os.environ.get("XPUPOOL_EXPECT_DEVICES", "1"))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
           torch.int16, torch.int8, torch.uint8, torch.bool]
 
@@ -28,7 +29,7 @@ def sample(dtype, shape=(5, 7), seed=0):
 
 def test_the_device_is_available_with_its_properties():
     assert torch.npu.is_available()
-    assert torch.npu.device_count() == 1
+    assert torch.npu.device_count() == DEVICES
     props = torch.npu.get_device_properties(0)
     assert props.name == "Ascend910B3"
     assert torch.npu.get_device_name(0) == "Ascend910B3"
@@ -36,6 +37,42 @@ def test_the_device_is_available_with_its_properties():
     # The pooled device's own UUID, not zeros.
     assert str(props.uuid) != "00000000-0000-0000-0000-000000000000"
     assert 0 <= torch.npu.utilization() <= 100
+
+
+@pytest.mark.skipif(DEVICES < 2, reason="needs a server with two devices")
+def test_two_devices_each_hold_and_compute_their_own_tensors():
+    """npu:1 beside npu:0: tensors made, computed on and freed on each device,
+    copied between them, each device's memory its own; the current device moves
+    with torch.npu.set_device and torch.npu.device."""
+    x, y = sample(torch.float32, seed=1), sample(torch.float32, seed=2)
+    free0, _ = torch.npu.mem_get_info(0)
+    free1, _ = torch.npu.mem_get_info(1)
+    a = x.to("npu:1")
+    b = y.to("npu:1")
+    big = torch.empty(32 << 20, dtype=torch.uint8, device="npu:1")
+    torch.npu.synchronize(1)
+    assert a.device == torch.device("npu:1") and (a + b * 2).device.index == 1
+    assert torch.equal((a + b * 2).cpu(), x + y * 2)
+    assert torch.allclose((a @ b.t()).cpu(), x @ y.t(), rtol=1e-5, atol=1e-3)
+    assert torch.npu.mem_get_info(1)[0] <= free1 - (32 << 20), "device 1's memory"
+    assert torch.npu.mem_get_info(0)[0] >= free0 - (2 << 20), "not device 0's"
+    on0 = a.to("npu:0")                       # device to device, across devices
+    assert on0.device.index == 0 and torch.equal(on0.cpu(), x)
+    assert torch.equal((on0 * 3).to("npu:1").cpu(), x * 3)
+    with torch.npu.device(1):
+        assert torch.npu.current_device() == 1
+        c = torch.ones(4, device="npu")
+        assert c.device.index == 1 and c.sum().item() == 4
+    assert torch.npu.current_device() == 0
+    torch.npu.set_device(1)
+    try:
+        assert torch.zeros(3, device="npu").device.index == 1
+    finally:
+        torch.npu.set_device(0)
+    del a, b, big, c, on0
+    torch.npu.empty_cache()
+    torch.npu.synchronize(1)
+    assert torch.npu.mem_get_info(1)[0] >= free1 - (2 << 20), "given back"
 
 
 def test_mem_get_info_shows_the_limit_and_follows_allocations():
