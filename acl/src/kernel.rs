@@ -3,7 +3,8 @@
 //! that Ascend C's `<<<>>>` host stubs call), their kernels looked up by name
 //! (`aclrtBinaryGetFunction`, or bound to a host stub by `rtFunctionRegister`),
 //! and launched with one argument string (`aclrtLaunchKernelWithHostArgs`,
-//! `rtKernelLaunch`).
+//! `rtKernelLaunch`) or with arguments already in device memory
+//! (`aclrtLaunchKernel`, `aclrtLaunchKernelV2`).
 //!
 //! A binary travels once per server, by content hash (with the magic number it
 //! was loaded with, which says which cores it runs on). Its handle is the
@@ -18,10 +19,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
-use xpupool_protocol::api::{check_launch_args, FunctionInfo, Placeholder};
+use xpupool_protocol::api::{check_device_args, check_launch_args, FunctionInfo, Placeholder};
 use xpupool_protocol::Calls;
 
-use crate::runtime::{connection, device};
+use crate::runtime::{connection, device, within_allocation};
 use crate::*;
 
 /// `ACL_RT_BINARY_MAGIC_ELF_AICORE` (`RT_DEV_BINARY_MAGIC_ELF`): what a load
@@ -317,18 +318,30 @@ pub extern "C" fn aclrtBinaryUnLoad(bin: *mut c_void) -> AclError {
     call(|| unload(bin as u64))
 }
 
-/// Launches `function` with its argument string: checked, then refused here if
-/// the server said it cannot run it.
+/// A launch's arguments: a string in host memory with its placeholders, or
+/// bytes already in device memory.
+enum Args {
+    Host {
+        at: *const c_void,
+        placeholders: Vec<Placeholder>,
+    },
+    Device {
+        at: u64,
+    },
+}
+
+/// Launches `function` with `size` bytes of arguments: checked, then refused
+/// here if the server said it cannot run it.
 ///
 /// # Safety
-/// `args` is NULL or has `size` readable bytes (up to [`MAX_LAUNCH_ARGS`](xpupool_protocol::api::MAX_LAUNCH_ARGS) are read).
+/// Host arguments are NULL or have `size` readable bytes (up to
+/// [`MAX_LAUNCH_ARGS`](xpupool_protocol::api::MAX_LAUNCH_ARGS) are read).
 unsafe fn launch(
     function: u64,
     blocks: u32,
     stream: *mut c_void,
-    args: *const c_void,
+    args: Args,
     size: usize,
-    placeholders: Vec<Placeholder>,
 ) -> Result<(), Failure> {
     let found = with_tables(|t| t.functions.get(&function).cloned());
     let (_, name, unusable) = found.ok_or_else(|| {
@@ -337,33 +350,121 @@ unsafe fn launch(
             format!("no function {function:#x}"),
         )
     })?;
-    if blocks == 0 || size == 0 || args.is_null() {
-        return Err(Failure::new(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("kernel {name}: {blocks} blocks, {size} bytes of arguments at {args:p}"),
-        ));
+    let invalid =
+        |why: String| Failure::new(ACL_ERROR_RT_PARAM_INVALID, format!("kernel {name}: {why}"));
+    let null = matches!(args, Args::Host { at, .. } if at.is_null())
+        || matches!(args, Args::Device { at: 0 });
+    if blocks == 0 || size == 0 || null {
+        return Err(invalid(format!(
+            "{blocks} blocks, {size} bytes of arguments"
+        )));
     }
-    check_launch_args(size, &placeholders).map_err(|e| {
-        Failure::new(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("kernel {name}: {}", e.message),
-        )
-    })?;
+    match &args {
+        Args::Host { placeholders, .. } => {
+            check_launch_args(size, placeholders).map_err(|e| invalid(e.message))?
+        }
+        Args::Device { at } => {
+            check_device_args(blocks, size as u64).map_err(|e| invalid(e.message))?;
+            within_allocation(*at, size).map_err(|e| {
+                Failure::new(e.code, format!("kernel {name}'s arguments: {}", e.message))
+            })?;
+        }
+    }
     if let Some(why) = unusable {
         return Err(Failure::new(
             ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
             format!("kernel {name}: {why}"),
         ));
     }
-    // SAFETY: `size` readable bytes at `args`, as the caller declares (bounded above).
-    let bytes = unsafe { std::slice::from_raw_parts(args.cast::<u8>(), size) }.to_vec();
-    Ok(connection()?.launch_with_args(
-        function,
-        blocks,
-        stream as u64,
-        ByteBuf::from(bytes),
-        placeholders,
-    )?)
+    let c = connection()?;
+    match args {
+        Args::Host { at, placeholders } => {
+            // SAFETY: `size` readable bytes at `at`, as the caller declares
+            // (bounded above).
+            let bytes = unsafe { std::slice::from_raw_parts(at.cast::<u8>(), size) }.to_vec();
+            c.launch_with_args(
+                function,
+                blocks,
+                stream as u64,
+                ByteBuf::from(bytes),
+                placeholders,
+            )?;
+        }
+        Args::Device { at } => {
+            c.launch_with_device_args(function, blocks, stream as u64, at, size as u64)?;
+        }
+    }
+    Ok(())
+}
+
+/// A launch configuration with no attributes (NULL or empty), or a refusal.
+///
+/// # Safety
+/// `cfg` is NULL or an `aclrtLaunchKernelCfg`.
+unsafe fn no_attributes(cfg: *const LaunchCfg) -> Result<(), Failure> {
+    if cfg.is_null() {
+        return Ok(());
+    }
+    // SAFETY: an `aclrtLaunchKernelCfg`, non-NULL.
+    let attrs = unsafe { cfg.read() }.count;
+    if attrs > 0 {
+        return Err(Failure::new(
+            ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
+            format!(
+                "{attrs} launch attributes (aclrtLaunchKernelCfg): the pool launches with none"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `args` is device memory (never read here); the other pointers are handles.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtLaunchKernel(
+    function: *mut c_void,
+    blocks: u32,
+    args: *const c_void,
+    size: usize,
+    stream: *mut c_void,
+) -> AclError {
+    // SAFETY: device arguments are not read here.
+    call(|| unsafe {
+        launch(
+            function as u64,
+            blocks,
+            stream,
+            Args::Device { at: args as u64 },
+            size,
+        )
+    })
+}
+
+/// # Safety
+/// `cfg` is NULL or an `aclrtLaunchKernelCfg`.
+#[no_mangle]
+pub unsafe extern "C" fn aclrtLaunchKernelV2(
+    function: *mut c_void,
+    blocks: u32,
+    args: *const c_void,
+    size: usize,
+    cfg: *const LaunchCfg,
+    stream: *mut c_void,
+) -> AclError {
+    call(|| {
+        // SAFETY: the caller's configuration, as this function's contract says;
+        // device arguments are not read here.
+        unsafe {
+            no_attributes(cfg)?;
+            launch(
+                function as u64,
+                blocks,
+                stream,
+                Args::Device { at: args as u64 },
+                size,
+            )
+        }
+    })
 }
 
 /// # Safety
@@ -382,16 +483,8 @@ pub unsafe extern "C" fn aclrtLaunchKernelWithHostArgs(
     count: usize,
 ) -> AclError {
     call(|| {
-        if !cfg.is_null() {
-            // SAFETY: an `aclrtLaunchKernelCfg`, non-NULL.
-            let attrs = unsafe { cfg.cast::<LaunchCfg>().read() }.count;
-            if attrs > 0 {
-                return Err(Failure::new(
-                    ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
-                    format!("{attrs} launch attributes (aclrtLaunchKernelCfg): the pool launches with none"),
-                ));
-            }
-        }
+        // SAFETY: the caller's configuration, as this function's contract says.
+        unsafe { no_attributes(cfg)? };
         if count > xpupool_protocol::api::MAX_PLACEHOLDERS || (count > 0 && placeholders.is_null())
         {
             return Err(Failure::new(
@@ -406,8 +499,12 @@ pub unsafe extern "C" fn aclrtLaunchKernelWithHostArgs(
             // `aclrtPlaceHolderInfo`, as the caller declares.
             unsafe { std::slice::from_raw_parts(placeholders, count) }.to_vec()
         };
+        let args = Args::Host {
+            at: args,
+            placeholders: list,
+        };
         // SAFETY: `size` bytes at `args`, as this function's contract says.
-        unsafe { launch(function as u64, blocks, stream, args, size, list) }
+        unsafe { launch(function as u64, blocks, stream, args, size) }
     })
 }
 
@@ -475,7 +572,11 @@ pub unsafe extern "C" fn rtKernelLaunch(
                 format!("no kernel is registered for stub {stub:p} (rtFunctionRegister)"),
             )
         })?;
+        let args = Args::Host {
+            at: args,
+            placeholders: Vec::new(),
+        };
         // SAFETY: `size` bytes at `args`, as this function's contract says.
-        unsafe { launch(f, blocks, stream, args, size as usize, Vec::new()) }
+        unsafe { launch(f, blocks, stream, args, size as usize) }
     })
 }

@@ -868,6 +868,10 @@ declare_api! {
     /// at its `at` the device address of the copy's byte `data`
     /// ([`check_launch_args`] bounds both).
     fn launch_with_args(function: u64 as Function, blocks: u32, stream: u64 as Stream, args: ByteBuf as Data, placeholders: Vec<Placeholder>) -> () = LaunchWithArgs @ 63 [POSTED];
+    /// Launch `blocks` blocks of a kernel whose arguments are already in device
+    /// memory, `size` bytes at `args` (ACL's `aclrtLaunchKernel`), in stream
+    /// order; at most [`MAX_LAUNCH_ARGS`] bytes, inside the session's memory.
+    fn launch_with_device_args(function: u64 as Function, blocks: u32, stream: u64 as Stream, args: u64 as Address, size: u64) -> () = LaunchWithDeviceArgs @ 64 [POSTED];
 }
 
 /// Where a launch's argument string holds an address into itself
@@ -882,7 +886,8 @@ pub struct Placeholder {
     pub data: u32,
 }
 
-/// Bytes of one [`Request::LaunchWithArgs`]'s arguments (tiling data included).
+/// Bytes of one [`Request::LaunchWithArgs`]'s or
+/// [`Request::LaunchWithDeviceArgs`]'s arguments (tiling data included).
 pub const MAX_LAUNCH_ARGS: usize = 1 << 20;
 /// Placeholders one [`Request::LaunchWithArgs`] may have.
 pub const MAX_PLACEHOLDERS: usize = 4096;
@@ -911,6 +916,20 @@ pub fn check_launch_args(args: usize, placeholders: &[Placeholder]) -> Result<()
                 p.at, p.data
             ));
         }
+    }
+    Ok(())
+}
+
+/// Refuses a [`Request::LaunchWithDeviceArgs`] of no blocks, or whose arguments
+/// are empty or over [`MAX_LAUNCH_ARGS`] (their memory is the backend's to check).
+pub fn check_device_args(blocks: u32, size: u64) -> Result<(), CuError> {
+    if blocks == 0 || size == 0 || size > MAX_LAUNCH_ARGS as u64 {
+        return Err(CuError::new(
+            code::INVALID_VALUE,
+            format!(
+                "a launch of {blocks} blocks with {size} bytes of arguments (1 to {MAX_LAUNCH_ARGS})"
+            ),
+        ));
     }
     Ok(())
 }

@@ -90,6 +90,24 @@ macro_rules! no_aclnn_methods {
                 ),
             ))
         }
+
+        fn launch_with_device_args(
+            &mut self,
+            _function: u64,
+            _blocks: u32,
+            _stream: u64,
+            _args: u64,
+            _size: u64,
+        ) -> Result<(), CuError> {
+            Err(CuError::new(
+                code::NOT_SUPPORTED,
+                concat!(
+                    "launches with arguments in device memory are Ascend's; the ",
+                    $backend,
+                    " backend runs none"
+                ),
+            ))
+        }
     };
 }
 pub(crate) use no_aclnn_methods;

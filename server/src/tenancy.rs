@@ -697,7 +697,8 @@ impl TenantSession {
             request @ (Request::LaunchKernel { function, .. }
             | Request::LaunchCooperative { function, .. }
             | Request::LaunchClustered { function, .. }
-            | Request::LaunchWithArgs { function, .. }) => {
+            | Request::LaunchWithArgs { function, .. }
+            | Request::LaunchWithDeviceArgs { function, .. }) => {
                 let device = self.functions.get(&function).copied();
                 self.launch(request, device)
             }

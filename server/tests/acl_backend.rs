@@ -560,6 +560,26 @@ fn kernel_binaries_load_on_cann_and_hostile_launches_stop_at_the_backend() {
             && message.contains("cannot run Ascend AI Core code"),
         "{message}"
     );
+    // Arguments in device memory: another session's are stopped at the backend;
+    // the session's own reach CANN's aclrtLaunchKernel.
+    let mine = c.mem_alloc(0, 64).unwrap();
+    let theirs = other.mem_alloc(0, 64).unwrap();
+    let device_args = |address| match c.launch_with_device_args(f.handle, 2, 0, address, 64) {
+        Err(e) => e.message,
+        Ok(()) => c.synchronize().unwrap_err().message,
+    };
+    let message = device_args(theirs);
+    assert!(
+        message.contains("not inside an allocation") && !message.contains("aclrtLaunchKernel"),
+        "{message}"
+    );
+    let message = device_args(mine);
+    assert!(
+        message.contains("aclrtLaunchKernel failed") && message.contains("kernel add_custom"),
+        "{message}"
+    );
+    c.mem_free(mine).unwrap();
+    other.mem_free(theirs).unwrap();
     // Unloaded by hand, and at a session's end.
     c.module_unload(module.handle).unwrap();
     assert!(c.module_unload(module.handle).is_err());

@@ -821,6 +821,23 @@ fn ascend_launches_are_checked_then_refused_by_name() {
     );
     assert_eq!(c.synchronize(), Ok(()), "reported once");
 
+    // Arguments already in device memory: the session's own, and bounded.
+    let memory = c.mem_alloc(0, 64).unwrap();
+    let device_args = |address, size| match c.launch_with_device_args(f, 4, 0, address, size) {
+        Err(e) => e.message,
+        Ok(()) => c.synchronize().unwrap_err().message,
+    };
+    assert!(device_args(memory, 0).contains("bytes of arguments (1 to"));
+    assert!(device_args(memory, 65).contains("not inside an allocation"));
+    assert!(device_args(0xdead_0000, 8).contains("not inside an allocation"));
+    let message = device_args(memory, 64);
+    assert!(
+        message.contains("kernel add_custom (4 blocks, 64 bytes of arguments in device memory)")
+            && message.contains("cannot run Ascend AI Core code"),
+        "{message}"
+    );
+    c.mem_free(memory).unwrap();
+
     // Not an AI Core object, or an unknown magic: refused at load, nothing charged.
     let mut cubin = elf.clone();
     cubin[18] = 190;

@@ -394,6 +394,30 @@ def test_kernel_binaries_load_by_name_and_launches_are_checked_and_refused_by_na
         assert b"aclrtLaunchKernelWithHostArgs failed" in message, message
     assert lib.aclrtSynchronizeStream(stream) == 0, "reported once; the stream goes on"
 
+    # Arguments already in device memory (aclrtLaunchKernel, and V2 with no attributes).
+    lib.aclrtLaunchKernel.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+                                      ctypes.c_size_t, ctypes.c_void_p]
+    lib.aclrtLaunchKernelV2.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+                                        ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p]
+    on_device = ctypes.c_void_p()
+    assert lib.aclrtMalloc(ctypes.byref(on_device), ctypes.c_size_t(64), 0) == 0
+
+    def settled(status):
+        return status or lib.aclrtSynchronizeStream(stream), lib.aclGetRecentErrMsg() or b""
+    status, message = settled(lib.aclrtLaunchKernel(function, 4, args, 64, stream))
+    assert status == 100000 and b"not device memory" in message, (status, message)
+    status, message = settled(lib.aclrtLaunchKernel(function, 4, on_device.value + 32, 64, stream))
+    assert status == 100000 and b"past its allocation" in message, (status, message)
+    assert lib.aclrtLaunchKernel(function, 0, on_device, 64, stream) == 107000
+    assert lib.aclrtLaunchKernelV2(function, 4, on_device, 64, cfg, stream) == 207000
+    for status, message in (settled(lib.aclrtLaunchKernel(function, 4, on_device, 64, stream)),
+                            settled(lib.aclrtLaunchKernelV2(function, 4, on_device, 64, None, stream))):
+        assert status != 0 and b"add_custom" in message and b"cannot run Ascend AI Core code" in message, \
+            (status, message)
+        if os.environ.get("XPUPOOL_EXPECT_ACL_BACKEND"):
+            assert b"aclrtLaunchKernel failed" in message, message
+    assert lib.aclrtFree(on_device) == 0
+
     # The older path Ascend C's <<<>>> stubs use: a binary, a stub bound to a name.
     dev = DevBinary(0x43554245, 0, ctypes.cast(ctypes.c_char_p(image), ctypes.c_void_p), len(image))
     handle = ctypes.c_void_p()

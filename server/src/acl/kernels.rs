@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 
 use xpupool_fatbin::Image;
-use xpupool_protocol::api::{check_launch_args, FunctionInfo, ModuleInfo, Placeholder};
+use xpupool_protocol::api::{
+    check_device_args, check_launch_args, FunctionInfo, ModuleInfo, Placeholder,
+};
 use xpupool_protocol::{code, CuError};
 
 use super::runtime::{BinaryLoadOption, BinaryLoadOptions, Handle, ACL_SUCCESS, BINARY_LOAD_MAGIC};
@@ -165,23 +167,48 @@ impl AclSession {
         failures
     }
 
-    pub(super) fn launch_args(
-        &mut self,
-        function: u64,
-        blocks: u32,
-        stream: u64,
-        args: Vec<u8>,
-        mut placeholders: Vec<Placeholder>,
-    ) -> Result<(), CuError> {
-        let s = self.stream(stream)?;
+    /// The device a launch of `function` in `stream` runs on: its binary's,
+    /// whose stream it must be (or a default stream).
+    fn launch_device(&self, function: u64, stream: u64) -> Result<u32, CuError> {
         let device = self.binaries.device_of(function)?;
-        // A kernel runs on its binary's device, in a stream of that device.
         if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
             return Err(CuError::new(
                 code::INVALID_HANDLE,
                 format!("the kernel is loaded on device {device}; stream {stream:#x} is device {other}'s"),
             ));
         }
+        Ok(device)
+    }
+
+    /// Runs `launch` (CANN's launch call, in `stream`) on `device`, timed as
+    /// executions are.
+    fn timed_launch(
+        &mut self,
+        device: u32,
+        stream: Handle,
+        what: &str,
+        launch: impl FnOnce() -> i32,
+    ) -> Result<(), CuError> {
+        self.enter(device)?;
+        let times = self.times.entry(device).or_default();
+        let timed = times.before(&self.shared.cann, stream);
+        let r = launch();
+        if let (Some(pair), Some(times)) = (timed, self.times.get_mut(&device)) {
+            times.after(&self.shared.cann, stream, pair, r == ACL_SUCCESS);
+        }
+        self.check(r, what)
+    }
+
+    pub(super) fn launch_args(
+        &mut self,
+        function: u64,
+        blocks: u32,
+        stream: u64,
+        mut args: Vec<u8>,
+        mut placeholders: Vec<Placeholder>,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        let device = self.launch_device(function, stream)?;
         check_launch_args(args.len(), &placeholders)?;
         if blocks == 0 {
             return Err(invalid_value("a launch of 0 blocks"));
@@ -192,20 +219,17 @@ impl AclSession {
             .runtime
             .aclrtLaunchKernelWithHostArgs
             .ok_or_else(|| missing("aclrtLaunchKernelWithHostArgs"))?;
-        self.enter(device)?;
-        let mut args = args;
-        let times = self.times.entry(device).or_default();
-        let timed = times.before(&self.shared.cann, s);
         let holders = if placeholders.is_empty() {
             std::ptr::null_mut()
         } else {
             placeholders.as_mut_ptr()
         };
+        let count = placeholders.len();
         // SAFETY: a function this session resolved, a stream of this session;
         // the argument string and placeholders (checked against each other
         // above, `Placeholder` laid out as `aclrtPlaceHolderInfo`) are alive
         // across the call, which copies them.
-        let r = unsafe {
+        self.timed_launch(device, s, "aclrtLaunchKernelWithHostArgs", || unsafe {
             launch(
                 function as Handle,
                 blocks,
@@ -214,12 +238,40 @@ impl AclSession {
                 args.as_mut_ptr().cast::<c_void>(),
                 args.len(),
                 holders,
-                placeholders.len(),
+                count,
             )
-        };
-        if let (Some(pair), Some(times)) = (timed, self.times.get_mut(&device)) {
-            times.after(&self.shared.cann, s, pair, r == ACL_SUCCESS);
-        }
-        self.check(r, "aclrtLaunchKernelWithHostArgs")
+        })
+    }
+
+    pub(super) fn launch_device_args(
+        &mut self,
+        function: u64,
+        blocks: u32,
+        stream: u64,
+        address: u64,
+        size: u64,
+    ) -> Result<(), CuError> {
+        let s = self.stream(stream)?;
+        let device = self.launch_device(function, stream)?;
+        check_device_args(blocks, size)?;
+        // The arguments are read by the device: they must be this session's.
+        self.range(address, size)?;
+        let launch = self
+            .shared
+            .cann
+            .runtime
+            .aclrtLaunchKernel
+            .ok_or_else(|| missing("aclrtLaunchKernel"))?;
+        // SAFETY: a function this session resolved, a stream of this session,
+        // and `size` bytes of this session's device memory.
+        self.timed_launch(device, s, "aclrtLaunchKernel", || unsafe {
+            launch(
+                function as Handle,
+                blocks,
+                address as *const c_void,
+                size as usize,
+                s,
+            )
+        })
     }
 }

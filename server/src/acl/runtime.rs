@@ -120,6 +120,7 @@ crate::dynlib::entry_points! {
         aclrtBinaryLoadFromData: fn(*const c_void, usize, *const BinaryLoadOptions, *mut Handle);
         aclrtBinaryGetFunction: fn(Handle, *const c_char, *mut Handle);
         aclrtBinaryUnLoad: fn(Handle);
+        aclrtLaunchKernel: fn(Handle, u32, *const c_void, usize, Handle);
         aclrtLaunchKernelWithHostArgs: fn(
             Handle, u32, Handle, *mut c_void, *mut c_void, usize,
             *mut xpupool_protocol::api::Placeholder, usize,

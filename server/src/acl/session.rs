@@ -150,7 +150,7 @@ impl AclSession {
     }
 
     /// Checks that `[address, address+len)` lies inside one allocation of this session.
-    fn range(&self, address: u64, len: u64) -> Result<(), CuError> {
+    pub(super) fn range(&self, address: u64, len: u64) -> Result<(), CuError> {
         let end = end_of(address, len)?;
         if within(&self.allocations, address, end) || self.mapped(address, end) {
             Ok(())
@@ -708,6 +708,17 @@ impl Api for AclSession {
         placeholders: Vec<xpupool_protocol::api::Placeholder>,
     ) -> Result<(), CuError> {
         self.launch_args(function, blocks, stream, args.into_vec(), placeholders)
+    }
+
+    fn launch_with_device_args(
+        &mut self,
+        function: u64,
+        blocks: u32,
+        stream: u64,
+        args: u64,
+        size: u64,
+    ) -> Result<(), CuError> {
+        self.launch_device_args(function, blocks, stream, args, size)
     }
 
     fn aclnn_prepare(

@@ -5,7 +5,9 @@
 //! the kernel and what the launch carried, after the same checks a device that
 //! could run it makes.
 
-use xpupool_protocol::api::{check_launch_args, FunctionInfo, ModuleInfo, Placeholder};
+use xpupool_protocol::api::{
+    check_device_args, check_launch_args, FunctionInfo, ModuleInfo, Placeholder,
+};
 use xpupool_protocol::{code, CuError};
 
 use super::{LoadedModule, MockSession};
@@ -51,24 +53,49 @@ impl MockSession {
         Ok(info)
     }
 
-    /// [`xpupool_protocol::Api::launch_with_args`]: checked as any launch, then
-    /// refused (or, with `--kernels skip`, counted as skipped).
+    /// [`xpupool_protocol::Api::launch_with_args`] and
+    /// [`xpupool_protocol::Api::launch_with_device_args`]: checked as any
+    /// launch, then refused (or, with `--kernels skip`, counted as skipped).
     pub(super) fn launch_ascend(
         &mut self,
         function: u64,
-        blocks: u32,
         stream: u64,
-        args: &[u8],
-        placeholders: &[Placeholder],
+        args: AscendArgs<'_>,
     ) -> Result<(), CuError> {
         self.healthy()?;
         let f = self.function_in(function, stream)?;
-        check_launch_args(args.len(), placeholders)?;
-        if blocks == 0 {
-            return Err(CuError::new(code::INVALID_VALUE, "a launch of 0 blocks"));
-        }
-        let name = f.name.clone();
-        if !self.modules[&f.module].ascend {
+        let (name, module) = (f.name.clone(), f.module);
+        let (blocks, what) = match args {
+            AscendArgs::Host {
+                blocks,
+                bytes,
+                placeholders,
+            } => {
+                check_launch_args(bytes.len(), placeholders)?;
+                if blocks == 0 {
+                    return Err(CuError::new(code::INVALID_VALUE, "a launch of 0 blocks"));
+                }
+                let what = format!(
+                    "{} bytes of arguments, {} placeholders",
+                    bytes.len(),
+                    placeholders.len()
+                );
+                (blocks, what)
+            }
+            AscendArgs::Device {
+                blocks,
+                address,
+                size,
+            } => {
+                check_device_args(blocks, size)?;
+                self.memory.check_span(address, size)?;
+                (
+                    blocks,
+                    format!("{size} bytes of arguments in device memory"),
+                )
+            }
+        };
+        if !self.modules[&module].ascend {
             return Err(CuError::new(
                 code::INVALID_VALUE,
                 format!("{name} is not an Ascend kernel: launch it with its parameters"),
@@ -80,11 +107,22 @@ impl MockSession {
         }
         Err(CuError::new(
             code::NO_BINARY_FOR_GPU,
-            format!(
-                "kernel {name} ({blocks} blocks, {} bytes of arguments, {} placeholders): {CANNOT_RUN}",
-                args.len(),
-                placeholders.len()
-            ),
+            format!("kernel {name} ({blocks} blocks, {what}): {CANNOT_RUN}"),
         ))
     }
+}
+
+/// An Ascend launch's arguments: a string from the host with its placeholders,
+/// or a range of device memory.
+pub(super) enum AscendArgs<'a> {
+    Host {
+        blocks: u32,
+        bytes: &'a [u8],
+        placeholders: &'a [Placeholder],
+    },
+    Device {
+        blocks: u32,
+        address: u64,
+        size: u64,
+    },
 }

@@ -1225,7 +1225,28 @@ impl Api for MockSession {
         args: ByteBuf,
         placeholders: Vec<xpupool_protocol::api::Placeholder>,
     ) -> Result<(), CuError> {
-        self.launch_ascend(function, blocks, stream, &args, &placeholders)
+        let args = ascend::AscendArgs::Host {
+            blocks,
+            bytes: &args,
+            placeholders: &placeholders,
+        };
+        self.launch_ascend(function, stream, args)
+    }
+
+    fn launch_with_device_args(
+        &mut self,
+        function: u64,
+        blocks: u32,
+        stream: u64,
+        address: u64,
+        size: u64,
+    ) -> Result<(), CuError> {
+        let args = ascend::AscendArgs::Device {
+            blocks,
+            address,
+            size,
+        };
+        self.launch_ascend(function, stream, args)
     }
 
     fn aclnn_prepare(
