@@ -10,7 +10,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -152,15 +152,19 @@ fn main() {
     // The watchdog: an input still running past its limit is written out and the
     // run fails (the loop it is in may never end).
     let current: Arc<Mutex<(String, Vec<u8>)>> = Arc::default();
-    let started_at = Arc::new(AtomicU64::new(0));
-    let running = Arc::new(AtomicBool::new(false));
+    // When the running input started, in milliseconds after `epoch`, plus one;
+    // 0 while none runs. One word, so the watchdog never pairs one input's start
+    // with another's running (a first input after a slow corpus load looked
+    // like one that had run since the epoch).
+    let started = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     {
-        let (current, started_at, running) = (current.clone(), started_at.clone(), running.clone());
+        let (current, started) = (current.clone(), started.clone());
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(200));
-            let since = epoch.elapsed().as_millis() as u64 - started_at.load(Ordering::Acquire);
-            if running.load(Ordering::Acquire) && since > input_limit.as_millis() as u64 {
+            let start = started.load(Ordering::Acquire);
+            let since = (epoch.elapsed().as_millis() as u64 + 1).saturating_sub(start);
+            if start != 0 && since > input_limit.as_millis() as u64 {
                 let (target, input) = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let path = save(&target, &input);
                 println!(
@@ -202,10 +206,9 @@ fn main() {
             };
             *current.lock().unwrap_or_else(|e| e.into_inner()) =
                 (target.name.to_owned(), input.clone());
-            started_at.store(epoch.elapsed().as_millis() as u64, Ordering::Release);
-            running.store(true, Ordering::Release);
+            started.store(epoch.elapsed().as_millis() as u64 + 1, Ordering::Release);
             let verdict = check_one(target.run, (target.bound)(input.len()), &mut state, &input);
-            running.store(false, Ordering::Release);
+            started.store(0, Ordering::Release);
             runs += 1;
             if let Some(why) = verdict {
                 failure = Some((why, save(target.name, &input)));
