@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes xpupool's CANN stand-in in <target>/release/acl/: the libraries torch_npu
 # links or opens by bare name (libascendcl.so, libopapi.so, libhccl.so, …), each an
-# empty object with its real SONAME whose only dependency is the core
+# object with its real SONAME whose only dependency is the core, and whose only
+# function is aclAppLog (acl/tools/applog.c: a C variadic call Rust cannot read)
 # (libxpupool_acl.so, beside them, found by $ORIGIN). A dlsym on any of their
 # handles searches the core, so whichever a process opens it has one state, and a
 # function the core does not export is NULL there as it would be in a CANN
@@ -16,16 +17,14 @@ core="$target/libxpupool_acl.so"
 mkdir -p "$out"
 # A link, not a copy: a rebuilt core is what the next program loads.
 ln -sfn ../libxpupool_acl.so "$out/libxpupool_acl.so"
-: > "$out/empty.c"
 # torch_npu's NEEDED (libascendcl, libhccl, libacl_op_compiler, libge_runner,
 # libgraph, libacl_tdt_channel) and what it or aclnn's callers open by name.
 for name in ascendcl acl_rt runtime hccl opapi nnopbase cust_opapi acl_op_compiler \
         ge_runner graph acl_tdt_channel ascend_hal dcmi msprofiler msprof profapi \
         ascend_dump ascend_protobuf fmk_parser; do
-    gcc -shared -o "$out/lib$name.so" "$out/empty.c" -Wl,-soname,"lib$name.so" \
+    gcc -shared -fPIC -O1 -Wall -o "$out/lib$name.so" "$root/acl/tools/applog.c" -Wl,-soname,"lib$name.so" \
         -Wl,--no-as-needed -L"$out" -lxpupool_acl -Wl,-rpath,'$ORIGIN'
 done
-rm -f "$out/empty.c"
 # npu-smi (`npu-smi info`) over the stand-in's libdcmi; `xpupool run` puts bin/ on PATH.
 mkdir -p "$out/bin"
 gcc -O1 -Wall -o "$out/bin/npu-smi" "$root/acl/tools/npu-smi.c" -L"$out" -ldcmi -lxpupool_acl -Wl,-rpath,'$ORIGIN/..'

@@ -3,9 +3,11 @@
 //!
 //! torch_npu opens CANN's libraries by bare name and looks functions up with
 //! `dlsym` on their handles, so no preload can stand in for them: xpupool ships
-//! libraries under those names (`scripts/build-acl-libs.sh`), each an empty object
+//! libraries under those names (`scripts/build-acl-libs.sh`), each an object
 //! whose only dependency is this core, so a lookup on any of them finds the
-//! core's function, and one process has one state.
+//! core's function, and one process has one state. Their one function of their
+//! own is `aclAppLog`, which formats its C variadic arguments
+//! (`acl/tools/applog.c`) and hands the line to [`settings::xpupool_acl_log`].
 //!
 //! Every function torch_npu imports directly is exported (Python loads it with
 //! RTLD_NOW, so one missing symbol fails `import torch_npu`): those src/ does not

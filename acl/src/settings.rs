@@ -179,10 +179,41 @@ pub extern "C" fn aclrtGetPrimaryCtxState(
     })
 }
 
-/// `aclAppLog(level, func, file, line, fmt, ...)`: torch_npu's log lines to CANN's
-/// log. Errors (level 3) are said on stderr, with the unformatted text (the
-/// arguments of a C variadic call cannot be read here); the rest is dropped, as
-/// CANN drops what its log level hides.
+/// A log line of level `level` from `file`:`line`, formatted (the CANN
+/// libraries' `aclAppLog`, `acl/tools/applog.c`): errors (level 3 and above)
+/// are said on stderr, the rest dropped, as CANN drops what its log level hides.
+///
+/// # Safety
+/// `file` and `text` are NULL or NUL-terminated strings.
+#[no_mangle]
+pub unsafe extern "C" fn xpupool_acl_log(
+    level: c_int,
+    file: *const c_char,
+    line: u32,
+    text: *const c_char,
+) {
+    if level < 3 || text.is_null() {
+        return;
+    }
+    let read = |p: *const c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: the caller's NUL-terminated string.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    say(&format!(
+        "CANN log (error) from {}:{line}: {}",
+        read(file),
+        read(text).trim_end()
+    ));
+}
+
+/// `aclAppLog(level, func, file, line, fmt, ...)` looked up on the core itself:
+/// the format unformatted (its variadic arguments cannot be read in Rust). The
+/// libraries torch_npu opens each have the formatting one (`acl/tools/applog.c`),
+/// which their own look-ups and links find first.
 ///
 /// # Safety
 /// `file` and `fmt` are NULL or NUL-terminated strings.
@@ -194,20 +225,6 @@ pub unsafe extern "C" fn aclAppLog(
     line: u32,
     fmt: *const c_char,
 ) {
-    if level < 3 || fmt.is_null() {
-        return;
-    }
-    let text = |p: *const c_char| {
-        if p.is_null() {
-            String::new()
-        } else {
-            // SAFETY: the caller's NUL-terminated string.
-            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-        }
-    };
-    say(&format!(
-        "CANN log (error) from {}:{line}: {}",
-        text(file),
-        text(fmt).trim_end()
-    ));
+    // SAFETY: the caller's strings, as this function's contract says.
+    unsafe { xpupool_acl_log(level, file, line, fmt) }
 }

@@ -78,6 +78,23 @@ def test_an_unimplemented_import_answers_not_supported_and_says_why():
     assert b"aclmdlInitDump is not implemented" in lib.aclGetRecentErrMsg()
 
 
+def test_app_log_lines_are_formatted_and_errors_said():
+    """aclAppLog(level, func, file, line, fmt, ...): torch_npu's log lines, C
+    variadic calls, come out formatted; errors are said on stderr, lower levels
+    dropped, as CANN's log level hides them."""
+    import subprocess
+    import sys
+    code = (
+        "import ctypes, os\n"
+        "lib = ctypes.CDLL(os.path.join(os.environ['ASCEND_HOME_PATH'], 'libascendcl.so'))\n"
+        "lib.aclAppLog(3, b'f', b'op.cpp', 12, b'value %d and %s (%.1f)', 42, b'text', ctypes.c_double(2.5))\n"
+        "lib.aclAppLog(1, b'f', b'op.cpp', 13, b'quiet %d', 1)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "op.cpp:12: value 42 and text (2.5)" in out.stderr, out.stderr
+    assert "quiet" not in out.stderr
+
+
 def test_hostile_descriptors_are_refused_not_followed():
     lib = ctypes.CDLL(str(ACL / "libopapi.so"), mode=os.RTLD_NOW)
     lib.aclCreateTensor.restype = ctypes.c_void_p
