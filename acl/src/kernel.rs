@@ -428,16 +428,8 @@ pub unsafe extern "C" fn aclrtLaunchKernel(
     size: usize,
     stream: *mut c_void,
 ) -> AclError {
-    // SAFETY: device arguments are not read here.
-    call(|| unsafe {
-        launch(
-            function as u64,
-            blocks,
-            stream,
-            Args::Device { at: args as u64 },
-            size,
-        )
-    })
+    // SAFETY: no configuration; device arguments are not read here.
+    unsafe { aclrtLaunchKernelV2(function, blocks, args, size, std::ptr::null(), stream) }
 }
 
 /// # Safety

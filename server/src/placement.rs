@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 
-use crate::checks::{invalid_handle, CuError};
+use crate::checks::{code, invalid_handle, CuError};
 
 /// `CU_STREAM_LEGACY` and `CU_STREAM_PER_THREAD` (`hipStreamPerThread`): the
 /// device's default stream here, as the null stream is (server threads are not
@@ -86,6 +86,24 @@ impl Placement {
         self.streams.get(&stream).copied().unwrap_or_else(home)
     }
 
+    /// Refuses `stream` if it is another device's than `device`: what runs
+    /// on a device (a kernel, an executor, an event) goes in a stream of that
+    /// device or a default one. `what` says whose device it is, for the error.
+    pub(crate) fn stream_on(
+        &self,
+        stream: u64,
+        device: u32,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), CuError> {
+        match self.streams.get(&stream) {
+            Some(&other) if other != device => Err(CuError::new(
+                code::INVALID_HANDLE,
+                format!("{}; stream {stream:#x} is device {other}'s", what()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The device of the allocation among `ranges` (base → size) that
     /// `address` lies in, if any.
     pub(crate) fn home_in(&self, ranges: &BTreeMap<u64, u64>, address: u64) -> Option<u32> {
@@ -120,6 +138,13 @@ mod tests {
         assert_eq!(p.stream_devices(0), [1, 3]);
         assert_eq!(p.device_for(0x5000, || 7), 2);
         assert_eq!(p.device_for(0, || 7), 7);
+        assert!(
+            p.stream_on(0x5000, 2, String::new).is_ok() && p.stream_on(0, 9, String::new).is_ok()
+        );
+        let e = p
+            .stream_on(0x5000, 1, || "it is device 1's".into())
+            .unwrap_err();
+        assert_eq!(e.message, "it is device 1's; stream 0x5000 is device 2's");
         let ranges = BTreeMap::from([(0x1000, 0x100), (0x2000, 0x10)]);
         p.homes.insert(0x1000, 4);
         p.homes.insert(0x2000, 5);

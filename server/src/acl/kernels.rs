@@ -52,7 +52,7 @@ fn missing(what: &str) -> CuError {
 
 impl AclSession {
     pub(super) fn load_binary(&mut self, device: u32, image: &[u8]) -> Result<ModuleInfo, CuError> {
-        self.shared.enter(device)?;
+        self.enter(device)?;
         let bad = |why: String| CuError::new(code::INVALID_IMAGE, why);
         let (magic, elf) = match Image::from_wire(image).map_err(|e| bad(format!("module image: {e}")))? {
             Image::Ascend { magic, elf } => (magic, elf),
@@ -72,7 +72,6 @@ impl AclSession {
         let get = rt
             .aclrtBinaryGetFunction
             .ok_or_else(|| missing("aclrtBinaryGetFunction"))?;
-        self.enter(device)?;
         let mut option = BinaryLoadOption {
             kind: BINARY_LOAD_MAGIC,
             value: [magic, 0, 0, 0],
@@ -171,12 +170,9 @@ impl AclSession {
     /// whose stream it must be (or a default stream).
     fn launch_device(&self, function: u64, stream: u64) -> Result<u32, CuError> {
         let device = self.binaries.device_of(function)?;
-        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
-            return Err(CuError::new(
-                code::INVALID_HANDLE,
-                format!("the kernel is loaded on device {device}; stream {stream:#x} is device {other}'s"),
-            ));
-        }
+        self.place.stream_on(stream, device, || {
+            format!("the kernel is loaded on device {device}")
+        })?;
         Ok(device)
     }
 

@@ -638,14 +638,9 @@ impl Api for AclSession {
         let s = self.stream(stream)?;
         let device = self.place.event_device(event)?;
         // An event is recorded in a stream of its own device.
-        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
-            return Err(CuError::new(
-                code::INVALID_HANDLE,
-                format!(
-                    "event {event:#x} is device {device}'s; stream {stream:#x} is device {other}'s"
-                ),
-            ));
-        }
+        self.place.stream_on(stream, device, || {
+            format!("event {event:#x} is device {device}'s")
+        })?;
         self.enter(device)?;
         // SAFETY: a checked event and stream.
         let r = unsafe { (self.shared.cann.runtime.aclrtRecordEvent)(e, s) };
@@ -809,15 +804,9 @@ impl Api for AclSession {
         }
         // It runs on the device it was prepared on, in a stream of that device.
         let device = w.device;
-        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
-            return Err(CuError::new(
-                code::INVALID_HANDLE,
-                format!(
-                    "{} was prepared on device {device}; stream {stream:#x} is device {other}'s",
-                    w.operator
-                ),
-            ));
-        }
+        self.place.stream_on(stream, device, || {
+            format!("{} was prepared on device {device}", w.operator)
+        })?;
         if workspace_size > 0 {
             self.range(workspace, workspace_size)?;
         }

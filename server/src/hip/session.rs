@@ -424,7 +424,7 @@ impl Api for HipSession {
     }
 
     fn module_load(&mut self, device: u32, image: ByteBuf) -> Result<ModuleInfo, CuError> {
-        self.shared.enter(device)?;
+        self.enter(device)?;
         let code = code_object(&image)?;
         let meta = xpupool_amdgpu::read_code_object(&code)
             .map_err(|e| CuError::new(code::INVALID_IMAGE, format!("AMD GPU code object: {e}")))?;
@@ -441,7 +441,6 @@ impl Api for HipSession {
                 code.len(),
             )
         };
-        self.enter(device)?;
         let mut raw: Handle = std::ptr::null_mut();
         // SAFETY: a whole code object (its metadata read above), alive across the
         // call; the runtime copies what it keeps.
@@ -656,12 +655,9 @@ impl Api for HipSession {
         let raw = f.raw.ok_or_else(|| invalid_handle("function", function))?;
         let device = f.device;
         // A kernel runs on its module's device, in a stream of that device.
-        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
-            return Err(CuError::new(
-                code::INVALID_HANDLE,
-                format!("the kernel is loaded on device {device}; stream {stream:#x} is device {other}'s"),
-            ));
-        }
+        self.place.stream_on(stream, device, || {
+            format!("the kernel is loaded on device {device}")
+        })?;
         let mut buffer = kernel_arguments(&params, f.param_bytes)?;
         let mut size = f.param_bytes as usize;
         let mut extra = [
@@ -831,14 +827,9 @@ impl Api for HipSession {
         let s = self.stream(stream)?;
         let device = self.place.event_device(event)?;
         // An event is recorded in a stream of its own device.
-        if let Some(&other) = self.place.streams.get(&stream).filter(|&&d| d != device) {
-            return Err(CuError::new(
-                code::INVALID_HANDLE,
-                format!(
-                    "event {event:#x} is device {device}'s; stream {stream:#x} is device {other}'s"
-                ),
-            ));
-        }
+        self.place.stream_on(stream, device, || {
+            format!("event {event:#x} is device {device}'s")
+        })?;
         self.enter(device)?;
         // SAFETY: a checked event and stream.
         let r = unsafe { (self.shared.runtime.hipEventRecord)(e, s) };
